@@ -1,0 +1,92 @@
+"""Plait protocol v1, sans-I/O: frames, codec, errors, connection state machine, traces.
+
+Normative text: spec/protocol.md. Nothing here does I/O, reads a clock or imports trio.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    ErrorCode as ErrorCode,
+    CloseCode as CloseCode,
+    ProtocolError as ProtocolError,
+    LocalProtocolError as LocalProtocolError,
+    RemoteProtocolError as RemoteProtocolError,
+    APPLICATION_ERROR_RANGE as APPLICATION_ERROR_RANGE,
+)
+from ._fields import (
+    MAX_DEPTH as MAX_DEPTH,
+    check_value as check_value,
+)
+from ._frames import (
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS as SUPPORTED_VERSIONS,
+    FrameKind as FrameKind,
+    Sender as Sender,
+    Access as Access,
+    Frame as Frame,
+    FRAME_TYPES as FRAME_TYPES,
+    Limits as Limits,
+    PresenceEntry as PresenceEntry,
+    PresenceState as PresenceState,
+    CursorPosition as CursorPosition,
+    Hello as Hello,
+    Welcome as Welcome,
+    Ping as Ping,
+    Pong as Pong,
+    Error as Error,
+    Ack as Ack,
+    Join as Join,
+    Joined as Joined,
+    Leave as Leave,
+    ChannelClosed as ChannelClosed,
+    SyncStep1 as SyncStep1,
+    SyncStep2 as SyncStep2,
+    Update as Update,
+    PresenceSet as PresenceSet,
+    PresencePatch as PresencePatch,
+    PresenceSnapshot as PresenceSnapshot,
+    PresenceDiff as PresenceDiff,
+    CursorMove as CursorMove,
+    Cursors as Cursors,
+    Typing as Typing,
+    TypingState as TypingState,
+    Publish as Publish,
+    Event as Event,
+    MAX_ROOM_NAME as MAX_ROOM_NAME,
+    MAX_EVENT_NAME as MAX_EVENT_NAME,
+)
+from ._codec import (
+    decode as decode,
+    encode as encode,
+    encode_frame as encode_frame,
+    join_encoded as join_encoded,
+    CodecLimits as CodecLimits,
+    DEFAULT_LIMITS as DEFAULT_LIMITS,
+    MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES,
+    MAX_FRAMES_PER_MESSAGE as MAX_FRAMES_PER_MESSAGE,
+    KiB as KiB,
+    MiB as MiB,
+)
+from ._connection import (
+    Connection as Connection,
+    Role as Role,
+    SessionState as SessionState,
+    STALE as STALE,
+    Stale as Stale,
+    TRANSITIONS as TRANSITIONS,
+    state_diagram as state_diagram,
+)
+from ._trace import (
+    Trace as Trace,
+    TraceHeader as TraceHeader,
+    TraceRecord as TraceRecord,
+    TraceWriter as TraceWriter,
+    TraceError as TraceError,
+    Open as Open,
+    Close as Close,
+    Raw as Raw,
+    read_trace as read_trace,
+    write_trace as write_trace,
+    frame_to_json as frame_to_json,
+    frame_from_json as frame_from_json,
+)

@@ -1,0 +1,184 @@
+"""The codec: two total functions between WebSocket message bytes and frames (spec §3).
+
+A message is one or more msgpack-encoded frames, concatenated (spec §3.2). Decoding checks sizes
+before msgpack allocates anything, then checks every field of every frame; whatever the input,
+`decode` returns frames or raises RemoteProtocolError, and `encode` returns bytes or raises
+LocalProtocolError. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._fields import to_wire
+from ._frames import FRAME_TYPES, Frame
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+
+MAX_MESSAGE_BYTES: Final = 1 * MiB
+MAX_FRAMES_PER_MESSAGE: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CodecLimits:
+    """Limits a decoder enforces. The server announces its own in `Welcome.limits`."""
+
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE
+
+
+DEFAULT_LIMITS: Final = CodecLimits()
+
+
+def decode(data: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list[Frame]:
+    """Decode one WebSocket message into its frames.
+
+    Args:
+        data: the message payload.
+        limits: size limits to enforce.
+
+    Returns:
+        The frames, at least one, in order.
+
+    Raises:
+        RemoteProtocolError: the bytes are not a valid message; `.code` says why. Anything else
+            is a bug.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise RemoteProtocolError(
+            f"a message is binary, got {type(data).__name__}", ErrorCode.MALFORMED_FRAME
+        )
+    size = len(data)
+    if size == 0:
+        raise RemoteProtocolError("empty message", ErrorCode.MALFORMED_FRAME)
+    if size > limits.max_message_bytes:
+        raise RemoteProtocolError(
+            f"message of {size} bytes exceeds {limits.max_message_bytes}",
+            ErrorCode.FRAME_TOO_LARGE,
+        )
+    arrays = _unpack_all(bytes(data), limits.max_frames_per_message)
+    return [_frame_from_array(a) for a in arrays]
+
+
+def _unpack_all(data: bytes, max_frames: int) -> list[Any]:
+    # msgpack's own limits (max_*_len) default to the buffer size, so a header that claims
+    # 2**32 elements in a ten-byte message fails before anything is allocated for it.
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, use_list=True, max_buffer_size=len(data)
+    )
+    unpacker.feed(data)
+    arrays: list[Any] = []
+    consumed = 0
+    while True:
+        try:
+            item = unpacker.unpack()
+        except msgpack.OutOfData:
+            break
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            raise RemoteProtocolError(
+                f"not valid msgpack: {type(exc).__name__}", ErrorCode.MALFORMED_FRAME
+            ) from exc
+        if len(arrays) == max_frames:
+            raise RemoteProtocolError(
+                f"more than {max_frames} frames in one message", ErrorCode.FRAME_TOO_LARGE
+            )
+        arrays.append(item)
+        consumed = unpacker.tell()
+    if consumed != len(data):
+        raise RemoteProtocolError("message ends inside a frame", ErrorCode.MALFORMED_FRAME)
+    return arrays
+
+
+def _frame_from_array(array: Any) -> Frame:
+    if type(array) is not list or not array:
+        raise RemoteProtocolError(
+            "a frame is a non-empty array starting with its kind", ErrorCode.MALFORMED_FRAME
+        )
+    kind = array[0]
+    if type(kind) is not int:
+        raise RemoteProtocolError("a frame's kind is an integer", ErrorCode.MALFORMED_FRAME)
+    cls = FRAME_TYPES.get(kind)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown frame kind {kind}", ErrorCode.UNKNOWN_KIND)
+    return frame_from_fields(cls, array[1:])
+
+
+def frame_from_fields(cls: type[Frame], values: list[Any]) -> Frame:
+    """Build a frame of type `cls` from its wire field values, checking every one.
+
+    Raises:
+        RemoteProtocolError: wrong field count (MALFORMED_FRAME) or a bad field (INVALID_FIELD,
+            TOO_DEEP).
+    """
+    types = cls.FIELDS
+    if len(values) != len(types):
+        raise RemoteProtocolError(
+            f"{cls.__name__} has {len(types)} fields, got {len(values)}",
+            ErrorCode.MALFORMED_FRAME,
+        )
+    return cls(*[t.check(v) for t, v in zip(types, values)])
+
+
+def frame_to_array(frame: Frame) -> list[Any]:
+    """The wire array of a frame: `[kind, field1, ...]`, records as nested arrays."""
+    array = to_wire(frame)
+    array.insert(0, int(frame.KIND))
+    return array
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode one frame, checking its fields exactly as a decoder will.
+
+    Raises:
+        LocalProtocolError: the frame could not be decoded by a peer; `.code` says why.
+    """
+    if not isinstance(frame, Frame):
+        raise LocalProtocolError(f"not a frame: {type(frame).__name__}", ErrorCode.MALFORMED_FRAME)
+    array = frame_to_array(frame)
+    try:
+        frame_from_fields(type(frame), array[1:])
+    except RemoteProtocolError as exc:
+        raise LocalProtocolError(f"{type(frame).__name__}: {exc.message}", exc.code) from exc
+    return msgpack.packb(array, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode(frames: Frame | Iterable[Frame], limits: CodecLimits = DEFAULT_LIMITS) -> bytes:
+    """Encode a frame, or several as one batched message (spec §3.2).
+
+    Raises:
+        LocalProtocolError: a frame is invalid, there are no frames, or the message would break
+            `limits`.
+    """
+    if isinstance(frames, Frame):
+        frames = (frames,)
+    parts = [encode_frame(f) for f in frames]
+    return join_encoded(parts, limits)
+
+
+def join_encoded(parts: list[bytes], limits: CodecLimits = DEFAULT_LIMITS) -> bytes:
+    """Batch already-encoded frames into one message. Fan-out encodes a frame once and then
+    joins the same bytes into each recipient's message.
+
+    Raises:
+        LocalProtocolError: no parts, too many, or too many bytes for `limits`.
+    """
+    if not parts:
+        raise LocalProtocolError("a message holds at least one frame", ErrorCode.MALFORMED_FRAME)
+    if len(parts) > limits.max_frames_per_message:
+        raise LocalProtocolError(
+            f"{len(parts)} frames exceed {limits.max_frames_per_message}", ErrorCode.FRAME_TOO_LARGE
+        )
+    message = b"".join(parts)
+    if len(message) > limits.max_message_bytes:
+        raise LocalProtocolError(
+            f"message of {len(message)} bytes exceeds {limits.max_message_bytes}",
+            ErrorCode.FRAME_TOO_LARGE,
+        )
+    return message
+

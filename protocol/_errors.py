@@ -1,0 +1,128 @@
+"""Error codes, close codes and the ProtocolError hierarchy.
+
+The registry and the meaning of every code live in spec/protocol.md §8 (errors) and §9 (close
+codes); this module is the code's copy of those tables and the two must change together.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import final
+
+
+class ErrorCode(IntEnum):
+    """Stable numeric error codes carried by `Error` frames (spec/protocol.md §8).
+
+    1xxx: the peer broke the protocol. 2xxx: room, auth and limits. 3xxx: server-side trouble.
+    4000-4999: reserved for applications (hooks may reject with them).
+    """
+
+    MALFORMED_FRAME = 1001
+    UNKNOWN_KIND = 1002
+    UNEXPECTED_FRAME = 1003
+    FRAME_TOO_LARGE = 1004
+    UNSUPPORTED_VERSION = 1005
+    INVALID_FIELD = 1006
+    TOO_DEEP = 1007
+    UNKNOWN_CHANNEL = 1008
+    INVALID_UPDATE = 1009
+
+    INVALID_ROOM_NAME = 2001
+    UNAUTHENTICATED = 2002
+    FORBIDDEN = 2003
+    TOO_MANY_ROOMS = 2004
+    RATE_LIMITED = 2005
+    ALREADY_JOINED = 2006
+    EVENT_REJECTED = 2007
+
+    SLOW_CONSUMER = 3001
+    STORAGE_UNAVAILABLE = 3002
+    SHUTTING_DOWN = 3003
+    INTERNAL = 3999
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the connection MUST be closed after this error (spec §8: codes 1001-1007)."""
+        return self in _FATAL_ERRORS
+
+    @property
+    def close_code(self) -> CloseCode:
+        """The WebSocket close code used when this error ends a connection."""
+        return _CLOSE_FOR_ERROR.get(self, CloseCode.PROTOCOL_ERROR)
+
+
+APPLICATION_ERROR_RANGE = range(4000, 5000)
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes Plait uses (spec/protocol.md §9)."""
+
+    NORMAL = 1000
+    PROTOCOL_ERROR = 4001
+    UNSUPPORTED_VERSION = 4002
+    UNAUTHENTICATED = 4003
+    HANDSHAKE_TIMEOUT = 4004
+    HEARTBEAT_TIMEOUT = 4005
+    TOO_SLOW = 4006
+    RATE_LIMITED = 4007
+    GOING_AWAY = 4008
+    INTERNAL_ERROR = 4009
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a client SHOULD reconnect after this close (spec §9)."""
+        return self not in _FINAL_CLOSES
+
+
+_FATAL_ERRORS = frozenset(
+    {
+        ErrorCode.MALFORMED_FRAME,
+        ErrorCode.UNKNOWN_KIND,
+        ErrorCode.UNEXPECTED_FRAME,
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.INVALID_FIELD,
+        ErrorCode.TOO_DEEP,
+    }
+)
+
+_CLOSE_FOR_ERROR = {
+    ErrorCode.UNSUPPORTED_VERSION: CloseCode.UNSUPPORTED_VERSION,
+    ErrorCode.UNAUTHENTICATED: CloseCode.UNAUTHENTICATED,
+    ErrorCode.RATE_LIMITED: CloseCode.RATE_LIMITED,
+    ErrorCode.SLOW_CONSUMER: CloseCode.TOO_SLOW,
+    ErrorCode.SHUTTING_DOWN: CloseCode.GOING_AWAY,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
+}
+
+_FINAL_CLOSES = frozenset(
+    {CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_VERSION, CloseCode.UNAUTHENTICATED}
+)
+
+
+class ProtocolError(Exception):
+    """Something broke the protocol. Abstract: raise a subclass.
+
+    Attributes:
+        code: the ErrorCode an Error frame for this failure carries.
+    """
+
+    def __init__(self, msg: str, code: ErrorCode = ErrorCode.MALFORMED_FRAME) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError("ProtocolError is abstract; raise Local- or RemoteProtocolError")
+        super().__init__(msg)
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+@final
+class LocalProtocolError(ProtocolError):
+    """*We* tried something the protocol forbids: a bug or a misuse of the API."""
+
+
+@final
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids; `.code` goes on the Error frame."""

@@ -1,0 +1,273 @@
+"""The trace format: a recorded (or hand-written) conversation, as JSON Lines (spec §10).
+
+Line 1 is the header; each later line is one record: a connection opening, one frame in or out,
+a raw message that is not valid frames, or a close. Frames are written as JSON objects named by
+their fields, with binary written explicitly as {"$b": base64}, so a person can read and diff a
+trace and `read_trace(write(x)) == x` exactly. No I/O here beyond the file objects passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Final, Literal, Union
+
+from ._codec import frame_from_fields
+from ._errors import RemoteProtocolError
+from ._fields import FieldType, ListOf, Optional, Record
+from ._frames import FRAME_NAMES, PROTOCOL_VERSION, Frame
+
+TRACE_FORMAT: Final = 1
+
+Dir = Literal["in", "out"]
+"""`in`: client to server. `out`: server to client. Always from the server's point of view."""
+
+
+class TraceError(ValueError):
+    """A trace file is not in the trace format; the message names the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """A connection opened, on a transport path (`/` for the native protocol)."""
+
+    path: str = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """A connection closed with a WebSocket close code; `dir` says which side closed it."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A message recorded as bytes because it is not valid frames (hostile input, mostly)."""
+
+    data: bytes
+
+
+Body = Union[Frame, Raw, Open, Close]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceHeader:
+    protocol: int = PROTOCOL_VERSION
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRecord:
+    t: float
+    """Seconds since the trace began (on the recorder's Trio clock)."""
+    conn: str
+    dir: Dir
+    body: Body
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    header: TraceHeader
+    records: tuple[TraceRecord, ...]
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def write_trace(out: IO[str], header: TraceHeader, records: Iterable[TraceRecord]) -> None:
+    """Write a whole trace to a text file object."""
+    writer = TraceWriter(out, header)
+    for record in records:
+        writer.write(record)
+
+
+class TraceWriter:
+    """Writes the header at once, then one line per `write`."""
+
+    def __init__(self, out: IO[str], header: TraceHeader) -> None:
+        self._out = out
+        line = {"plait_trace": TRACE_FORMAT, "protocol": header.protocol, "settings": header.settings}
+        self._line(line)
+
+    def write(self, record: TraceRecord) -> None:
+        obj: dict[str, Any] = {"t": record.t, "conn": record.conn, "dir": record.dir}
+        body = record.body
+        if isinstance(body, Frame):
+            obj["frame"] = frame_to_json(body)
+        elif isinstance(body, Raw):
+            obj["raw"] = value_to_json(body.data)
+        elif isinstance(body, Open):
+            obj["open"] = body.path
+        else:
+            obj["close"] = body.code
+            if body.reason:
+                obj["reason"] = body.reason
+        self._line(obj)
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        self._out.write(json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def frame_to_json(frame: Frame) -> dict[str, Any]:
+    obj: dict[str, Any] = {"kind": frame.KIND.name.lower()}
+    for name, ftype in zip(frame.__dataclass_fields__, frame.FIELDS):
+        obj[name] = _field_to_json(ftype, getattr(frame, name))
+    return obj
+
+
+def _field_to_json(ftype: FieldType, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(ftype, Optional):
+        return _field_to_json(ftype.inner, value)
+    if isinstance(ftype, ListOf):
+        return [_field_to_json(ftype.item, v) for v in value]
+    if isinstance(ftype, Record):
+        return {
+            name: _field_to_json(t, getattr(value, name))
+            for name, t in zip(ftype.cls.__dataclass_fields__, ftype.types)
+        }
+    return value_to_json(value)
+
+
+def value_to_json(value: Any) -> Any:
+    """JSON for an application value; binary, odd floats and `$`-keys are escaped."""
+    if isinstance(value, bytes):
+        return {"$b": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}
+    if isinstance(value, (list, tuple)):
+        return [value_to_json(v) for v in value]
+    if isinstance(value, dict):
+        if any(k.startswith("$") for k in value):
+            return {"$map": [[k, value_to_json(v)] for k, v in value.items()]}
+        return {k: value_to_json(v) for k, v in value.items()}
+    return value
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read_trace(lines: Iterable[str]) -> Trace:
+    """Read a whole trace (a text file object or any iterable of lines).
+
+    Raises:
+        TraceError: the text is not a valid trace; the message names the line.
+    """
+    numbered = ((n, line) for n, line in enumerate(lines, 1) if line.strip())
+    first = next(numbered, None)
+    if first is None:
+        raise TraceError("empty trace: the first line must be the header")
+    header = _header(*first)
+    return Trace(header, tuple(_records(numbered)))
+
+
+def _records(numbered: Iterator[tuple[int, str]]) -> Iterator[TraceRecord]:
+    for lineno, line in numbered:
+        try:
+            yield _record(_json(lineno, line))
+        except (TraceError, RemoteProtocolError, KeyError, TypeError, ValueError) as exc:
+            raise TraceError(f"line {lineno}: {exc}") from exc
+
+
+def _json(lineno: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"line {lineno}: not JSON: {exc}") from exc
+
+
+def _header(lineno: int, line: str) -> TraceHeader:
+    obj = _json(lineno, line)
+    if not isinstance(obj, dict) or obj.get("plait_trace") != TRACE_FORMAT:
+        raise TraceError(f"line {lineno}: not a Plait trace header (format {TRACE_FORMAT})")
+    protocol, settings = obj.get("protocol"), obj.get("settings", {})
+    if type(protocol) is not int or not isinstance(settings, dict):
+        raise TraceError(f"line {lineno}: header needs an integer protocol and a settings map")
+    return TraceHeader(protocol, settings)
+
+
+def _record(obj: Any) -> TraceRecord:
+    if not isinstance(obj, dict):
+        raise TraceError("a record is a JSON object")
+    t, conn, direction = obj["t"], obj["conn"], obj["dir"]
+    if type(t) not in (int, float) or t < 0:
+        raise TraceError(f"t must be a non-negative number of seconds, got {t!r}")
+    if not isinstance(conn, str) or direction not in ("in", "out"):
+        raise TraceError("conn must be a string and dir 'in' or 'out'")
+    body: Body
+    if "frame" in obj:
+        body = frame_from_json(obj["frame"])
+    elif "raw" in obj:
+        data = value_from_json(obj["raw"])
+        if not isinstance(data, bytes):
+            raise TraceError("raw must be binary ({'$b': base64})")
+        body = Raw(data)
+    elif "open" in obj:
+        body = Open(str(obj["open"]))
+    elif "close" in obj:
+        body = Close(int(obj["close"]), str(obj.get("reason", "")))
+    else:
+        raise TraceError("a record holds one of frame, raw, open, close")
+    return TraceRecord(float(t), conn, direction, body)
+
+
+def frame_from_json(obj: Any) -> Frame:
+    """Build a frame from its JSON form, checking every field as the decoder does.
+
+    Raises:
+        TraceError: unknown kind or missing/extra fields.
+        RemoteProtocolError: a field's value is invalid.
+    """
+    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+        raise TraceError("a frame is an object with a 'kind' name")
+    cls = FRAME_NAMES.get(obj["kind"])
+    if cls is None:
+        raise TraceError(f"unknown frame kind {obj['kind']!r}")
+    names = list(cls.__dataclass_fields__)
+    extra = set(obj) - set(names) - {"kind"}
+    if extra:
+        raise TraceError(f"{obj['kind']} has no field(s) {sorted(extra)}")
+    values = [_field_from_json(t, obj[name]) for name, t in zip(names, cls.FIELDS)]
+    return frame_from_fields(cls, values)
+
+
+def _field_from_json(ftype: FieldType, obj: Any) -> Any:
+    if obj is None:
+        return None
+    if isinstance(ftype, Optional):
+        return _field_from_json(ftype.inner, obj)
+    if isinstance(ftype, ListOf):
+        if not isinstance(obj, list):
+            raise TraceError(f"expected a list for {ftype.spec_name}")
+        return [_field_from_json(ftype.item, v) for v in obj]
+    if isinstance(ftype, Record):
+        if not isinstance(obj, dict):
+            raise TraceError(f"expected an object for {ftype.spec_name}")
+        return [_field_from_json(t, obj[n]) for n, t in zip(ftype.cls.__dataclass_fields__, ftype.types)]
+    return value_from_json(obj)
+
+
+def value_from_json(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [value_from_json(v) for v in obj]
+    if isinstance(obj, dict):
+        if len(obj) == 1:
+            ((key, inner),) = obj.items()
+            if key == "$b":
+                try:
+                    return base64.b64decode(inner, validate=True)
+                except (binascii.Error, TypeError) as exc:
+                    raise TraceError(f"bad base64 in $b: {exc}") from exc
+            if key == "$float":
+                return float(inner)
+            if key == "$map":
+                return {k: value_from_json(v) for k, v in inner}
+        return {k: value_from_json(v) for k, v in obj.items()}
+    return obj

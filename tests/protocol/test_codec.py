@@ -1,0 +1,100 @@
+"""Round trips and exact bytes for every frame kind and for batches (spec §3, §4)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plait.protocol import (
+    FRAME_TYPES,
+    CodecLimits,
+    ErrorCode,
+    Frame,
+    FrameKind,
+    LocalProtocolError,
+    RemoteProtocolError,
+    decode,
+    encode,
+    encode_frame,
+    join_encoded,
+)
+
+from .golden import GOLDEN
+from .strategies import for_frame_type, frames
+
+
+@pytest.mark.parametrize("cls", list(FRAME_TYPES.values()), ids=lambda c: c.__name__)
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_every_frame_kind_round_trips(cls: type[Frame], data: st.DataObject) -> None:
+    frame = data.draw(for_frame_type(cls))
+    assert decode(encode(frame)) == [frame]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frames, min_size=1, max_size=8))
+def test_batches_round_trip_in_order(batch: list[Frame]) -> None:
+    assert decode(encode(batch)) == batch
+
+
+def test_every_frame_kind_has_a_golden_case() -> None:
+    assert {type(frame).KIND for frame, _ in GOLDEN} == set(FrameKind)
+
+
+@pytest.mark.parametrize(("frame", "hex_bytes"), GOLDEN, ids=lambda v: getattr(v, "KIND", None) and type(v).__name__)
+def test_golden_bytes(frame: Frame, hex_bytes: str) -> None:
+    wire = bytes.fromhex(hex_bytes)
+    assert encode(frame) == wire, f"wire format of {type(frame).__name__} changed: {encode(frame).hex()}"
+    assert decode(wire) == [frame]
+
+
+def test_a_batch_is_the_concatenation_of_its_frames() -> None:
+    parts = [bytes.fromhex(h) for _, h in GOLDEN[:5]]
+    assert decode(b"".join(parts)) == [f for f, _ in GOLDEN[:5]]
+    assert join_encoded(parts) == encode([f for f, _ in GOLDEN[:5]])
+
+
+@pytest.mark.parametrize(("frame", "hex_bytes"), GOLDEN, ids=lambda v: getattr(v, "KIND", None) and type(v).__name__)
+def test_every_truncation_is_malformed(frame: Frame, hex_bytes: str) -> None:
+    wire = bytes.fromhex(hex_bytes)
+    for cut in range(len(wire)):
+        with pytest.raises(RemoteProtocolError) as info:
+            decode(wire[:cut])
+        assert info.value.code is ErrorCode.MALFORMED_FRAME, cut
+
+
+def test_encode_refuses_what_a_decoder_would_refuse() -> None:
+    from plait.protocol import Join, Ping
+
+    with pytest.raises(LocalProtocolError) as info:
+        encode(Join(ref=1, room="", state_vector=None, since=None))
+    assert info.value.code is ErrorCode.INVALID_FIELD
+    with pytest.raises(LocalProtocolError) as info:
+        encode(Ping(nonce=-1))
+    assert info.value.code is ErrorCode.INVALID_FIELD
+    with pytest.raises(LocalProtocolError) as info:
+        encode([])
+    assert info.value.code is ErrorCode.MALFORMED_FRAME
+    with pytest.raises(LocalProtocolError):
+        encode("not a frame")  # type: ignore[arg-type]
+
+
+def test_encode_enforces_message_limits() -> None:
+    from plait.protocol import Ping, Update
+
+    limits = CodecLimits(max_message_bytes=64, max_frames_per_message=3)
+    with pytest.raises(LocalProtocolError) as info:
+        encode([Ping(1)] * 4, limits)
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    with pytest.raises(LocalProtocolError) as info:
+        encode(Update(channel=1, ref=None, update=b"x" * 100), limits)
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+
+
+def test_kind_is_the_first_element_on_the_wire() -> None:
+    for frame, hex_bytes in GOLDEN:
+        array = msgpack.unpackb(bytes.fromhex(hex_bytes))
+        assert array[0] == type(frame).KIND
+        assert len(encode_frame(frame)) == len(bytes.fromhex(hex_bytes))
