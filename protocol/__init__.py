@@ -57,6 +57,8 @@ from ._frames import (
 )
 from ._codec import (
     decode as decode,
+    ChannelFrame as ChannelFrame,
+    frame_to_array as frame_to_array,
     encode as encode,
     encode_frame as encode_frame,
     join_encoded as join_encoded,

@@ -21,7 +21,7 @@ from ._frames import FRAME_TYPES, Frame
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
 
-MAX_MESSAGE_BYTES: Final = 1 * MiB
+MAX_MESSAGE_BYTES: Final = 16 * MiB
 MAX_FRAMES_PER_MESSAGE: Final = 1024
 
 
@@ -182,3 +182,31 @@ def join_encoded(parts: list[bytes], limits: CodecLimits = DEFAULT_LIMITS) -> by
         )
     return message
 
+
+
+class ChannelFrame:
+    """A room-scoped frame encoded once for many recipients (spec §3.2, fan-out).
+
+    Recipients know the room by their own channel numbers, so the bytes differ only in the
+    channel field. The rest of the frame is encoded (and checked) once; `for_channel` splices
+    in the channel, and caches the result because most members share small channel numbers.
+    """
+
+    __slots__ = ("_head", "_tail", "_by_channel")
+
+    def __init__(self, frame: Frame) -> None:
+        if not frame.ROOM_SCOPED:
+            raise LocalProtocolError(f"{type(frame).__name__} is not room-scoped", ErrorCode.UNEXPECTED_FRAME)
+        encode_frame(frame)  # checks every field once
+        array = frame_to_array(frame)
+        packer = msgpack.Packer(use_bin_type=True)
+        self._head = packer.pack_array_header(len(array)) + packer.pack(array[0])
+        self._tail = b"".join(packer.pack(v) for v in array[2:])
+        self._by_channel: dict[int, bytes] = {}
+
+    def for_channel(self, channel: int) -> bytes:
+        data = self._by_channel.get(channel)
+        if data is None:
+            data = self._head + msgpack.packb(channel) + self._tail
+            self._by_channel[channel] = data
+        return data

@@ -48,9 +48,10 @@ class UInt(FieldType):
         self.spec_name = names.get(maximum, f"uint≤{maximum}")
 
     def check(self, value: object) -> int:
-        if type(value) is not int or not 0 <= value <= self.maximum:
+        # IntEnum members (ErrorCode, Access) are accepted and leave as plain integers.
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= self.maximum:
             raise _invalid(f"expected an integer in 0..{self.maximum}, got {_show(value)}")
-        return value
+        return int(value)
 
 
 class Str(FieldType):

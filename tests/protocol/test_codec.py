@@ -98,3 +98,20 @@ def test_kind_is_the_first_element_on_the_wire() -> None:
         array = msgpack.unpackb(bytes.fromhex(hex_bytes))
         assert array[0] == type(frame).KIND
         assert len(encode_frame(frame)) == len(bytes.fromhex(hex_bytes))
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames, st.integers(0, 2**32 - 1))
+def test_channel_frame_bytes_equal_encoding_with_that_channel(frame: Frame, channel: int) -> None:
+    import dataclasses
+
+    from plait.protocol import ChannelFrame
+
+    if not frame.ROOM_SCOPED:
+        with pytest.raises(LocalProtocolError):
+            ChannelFrame(frame)
+        return
+    shared = ChannelFrame(frame)
+    rechanneled = dataclasses.replace(frame, channel=channel)  # type: ignore[type-var]
+    assert shared.for_channel(channel) == encode(rechanneled)
+    assert shared.for_channel(channel) is shared.for_channel(channel)

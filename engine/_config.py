@@ -1,0 +1,52 @@
+"""Engine settings, with the defaults spec/protocol.md names. Times are seconds on Trio's clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from plait.protocol import MAX_FRAMES_PER_MESSAGE, MAX_MESSAGE_BYTES, Limits, MiB
+
+SECONDS: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    heartbeat: float = 15 * SECONDS
+    """H in spec §5.7: a connection silent for 2H is closed; an idle writer pings every H."""
+    handshake_timeout: float = 10 * SECONDS
+    tick: float = 0.05 * SECONDS
+    """Presence, cursor and typing changes are coalesced into one frame per channel per tick."""
+    presence_grace: float = 5 * SECONDS
+    typing_expiry: float = 5 * SECONDS
+    room_idle_grace: float = 10 * SECONDS
+    """A room with no members stays loaded this long before it flushes and unloads."""
+    close_timeout: float = 2 * SECONDS
+
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE
+    max_rooms_per_connection: int = 64
+    events_per_second: int = 50
+    updates_per_second: int = 200
+    rate_violations_before_close: int = 20
+    """RATE_LIMITED errors tolerated (refilling at one per second) before closing the connection."""
+
+    outbox_max_bytes: int = 64 * MiB
+    """Per connection: bytes queued for a client that does not read; past it, close TOO_SLOW."""
+    outbox_lag_frames: int = 64
+    """Past this many queued frames a connection is lagging: its ephemeral frames coalesce."""
+
+    event_history: int = 1000
+    compact_after_updates: int = 500
+    compact_after_bytes: int = 1 * MiB
+
+    @property
+    def limits(self) -> Limits:
+        """What Welcome announces (spec §4.2)."""
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_frames_per_message=self.max_frames_per_message,
+            max_rooms=self.max_rooms_per_connection,
+            events_per_second=self.events_per_second,
+            updates_per_second=self.updates_per_second,
+        )

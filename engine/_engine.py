@@ -1,0 +1,222 @@
+"""The Engine: owns the nursery every room and connection runs in (architecture: Engine).
+
+    async with Engine(store=MemoryStore()) as engine:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+
+What escapes `async with Engine(...)`: exceptions raised by the body, unwrapped (never an
+ExceptionGroup of one), and Cancelled. A failing room or connection is contained and logged.
+On exit the engine shuts down gracefully: it stops accepting, closes every session with
+GOING_AWAY, then flushes and unloads every room.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import trio
+import trio_websocket
+
+from plait.protocol import CloseCode, ErrorCode
+from plait.storage import MemoryStore, Store
+
+from ._config import EngineConfig
+from ._errors import RequestError, RoomUnavailable
+from ._handle import RoomHandle
+from ._hooks import Hooks
+from ._room import Room, RoomState
+from ._session import Session
+from ._transport import MemoryTransport, Transport, WebSocketTransport, memory_transport_pair
+
+logger = logging.getLogger("plait.engine")
+
+
+def random_session_ids() -> Callable[[], str]:
+    prefix = secrets.token_hex(4)
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{next(counter)}"
+
+
+class Engine:
+    """A Plait engine.
+
+    Args:
+        store: where rooms are kept; a MemoryStore if not given.
+        hooks: authentication, authorisation and event hooks; anonymous full access if not given.
+        config: timings and limits.
+        session_ids: makes session ids (tests and trace replay pass a deterministic one).
+    """
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        hooks: Hooks | None = None,
+        config: EngineConfig | None = None,
+        session_ids: Callable[[], str] | None = None,
+    ) -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.config = config if config is not None else EngineConfig()
+        self._new_session_id = session_ids or random_session_ids()
+        self._rooms: dict[str, Room] = {}
+        self._unloading: dict[str, Room] = {}
+        self._sessions: set[Session] = set()
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: Any = None
+        self._accepting = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        self._accepting = True
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        try:
+            with trio.CancelScope(shield=exc is not None):
+                await self.shutdown()
+        finally:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            try:
+                return bool(await self._nursery_cm.__aexit__(exc_type, exc, tb))
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every session (GOING_AWAY), flush and unload every room."""
+        self._accepting = False
+        for session in list(self._sessions):
+            session.close(CloseCode.GOING_AWAY, "server shutting down")
+        for session in list(self._sessions):
+            await session.wait_done()  # each closes its transport within close_timeout
+        rooms = [*self._rooms.values(), *self._unloading.values()]
+        for room in rooms:
+            room.request_unload()
+        for room in rooms:
+            await room.wait_closed()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("use the engine inside `async with Engine(...)`")
+        return self._nursery
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def serve_websocket(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve the protocol over WebSocket until cancelled. With `nursery.start`, returns the
+        bound port once listening (pass port 0 for any free port)."""
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: trio_websocket.serve_websocket(
+                    self._websocket_request,
+                    host,
+                    port,
+                    None,
+                    handler_nursery=self.nursery,
+                    max_message_size=self.config.max_message_bytes,
+                    task_status=task_status,
+                )
+            )
+            logger.info("listening on ws://%s:%d", host, server.port)
+            task_status.started(server.port)
+
+    async def _websocket_request(self, request: trio_websocket.WebSocketRequest) -> None:
+        if not self._accepting:
+            await request.reject(503, body=b"shutting down")
+            return
+        ws = await request.accept()
+        await self.serve_transport(WebSocketTransport(ws, request.path))
+
+    async def serve_transport(self, transport: Transport) -> None:
+        """Run one connection to its end, whatever transport carries it."""
+        session = Session(self, transport, self._new_session_id())
+        self._sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+
+    def connect_memory(self, path: str = "/", buffer: int = 16) -> MemoryTransport:
+        """Open an in-memory connection served by this engine; returns the client's end."""
+        client, server = memory_transport_pair(path, buffer)
+        self.nursery.start_soon(self.serve_transport, server)
+        return client
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def hold_room(self, name: str) -> AsyncIterator[Room]:
+        """The live room `name`, loading it if needed; it cannot unload while held.
+
+        Raises:
+            RoomUnavailable: it failed to load (stored data is left as it was).
+            RequestError: the engine is shutting down.
+        """
+        while True:
+            if not self._accepting:
+                raise RequestError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+            room = self._rooms.get(name)
+            if room is None:
+                previous = self._unloading.get(name)
+                if previous is not None:
+                    await previous.wait_closed()  # its flush must land before we load again
+                    continue
+                room = Room(name, self.store, self.hooks, self.config, self._room_draining)
+                self._rooms[name] = room
+                self.nursery.start_soon(self._run_room, room)
+            room.holds += 1
+            try:
+                await room.wait_loaded()
+                if not room.accepting:
+                    continue  # it began unloading as we arrived: get a fresh one
+                yield room
+                return
+            finally:
+                room.holds -= 1
+
+    def _room_draining(self, room: Room) -> None:
+        if self._rooms.get(room.name) is room:
+            del self._rooms[room.name]
+        if room.state is RoomState.DRAINING:
+            self._unloading[room.name] = room
+
+    async def _run_room(self, room: Room) -> None:
+        try:
+            await room.run()
+        except Exception as exc:
+            # A bug in a room fails that room loudly, not the server.
+            logger.critical("room %r crashed", room.name, exc_info=exc)
+            room.state = RoomState.FAILED
+            self._room_draining(room)
+            room.close_all(ErrorCode.INTERNAL, "room crashed")
+        finally:
+            if self._unloading.get(room.name) is room:
+                del self._unloading[room.name]
+
+    @asynccontextmanager
+    async def room(self, name: str) -> AsyncIterator[RoomHandle]:
+        """Server-side access to a room without a connection: read and edit its document,
+        publish events, list presence. The room stays loaded while the block runs."""
+        async with self.hold_room(name) as room:
+            yield RoomHandle(room)
+
+    def statistics(self) -> dict[str, int]:
+        return {"rooms": len(self._rooms), "sessions": len(self._sessions)}
+
+
+__all__ = ["Engine", "RoomUnavailable"]

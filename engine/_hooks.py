@@ -1,0 +1,52 @@
+"""Hooks an embedding application implements: authentication, authorisation, events.
+
+Subclass `Hooks` and override what you need; every method has a safe default (anonymous users,
+full access, events unchanged). Hooks run on the Trio thread and may await.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from plait.protocol import Access, ErrorCode
+
+Identity = dict[str, Any]
+"""Who is behind a session: a map with at least "id" (a string). Stamped on presence/events."""
+
+
+class Unauthenticated(Exception):
+    """Raise from `Hooks.authenticate` to refuse a token (close 4003)."""
+
+
+class EventRejected(Exception):
+    """Raise from `Hooks.on_event` to refuse an event.
+
+    Args:
+        message: for people; sent in the error frame.
+        code: ErrorCode.EVENT_REJECTED, or an application code in 4000..4999.
+    """
+
+    def __init__(self, message: str, code: int = ErrorCode.EVENT_REJECTED) -> None:
+        if code != ErrorCode.EVENT_REJECTED and not 4000 <= code <= 4999:
+            raise ValueError("application error codes are 4000..4999")
+        super().__init__(message)
+        self.code = code
+
+
+class Hooks:
+    """Default hooks: every connection is an anonymous user with write access everywhere."""
+
+    _anonymous = itertools.count(1)
+
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        """Turn the hello's token into an identity, or raise Unauthenticated."""
+        return {"id": f"anon-{next(self._anonymous)}"}
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        """The identity's access to a room: Access.WRITE, Access.READ, or None (FORBIDDEN)."""
+        return Access.WRITE
+
+    async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
+        """Return the payload to broadcast (possibly transformed) or raise EventRejected."""
+        return payload

@@ -1,0 +1,112 @@
+"""Presence bookkeeping as pure data: no clock reads, no I/O (spec §5.4).
+
+The room feeds it what happened, with `now` from trio.current_time(), and asks for the diff to
+broadcast once per tick. Rule: `take_diff` returns each change once; a session that joined and
+left within one tick appears in neither list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from plait.protocol import PresenceEntry, PresenceState
+
+
+@dataclass(slots=True)
+class _Entry:
+    identity: dict[str, Any]
+    state: dict[str, Any]
+    lingers_until: float | None = None
+    """Set when the session disconnected: it leaves then, unless its identity comes back."""
+
+
+class PresenceBook:
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._joined: set[str] = set()
+        self._updated: set[str] = set()
+        self._left: set[str] = set()
+
+    def __contains__(self, session: str) -> bool:
+        return session in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def join(self, session: str, identity: dict[str, Any]) -> None:
+        """A session joined. A lingering session of the same identity leaves in the same diff,
+        so a quick reconnect shows no gap to clients that group by identity."""
+        for old, entry in list(self._entries.items()):
+            if entry.lingers_until is not None and entry.identity.get("id") == identity.get("id"):
+                self.leave(old)
+        self._entries[session] = _Entry(dict(identity), {})
+        self._joined.add(session)
+        self._left.discard(session)
+
+    def set(self, session: str, state: dict[str, Any]) -> None:
+        self._entries[session].state = dict(state)
+        self._mark_updated(session)
+
+    def patch(self, session: str, patch: dict[str, Any]) -> None:
+        state = self._entries[session].state
+        for key, value in patch.items():
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        self._mark_updated(session)
+
+    def linger(self, session: str, until: float) -> None:
+        """The session disconnected; keep its entry until `until` (the grace period)."""
+        entry = self._entries.get(session)
+        if entry is not None:
+            entry.lingers_until = until
+
+    def leave(self, session: str) -> None:
+        if self._entries.pop(session, None) is None:
+            return
+        if session in self._joined:
+            self._joined.discard(session)  # never announced: nothing to take back
+        else:
+            self._left.add(session)
+        self._updated.discard(session)
+
+    def expire(self, now: float) -> list[str]:
+        """Remove lingering sessions whose grace ended; return them."""
+        gone = [
+            s for s, e in self._entries.items() if e.lingers_until is not None and e.lingers_until <= now
+        ]
+        for session in gone:
+            self.leave(session)
+        return gone
+
+    def next_expiry(self) -> float | None:
+        times = [e.lingers_until for e in self._entries.values() if e.lingers_until is not None]
+        return min(times) if times else None
+
+    def _mark_updated(self, session: str) -> None:
+        if session not in self._joined:
+            self._updated.add(session)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._joined or self._updated or self._left)
+
+    def entry(self, session: str) -> PresenceEntry:
+        e = self._entries[session]
+        return PresenceEntry(session, e.identity, dict(e.state))
+
+    def snapshot(self) -> tuple[PresenceEntry, ...]:
+        return tuple(self.entry(s) for s in self._entries)
+
+    def take_diff(self) -> tuple[tuple[PresenceEntry, ...], tuple[PresenceState, ...], tuple[str, ...]]:
+        joined = tuple(self.entry(s) for s in sorted(self._joined))
+        updated = tuple(
+            PresenceState(s, dict(self._entries[s].state)) for s in sorted(self._updated)
+        )
+        left = tuple(sorted(self._left))
+        self._joined.clear()
+        self._updated.clear()
+        self._left.clear()
+        return joined, updated, left

@@ -1,0 +1,535 @@
+"""A live room: one document, presence, cursors, typing and events, and the tasks that keep
+them moving (architecture: Engine).
+
+Concurrency rules:
+- Room state changes only on the Trio thread, in synchronous methods (no await in the middle of
+  a change), so there are no locks. Sessions call those methods from their reader tasks.
+- The room's own nursery runs the ticker (coalesces ephemeral changes, one frame per kind per
+  tick), the sweeper (expires lingering presence and typing) and the persister (group commit of
+  document updates and events; acks go out only after the commit).
+- Lifecycle: loading -> live -> draining -> closed (or failed). A room that fails to load never
+  starts empty; a room whose store fails closes every channel and unloads without writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+import pycrdt
+import trio
+
+from plait.protocol import (
+    Access,
+    Ack,
+    ChannelClosed,
+    ChannelFrame,
+    CursorPosition,
+    Cursors,
+    ErrorCode,
+    Event,
+    Frame,
+    Join,
+    Joined,
+    PresenceDiff,
+    PresenceEntry,
+    PresenceSnapshot,
+    SyncStep1,
+    SyncStep2,
+    TypingState,
+    Update,
+)
+from plait.storage import RoomData, StorageError, Store
+
+from ._config import EngineConfig
+from ._errors import RequestError, RoomUnavailable
+from ._events import EventLog, EventRecord
+from ._hooks import Hooks, Identity
+from ._presence import PresenceBook
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+logger = logging.getLogger("plait.room")
+
+
+class RoomState(Enum):
+    LOADING = "loading"
+    LIVE = "live"
+    DRAINING = "draining"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    session: Session
+    room: Room
+    channel: int
+    access: Access
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What the persister commits next, and the acks waiting for that commit."""
+
+    updates: list[bytes] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    acks: list[tuple[Member | None, int, int | None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.updates or self.events or self.acks)
+
+
+def apply_update(doc: pycrdt.Doc, update: bytes) -> None:
+    """Apply a Yjs update, turning anything pycrdt raises (even a Rust panic) into ValueError."""
+    try:
+        doc.apply_update(update)
+    except Exception as exc:
+        raise ValueError(str(exc)) from exc
+    except BaseException as exc:  # pyo3 PanicException derives from BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ValueError(f"update crashed the decoder: {exc}") from None
+
+
+class Room:
+    def __init__(
+        self,
+        name: str,
+        store: Store,
+        hooks: Hooks,
+        config: EngineConfig,
+        on_draining: Callable[[Room], None],
+    ) -> None:
+        self.name = name
+        self.state = RoomState.LOADING
+        self.doc = pycrdt.Doc()
+        self._store, self._hooks, self._config = store, hooks, config
+        self._on_draining = on_draining
+        self._members: dict[Session, Member] = {}
+        self.holds = 0
+        """Joins in progress and server-side handles: a held room does not unload."""
+        self._presence = PresenceBook()
+        self._cursors: dict[str, Any] = {}
+        self._moved: dict[str, Any] = {}
+        self._typing: dict[str, float] = {}
+        self._typing_changed = False
+        self._events = EventLog(config.event_history)
+        self._pending = _Pending()
+        self._updates_since_snapshot = 0
+        self._bytes_since_snapshot = 0
+        self._origin: Member | None = None
+        self._persist_lock = trio.StrictFIFOLock()
+        self._loaded = trio.Event()
+        self._closed = trio.Event()
+        self._load_error: str | None = None
+        self._tick_wanted = trio.Event()
+        self._persist_wanted = trio.Event()
+        self._deadlines_changed = trio.Event()
+        self._membership_changed = trio.Event()
+        self._unload_requested = False
+        self._changes = 0
+        self._durable_changes = 0
+        self._commit_done = trio.Event()
+        self._doc_subscription = self.doc.observe(self._on_doc_change)
+        self._sync_cache: tuple[bytes, bytes] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery."""
+        try:
+            data = await self._store.load(self.name)
+            self._restore(data)
+        except (StorageError, ValueError) as exc:
+            logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
+            self._load_error = f"room could not be loaded: {exc}"
+            self.state = RoomState.FAILED
+            self._on_draining(self)
+            self._loaded.set()
+            self._closed.set()
+            return
+        self.state = RoomState.LIVE
+        logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
+        self._loaded.set()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._sweeper)
+                nursery.start_soon(self._persister)
+                await self._wait_until_idle()
+                if self.state is RoomState.LIVE:
+                    self.state = RoomState.DRAINING
+                    self._on_draining(self)
+                    await self._flush(final=True)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.state is not RoomState.FAILED:
+                self.state = RoomState.CLOSED
+            self._closed.set()
+            logger.info("room %r unloaded (%s)", self.name, self.state.value)
+
+    def _restore(self, data: RoomData) -> None:
+        if data.snapshot is not None:
+            apply_update(self.doc, data.snapshot)
+        for update in data.updates:
+            apply_update(self.doc, update)
+        # Loading must not count as new changes to persist.
+        self._pending = _Pending()
+        self._changes = self._durable_changes = 0
+        self._updates_since_snapshot = len(data.updates)
+        self._bytes_since_snapshot = sum(map(len, data.updates))
+        self._events = EventLog(self._config.event_history, data.events)
+
+    async def wait_loaded(self) -> None:
+        """Return once the room is live. Raises RoomUnavailable if it failed to load."""
+        await self._loaded.wait()
+        if self.state is RoomState.FAILED:
+            raise RoomUnavailable(self._load_error or "room is unavailable")
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def request_unload(self) -> None:
+        self._unload_requested = True
+        self._membership_changed.set()
+
+    @property
+    def accepting(self) -> bool:
+        return self.state in (RoomState.LOADING, RoomState.LIVE)
+
+    async def _wait_until_idle(self) -> None:
+        while not self._unload_requested and self.state is RoomState.LIVE:
+            idle = not self._members and self.holds == 0
+            with trio.move_on_after(self._config.room_idle_grace if idle else math.inf) as timer:
+                await self._membership_changed.wait()
+                self._membership_changed = trio.Event()
+            if timer.cancelled_caught and not self._members and self.holds == 0:
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        """The store failed: tell everyone, keep what is stored, unload without writing."""
+        logger.error("room %r failed: %s", self.name, exc, exc_info=exc)
+        self.state = RoomState.FAILED
+        self._on_draining(self)
+        message = f"storage failed: {exc}"[:1024]
+        for member, ref, _ in self._pending.acks:
+            if member is not None and ref >= 0:
+                member.session.send_error(ref, member.channel, ErrorCode.STORAGE_UNAVAILABLE, message)
+        self._pending = _Pending()
+        for member in list(self._members.values()):
+            self._remove(member)
+            member.session.close_channel(member, ErrorCode.STORAGE_UNAVAILABLE, message)
+        self._membership_changed.set()
+        self._commit_done.set()
+
+    # -- members ----------------------------------------------------------------------------
+
+    def add_member(self, session: Session, channel: int, access: Access, join: Join) -> Member:
+        """Admit a session: queue Joined, the sync frames, the presence snapshot and missed
+        events, in the order spec §5.2 requires. Raises RequestError for a bad state vector."""
+        sync_update = None
+        if join.state_vector is not None:
+            sync_update = self._update_since(join.state_vector)
+        missed: list[EventRecord] = []
+        resumed = None
+        if join.since is not None:
+            missed, resumed = self._events.since(join.since)
+        member = Member(session, self, channel, access)
+        self._members[session] = member
+        self._membership_changed.set()
+        self._presence.join(session.id, session.identity)
+        self._want_tick()
+        frames: list[Frame] = [
+            Joined(join.ref, channel, int(access), self._events.head, resumed),
+            SyncStep1(channel, self.doc.get_state()),
+        ]
+        if sync_update is not None:
+            frames.append(SyncStep2(channel, None, sync_update))
+        frames.append(PresenceSnapshot(channel, self._presence.snapshot()))
+        frames.extend(self._event_frame(r, channel) for r in missed)
+        session.send_frames(frames)
+        return member
+
+    def remove_member(self, member: Member, *, disconnected: bool) -> None:
+        """The member left (at once) or disconnected (its presence lingers for the grace)."""
+        if self._members.get(member.session) is not member:
+            return
+        self._remove(member)
+        sid = member.session.id
+        if disconnected:
+            self._presence.linger(sid, trio.current_time() + self._config.presence_grace)
+            self._deadlines_changed.set()
+        else:
+            self._presence.leave(sid)
+        self._membership_changed.set()
+        self._want_tick()
+
+    def _remove(self, member: Member) -> None:
+        del self._members[member.session]
+        sid = member.session.id
+        if self._cursors.pop(sid, None) is not None or sid in self._moved:
+            self._moved[sid] = None
+        if self._typing.pop(sid, None) is not None:
+            self._typing_changed = True
+        # Acks still waiting for a commit go nowhere now; the commit itself still happens.
+        self._pending.acks = [a for a in self._pending.acks if a[0] is not member]
+
+    @property
+    def member_count(self) -> int:
+        return len(self._members)
+
+    def presence(self) -> tuple[PresenceEntry, ...]:
+        return self._presence.snapshot()
+
+    # -- documents --------------------------------------------------------------------------
+
+    def _update_since(self, state_vector: bytes) -> bytes:
+        if state_vector == b"\x00":  # empty state vector: many joiners at once share one update
+            state = self.doc.get_state()
+            if self._sync_cache is None or self._sync_cache[0] != state:
+                self._sync_cache = (state, self.doc.get_update())
+            return self._sync_cache[1]
+        try:
+            return self.doc.get_update(state_vector)
+        except ValueError as exc:
+            raise RequestError(ErrorCode.INVALID_UPDATE, f"invalid state vector: {exc}") from exc
+
+    def sync_step1(self, member: Member, state_vector: bytes) -> None:
+        update = self._update_since(state_vector)
+        member.session.send_frames([SyncStep2(member.channel, None, update)])
+
+    def apply_client_update(self, member: Member, update: bytes, ref: int | None) -> None:
+        """Apply a member's update; its ack waits for the commit that makes it durable."""
+        if member.access is not Access.WRITE:
+            raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
+        self._origin = member
+        try:
+            apply_update(self.doc, update)
+        except ValueError as exc:
+            raise RequestError(ErrorCode.INVALID_UPDATE, f"update does not apply: {exc}"[:1024]) from exc
+        finally:
+            self._origin = None
+        if ref is not None:
+            self._pending.acks.append((member, ref, None))
+            self._want_persist()
+
+    def _on_doc_change(self, event: pycrdt.TransactionEvent) -> None:
+        # Every change to the document, from a member or from server-side code, passes here:
+        # it is broadcast to everyone but its origin and queued for the next commit.
+        update: bytes = event.update
+        self._pending.updates.append(update)
+        self._changes += 1
+        self._want_persist()
+        shared = ChannelFrame(Update(0, None, update))
+        origin = self._origin
+        for member in list(self._members.values()):
+            if member is not origin:
+                member.session.send_bytes(shared.for_channel(member.channel))
+
+    # -- presence, cursors, typing ----------------------------------------------------------
+
+    def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
+        sid = member.session.id
+        if state is not None:
+            self._presence.set(sid, state)
+        if patch is not None:
+            self._presence.patch(sid, patch)
+        self._want_tick()
+
+    def move_cursor(self, member: Member, position: Any) -> None:
+        sid = member.session.id
+        if position is None:
+            self._cursors.pop(sid, None)
+        else:
+            self._cursors[sid] = position
+        self._moved[sid] = position
+        self._want_tick()
+
+    def set_typing(self, member: Member, on: bool) -> None:
+        sid = member.session.id
+        if on:
+            if sid not in self._typing:
+                self._typing_changed = True
+            self._typing[sid] = trio.current_time() + self._config.typing_expiry
+            self._deadlines_changed.set()
+        elif self._typing.pop(sid, None) is not None:
+            self._typing_changed = True
+        if self._typing_changed:
+            self._want_tick()
+
+    def ack(self, member: Member, ref: int, value: int | None = None) -> None:
+        """Ack a request; behind any ack still waiting for a commit, so answers stay in order."""
+        if self._pending.acks:
+            self._pending.acks.append((member, ref, value))
+        else:
+            member.session.send_frames([Ack(ref, value)])
+
+    def _want_tick(self) -> None:
+        self._tick_wanted.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            await self._tick_wanted.wait()
+            await trio.sleep(self._config.tick)
+            self._tick_wanted = trio.Event()
+            self._flush_ephemeral()
+
+    def _flush_ephemeral(self) -> None:
+        frames: list[ChannelFrame] = []
+        if self._presence.dirty:
+            joined, updated, left = self._presence.take_diff()
+            frames.append(ChannelFrame(PresenceDiff(0, joined, updated, left)))
+        if self._moved:
+            moves = tuple(CursorPosition(s, p) for s, p in self._moved.items())
+            self._moved = {}
+            frames.append(ChannelFrame(Cursors(0, moves)))
+        if self._typing_changed:
+            self._typing_changed = False
+            frames.append(ChannelFrame(TypingState(0, tuple(self._typing))))
+        if not frames:
+            return
+        for member in list(self._members.values()):
+            refresh = self._refresher(member)
+            for frame in frames:
+                member.session.send_ephemeral(member.channel, frame.for_channel(member.channel), refresh)
+
+    def _refresher(self, member: Member) -> Callable[[], list[bytes]]:
+        def full_state() -> list[bytes]:
+            if self._members.get(member.session) is not member:
+                return []
+            ch = member.channel
+            frames: list[Frame] = [
+                PresenceSnapshot(ch, self._presence.snapshot()),
+                Cursors(ch, tuple(CursorPosition(s, p) for s, p in self._cursors.items())),
+                TypingState(ch, tuple(self._typing)),
+            ]
+            return [ChannelFrame(f).for_channel(ch) for f in frames]
+
+        return full_state
+
+    async def _sweeper(self) -> None:
+        while True:
+            deadlines = [t for t in (self._presence.next_expiry(), *self._typing.values()) if t is not None]
+            with trio.move_on_at(min(deadlines, default=math.inf)):
+                await self._deadlines_changed.wait()
+                self._deadlines_changed = trio.Event()
+            now = trio.current_time()
+            if self._presence.expire(now):
+                self._want_tick()
+            expired = [s for s, t in self._typing.items() if t <= now]
+            for sid in expired:
+                del self._typing[sid]
+            if expired:
+                self._typing_changed = True
+                self._want_tick()
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def publish(
+        self, member: Member | None, ref: int | None, name: str, payload: Any, key: str | None
+    ) -> int:
+        """Sequence and broadcast an event; ack (value = seq) after it is durable."""
+        if self.state is not RoomState.LIVE:
+            raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "room is not live")
+        existing = self._events.seq_for_key(key)
+        if existing is None:
+            identity: Identity | None = member.session.identity if member else None
+            payload = await self._hooks.on_event(self.name, identity, name, payload)
+            existing = self._events.seq_for_key(key)  # a retry may have won during the hook
+        if existing is not None:
+            if member is not None and ref is not None:
+                self.ack(member, ref, existing)
+            return existing
+        session = member.session.id if member else None
+        user = str(member.session.identity.get("id")) if member else None
+        record = self._events.append(name, payload, session, user, key)
+        self._pending.events.append(record)
+        self._changes += 1
+        if member is not None and ref is not None:
+            self._pending.acks.append((member, ref, record.seq))
+        self._want_persist()
+        shared = ChannelFrame(self._event_frame(record, 0))
+        for m in list(self._members.values()):
+            m.session.send_bytes(shared.for_channel(m.channel))
+        return record.seq
+
+    @staticmethod
+    def _event_frame(record: EventRecord, channel: int) -> Event:
+        return Event(channel, record.seq, record.name, record.payload, record.session, record.user)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def _want_persist(self) -> None:
+        self._persist_wanted.set()
+
+    async def _persister(self) -> None:
+        while True:
+            await self._persist_wanted.wait()
+            self._persist_wanted = trio.Event()
+            await self._flush(final=False)
+
+    async def _flush(self, *, final: bool) -> None:
+        """Commit what is pending as one batch, then send its acks; compact when due."""
+        async with self._persist_lock:
+            if self.state is RoomState.FAILED:
+                return
+            pending, self._pending = self._pending, _Pending()
+            mark = self._changes
+            try:
+                if pending.updates:
+                    await self._store.append(self.name, pending.updates)
+                if pending.events:
+                    stored = [r.stored() for r in pending.events]
+                    await self._store.append_events(self.name, stored, self._config.event_history)
+            except StorageError as exc:
+                self._pending = pending
+                self._fail(exc)
+                return
+            self._updates_since_snapshot += len(pending.updates)
+            self._bytes_since_snapshot += sum(map(len, pending.updates))
+            for member, ref, value in pending.acks:
+                if member is not None and self._members.get(member.session) is member:
+                    member.session.send_frames([Ack(ref, value)])
+            self._durable_changes = mark
+            self._commit_done.set()
+            self._commit_done = trio.Event()
+            due = (
+                self._updates_since_snapshot >= self._config.compact_after_updates
+                or self._bytes_since_snapshot >= self._config.compact_after_bytes
+                or (final and self._updates_since_snapshot > 0)
+            )
+            if due:
+                await self._compact()
+
+    async def _compact(self) -> None:
+        covered = self._updates_since_snapshot
+        snapshot = self.doc.get_update()
+        try:
+            await self._store.compact(self.name, snapshot, covered)
+        except StorageError as exc:
+            # The updates are still stored; a failed compaction loses nothing.
+            logger.warning("room %r: compaction failed: %s", self.name, exc)
+            return
+        self._updates_since_snapshot -= covered
+        self._bytes_since_snapshot = 0
+
+    async def wait_flushed(self) -> None:
+        """Return once every change made so far is durable. Raises RoomUnavailable on failure."""
+        target = self._changes
+        while self._durable_changes < target and self.state is not RoomState.FAILED:
+            self._want_persist()
+            await self._commit_done.wait()
+        if self.state is RoomState.FAILED:
+            raise RoomUnavailable("room failed before its changes were stored")
+
+    def close_all(self, code: int, message: str) -> None:
+        """Server-side: end every membership with channel_closed (spec §5.2)."""
+        for member in list(self._members.values()):
+            self.remove_member(member, disconnected=False)
+            member.session.close_channel(member, code, message)

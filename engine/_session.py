@@ -1,0 +1,375 @@
+"""One connection: a reader task, a writer task, and the containment boundary (style §3).
+
+- The reader decodes each message, checks each frame against the protocol state machine, and
+  dispatches it. A protocol error becomes an Error frame; a fatal one also closes the connection
+  (spec §6). An unexpected exception is logged, answered with INTERNAL, and closes *this*
+  connection only. Cancellation always propagates.
+- The writer takes everything queued in the outbox and sends it as one message; when it has
+  sent nothing for a heartbeat interval it sends a ping.
+- Closing: `close(code)` records why and cancels the session's scope; the `finally` of `run`
+  sends what is still queued (unless the peer is too slow to take it) and closes the transport,
+  within `close_timeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from plait.protocol import (
+    Access,
+    Ack,
+    ChannelClosed,
+    CloseCode,
+    Connection,
+    CursorMove,
+    ErrorCode,
+    Error,
+    Frame,
+    Hello,
+    Join,
+    Joined,
+    Leave,
+    Ping,
+    Pong,
+    PresencePatch,
+    PresenceSet,
+    Publish,
+    RemoteProtocolError,
+    Role,
+    SessionState,
+    SyncStep1,
+    SyncStep2,
+    Typing,
+    Update,
+    Welcome,
+    CodecLimits,
+    decode,
+    encode,
+    encode_frame,
+)
+
+from ._errors import RequestError
+from ._hooks import Identity, Unauthenticated
+from ._outbox import Outbox
+from ._ratelimit import TokenBucket
+from ._room import Member
+from ._transport import Transport, TransportClosed
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+logger = logging.getLogger("plait.session")
+
+_CONTROL_CHARS = {chr(c) for c in range(32)} | {"\x7f"}
+
+
+class Session:
+    def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.transport = transport
+        self.id = session_id
+        self.identity: Identity = {}
+        self.conn = Connection(
+            Role.SERVER, CodecLimits(self.config.max_message_bytes, self.config.max_frames_per_message)
+        )
+        self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames)
+        self._members: dict[int, Member] = {}
+        self._rooms: set[str] = set()
+        self._next_channel = 1
+        self._scope = trio.CancelScope()
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._ping_nonce = 0
+        self._done = trio.Event()
+        now = trio.current_time()
+        self._update_bucket = TokenBucket(self.config.updates_per_second, now)
+        self._event_bucket = TokenBucket(self.config.events_per_second, now)
+        self._violations = TokenBucket(1.0, now, capacity=self.config.rate_violations_before_close)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.identity.get('id', '?')}>"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until either side closes it. Raises only Cancelled."""
+        try:
+            with self._scope:
+                if await self._handshake():
+                    logger.info("session %s open for %s", self.id, self.identity.get("id"))
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._writer)
+                        await self._reader()
+                        nursery.cancel_scope.cancel()
+        finally:
+            for member in list(self._members.values()):
+                member.room.remove_member(member, disconnected=True)
+            self._members.clear()
+            self.conn.close()
+            with trio.move_on_after(self.config.close_timeout, shield=True):
+                await self._say_goodbye()
+            logger.info("session %s closed (%s)", self.id, self._close_code)
+            self._done.set()
+
+    async def wait_done(self) -> None:
+        await self._done.wait()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close the connection with `code` (the first reason given wins)."""
+        if self._close_code is None:
+            self._close_code, self._close_reason = code, reason
+        self._scope.cancel()
+
+    async def _say_goodbye(self) -> None:
+        code = self._close_code if self._close_code is not None else CloseCode.GOING_AWAY
+        if not self.outbox.overflowed:
+            frames = self.outbox.drain()
+            if frames:
+                try:
+                    await self.transport.send_message(b"".join(frames))
+                except TransportClosed:
+                    return
+        try:
+            await self.transport.aclose(code, self._close_reason)
+        except TransportClosed:
+            pass
+
+    # -- handshake --------------------------------------------------------------------------
+
+    async def _handshake(self) -> bool:
+        with trio.move_on_after(self.config.handshake_timeout):
+            data = await self._receive()
+            if data is None:
+                return False
+            try:
+                frames = decode(data, self.conn.limits) if isinstance(data, bytes) else None
+                if frames is None:
+                    raise RemoteProtocolError("text messages are not Plait frames", ErrorCode.MALFORMED_FRAME)
+                if len(frames) != 1:
+                    raise RemoteProtocolError("the first message must hold only hello", ErrorCode.UNEXPECTED_FRAME)
+                self.conn.receive(frames[0])
+            except RemoteProtocolError as exc:
+                self._fatal(exc, None)
+                return False
+            hello = frames[0]
+            assert isinstance(hello, Hello)
+            try:
+                self.identity = await self.engine.hooks.authenticate(hello.token, hello.client)
+            except Unauthenticated as exc:
+                self._send_now(Error(None, None, ErrorCode.UNAUTHENTICATED, str(exc)[:1024] or "token refused"))
+                self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
+                return False
+            if not isinstance(self.identity.get("id"), str):
+                raise TypeError("Hooks.authenticate must return a map with a string 'id'")
+            welcome = Welcome(self.conn.version or 1, self.id, int(self.config.heartbeat * 1000), self.config.limits)
+            self._send_now(welcome)
+            return True
+        self.close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time")
+        return False
+
+    def _send_now(self, frame: Frame) -> None:
+        self.conn.send(frame)
+        self.outbox.put(encode_frame(frame))
+
+    # -- reader -----------------------------------------------------------------------------
+
+    async def _receive(self) -> bytes | str | None:
+        try:
+            return await self.transport.receive_message()
+        except TransportClosed as exc:
+            self.close(exc.code, "closed by peer")
+            return None
+
+    async def _reader(self) -> None:
+        silence = 2 * self.config.heartbeat
+        while True:
+            with trio.move_on_after(silence) as idle:
+                data = await self._receive()
+            if idle.cancelled_caught:
+                self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
+                return
+            if data is None:
+                return
+            try:
+                if not isinstance(data, bytes):
+                    raise RemoteProtocolError("text messages are not Plait frames", ErrorCode.MALFORMED_FRAME)
+                frames = decode(data, self.conn.limits)
+            except RemoteProtocolError as exc:
+                self._fatal(exc, None)
+                return
+            for frame in frames:
+                try:
+                    await self._handle(frame)
+                except Exception as exc:
+                    logger.error("session %s: internal error on %s", self.id, type(frame).__name__, exc_info=exc)
+                    self._send_now(Error(getattr(frame, "ref", None), None, ErrorCode.INTERNAL, "internal error"))
+                    self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                    return
+                if self._close_code is not None:
+                    return
+
+    async def _handle(self, frame: Frame) -> None:
+        ref: int | None = getattr(frame, "ref", None)
+        channel: int | None = getattr(frame, "channel", None)
+        try:
+            self.conn.receive(frame)
+        except RemoteProtocolError as exc:
+            if exc.code.fatal:
+                self._fatal(exc, ref)
+            else:
+                self.send_error(ref, channel, exc.code, exc.message)
+            return
+        if self.conn.state is not SessionState.OPEN:
+            return
+        try:
+            await self._dispatch(frame)
+        except RequestError as exc:
+            self.send_error(ref, channel, exc.code, exc.message)
+
+    def _fatal(self, exc: RemoteProtocolError, ref: int | None) -> None:
+        logger.info("session %s: protocol error %s: %s", self.id, exc.code.name, exc.message)
+        self.outbox.put(encode_frame(Error(ref, None, exc.code, exc.message[:1024])))
+        self.close(exc.code.close_code, exc.code.name.lower())
+
+    def send_error(self, ref: int | None, channel: int | None, code: int, message: str) -> None:
+        self.send_frames([Error(ref, channel, code, message[:1024])])
+
+    def _rate(self, bucket: TokenBucket, what: str) -> None:
+        now = trio.current_time()
+        if bucket.take(now):
+            return
+        if not self._violations.take(now):
+            self.close(CloseCode.RATE_LIMITED, "rate limits exceeded repeatedly")
+        raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} per second")
+
+    def _member(self, channel: int) -> Member:
+        return self._members[channel]  # the state machine already checked the channel is open
+
+    async def _dispatch(self, frame: Frame) -> None:
+        match frame:
+            case Ping(nonce=nonce):
+                self.send_frames([Pong(nonce)])
+            case Pong():
+                pass
+            case Join():
+                await self._join(frame)
+            case Leave(channel=channel, ref=ref):
+                member = self._members.pop(channel)
+                self._rooms.discard(member.room.name)
+                self.outbox.forget_channel(channel)
+                member.room.remove_member(member, disconnected=False)
+                if ref is not None:
+                    self.send_frames([Ack(ref, None)])
+            case SyncStep1(channel=channel, state_vector=sv):
+                member = self._member(channel)
+                member.room.sync_step1(member, sv)
+            case Update(channel=channel, ref=ref, update=update) | SyncStep2(
+                channel=channel, ref=ref, update=update
+            ):
+                member = self._member(channel)
+                if member.access is Access.WRITE:
+                    self._rate(self._update_bucket, "document updates")
+                member.room.apply_client_update(member, update, ref)
+            case PresenceSet(channel=channel, ref=ref, state=state):
+                member = self._member(channel)
+                member.room.set_presence(member, state, None)
+                if ref is not None:
+                    member.room.ack(member, ref)
+            case PresencePatch(channel=channel, ref=ref, patch=patch):
+                member = self._member(channel)
+                member.room.set_presence(member, None, patch)
+                if ref is not None:
+                    member.room.ack(member, ref)
+            case CursorMove(channel=channel, position=position):
+                member = self._member(channel)
+                member.room.move_cursor(member, position)
+            case Typing(channel=channel, on=on):
+                member = self._member(channel)
+                member.room.set_typing(member, on)
+            case Publish(channel=channel, ref=ref, name=name, payload=payload, key=key):
+                member = self._member(channel)
+                self._rate(self._event_bucket, "events")
+                await member.room.publish(member, ref, name, payload, key)
+            case _:  # pragma: no cover - the state machine admits only client frames
+                raise RequestError(ErrorCode.UNEXPECTED_FRAME, f"unexpected {type(frame).__name__}")
+
+    async def _join(self, join: Join) -> None:
+        name = join.room
+        if name in self._rooms:
+            raise RequestError(ErrorCode.ALREADY_JOINED, f"already joined {name!r}")
+        if len(self._rooms) >= self.config.max_rooms_per_connection:
+            raise RequestError(
+                ErrorCode.TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_connection} rooms per connection"
+            )
+        if any(c in _CONTROL_CHARS for c in name):
+            raise RequestError(ErrorCode.INVALID_ROOM_NAME, "room names have no control characters")
+        self._rooms.add(name)  # claims the name while we await, so a racing join is refused
+        try:
+            access = await self.engine.hooks.authorize(self.identity, name)
+            if access is None:
+                raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {name!r}")
+            async with self.engine.hold_room(name) as room:
+                channel = self._next_channel
+                self.conn.send(Joined(join.ref, channel, int(access), 0, None))
+                try:
+                    member = room.add_member(self, channel, Access(access), join)
+                except RequestError:
+                    self.conn.send(ChannelClosed(channel, ErrorCode.INVALID_UPDATE, ""))
+                    raise
+                self._next_channel += 1
+                self._members[channel] = member
+        except BaseException:
+            self._rooms.discard(name)
+            raise
+
+    # -- output -----------------------------------------------------------------------------
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue an encoded frame; a session that cannot keep up is closed TOO_SLOW."""
+        if self._close_code is not None:
+            return
+        if not self.outbox.put(data):
+            logger.warning("session %s too slow: %d bytes queued", self.id, self.outbox.queued_bytes)
+            self.close(CloseCode.TOO_SLOW, "too slow")
+
+    def send_ephemeral(self, channel: int, data: bytes, refresh: Callable[[], list[bytes]]) -> None:
+        if self._close_code is None and not self.outbox.put_ephemeral(data, channel, refresh):
+            self.close(CloseCode.TOO_SLOW, "too slow")
+
+    def send_frames(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            self.send_bytes(encode_frame(frame))
+
+    def close_channel(self, member: Member, code: int, message: str) -> None:
+        """The server ends a membership (spec §5.2)."""
+        if self._members.get(member.channel) is not member:
+            return
+        del self._members[member.channel]
+        self._rooms.discard(member.room.name)
+        self.outbox.forget_channel(member.channel)
+        frame = ChannelClosed(member.channel, code, message[:1024])
+        self.conn.send(frame)
+        self.send_frames([frame])
+
+    async def _writer(self) -> None:
+        limits = self.conn.limits
+        while True:
+            with trio.move_on_after(self.config.heartbeat) as quiet:
+                batch = await self.outbox.take(limits.max_frames_per_message, limits.max_message_bytes)
+            if quiet.cancelled_caught:
+                self._ping_nonce = (self._ping_nonce + 1) % (2**32)
+                batch = [encode(Ping(self._ping_nonce))]
+            try:
+                await self.transport.send_message(b"".join(batch))
+            except TransportClosed as exc:
+                self.close(exc.code, "closed by peer")
+                return
+
+    def statistics(self) -> dict[str, Any]:
+        return {"queued_frames": len(self.outbox), "queued_bytes": self.outbox.queued_bytes, "rooms": len(self._members)}
+

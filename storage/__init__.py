@@ -1,0 +1,11 @@
+"""Plait storage: the Store interface and its backends. Imports nothing else of Plait's."""
+
+from __future__ import annotations
+
+from ._errors import SnapshotCorrupt as SnapshotCorrupt
+from ._errors import StorageError as StorageError
+from ._errors import StorageUnavailable as StorageUnavailable
+from ._memory import MemoryStore as MemoryStore
+from ._store import RoomData as RoomData
+from ._store import Store as Store
+from ._store import StoredEvent as StoredEvent

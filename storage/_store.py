@@ -1,0 +1,61 @@
+"""The Store interface the engine uses (architecture: Storage).
+
+A store keeps, per room: the latest document snapshot, the document updates appended after it,
+and a bounded history of events. Every method is async; blocking backends do their I/O in worker
+threads so the Trio thread never blocks on disk. Nothing here names a Trio type.
+
+Contract (checked for every backend by tests/storage/contract.py):
+- `append` returns only once the updates are durable: after it returns, a crash loses nothing.
+- `compact(room, snapshot, covered)` atomically replaces the snapshot and drops the oldest
+  `covered` updates; a crash leaves either the old state or the new one.
+- `load` of a room never stored returns an empty RoomData; it never invents data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event of a room's history: its sequence number and an opaque encoded body."""
+
+    seq: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RoomData:
+    """What `load` returns: apply `snapshot` (if any), then `updates` in order."""
+
+    snapshot: bytes | None = None
+    updates: tuple[bytes, ...] = ()
+    events: tuple[StoredEvent, ...] = ()
+    """The most recent events, oldest first."""
+
+
+
+class Store(Protocol):
+    async def load(self, room: str) -> RoomData:
+        """The room's stored state. Raises StorageError (SnapshotCorrupt, StorageUnavailable)."""
+        ...
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        """Append document updates durably, as one commit."""
+        ...
+
+    async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
+        """Replace the snapshot; drop the `covered` oldest updates it includes."""
+        ...
+
+    async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
+        """Append events durably, keeping only the `keep` most recent."""
+        ...
+
+    async def list_rooms(self) -> list[str]: ...
+
+    async def delete(self, room: str) -> None: ...
+
+    async def aclose(self) -> None: ...

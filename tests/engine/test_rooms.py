@@ -1,0 +1,225 @@
+"""Rooms: join sequence, document sync and fan-out, acks after durability, lifecycle."""
+
+from __future__ import annotations
+
+import pycrdt
+import pytest
+import trio
+
+from plait.engine import Engine
+from plait.protocol import (
+    Ack,
+    ChannelClosed,
+    Error,
+    ErrorCode,
+    Joined,
+    PresenceSnapshot,
+    SyncStep1,
+    SyncStep2,
+    Update,
+)
+from plait.storage import MemoryStore, RoomData, StorageUnavailable
+
+from .client import DocClient
+from .conftest import Connect, make_engine
+
+
+def edit(doc: pycrdt.Doc, text: str) -> bytes:
+    """Append `text` to the doc's "text" and return the update it made."""
+    before = doc.get_state()
+    doc.get("text", type=pycrdt.Text).insert(len(doc.get("text", type=pycrdt.Text)), text)
+    return doc.get_update(before)
+
+
+async def test_join_sends_joined_sync_and_presence_in_order(autojump_clock: trio.testing.MockClock, connect: Connect) -> None:
+    a = await connect()
+    await a.send(__import__("plait.protocol").protocol.Join(1, "r", b"\x00", None))
+    joined = await a.expect(Joined, ref=1, channel=1, access=2, head=0, resumed=None)
+    await a.expect(SyncStep1, channel=joined.channel)
+    await a.expect(SyncStep2, channel=joined.channel, ref=None)
+    snap = await a.expect(PresenceSnapshot, channel=joined.channel)
+    assert [(e.session, e.identity["id"]) for e in snap.entries] == [("s1", snap.entries[0].identity["id"])]
+
+
+async def test_updates_fan_out_to_others_not_the_sender_and_ack_after_storing(autojump_clock: trio.testing.MockClock, 
+    connect: Connect, store: MemoryStore
+) -> None:
+    a, b = await connect(), await connect()
+    for c in (a, b):
+        await c.join("r")
+        await c.wait_for(PresenceSnapshot)
+    update = edit(a.doc, "hello")
+    await a.send(Update(1, 7, update))
+    ack = await a.wait_for(Ack)
+    assert ack.ref == 7
+    assert (await store.load("r")).updates, "acked before the update was stored"
+    got = await b.wait_for(Update)
+    b.apply(got.update)
+    assert str(b.text) == "hello"
+    # The sender never gets its own update back.
+    assert not any(isinstance(f, Update) for f in a.inbox)
+
+
+async def test_offline_edits_reach_the_server_on_join(autojump_clock: trio.testing.MockClock, connect: Connect, engine: Engine) -> None:
+    a = await connect()
+    await a.join("r")
+    await a.wait_for(PresenceSnapshot)
+    await a.send(Update(1, 1, edit(a.doc, "server ")))
+    await a.wait_for(Ack)
+
+    offline = DocClient(engine.connect_memory())
+    await offline.hello()
+    edit(offline.doc, "offline")
+    joined = await offline.join("r", state_vector=offline.doc.get_state())
+    step1 = await offline.expect(SyncStep1)
+    step2 = await offline.expect(SyncStep2)
+    offline.apply(step2.update)
+    await offline.send(SyncStep2(joined.channel, 2, offline.doc.get_update(step1.state_vector)))
+    assert (await offline.wait_for(Ack)).ref == 2
+    from_offline = await a.wait_for(Update)
+    a.apply(from_offline.update)
+    assert str(a.text) == str(offline.text)
+    assert "offline" in str(a.text) and "server" in str(a.text)
+
+
+async def test_invalid_update_is_refused_and_room_keeps_working(autojump_clock: trio.testing.MockClock, connect: Connect) -> None:
+    a, b = await connect(), await connect()
+    for c in (a, b):
+        await c.join("r")
+        await c.wait_for(PresenceSnapshot)
+    await a.send(Update(1, 3, b"\xff\xff\xff"))
+    err = await a.wait_for(Error)
+    assert (err.ref, err.code) == (3, ErrorCode.INVALID_UPDATE)
+    await a.send(Update(1, 4, edit(a.doc, "ok")))
+    assert (await a.wait_for(Ack)).ref == 4
+    b.apply((await b.wait_for(Update)).update)
+    assert str(b.text) == "ok"
+
+
+async def test_idle_room_unloads_and_reloads_from_the_store(autojump_clock: trio.testing.MockClock, connect: Connect, engine: Engine, store: MemoryStore) -> None:
+    a = await connect()
+    await a.join("r")
+    await a.wait_for(PresenceSnapshot)
+    await a.send(Update(1, 1, edit(a.doc, "kept")))
+    await a.wait_for(Ack)
+    await a.transport.aclose()
+    await trio.sleep(CONFIG_IDLE + 1)
+    assert engine.statistics()["rooms"] == 0
+    stored = await store.load("r")
+    assert stored.snapshot is not None and not stored.updates  # compacted on unload
+    b = await connect()
+    await b.join("r")
+    await b.expect(SyncStep1)
+    b.apply((await b.expect(SyncStep2)).update)
+    assert str(b.text) == "kept"
+
+
+CONFIG_IDLE = 7  # conftest CONFIG.room_idle_grace
+
+
+async def test_a_join_racing_an_unload_gets_a_working_room(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    slow = SlowCompactStore(store)
+    async with make_engine(store=slow) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("r")
+        await a.wait_for(PresenceSnapshot)
+        await a.send(Update(1, 1, edit(a.doc, "before")))
+        await a.wait_for(Ack)
+        await a.transport.aclose()
+        await slow.compacting.wait()  # the room is draining now, its flush half done
+        b = DocClient(engine.connect_memory())
+        await b.hello()
+        await b.join("r")
+        await b.expect(SyncStep1)
+        b.apply((await b.expect(SyncStep2)).update)
+        assert str(b.text) == "before"
+
+
+class SlowCompactStore(MemoryStore):
+    def __init__(self, inner: MemoryStore) -> None:
+        super().__init__()
+        self.compacting = trio.Event()
+
+    async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
+        self.compacting.set()
+        await trio.sleep(1)
+        await super().compact(room, snapshot, covered)
+
+
+class FailingLoadStore(MemoryStore):
+    async def load(self, room: str) -> RoomData:
+        raise StorageUnavailable("disk on fire")
+
+
+async def test_a_room_that_fails_to_load_refuses_joins(autojump_clock: trio.testing.MockClock) -> None:
+    store = FailingLoadStore()
+    await store.append("r", [b"precious"])
+    async with make_engine(store=store) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.send(__import__("plait.protocol").protocol.Join(1, "r", None, None))
+        err = await a.expect(Error, ref=1)
+        assert err.code == ErrorCode.STORAGE_UNAVAILABLE
+    assert store._rooms["r"].updates == [b"precious"]
+
+
+class FailingAppendStore(MemoryStore):
+    async def append(self, room: str, updates: object) -> None:
+        raise StorageUnavailable("disk full")
+
+
+async def test_a_store_failure_never_acks_and_closes_the_rooms_channels(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with make_engine(store=FailingAppendStore()) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("r")
+        await a.wait_for(PresenceSnapshot)
+        await a.send(Update(1, 5, edit(a.doc, "x")))
+        err = await a.wait_for(Error)
+        assert (err.ref, err.code) == (5, ErrorCode.STORAGE_UNAVAILABLE)
+        closed = await a.wait_for(ChannelClosed)
+        assert closed.code == ErrorCode.STORAGE_UNAVAILABLE
+        # Other rooms are unaffected.
+        assert (await a.join("other")).channel == 2
+
+
+async def test_server_side_handle_edits_reach_members_and_storage(autojump_clock: trio.testing.MockClock, 
+    connect: Connect, engine: Engine, store: MemoryStore
+) -> None:
+    a = await connect()
+    await a.join("r")
+    await a.wait_for(PresenceSnapshot)
+    async with engine.room("r") as room:
+        room.doc.get("text", type=pycrdt.Text).insert(0, "from server")
+        await room.flushed()
+        seq = await room.publish("notice", {"text": "hi"})
+        assert [e.session for e in room.presence()] == ["s1"]
+    a.apply((await a.wait_for(Update)).update)
+    assert str(a.text) == "from server"
+    assert seq == 1
+    assert (await store.load("r")).updates
+
+
+@pytest.mark.parametrize("frames", [1, 5])
+async def test_shutdown_closes_sessions_going_away_and_flushes(frames: int, autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    async with make_engine(store=store) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("r")
+        await a.wait_for(PresenceSnapshot)
+        for i in range(frames):
+            await a.send(Update(1, None, edit(a.doc, str(i))))
+        await trio.testing.wait_all_tasks_blocked()
+    assert await a.wait_closed() == 4008
+    reloaded = pycrdt.Doc()
+    data = await store.load("r")
+    if data.snapshot:
+        reloaded.apply_update(data.snapshot)
+    for u in data.updates:
+        reloaded.apply_update(u)
+    assert str(reloaded.get("text", type=pycrdt.Text)) == str(a.text)
