@@ -11,6 +11,8 @@ from typing import Any
 
 from plait.protocol import Access, ErrorCode
 
+from ._errors import RequestError
+
 Identity = dict[str, Any]
 """Who is behind a session: a map with at least "id" (a string). Stamped on presence/events."""
 
@@ -19,7 +21,7 @@ class Unauthenticated(Exception):
     """Raise from `Hooks.authenticate` to refuse a token (close 4003)."""
 
 
-class EventRejected(Exception):
+class EventRejected(RequestError):
     """Raise from `Hooks.on_event` to refuse an event.
 
     Args:
@@ -30,8 +32,7 @@ class EventRejected(Exception):
     def __init__(self, message: str, code: int = ErrorCode.EVENT_REJECTED) -> None:
         if code != ErrorCode.EVENT_REJECTED and not 4000 <= code <= 4999:
             raise ValueError("application error codes are 4000..4999")
-        super().__init__(message)
-        self.code = code
+        super().__init__(code, message)
 
 
 class Hooks:

@@ -31,6 +31,7 @@ class Outbox:
         self._lag_frames = lag_frames
         self._wakeup = trio.Event()
         self.overflowed = False
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -75,9 +76,17 @@ class Outbox:
     def forget_channel(self, channel: int) -> None:
         self._stale.pop(channel, None)
 
+    def close(self) -> None:
+        """No more frames will come: `take` returns what is left, then []."""
+        self.closed = True
+        self._wakeup.set()
+
     async def take(self, max_frames: int, max_bytes: int) -> list[bytes]:
-        """Wait for frames, then take as many as fit in one message (at least one)."""
+        """Wait for frames, then take as many as fit in one message (at least one);
+        [] once closed and empty."""
         while not self._frames and not self._stale:
+            if self.closed:
+                return []
             if self._wakeup.is_set():
                 self._wakeup = trio.Event()
             await self._wakeup.wait()
@@ -97,8 +106,7 @@ class Outbox:
             self._bytes -= len(nxt)
             size += len(nxt)
             batch.append(nxt)
-        if not batch:
-            # Only stale channels while lagging cannot happen (lagging means frames queued),
-            # so this is the refresh producing nothing: wait again.
+        if not batch and not self.closed:
+            # Only stale channels, whose refresh produced nothing: wait again.
             return await self.take(max_frames, max_bytes)
         return batch

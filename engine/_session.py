@@ -82,6 +82,8 @@ class Session:
         self._rooms: set[str] = set()
         self._next_channel = 1
         self._scope = trio.CancelScope()
+        self._reader_scope = trio.CancelScope()
+        self._writer_done = trio.Event()
         self._close_code: int | None = None
         self._close_reason = ""
         self._ping_nonce = 0
@@ -104,7 +106,12 @@ class Session:
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._writer)
-                        await self._reader()
+                        with self._reader_scope:
+                            await self._reader()
+                        # Let the writer send what is queued (an error frame, say), briefly.
+                        self.outbox.close()
+                        with trio.move_on_after(self.config.close_timeout):
+                            await self._writer_done.wait()
                         nursery.cancel_scope.cancel()
         finally:
             for member in list(self._members.values()):
@@ -120,10 +127,13 @@ class Session:
         await self._done.wait()
 
     def close(self, code: int, reason: str = "") -> None:
-        """Close the connection with `code` (the first reason given wins)."""
+        """Close the connection with `code` (the first reason given wins). What is queued
+        is still sent, unless the client is too slow to take it."""
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
-        self._scope.cancel()
+        self._reader_scope.cancel()
+        if code == CloseCode.TOO_SLOW:
+            self._scope.cancel()
 
     async def _say_goodbye(self) -> None:
         code = self._close_code if self._close_code is not None else CloseCode.GOING_AWAY
@@ -358,17 +368,22 @@ class Session:
 
     async def _writer(self) -> None:
         limits = self.conn.limits
-        while True:
-            with trio.move_on_after(self.config.heartbeat) as quiet:
-                batch = await self.outbox.take(limits.max_frames_per_message, limits.max_message_bytes)
-            if quiet.cancelled_caught:
-                self._ping_nonce = (self._ping_nonce + 1) % (2**32)
-                batch = [encode(Ping(self._ping_nonce))]
-            try:
-                await self.transport.send_message(b"".join(batch))
-            except TransportClosed as exc:
-                self.close(exc.code, "closed by peer")
-                return
+        try:
+            while True:
+                with trio.move_on_after(self.config.heartbeat) as quiet:
+                    batch = await self.outbox.take(limits.max_frames_per_message, limits.max_message_bytes)
+                if quiet.cancelled_caught:
+                    self._ping_nonce = (self._ping_nonce + 1) % (2**32)
+                    batch = [encode(Ping(self._ping_nonce))]
+                elif not batch:
+                    return  # closed and drained
+                try:
+                    await self.transport.send_message(b"".join(batch))
+                except TransportClosed as exc:
+                    self.close(exc.code, "closed by peer")
+                    return
+        finally:
+            self._writer_done.set()
 
     def statistics(self) -> dict[str, Any]:
         return {"queued_frames": len(self.outbox), "queued_bytes": self.outbox.queued_bytes, "rooms": len(self._members)}

@@ -1,0 +1,163 @@
+"""Hostile clients: the offender gets an error frame or a close code; the server, its rooms and
+the other clients keep working."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+import trio
+from trio.testing import MockClock
+
+from plait.engine import Engine
+from plait.protocol import (
+    Ack,
+    Error,
+    ErrorCode,
+    Join,
+    Ping,
+    PresenceSnapshot,
+    Publish,
+    Update,
+    encode,
+)
+
+from .client import DocClient
+from .conftest import Connect, make_engine
+from .test_rooms import edit
+
+
+async def assert_room_still_works(engine: Engine) -> None:
+    a, b = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
+    for c in (a, b):
+        await c.hello()
+        await c.join("healthy")
+        await c.wait_for(PresenceSnapshot)
+    await a.send(Update(1, 1, edit(a.doc, "alive")))
+    await a.wait_for(Ack)
+    b.apply((await b.wait_for(Update)).update)
+    assert str(b.text) == "alive"
+
+
+@pytest.mark.parametrize(
+    ("payload", "close"),
+    [
+        (b"\xc1", 4001),
+        (b"", 4001),
+        ("text frame", 4001),
+        (msgpack.packb([99, 1]), 4001),
+        (msgpack.packb([3, "x"]), 4001),
+        (b"\x93\x28\x01" + b"\x91" * 100_000 + b"\xc0", 4001),
+    ],
+    ids=["not-msgpack", "empty", "text", "unknown-kind", "bad-field", "deep"],
+)
+async def test_garbage_after_hello_gets_error_and_close(
+    autojump_clock: MockClock, engine: Engine, connect: Connect, payload: bytes | str, close: int
+) -> None:
+    bad = await connect()
+    await bad.send_raw(payload)
+    err = await bad.wait_for(Error)
+    assert ErrorCode(err.code).fatal
+    assert await bad.wait_closed() == close
+    await assert_room_still_works(engine)
+
+
+async def test_garbage_instead_of_hello(autojump_clock: MockClock, engine: Engine) -> None:
+    bad = DocClient(engine.connect_memory())
+    await bad.send_raw(encode(Ping(1)))
+    assert (await bad.expect(Error)).code == ErrorCode.UNEXPECTED_FRAME
+    assert await bad.wait_closed() == 4001
+
+
+async def test_unsupported_version(autojump_clock: MockClock, engine: Engine) -> None:
+    from plait.protocol import Hello
+
+    bad = DocClient(engine.connect_memory())
+    await bad.send(Hello((7, 8), None, {}))
+    assert (await bad.expect(Error)).code == ErrorCode.UNSUPPORTED_VERSION
+    assert await bad.wait_closed() == 4002
+
+
+async def test_no_hello_times_out(autojump_clock: MockClock, engine: Engine) -> None:
+    bad = DocClient(engine.connect_memory())
+    start = trio.current_time()
+    assert await bad.wait_closed() == 4004
+    assert trio.current_time() - start == pytest.approx(10)
+
+
+async def test_frames_for_channels_never_joined_are_errors_not_crashes(
+    autojump_clock: MockClock, engine: Engine, connect: Connect
+) -> None:
+    bad = await connect()
+    await bad.send_raw(encode([Update(5, 1, b"\x00\x00"), Publish(9, 2, "x", None, None)]))
+    errs = [await bad.expect(Error), await bad.expect(Error)]
+    assert [(e.ref, e.code) for e in errs] == [(1, ErrorCode.UNKNOWN_CHANNEL), (2, ErrorCode.UNKNOWN_CHANNEL)]
+    await bad.send(Ping(3))
+    await bad.wait_for(__import__("plait.protocol").protocol.Pong)  # still connected
+    await assert_room_still_works(engine)
+
+
+async def test_joining_thousands_of_rooms_is_capped(autojump_clock: MockClock, engine: Engine, connect: Connect) -> None:
+    greedy = await connect()
+    codes = []
+    for i in range(2000):
+        await greedy.send_raw(encode(Join(i + 1, f"room-{i}", None, None)))
+    for _ in range(2000):
+        frame = await greedy.wait_for((__import__("plait.protocol").protocol.Joined, Error))  # type: ignore[arg-type]
+        codes.append(getattr(frame, "code", "joined"))
+    assert codes.count("joined") == 64
+    assert codes.count(ErrorCode.TOO_MANY_ROOMS) == 2000 - 64
+    await assert_room_still_works(engine)
+
+
+async def test_flooding_is_rate_limited_then_closed(autojump_clock: MockClock, engine: Engine, connect: Connect) -> None:
+    flood = await connect()
+    await flood.join("r")
+    sent = 0
+    for batch in range(50):
+        frames = [Publish(1, sent + i + 1, "spam", i, None) for i in range(100)]
+        sent += len(frames)
+        try:
+            await flood.send_raw(encode(frames))
+        except Exception:
+            break
+    code = await flood.wait_closed()
+    assert code == 4007
+    await assert_room_still_works(engine)
+
+
+async def test_random_garbage_fuzz_never_takes_the_server_down(autojump_clock: MockClock, engine: Engine) -> None:
+    rng = random.Random(7)
+    for i in range(200):
+        c = DocClient(engine.connect_memory())
+        await c.hello()
+        await c.join("fuzz")
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+        await c.send_raw(data)
+        await c.transport.aclose()
+    await assert_room_still_works(engine)
+    assert engine.statistics()["sessions"] <= 2
+
+
+async def test_stalled_reader_is_closed_too_slow_and_others_keep_up(autojump_clock: MockClock) -> None:
+    async with make_engine(outbox_max_bytes=64 * 1024, updates_per_second=10_000) as engine:
+        stalled = DocClient(engine.connect_memory(buffer=2))
+        await stalled.hello()
+        await stalled.join("busy")
+        writer, reader = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
+        for c in (writer, reader):
+            await c.hello()
+            await c.join("busy")
+            await c.wait_for(PresenceSnapshot)
+        start = trio.current_time()
+        for i in range(400):
+            await writer.send(Update(1, i, edit(writer.doc, "x" * 200)))
+            got = await reader.wait_for(Update)
+            reader.apply(got.update)
+        # The others never waited on the stalled one: not a moment of (virtual) time passed.
+        assert trio.current_time() == start
+        assert str(reader.text) == str(writer.text)
+        # The stalled one was closed TOO_SLOW once its queue passed the budget.
+        code = await stalled.wait_closed()
+        assert code == 4006

@@ -1,0 +1,248 @@
+"""Presence, cursors, typing and events under MockClock: coalescing, expiry, grace, resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from trio.testing import MockClock
+
+from plait.engine import EventRejected, Hooks, Identity
+from plait.protocol import (
+    Access,
+    Ack,
+    CursorMove,
+    Cursors,
+    Error,
+    ErrorCode,
+    Event,
+    Joined,
+    Leave,
+    Ping,
+    PresenceDiff,
+    PresenceSet,
+    PresencePatch,
+    PresenceSnapshot,
+    Publish,
+    Typing,
+    TypingState,
+    Update,
+)
+
+from .client import DocClient
+from .conftest import Connect, make_engine
+from .test_rooms import edit
+
+
+async def joined_pair(connect: Connect) -> tuple[DocClient, DocClient]:
+    a, b = await connect(), await connect()
+    for c in (a, b):
+        await c.join("r")
+        await c.wait_for(PresenceSnapshot)
+    await a.wait_for(PresenceDiff)  # b joined
+    return a, b
+
+
+async def test_presence_changes_within_a_tick_coalesce_to_the_latest(autojump_clock: MockClock, connect: Connect) -> None:
+    a, b = await joined_pair(connect)
+    for i in range(5):
+        await b.send(PresenceSet(1, None, {"n": i}))
+    diff = await a.wait_for(PresenceDiff)
+    assert [(u.session, u.state) for u in diff.updated] == [("s2", {"n": 4})]
+    await b.send(PresencePatch(1, 9, {"status": "busy", "n": None}))
+    assert (await b.wait_for(Ack)).ref == 9
+    diff = await a.wait_for(PresenceDiff)
+    assert diff.updated[0].state == {"status": "busy"}
+
+
+async def test_late_joiner_gets_everyone_at_once(autojump_clock: MockClock, connect: Connect) -> None:
+    a, b = await joined_pair(connect)
+    await a.send(PresenceSet(1, None, {"name": "ada"}))
+    await a.send(CursorMove(1, {"index": 3}))
+    await a.send(Publish(1, 1, "chat", {"text": "hi"}, None))
+    await a.wait_for(Ack)
+    await trio.sleep(0.1)
+    late = await connect()
+    joined = await late.join("r", since=0)
+    assert joined.head == 1 and joined.resumed is True
+    snap = await late.wait_for(PresenceSnapshot)
+    states = {e.session: e.state for e in snap.entries}
+    assert states["s1"] == {"name": "ada"} and set(states) == {"s1", "s2", "s3"}
+    assert (await late.expect(Event)).payload == {"text": "hi"}
+    # Presence identity is the server's: a client cannot speak for another user.
+    assert all(e.identity["id"].startswith("anon-") for e in snap.entries)
+
+
+async def test_cursors_are_latest_wins_per_tick(autojump_clock: MockClock, connect: Connect) -> None:
+    a, b = await joined_pair(connect)
+    for i in range(10):
+        await b.send(CursorMove(1, i))
+    cursors = await a.wait_for(Cursors)
+    assert [(m.session, m.position) for m in cursors.moves] == [("s2", 9)]
+    await b.send(Leave(1, None))
+    cursors = await a.wait_for(Cursors)
+    assert [(m.session, m.position) for m in cursors.moves] == [("s2", None)]
+
+
+async def test_typing_expires_without_a_refresh(autojump_clock: MockClock, connect: Connect) -> None:
+    a, b = await joined_pair(connect)
+    await b.send(Typing(1, True))
+    assert (await a.wait_for(TypingState)).sessions == ("s2",)
+    start = trio.current_time()
+    assert (await a.wait_for(TypingState)).sessions == ()
+    assert 5 <= trio.current_time() - start <= 5.2  # CONFIG.typing_expiry, plus one tick
+
+
+async def test_typing_off_is_immediate(autojump_clock: MockClock, connect: Connect) -> None:
+    a, b = await joined_pair(connect)
+    await b.send(Typing(1, True))
+    await a.wait_for(TypingState)
+    start = trio.current_time()
+    await b.send(Typing(1, False))
+    assert (await a.wait_for(TypingState)).sessions == ()
+    assert trio.current_time() - start < 0.2
+
+
+async def test_silent_connection_times_out_and_its_presence_leaves_after_the_grace(
+    autojump_clock: MockClock, connect: Connect
+) -> None:
+    a, b = await joined_pair(connect)
+    start = trio.current_time()
+    # b stops sending anything at all; a keeps its connection alive with pings.
+    async def keep_alive() -> None:
+        for nonce in range(10):
+            await trio.sleep(5)
+            await a.send(Ping(nonce))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.wait_closed)
+        nursery.start_soon(keep_alive)
+        diff = await a.wait_for(PresenceDiff)
+        nursery.cancel_scope.cancel()
+    assert b.closed is not None and b.closed.code == 4005
+    assert diff.left == ("s2",)
+    # 2H silence (20 s) + presence grace (3 s)
+    assert 23 <= trio.current_time() - start <= 23.2
+
+
+async def test_reconnect_within_the_grace_shows_no_gap(autojump_clock: MockClock, connect: Connect) -> None:
+    hooks = FixedIdentity()
+    async with make_engine(hooks=hooks) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello("alice")
+        await a.join("r")
+        await a.wait_for(PresenceSnapshot)
+        b = DocClient(engine.connect_memory())
+        await b.hello("bob")
+        await b.join("r")
+        await a.wait_for(PresenceDiff)
+        await b.transport.aclose()
+        await trio.sleep(1)  # inside the 3 s grace
+        b2 = DocClient(engine.connect_memory())
+        await b2.hello("bob")
+        await b2.join("r")
+        diff = await a.wait_for(PresenceDiff)
+        assert diff.left == ("s2",) and [e.session for e in diff.joined] == ["s3"]
+        assert diff.joined[0].identity == {"id": "bob"}
+
+
+class FixedIdentity(Hooks):
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        return {"id": token or "nobody"}
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        if identity["id"] == "viewer":
+            return Access.READ
+        if identity["id"] == "stranger":
+            return None
+        return Access.WRITE
+
+    async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
+        if name == "forbidden":
+            raise EventRejected("not here", 4321)
+        if name == "shout":
+            return {"text": str(payload["text"]).upper()}
+        return payload
+
+
+async def test_events_sequence_ack_dedupe_and_hooks(autojump_clock: MockClock) -> None:
+    async with make_engine(hooks=FixedIdentity()) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello("alice")
+        await a.join("r")
+        await a.send(Publish(1, 1, "chat", {"text": "one"}, "k1"))
+        ev = await a.wait_for(Event)
+        assert (ev.seq, ev.name, ev.session, ev.user) == (1, "chat", "s1", "alice")
+        assert (await a.wait_for(Ack)).value == 1
+        await a.send(Publish(1, 2, "chat", {"text": "one"}, "k1"))  # a retry
+        ack = await a.wait_for(Ack)
+        assert (ack.ref, ack.value) == (2, 1)
+        await a.send(Publish(1, 3, "shout", {"text": "hey"}, None))
+        ev = await a.wait_for(Event)
+        assert (ev.seq, ev.payload) == (2, {"text": "HEY"})
+        await a.send(Publish(1, 4, "forbidden", None, None))
+        err = await a.wait_for(Error)
+        assert (err.ref, err.code) == (4, 4321)
+
+
+async def test_resume_reports_whether_history_covered_the_gap(autojump_clock: MockClock) -> None:
+    async with make_engine(event_history=3) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("r")
+        for i in range(5):
+            await a.send(Publish(1, i + 1, "n", i, None))
+            await a.wait_for(Ack)
+        b = DocClient(engine.connect_memory())
+        await b.hello()
+        joined = await b.join("r", since=3)
+        assert (joined.head, joined.resumed) == (5, True)
+        seqs = [(await b.wait_for(Event)).seq for _ in range(2)]
+        assert seqs == [4, 5]
+        c = DocClient(engine.connect_memory())
+        await c.hello()
+        joined = await c.join("r", since=1)
+        assert joined.resumed is False  # events 2 is gone from the 3-event history
+        assert [(await c.wait_for(Event)).seq for _ in range(3)] == [3, 4, 5]
+
+
+async def test_read_only_members_cannot_edit_but_have_presence(autojump_clock: MockClock) -> None:
+    async with make_engine(hooks=FixedIdentity()) as engine:
+        viewer = DocClient(engine.connect_memory())
+        await viewer.hello("viewer")
+        joined = await viewer.join("r")
+        assert joined.access == Access.READ
+        await viewer.wait_for(PresenceSnapshot)
+        await viewer.send(Update(1, 1, edit(viewer.doc, "sneaky")))
+        err = await viewer.wait_for(Error)
+        assert (err.ref, err.code) == (1, ErrorCode.FORBIDDEN)
+        await viewer.send(PresenceSet(1, 2, {"name": "v"}))
+        assert (await viewer.wait_for(Ack)).ref == 2
+        async with engine.room("r") as room:
+            assert str(room.doc.get("text", type=__import__("pycrdt").Text)) == ""
+        stranger = DocClient(engine.connect_memory())
+        await stranger.hello("stranger")
+        await stranger.send(__import__("plait.protocol").protocol.Join(1, "r", None, None))
+        assert (await stranger.expect(Error)).code == ErrorCode.FORBIDDEN
+
+
+async def test_unauthenticated_is_closed_4003(autojump_clock: MockClock) -> None:
+    class Refuse(Hooks):
+        async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+            from plait.engine import Unauthenticated
+
+            raise Unauthenticated("bad token")
+
+    async with make_engine(hooks=Refuse()) as engine:
+        a = DocClient(engine.connect_memory())
+        from plait.protocol import Hello
+
+        await a.send(Hello((1,), "x", {}))
+        assert (await a.expect(Error)).code == ErrorCode.UNAUTHENTICATED
+        assert await a.wait_closed() == 4003
+
+
+async def test_joined_is_answered_with_the_same_ref(autojump_clock: MockClock, connect: Connect) -> None:
+    a = await connect()
+    j = await a.join("x")
+    assert isinstance(j, Joined) and j.ref == 1
