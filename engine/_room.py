@@ -252,6 +252,10 @@ class Room:
         if sync_update is not None:
             frames.append(SyncStep2(channel, None, sync_update))
         frames.append(PresenceSnapshot(channel, self._presence.snapshot()))
+        if self._cursors:
+            frames.append(Cursors(channel, tuple(CursorPosition(s, p) for s, p in self._cursors.items())))
+        if self._typing:
+            frames.append(TypingState(channel, tuple(self._typing)))
         frames.extend(self._event_frame(r, channel) for r in missed)
         session.send_frames(frames)
         return member

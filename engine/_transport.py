@@ -12,16 +12,7 @@ from typing import Protocol
 import trio
 import trio_websocket
 
-from plait.protocol import CloseCode
-
-ABNORMAL_CLOSURE = 1006  # RFC 6455: no close frame was received
-
-
-class TransportClosed(Exception):
-    def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"connection closed ({code}) {reason}".strip())
-        self.code = code
-        self.reason = reason
+from plait.protocol import ABNORMAL_CLOSURE, CloseCode, TransportClosed
 
 
 class Transport(Protocol):
@@ -54,7 +45,14 @@ class WebSocketTransport:
             raise _closed(exc) from None
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        await self.ws.aclose(code, reason)
+        try:
+            await self.ws.aclose(code, reason)
+        finally:
+            # After an abnormal closure trio-websocket's aclose returns early without closing
+            # the socket; close it so a dropped client never leaks a file descriptor.
+            stream = getattr(self.ws, "_stream", None)
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
 
 
 def _closed(exc: trio_websocket.ConnectionClosed) -> TransportClosed:

@@ -12,6 +12,8 @@ from ._errors import (
     LocalProtocolError as LocalProtocolError,
     RemoteProtocolError as RemoteProtocolError,
     APPLICATION_ERROR_RANGE as APPLICATION_ERROR_RANGE,
+    TransportClosed as TransportClosed,
+    ABNORMAL_CLOSURE as ABNORMAL_CLOSURE,
 )
 from ._fields import (
     MAX_DEPTH as MAX_DEPTH,

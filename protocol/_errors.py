@@ -126,3 +126,18 @@ class LocalProtocolError(ProtocolError):
 @final
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol forbids; `.code` goes on the Error frame."""
+
+
+class TransportClosed(Exception):
+    """A connection is gone, whoever closed it; `code` is the WebSocket close code (1006 when
+    no close frame arrived). Transports on both sides raise it; it lives here so the engine
+    and the client agree on it without depending on each other."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed ({code}) {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+ABNORMAL_CLOSURE = 1006
+"""RFC 6455: the connection ended without a close frame."""

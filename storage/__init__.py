@@ -6,6 +6,7 @@ from ._errors import SnapshotCorrupt as SnapshotCorrupt
 from ._errors import StorageError as StorageError
 from ._errors import StorageUnavailable as StorageUnavailable
 from ._memory import MemoryStore as MemoryStore
+from ._sqlite import SQLiteStore as SQLiteStore
 from ._store import RoomData as RoomData
 from ._store import Store as Store
 from ._store import StoredEvent as StoredEvent

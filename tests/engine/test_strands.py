@@ -68,6 +68,8 @@ async def test_late_joiner_gets_everyone_at_once(autojump_clock: MockClock, conn
     snap = await late.wait_for(PresenceSnapshot)
     states = {e.session: e.state for e in snap.entries}
     assert states["s1"] == {"name": "ada"} and set(states) == {"s1", "s2", "s3"}
+    cursors = await late.expect(Cursors)
+    assert [(m.session, m.position) for m in cursors.moves] == [("s1", {"index": 3})]
     assert (await late.expect(Event)).payload == {"text": "hi"}
     # Presence identity is the server's: a client cannot speak for another user.
     assert all(e.identity["id"].startswith("anon-") for e in snap.entries)

@@ -1,0 +1,29 @@
+"""Reconnect delays: exponential backoff with full jitter (bounded, configurable)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before attempt n (0-based) is uniform in [0, min(cap, base * factor**n)].
+
+    Args:
+        base: the first attempt's upper bound, seconds.
+        cap: no delay exceeds this, seconds.
+        factor: growth per attempt.
+        rng: the random source (inject a seeded one to make tests exact).
+    """
+
+    base: float = 0.5
+    cap: float = 30.0
+    factor: float = 2.0
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def bound(self, attempt: int) -> float:
+        return min(self.cap, self.base * self.factor ** min(attempt, 64))
+
+    def delay(self, attempt: int) -> float:
+        return self.rng.uniform(0, self.bound(attempt))

@@ -1,0 +1,154 @@
+"""Typed client errors: one class per protocol error code, so apps can `except Forbidden:`."""
+
+from __future__ import annotations
+
+from plait.protocol import CloseCode, ErrorCode
+
+
+class PlaitError(Exception):
+    """Base of every error the client raises."""
+
+
+class RequestFailed(PlaitError):
+    """The server answered a request with an error frame.
+
+    Attributes:
+        code: the numeric error code (an ErrorCode, or an application code 4000-4999).
+        message: the server's text, for people.
+    """
+
+    code: int = 0
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class MalformedFrame(RequestFailed):
+    code = ErrorCode.MALFORMED_FRAME
+
+
+class UnknownKind(RequestFailed):
+    code = ErrorCode.UNKNOWN_KIND
+
+
+class UnexpectedFrame(RequestFailed):
+    code = ErrorCode.UNEXPECTED_FRAME
+
+
+class FrameTooLarge(RequestFailed):
+    code = ErrorCode.FRAME_TOO_LARGE
+
+
+class UnsupportedVersion(RequestFailed):
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class InvalidField(RequestFailed):
+    code = ErrorCode.INVALID_FIELD
+
+
+class TooDeep(RequestFailed):
+    code = ErrorCode.TOO_DEEP
+
+
+class UnknownChannel(RequestFailed):
+    code = ErrorCode.UNKNOWN_CHANNEL
+
+
+class InvalidUpdate(RequestFailed):
+    code = ErrorCode.INVALID_UPDATE
+
+
+class InvalidRoomName(RequestFailed):
+    code = ErrorCode.INVALID_ROOM_NAME
+
+
+class Unauthenticated(RequestFailed):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(RequestFailed):
+    code = ErrorCode.FORBIDDEN
+
+
+class TooManyRooms(RequestFailed):
+    code = ErrorCode.TOO_MANY_ROOMS
+
+
+class RateLimited(RequestFailed):
+    code = ErrorCode.RATE_LIMITED
+
+
+class AlreadyJoined(RequestFailed):
+    code = ErrorCode.ALREADY_JOINED
+
+
+class EventRejected(RequestFailed):
+    """The server's event hook refused the event (also used for application codes 4000-4999)."""
+
+    code = ErrorCode.EVENT_REJECTED
+
+
+class SlowConsumer(RequestFailed):
+    code = ErrorCode.SLOW_CONSUMER
+
+
+class StorageUnavailable(RequestFailed):
+    code = ErrorCode.STORAGE_UNAVAILABLE
+
+
+class ShuttingDown(RequestFailed):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class InternalError(RequestFailed):
+    code = ErrorCode.INTERNAL
+
+
+ERROR_TYPES: dict[int, type[RequestFailed]] = {
+    cls.code: cls
+    for cls in (
+        MalformedFrame, UnknownKind, UnexpectedFrame, FrameTooLarge, UnsupportedVersion,
+        InvalidField, TooDeep, UnknownChannel, InvalidUpdate, InvalidRoomName, Unauthenticated,
+        Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, SlowConsumer,
+        StorageUnavailable, ShuttingDown, InternalError,
+    )
+}
+
+
+def error_for(code: int, message: str) -> RequestFailed:
+    """The typed error for an error frame's code."""
+    if 4000 <= code <= 4999:
+        return EventRejected(message, code)
+    cls = ERROR_TYPES.get(code, RequestFailed)
+    return cls(message, code)
+
+
+__all__ = [
+    "PlaitError", "RequestFailed", "ConnectionClosed", "OfflineQueueFull", "EventsLost", "error_for",
+    *(cls.__name__ for cls in ERROR_TYPES.values()),
+]
+
+
+class ConnectionClosed(PlaitError):
+    """The client stopped for good: closed by the app, or refused by the server with a close
+    code that says not to retry (spec §9)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def retryable(self) -> bool:
+        return self.code is not None and self.code in CloseCode._value2member_map_ and CloseCode(self.code).retryable
+
+
+class OfflineQueueFull(PlaitError):
+    """Too many publishes are waiting for a connection; the app should back off."""
+
+
+class EventsLost(PlaitError):
+    """An `events()` or `changes()` iterator fell too far behind and items were dropped."""

@@ -1,0 +1,78 @@
+"""The `plait` command: `plait serve` runs the standalone engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from plait.storage import MemoryStore, SQLiteStore, Store
+
+from ._config import EngineConfig
+from ._engine import Engine
+
+logger = logging.getLogger("plait")
+
+DEFAULT_PORT = 8765
+
+
+def open_store(url: str | None, data: Path) -> Store:
+    """`memory`, `sqlite` (data/plait.db) or `sqlite:PATH`."""
+    if url is None or url == "sqlite":
+        return SQLiteStore(data / "plait.db")
+    if url == "memory":
+        return MemoryStore()
+    if url.startswith("sqlite:"):
+        return SQLiteStore(Path(url.removeprefix("sqlite:")))
+    raise SystemExit(f"plait: unknown --store {url!r} (use memory, sqlite or sqlite:PATH)")
+
+
+async def serve(host: str, port: int, store: Store, config: EngineConfig, ready: trio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with Engine(store=store, config=config) as engine:
+                async with trio.open_nursery() as nursery:
+                    bound = await nursery.start(engine.serve_websocket, host, port)
+                    print(f"plait: serving on ws://{host}:{bound}/ (Ctrl-C to stop)", flush=True)
+                    if ready is not None:
+                        ready.set()
+                    async for signum in signals:
+                        logger.info("received %s: shutting down", signal.Signals(signum).name)
+                        break
+                    nursery.cancel_scope.cancel()
+                logger.info("draining rooms")
+        finally:
+            await store.aclose()
+    print("plait: stopped", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="plait", description="Plait real-time collaboration engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the standalone server")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)")
+    serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), help="data folder (default ./plait-data)")
+    serve_cmd.add_argument("--store", default=None, help="memory, sqlite (default) or sqlite:PATH")
+    serve_cmd.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve":
+        store = open_store(args.store, args.data)
+        trio.run(serve, args.host, args.port, store, EngineConfig())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The SQLite store: one database file (WAL), the default for `plait serve`.
+
+- Every call runs in a worker thread (trio.to_thread), serialised by one limiter: SQLite has one
+  writer at a time anyway, and serialising is what makes each `append` one commit (group
+  commit happens above, in the room's persister). Each worker thread keeps its own connection.
+- `synchronous=FULL`: a committed append survives a crash of the process and of the machine.
+- Every blob carries a CRC-32; a mismatch raises SnapshotCorrupt instead of loading garbage.
+- The schema has a version in `meta`; a database from a newer Plait is refused, not rewritten.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final, TypeVar
+
+import trio
+
+from ._errors import SnapshotCorrupt, StorageError, StorageUnavailable
+from ._store import RoomData, StoredEvent
+
+SCHEMA_VERSION: Final = 1
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (room TEXT PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, room TEXT NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS updates_by_room ON updates (room, id);
+CREATE TABLE IF NOT EXISTS events (
+    room TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, crc INTEGER NOT NULL,
+    PRIMARY KEY (room, seq)
+);
+"""
+
+
+def _crc(data: bytes) -> int:
+    return zlib.crc32(data)
+
+
+class SQLiteStore:
+    """Args:
+    path: the database file; its folder is created if missing.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._limiter = trio.CapacityLimiter(1)
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._ready = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        if not self._ready:
+            self._migrate(conn)
+            self._ready = True
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StorageUnavailable(
+                f"{self.path} has schema version {row[0]}; this Plait reads up to {SCHEMA_VERSION}"
+            )
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            try:
+                return fn(self._connection())
+            except sqlite3.DatabaseError as exc:
+                if "malformed" in str(exc) or "not a database" in str(exc):
+                    raise SnapshotCorrupt(f"{self.path}: {exc}") from exc
+                raise StorageUnavailable(f"{self.path}: {exc}") from exc
+            except OSError as exc:
+                raise StorageUnavailable(f"{self.path}: {exc}") from exc
+
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    # -- the Store interface ----------------------------------------------------------------
+
+    async def load(self, room: str) -> RoomData:
+        def load(conn: sqlite3.Connection) -> RoomData:
+            conn.execute("BEGIN")
+            try:
+                snap = conn.execute("SELECT data, crc FROM snapshots WHERE room = ?", (room,)).fetchone()
+                updates = conn.execute(
+                    "SELECT id, data, crc FROM updates WHERE room = ? ORDER BY id", (room,)
+                ).fetchall()
+                events = conn.execute(
+                    "SELECT seq, body, crc FROM events WHERE room = ? ORDER BY seq", (room,)
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            if snap is not None and _crc(snap[0]) != snap[1]:
+                raise SnapshotCorrupt(f"room {room!r}: snapshot checksum mismatch")
+            for uid, data, crc in updates:
+                if _crc(data) != crc:
+                    raise SnapshotCorrupt(f"room {room!r}: update {uid} checksum mismatch")
+            for seq, body, crc in events:
+                if _crc(body) != crc:
+                    raise SnapshotCorrupt(f"room {room!r}: event {seq} checksum mismatch")
+            return RoomData(
+                snapshot=None if snap is None else bytes(snap[0]),
+                updates=tuple(bytes(u[1]) for u in updates),
+                events=tuple(StoredEvent(seq, bytes(body)) for seq, body, _ in events),
+            )
+
+        return await self._run(load)
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        rows = [(room, bytes(u), _crc(u)) for u in updates]
+
+        def append(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany("INSERT INTO updates (room, data, crc) VALUES (?, ?, ?)", rows)
+
+        await self._run(append)
+
+    async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
+        def compact(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                ids = conn.execute(
+                    "SELECT id FROM updates WHERE room = ? ORDER BY id LIMIT ?", (room, covered)
+                ).fetchall()
+                if len(ids) != covered:
+                    raise StorageError(f"compaction covers {covered} updates, {len(ids)} stored")
+                conn.execute(
+                    "INSERT OR REPLACE INTO snapshots (room, data, crc) VALUES (?, ?, ?)",
+                    (room, snapshot, _crc(snapshot)),
+                )
+                if ids:
+                    conn.execute("DELETE FROM updates WHERE room = ? AND id <= ?", (room, ids[-1][0]))
+
+        await self._run(compact)
+
+    async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
+        rows = [(room, e.seq, e.body, _crc(e.body)) for e in events]
+
+        def append(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?)", rows)
+                conn.execute(
+                    "DELETE FROM events WHERE room = ? AND seq <= "
+                    "(SELECT seq FROM events WHERE room = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (room, room, keep),
+                )
+
+        await self._run(append)
+
+    async def list_rooms(self) -> list[str]:
+        def rooms(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT room FROM snapshots UNION SELECT room FROM updates UNION SELECT room FROM events"
+            ).fetchall()
+            return sorted(r[0] for r in rows)
+
+        return await self._run(rooms)
+
+    async def delete(self, room: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                for table in ("snapshots", "updates", "events"):
+                    conn.execute(f"DELETE FROM {table} WHERE room = ?", (room,))
+
+        await self._run(delete)
+
+    async def aclose(self) -> None:
+        def close_all() -> None:
+            with self._lock:
+                for conn in self._connections:
+                    conn.close()
+                self._connections.clear()
+
+        await trio.to_thread.run_sync(close_all, limiter=self._limiter)
+        self._local = threading.local()
+        self._ready = False
+
+
+class _transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

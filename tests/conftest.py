@@ -1,0 +1,30 @@
+"""Suite-wide rules: every async test runs under a deadline on Trio's clock (virtual under
+MockClock), so a test that waits for something that never happens fails instead of hanging."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import pytest
+import trio
+
+TEST_DEADLINE = 120.0
+"""Seconds on Trio's clock. Under autojump this is virtual time, spent in milliseconds."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(fn):
+            item.obj = _with_deadline(fn)
+
+
+def _with_deadline(fn: Any) -> Any:
+    @functools.wraps(fn)
+    async def run(**kwargs: Any) -> Any:
+        with trio.fail_after(TEST_DEADLINE):
+            return await fn(**kwargs)
+
+    return run

@@ -1,0 +1,154 @@
+"""End to end over real sockets on 127.0.0.1: the engine's WebSocket server and the client SDK.
+Real time here, so every wait is on an event, bounded by the suite's deadline."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pycrdt
+import pytest
+import trio
+
+from plait.client import Backoff, ClientState, Room, connect
+from plait.engine import Engine
+
+from .proxy import proxy_to
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    async with Engine() as engine, trio.open_nursery() as nursery:
+        yield await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def url(port: int) -> str:
+    return f"ws://127.0.0.1:{port}/"
+
+
+async def until(room: Room, check: Callable[[], bool]) -> None:
+    """Wait until `check()` holds, re-checking on every document or room change."""
+    changes = room.changes()
+    woke = trio.Event()
+
+    def wake(_: object) -> None:
+        woke.set()
+
+    sub = room.doc.observe(wake)
+    try:
+        while not check():
+            async with trio.open_nursery() as nursery:
+                async def on_change() -> None:
+                    await changes.__anext__()
+                    woke.set()
+
+                nursery.start_soon(on_change)
+                await woke.wait()
+                nursery.cancel_scope.cancel()
+            woke = trio.Event()
+    finally:
+        room.doc.unobserve(sub)
+        changes.close()
+
+
+async def test_three_clients_converge_and_see_each_other(url: str) -> None:
+    async with connect(url) as c1, connect(url) as c2, connect(url) as c3:
+        async with c1.join("doc") as r1, c2.join("doc") as r2:
+            await r1.synced()
+            await r2.synced()
+            r1_events = r1.events()
+            # Concurrent edits at the same position from both sides.
+            for i in range(20):
+                r1.text.insert(0, "a")
+                r2.text.insert(0, "b")
+            await r1.set_presence({"name": "ada"})
+            await r2.set_presence({"name": "bob"})
+            await r2.move_cursor({"index": 2})
+            await r2.set_typing(True)
+            await r2.publish("chat", {"text": "hi"})
+            await r1.flushed()
+            await r2.flushed()
+            await until(r1, lambda: len(str(r1.text)) == 40 and str(r1.text) == str(r2.text))
+            assert sorted(str(r1.text)) == sorted("ab" * 20)
+            assert (await r1_events.__anext__()).payload == {"text": "hi"}
+            await until(r1, lambda: bool(r1.typing) and bool(r1.cursors) and any(e.state for e in r1.presence.values()))
+            # A late joiner gets the document, presence, cursors and typing at once.
+            async with c3.join("doc") as r3:
+                await r3.synced()
+                assert str(r3.text) == str(r1.text)
+                await until(r3, lambda: len(r3.presence) == 2 and len(r3.cursors) == 1 and len(r3.typing) == 1)
+                names = sorted(e.state.get("name") for e in r3.presence.values())
+                assert names == ["ada", "bob"]
+
+
+async def test_resume_after_reconnect_over_tcp(url: str, port: int) -> None:
+    fast = Backoff(base=0.05, cap=0.2)
+    async with proxy_to(port) as proxy, connect(f"ws://127.0.0.1:{proxy.port}/", backoff=fast) as writer, connect(url) as reader:
+        async with writer.join("r") as w, reader.join("r") as r:
+            await w.synced()
+            await r.synced()
+            w_events = w.events()
+            w.text.insert(0, "one ")
+            await w.flushed()
+            proxy.cut()  # the writer's TCP connection drops, no close frame
+            await writer.wait_state(ClientState.RECONNECTING)
+            await r.publish("missed", 1)  # published while the writer is away
+            w.text.insert(len(w.text), "two")
+            await writer.wait_state(ClientState.OPEN)
+            await w.flushed()
+            await until(r, lambda: str(r.text) == "one two")
+            event = await w_events.__anext__()
+            assert (event.name, event.payload) == ("missed", 1)  # resumed from the last seq
+            assert proxy.connections == 2
+
+
+def test_plait_serve_end_to_end(tmp_path: Path) -> None:
+    """The standalone server as a user runs it: start, edit from two clients, stop with Ctrl-C
+    (SIGINT), start again on the same data and find the document there."""
+
+    async def edit_and_check(url: str, text: str, expect: str) -> None:
+        with trio.fail_after(30):
+            async with connect(url) as a, connect(url) as b, a.join("notes") as ra, b.join("notes") as rb:
+                await ra.synced()
+                await rb.synced()
+                ra.text.insert(len(ra.text), text)
+                await ra.flushed()
+                await until(rb, lambda: str(rb.text) == expect)
+
+    for text, expect in (("hello", "hello"), (" again", "hello again")):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--data", str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert proc.stdout is not None
+            port = None
+            for _ in range(50):
+                line = proc.stdout.readline()
+                match = re.search(r"serving on ws://127.0.0.1:(\d+)/", line)
+                if match:
+                    port = int(match.group(1))
+                    break
+            assert port, "server did not start"
+            trio.run(edit_and_check, f"ws://127.0.0.1:{port}/", text, expect)
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=20)
+            assert proc.returncode == 0, out
+            assert "plait: stopped" in out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert (tmp_path / "plait.db").exists()
