@@ -61,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), help="data folder (default ./plait-data)")
     serve_cmd.add_argument("--store", default=None, help="memory, sqlite (default) or sqlite:PATH")
     serve_cmd.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    client_cmd = commands.add_parser("client", help="join a room from the terminal")
+    client_cmd.add_argument("url", help="server URL, e.g. ws://127.0.0.1:8765/")
+    client_cmd.add_argument("room", help="room name")
+    client_cmd.add_argument("--token", default=None, help="token for the server's authenticate hook")
+    client_cmd.add_argument("--name", default=None, help="your presence name")
+    client_cmd.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -71,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         store = open_store(args.store, args.data)
         trio.run(serve, args.host, args.port, store, EngineConfig())
+    elif args.command == "client":
+        # The terminal client lives with the client SDK; only this command loads it.
+        from plait.client._cli import main as client_main
+
+        return client_main(args)
     return 0
 
 
