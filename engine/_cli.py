@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import time
+from dataclasses import asdict
 import logging
 import signal
 import sys
@@ -15,6 +18,7 @@ from plait.storage import MemoryStore, SQLiteStore, Store
 
 from ._config import EngineConfig
 from ._engine import Engine
+from ._record import TraceRecorder
 
 logger = logging.getLogger("plait")
 
@@ -32,11 +36,24 @@ def open_store(url: str | None, data: Path) -> Store:
     raise SystemExit(f"plait: unknown --store {url!r} (use memory, sqlite or sqlite:PATH)")
 
 
-async def serve(host: str, port: int, store: Store, config: EngineConfig, ready: trio.Event | None = None) -> None:
+async def serve(
+    host: str,
+    port: int,
+    store: Store,
+    config: EngineConfig,
+    ready: trio.Event | None = None,
+    record: Path | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with contextlib.ExitStack() as files, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        recorder = None
+        if record is not None:
+            record.mkdir(parents=True, exist_ok=True)
+            path = record / f"trace-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            recorder = TraceRecorder(files.enter_context(open(path, "w", encoding="utf-8")), asdict(config))
+            print(f"plait: recording to {path}", flush=True)
         try:
-            async with Engine(store=store, config=config) as engine:
+            async with Engine(store=store, config=config, recorder=recorder) as engine:
                 async with trio.open_nursery() as nursery:
                     bound = await nursery.start(engine.serve_websocket, host, port)
                     print(f"plait: serving on ws://{host}:{bound}/ (Ctrl-C to stop)", flush=True)
@@ -61,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), help="data folder (default ./plait-data)")
     serve_cmd.add_argument("--store", default=None, help="memory, sqlite (default) or sqlite:PATH")
     serve_cmd.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
+                           help="write a trace of every connection to DIR/trace-<time>.jsonl")
+    replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
+    replay_cmd.add_argument("files", nargs="+", type=Path)
+    replay_cmd.add_argument("--log-level", default="WARNING")
     client_cmd = commands.add_parser("client", help="join a room from the terminal")
     client_cmd.add_argument("url", help="server URL, e.g. ws://127.0.0.1:8765/")
     client_cmd.add_argument("room", help="room name")
@@ -76,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "serve":
         store = open_store(args.store, args.data)
-        trio.run(serve, args.host, args.port, store, EngineConfig())
+        trio.run(serve, args.host, args.port, store, EngineConfig(), None, args.record)
+    elif args.command == "replay":
+        from .testing import replay_files
+
+        return 1 if replay_files(args.files) else 0
     elif args.command == "client":
         # The terminal client lives with the client SDK; only this command loads it.
         from plait.client._cli import main as client_main

@@ -29,6 +29,7 @@ from ._config import EngineConfig
 from ._errors import RequestError, RoomUnavailable
 from ._handle import RoomHandle
 from ._hooks import Hooks
+from ._record import TraceRecorder
 from ._room import Room, RoomState
 from ._session import Session
 from ._transport import MemoryTransport, Transport, WebSocketTransport, memory_transport_pair
@@ -50,6 +51,7 @@ class Engine:
         hooks: authentication, authorisation and event hooks; anonymous full access if not given.
         config: timings and limits.
         session_ids: makes session ids (tests and trace replay pass a deterministic one).
+        recorder: records every connection's traffic as a trace (`plait serve --record`).
     """
 
     def __init__(
@@ -58,11 +60,13 @@ class Engine:
         hooks: Hooks | None = None,
         config: EngineConfig | None = None,
         session_ids: Callable[[], str] | None = None,
+        recorder: TraceRecorder | None = None,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.hooks = hooks if hooks is not None else Hooks()
         self.config = config if config is not None else EngineConfig()
         self._new_session_id = session_ids or random_session_ids()
+        self.recorder = recorder
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
         self._sessions: set[Session] = set()

@@ -38,7 +38,8 @@ class EventRejected(RequestError):
 class Hooks:
     """Default hooks: every connection is an anonymous user with write access everywhere."""
 
-    _anonymous = itertools.count(1)
+    def __init__(self) -> None:
+        self._anonymous = itertools.count(1)
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
         """Turn the hello's token into an identity, or raise Unauthenticated."""

@@ -88,6 +88,7 @@ class Session:
         self._close_reason = ""
         self._ping_nonce = 0
         self._done = trio.Event()
+        self._closed_by_peer = False
         now = trio.current_time()
         self._update_bucket = TokenBucket(self.config.updates_per_second, now)
         self._event_bucket = TokenBucket(self.config.events_per_second, now)
@@ -100,6 +101,8 @@ class Session:
 
     async def run(self) -> None:
         """Serve the connection until either side closes it. Raises only Cancelled."""
+        if self.engine.recorder is not None:
+            self.engine.recorder.opened(self.id, self.transport.path)
         try:
             with self._scope:
                 if await self._handshake():
@@ -137,13 +140,17 @@ class Session:
 
     async def _say_goodbye(self) -> None:
         code = self._close_code if self._close_code is not None else CloseCode.GOING_AWAY
+        if self._closed_by_peer:
+            return
         if not self.outbox.overflowed:
             frames = self.outbox.drain()
             if frames:
                 try:
-                    await self.transport.send_message(b"".join(frames))
+                    await self._send(b"".join(frames))
                 except TransportClosed:
                     return
+        if self.engine.recorder is not None:
+            self.engine.recorder.closed(self.id, "out", code, self._close_reason)
         try:
             await self.transport.aclose(code, self._close_reason)
         except TransportClosed:
@@ -190,10 +197,22 @@ class Session:
 
     async def _receive(self) -> bytes | str | None:
         try:
-            return await self.transport.receive_message()
+            data = await self.transport.receive_message()
         except TransportClosed as exc:
+            self._closed_by_peer = True
+            if self.engine.recorder is not None:
+                self.engine.recorder.closed(self.id, "in", exc.code, exc.reason)
             self.close(exc.code, "closed by peer")
             return None
+        if self.engine.recorder is not None:
+            self.engine.recorder.message(self.id, "in", data)
+        return data
+
+    async def _send(self, message: bytes) -> None:
+        await self.transport.send_message(message)
+        # Recorded once delivered to the transport: a send cut short by a close never happened.
+        if self.engine.recorder is not None:
+            self.engine.recorder.message(self.id, "out", message)
 
     async def _reader(self) -> None:
         silence = 2 * self.config.heartbeat
@@ -378,8 +397,9 @@ class Session:
                 elif not batch:
                     return  # closed and drained
                 try:
-                    await self.transport.send_message(b"".join(batch))
+                    await self._send(b"".join(batch))
                 except TransportClosed as exc:
+                    self._closed_by_peer = True
                     self.close(exc.code, "closed by peer")
                     return
         finally:

@@ -1,0 +1,294 @@
+"""Replaying traces against a fresh engine under Trio's MockClock (spec §10.2).
+
+    from plait.engine.testing import assert_replays
+    def test_bug_1234():
+        assert_replays("tests/traces/bug-1234.jsonl")
+
+The replayer feeds each inbound record (`dir: in`) at its recorded time and compares what the
+engine sends on each connection with the recorded outbound records, in order. It needs no
+normalisation of session ids: the replay engine hands out the recorded ids, in the order the
+connections opened. After each inbound message it waits until the engine is idle, so the
+interleaving of connections is exactly the recorded one and the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from plait.protocol import (
+    Access,
+    Close,
+    Frame,
+    Open,
+    Raw,
+    Trace,
+    TraceRecord,
+    TransportClosed,
+    decode,
+    encode,
+    frame_to_json,
+    read_trace,
+)
+from plait.storage import MemoryStore, StorageUnavailable, Store
+
+from ._config import EngineConfig
+from ._engine import Engine
+from ._hooks import EventRejected, Hooks, Identity, Unauthenticated
+from ._record import TraceRecorder
+from ._transport import MemoryTransport
+
+REPLAY_SETTINGS = {"hooks", "check_times", "time_tolerance", "unread", "buffer", "description", "store_fails", "end"}
+"""Header settings that steer the replayer rather than the engine."""
+
+
+class TokenHooks(Hooks):
+    """Hooks for traces and demos, driven by the token: no token = anonymous, `bad` =
+    refused, `ro:NAME` = read-only, `no:NAME` = no access, anything else = that user id.
+    Events named `rejected` are refused (EVENT_REJECTED); `app-error` with application code 4000."""
+
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        if token is None:
+            return await super().authenticate(token, client)
+        if token == "bad":
+            raise Unauthenticated("token refused")
+        return {"id": token.split(":", 1)[-1]}
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        token_kind = getattr(self, "_kinds", {}).get(identity["id"])
+        return {"ro": Access.READ, "no": None}.get(token_kind, Access.WRITE)  # type: ignore[arg-type]
+
+    async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
+        if name == "rejected":
+            raise EventRejected("events named 'rejected' are refused")
+        if name == "app-error":
+            raise EventRejected("the application refused this event", 4000)
+        return payload
+
+
+class _TokenHooks(TokenHooks):
+    # Remembers which ids came from ro:/no: tokens (authorize sees only the identity).
+    def __init__(self) -> None:
+        super().__init__()
+        self._kinds: dict[str, str] = {}
+
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        identity = await super().authenticate(token, client)
+        if token and ":" in token:
+            self._kinds[identity["id"]] = token.split(":", 1)[0]
+        return identity
+
+
+def config_from_settings(settings: dict[str, Any]) -> EngineConfig:
+    """EngineConfig from a trace header's settings; unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    unknown = set(settings) - known - REPLAY_SETTINGS
+    if unknown:
+        raise ValueError(f"unknown trace settings: {sorted(unknown)}")
+    return EngineConfig(**{k: v for k, v in settings.items() if k in known})
+
+
+def settings_from_config(config: EngineConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    conn: str
+    index: int
+    """Position among that connection's outbound records."""
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return f"conn {self.conn}, outbound #{self.index}:\n  expected: {self.expected}\n  actual:   {self.actual}"
+
+
+@dataclass
+class ReplayResult:
+    trace: Trace
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def report(self) -> str:
+        if self.ok:
+            return "trace replayed: every outbound frame matched"
+        return "\n".join(["trace replay mismatch:", *map(str, self.mismatches)])
+
+
+def _show(body: Any, t: float | None = None) -> str:
+    if body is None:
+        return "(nothing)"
+    if isinstance(body, Frame):
+        text = json.dumps(frame_to_json(body), default=repr)
+    elif isinstance(body, Close):
+        text = f"close {body.code}"
+    else:
+        text = repr(body)
+    return text if t is None else f"{text} at t={t:g}"
+
+
+def _same(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, Close) and isinstance(actual, Close):
+        return expected.code == actual.code
+    return bool(expected == actual)
+
+
+class _FailingStore(MemoryStore):
+    """For traces of storage failures (setting `store_fails`: "load" or "append")."""
+
+    def __init__(self, fails: str) -> None:
+        super().__init__()
+        self._fails = fails
+
+    async def load(self, room: str) -> Any:
+        if self._fails == "load":
+            raise StorageUnavailable("injected load failure")
+        return await super().load(room)
+
+    async def append(self, room: str, updates: Any) -> None:
+        if self._fails == "append":
+            raise StorageUnavailable("injected append failure")
+        await super().append(room, updates)
+
+
+async def replay(
+    trace: Trace,
+    *,
+    hooks: Hooks | None = None,
+    store: Store | None = None,
+    recorder: TraceRecorder | None = None,
+) -> ReplayResult:
+    """Replay under the current Trio run, which must use a MockClock (see `replay_trace`).
+    With `recorder`, the run is also recorded (how spec/traces are made from their inputs)."""
+    settings = trace.header.settings
+    if store is None and "store_fails" in settings:
+        store = _FailingStore(settings["store_fails"])
+    config = config_from_settings(settings)
+    if hooks is None:
+        hooks = _TokenHooks() if settings.get("hooks") == "tokens" else Hooks()
+    unread = set(settings.get("unread", ()))
+    check_times = bool(settings.get("check_times", False))
+    tolerance = float(settings.get("time_tolerance", 1e-6))
+    opens = iter([r.conn for r in trace.records if isinstance(r.body, Open)])
+    expected: dict[str, list[TraceRecord]] = {}
+    for record in trace.records:
+        if record.dir == "out":
+            expected.setdefault(record.conn, []).append(record)
+    actual: dict[str, list[tuple[float, Frame | Close]]] = {}
+    transports: dict[str, MemoryTransport] = {}
+    closed_by_client: set[str] = set()
+    # Replay runs until the last record, or `end` if later: time-driven answers (expiry,
+    # timeouts) after the last inbound frame are part of the trace too.
+    end = max([r.t for r in trace.records] + [float(settings.get("end", 0.0))])
+
+    engine = Engine(
+        store=store or MemoryStore(), hooks=hooks, config=config, session_ids=lambda: next(opens), recorder=recorder
+    )
+    async with engine:
+        start = trio.current_time()
+
+        async def read(conn: str, transport: MemoryTransport) -> None:
+            got = actual.setdefault(conn, [])
+            while True:
+                try:
+                    data = await transport.receive_message()
+                except TransportClosed as exc:
+                    if conn not in closed_by_client:
+                        got.append((trio.current_time() - start, Close(exc.code, exc.reason)))
+                    return
+                now = trio.current_time() - start
+                got.extend((now, frame) for frame in decode(data if isinstance(data, bytes) else data.encode()))
+
+        async with trio.open_nursery() as nursery:
+            for record in trace.records:
+                if record.dir != "in":
+                    continue
+                await trio.sleep_until(start + record.t)
+                body = record.body
+                if isinstance(body, Open):
+                    transport = engine.connect_memory(body.path, buffer=int(settings.get("buffer", 16)))
+                    transports[record.conn] = transport
+                    if record.conn not in unread:
+                        nursery.start_soon(read, record.conn, transport)
+                else:
+                    transport = transports[record.conn]
+                    try:
+                        if isinstance(body, Close):
+                            closed_by_client.add(record.conn)
+                            await transport.aclose(body.code, body.reason)
+                        elif isinstance(body, Raw):
+                            await transport.send_message(body.data)
+                        else:
+                            await transport.send_message(encode(body))
+                    except TransportClosed:
+                        pass  # the server already closed it; the outbound records say so
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep_until(start + end)
+            await trio.testing.wait_all_tasks_blocked()
+            for conn in unread:
+                nursery.start_soon(read, conn, transports[conn])
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        snapshot = {conn: list(frames) for conn, frames in actual.items()}
+        engine.recorder = None  # the shutdown's GOING_AWAY closes are not part of the trace
+
+    result = ReplayResult(trace)
+    for conn in sorted(set(expected) | set(snapshot)):
+        want = expected.get(conn, [])
+        got = snapshot.get(conn, [])
+        for index in range(max(len(want), len(got))):
+            w = want[index] if index < len(want) else None
+            g = got[index] if index < len(got) else None
+            same = w is not None and g is not None and _same(w.body, g[1])
+            if same and check_times and abs(w.t - g[0]) > tolerance:  # type: ignore[union-attr]
+                same = False
+            if not same:
+                result.mismatches.append(
+                    Mismatch(
+                        conn,
+                        index,
+                        _show(w.body if w else None, w.t if w and check_times else None),
+                        _show(g[1] if g else None, g[0] if g and check_times else None),
+                    )
+                )
+                break  # the first difference per connection is the useful one
+    return result
+
+
+def replay_trace(trace: Trace | str | Path, *, hooks: Hooks | None = None) -> ReplayResult:
+    """Replay a trace (or a trace file) in a fresh Trio run with an autojumping MockClock."""
+    if not isinstance(trace, Trace):
+        with open(trace, encoding="utf-8") as file:
+            trace = read_trace(file)
+    loaded = trace
+    return trio.run(lambda: replay(loaded, hooks=hooks), clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def assert_replays(trace: Trace | str | Path, *, hooks: Hooks | None = None) -> None:
+    """Fail (AssertionError with a readable diff) unless the engine reproduces the trace."""
+    result = replay_trace(trace, hooks=hooks)
+    assert result.ok, result.report()
+
+
+def replay_files(paths: Iterable[str | Path]) -> int:
+    """`plait replay`: print a line per trace; the number that did not match."""
+    failures = 0
+    for path in paths:
+        result = replay_trace(path)
+        status = "ok" if result.ok else "MISMATCH"
+        print(f"{status}: {path}")
+        if not result.ok:
+            failures += 1
+            print(result.report())
+    return failures
