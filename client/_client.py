@@ -38,7 +38,6 @@ from plait.protocol import (
     Role,
     TransportClosed,
     Welcome,
-    decode,
     encode,
 )
 

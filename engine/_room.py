@@ -26,7 +26,6 @@ import trio
 from plait.protocol import (
     Access,
     Ack,
-    ChannelClosed,
     ChannelFrame,
     CursorPosition,
     Cursors,
@@ -52,7 +51,7 @@ from ._hooks import Hooks, Identity
 from ._presence import PresenceBook
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from ._peer import Peer as Session
 
 logger = logging.getLogger("plait.room")
 
@@ -257,7 +256,7 @@ class Room:
         if self._typing:
             frames.append(TypingState(channel, tuple(self._typing)))
         frames.extend(self._event_frame(r, channel) for r in missed)
-        session.send_frames(frames)
+        session.deliver_frames(member, frames)
         return member
 
     def remove_member(self, member: Member, *, disconnected: bool) -> None:
@@ -306,7 +305,7 @@ class Room:
 
     def sync_step1(self, member: Member, state_vector: bytes) -> None:
         update = self._update_since(state_vector)
-        member.session.send_frames([SyncStep2(member.channel, None, update)])
+        member.session.deliver_frames(member, [SyncStep2(member.channel, None, update)])
 
     def apply_client_update(self, member: Member, update: bytes, ref: int | None) -> None:
         """Apply a member's update; its ack waits for the commit that makes it durable."""
@@ -334,7 +333,7 @@ class Room:
         origin = self._origin
         for member in list(self._members.values()):
             if member is not origin:
-                member.session.send_bytes(shared.for_channel(member.channel))
+                member.session.deliver(member, shared)
 
     # -- presence, cursors, typing ----------------------------------------------------------
 
@@ -372,7 +371,7 @@ class Room:
         if self._pending.acks:
             self._pending.acks.append((member, ref, value))
         else:
-            member.session.send_frames([Ack(ref, value)])
+            member.session.deliver_frames(member, [Ack(ref, value)])
 
     def _want_tick(self) -> None:
         self._tick_wanted.set()
@@ -401,19 +400,18 @@ class Room:
         for member in list(self._members.values()):
             refresh = self._refresher(member)
             for frame in frames:
-                member.session.send_ephemeral(member.channel, frame.for_channel(member.channel), refresh)
+                member.session.deliver_ephemeral(member, frame, refresh)
 
-    def _refresher(self, member: Member) -> Callable[[], list[bytes]]:
-        def full_state() -> list[bytes]:
+    def _refresher(self, member: Member) -> Callable[[], list[Frame]]:
+        def full_state() -> list[Frame]:
             if self._members.get(member.session) is not member:
                 return []
             ch = member.channel
-            frames: list[Frame] = [
+            return [
                 PresenceSnapshot(ch, self._presence.snapshot()),
                 Cursors(ch, tuple(CursorPosition(s, p) for s, p in self._cursors.items())),
                 TypingState(ch, tuple(self._typing)),
             ]
-            return [ChannelFrame(f).for_channel(ch) for f in frames]
 
         return full_state
 
@@ -460,7 +458,7 @@ class Room:
         self._want_persist()
         shared = ChannelFrame(self._event_frame(record, 0))
         for m in list(self._members.values()):
-            m.session.send_bytes(shared.for_channel(m.channel))
+            m.session.deliver(m, shared)
         return record.seq
 
     @staticmethod
@@ -499,7 +497,7 @@ class Room:
             self._bytes_since_snapshot += sum(map(len, pending.updates))
             for member, ref, value in pending.acks:
                 if member is not None and self._members.get(member.session) is member:
-                    member.session.send_frames([Ack(ref, value)])
+                    member.session.deliver_frames(member, [Ack(ref, value)])
             self._durable_changes = mark
             self._commit_done.set()
             self._commit_done = trio.Event()

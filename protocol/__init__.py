@@ -94,3 +94,17 @@ from ._trace import (
     frame_to_json as frame_to_json,
     frame_from_json as frame_from_json,
 )
+from ._yjs import (
+    AwarenessEntry as AwarenessEntry,
+    YAuth as YAuth,
+    YAwareness as YAwareness,
+    YMessage as YMessage,
+    YMessageKind as YMessageKind,
+    YQueryAwareness as YQueryAwareness,
+    YSync as YSync,
+    YSyncStep as YSyncStep,
+    decode_y as decode_y,
+    encode_awareness as encode_awareness,
+    encode_sync as encode_sync,
+    encode_y as encode_y,
+)

@@ -45,7 +45,6 @@ from plait.protocol import (
     TraceRecord,
     Typing,
     Update,
-    encode,
 )
 
 HERE = Path(__file__).parent

@@ -4,7 +4,7 @@ reconnects with backoff, offline edits and publishes. A `Cable` lets a test cut 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pycrdt
@@ -19,7 +19,6 @@ from plait.client import (
     ConnectionClosed,
     EventRejected,
     Forbidden,
-    PresenceChanged,
     Room,
     connect,
 )

@@ -11,7 +11,6 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import pycrdt
 import pytest
 import trio
 

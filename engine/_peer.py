@@ -1,0 +1,229 @@
+"""What every connection has, whatever protocol it speaks: a transport, a bounded outbox
+drained by one writer task, a reader task, rate limits, and one way to close (style §2-3).
+
+Subclasses (`Session` for the native protocol, `YjsSession` for y-websocket) implement the
+handshake, the reader's decoding and how room frames are put on their wire (`deliver*`).
+
+- Closing: `close(code)` records why and stops the reader; the writer then sends what is
+  queued (an error frame, say) within `close_timeout`, and the transport is closed with the
+  code. A client too slow to take what is queued (TOO_SLOW) is cut off at once.
+- Containment: a subclass's reader turns protocol errors into its own error reports; an
+  unexpected exception is logged and closes *this* connection only. Cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from plait.protocol import ChannelFrame, CloseCode, ErrorCode, Frame, Ping, TransportClosed, encode
+
+from ._errors import RequestError
+from ._hooks import Identity
+from ._outbox import Outbox
+from ._ratelimit import TokenBucket
+from ._room import Member
+from ._transport import Transport
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+logger = logging.getLogger("plait.session")
+
+Refresh = Callable[[], list[Frame]]
+
+
+class Peer:
+    """One connection to the engine. Abstract: see Session and YjsSession."""
+
+    def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.transport = transport
+        self.id = session_id
+        self.identity: Identity = {}
+        self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames)
+        self.max_frames_per_message = self.config.max_frames_per_message
+        self.max_message_bytes = self.config.max_message_bytes
+        self._members: dict[int, Member] = {}
+        self._scope = trio.CancelScope()
+        self._reader_scope = trio.CancelScope()
+        self._writer_done = trio.Event()
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._ping_nonce = 0
+        self._done = trio.Event()
+        self._closed_by_peer = False
+        now = trio.current_time()
+        self._update_bucket = TokenBucket(self.config.updates_per_second, now)
+        self._event_bucket = TokenBucket(self.config.events_per_second, now)
+        self._violations = TokenBucket(1.0, now, capacity=self.config.rate_violations_before_close)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.identity.get('id', '?')}>"
+
+    # -- to implement -----------------------------------------------------------------------
+
+    async def _handshake(self) -> bool:
+        raise NotImplementedError
+
+    async def _reader(self) -> None:
+        raise NotImplementedError
+
+    def deliver(self, member: Member, shared: ChannelFrame) -> None:
+        """A frame fanned out to the whole room, encoded once."""
+        raise NotImplementedError
+
+    def deliver_ephemeral(self, member: Member, shared: ChannelFrame, refresh: Refresh) -> None:
+        """A presence/cursor/typing frame: may be coalesced into `refresh()` when lagging."""
+        raise NotImplementedError
+
+    def deliver_frames(self, member: Member, frames: list[Frame]) -> None:
+        """Frames for this member only (join sequence, acks, answers)."""
+        raise NotImplementedError
+
+    def send_error(self, ref: int | None, channel: int | None, code: int, message: str) -> None:
+        raise NotImplementedError
+
+    def close_channel(self, member: Member, code: int, message: str) -> None:
+        """The server ends a membership (spec §5.2)."""
+        raise NotImplementedError
+
+    def _ping_frame(self) -> bytes | None:
+        """What the writer sends after a quiet heartbeat interval (None: nothing)."""
+        self._ping_nonce = (self._ping_nonce + 1) % (2**32)
+        return encode(Ping(self._ping_nonce))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until either side closes it. Raises only Cancelled."""
+        if self.engine.recorder is not None:
+            self.engine.recorder.opened(self.id, self.transport.path)
+        try:
+            with self._scope:
+                if await self._handshake():
+                    logger.info("session %s open for %s", self.id, self.identity.get("id"))
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._writer)
+                        with self._reader_scope:
+                            await self._reader()
+                        # Let the writer send what is queued (an error frame, say), briefly.
+                        self.outbox.close()
+                        with trio.move_on_after(self.config.close_timeout):
+                            await self._writer_done.wait()
+                        nursery.cancel_scope.cancel()
+        finally:
+            self._leave_rooms()
+            with trio.move_on_after(self.config.close_timeout, shield=True):
+                await self._say_goodbye()
+            logger.info("session %s closed (%s)", self.id, self._close_code)
+            self._done.set()
+
+    async def wait_done(self) -> None:
+        await self._done.wait()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close the connection with `code` (the first reason given wins). What is queued
+        is still sent, unless the client is too slow to take it."""
+        if self._close_code is None:
+            self._close_code, self._close_reason = code, reason
+        self._reader_scope.cancel()
+        if code == CloseCode.TOO_SLOW:
+            self._scope.cancel()
+
+    async def _say_goodbye(self) -> None:
+        code = self._close_code if self._close_code is not None else CloseCode.GOING_AWAY
+        if self._closed_by_peer:
+            return
+        if not self.outbox.overflowed:
+            frames = self.outbox.drain()
+            if frames:
+                try:
+                    await self._send(b"".join(frames))
+                except TransportClosed:
+                    return
+        if self.engine.recorder is not None:
+            self.engine.recorder.closed(self.id, "out", code, self._close_reason)
+        try:
+            await self.transport.aclose(code, self._close_reason)
+        except TransportClosed:
+            pass
+
+    # -- transport --------------------------------------------------------------------------
+
+    async def _receive(self) -> bytes | str | None:
+        try:
+            data = await self.transport.receive_message()
+        except TransportClosed as exc:
+            self._closed_by_peer = True
+            if self.engine.recorder is not None:
+                self.engine.recorder.closed(self.id, "in", exc.code, exc.reason)
+            self.close(exc.code, "closed by peer")
+            return None
+        if self.engine.recorder is not None:
+            self.engine.recorder.message(self.id, "in", data)
+        return data
+
+    async def _send(self, message: bytes) -> None:
+        await self.transport.send_message(message)
+        # Recorded once delivered to the transport: a send cut short by a close never happened.
+        if self.engine.recorder is not None:
+            self.engine.recorder.message(self.id, "out", message)
+
+    # -- limits -----------------------------------------------------------------------------
+
+    def _rate(self, bucket: TokenBucket, what: str) -> None:
+        now = trio.current_time()
+        if bucket.take(now):
+            return
+        if not self._violations.take(now):
+            self.close(CloseCode.RATE_LIMITED, "rate limits exceeded repeatedly")
+        raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} per second")
+
+    # -- output -----------------------------------------------------------------------------
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue an encoded frame; a session that cannot keep up is closed TOO_SLOW."""
+        if self._close_code is not None:
+            return
+        if not self.outbox.put(data):
+            logger.warning("session %s too slow: %d bytes queued", self.id, self.outbox.queued_bytes)
+            self.close(CloseCode.TOO_SLOW, "too slow")
+
+    def send_ephemeral(self, channel: int, data: bytes, refresh: Callable[[], list[bytes]]) -> None:
+        if self._close_code is None and not self.outbox.put_ephemeral(data, channel, refresh):
+            self.close(CloseCode.TOO_SLOW, "too slow")
+
+    def _leave_rooms(self) -> None:
+        for member in list(self._members.values()):
+            member.room.remove_member(member, disconnected=True)
+        self._members.clear()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                with trio.move_on_after(self.config.heartbeat) as quiet:
+                    batch = await self.outbox.take(self.max_frames_per_message, self.max_message_bytes)
+                if quiet.cancelled_caught:
+                    ping = self._ping_frame()
+                    if ping is None:
+                        continue
+                    batch = [ping]
+                elif not batch:
+                    return  # closed and drained
+                try:
+                    await self._send(b"".join(batch))
+                except TransportClosed as exc:
+                    self._closed_by_peer = True
+                    self.close(exc.code, "closed by peer")
+                    return
+        finally:
+            self._writer_done.set()
+
+    def statistics(self) -> dict[str, Any]:
+        return {"queued_frames": len(self.outbox), "queued_bytes": self.outbox.queued_bytes, "rooms": len(self._members)}
+
