@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -31,7 +32,9 @@ from ._handle import RoomHandle
 from ._hooks import Hooks
 from ._record import TraceRecorder
 from ._room import Room, RoomState
+from ._peer import Peer
 from ._session import Session
+from ._yjs import YJS_PATH, YjsSession
 from ._transport import MemoryTransport, Transport, WebSocketTransport, memory_transport_pair
 
 logger = logging.getLogger("plait.engine")
@@ -69,7 +72,7 @@ class Engine:
         self.recorder = recorder
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
-        self._sessions: set[Session] = set()
+        self._sessions: set[Peer] = set()
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -147,8 +150,16 @@ class Engine:
         await self.serve_transport(WebSocketTransport(ws, request.path))
 
     async def serve_transport(self, transport: Transport) -> None:
-        """Run one connection to its end, whatever transport carries it."""
-        session = Session(self, transport, self._new_session_id())
+        """Run one connection to its end, whatever transport carries it. The path picks the
+        protocol: `/yjs/<room>?token=...` is y-websocket (spec §13), anything else native."""
+        session: Peer
+        parts = urllib.parse.urlsplit(transport.path)
+        if parts.path.startswith(YJS_PATH):
+            room = urllib.parse.unquote(parts.path[len(YJS_PATH) :])
+            token = urllib.parse.parse_qs(parts.query).get("token", [None])[0]
+            session = YjsSession(self, transport, self._new_session_id(), room, token)
+        else:
+            session = Session(self, transport, self._new_session_id())
         self._sessions.add(session)
         try:
             await session.run()

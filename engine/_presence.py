@@ -1,8 +1,9 @@
 """Presence bookkeeping as pure data: no clock reads, no I/O (spec §5.4).
 
 The room feeds it what happened, with `now` from trio.current_time(), and asks for the diff to
-broadcast once per tick. Rule: `take_diff` returns each change once; a session that joined and
-left within one tick appears in neither list.
+broadcast once per tick. Rule: `take_diff` returns each change once. A session that joined and
+left within one tick is still reported as left: a member who joined in between got it in its
+snapshot, and removing an unknown session is harmless for the others.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class PresenceBook:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def sessions(self) -> list[str]:
+        return list(self._entries)
 
     def join(self, session: str, identity: dict[str, Any]) -> None:
         """A session joined. A lingering session of the same identity leaves in the same diff,
@@ -66,11 +70,9 @@ class PresenceBook:
     def leave(self, session: str) -> None:
         if self._entries.pop(session, None) is None:
             return
-        if session in self._joined:
-            self._joined.discard(session)  # never announced: nothing to take back
-        else:
-            self._left.add(session)
+        self._joined.discard(session)
         self._updated.discard(session)
+        self._left.add(session)
 
     def expire(self, now: float) -> list[str]:
         """Remove lingering sessions whose grace ended; return them."""

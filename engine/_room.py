@@ -13,8 +13,11 @@ Concurrency rules:
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,6 +29,7 @@ import trio
 from plait.protocol import (
     Access,
     Ack,
+    AwarenessEntry,
     ChannelFrame,
     CursorPosition,
     Cursors,
@@ -84,6 +88,12 @@ class _Pending:
         return bool(self.updates or self.events or self.acks)
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$b": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def apply_update(doc: pycrdt.Doc, update: bytes) -> None:
     """Apply a Yjs update, turning anything pycrdt raises (even a Rust panic) into ValueError."""
     try:
@@ -135,6 +145,9 @@ class Room:
         self._changes = 0
         self._durable_changes = 0
         self._commit_done = trio.Event()
+        self._awareness: dict[str, list[int]] = {}
+        """Session id -> [Yjs awareness client id, clock], for y-websocket members (spec §13)."""
+        self._awareness_origin: set[str] = set()
         self._doc_subscription = self.doc.observe(self._on_doc_change)
         self._sync_cache: tuple[bytes, bytes] | None = None
 
@@ -243,6 +256,7 @@ class Room:
         self._members[session] = member
         self._membership_changed.set()
         self._presence.join(session.id, session.identity)
+        self._bump_awareness(session.id)
         self._want_tick()
         frames: list[Frame] = [
             Joined(join.ref, channel, int(access), self._events.head, resumed),
@@ -343,6 +357,7 @@ class Room:
             self._presence.set(sid, state)
         if patch is not None:
             self._presence.patch(sid, patch)
+        self._bump_awareness(sid)
         self._want_tick()
 
     def move_cursor(self, member: Member, position: Any) -> None:
@@ -352,6 +367,7 @@ class Room:
         else:
             self._cursors[sid] = position
         self._moved[sid] = position
+        self._bump_awareness(sid)
         self._want_tick()
 
     def set_typing(self, member: Member, on: bool) -> None:
@@ -387,6 +403,8 @@ class Room:
         frames: list[ChannelFrame] = []
         if self._presence.dirty:
             joined, updated, left = self._presence.take_diff()
+            for sid in left:
+                self._bump_awareness(sid, force=True)
             frames.append(ChannelFrame(PresenceDiff(0, joined, updated, left)))
         if self._moved:
             moves = tuple(CursorPosition(s, p) for s, p in self._moved.items())
@@ -430,6 +448,43 @@ class Room:
             if expired:
                 self._typing_changed = True
                 self._want_tick()
+
+    # -- Yjs awareness (spec §13) ------------------------------------------------------------
+
+    def _bump_awareness(self, sid: str, *, force: bool = False) -> None:
+        """A session's awareness changed: its clock moves on, so Yjs clients accept it."""
+        entry = self._awareness.get(sid)
+        if entry is None:
+            self._awareness[sid] = [zlib.crc32(sid.encode()), 1]
+        elif force or sid not in self._awareness_origin:
+            entry[1] += 1
+
+    def set_awareness_origin(self, sid: str, client_id: int, clock: int) -> None:
+        """A y-websocket member's own awareness id and clock, relayed as they are."""
+        self._awareness[sid] = [client_id, clock]
+        self._awareness_origin.add(sid)
+
+    def renew_awareness(self) -> None:
+        """Yjs clients drop states not renewed within 30 s: renew those of native members."""
+        for sid in self._presence.sessions():
+            if sid not in self._awareness_origin:
+                self._bump_awareness(sid)
+
+    def awareness_entry(self, sid: str) -> AwarenessEntry:
+        """The awareness a Yjs client sees for a session: its presence state, its cursor and
+        the identity the server stamped (which no client can set)."""
+        client_id, clock = self._awareness.get(sid) or (zlib.crc32(sid.encode()), 1)
+        if sid not in self._presence:
+            return AwarenessEntry(client_id, clock, "null")
+        entry = self._presence.entry(sid)
+        state: dict[str, Any] = dict(entry.state)
+        if sid in self._cursors:
+            state["cursor"] = self._cursors[sid]
+        state["identity"] = entry.identity
+        return AwarenessEntry(client_id, clock, json.dumps(state, default=_json_default))
+
+    def awareness_sessions(self) -> list[str]:
+        return self._presence.sessions()
 
     # -- events -----------------------------------------------------------------------------
 

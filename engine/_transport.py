@@ -24,6 +24,10 @@ class Transport(Protocol):
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None: ...
 
+    async def ping(self) -> None:
+        """Return once the peer answered a transport-level ping (WebSocket ping/pong)."""
+        ...
+
 
 class WebSocketTransport:
     """A trio-websocket connection, either side."""
@@ -41,6 +45,12 @@ class WebSocketTransport:
     async def receive_message(self) -> bytes | str:
         try:
             return await self.ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def ping(self) -> None:
+        try:
+            await self.ws.ping()
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc) from None
 
@@ -96,6 +106,11 @@ class MemoryTransport:
             return await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self._closed_by_peer() from None
+
+    async def ping(self) -> None:
+        if self._outgoing.close_code is not None:
+            raise TransportClosed(self._outgoing.close_code, self._outgoing.close_reason)
+        await trio.lowlevel.checkpoint()
 
     def _closed_by_peer(self) -> TransportClosed:
         for side in (self._incoming, self._outgoing):

@@ -54,16 +54,21 @@ class TokenHooks(Hooks):
     refused, `ro:NAME` = read-only, `no:NAME` = no access, anything else = that user id.
     Events named `rejected` are refused (EVENT_REJECTED); `app-error` with application code 4000."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._access: dict[str, Access | None] = {}
+
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
         if token is None:
             return await super().authenticate(token, client)
         if token == "bad":
             raise Unauthenticated("token refused")
-        return {"id": token.split(":", 1)[-1]}
+        kind, _, name = token.rpartition(":")
+        self._access[name] = {"ro": Access.READ, "no": None}.get(kind, Access.WRITE)
+        return {"id": name}
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
-        token_kind = getattr(self, "_kinds", {}).get(identity["id"])
-        return {"ro": Access.READ, "no": None}.get(token_kind, Access.WRITE)  # type: ignore[arg-type]
+        return self._access.get(identity["id"], Access.WRITE)
 
     async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
         if name == "rejected":
@@ -71,19 +76,6 @@ class TokenHooks(Hooks):
         if name == "app-error":
             raise EventRejected("the application refused this event", 4000)
         return payload
-
-
-class _TokenHooks(TokenHooks):
-    # Remembers which ids came from ro:/no: tokens (authorize sees only the identity).
-    def __init__(self) -> None:
-        super().__init__()
-        self._kinds: dict[str, str] = {}
-
-    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
-        identity = await super().authenticate(token, client)
-        if token and ":" in token:
-            self._kinds[identity["id"]] = token.split(":", 1)[0]
-        return identity
 
 
 def config_from_settings(settings: dict[str, Any]) -> EngineConfig:
@@ -176,7 +168,7 @@ async def replay(
         store = _FailingStore(settings["store_fails"])
     config = config_from_settings(settings)
     if hooks is None:
-        hooks = _TokenHooks() if settings.get("hooks") == "tokens" else Hooks()
+        hooks = TokenHooks() if settings.get("hooks") == "tokens" else Hooks()
     unread = set(settings.get("unread", ()))
     check_times = bool(settings.get("check_times", False))
     tolerance = float(settings.get("time_tolerance", 1e-6))

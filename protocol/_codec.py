@@ -192,12 +192,13 @@ class ChannelFrame:
     in the channel, and caches the result because most members share small channel numbers.
     """
 
-    __slots__ = ("_head", "_tail", "_by_channel")
+    __slots__ = ("frame", "_head", "_tail", "_by_channel")
 
     def __init__(self, frame: Frame) -> None:
         if not frame.ROOM_SCOPED:
             raise LocalProtocolError(f"{type(frame).__name__} is not room-scoped", ErrorCode.UNEXPECTED_FRAME)
         encode_frame(frame)  # checks every field once
+        self.frame = frame
         array = frame_to_array(frame)
         packer = msgpack.Packer(use_bin_type=True)
         self._head = packer.pack_array_header(len(array)) + packer.pack(array[0])

@@ -67,6 +67,7 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4007
     GOING_AWAY = 4008
     INTERNAL_ERROR = 4009
+    FORBIDDEN = 4010
 
     @property
     def retryable(self) -> bool:
@@ -96,7 +97,7 @@ _CLOSE_FOR_ERROR = {
 }
 
 _FINAL_CLOSES = frozenset(
-    {CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_VERSION, CloseCode.UNAUTHENTICATED}
+    {CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_VERSION, CloseCode.UNAUTHENTICATED, CloseCode.FORBIDDEN}
 )
 
 

@@ -1,0 +1,252 @@
+"""The y-websocket endpoint: `/yjs/<room>?token=...` serves Yjs editors unchanged, in the same
+rooms as native clients (spec §13).
+
+One room per connection. The document side maps one to one onto the room's document. Awareness
+maps onto presence: a Yjs client's own awareness state becomes its presence state (and its
+"cursor" field its cursor); everyone else's presence reaches Yjs clients as awareness states
+carrying the server-stamped identity. A Yjs client can only speak for its own awareness client
+id; entries for other ids are ignored.
+
+Yjs clients send no pings, so liveness uses WebSocket ping/pong frames (answered by every
+browser and by `ws`), and the writer renews awareness every heartbeat: Yjs drops remote states
+not renewed within 30 s, and y-websocket reconnects after 30 s without a message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from plait.protocol import (
+    MAX_DEPTH,
+    Access,
+    ChannelClosed,
+    ChannelFrame,
+    CloseCode,
+    Cursors,
+    ErrorCode,
+    Frame,
+    Join,
+    PresenceDiff,
+    PresenceSnapshot,
+    ProtocolError,
+    SyncStep1,
+    SyncStep2,
+    Update,
+    YAuth,
+    YAwareness,
+    YQueryAwareness,
+    YSync,
+    YSyncStep,
+    check_value,
+    decode_y,
+    encode_awareness,
+    encode_sync,
+)
+
+from ._errors import RequestError, RoomUnavailable
+from ._hooks import Unauthenticated
+from ._peer import Peer, Refresh
+from ._room import Member
+from ._transport import Transport
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+logger = logging.getLogger("plait.yjs")
+
+YJS_PATH = "/yjs/"
+MAX_AWARENESS_STATE = 64 * 1024
+"""Bytes of JSON one awareness state may take."""
+
+
+class YjsSession(Peer):
+    def __init__(self, engine: Engine, transport: Transport, session_id: str, room: str, token: str | None) -> None:
+        super().__init__(engine, transport, session_id)
+        self.room_name = room
+        self.token = token
+        self._client_id: int | None = None
+        self._member: Member | None = None
+        self.max_frames_per_message = 1  # y-websocket: exactly one y-message per WebSocket message
+
+    # -- handshake: authenticate, authorise, join the one room -------------------------------
+
+    async def _handshake(self) -> bool:
+        try:
+            self.identity = await self.engine.hooks.authenticate(self.token, {"name": "y-websocket"})
+        except Unauthenticated:
+            self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
+            return False
+        access = await self.engine.hooks.authorize(self.identity, self.room_name)
+        if access is None:
+            self.close(CloseCode.FORBIDDEN, "no access to this room")
+            return False
+        try:
+            async with self.engine.hold_room(self.room_name) as room:
+                self._member = room.add_member(self, 1, Access(access), Join(0, self.room_name, None, None))
+        except RoomUnavailable:
+            self.close(CloseCode.INTERNAL_ERROR, "room unavailable")
+            return False
+        except RequestError:
+            self.close(CloseCode.GOING_AWAY, "server shutting down")
+            return False
+        self._members[1] = self._member
+        logger.info("yjs session %s joined %r as %s", self.id, self.room_name, self.identity.get("id"))
+        return True
+
+    # -- reader ------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pinger)
+            while True:
+                data = await self._receive()
+                if data is None:
+                    break
+                try:
+                    if not isinstance(data, bytes):
+                        raise _malformed("text message")
+                    self._handle(decode_y(data))
+                except ProtocolError as exc:
+                    logger.info("yjs session %s: %s", self.id, exc.message)
+                    self.close(CloseCode.PROTOCOL_ERROR, exc.code.name.lower())
+                    break
+                except RequestError as exc:
+                    logger.info("yjs session %s: %s", self.id, exc.message)
+                    break
+                if self._close_code is not None:
+                    break
+            nursery.cancel_scope.cancel()
+
+    async def _pinger(self) -> None:
+        while True:
+            await trio.sleep(self.config.heartbeat)
+            with trio.move_on_after(self.config.heartbeat) as waited:
+                await self.transport.ping()
+            if waited.cancelled_caught:
+                self.close(CloseCode.HEARTBEAT_TIMEOUT, "no pong")
+                return
+
+    def _handle(self, message: Any) -> None:
+        member = self._member
+        assert member is not None
+        room = member.room
+        match message:
+            case YSync(step=YSyncStep.STEP1, payload=sv):
+                room.sync_step1(member, sv)
+            case YSync(payload=update):
+                if member.access is not Access.WRITE:
+                    # y-protocols read-only: step 2 and updates from this client are not applied.
+                    logger.info("yjs session %s is read-only: update ignored", self.id)
+                    return
+                if not self._update_bucket.take(trio.current_time()):
+                    self.close(CloseCode.RATE_LIMITED, "too many updates")  # it resyncs on reconnect
+                    return
+                room.apply_client_update(member, update, None)
+            case YAwareness(entries=entries):
+                for entry in entries:
+                    if self._client_id is None:
+                        self._client_id = entry.client_id
+                    if entry.client_id != self._client_id:
+                        continue  # a client speaks only for itself
+                    state = _parse_state(entry.state_json)
+                    room.set_awareness_origin(self.id, entry.client_id, entry.clock)
+                    room.set_presence(member, state or {}, None)
+                    cursor = state.get("cursor") if state else None
+                    room.move_cursor(member, cursor)
+            case YQueryAwareness():
+                self._send_awareness(member, room.awareness_sessions())
+            case YAuth():
+                pass  # y-protocols auth messages carry nothing we act on
+
+    # -- output: room frames onto the y-websocket wire ---------------------------------------
+
+    def deliver(self, member: Member, shared: ChannelFrame) -> None:
+        self._translate(member, [shared.frame])
+
+    def deliver_ephemeral(self, member: Member, shared: ChannelFrame, refresh: Refresh) -> None:
+        data = self._encode(member, [shared.frame])
+        if data:
+            self.send_ephemeral(member.channel, data[0], lambda: self._encode(member, refresh()))
+
+    def deliver_frames(self, member: Member, frames: list[Frame]) -> None:
+        self._translate(member, frames)
+
+    def _translate(self, member: Member, frames: list[Frame]) -> None:
+        for data in self._encode(member, frames):
+            self.send_bytes(data)
+        for frame in frames:
+            if isinstance(frame, ChannelClosed):
+                self.close(CloseCode.INTERNAL_ERROR if frame.code >= 3000 else CloseCode.FORBIDDEN, frame.message)
+
+    def _encode(self, member: Member, frames: list[Frame]) -> list[bytes]:
+        out: list[bytes] = []
+        room = member.room
+        for frame in frames:
+            match frame:
+                case SyncStep1(state_vector=sv):
+                    out.append(encode_sync(YSyncStep.STEP1, sv))
+                case SyncStep2(update=update):
+                    out.append(encode_sync(YSyncStep.STEP2, update))
+                case Update(update=update):
+                    out.append(encode_sync(YSyncStep.UPDATE, update))
+                case PresenceSnapshot(entries=entries):
+                    out.append(self._awareness(room, [e.session for e in entries]))
+                case PresenceDiff(joined=joined, updated=updated, left=left):
+                    sids = [e.session for e in joined] + [u.session for u in updated] + list(left)
+                    out.append(self._awareness(room, sids))
+                case Cursors(moves=moves):
+                    out.append(self._awareness(room, [m.session for m in moves]))
+                case _:
+                    pass  # typing, events, acks: nothing in y-websocket carries them
+        return [data for data in out if data]
+
+    def _awareness(self, room: Any, sids: list[str]) -> bytes:
+        entries = [room.awareness_entry(sid) for sid in dict.fromkeys(sids) if sid != self.id]
+        return encode_awareness(entries) if entries else b""
+
+    def _send_awareness(self, member: Member, sids: list[str]) -> None:
+        self.send_bytes(self._awareness(member.room, sids) or encode_awareness([]))
+
+    def _ping_frame(self) -> bytes | None:
+        # Renew everyone's awareness (Yjs forgets states after 30 s) and keep y-websocket's
+        # 30 s message timeout from firing on a quiet room.
+        member = self._member
+        if member is None:
+            return None
+        member.room.renew_awareness()
+        return self._awareness(member.room, member.room.awareness_sessions()) or encode_awareness([])
+
+    def send_error(self, ref: int | None, channel: int | None, code: int, message: str) -> None:
+        logger.info("yjs session %s: %s (%d)", self.id, message, code)
+
+    def close_channel(self, member: Member, code: int, message: str) -> None:
+        self._members.pop(member.channel, None)
+        self.close(CloseCode.INTERNAL_ERROR if code >= 3000 else CloseCode.FORBIDDEN, message)
+
+
+def _malformed(what: str) -> ProtocolError:
+    from plait.protocol import RemoteProtocolError
+
+    return RemoteProtocolError(what, ErrorCode.MALFORMED_FRAME)
+
+
+def _parse_state(text: str) -> dict[str, Any] | None:
+    if len(text) > MAX_AWARENESS_STATE:
+        raise RequestError(ErrorCode.FRAME_TOO_LARGE, "awareness state too large")
+    try:
+        state = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(ErrorCode.INVALID_FIELD, "awareness state is not JSON") from exc
+    if state is None:
+        return None
+    if not isinstance(state, dict):
+        state = {"value": state}
+    try:
+        check_value(state, MAX_DEPTH)
+    except ProtocolError as exc:
+        raise RequestError(exc.code, exc.message) from exc
+    return state

@@ -1,0 +1,176 @@
+"""The y-websocket endpoint under MockClock over memory transports: presence <-> awareness,
+identity stamping, renewal, hostile input (spec §13)."""
+
+from __future__ import annotations
+
+import json
+
+import pycrdt
+import trio
+from trio.testing import MockClock
+
+from plait.engine import Engine, MemoryTransport
+from plait.protocol import (
+    AwarenessEntry,
+    CursorMove,
+    Cursors,
+    PresenceDiff,
+    PresenceSet,
+    PresenceSnapshot,
+    TransportClosed,
+    Update,
+    YAwareness,
+    YSync,
+    YSyncStep,
+    decode_y,
+    encode_awareness,
+    encode_sync,
+)
+
+from .client import DocClient
+from .conftest import Connect
+from .test_rooms import edit
+
+
+class YClient:
+    def __init__(self, transport: MemoryTransport) -> None:
+        self.transport = transport
+        self.doc = pycrdt.Doc(client_id=777)
+        self.awareness: dict[int, AwarenessEntry] = {}
+
+    async def next(self) -> YSync | YAwareness:
+        data = await self.transport.receive_message()
+        assert isinstance(data, bytes)
+        message = decode_y(data)
+        if isinstance(message, YAwareness):
+            for entry in message.entries:
+                self.awareness[entry.client_id] = entry
+        elif isinstance(message, YSync) and message.step != YSyncStep.STEP1:
+            self.doc.apply_update(message.payload)
+        return message  # type: ignore[return-value]
+
+    async def until(self, check: object, limit: int = 50) -> None:
+        for _ in range(limit):
+            if check():  # type: ignore[operator]
+                return
+            await self.next()
+        raise AssertionError("condition never held")
+
+    def states(self) -> list[dict[str, object]]:
+        return [json.loads(e.state_json) for e in self.awareness.values() if e.state_json != "null"]
+
+    async def say(self, state: dict[str, object] | None, clock: int, client_id: int = 777) -> None:
+        text = "null" if state is None else json.dumps(state)
+        await self.transport.send_message(encode_awareness([AwarenessEntry(client_id, clock, text)]))
+
+
+async def yjs(engine: Engine, room: str = "r") -> YClient:
+    client = YClient(engine.connect_memory(f"/yjs/{room}"))
+    first = await client.next()
+    assert first == YSync(YSyncStep.STEP1, first.payload)  # type: ignore[union-attr]
+    return client
+
+
+async def test_yjs_edits_reach_native_members_and_back(autojump_clock: MockClock, engine: Engine, connect: Connect) -> None:
+    native = await connect()
+    await native.join("r")
+    await native.wait_for(PresenceSnapshot)
+    y = await yjs(engine)
+    before = y.doc.get_state()
+    y.doc.get("text", type=pycrdt.Text).insert(0, "from yjs")
+    await y.transport.send_message(encode_sync(YSyncStep.UPDATE, y.doc.get_update(before)))
+    native.apply((await native.wait_for(Update)).update)
+    assert str(native.text) == "from yjs"
+    await native.send(Update(1, 5, edit(native.doc, "+native")))
+    await y.until(lambda: str(y.doc.get("text", type=pycrdt.Text)) == "from yjs+native")
+
+
+async def test_awareness_is_presence_with_a_server_stamped_identity(
+    autojump_clock: MockClock, engine: Engine, connect: Connect
+) -> None:
+    native = await connect()
+    await native.join("r")
+    await native.wait_for(PresenceSnapshot)
+    await native.send(PresenceSet(1, None, {"name": "ada"}), CursorMove(1, 4))
+    y = await yjs(engine)
+    await y.until(lambda: any(s.get("name") == "ada" for s in y.states()))
+    (ada,) = y.states()
+    assert ada == {"name": "ada", "cursor": 4, "identity": {"id": "anon-1"}}
+    # The Yjs client's awareness becomes its presence; it cannot claim an identity or
+    # speak for another client id.
+    await y.say({"name": "yan", "identity": {"id": "admin"}, "cursor": {"index": 2}}, clock=1)
+    await y.say({"name": "impostor"}, clock=1, client_id=999)
+    diff = await native.wait_for(PresenceDiff)
+    entry = next(e for e in diff.joined + tuple(diff.updated) if e.session == "s2")  # type: ignore[operator]
+    assert entry.state["name"] == "yan"
+    cursors = await native.wait_for(Cursors)
+    assert ("s2", {"index": 2}) in [(m.session, m.position) for m in cursors.moves]
+    snapshot_names = set()
+    late = await connect()
+    await late.join("r")
+    snap = await late.wait_for(PresenceSnapshot)
+    for e in snap.entries:
+        snapshot_names.add(e.state.get("name"))
+        if e.session == "s2":
+            assert e.identity == {"id": "anon-2"}
+    assert "impostor" not in snapshot_names and {"ada", "yan"} <= snapshot_names
+
+
+async def test_native_presence_is_renewed_for_yjs_clients(autojump_clock: MockClock, engine: Engine, connect: Connect) -> None:
+    native = await connect()
+    await native.join("r")
+    await native.send(PresenceSet(1, None, {"name": "ada"}))
+    y = await yjs(engine)
+    await y.until(lambda: bool(y.states()))
+    clock = next(iter(y.awareness.values())).clock
+    start = trio.current_time()
+
+    async def keep_native_alive() -> None:
+        for i in range(4):
+            await trio.sleep(8)
+            await native.send(__import__("plait.protocol").protocol.Ping(i))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_native_alive)
+        await y.until(lambda: next(iter(y.awareness.values())).clock > clock)
+        nursery.cancel_scope.cancel()
+    # Renewed within one heartbeat (10 s in these tests), well inside Yjs's 30 s timeout.
+    assert trio.current_time() - start <= 10.1
+
+
+async def test_leaving_native_member_becomes_null_for_yjs(autojump_clock: MockClock, engine: Engine, connect: Connect) -> None:
+    native = await connect()
+    await native.join("r")
+    await native.send(PresenceSet(1, None, {"name": "ada"}))
+    y = await yjs(engine)
+    await y.until(lambda: bool(y.states()))
+    await native.send(__import__("plait.protocol").protocol.Leave(1, None))
+    await y.until(lambda: not y.states())
+    assert all(e.state_json == "null" for e in y.awareness.values())
+
+
+async def test_garbage_closes_the_yjs_connection_4001(autojump_clock: MockClock, engine: Engine) -> None:
+    y = await yjs(engine)
+    await y.transport.send_message(b"\x00\x09garbage")
+    for _ in range(10):
+        try:
+            await y.next()
+        except TransportClosed as exc:
+            assert exc.code == 4001
+            return
+    raise AssertionError("not closed")
+
+
+async def test_awareness_json_that_is_too_deep_is_refused(autojump_clock: MockClock, engine: Engine, connect: Connect) -> None:
+    y = await yjs(engine)
+    deep = "[" * 40 + "]" * 40
+    await y.transport.send_message(encode_awareness([AwarenessEntry(777, 1, deep)]))
+    for _ in range(10):
+        try:
+            await y.next()
+        except TransportClosed:
+            break
+    late = await connect()
+    await late.join("r")
+    snap = await late.wait_for(PresenceSnapshot)
+    assert all("value" not in e.state for e in snap.entries)
