@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
 from dataclasses import asdict
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import trio
 
-from plait.storage import MemoryStore, SQLiteStore, Store
+import pycrdt
+
+from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store
 
 from ._config import EngineConfig
 from ._engine import Engine
@@ -26,14 +30,56 @@ DEFAULT_PORT = 8765
 
 
 def open_store(url: str | None, data: Path) -> Store:
-    """`memory`, `sqlite` (data/plait.db) or `sqlite:PATH`."""
+    """`memory`, `sqlite` (DATA/plait.db), `sqlite:PATH`, `files` (DATA/files) or `files:DIR`."""
     if url is None or url == "sqlite":
         return SQLiteStore(data / "plait.db")
     if url == "memory":
         return MemoryStore()
+    if url == "files":
+        return FileStore(data / "files")
     if url.startswith("sqlite:"):
         return SQLiteStore(Path(url.removeprefix("sqlite:")))
-    raise SystemExit(f"plait: unknown --store {url!r} (use memory, sqlite or sqlite:PATH)")
+    if url.startswith("files:"):
+        return FileStore(Path(url.removeprefix("files:")))
+    raise SystemExit(f"plait: unknown --store {url!r} (use memory, sqlite, sqlite:PATH, files or files:DIR)")
+
+
+async def inspect(store: Store, room: str, out: Any = sys.stdout) -> int:
+    """Print a room's stored state without starting a server. Returns the exit status."""
+    try:
+        data = await store.load(room)
+    except StorageError as exc:
+        print(f"plait: {room!r} cannot be loaded: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await store.aclose()
+    if data.snapshot is None and not data.updates and not data.events:
+        print(f"plait: no room {room!r} in this store", file=sys.stderr)
+        return 1
+    doc = pycrdt.Doc()
+    for update in ([data.snapshot] if data.snapshot else []) + list(data.updates):
+        doc.apply_update(update)
+    print(f"room: {room}")
+    print(f"snapshot: {len(data.snapshot or b'')} bytes")
+    print(f"updates since snapshot: {len(data.updates)} ({sum(map(len, data.updates))} bytes)")
+    print(f"document: {len(doc.get_update())} bytes encoded")
+    print(f"event history: {len(data.events)} events" + (f", seq {data.events[0].seq}..{data.events[-1].seq}" if data.events else ""))
+    for name in sorted(doc.keys()):
+        print(f"  {name}: {json.dumps(_root_value(doc, name), ensure_ascii=False, default=repr)}")
+    return 0
+
+
+def _root_value(doc: pycrdt.Doc, name: str) -> Any:
+    # Root types carry no type tag in an update: show the first reading that holds anything.
+    for kind in (pycrdt.Text, pycrdt.Map, pycrdt.Array):
+        try:
+            value = doc.get(name, type=kind)
+        except Exception:
+            continue
+        shown = str(value) if kind is pycrdt.Text else value.to_py()
+        if shown:
+            return shown
+    return None
 
 
 async def serve(
@@ -76,13 +122,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)")
     serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), help="data folder (default ./plait-data)")
-    serve_cmd.add_argument("--store", default=None, help="memory, sqlite (default) or sqlite:PATH")
+    serve_cmd.add_argument("--store", default=None, help="memory, sqlite (default), sqlite:PATH, files, files:DIR")
     serve_cmd.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>.jsonl")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
     replay_cmd.add_argument("files", nargs="+", type=Path)
     replay_cmd.add_argument("--log-level", default="WARNING")
+    inspect_cmd = commands.add_parser("inspect", help="print a room's stored state")
+    inspect_cmd.add_argument("room")
+    inspect_cmd.add_argument("--data", type=Path, default=Path("plait-data"), help="data folder (default ./plait-data)")
+    inspect_cmd.add_argument("--store", default=None, help="memory, sqlite (default), sqlite:PATH, files, files:DIR")
+    inspect_cmd.add_argument("--log-level", default="WARNING")
     client_cmd = commands.add_parser("client", help="join a room from the terminal")
     client_cmd.add_argument("url", help="server URL, e.g. ws://127.0.0.1:8765/")
     client_cmd.add_argument("room", help="room name")
@@ -99,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         store = open_store(args.store, args.data)
         trio.run(serve, args.host, args.port, store, EngineConfig(), None, args.record)
+    elif args.command == "inspect":
+        return trio.run(inspect, open_store(args.store, args.data), args.room)
     elif args.command == "replay":
         from .testing import replay_files
 

@@ -1,0 +1,123 @@
+"""Storage workloads (issue 4): durably acknowledged updates per second with 1, 10 and 100
+concurrent writers per backend, and the load time of a room with a 1 MB document plus 10k
+updates since its snapshot.
+
+    .venv/bin/python bench/storage.py [--seconds 3]
+
+Each writer is a native client on an in-memory connection to one engine, in a room of its own
+(fan-out is measured in bench/fanout.py; here only the path to the store). Like an editor, it
+keeps sending one-character updates with refs without waiting for each ack, up to WINDOW in
+flight; the engine acks only after the store committed. Every ack counted is durable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pycrdt
+import trio
+
+from plait.engine import Engine, EngineConfig
+from plait.protocol import Ack, Hello, Join, Update, Welcome, decode, encode
+from plait.storage import FileStore, MemoryStore, SQLiteStore, Store
+
+WINDOW = 16
+
+
+async def writer(engine: Engine, room: str, client_id: int, stop_at: float, counts: list[int]) -> None:
+    transport = engine.connect_memory()
+    await transport.send_message(encode(Hello((1,), None, {})))
+    while not any(isinstance(f, Welcome) for f in decode(await transport.receive_message())):  # type: ignore[arg-type]
+        pass
+    await transport.send_message(encode(Join(1, room, None, None)))
+    doc = pycrdt.Doc(client_id=client_id)
+    text = doc.get("text", type=pycrdt.Text)
+    in_flight = 0
+    ref = 1
+    while trio.current_time() < stop_at:
+        batch = []
+        while in_flight < WINDOW:
+            before = doc.get_state()
+            text.insert(len(text), "x")
+            ref += 1
+            batch.append(Update(1, ref, doc.get_update(before)))
+            in_flight += 1
+        if batch:
+            await transport.send_message(encode(batch))
+        acked = sum(isinstance(f, Ack) for f in decode(await transport.receive_message()))  # type: ignore[arg-type]
+        in_flight -= acked
+        counts[0] += acked
+    await transport.aclose()
+
+
+async def acked_per_second(store: Store, writers: int, seconds: float) -> float:
+    config = EngineConfig(updates_per_second=1_000_000, compact_after_updates=10_000)
+    async with Engine(store=store, config=config) as engine:
+        counts = [0]
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i in range(writers):
+                nursery.start_soon(writer, engine, f"bench-{i}", i + 1, start + seconds, counts)
+        elapsed = trio.current_time() - start
+    return counts[0] / elapsed
+
+
+async def load_time(store: Store) -> tuple[float, int, int]:
+    doc = pycrdt.Doc(client_id=1)
+    text = doc.get("text", type=pycrdt.Text)
+    text.insert(0, "y" * 1_000_000)
+    await store.compact("big", doc.get_update(), 0)
+    updates = []
+    for _ in range(10_000):
+        before = doc.get_state()
+        text.insert(len(text), "z")
+        updates.append(doc.get_update(before))
+    for i in range(0, len(updates), 1000):
+        await store.append("big", updates[i : i + 1000])
+    async with Engine(store=store) as engine:
+        start = time.perf_counter()
+        async with engine.room("big") as room:
+            elapsed = time.perf_counter() - start
+            length = len(str(room.doc.get("text", type=pycrdt.Text)))
+    data = await store.load("big")
+    return elapsed, length, len(data.updates)
+
+
+def backends(tmp: Path) -> dict[str, object]:
+    return {
+        "memory": lambda: MemoryStore(),
+        "sqlite": lambda: SQLiteStore(tmp / f"sqlite-{time.monotonic_ns()}.db"),
+        "files": lambda: FileStore(tmp / f"files-{time.monotonic_ns()}"),
+    }
+
+
+async def main(seconds: float) -> None:
+    print(f"# storage bench: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}")
+    print("| backend | writers | acked updates/s |")
+    print("| --- | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as tmp:
+        makers = backends(Path(tmp))
+        for name, make in makers.items():
+            for writers in (1, 10, 100):
+                store = make()  # type: ignore[operator]
+                rate = await acked_per_second(store, writers, seconds)
+                await store.aclose()
+                print(f"| {name} | {writers} | {rate:,.0f} |", flush=True)
+        print()
+        print("| backend | load 1 MB doc + 10k updates | text length | updates after load |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, make in makers.items():
+            store = make()  # type: ignore[operator]
+            elapsed, length, left = await load_time(store)
+            await store.aclose()
+            print(f"| {name} | {elapsed * 1000:,.0f} ms | {length:,} | {left:,} |", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0)
+    trio.run(main, parser.parse_args().seconds)
