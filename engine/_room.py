@@ -351,10 +351,11 @@ class Room:
         self._pending.updates.append(update)
         self._changes += 1
         self._want_persist()
-        shared = ChannelFrame(Update(0, None, update))
         origin = self._origin
-        for member in list(self._members.values()):
-            if member is not origin:
+        recipients = [m for m in self._members.values() if m is not origin]
+        if recipients:
+            shared = ChannelFrame(Update(0, None, update))
+            for member in recipients:
                 member.session.deliver(member, shared)
 
     # -- presence, cursors, typing ----------------------------------------------------------

@@ -127,6 +127,8 @@ def frame_from_fields(cls: type[Frame], values: list[Any]) -> Frame:
 
 def frame_to_array(frame: Frame) -> list[Any]:
     """The wire array of a frame: `[kind, field1, ...]`, records as nested arrays."""
+    if frame.FLAT:
+        return [int(frame.KIND), *[getattr(frame, name) for name in frame.NAMES]]
     array = to_wire(frame)
     array.insert(0, int(frame.KIND))
     return array

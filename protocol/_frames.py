@@ -97,7 +97,16 @@ class Frame:
     KIND: ClassVar[FrameKind]
     SENDER: ClassVar[Sender]
     FIELDS: ClassVar[tuple[FieldType, ...]]
+    NAMES: ClassVar[tuple[str, ...]]
+    FLAT: ClassVar[bool]
+    """No nested records: the wire array is just the field values (the fast path)."""
     ROOM_SCOPED: ClassVar[bool]
+
+
+def _nests(ftype: FieldType) -> bool:
+    if isinstance(ftype, Optional):
+        return _nests(ftype.inner)
+    return isinstance(ftype, (Record, ListOf))
 
 
 FRAME_TYPES: dict[int, type[Frame]] = {}
@@ -110,6 +119,8 @@ def _frame(kind: FrameKind, sender: Sender) -> Any:
         cls.SENDER = sender
         cls.FIELDS = field_types(cls)
         names = list(cls.__dataclass_fields__)
+        cls.NAMES = tuple(names)
+        cls.FLAT = not any(_nests(t) for t in cls.FIELDS)
         cls.ROOM_SCOPED = bool(names) and names[0] == "channel"
         assert kind not in FRAME_TYPES, kind
         FRAME_TYPES[kind] = cls
