@@ -127,6 +127,7 @@ async def test_flooding_is_rate_limited_then_closed(autojump_clock: MockClock, e
     await assert_room_still_works(engine)
 
 
+@pytest.mark.slow
 async def test_random_garbage_fuzz_never_takes_the_server_down(autojump_clock: MockClock, engine: Engine) -> None:
     rng = random.Random(7)
     for i in range(200):

@@ -27,7 +27,6 @@ from plait.protocol import (
     encode_sync,
 )
 
-from .client import DocClient
 from .conftest import Connect
 from .test_rooms import edit
 

@@ -25,6 +25,7 @@ from .golden import GOLDEN
 from .strategies import for_frame_type, frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", list(FRAME_TYPES.values()), ids=lambda c: c.__name__)
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
@@ -33,6 +34,7 @@ def test_every_frame_kind_round_trips(cls: type[Frame], data: st.DataObject) -> 
     assert decode(encode(frame)) == [frame]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(frames, min_size=1, max_size=8))
 def test_batches_round_trip_in_order(batch: list[Frame]) -> None:
@@ -100,6 +102,7 @@ def test_kind_is_the_first_element_on_the_wire() -> None:
         assert len(encode_frame(frame)) == len(bytes.fromhex(hex_bytes))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(frames, st.integers(0, 2**32 - 1))
 def test_channel_frame_bytes_equal_encoding_with_that_channel(frame: Frame, channel: int) -> None:

@@ -87,12 +87,14 @@ def test_one_hundred_thousand_mutated_messages_never_escape() -> None:
         assert outcomes.get(expected, 0) > 100, outcomes
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=256))
 def test_arbitrary_bytes_never_escape(data: bytes) -> None:
     decode_or_code(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(frames, st.data())
 def test_mutated_valid_frames_never_escape(frame: Frame, data: st.DataObject) -> None:

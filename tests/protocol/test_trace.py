@@ -45,6 +45,7 @@ def round_trip(header: TraceHeader, recs: list[TraceRecord]) -> tuple[TraceHeade
     return trace.header, list(trace.records)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(records, max_size=6))
 def test_traces_round_trip_exactly(recs: list[TraceRecord]) -> None:

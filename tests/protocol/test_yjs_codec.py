@@ -50,6 +50,7 @@ def test_awareness_matches_pycrdt() -> None:
         max_size=5,
     )
 )
+@pytest.mark.slow
 def test_awareness_round_trips(entries: list[AwarenessEntry]) -> None:
     assert decode_y(encode_awareness(entries)) == YAwareness(tuple(entries))
 
@@ -78,6 +79,7 @@ def test_bad_messages_have_codes(data: bytes, code: ErrorCode) -> None:
     assert info.value.code is code
 
 
+@pytest.mark.slow
 def test_fifty_thousand_mutated_messages_never_escape() -> None:
     rng = random.Random(13)
     doc = pycrdt.Doc(client_id=1)
@@ -105,6 +107,7 @@ def test_fifty_thousand_mutated_messages_never_escape() -> None:
             pass
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_never_escape(data: bytes) -> None:

@@ -72,6 +72,7 @@ def test_the_spec_links_every_trace() -> None:
         assert f"traces/{path.name}" in SPEC, f"spec/protocol.md does not link {path.name}"
 
 
+@pytest.mark.slow
 def test_replay_is_deterministic() -> None:
     trace = load(TRACES / "document-sync.jsonl")
     results = {replay_trace(trace).report() for _ in range(100)}
@@ -92,6 +93,7 @@ def test_a_changed_behaviour_fails_with_a_readable_diff() -> None:
     assert "expected:" in report and "actual:" in report
 
 
+@pytest.mark.slow
 def test_plait_replay_command(tmp_path: Path) -> None:
     good = subprocess.run(
         [sys.executable, "-m", "plait.engine._cli", "replay", str(TRACES / "handshake.jsonl")],
@@ -111,6 +113,7 @@ def test_plait_replay_command(tmp_path: Path) -> None:
     assert "MISMATCH" in result.stdout and "pong" in result.stdout
 
 
+@pytest.mark.slow
 def test_traces_are_what_the_generator_makes() -> None:
     """The committed traces are the generator's output for the current engine; if a behaviour
     changes on purpose, regenerate with `python spec/traces/generate.py` and review the diff."""
