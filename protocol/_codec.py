@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._fields import to_wire
@@ -129,7 +129,7 @@ def frame_to_array(frame: Frame) -> list[Any]:
     """The wire array of a frame: `[kind, field1, ...]`, records as nested arrays."""
     if frame.FLAT:
         return [int(frame.KIND), *[getattr(frame, name) for name in frame.NAMES]]
-    array = to_wire(frame)
+    array: list[Any] = to_wire(frame)
     array.insert(0, int(frame.KIND))
     return array
 

@@ -139,6 +139,7 @@ class Record(FieldType):
         self.cls = cls
         self.spec_name = cls.__name__
         self.types = field_types(cls)
+        self.names = field_names(cls)
 
     def check(self, value: object) -> Any:
         if isinstance(value, self.cls):
@@ -166,6 +167,10 @@ def wire(field_type: FieldType) -> Any:
 
 def field_types(cls: type) -> tuple[FieldType, ...]:
     return tuple(f.metadata["wire"] for f in dataclasses.fields(cls))
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def to_wire(value: Any) -> Any:

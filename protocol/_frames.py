@@ -23,6 +23,7 @@ from ._fields import (
     Str,
     UInt,
     Value,
+    field_names,
     field_types,
     wire,
 )
@@ -118,7 +119,7 @@ def _frame(kind: FrameKind, sender: Sender) -> Any:
         cls.KIND = kind
         cls.SENDER = sender
         cls.FIELDS = field_types(cls)
-        names = list(cls.__dataclass_fields__)
+        names = list(field_names(cls))
         cls.NAMES = tuple(names)
         cls.FLAT = not any(_nests(t) for t in cls.FIELDS)
         cls.ROOM_SCOPED = bool(names) and names[0] == "channel"
@@ -397,7 +398,7 @@ def grammar(cls: type) -> str:
     from its fields so the spec and the code cannot drift apart (a test checks the spec)."""
     fields = ", ".join(
         f"{name}: {ftype.spec_name}"
-        for name, ftype in zip(cls.__dataclass_fields__, field_types(cls))
+        for name, ftype in zip(field_names(cls), field_types(cls))
     )
     if issubclass(cls, Frame):
         return f"{cls.KIND.name.lower()} := [{int(cls.KIND)}, {fields}]"

@@ -116,7 +116,7 @@ class TraceWriter:
 
 def frame_to_json(frame: Frame) -> dict[str, Any]:
     obj: dict[str, Any] = {"kind": frame.KIND.name.lower()}
-    for name, ftype in zip(frame.__dataclass_fields__, frame.FIELDS):
+    for name, ftype in zip(frame.NAMES, frame.FIELDS):
         obj[name] = _field_to_json(ftype, getattr(frame, name))
     return obj
 
@@ -131,7 +131,7 @@ def _field_to_json(ftype: FieldType, value: Any) -> Any:
     if isinstance(ftype, Record):
         return {
             name: _field_to_json(t, getattr(value, name))
-            for name, t in zip(ftype.cls.__dataclass_fields__, ftype.types)
+            for name, t in zip(ftype.names, ftype.types)
         }
     return value_to_json(value)
 
@@ -230,7 +230,7 @@ def frame_from_json(obj: Any) -> Frame:
     cls = FRAME_NAMES.get(obj["kind"])
     if cls is None:
         raise TraceError(f"unknown frame kind {obj['kind']!r}")
-    names = list(cls.__dataclass_fields__)
+    names = list(cls.NAMES)
     extra = set(obj) - set(names) - {"kind"}
     if extra:
         raise TraceError(f"{obj['kind']} has no field(s) {sorted(extra)}")
@@ -250,7 +250,7 @@ def _field_from_json(ftype: FieldType, obj: Any) -> Any:
     if isinstance(ftype, Record):
         if not isinstance(obj, dict):
             raise TraceError(f"expected an object for {ftype.spec_name}")
-        return [_field_from_json(t, obj[n]) for n, t in zip(ftype.cls.__dataclass_fields__, ftype.types)]
+        return [_field_from_json(t, obj[n]) for n, t in zip(ftype.names, ftype.types)]
     return value_from_json(obj)
 
 

@@ -133,7 +133,7 @@ class SQLiteStore:
     async def append(self, room: str, updates: Sequence[bytes]) -> None:
         """Group commit across rooms: appends that arrive while a commit is running all go into
         the next one, so a busy server pays one fsync per batch, not one per room."""
-        done, failure = trio.Event(), []
+        done, failure = trio.Event(), list[BaseException]()
         self._appends.append(([(room, bytes(u), _crc(u)) for u in updates], done, failure))
         if not self._flushing:
             self._flushing = True
