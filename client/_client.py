@@ -201,8 +201,9 @@ class Client:
     async def run(self) -> None:
         while True:
             code = await self._connect_once()
-            if code is not None and code in CloseCode._value2member_map_ and not CloseCode(code).retryable:
-                self._stop(ConnectionClosed(f"server closed the connection ({CloseCode(code).name})", code))
+            ended = ConnectionClosed(f"server closed the connection ({code})", code)
+            if code is not None and not ended.retryable:
+                self._stop(ended)
                 return
             self._set_state(ClientState.RECONNECTING)
             delay = self._backoff.delay(self.attempts)

@@ -143,7 +143,10 @@ class ConnectionClosed(PlaitError):
 
     @property
     def retryable(self) -> bool:
-        return self.code is not None and self.code in CloseCode._value2member_map_ and CloseCode(self.code).retryable
+        """Whether the client reconnects after this (an abnormal 1006 close does; spec §9)."""
+        if self.code is None:
+            return False
+        return self.code not in CloseCode._value2member_map_ or CloseCode(self.code).retryable
 
 
 class OfflineQueueFull(PlaitError):

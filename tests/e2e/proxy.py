@@ -11,16 +11,30 @@ import trio
 
 
 class Proxy:
-    def __init__(self, target_port: int) -> None:
+    """Forwards 127.0.0.1:port to the target. `delay` holds every chunk back that long (in
+    order), like a slow link; `cut()` drops every connection at once."""
+
+    def __init__(self, target_port: int, delay: float = 0.0) -> None:
         self.target_port = target_port
+        self.delay = delay
         self.port = 0
         self.connections = 0
         self._scopes: list[trio.CancelScope] = []
 
     async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        try:
-            while data := await source.receive_some(65536):
+        send, receive = trio.open_memory_channel[tuple[float, bytes]](1000)
+
+        async def deliver() -> None:
+            async for due, data in receive:
+                await trio.sleep_until(due)
                 await sink.send_all(data)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(deliver)
+                async with send:
+                    while data := await source.receive_some(65536):
+                        await send.send((trio.current_time() + self.delay, data))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -42,8 +56,8 @@ class Proxy:
 
 
 @asynccontextmanager
-async def proxy_to(port: int) -> AsyncIterator[Proxy]:
-    proxy = Proxy(port)
+async def proxy_to(port: int, delay: float = 0.0) -> AsyncIterator[Proxy]:
+    proxy = Proxy(port, delay)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1"))
         proxy.port = listeners[0].socket.getsockname()[1]
