@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import time
-from dataclasses import asdict
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import asdict
 from pathlib import Path
-
-import trio
+from typing import Any
 
 import pycrdt
-
+import trio
 from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store
 
 from ._config import EngineConfig
@@ -95,7 +94,7 @@ async def serve(
         recorder = None
         if record is not None:
             record.mkdir(parents=True, exist_ok=True)
-            path = record / f"trace-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            path = record / f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
             recorder = TraceRecorder(files.enter_context(open(path, "w", encoding="utf-8")), asdict(config))
             print(f"plait: recording to {path}", flush=True)
         try:
@@ -125,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--store", default=None, help="memory, sqlite (default), sqlite:PATH, files, files:DIR")
     serve_cmd.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
-                           help="write a trace of every connection to DIR/trace-<time>.jsonl")
+                           help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
     replay_cmd.add_argument("files", nargs="+", type=Path)
     replay_cmd.add_argument("--log-level", default="WARNING")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pycrdt
+
 from plait.protocol import Access, ErrorCode
 
 from ._errors import RequestError
@@ -52,3 +54,12 @@ class Hooks:
     async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
         """Return the payload to broadcast (possibly transformed) or raise EventRejected."""
         return payload
+
+    async def on_room_loaded(self, room: str, doc: pycrdt.Doc) -> None:  # type: ignore[type-arg]
+        """A room was loaded from the store, before anyone joins. Edits made to `doc` here (a
+        template for a new room, say) are stored and sent like any other. Raising refuses the
+        room (joins get STORAGE_UNAVAILABLE) and leaves the stored data untouched."""
+
+    async def on_room_stored(self, room: str, snapshot: bytes) -> None:
+        """A new snapshot of the room's document was stored (compaction, or the room unloading):
+        the place to mirror documents elsewhere. Errors here are logged, never fail the room."""

@@ -167,7 +167,8 @@ class Room:
         try:
             data = await self._store.load(self.name)
             self._restore(data)
-        except (StorageError, ValueError) as exc:
+            await self._hooks.on_room_loaded(self.name, self.doc)
+        except Exception as exc:
             logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
             self._load_error = f"room could not be loaded: {exc}"
             self.state = RoomState.FAILED
@@ -584,6 +585,10 @@ class Room:
             return
         self._updates_since_snapshot -= covered
         self._bytes_since_snapshot = 0
+        try:
+            await self._hooks.on_room_stored(self.name, snapshot)
+        except Exception as exc:
+            logger.error("room %r: on_room_stored hook failed", self.name, exc_info=exc)
 
     async def wait_flushed(self) -> None:
         """Return once every change made so far is durable. Raises RoomUnavailable on failure."""

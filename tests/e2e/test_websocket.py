@@ -123,9 +123,11 @@ def test_plait_serve_end_to_end(tmp_path: Path) -> None:
                 await ra.flushed()
                 await until(rb, lambda: str(rb.text) == expect)
 
+    traces = tmp_path / "traces"
     for text, expect in (("hello", "hello"), (" again", "hello again")):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--data", str(tmp_path)],
+            [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--data", str(tmp_path),
+             "--record", str(traces)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -151,3 +153,8 @@ def test_plait_serve_end_to_end(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait()
     assert (tmp_path / "plait.db").exists()
+    # Each run wrote a trace of its connections (replaying recorded traffic: tests/e2e/test_record.py).
+    recorded = sorted(traces.glob("trace-*.jsonl"))
+    assert len(recorded) == 2, "plait serve --record wrote no trace (or one run overwrote the other)"
+    first = recorded[0].read_text()
+    assert '"kind": "hello"' in first and '"kind": "update"' in first

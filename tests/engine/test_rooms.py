@@ -223,3 +223,37 @@ async def test_shutdown_closes_sessions_going_away_and_flushes(frames: int, auto
     for u in data.updates:
         reloaded.apply_update(u)
     assert str(reloaded.get("text", type=pycrdt.Text)) == str(a.text)
+
+
+class TemplateHooks(__import__("plait.engine").engine.Hooks):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: list[tuple[str, bytes]] = []
+
+    async def on_room_loaded(self, room: str, doc: pycrdt.Doc) -> None:
+        if room == "broken":
+            raise RuntimeError("template service down")
+        text = doc.get("text", type=pycrdt.Text)
+        if not str(text):
+            text.insert(0, f"# {room}\n")
+
+    async def on_room_stored(self, room: str, snapshot: bytes) -> None:
+        self.stored.append((room, snapshot))
+
+
+async def test_room_hooks_seed_new_rooms_and_see_every_stored_snapshot(autojump_clock: trio.testing.MockClock) -> None:
+    store, hooks = MemoryStore(), TemplateHooks()
+    async with make_engine(store=store, hooks=hooks) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("notes")
+        await a.expect(SyncStep1)
+        a.apply((await a.expect(SyncStep2)).update)
+        assert str(a.text) == "# notes\n"
+        await a.send(__import__("plait.protocol").protocol.Join(2, "broken", None, None))
+        assert (await a.wait_for(Error)).code == ErrorCode.STORAGE_UNAVAILABLE
+    # Unloading stored a snapshot, and the hook saw it; reloading does not seed twice.
+    assert [room for room, _ in hooks.stored] == ["notes"]
+    async with make_engine(store=store, hooks=hooks) as engine:
+        async with engine.room("notes") as room:
+            assert str(room.doc.get("text", type=pycrdt.Text)) == "# notes\n"

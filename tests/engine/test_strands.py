@@ -248,3 +248,36 @@ async def test_joined_is_answered_with_the_same_ref(autojump_clock: MockClock, c
     a = await connect()
     j = await a.join("x")
     assert isinstance(j, Joined) and j.ref == 1
+
+
+async def test_a_lagging_member_gets_the_latest_presence_not_every_diff(autojump_clock: MockClock) -> None:
+    async with make_engine(outbox_lag_frames=4) as engine:
+        lagging = DocClient(engine.connect_memory(buffer=1))
+        await lagging.hello()
+        await lagging.join("r")
+        busy = DocClient(engine.connect_memory())
+        await busy.hello()
+        await busy.join("r")
+        for i in range(50):  # one presence change per tick, while `lagging` reads nothing
+            await busy.send(PresenceSet(1, None, {"n": i}))
+            await trio.sleep(0.06)
+        await busy.send(__import__("plait.protocol").protocol.Publish(1, 99, "done", None, None))
+        await busy.wait_for(Ack)
+        diffs = snapshots = 0
+        latest = None
+        event_seen = False
+        for _ in range(200):  # now it reads: what was queued, then one refresh with the latest
+            frame = await lagging.receive()
+            if isinstance(frame, PresenceDiff):
+                diffs += 1
+                latest = next((u.state for u in frame.updated if u.session == "s2"), latest)
+            elif isinstance(frame, PresenceSnapshot):
+                snapshots += 1
+                latest = next((e.state for e in frame.entries if e.session == "s2"), latest)
+            elif isinstance(frame, Event):
+                event_seen = True
+            if event_seen and latest == {"n": 49}:
+                break
+        assert snapshots >= 2  # the join snapshot, then the catch-up refresh
+        assert diffs < 10  # not the 50 intermediate diffs
+        assert latest == {"n": 49}
