@@ -123,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), help="data folder (default ./plait-data)")
     serve_cmd.add_argument("--store", default=None, help="memory, sqlite (default), sqlite:PATH, files, files:DIR")
     serve_cmd.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    serve_cmd.add_argument("--updates-per-second", type=int, default=EngineConfig().updates_per_second,
+                           help="document updates per connection per second (default %(default)s)")
+    serve_cmd.add_argument("--events-per-second", type=int, default=EngineConfig().events_per_second,
+                           help="published events per connection per second (default %(default)s)")
+    serve_cmd.add_argument("--max-rooms", type=int, default=EngineConfig().max_rooms_per_connection,
+                           help="rooms per connection (default %(default)s)")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
@@ -148,7 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "serve":
         store = open_store(args.store, args.data)
-        trio.run(serve, args.host, args.port, store, EngineConfig(), None, args.record)
+        config = EngineConfig(
+            updates_per_second=args.updates_per_second,
+            events_per_second=args.events_per_second,
+            max_rooms_per_connection=args.max_rooms,
+        )
+        trio.run(serve, args.host, args.port, store, config, None, args.record)
     elif args.command == "inspect":
         return trio.run(inspect, open_store(args.store, args.data), args.room)
     elif args.command == "replay":

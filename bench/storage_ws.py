@@ -1,0 +1,101 @@
+"""Durably acknowledged updates per second against `plait serve` (SQLite by default) with the
+load generator in a separate process, over real WebSockets on 127.0.0.1 (the rule for issue 8's
+workloads). Each writer has a room of its own and keeps WINDOW updates in flight.
+
+    .venv/bin/python bench/storage_ws.py [--seconds 5] [--store sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pycrdt
+import trio
+
+from plait.client._client import websocket_opener
+from plait.protocol import Ack, Hello, Join, Update, Welcome, decode, encode
+
+WINDOW = 16
+
+
+async def writer(url: str, room: str, client_id: int, stop_at: float, counts: list[int]) -> None:
+    async with trio.open_nursery() as nursery:
+        ws = await websocket_opener(url, nursery)()
+        await ws.send_message(encode(Hello((1,), None, {})))
+        while not any(isinstance(f, Welcome) for f in decode(await ws.receive_message())):  # type: ignore[arg-type]
+            pass
+        await ws.send_message(encode(Join(1, room, None, None)))
+        doc = pycrdt.Doc(client_id=client_id)
+        text = doc.get("text", type=pycrdt.Text)
+        in_flight, ref = 0, 1
+        while trio.current_time() < stop_at:
+            batch = []
+            while in_flight < WINDOW:
+                before = doc.get_state()
+                text.insert(len(text), "x")
+                ref += 1
+                batch.append(Update(1, ref, doc.get_update(before)))
+                in_flight += 1
+            if batch:
+                await ws.send_message(encode(batch))
+            acked = sum(isinstance(f, Ack) for f in decode(await ws.receive_message()))  # type: ignore[arg-type]
+            in_flight -= acked
+            counts[0] += acked
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def load(url: str, writers: int, seconds: float) -> float:
+    counts = [0]
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for i in range(writers):
+            nursery.start_soon(writer, url, f"ws-bench-{writers}-{i}", i + 1, start + seconds, counts)
+    return counts[0] / (trio.current_time() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--store", default="sqlite")
+    parser.add_argument("--load", nargs=3, metavar=("URL", "WRITERS", "SECONDS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:  # the load-generator process
+        url, writers, seconds = args.load
+        print(f"{trio.run(load, url, int(writers), float(seconds)):.0f}")
+        return
+    with tempfile.TemporaryDirectory() as data:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--data", data,
+             "--store", args.store, "--log-level", "WARNING", "--updates-per-second", "1000000"],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert server.stdout is not None
+            port = None
+            while port is None:
+                line = server.stdout.readline()
+                if not line:
+                    raise SystemExit("server did not start")
+                if match := re.search(r"ws://127.0.0.1:(\d+)/", line):
+                    port = int(match.group(1))
+            print(f"| backend | writers | acked updates/s (load in its own process, WebSocket) |")
+            print("| --- | ---: | ---: |")
+            for writers in (1, 10, 100):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--load", f"ws://127.0.0.1:{port}/", str(writers), str(args.seconds)],
+                    capture_output=True, text=True, check=True, timeout=120,
+                )
+                print(f"| {args.store} | {writers} | {int(out.stdout.strip()):,} |", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
