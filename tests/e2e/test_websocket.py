@@ -119,6 +119,7 @@ def test_plait_serve_end_to_end(tmp_path: Path) -> None:
             async with connect(url) as a, connect(url) as b, a.join("notes") as ra, b.join("notes") as rb:
                 await ra.synced()
                 await rb.synced()
+                assert a.welcome is not None and a.welcome.limits.updates_per_second == 500  # --updates-per-second
                 ra.text.insert(len(ra.text), text)
                 await ra.flushed()
                 await until(rb, lambda: str(rb.text) == expect)
@@ -127,7 +128,7 @@ def test_plait_serve_end_to_end(tmp_path: Path) -> None:
     for text, expect in (("hello", "hello"), (" again", "hello again")):
         proc = subprocess.Popen(
             [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--data", str(tmp_path),
-             "--record", str(traces)],
+             "--record", str(traces), "--updates-per-second", "500"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
