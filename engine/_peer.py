@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from plait.protocol import ChannelFrame, CloseCode, ErrorCode, Frame, Ping, TransportClosed, encode
+from plait.protocol import Ack, ChannelFrame, CloseCode, ErrorCode, Frame, Ping, TransportClosed, encode
 
 from ._errors import RequestError
 from ._hooks import Identity
@@ -84,6 +84,10 @@ class Peer:
     def deliver_frames(self, member: Member, frames: list[Frame]) -> None:
         """Frames for this member only (join sequence, acks, answers)."""
         raise NotImplementedError
+
+    def deliver_ack(self, member: Member, ref: int, value: int | None) -> None:
+        """The answer to a request, once its effect is durable (spec §4.1)."""
+        self.deliver_frames(member, [Ack(ref, value)])
 
     def send_error(self, ref: int | None, channel: int | None, code: int, message: str) -> None:
         raise NotImplementedError

@@ -33,6 +33,7 @@ from plait.protocol import (
     ChannelFrame,
     CursorPosition,
     Cursors,
+    Error,
     ErrorCode,
     Event,
     Frame,
@@ -83,7 +84,8 @@ class _Pending:
 
     updates: list[bytes] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
-    acks: list[tuple[Member | None, int, int | None]] = field(default_factory=list)
+    acks: list[tuple[Member | None, int, int | None | Error]] = field(default_factory=list)
+    """Answers in request order: (member, ref, ack value) or (member, ref, Error frame)."""
 
     def __bool__(self) -> bool:
         return bool(self.updates or self.events or self.acks)
@@ -239,8 +241,12 @@ class Room:
         self.state = RoomState.FAILED
         self._on_draining(self)
         message = f"storage failed: {exc}"[:1024]
-        for member, ref, _ in self._pending.acks:
-            if member is not None and ref >= 0:
+        for member, ref, answer in self._pending.acks:
+            if member is None:
+                continue
+            if isinstance(answer, Error):
+                member.session.deliver_frames(member, [answer])
+            else:
                 member.session.send_error(ref, member.channel, ErrorCode.STORAGE_UNAVAILABLE, message)
         self._pending = _Pending()
         for member in list(self._members.values()):
@@ -393,11 +399,20 @@ class Room:
             self._want_tick()
 
     def ack(self, member: Member, ref: int, value: int | None = None) -> None:
-        """Ack a request; behind any ack still waiting for a commit, so answers stay in order."""
+        """Ack a request; behind any answer still waiting for a commit, so answers to one
+        member's requests go out in the order the requests came (spec §4.1)."""
         if self._pending.acks:
             self._pending.acks.append((member, ref, value))
         else:
             member.session.deliver_frames(member, [Ack(ref, value)])
+
+    def refuse(self, member: Member, ref: int, code: int, message: str) -> None:
+        """Answer a request with an error, in order behind answers waiting for a commit."""
+        error = Error(ref, member.channel, code, message[:1024])
+        if self._pending.acks:
+            self._pending.acks.append((member, ref, error))
+        else:
+            member.session.deliver_frames(member, [error])
 
     def _want_tick(self) -> None:
         self._tick_wanted.set()
@@ -560,9 +575,13 @@ class Room:
                 return
             self._updates_since_snapshot += len(pending.updates)
             self._bytes_since_snapshot += sum(map(len, pending.updates))
-            for member, ref, value in pending.acks:
-                if member is not None and self._members.get(member.session) is member:
-                    member.session.deliver_frames(member, [Ack(ref, value)])
+            for member, ref, answer in pending.acks:
+                if member is None or self._members.get(member.session) is not member:
+                    continue
+                if isinstance(answer, Error):
+                    member.session.deliver_frames(member, [answer])
+                else:
+                    member.session.deliver_ack(member, ref, answer)
             self._durable_changes = mark
             self._commit_done.set()
             self._commit_done = trio.Event()

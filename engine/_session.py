@@ -50,6 +50,7 @@ from plait.protocol import (
     CodecLimits,
     decode,
     encode_frame,
+    encode_trusted,
 )
 
 from ._errors import RequestError
@@ -162,7 +163,11 @@ class Session(Peer):
         try:
             await self._dispatch(frame)
         except RequestError as exc:
-            self.send_error(ref, channel, exc.code, exc.message)
+            member = self._members.get(channel) if channel is not None else None
+            if member is not None and ref is not None:
+                member.room.refuse(member, ref, exc.code, exc.message)  # in order (spec §4.1)
+            else:
+                self.send_error(ref, channel, exc.code, exc.message)
 
     def _fatal(self, exc: RemoteProtocolError, ref: int | None) -> None:
         logger.info("session %s: protocol error %s: %s", self.id, exc.code.name, exc.message)
@@ -268,6 +273,10 @@ class Session(Peer):
 
     def deliver_frames(self, member: Member, frames: list[Frame]) -> None:
         self.send_frames(frames)
+
+    def deliver_ack(self, member: Member, ref: int, value: int | None) -> None:
+        # The hot path of every acknowledged update: ref came from a checked frame.
+        self.send_bytes(encode_trusted(Ack(ref, value)))
 
     def close_channel(self, member: Member, code: int, message: str) -> None:
         """The server ends a membership (spec §5.2)."""

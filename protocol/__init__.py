@@ -63,6 +63,7 @@ from ._codec import (
     frame_to_array as frame_to_array,
     encode as encode,
     encode_frame as encode_frame,
+    encode_trusted as encode_trusted,
     join_encoded as join_encoded,
     CodecLimits as CodecLimits,
     DEFAULT_LIMITS as DEFAULT_LIMITS,

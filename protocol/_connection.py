@@ -76,6 +76,8 @@ _HANDSHAKE_KINDS: Final = frozenset({_HELLO, _WELCOME})
 def _next_state(
     role: Role, state: SessionState, direction: Direction, kind: FrameKind
 ) -> SessionState | None:
+    if state is SessionState.OPEN and kind not in _HANDSHAKE_KINDS:
+        return SessionState.OPEN  # the (role, OPEN, direction, ANY) rows, without four hashes
     exact = TRANSITIONS.get((role, state, direction, kind))
     if exact is not None:
         return exact

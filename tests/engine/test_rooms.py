@@ -257,3 +257,25 @@ async def test_room_hooks_seed_new_rooms_and_see_every_stored_snapshot(autojump_
     async with make_engine(store=store, hooks=hooks) as engine:
         async with engine.room("notes") as room:
             assert str(room.doc.get("text", type=pycrdt.Text)) == "# notes\n"
+
+
+class SlowAppendStore(MemoryStore):
+    async def append(self, room: str, updates: object) -> None:
+        await trio.sleep(1)
+        await super().append(room, updates)  # type: ignore[arg-type]
+
+
+async def test_answers_come_in_request_order_even_when_an_error_is_immediate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with make_engine(store=SlowAppendStore()) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("r")
+        await a.wait_for(PresenceSnapshot)
+        # One message: a good update (its ack waits ~1 s for the store), then a bad one.
+        await a.send(Update(1, 1, edit(a.doc, "ok")), Update(1, 2, b"\xff\xff\xff"))
+        first = await a.wait_for((Ack, Error))  # type: ignore[arg-type]
+        second = await a.wait_for((Ack, Error))  # type: ignore[arg-type]
+        assert (type(first), first.ref) == (Ack, 1)
+        assert (type(second), second.ref, second.code) == (Error, 2, ErrorCode.INVALID_UPDATE)
