@@ -351,6 +351,33 @@ class Room:
             self._pending.acks.append((member, ref, None))
             self._want_persist()
 
+    def apply_client_updates(self, member: Member, items: list[tuple[bytes, int | None]]) -> None:
+        """Apply a burst of a member's updates as one merged update (one transaction, one
+        fan-out frame, one log record); if the merge or the apply fails, fall back to one by
+        one so that each bad update gets its own error. Answers keep request order."""
+        if member.access is Access.WRITE:
+            try:
+                merged = merge_updates([update for update, _ in items])
+                self._origin = member
+                try:
+                    apply_update(self.doc, merged)
+                finally:
+                    self._origin = None
+            except ValueError:
+                pass
+            else:
+                for _, ref in items:
+                    if ref is not None:
+                        self._pending.acks.append((member, ref, None))
+                self._want_persist()
+                return
+        for update, ref in items:
+            try:
+                self.apply_client_update(member, update, ref)
+            except RequestError as exc:
+                if ref is not None:
+                    self.refuse(member, ref, exc.code, exc.message)
+
     def _on_doc_change(self, event: pycrdt.TransactionEvent) -> None:
         # Every change to the document, from a member or from server-side code, passes here:
         # it is broadcast to everyone but its origin and queued for the next commit.

@@ -136,16 +136,42 @@ class Session(Peer):
             except RemoteProtocolError as exc:
                 self._fatal(exc, None)
                 return
-            for frame in frames:
+            for group in _runs_of_updates(frames):
                 try:
-                    await self._handle(frame)
+                    if isinstance(group, list):
+                        self._handle_updates(group)
+                    else:
+                        await self._handle(group)
                 except Exception as exc:
-                    logger.error("session %s: internal error on %s", self.id, type(frame).__name__, exc_info=exc)
-                    self._send_now(Error(getattr(frame, "ref", None), None, ErrorCode.INTERNAL, "internal error"))
+                    first = group[0] if isinstance(group, list) else group
+                    logger.error("session %s: internal error on %s", self.id, type(first).__name__, exc_info=exc)
+                    self._send_now(Error(getattr(first, "ref", None), None, ErrorCode.INTERNAL, "internal error"))
                     self.close(CloseCode.INTERNAL_ERROR, "internal error")
                     return
                 if self._close_code is not None:
                     return
+
+    def _handle_updates(self, run: list[Update]) -> None:
+        """Several document updates for one channel in one message (an editor's burst): checked
+        and rate-limited one by one, then applied to the room as one merged update."""
+        accepted: list[Update] = []
+        for frame in run:
+            try:
+                self.conn.receive(frame)
+                member = self._member(frame.channel)
+                if member.access is Access.WRITE:
+                    self._rate(self._update_bucket, "document updates")
+            except RemoteProtocolError as exc:  # UNKNOWN_CHANNEL: not fatal, answered at once
+                self.send_error(frame.ref, frame.channel, exc.code, exc.message)
+                continue
+            except RequestError as exc:
+                if frame.ref is not None:
+                    member.room.refuse(member, frame.ref, exc.code, exc.message)
+                continue
+            accepted.append(frame)
+        if accepted:
+            member = self._member(accepted[0].channel)
+            member.room.apply_client_updates(member, [(f.update, f.ref) for f in accepted])
 
     async def _handle(self, frame: Frame) -> None:
         ref: int | None = getattr(frame, "ref", None)
@@ -289,3 +315,19 @@ class Session(Peer):
         self.conn.send(frame)
         self.send_frames([frame])
 
+
+
+def _runs_of_updates(frames: list[Frame]) -> list[Frame | list[Update]]:
+    """The message's frames, with each run of 2+ consecutive updates to one channel grouped."""
+    out: list[Frame | list[Update]] = []
+    for frame in frames:
+        last = out[-1] if out else None
+        if isinstance(frame, Update):
+            if isinstance(last, list) and last[0].channel == frame.channel:
+                last.append(frame)
+                continue
+            if isinstance(last, Update) and last.channel == frame.channel:
+                out[-1] = [last, frame]
+                continue
+        out.append(frame)
+    return out

@@ -279,3 +279,19 @@ async def test_answers_come_in_request_order_even_when_an_error_is_immediate(
         second = await a.wait_for((Ack, Error))  # type: ignore[arg-type]
         assert (type(first), first.ref) == (Ack, 1)
         assert (type(second), second.ref, second.code) == (Error, 2, ErrorCode.INVALID_UPDATE)
+
+
+async def test_a_burst_of_updates_in_one_message_is_applied_once_and_acked_in_order(
+    autojump_clock: trio.testing.MockClock, connect: Connect, store: MemoryStore
+) -> None:
+    a, b = await connect(), await connect()
+    for c in (a, b):
+        await c.join("r")
+        await c.wait_for(PresenceSnapshot)
+    burst = [Update(1, 10 + i, edit(a.doc, str(i))) for i in range(5)]
+    await a.send(*burst)
+    acks = [(await a.wait_for(Ack)).ref for _ in range(5)]
+    assert acks == [10, 11, 12, 13, 14]
+    b.apply((await b.wait_for(Update)).update)
+    assert str(b.text) == "01234"  # one merged update carried the whole burst
+    assert len((await store.load("r")).updates) == 1
