@@ -20,38 +20,14 @@ from pathlib import Path
 
 import pycrdt
 import trio
+from _writer import write_until  # type: ignore[import-not-found]
 
 from plait.engine import Engine, EngineConfig
-from plait.protocol import Ack, Hello, Join, Update, Welcome, decode, encode
 from plait.storage import FileStore, MemoryStore, SQLiteStore, Store
-
-WINDOW = 16
 
 
 async def writer(engine: Engine, room: str, client_id: int, stop_at: float, counts: list[int]) -> None:
-    transport = engine.connect_memory()
-    await transport.send_message(encode(Hello((1,), None, {})))
-    while not any(isinstance(f, Welcome) for f in decode(await transport.receive_message())):  # type: ignore[arg-type]
-        pass
-    await transport.send_message(encode(Join(1, room, None, None)))
-    doc = pycrdt.Doc(client_id=client_id)
-    text = doc.get("text", type=pycrdt.Text)
-    in_flight = 0
-    ref = 1
-    while trio.current_time() < stop_at:
-        batch = []
-        while in_flight < WINDOW:
-            before = doc.get_state()
-            text.insert(len(text), "x")
-            ref += 1
-            batch.append(Update(1, ref, doc.get_update(before)))
-            in_flight += 1
-        if batch:
-            await transport.send_message(encode(batch))
-        acked = sum(isinstance(f, Ack) for f in decode(await transport.receive_message()))  # type: ignore[arg-type]
-        in_flight -= acked
-        counts[0] += acked
-    await transport.aclose()
+    await write_until(engine.connect_memory(), room, client_id, 0.0, stop_at, counts)
 
 
 async def acked_per_second(store: Store, writers: int, seconds: float) -> float:

@@ -1,6 +1,6 @@
 """Durably acknowledged updates per second against `plait serve` (SQLite by default) with the
 load generator in a separate process, over real WebSockets on 127.0.0.1 (the rule for issue 8's
-workloads). Each writer has a room of its own and keeps WINDOW updates in flight.
+workloads). Each writer has a room of its own and keeps 16 updates in flight (bench/_writer.py).
 
     .venv/bin/python bench/storage_ws.py [--seconds 5] [--store sqlite]
 """
@@ -14,13 +14,10 @@ import subprocess
 import sys
 import tempfile
 
-import pycrdt
 import trio
+from _writer import write_until  # type: ignore[import-not-found]
 
 from plait.client._client import websocket_opener
-from plait.protocol import Ack, Hello, Join, Update, Welcome, decode, encode
-
-WINDOW = 16
 
 
 WARMUP = 1.0
@@ -30,29 +27,7 @@ caches warm up), so the number is the steady state."""
 
 async def writer(url: str, room: str, client_id: int, count_from: float, stop_at: float, counts: list[int]) -> None:
     async with trio.open_nursery() as nursery:
-        ws = await websocket_opener(url, nursery)()
-        await ws.send_message(encode(Hello((1,), None, {})))
-        while not any(isinstance(f, Welcome) for f in decode(await ws.receive_message())):  # type: ignore[arg-type]
-            pass
-        await ws.send_message(encode(Join(1, room, None, None)))
-        doc = pycrdt.Doc(client_id=client_id)
-        text = doc.get("text", type=pycrdt.Text)
-        in_flight, ref = 0, 1
-        while trio.current_time() < stop_at:
-            batch = []
-            while in_flight < WINDOW:
-                before = doc.get_state()
-                text.insert(len(text), "x")
-                ref += 1
-                batch.append(Update(1, ref, doc.get_update(before)))
-                in_flight += 1
-            if batch:
-                await ws.send_message(encode(batch))
-            acked = sum(isinstance(f, Ack) for f in decode(await ws.receive_message()))  # type: ignore[arg-type]
-            in_flight -= acked
-            if trio.current_time() >= count_from:
-                counts[0] += acked
-        await ws.aclose()
+        await write_until(await websocket_opener(url, nursery)(), room, client_id, count_from, stop_at, counts)
         nursery.cancel_scope.cancel()
 
 
@@ -90,7 +65,7 @@ def main() -> None:
                     raise SystemExit("server did not start")
                 if match := re.search(r"ws://127.0.0.1:(\d+)/", line):
                     port = int(match.group(1))
-            print(f"| backend | writers | acked updates/s (load in its own process, WebSocket) |")
+            print("| backend | writers | acked updates/s (load in its own process, WebSocket) |")
             print("| --- | ---: | ---: |")
             for writers in (1, 10, 100):
                 out = subprocess.run(
