@@ -17,6 +17,10 @@ class EngineConfig:
     handshake_timeout: float = 10 * SECONDS
     tick: float = 0.05 * SECONDS
     """Presence, cursor and typing changes are coalesced into one frame per channel per tick."""
+    ephemeral_messages_per_second: int = 4000
+    """Per room: a tick sends every member a message, so a big room ticks less often, every
+    max(tick, members / this) seconds. 500 members each changing presence once a second
+    would otherwise cost 10,000 messages a second; with the default they get 8 diffs a second."""
     presence_grace: float = 5 * SECONDS
     typing_expiry: float = 5 * SECONDS
     room_idle_grace: float = 10 * SECONDS
@@ -33,6 +37,12 @@ class EngineConfig:
 
     outbox_max_bytes: int = 64 * MiB
     """Per connection: bytes queued for a client that does not read; past it, close TOO_SLOW."""
+    large_message_bytes: int = 1 * MiB
+    """A frame this large is sent as a message of its own (never copied into a batch)..."""
+    concurrent_large_sends: int = 4
+    """...and at most this many such messages are being sent at once, engine-wide: framing
+    copies a message, so a join storm on a large document would otherwise hold one copy per
+    joiner at the same moment."""
     outbox_lag_frames: int = 64
     """Past this many queued frames a connection is lagging: its ephemeral frames coalesce."""
 

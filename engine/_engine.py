@@ -21,7 +21,6 @@ from types import TracebackType
 from typing import Any
 
 import trio
-import trio_websocket
 
 from plait.protocol import CloseCode, ErrorCode
 from plait.storage import MemoryStore, Store
@@ -35,7 +34,8 @@ from ._room import Room, RoomState
 from ._peer import Peer
 from ._session import Session
 from ._yjs import YJS_PATH, YjsSession
-from ._transport import MemoryTransport, Transport, WebSocketTransport, memory_transport_pair
+from ._transport import MemoryTransport, Transport, memory_transport_pair
+from ._websocket import serve_connection
 
 logger = logging.getLogger("plait.engine")
 
@@ -70,6 +70,7 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         self._new_session_id = session_ids or random_session_ids()
         self.recorder = recorder
+        self.large_sends = trio.CapacityLimiter(self.config.concurrent_large_sends)
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
         self._sessions: set[Peer] = set()
@@ -127,27 +128,20 @@ class Engine:
     ) -> None:
         """Serve the protocol over WebSocket until cancelled. With `nursery.start`, returns the
         bound port once listening (pass port 0 for any free port)."""
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                lambda task_status: trio_websocket.serve_websocket(
-                    self._websocket_request,
-                    host,
-                    port,
-                    None,
-                    handler_nursery=self.nursery,
-                    max_message_size=self.config.max_message_bytes,
-                    task_status=task_status,
-                )
-            )
-            logger.info("listening on ws://%s:%d", host, server.port)
-            task_status.started(server.port)
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
+        logger.info("listening on ws://%s:%d", host, bound)
+        task_status.started(bound)
+        await trio.serve_listeners(self._websocket_connection, listeners, handler_nursery=self.nursery)
 
-    async def _websocket_request(self, request: trio_websocket.WebSocketRequest) -> None:
-        if not self._accepting:
-            await request.reject(503, body=b"shutting down")
-            return
-        ws = await request.accept()
-        await self.serve_transport(WebSocketTransport(ws, request.path))
+    async def _websocket_connection(self, stream: trio.SocketStream) -> None:
+        await serve_connection(
+            stream,
+            self.serve_transport,
+            accepting=lambda: self._accepting,
+            handshake_timeout=self.config.handshake_timeout,
+            max_message_bytes=self.config.max_message_bytes,
+        )
 
     async def serve_transport(self, transport: Transport) -> None:
         """Run one connection to its end, whatever transport carries it. The path picks the

@@ -23,12 +23,13 @@ Refresh = Callable[[], list[bytes]]
 
 
 class Outbox:
-    def __init__(self, max_bytes: int, lag_frames: int) -> None:
+    def __init__(self, max_bytes: int, lag_frames: int, solo_bytes: int = 2**62) -> None:
         self._frames: deque[bytes] = deque()
         self._bytes = 0
         self._stale: dict[int, Refresh] = {}
         self._max_bytes = max_bytes
         self._lag_frames = lag_frames
+        self._solo_bytes = solo_bytes
         self._wakeup = trio.Event()
         self.overflowed = False
         self.closed = False
@@ -83,7 +84,8 @@ class Outbox:
 
     async def take(self, max_frames: int, max_bytes: int) -> list[bytes]:
         """Wait for frames, then take as many as fit in one message (at least one);
-        [] once closed and empty."""
+        [] once closed and empty. A frame of `solo_bytes` or more is taken alone, so that
+        sending it never copies it into a batch."""
         while not self._frames and not self._stale:
             if self.closed:
                 return []
@@ -100,12 +102,15 @@ class Outbox:
         size = 0
         while self._frames and len(batch) < max_frames:
             nxt = self._frames[0]
-            if batch and size + len(nxt) > max_bytes:
+            solo = len(nxt) >= self._solo_bytes
+            if batch and (solo or size + len(nxt) > max_bytes):
                 break
             self._frames.popleft()
             self._bytes -= len(nxt)
             size += len(nxt)
             batch.append(nxt)
+            if solo:
+                break
         if not batch and not self.closed:
             # Only stale channels, whose refresh produced nothing: wait again.
             return await self.take(max_frames, max_bytes)

@@ -45,7 +45,7 @@ class Peer:
         self.transport = transport
         self.id = session_id
         self.identity: Identity = {}
-        self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames)
+        self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames, self.config.large_message_bytes)
         self.max_frames_per_message = self.config.max_frames_per_message
         self.max_message_bytes = self.config.max_message_bytes
         self._members: dict[int, Member] = {}
@@ -173,7 +173,11 @@ class Peer:
         return data
 
     async def _send(self, message: bytes) -> None:
-        await self.transport.send_message(message)
+        if len(message) >= self.config.large_message_bytes:
+            async with self.engine.large_sends:
+                await self.transport.send_message(message)
+        else:
+            await self.transport.send_message(message)
         # Recorded once delivered to the transport: a send cut short by a close never happened.
         if self.engine.recorder is not None:
             self.engine.recorder.message(self.id, "out", message)

@@ -160,7 +160,7 @@ class Room:
         """Session id -> [Yjs awareness client id, clock], for y-websocket members (spec §13)."""
         self._awareness_origin: set[str] = set()
         self._doc_subscription: pycrdt.Subscription | None = None
-        self._sync_cache: tuple[bytes, bytes] | None = None
+        self._sync_cache: tuple[bytes, ChannelFrame] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -260,9 +260,9 @@ class Room:
     def add_member(self, session: Session, channel: int, access: Access, join: Join) -> Member:
         """Admit a session: queue Joined, the sync frames, the presence snapshot and missed
         events, in the order spec §5.2 requires. Raises RequestError for a bad state vector."""
-        sync_update = None
+        sync_step2 = None
         if join.state_vector is not None:
-            sync_update = self._update_since(join.state_vector)
+            sync_step2 = self._sync_step2_for(join.state_vector)
         missed: list[EventRecord] = []
         resumed = None
         if join.since is not None:
@@ -273,13 +273,13 @@ class Room:
         self._presence.join(session.id, session.identity)
         self._bump_awareness(session.id)
         self._want_tick()
-        frames: list[Frame] = [
+        session.deliver_frames(member, [
             Joined(join.ref, channel, int(access), self._events.head, resumed),
             SyncStep1(channel, self.doc.get_state()),
-        ]
-        if sync_update is not None:
-            frames.append(SyncStep2(channel, None, sync_update))
-        frames.append(PresenceSnapshot(channel, self._presence.snapshot()))
+        ])
+        if sync_step2 is not None:
+            session.deliver(member, sync_step2)
+        frames: list[Frame] = [PresenceSnapshot(channel, self._presence.snapshot())]
         if self._cursors:
             frames.append(Cursors(channel, tuple(CursorPosition(s, p) for s, p in self._cursors.items())))
         if self._typing:
@@ -322,15 +322,21 @@ class Room:
     # -- documents --------------------------------------------------------------------------
 
     def _update_since(self, state_vector: bytes) -> bytes:
-        if state_vector == b"\x00":  # empty state vector: many joiners at once share one update
-            state = self.doc.get_state()
-            if self._sync_cache is None or self._sync_cache[0] != state:
-                self._sync_cache = (state, self.doc.get_update())
-            return self._sync_cache[1]
         try:
             return self.doc.get_update(state_vector)
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_UPDATE, f"invalid state vector: {exc}") from exc
+
+    def _sync_step2_for(self, state_vector: bytes) -> ChannelFrame:
+        """The join's sync_step2, encoded once. Joiners with an empty document (a join storm on
+        a large document) share one encoding, so a hundred of them queue one copy, not a
+        hundred."""
+        if state_vector != b"\x00":
+            return ChannelFrame(SyncStep2(0, None, self._update_since(state_vector)))
+        state = self.doc.get_state()
+        if self._sync_cache is None or self._sync_cache[0] != state:
+            self._sync_cache = (state, ChannelFrame(SyncStep2(0, None, self.doc.get_update())))
+        return self._sync_cache[1]
 
     def sync_step1(self, member: Member, state_vector: bytes) -> None:
         update = self._update_since(state_vector)
@@ -447,7 +453,7 @@ class Room:
     async def _ticker(self) -> None:
         while True:
             await self._tick_wanted.wait()
-            await trio.sleep(self._config.tick)
+            await trio.sleep(max(self._config.tick, len(self._members) / self._config.ephemeral_messages_per_second))
             self._tick_wanted = trio.Event()
             self._flush_ephemeral()
 

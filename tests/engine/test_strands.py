@@ -281,3 +281,35 @@ async def test_a_lagging_member_gets_the_latest_presence_not_every_diff(autojump
         assert snapshots >= 2  # the join snapshot, then the catch-up refresh
         assert diffs < 10  # not the 50 intermediate diffs
         assert latest == {"n": 49}
+
+
+async def test_a_big_room_ticks_less_often_so_its_ephemeral_traffic_stays_bounded(autojump_clock: MockClock) -> None:
+    # 4 members and a budget of 20 messages/s: one diff per 0.2 s instead of per 0.05 s tick.
+    async with make_engine(ephemeral_messages_per_second=20) as engine:
+        clients = [DocClient(engine.connect_memory()) for _ in range(4)]
+        for c in clients:
+            await c.hello()
+            await c.join("r")
+            await c.wait_for(PresenceSnapshot)
+        await trio.sleep(1)
+        with trio.move_on_after(0.01):  # what the joins caused
+            while True:
+                await clients[1].receive()
+        start = trio.current_time()
+        diffs: list[tuple[PresenceDiff, float]] = []
+
+        async def watch() -> None:
+            while True:
+                diffs.append((await clients[1].wait_for(PresenceDiff), trio.current_time() - start))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            for i in range(10):  # a change every 0.05 s for 0.5 s
+                await clients[0].send(PresenceSet(1, None, {"n": i}))
+                await trio.sleep(0.05)
+            await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+        assert 2 <= len(diffs) <= 4  # not 10
+        gaps = [b[1] - a[1] for a, b in zip(diffs, diffs[1:])]
+        assert all(gap >= 0.2 - 1e-9 for gap in gaps), gaps
+        assert diffs[-1][0].updated[0].state == {"n": 9}  # latest wins, nothing lost
