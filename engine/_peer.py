@@ -96,6 +96,10 @@ class Peer:
         """The server ends a membership (spec §5.2)."""
         raise NotImplementedError
 
+    def _messages(self, batch: list[bytes]) -> list[bytes]:
+        """The messages that carry a batch of queued frames: one, for the native protocol."""
+        return [b"".join(batch)]
+
     def _ping_frame(self) -> bytes | None:
         """What the writer sends after a quiet heartbeat interval (None: nothing)."""
         self._ping_nonce = (self._ping_nonce + 1) % (2**32)
@@ -145,11 +149,11 @@ class Peer:
             return
         if not self.outbox.overflowed:
             frames = self.outbox.drain()
-            if frames:
-                try:
-                    await self._send(b"".join(frames))
-                except TransportClosed:
-                    return
+            try:
+                for message in self._messages(frames) if frames else ():
+                    await self._send(message)
+            except TransportClosed:
+                return
         if self.engine.recorder is not None:
             self.engine.recorder.closed(self.id, "out", code, self._close_reason)
         try:
@@ -224,7 +228,8 @@ class Peer:
                 elif not batch:
                     return  # closed and drained
                 try:
-                    await self._send(b"".join(batch))
+                    for message in self._messages(batch):
+                        await self._send(message)
                 except TransportClosed as exc:
                     self._closed_by_peer = True
                     self.close(exc.code, "closed by peer")

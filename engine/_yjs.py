@@ -50,7 +50,7 @@ from plait.protocol import (
 from ._errors import RequestError, RoomUnavailable
 from ._hooks import Unauthenticated
 from ._peer import Peer, Refresh
-from ._room import Member
+from ._room import Member, merge_updates
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ class YjsSession(Peer):
         self.token = token
         self._client_id: int | None = None
         self._member: Member | None = None
-        self.max_frames_per_message = 1  # y-websocket: exactly one y-message per WebSocket message
 
     # -- handshake: authenticate, authorise, join the one room -------------------------------
 
@@ -165,7 +164,10 @@ class YjsSession(Peer):
     # -- output: room frames onto the y-websocket wire ---------------------------------------
 
     def deliver(self, member: Member, shared: ChannelFrame) -> None:
-        self._translate(member, [shared.frame])
+        if isinstance(shared.frame, Update):  # the fan-out hot path: encoded once per room
+            self.send_bytes(shared.derived("yjs", _update_message))
+        else:
+            self._translate(member, [shared.frame])
 
     def deliver_ephemeral(self, member: Member, shared: ChannelFrame, refresh: Refresh) -> None:
         data = self._encode(member, [shared.frame])
@@ -204,6 +206,25 @@ class YjsSession(Peer):
                     pass  # typing, events, acks: nothing in y-websocket carries them
         return [data for data in out if data]
 
+    def _messages(self, batch: list[bytes]) -> list[bytes]:
+        """y-websocket carries exactly one y-message per WebSocket message, so a batch becomes
+        several messages; but a run of queued document updates (a busy room, a client that
+        lags) becomes one update message holding their merge. Fifty editors then cost a
+        reader one message per writer turn, not one per edit."""
+        out: list[bytes] = []
+        run: list[bytes] = []
+        for data in batch:
+            if data.startswith(UPDATE_PREFIX):
+                run.append(data)
+                continue
+            if run:
+                out.append(_merged(run))
+                run = []
+            out.append(data)
+        if run:
+            out.append(_merged(run))
+        return out
+
     def _awareness(self, room: Any, sids: list[str]) -> bytes:
         entries = [room.awareness_entry(sid) for sid in dict.fromkeys(sids) if sid != self.id]
         return encode_awareness(entries) if entries else b""
@@ -226,6 +247,43 @@ class YjsSession(Peer):
     def close_channel(self, member: Member, code: int, message: str) -> None:
         self._members.pop(member.channel, None)
         self.close(CloseCode.INTERNAL_ERROR if code >= 3000 else CloseCode.FORBIDDEN, message)
+
+
+UPDATE_PREFIX = encode_sync(YSyncStep.UPDATE, b"")[:2]
+MERGE_CACHE_SIZE = 256
+_merge_cache: dict[tuple[bytes, ...], bytes] = {}
+
+
+def _update_message(frame: Frame) -> bytes:
+    assert isinstance(frame, Update)
+    return encode_sync(YSyncStep.UPDATE, frame.update)
+
+
+def _update_payload(message: bytes) -> bytes:
+    """The update in a sync-update y-message this module encoded: prefix, varuint length."""
+    pos, shift, length = 2, 0, 0
+    while True:
+        byte = message[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return message[pos : pos + length]
+
+
+def _merged(messages: list[bytes]) -> bytes:
+    """One update message for a run of them. The members of a room mostly queue the same
+    runs (the same shared message objects), so merges are cached for the next member."""
+    if len(messages) == 1:
+        return messages[0]
+    key = tuple(messages)
+    merged = _merge_cache.get(key)
+    if merged is None:
+        merged = encode_sync(YSyncStep.UPDATE, merge_updates([_update_payload(m) for m in messages]))
+        if len(_merge_cache) >= MERGE_CACHE_SIZE:
+            del _merge_cache[next(iter(_merge_cache))]
+        _merge_cache[key] = merged
+    return merged
 
 
 def _malformed(what: str) -> ProtocolError:

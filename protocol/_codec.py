@@ -8,7 +8,7 @@ LocalProtocolError. Anything else escaping is a bug.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -200,7 +200,7 @@ class ChannelFrame:
     in the channel, and caches the result because most members share small channel numbers.
     """
 
-    __slots__ = ("frame", "_head", "_tail", "_by_channel")
+    __slots__ = ("frame", "_head", "_tail", "_by_channel", "_derived")
 
     def __init__(self, frame: Frame) -> None:
         if not frame.ROOM_SCOPED:
@@ -212,6 +212,17 @@ class ChannelFrame:
         self._head = packer.pack_array_header(len(array)) + packer.pack(array[0])
         self._tail = b"".join(packer.pack(v) for v in array[2:])
         self._by_channel: dict[int, bytes] = {}
+        self._derived: dict[str, bytes] | None = None
+
+    def derived(self, name: str, make: Callable[[Frame], bytes]) -> bytes:
+        """Bytes made from the frame for another wire (the y-websocket encoding, say), made
+        once however many recipients speak it."""
+        if self._derived is None:
+            self._derived = {}
+        data = self._derived.get(name)
+        if data is None:
+            data = self._derived[name] = make(self.frame)
+        return data
 
     def for_channel(self, channel: int) -> bytes:
         data = self._by_channel.get(channel)

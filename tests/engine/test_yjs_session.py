@@ -173,3 +173,34 @@ async def test_awareness_json_that_is_too_deep_is_refused(autojump_clock: MockCl
     await late.join("r")
     snap = await late.wait_for(PresenceSnapshot)
     assert all("value" not in e.state for e in snap.entries)
+
+
+async def test_updates_queued_for_a_lagging_yjs_client_arrive_merged(
+    autojump_clock: MockClock, engine: Engine, connect: Connect
+) -> None:
+    native = await connect()
+    await native.join("r")
+    await native.wait_for(PresenceSnapshot)
+    y = YClient(engine.connect_memory("/yjs/r", buffer=1))
+    await y.until(lambda: len(y.awareness) > 0)  # joined, and the sync sequence read
+    for i in range(30):  # thirty edits, thirty messages, while y reads nothing
+        await native.send(Update(1, None, edit(native.doc, f"{i},")))
+    await trio.sleep(1)
+    updates = 0
+    expected = "".join(f"{i}," for i in range(30))
+    for _ in range(30):
+        message = await y.next()
+        if isinstance(message, YSync) and message.step == YSyncStep.UPDATE:
+            updates += 1
+        if str(y.doc.get("text", type=pycrdt.Text)) == expected:
+            break
+    assert str(y.doc.get("text", type=pycrdt.Text)) == expected
+    assert updates <= 3  # one merged message for everything queued, not thirty
+
+
+def test_the_update_inside_an_encoded_update_message_is_read_back_whatever_its_length() -> None:
+    from plait.engine._yjs import _update_payload
+
+    for size in (0, 1, 127, 128, 300, 20_000, 3_000_000):
+        payload = bytes(i % 251 for i in range(size))
+        assert _update_payload(encode_sync(YSyncStep.UPDATE, payload)) == payload
