@@ -84,7 +84,17 @@ class Engine:
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         self._accepting = True
+        self._nursery.start_soon(self._keep_alive)
         return self
+
+    async def _keep_alive(self) -> None:
+        """One sweep for every connection's outgoing heartbeat, eight times per interval,
+        instead of a timer per connection (Peer.keep_alive)."""
+        while True:
+            await trio.sleep(self.config.heartbeat / 8)
+            now = trio.current_time()
+            for session in list(self._sessions):
+                session.keep_alive(now)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -13,29 +13,35 @@ message. Two kinds of frame go in:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-
-import trio
 
 Refresh = Callable[[], list[bytes]]
 """Produces a channel's full ephemeral state as encoded frames."""
 
 
 class Outbox:
-    def __init__(self, max_bytes: int, lag_frames: int, solo_bytes: int = 2**62) -> None:
-        self._frames: deque[bytes] = deque()
+    """Frames waiting for the writer. `ready` is called when the outbox goes from nothing to
+    send to something (the session then starts its writer, which takes until it is empty).
+    A list, not a deque: an idle connection's empty outbox should cost bytes, not a block."""
+
+    __slots__ = ("_frames", "_bytes", "_stale", "_max_bytes", "_lag_frames", "_solo_bytes", "_ready", "overflowed")
+
+    def __init__(self, max_bytes: int, lag_frames: int, solo_bytes: int = 2**62,
+                 ready: Callable[[], None] = lambda: None) -> None:
+        self._frames: list[bytes] = []
         self._bytes = 0
         self._stale: dict[int, Refresh] = {}
         self._max_bytes = max_bytes
         self._lag_frames = lag_frames
         self._solo_bytes = solo_bytes
-        self._wakeup = trio.Event()
+        self._ready = ready
         self.overflowed = False
-        self.closed = False
 
     def __len__(self) -> int:
         return len(self._frames)
+
+    def __bool__(self) -> bool:
+        return bool(self._frames or self._stale)
 
     @property
     def queued_bytes(self) -> int:
@@ -49,11 +55,11 @@ class Outbox:
         """Queue an ordered frame. Returns False (and sets `overflowed`) past the byte budget."""
         if self._bytes + len(data) > self._max_bytes:
             self.overflowed = True
-            self._wakeup.set()
             return False
         self._frames.append(data)
         self._bytes += len(data)
-        self._wakeup.set()
+        if len(self._frames) == 1:
+            self._ready()
         return True
 
     def put_ephemeral(self, data: bytes, channel: int, refresh: Refresh) -> bool:
@@ -62,14 +68,13 @@ class Outbox:
             return True
         if self.lagging:
             self._stale[channel] = refresh
-            self._wakeup.set()
             return True
         return self.put(data)
 
     def drain(self) -> list[bytes]:
         """Take every queued frame at once (for the last message before a close)."""
-        frames = list(self._frames)
-        self._frames.clear()
+        frames = self._frames
+        self._frames = []
         self._bytes = 0
         self._stale.clear()
         return frames
@@ -77,41 +82,29 @@ class Outbox:
     def forget_channel(self, channel: int) -> None:
         self._stale.pop(channel, None)
 
-    def close(self) -> None:
-        """No more frames will come: `take` returns what is left, then []."""
-        self.closed = True
-        self._wakeup.set()
-
-    async def take(self, max_frames: int, max_bytes: int) -> list[bytes]:
-        """Wait for frames, then take as many as fit in one message (at least one);
-        [] once closed and empty. A frame of `solo_bytes` or more is taken alone, so that
-        sending it never copies it into a batch."""
-        while not self._frames and not self._stale:
-            if self.closed:
-                return []
-            if self._wakeup.is_set():
-                self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        if not self.lagging and self._stale:
+    def take(self, max_frames: int, max_bytes: int) -> list[bytes]:
+        """Take as many frames as fit in one message ([] if there is nothing to send). A frame
+        of `solo_bytes` or more is taken alone, so that sending it never copies it into a
+        batch. Stale channels (see above) are refreshed once the queue is short again."""
+        if self._stale and not self.lagging:
             for refresh in self._stale.values():
                 for data in refresh():
                     self._frames.append(data)
                     self._bytes += len(data)
             self._stale.clear()
-        batch: list[bytes] = []
-        size = 0
-        while self._frames and len(batch) < max_frames:
-            nxt = self._frames[0]
-            solo = len(nxt) >= self._solo_bytes
-            if batch and (solo or size + len(nxt) > max_bytes):
+        frames = self._frames
+        count, size = 0, 0
+        limit = min(len(frames), max_frames)
+        while count < limit:
+            n = len(frames[count])
+            solo = n >= self._solo_bytes
+            if count and (solo or size + n > max_bytes):
                 break
-            self._frames.popleft()
-            self._bytes -= len(nxt)
-            size += len(nxt)
-            batch.append(nxt)
+            size += n
+            count += 1
             if solo:
                 break
-        if not batch and not self.closed:
-            # Only stale channels, whose refresh produced nothing: wait again.
-            return await self.take(max_frames, max_bytes)
+        batch = frames[:count]
+        del frames[:count]
+        self._bytes -= size
         return batch

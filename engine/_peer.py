@@ -1,5 +1,6 @@
 """What every connection has, whatever protocol it speaks: a transport, a bounded outbox
-drained by one writer task, a reader task, rate limits, and one way to close (style §2-3).
+drained by a writer task that runs while there is something to send, a reader task, rate
+limits, and one way to close (style §2-3).
 
 Subclasses (`Session` for the native protocol, `YjsSession` for y-websocket) implement the
 handshake, the reader's decoding and how room frames are put on their wire (`deliver*`).
@@ -39,23 +40,31 @@ Refresh = Callable[[], list[Frame]]
 class Peer:
     """One connection to the engine. Abstract: see Session and YjsSession."""
 
+    # Slots: an idle server holds thousands of these (bench/idle.py).
+    __slots__ = ("_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nursery", "_ping_nonce", "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "engine", "id", "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "transport", "__weakref__")
+
     def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
         self.engine = engine
         self.config = engine.config
         self.transport = transport
         self.id = session_id
         self.identity: Identity = {}
-        self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames, self.config.large_message_bytes)
+        self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames,
+                             self.config.large_message_bytes, self._wake_writer)
         self.max_frames_per_message = self.config.max_frames_per_message
         self.max_message_bytes = self.config.max_message_bytes
         self._members: dict[int, Member] = {}
         self._scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
-        self._writer_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._writing = False
+        self._writer_stopped: trio.Event | None = None
+        self.last_sent = trio.current_time()
         self._close_code: int | None = None
         self._close_reason = ""
         self._ping_nonce = 0
-        self._done = trio.Event()
+        self._done: trio.Event | None = None  # made when someone waits
+        self._finished = False
         self._closed_by_peer = False
         now = trio.current_time()
         self._update_bucket = TokenBucket(self.config.updates_per_second, now)
@@ -116,22 +125,34 @@ class Peer:
                 if await self._handshake():
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._writer)
+                        self._nursery = nursery
+                        self._wake_writer()  # what the handshake queued
                         with self._reader_scope:
                             await self._reader()
-                        # Let the writer send what is queued (an error frame, say), briefly.
-                        self.outbox.close()
-                        with trio.move_on_after(self.config.close_timeout):
-                            await self._writer_done.wait()
+                        if self._reader_scope.cancelled_caught and self._close_code is None:
+                            self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
+                        # Let a running writer finish what is queued (an error frame, say),
+                        # briefly; what is left goes in the goodbye.
+                        self._nursery = None
+                        if self._writing:
+                            self._writer_stopped = trio.Event()
+                            with trio.move_on_after(self.config.close_timeout):
+                                await self._writer_stopped.wait()
                         nursery.cancel_scope.cancel()
         finally:
             self._leave_rooms()
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await self._say_goodbye()
             logger.info("session %s closed (%s)", self.id, self._close_code)
-            self._done.set()
+            self._finished = True
+            if self._done is not None:
+                self._done.set()
 
     async def wait_done(self) -> None:
+        if self._finished:
+            return
+        if self._done is None:
+            self._done = trio.Event()
         await self._done.wait()
 
     def close(self, code: int, reason: str = "") -> None:
@@ -215,27 +236,39 @@ class Peer:
             member.room.remove_member(member, disconnected=True)
         self._members.clear()
 
+    def _wake_writer(self) -> None:
+        """Something was queued: start a writer unless one is running. A writer runs only
+        while there is something to send, so an idle connection holds no writer task."""
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._writer)
+
     async def _writer(self) -> None:
         try:
             while True:
-                with trio.move_on_after(self.config.heartbeat) as quiet:
-                    batch = await self.outbox.take(self.max_frames_per_message, self.max_message_bytes)
-                if quiet.cancelled_caught:
-                    ping = self._ping_frame()
-                    if ping is None:
-                        continue
-                    batch = [ping]
-                elif not batch:
-                    return  # closed and drained
-                try:
-                    for message in self._messages(batch):
-                        await self._send(message)
-                except TransportClosed as exc:
-                    self._closed_by_peer = True
-                    self.close(exc.code, "closed by peer")
+                batch = self.outbox.take(self.max_frames_per_message, self.max_message_bytes)
+                if not batch:
                     return
+                for message in self._messages(batch):
+                    await self._send(message)
+                self.last_sent = trio.current_time()
+        except TransportClosed as exc:
+            self._closed_by_peer = True
+            self.close(exc.code, "closed by peer")
         finally:
-            self._writer_done.set()
+            self._writing = False
+            if self._writer_stopped is not None:
+                self._writer_stopped.set()
+
+    def keep_alive(self, now: float) -> None:
+        """Called by the engine's heartbeat sweep: queue a ping if this connection has sent
+        nothing for most of a heartbeat interval, so the client hears from it every interval."""
+        if self._nursery is None or self._writing or now - self.last_sent < 0.75 * self.config.heartbeat:
+            return
+        ping = self._ping_frame()
+        if ping is not None:
+            self.send_bytes(ping)
+        self.last_sent = now
 
     def statistics(self) -> dict[str, Any]:
         return {"queued_frames": len(self.outbox), "queued_bytes": self.outbox.queued_bytes, "rooms": len(self._members)}

@@ -64,6 +64,7 @@ MAX_AWARENESS_STATE = 64 * 1024
 
 
 class YjsSession(Peer):
+    __slots__ = ("_client_id", "_member", "room_name", "token")
     def __init__(self, engine: Engine, transport: Transport, session_id: str, room: str, token: str | None) -> None:
         super().__init__(engine, transport, session_id)
         self.room_name = room

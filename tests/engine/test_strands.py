@@ -25,6 +25,7 @@ from plait.protocol import (
     PresenceSnapshot,
     Publish,
     Typing,
+    TransportClosed,
     TypingState,
     Update,
 )
@@ -313,3 +314,23 @@ async def test_a_big_room_ticks_less_often_so_its_ephemeral_traffic_stays_bounde
         gaps = [b[1] - a[1] for a, b in zip(diffs, diffs[1:])]
         assert all(gap >= 0.2 - 1e-9 for gap in gaps), gaps
         assert diffs[-1][0].updated[0].state == {"n": 9}  # latest wins, nothing lost
+
+
+async def test_the_server_speaks_at_least_once_per_heartbeat_but_not_much_more(
+    autojump_clock: MockClock, connect: Connect
+) -> None:
+    quiet = await connect()  # sends nothing after hello, so it is closed after 2H (20 s)
+    start = trio.current_time()
+    sent_at = [start]
+    with trio.move_on_after(30):
+        while True:
+            try:
+                frame = await quiet.receive()
+            except TransportClosed as exc:
+                assert exc.code == 4005  # HEARTBEAT_TIMEOUT
+                break
+            assert isinstance(frame, Ping)
+            sent_at.append(trio.current_time())
+    assert 20 <= trio.current_time() - start <= 20.1
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    assert len(gaps) >= 2 and all(5 <= gap < 10 for gap in gaps), gaps  # H = 10 s
