@@ -88,7 +88,8 @@ def rows(results: dict[tuple[str, int], Outcome]) -> Iterator[list[Any]]:
         m = o.measured
         yield [name, clients, *(f"{percentile(o.latencies, p):.1f}" for p in (50, 95, 99)),
                f"{o.latencies[-1]:.0f}" if o.latencies else "-", f"{o.failed:,} / {o.expected:,}",
-               f"{o.deliveries_per_second:,.0f}", "yes" if o.converged else "NO",
+               f"{o.deliveries_per_second:,.0f}", f"{len(o.latencies) / max(1, sum(c['messages'] for c in m.clients)):.1f}",
+               "yes" if o.converged else "NO",
                f"{100 * m.server_cpu / m.wall:.0f} %", mib(m.server_peak_rss), f"{100 * m.load_cpu / m.wall:.0f} %",
                len(m.errors)]
 
@@ -115,7 +116,8 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=["plait-native", "plait-yjs", "pycrdt-websocket"])
     parser.add_argument("--edits", type=int, default=200, help="edits per client (at 20/s)")
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for late edits")
-    parser.add_argument("--processes", type=int, default=4, help="load-generating processes")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="load-generating processes (default 2: more processes than cores only adds scheduling delay)")
     args = parser.parse_args()
     results: dict[tuple[str, int], Outcome] = {}
     for clients in args.clients:
@@ -125,7 +127,7 @@ def main() -> None:
                 print(f"  {name} N={clients}: {error}")
     print(f"Machine: {machine()}\n")
     print(table(["server", "clients", "p50 ms", "p95 ms", "p99 ms", "max ms", "edits lost", "deliveries/s",
-                 "converged", "server CPU", "server peak RSS", "load CPU", "errors"], list(rows(results))))
+                 "edits per message", "converged", "server CPU", "server peak RSS", "load CPU", "errors"], list(rows(results))))
     ratio_rows = list(ratios(results, args.clients))
     if ratio_rows:
         print()

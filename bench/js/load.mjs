@@ -71,7 +71,9 @@ class Client {
   open (url) {
     this.ws = new WebSocket(url, { perMessageDeflate: false })
     this.ws.binaryType = 'nodebuffer'
+    this.messages = 0
     this.ws.on('message', data => {
+      if (this.recordArrivals) this.messages++
       try { this.receive(data) } catch (e) { fail(`client ${this.id}: ${e.stack}`) }
     })
     this.ws.on('error', e => fail(`client ${this.id}: ${e.message}`))
@@ -326,6 +328,7 @@ const result = {
   clients: clients.map(c => ({
     ...c.digest(),
     synced: c.synced,
+    messages: c.messages,
     syncedAt: c.syncedAt,
     sends: c.sends,
     arrivals: c.arrivals
