@@ -295,3 +295,18 @@ async def test_a_burst_of_updates_in_one_message_is_applied_once_and_acked_in_or
     b.apply((await b.wait_for(Update)).update)
     assert str(b.text) == "01234"  # one merged update carried the whole burst
     assert len((await store.load("r")).updates) == 1
+
+
+async def test_joiners_with_empty_documents_share_one_encoded_sync(autojump_clock: trio.testing.MockClock, engine: Engine) -> None:
+    # A join storm on a large document must not hold one encoded copy per joiner.
+    async with engine.hold_room("r") as room:
+        room.doc.get("text", type=pycrdt.Text).insert(0, "x" * 100_000)
+        first = room._sync_step2_for(b"\x00")
+        assert room._sync_step2_for(b"\x00") is first
+        assert first.for_channel(1) is room._sync_step2_for(b"\x00").for_channel(1)
+        room.doc.get("text", type=pycrdt.Text).insert(0, "y")
+        fresh = room._sync_step2_for(b"\x00")
+        assert fresh is not first  # a changed document is encoded again
+        doc = pycrdt.Doc()
+        doc.apply_update(fresh.frame.update)  # type: ignore[attr-defined]
+        assert str(doc.get("text", type=pycrdt.Text)) == "y" + "x" * 100_000

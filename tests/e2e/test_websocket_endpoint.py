@@ -1,0 +1,149 @@
+"""The server's own WebSocket endpoint (engine/_websocket.py) against hostile and unusual
+peers over real sockets on 127.0.0.1: what is not a WebSocket upgrade, a silent socket,
+oversized and fragmented messages, pings, and a server that keeps serving through all of it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Request
+
+from plait.engine import Engine, EngineConfig
+from plait.protocol import Hello, Welcome, decode, encode
+
+pytestmark = pytest.mark.slow
+
+HELLO = encode(Hello((1,), None, {}))
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    config = EngineConfig(max_message_bytes=4096, handshake_timeout=0.5)
+    async with Engine(config=config) as engine, trio.open_nursery() as nursery:
+        yield await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        nursery.cancel_scope.cancel()
+
+
+async def still_serves(port: int) -> None:
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+        await ws.send_message(HELLO)
+        assert isinstance(decode(await ws.get_message())[0], Welcome)
+
+
+async def read_all(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return data
+
+
+async def test_a_plain_http_request_is_refused_with_400(port: int) -> None:
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            response = await read_all(stream)
+    assert response.startswith(b"HTTP/1.1 400"), response
+    await still_serves(port)
+
+
+async def test_garbage_instead_of_http_is_dropped(port: int) -> None:
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(os.urandom(3000) + b"\r\n\r\n")
+        with trio.fail_after(5):
+            await read_all(stream)  # the server closes it
+    await still_serves(port)
+
+
+async def test_a_socket_that_never_finishes_its_handshake_is_closed(port: int) -> None:
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+        with trio.fail_after(5):  # handshake_timeout is 0.5 s
+            assert await read_all(stream) == b""
+    await still_serves(port)
+
+
+async def test_a_message_over_the_limit_closes_with_1009(port: int) -> None:
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+        await ws.send_message(HELLO)
+        await ws.get_message()
+        await ws.send_message(b"\x92\x03" + b"\x00" * 5000)  # 4096 is the limit here
+        with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+            await ws.get_message()
+        # trio-websocket leaves the socket open after a close it did not start (see
+        # client/_client.py); close it here so the test leaks nothing.
+        await trio.aclose_forcefully(ws._stream)
+    assert closed.value.reason.code == 1009
+    await still_serves(port)
+
+
+async def test_client_pings_are_answered(port: int) -> None:
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+        with trio.fail_after(5):
+            await ws.ping(b"are you there")
+
+
+async def handshake_raw(port: int) -> tuple[trio.SocketStream, WSConnection]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+    while True:
+        ws.receive_data(await stream.receive_some(65536))
+        if any(isinstance(e, AcceptConnection) for e in ws.events()):
+            return stream, ws
+
+
+async def test_a_fragmented_message_is_reassembled(port: int) -> None:
+    stream, ws = await handshake_raw(port)
+    half = len(HELLO) // 2
+    await stream.send_all(ws.send(Message(data=HELLO[:half], message_finished=False)))
+    await stream.send_all(ws.send(Message(data=HELLO[half:], message_finished=True)))
+    data = b""
+    with trio.fail_after(5):
+        while True:
+            ws.receive_data(await stream.receive_some(65536))
+            for event in ws.events():
+                if isinstance(event, BytesMessage):
+                    data += event.data
+            if data:
+                break
+    assert isinstance(decode(data)[0], Welcome)
+    await stream.aclose()
+
+
+async def test_fragments_over_the_limit_close_with_1009_before_they_are_all_sent(port: int) -> None:
+    stream, ws = await handshake_raw(port)
+    with trio.fail_after(5):
+        for _ in range(100):  # 100 x 1000 bytes would be 100 kB; the limit is 4 kB
+            try:
+                await stream.send_all(ws.send(Message(data=b"\x00" * 1000, message_finished=False)))
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(0.01)
+        codes = []
+        try:
+            while data := await stream.receive_some(65536):
+                ws.receive_data(data)
+                codes += [e.code for e in ws.events() if isinstance(e, CloseConnection)]
+        except trio.BrokenResourceError:
+            pass
+    await stream.aclose()
+    assert codes == [1009]
+    await still_serves(port)
+
+
+async def test_a_peer_close_is_answered_with_its_code(port: int) -> None:
+    stream, ws = await handshake_raw(port)
+    await stream.send_all(ws.send(CloseConnection(code=1000, reason="bye")))
+    codes = []
+    with trio.fail_after(5):
+        while data := await stream.receive_some(65536):
+            ws.receive_data(data)
+            codes += [e.code for e in ws.events() if isinstance(e, CloseConnection)]
+    await stream.aclose()
+    assert codes == [1000]
+
