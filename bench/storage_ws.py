@@ -1,81 +1,51 @@
-"""Durably acknowledged updates per second against `plait serve` (SQLite by default) with the
-load generator in a separate process, over real WebSockets on 127.0.0.1 (the rule for issue 8's
-workloads). Each writer has a room of its own and keeps 16 updates in flight (bench/_writer.py).
+"""Durably acknowledged updates per second against `plait serve` (SQLite by default), over real
+WebSockets on 127.0.0.1, with the load generator in separate processes (bench/js/load.mjs, the
+`writers` workload): each writer has a room of its own and keeps 16 one-character updates in
+flight; an ack comes only once the store has committed the update. Two kinds of client: one
+that sends each update in a WebSocket message of its own (a y-websocket-style client), and one
+that sends the updates it made in one turn of its event loop together (Plait's Python client
+does this; the protocol allows several frames per message).
 
-    .venv/bin/python bench/storage_ws.py [--seconds 5] [--store sqlite]
+The server runs with `--updates-per-second 1000000` so the per-connection rate limit (200/s by
+default) does not cap the measurement.
+
+    .venv/bin/python bench/storage_ws.py [--seconds 5] [--store sqlite] [--writers 1 10 100]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
-import sys
-import tempfile
 
-import trio
-from _writer import write_until  # type: ignore[import-not-found]
+from _harness import Load, machine, plait_server, table  # type: ignore[import-not-found]
 
-from plait.client._client import websocket_opener
+WARMUP_MS = 1000
+"""Load before counting starts (rooms load, SQLite's and the interpreter's caches warm up), so
+the number is the steady state."""
 
-
-WARMUP = 1.0
-"""Seconds of load before counting starts (rooms load, SQLite and the JIT-less interpreter's
-caches warm up), so the number is the steady state."""
-
-
-async def writer(url: str, room: str, client_id: int, count_from: float, stop_at: float, counts: list[int]) -> None:
-    async with trio.open_nursery() as nursery:
-        await write_until(await websocket_opener(url, nursery)(), room, client_id, count_from, stop_at, counts)
-        nursery.cancel_scope.cancel()
-
-
-async def load(url: str, writers: int, seconds: float) -> float:
-    counts = [0]
-    count_from = trio.current_time() + WARMUP
-    async with trio.open_nursery() as nursery:
-        for i in range(writers):
-            nursery.start_soon(writer, url, f"ws-bench-{writers}-{i}", i + 1, count_from, count_from + seconds, counts)
-    return counts[0] / (trio.current_time() - count_from)
+WINDOW = 16
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--store", default="sqlite")
-    parser.add_argument("--load", nargs=3, metavar=("URL", "WRITERS", "SECONDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory", "files"])
+    parser.add_argument("--writers", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
-    if args.load:  # the load-generator process
-        url, writers, seconds = args.load
-        print(f"{trio.run(load, url, int(writers), float(seconds)):.0f}")
-        return
-    with tempfile.TemporaryDirectory() as data:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--data", data,
-             "--store", args.store, "--log-level", "WARNING", "--updates-per-second", "1000000"],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            assert server.stdout is not None
-            port = None
-            while port is None:
-                line = server.stdout.readline()
-                if not line:
-                    raise SystemExit("server did not start")
-                if match := re.search(r"ws://127.0.0.1:(\d+)/", line):
-                    port = int(match.group(1))
-            print("| backend | writers | acked updates/s (load in its own process, WebSocket) |")
-            print("| --- | ---: | ---: |")
-            for writers in (1, 10, 100):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--load", f"ws://127.0.0.1:{port}/", str(writers), str(args.seconds)],
-                    capture_output=True, text=True, check=True, timeout=120,
-                )
-                print(f"| {args.store} | {writers} | {int(out.stdout.strip()):,} |", flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    rows = []
+    with plait_server("--store", args.store, "--updates-per-second", "1000000") as server:
+        for batch, writers in [(batch, writers) for batch in (False, True) for writers in args.writers]:
+            load = Load(server, {"workload": "writers", "protocol": "native", "url": f"ws://127.0.0.1:{server.port}/",
+                                 "seconds": args.seconds, "warmupMs": WARMUP_MS, "window": WINDOW, "batch": batch},
+                        [(i + 1, f"writers-{batch}-{writers}-{i}") for i in range(writers)], args.processes)
+            load.ready()
+            measured = load.run(timeout=args.seconds + 60)
+            acked = sum(c["counted"] for c in measured.clients)
+            rows.append([args.store, writers, "batched" if batch else "one", f"{acked / args.seconds:,.0f}",
+                         f"{100 * measured.server_cpu / measured.wall:.0f} %",
+                         f"{100 * measured.load_cpu / measured.wall:.0f} %", len(measured.errors)])
+    print(f"Machine: {machine()}\n")
+    print(table(["backend", "writers", "updates per message", "acked updates/s", "server CPU", "load CPU", "errors"], rows))
 
 
 if __name__ == "__main__":

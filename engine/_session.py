@@ -72,7 +72,7 @@ _CONTROL_CHARS = {chr(c) for c in range(32)} | {"\x7f"}
 class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
 
-    __slots__ = ("_next_channel", "_rooms", "conn")
+    __slots__ = ("_heard", "_heard_at", "_next_channel", "_rooms", "conn")
 
     def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
         super().__init__(engine, transport, session_id)
@@ -81,6 +81,8 @@ class Session(Peer):
         )
         self._rooms: dict[str, None] = {}  # the names joined (a dict: an empty set is 216 bytes)
         self._next_channel = 1
+        self._heard = False  # a message arrived since the last heartbeat sweep
+        self._heard_at = trio.current_time()
 
     def _leave_rooms(self) -> None:
         super()._leave_rooms()
@@ -121,17 +123,25 @@ class Session(Peer):
         self.conn.send(frame)
         self.outbox.put(encode_frame(frame))
 
+    def keep_alive(self, now: float) -> None:
+        """The heartbeat sweep also ends a connection silent for 2H (spec §5.7): the reader
+        only raises a flag per message, so timing silence costs nothing per message. The close
+        comes between 2H and 2H plus one sweep interval after the last message."""
+        if self._heard:
+            self._heard, self._heard_at = False, now
+        elif self._nursery is not None and now - self._heard_at >= 2 * self.config.heartbeat:
+            self._reader_scope.cancel()  # Peer.run reports HEARTBEAT_TIMEOUT
+            return
+        super().keep_alive(now)
+
     # -- reader -----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        silence = 2 * self.config.heartbeat
         while True:
-            # Silence for 2H ends the reader (Peer.run reports HEARTBEAT_TIMEOUT): one long-
-            # lived scope whose deadline moves, not a new timeout per message.
-            self._reader_scope.deadline = trio.current_time() + silence
             data = await self._receive()
             if data is None:
                 return
+            self._heard = True  # the heartbeat sweep notices silence (keep_alive)
             try:
                 if not isinstance(data, bytes):
                     raise RemoteProtocolError("text messages are not Plait frames", ErrorCode.MALFORMED_FRAME)

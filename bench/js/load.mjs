@@ -198,7 +198,10 @@ class NativeClient extends Client {
           break
         case 3: this.frame([4, f[1]]); break
         case 5: fail(`client ${this.id}: error ${f[3]} ${f[4]}`); break
-        case 6: this.acks++; break
+        case 6:
+          this.acks++
+          if (this.onAck) this.onAck()
+          break
         case 11: this.channel = f[2]; break
         case 13: fail(`client ${this.id}: channel closed ${f[2]} ${f[3]}`); break
         case 20: this.frame([21, f[1], null, Y.encodeStateAsUpdate(this.doc, f[2])]); break
@@ -306,6 +309,57 @@ const workloads = {
     for (const c of clients) c.join()
     if (!await waitUntil(() => clients.every(c => c.synced), cfg.drainMs)) fail('not all clients synced')
   },
+  // Durable writes: every client appends one character at a time to the document of a room of
+  // its own, keeping `window` updates unacknowledged (an ack means the store committed it), and
+  // counts the acks that arrive between `warmupMs` after go and the end. With `batch`, the
+  // updates a client makes in one turn of its event loop go out in one WebSocket message (the
+  // protocol allows several frames per message); without, one message per update.
+  async writers () {
+    const countFrom = goAt + cfg.warmupMs
+    const stopAt = countFrom + cfg.seconds * 1000
+    await Promise.all(clients.map(c => new Promise(resolve => {
+      c.counted = 0
+      let inFlight = 0
+      let scheduled = false
+      const update = () => {
+        let bytes
+        const keep = u => { bytes = u }
+        c.doc.on('update', keep)
+        c.text.insert(c.text.length, 'x')
+        c.doc.off('update', keep)
+        return encode([22, c.channel, c.ref++, bytes])
+      }
+      const fill = () => {
+        scheduled = false
+        const frames = Array.from({ length: cfg.window - inFlight }, update)
+        inFlight += frames.length
+        c.lastSent = now()
+        if (cfg.batch) c.send(Buffer.concat(frames))
+        else for (const frame of frames) c.send(frame)
+      }
+      c.onAck = () => {
+        const t = now()
+        if (t >= stopAt) {
+          c.onAck = null
+          resolve()
+          return
+        }
+        inFlight--
+        if (t >= countFrom) c.counted++
+        // Acks arrive inside receive()'s transaction; filling there would lose the update events.
+        if (!scheduled) {
+          scheduled = true
+          queueMicrotask(fill)
+        }
+      }
+      fill()
+      setTimeout(() => { // a client whose acks stopped (an error frame says why) ends too
+        if (c.onAck) fail(`client ${c.id}: no ack within 5 s of the end`)
+        c.onAck = null
+        resolve()
+      }, stopAt - now() + 5000)
+    })))
+  },
   // Every client changes its presence once per `periodMs`.
   async presence () {
     const stopAt = goAt + cfg.seconds * 1000
@@ -328,6 +382,7 @@ const result = {
   clients: clients.map(c => ({
     ...c.digest(),
     synced: c.synced,
+    counted: c.counted ?? 0,
     messages: c.messages,
     syncedAt: c.syncedAt,
     sends: c.sends,

@@ -193,8 +193,8 @@ def scenarios() -> dict[str, Script]:
     x.end(9)
 
     x = s["presence-timeout"] = Script(
-        "a silent connection is closed after 2H (20 s, HEARTBEAT_TIMEOUT) and its presence leaves "
-        "after the 3 s grace",
+        "a silent connection is closed after 2H (20 s, HEARTBEAT_TIMEOUT; noticed by the next "
+        "heartbeat sweep, at most H/8 later) and its presence leaves after the 3 s grace",
         check_times=True,
     )
     x.hello(0, "s1")
@@ -203,7 +203,7 @@ def scenarios() -> dict[str, Script]:
     x.send(0, "s2", Join(1, "r", None, None))
     for t in (8, 16, 24):
         x.send(t, "s1", Ping(t))
-    x.end(24)
+    x.end(25)
 
     x = s["events"] = Script(
         "publish: ack with seq, event to everyone; an idempotent retry is not delivered twice; "

@@ -124,8 +124,8 @@ async def test_silent_connection_times_out_and_its_presence_leaves_after_the_gra
         nursery.cancel_scope.cancel()
     assert b.closed is not None and b.closed.code == 4005
     assert diff.left == ("s2",)
-    # 2H silence (20 s) + presence grace (3 s)
-    assert 23 <= trio.current_time() - start <= 23.2
+    # 2H silence (20 s, noticed within one heartbeat sweep of H/8) + presence grace (3 s)
+    assert 23 <= trio.current_time() - start <= 23 + 10 / 8 + 0.1
 
 
 async def test_reconnect_within_the_grace_shows_no_gap(autojump_clock: MockClock, connect: Connect) -> None:
@@ -331,6 +331,6 @@ async def test_the_server_speaks_at_least_once_per_heartbeat_but_not_much_more(
                 break
             assert isinstance(frame, Ping)
             sent_at.append(trio.current_time())
-    assert 20 <= trio.current_time() - start <= 20.1
+    assert 20 <= trio.current_time() - start <= 20 + 10 / 8 + 0.01  # 2H, plus at most one sweep (H/8)
     gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
     assert len(gaps) >= 2 and all(5 <= gap < 10 for gap in gaps), gaps  # H = 10 s
