@@ -42,12 +42,13 @@ async def read_all(stream: trio.SocketStream) -> bytes:
     return data
 
 
-async def test_a_plain_http_request_is_refused_with_400(port: int) -> None:
+async def test_a_plain_http_request_is_refused_with_426_and_a_reason(port: int) -> None:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         with trio.fail_after(5):
             response = await read_all(stream)
-    assert response.startswith(b"HTTP/1.1 400"), response
+    assert response.startswith(b"HTTP/1.1 426 Upgrade Required"), response
+    assert b"WebSocket" in response.partition(b"\r\n\r\n")[2]
     await still_serves(port)
 
 
@@ -147,3 +148,72 @@ async def test_a_peer_close_is_answered_with_its_code(port: int) -> None:
     await stream.aclose()
     assert codes == [1000]
 
+
+
+def raw_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
+    """One WebSocket frame as a client would put it on the wire (RFC 6455 §5.2), or not."""
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    length = len(payload)
+    size = bytes([length]) if length < 126 else bytes([126]) + length.to_bytes(2, "big")
+    if not masked:
+        return head + size + payload
+    mask = os.urandom(4)
+    size = bytes([size[0] | 0x80]) + size[1:]
+    return head + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def close_code_after(port: int, data: bytes) -> list[int]:
+    """Upgrade, send `data`, and collect the close codes the server sends before it hangs up."""
+    stream, ws = await handshake_raw(port)
+    await stream.send_all(data)
+    codes = []
+    with trio.fail_after(5):
+        try:
+            while chunk := await stream.receive_some(65536):
+                ws.receive_data(chunk)
+                codes += [e.code for e in ws.events() if isinstance(e, CloseConnection)]
+        except trio.BrokenResourceError:
+            pass
+    await stream.aclose()
+    return codes
+
+
+@pytest.mark.parametrize(
+    ("what", "data", "code"),
+    [
+        ("an unmasked frame", raw_frame(2, HELLO, masked=False), 1002),
+        ("a reserved bit set", raw_frame(2, HELLO, rsv=4), 1002),
+        ("an unknown opcode", raw_frame(3, HELLO), 1002),
+        ("a continuation with nothing to continue", raw_frame(0, HELLO), 1002),
+        ("a new message inside a fragmented one", raw_frame(2, b"ab", fin=False) + raw_frame(2, b"cd"), 1002),
+        ("a fragmented ping", raw_frame(9, b"hi", fin=False), 1002),
+        ("a ping over 125 bytes", raw_frame(9, b"x" * 126), 1002),
+        ("a close with a one-byte payload", raw_frame(8, b"\x03"), 1002),
+        ("a close with a reserved code", raw_frame(8, (1005).to_bytes(2, "big")), 1002),
+        ("a text message that is not UTF-8", raw_frame(1, b"\xff\xfe"), 1007),
+    ],
+)
+async def test_a_frame_that_breaks_rfc_6455_closes_with_its_code(port: int, what: str, data: bytes, code: int) -> None:
+    assert await close_code_after(port, data) == [code], what
+    await still_serves(port)
+
+
+async def test_frames_sent_right_behind_the_upgrade_request_are_served(port: int) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    # The request and a hello in one write: the server must not lose the bytes after the request.
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")) + raw_frame(2, HELLO))
+    frames = []
+    with trio.fail_after(5):
+        while not frames:
+            ws.receive_data(await stream.receive_some(65536))
+            frames += [decode(e.data)[0] for e in ws.events() if isinstance(e, BytesMessage)]
+    await stream.aclose()
+    assert isinstance(frames[0], Welcome)
+
+
+def test_a_long_close_reason_is_cut_to_fit_without_splitting_a_character() -> None:
+    from plait.engine._websocket import MAX_REASON_BYTES, _short
+
+    reason = _short("é" * 100)  # 200 bytes of UTF-8
+    assert len(reason.encode()) <= MAX_REASON_BYTES and set(reason) == {"é"}
