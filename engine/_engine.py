@@ -11,6 +11,7 @@ GOING_AWAY, then flushes and unloads every room.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import secrets
@@ -142,16 +143,15 @@ class Engine:
         bound = listeners[0].socket.getsockname()[1]
         logger.info("listening on ws://%s:%d", host, bound)
         task_status.started(bound)
-        await trio.serve_listeners(self._websocket_connection, listeners, handler_nursery=self.nursery)
-
-    async def _websocket_connection(self, stream: trio.SocketStream) -> None:
-        await serve_connection(
-            stream,
-            self.serve_transport,
+        # A partial, not a wrapper coroutine: every idle connection holds its handler's frames.
+        handler = functools.partial(
+            serve_connection,
+            handler=self.serve_transport,
             accepting=lambda: self._accepting,
             handshake_timeout=self.config.handshake_timeout,
             max_message_bytes=self.config.max_message_bytes,
         )
+        await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)
 
     async def serve_transport(self, transport: Transport) -> None:
         """Run one connection to its end, whatever transport carries it. The path picks the

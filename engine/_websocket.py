@@ -257,6 +257,9 @@ async def _upgrade(stream: trio.abc.Stream, accepting: Callable[[], bool], max_m
             if response.status_code != 101:
                 logger.info("refused a connection: %s %s", response.status_code, ws.handshake_exc or "")
                 return None
+            # The suspended parser keeps the request alive for the life of the connection;
+            # its headers are a kilobyte and a half that nothing reads again.
+            request.headers.clear()
             # Frames the client sent right behind its request are already parsed.
             return WebSocketStream(stream, ws, request.path, [e for e in events[1:] if isinstance(e, Frame)])
         if ws.handshake_exc is not None:  # not HTTP, or headers too large
