@@ -159,6 +159,9 @@ class Room:
         self._awareness: dict[str, list[int]] = {}
         """Session id -> [Yjs awareness client id, clock], for y-websocket members (spec §13)."""
         self._awareness_origin: set[str] = set()
+        self._awareness_entries: dict[str, AwarenessEntry] = {}
+        """awareness_entry's answers until the session's presence, cursor or clock changes:
+        every Yjs member of a busy room asks for the same entries each tick."""
         self._doc_subscription: pycrdt.Subscription | None = None
         self._sync_cache: tuple[bytes, ChannelFrame] | None = None
 
@@ -299,12 +302,14 @@ class Room:
             self._deadlines_changed.set()
         else:
             self._presence.leave(sid)
+        self._awareness_entries.pop(sid, None)
         self._membership_changed.set()
         self._want_tick()
 
     def _remove(self, member: Member) -> None:
         del self._members[member.session]
         sid = member.session.id
+        self._awareness_entries.pop(sid, None)
         if self._cursors.pop(sid, None) is not None or sid in self._moved:
             self._moved[sid] = None
         if self._typing.pop(sid, None) is not None:
@@ -498,7 +503,9 @@ class Room:
                 await self._deadlines_changed.wait()
                 self._deadlines_changed = trio.Event()
             now = trio.current_time()
-            if self._presence.expire(now):
+            if expired_presence := self._presence.expire(now):
+                for sid in expired_presence:
+                    self._awareness_entries.pop(sid, None)
                 self._want_tick()
             expired = [s for s, t in self._typing.items() if t <= now]
             for sid in expired:
@@ -511,6 +518,7 @@ class Room:
 
     def _bump_awareness(self, sid: str, *, force: bool = False) -> None:
         """A session's awareness changed: its clock moves on, so Yjs clients accept it."""
+        self._awareness_entries.pop(sid, None)
         entry = self._awareness.get(sid)
         if entry is None:
             self._awareness[sid] = [zlib.crc32(sid.encode()), 1]
@@ -521,6 +529,7 @@ class Room:
         """A y-websocket member's own awareness id and clock, relayed as they are."""
         self._awareness[sid] = [client_id, clock]
         self._awareness_origin.add(sid)
+        self._awareness_entries.pop(sid, None)
 
     def renew_awareness(self) -> None:
         """Yjs clients drop states not renewed within 30 s: renew those of native members."""
@@ -531,15 +540,22 @@ class Room:
     def awareness_entry(self, sid: str) -> AwarenessEntry:
         """The awareness a Yjs client sees for a session: its presence state, its cursor and
         the identity the server stamped (which no client can set)."""
+        cached = self._awareness_entries.get(sid)
+        if cached is not None:
+            return cached
         client_id, clock = self._awareness.get(sid) or (zlib.crc32(sid.encode()), 1)
         if sid not in self._presence:
-            return AwarenessEntry(client_id, clock, "null")
-        entry = self._presence.entry(sid)
-        state: dict[str, Any] = dict(entry.state)
-        if sid in self._cursors:
-            state["cursor"] = self._cursors[sid]
-        state["identity"] = entry.identity
-        return AwarenessEntry(client_id, clock, json.dumps(state, default=_json_default))
+            answer = AwarenessEntry(client_id, clock, "null")
+        else:
+            entry = self._presence.entry(sid)
+            state: dict[str, Any] = dict(entry.state)
+            if sid in self._cursors:
+                state["cursor"] = self._cursors[sid]
+            state["identity"] = entry.identity
+            answer = AwarenessEntry(client_id, clock, json.dumps(state, default=_json_default))
+        if sid in self._awareness:  # cached only for sessions whose entry is dropped with them
+            self._awareness_entries[sid] = answer
+        return answer
 
     def awareness_sessions(self) -> list[str]:
         return self._presence.sessions()

@@ -15,6 +15,7 @@ from plait.protocol import (
     CursorMove,
     Cursors,
     PresenceDiff,
+    PresencePatch,
     PresenceSet,
     PresenceSnapshot,
     TransportClosed,
@@ -204,3 +205,26 @@ def test_the_update_inside_an_encoded_update_message_is_read_back_whatever_its_l
     for size in (0, 1, 127, 128, 300, 20_000, 3_000_000):
         payload = bytes(i % 251 for i in range(size))
         assert _update_payload(encode_sync(YSyncStep.UPDATE, payload)) == payload
+
+
+async def test_every_presence_and_cursor_change_reaches_yjs_clients(
+    autojump_clock: MockClock, engine: Engine, connect: Connect
+) -> None:
+    # The room encodes each session's awareness entry once per change; a stale entry would
+    # show a Yjs client an old state (or none) here.
+    native = await connect()
+    await native.join("r")
+    await native.wait_for(PresenceSnapshot)
+    y = await yjs(engine)
+    expected = [
+        (PresenceSet(1, None, {"name": "ada"}), {"name": "ada"}),
+        (PresencePatch(1, None, {"status": "away"}), {"name": "ada", "status": "away"}),
+        (CursorMove(1, 7), {"name": "ada", "status": "away", "cursor": 7}),
+        (PresencePatch(1, None, {"status": None}), {"name": "ada", "cursor": 7}),
+        (CursorMove(1, None), {"name": "ada"}),
+        (PresenceSet(1, None, {"name": "ada", "mood": "ok"}), {"name": "ada", "mood": "ok"}),
+    ]
+    for frame, state in expected:
+        await native.send(frame)
+        want = {**state, "identity": {"id": "anon-1"}}
+        await y.until(lambda: y.states() == [want])
