@@ -67,7 +67,7 @@ async def _show_document(room: Room, out: TextIO) -> None:
     last = None
     while True:
         changed = trio.Event()
-        sub = room.doc.observe(lambda _: changed.set())
+        sub = room.doc.observe(lambda _, changed=changed: changed.set())
         text = str(room.text)
         if text != last:
             print(f"[doc] {text!r}", file=out)

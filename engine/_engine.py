@@ -100,18 +100,23 @@ class Engine:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
+        shutdown_error: BaseException | None = None
         try:
             with trio.CancelScope(shield=exc is not None):
                 await self.shutdown()
-        finally:
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
-            try:
-                return bool(await self._nursery_cm.__aexit__(exc_type, exc, tb))
-            except BaseExceptionGroup as group:
-                if len(group.exceptions) == 1:
-                    raise group.exceptions[0] from None
-                raise
+        except BaseException as error:  # re-raised below, once the nursery is closed
+            shutdown_error = error
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        try:
+            suppressed = bool(await self._nursery_cm.__aexit__(exc_type, exc, tb))
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        if shutdown_error is not None:
+            raise shutdown_error
+        return suppressed
 
     async def shutdown(self) -> None:
         """Stop accepting, close every session (GOING_AWAY), flush and unload every room."""

@@ -227,4 +227,4 @@ async def test_every_presence_and_cursor_change_reaches_yjs_clients(
     for frame, state in expected:
         await native.send(frame)
         want = {**state, "identity": {"id": "anon-1"}}
-        await y.until(lambda: y.states() == [want])
+        await y.until(lambda want=want: y.states() == [want])
