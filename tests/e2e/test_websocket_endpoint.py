@@ -125,28 +125,14 @@ async def test_fragments_over_the_limit_close_with_1009_before_they_are_all_sent
             except trio.BrokenResourceError:
                 break
             await trio.sleep(0.01)
-        codes = []
-        try:
-            while data := await stream.receive_some(65536):
-                ws.receive_data(data)
-                codes += [e.code for e in ws.events() if isinstance(e, CloseConnection)]
-        except trio.BrokenResourceError:
-            pass
-    await stream.aclose()
-    assert codes == [1009]
+    assert await close_codes(stream, ws) == [1009]
     await still_serves(port)
 
 
 async def test_a_peer_close_is_answered_with_its_code(port: int) -> None:
     stream, ws = await handshake_raw(port)
     await stream.send_all(ws.send(CloseConnection(code=1000, reason="bye")))
-    codes = []
-    with trio.fail_after(5):
-        while data := await stream.receive_some(65536):
-            ws.receive_data(data)
-            codes += [e.code for e in ws.events() if isinstance(e, CloseConnection)]
-    await stream.aclose()
-    assert codes == [1000]
+    assert await close_codes(stream, ws) == [1000]
 
 
 
@@ -162,10 +148,8 @@ def raw_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = T
     return head + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def close_code_after(port: int, data: bytes) -> list[int]:
-    """Upgrade, send `data`, and collect the close codes the server sends before it hangs up."""
-    stream, ws = await handshake_raw(port)
-    await stream.send_all(data)
+async def close_codes(stream: trio.SocketStream, ws: WSConnection) -> list[int]:
+    """The close codes the server sends until it hangs up (within 5 s); closes `stream`."""
     codes = []
     with trio.fail_after(5):
         try:
@@ -176,6 +160,13 @@ async def close_code_after(port: int, data: bytes) -> list[int]:
             pass
     await stream.aclose()
     return codes
+
+
+async def close_code_after(port: int, data: bytes) -> list[int]:
+    """Upgrade, send `data`, and collect the close codes the server sends before it hangs up."""
+    stream, ws = await handshake_raw(port)
+    await stream.send_all(data)
+    return await close_codes(stream, ws)
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from plait.protocol import (
     encode_sync,
 )
 
+from .client import DocClient
 from .conftest import Connect
 from .test_rooms import edit
 
@@ -64,6 +65,14 @@ class YClient:
         await self.transport.send_message(encode_awareness([AwarenessEntry(client_id, clock, text)]))
 
 
+async def native_in_room(connect: Connect) -> DocClient:
+    """A native client that has joined room "r" and received its presence snapshot."""
+    native = await connect()
+    await native.join("r")
+    await native.wait_for(PresenceSnapshot)
+    return native
+
+
 async def yjs(engine: Engine, room: str = "r") -> YClient:
     client = YClient(engine.connect_memory(f"/yjs/{room}"))
     first = await client.next()
@@ -72,9 +81,7 @@ async def yjs(engine: Engine, room: str = "r") -> YClient:
 
 
 async def test_yjs_edits_reach_native_members_and_back(autojump_clock: MockClock, engine: Engine, connect: Connect) -> None:
-    native = await connect()
-    await native.join("r")
-    await native.wait_for(PresenceSnapshot)
+    native = await native_in_room(connect)
     y = await yjs(engine)
     before = y.doc.get_state()
     y.doc.get("text", type=pycrdt.Text).insert(0, "from yjs")
@@ -88,9 +95,7 @@ async def test_yjs_edits_reach_native_members_and_back(autojump_clock: MockClock
 async def test_awareness_is_presence_with_a_server_stamped_identity(
     autojump_clock: MockClock, engine: Engine, connect: Connect
 ) -> None:
-    native = await connect()
-    await native.join("r")
-    await native.wait_for(PresenceSnapshot)
+    native = await native_in_room(connect)
     await native.send(PresenceSet(1, None, {"name": "ada"}), CursorMove(1, 4))
     y = await yjs(engine)
     await y.until(lambda: any(s.get("name") == "ada" for s in y.states()))
@@ -179,9 +184,7 @@ async def test_awareness_json_that_is_too_deep_is_refused(autojump_clock: MockCl
 async def test_updates_queued_for_a_lagging_yjs_client_arrive_merged(
     autojump_clock: MockClock, engine: Engine, connect: Connect
 ) -> None:
-    native = await connect()
-    await native.join("r")
-    await native.wait_for(PresenceSnapshot)
+    native = await native_in_room(connect)
     y = YClient(engine.connect_memory("/yjs/r", buffer=1))
     await y.until(lambda: len(y.awareness) > 0)  # joined, and the sync sequence read
     for i in range(30):  # thirty edits, thirty messages, while y reads nothing
@@ -212,9 +215,7 @@ async def test_every_presence_and_cursor_change_reaches_yjs_clients(
 ) -> None:
     # The room encodes each session's awareness entry once per change; a stale entry would
     # show a Yjs client an old state (or none) here.
-    native = await connect()
-    await native.join("r")
-    await native.wait_for(PresenceSnapshot)
+    native = await native_in_room(connect)
     y = await yjs(engine)
     expected = [
         (PresenceSet(1, None, {"name": "ada"}), {"name": "ada"}),
