@@ -75,6 +75,7 @@ class Engine:
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
         self._sessions: set[Peer] = set()
+        self._to_flush: list[Peer] = []
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -96,6 +97,23 @@ class Engine:
             now = trio.current_time()
             for session in list(self._sessions):
                 session.keep_alive(now)
+
+    def flush_soon(self, peer: Peer) -> None:
+        """Have `peer` write what it queued once the tasks that are running now have run
+        (Peer._wake_writer): one task writes for every connection a fan-out reached."""
+        if not self._to_flush:
+            self.nursery.start_soon(self._flush)
+        self._to_flush.append(peer)
+
+    async def _flush(self) -> None:
+        peers, self._to_flush = self._to_flush, []
+        for peer in peers:
+            try:
+                peer.flush_nowait()
+            except Exception:  # a bug in one connection's output closes that connection only
+                logger.exception("session %s: writing failed", peer.id)
+                peer.close(CloseCode.INTERNAL_ERROR, "internal error")
+                peer._writer_done()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

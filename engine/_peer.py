@@ -1,6 +1,11 @@
-"""What every connection has, whatever protocol it speaks: a transport, a bounded outbox
-drained by a writer task that runs while there is something to send, a reader task, rate
-limits, and one way to close (style §2-3).
+"""What every connection has, whatever protocol it speaks: a transport, a bounded outbox, a
+reader task, rate limits, and one way to close (style §2-3).
+
+- Writing: what is queued is written by the engine's flush, one task for every connection a
+  fan-out reached, without waiting on the socket; only what a socket does not take at once
+  (and large messages) goes to a writer task of the connection's own, which runs while there
+  is something to send. Transports that cannot send without waiting (memory streams) always
+  use the writer task.
 
 Subclasses (`Session` for the native protocol, `YjsSession` for y-websocket) implement the
 handshake, the reader's decoding and how room frames are put on their wire (`deliver*`).
@@ -15,7 +20,7 @@ handshake, the reader's decoding and how room frames are put on their wire (`del
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -27,7 +32,7 @@ from ._hooks import Identity
 from ._outbox import Outbox
 from ._ratelimit import TokenBucket
 from ._room import Member
-from ._transport import Transport
+from ._transport import NowaitTransport, Transport
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -41,12 +46,13 @@ class Peer:
     """One connection to the engine. Abstract: see Session and YjsSession."""
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
-    __slots__ = ("_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nursery", "_ping_nonce", "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "engine", "id", "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "transport", "__weakref__")
+    __slots__ = ("_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nowait", "_nursery", "_ping_nonce", "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "engine", "id", "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "transport", "__weakref__")
 
     def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
         self.engine = engine
         self.config = engine.config
         self.transport = transport
+        self._nowait = transport if isinstance(transport, NowaitTransport) else None
         self.id = session_id
         self.identity: Identity = {}
         self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames,
@@ -124,21 +130,24 @@ class Peer:
             with self._scope:
                 if await self._handshake():
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        self._wake_writer()  # what the handshake queued
-                        with self._reader_scope:
-                            await self._reader()
-                        if self._reader_scope.cancelled_caught and self._close_code is None:
-                            self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
-                        # Let a running writer finish what is queued (an error frame, say),
-                        # briefly; what is left goes in the goodbye.
-                        self._nursery = None
-                        if self._writing:
-                            self._writer_stopped = trio.Event()
-                            with trio.move_on_after(self.config.close_timeout):
-                                await self._writer_stopped.wait()
-                        nursery.cancel_scope.cancel()
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            self._nursery = nursery
+                            self._wake_writer()  # what the handshake queued
+                            with self._reader_scope:
+                                await self._reader()
+                            if self._reader_scope.cancelled_caught and self._close_code is None:
+                                self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
+                            # Let a running writer finish what is queued (an error frame, say),
+                            # briefly; what is left goes in the goodbye.
+                            self._nursery = None
+                            if self._writing:
+                                self._writer_stopped = trio.Event()
+                                with trio.move_on_after(self.config.close_timeout):
+                                    await self._writer_stopped.wait()
+                            nursery.cancel_scope.cancel()
+                    finally:
+                        self._nursery = None  # also when cancelled (TOO_SLOW): no more writers
         finally:
             self._leave_rooms()
             with trio.move_on_after(self.config.close_timeout, shield=True):
@@ -203,6 +212,9 @@ class Peer:
                 await self.transport.send_message(message)
         else:
             await self.transport.send_message(message)
+        self._sent(message)
+
+    def _sent(self, message: bytes) -> None:
         # Recorded once delivered to the transport: a send cut short by a close never happened.
         if self.engine.recorder is not None:
             self.engine.recorder.message(self.id, "out", message)
@@ -237,14 +249,51 @@ class Peer:
         self._members.clear()
 
     def _wake_writer(self) -> None:
-        """Something was queued: start a writer unless one is running. A writer runs only
-        while there is something to send, so an idle connection holds no writer task."""
-        if not self._writing and self._nursery is not None:
-            self._writing = True
+        """Something was queued: have it written unless a write is under way. A transport
+        that can send without waiting is written by the engine's flush, once the tasks
+        running now have queued what they will (flush_nowait); otherwise, and when the socket
+        does not take everything at once, a writer task runs while there is something to
+        send, so an idle connection holds no task."""
+        if self._writing or self._nursery is None:
+            return
+        self._writing = True
+        if self._nowait is not None:
+            self.engine.flush_soon(self)
+        else:
             self._nursery.start_soon(self._writer)
 
-    async def _writer(self) -> None:
+    def flush_nowait(self) -> None:
+        """Write what is queued without waiting; hand what the socket does not take at once
+        (and any large message, which waits its turn) to a writer task."""
+        nowait = self._nowait
+        if self._nursery is None or nowait is None:  # closing: the goodbye sends what is queued
+            self._writer_done()
+            return
+        large = self.config.large_message_bytes
         try:
+            while batch := self.outbox.take(self.max_frames_per_message, self.max_message_bytes):
+                messages = self._messages(batch)
+                for i, message in enumerate(messages):
+                    if len(message) >= large:
+                        self._nursery.start_soon(self._writer, messages[i:])
+                        return
+                    written = nowait.send_message_nowait(message)
+                    self._sent(message)
+                    if not written:
+                        self._nursery.start_soon(self._writer, messages[i + 1:])
+                        return
+                self.last_sent = trio.current_time()
+        except TransportClosed as exc:
+            self._closed_by_peer = True
+            self.close(exc.code, "closed by peer")
+        self._writer_done()
+
+    async def _writer(self, leftover: Sequence[bytes] = ()) -> None:
+        try:
+            if self._nowait is not None:
+                await self._nowait.flush()
+            for message in leftover:
+                await self._send(message)
             while True:
                 batch = self.outbox.take(self.max_frames_per_message, self.max_message_bytes)
                 if not batch:
@@ -256,9 +305,12 @@ class Peer:
             self._closed_by_peer = True
             self.close(exc.code, "closed by peer")
         finally:
-            self._writing = False
-            if self._writer_stopped is not None:
-                self._writer_stopped.set()
+            self._writer_done()
+
+    def _writer_done(self) -> None:
+        self._writing = False
+        if self._writer_stopped is not None:
+            self._writer_stopped.set()
 
     def keep_alive(self, now: float) -> None:
         """Called by the engine's heartbeat sweep: queue a ping if this connection has sent

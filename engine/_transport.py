@@ -7,7 +7,7 @@ connection is gone, whoever closed it; nothing else escapes for a closed connect
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 import trio_websocket
@@ -26,6 +26,22 @@ class Transport(Protocol):
 
     async def ping(self) -> None:
         """Return once the peer answered a transport-level ping (WebSocket ping/pong)."""
+        ...
+
+
+@runtime_checkable
+class NowaitTransport(Transport, Protocol):
+    """A transport that can also send without waiting (the server's WebSocket endpoint). A
+    busy room's fan-out then writes to every socket from one task instead of waking a writer
+    task per connection (Engine.flush_soon)."""
+
+    def send_message_nowait(self, data: bytes) -> bool:
+        """Send `data` in order, now as far as the peer takes it; False when part of it waits
+        for `flush()`. Raises TransportClosed like send_message."""
+        ...
+
+    async def flush(self) -> None:
+        """Write what send_message_nowait left waiting."""
         ...
 
 

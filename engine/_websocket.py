@@ -13,6 +13,7 @@ message was a fifth of the server's time (bench/README.md).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -41,13 +42,15 @@ class WebSocketStream:
     writes, later ones queue their bytes for it.
     """
 
-    __slots__ = ("path", "_stream", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_closed", "_pongs",
+    __slots__ = ("path", "_stream", "_fd", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_closed", "_pongs",
                  "_ping_count")
 
     # Thousands of idle connections each hold one of these: plain lists, no deques.
     def __init__(self, stream: trio.abc.Stream, ws: ServerProtocol, path: str, frames: list[Frame]) -> None:
         self.path = path
         self._stream = stream
+        # A socket stream can be written without waiting (send_message_nowait).
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self._ws = ws
         self._frames = frames  # parsed, not yet handled
         self._parts: list[Frame] = []  # of a fragmented message
@@ -135,6 +138,37 @@ class WebSocketStream:
         self._ws.send_binary(data)
         await self._flush()
 
+    def send_message_nowait(self, data: bytes) -> bool:
+        """Send `data` without waiting: written to the socket as far as it takes it, the rest
+        kept here in order. True when nothing is left over (or a send in progress will write
+        it); False when `flush()` must be awaited to write what is left."""
+        if self._closed is not None or self._ws.state is not State.OPEN:
+            raise self._closed_error()
+        self._ws.send_binary(data)
+        writes = self._ws.data_to_send()
+        chunk = writes[0] if len(writes) == 1 else b"".join(writes)
+        if self._sending:
+            self._outgoing.append(chunk)
+            return True
+        if self._outgoing or self._fd is None:
+            self._outgoing.append(chunk)
+            return False
+        try:
+            written = os.write(self._fd, chunk)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._lost()
+            raise self._closed_error() from None
+        if written < len(chunk):
+            self._outgoing.append(chunk[written:])
+            return False
+        return True
+
+    async def flush(self) -> None:
+        """Write what send_message_nowait left over."""
+        await self._write(b"")
+
     async def ping(self) -> None:
         if self._closed is not None or self._ws.state is not State.OPEN:
             raise self._closed_error()
@@ -154,9 +188,8 @@ class WebSocketStream:
             await self._write(writes[0] if len(writes) == 1 else b"".join(writes))
 
     async def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        self._outgoing.append(data)
+        if data:
+            self._outgoing.append(data)
         if self._sending:
             return  # the task already sending will write it, in order
         self._sending = True

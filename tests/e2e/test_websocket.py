@@ -6,16 +6,24 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pycrdt
 import pytest
 import trio
+import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Message, Request
 
 from plait.client import Backoff, ClientState, Room, connect
 from plait.engine import Engine
+from plait.engine._peer import Peer
+from plait.engine._websocket import WebSocketStream
+from plait.protocol import CloseCode, Hello, Join, Joined, SyncStep2, Update, Welcome, decode, encode
 
 from .proxy import proxy_to
 
@@ -159,3 +167,94 @@ def test_plait_serve_end_to_end(tmp_path: Path) -> None:
     assert len(recorded) == 2, "plait serve --record wrote no trace (or one run overwrote the other)"
     first = recorded[0].read_text()
     assert '"kind": "hello"' in first and '"kind": "update"' in first
+
+
+async def test_a_reader_that_stalls_gets_every_update_in_order_once_it_reads(
+    url: str, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fan-out to a socket that is full goes on in the connection's writer task; nothing is
+    # lost or reordered on the way (Peer.flush_nowait).
+    short_writes = 0
+    send_nowait = WebSocketStream.send_message_nowait
+
+    def counting(self: WebSocketStream, data: bytes) -> bool:
+        nonlocal short_writes
+        written = send_nowait(self, data)
+        short_writes += not written
+        return written
+
+    monkeypatch.setattr(WebSocketStream, "send_message_nowait", counting)
+    with trio.fail_after(20):
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+        while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+            ws.receive_data(await stream.receive_some(65536))
+        await stream.send_all(ws.send(Message(data=encode(Hello((1,), None, {})))))
+        await stream.send_all(ws.send(Message(data=encode(Join(1, "r", None, None)))))
+        doc = pycrdt.Doc()
+        pending = b""
+
+        async def read_frames() -> list[object]:
+            nonlocal pending
+            ws.receive_data(await stream.receive_some(65536))
+            frames: list[object] = []
+            for event in ws.events():
+                if isinstance(event, BytesMessage):
+                    pending += event.data
+                    if event.message_finished:
+                        frames += decode(pending)
+                        pending = b""
+            return frames
+
+        joined = False
+        while not joined:
+            for frame in await read_frames():
+                joined = joined or isinstance(frame, Joined)
+        async with connect(url) as client, client.join("r") as room:
+            await room.synced()
+            for i in range(100):  # 100 updates of 8 KiB while the reader reads nothing
+                room.text.insert(len(room.text), chr(97 + i % 26) * 8192)
+                await room.flushed()
+            expected = str(room.text)
+        text = doc.get("text", type=pycrdt.Text)
+        for _ in range(10_000):
+            for frame in await read_frames():
+                if isinstance(frame, (Update, SyncStep2)):
+                    doc.apply_update(frame.update)
+            if len(str(text)) == len(expected):
+                break
+        await stream.aclose()
+    assert str(text) == expected
+    assert short_writes > 0  # the socket did fill up
+
+
+async def test_a_failure_writing_one_connection_closes_that_connection_only(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flush_nowait = Peer.flush_nowait
+    failures = 0
+
+    def fail_once(self: Peer) -> None:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise RuntimeError("a bug in the output path")
+        flush_nowait(self)
+
+    monkeypatch.setattr(Peer, "flush_nowait", fail_once)
+    with trio.fail_after(10):
+        async with trio_websocket.open_websocket_url(url) as first:
+            await first.send_message(encode(Hello((1,), None, {})))
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                while True:
+                    await first.get_message()
+            await trio.aclose_forcefully(first._stream)  # trio-websocket leaves it open
+        assert closed.value.reason.code == CloseCode.INTERNAL_ERROR
+        async with trio_websocket.open_websocket_url(url) as second:  # the server goes on
+            await second.send_message(encode(Hello((1,), None, {})))
+            assert isinstance(decode(await second.get_message())[0], Welcome)
+    assert failures == 1

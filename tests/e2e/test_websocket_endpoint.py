@@ -5,6 +5,7 @@ oversized and fragmented messages, pings, and a server that keeps serving throug
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -208,3 +209,53 @@ def test_a_long_close_reason_is_cut_to_fit_without_splitting_a_character() -> No
 
     reason = _short("é" * 100)  # 200 bytes of UTF-8
     assert len(reason.encode()) <= MAX_REASON_BYTES and set(reason) == {"é"}
+
+
+async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushed() -> None:
+    # The fan-out writes without waiting (send_message_nowait); what a full socket does not
+    # take waits in the transport, in order, for flush().
+    from plait.engine._websocket import serve_connection
+
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    payloads = [bytes([i]) * 16_384 for i in range(64)]  # 1 MiB: more than the buffers hold
+    queued, read_all_of_it = trio.Event(), trio.Event()
+    results: list[bool] = []
+
+    async def handler(ws: object) -> None:
+        results.extend(ws.send_message_nowait(p) for p in payloads)  # type: ignore[attr-defined]
+        queued.set()
+        await ws.flush()  # type: ignore[attr-defined]
+        await read_all_of_it.wait()
+
+    async def serve() -> None:
+        stream = await listener.accept()
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await serve_connection(stream, handler, accepting=lambda: True, handshake_timeout=5, max_message_bytes=2**20)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await sock.connect(("127.0.0.1", port))
+            stream = trio.SocketStream(sock)
+            ws = WSConnection(ConnectionType.CLIENT)
+            await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+            await queued.wait()  # the server queued everything before this side read a byte
+            received: list[bytes] = []
+            partial = b""
+            while len(received) < len(payloads):
+                ws.receive_data(await stream.receive_some(65536))
+                for event in ws.events():
+                    if isinstance(event, BytesMessage):
+                        partial += event.data
+                        if event.message_finished:
+                            received.append(partial)
+                            partial = b""
+            read_all_of_it.set()
+            await stream.aclose()
+            await listener.aclose()
+    assert received == payloads
+    first_short = results.index(False)  # the socket filled up: the partial path ran
+    assert not any(results[first_short:])  # and nothing jumped the queue after that
