@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,8 +15,7 @@ import pycrdt
 import pytest
 import trio
 import trio_websocket
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, Message, Request
+from wsproto.events import BytesMessage, Message
 
 from plait.client import Backoff, ClientState, Room, connect
 from plait.engine import Engine
@@ -26,6 +24,7 @@ from plait.engine._websocket import WebSocketStream
 from plait.protocol import CloseCode, Hello, Join, Joined, SyncStep2, Update, Welcome, decode, encode
 
 from .proxy import proxy_to
+from .test_websocket_endpoint import handshake_raw
 
 pytestmark = pytest.mark.slow
 
@@ -185,14 +184,7 @@ async def test_a_reader_that_stalls_gets_every_update_in_order_once_it_reads(
 
     monkeypatch.setattr(WebSocketStream, "send_message_nowait", counting)
     with trio.fail_after(20):
-        sock = trio.socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        await sock.connect(("127.0.0.1", port))
-        stream = trio.SocketStream(sock)
-        ws = WSConnection(ConnectionType.CLIENT)
-        await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
-        while not any(isinstance(e, AcceptConnection) for e in ws.events()):
-            ws.receive_data(await stream.receive_some(65536))
+        stream, ws = await handshake_raw(port, receive_buffer=4096)
         await stream.send_all(ws.send(Message(data=encode(Hello((1,), None, {})))))
         await stream.send_all(ws.send(Message(data=encode(Join(1, "r", None, None)))))
         doc = pycrdt.Doc()

@@ -89,10 +89,21 @@ async def test_client_pings_are_answered(port: int) -> None:
             await ws.ping(b"are you there")
 
 
-async def handshake_raw(port: int) -> tuple[trio.SocketStream, WSConnection]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+async def raw_upgrade(port: int, *, receive_buffer: int | None = None) -> tuple[trio.SocketStream, WSConnection]:
+    """A TCP connection that has sent its upgrade request and read nothing yet; with a small
+    `receive_buffer` the server's sends fill the socket after a few kilobytes."""
+    sock = trio.socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
     ws = WSConnection(ConnectionType.CLIENT)
     await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+    return stream, ws
+
+
+async def handshake_raw(port: int, *, receive_buffer: int | None = None) -> tuple[trio.SocketStream, WSConnection]:
+    stream, ws = await raw_upgrade(port, receive_buffer=receive_buffer)
     while True:
         ws.receive_data(await stream.receive_some(65536))
         if any(isinstance(e, AcceptConnection) for e in ws.events()):
@@ -236,12 +247,7 @@ async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushe
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve)
-            sock = trio.socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            await sock.connect(("127.0.0.1", port))
-            stream = trio.SocketStream(sock)
-            ws = WSConnection(ConnectionType.CLIENT)
-            await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+            stream, ws = await raw_upgrade(port, receive_buffer=4096)
             await queued.wait()  # the server queued everything before this side read a byte
             received: list[bytes] = []
             partial = b""
