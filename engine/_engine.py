@@ -108,12 +108,7 @@ class Engine:
     async def _flush(self) -> None:
         peers, self._to_flush = self._to_flush, []
         for peer in peers:
-            try:
-                peer.flush_nowait()
-            except Exception:  # a bug in one connection's output closes that connection only
-                logger.exception("session %s: writing failed", peer.id)
-                peer.close(CloseCode.INTERNAL_ERROR, "internal error")
-                peer._writer_done()
+            peer.flush_nowait()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

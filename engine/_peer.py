@@ -286,6 +286,9 @@ class Peer:
         except TransportClosed as exc:
             self._closed_by_peer = True
             self.close(exc.code, "closed by peer")
+        except Exception:  # a bug here must not stop the engine's flush of the others
+            logger.exception("session %s: writing failed", self.id)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
         self._writer_done()
 
     async def _writer(self, leftover: Sequence[bytes] = ()) -> None:

@@ -19,7 +19,6 @@ from wsproto.events import BytesMessage, Message
 
 from plait.client import Backoff, ClientState, Room, connect
 from plait.engine import Engine
-from plait.engine._peer import Peer
 from plait.engine._websocket import WebSocketStream
 from plait.protocol import CloseCode, Hello, Join, Joined, SyncStep2, Update, Welcome, decode, encode
 
@@ -227,17 +226,17 @@ async def test_a_reader_that_stalls_gets_every_update_in_order_once_it_reads(
 async def test_a_failure_writing_one_connection_closes_that_connection_only(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    flush_nowait = Peer.flush_nowait
+    send_nowait = WebSocketStream.send_message_nowait
     failures = 0
 
-    def fail_once(self: Peer) -> None:
+    def fail_once(self: WebSocketStream, data: bytes) -> bool:
         nonlocal failures
         if failures == 0:
             failures += 1
             raise RuntimeError("a bug in the output path")
-        flush_nowait(self)
+        return send_nowait(self, data)
 
-    monkeypatch.setattr(Peer, "flush_nowait", fail_once)
+    monkeypatch.setattr(WebSocketStream, "send_message_nowait", fail_once)
     with trio.fail_after(10):
         async with trio_websocket.open_websocket_url(url) as first:
             await first.send_message(encode(Hello((1,), None, {})))
