@@ -42,7 +42,7 @@ class WebSocketStream:
     writes, later ones queue their bytes for it.
     """
 
-    __slots__ = ("path", "_stream", "_fd", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_closed", "_pongs",
+    __slots__ = ("path", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_closed", "_pongs",
                  "_ping_count")
 
     # Thousands of idle connections each hold one of these: plain lists, no deques.
@@ -50,7 +50,7 @@ class WebSocketStream:
         self.path = path
         self._stream = stream
         # A socket stream can be written without waiting (send_message_nowait).
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._ws = ws
         self._frames = frames  # parsed, not yet handled
         self._parts: list[Frame] = []  # of a fragmented message
@@ -87,7 +87,7 @@ class WebSocketStream:
             ws.receive_data(data)
             self._frames = ws.events_received()  # type: ignore[assignment]
             if ws.parser_exc is None:
-                await self._flush()  # pongs to the peer's pings
+                await self.flush()  # pongs to the peer's pings
 
     async def _handle(self, frame: Frame) -> bytes | str | None:
         opcode = frame.opcode
@@ -124,7 +124,7 @@ class WebSocketStream:
         protocol queued (its close frame), close the socket. Raises TransportClosed."""
         self._finish(TransportClosed(code, reason))
         try:
-            await self._flush()
+            await self.flush()
         except TransportClosed:
             pass
         await trio.aclose_forcefully(self._stream)
@@ -136,7 +136,7 @@ class WebSocketStream:
         if self._closed is not None or self._ws.state is not State.OPEN:
             raise self._closed_error()
         self._ws.send_binary(data)
-        await self._flush()
+        await self.flush()
 
     def send_message_nowait(self, data: bytes) -> bool:
         """Send `data` without waiting: written to the socket as far as it takes it, the rest
@@ -145,16 +145,17 @@ class WebSocketStream:
         if self._closed is not None or self._ws.state is not State.OPEN:
             raise self._closed_error()
         self._ws.send_binary(data)
-        writes = self._ws.data_to_send()
-        chunk = writes[0] if len(writes) == 1 else b"".join(writes)
+        chunk = self._output()
         if self._sending:
             self._outgoing.append(chunk)
             return True
-        if self._outgoing or self._fd is None:
+        if self._outgoing or self._socket is None:
             self._outgoing.append(chunk)
             return False
         try:
-            written = os.write(self._fd, chunk)
+            # The descriptor is looked up at each write: once the socket is closed it is -1
+            # (EBADF), never a number the kernel has since given to another connection.
+            written = os.write(self._socket.fileno(), chunk)
         except BlockingIOError:
             written = 0
         except OSError:
@@ -165,9 +166,6 @@ class WebSocketStream:
             return False
         return True
 
-    async def flush(self) -> None:
-        """Write what send_message_nowait left over."""
-        await self._write(b"")
 
     async def ping(self) -> None:
         if self._closed is not None or self._ws.state is not State.OPEN:
@@ -176,20 +174,26 @@ class WebSocketStream:
         payload = self._ping_count.to_bytes(8, "big")
         waiter = self._pongs[payload] = trio.Event()
         self._ws.send_ping(payload)
-        await self._flush()
+        await self.flush()
         await waiter.wait()
         if self._closed is not None:
             raise self._closed
 
-    async def _flush(self) -> None:
-        # b"" in the protocol's output means "half-close"; the socket is closed outright later.
+    async def flush(self) -> None:
+        """Write what the protocol queued (pongs, a close) and what send_message_nowait left."""
+        await self._write(self._output())
+
+    def _output(self) -> bytes:
+        """What the protocol has to send, as one string. (A b"" in its output means
+        "half-close"; the socket is closed outright later.)"""
         writes = self._ws.data_to_send()
-        if writes:
-            await self._write(writes[0] if len(writes) == 1 else b"".join(writes))
+        return writes[0] if len(writes) == 1 else b"".join(writes)
 
     async def _write(self, data: bytes) -> None:
         if data:
             self._outgoing.append(data)
+        elif not self._outgoing:
+            return
         if self._sending:
             return  # the task already sending will write it, in order
         self._sending = True
@@ -215,7 +219,7 @@ class WebSocketStream:
                 self._finish(TransportClosed(code, reason))
                 self._outgoing.clear()
                 ws.send_close(code, _short(reason))
-                await self._flush()
+                await self.flush()
                 while ws.state is not State.CLOSED and ws.close_rcvd is None:
                     data = await self._stream.receive_some(RECEIVE_BYTES)
                     if not data:

@@ -15,7 +15,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Request
 
 from plait.engine import Engine, EngineConfig
-from plait.protocol import Hello, Welcome, decode, encode
+from plait.protocol import ABNORMAL_CLOSURE, Hello, TransportClosed, Welcome, decode, encode
 
 pytestmark = pytest.mark.slow
 
@@ -265,3 +265,42 @@ async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushe
     assert received == payloads
     first_short = results.index(False)  # the socket filled up: the partial path ran
     assert not any(results[first_short:])  # and nothing jumped the queue after that
+
+
+async def test_a_send_without_waiting_on_a_closed_socket_raises_instead_of_writing() -> None:
+    # Once the socket is closed its descriptor number can belong to another connection; the
+    # write must fail, not land there.
+    from plait.engine._websocket import serve_connection
+
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    outcome: list[BaseException] = []
+
+    reused: list[socket.socket] = []
+
+    async def handler(ws: object) -> None:
+        await trio.aclose_forcefully(ws._stream)  # type: ignore[attr-defined]
+        reused.extend(socket.socketpair())  # most likely given the descriptor just freed
+        try:
+            ws.send_message_nowait(b"late")  # type: ignore[attr-defined]
+        except TransportClosed as exc:
+            outcome.append(exc)
+
+    async def serve() -> None:
+        await serve_connection(await listener.accept(), handler, accepting=lambda: True, handshake_timeout=5,
+                               max_message_bytes=4096)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            stream, _ = await handshake_raw(port)
+            await read_all(stream)  # the server hung up without sending anything more
+            await stream.aclose()
+    await listener.aclose()
+    assert len(outcome) == 1 and outcome[0].code == ABNORMAL_CLOSURE
+    other_end = reused[1]
+    other_end.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        other_end.recv(100)  # nothing landed on the socket that took the number
+    for sock in reused:
+        sock.close()
