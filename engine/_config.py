@@ -26,6 +26,9 @@ class EngineConfig:
     room_idle_grace: float = 10 * SECONDS
     """A room with no members stays loaded this long before it flushes and unloads."""
     close_timeout: float = 2 * SECONDS
+    hook_timeout: float = 10 * SECONDS
+    """An application hook (authenticate, authorize, on_event, on_room_loaded) running longer
+    than this fails its request with INTERNAL instead of holding it forever."""
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE
@@ -37,6 +40,11 @@ class EngineConfig:
 
     outbox_max_bytes: int = 64 * MiB
     """Per connection: bytes queued for a client that does not read; past it, close TOO_SLOW."""
+    outbox_max_lag: float = 30 * SECONDS
+    """Per connection: a client that has had something waiting to be written to it for this
+    long, without ever catching up, is too slow: closed TOO_SLOW (checked by the heartbeat
+    sweep, so up to two sweeps, H/4, late). The time a large message takes to send is not
+    counted."""
     large_message_bytes: int = 1 * MiB
     """A frame this large is sent as a message of its own (never copied into a batch)..."""
     concurrent_large_sends: int = 4

@@ -23,13 +23,13 @@ from typing import Any
 
 import trio
 
-from plait.protocol import CloseCode, ErrorCode
+from plait.protocol import Access, CloseCode, ErrorCode
 from plait.storage import MemoryStore, Store
 
 from ._config import EngineConfig
 from ._errors import RequestError, RoomUnavailable
 from ._handle import RoomHandle
-from ._hooks import Hooks
+from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
 from ._record import TraceRecorder
 from ._room import Room, RoomState
 from ._peer import Peer
@@ -96,7 +96,11 @@ class Engine:
             await trio.sleep(self.config.heartbeat / 8)
             now = trio.current_time()
             for session in list(self._sessions):
-                session.keep_alive(now)
+                try:
+                    session.keep_alive(now)
+                except Exception as exc:  # one connection's bug must not stop the sweep of the rest
+                    logger.error("session %s: heartbeat failed", session.id, exc_info=exc)
+                    session.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def flush_soon(self, peer: Peer) -> None:
         """Have `peer` write what it queued once the tasks that are running now have run
@@ -144,6 +148,35 @@ class Engine:
         for room in rooms:
             await room.wait_closed()
 
+    # -- application hooks (contained: see Hooks) ---------------------------------------------
+
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        """The identity `Hooks.authenticate` gives a token. Raises Unauthenticated (refused)
+        or HookFailed (the hook misbehaved: logged)."""
+        identity = await call_hook(
+            "authenticate", lambda: self.hooks.authenticate(token, client), self.config.hook_timeout, (Unauthenticated,)
+        )
+        return checked_identity(identity)
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        """`Hooks.authorize`'s answer. Raises HookFailed if the hook misbehaved (logged)."""
+        access = await call_hook("authorize", lambda: self.hooks.authorize(identity, room), self.config.hook_timeout)
+        return checked_access(access)
+
+    # -- recording (plait serve --record) -----------------------------------------------------
+
+    def record_opened(self, session: str, path: str) -> None:
+        if self.recorder is not None:
+            self.recorder.opened(session, path)
+
+    def record_message(self, session: str, direction: str, data: bytes | str) -> None:
+        if self.recorder is not None:
+            self.recorder.message(session, direction, data)
+
+    def record_closed(self, session: str, direction: str, code: int, reason: str) -> None:
+        if self.recorder is not None:
+            self.recorder.closed(session, direction, code, reason)
+
     @property
     def nursery(self) -> trio.Nursery:
         if self._nursery is None:
@@ -177,14 +210,14 @@ class Engine:
         session: Peer
         parts = urllib.parse.urlsplit(transport.path)
         if parts.path.startswith(YJS_PATH):
-            room = urllib.parse.unquote(parts.path[len(YJS_PATH) :])
+            room = parts.path[len(YJS_PATH) :]  # percent-decoded and checked by the session
             token = urllib.parse.parse_qs(parts.query).get("token", [None])[0]
             session = YjsSession(self, transport, self._new_session_id(), room, token)
         else:
             session = Session(self, transport, self._new_session_id())
         self._sessions.add(session)
         try:
-            await session.run()
+            await session.run()  # raises only Cancelled (Peer.run)
         finally:
             self._sessions.discard(session)
 
@@ -216,7 +249,7 @@ class Engine:
                 room = Room(name, self.store, self.hooks, self.config, self._room_draining)
                 self._rooms[name] = room
                 self.nursery.start_soon(self._run_room, room)
-            room.holds += 1
+            room.hold()
             try:
                 await room.wait_loaded()
                 if not room.accepting:
@@ -224,7 +257,7 @@ class Engine:
                 yield room
                 return
             finally:
-                room.holds -= 1
+                room.release()
 
     def _room_draining(self, room: Room) -> None:
         if self._rooms.get(room.name) is room:
@@ -238,9 +271,7 @@ class Engine:
         except Exception as exc:
             # A bug in a room fails that room loudly, not the server.
             logger.critical("room %r crashed", room.name, exc_info=exc)
-            room.state = RoomState.FAILED
-            self._room_draining(room)
-            room.close_all(ErrorCode.INTERNAL, "room crashed")
+            room.crashed()
         finally:
             if self._unloading.get(room.name) is room:
                 del self._unloading[room.name]

@@ -7,13 +7,21 @@ full access, events unchanged). Hooks run on the Trio thread and may await.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pycrdt
+import trio
 
-from plait.protocol import Access, ErrorCode
+from plait.protocol import MAX_DEPTH, Access, ErrorCode, ProtocolError, check_value
 
 from ._errors import RequestError
+
+logger = logging.getLogger("plait.hooks")
+T = TypeVar("T")
+MAX_IDENTITY_ID = 256
+"""Characters of identity["id"]: it travels as event.user (spec §4, str≤256)."""
 
 Identity = dict[str, Any]
 """Who is behind a session: a map with at least "id" (a string). Stamped on presence/events."""
@@ -38,7 +46,13 @@ class EventRejected(RequestError):
 
 
 class Hooks:
-    """Default hooks: every connection is an anonymous user with write access everywhere."""
+    """Default hooks: every connection is an anonymous user with write access everywhere.
+
+    Every hook is application code run by the engine (spec §8 INTERNAL): an exception other
+    than the one a hook documents, a return value of the wrong shape, or a hook running longer
+    than `EngineConfig.hook_timeout` is logged with its traceback and fails only the request
+    that ran it (a handshake is refused, a join or publish gets INTERNAL). It never stops the
+    engine or another connection."""
 
     def __init__(self) -> None:
         self._anonymous = itertools.count(1)
@@ -63,3 +77,68 @@ class Hooks:
     async def on_room_stored(self, room: str, snapshot: bytes) -> None:
         """A new snapshot of the room's document was stored (compaction, or the room unloading):
         the place to mirror documents elsewhere. Errors here are logged, never fail the room."""
+
+
+class HookFailed(RequestError):
+    """An application hook raised an exception it may not raise, returned something invalid,
+    or took longer than `EngineConfig.hook_timeout`. The hook's traceback is logged; the
+    request is answered with INTERNAL (and a handshake refused with INTERNAL_ERROR). The
+    engine and every other connection carry on."""
+
+    def __init__(self, hook: str) -> None:
+        super().__init__(ErrorCode.INTERNAL, "internal error")
+        self.hook = hook
+
+
+async def call_hook(
+    hook: str,
+    call: Callable[[], Awaitable[T]],
+    timeout: float,
+    passes: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Run application code: what it raises, other than the exceptions its contract lets it
+    raise (`passes`), is logged and becomes HookFailed; so does running past `timeout`
+    seconds. Cancellation propagates."""
+    try:
+        with trio.fail_after(timeout):
+            return await call()
+    except passes:
+        raise
+    except trio.TooSlowError:
+        logger.error("hook %s took longer than %g s", hook, timeout)
+        raise HookFailed(hook) from None
+    except Exception as exc:
+        logger.error("hook %s failed", hook, exc_info=exc)
+        raise HookFailed(hook) from exc
+
+
+def checked_identity(identity: object) -> Identity:
+    """What `Hooks.authenticate` returned, if it is an identity: a map with a string "id"
+    (1..256 characters) whose values are application values (spec §3.3), so that it can be
+    stamped on presence and events and sent in every protocol. Raises HookFailed otherwise."""
+    problem = None
+    if not isinstance(identity, dict):
+        problem = f"returned {type(identity).__name__}, not a map"
+    elif not isinstance(identity.get("id"), str) or not 1 <= len(identity["id"]) <= MAX_IDENTITY_ID:
+        problem = f'"id" must be a string of 1..{MAX_IDENTITY_ID} characters, got {identity.get("id")!r:.80}'
+    else:
+        try:
+            check_value(identity, MAX_DEPTH)
+        except ProtocolError as exc:
+            problem = exc.message
+    if problem is not None:
+        logger.error("hook authenticate: %s", problem)
+        raise HookFailed("authenticate")
+    assert isinstance(identity, dict)
+    return identity
+
+
+def checked_access(access: object) -> Access | None:
+    """What `Hooks.authorize` returned: Access.READ, Access.WRITE or None. Raises HookFailed
+    for anything else."""
+    if access is None or isinstance(access, Access):
+        return access
+    if type(access) is int and access in Access._value2member_map_:
+        return Access(access)
+    logger.error("hook authorize returned %r, not Access.READ, Access.WRITE or None", access)
+    raise HookFailed("authorize")

@@ -20,7 +20,7 @@ handshake, the reader's decoding and how room frames are put on their wire (`del
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -46,7 +46,11 @@ class Peer:
     """One connection to the engine. Abstract: see Session and YjsSession."""
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
-    __slots__ = ("_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nowait", "_nursery", "_ping_nonce", "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "engine", "id", "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "transport", "__weakref__")
+    __slots__ = ("_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nowait", "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large", "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "engine", "id", "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "transport", "__weakref__")
+
+    OWN_AWARENESS = False
+    """Whether the client speaks its own Yjs awareness (y-websocket), or the room derives it
+    from presence (spec §13)."""
 
     def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
         self.engine = engine
@@ -62,9 +66,16 @@ class Peer:
         self._members: dict[int, Member] = {}
         self._scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
+        self._handshake_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._writing = False
         self._writer_stopped: trio.Event | None = None
+        self._drains = 0
+        """Times everything queued was written: the heartbeat sweep tells a connection that
+        is behind from one that keeps up without a clock read per message (keep_alive)."""
+        self._lag_drains = 0
+        self._lag_since: float | None = None
+        self._sending_large = False
         self.last_sent = trio.current_time()
         self._close_code: int | None = None
         self._close_reason = ""
@@ -100,6 +111,9 @@ class Peer:
         """Frames for this member only (join sequence, acks, answers)."""
         raise NotImplementedError
 
+    def query_awareness(self, member: Member) -> None:
+        """Ask the client to send its awareness state again (y-websocket only)."""
+
     def deliver_ack(self, member: Member, ref: int, value: int | None) -> None:
         """The answer to a request, once its effect is durable (spec §4.1)."""
         self.deliver_frames(member, [Ack(ref, value)])
@@ -123,19 +137,25 @@ class Peer:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the connection until either side closes it. Raises only Cancelled."""
-        if self.engine.recorder is not None:
-            self.engine.recorder.opened(self.id, self.transport.path)
+        """Serve the connection until either side closes it. Raises only Cancelled: anything
+        else that goes wrong is this connection's failure (logged, closed INTERNAL_ERROR)."""
+        self.engine.record_opened(self.id, self.transport.path)
         try:
             with self._scope:
-                if await self._handshake():
+                # close() ends a handshake too: a client that never says hello must not
+                # hold up a shutdown for the whole handshake timeout.
+                opened = False
+                with trio.CancelScope() as self._handshake_scope:
+                    opened = await self._contained(self._handshake) is True
+                self._handshake_scope = None
+                if opened and self._close_code is None:
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
                     try:
                         async with trio.open_nursery() as nursery:
                             self._nursery = nursery
                             self._wake_writer()  # what the handshake queued
                             with self._reader_scope:
-                                await self._reader()
+                                await self._contained(self._reader)
                             if self._reader_scope.cancelled_caught and self._close_code is None:
                                 self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
                             # Let a running writer finish what is queued (an error frame, say),
@@ -151,11 +171,29 @@ class Peer:
         finally:
             self._leave_rooms()
             with trio.move_on_after(self.config.close_timeout, shield=True):
-                await self._say_goodbye()
+                await self._contained(self._say_goodbye)
             logger.info("session %s closed (%s)", self.id, self._close_code)
             self._finished = True
             if self._done is not None:
                 self._done.set()
+
+    async def _contained(self, task: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run one of this connection's tasks (handshake, reader, writer, pinger, goodbye) so
+        that nothing it raises escapes to the engine (style §3): the peer closing the
+        connection ends it quietly; anything unexpected (a bug, or application code that
+        misbehaved) is logged with its traceback and closes this connection only."""
+        try:
+            return await task(*args)
+        except TransportClosed as exc:
+            self._peer_closed(exc)
+        except Exception as exc:
+            logger.error("session %s: %s failed", self.id, getattr(task, "__name__", task), exc_info=exc)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+        return None
+
+    def _peer_closed(self, exc: TransportClosed) -> None:
+        self._closed_by_peer = True
+        self.close(exc.code, "closed by peer")
 
     async def wait_done(self) -> None:
         if self._finished:
@@ -170,6 +208,8 @@ class Peer:
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
         self._reader_scope.cancel()
+        if self._handshake_scope is not None:
+            self._handshake_scope.cancel()
         if code == CloseCode.TOO_SLOW:
             self._scope.cancel()
 
@@ -184,8 +224,7 @@ class Peer:
                     await self._send(message)
             except TransportClosed:
                 return
-        if self.engine.recorder is not None:
-            self.engine.recorder.closed(self.id, "out", code, self._close_reason)
+        self.engine.record_closed(self.id, "out", code, self._close_reason)
         try:
             await self.transport.aclose(code, self._close_reason)
         except TransportClosed:
@@ -197,27 +236,27 @@ class Peer:
         try:
             data = await self.transport.receive_message()
         except TransportClosed as exc:
-            self._closed_by_peer = True
-            if self.engine.recorder is not None:
-                self.engine.recorder.closed(self.id, "in", exc.code, exc.reason)
-            self.close(exc.code, "closed by peer")
+            self.engine.record_closed(self.id, "in", exc.code, exc.reason)
+            self._peer_closed(exc)
             return None
-        if self.engine.recorder is not None:
-            self.engine.recorder.message(self.id, "in", data)
+        self.engine.record_message(self.id, "in", data)
         return data
 
     async def _send(self, message: bytes) -> None:
         if len(message) >= self.config.large_message_bytes:
             async with self.engine.large_sends:
-                await self.transport.send_message(message)
+                self._sending_large = True
+                try:
+                    await self.transport.send_message(message)
+                finally:
+                    self._sending_large = False
         else:
             await self.transport.send_message(message)
         self._sent(message)
 
     def _sent(self, message: bytes) -> None:
         # Recorded once delivered to the transport: a send cut short by a close never happened.
-        if self.engine.recorder is not None:
-            self.engine.recorder.message(self.id, "out", message)
+        self.engine.record_message(self.id, "out", message)
 
     # -- limits -----------------------------------------------------------------------------
 
@@ -260,7 +299,7 @@ class Peer:
         if self._nowait is not None:
             self.engine.flush_soon(self)
         else:
-            self._nursery.start_soon(self._writer)
+            self._nursery.start_soon(self._contained, self._writer)
 
     def flush_nowait(self) -> None:
         """Write what is queued without waiting; hand what the socket does not take at once
@@ -275,17 +314,17 @@ class Peer:
                 messages = self._messages(batch)
                 for i, message in enumerate(messages):
                     if len(message) >= large:
-                        self._nursery.start_soon(self._writer, messages[i:])
+                        self._nursery.start_soon(self._contained, self._writer, messages[i:])
                         return
                     written = nowait.send_message_nowait(message)
                     self._sent(message)
                     if not written:
-                        self._nursery.start_soon(self._writer, messages[i + 1:])
+                        self._nursery.start_soon(self._contained, self._writer, messages[i + 1:])
                         return
                 self.last_sent = trio.current_time()
+            self._drains += 1
         except TransportClosed as exc:
-            self._closed_by_peer = True
-            self.close(exc.code, "closed by peer")
+            self._peer_closed(exc)
         except Exception:  # a bug here must not stop the engine's flush of the others
             logger.exception("session %s: writing failed", self.id)
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
@@ -300,13 +339,11 @@ class Peer:
             while True:
                 batch = self.outbox.take(self.max_frames_per_message, self.max_message_bytes)
                 if not batch:
+                    self._drains += 1
                     return
                 for message in self._messages(batch):
                     await self._send(message)
                 self.last_sent = trio.current_time()
-        except TransportClosed as exc:
-            self._closed_by_peer = True
-            self.close(exc.code, "closed by peer")
         finally:
             self._writer_done()
 
@@ -316,14 +353,30 @@ class Peer:
             self._writer_stopped.set()
 
     def keep_alive(self, now: float) -> None:
-        """Called by the engine's heartbeat sweep: queue a ping if this connection has sent
-        nothing for most of a heartbeat interval, so the client hears from it every interval."""
+        """Called by the engine's heartbeat sweep: close a connection that has been behind for
+        longer than `outbox_max_lag`; queue a ping if this connection has sent nothing for most
+        of a heartbeat interval, so the client hears from it every interval."""
+        self._check_lag(now)
         if self._nursery is None or self._writing or now - self.last_sent < 0.75 * self.config.heartbeat:
             return
         ping = self._ping_frame()
         if ping is not None:
             self.send_bytes(ping)
         self.last_sent = now
+
+    def _check_lag(self, now: float) -> None:
+        """spec §9 TOO_SLOW, in time: something has waited to be written at every sweep since
+        `_lag_since`, with no moment in between when everything was written. The bytes bound
+        (outbox_max_bytes) alone would let a client that reads a little slower than its room
+        talks hold the server's memory for hours. A large message's own sending time (a big
+        document's first sync on a slow link) does not count."""
+        if not (self._writing or self.outbox) or self._sending_large:
+            self._lag_since = None
+        elif self._lag_since is None or self._lag_drains != self._drains:
+            self._lag_since, self._lag_drains = now, self._drains
+        elif now - self._lag_since > self.config.outbox_max_lag:
+            logger.warning("session %s too slow: behind for %.0f s", self.id, now - self._lag_since)
+            self.close(CloseCode.TOO_SLOW, "too slow")
 
     def statistics(self) -> dict[str, Any]:
         return {"queued_frames": len(self.outbox), "queued_bytes": self.outbox.queued_bytes, "rooms": len(self._members)}

@@ -7,6 +7,7 @@ per connection would lose it; a trace per room cannot hold a connection in two r
 
 from __future__ import annotations
 
+import logging
 from typing import IO, Any
 
 import trio
@@ -24,11 +25,19 @@ from plait.protocol import (
 )
 
 
+logger = logging.getLogger("plait.record")
+
+
 class TraceRecorder:
     """Writes every connection's traffic to one trace. Times are seconds on Trio's clock since
-    the recorder was created (so under MockClock they are exact)."""
+    the recorder was created (so under MockClock they are exact).
+
+    A recorder that cannot write (the disk is full, the file was closed) logs why once and
+    stops recording; it never fails the connection it was recording.
+    """
 
     def __init__(self, out: IO[str], settings: dict[str, Any]) -> None:
+        self.failed = False
         self._out = out
         self._writer = TraceWriter(out, TraceHeader(PROTOCOL_VERSION, settings))
         self._start = trio.current_time()
@@ -57,5 +66,11 @@ class TraceRecorder:
         self._write(TraceRecord(self._t(), conn, direction, Close(code, reason)))  # type: ignore[arg-type]
 
     def _write(self, record: TraceRecord) -> None:
-        self._writer.write(record)
-        self._out.flush()
+        if self.failed:
+            return
+        try:
+            self._writer.write(record)
+            self._out.flush()
+        except Exception as exc:
+            self.failed = True
+            logger.error("recording stopped: the trace could not be written", exc_info=exc)

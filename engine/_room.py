@@ -17,7 +17,6 @@ import base64
 import json
 import logging
 import math
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -27,6 +26,7 @@ import pycrdt
 import trio
 
 from plait.protocol import (
+    MAX_DEPTH,
     Access,
     Ack,
     AwarenessEntry,
@@ -42,17 +42,20 @@ from plait.protocol import (
     PresenceDiff,
     PresenceEntry,
     PresenceSnapshot,
+    ProtocolError,
     SyncStep1,
     SyncStep2,
     TypingState,
     Update,
+    check_value,
 )
-from plait.storage import RoomData, StorageError, Store
+from plait.storage import RoomData, Store
 
 from ._config import EngineConfig
 from ._errors import RequestError, RoomUnavailable
 from ._events import EventLog, EventRecord
-from ._hooks import Hooks, Identity
+from ._awareness import Awareness
+from ._hooks import EventRejected, HookFailed, Hooks, Identity, call_hook
 from ._presence import PresenceBook
 
 if TYPE_CHECKING:
@@ -109,6 +112,61 @@ def _crdt_call(call: Callable[[], T]) -> T:
         raise ValueError(f"update crashed the decoder: {exc}") from None
 
 
+def _delete_set(update: bytes) -> dict[int, list[tuple[int, int]]] | None:
+    """The delete set of a Yjs v1 update that inserts nothing (client -> [(clock, length)]),
+    or None if it inserts something or does not parse."""
+    pos = 0
+
+    def varuint() -> int:
+        nonlocal pos
+        value, shift = 0, 0
+        while True:
+            byte = update[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+
+    try:
+        if varuint() != 0:
+            return None
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        for _ in range(varuint()):
+            client = varuint()
+            count = varuint()
+            if count > len(update) - pos:
+                return None
+            ranges.setdefault(client, []).extend((varuint(), varuint()) for _ in range(count))
+    except IndexError:
+        return None
+    return ranges if pos == len(update) else None
+
+
+def changes_nothing(doc: pycrdt.Doc, update: bytes) -> bool:
+    """Whether applying `update` would leave `doc` as it is: it inserts nothing and deletes
+    only what `doc` has already deleted. A client's sync_step2 after it took the server's
+    state is such an update (Yjs sends its whole delete set), read-only member or not."""
+    theirs = _delete_set(update)
+    if theirs is None:
+        return False
+    if not any(theirs.values()):
+        return True
+    ours = _delete_set(doc.get_update(doc.get_state())) or {}
+    for client, wanted in theirs.items():
+        have = sorted(ours.get(client, ()))
+        for clock, length in wanted:
+            end = clock + length
+            for start, n in have:  # deleted ranges: is [clock, end) inside their union?
+                if start <= clock < start + n:
+                    clock = start + n
+                if clock >= end:
+                    break
+            if clock < end:
+                return False
+    return True
+
+
 def apply_update(doc: pycrdt.Doc, update: bytes) -> None:
     _crdt_call(lambda: doc.apply_update(update))
 
@@ -132,7 +190,7 @@ class Room:
         self._store, self._hooks, self._config = store, hooks, config
         self._on_draining = on_draining
         self._members: dict[Session, Member] = {}
-        self.holds = 0
+        self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
         self._presence = PresenceBook()
         self._cursors: dict[str, Any] = {}
@@ -147,7 +205,6 @@ class Room:
         self._persist_lock = trio.StrictFIFOLock()
         self._loaded = trio.Event()
         self._closed = trio.Event()
-        self._load_error: str | None = None
         self._tick_wanted = trio.Event()
         self._persist_wanted = trio.Event()
         self._deadlines_changed = trio.Event()
@@ -156,12 +213,9 @@ class Room:
         self._changes = 0
         self._durable_changes = 0
         self._commit_done = trio.Event()
-        self._awareness: dict[str, list[int]] = {}
-        """Session id -> [Yjs awareness client id, clock], for y-websocket members (spec §13)."""
-        self._awareness_origin: set[str] = set()
-        self._awareness_entries: dict[str, AwarenessEntry] = {}
-        """awareness_entry's answers until the session's presence, cursor or clock changes:
-        every Yjs member of a busy room asks for the same entries each tick."""
+        self._awareness = Awareness()
+        self._awareness_waiting: dict[int, Member] = {}
+        """Client id -> a Yjs member refused it because a disconnected session held it."""
         self._doc_subscription: pycrdt.Subscription | None = None
         self._sync_cache: tuple[bytes, ChannelFrame] | None = None
 
@@ -172,10 +226,11 @@ class Room:
         try:
             data = await self._store.load(self.name)
             self._restore(data)
-            await self._hooks.on_room_loaded(self.name, self.doc)
+            await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
         except Exception as exc:
+            # The details (paths, the store's own words) are for the server's log, not clients.
             logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
-            self._load_error = f"room could not be loaded: {exc}"
+            self._unobserve()
             self.state = RoomState.FAILED
             self._on_draining(self)
             self._loaded.set()
@@ -196,6 +251,9 @@ class Room:
                     await self._flush(final=True)
                 nursery.cancel_scope.cancel()
         finally:
+            # The subscription holds the room and the document alive (a cycle through Rust
+            # that the garbage collector cannot see): an unloaded room must leave nothing.
+            self._unobserve()
             if self.state is not RoomState.FAILED:
                 self.state = RoomState.CLOSED
             self._closed.set()
@@ -212,11 +270,17 @@ class Room:
         self._bytes_since_snapshot = sum(map(len, data.updates))
         self._events = EventLog(self._config.event_history, data.events)
 
+    def _unobserve(self) -> None:
+        if self._doc_subscription is not None:
+            self.doc.unobserve(self._doc_subscription)
+            self._doc_subscription = None
+        self._sync_cache = None
+
     async def wait_loaded(self) -> None:
         """Return once the room is live. Raises RoomUnavailable if it failed to load."""
         await self._loaded.wait()
         if self.state is RoomState.FAILED:
-            raise RoomUnavailable(self._load_error or "room is unavailable")
+            raise RoomUnavailable("room could not be loaded")
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -225,17 +289,26 @@ class Room:
         self._unload_requested = True
         self._membership_changed.set()
 
+    def hold(self) -> None:
+        """Keep the room loaded until `release` (a join in progress, a server-side handle)."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            self._membership_changed.set()  # idle now? the grace period starts
+
     @property
     def accepting(self) -> bool:
         return self.state in (RoomState.LOADING, RoomState.LIVE)
 
     async def _wait_until_idle(self) -> None:
         while not self._unload_requested and self.state is RoomState.LIVE:
-            idle = not self._members and self.holds == 0
+            idle = not self._members and self._holds == 0
             with trio.move_on_after(self._config.room_idle_grace if idle else math.inf) as timer:
                 await self._membership_changed.wait()
                 self._membership_changed = trio.Event()
-            if timer.cancelled_caught and not self._members and self.holds == 0:
+            if timer.cancelled_caught and not self._members and self._holds == 0:
                 return
 
     def _fail(self, exc: BaseException) -> None:
@@ -243,7 +316,7 @@ class Room:
         logger.error("room %r failed: %s", self.name, exc, exc_info=exc)
         self.state = RoomState.FAILED
         self._on_draining(self)
-        message = f"storage failed: {exc}"[:1024]
+        message = "storage failed"  # the details are in the server's log
         for member, ref, answer in self._pending.acks:
             if member is None:
                 continue
@@ -274,7 +347,8 @@ class Room:
         self._members[session] = member
         self._membership_changed.set()
         self._presence.join(session.id, session.identity)
-        self._bump_awareness(session.id)
+        if not session.OWN_AWARENESS:
+            self._awareness.add_native(session.id)
         self._want_tick()
         session.deliver_frames(member, [
             Joined(join.ref, channel, int(access), self._events.head, resumed),
@@ -302,18 +376,19 @@ class Room:
             self._deadlines_changed.set()
         else:
             self._presence.leave(sid)
-        self._awareness_entries.pop(sid, None)
         self._membership_changed.set()
         self._want_tick()
 
     def _remove(self, member: Member) -> None:
         del self._members[member.session]
         sid = member.session.id
-        self._awareness_entries.pop(sid, None)
         if self._cursors.pop(sid, None) is not None or sid in self._moved:
             self._moved[sid] = None
+            self._awareness.changed(sid)
         if self._typing.pop(sid, None) is not None:
             self._typing_changed = True
+        if self._awareness_waiting:
+            self._awareness_waiting = {c: m for c, m in self._awareness_waiting.items() if m is not member}
         # Acks still waiting for a commit go nowhere now; the commit itself still happens.
         self._pending.acks = [a for a in self._pending.acks if a[0] is not member]
 
@@ -350,7 +425,12 @@ class Room:
     def apply_client_update(self, member: Member, update: bytes, ref: int | None) -> None:
         """Apply a member's update; its ack waits for the commit that makes it durable."""
         if member.access is not Access.WRITE:
-            raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
+            # spec §5.3: a read-only member's sync_step2 (mandatory) is fine when it changes nothing.
+            if not changes_nothing(self.doc, update):
+                raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
+            if ref is not None:
+                self.ack(member, ref)
+            return
         self._origin = member
         try:
             apply_update(self.doc, update)
@@ -411,7 +491,7 @@ class Room:
             self._presence.set(sid, state)
         if patch is not None:
             self._presence.patch(sid, patch)
-        self._bump_awareness(sid)
+        self._awareness.changed(sid)
         self._want_tick()
 
     def move_cursor(self, member: Member, position: Any) -> None:
@@ -421,7 +501,7 @@ class Room:
         else:
             self._cursors[sid] = position
         self._moved[sid] = position
-        self._bump_awareness(sid)
+        self._awareness.changed(sid)
         self._want_tick()
 
     def set_typing(self, member: Member, on: bool) -> None:
@@ -464,10 +544,11 @@ class Room:
 
     def _flush_ephemeral(self) -> None:
         frames: list[ChannelFrame] = []
+        left: tuple[str, ...] = ()
         if self._presence.dirty:
             joined, updated, left = self._presence.take_diff()
             for sid in left:
-                self._bump_awareness(sid, force=True)
+                self._awareness.changed(sid)  # its entry becomes a null state
             frames.append(ChannelFrame(PresenceDiff(0, joined, updated, left)))
         if self._moved:
             moves = tuple(CursorPosition(s, p) for s, p in self._moved.items())
@@ -482,6 +563,11 @@ class Room:
             refresh = self._refresher(member)
             for frame in frames:
                 member.session.deliver_ephemeral(member, frame, refresh)
+        for sid in left:  # its null awareness state went out with the diff
+            client_id = self._awareness.release(sid)
+            waiting = self._awareness_waiting.pop(client_id, None) if client_id is not None else None
+            if waiting is not None and self._members.get(waiting.session) is waiting:
+                waiting.session.query_awareness(waiting)
 
     def _refresher(self, member: Member) -> Callable[[], list[Frame]]:
         def full_state() -> list[Frame]:
@@ -503,9 +589,7 @@ class Room:
                 await self._deadlines_changed.wait()
                 self._deadlines_changed = trio.Event()
             now = trio.current_time()
-            if expired_presence := self._presence.expire(now):
-                for sid in expired_presence:
-                    self._awareness_entries.pop(sid, None)
+            if self._presence.expire(now):
                 self._want_tick()
             expired = [s for s, t in self._typing.items() if t <= now]
             for sid in expired:
@@ -516,46 +600,46 @@ class Room:
 
     # -- Yjs awareness (spec §13) ------------------------------------------------------------
 
-    def _bump_awareness(self, sid: str, *, force: bool = False) -> None:
-        """A session's awareness changed: its clock moves on, so Yjs clients accept it."""
-        self._awareness_entries.pop(sid, None)
-        entry = self._awareness.get(sid)
-        if entry is None:
-            self._awareness[sid] = [zlib.crc32(sid.encode()), 1]
-        elif force or sid not in self._awareness_origin:
-            entry[1] += 1
+    def claim_awareness(self, member: Member, client_id: int, clock: int, hidden: bool) -> bool:
+        """A Yjs member's awareness entry for `client_id` (`hidden`: a null state). False if
+        it may not speak for that id, or the clock does not move on; then it is ignored
+        (spec §13: a client speaks only for itself). An id whose holder disconnected passes
+        to a session of the same identity at once (a quick reconnect), and to anyone once
+        the holder's presence has left; such a session is asked to send its state again."""
+        sid = member.session.id
+        holder = self._awareness.holder(client_id)
+        if holder is not None and holder != sid and not hidden and not self._awareness.bound(sid):
+            if self._may_take_over(holder, member.session.identity):
+                self._awareness.release(holder)
+            else:
+                self._awareness_waiting[client_id] = member
+        return self._awareness.claim(sid, client_id, clock, hidden)
 
-    def set_awareness_origin(self, sid: str, client_id: int, clock: int) -> None:
-        """A y-websocket member's own awareness id and clock, relayed as they are."""
-        self._awareness[sid] = [client_id, clock]
-        self._awareness_origin.add(sid)
-        self._awareness_entries.pop(sid, None)
+    def _may_take_over(self, holder: str, identity: Identity) -> bool:
+        if any(m.session.id == holder for m in self._members.values()):
+            return False  # still connected: a client speaks only for itself
+        return holder not in self._presence or self._presence.entry(holder).identity.get("id") == identity.get("id")
 
     def renew_awareness(self) -> None:
         """Yjs clients drop states not renewed within 30 s: renew those of native members."""
-        for sid in self._presence.sessions():
-            if sid not in self._awareness_origin:
-                self._bump_awareness(sid)
+        self._awareness.renew()
 
-    def awareness_entry(self, sid: str) -> AwarenessEntry:
+    def awareness_entry(self, sid: str) -> AwarenessEntry | None:
         """The awareness a Yjs client sees for a session: its presence state, its cursor and
-        the identity the server stamped (which no client can set)."""
-        cached = self._awareness_entries.get(sid)
+        the identity the server stamped (which no client can set); a null state once it
+        left; None if it shows none (a Yjs client that has not spoken for itself)."""
+        cached = self._awareness.cached(sid)
         if cached is not None:
             return cached
-        client_id, clock = self._awareness.get(sid) or (zlib.crc32(sid.encode()), 1)
-        if sid not in self._presence:
-            answer = AwarenessEntry(client_id, clock, "null")
-        else:
+        state_json = None
+        if sid in self._presence:
             entry = self._presence.entry(sid)
             state: dict[str, Any] = dict(entry.state)
             if sid in self._cursors:
                 state["cursor"] = self._cursors[sid]
             state["identity"] = entry.identity
-            answer = AwarenessEntry(client_id, clock, json.dumps(state, default=_json_default))
-        if sid in self._awareness:  # cached only for sessions whose entry is dropped with them
-            self._awareness_entries[sid] = answer
-        return answer
+            state_json = json.dumps(state, default=_json_default, allow_nan=False)
+        return self._awareness.entry(sid, state_json)
 
     def awareness_sessions(self) -> list[str]:
         return self._presence.sessions()
@@ -571,7 +655,18 @@ class Room:
         existing = self._events.seq_for_key(key)
         if existing is None:
             identity: Identity | None = member.session.identity if member else None
-            payload = await self._hooks.on_event(self.name, identity, name, payload)
+            original = payload
+            payload = await call_hook(
+                "on_event",
+                lambda: self._hooks.on_event(self.name, identity, name, original),
+                self._config.hook_timeout,
+                (EventRejected,),
+            )
+            try:
+                check_value(payload, MAX_DEPTH)
+            except ProtocolError as exc:
+                logger.error("hook on_event returned a payload that cannot be sent: %s", exc.message)
+                raise HookFailed("on_event") from None
             existing = self._events.seq_for_key(key)  # a retry may have won during the hook
         if existing is not None:
             if member is not None and ref is not None:
@@ -622,7 +717,7 @@ class Room:
                 if pending.events:
                     stored = [r.stored() for r in pending.events]
                     await self._store.append_events(self.name, stored, self._config.event_history)
-            except StorageError as exc:
+            except Exception as exc:  # StorageError, or a store that breaks its contract
                 self._pending = pending
                 self._fail(exc)
                 return
@@ -651,16 +746,16 @@ class Room:
         snapshot = self.doc.get_update()
         try:
             await self._store.compact(self.name, snapshot, covered)
-        except StorageError as exc:
+        except Exception as exc:
             # The updates are still stored; a failed compaction loses nothing.
-            logger.warning("room %r: compaction failed: %s", self.name, exc)
+            logger.warning("room %r: compaction failed: %s", self.name, exc, exc_info=exc)
             return
         self._updates_since_snapshot -= covered
         self._bytes_since_snapshot = 0
         try:
-            await self._hooks.on_room_stored(self.name, snapshot)
-        except Exception as exc:
-            logger.error("room %r: on_room_stored hook failed", self.name, exc_info=exc)
+            await call_hook("on_room_stored", lambda: self._hooks.on_room_stored(self.name, snapshot), self._config.hook_timeout)
+        except HookFailed:
+            pass  # logged; the snapshot is stored whatever the hook did
 
     async def wait_flushed(self) -> None:
         """Return once every change made so far is durable. Raises RoomUnavailable on failure."""
@@ -670,6 +765,16 @@ class Room:
             await self._commit_done.wait()
         if self.state is RoomState.FAILED:
             raise RoomUnavailable("room failed before its changes were stored")
+
+    def crashed(self) -> None:
+        """A bug ended `run`: fail the room, end every membership with INTERNAL, and release
+        whoever waits for a commit (wait_flushed raises RoomUnavailable)."""
+        self.state = RoomState.FAILED
+        self._on_draining(self)
+        self._pending = _Pending()
+        self.close_all(ErrorCode.INTERNAL, "internal error")
+        self._commit_done.set()
+        self._closed.set()
 
     def close_all(self, code: int, message: str) -> None:
         """Server-side: end every membership with channel_closed (spec §5.2)."""

@@ -43,6 +43,7 @@ from plait.protocol import (
     Publish,
     RemoteProtocolError,
     Role,
+    STALE,
     SessionState,
     SyncStep1,
     SyncStep2,
@@ -52,11 +53,12 @@ from plait.protocol import (
     CodecLimits,
     decode,
     encode_frame,
+    check_room_name,
     encode_trusted,
 )
 
 from ._errors import RequestError
-from ._hooks import Unauthenticated
+from ._hooks import HookFailed, Unauthenticated
 from ._peer import Peer, Refresh
 from ._room import Member
 from ._transport import Transport
@@ -65,9 +67,6 @@ if TYPE_CHECKING:
     from ._engine import Engine
 
 logger = logging.getLogger("plait.session")
-
-_CONTROL_CHARS = {chr(c) for c in range(32)} | {"\x7f"}
-
 
 class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
@@ -101,18 +100,22 @@ class Session(Peer):
                     raise RemoteProtocolError("the first message must hold only hello", ErrorCode.UNEXPECTED_FRAME)
                 self.conn.receive(frames[0])
             except RemoteProtocolError as exc:
-                self._fatal(exc, None)
+                # Not a hello at all: most often a client of another protocol; say where to go.
+                hint = None if exc.code is ErrorCode.UNSUPPORTED_VERSION else "not a Plait hello; Yjs clients connect to /yjs/ROOM"
+                self._fatal(exc, None, hint)
                 return False
             hello = frames[0]
             assert isinstance(hello, Hello)
             try:
-                self.identity = await self.engine.hooks.authenticate(hello.token, hello.client)
+                self.identity = await self.engine.authenticate(hello.token, hello.client)
             except Unauthenticated as exc:
                 self._send_now(Error(None, None, ErrorCode.UNAUTHENTICATED, str(exc)[:1024] or "token refused"))
                 self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
                 return False
-            if not isinstance(self.identity.get("id"), str):
-                raise TypeError("Hooks.authenticate must return a map with a string 'id'")
+            except HookFailed as exc:
+                self._send_now(Error(None, None, exc.code, exc.message))
+                self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                return False
             welcome = Welcome(self.conn.version or 1, self.id, int(self.config.heartbeat * 1000), self.config.limits)
             self._send_now(welcome)
             return True
@@ -170,7 +173,8 @@ class Session(Peer):
         accepted: list[Update] = []
         for frame in run:
             try:
-                self.conn.receive(frame)
+                if self.conn.receive(frame) is STALE:
+                    continue  # spec §5.2: for a channel already left, ignored
                 member = self._member(frame.channel)
                 if member.access is Access.WRITE:
                     self._rate(self._update_bucket, "document updates")
@@ -190,15 +194,15 @@ class Session(Peer):
         ref: int | None = getattr(frame, "ref", None)
         channel: int | None = getattr(frame, "channel", None)
         try:
-            self.conn.receive(frame)
+            accepted = self.conn.receive(frame)
         except RemoteProtocolError as exc:
             if exc.code.fatal:
                 self._fatal(exc, ref)
             else:
                 self.send_error(ref, channel, exc.code, exc.message)
             return
-        if self.conn.state is not SessionState.OPEN:
-            return
+        if accepted is STALE or self.conn.state is not SessionState.OPEN:
+            return  # spec §5.2: a frame for a channel already left is ignored
         try:
             await self._dispatch(frame)
         except RequestError as exc:
@@ -208,10 +212,10 @@ class Session(Peer):
             else:
                 self.send_error(ref, channel, exc.code, exc.message)
 
-    def _fatal(self, exc: RemoteProtocolError, ref: int | None) -> None:
+    def _fatal(self, exc: RemoteProtocolError, ref: int | None, reason: str | None = None) -> None:
         logger.info("session %s: protocol error %s: %s", self.id, exc.code.name, exc.message)
         self.outbox.put(encode_frame(Error(ref, None, exc.code, exc.message[:1024])))
-        self.close(exc.code.close_code, exc.code.name.lower())
+        self.close(exc.code.close_code, reason or f"{exc.code.name.lower()}: {exc.message}")
 
     def send_error(self, ref: int | None, channel: int | None, code: int, message: str) -> None:
         self.send_frames([Error(ref, channel, code, message[:1024])])
@@ -275,21 +279,19 @@ class Session(Peer):
             raise RequestError(
                 ErrorCode.TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_connection} rooms per connection"
             )
-        if any(c in _CONTROL_CHARS for c in name):
-            raise RequestError(ErrorCode.INVALID_ROOM_NAME, "room names have no control characters")
+        try:
+            check_room_name(name)
+        except RemoteProtocolError as exc:
+            raise RequestError(exc.code, exc.message) from None
         self._rooms[name] = None  # claims the name while we await, so a racing join is refused
         try:
-            access = await self.engine.hooks.authorize(self.identity, name)
+            access = await self.engine.authorize(self.identity, name)
             if access is None:
                 raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {name!r}")
             async with self.engine.hold_room(name) as room:
                 channel = self._next_channel
+                member = room.add_member(self, channel, access, join)  # RequestError: nothing sent
                 self.conn.send(Joined(join.ref, channel, int(access), 0, None))
-                try:
-                    member = room.add_member(self, channel, Access(access), join)
-                except RequestError:
-                    self.conn.send(ChannelClosed(channel, ErrorCode.INVALID_UPDATE, ""))
-                    raise
                 self._next_channel += 1
                 self._members[channel] = member
         except BaseException:

@@ -33,6 +33,8 @@ WS_PROTOCOL_ERROR = 1002
 NO_STATUS_RECEIVED = 1005
 INVALID_DATA = 1007
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 of them the code
+CLOSE_WRITE_SECONDS = 2.0
+"""How long the close frame that ends a connection may wait behind a write in progress."""
 
 
 class WebSocketStream:
@@ -42,7 +44,7 @@ class WebSocketStream:
     writes, later ones queue their bytes for it.
     """
 
-    __slots__ = ("path", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_closed", "_pongs",
+    __slots__ = ("path", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written", "_closed", "_pongs",
                  "_ping_count")
 
     # Thousands of idle connections each hold one of these: plain lists, no deques.
@@ -56,6 +58,7 @@ class WebSocketStream:
         self._parts: list[Frame] = []  # of a fragmented message
         self._outgoing: list[bytes] = []
         self._sending = False
+        self._written: trio.Event | None = None  # made when someone waits for a write to end
         self._closed: TransportClosed | None = None
         self._pongs: dict[bytes, trio.Event] = {}
         self._ping_count = 0
@@ -121,12 +124,20 @@ class WebSocketStream:
 
     async def _end(self, code: int, reason: str) -> None:
         """The connection is over (the peer closed it or broke the protocol): send what the
-        protocol queued (its close frame), close the socket. Raises TransportClosed."""
+        protocol queued (its close frame, RFC 6455 §7.1.7), close the socket. The close frame
+        goes after a write another task has in progress, not instead of it. Raises
+        TransportClosed."""
         self._finish(TransportClosed(code, reason))
-        try:
-            await self.flush()
-        except TransportClosed:
-            pass
+        with trio.move_on_after(CLOSE_WRITE_SECONDS):
+            try:
+                await self.flush()
+                while self._sending or self._outgoing:
+                    if self._sending:
+                        self._written = self._written or trio.Event()
+                        await self._written.wait()
+                    await self.flush()
+            except TransportClosed:
+                pass
         await trio.aclose_forcefully(self._stream)
         raise self._closed_error()
 
@@ -207,6 +218,9 @@ class WebSocketStream:
                     raise self._closed_error() from None
         finally:
             self._sending = False
+            if self._written is not None:
+                self._written.set()
+                self._written = None
 
     # -- closing ----------------------------------------------------------------------------
 

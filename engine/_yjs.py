@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -33,6 +34,7 @@ from plait.protocol import (
     PresenceDiff,
     PresenceSnapshot,
     ProtocolError,
+    RemoteProtocolError,
     SyncStep1,
     SyncStep2,
     Update,
@@ -41,16 +43,19 @@ from plait.protocol import (
     YQueryAwareness,
     YSync,
     YSyncStep,
+    check_room_name,
     check_value,
+    close_code_for,
     decode_y,
     encode_awareness,
     encode_sync,
+    encode_y,
 )
 
-from ._errors import RequestError, RoomUnavailable
+from ._errors import RequestError
 from ._hooks import Unauthenticated
 from ._peer import Peer, Refresh
-from ._room import Member, merge_updates
+from ._room import Member, Room, merge_updates
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -64,58 +69,64 @@ MAX_AWARENESS_STATE = 64 * 1024
 
 
 class YjsSession(Peer):
-    __slots__ = ("_client_id", "_member", "room_name", "token")
-    def __init__(self, engine: Engine, transport: Transport, session_id: str, room: str, token: str | None) -> None:
+    __slots__ = ("_member", "room_path", "token")
+    OWN_AWARENESS = True
+
+    def __init__(self, engine: Engine, transport: Transport, session_id: str, room_path: str, token: str | None) -> None:
         super().__init__(engine, transport, session_id)
-        self.room_name = room
+        self.room_path = room_path
+        """The room's name as the URL has it (percent-encoded), checked in the handshake."""
         self.token = token
-        self._client_id: int | None = None
         self._member: Member | None = None
 
     # -- handshake: authenticate, authorise, join the one room -------------------------------
 
     async def _handshake(self) -> bool:
         try:
-            self.identity = await self.engine.hooks.authenticate(self.token, {"name": "y-websocket"})
-        except Unauthenticated:
-            self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
-            return False
-        access = await self.engine.hooks.authorize(self.identity, self.room_name)
-        if access is None:
-            self.close(CloseCode.FORBIDDEN, "no access to this room")
-            return False
+            name = urllib.parse.unquote(self.room_path, errors="strict")
+            check_room_name(name)
+        except (UnicodeDecodeError, RemoteProtocolError):
+            return self._refuse(ErrorCode.INVALID_ROOM_NAME, "invalid room name (1..256 characters, no control characters)")
         try:
-            async with self.engine.hold_room(self.room_name) as room:
-                self._member = room.add_member(self, 1, Access(access), Join(0, self.room_name, None, None))
-        except RoomUnavailable:
-            self.close(CloseCode.INTERNAL_ERROR, "room unavailable")
-            return False
-        except RequestError:
-            self.close(CloseCode.GOING_AWAY, "server shutting down")
-            return False
+            self.identity = await self.engine.authenticate(self.token, {"name": "y-websocket"})
+            access = await self.engine.authorize(self.identity, name)
+            if access is None:
+                return self._refuse(ErrorCode.FORBIDDEN, "no access to this room")
+            async with self.engine.hold_room(name) as room:
+                self._member = room.add_member(self, 1, access, Join(0, name, None, None))
+        except Unauthenticated:
+            return self._refuse(ErrorCode.UNAUTHENTICATED, "unauthenticated")
+        except RequestError as exc:  # the room is unavailable, a hook failed, shutting down
+            return self._refuse(exc.code, exc.message)
         self._members[1] = self._member
-        logger.info("yjs session %s joined %r as %s", self.id, self.room_name, self.identity.get("id"))
+        logger.info("yjs session %s joined %r as %s", self.id, name, self.identity.get("id"))
         return True
+
+    def _refuse(self, code: int, reason: str) -> bool:
+        """Refuse what the client sent or asked for. y-websocket has no error message, so the
+        close code says it (spec §13: retry or not) and the reason says why."""
+        logger.info("yjs session %s refused: %s (%d)", self.id, reason, code)
+        self.close(close_code_for(code), reason)
+        return False
 
     # -- reader ------------------------------------------------------------------------------
 
     async def _reader(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pinger)
+            nursery.start_soon(self._contained, self._pinger)
             while True:
                 data = await self._receive()
                 if data is None:
                     break
                 try:
                     if not isinstance(data, bytes):
-                        raise _malformed("text message")
+                        raise RemoteProtocolError("text message", ErrorCode.MALFORMED_FRAME)
                     self._handle(decode_y(data))
                 except ProtocolError as exc:
-                    logger.info("yjs session %s: %s", self.id, exc.message)
-                    self.close(CloseCode.PROTOCOL_ERROR, exc.code.name.lower())
+                    self._refuse(exc.code, exc.message)
                     break
                 except RequestError as exc:
-                    logger.info("yjs session %s: %s", self.id, exc.message)
+                    self._refuse(exc.code, exc.message)
                     break
                 if self._close_code is not None:
                     break
@@ -125,7 +136,7 @@ class YjsSession(Peer):
         while True:
             await trio.sleep(self.config.heartbeat)
             with trio.move_on_after(self.config.heartbeat) as waited:
-                await self.transport.ping()
+                await self.transport.ping()  # TransportClosed: the peer is gone (_contained)
             if waited.cancelled_caught:
                 self.close(CloseCode.HEARTBEAT_TIMEOUT, "no pong")
                 return
@@ -143,20 +154,15 @@ class YjsSession(Peer):
                     logger.info("yjs session %s is read-only: update ignored", self.id)
                     return
                 if not self._update_bucket.take(trio.current_time()):
-                    self.close(CloseCode.RATE_LIMITED, "too many updates")  # it resyncs on reconnect
-                    return
+                    raise RequestError(ErrorCode.RATE_LIMITED, "too many updates")  # it resyncs on reconnect
                 room.apply_client_update(member, update, None)
             case YAwareness(entries=entries):
                 for entry in entries:
-                    if self._client_id is None:
-                        self._client_id = entry.client_id
-                    if entry.client_id != self._client_id:
-                        continue  # a client speaks only for itself
+                    # A client speaks only for itself: one client id, bound at its first message.
                     state = _parse_state(entry.state_json)
-                    room.set_awareness_origin(self.id, entry.client_id, entry.clock)
-                    room.set_presence(member, state or {}, None)
-                    cursor = state.get("cursor") if state else None
-                    room.move_cursor(member, cursor)
+                    if room.claim_awareness(member, entry.client_id, entry.clock, hidden=state is None):
+                        room.set_presence(member, state or {}, None)
+                        room.move_cursor(member, state.get("cursor") if state else None)
             case YQueryAwareness():
                 self._send_awareness(member, room.awareness_sessions())
             case YAuth():
@@ -183,7 +189,7 @@ class YjsSession(Peer):
             self.send_bytes(data)
         for frame in frames:
             if isinstance(frame, ChannelClosed):
-                self.close(CloseCode.INTERNAL_ERROR if frame.code >= 3000 else CloseCode.FORBIDDEN, frame.message)
+                self._refuse(frame.code, frame.message)
 
     def _encode(self, member: Member, frames: list[Frame]) -> list[bytes]:
         out: list[bytes] = []
@@ -226,9 +232,12 @@ class YjsSession(Peer):
             out.append(_merged(run))
         return out
 
-    def _awareness(self, room: Any, sids: list[str]) -> bytes:
-        entries = [room.awareness_entry(sid) for sid in dict.fromkeys(sids) if sid != self.id]
+    def _awareness(self, room: Room, sids: list[str]) -> bytes:
+        entries = [e for sid in dict.fromkeys(sids) if sid != self.id and (e := room.awareness_entry(sid)) is not None]
         return encode_awareness(entries) if entries else b""
+
+    def query_awareness(self, member: Member) -> None:
+        self.send_bytes(encode_y(YQueryAwareness()))
 
     def _send_awareness(self, member: Member, sids: list[str]) -> None:
         self.send_bytes(self._awareness(member.room, sids) or encode_awareness([]))
@@ -247,7 +256,7 @@ class YjsSession(Peer):
 
     def close_channel(self, member: Member, code: int, message: str) -> None:
         self._members.pop(member.channel, None)
-        self.close(CloseCode.INTERNAL_ERROR if code >= 3000 else CloseCode.FORBIDDEN, message)
+        self._refuse(code, message)
 
 
 UPDATE_PREFIX = encode_sync(YSyncStep.UPDATE, b"")[:2]
@@ -285,12 +294,6 @@ def _merged(messages: list[bytes]) -> bytes:
             del _merge_cache[next(iter(_merge_cache))]
         _merge_cache[key] = merged
     return merged
-
-
-def _malformed(what: str) -> ProtocolError:
-    from plait.protocol import RemoteProtocolError
-
-    return RemoteProtocolError(what, ErrorCode.MALFORMED_FRAME)
 
 
 def _parse_state(text: str) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from ._errors import (
     APPLICATION_ERROR_RANGE as APPLICATION_ERROR_RANGE,
     TransportClosed as TransportClosed,
     ABNORMAL_CLOSURE as ABNORMAL_CLOSURE,
+    close_code_for as close_code_for,
 )
 from ._fields import (
     MAX_DEPTH as MAX_DEPTH,
@@ -56,6 +57,7 @@ from ._frames import (
     Event as Event,
     MAX_ROOM_NAME as MAX_ROOM_NAME,
     MAX_EVENT_NAME as MAX_EVENT_NAME,
+    check_room_name as check_room_name,
 )
 from ._codec import (
     decode as decode,

@@ -94,7 +94,16 @@ _CLOSE_FOR_ERROR = {
     ErrorCode.SLOW_CONSUMER: CloseCode.TOO_SLOW,
     ErrorCode.SHUTTING_DOWN: CloseCode.GOING_AWAY,
     ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
+    ErrorCode.STORAGE_UNAVAILABLE: CloseCode.INTERNAL_ERROR,
+    ErrorCode.FORBIDDEN: CloseCode.FORBIDDEN,
 }
+
+
+def close_code_for(code: int) -> CloseCode:
+    """The close code that reports error `code` where no error frame can (the y-websocket
+    endpoint, spec §13): the table of spec §9, PROTOCOL_ERROR for the peer's mistakes."""
+    known = ErrorCode._value2member_map_.get(code)
+    return known.close_code if isinstance(known, ErrorCode) else CloseCode.PROTOCOL_ERROR
 
 _FINAL_CLOSES = frozenset(
     {CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_VERSION, CloseCode.UNAUTHENTICATED, CloseCode.FORBIDDEN}

@@ -202,6 +202,11 @@ def check_value(value: object, depth: int) -> None:
                 raise _invalid("integer out of the 64-bit range")
             continue
         if kind is float:
+            assert isinstance(item, float)
+            if not math.isfinite(item):
+                # NaN and the infinities have no JSON form: a Yjs client (awareness) or an
+                # EventSource (the JSON mapping) could not receive the value (spec §3.3).
+                raise _invalid(f"{item} is not a finite number")
             continue
         if kind is list or kind is tuple:
             if room == 0:

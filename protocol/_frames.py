@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any, ClassVar, Final, final
 
+from ._errors import ErrorCode, RemoteProtocolError
 from ._fields import (
     UINT53_MAX,
     Bin,
@@ -39,6 +40,21 @@ MAX_MESSAGE_TEXT: Final = 1024
 MAX_IDEMPOTENCY_KEY: Final = 128
 MAX_VERSIONS: Final = 16
 MAX_LIST: Final = 10_000  # presence entries, cursor moves, typers in one frame
+
+_CONTROL_CHARS: Final = frozenset(chr(c) for c in range(32)) | {"\x7f"}
+
+
+def check_room_name(name: str) -> None:
+    """The rule for room names on every endpoint (spec §5.2): 1..256 characters, none of them
+    a control character (U+0000..U+001F, U+007F).
+
+    Raises:
+        RemoteProtocolError: INVALID_ROOM_NAME (not fatal: the join is refused).
+    """
+    if not 1 <= len(name) <= MAX_ROOM_NAME:
+        raise RemoteProtocolError(f"room names are 1..{MAX_ROOM_NAME} characters", ErrorCode.INVALID_ROOM_NAME)
+    if not _CONTROL_CHARS.isdisjoint(name):
+        raise RemoteProtocolError("room names have no control characters", ErrorCode.INVALID_ROOM_NAME)
 
 
 class FrameKind(IntEnum):

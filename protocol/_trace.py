@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Literal, Union
@@ -137,11 +136,9 @@ def _field_to_json(ftype: FieldType, value: Any) -> Any:
 
 
 def value_to_json(value: Any) -> Any:
-    """JSON for an application value; binary, odd floats and `$`-keys are escaped."""
+    """JSON for an application value; binary and `$`-keys are escaped."""
     if isinstance(value, bytes):
         return {"$b": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"$float": repr(value)}
     if isinstance(value, (list, tuple)):
         return [value_to_json(v) for v in value]
     if isinstance(value, dict):
@@ -265,8 +262,6 @@ def value_from_json(obj: Any) -> Any:
                     return base64.b64decode(inner, validate=True)
                 except (binascii.Error, TypeError) as exc:
                     raise TraceError(f"bad base64 in $b: {exc}") from exc
-            if key == "$float":
-                return float(inner)
             if key == "$map":
                 return {k: value_from_json(v) for k, v in inner}
         return {k: value_from_json(v) for k, v in obj.items()}

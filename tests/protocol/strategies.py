@@ -30,7 +30,7 @@ scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(INT64_MIN, UINT64_MAX),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
     st.binary(max_size=20),
 )

@@ -1,0 +1,117 @@
+"""What Yjs clients see of a room's presence: awareness client ids, clocks and encoded states
+(spec §13).
+
+Yjs keeps one awareness state per client id and accepts a state only with a clock above the
+last it saw for that id (or a null state at the same clock). So:
+
+- A native session gets a client id derived from its session id; the server counts its clock
+  from 1 and moves it on at every change of its presence or cursor, and when it is renewed.
+- A Yjs session has no awareness entry until it speaks for itself: its first awareness
+  message claims a client id, which is refused while another connected session of the room
+  holds it (a client speaks only for itself). A session that disconnected gives its id up to
+  a new session of the same identity (a quick reconnect), and to anyone once its presence has
+  left. A Yjs session's clock is its client's own, and must increase.
+- A session whose presence left is shown once as a null state at its last clock, as the
+  y-protocols reference server does, then everything kept for it is forgotten.
+
+Pure bookkeeping, like PresenceBook: the room calls it on the Trio thread.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from plait.protocol import AwarenessEntry
+
+
+class Awareness:
+    __slots__ = ("_clients", "_holders", "_native", "_hidden", "_entries")
+
+    def __init__(self) -> None:
+        self._clients: dict[str, list[int]] = {}
+        """Session id -> [awareness client id, clock]."""
+        self._holders: dict[int, str] = {}
+        """Client id -> the Yjs session that claimed it."""
+        self._native: set[str] = set()
+        self._hidden: set[str] = set()
+        self._entries: dict[str, AwarenessEntry] = {}
+        """Encoded entries until the session's state or clock changes: every Yjs member of a
+        busy room asks for the same entries each tick."""
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def add_native(self, session: str) -> None:
+        self._clients[session] = [zlib.crc32(session.encode()), 1]
+        self._native.add(session)
+
+    def changed(self, session: str) -> None:
+        """The session's presence or cursor changed: a native session's clock moves on."""
+        self._entries.pop(session, None)
+        if session in self._native:
+            self._clients[session][1] += 1
+
+    def renew(self) -> None:
+        """Yjs clients drop states not renewed within 30 s: move every native clock on."""
+        for session in self._native:
+            self._entries.pop(session, None)
+            self._clients[session][1] += 1
+
+    def holder(self, client_id: int) -> str | None:
+        return self._holders.get(client_id)
+
+    def bound(self, session: str) -> bool:
+        return session in self._clients
+
+    def claim(self, session: str, client_id: int, clock: int, hidden: bool) -> bool:
+        """A Yjs session's awareness entry for `client_id` at `clock` (`hidden`: a null
+        state). True if it is the session's own and moves its clock on; False to ignore it.
+
+        A session is bound to the first id it claims with a state (y-websocket sends its own
+        state first; a null is a removal, never a claim); an id held by another session is
+        refused (the caller releases a holder that may be replaced). y-websocket clients echo
+        the entries of others back to the server: those are refused here too."""
+        held = self._clients.get(session)
+        if held is not None:
+            if held[0] != client_id or clock <= held[1]:
+                return False  # not its id, or a clock Yjs clients would ignore anyway
+        elif hidden or self._holders.get(client_id, session) != session:
+            return False
+        self._holders[client_id] = session
+        self._clients[session] = [client_id, clock]
+        self._entries.pop(session, None)
+        if hidden:
+            self._hidden.add(session)
+        else:
+            self._hidden.discard(session)
+        return True
+
+    def release(self, session: str) -> int | None:
+        """Forget everything kept for a session, without announcing anything: its presence
+        left and its null state went out, or its client id now belongs to a new session (a
+        reconnect), whose states Yjs clients see under the same id. Returns the client id it
+        held, if any."""
+        client = self._clients.pop(session, None)
+        self._native.discard(session)
+        self._hidden.discard(session)
+        self._entries.pop(session, None)
+        if client is not None and self._holders.get(client[0]) == session:
+            del self._holders[client[0]]
+            return client[0]
+        return None
+
+    def cached(self, session: str) -> AwarenessEntry | None:
+        return self._entries.get(session)
+
+    def entry(self, session: str, state_json: str | None) -> AwarenessEntry | None:
+        """The entry Yjs clients see for `session`, given its state as JSON (None: its
+        presence left), or None when it has no awareness (a Yjs client that has not spoken).
+        Kept until the session's next change."""
+        client = self._clients.get(session)
+        if client is None:
+            return None
+        if session in self._hidden:
+            state_json = None
+        entry = AwarenessEntry(client[0], client[1], "null" if state_json is None else state_json)
+        self._entries[session] = entry
+        return entry
