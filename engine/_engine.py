@@ -28,6 +28,7 @@ from plait.storage import MemoryStore, Store
 
 from ._config import EngineConfig
 from ._errors import RequestError, RoomUnavailable
+from ._events import new_epoch
 from ._handle import RoomHandle
 from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
 from ._record import TraceRecorder
@@ -55,6 +56,7 @@ class Engine:
         hooks: authentication, authorisation and event hooks; anonymous full access if not given.
         config: timings and limits.
         session_ids: makes session ids (tests and trace replay pass a deterministic one).
+        epochs: makes the epoch of a new event history (spec §7; random unless given).
         recorder: records every connection's traffic as a trace (`plait serve --record`).
     """
 
@@ -65,11 +67,13 @@ class Engine:
         config: EngineConfig | None = None,
         session_ids: Callable[[], str] | None = None,
         recorder: TraceRecorder | None = None,
+        epochs: Callable[[], str] | None = None,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.hooks = hooks if hooks is not None else Hooks()
         self.config = config if config is not None else EngineConfig()
         self._new_session_id = session_ids or random_session_ids()
+        self._new_epoch = epochs or new_epoch
         self.recorder = recorder
         self.large_sends = trio.CapacityLimiter(self.config.concurrent_large_sends)
         self._rooms: dict[str, Room] = {}
@@ -246,7 +250,7 @@ class Engine:
                 if previous is not None:
                     await previous.wait_closed()  # its flush must land before we load again
                     continue
-                room = Room(name, self.store, self.hooks, self.config, self._room_draining)
+                room = Room(name, self.store, self.hooks, self.config, self._room_draining, self._new_epoch)
                 self._rooms[name] = room
                 self.nursery.start_soon(self._run_room, room)
             room.hold()

@@ -1,8 +1,17 @@
-"""A room's event log: per-room sequence numbers, a bounded history, idempotency keys (§5.6)."""
+"""A room's event log: per-room sequence numbers, a bounded history, idempotency keys (§5.6),
+and the epoch that names the history (§7).
+
+An epoch is made when a room's history starts empty and is stored with every event, so it
+lives exactly as long as the stored history: a server restarted on a memory store, or a room
+whose events were deleted, starts a new epoch, and a client's old position is known to be from
+another history instead of being read as a position in this one.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,30 +28,46 @@ class EventRecord:
     session: str | None
     user: str | None
     key: str | None
+    epoch: str
 
     def stored(self) -> StoredEvent:
-        body = msgpack.packb([self.name, self.payload, self.session, self.user, self.key], use_bin_type=True)
+        body = msgpack.packb([self.name, self.payload, self.session, self.user, self.key, self.epoch], use_bin_type=True)
         return StoredEvent(self.seq, body)
 
     @classmethod
     def from_stored(cls, stored: StoredEvent) -> EventRecord:
-        name, payload, session, user, key = msgpack.unpackb(stored.body, raw=False)
-        return cls(stored.seq, name, payload, session, user, key)
+        fields = msgpack.unpackb(stored.body, raw=False)
+        if len(fields) == 5:  # stored before epochs: all of one history
+            fields.append(LEGACY_EPOCH)
+        name, payload, session, user, key, epoch = fields
+        return cls(stored.seq, name, payload, session, user, key, epoch)
+
+
+LEGACY_EPOCH = "0"
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
 
 
 class EventLog:
-    def __init__(self, capacity: int, history: tuple[StoredEvent, ...] = ()) -> None:
+    def __init__(self, capacity: int, history: tuple[StoredEvent, ...] = (), epoch: str | Callable[[], str] = new_epoch) -> None:
+        """`epoch` names the history if `history` is empty (a string, or what makes one)."""
         self._history: deque[EventRecord] = deque(maxlen=capacity)
         self._keys: dict[str, int] = {}
         self.head = 0
         for stored in history:
             self._remember(EventRecord.from_stored(stored))
+        if self._history:
+            self.epoch = self._history[-1].epoch
+        else:
+            self.epoch = epoch if isinstance(epoch, str) else epoch()
 
     def seq_for_key(self, key: str | None) -> int | None:
         return None if key is None else self._keys.get(key)
 
     def append(self, name: str, payload: Any, session: str | None, user: str | None, key: str | None) -> EventRecord:
-        record = EventRecord(self.head + 1, name, payload, session, user, key)
+        record = EventRecord(self.head + 1, name, payload, session, user, key, self.epoch)
         self._remember(record)
         return record
 
@@ -56,8 +81,12 @@ class EventLog:
         if record.key is not None:
             self._keys[record.key] = record.seq
 
-    def since(self, seq: int) -> tuple[list[EventRecord], bool]:
-        """Events after `seq`, and whether they are all of them (spec §7)."""
+    def since(self, seq: int, epoch: str | None) -> tuple[list[EventRecord], bool]:
+        """Events after position (`epoch`, `seq`), and whether they are all of them (spec §7).
+        A position from another history (another epoch, with seq > 0) starts this history
+        from its beginning, and is never complete: the client cannot know what it missed."""
+        if seq > 0 and epoch != self.epoch:
+            return list(self._history), False
         if seq > self.head:
             return [], False
         missed = [r for r in self._history if r.seq > seq]

@@ -53,7 +53,7 @@ from plait.storage import RoomData, Store
 
 from ._config import EngineConfig
 from ._errors import RequestError, RoomUnavailable
-from ._events import EventLog, EventRecord
+from ._events import EventLog, EventRecord, new_epoch
 from ._awareness import Awareness
 from ._hooks import EventRejected, HookFailed, Hooks, Identity, call_hook
 from ._presence import PresenceBook
@@ -183,6 +183,7 @@ class Room:
         hooks: Hooks,
         config: EngineConfig,
         on_draining: Callable[[Room], None],
+        new_epoch: Callable[[], str] = new_epoch,
     ) -> None:
         self.name = name
         self.state = RoomState.LOADING
@@ -197,7 +198,8 @@ class Room:
         self._moved: dict[str, Any] = {}
         self._typing: dict[str, float] = {}
         self._typing_changed = False
-        self._events = EventLog(config.event_history)
+        self._events = EventLog(config.event_history, epoch="-")  # replaced once loaded
+        self._new_epoch = new_epoch
         self._pending = _Pending()
         self._updates_since_snapshot = 0
         self._bytes_since_snapshot = 0
@@ -268,7 +270,7 @@ class Room:
         self._doc_subscription = self.doc.observe(self._on_doc_change)
         self._updates_since_snapshot = len(data.updates)
         self._bytes_since_snapshot = sum(map(len, data.updates))
-        self._events = EventLog(self._config.event_history, data.events)
+        self._events = EventLog(self._config.event_history, data.events, self._new_epoch)
 
     def _unobserve(self) -> None:
         if self._doc_subscription is not None:
@@ -342,7 +344,7 @@ class Room:
         missed: list[EventRecord] = []
         resumed = None
         if join.since is not None:
-            missed, resumed = self._events.since(join.since)
+            missed, resumed = self._events.since(join.since, join.epoch)
         member = Member(session, self, channel, access)
         self._members[session] = member
         self._membership_changed.set()
@@ -351,7 +353,7 @@ class Room:
             self._awareness.add_native(session.id)
         self._want_tick()
         session.deliver_frames(member, [
-            Joined(join.ref, channel, int(access), self._events.head, resumed),
+            Joined(join.ref, channel, int(access), self._events.head, resumed, self._events.epoch),
             SyncStep1(channel, self.doc.get_state()),
         ])
         if sync_step2 is not None:

@@ -291,7 +291,7 @@ class Session(Peer):
             async with self.engine.hold_room(name) as room:
                 channel = self._next_channel
                 member = room.add_member(self, channel, access, join)  # RequestError: nothing sent
-                self.conn.send(Joined(join.ref, channel, int(access), 0, None))
+                self.conn.send(Joined(join.ref, channel, int(access), 0, None, "-"))  # only the channel counts here
                 self._next_channel += 1
                 self._members[channel] = member
         except BaseException:

@@ -14,6 +14,7 @@ interleaving of connections is exactly the recorded one and the result is determ
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from plait.protocol import (
     Access,
     Close,
     Frame,
+    Joined,
     Open,
     Raw,
     Trace,
@@ -184,8 +186,16 @@ async def replay(
     # timeouts) after the last inbound frame are part of the trace too.
     end = max([r.t for r in trace.records] + [float(settings.get("end", 0.0))])
 
+    # New event histories get the recorded epochs, in the order they first appear (spec §10.2).
+    recorded_epochs = dict.fromkeys(r.body.epoch for r in trace.records if isinstance(r.body, Joined))
+    epochs = itertools.chain(recorded_epochs, (f"e{n}" for n in itertools.count(1)))
     engine = Engine(
-        store=store or MemoryStore(), hooks=hooks, config=config, session_ids=lambda: next(opens), recorder=recorder
+        store=store or MemoryStore(),
+        hooks=hooks,
+        config=config,
+        session_ids=lambda: next(opens),
+        epochs=lambda: next(epochs),
+        recorder=recorder,
     )
     async with engine:
         start = trio.current_time()

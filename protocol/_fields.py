@@ -160,9 +160,10 @@ class Record(FieldType):
         return [to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)]
 
 
-def wire(field_type: FieldType) -> Any:
-    """Declare a dataclass field's wire type: `name: int = wire(UInt())`."""
-    return dataclasses.field(metadata={"wire": field_type})
+def wire(field_type: FieldType, default: Any = dataclasses.MISSING) -> Any:
+    """Declare a dataclass field's wire type: `name: int = wire(UInt())`. A default only
+    saves typing in Python; on the wire every field is always present."""
+    return dataclasses.field(default=default, metadata={"wire": field_type})
 
 
 def field_types(cls: type) -> tuple[FieldType, ...]:

@@ -36,6 +36,7 @@ MAX_ROOM_NAME: Final = 256
 MAX_EVENT_NAME: Final = 128
 MAX_TOKEN: Final = 8192
 MAX_SESSION_ID: Final = 64
+MAX_EPOCH: Final = 64
 MAX_MESSAGE_TEXT: Final = 1024
 MAX_IDEMPOTENCY_KEY: Final = 128
 MAX_VERSIONS: Final = 16
@@ -251,6 +252,7 @@ class Join(Frame):
     room: str = wire(Str(MAX_ROOM_NAME, min_len=1))
     state_vector: bytes | None = wire(Optional(Bin()))
     since: int | None = wire(Optional(SEQ))
+    epoch: str | None = wire(Optional(Str(MAX_EPOCH)), default=None)
 
 
 @final
@@ -262,6 +264,7 @@ class Joined(Frame):
     access: int = wire(UInt(max(Access)))
     head: int = wire(SEQ)
     resumed: bool | None = wire(Optional(Bool()))
+    epoch: str = wire(Str(MAX_EPOCH, min_len=1))
 
 
 @final

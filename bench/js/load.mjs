@@ -174,7 +174,7 @@ class NativeClient extends Client {
 
   join () {
     this.joinedAt = now()
-    this.frame([10, this.ref++, this.room, Y.encodeStateVector(this.doc), null])
+    this.frame([10, this.ref++, this.room, Y.encodeStateVector(this.doc), null, null])
   }
 
   frame (frame) {

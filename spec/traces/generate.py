@@ -225,7 +225,18 @@ def scenarios() -> dict[str, Script]:
     for i in range(3):
         x.send(1 + i, "s1", Publish(1, 10 + i, "n", i, None))
     x.hello(5, "s2")
-    x.send(5, "s2", Join(1, "r", None, 1))
+    x.send(5, "s2", Join(1, "r", None, 1, "e1"))
+
+    x = s["resume-other-history"] = Script(
+        "rejoin with a position from another history (the epoch differs, as after a restart on "
+        "a memory store): the whole retained history is replayed, resumed=false"
+    )
+    x.hello(0, "s1")
+    x.send(0, "s1", Join(1, "r", None, None))
+    for i in range(2):
+        x.send(1 + i, "s1", Publish(1, 10 + i, "n", i, None))
+    x.hello(4, "s2")
+    x.send(4, "s2", Join(1, "r", None, 3, "an-older-epoch"))
 
     x = s["resume-incomplete"] = Script(
         "rejoin with since older than the history: what is left is replayed, resumed=false", event_history=2
@@ -244,6 +255,7 @@ def scenarios() -> dict[str, Script]:
     )
     x.hello(0, "s1", token="ro:viewer")
     x.send(0, "s1", Join(1, "r", b"\x00", None))
+    x.send(1, "s1", SyncStep2(1, 4, b"\x00\x00"))  # the mandatory answer to sync_step1: acked
     x.send(1, "s1", Update(1, 2, a1))
     x.send(2, "s1", PresenceSet(1, 3, {"name": "viewer"}))
     x.hello(3, "s2", token="no:stranger")

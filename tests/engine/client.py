@@ -91,9 +91,11 @@ class RawClient:
         self.welcome = await self.expect(Welcome)
         return self.welcome
 
-    async def join(self, room: str, state_vector: bytes | None = b"\x00", since: int | None = None) -> Joined:
+    async def join(
+        self, room: str, state_vector: bytes | None = b"\x00", since: int | None = None, epoch: str | None = None
+    ) -> Joined:
         ref = self.next_ref()
-        await self.send(Join(ref, room, state_vector, since))
+        await self.send(Join(ref, room, state_vector, since, epoch))
         return await self.expect(Joined, ref=ref)
 
 

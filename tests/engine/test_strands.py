@@ -8,6 +8,7 @@ import trio
 from trio.testing import MockClock
 
 from plait.engine import EventRejected, Hooks, Identity
+from plait.storage import MemoryStore
 from plait.protocol import (
     Access,
     Ack,
@@ -192,21 +193,53 @@ async def test_resume_reports_whether_history_covered_the_gap(autojump_clock: Mo
     async with make_engine(event_history=3) as engine:
         a = DocClient(engine.connect_memory())
         await a.hello()
-        await a.join("r")
+        epoch = (await a.join("r")).epoch
         for i in range(5):
             await a.send(Publish(1, i + 1, "n", i, None))
             await a.wait_for(Ack)
         b = DocClient(engine.connect_memory())
         await b.hello()
-        joined = await b.join("r", since=3)
+        joined = await b.join("r", since=3, epoch=epoch)
         assert (joined.head, joined.resumed) == (5, True)
         seqs = [(await b.wait_for(Event)).seq for _ in range(2)]
         assert seqs == [4, 5]
         c = DocClient(engine.connect_memory())
         await c.hello()
-        joined = await c.join("r", since=1)
+        joined = await c.join("r", since=1, epoch=epoch)
         assert joined.resumed is False  # events 2 is gone from the 3-event history
         assert [(await c.wait_for(Event)).seq for _ in range(3)] == [3, 4, 5]
+
+
+async def test_a_position_from_another_history_is_never_resumed(autojump_clock: MockClock) -> None:
+    """Issue: with a memory store, 3 events, a restart, 5 new events, then a rejoin with
+    since=3 said resumed=true and replayed new events 4-5 as if they followed the old 3."""
+    store = MemoryStore()
+    async with make_engine(store=store) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        old_epoch = (await a.join("r")).epoch
+        for i in range(3):
+            await a.send(Publish(1, i + 1, "n", f"old-{i}", None))
+            await a.wait_for(Ack)
+    async with make_engine(store=MemoryStore()) as restarted:  # the memory store did not survive
+        b = DocClient(restarted.connect_memory())
+        await b.hello()
+        new_epoch = (await b.join("r")).epoch
+        assert new_epoch != old_epoch
+        for i in range(5):
+            await b.send(Publish(1, i + 1, "n", f"new-{i}", None))
+            await b.wait_for(Ack)
+        c = DocClient(restarted.connect_memory())
+        await c.hello()
+        joined = await c.join("r", since=3, epoch=old_epoch)
+        assert (joined.resumed, joined.epoch, joined.head) == (False, new_epoch, 5)
+        replayed = [(await c.wait_for(Event)).payload for _ in range(5)]
+        assert replayed == [f"new-{i}" for i in range(5)]  # the whole new history, from its start
+    async with make_engine(store=store) as same_store:  # a durable store keeps the epoch
+        d = DocClient(same_store.connect_memory())
+        await d.hello()
+        joined = await d.join("r", since=3, epoch=old_epoch)
+        assert (joined.resumed, joined.epoch) == (True, old_epoch)
 
 
 async def test_read_only_members_cannot_edit_but_have_presence(autojump_clock: MockClock) -> None:

@@ -47,7 +47,7 @@ class ConnectionPair:
 
     def join(self, channel: int = 1) -> None:
         self.client_sends(Join(ref=channel, room=f"r{channel}", state_vector=None, since=None))
-        self.server_sends(Joined(ref=channel, channel=channel, access=2, head=0, resumed=None))
+        self.server_sends(Joined(ref=channel, channel=channel, access=2, head=0, resumed=None, epoch="e1"))
 
 
 def test_handshake_opens_both_sides_and_negotiates_the_version() -> None:
@@ -93,7 +93,7 @@ def test_a_client_cannot_send_server_frames() -> None:
     pair = ConnectionPair()
     pair.handshake()
     with pytest.raises(RemoteProtocolError) as info:
-        pair.server.receive(Joined(ref=1, channel=1, access=2, head=0, resumed=None))
+        pair.server.receive(Joined(ref=1, channel=1, access=2, head=0, resumed=None, epoch="e1"))
     assert info.value.code is ErrorCode.UNEXPECTED_FRAME
     with pytest.raises(LocalProtocolError):
         ConnectionPair().client.send(Welcome(version=1, session="s", heartbeat_ms=1, limits=LIMITS))
