@@ -31,6 +31,11 @@ class EngineConfig:
     than this fails its request with INTERNAL instead of holding it forever."""
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_document_bytes: int = 64 * MiB
+    """A room's document (Yjs v1 encoding) may not grow past this: an update that would make
+    it larger is refused (DOCUMENT_TOO_LARGE) and the document stays as it was. y-websocket
+    clients cannot split what they send, so their messages may be this large (plus a little)
+    even when native messages are limited to max_message_bytes."""
     max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE
     max_rooms_per_connection: int = 64
     events_per_second: int = 50

@@ -204,9 +204,17 @@ class Engine:
             handler=self.serve_transport,
             accepting=lambda: self._accepting,
             handshake_timeout=self.config.handshake_timeout,
-            max_message_bytes=self.config.max_message_bytes,
+            max_message_bytes=self._max_message_bytes,
         )
         await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)
+
+    def _max_message_bytes(self, path: str) -> int:
+        """Native clients split what they send; y-websocket clients send a whole document's
+        state (their offline edits) as one message, so that endpoint takes documents up to
+        max_document_bytes, plus room for the message's own header."""
+        if path.startswith(YJS_PATH):
+            return max(self.config.max_message_bytes, self.config.max_document_bytes + 64 * 1024)
+        return self.config.max_message_bytes
 
     async def serve_transport(self, transport: Transport) -> None:
         """Run one connection to its end, whatever transport carries it. The path picks the

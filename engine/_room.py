@@ -203,6 +203,9 @@ class Room:
         self._pending = _Pending()
         self._updates_since_snapshot = 0
         self._bytes_since_snapshot = 0
+        self._doc_bytes = 0
+        """The document's size, estimated (spec §8 DOCUMENT_TOO_LARGE, _fits)."""
+        self._doc_bytes_exact = False
         self._origin: Member | None = None
         self._persist_lock = trio.StrictFIFOLock()
         self._loaded = trio.Event()
@@ -270,6 +273,7 @@ class Room:
         self._doc_subscription = self.doc.observe(self._on_doc_change)
         self._updates_since_snapshot = len(data.updates)
         self._bytes_since_snapshot = sum(map(len, data.updates))
+        self._doc_bytes = len(data.snapshot or b"") + self._bytes_since_snapshot
         self._events = EventLog(self._config.event_history, data.events, self._new_epoch)
 
     def _unobserve(self) -> None:
@@ -433,6 +437,7 @@ class Room:
             if ref is not None:
                 self.ack(member, ref)
             return
+        self._check_size(len(update))
         self._origin = member
         try:
             apply_update(self.doc, update)
@@ -448,7 +453,7 @@ class Room:
         """Apply a burst of a member's updates as one merged update (one transaction, one
         fan-out frame, one log record); if the merge or the apply fails, fall back to one by
         one so that each bad update gets its own error. Answers keep request order."""
-        if member.access is Access.WRITE:
+        if member.access is Access.WRITE and self._fits(sum(len(update) for update, _ in items)):
             try:
                 merged = merge_updates([update for update, _ in items])
                 self._origin = member
@@ -471,10 +476,30 @@ class Room:
                 if ref is not None:
                     self.refuse(member, ref, exc.code, exc.message)
 
+    def _fits(self, extra: int) -> bool:
+        """Whether the document stays within max_document_bytes with `extra` more bytes of
+        updates. The size is estimated (the last exact size plus every update since, which
+        only overestimates) and measured exactly only when the estimate is over."""
+        limit = self._config.max_document_bytes
+        if self._doc_bytes + extra <= limit:
+            return True
+        if not self._doc_bytes_exact:
+            self._doc_bytes, self._doc_bytes_exact = len(self.doc.get_update()), True
+        return self._doc_bytes + extra <= limit
+
+    def _check_size(self, extra: int) -> None:
+        if not self._fits(extra):
+            raise RequestError(
+                ErrorCode.DOCUMENT_TOO_LARGE,
+                f"the document would be larger than this server's {self._config.max_document_bytes} bytes",
+            )
+
     def _on_doc_change(self, event: pycrdt.TransactionEvent) -> None:
         # Every change to the document, from a member or from server-side code, passes here:
         # it is broadcast to everyone but its origin and queued for the next commit.
         update: bytes = event.update
+        self._doc_bytes += len(update)
+        self._doc_bytes_exact = False
         self._pending.updates.append(update)
         self._changes += 1
         self._want_persist()
@@ -746,6 +771,7 @@ class Room:
     async def _compact(self) -> None:
         covered = self._updates_since_snapshot
         snapshot = self.doc.get_update()
+        self._doc_bytes, self._doc_bytes_exact = len(snapshot), True
         try:
             await self._store.compact(self.name, snapshot, covered)
         except Exception as exc:

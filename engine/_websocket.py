@@ -275,7 +275,7 @@ async def serve_connection(
     *,
     accepting: Callable[[], bool],
     handshake_timeout: float,
-    max_message_bytes: int,
+    max_message_bytes: Callable[[str], int],
 ) -> None:
     """Run one TCP connection: the HTTP upgrade, then `handler` with the WebSocket. The
     socket is closed when this returns, whatever happened."""
@@ -291,10 +291,12 @@ async def serve_connection(
         await trio.aclose_forcefully(stream)
 
 
-async def _upgrade(stream: trio.abc.Stream, accepting: Callable[[], bool], max_message_bytes: int) -> WebSocketStream | None:
+async def _upgrade(
+    stream: trio.abc.Stream, accepting: Callable[[], bool], max_message_bytes: Callable[[str], int]
+) -> WebSocketStream | None:
     """The opening handshake: the WebSocket, or None (the request was refused with an HTTP
     status, or was not HTTP at all)."""
-    ws = ServerProtocol(max_size=max_message_bytes)
+    ws = ServerProtocol(max_size=max_message_bytes("/"))
     while True:
         data = await stream.receive_some(RECEIVE_BYTES)
         if not data:
@@ -308,6 +310,8 @@ async def _upgrade(stream: trio.abc.Stream, accepting: Callable[[], bool], max_m
             if response.status_code != 101:
                 logger.info("refused a connection: %s %s", response.status_code, ws.handshake_exc or "")
                 return None
+            # Read by the parser at every frame (websockets ≥ 15 names it max_message_size).
+            ws.max_message_size = ws.max_size = max_message_bytes(request.path)
             # The suspended parser keeps the request alive for the life of the connection;
             # its headers are a kilobyte and a half that nothing reads again.
             request.headers.clear()

@@ -34,6 +34,7 @@ class ErrorCode(IntEnum):
     RATE_LIMITED = 2005
     ALREADY_JOINED = 2006
     EVENT_REJECTED = 2007
+    DOCUMENT_TOO_LARGE = 2008
 
     SLOW_CONSUMER = 3001
     STORAGE_UNAVAILABLE = 3002
@@ -68,6 +69,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 4008
     INTERNAL_ERROR = 4009
     FORBIDDEN = 4010
+    DOCUMENT_TOO_LARGE = 4011
 
     @property
     def retryable(self) -> bool:
@@ -96,6 +98,7 @@ _CLOSE_FOR_ERROR = {
     ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
     ErrorCode.STORAGE_UNAVAILABLE: CloseCode.INTERNAL_ERROR,
     ErrorCode.FORBIDDEN: CloseCode.FORBIDDEN,
+    ErrorCode.DOCUMENT_TOO_LARGE: CloseCode.DOCUMENT_TOO_LARGE,
 }
 
 
@@ -106,7 +109,13 @@ def close_code_for(code: int) -> CloseCode:
     return known.close_code if isinstance(known, ErrorCode) else CloseCode.PROTOCOL_ERROR
 
 _FINAL_CLOSES = frozenset(
-    {CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_VERSION, CloseCode.UNAUTHENTICATED, CloseCode.FORBIDDEN}
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNSUPPORTED_VERSION,
+        CloseCode.UNAUTHENTICATED,
+        CloseCode.FORBIDDEN,
+        CloseCode.DOCUMENT_TOO_LARGE,
+    }
 )
 
 

@@ -155,6 +155,19 @@ def scenarios() -> dict[str, Script]:
     x.send(4, "s2", SyncStep1(1, b"\x00"))
     x.send(5, "s1", Update(1, 3, b"\xff\xff\xff"))
 
+    big = text_update(1, "x" * 150)
+    more = text_update(1, "y" * 150, big)
+    x = s["document-too-large"] = Script(
+        "an update that would grow the document past max_document_bytes is refused, the "
+        "document stays as it was and the connection stays open",
+        max_document_bytes=256,
+    )
+    x.hello(0, "s1")
+    x.send(0, "s1", Join(1, "doc", b"\x00", None))
+    x.send(1, "s1", Update(1, 2, big))
+    x.send(2, "s1", Update(1, 3, more))
+    x.send(3, "s1", SyncStep1(1, b"\x00"))
+
     offline = text_update(3, "typed offline")
     x = s["offline-edits"] = Script("a client that edited offline sends them in sync_step2 after joining")
     x.hello(0, "s1")

@@ -242,7 +242,7 @@ async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushe
     async def serve() -> None:
         stream = await listener.accept()
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        await serve_connection(stream, handler, accepting=lambda: True, handshake_timeout=5, max_message_bytes=2**20)
+        await serve_connection(stream, handler, accepting=lambda: True, handshake_timeout=5, max_message_bytes=lambda path: 2**20)
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -288,7 +288,7 @@ async def test_a_send_without_waiting_on_a_closed_socket_raises_instead_of_writi
 
     async def serve() -> None:
         await serve_connection(await listener.accept(), handler, accepting=lambda: True, handshake_timeout=5,
-                               max_message_bytes=4096)
+                               max_message_bytes=lambda path: 4096)
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
