@@ -1,75 +1,142 @@
-"""The `plait` command: `plait serve` runs the standalone engine."""
+"""The `plait` command: `plait serve` runs the standalone engine; `inspect`, `replay`, `client`.
+
+A mistake in the command line, a missing or bad input file, or a resource the system refuses
+(port taken, store locked by another server, folder not writable) is one line on stderr,
+`plait COMMAND: FLAG VALUE: what is wrong`, and exit status 2 (usage) or 1 (failed); a
+traceback means a bug. `plait serve` checks what it can before it says "serving".
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import functools
 import gc
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import pycrdt
 import trio
-from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store
+from plait.protocol import MAX_ROOM_NAME
+from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store, StoreLocked
 
 from ._config import EngineConfig
 from ._engine import Engine
 from ._record import TraceRecorder
+
+if TYPE_CHECKING:
+    from plait.client import PlaitError
 
 logger = logging.getLogger("plait")
 
 DEFAULT_PORT = 8765
 
 
-def open_store(url: str | None, data: Path) -> Store:
-    """`memory`, `sqlite` (DATA/plait.db), `sqlite:PATH`, `files` (DATA/files) or `files:DIR`."""
-    if url is None or url == "sqlite":
-        return SQLiteStore(data / "plait.db")
-    if url == "memory":
+USAGE: Final = 2
+"""Exit status for a mistake in the command line (argparse uses it too)."""
+FAILED: Final = 1
+"""Exit status for a command that could not do its work (port taken, store locked, bad file)."""
+INTERRUPTED: Final = 130
+
+STORE_FORMS: Final = ("memory", "sqlite", "sqlite:PATH", "files", "files:DIR")
+"""What `--store` takes; the help, the errors and the README list exactly these."""
+
+
+class CommandError(Exception):
+    """A mistake by the person running `plait`, or a refusal from the system: shown as one line
+    `plait COMMAND: MESSAGE` on stderr, never as a traceback, and the process exits `status`."""
+
+    def __init__(self, message: str, status: int = FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """A parsed `--store`/`--data` pair: which backend, where, and how to name it in an error."""
+
+    kind: str
+    """memory, sqlite or files."""
+    path: Path | None
+    flag: str
+    """The flag that chose the location, as the user typed it: `--store sqlite:x.db` or `--data DIR`."""
+
+    def make(self, *, read_only: bool = False) -> Store:
+        if self.kind == "sqlite":
+            assert self.path is not None
+            return SQLiteStore(self.path, read_only=read_only)
+        if self.kind == "files":
+            assert self.path is not None
+            return FileStore(self.path, read_only=read_only)
         return MemoryStore()
+
+
+def choose_store(url: str | None, data: Path) -> StoreChoice:
+    """`memory`, `sqlite` (DATA/plait.db), `sqlite:PATH`, `files` (DATA/files) or `files:DIR`.
+
+    Raises:
+        CommandError: (status USAGE) an unknown form, or an empty PATH or DIR.
+    """
+    data_flag = f"--data {data}"
+    if url is None or url == "sqlite":
+        return StoreChoice("sqlite", data / "plait.db", data_flag)
+    if url == "memory":
+        return StoreChoice("memory", None, f"--store {url}")
     if url == "files":
-        return FileStore(data / "files")
-    if url.startswith("sqlite:"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:")))
-    if url.startswith("files:"):
-        return FileStore(Path(url.removeprefix("files:")))
-    raise SystemExit(f"plait: unknown --store {url!r} (use memory, sqlite, sqlite:PATH, files or files:DIR)")
+        return StoreChoice("files", data / "files", data_flag)
+    for kind, form in (("sqlite", "sqlite:PATH"), ("files", "files:DIR")):
+        if url.startswith(kind + ":"):
+            where = url.removeprefix(kind + ":")
+            if not where:
+                raise CommandError(f"--store {url!r}: no path after the colon ({form})", USAGE)
+            return StoreChoice(kind, Path(where), f"--store {url}")
+    raise CommandError(f"--store {url}: unknown store (use {', '.join(STORE_FORMS)})", USAGE)
 
 
-async def inspect(store: Store, room: str, out: Any = sys.stdout) -> int:
-    """Print a room's stored state without starting a server. Returns the exit status."""
+async def inspect(choice: StoreChoice, room: str, out: Any = None) -> None:
+    """Print a room's stored state without starting a server. The store is opened read-only
+    and unlocked, so this works while a server runs on it.
+
+    Raises:
+        CommandError: the store cannot be read, or holds no room of that name.
+    """
+    if choice.kind == "memory":
+        raise CommandError(f"{choice.flag}: a new memory store holds no rooms to inspect", USAGE)
+    store = choice.make(read_only=True)
     try:
         data = await store.load(room)
     except StorageError as exc:
-        print(f"plait: {room!r} cannot be loaded: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(f"{choice.flag}: {exc}") from None
     finally:
         await store.aclose()
     if data.snapshot is None and not data.updates and not data.events:
-        print(f"plait: no room {room!r} in this store", file=sys.stderr)
-        return 1
-    doc = pycrdt.Doc()
+        raise CommandError(f"no room {room!r} in {choice.path}")
+    out = out or sys.stdout
+    doc: pycrdt.Doc[Any] = pycrdt.Doc()
     for update in ([data.snapshot] if data.snapshot else []) + list(data.updates):
         doc.apply_update(update)
-    print(f"room: {room}")
-    print(f"snapshot: {len(data.snapshot or b'')} bytes")
-    print(f"updates since snapshot: {len(data.updates)} ({sum(map(len, data.updates))} bytes)")
-    print(f"document: {len(doc.get_update())} bytes encoded")
-    print(f"event history: {len(data.events)} events" + (f", seq {data.events[0].seq}..{data.events[-1].seq}" if data.events else ""))
+    print(f"room: {room}", file=out)
+    print(f"snapshot: {len(data.snapshot or b'')} bytes", file=out)
+    print(f"updates since snapshot: {len(data.updates)} ({sum(map(len, data.updates))} bytes)", file=out)
+    print(f"document: {len(doc.get_update())} bytes encoded", file=out)
+    first_last = f", seq {data.events[0].seq}..{data.events[-1].seq}" if data.events else ""
+    print(f"event history: {len(data.events)} events{first_last}", file=out)
     for name in sorted(doc.keys()):
-        print(f"  {name}: {json.dumps(_root_value(doc, name), ensure_ascii=False, default=repr)}")
-    return 0
+        print(f"  {name}: {json.dumps(_root_value(doc, name), ensure_ascii=False, default=repr)}", file=out)
 
 
-def _root_value(doc: pycrdt.Doc, name: str) -> Any:
+def _root_value(doc: pycrdt.Doc[Any], name: str) -> Any:
     # Root types carry no type tag in an update: show the first reading that holds anything.
     for kind in (pycrdt.Text, pycrdt.Map, pycrdt.Array):
         try:
@@ -95,95 +162,245 @@ def tune_gc() -> None:
 async def serve(
     host: str,
     port: int,
-    store: Store,
+    choice: StoreChoice,
     config: EngineConfig,
-    ready: trio.Event | None = None,
+    *,
     record: Path | None = None,
+    ready: trio.Event | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
-    with contextlib.ExitStack() as files, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        recorder = None
-        if record is not None:
-            record.mkdir(parents=True, exist_ok=True)
-            path = record / f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
-            recorder = TraceRecorder(files.enter_context(open(path, "w", encoding="utf-8")), asdict(config))
-            print(f"plait: recording to {path}", flush=True)
+    """Serve until SIGINT/SIGTERM, then shut down gracefully.
+
+    Everything that can be checked is checked before "serving" is printed: the store is opened
+    for real (created, locked, written) and the port bound.
+
+    Raises:
+        CommandError: the store cannot be opened (locked by another server, unwritable), the
+            trace folder cannot be made, or the address cannot be bound.
+    """
+    store = choice.make()
+    try:
         try:
+            await store.open()
+        except StoreLocked as exc:
+            raise CommandError(f"{choice.flag}: {exc}; one server per store") from None
+        except StorageError as exc:
+            raise CommandError(f"{choice.flag}: {exc}") from None
+        with contextlib.ExitStack() as files, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            recorder = None
+            if record is not None:
+                path = record / f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+                try:
+                    record.mkdir(parents=True, exist_ok=True)
+                    trace = files.enter_context(open(path, "w", encoding="utf-8"))
+                except OSError as exc:
+                    raise CommandError(f"--record {record}: {_reason(exc)}") from None
+                recorder = TraceRecorder(trace, asdict(config))
+            unbound: OSError | None = None
             async with Engine(store=store, config=config, recorder=recorder) as engine:
                 async with trio.open_nursery() as nursery:
-                    bound = await nursery.start(engine.serve_websocket, host, port)
-                    print(f"plait: serving on ws://{host}:{bound}/ (Ctrl-C to stop)", flush=True)
-                    if ready is not None:
-                        ready.set()
-                    async for signum in signals:
-                        logger.info("received %s: shutting down", signal.Signals(signum).name)
-                        break
+                    try:
+                        bound = await nursery.start(engine.serve_websocket, host, port)
+                    except OSError as exc:  # reported once the engine has shut down
+                        unbound = exc
+                    else:
+                        print(f"plait: serving on ws://{host}:{bound}/ (Ctrl-C to stop)", flush=True)
+                        if recorder is not None:
+                            print(f"plait: recording to {path}", flush=True)
+                        tune_gc()
+                        if ready is not None:
+                            ready.set()
+                        async for signum in signals:
+                            logger.info("received %s: shutting down", signal.Signals(signum).name)
+                            break
+                        logger.info("draining rooms")
                     nursery.cancel_scope.cancel()
-                logger.info("draining rooms")
-        finally:
-            await store.aclose()
+            if unbound is not None:
+                if recorder is not None:
+                    files.close()
+                    path.unlink()  # a trace of nothing
+                raise CommandError(_bind_error(host, port, unbound))
+    finally:
+        await store.aclose()
     print("plait: stopped", flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="plait", description="Plait real-time collaboration engine")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"--host {host}: {exc.strerror.lower() if exc.strerror else exc}"
+    if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+        return f"--port {port}: {_reason(exc)}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host}: {_reason(exc)}"
+    return f"--host {host} --port {port}: {_reason(exc)}"
+
+
+def _reason(exc: OSError) -> str:
+    """`address already in use`: the OS's words, without errno or repeated path."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return "a file is in the way"  # of a folder to create or to look in
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+def replay(paths: Sequence[Path], out: Any = None) -> int:
+    """`plait replay`: a line per trace (`ok:` or `MISMATCH:` and the difference, or the reason it
+    could not be read, on stderr); returns how many did not match or could not be read."""
+    from plait.protocol import TraceError, read_trace
+
+    from .testing import config_from_settings, replay_trace
+
+    out = out or sys.stdout
+    failures = 0
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as file:
+                trace = read_trace(file)
+            config_from_settings(trace.header.settings)
+        except OSError as exc:
+            failures += 1
+            print(f"plait replay: {path}: {_reason(exc)}", file=sys.stderr)
+            continue
+        except (UnicodeDecodeError, TraceError, ValueError, TypeError) as exc:
+            failures += 1
+            print(f"plait replay: {path}: not a trace: {exc}", file=sys.stderr)
+            continue
+        result = replay_trace(trace)  # its own Trio run, on MockClock
+        print(f"{'ok' if result.ok else 'MISMATCH'}: {path}", file=out)
+        if not result.ok:
+            failures += 1
+            print(result.report(), file=out)
+    return failures
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake shown as one line (and where to read more)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 = any free port)")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
+
+
+def _ws_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a WebSocket URL (ws://HOST:PORT/ or wss://...)")
+    return text
+
+
+def _room(text: str) -> str:
+    if not 1 <= len(text) <= MAX_ROOM_NAME:
+        raise argparse.ArgumentTypeError(f"a room name has 1 to {MAX_ROOM_NAME} characters, not {len(text)}")
+    return text
+
+
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `plait` command line: serve, replay, inspect, client."""
+    defaults = EngineConfig()
+    stores = ", ".join(f"{form} (default)" if form == "sqlite" else form for form in STORE_FORMS)
+    parser = _Parser(prog="plait", description="Plait real-time collaboration engine")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser("serve", help="run the standalone server")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    serve_cmd.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)")
-    serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), help="data folder (default ./plait-data)")
-    serve_cmd.add_argument("--store", default=None, help="memory, sqlite (default), sqlite:PATH, files, files:DIR")
-    serve_cmd.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    serve_cmd.add_argument("--updates-per-second", type=int, default=EngineConfig().updates_per_second,
+    serve_cmd.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)")
+    serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), metavar="DIR", help="data folder (default ./plait-data)")
+    serve_cmd.add_argument("--store", default=None, metavar="STORE", help=stores)
+    serve_cmd.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL",
+                           help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    serve_cmd.add_argument("--updates-per-second", type=_positive, metavar="N", default=defaults.updates_per_second,
                            help="document updates per connection per second (default %(default)s)")
-    serve_cmd.add_argument("--events-per-second", type=int, default=EngineConfig().events_per_second,
+    serve_cmd.add_argument("--events-per-second", type=_positive, metavar="N", default=defaults.events_per_second,
                            help="published events per connection per second (default %(default)s)")
-    serve_cmd.add_argument("--max-rooms", type=int, default=EngineConfig().max_rooms_per_connection,
+    serve_cmd.add_argument("--max-rooms", type=_positive, metavar="N", default=defaults.max_rooms_per_connection,
                            help="rooms per connection (default %(default)s)")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
     replay_cmd.add_argument("files", nargs="+", type=Path)
-    replay_cmd.add_argument("--log-level", default="WARNING")
-    inspect_cmd = commands.add_parser("inspect", help="print a room's stored state")
+    replay_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
+    inspect_cmd = commands.add_parser("inspect", help="print a room's stored state (also while a server runs)")
     inspect_cmd.add_argument("room")
-    inspect_cmd.add_argument("--data", type=Path, default=Path("plait-data"), help="data folder (default ./plait-data)")
-    inspect_cmd.add_argument("--store", default=None, help="memory, sqlite (default), sqlite:PATH, files, files:DIR")
-    inspect_cmd.add_argument("--log-level", default="WARNING")
+    inspect_cmd.add_argument("--data", type=Path, default=Path("plait-data"), metavar="DIR", help="data folder (default ./plait-data)")
+    inspect_cmd.add_argument("--store", default=None, metavar="STORE", help=stores)
+    inspect_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
     client_cmd = commands.add_parser("client", help="join a room from the terminal")
-    client_cmd.add_argument("url", help="server URL, e.g. ws://127.0.0.1:8765/")
-    client_cmd.add_argument("room", help="room name")
+    client_cmd.add_argument("url", type=_ws_url, help="server URL, e.g. ws://127.0.0.1:8765/")
+    client_cmd.add_argument("room", type=_room, help="room name")
     client_cmd.add_argument("--token", default=None, help="token for the server's authenticate hook")
     client_cmd.add_argument("--name", default=None, help="your presence name")
-    client_cmd.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
+    client_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
+    return parser
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `plait`; returns the exit status. A user's mistake or a refused resource prints one
+    line `plait COMMAND: ...` on stderr and returns USAGE (2) or FAILED (1); Ctrl-C returns 130.
+    Any traceback is a bug."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return _run(args)
+    except BaseException as exc:
+        shown = _user_error(exc)
+        if shown is None:
+            raise
+        if isinstance(shown, KeyboardInterrupt):
+            return INTERRUPTED
+        print(f"plait {args.command}: {shown}", file=sys.stderr)
+        return shown.status if isinstance(shown, CommandError) else FAILED
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        store = open_store(args.store, args.data)
+        choice = choose_store(args.store, args.data)
         config = EngineConfig(
             updates_per_second=args.updates_per_second,
             events_per_second=args.events_per_second,
             max_rooms_per_connection=args.max_rooms,
         )
-        tune_gc()
-        trio.run(serve, args.host, args.port, store, config, None, args.record)
+        trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record))
     elif args.command == "inspect":
-        return trio.run(inspect, open_store(args.store, args.data), args.room)
+        trio.run(inspect, choose_store(args.store, args.data), args.room)
     elif args.command == "replay":
-        from .testing import replay_files
-
-        return 1 if replay_files(args.files) else 0
+        return FAILED if replay(args.files) else 0
     elif args.command == "client":
         # The terminal client lives with the client SDK; only this command loads it.
         from plait.client._cli import main as client_main
 
         return client_main(args)
     return 0
+
+
+def _user_error(exc: BaseException) -> CommandError | PlaitError | KeyboardInterrupt | None:
+    """The error to show as one line, if `exc` is one (alone, or alone in exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, (CommandError, KeyboardInterrupt)):
+        return exc
+    if "plait.client" in sys.modules:  # a server's refusal, seen by `plait client`
+        from plait.client import PlaitError
+
+        if isinstance(exc, PlaitError):
+            return exc
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._errors import SnapshotCorrupt as SnapshotCorrupt
 from ._errors import StorageError as StorageError
 from ._errors import StorageUnavailable as StorageUnavailable
+from ._errors import StoreLocked as StoreLocked
 from ._files import FileStore as FileStore
 from ._memory import MemoryStore as MemoryStore
 from ._sqlite import SQLiteStore as SQLiteStore

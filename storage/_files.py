@@ -14,6 +14,9 @@ Crash rules (spec/notes/storage.md):
 - Compaction renames the new snapshot into place, then the shortened log. A crash between the
   two leaves a snapshot that already contains some logged updates; applying them again is a
   no-op for a CRDT, so the loaded document is the same.
+
+One writer: a writable store locks `<root>/lock` while open (storage/_lock.py). A read-only
+store takes no lock and never repairs a torn tail: the record may be an append in progress.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Final, TypeVar
 import trio
 
 from ._errors import SnapshotCorrupt, StorageError, StorageUnavailable
+from ._lock import LockFile, reason
 from ._store import RoomData, StoredEvent
 
 logger = logging.getLogger("plait.storage")
@@ -81,8 +85,8 @@ def _check_header(raw: bytes, magic: bytes, path: Path) -> int:
     return _HEADER.size
 
 
-def _read_records(path: Path, magic: bytes) -> list[bytes]:
-    """The records of a log file; a torn tail is cut off (and the file truncated there)."""
+def _read_records(path: Path, magic: bytes, repair: bool = True) -> list[bytes]:
+    """The records of a log file; a torn tail is left out (and with `repair`, truncated away)."""
     if not path.exists():
         return []
     raw = path.read_bytes()
@@ -102,7 +106,7 @@ def _read_records(path: Path, magic: bytes) -> list[bytes]:
             raise SnapshotCorrupt(f"{path}: record at byte {pos} fails its checksum")
         records.append(data)
         pos = end
-    if pos < len(raw):
+    if pos < len(raw) and repair:
         logger.warning("%s: dropping a torn last record (%d bytes)", path, len(raw) - pos)
         with open(path, "r+b") as file:
             file.truncate(pos)
@@ -114,11 +118,66 @@ def _read_records(path: Path, magic: bytes) -> list[bytes]:
 class FileStore:
     """Args:
     root: the folder to keep rooms in (created if missing).
+    read_only: read an existing store without locking it, e.g. while a server runs on it
+        (`plait inspect`). Writes raise StorageUnavailable; a missing folder is not created.
+
+    A writable store holds an exclusive lock on `<root>/lock` from its first use (or `open()`)
+    until `aclose()`: a second writable store on the same folder, in this process or another,
+    raises StoreLocked instead of writing beside it (storage/_lock.py).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, read_only: bool = False) -> None:
         self.root = Path(root)
+        self.read_only = read_only
         self._limiter = trio.CapacityLimiter(1)
+        self._file_lock: LockFile | None = None
+        self._opened = False
+
+    async def open(self) -> None:
+        """Open the store for real: create its folder, take its lock and write a probe file (a
+        read-only store only checks the folder is there). Every other method opens the store
+        first if needed; calling `open` at start shows a problem there instead of at the first
+        room. Calling it again does nothing until `aclose()`.
+
+        Raises:
+            StoreLocked: another writable store has this folder open.
+            StorageUnavailable: the folder cannot be created, locked or written.
+        """
+        await self._run(lambda: None)
+
+    def _open(self) -> None:
+        # In a worker thread, under the limiter: nothing else touches the store meanwhile.
+        if self.read_only:
+            if not self.root.is_dir():
+                raise StorageUnavailable(f"{self.root}: no such store folder")
+            self._opened = True
+            return
+        rooms = self.root / "rooms"
+        try:
+            rooms.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"{self.root}: cannot create the folder: {reason(exc)}") from exc
+        self._file_lock = LockFile.acquire(self.root / "lock", self.root)
+        probe = rooms / f".probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as file:
+                file.write(b"plait")
+                os.fsync(file.fileno())
+            probe.unlink()
+        except OSError as exc:
+            self._close_sync()
+            raise StorageUnavailable(f"{rooms}: cannot write: {reason(exc)}") from exc
+        self._opened = True
+
+    def _close_sync(self) -> None:
+        self._opened = False
+        if self._file_lock is not None:
+            self._file_lock.release()
+            self._file_lock = None
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StorageUnavailable(f"{self.root}: opened read-only")
 
     def _dir(self, room: str) -> Path:
         return self.root / "rooms" / hashlib.sha256(room.encode()).hexdigest()[:32]
@@ -126,6 +185,8 @@ class FileStore:
     async def _run(self, fn: Callable[[], T]) -> T:
         def call() -> T:
             try:
+                if not self._opened:
+                    self._open()
                 return fn()
             except StorageError:
                 raise
@@ -171,10 +232,11 @@ class FileStore:
                 if len(data) != length or zlib.crc32(data) != crc:
                     raise SnapshotCorrupt(f"{snap_path}: checksum mismatch")
                 snapshot = data
-            updates = _read_records(folder / "log", _LOG_MAGIC)
+            repair = not self.read_only
+            updates = _read_records(folder / "log", _LOG_MAGIC, repair)
             events = [
                 StoredEvent(_SEQ.unpack_from(r)[0], r[_SEQ.size :])
-                for r in _read_records(folder / "events", _EVENTS_MAGIC)
+                for r in _read_records(folder / "events", _EVENTS_MAGIC, repair)
             ]
             return RoomData(snapshot, tuple(updates), tuple(events))
 
@@ -182,12 +244,14 @@ class FileStore:
 
     async def append(self, room: str, updates: Sequence[bytes]) -> None:
         def append() -> None:
+            self._writable()
             self._append(self._ensure(room) / "log", _LOG_MAGIC, updates)
 
         await self._run(append)
 
     async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
         def compact() -> None:
+            self._writable()
             folder = self._ensure(room)
             updates = _read_records(folder / "log", _LOG_MAGIC)
             if covered > len(updates):
@@ -200,6 +264,7 @@ class FileStore:
 
     async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
         def append() -> None:
+            self._writable()
             path = self._ensure(room) / "events"
             self._append(path, _EVENTS_MAGIC, [_SEQ.pack(e.seq) + e.body for e in events])
             records = _read_records(path, _EVENTS_MAGIC)
@@ -220,6 +285,7 @@ class FileStore:
 
     async def delete(self, room: str) -> None:
         def delete() -> None:
+            self._writable()
             folder = self._dir(room)
             if folder.exists():
                 for child in folder.iterdir():
@@ -229,4 +295,5 @@ class FileStore:
         await self._run(delete)
 
     async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
+        """Release the lock. The store may be opened again."""
+        await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)

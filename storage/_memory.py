@@ -21,6 +21,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self._rooms: dict[str, _Room] = {}
 
+    async def open(self) -> None:
+        pass
+
     async def load(self, room: str) -> RoomData:
         stored = self._rooms.get(room)
         if stored is None:

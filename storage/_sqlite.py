@@ -6,6 +6,7 @@
 - `synchronous=FULL`: a committed append survives a crash of the process and of the machine.
 - Every blob carries a CRC-32; a mismatch raises SnapshotCorrupt instead of loading garbage.
 - The schema has a version in `meta`; a database from a newer Plait is refused, not rewritten.
+- One writer: a writable store locks `PATH-lock` while open (storage/_lock.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Final, TypeVar
 import trio
 
 from ._errors import SnapshotCorrupt, StorageError, StorageUnavailable
+from ._lock import LockFile, reason as _reason
 from ._store import RoomData, StoredEvent
 
 SCHEMA_VERSION: Final = 1
@@ -46,42 +48,95 @@ def _crc(data: bytes) -> int:
 class SQLiteStore:
     """Args:
     path: the database file; its folder is created if missing.
+    read_only: read an existing database without locking it, e.g. while a server runs on it
+        (`plait inspect`). Writes raise StorageUnavailable; a missing database is not created.
+
+    A writable store holds an exclusive lock on `PATH-lock` from its first use (or `open()`)
+    until `aclose()`: a second writable store on the same database, in this process or another,
+    raises StoreLocked instead of writing beside it (storage/_lock.py).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._local = threading.local()
         self._limiter = trio.CapacityLimiter(1)
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._ready = False
+        self._file_lock: LockFile | None = None
+        self._opened = False
         self._appends: list[tuple[list[tuple[str, bytes, int]], trio.Event, list[BaseException]]] = []
         self._flushing = False
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    async def open(self) -> None:
+        """Open the database for real: create it, take the store's lock, check its schema, and
+        commit a write (a read-only store only reads). Every other method opens the store first
+        if needed; calling `open` at start shows a problem there instead of at the first room.
+        Calling it again does nothing until `aclose()`.
+
+        Raises:
+            StoreLocked: another writable store has this database open.
+            StorageUnavailable: it cannot be created, read or written, or has a newer schema.
+            SnapshotCorrupt: the file is not a database.
+        """
+        await self._run(lambda conn: None)
+
+    def _open(self) -> None:
+        # In a worker thread, under the limiter: nothing else touches the store meanwhile.
+        if self.path.is_dir():
+            raise StorageUnavailable(f"{self.path}: is a folder, not a database file")
+        if self.read_only:
+            if not self.path.exists():
+                raise StorageUnavailable(f"{self.path}: no such database")
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageUnavailable(f"{self.path.parent}: cannot create the folder: {_reason(exc)}") from exc
+            self._file_lock = LockFile.acquire(Path(f"{self.path}-lock"), self.path)
+        try:
+            conn = self._connection()
+            self._migrate(conn)
+            if not self.read_only:
+                with _transaction(conn):  # a disk that cannot take a commit fails here, not at a join
+                    conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+        except BaseException:
+            self._close_sync()
+            raise
+        self._opened = True
+
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            if self.read_only:
+                uri = f"{self.path.absolute().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
-        if not self._ready:
-            self._migrate(conn)
-            self._ready = True
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        if self.read_only:
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                raise StorageUnavailable(f"{self.path}: not a Plait database") from exc
+        else:
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise StorageUnavailable(
                 f"{self.path} has schema version {row[0]}; this Plait reads up to {SCHEMA_VERSION}"
             )
@@ -89,6 +144,8 @@ class SQLiteStore:
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             try:
+                if not self._opened:
+                    self._open()
                 return fn(self._connection())
             except sqlite3.DatabaseError as exc:
                 if "malformed" in str(exc) or "not a database" in str(exc):
@@ -98,6 +155,17 @@ class SQLiteStore:
                 raise StorageUnavailable(f"{self.path}: {exc}") from exc
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def _close_sync(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+        self._opened = False
+        if self._file_lock is not None:
+            self._file_lock.release()
+            self._file_lock = None
 
     # -- the Store interface ----------------------------------------------------------------
 
@@ -213,15 +281,8 @@ class SQLiteStore:
         await self._run(delete)
 
     async def aclose(self) -> None:
-        def close_all() -> None:
-            with self._lock:
-                for conn in self._connections:
-                    conn.close()
-                self._connections.clear()
-
-        await trio.to_thread.run_sync(close_all, limiter=self._limiter)
-        self._local = threading.local()
-        self._ready = False
+        """Close every connection and release the lock. The store may be opened again."""
+        await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
 
 
 class _transaction:

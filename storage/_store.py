@@ -4,11 +4,14 @@ A store keeps, per room: the latest document snapshot, the document updates appe
 and a bounded history of events. Every method is async; blocking backends do their I/O in worker
 threads so the Trio thread never blocks on disk. Nothing here names a Trio type.
 
-Contract (checked for every backend by tests/storage/contract.py):
+Contract (checked for every backend by tests/storage/test_contract.py):
 - `append` returns only once the updates are durable: after it returns, a crash loses nothing.
 - `compact(room, snapshot, covered)` atomically replaces the snapshot and drops the oldest
   `covered` updates; a crash leaves either the old state or the new one.
 - `load` of a room never stored returns an empty RoomData; it never invents data.
+- A store that keeps data outside the process has one writer at a time: opening a second
+  writable store on the same data raises StoreLocked until the first is closed or its process
+  is gone (tests/storage/test_lock.py).
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ class RoomData:
 
 
 class Store(Protocol):
+    async def open(self) -> None:
+        """Open the store for real (create, lock, check it can be written), so that a problem
+        shows at start. Optional for callers: every other method opens the store if needed.
+        Raises StorageError (StoreLocked: another writer has this store open)."""
+        ...
+
     async def load(self, room: str) -> RoomData:
         """The room's stored state. Raises StorageError (SnapshotCorrupt, StorageUnavailable)."""
         ...
@@ -58,4 +67,6 @@ class Store(Protocol):
 
     async def delete(self, room: str) -> None: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close the store and release its lock; it may be opened again."""
+        ...

@@ -22,10 +22,14 @@ FAST = Backoff(base=0.05, cap=0.3)
 async def run_server(
     db: Path, port: int, stop: trio.Event, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    async with Engine(store=SQLiteStore(db)) as engine, trio.open_nursery() as nursery:
-        task_status.started(await nursery.start(engine.serve_websocket, "127.0.0.1", port))
-        await stop.wait()
-        nursery.cancel_scope.cancel()
+    store = SQLiteStore(db)
+    try:
+        async with Engine(store=store) as engine, trio.open_nursery() as nursery:
+            task_status.started(await nursery.start(engine.serve_websocket, "127.0.0.1", port))
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.aclose()  # its lock too: the restarted server opens the same database
     # Leaving the engine closed every session with GOING_AWAY and flushed every room.
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,19 @@ from plait.storage import FileStore, SnapshotCorrupt, SQLiteStore, StorageError,
 
 
 def room_dir(root: Path) -> Path:
-    (folder,) = (root / "rooms").iterdir()
+    (folder,) = (d for d in (root / "rooms").iterdir() if d.is_dir())
     return folder
 
 
-async def test_torn_last_record_is_dropped_and_the_rest_kept(tmp_path: Path) -> None:
-    store = FileStore(tmp_path)
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[FileStore]:
+    """A file store on tmp_path, closed (its lock released) after the test."""
+    opened = FileStore(tmp_path)
+    yield opened
+    await opened.aclose()
+
+
+async def test_torn_last_record_is_dropped_and_the_rest_kept(store: FileStore, tmp_path: Path) -> None:
     await store.append("r", [b"one", b"two"])
     log = room_dir(tmp_path) / "log"
     intact = log.stat().st_size
@@ -30,8 +38,7 @@ async def test_torn_last_record_is_dropped_and_the_rest_kept(tmp_path: Path) -> 
     assert (await store.load("r")).updates == (b"one", b"two", b"three")
 
 
-async def test_last_record_with_a_bad_checksum_counts_as_torn(tmp_path: Path) -> None:
-    store = FileStore(tmp_path)
+async def test_last_record_with_a_bad_checksum_counts_as_torn(store: FileStore, tmp_path: Path) -> None:
     await store.append("r", [b"one", b"two"])
     log = room_dir(tmp_path) / "log"
     raw = bytearray(log.read_bytes())
@@ -40,8 +47,21 @@ async def test_last_record_with_a_bad_checksum_counts_as_torn(tmp_path: Path) ->
     assert (await store.load("r")).updates == (b"one",)
 
 
-async def test_a_bad_record_before_good_ones_is_corruption(tmp_path: Path) -> None:
-    store = FileStore(tmp_path)
+async def test_a_reader_leaves_a_torn_tail_alone(store: FileStore, tmp_path: Path) -> None:
+    # While a server runs, `plait inspect` reads its files: a torn tail may be an append in
+    # progress, so a read-only store skips it and never truncates the writer's log.
+    await store.append("r", [b"one"])
+    log = room_dir(tmp_path) / "log"
+    with open(log, "ab") as file:
+        file.write(struct.pack("<II", 100, 0) + b"half")
+    torn = log.read_bytes()
+    reader = FileStore(tmp_path, read_only=True)
+    assert (await reader.load("r")).updates == (b"one",)
+    assert log.read_bytes() == torn
+    await reader.aclose()
+
+
+async def test_a_bad_record_before_good_ones_is_corruption(store: FileStore, tmp_path: Path) -> None:
     await store.append("r", [b"first", b"second"])
     log = room_dir(tmp_path) / "log"
     raw = bytearray(log.read_bytes())
@@ -53,8 +73,7 @@ async def test_a_bad_record_before_good_ones_is_corruption(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "magic"])
-async def test_damaged_snapshot_raises(tmp_path: Path, damage: str) -> None:
-    store = FileStore(tmp_path)
+async def test_damaged_snapshot_raises(store: FileStore, tmp_path: Path, damage: str) -> None:
     await store.append("r", [b"u"])
     await store.compact("r", b"snapshot-bytes", 1)
     snap = room_dir(tmp_path) / "snapshot"
@@ -70,8 +89,7 @@ async def test_damaged_snapshot_raises(tmp_path: Path, damage: str) -> None:
         await store.load("r")
 
 
-async def test_a_newer_format_is_refused_not_rewritten(tmp_path: Path) -> None:
-    store = FileStore(tmp_path)
+async def test_a_newer_format_is_refused_not_rewritten(store: FileStore, tmp_path: Path) -> None:
     await store.append("r", [b"u"])
     log = room_dir(tmp_path) / "log"
     raw = bytearray(log.read_bytes())
@@ -108,6 +126,16 @@ async def test_sqlite_file_garbage_raises(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         await store.load("r")
     await store.aclose()
+
+
+async def test_sqlite_reader_refuses_a_database_that_is_not_plaits(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "other.db") as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    reader = SQLiteStore(tmp_path / "other.db", read_only=True)
+    with pytest.raises(StorageUnavailable, match="not a Plait database"):
+        await reader.load("r")
+    await reader.aclose()
 
 
 async def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
