@@ -3,8 +3,9 @@
     async with Engine(store=MemoryStore()) as engine:
         port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
 
-What escapes `async with Engine(...)`: exceptions raised by the body, unwrapped (never an
-ExceptionGroup of one), and Cancelled. A failing room or connection is contained and logged.
+What escapes `async with Engine(...)`: a StorageError from opening the store (StoreLocked: another
+server uses it), exceptions raised by the body, unwrapped (never an ExceptionGroup of one), and
+Cancelled. A failing room or connection is contained and logged.
 On exit the engine shuts down gracefully: it stops accepting, closes every session with
 GOING_AWAY, then flushes and unloads every room.
 """
@@ -87,6 +88,11 @@ class Engine:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Engine:
+        # A store that cannot be used (locked by another server, unwritable) fails here, at
+        # start, rather than at the first join (StorageError escapes).
+        open_store = getattr(self.store, "open", None)
+        if open_store is not None:
+            await open_store()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         self._accepting = True

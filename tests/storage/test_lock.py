@@ -171,3 +171,18 @@ async def test_the_lock_dies_with_its_process_even_on_sigkill(backend: str, make
             await child.wait()
     await store.open()  # no stale lock left behind
     await store.aclose()
+
+
+async def test_an_engine_on_a_store_another_server_holds_fails_at_start(make: MakeStore, tmp_path: Path) -> None:
+    """Embedding: `async with Engine(store=...)` on a store in use fails at once with
+    StoreLocked, not with STORAGE_UNAVAILABLE at its first join."""
+    from plait.engine import Engine
+
+    first = make(tmp_path, False)
+    await first.open()
+    try:
+        with pytest.raises(StoreLocked):
+            async with Engine(store=make(tmp_path, False)):
+                pytest.fail("the engine started on a locked store")  # pragma: no cover
+    finally:
+        await first.aclose()
