@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import pycrdt
 import trio
-from plait.protocol import MAX_ROOM_NAME
+from plait.protocol import MAX_ROOM_NAME, MiB
 from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store, StoreLocked
 
 from ._config import EngineConfig
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="published events per connection per second (default %(default)s)")
     serve_cmd.add_argument("--max-rooms", type=_positive, metavar="N", default=defaults.max_rooms_per_connection,
                            help="rooms per connection (default %(default)s)")
+    serve_cmd.add_argument("--max-document-mib", type=_positive, metavar="N", default=defaults.max_document_bytes // MiB,
+                           help="largest document a room may hold, in MiB (default %(default)s)")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
@@ -375,6 +377,7 @@ def _run(args: argparse.Namespace) -> int:
             updates_per_second=args.updates_per_second,
             events_per_second=args.events_per_second,
             max_rooms_per_connection=args.max_rooms,
+            max_document_bytes=args.max_document_mib * MiB,
         )
         trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record))
     elif args.command == "inspect":

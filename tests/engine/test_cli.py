@@ -52,6 +52,7 @@ def one_line(err: str, command: str) -> str:
         (["serve", "--port", "http"], "argument --port: 'http' is not a port number (0-65535"),
         (["serve", "--port", "65536"], "argument --port: '65536' is not a port number"),
         (["serve", "--max-rooms", "0"], "argument --max-rooms: '0' is not a whole number above 0"),
+        (["serve", "--max-document-mib", "0"], "argument --max-document-mib: '0' is not a whole number above 0"),
         (["serve", "--updates-per-second", "lots"], "argument --updates-per-second: 'lots' is not a whole"),
         (["serve", "--log-level", "loud"], "argument --log-level: 'loud' is not one of DEBUG, INFO"),
         (["client", "http://127.0.0.1:8765/", "notes"], "argument url: 'http://127.0.0.1:8765/' is not a WebSocket URL"),
