@@ -13,6 +13,7 @@ from ._errors import RequestFailed as RequestFailed
 from ._room import Change as Change
 from ._room import ConnectionChanged as ConnectionChanged
 from ._room import CursorsChanged as CursorsChanged
+from ._room import DocumentReset as DocumentReset
 from ._room import HistoryGap as HistoryGap
 from ._room import PresenceChanged as PresenceChanged
 from ._room import Room as Room

@@ -14,12 +14,16 @@ class Backoff:
         base: the first attempt's upper bound, seconds.
         cap: no delay exceeds this, seconds.
         factor: growth per attempt.
+        reset_after: a connection that stays open this long (seconds) starts the count again
+            at attempt 0; one that drops sooner does not, so a server that accepts and then
+            drops every connection at once is retried ever more slowly.
         rng: the random source (inject a seeded one to make tests exact).
     """
 
     base: float = 0.5
     cap: float = 30.0
     factor: float = 2.0
+    reset_after: float = 10.0
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def bound(self, attempt: int) -> float:

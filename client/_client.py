@@ -5,10 +5,15 @@
             await room.synced()
 
 Concurrency: `connect` owns a nursery with one task, the connection loop. Each live connection
-adds a reader and a writer. Frames to send go through one queue that the writer drains into
-one message per wake-up. Errors in background tasks never escape as bare exceptions: a
-connection that fails is retried; one the server refuses for good makes every waiting call
-raise ConnectionClosed.
+adds a reader and a writer. Frames to send go through one queue that the writer drains, as few
+messages as the server's limits allow, per wake-up. Document updates wait for the pacer
+(client/_pacing.py) and go out merged. Errors in background tasks never escape as bare
+exceptions: a connection that fails is retried with backoff; one the server refuses for good
+(spec §9) makes every waiting call raise ConnectionClosed.
+
+Leaving: a room's block waits until the room's edits are acknowledged, then queues `leave`;
+the client's block has the writer write everything queued, then closes the WebSocket normally.
+Both waits are bounded by `close_timeout`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import logging
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from enum import Enum
 from typing import Any, Protocol
@@ -26,6 +31,7 @@ import trio_websocket
 
 from plait.protocol import (
     ABNORMAL_CLOSURE,
+    STALE,
     Ack,
     CloseCode,
     Connection,
@@ -33,21 +39,29 @@ from plait.protocol import (
     Frame,
     Hello,
     Joined,
+    Limits,
     Ping,
     ProtocolError,
+    RemoteProtocolError,
     Role,
     TransportClosed,
     Welcome,
+    decode,
     encode,
 )
 
 from ._backoff import Backoff
 from ._errors import ConnectionClosed, error_for
-from ._room import Room, Waiter
+from ._pacing import Pacer
+from ._room import ConnectionChanged, Feed, Room, Subscription, Waiter
 
 logger = logging.getLogger("plait.client")
 
 HANDSHAKE_TIMEOUT = 10.0
+"""Seconds to wait for `welcome` after `hello`."""
+CLOSE_TIMEOUT = 2.0
+"""Default seconds a leaving block waits for acks and for the close handshake."""
+_PACE_EPSILON = 1e-4
 
 
 class ClientState(str, Enum):
@@ -102,8 +116,33 @@ def _closed(exc: trio_websocket.ConnectionClosed) -> TransportClosed:
     return TransportClosed(exc.reason.code, exc.reason.reason or "")
 
 
+def _open_failure(exc: BaseException) -> BaseException:
+    """Why opening a connection failed, and whether to try again: a refusal that will not go
+    away (an HTTP 4xx answer to the upgrade, a certificate the client does not trust) stops
+    the client; anything else (refused, unreachable, timed out, 5xx) is retried."""
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        status = exc.status_code
+        final = 400 <= status < 500 and status not in (408, 429)
+        return ConnectionClosed(f"the server refused the WebSocket upgrade: HTTP {status}", None, retryable=not final)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectionClosed(f"the server's certificate is not trusted: {exc.verify_message}", None, retryable=False)
+    if isinstance(exc, TransportClosed):
+        return ConnectionClosed.from_close(exc.code, exc.reason)
+    return exc
+
+
 class Client:
-    """Use through `connect()`."""
+    """Use through `connect()`.
+
+    Attributes:
+        state: the connection's state.
+        session_id, welcome: the current (or last) connection's session and welcome frame.
+        closed_error: why the client stopped for good, once it has.
+        attempts: failed connection attempts in a row. A connection that stays open for
+            `backoff.reset_after` seconds resets it; one that fails sooner does not, so a
+            server that accepts and drops at once is retried ever more slowly.
+        delays: every backoff delay slept so far (for tests and diagnostics).
+    """
 
     def __init__(
         self,
@@ -113,6 +152,7 @@ class Client:
         heartbeat_timeout: float | None,
         offline_queue: int,
         client_info: dict[str, Any],
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         self._open_transport = open_transport
         self._token = token
@@ -120,28 +160,47 @@ class Client:
         self._heartbeat_timeout = heartbeat_timeout
         self._offline_queue = offline_queue
         self._client_info = client_info
+        self._close_timeout = close_timeout
         self.state = ClientState.CONNECTING
         self.session_id: str | None = None
         self.welcome: Welcome | None = None
         self.closed_error: ConnectionClosed | None = None
         self.attempts = 0
-        """Connection attempts since the last successful handshake."""
         self.delays: list[float] = []
-        """Every backoff delay slept so far (for tests and diagnostics)."""
         self._rooms: dict[str, Room] = {}
         self._conn: Connection | None = None
+        self._limits: Limits | None = None
+        self._opened_at: float | None = None
+        self._refusal: Error | None = None
         self._outgoing: list[bytes] = []
         self._wakeup = trio.Event()
         self._waiters: dict[int, Waiter[Any]] = {}
         self._joins: dict[int, Room] = {}
         self._ref = 0
         self._state_changed = trio.Event()
+        self._changes: Feed[ConnectionChanged] = Feed()
+        self._pacer: Pacer | None = None
+        self._doc_rooms: dict[Room, None] = {}
+        """Rooms with document changes waiting for the pacer, in turn."""
+        self._rate_limited_in_a_row = 0
+        self._closing = False
+        self._run_done = trio.Event()
 
     # -- public -----------------------------------------------------------------------------
 
     @asynccontextmanager
     async def join(self, name: str) -> AsyncIterator[Room]:
-        """Join a room for the block's duration (rejoined after every reconnect)."""
+        """Join a room for the block's duration (rejoined after every reconnect).
+
+        The block is entered at once; `room.synced()` waits for the server. On leaving, it
+        waits (at most `close_timeout`) until the server has acknowledged the room's edits,
+        then sends `leave`.
+
+        Raises:
+            ValueError: this client already has the room joined.
+
+        Escapes: exceptions from the block, unchanged.
+        """
         if name in self._rooms:
             raise ValueError(f"already joined {name!r} on this client")
         room = Room(self, name, self._offline_queue)
@@ -151,14 +210,27 @@ class Client:
         try:
             yield room
         finally:
+            with trio.move_on_after(self._close_timeout, shield=True):
+                await room.settled()
             room.close()
             del self._rooms[name]
+            self._doc_rooms.pop(room, None)
 
     async def wait_state(self, state: ClientState) -> None:
         """Wait until the client is in `state`."""
         while self.state is not state:
             event = self._state_changed
             await event.wait()
+
+    def changes(self) -> Subscription[ConnectionChanged]:
+        """Every change of the connection's state from now on: each failed attempt with its
+        error and the delay before the next one, the connection opening, the client stopping
+        (with the ConnectionClosed that says why)."""
+        return self._changes.subscribe()
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is ClientState.OPEN
 
     # -- used by rooms ----------------------------------------------------------------------
 
@@ -189,74 +261,146 @@ class Client:
     def expect_join(self, ref: int, room: Room) -> None:
         self._joins[ref] = room
 
+    def doc_ready(self, room: Room) -> None:
+        """`room` has document changes to send: send them now if the pacer allows, else as
+        soon as it does (the writer wakes for it)."""
+        self._doc_rooms[room] = None
+        self._send_doc_frames()
+        self._wakeup.set()
+
+    def doc_acked(self) -> None:
+        self._rate_limited_in_a_row = 0
+
+    def doc_rate_limited(self, room: Room) -> None:
+        """The server refused an update for its rate (spec §5.8). It counts differently than
+        announced (or jitter bunched our frames): halve our pace, pause a jittered backoff
+        delay, then send again."""
+        self._rate_limited_in_a_row += 1
+        if self._pacer is not None:
+            if self._rate_limited_in_a_row == 1:  # later ones, before an ack, are the same burst
+                self._pacer.slow_down()
+            self._pacer.hold(trio.current_time(), self._backoff.delay(self._rate_limited_in_a_row - 1))
+        self.doc_ready(room)
+
+    def _send_doc_frames(self) -> None:
+        if self._pacer is None or self._conn is None or self.state is not ClientState.OPEN:
+            return
+        now = trio.current_time()
+        for room in list(self._doc_rooms):
+            if not room.has_doc_frame():
+                del self._doc_rooms[room]
+                continue
+            if not self._pacer.take(now):
+                return
+            del self._doc_rooms[room]  # back in line (at the end) with its next change
+            taken = room.take_doc_frame()
+            if taken is not None:
+                self.send(*taken)
+
     # -- the connection loop ----------------------------------------------------------------
 
-    def _set_state(self, state: ClientState) -> None:
+    def _set_state(
+        self, state: ClientState, *, error: BaseException | None = None, delay: float | None = None
+    ) -> None:
         self.state = state
         self._state_changed.set()
         self._state_changed = trio.Event()
+        attempt = self.attempts if state is ClientState.RECONNECTING else 0
+        change = ConnectionChanged(state.value, attempt, error, delay)
+        self._changes.publish(change)
         for room in self._rooms.values():
-            room.on_connection_state(state.value)
+            room.on_connection_state(change)
 
     async def run(self) -> None:
-        while True:
-            code = await self._connect_once()
-            ended = ConnectionClosed(f"server closed the connection ({code})", code)
-            if code is not None and not ended.retryable:
-                self._stop(ended)
-                return
-            self._set_state(ClientState.RECONNECTING)
-            delay = self._backoff.delay(self.attempts)
-            self.delays.append(delay)
-            self.attempts += 1
-            await trio.sleep(delay)
+        try:
+            while not self._closing:
+                failure = await self._connect_once()
+                if self._closing:
+                    break
+                if isinstance(failure, ConnectionClosed) and not failure.retryable:
+                    logger.info("stopping: %s", failure)
+                    self._stop(failure)
+                    return
+                opened_at, self._opened_at = self._opened_at, None
+                if opened_at is not None and trio.current_time() - opened_at >= self._backoff.reset_after:
+                    self.attempts = 0
+                self.attempts += 1
+                delay = self._backoff.delay(self.attempts - 1)
+                self.delays.append(delay)
+                logger.info("connection attempt %d failed (%s); retrying in %.2f s", self.attempts, failure, delay)
+                self._set_state(ClientState.RECONNECTING, error=failure, delay=delay)
+                await trio.sleep(delay)
+            self._stop(ConnectionClosed("the client closed the connection", CloseCode.NORMAL, retryable=False))
+        finally:
+            self._run_done.set()
 
-    async def _connect_once(self) -> int | None:
-        """One connection, from opening the transport to its end; returns its close code."""
+    async def aclose(self) -> None:
+        """Have the writer write everything queued, then close the WebSocket normally. The
+        caller bounds the wait (`connect` uses `close_timeout`)."""
+        self._closing = True
+        self._wakeup.set()
+        if self.state is ClientState.OPEN:
+            await self._run_done.wait()
+
+    async def _connect_once(self) -> BaseException | None:
+        """One connection, from opening the transport to its end; returns why it ended
+        (None when the client closed it)."""
+        self._refusal = None
         try:
             transport = await self._open_transport()
         except (OSError, trio_websocket.HandshakeError, TransportClosed) as exc:
-            logger.info("connect failed: %s", exc)
-            return None
+            return _open_failure(exc)
         try:
             return await self._serve(transport)
         except TransportClosed as exc:
-            return exc.code
-        except ProtocolError as exc:
+            refusal = self._refusal.message if self._refusal is not None else None
+            return ConnectionClosed.from_close(exc.code, exc.reason, refusal)
+        except RemoteProtocolError as exc:
             logger.warning("server broke the protocol: %s", exc)
-            with trio.move_on_after(1, shield=True):
-                await transport.aclose(CloseCode.PROTOCOL_ERROR, exc.message[:120])
-            return None
+            with trio.move_on_after(self._close_timeout, shield=True):
+                try:
+                    await transport.aclose(CloseCode.PROTOCOL_ERROR, exc.message[:120])
+                except TransportClosed:
+                    pass
+            # spec §9: a protocol error is not retried; a server that breaks it will again.
+            return ConnectionClosed(f"the server broke the protocol: {exc.message}", CloseCode.PROTOCOL_ERROR)
         finally:
             self._lost_connection()
-            with trio.move_on_after(1, shield=True):
+            with trio.move_on_after(self._close_timeout, shield=True):
                 try:
                     await transport.aclose()
                 except TransportClosed:
                     pass
 
-    async def _serve(self, transport: Transport) -> int | None:
+    async def _serve(self, transport: Transport) -> BaseException | None:
         conn = Connection(Role.CLIENT)
         hello = Hello((1,), self._token, self._client_info)
         conn.send(hello)
         await transport.send_message(encode(hello))
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
+        with trio.move_on_after(HANDSHAKE_TIMEOUT) as waiting:
             first = await transport.receive_message()
+        if waiting.cancelled_caught:
+            return ConnectionClosed(f"no welcome within {HANDSHAKE_TIMEOUT:g} s", None, retryable=True)
         frames = conn.receive_data(first) if isinstance(first, bytes) else []
         if not frames or not isinstance(frames[0], Welcome):
             if frames and isinstance(frames[0], Error):
-                logger.warning("server refused: %s", frames[0].message)
+                self._refusal = frames[0]
+            # spec §5.1: a refusal is followed by the close that says whether to retry.
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
                 while True:
                     await transport.receive_message()
-            return None
+            return ConnectionClosed("the server answered hello without welcome", None, retryable=True)
         self.welcome = frames[0]
         self.session_id = self.welcome.session
+        self._limits = self.welcome.limits
         self._conn = conn
-        self.attempts = 0
+        self._opened_at = trio.current_time()
+        self._pacer = Pacer(self.welcome.limits.updates_per_second, self._opened_at)
+        self._rate_limited_in_a_row = 0
         self._set_state(ClientState.OPEN)
         for room in self._rooms.values():
-            self.send(room.join_frame())
+            if room.rejoinable:
+                self.send(room.join_frame())
         for frame in frames[1:]:
             self._dispatch(frame)
         heartbeat = self.welcome.heartbeat_ms / 1000
@@ -284,25 +428,63 @@ class Client:
             with trio.move_on_after(silence) as idle:
                 data = await transport.receive_message()
             if idle.cancelled_caught:
-                logger.info("no frame for %.1f s: connection presumed dead", silence)
-                raise TransportClosed(ABNORMAL_CLOSURE, "heartbeat timeout")
+                # spec §5.7: a connection silent for 2H is dead, even if TCP has not noticed.
+                raise TransportClosed(ABNORMAL_CLOSURE, f"nothing from the server for {silence:g} s")
             if not isinstance(data, bytes):
                 continue
-            for frame in conn.receive_data(data):
+            for frame in decode(data, conn.limits):
+                try:
+                    if conn.receive(frame) is STALE:
+                        continue
+                except RemoteProtocolError as exc:
+                    if exc.code.fatal:
+                        raise
+                    logger.warning("ignored a frame from the server: %s", exc)
+                    continue
                 self._dispatch(frame)
 
     async def _writer(self, transport: Transport, heartbeat: float) -> None:
         nonce = 0
         while True:
-            with trio.move_on_after(heartbeat):
-                while not self._outgoing:
+            idle_until = trio.current_time() + heartbeat
+            while not self._outgoing and not self._closing:
+                self._wakeup = trio.Event()
+                self._send_doc_frames()
+                if self._outgoing:
+                    break
+                now = trio.current_time()
+                if now >= idle_until:
+                    break
+                wake_at = idle_until
+                if self._doc_rooms and self._pacer is not None:
+                    wake_at = min(wake_at, max(self._pacer.next_token_at(now), now + _PACE_EPSILON))
+                with trio.move_on_at(wake_at):
                     await self._wakeup.wait()
-                    self._wakeup = trio.Event()
             if not self._outgoing:
-                nonce += 1
+                if self._closing:
+                    return
+                nonce += 1  # spec §5.7: nothing to say for H, so a ping
                 self._outgoing.append(encode(Ping(nonce % 2**32)))
             batch, self._outgoing = self._outgoing, []
-            await transport.send_message(b"".join(batch))
+            for message in self._messages(batch):
+                await transport.send_message(message)
+            if self._closing and not self._outgoing:
+                return
+
+    def _messages(self, frames: list[bytes]) -> Iterator[bytes]:
+        """The frames as few messages as the server's limits allow (spec §3.2)."""
+        assert self._limits is not None
+        max_frames, max_bytes = self._limits.max_frames_per_message, self._limits.max_message_bytes
+        batch: list[bytes] = []
+        size = 0
+        for frame in frames:
+            if batch and (len(batch) >= max_frames or size + len(frame) > max_bytes):
+                yield b"".join(batch)
+                batch, size = [], 0
+            batch.append(frame)
+            size += len(frame)
+        if batch:
+            yield b"".join(batch)
 
     def _dispatch(self, frame: Frame) -> None:
         if isinstance(frame, Joined):
@@ -339,27 +521,44 @@ class Client:
         self._outgoing = []
         waiters, self._waiters = self._waiters, {}
         self._joins.clear()
+        lost = ConnectionClosed("connection lost", ABNORMAL_CLOSURE)
         for waiter in waiters.values():
-            waiter.fail(ConnectionClosed("connection lost", ABNORMAL_CLOSURE))
+            waiter.fail(lost)
         for room in self._rooms.values():
             room.on_disconnected()
 
     def _stop(self, error: ConnectionClosed) -> None:
+        if self.closed_error is not None:
+            return
         self.closed_error = error
-        self._set_state(ClientState.CLOSED)
+        self._set_state(ClientState.CLOSED, error=error)
         for room in self._rooms.values():
             room.on_disconnected()
+        self._changes.close()
 
 
-def websocket_opener(url: str, nursery: trio.Nursery) -> OpenTransport:
+def _websocket_target(url: str) -> tuple[str, int, str, bool]:
+    """(host, port, resource, secure) of a ws:// or wss:// URL.
+
+    Raises:
+        ValueError: not a WebSocket URL.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a WebSocket URL: {url!r}")
     secure = parts.scheme == "wss"
-    host, port = parts.hostname, parts.port or (443 if secure else 80)
+    try:
+        port = parts.port or (443 if secure else 80)
+    except ValueError as exc:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({exc})") from None
     resource = parts.path or "/"
     if parts.query:
         resource += "?" + parts.query
+    return parts.hostname, port, resource, secure
+
+
+def websocket_opener(url: str, nursery: trio.Nursery) -> OpenTransport:
+    host, port, resource, secure = _websocket_target(url)
 
     async def open_websocket() -> Transport:
         # We open the TCP stream ourselves so that a connect cancelled mid-handshake (the app
@@ -379,6 +578,16 @@ def websocket_opener(url: str, nursery: trio.Nursery) -> OpenTransport:
     return open_websocket
 
 
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside nested groups of one, or None if there are several."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup):
+        if len(inner.exceptions) != 1:
+            return None
+        inner = inner.exceptions[0]
+    return inner
+
+
 @asynccontextmanager
 async def connect(
     url: str | None = None,
@@ -386,6 +595,7 @@ async def connect(
     *,
     backoff: Backoff | None = None,
     heartbeat_timeout: float | None = None,
+    close_timeout: float = CLOSE_TIMEOUT,
     offline_queue: int = 1000,
     client_info: dict[str, Any] | None = None,
     open_transport: OpenTransport | None = None,
@@ -398,26 +608,49 @@ async def connect(
         backoff: reconnect delays (exponential, full jitter; default 0.5 s doubling to 30 s).
         heartbeat_timeout: declare the connection dead after this long without a frame
             (default: twice the server's heartbeat interval).
+        close_timeout: seconds a leaving block waits for the server, at most: a room's block
+            for its edits to be acknowledged, this block for what is queued to be written
+            and the WebSocket close handshake.
         offline_queue: how many publishes may wait for a connection.
         open_transport: instead of `url`, a coroutine function that opens a transport (tests
             use an engine's in-memory transport).
 
     The block is entered at once (state CONNECTING); `room.synced()` waits for the server.
-    Escapes: exceptions from the block itself; background failures never escape.
+    Watch `client.changes()` to see each attempt. On leaving, everything queued is written and
+    the connection closed normally (within `close_timeout`).
+
+    Raises:
+        ValueError: `url` is not a ws:// or wss:// URL, or both or neither of `url` and
+            `open_transport` were given.
+
+    Escapes: exceptions raised by the block, as they were raised (never wrapped in an
+    ExceptionGroup), and Cancelled. Background failures never escape: an unreachable server
+    is retried; one that refuses for good stops the client, and waiting calls raise
+    ConnectionClosed. Anything else escaping is a bug.
     """
     if (url is None) == (open_transport is None):
         raise ValueError("give exactly one of url and open_transport")
-    async with trio.open_nursery() as nursery:
-        opener = open_transport or websocket_opener(url, nursery)  # type: ignore[arg-type]
-        client = Client(opener, token, backoff or Backoff(), heartbeat_timeout, offline_queue, client_info or {"name": "plait-py"})
-        nursery.start_soon(client.run)
-        try:
-            yield client
-        finally:
-            # Let queued frames (a final edit, a leave) go out before closing.
-            with trio.move_on_after(1, shield=True):
-                while client._outgoing and client.state is ClientState.OPEN:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-            if client.closed_error is None:
-                client._stop(ConnectionClosed("client closed", CloseCode.NORMAL))
+    if url is not None:
+        _websocket_target(url)
+    escaped: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            opener = open_transport or websocket_opener(url, nursery)  # type: ignore[arg-type]
+            client = Client(
+                opener, token, backoff or Backoff(), heartbeat_timeout, offline_queue,
+                client_info or {"name": "plait-py"}, close_timeout,
+            )
+            nursery.start_soon(client.run)
+            try:
+                yield client
+            finally:
+                with trio.move_on_after(close_timeout, shield=True):
+                    await client.aclose()
+                nursery.cancel_scope.cancel()
+                client._stop(ConnectionClosed("the client closed the connection", CloseCode.NORMAL, retryable=False))
+    except BaseExceptionGroup as group:
+        escaped = _single(group)
+        if escaped is None:
+            raise
+    if escaped is not None:
+        raise escaped

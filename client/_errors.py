@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plait.protocol import CloseCode, ErrorCode
+from plait.protocol import ABNORMAL_CLOSURE, CloseCode, ErrorCode
 
 
 class PlaitError(Exception):
@@ -24,6 +24,11 @@ class RequestFailed(PlaitError):
         self.message = message
         if code is not None:
             self.code = code
+
+    def copy(self) -> RequestFailed:
+        """A fresh instance, to raise in another task (an exception object raised in two
+        tasks would collect both tracebacks)."""
+        return type(self)(self.message, self.code)
 
 
 class MalformedFrame(RequestFailed):
@@ -134,19 +139,52 @@ __all__ = [
 
 
 class ConnectionClosed(PlaitError):
-    """The client stopped for good: closed by the app, or refused by the server with a close
-    code that says not to retry (spec §9)."""
+    """The connection ended, or the client stopped for good.
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    Waiting calls raise it once the client has stopped: closed by the app, or refused by the
+    server with a close code that says not to retry (spec §9). It also says why an attempt
+    failed in `ConnectionChanged.error`.
+
+    Attributes:
+        code: the WebSocket close code (1006 when the connection dropped without one; None when
+            there was no connection to close).
+        retryable: whether the client tries again after this.
+    """
+
+    def __init__(self, message: str, code: int | None = None, *, retryable: bool | None = None) -> None:
         super().__init__(message)
+        self.message = message
         self.code = code
+        self._retryable = retryable
 
     @property
     def retryable(self) -> bool:
-        """Whether the client reconnects after this (an abnormal 1006 close does; spec §9)."""
+        if self._retryable is not None:
+            return self._retryable
         if self.code is None:
             return False
         return self.code not in CloseCode._value2member_map_ or CloseCode(self.code).retryable
+
+    @classmethod
+    def from_close(cls, code: int, reason: str = "", refusal: str | None = None) -> ConnectionClosed:
+        """Why a connection ended, in words: the close code, its name, and the server's reason
+        (or the message of the error frame it sent before closing)."""
+        name = CloseCode(code).name if code in CloseCode._value2member_map_ else None
+        if code == ABNORMAL_CLOSURE:
+            what = "the connection dropped"
+            name = "no close frame"
+        else:
+            what = "the server closed the connection"
+        detail = refusal or reason
+        label = f"{code} {name}" if name else str(code)
+        error = cls(f"{what}: {detail} ({label})" if detail else f"{what} ({label})", code)
+        if not error.retryable:
+            error.message += ", not retried"
+            error.args = (error.message,)
+        return error
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class OfflineQueueFull(PlaitError):

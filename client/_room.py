@@ -3,7 +3,9 @@ step across reconnects (spec §7)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -31,10 +33,13 @@ from plait.protocol import (
     Update,
 )
 
-from ._errors import ConnectionClosed, EventsLost, OfflineQueueFull, RequestFailed, error_for
+from ._changes import LocalChanges, Piece
+from ._errors import ConnectionClosed, EventsLost, OfflineQueueFull, RateLimited, RequestFailed, error_for
 
 if TYPE_CHECKING:
     from ._client import Client
+
+logger = logging.getLogger("plait.client")
 
 T = TypeVar("T")
 
@@ -78,8 +83,11 @@ class Feed(Generic[T]):
     def __init__(self, backlog: int = 10_000) -> None:
         self._subscribers: dict[trio.MemorySendChannel[T], bool] = {}
         self._backlog = backlog
+        self._closed = False
 
     def publish(self, item: T) -> None:
+        if self._closed:
+            return
         for send in list(self._subscribers):
             try:
                 send.send_nowait(item)
@@ -88,6 +96,7 @@ class Feed(Generic[T]):
                 send.close()
 
     def close(self) -> None:
+        self._closed = True
         for send in self._subscribers:
             send.close()
 
@@ -95,6 +104,8 @@ class Feed(Generic[T]):
         """An iterator of every item published from now on (subscribed at once, not lazily)."""
         send, receive = trio.open_memory_channel[T](self._backlog)
         self._subscribers[send] = False
+        if self._closed:
+            send.close()
         return Subscription(self, send, receive)
 
     def lost(self, send: trio.MemorySendChannel[T]) -> bool:
@@ -144,7 +155,20 @@ class TypingChanged:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionChanged:
+    """The client's connection changed state (`ClientState` values: "connecting", "open",
+    "reconnecting", "closed").
+
+    Attributes:
+        attempt: for "reconnecting", how many attempts in a row have failed (1, 2, ...); else 0.
+        error: for "reconnecting", why the last attempt failed (an OSError, a ConnectionClosed
+            with the close code, ...); for "closed", the ConnectionClosed that stopped the client.
+        delay: for "reconnecting", seconds until the next attempt (backoff with full jitter).
+    """
+
     state: str
+    attempt: int = 0
+    error: BaseException | None = None
+    delay: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +179,23 @@ class HistoryGap:
     since: int
 
 
-Change = PresenceChanged | CursorsChanged | TypingChanged | ConnectionChanged | HistoryGap
+@dataclass(frozen=True, slots=True)
+class DocumentReset:
+    """The server refused local edits for good (a read-only member's edits: Forbidden), so the
+    room replaced `room.doc` with a new document holding the room's state, and is following
+    the room again. Re-read `room.doc` (and anything taken from it, like `room.text`).
+
+    Attributes:
+        error: the server's refusal.
+        discarded: one Yjs update holding every local change the room did not take; applied to
+            a copy of the room's document, it shows what the refused edits were.
+    """
+
+    error: RequestFailed
+    discarded: bytes
+
+
+Change = PresenceChanged | CursorsChanged | TypingChanged | ConnectionChanged | HistoryGap | DocumentReset
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +215,10 @@ class _Publish:
     waiter: Waiter[int]
 
 
+MAX_REFUSALS = 100
+"""Refused ranges of local changes kept for `flushed()` to report."""
+
+
 class Room:
     """Use through `client.join(name)`."""
 
@@ -182,6 +226,7 @@ class Room:
         self._client = client
         self.name = name
         self.doc = pycrdt.Doc()
+        """The room's document. Replaced by a new one after a DocumentReset."""
         self.channel: int | None = None
         self.access: int | None = None
         self.presence: dict[str, PresenceEntry] = {}
@@ -191,11 +236,17 @@ class Room:
         self.last_seq: int | None = None
         self._join_error: RequestFailed | None = None
         self._synced = trio.Event()
-        self._joined_once = trio.Event()
         self._applying_remote = False
-        self._local_changes = 0
-        self._acked_changes = 0
-        self._ack_progress = trio.Event()
+        self._local = LocalChanges()
+        self._refusals: list[tuple[int, int, RequestFailed]] = []
+        """(first, last, error): local changes the server refused for good."""
+        self._reported_through = 0
+        """`flushed()` has raised every refusal of changes up to this number."""
+        self._resetting: RequestFailed | None = None
+        self._replaced: list[tuple[pycrdt.Doc, RequestFailed]] = []
+        """Documents given up by resets, until the new one has synced (DocumentReset)."""
+        self._progress = trio.Event()
+        """Set (and replaced) whenever anything a waiting call checks may have changed."""
         self._my_presence: dict[str, Any] | None = None
         self._my_cursor: Any = None
         self._publishes: list[_Publish] = []
@@ -208,21 +259,40 @@ class Room:
     # -- public API -------------------------------------------------------------------------
 
     async def synced(self) -> None:
-        """Wait until the document holds the server's state (first sync after joining).
+        """Wait until the document holds the server's state (first sync after joining, and
+        after a DocumentReset).
 
         Raises:
-            RequestFailed: the join was refused (Forbidden, StorageUnavailable, ...).
+            RequestFailed: the join was refused (Forbidden, StorageUnavailable, ...), or the
+                server closed the room's channel.
             ConnectionClosed: the client stopped for good.
         """
-        await self._wait_for(self._synced)
+        await self._wait_until(self._synced.is_set)
 
     async def flushed(self) -> None:
-        """Wait until every local edit made so far is acknowledged (durable on the server)."""
-        target = self._local_changes
-        while self._acked_changes < target:
+        """Wait until every local edit made so far is acknowledged, i.e. durable on the server
+        (spec §4.1). Edits the server refused for a while (RATE_LIMITED) are sent again until
+        it takes them; while disconnected it waits for the reconnect.
+
+        Raises:
+            Forbidden, InvalidUpdate, ...: the server refused some of these edits for good. The
+                room resets its document to the room's state (see DocumentReset). Each refusal
+                is raised once: a later call does not raise it again.
+            RequestFailed: the room's channel was closed by the server.
+            ConnectionClosed: the client stopped for good.
+        """
+        target = self._local.count
+        floor = self._reported_through
+        while True:
+            for first, last, error in self._refusals:
+                if last > floor and first <= target:
+                    self._reported_through = max(self._reported_through, target)
+                    raise error.copy()
+            oldest = self._local.oldest_unacked()
+            if oldest is None or oldest > target:
+                return
             self._check_usable()
-            event = self._ack_progress
-            await event.wait()
+            await self._progress.wait()
 
     async def set_presence(self, state: dict[str, Any]) -> None:
         """Set this session's presence state; it is restored after every reconnect."""
@@ -271,7 +341,7 @@ class Room:
         return self._events.subscribe()
 
     def changes(self) -> Subscription[Change]:
-        """Presence, cursor, typing and connection changes from now on, as they happen."""
+        """Presence, cursor, typing, connection and document-reset changes from now on."""
         return self._changes.subscribe()
 
     @property
@@ -283,15 +353,18 @@ class Room:
 
     def _check_usable(self) -> None:
         if self._join_error is not None:
-            raise self._join_error
+            raise self._join_error.copy()
         if self._client.closed_error is not None:
             raise self._client.closed_error
 
-    async def _wait_for(self, event: trio.Event) -> None:
-        while not event.is_set():
+    def _wake(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        while not done():
             self._check_usable()
-            with trio.move_on_after(0.5):
-                await event.wait()
+            await self._progress.wait()
         self._check_usable()
 
     async def _request(self, frame: Frame) -> Any:
@@ -299,11 +372,26 @@ class Room:
         self._client.send(frame, waiter)
         return await waiter.wait()
 
+    async def settled(self) -> None:
+        """Wait while this connection still has edits of ours to send or to hear back about
+        (leaving the room waits for this, bounded by the client's close timeout)."""
+        while (
+            self.channel is not None
+            and self._join_error is None
+            and self._client.is_open
+            and self._local.pending()
+        ):
+            await self._progress.wait()
+
     def join_frame(self) -> Join:
         """(Re)join: our state vector brings both documents up to date; `since` resumes events."""
         ref = self._client.next_ref()
         self._client.expect_join(ref, self)
         return Join(ref, self.name, self.doc.get_state(), self.last_seq)
+
+    @property
+    def rejoinable(self) -> bool:
+        return self._join_error is None and not self._left
 
     def on_joined(self, joined: Joined) -> None:
         self.channel = joined.channel
@@ -312,37 +400,40 @@ class Room:
             self.last_seq = joined.head
         elif joined.resumed is False:
             self._changes.publish(HistoryGap(self.last_seq))
-        self._joined_once.set()
         if self._my_presence is not None:
             self._client.send(PresenceSet(joined.channel, None, self._my_presence))
         if self._my_cursor is not None:
             self._client.send(CursorMove(joined.channel, self._my_cursor))
         for pending in self._publishes:
             self._send_publish(pending)
+        self._wake()
 
     def on_join_failed(self, error: RequestFailed) -> None:
         self._join_error = error
+        self._wake()
 
     def on_disconnected(self) -> None:
         self.channel = None
         self.presence.clear()
         self.cursors.clear()
         self.typing = frozenset()
-        self._ack_progress.set()
-        self._ack_progress = trio.Event()
+        self._local.lost_connection()
+        self._maybe_reset()
+        self._wake()
 
     def on_frame(self, frame: Frame) -> None:
         match frame:
             case SyncStep1(state_vector=sv):
-                # spec §5.3: answer with what the server lacks (our offline edits), acked.
-                covered = self._local_changes
-                update = self.doc.get_update(sv)
-                ref = self._client.next_ref()
-                self._client.send(SyncStep2(frame.channel, ref, update), self._ack_covering(covered))
+                # spec §5.3: answer with what the server lacks (our offline edits); it goes
+                # out paced like any update, and is acked like one.
+                self._local.absorb_into_sync(self.doc.get_update(sv))
+                self._client.doc_ready(self)
             case SyncStep2(update=update) | Update(update=update):
                 self._apply_remote(update)
                 if isinstance(frame, SyncStep2):
                     self._synced.set()
+                    self._report_resets()
+                    self._wake()
             case PresenceSnapshot(entries=entries):
                 me = self._client.session_id
                 self.presence = {e.session: e for e in entries if e.session != me}
@@ -385,20 +476,27 @@ class Room:
             case ChannelClosed(code=code, message=message):
                 self.channel = None
                 self._join_error = error_for(code, message)
+                self._wake()
             case _:
                 pass
 
-    def on_connection_state(self, state: str) -> None:
-        self._changes.publish(ConnectionChanged(state))
+    def on_connection_state(self, change: ConnectionChanged) -> None:
+        self._changes.publish(change)
+        self._wake()
 
     def close(self) -> None:
         if self.channel is not None and not self._left:
+            if self._local.pending():
+                logger.warning(
+                    "leaving room %r with local edits the server has not acknowledged", self.name
+                )
             self._client.send(Leave(self.channel, None))
         self._left = True
         self.channel = None
         self.doc.unobserve(self._subscription)
         self._events.close()
         self._changes.close()
+        self._wake()
 
     def _apply_remote(self, update: bytes) -> None:
         self._applying_remote = True
@@ -407,32 +505,106 @@ class Room:
         finally:
             self._applying_remote = False
 
+    # -- local document changes (client/_changes.py) ----------------------------------------
+
     def _on_local_change(self, event: pycrdt.TransactionEvent) -> None:
         if self._applying_remote or self._left:
             return
-        self._local_changes += 1
+        online = self.channel is not None
+        # Offline: only counted. The state-vector exchange on rejoin sends it (spec §7).
+        self._local.record(event.update if online else None)
+        if online:
+            self._client.doc_ready(self)
+
+    def has_doc_frame(self) -> bool:
+        return self.channel is not None and self._resetting is None and self._local.sendable()
+
+    def take_doc_frame(self) -> tuple[Frame, Waiter[Any]] | None:
+        """The next update frame (every waiting local change, merged) and what handles its
+        answer; the client calls this when the pacer allows a frame."""
+        if not self.has_doc_frame():
+            return None
+        assert self.channel is not None
+        outgoing = self._local.take()
+        if outgoing is None:
+            return None
+        ref = self._client.next_ref()
+        self._local.sent(ref, outgoing)
+        kind = SyncStep2 if outgoing.sync else Update
+        return kind(self.channel, ref, outgoing.update), _DocAnswer(self, ref)
+
+    def on_doc_acked(self, ref: int) -> None:
+        if self._local.acked(ref):
+            self._client.doc_acked()
+        self._maybe_reset()
+        self._wake()
+
+    def on_doc_failed(self, ref: int, error: BaseException) -> None:
+        if isinstance(error, ConnectionClosed):
+            self._local.retry(ref)  # the rejoin's sync_step2 carries it
+        elif isinstance(error, RateLimited):
+            if self._local.retry(ref):
+                self._client.doc_rate_limited(self)
+        else:
+            pieces = self._local.refuse(ref)
+            changed = [p for p in pieces or () if p.first <= p.last]
+            if changed and isinstance(error, RequestFailed):
+                self._refuse(changed, error)
+                if self._resetting is None:
+                    self._resetting = error
+        self._maybe_reset()
+        self._wake()
+
+    def _refuse(self, pieces: list[Piece], error: RequestFailed) -> None:
+        self._refusals.append((min(p.first for p in pieces), max(p.last for p in pieces), error))
+        del self._refusals[:-MAX_REFUSALS]
+
+    def _maybe_reset(self) -> None:
+        """After a refusal for good, once nothing is in flight (every answer is in): replace
+        the document with the room's state, so that client and room never diverge unnoticed.
+        The old document's unacknowledged edits are dropped; DocumentReset reports them once
+        the new document has synced."""
+        if self._resetting is None or self._local.in_flight:
+            return
+        error, self._resetting = self._resetting, None
+        dropped = [p for p in self._local.discard() if p.first <= p.last]
+        if dropped:
+            self._refuse(dropped, error)
+        old = self.doc
+        old.unobserve(self._subscription)
+        self._replaced.append((old, error))
+        self.doc = pycrdt.Doc()
+        self._subscription = self.doc.observe(self._on_local_change)
+        self._synced = trio.Event()
         if self.channel is not None:
-            ref = self._client.next_ref()
-            self._client.send(Update(self.channel, ref, event.update), self._ack_covering(self._local_changes))
-        # Offline: nothing to queue. The state-vector exchange on rejoin sends it (spec §7).
+            # spec §5.3: the server answers with everything we lack, i.e. the whole room.
+            self._client.send(SyncStep1(self.channel, self.doc.get_state()))
 
-    def _ack_covering(self, changes: int) -> Waiter[Any]:
-        room = self
-
-        class _AckWaiter(Waiter[Any]):
-            def set(self, value: Any) -> None:
-                super().set(value)
-                if changes > room._acked_changes:
-                    room._acked_changes = changes
-                room._ack_progress.set()
-                room._ack_progress = trio.Event()
-
-        return _AckWaiter()
+    def _report_resets(self) -> None:
+        replaced, self._replaced = self._replaced, []
+        for old, error in replaced:
+            self._changes.publish(DocumentReset(error, old.get_update(self.doc.get_state())))
 
     def _send_publish(self, pending: _Publish) -> None:
         assert self.channel is not None
         ref = self._client.next_ref()
         self._client.send(Publish(self.channel, ref, pending.name, pending.payload, pending.key), _Forward(pending.waiter))
+
+
+class _DocAnswer(Waiter[Any]):
+    """Routes the answer to one of the room's update frames back to the room."""
+
+    def __init__(self, room: Room, ref: int) -> None:
+        super().__init__()
+        self._room, self._ref = room, ref
+
+    def set(self, value: Any) -> None:
+        super().set(value)
+        self._room.on_doc_acked(self._ref)
+
+    def fail(self, error: BaseException) -> None:
+        super().fail(error)
+        self._room.on_doc_failed(self._ref, error)
 
 
 class _Forward(Waiter[Any]):
@@ -450,4 +622,3 @@ class _Forward(Waiter[Any]):
         super().fail(error)
         if not isinstance(error, ConnectionClosed) or not error.retryable:
             self._target.fail(error)
-

@@ -3,78 +3,17 @@ reconnects with backoff, offline edits and publishes. A `Cable` lets a test cut 
 
 from __future__ import annotations
 
-import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import pycrdt
 import pytest
 import trio
 from trio.testing import MockClock
 
-from plait.client import (
-    Backoff,
-    Client,
-    ClientState,
-    ConnectionClosed,
-    EventRejected,
-    Forbidden,
-    Room,
-    connect,
-)
-from plait.engine import Engine, EventRejected as ServerEventRejected, Hooks, Identity, MemoryTransport
+from plait.client import Backoff, ClientState, ConnectionClosed, EventRejected, Forbidden
+from plait.engine import EventRejected as ServerEventRejected, Hooks, Identity
 from plait.protocol import Access
 from plait.storage import MemoryStore
 
 from ..engine.conftest import make_engine
-
-
-class Cable:
-    """Opens in-memory connections to an engine and can cut them all (like a network drop)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.live: list[MemoryTransport] = []
-        self.opened = 0
-        self.down = False
-
-    async def open(self) -> MemoryTransport:
-        if self.down:
-            raise OSError("network is down")
-        self.opened += 1
-        transport = self.engine.connect_memory()
-        self.live.append(transport)
-        return transport
-
-    async def cut(self) -> None:
-        for transport in self.live:
-            await transport.aclose(1006, "cable cut")
-        self.live.clear()
-
-
-@asynccontextmanager
-async def client_for(cable: Cable, **kwargs: object) -> AsyncIterator[Client]:
-    backoff = Backoff(base=0.5, cap=4, rng=random.Random(1))
-    async with connect(open_transport=cable.open, backoff=backoff, **kwargs) as client:  # type: ignore[arg-type]
-        yield client
-
-
-async def doc_change(room: Room) -> None:
-    """Wait for the next change to the room's document."""
-    changed = trio.Event()
-    sub = room.doc.observe(lambda _: changed.set())
-    try:
-        await changed.wait()
-    finally:
-        room.doc.unobserve(sub)
-
-
-async def until_text(room: Room, expected: str) -> None:
-    for _ in range(1000):
-        if str(room.text) == expected:
-            return
-        await doc_change(room)
-    raise AssertionError(f"text never became {expected!r}: {str(room.text)!r}")
+from .cable import Cable, client_for, stored_text, until_text
 
 
 async def test_two_clients_edit_one_document(autojump_clock: MockClock) -> None:
@@ -100,10 +39,7 @@ async def test_flushed_means_durable(autojump_clock: MockClock) -> None:
             room.text.insert(0, "saved")
             await room.flushed()
             data = await store.load("doc")
-            doc = pycrdt.Doc()
-            for u in data.updates:
-                doc.apply_update(u)
-            assert str(doc.get("text", type=pycrdt.Text)) == "saved"
+            assert stored_text(list(data.updates), data.snapshot) == "saved"
 
 
 async def test_presence_cursors_typing_and_events_between_clients(autojump_clock: MockClock) -> None:
@@ -170,7 +106,11 @@ async def test_backoff_delays_are_bounded_and_grow(autojump_clock: MockClock) ->
             bounds = [min(4, 0.5 * 2**i) for i in range(len(c.delays))]
             assert all(0 <= d <= b for d, b in zip(c.delays, bounds))
             assert len(c.delays) >= 5
-            assert c.attempts == 0
+            changes = c.changes()
+            await trio.sleep(Backoff().reset_after)  # a connection that lasts starts the count again
+            await cable.cut()
+            change = await changes.__anext__()
+            assert (change.state, change.attempt) == ("reconnecting", 1)
 
 
 async def test_publishes_made_offline_go_out_once_on_reconnect(autojump_clock: MockClock) -> None:
@@ -263,3 +203,22 @@ async def test_dead_connection_is_detected_by_heartbeat(autojump_clock: MockCloc
             assert 3 <= trio.current_time() - start <= 3.1
             await c.wait_state(ClientState.OPEN)
             del real_receive
+
+
+async def test_a_burst_is_split_into_messages_the_server_accepts(autojump_clock: MockClock) -> None:
+    # A message over the announced max_frames_per_message is a fatal FRAME_TOO_LARGE (spec
+    # §3.2), which would stop the client for good.
+    async with make_engine(max_frames_per_message=4) as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c1, client_for(cable) as c2:
+            async with c1.join("r") as r1, c2.join("r") as r2:
+                await r1.synced()
+                await r2.synced()
+                async with trio.open_nursery() as nursery:
+                    for i in range(50):
+                        nursery.start_soon(r1.move_cursor, i)
+                changes = r2.changes()
+                while r2.cursors.get(c1.session_id or "") is None:
+                    await changes.__anext__()
+                assert c1.state is ClientState.OPEN
+                assert cable.opened == 2

@@ -1,0 +1,164 @@
+"""Local document changes the server refuses are never dropped silently (spec §4.1, §5.8):
+rate-limited updates go out again, paced by `welcome.limits`; a refusal that will not change
+(read-only) raises from `flushed()` and brings the local document back to the room's state.
+Engine over in-memory transports, under MockClock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pycrdt
+import pytest
+import trio
+from trio.testing import MockClock
+
+from plait.client import DocumentReset, Forbidden, Room
+from plait.engine import Hooks, Identity, MemoryTransport
+from plait.protocol import Access, Error, ErrorCode, Limits, Welcome, decode, encode
+from plait.storage import MemoryStore
+
+from ..engine.conftest import make_engine
+from .cable import Cable, client_for, stored_text, until_text
+
+
+async def type_text(room: Room, text: str) -> None:
+    """Type like a person whose editor waits for every keystroke to be durable."""
+    for ch in text:
+        room.text.insert(len(room.text), ch)
+        await room.flushed()
+
+
+RATE = 20
+"""Updates per second per connection the engine allows in these tests (the default is 200;
+a tenth of it shows the same in a tenth of the keystrokes)."""
+
+
+async def test_typing_a_character_at_a_time_outlasts_the_update_rate(autojump_clock: MockClock) -> None:
+    # The server allows RATE updates per second per connection, with a burst of one second.
+    # This loop used to stall for good once the burst was spent (after about 240 keystrokes
+    # at the default rate).
+    store = MemoryStore()
+    typed = "".join(chr(97 + i % 26) for i in range(3 * RATE))
+    async with make_engine(store=store, updates_per_second=RATE) as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as typist, client_for(cable) as watcher:
+            async with typist.join("doc") as room, watcher.join("doc") as other:
+                await room.synced()
+                await other.synced()
+                await type_text(room, typed)
+                await until_text(other, typed)
+        assert cable.opened == 2  # paced below the limit: never closed for going over it
+    data = await store.load("doc")
+    assert stored_text(list(data.updates), data.snapshot) == typed
+
+
+class Overstated:
+    """A server that announces a higher update rate than it enforces: the SDK trusts the
+    announcement, so its updates get RATE_LIMITED and must go out again."""
+
+    def __init__(self, inner: MemoryTransport, rate: int = 100_000) -> None:
+        self.inner = inner
+        self.rate = rate
+        self.refused = 0
+
+    async def send_message(self, data: bytes) -> None:
+        await self.inner.send_message(data)
+
+    async def receive_message(self) -> bytes | str:
+        data = await self.inner.receive_message()
+        assert isinstance(data, bytes)
+        frames = decode(data)
+        for i, frame in enumerate(frames):
+            if isinstance(frame, Welcome):
+                limits = Limits(**{**{f: getattr(frame.limits, f) for f in frame.limits.__dataclass_fields__}, "updates_per_second": self.rate})
+                frames[i] = Welcome(frame.version, frame.session, frame.heartbeat_ms, limits)
+            elif isinstance(frame, Error) and frame.code == ErrorCode.RATE_LIMITED:
+                self.refused += 1
+        return encode(frames)
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        await self.inner.aclose(code, reason)
+
+
+async def test_rate_limited_updates_go_out_again_in_order(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    wrapped: list[Overstated] = []
+
+    def overstate(transport: MemoryTransport) -> Overstated:
+        wrapped.append(Overstated(transport))
+        return wrapped[-1]
+
+    typed = "".join(chr(97 + i % 26) for i in range(5 * RATE))
+    async with make_engine(store=store, updates_per_second=RATE) as engine:
+        typist_cable, watcher_cable = Cable(engine, wrap=overstate), Cable(engine)
+        async with client_for(typist_cable) as typist, client_for(watcher_cable) as watcher:
+            async with typist.join("doc") as room, watcher.join("doc") as other:
+                await room.synced()
+                await other.synced()
+                for ch in typed:  # 1000 keystrokes a second, each its own update frame
+                    room.text.insert(len(room.text), ch)
+                    await trio.sleep(0.001)
+                await room.flushed()
+                await until_text(other, typed)
+        assert wrapped[0].refused > 0  # the server did refuse some
+        assert typist_cable.opened == 1  # and the SDK backed off before being closed for it
+    data = await store.load("doc")
+    assert stored_text(list(data.updates), data.snapshot) == typed
+
+
+class Viewers(Hooks):
+    """The token is the user id; "viewer" may only read."""
+
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        return {"id": token or "anon"}
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        return Access.READ if identity["id"] == "viewer" else Access.WRITE
+
+
+async def test_a_read_only_member_is_told_and_its_document_is_the_rooms_again(autojump_clock: MockClock) -> None:
+    async with make_engine(hooks=Viewers()) as engine:
+        cable = Cable(engine)
+        async with client_for(cable, token="ed") as ed, client_for(cable, token="viewer") as viewer:
+            async with ed.join("doc") as er, viewer.join("doc") as vr:
+                await er.synced()
+                await vr.synced()
+                await vr.flushed()  # joining sends nothing of ours to refuse
+                er.text.insert(0, "the room's text")
+                await er.flushed()
+                await until_text(vr, "the room's text")
+                changes = vr.changes()
+                vr.text.insert(0, "mine: ")
+                vr.text.insert(len(vr.text), "!")
+                with pytest.raises(Forbidden):
+                    await vr.flushed()
+                async for change in changes:
+                    if isinstance(change, DocumentReset):
+                        break
+                assert isinstance(change.error, Forbidden)
+                # Exactly what was dropped: the two edits, which on the room's text give ours.
+                mine = pycrdt.Doc()
+                mine.apply_update(er.doc.get_update())
+                mine.apply_update(change.discarded)
+                assert str(mine.get("text", type=pycrdt.Text)) == "mine: the room's text!"
+                await vr.synced()
+                assert str(vr.text) == "the room's text"
+                await vr.flushed()  # reported once; nothing else is waiting
+                er.text.insert(0, ">")
+                await er.flushed()
+                await until_text(vr, ">the room's text")  # and it keeps following the room
+
+
+async def test_edits_made_before_a_read_only_join_are_refused_not_kept(autojump_clock: MockClock) -> None:
+    async with make_engine(hooks=Viewers()) as engine:
+        cable = Cable(engine)
+        async with client_for(cable, token="ed") as ed, ed.join("doc") as er:
+            await er.synced()
+            er.text.insert(0, "kept")
+            await er.flushed()
+            async with client_for(cable, token="viewer") as viewer, viewer.join("doc") as vr:
+                vr.text.insert(0, "offline draft ")  # before the join is even answered
+                with pytest.raises(Forbidden):
+                    await vr.flushed()
+                await vr.synced()
+                await until_text(vr, "kept")

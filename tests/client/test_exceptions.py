@@ -1,0 +1,58 @@
+"""What escapes the SDK's context managers is the documented exception itself, never an
+ExceptionGroup wrapping it, so `except Forbidden:` around `connect()`/`join()` works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from trio.testing import MockClock
+
+from plait.client import ConnectionClosed, Forbidden, connect
+from plait.engine import Hooks, Identity, Unauthenticated
+from plait.protocol import Access
+
+from ..engine.conftest import make_engine
+from .cable import Cable, client_for
+
+
+class Strict(Hooks):
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        if token == "bad":
+            raise Unauthenticated("who are you")
+        return {"id": token or "anon"}
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        return None if room == "secret" else Access.WRITE
+
+
+async def test_a_refused_join_escapes_as_its_own_type(autojump_clock: MockClock) -> None:
+    async with make_engine(hooks=Strict()) as engine:
+        with pytest.raises(Forbidden) as info:
+            async with client_for(Cable(engine)) as client, client.join("secret") as room:
+                await room.synced()
+        assert "secret" in info.value.message
+
+
+async def test_a_refused_connection_escapes_as_connection_closed(autojump_clock: MockClock) -> None:
+    async with make_engine(hooks=Strict()) as engine:
+        with pytest.raises(ConnectionClosed) as info:
+            async with client_for(Cable(engine), token="bad") as client, client.join("r") as room:
+                await room.synced()
+        assert info.value.code == 4003
+
+
+async def test_the_blocks_own_errors_escape_unchanged(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        error = KeyError("mine")
+        with pytest.raises(KeyError) as info:
+            async with client_for(Cable(engine)) as client, client.join("r") as room:
+                await room.synced()
+                raise error
+        assert info.value is error
+
+
+async def test_a_bad_url_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="not a WebSocket URL"):
+        async with connect("http://127.0.0.1:1/"):
+            pass
