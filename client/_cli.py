@@ -1,151 +1,342 @@
 """`plait client URL ROOM`: join a room from a terminal, watch it, and talk to it.
 
-Lines typed are chat events; commands start with "/":
+Lines typed are chat messages; commands start with "/" (`/help` lists them):
     /append TEXT        append TEXT to the shared document's text
-    /insert POS TEXT    insert TEXT at POS
+    /insert POS TEXT    insert TEXT at POS (0 is the start)
     /delete POS COUNT   delete COUNT characters at POS
     /name NAME          set your presence name
-    /cursor POS         move your cursor
-    /quit               leave
+    /cursor POS|off     move your cursor, or hide it
+    /typing [on|off]    show the others you are typing (it expires after a few seconds)
+    /help               list the commands
+    /quit               leave (so does the end of input)
 Output lines start with a tag: [doc], [chat], [event], [presence], [cursor], [typing],
-[connection], [error].
+[connection], [error]. People are shown by their presence name (or user id), also after they
+left. Each failed connection attempt is shown with its error and the delay before the next.
+
+Exit status: 0 after /quit or the end of input; 1 when the server refuses the connection or
+the room for good (the close code's meaning is printed).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import trio
 
-from ._client import connect
-from ._errors import PlaitError
-from ._room import ConnectionChanged, CursorsChanged, PresenceChanged, Room, TypingChanged
+from ._backoff import Backoff
+from ._client import Client, OpenTransport, _websocket_target, connect
+from ._errors import ConnectionClosed, PlaitError, RequestFailed
+from ._room import (
+    Change,
+    ConnectionChanged,
+    CursorsChanged,
+    DocumentReset,
+    PresenceChanged,
+    Room,
+    RoomEvent,
+    Subscription,
+    TypingChanged,
+)
 
 
-def _who(room: Room, session: str | None) -> str:
-    entry = room.presence.get(session or "")
-    if entry is None:
-        return session or "server"
-    return str(entry.state.get("name") or entry.identity.get("id") or session)
+class _Usage(Exception):
+    """A command typed wrong: shown with the command's usage line."""
 
 
-async def _show_changes(room: Room, out: TextIO) -> None:
-    async for change in room.changes():
-        match change:
-            case PresenceChanged(joined=joined, left=left):
-                for entry in joined:
-                    print(f"[presence] {entry.state.get('name') or entry.identity.get('id')} joined", file=out)
-                for sid in left:
-                    print(f"[presence] {sid} left", file=out)
-                names = sorted(_who(room, s) for s in room.presence)
-                print(f"[presence] here: {', '.join(names) or 'nobody else'}", file=out)
-            case CursorsChanged(moved=moved):
-                for sid, pos in moved.items():
-                    print(f"[cursor] {_who(room, sid)} at {pos}", file=out)
-            case TypingChanged(sessions=sessions):
-                typers = sorted(_who(room, s) for s in sessions)
-                print(f"[typing] {', '.join(typers) + ' typing' if typers else 'nobody typing'}", file=out)
-            case ConnectionChanged(state=state):
-                print(f"[connection] {state}", file=out)
-            case _:
-                pass
-        out.flush()
+@dataclass(frozen=True)
+class _Command:
+    usage: str
+    help: str
+    run: Callable[[_Terminal, Room, str], Awaitable[None]]
+    edits: bool = False
+    """Waits until the server has the edit (and reports a refusal)."""
 
 
-async def _show_events(room: Room, out: TextIO) -> None:
-    async for event in room.events():
-        if event.name == "chat" and isinstance(event.payload, dict):
-            print(f"[chat] {event.user}: {event.payload.get('text')}", file=out)
-        else:
-            print(f"[event] #{event.seq} {event.name} {event.payload!r}", file=out)
-        out.flush()
+def _words(rest: str, names: list[str], *, text_last: bool = False) -> list[str]:
+    """Split `rest` into one word per name; with `text_last` the last one is the rest of the
+    line, spaces included."""
+    parts = rest.split(" ", len(names) - 1) if text_last else rest.split()
+    for i, name in enumerate(names):
+        if i >= len(parts) or parts[i] == "":
+            raise _Usage(f"{name} is missing")
+    if len(parts) > len(names):
+        raise _Usage(f"{len(parts) - len(names)} word(s) too many")
+    return parts
 
 
-async def _show_document(room: Room, out: TextIO) -> None:
-    last = None
-    while True:
-        changed = trio.Event()
-        sub = room.doc.observe(lambda _, changed=changed: changed.set())
-        text = str(room.text)
-        if text != last:
-            print(f"[doc] {text!r}", file=out)
-            out.flush()
-            last = text
-        await changed.wait()
-        room.doc.unobserve(sub)
+def _position(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise _Usage(f"{name} must be a whole number, not {value!r}")
+    return int(value)
 
 
-async def _command(room: Room, line: str, out: TextIO) -> bool:
-    """Run one input line; False means quit."""
-    if not line.startswith("/"):
-        await room.set_typing(False)
-        await room.publish("chat", {"text": line})
-        return True
-    verb, _, rest = line[1:].partition(" ")
-    text = room.text
-    if verb == "quit":
-        return False
-    if verb == "append":
-        text.insert(len(text), rest)
-    elif verb == "insert":
-        pos, _, what = rest.partition(" ")
-        text.insert(min(int(pos), len(text)), what)
-    elif verb == "delete":
-        pos, _, count = rest.partition(" ")
-        start = min(int(pos), len(text))
-        del text[start : min(len(text), start + int(count))]
-    elif verb == "name":
-        await room.set_presence({"name": rest})
-    elif verb == "cursor":
-        await room.move_cursor(int(rest))
-    else:
-        print(f"[error] unknown command /{verb}", file=out)
-        return True
-    await room.flushed()
-    return True
+async def _append(term: _Terminal, room: Room, rest: str) -> None:
+    (what,) = _words(rest, ["TEXT"], text_last=True)
+    room.text.insert(len(room.text), what)
 
 
-async def run(url: str, room_name: str, token: str | None, name: str | None, stdin: trio.abc.ReceiveStream, out: TextIO) -> None:
-    async with connect(url, token) as client, client.join(room_name) as room:
-        await room.synced()
-        print(f"[connection] joined {room_name!r} as {client.session_id}", file=out)
-        if name:
-            await room.set_presence({"name": name})
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_show_changes, room, out)
-            nursery.start_soon(_show_events, room, out)
-            nursery.start_soon(_show_document, room, out)
-            buffer = b""
-            while True:
-                chunk = await stdin.receive_some(4096)
-                if not chunk:
-                    break
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                keep_going = True
-                for raw in lines:
-                    line = raw.decode("utf-8", "replace").rstrip("\r")
-                    if not line:
-                        continue
-                    try:
-                        keep_going = await _command(room, line, out)
-                    except (PlaitError, ValueError) as exc:
-                        print(f"[error] {exc}", file=out)
-                        out.flush()
-                    if not keep_going:
-                        break
-                if not keep_going:
-                    break
+async def _insert(term: _Terminal, room: Room, rest: str) -> None:
+    pos, what = _words(rest, ["POS", "TEXT"], text_last=True)
+    room.text.insert(min(_position("POS", pos), len(room.text)), what)
+
+
+async def _delete(term: _Terminal, room: Room, rest: str) -> None:
+    pos, count = _words(rest, ["POS", "COUNT"])
+    start = min(_position("POS", pos), len(room.text))
+    end = min(len(room.text), start + _position("COUNT", count))
+    del room.text[start:end]
+
+
+async def _name(term: _Terminal, room: Room, rest: str) -> None:
+    (name,) = _words(rest, ["NAME"], text_last=True)
+    term.my_name = name
+    await room.set_presence({"name": name})
+
+
+async def _cursor(term: _Terminal, room: Room, rest: str) -> None:
+    (pos,) = _words(rest, ["POS"])
+    await room.move_cursor(None if pos == "off" else _position("POS", pos))
+
+
+async def _typing(term: _Terminal, room: Room, rest: str) -> None:
+    setting = rest.strip() or "on"
+    if setting not in ("on", "off"):
+        raise _Usage(f"say on or off, not {setting!r}")
+    await room.set_typing(setting == "on")
+    term.say("typing", "you are typing (/typing off to stop)" if setting == "on" else "you stopped typing")
+
+
+async def _help(term: _Terminal, room: Room, rest: str) -> None:
+    term.say("help", "plain lines are chat messages; commands:")
+    for command in COMMANDS.values():
+        term.say("help", f"  {command.usage:<18} {command.help}")
+
+
+async def _quit(term: _Terminal, room: Room, rest: str) -> None:
+    term.quitting = True
+
+
+COMMANDS: dict[str, _Command] = {
+    "append": _Command("/append TEXT", "append TEXT to the document's text", _append, edits=True),
+    "insert": _Command("/insert POS TEXT", "insert TEXT at POS (0 is the start)", _insert, edits=True),
+    "delete": _Command("/delete POS COUNT", "delete COUNT characters at POS", _delete, edits=True),
+    "name": _Command("/name NAME", "set your presence name", _name),
+    "cursor": _Command("/cursor POS|off", "move your cursor, or hide it", _cursor),
+    "typing": _Command("/typing [on|off]", "show the others you are typing", _typing),
+    "help": _Command("/help", "list the commands", _help),
+    "quit": _Command("/quit", "leave", _quit),
+}
+
+
+class _Terminal:
+    """One person at a terminal: prints what happens in the room, runs what they type."""
+
+    def __init__(self, client: Client, out: TextIO, name: str | None) -> None:
+        self.client = client
+        self.out = out
+        self.my_name = name
+        self.names: dict[str, str] = {}
+        """Session id -> the name shown for it; kept after the member left."""
+        self.status = 0
+        self.quitting = False
+        self._doc_changed = trio.Event()
+        self._typers: list[str] = []
+
+    def say(self, tag: str, text: str) -> None:
+        print(f"[{tag}] {text}", file=self.out)
+        self.out.flush()
+
+    def fail(self, error: BaseException) -> None:
+        if self.status == 0:
+            self.status = 1
+            self.say("error", str(error))
+
+    def who(self, session: str | None, user: str | None = None) -> str:
+        if session is not None and session == self.client.session_id:
+            return self.my_name or user or "you"
+        if session is not None and session in self.names:
+            return self.names[session]
+        return user or session or "server"
+
+    # -- watching ---------------------------------------------------------------------------
+
+    async def watch_connection(self, changes: Subscription[ConnectionChanged], stop: trio.CancelScope) -> None:
+        async for change in changes:
+            self._show_connection(change, stop)
+
+    def _show_connection(self, change: ConnectionChanged, stop: trio.CancelScope) -> None:
+        if change.state == "reconnecting":
+            self.say("connection", f"attempt {change.attempt} failed: {change.error}; retrying in {change.delay:.1f} s")
+        elif change.state == "open":
+            self.say("connection", f"open (session {self.client.session_id})")
+        elif change.state == "closed" and isinstance(change.error, ConnectionClosed) and change.error.code != 1000:
+            self.fail(change.error)
+            stop.cancel()
+
+    async def show_changes(self, room: Room, changes: Subscription[Change]) -> None:
+        async for change in changes:
+            match change:
+                case PresenceChanged(joined=joined, updated=updated, left=left):
+                    for entry in joined:
+                        self.names[entry.session] = _name_of(entry.state, entry.identity, entry.session)
+                        self.say("presence", f"{self.names[entry.session]} joined")
+                    for sid in updated:
+                        entry = room.presence[sid]
+                        name = _name_of(entry.state, entry.identity, sid)
+                        if self.names.get(sid) != name:
+                            self.say("presence", f"{self.who(sid)} is now {name}")
+                            self.names[sid] = name
+                    for sid in left:
+                        self.say("presence", f"{self.who(sid)} left")
+                    if joined or left:
+                        names = sorted(self.who(s) for s in room.presence)
+                        self.say("presence", f"here: {', '.join(names) or 'nobody else'}")
+                case CursorsChanged(moved=moved):
+                    for sid, pos in moved.items():
+                        if sid in room.presence:  # a member who left has no cursor to hide
+                            self.say("cursor", f"{self.who(sid)} {'hid their cursor' if pos is None else f'at {pos}'}")
+                case TypingChanged(sessions=sessions):
+                    typers = sorted(self.who(s) for s in sessions)
+                    if typers != self._typers:  # our own typing changes the set too; not news
+                        self._typers = typers
+                        self.say("typing", f"{', '.join(typers)} typing" if typers else "nobody typing")
+                case DocumentReset(error=error):
+                    self.say("doc", f"the server refused your edits ({error}); showing the room's text again")
+                    self._doc_changed.set()
+                case _:
+                    pass
+
+    async def show_events(self, events: Subscription[RoomEvent]) -> None:
+        async for event in events:
+            if event.name == "chat" and isinstance(event.payload, dict):
+                self.say("chat", f"{self.who(event.session, event.user)}: {event.payload.get('text')}")
+            else:
+                self.say("event", f"#{event.seq} {event.name} {event.payload!r}")
+
+    async def show_document(self, room: Room) -> None:
+        last = None
+        while True:
+            self._doc_changed = changed = trio.Event()
+            doc = room.doc  # a DocumentReset replaces it
+            sub = doc.observe(lambda _: changed.set())
+            try:
+                text = str(room.text)
+                if text != last:
+                    self.say("doc", repr(text))
+                    last = text
+                await changed.wait()
+            finally:
+                doc.unobserve(sub)
+
+    # -- typing -----------------------------------------------------------------------------
+
+    async def command(self, room: Room, line: str) -> None:
+        if not line.startswith("/"):
+            await room.set_typing(False)
+            await room.publish("chat", {"text": line})
+            return
+        verb, _, rest = line[1:].partition(" ")
+        command = COMMANDS.get(verb)
+        if command is None:
+            self.say("error", f"unknown command /{verb} (/help lists the commands)")
+            return
+        try:
+            await command.run(self, room, rest)
+        except _Usage as exc:
+            self.say("error", f"usage: {command.usage} ({exc})")
+            return
+        if command.edits:
             await room.flushed()
+
+    async def read_commands(self, room: Room, stdin: trio.abc.ReceiveStream) -> None:
+        buffer = b""
+        while not self.quitting:
+            chunk = await stdin.receive_some(4096)
+            if not chunk:
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                if not line:
+                    continue
+                try:
+                    await self.command(room, line)
+                except ConnectionClosed as exc:
+                    if not exc.retryable:
+                        raise
+                    self.say("error", f"{exc}; try again once connected")
+                except PlaitError as exc:
+                    self.say("error", str(exc))
+                if self.quitting:
+                    return
+
+    async def session(self, room: Room, stdin: trio.abc.ReceiveStream) -> None:
+        # Subscribed before the join is answered: the presence snapshot and replayed events
+        # come with it.
+        changes, events = room.changes(), room.events()
+        await room.synced()
+        mode = " (read-only)" if room.access == 1 else ""
+        self.say("connection", f"joined {room.name!r} as {self.client.session_id}{mode}")
+        if self.my_name:
+            await room.set_presence({"name": self.my_name})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.show_changes, room, changes)
+            nursery.start_soon(self.show_events, events)
+            nursery.start_soon(self.show_document, room)
+            await self.read_commands(room, stdin)
+            try:
+                await room.flushed()
+            except RequestFailed as exc:
+                self.say("error", str(exc))
             nursery.cancel_scope.cancel()
 
 
-def main(args: Any) -> int:
-    async def go() -> None:
-        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-        await run(args.url, args.room, args.token, args.name, stdin, sys.stdout)
+def _name_of(state: dict[str, Any], identity: dict[str, Any], session: str) -> str:
+    return str(state.get("name") or identity.get("id") or session)
 
-    trio.run(go)
-    return 0
+
+async def run(
+    url: str,
+    room_name: str,
+    token: str | None,
+    name: str | None,
+    stdin: trio.abc.ReceiveStream,
+    out: TextIO,
+    *,
+    open_transport: OpenTransport | None = None,
+    backoff: Backoff | None = None,
+) -> int:
+    """The terminal client; returns the exit status. `open_transport` replaces `url` (tests)."""
+    target = {"open_transport": open_transport} if open_transport is not None else {"url": url}
+    async with connect(token=token, backoff=backoff, **target) as client:  # type: ignore[arg-type]
+        changes = client.changes()  # before the first attempt can fail unseen
+        term = _Terminal(client, out, name)
+        term.say("connection", f"connecting to {url}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(term.watch_connection, changes, nursery.cancel_scope)
+            try:
+                async with client.join(room_name) as room:
+                    await term.session(room, stdin)
+            except (ConnectionClosed, RequestFailed) as exc:
+                term.fail(exc)
+            nursery.cancel_scope.cancel()
+    return term.status
+
+
+def main(args: Any) -> int:
+    try:
+        _websocket_target(args.url)
+    except ValueError as exc:
+        print(f"[error] {exc}", file=sys.stdout)
+        return 2
+
+    async def go() -> int:
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        return await run(args.url, args.room, args.token, args.name, stdin, sys.stdout)
+
+    return trio.run(go)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import trio
 
 from plait.client import connect
-from plait.engine import Engine
+from plait.engine import Engine, Hooks, Identity, Unauthenticated
 
 from .test_websocket import until
 
@@ -34,6 +36,16 @@ class Terminal:
         await self.process.stdin.send_all(line.encode() + b"\n")
 
 
+async def open_terminal(*args: str) -> Terminal:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "plait.engine._cli", "client", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    return Terminal(process)
+
+
 async def test_terminal_client_sees_and_edits_the_room() -> None:
     async with Engine() as engine, trio.open_nursery() as nursery:
         port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
@@ -41,13 +53,8 @@ async def test_terminal_client_sees_and_edits_the_room() -> None:
         async with connect(url) as sdk, sdk.join("demo") as room:
             await room.synced()
             await room.set_presence({"name": "bob"})
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "plait.engine._cli", "client", url, "demo", "--name", "ada"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            term = Terminal(process)
+            term = await open_terminal(url, "demo", "--name", "ada")
+            process = term.process
             try:
                 await term.wait_for("[connection] joined 'demo'")
                 await term.wait_for("here: bob")
@@ -56,7 +63,7 @@ async def test_terminal_client_sees_and_edits_the_room() -> None:
                 await room.flushed()
                 await term.wait_for("[doc] 'abc'")
                 await room.publish("chat", {"text": "hello"})
-                await term.wait_for(": hello")
+                await term.wait_for("[chat] bob: hello")
                 await term.type("/append XYZ")
                 await until(room, lambda: str(room.text) == "abcXYZ")
                 await term.type("hi there")
@@ -70,4 +77,47 @@ async def test_terminal_client_sees_and_edits_the_room() -> None:
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
+        nursery.cancel_scope.cancel()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_terminal_client_says_why_it_cannot_connect_and_keeps_trying() -> None:
+    term = await open_terminal(f"ws://127.0.0.1:{closed_port()}/", "demo")
+    try:
+        await term.wait_for("[connection] attempt 1 failed: ")
+        await term.wait_for("; retrying in ")
+        await term.wait_for("[connection] attempt 2 failed: ")
+    finally:
+        term.process.kill()
+        await term.process.wait()
+
+
+class Refuses(Hooks):
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        if token == "bad":
+            raise Unauthenticated("unknown token")
+        return {"id": token or "anon"}
+
+
+async def test_terminal_client_stops_on_a_refusal_and_says_so() -> None:
+    async with Engine(hooks=Refuses()) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        term = await open_terminal(f"ws://127.0.0.1:{port}/", "demo", "--token", "bad")
+        try:
+            with trio.fail_after(20):
+                assert await term.process.wait() == 1
+            assert term.process.stdout is not None
+            while chunk := await term.process.stdout.receive_some(65536):
+                term.seen += chunk.decode()
+            assert "[error]" in term.seen and "4003" in term.seen and "unknown token" in term.seen
+        finally:
+            if term.process.returncode is None:
+                term.process.kill()
+                await term.process.wait()
         nursery.cancel_scope.cancel()
