@@ -15,7 +15,7 @@ from trio.testing import MockClock
 
 from plait.client import Backoff
 from plait.client._cli import run
-from plait.engine import Engine, Hooks, Identity, Unauthenticated
+from plait.engine import Hooks, Identity, Unauthenticated
 
 from ..engine.conftest import make_engine
 from .cable import Cable, client_for, until_text
