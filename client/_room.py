@@ -173,8 +173,9 @@ class ConnectionChanged:
 
 @dataclass(frozen=True, slots=True)
 class HistoryGap:
-    """On rejoin the server could not replay every missed event (spec §7): refetch what you
-    derive from events."""
+    """On rejoin the server could not replay every missed event (spec §7), or the room's event
+    history started again (its sequence numbers too): refetch what you derive from events.
+    `since` is the last sequence number seen before."""
 
     since: int
 
@@ -234,6 +235,8 @@ class Room:
         self.cursors: dict[str, Any] = {}
         self.typing: frozenset[str] = frozenset()
         self.last_seq: int | None = None
+        self._epoch: str | None = None
+        """The event history `last_seq` belongs to (spec §7)."""
         self._join_error: RequestFailed | None = None
         self._synced = trio.Event()
         self._applying_remote = False
@@ -387,7 +390,7 @@ class Room:
         """(Re)join: our state vector brings both documents up to date; `since` resumes events."""
         ref = self._client.next_ref()
         self._client.expect_join(ref, self)
-        return Join(ref, self.name, self.doc.get_state(), self.last_seq)
+        return Join(ref, self.name, self.doc.get_state(), self.last_seq, self._epoch)
 
     @property
     def rejoinable(self) -> bool:
@@ -398,8 +401,14 @@ class Room:
         self.access = joined.access
         if self.last_seq is None:
             self.last_seq = joined.head
+        elif joined.epoch != self._epoch and self.last_seq > 0:
+            # spec §7: another history (the server lost this one). Its sequence numbers start
+            # again, so every event it replays is one we have not seen.
+            self._changes.publish(HistoryGap(self.last_seq))
+            self.last_seq = 0
         elif joined.resumed is False:
             self._changes.publish(HistoryGap(self.last_seq))
+        self._epoch = joined.epoch
         if self._my_presence is not None:
             self._client.send(PresenceSet(joined.channel, None, self._my_presence))
         if self._my_cursor is not None:
