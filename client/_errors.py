@@ -97,6 +97,12 @@ class EventRejected(RequestFailed):
     code = ErrorCode.EVENT_REJECTED
 
 
+class DocumentTooLarge(RequestFailed):
+    """The update would make the room's document larger than the server allows."""
+
+    code = ErrorCode.DOCUMENT_TOO_LARGE
+
+
 class SlowConsumer(RequestFailed):
     code = ErrorCode.SLOW_CONSUMER
 
@@ -118,7 +124,7 @@ ERROR_TYPES: dict[int, type[RequestFailed]] = {
     for cls in (
         MalformedFrame, UnknownKind, UnexpectedFrame, FrameTooLarge, UnsupportedVersion,
         InvalidField, TooDeep, UnknownChannel, InvalidUpdate, InvalidRoomName, Unauthenticated,
-        Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, SlowConsumer,
+        Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, DocumentTooLarge, SlowConsumer,
         StorageUnavailable, ShuttingDown, InternalError,
     )
 }

@@ -12,7 +12,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from plait.client import DocumentReset, Forbidden, Room
+from plait.client import DocumentReset, DocumentTooLarge, Forbidden, Room
 from plait.engine import Hooks, Identity, MemoryTransport
 from plait.protocol import Access, Error, ErrorCode, Limits, Welcome, decode, encode
 from plait.storage import MemoryStore
@@ -162,3 +162,21 @@ async def test_edits_made_before_a_read_only_join_are_refused_not_kept(autojump_
                     await vr.flushed()
                 await vr.synced()
                 await until_text(vr, "kept")
+
+
+async def test_an_edit_too_large_for_the_room_is_refused_and_undone_locally(autojump_clock: MockClock) -> None:
+    async with make_engine(max_document_bytes=2000) as engine:
+        async with client_for(Cable(engine)) as client, client.join("doc") as room:
+            await room.synced()
+            room.text.insert(0, "small")
+            await room.flushed()
+            room.text.insert(5, "x" * 5000)
+            with pytest.raises(DocumentTooLarge):
+                await room.flushed()
+            await room.synced()
+            assert str(room.text) == "small"
+            room.text.insert(5, "!")  # and editing goes on
+            await room.flushed()
+        async with client_for(Cable(engine)) as client, client.join("doc") as room:
+            await room.synced()
+            assert str(room.text) == "small!"
