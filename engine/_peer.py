@@ -51,6 +51,9 @@ class Peer:
     OWN_AWARENESS = False
     """Whether the client speaks its own Yjs awareness (y-websocket), or the room derives it
     from presence (spec §13)."""
+    CONFIRMS_BY_ECHO = False
+    """Whether the client's updates are confirmed by sending them back once durable
+    (y-websocket, spec §13) rather than by acks (native, §4.1), which never echo (§5.3)."""
 
     def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
         self.engine = engine

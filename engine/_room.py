@@ -89,9 +89,11 @@ class _Pending:
     events: list[EventRecord] = field(default_factory=list)
     acks: list[tuple[Member | None, int, int | None | Error]] = field(default_factory=list)
     """Answers in request order: (member, ref, ack value) or (member, ref, Error frame)."""
+    confirmations: dict[Member, list[bytes]] = field(default_factory=dict)
+    """Updates of members confirmed by sending them back once durable (y-websocket, §13)."""
 
     def __bool__(self) -> bool:
-        return bool(self.updates or self.events or self.acks)
+        return bool(self.updates or self.events or self.acks or self.confirmations)
 
 
 def _json_default(value: Any) -> Any:
@@ -397,6 +399,7 @@ class Room:
             self._awareness_waiting = {c: m for c, m in self._awareness_waiting.items() if m is not member}
         # Acks still waiting for a commit go nowhere now; the commit itself still happens.
         self._pending.acks = [a for a in self._pending.acks if a[0] is not member]
+        self._pending.confirmations.pop(member, None)
 
     @property
     def member_count(self) -> int:
@@ -447,6 +450,9 @@ class Room:
             self._origin = None
         if ref is not None:
             self._pending.acks.append((member, ref, None))
+            self._want_persist()
+        elif member.session.CONFIRMS_BY_ECHO:
+            self._pending.confirmations.setdefault(member, []).append(update)
             self._want_persist()
 
     def apply_client_updates(self, member: Member, items: list[tuple[bytes, int | None]]) -> None:
@@ -757,6 +763,11 @@ class Room:
                     member.session.deliver_frames(member, [answer])
                 else:
                     member.session.deliver_ack(member, ref, answer)
+            for member, updates in pending.confirmations.items():
+                if self._members.get(member.session) is member:
+                    # spec §13: a y-websocket client counts its update as synced when it comes
+                    # back; one merged update per commit, however many it sent.
+                    member.session.deliver(member, ChannelFrame(Update(member.channel, None, merge_updates(updates))))
             self._durable_changes = mark
             self._commit_done.set()
             self._commit_done = trio.Event()

@@ -71,6 +71,7 @@ MAX_AWARENESS_STATE = 64 * 1024
 class YjsSession(Peer):
     __slots__ = ("_member", "room_path", "token")
     OWN_AWARENESS = True
+    CONFIRMS_BY_ECHO = True
 
     def __init__(self, engine: Engine, transport: Transport, session_id: str, room_path: str, token: str | None) -> None:
         super().__init__(engine, transport, session_id)

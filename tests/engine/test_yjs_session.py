@@ -4,12 +4,14 @@ identity stamping, renewal, hostile input (spec §13)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pycrdt
 import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine, MemoryTransport
+from plait.storage import MemoryStore, StorageUnavailable
 from plait.protocol import (
     AwarenessEntry,
     CursorMove,
@@ -29,7 +31,7 @@ from plait.protocol import (
 )
 
 from .client import DocClient
-from .conftest import Connect
+from .conftest import Connect, make_engine
 from .test_rooms import edit
 
 
@@ -229,3 +231,63 @@ async def test_every_presence_and_cursor_change_reaches_yjs_clients(
         await native.send(frame)
         want = {**state, "identity": {"id": "anon-1"}}
         await y.until(lambda want=want: y.states() == [want])
+
+
+class _AppendFails(MemoryStore):
+    async def append(self, room: str, updates: Any) -> None:
+        raise StorageUnavailable("disk gone")
+
+
+def _carries_client(message: object, client_id: int) -> bool:
+    if not isinstance(message, YSync) or message.step == YSyncStep.STEP1:
+        return False
+    return client_id in pycrdt_clients(message.payload)
+
+
+def pycrdt_clients(update: bytes) -> set[int]:
+    """The client ids whose structs an update carries (read off its state vector)."""
+    state = pycrdt.get_state(update)
+    count, pos, clients = state[0], 1, set()
+    for _ in range(count):  # small test states: one-byte count, varuint pairs
+        client, pos = _varuint(state, pos)
+        _, pos = _varuint(state, pos)
+        clients.add(client)
+    return clients
+
+
+def _varuint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+async def test_a_yjs_update_comes_back_to_its_sender_once_stored(autojump_clock: MockClock, engine: Engine) -> None:
+    """spec §13, issue 23: the confirmation y-websocket's sync status waits for."""
+    y = await yjs(engine)
+    before = y.doc.get_state()
+    y.doc.get("text", type=pycrdt.Text).insert(0, "mine")
+    await y.transport.send_message(encode_sync(YSyncStep.UPDATE, y.doc.get_update(before)))
+    for _ in range(20):
+        if _carries_client(await y.next(), 777):
+            return
+    raise AssertionError("the update never came back")
+
+
+async def test_a_yjs_update_that_was_not_stored_never_comes_back(autojump_clock: MockClock) -> None:
+    async with make_engine(store=_AppendFails()) as engine:
+        y = await yjs(engine)
+        before = y.doc.get_state()
+        y.doc.get("text", type=pycrdt.Text).insert(0, "lost")
+        await y.transport.send_message(encode_sync(YSyncStep.UPDATE, y.doc.get_update(before)))
+        with trio.move_on_after(5):
+            while True:
+                try:
+                    message = await y.next()
+                except TransportClosed:
+                    break  # the room failed: the client is told by the close, not confirmed
+                assert not _carries_client(message, 777)

@@ -124,6 +124,22 @@ async def test_read_only_yjs_client_cannot_write(server: tuple[Engine, int]) -> 
         assert str(room.doc.get("text", type=pycrdt.Text)) == ""  # ...never reached the room
 
 
+async def test_a_yjs_clients_update_comes_back_to_it_once_stored(server: tuple[Engine, int]) -> None:
+    """Issue 23: y-websocket v4 shows local changes as synced only when they come back; Plait
+    sends a Yjs client's update back to it once durable, within 0.5 s of the edit."""
+    _, port = server
+    (writer,) = await run_js(port, "confirmed", name="writer", insert="stored", watchConfirmation=True, holdMs=500)
+    assert writer["confirmedMs"] is not None and writer["confirmedMs"] < 500, writer
+
+
+async def test_a_refused_yjs_update_is_never_confirmed(server: tuple[Engine, int]) -> None:
+    _, port = server
+    (viewer,) = await run_js(
+        port, "refused", name="viewer", token="ro:viewer", insert="sneaky", watchConfirmation=True, holdMs=1000
+    )
+    assert viewer["confirmedMs"] is None
+
+
 @asynccontextmanager
 async def raw_websocket(url: str) -> AsyncIterator[Any]:
     """A bare WebSocket (the client SDK's opener, which never leaks its socket)."""
