@@ -12,7 +12,6 @@ import urllib.parse
 
 import msgpack
 import pytest
-import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine
@@ -291,7 +290,7 @@ async def test_a_yjs_client_on_the_native_endpoint_is_told_where_to_go(autojump_
     await assert_engine_serves(engine)
 
 
-async def test_a_native_client_that_only_speaks_late_keeps_the_usual_reason(autojump_clock: MockClock, engine: Engine) -> None:
+async def test_a_hello_with_no_version_in_common_keeps_its_own_reason(autojump_clock: MockClock, engine: Engine) -> None:
     # The hint is for a first message that is not a hello at all; a hello with no version in
     # common is answered as before.
     from plait.protocol import Hello

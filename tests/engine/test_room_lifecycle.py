@@ -21,9 +21,10 @@ from plait.protocol import (
     CloseCode,
     Error,
     ErrorCode,
-    Joined,
+    Join,
     Leave,
     Ping,
+    Pong,
     PresenceSnapshot,
     SyncStep1,
     SyncStep2,
@@ -151,7 +152,7 @@ async def test_a_read_only_members_sync_step2_that_changes_nothing_is_acked(auto
         assert await viewer.wait_for(Ack) == Ack(5, None)
         assert await server_doc(engine) == before
         await writer.send(Ping(1))
-        await writer.wait_for(__import__("plait.protocol").protocol.Pong)
+        await writer.wait_for(Pong)
         assert not [f for f in writer.inbox if isinstance(f, Update)]  # nothing was fanned out
 
 
@@ -191,7 +192,7 @@ async def test_a_client_that_never_reads_is_closed_too_slow_within_the_lag_bound
     async with running_engine() as engine:
         stalled = DocClient(engine.connect_memory(buffer=2))
         await stalled.hello()
-        await stalled.send(__import__("plait.protocol").protocol.Join(1, "busy", None, None))
+        await stalled.send(Join(1, "busy", None, None))
         writer = await member(engine, "busy")
         start = trio.current_time()
         bound = engine.config.outbox_max_lag + engine.config.heartbeat / 4
