@@ -31,7 +31,7 @@ class Awareness:
         self._clients: dict[str, list[int]] = {}
         """Session id -> [awareness client id, clock]."""
         self._holders: dict[int, str] = {}
-        """Client id -> the Yjs session that claimed it."""
+        """Client id -> the session that holds it (a Yjs session's claim, a native's derived id)."""
         self._native: set[str] = set()
         self._hidden: set[str] = set()
         self._entries: dict[str, AwarenessEntry] = {}
@@ -42,7 +42,9 @@ class Awareness:
         return len(self._clients)
 
     def add_native(self, session: str) -> None:
-        self._clients[session] = [zlib.crc32(session.encode()), 1]
+        client_id = zlib.crc32(session.encode())
+        self._clients[session] = [client_id, 1]
+        self._holders[client_id] = session  # a Yjs client echoing this entry does not get the id
         self._native.add(session)
 
     def changed(self, session: str) -> None:

@@ -220,7 +220,7 @@ class Peer:
         code = self._close_code if self._close_code is not None else CloseCode.GOING_AWAY
         if self._closed_by_peer:
             return
-        if not self.outbox.overflowed:
+        if not self.outbox.overflowed and code != CloseCode.TOO_SLOW:  # it would not take them
             frames = self.outbox.drain()
             try:
                 for message in self._messages(frames) if frames else ():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -50,3 +51,12 @@ def connect(engine: Engine) -> Connect:
 def make_engine(store: Store | None = None, hooks: Hooks | None = None, **config: float) -> Engine:
     merged = EngineConfig(**{**{f: getattr(CONFIG, f) for f in CONFIG.__dataclass_fields__}, **config})  # type: ignore[arg-type]
     return Engine(store=store or MemoryStore(), hooks=hooks, config=merged, session_ids=counter_ids())
+
+
+@asynccontextmanager
+async def running_engine(store: Store | None = None, hooks: Hooks | None = None, **config: float) -> AsyncIterator[Engine]:
+    """`async with make_engine(...)` under a deadline on Trio's clock, so that an engine that
+    never exits (a hook or a client holding up its shutdown) fails the test instead of hanging it."""
+    with trio.fail_after(600):
+        async with make_engine(store, hooks, **config) as engine:
+            yield engine

@@ -1,0 +1,253 @@
+"""Hostile peers over real sockets on 127.0.0.1: a peer that breaks RFC 6455 while the server
+is writing to it still gets a close frame with the right code before EOF; a y-websocket client
+that drops while the server pings it ends only its own session; invalid room names and the
+wrong protocol are refused with a code and a reason; shutdown does not wait for a silent
+socket. After each, the engine still serves: a client connects, joins, edits and is acked."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pycrdt
+import pytest
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request, TextMessage
+
+from plait.engine import Engine, EngineConfig
+from plait.engine._websocket import serve_connection
+from plait.protocol import (
+    Ack,
+    CloseCode,
+    Hello,
+    Join,
+    Joined,
+    Update,
+    Welcome,
+    decode,
+    encode,
+)
+
+from .test_websocket_endpoint import raw_frame
+
+pytestmark = pytest.mark.slow
+
+SMALL_BUFFER = 4096
+"""Bytes of socket buffer on each side of a connection the server is made to write to while
+it does not read: a few hundred kilobytes of room traffic then keep a write in progress."""
+
+
+@asynccontextmanager
+async def serving(**config: float) -> AsyncIterator[tuple[Engine, int]]:
+    """An engine serving WebSocket on 127.0.0.1, as Engine.serve_websocket does, except that
+    accepted sockets get small send buffers (Linux gives them the listener's)."""
+    engine = Engine(config=EngineConfig(**config))  # type: ignore[arg-type]
+    with trio.fail_after(60):
+        async with engine:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            listeners[0].socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+            handler = functools.partial(
+                serve_connection,
+                handler=engine.serve_transport,
+                accepting=lambda: True,
+                handshake_timeout=engine.config.handshake_timeout,
+                max_message_bytes=engine.config.max_message_bytes,
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners, handler_nursery=engine.nursery))
+                yield engine, listeners[0].socket.getsockname()[1]
+                nursery.cancel_scope.cancel()
+
+
+class Peer:
+    """A hand-made WebSocket client (wsproto) that reads only when told to."""
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+        self.stream, self.ws = stream, ws
+        self.messages: list[bytes | str] = []
+        self.closes: list[CloseConnection] = []
+        self.pings = 0
+        self._partial: list[bytes | str] = []
+        self._replies: list[bytes] = []
+
+    @classmethod
+    async def connect(cls, port: int, target: str = "/", receive_buffer: int | None = None) -> Peer:
+        sock = trio.socket.socket()
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", port))
+        peer = cls(trio.SocketStream(sock), WSConnection(ConnectionType.CLIENT))
+        await peer.stream.send_all(peer.ws.send(Request(host="127.0.0.1", target=target)))
+        with trio.fail_after(5):
+            while not any(isinstance(e, AcceptConnection) for e in peer._feed(await peer.stream.receive_some(65536))):
+                pass
+        await peer._reply()
+        return peer
+
+    def _feed(self, data: bytes) -> list[object]:
+        self.ws.receive_data(data or None)
+        events = list(self.ws.events())
+        for event in events:
+            if isinstance(event, (BytesMessage, TextMessage)):
+                self._partial.append(event.data)
+                if event.message_finished:
+                    self.messages.append(b"".join(self._partial) if isinstance(event, BytesMessage) else "".join(self._partial))  # type: ignore[arg-type]
+                    self._partial = []
+            elif isinstance(event, CloseConnection):
+                self.closes.append(event)
+                self._replies.append(self.ws.send(event.response()))  # as every WebSocket client does
+            elif isinstance(event, Ping):
+                self.pings += 1  # and no pong: this client does not answer
+        return events
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def read_one(self) -> None:
+        self._feed(await self.stream.receive_some(65536))
+        await self._reply()
+
+    async def _reply(self) -> None:
+        replies, self._replies = self._replies, []
+        for data in replies:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the server did not wait for it
+
+    async def read_to_eof(self) -> None:
+        """Read until the server hangs up (within 10 s); every byte must parse as WebSocket."""
+        with trio.fail_after(10):
+            while True:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
+                if not data:
+                    break
+                self._feed(data)
+                await self._reply()
+        await self.stream.aclose()
+
+
+async def still_serves(port: int) -> None:
+    """A new native client connects, joins, edits and gets an ack."""
+    peer = await Peer.connect(port)
+    await peer.send(raw_frame(2, encode(Hello((1,), None, {}))))
+    await peer.send(raw_frame(2, encode(Join(1, "healthy", None, None))))
+    doc = pycrdt.Doc()
+    doc.get("text", type=pycrdt.Text).insert(0, "alive")
+    await peer.send(raw_frame(2, encode(Update(1, 2, doc.get_update()))))
+    frames: list[object] = []
+    with trio.fail_after(5):
+        while Ack(2, None) not in frames:
+            await peer.read_one()
+            frames = [f for m in peer.messages if isinstance(m, bytes) for f in decode(m)]
+    assert isinstance(frames[0], Welcome) and isinstance(frames[1], Joined)
+    await peer.stream.aclose()
+
+
+# -- J: the close frame after a violation, while a write is in progress --------------------------
+
+
+async def busy_room_victim(engine: Engine, port: int) -> Peer:
+    """A native member of a busy room that stopped reading, with the server in the middle of
+    writing it a large backlog."""
+    victim = await Peer.connect(port, receive_buffer=SMALL_BUFFER)
+    await victim.send(raw_frame(2, encode(Hello((1,), None, {}))) + raw_frame(2, encode(Join(1, "busy", None, None))))
+    talker = await Peer.connect(port)
+    await talker.send(raw_frame(2, encode(Hello((1,), None, {}))) + raw_frame(2, encode(Join(1, "busy", None, None))))
+    doc = pycrdt.Doc()
+    text = doc.get("text", type=pycrdt.Text)
+    for ref in range(1, 21):  # 20 x 16 kB: far more than the victim's buffers hold
+        before = doc.get_state()
+        text.insert(len(text), "x" * 16_384)
+        await talker.send(raw_frame(2, encode(Update(1, ref, doc.get_update(before)))))
+    with trio.fail_after(10):
+        while Ack(20, None) not in [f for m in talker.messages if isinstance(m, bytes) for f in decode(m)]:
+            await talker.read_one()
+    # The server's side of the victim's socket has a write under way that cannot finish.
+    welcome = decode(talker.messages[0])[0]
+    assert isinstance(welcome, Welcome)
+    (session,) = [s for s in engine._sessions if s.id != welcome.session]
+    with trio.fail_after(5):
+        while not session.transport._sending:  # type: ignore[attr-defined]
+            await trio.sleep(0.01)
+    await talker.stream.aclose()
+    return victim
+
+
+@pytest.mark.parametrize(
+    ("what", "data", "code"),
+    [
+        ("an unknown opcode", raw_frame(3, b"hi"), 1002),
+        ("an unmasked frame", raw_frame(2, b"hi", masked=False), 1002),
+        ("a text message that is not UTF-8", raw_frame(1, b"\xff\xfe"), 1007),
+        ("a message over max_message_bytes", raw_frame(2, b"\x00" * 40_000), 1009),
+    ],
+    ids=["bad-opcode", "unmasked", "invalid-utf8", "oversized"],
+)
+async def test_a_violation_while_the_server_is_writing_still_gets_its_close_frame(what: str, data: bytes, code: int) -> None:
+    async with serving(max_message_bytes=32_768) as (engine, port):
+        victim = await busy_room_victim(engine, port)
+        await victim.send(data)
+        await victim.read_to_eof()
+        assert [c.code for c in victim.closes] == [code], what
+        await still_serves(port)
+
+
+# -- B: a y-websocket client that does not answer pings and drops ------------------------------
+
+
+async def test_a_yjs_client_that_ignores_pings_and_drops_ends_only_its_session() -> None:
+    async with serving(heartbeat=0.3) as (engine, port):
+        y = await Peer.connect(port, "/yjs/r")
+        with trio.fail_after(5):
+            while not y.pings:  # the server's WebSocket ping, which this client never answers
+                await y.read_one()
+        await y.stream.aclose()  # and it drops, no close frame, while the server waits for a pong
+        with trio.fail_after(5):
+            while engine.statistics()["sessions"]:
+                await trio.sleep(0.05)
+        await still_serves(port)
+
+
+# -- L, M: refusals with a code and a reason ---------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["/yjs/", "/yjs/" + "x" * 300, "/yjs/%00nul"], ids=["empty", "300-characters", "nul"])
+async def test_a_yjs_client_asking_for_an_invalid_room_name_is_refused_with_a_reason(target: str) -> None:
+    async with serving() as (engine, port):
+        y = await Peer.connect(port, target)
+        await y.read_to_eof()
+        assert [c.code for c in y.closes] == [CloseCode.PROTOCOL_ERROR]
+        assert "room name" in y.closes[0].reason
+        assert engine.statistics()["rooms"] == 0
+        await still_serves(port)
+
+
+async def test_a_yjs_client_on_the_native_endpoint_is_told_to_use_yjs() -> None:
+    async with serving() as (engine, port):
+        lost = await Peer.connect(port, "/notes")
+        await lost.send(raw_frame(2, b"\x00\x00\x01\x00"))  # y-websocket's sync step 1
+        await lost.read_to_eof()
+        assert [c.code for c in lost.closes] == [CloseCode.PROTOCOL_ERROR]
+        assert "/yjs/" in lost.closes[0].reason
+        await still_serves(port)
+
+
+# -- K: shutdown -----------------------------------------------------------------------------
+
+
+async def test_shutdown_does_not_wait_for_a_socket_that_never_says_hello() -> None:
+    async with trio.open_nursery() as nursery:
+        async with serving(handshake_timeout=5) as (engine, port):
+            silent = await Peer.connect(port)
+            nursery.start_soon(silent.read_to_eof)  # it answers the close, as WebSocket stacks do
+            start = trio.current_time()
+        shutdown = trio.current_time() - start
+    assert shutdown < 1  # not the 5 s handshake timeout
+    assert [c.code for c in silent.closes] == [CloseCode.GOING_AWAY]
