@@ -171,7 +171,7 @@ async def test_a_native_join_of_a_name_of_the_wrong_length_is_refused(
 ) -> None:
     # spec §4: join's room is str1..256; a field out of its range is INVALID_FIELD (fatal).
     a = await connect()
-    await a.send_raw(msgpack.packb([int(FrameKind.JOIN), 1, name, None, None]))
+    await a.send_raw(msgpack.packb([int(FrameKind.JOIN), 1, name, None, None, None]))
     err = await a.expect(Error)
     assert err.code == ErrorCode.INVALID_FIELD
     assert await a.wait_closed() == CloseCode.PROTOCOL_ERROR
