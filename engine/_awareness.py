@@ -10,7 +10,10 @@ last it saw for that id (or a null state at the same clock). So:
   message claims a client id, which is refused while another connected session of the room
   holds it (a client speaks only for itself). A session that disconnected gives its id up to
   a new session of the same identity (a quick reconnect), and to anyone once its presence has
-  left. A Yjs session's clock is its client's own, and must increase.
+  left. A Yjs session's clock is its client's own, and must increase; the server adds an
+  offset when the id was last shown at a clock the client has not passed (a client that
+  reconnects keeps its clock, but its null state already went out at that clock, and Yjs
+  would ignore it until its next renewal, 15 s later).
 - A session whose presence left is shown once as a null state at its last clock, as the
   y-protocols reference server does, then everything kept for it is forgotten.
 
@@ -23,13 +26,17 @@ import zlib
 
 from plait.protocol import AwarenessEntry
 
+MAX_CLOCK = 2**53 - 1  # lib0 varuints are JavaScript numbers
+RETIRED_IDS = 1024
+"""Client ids whose last clock a room remembers after their session went (oldest forgotten)."""
+
 
 class Awareness:
-    __slots__ = ("_clients", "_holders", "_native", "_hidden", "_entries")
+    __slots__ = ("_clients", "_holders", "_native", "_hidden", "_entries", "_retired")
 
     def __init__(self) -> None:
         self._clients: dict[str, list[int]] = {}
-        """Session id -> [awareness client id, clock]."""
+        """Session id -> [awareness client id, clock shown, offset added to the client's]."""
         self._holders: dict[int, str] = {}
         """Client id -> the session that holds it (a Yjs session's claim, a native's derived id)."""
         self._native: set[str] = set()
@@ -37,13 +44,15 @@ class Awareness:
         self._entries: dict[str, AwarenessEntry] = {}
         """Encoded entries until the session's state or clock changes: every Yjs member of a
         busy room asks for the same entries each tick."""
+        self._retired: dict[int, int] = {}
+        """Client id -> the last clock shown for it, after its Yjs session went."""
 
     def __len__(self) -> int:
         return len(self._clients)
 
     def add_native(self, session: str) -> None:
         client_id = zlib.crc32(session.encode())
-        self._clients[session] = [client_id, 1]
+        self._clients[session] = [client_id, 1, 0]
         self._holders[client_id] = session  # a Yjs client echoing this entry does not get the id
         self._native.add(session)
 
@@ -75,12 +84,18 @@ class Awareness:
         the entries of others back to the server: those are refused here too."""
         held = self._clients.get(session)
         if held is not None:
-            if held[0] != client_id or clock <= held[1]:
+            offset = held[2]
+            if held[0] != client_id or clock + offset <= held[1]:
                 return False  # not its id, or a clock Yjs clients would ignore anyway
         elif hidden or self._holders.get(client_id, session) != session:
             return False
+        else:
+            shown = self._retired.pop(client_id, None)
+            offset = shown - clock + 1 if shown is not None and shown >= clock else 0
+        if clock + offset > MAX_CLOCK:
+            return False
         self._holders[client_id] = session
-        self._clients[session] = [client_id, clock]
+        self._clients[session] = [client_id, clock + offset, offset]
         self._entries.pop(session, None)
         if hidden:
             self._hidden.add(session)
@@ -94,13 +109,21 @@ class Awareness:
         reconnect), whose states Yjs clients see under the same id. Returns the client id it
         held, if any."""
         client = self._clients.pop(session, None)
+        native = session in self._native
         self._native.discard(session)
         self._hidden.discard(session)
         self._entries.pop(session, None)
         if client is not None and self._holders.get(client[0]) == session:
             del self._holders[client[0]]
+            if not native:  # a native session's id is never used again
+                self._retire(client[0], client[1])
             return client[0]
         return None
+
+    def _retire(self, client_id: int, clock: int) -> None:
+        if len(self._retired) >= RETIRED_IDS:
+            del self._retired[next(iter(self._retired))]
+        self._retired[client_id] = clock
 
     def cached(self, session: str) -> AwarenessEntry | None:
         return self._entries.get(session)

@@ -168,16 +168,11 @@ async def test_a_quick_reconnect_is_shown_under_its_client_id_at_once(autojump_c
             await observer.until(lambda: named(observer, 111) == "alice, back")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="When the reconnected session's first awareness message arrives after the room's next "
-    "tick (a round trip over 50 ms), that tick announces the old session's null state at its last "
-    "clock (Yjs removes the state) and releases the id; the new session then claims it at the same "
-    "clock, which every Yjs client ignores, so the user shows nowhere until y-websocket renews its "
-    "state 15 s later. Room._flush_ephemeral / Awareness.release would have to keep the id's clock "
-    "moving for a same-identity successor.",
-)
 async def test_a_quick_reconnect_over_a_slow_link_is_shown_under_its_client_id_at_once(autojump_clock: MockClock) -> None:
+    """When the reconnected session's first message arrives after the room's next tick, that
+    tick has shown the old session's null state at its last clock; the client's state at the
+    same clock would be ignored by every Yjs client until its renewal 15 s later, so the
+    server shows it one clock on."""
     async with running_engine(hooks=Tokens()) as engine:
         observer = await yjs(engine, "olga", 222)
         alice = await yjs(engine, "alice", 111)
