@@ -57,6 +57,7 @@ from ._events import EventLog, EventRecord, new_epoch
 from ._awareness import Awareness
 from ._hooks import EventRejected, HookFailed, Hooks, Identity, call_hook
 from ._presence import PresenceBook
+from ._updatecheck import UpdateCheck
 
 if TYPE_CHECKING:
     from ._peer import Peer as Session
@@ -190,6 +191,7 @@ class Room:
         self.name = name
         self.state = RoomState.LOADING
         self.doc = pycrdt.Doc()
+        self._update_check = UpdateCheck()
         self._store, self._hooks, self._config = store, hooks, config
         self._on_draining = on_draining
         self._members: dict[Session, Member] = {}
@@ -272,6 +274,7 @@ class Room:
         stored = ([data.snapshot] if data.snapshot is not None else []) + list(data.updates)
         if stored:
             apply_update(self.doc, merge_updates(stored))
+            self._update_check.reset(self.doc.get_state(), self.doc.get_update())
         self._doc_subscription = self.doc.observe(self._on_doc_change)
         self._updates_since_snapshot = len(data.updates)
         self._bytes_since_snapshot = sum(map(len, data.updates))
@@ -443,6 +446,7 @@ class Room:
         self._check_size(len(update))
         self._origin = member
         try:
+            self._update_check.check(update)
             apply_update(self.doc, update)
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_UPDATE, f"update does not apply: {exc}"[:1024]) from exc
@@ -462,6 +466,7 @@ class Room:
         if member.access is Access.WRITE and self._fits(sum(len(update) for update, _ in items)):
             try:
                 merged = merge_updates([update for update, _ in items])
+                self._update_check.check(merged)
                 self._origin = member
                 try:
                     apply_update(self.doc, merged)
@@ -506,6 +511,7 @@ class Room:
         update: bytes = event.update
         self._doc_bytes += len(update)
         self._doc_bytes_exact = False
+        self._update_check.learn(update)
         self._pending.updates.append(update)
         self._changes += 1
         self._want_persist()
