@@ -446,8 +446,7 @@ class Room:
         self._check_size(len(update))
         self._origin = member
         try:
-            self._update_check.check(update)
-            apply_update(self.doc, update)
+            self._update_check.apply(update, self._apply)
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_UPDATE, f"update does not apply: {exc}"[:1024]) from exc
         finally:
@@ -466,10 +465,9 @@ class Room:
         if member.access is Access.WRITE and self._fits(sum(len(update) for update, _ in items)):
             try:
                 merged = merge_updates([update for update, _ in items])
-                self._update_check.check(merged)
                 self._origin = member
                 try:
-                    apply_update(self.doc, merged)
+                    self._update_check.apply(merged, self._apply)
                 finally:
                     self._origin = None
             except ValueError:
@@ -504,6 +502,9 @@ class Room:
                 ErrorCode.DOCUMENT_TOO_LARGE,
                 f"the document would be larger than this server's {self._config.max_document_bytes} bytes",
             )
+
+    def _apply(self, update: bytes) -> None:
+        apply_update(self.doc, update)
 
     def _on_doc_change(self, event: pycrdt.TransactionEvent) -> None:
         # Every change to the document, from a member or from server-side code, passes here:

@@ -24,7 +24,7 @@ It reads Yjs v1 updates itself (pycrdt exposes no decoder), only as far as lengt
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 logger = logging.getLogger("plait.engine")
 
@@ -35,79 +35,65 @@ _KNOWN_TYPES = frozenset({0, 1, 2, 3, 4, 5, 6, 9, 15})  # 7 (yrs weak links) is 
 _MAX_ANY_DEPTH = 64
 
 
-class _Truncated(ValueError):
-    pass
+def _uint(data: bytes, pos: int) -> tuple[int, int]:
+    """A lib0 varuint at `pos`: (value, next position). IndexError past the end."""
+    byte = data[pos]
+    if byte < 0x80:  # most numbers in an update take one byte
+        return byte, pos + 1
+    value, shift = byte & 0x7F, 7
+    while True:
+        pos += 1
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos + 1
+        shift += 7
+        if shift > 63:
+            raise ValueError("update number out of range")
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
+def _skip_bytes(data: bytes, pos: int) -> int:
+    """Skip a lib0 varbytes/varstring at `pos`."""
+    length, pos = _uint(data, pos)
+    pos += length
+    if pos > len(data):
+        raise IndexError
+    return pos
 
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
 
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise _Truncated("update ends early")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def varuint(self) -> int:
-        data, pos, value, shift = self.data, self.pos, 0, 0
-        while True:
-            if pos >= len(data):
-                raise _Truncated("update ends inside a number")
-            byte = data[pos]
+def _skip_any(data: bytes, pos: int, depth: int = 0) -> int:
+    """Skip a lib0 "any" value at `pos`."""
+    if depth > _MAX_ANY_DEPTH:
+        raise ValueError("update value nests too deeply")
+    tag = data[pos]
+    pos += 1
+    if tag in (127, 126, 121, 120):  # undefined, null, false, true
+        return pos
+    if tag == 125:  # signed varint
+        while data[pos] & 0x80:
             pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                self.pos = pos
-                return value
-            shift += 7
-            if shift > 63:
-                raise ValueError("update number out of range")
-
-    def skip(self, length: int) -> bytes:
-        end = self.pos + length
-        if end > len(self.data):
-            raise _Truncated("update ends inside a byte string")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def varbytes(self) -> bytes:
-        return self.skip(self.varuint())
-
-    def varstring(self) -> str:
-        try:
-            return self.varbytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError("update string is not UTF-8") from exc
-
-    def any(self, depth: int = 0) -> None:
-        if depth > _MAX_ANY_DEPTH:
-            raise ValueError("update value nests too deeply")
-        tag = self.byte()
-        if tag in (127, 126, 121, 120):  # undefined, null, false, true
-            return
-        if tag == 125:  # signed varint
-            while self.byte() & 0x80:
-                pass
-        elif tag == 124:
-            self.skip(4)
-        elif tag in (123, 122):
-            self.skip(8)
-        elif tag in (119, 116):  # string, bytes
-            self.varbytes()
-        elif tag == 118:  # object
-            for _ in range(self.varuint()):
-                self.varbytes()
-                self.any(depth + 1)
-        elif tag == 117:  # array
-            for _ in range(self.varuint()):
-                self.any(depth + 1)
-        else:
-            raise ValueError(f"update holds an unknown value tag {tag}")
+        return pos + 1
+    if tag == 124:
+        pos += 4
+    elif tag in (123, 122):
+        pos += 8
+    elif tag in (119, 116):  # string, bytes
+        return _skip_bytes(data, pos)
+    elif tag == 118:  # object
+        count, pos = _uint(data, pos)
+        for _ in range(count):
+            pos = _skip_any(data, _skip_bytes(data, pos), depth + 1)
+        return pos
+    elif tag == 117:  # array
+        count, pos = _uint(data, pos)
+        for _ in range(count):
+            pos = _skip_any(data, pos, depth + 1)
+        return pos
+    else:
+        raise ValueError(f"update holds an unknown value tag {tag}")
+    if pos > len(data):
+        raise IndexError
+    return pos
 
 
 def _pair_clocks(clock: int, text: str) -> list[int]:
@@ -122,133 +108,180 @@ def _pair_clocks(clock: int, text: str) -> list[int]:
     return out
 
 
-@dataclass(slots=True)
 class _Parsed:
-    # per client: (first clock, end clock) of its non-skip structs, in order
-    runs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    # (client, clock) a struct needs to exist before it integrates, and the struct's own id
-    needs: list[tuple[int, int, int, int]] = field(default_factory=list)
-    # (client, clock) positions the update cuts the document at
-    cuts: list[tuple[int, int]] = field(default_factory=list)
-    # per client: pair clocks in the update's own text
-    pairs: dict[int, list[int]] = field(default_factory=dict)
-    deletes: list[tuple[int, int, int]] = field(default_factory=list)
+    __slots__ = ("cuts", "deletes", "needs", "pairs", "runs")
+
+    def __init__(self) -> None:
+        # per client: (first clock, end clock) of its non-skip structs, merged where they touch
+        self.runs: dict[int, list[list[int]]] = {}
+        # (client, clock) a struct needs before it integrates, then the struct's own id
+        self.needs: list[tuple[int, int, int, int]] = []
+        # (client, clock): the update cuts the document just before this clock
+        self.cuts: list[tuple[int, int]] = []
+        # per client: the clocks between the halves of the update's own characters outside the BMP
+        self.pairs: dict[int, list[int]] = {}
+        self.deletes: list[tuple[int, int, int]] = []
 
 
-def _parse(update: bytes) -> _Parsed:
-    r, out = _Reader(update), _Parsed()
-    for _ in range(r.varuint()):
-        count, client, clock = r.varuint(), r.varuint(), r.varuint()
+def _parse(data: bytes) -> _Parsed:
+    """Read a Yjs v1 update as far as lengths and references. ValueError if it does not read."""
+    try:
+        return _read(data)
+    except IndexError:
+        raise ValueError("update ends early") from None
+    except RecursionError:
+        raise ValueError("update value nests too deeply") from None
+
+
+def _read(data: bytes) -> _Parsed:
+    out = _Parsed()
+    needs, cuts = out.needs, out.cuts
+    clients, pos = _uint(data, 0)
+    for _ in range(clients):
+        count, pos = _uint(data, pos)
+        client, pos = _uint(data, pos)
+        clock, pos = _uint(data, pos)
         runs = out.runs.setdefault(client, [])
         for _ in range(count):
-            info = r.byte()
+            info = data[pos]
+            pos += 1
             ref = info & 0x1F
             if ref == _SKIP:
-                clock += r.varuint()
+                length, pos = _uint(data, pos)
+                clock += length
                 continue
             if ref == _GC:
-                length = r.varuint()
+                length, pos = _uint(data, pos)
             else:
-                length = _item(r, info, ref, client, clock, out)
+                if info & _HAS_ORIGIN:
+                    other, pos = _uint(data, pos)
+                    at, pos = _uint(data, pos)
+                    needs.append((other, at, client, clock))
+                    cuts.append((other, at + 1))
+                if info & _HAS_RIGHT_ORIGIN:
+                    other, pos = _uint(data, pos)
+                    at, pos = _uint(data, pos)
+                    needs.append((other, at, client, clock))
+                    cuts.append((other, at))
+                if not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN):
+                    named, pos = _uint(data, pos)
+                    if named == 1:
+                        pos = _skip_bytes(data, pos)  # a root type's name
+                    else:
+                        other, pos = _uint(data, pos)
+                        at, pos = _uint(data, pos)
+                        needs.append((other, at, client, clock))
+                    if info & _HAS_PARENT_SUB:
+                        pos = _skip_bytes(data, pos)
+                length, pos = _content(data, pos, ref, client, clock, out)
             if length:
                 if runs and runs[-1][1] == clock:
-                    runs[-1] = (runs[-1][0], clock + length)
+                    runs[-1][1] = clock + length
                 else:
-                    runs.append((clock, clock + length))
-            clock += length
-    for _ in range(r.varuint()):
-        client = r.varuint()
-        for _ in range(r.varuint()):
-            clock, length = r.varuint(), r.varuint()
+                    runs.append([clock, clock + length])
+                clock += length
+    clients, pos = _uint(data, pos)
+    for _ in range(clients):
+        client, pos = _uint(data, pos)
+        ranges, pos = _uint(data, pos)
+        for _ in range(ranges):
+            clock, pos = _uint(data, pos)
+            length, pos = _uint(data, pos)
             out.deletes.append((client, clock, length))
-            out.cuts.append((client, clock))
-            out.cuts.append((client, clock + length))
+            cuts.append((client, clock))
+            cuts.append((client, clock + length))
     return out
 
 
-def _item(r: _Reader, info: int, ref: int, client: int, clock: int, out: _Parsed) -> int:
-    """Read one item after its info byte; return its length in clock units."""
-    has_parent = not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN)
-    if info & _HAS_ORIGIN:
-        oc, ok = r.varuint(), r.varuint()
-        out.needs.append((oc, ok, client, clock))
-        out.cuts.append((oc, ok + 1))
-    if info & _HAS_RIGHT_ORIGIN:
-        rc, rk = r.varuint(), r.varuint()
-        out.needs.append((rc, rk, client, clock))
-        out.cuts.append((rc, rk))
-    if has_parent:
-        if r.varuint() == 1:
-            r.varbytes()  # a root type's name
-        else:
-            pc, pk = r.varuint(), r.varuint()
-            out.needs.append((pc, pk, client, clock))
-        if info & _HAS_PARENT_SUB:
-            r.varbytes()
+def _content(data: bytes, pos: int, ref: int, client: int, clock: int, out: _Parsed) -> tuple[int, int]:
+    """Read an item's content: (its length in clock units, next position)."""
     if ref == _STRING:
-        text = r.varstring()
-        if text.isascii():
-            return len(text)
+        size, pos = _uint(data, pos)
+        raw = data[pos : pos + size]
+        if len(raw) != size:
+            raise IndexError
+        pos += size
+        if raw.isascii():
+            return size, pos
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError("update string is not UTF-8") from exc
         pairs = _pair_clocks(clock, text)
         if pairs:
             out.pairs.setdefault(client, []).extend(pairs)
-        return len(text) + len(pairs)
+        return len(text) + len(pairs), pos
     if ref == _DELETED:
-        return r.varuint()
+        return _uint(data, pos)
     if ref == _JSON:  # obsolete; read as yrs reads it (n + 1 strings; Yjs reads n)
-        n = r.varuint() + 1
-        for _ in range(n):
-            r.varbytes()
-        return n
+        count, pos = _uint(data, pos)
+        for _ in range(count + 1):
+            pos = _skip_bytes(data, pos)
+        return count + 1, pos
     if ref == _ANY:
-        n = r.varuint()
-        for _ in range(n):
-            r.any()
-        return n
+        count, pos = _uint(data, pos)
+        for _ in range(count):
+            pos = _skip_any(data, pos)
+        return count, pos
     if ref in (_BINARY, _EMBED):
-        r.varbytes()
+        pos = _skip_bytes(data, pos)
     elif ref == _FORMAT:
-        r.varbytes()
-        r.varbytes()
+        pos = _skip_bytes(data, _skip_bytes(data, pos))
     elif ref == _TYPE:
-        kind = r.varuint()
+        kind, pos = _uint(data, pos)
         if kind not in _KNOWN_TYPES:
             raise ValueError(f"update holds an unknown type {kind}")
         if kind in (_XML_ELEMENT, _XML_HOOK):
-            r.varbytes()
+            pos = _skip_bytes(data, pos)
     elif ref == _DOC:
-        r.varbytes()
-        r.any()
+        pos = _skip_any(data, _skip_bytes(data, pos))
     else:
         raise ValueError(f"update holds an unknown content kind {ref}")
-    return 1
+    return 1, pos
 
 
 class UpdateCheck:
     """What one document holds that an update must not cut, and how far its clocks reach.
 
     Keep it in step with the document: `reset(doc.get_state(), doc.get_update())` after loading,
-    `learn(update)` with every transaction's update (the document observer's `event.update`).
-    `check(update)` before applying a peer's update raises ValueError, leaving both untouched.
+    peers' updates through `apply(update, apply_update)`, and every other change through
+    `learn(event.update)` from the document's observer (which `apply` makes a no-op while it
+    runs: it learns from the update it has already read).
     """
 
-    __slots__ = ("_off", "_pairs", "_reach")
+    __slots__ = ("_applying", "_off", "_pairs", "_reach")
 
     def __init__(self) -> None:
         self._pairs: dict[int, set[int]] = {}
         self._reach: dict[int, int] = {}
         self._off = False
+        self._applying = False
 
     def reset(self, state_vector: bytes, update: bytes) -> None:
         """Start over from a document's state vector and its whole state as one update."""
         self._pairs.clear()
         self._reach.clear()
         self._off = False
-        r = _Reader(state_vector)
-        for _ in range(r.varuint()):
-            client = r.varuint()
-            self._reach[client] = r.varuint()
+        count, pos = _uint(state_vector, 0)
+        for _ in range(count):
+            client, pos = _uint(state_vector, pos)
+            self._reach[client], pos = _uint(state_vector, pos)
         self.learn(update)
+
+    def apply(self, update: bytes, apply: Callable[[bytes], object]) -> None:
+        """`apply(update)` unless the update cuts a character in two or cannot integrate now.
+
+        Raises:
+            ValueError: refused (nothing applied), or whatever `apply` raised.
+        """
+        parsed = self._check(update)
+        self._applying = True
+        try:
+            apply(update)
+        finally:
+            self._applying = False
+        if parsed is not None:
+            self._take(parsed)
 
     def learn(self, update: bytes) -> None:
         """Take in an update the document has integrated (its text, its deletions).
@@ -256,7 +289,7 @@ class UpdateCheck:
         pycrdt wrote it, so it always reads; if it ever does not, that is a bug here, and the
         check turns itself off (updates apply unchecked, as without it) rather than fail the
         document's transaction."""
-        if self._off:
+        if self._off or self._applying:
             return
         try:
             parsed = _parse(update)
@@ -264,6 +297,9 @@ class UpdateCheck:
             logger.error("update check off: cannot read the document's own update", exc_info=True)
             self._off = True
             return
+        self._take(parsed)
+
+    def _take(self, parsed: _Parsed) -> None:
         reach = self._reach
         for client, runs in parsed.runs.items():
             end = runs[-1][1]
@@ -281,17 +317,19 @@ class UpdateCheck:
                 else:
                     pairs.difference_update([p for p in pairs if clock < p < clock + length])
 
-    def check(self, update: bytes) -> None:
-        """Raise ValueError if the update cuts a character in two or cannot integrate now."""
+    def _check(self, update: bytes) -> _Parsed | None:
+        """The update, read; ValueError if it cuts a character in two or cannot integrate now;
+        None if the check is off or the update does not read (pycrdt then says why, in its own
+        words)."""
         if self._off:
-            return
+            return None
         try:
             parsed = _parse(update)
         except ValueError:
-            return  # pycrdt is the judge of what decodes, and says why in its own words
-        reach = dict(self._reach)
+            return None
+        known, reach = self._reach, {}
         for client, runs in parsed.runs.items():
-            end = reach.get(client, 0)
+            end = known.get(client, 0)
             for first, last in runs:
                 if first > end:
                     raise ValueError(f"update skips clocks {end}..{first} of client {client}")
@@ -300,16 +338,15 @@ class UpdateCheck:
                 end = max(end, last)
             reach[client] = end
         for client, clock, own_client, own_clock in parsed.needs:
-            if clock >= reach.get(client, 0) or (client == own_client and clock >= own_clock):
-                raise ValueError(
-                    f"update refers to {client}:{clock}, which the document does not have"
-                )
+            if clock >= reach.get(client, known.get(client, 0)) or (client == own_client and clock >= own_clock):
+                raise ValueError(f"update refers to {client}:{clock}, which the document does not have")
+        pairs = parsed.pairs
         for client, clock in parsed.cuts:
             held = self._pairs.get(client)
-            own = parsed.pairs.get(client)
+            own = pairs.get(client)
             if (held and clock in held) or (own and clock in own):
                 raise ValueError(
                     f"update splits a UTF-16 surrogate pair at {client}:{clock} "
                     "(half of a character outside the BMP, such as an emoji)"
                 )
-
+        return parsed
