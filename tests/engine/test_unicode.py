@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from plait.engine import Engine
 from plait.engine._updatecheck import UpdateCheck
-from plait.protocol import Ack, Error, ErrorCode, PresenceSnapshot, SyncStep1, SyncStep2, TransportClosed, Update, YSyncStep, encode_sync
+from plait.protocol import Ack, CloseCode, Error, ErrorCode, PresenceSnapshot, SyncStep1, SyncStep2, TransportClosed, Update, YSyncStep, encode_sync
 from plait.storage import MemoryStore
 
 from .client import DocClient
@@ -179,9 +179,10 @@ async def test_a_yjs_client_that_splits_an_emoji_is_disconnected(
     await y.transport.send_message(encode_sync(YSyncStep.UPDATE, YJS_INSERT))
     native.apply((await native.wait_for(Update)).update)
     await y.transport.send_message(encode_sync(YSyncStep.UPDATE, YJS_DELETE_HALF))
-    with pytest.raises(TransportClosed):
+    with pytest.raises(TransportClosed) as closed:
         for _ in range(20):
             await y.next()
+    assert closed.value.code == CloseCode.PROTOCOL_ERROR  # INVALID_UPDATE's close code (spec §9)
     assert await server_text(engine) == ("a😎b", "a😎b")
     assert text_of(native.doc) == "a😎b"
 
