@@ -145,14 +145,16 @@ def _read(data: bytes) -> _Parsed:
         for _ in range(count):
             info = data[pos]
             pos += 1
-            ref = info & 0x1F
-            if ref == _SKIP:
+            # Read as yrs reads it (a different reading would let an update past the check):
+            # the whole byte names a skip or a GC, and its low four bits an item's content.
+            if info == _SKIP:
                 length, pos = _uint(data, pos)
                 clock += length
                 continue
-            if ref == _GC:
+            if info == _GC:
                 length, pos = _uint(data, pos)
             else:
+                ref = info & 0x0F
                 if info & _HAS_ORIGIN:
                     other, pos = _uint(data, pos)
                     at, pos = _uint(data, pos)
@@ -275,13 +277,17 @@ class UpdateCheck:
             ValueError: refused (nothing applied), or whatever `apply` raised.
         """
         parsed = self._check(update)
+        if parsed is None:
+            apply(update)  # the observer's learn() takes it in
+            if not self._off:
+                logger.warning("update check skipped: pycrdt applied an update this check cannot read")
+            return
         self._applying = True
         try:
             apply(update)
         finally:
             self._applying = False
-        if parsed is not None:
-            self._take(parsed)
+        self._take(parsed)
 
     def learn(self, update: bytes) -> None:
         """Take in an update the document has integrated (its text, its deletions).

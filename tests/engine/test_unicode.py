@@ -28,6 +28,8 @@ YJS_INSERT = bytes.fromhex("01010100040104746578740661f09f988e6200")
 YJS_DELETE_HALF = bytes.fromhex("000101010201")
 # Yjs client 1 instead inserts "X" at UTF-16 index 2, inside 😎 (Yjs shows "a\ufffdX\ufffdb").
 YJS_INSERT_INSIDE = bytes.fromhex("01010104c401010102015800")
+# The same with bit 4 of the info byte set: yrs reads only the low four bits as the content.
+YJS_INSERT_INSIDE_BIT4 = bytes.fromhex("01010104d401010102015800")
 # Yjs client 1 instead appends "Y" after the b.
 YJS_APPEND = bytes.fromhex("01010104840103015900")
 # Yjs client 1 instead deletes units 1..2: all of 😎.
@@ -80,7 +82,9 @@ async def stored_text(store: MemoryStore, room: str = "r") -> str:
     return text_of(doc)
 
 
-@pytest.mark.parametrize("bad", [YJS_DELETE_HALF, YJS_INSERT_INSIDE], ids=["delete-half", "insert-inside"])
+@pytest.mark.parametrize(
+    "bad", [YJS_DELETE_HALF, YJS_INSERT_INSIDE, YJS_INSERT_INSIDE_BIT4], ids=["delete-half", "insert-inside", "info-bit-4"]
+)
 async def test_an_update_that_splits_an_emoji_is_refused_and_nothing_is_lost(
     bad: bytes, autojump_clock: trio.testing.MockClock, connect: Connect, engine: Engine, store: MemoryStore
 ) -> None:
