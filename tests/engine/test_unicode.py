@@ -237,15 +237,15 @@ def _clock(doc: pycrdt.Doc) -> int:
     return varuint()
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=64))
 @settings(max_examples=300, deadline=None)
 def test_arbitrary_bytes_are_checked_without_crashing(data: bytes) -> None:
     check = UpdateCheck()
     check.reset(b"\x00", YJS_INSERT)
+    applied: list[bytes] = []
     try:
-        check.apply(data, pycrdt.Doc().apply_update)
+        check.apply(data, applied.append)
     except ValueError:
-        pass  # refused, by the check or by pycrdt
-    except BaseException as exc:  # pyo3's PanicException is a BaseException; the room catches it
-        assert type(exc).__name__ == "PanicException", exc
+        assert not applied  # refused before anything was applied
     assert not check._off
