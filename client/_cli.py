@@ -74,6 +74,13 @@ def _position(name: str, value: str) -> int:
     return int(value)
 
 
+def _offset(text: str, position: int) -> int:
+    """pycrdt 0.14 counts Text positions in UTF-8 bytes, and an insert at a byte inside a
+    character makes an update no one can integrate (spec/notes/unicode.md): positions typed
+    here count characters, like Python's, and become byte offsets at character boundaries."""
+    return len(text[:position].encode())
+
+
 async def _append(term: _Terminal, room: Room, rest: str) -> None:
     (what,) = _words(rest, ["TEXT"], text_last=True)
     room.text.insert(len(room.text), what)
@@ -81,14 +88,16 @@ async def _append(term: _Terminal, room: Room, rest: str) -> None:
 
 async def _insert(term: _Terminal, room: Room, rest: str) -> None:
     pos, what = _words(rest, ["POS", "TEXT"], text_last=True)
-    room.text.insert(min(_position("POS", pos), len(room.text)), what)
+    text = str(room.text)
+    room.text.insert(_offset(text, min(_position("POS", pos), len(text))), what)
 
 
 async def _delete(term: _Terminal, room: Room, rest: str) -> None:
     pos, count = _words(rest, ["POS", "COUNT"])
-    start = min(_position("POS", pos), len(room.text))
-    end = min(len(room.text), start + _position("COUNT", count))
-    del room.text[start:end]
+    text = str(room.text)
+    start = min(_position("POS", pos), len(text))
+    end = min(len(text), start + _position("COUNT", count))
+    del room.text[_offset(text, start) : _offset(text, end)]
 
 
 async def _name(term: _Terminal, room: Room, rest: str) -> None:

@@ -349,7 +349,12 @@ class Room:
 
     @property
     def text(self) -> pycrdt.Text:
-        """The document's shared text named "text" (what `plait client` edits)."""
+        """The document's shared text named "text" (what `plait client` edits).
+
+        pycrdt 0.14 counts its positions in UTF-8 bytes, not characters: with `s = str(text)`,
+        `text.insert(len(s[:i].encode()), ...)` inserts before character i. A position inside a
+        multi-byte character makes an update the server refuses with INVALID_UPDATE
+        (spec/notes/unicode.md)."""
         return self.doc.get("text", type=pycrdt.Text)
 
     # -- internals: driven by the client ----------------------------------------------------

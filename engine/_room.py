@@ -57,6 +57,7 @@ from ._events import EventLog, EventRecord, new_epoch
 from ._awareness import Awareness
 from ._hooks import EventRejected, HookFailed, Hooks, Identity, call_hook
 from ._presence import PresenceBook
+from ._updatecheck import UpdateCheck
 
 if TYPE_CHECKING:
     from ._peer import Peer as Session
@@ -190,6 +191,7 @@ class Room:
         self.name = name
         self.state = RoomState.LOADING
         self.doc = pycrdt.Doc()
+        self._update_check = UpdateCheck()
         self._store, self._hooks, self._config = store, hooks, config
         self._on_draining = on_draining
         self._members: dict[Session, Member] = {}
@@ -272,6 +274,7 @@ class Room:
         stored = ([data.snapshot] if data.snapshot is not None else []) + list(data.updates)
         if stored:
             apply_update(self.doc, merge_updates(stored))
+            self._update_check.reset(self.doc.get_state(), self.doc.get_update())
         self._doc_subscription = self.doc.observe(self._on_doc_change)
         self._updates_since_snapshot = len(data.updates)
         self._bytes_since_snapshot = sum(map(len, data.updates))
@@ -443,7 +446,7 @@ class Room:
         self._check_size(len(update))
         self._origin = member
         try:
-            apply_update(self.doc, update)
+            self._update_check.apply(update, self._apply)
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_UPDATE, f"update does not apply: {exc}"[:1024]) from exc
         finally:
@@ -464,7 +467,7 @@ class Room:
                 merged = merge_updates([update for update, _ in items])
                 self._origin = member
                 try:
-                    apply_update(self.doc, merged)
+                    self._update_check.apply(merged, self._apply)
                 finally:
                     self._origin = None
             except ValueError:
@@ -500,12 +503,16 @@ class Room:
                 f"the document would be larger than this server's {self._config.max_document_bytes} bytes",
             )
 
+    def _apply(self, update: bytes) -> None:
+        apply_update(self.doc, update)
+
     def _on_doc_change(self, event: pycrdt.TransactionEvent) -> None:
         # Every change to the document, from a member or from server-side code, passes here:
         # it is broadcast to everyone but its origin and queued for the next commit.
         update: bytes = event.update
         self._doc_bytes += len(update)
         self._doc_bytes_exact = False
+        self._update_check.learn(update)
         self._pending.updates.append(update)
         self._changes += 1
         self._want_persist()
