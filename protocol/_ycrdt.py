@@ -11,8 +11,8 @@ varints, structs, contents, the delete set) and refuse what is not well formed, 
   reservation pycrdt makes while decoding exceeds a small constant times `len(data)`.
 - No `Any` value nests deeper than `MAX_ANY_DEPTH`, far below the depth that overflows yrs's
   recursive decoder (20,000 levels pass, 50,000 kill the process, on an 8 MiB stack).
-- Client ids are below 2**53 and every clock range fits in yrs's u32 clocks; a range that wraps
-  makes yrs panic after ~0.2 s and tens of MiB.
+- Client ids are below 2**53 (yrs keeps 53 bits) and every clock range fits in yrs's u32
+  clocks (a range that wraps corrupts its block lists and makes it panic).
 - Strings are UTF-8; nothing follows the end of the value.
 
 The walk itself costs time linear in `len(data)` and allocates at most one decoded string at

@@ -2,7 +2,8 @@
 real updates made by pycrdt, generators of well-formed but adversarial updates, and a
 subprocess probe that measures what pycrdt spends on bytes (spec/notes/crdt-input.md).
 
-`python -m tests.protocol.crdt_corpus` prints the table of allocation bombs in the note.
+`python -m tests.protocol.crdt_corpus` prints the table of bombs in the note, and with
+`--cost` the table of what the checks cost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pycrdt
@@ -435,7 +436,8 @@ def measure_once(kind: str, data: bytes, timeout: float = 120.0) -> tuple[float,
 
 @functools.cache
 def bombs() -> dict[str, tuple[str, bytes]]:
-    """Each input found to make pycrdt 0.14.13 allocate or recurse far beyond its size."""
+    """Each input found to make pycrdt 0.14.13 allocate or recurse far beyond its size, or, for
+    the last, to corrupt its clocks (a panic; cheap unless RUST_BACKTRACE=1)."""
     return {
         "state vector from the issue": ("sv", bytes.fromhex("ece3c5baf359480059")),
         "state vector claiming 2**29 entries": ("sv", varuint(2**29)),
@@ -451,7 +453,66 @@ def beyond_a_stateless_check() -> dict[str, tuple[str, bytes]]:
     return {"maps nested 35,000 deep, outermost deleted": ("update", nested_maps(35_000, True))}
 
 
+def cost_table() -> None:
+    """µs per call of the checks beside pycrdt applying the same bytes to an empty document
+    (best of 7; the numbers in spec/notes/crdt-input.md)."""
+    from plait.protocol import check_state_vector, check_update
+
+    def best(call: Callable[[], object], inner: int) -> float:
+        times = []
+        for _ in range(7):
+            start = time.perf_counter()
+            for _ in range(inner):
+                call()
+            times.append((time.perf_counter() - start) / inner)
+        return min(times) * 1e6
+
+    doc = pycrdt.Doc()
+    text = doc.get("t", type=pycrdt.Text)
+    text.insert(0, "hello")
+    before = doc.get_state()
+    text.insert(3, "x")
+    rng = random.Random(1)
+    typed = pycrdt.Doc()
+    typed_text = typed.get("t", type=pycrdt.Text)
+    for i in range(60_000):
+        typed_text.insert(rng.randint(0, len(typed_text)), "ab"[i % 2])
+        if i % 3 == 0 and len(typed_text) > 2:
+            at = rng.randrange(len(typed_text) - 1)
+            del typed_text[at : at + 1]
+    values = pycrdt.Doc()
+    with values.transaction():
+        mapping = values.get("m", type=pycrdt.Map)
+        for i in range(40_000):
+            mapping[f"key{i}"] = {"n": i, "l": [1, 2.5, "x"]}
+    cases = {
+        "one-character insert": doc.get_update(before),
+        "1 MiB ASCII string": _one_string("a" * 2**20),
+        "1 MiB string of é": _one_string("é" * 2**19),
+        "60k typed edits (1.4 MiB)": typed.get_update(),
+        "40k map entries of JSON (1.5 MiB)": values.get_update(),
+    }
+    for name, data in cases.items():
+        inner = 2000 if len(data) < 1000 else 1
+        ours = best(lambda: check_update(data), inner)
+        theirs = best(lambda: pycrdt.Doc().apply_update(data), inner)
+        print(f"{name:36s} {len(data):8d} B  check_update {ours:10.1f} µs  pycrdt apply {theirs:10.1f} µs")
+    state = doc.get_state()
+    ours = best(lambda: check_state_vector(state), 2000)
+    theirs = best(lambda: doc.get_update(state), 2000)
+    print(f"{'state vector, one client':36s} {len(state):8d} B  check_state_vector {ours:4.1f} µs  pycrdt get_update {theirs:4.1f} µs")
+
+
+def _one_string(text: str) -> bytes:
+    doc = pycrdt.Doc()
+    doc.get("t", type=pycrdt.Text).insert(0, text)
+    return doc.get_update()
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--cost"]:
+        cost_table()
+        sys.exit()
     print(f"pycrdt {pycrdt.__version__ if hasattr(pycrdt, '__version__') else ''}")
     for name, (kind, data) in {**bombs(), **beyond_a_stateless_check()}.items():
         seconds, peak, outcome = measure_once(kind, data)
