@@ -122,14 +122,24 @@ def _refusal(what: str, exc: Exception) -> RemoteProtocolError:
 
 def _uint(data: bytes, pos: int, limit: int, minimal: bool = False) -> tuple[int, int]:
     """lib0 varuint: 7 bits a byte, low bits first, high bit set = more follows. `limit` is at
-    least 127 (one byte is always in range). `minimal`: refuse a last byte of 0 after others
-    (lib0 and yrs never write one)."""
+    least 2**21 (up to three bytes are always in range). `minimal`: refuse a last byte of 0
+    after others (lib0 and yrs never write one)."""
     byte = data[pos]
     if byte < 0x80:
         return byte, pos + 1
-    value = byte & 0x7F
-    shift = 7
-    pos += 1
+    second = data[pos + 1]
+    if second < 0x80:
+        if minimal and not second:
+            raise _Bad("a varint with a needless last byte")
+        return byte & 0x7F | second << 7, pos + 2
+    third = data[pos + 2]
+    if third < 0x80:
+        if minimal and not third:
+            raise _Bad("a varint with a needless last byte")
+        return byte & 0x7F | (second & 0x7F) << 7 | third << 14, pos + 3
+    value = byte & 0x7F | (second & 0x7F) << 7 | (third & 0x7F) << 14
+    shift = 21
+    pos += 3
     while True:
         byte = data[pos]
         pos += 1
@@ -212,8 +222,9 @@ _ANY_FIXED: Final = {124: 4, 123: 8, 122: 8}  # float32, float64, bigint64
 
 def _skip_anys(data: bytes, pos: int, count: int) -> int:
     """Skip `count` lib0 `Any` values (yrs any.rs `Any::decode`: a tag byte 116..127, then the
-    value), iteratively: `enclosing` holds what is left of each enclosing array or map."""
-    skip_string, atoms, fixed = _skip_string, _ANY_ATOMS, _ANY_FIXED
+    value), iteratively: `enclosing` holds what is left of each enclosing array or map. Short
+    ASCII strings (map keys, most string values) are skipped inline."""
+    size, atoms, fixed = len(data), _ANY_ATOMS, _ANY_FIXED
     enclosing: list[tuple[int, bool]] = []
     in_map = False
     while True:
@@ -224,16 +235,26 @@ def _skip_anys(data: bytes, pos: int, count: int) -> int:
             continue
         count -= 1
         if in_map:
-            pos = skip_string(data, pos)
+            length = data[pos]
+            end = pos + 1 + length
+            if length < 0x80 and end <= size and data[pos + 1 : end].isascii():
+                pos = end
+            else:
+                pos = _skip_string(data, pos)
         tag = data[pos]
         pos += 1
         if tag in atoms:
             continue
         if tag == 119:
-            pos = skip_string(data, pos)
+            length = data[pos]
+            end = pos + 1 + length
+            if length < 0x80 and end <= size and data[pos + 1 : end].isascii():
+                pos = end
+            else:
+                pos = _skip_string(data, pos)
         elif tag in fixed:
             pos += fixed[tag]
-            if pos > len(data):
+            if pos > size:
                 raise IndexError
         elif tag == 125:
             pos = _skip_int(data, pos)
@@ -251,7 +272,7 @@ def _skip_anys(data: bytes, pos: int, count: int) -> int:
 
 def _walk_update(data: bytes) -> int:
     """yrs update.rs `Update::decode` then id_set.rs `IdSet::decode`, v1."""
-    uint, short_id, short_ids, short_client = _uint, _SHORT_ID, _SHORT_IDS, _SHORT_CLIENT
+    uint, skip_string, short_id, short_ids, short_client = _uint, _skip_string, _SHORT_ID, _SHORT_IDS, _SHORT_CLIENT
     size = len(data)
     clients, pos = uint(data, 0, MAX_CLOCK)
     seen: set[bytes] = set()
@@ -286,9 +307,14 @@ def _walk_update(data: bytes) -> int:
                     named = data[pos]  # 1: a root type's name follows; 0: an item's id
                     if named > 1:
                         raise _Bad(f"parent info {named}")
-                    pos = _skip_string(data, pos + 1) if named else _skip_id(data, pos + 1)
-                    if info & _HAS_PARENT_SUB:
-                        pos = _skip_string(data, pos)
+                    pos = skip_string(data, pos + 1) if named else _skip_id(data, pos + 1)
+                    if info & _HAS_PARENT_SUB:  # a map key, usually short ASCII: inline
+                        length = data[pos]
+                        end = pos + 1 + length
+                        if length < 0x80 and end <= size and data[pos + 1 : end].isascii():
+                            pos = end
+                        else:
+                            pos = skip_string(data, pos)
                 if kind == _STRING:  # the most common content, inlined
                     length = data[pos]
                     if length < 0x80:

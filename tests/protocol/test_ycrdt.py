@@ -238,7 +238,7 @@ def test_updates_and_state_vectors_made_by_yjs_are_accepted() -> None:
 # -- totality ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=128))
 def test_arbitrary_bytes_give_none_or_invalid_update(data: bytes) -> None:
     outcome(check_update, data)
