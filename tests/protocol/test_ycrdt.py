@@ -276,7 +276,7 @@ FUZZ_RSS_GROWTH_MIB = 16
 
 
 def fuzz_inputs(rng: random.Random, count: int) -> list[tuple[str, bytes]]:
-    updates = pycrdt_updates()
+    updates = pycrdt_updates()[:-1]  # the last, with a subdocument, differs from run to run
     vectors = pycrdt_state_vectors()
     inputs: list[tuple[str, bytes]] = [("update", hostile_update(rng)) for _ in range(count // 4)]
     update_mutants = [mutations(seed, rng, updates) for seed in rng.sample(updates, 40)]
