@@ -97,6 +97,11 @@ from ._trace import (
     frame_to_json as frame_to_json,
     frame_from_json as frame_from_json,
 )
+from ._ycrdt import (
+    check_state_vector as check_state_vector,
+    check_update as check_update,
+    MAX_ANY_DEPTH as MAX_ANY_DEPTH,
+)
 from ._yjs import (
     AwarenessEntry as AwarenessEntry,
     YAuth as YAuth,
