@@ -159,6 +159,14 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def quiet_rust_panics() -> None:
+    """A client can make pycrdt panic with input that passes every check (the panic is caught
+    and the update refused; spec/notes/crdt-input.md). With RUST_BACKTRACE set, each panic
+    costs ~0.2 s and tens of MiB to print a backtrace, which a client could repeat at will;
+    without it, ~50 µs and one line. The server is not a Rust developer's debugging session."""
+    os.environ["RUST_BACKTRACE"] = "0"
+
+
 async def serve(
     host: str,
     port: int,
@@ -207,6 +215,7 @@ async def serve(
                         if recorder is not None:
                             print(f"plait: recording to {path}", flush=True)
                         tune_gc()
+                        quiet_rust_panics()
                         if ready is not None:
                             ready.set()
                         async for signum in signals:

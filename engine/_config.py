@@ -26,6 +26,9 @@ class EngineConfig:
     room_idle_grace: float = 10 * SECONDS
     """A room with no members stays loaded this long before it flushes and unloads."""
     close_timeout: float = 2 * SECONDS
+    shutdown_timeout: float = 30 * SECONDS
+    """A graceful shutdown waits this long at most for connections to close and rooms to be
+    stored (a store that hangs); then it logs what it left and stops anyway."""
     hook_timeout: float = 10 * SECONDS
     """An application hook (authenticate, authorize, on_event, on_room_loaded) running longer
     than this fails its request with INTERNAL instead of holding it forever."""

@@ -146,17 +146,23 @@ class Engine:
         return suppressed
 
     async def shutdown(self) -> None:
-        """Stop accepting, close every session (GOING_AWAY), flush and unload every room."""
+        """Stop accepting, close every session (GOING_AWAY), flush and unload every room.
+        Gives up after `shutdown_timeout` (a store that hangs), logging what it left."""
         self._accepting = False
         for session in list(self._sessions):
             session.close(CloseCode.GOING_AWAY, "server shutting down")
-        for session in list(self._sessions):
-            await session.wait_done()  # each closes its transport within close_timeout
-        rooms = [*self._rooms.values(), *self._unloading.values()]
-        for room in rooms:
-            room.request_unload()
-        for room in rooms:
-            await room.wait_closed()
+        rooms: list[Room] = []
+        with trio.move_on_after(self.config.shutdown_timeout) as waited:
+            for session in list(self._sessions):
+                await session.wait_done()  # each closes its transport within close_timeout
+            rooms = [*self._rooms.values(), *self._unloading.values()]
+            for room in rooms:
+                room.request_unload()
+            for room in rooms:
+                await room.wait_closed()
+        if waited.cancelled_caught:
+            stuck = sorted(name for name in {*self._rooms, *self._unloading})
+            logger.error("shutdown gave up after %g s; rooms not stored: %s", self.config.shutdown_timeout, stuck)
 
     # -- application hooks (contained: see Hooks) ---------------------------------------------
 

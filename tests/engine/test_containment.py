@@ -419,3 +419,23 @@ async def test_shutdown_does_not_wait_for_a_handshake(autojump_clock: MockClock,
         for _ in range(10):
             await stuck.receive_message()
     assert closed.value.code == CloseCode.GOING_AWAY
+
+
+class _HangingStore(MemoryStore):
+    async def append(self, room: str, updates: Any) -> None:
+        await trio.sleep_forever()
+
+
+async def test_shutdown_gives_up_on_a_store_that_hangs(autojump_clock: MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A graceful shutdown is bounded: a store whose append never returns is given up on after
+    shutdown_timeout, and the rooms it left are named in the log."""
+    with trio.fail_after(600):
+        async with make_engine(store=_HangingStore(), shutdown_timeout=20) as engine:
+            a = DocClient(engine.connect_memory())
+            await a.hello()
+            await a.join("stuck-room")
+            await a.send(Update(1, 1, edit(a.doc, "never stored")))
+            await trio.sleep(1)
+            start = trio.current_time()
+    assert 19 < trio.current_time() - start < 22
+    assert any("shutdown gave up" in r.getMessage() and "stuck-room" in r.getMessage() for r in caplog.records)
