@@ -150,6 +150,8 @@ class _Terminal:
         self.my_name = name
         self.names: dict[str, str] = {}
         """Session id -> the name shown for it; kept after the member left."""
+        self.user_names: dict[str, str] = {}
+        """Identity id -> the name shown for that person (their latest session's)."""
         self.status = 0
         self.quitting = False
         self._doc_changed = trio.Event()
@@ -163,6 +165,10 @@ class _Terminal:
         if self.status == 0:
             self.status = 1
             self.say("error", str(error))
+
+    def _remember(self, session: str, name: str, identity: dict[str, object]) -> None:
+        self.names[session] = name
+        self.user_names[str(identity.get("id"))] = name
 
     def who(self, session: str | None, user: str | None = None) -> str:
         if session is not None and session == self.client.session_id:
@@ -189,20 +195,23 @@ class _Terminal:
     async def show_changes(self, room: Room, changes: Subscription[Change]) -> None:
         async for change in changes:
             match change:
-                case PresenceChanged(joined=joined, updated=updated, left=left):
+                case PresenceChanged(joined=joined, updated=updated, users_joined=arrived, users_left=gone):
+                    # People, not sessions (spec §5.4): a second tab or a quick reconnect of
+                    # someone already here is no news.
                     for entry in joined:
-                        self.names[entry.session] = _name_of(entry.state, entry.identity, entry.session)
-                        self.say("presence", f"{self.names[entry.session]} joined")
+                        self._remember(entry.session, _name_of(entry.state, entry.identity, entry.session), entry.identity)
                     for sid in updated:
                         entry = room.presence[sid]
                         name = _name_of(entry.state, entry.identity, sid)
                         if self.names.get(sid) != name:
                             self.say("presence", f"{self.who(sid)} is now {name}")
-                            self.names[sid] = name
-                    for sid in left:
-                        self.say("presence", f"{self.who(sid)} left")
-                    if joined or left:
-                        names = sorted(self.who(s) for s in room.presence)
+                            self._remember(sid, name, entry.identity)
+                    for user in arrived:
+                        self.say("presence", f"{self.user_names.get(user, user)} joined")
+                    for user in gone:
+                        self.say("presence", f"{self.user_names.get(user, user)} left")
+                    if arrived or gone:
+                        names = sorted(self.user_names.get(u, u) for u in room.users())
                         self.say("presence", f"here: {', '.join(names) or 'nobody else'}")
                 case CursorsChanged(moved=moved):
                     for sid, pos in moved.items():

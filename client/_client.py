@@ -19,6 +19,7 @@ Both waits are bounded by `close_timeout`.
 from __future__ import annotations
 
 import logging
+import secrets
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -159,7 +160,9 @@ class Client:
         self._backoff = backoff
         self._heartbeat_timeout = heartbeat_timeout
         self._offline_queue = offline_queue
-        self._client_info = client_info
+        # spec §4.2: the same anonymous user on every connection of this client (a reconnect
+        # is not a second person); a secret, which the server only hashes.
+        self._client_info = {"anonymous_key": secrets.token_urlsafe(24), **client_info}
         self._close_timeout = close_timeout
         self.state = ClientState.CONNECTING
         self.session_id: str | None = None

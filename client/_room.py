@@ -138,9 +138,17 @@ class Subscription(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class PresenceChanged:
+    """Presence changed. Per session: who joined (entries), whose state changed and who left
+    (session ids). Per user (identity id, spec §5.4): the same change seen by people rather than
+    by connections: a second tab of a user already here is `users_updated`, and so is a quick
+    reconnect (its old session leaving and its new one joining in one diff)."""
+
     joined: tuple[PresenceEntry, ...]
     updated: tuple[str, ...]
     left: tuple[str, ...]
+    users_joined: tuple[str, ...] = ()
+    users_updated: tuple[str, ...] = ()
+    users_left: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +346,21 @@ class Room:
             if pending in self._publishes:
                 self._publishes.remove(pending)
 
+    def users(self) -> dict[str, list[PresenceEntry]]:
+        """The room's presence grouped by user (identity id), each with its sessions (tabs,
+        devices); this connection's own session is left out, the user's other ones are not
+        (spec §5.4)."""
+        users: dict[str, list[PresenceEntry]] = {}
+        for entry in self.presence.values():
+            users.setdefault(str(entry.identity.get("id")), []).append(entry)
+        return users
+
+    def _user_sessions(self) -> dict[str, set[str]]:
+        users: dict[str, set[str]] = {}
+        for entry in self.presence.values():
+            users.setdefault(str(entry.identity.get("id")), set()).add(entry.session)
+        return users
+
     def events(self) -> Subscription[RoomEvent]:
         """Named events from now on, in sequence order, each once (across reconnects too).
         The iterator raises EventsLost if it falls more than 10,000 events behind."""
@@ -450,10 +473,14 @@ class Room:
                     self._wake()
             case PresenceSnapshot(entries=entries):
                 me = self._client.session_id
+                before = self._user_sessions()
                 self.presence = {e.session: e for e in entries if e.session != me}
-                self._changes.publish(PresenceChanged(tuple(self.presence.values()), (), ()))
+                self._changes.publish(
+                    PresenceChanged(tuple(self.presence.values()), (), (), *_user_changes(before, self._user_sessions(), ()))
+                )
             case PresenceDiff(joined=joined, updated=updated, left=left):
                 me = self._client.session_id
+                before = self._user_sessions()
                 for entry in joined:
                     if entry.session != me:
                         self.presence[entry.session] = entry
@@ -467,7 +494,12 @@ class Room:
                     self.presence.pop(sid, None)
                     self.cursors.pop(sid, None)
                 self._changes.publish(
-                    PresenceChanged(tuple(e for e in joined if e.session != me), tuple(changed), left)
+                    PresenceChanged(
+                        tuple(e for e in joined if e.session != me),
+                        tuple(changed),
+                        left,
+                        *_user_changes(before, self._user_sessions(), changed),
+                    )
                 )
             case Cursors(moves=moves):
                 me = self._client.session_id
@@ -636,3 +668,16 @@ class _Forward(Waiter[Any]):
         super().fail(error)
         if not isinstance(error, ConnectionClosed) or not error.retryable:
             self._target.fail(error)
+
+
+def _user_changes(
+    before: dict[str, set[str]], after: dict[str, set[str]], updated_sessions: list[str] | tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(users joined, users updated, users left) between two per-user views: a user whose set
+    of sessions changed but is not empty on either side, or one of whose sessions changed its
+    state, is updated."""
+    joined = tuple(sorted(u for u in after if u not in before))
+    left = tuple(sorted(u for u in before if u not in after))
+    touched = {u for u, sessions in after.items() if u in before and sessions != before[u]}
+    touched |= {u for u, sessions in after.items() if any(s in sessions for s in updated_sessions)}
+    return joined, tuple(sorted(touched)), left

@@ -6,6 +6,7 @@ full access, events unchanged). Hooks run on the Trio thread and may await.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from ._errors import RequestError
 
 logger = logging.getLogger("plait.hooks")
 T = TypeVar("T")
+MIN_ANONYMOUS_KEY, MAX_ANONYMOUS_KEY = 16, 128
 MAX_IDENTITY_ID = 256
 """Characters of identity["id"]: it travels as event.user (spec §4, str≤256)."""
 
@@ -58,7 +60,14 @@ class Hooks:
         self._anonymous = itertools.count(1)
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
-        """Turn the hello's token into an identity, or raise Unauthenticated."""
+        """Turn the hello's token into an identity, or raise Unauthenticated.
+
+        By default everyone is anonymous. A client that sends `anonymous_key` in hello.client
+        (spec §4.2; the Python SDK does) is the same anonymous user on every connection, so a
+        reconnect is not a second person; its id is derived from the key, which stays secret."""
+        key = client.get("anonymous_key")
+        if isinstance(key, str) and MIN_ANONYMOUS_KEY <= len(key) <= MAX_ANONYMOUS_KEY:
+            return {"id": "anon-" + hashlib.sha256(key.encode()).hexdigest()[:12]}
         return {"id": f"anon-{next(self._anonymous)}"}
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
