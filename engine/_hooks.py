@@ -71,7 +71,8 @@ class Hooks:
         return {"id": f"anon-{next(self._anonymous)}"}
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
-        """The identity's access to a room: Access.WRITE, Access.READ, or None (FORBIDDEN)."""
+        """The identity's access to a room: Access.WRITE (edit and publish), Access.COMMENT
+        (publish events, not edit), Access.READ, or None (FORBIDDEN)."""
         return Access.WRITE
 
     async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
@@ -143,11 +144,11 @@ def checked_identity(identity: object) -> Identity:
 
 
 def checked_access(access: object) -> Access | None:
-    """What `Hooks.authorize` returned: Access.READ, Access.WRITE or None. Raises HookFailed
+    """What `Hooks.authorize` returned: an Access or None. Raises HookFailed
     for anything else."""
     if access is None or isinstance(access, Access):
         return access
     if type(access) is int and access in Access._value2member_map_:
         return Access(access)
-    logger.error("hook authorize returned %r, not Access.READ, Access.WRITE or None", access)
+    logger.error("hook authorize returned %r, not an Access or None", access)
     raise HookFailed("authorize")

@@ -266,6 +266,8 @@ class Session(Peer):
                 member.room.set_typing(member, on)
             case Publish(channel=channel, ref=ref, name=name, payload=payload, key=key):
                 member = self._member(channel)
+                if not member.access.may_publish:
+                    raise RequestError(ErrorCode.FORBIDDEN, "read-only member: events refused")
                 self._rate(self._event_bucket, "events")
                 await member.room.publish(member, ref, name, payload, key)
             case _:  # pragma: no cover - the state machine admits only client frames

@@ -53,7 +53,7 @@ REPLAY_SETTINGS = {"hooks", "check_times", "time_tolerance", "unread", "buffer",
 
 class TokenHooks(Hooks):
     """Hooks for traces and demos, driven by the token: no token = anonymous, `bad` =
-    refused, `ro:NAME` = read-only, `no:NAME` = no access, anything else = that user id.
+    refused, `ro:NAME` = read-only, `co:NAME` = comment (publish, not edit), `no:NAME` = no access, anything else = that user id.
     Events named `rejected` are refused (EVENT_REJECTED); `app-error` with application code 4000."""
 
     def __init__(self) -> None:
@@ -66,7 +66,7 @@ class TokenHooks(Hooks):
         if token == "bad":
             raise Unauthenticated("token refused")
         kind, _, name = token.rpartition(":")
-        self._access[name] = {"ro": Access.READ, "no": None}.get(kind, Access.WRITE)
+        self._access[name] = {"ro": Access.READ, "co": Access.COMMENT, "no": None}.get(kind, Access.WRITE)
         return {"id": name}
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:

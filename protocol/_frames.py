@@ -95,10 +95,17 @@ class Sender(Enum):
 
 
 class Access(IntEnum):
-    """What a member may do in a room (spec §5.2)."""
+    """What a member may do in a room (spec §4.2 joined.access). Everyone sees everything and
+    has presence, a cursor and typing; READ stops there, COMMENT also publishes events (a
+    viewer who can chat), WRITE also edits the document."""
 
     READ = 1
     WRITE = 2
+    COMMENT = 3
+
+    @property
+    def may_publish(self) -> bool:
+        return self is not Access.READ
 
 
 CHANNEL = UInt()

@@ -262,8 +262,8 @@ def scenarios() -> dict[str, Script]:
     x.send(6, "s2", Join(1, "r", None, 0))
 
     x = s["read-only"] = Script(
-        "a read-only member: document writes are FORBIDDEN, presence works; a member with no access "
-        "cannot join",
+        "a read-only member: document writes and events are FORBIDDEN, presence works; a member "
+        "with no access cannot join; a commenter publishes events but cannot write",
         hooks="tokens",
     )
     x.hello(0, "s1", token="ro:viewer")
@@ -271,8 +271,13 @@ def scenarios() -> dict[str, Script]:
     x.send(1, "s1", SyncStep2(1, 4, b"\x00\x00"))  # the mandatory answer to sync_step1: acked
     x.send(1, "s1", Update(1, 2, a1))
     x.send(2, "s1", PresenceSet(1, 3, {"name": "viewer"}))
+    x.send(2, "s1", Publish(1, 5, "chat", {"text": "let me in"}, None))
     x.hello(3, "s2", token="no:stranger")
     x.send(3, "s2", Join(1, "r", None, None))
+    x.hello(4, "s3", token="co:commenter")
+    x.send(4, "s3", Join(1, "r", b"\x00", None))
+    x.send(5, "s3", Publish(1, 2, "chat", {"text": "a comment"}, None))
+    x.send(5, "s3", Update(1, 3, b1))
 
     x = s["room-limits"] = Script(
         "INVALID_ROOM_NAME, ALREADY_JOINED and TOO_MANY_ROOMS are answered, the connection stays",
