@@ -27,12 +27,14 @@ import trio
 
 from plait.protocol import (
     MAX_DEPTH,
+    SKIP_STRUCT,
     Access,
     Ack,
     AwarenessEntry,
     ChannelFrame,
     CursorPosition,
     Cursors,
+    DecodedUpdate,
     Error,
     ErrorCode,
     Event,
@@ -43,11 +45,14 @@ from plait.protocol import (
     PresenceEntry,
     PresenceSnapshot,
     ProtocolError,
+    RemoteProtocolError,
     SyncStep1,
     SyncStep2,
     TypingState,
     Update,
+    check_state_vector,
     check_value,
+    read_update,
 )
 from plait.storage import RoomData, Store
 
@@ -115,59 +120,36 @@ def _crdt_call(call: Callable[[], T]) -> T:
         raise ValueError(f"update crashed the decoder: {exc}") from None
 
 
-def _delete_set(update: bytes) -> dict[int, list[tuple[int, int]]] | None:
-    """The delete set of a Yjs v1 update that inserts nothing (client -> [(clock, length)]),
-    or None if it inserts something or does not parse."""
-    pos = 0
-
-    def varuint() -> int:
-        nonlocal pos
-        value, shift = 0, 0
-        while True:
-            byte = update[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-
-    try:
-        if varuint() != 0:
-            return None
-        ranges: dict[int, list[tuple[int, int]]] = {}
-        for _ in range(varuint()):
-            client = varuint()
-            count = varuint()
-            if count > len(update) - pos:
-                return None
-            ranges.setdefault(client, []).extend((varuint(), varuint()) for _ in range(count))
-    except IndexError:
-        return None
-    return ranges if pos == len(update) else None
-
-
-def changes_nothing(doc: pycrdt.Doc, update: bytes) -> bool:
+def changes_nothing(doc: pycrdt.Doc, update: DecodedUpdate) -> bool:
     """Whether applying `update` would leave `doc` as it is: it inserts nothing and deletes
     only what `doc` has already deleted. A client's sync_step2 after it took the server's
     state is such an update (Yjs sends its whole delete set), read-only member or not."""
-    theirs = _delete_set(update)
-    if theirs is None:
+    if any(struct[3] != SKIP_STRUCT for struct in update.structs):
         return False
-    if not any(theirs.values()):
+    if not any(length for _, _, length in update.deletes):
         return True
-    ours = _delete_set(doc.get_update(doc.get_state())) or {}
-    for client, wanted in theirs.items():
-        have = sorted(ours.get(client, ()))
-        for clock, length in wanted:
-            end = clock + length
-            for start, n in have:  # deleted ranges: is [clock, end) inside their union?
-                if start <= clock < start + n:
-                    clock = start + n
-                if clock >= end:
-                    break
-            if clock < end:
-                return False
+    ours: dict[int, list[tuple[int, int]]] = {}
+    for client, clock, length in read_update(doc.get_update(doc.get_state()), trusted=True).deletes:
+        ours.setdefault(client, []).append((clock, length))
+    for client, clock, length in update.deletes:
+        end = clock + length
+        for start, n in ours.get(client, ()):  # sorted, disjoint: is [clock, end) inside their union?
+            if start <= clock < start + n:
+                clock = start + n
+            if clock >= end:
+                break
+        if clock < end:
+            return False
     return True
+
+
+def read_client_update(update: bytes) -> DecodedUpdate:
+    """A peer's update, decoded; RequestError INVALID_UPDATE if it is not one pycrdt may see
+    (spec §5.3)."""
+    try:
+        return read_update(update)
+    except RemoteProtocolError as exc:
+        raise RequestError(exc.code, exc.message) from None
 
 
 def apply_update(doc: pycrdt.Doc, update: bytes) -> None:
@@ -274,7 +256,7 @@ class Room:
         stored = ([data.snapshot] if data.snapshot is not None else []) + list(data.updates)
         if stored:
             apply_update(self.doc, merge_updates(stored))
-            self._update_check.reset(self.doc.get_state(), self.doc.get_update())
+            self._update_check.reset(self.doc.get_update())
         self._doc_subscription = self.doc.observe(self._on_doc_change)
         self._updates_since_snapshot = len(data.updates)
         self._bytes_since_snapshot = sum(map(len, data.updates))
@@ -414,6 +396,12 @@ class Room:
     # -- documents --------------------------------------------------------------------------
 
     def _update_since(self, state_vector: bytes) -> bytes:
+        """What the document holds beyond a peer's state vector; RequestError INVALID_UPDATE
+        for one that is not well formed, checked before pycrdt sees it (spec §5.3)."""
+        try:
+            check_state_vector(state_vector)
+        except RemoteProtocolError as exc:
+            raise RequestError(exc.code, exc.message) from None
         try:
             return self.doc.get_update(state_vector)
         except ValueError as exc:
@@ -435,10 +423,13 @@ class Room:
         member.session.deliver_frames(member, [SyncStep2(member.channel, None, update)])
 
     def apply_client_update(self, member: Member, update: bytes, ref: int | None) -> None:
-        """Apply a member's update; its ack waits for the commit that makes it durable."""
+        """Apply a member's update; its ack waits for the commit that makes it durable.
+        Raises RequestError (nothing applied): INVALID_UPDATE (spec §5.3), FORBIDDEN,
+        DOCUMENT_TOO_LARGE."""
+        decoded = read_client_update(update)
         if member.access is not Access.WRITE:
             # spec §5.3: a read-only member's sync_step2 (mandatory) is fine when it changes nothing.
-            if not changes_nothing(self.doc, update):
+            if not changes_nothing(self.doc, decoded):
                 raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
             if ref is not None:
                 self.ack(member, ref)
@@ -446,7 +437,7 @@ class Room:
         self._check_size(len(update))
         self._origin = member
         try:
-            self._update_check.apply(update, self._apply)
+            self._update_check.apply(update, decoded, self._apply)
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_UPDATE, f"update does not apply: {exc}"[:1024]) from exc
         finally:
@@ -464,13 +455,16 @@ class Room:
         one so that each bad update gets its own error. Answers keep request order."""
         if member.access is Access.WRITE and self._fits(sum(len(update) for update, _ in items)):
             try:
+                for update, _ in items:  # pycrdt merges only what the reader took
+                    read_update(update)
                 merged = merge_updates([update for update, _ in items])
+                decoded = read_update(merged, trusted=True)
                 self._origin = member
                 try:
-                    self._update_check.apply(merged, self._apply)
+                    self._update_check.apply(merged, decoded, self._apply)
                 finally:
                     self._origin = None
-            except ValueError:
+            except (RemoteProtocolError, ValueError):
                 pass
             else:
                 for _, ref in items:

@@ -98,8 +98,16 @@ from ._trace import (
     frame_from_json as frame_from_json,
 )
 from ._ycrdt import (
+    GC_STRUCT as GC_STRUCT,
+    SKIP_STRUCT as SKIP_STRUCT,
+    TYPE_CONTENT as TYPE_CONTENT,
+    DecodedUpdate as DecodedUpdate,
+    YId as YId,
+    Struct as Struct,
     check_state_vector as check_state_vector,
     check_update as check_update,
+    read_state_vector as read_state_vector,
+    read_update as read_update,
     MAX_ANY_DEPTH as MAX_ANY_DEPTH,
 )
 from ._yjs import (

@@ -1,29 +1,31 @@
-"""Checks for untrusted Yjs v1 CRDT bytes before pycrdt sees them (spec/protocol.md §3.4, §5.3).
+"""The one reader of Yjs v1 update and state-vector bytes (spec/protocol.md §3.4, §5.3).
 
-pycrdt (yrs underneath) sizes allocations from counts it reads off the wire before the entries
-behind them arrive, and recurses without a limit on nested values: nine bytes of state vector
-take a server to 1 GiB and two seconds, 100 KB of nested `Any` arrays overflow its stack and
-kill the process. spec/notes/crdt-input.md has the list, with the yrs functions and
-measurements. The two functions here walk the bytes the way yrs's v1 decoder does (lib0
-varints, structs, contents, the delete set) and refuse what is not well formed, so that:
+Untrusted bytes: pycrdt (yrs underneath) sizes allocations from counts it reads off the wire
+before the entries behind them arrive, and recurses without a limit on nested values: nine bytes
+of state vector take a server to 1 GiB and two seconds, 100 KB of nested `Any` arrays overflow
+its stack and kill the process. spec/notes/crdt-input.md has the list, with the yrs functions
+and measurements. `read_update` and `read_state_vector` walk the bytes the way yrs's v1 decoder
+does (lib0 varints, structs, contents, the delete set), refuse what is not well formed, and
+return what the engine's document checks need, so that for bytes that pass:
 
-- Every count in bytes that pass is backed by that many entries, each at least one byte: no
-  reservation pycrdt makes while decoding exceeds a small constant times `len(data)`.
+- Every count is backed by that many entries, each at least one byte: no reservation pycrdt
+  makes while decoding exceeds a small constant times `len(data)`.
 - No `Any` value nests deeper than `MAX_ANY_DEPTH`, far below the depth that overflows yrs's
   recursive decoder (20,000 levels pass, 50,000 kill the process, on an 8 MiB stack).
 - Client ids are below 2**53 (yrs keeps 53 bits) and every clock range fits in yrs's u32
   clocks (a range that wraps corrupts its block lists and makes it panic).
 - Strings are UTF-8; nothing follows the end of the value.
 
-The walk itself costs time linear in `len(data)` and allocates at most one decoded string at
-a time. It is stateless: what depends on the document (missing dependencies kept pending,
-nested types built over many updates) is out of its reach; see the note.
+The walk costs time linear in `len(data)`; besides its result (a tuple per struct, a triple per
+deleted range) it holds at most one decoded string at a time. It is stateless: what depends on
+the document (a struct that cannot integrate, a cut inside a character, types nested through
+many updates) is the engine's `UpdateCheck`, which reads the result; see the note.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, NamedTuple, TypeAlias, final
 
 from ._errors import ErrorCode, RemoteProtocolError
 
@@ -49,14 +51,47 @@ _DELETED, _JSON, _BINARY, _STRING, _EMBED, _FORMAT, _TYPE, _ANY, _DOC = range(1,
 # yrs's SubDoc (9) and Undefined (15) type refs, which no producer writes as content.
 _TYPE_REFS: Final = frozenset({0, 1, 2, 4, 6})
 _XML_ELEMENT: Final = 3
+_TRUSTED_TYPE_REFS: Final = _TYPE_REFS | {5, 9, 15}  # as yrs decodes them: no name follows
+
+GC_STRUCT: Final = _GC
+"""`Struct` info of a GC struct: a run of collected clocks, no content."""
+SKIP_STRUCT: Final = _SKIP
+"""`Struct` info of a skip: clocks a merged update leaves out."""
+TYPE_CONTENT: Final = _TYPE
+"""`info & 0x1F` of an item whose content is a shared type (array, map, text, XML)."""
+
+YId: TypeAlias = "tuple[int, int]"
+"""(client, clock)."""
+Struct: TypeAlias = "tuple[int, int, int, int, YId | None, YId | None, str | YId | None, str | None]"
+"""One struct of an update: `(client, clock, length, info, origin, right_origin, parent, text)`.
+
+- `length`: clock units it takes (UTF-16 units for strings); 0 for an item yrs drops.
+- `info`: the info byte; `GC_STRUCT` and `SKIP_STRUCT` structs have no origins, parent or content, an item's
+  content kind is `info & 0x1F` (`TYPE_CONTENT`: a shared type).
+- `origin`, `right_origin`: the ids of its neighbours when created, or None.
+- `parent`: None when an origin is given (the item shares its origin's parent), else the name
+  of a root type (str) or the id of the type item it is in.
+- `text`: the string content when it holds characters outside the BMP (two UTF-16 units
+  each), else None.
+"""
+
+
+@final
+class DecodedUpdate(NamedTuple):
+    """What `read_update` found."""
+
+    structs: list[Struct]
+    """In the order of the bytes: a client's section at a time, clocks ascending."""
+    deletes: list[tuple[int, int, int]]
+    """The delete set, `(client, clock, length)`: sorted and disjoint per client."""
 
 
 class _Bad(Exception):
     """Internal: the bytes are not what yrs would accept; `args[0]` says why."""
 
 
-def check_state_vector(data: bytes) -> None:
-    """Accept `data` only if it is a well-formed Yjs v1 state vector.
+def read_state_vector(data: bytes) -> dict[int, int]:
+    """Decode `data` if it is a well-formed Yjs v1 state vector: {client: clock}.
 
     A state vector is `varuint n` then `n` pairs `varuint client, varuint clock`
     (client < 2**53, clock < 2**32), and nothing after. Bytes that pass cost pycrdt's
@@ -64,7 +99,7 @@ def check_state_vector(data: bytes) -> None:
 
     Args:
         data: what a peer sent as a state vector (`sync_step1`, `join.state_vector`,
-            y-websocket sync step 1).
+            y-websocket sync step 1), or what pycrdt wrote.
 
     Raises:
         RemoteProtocolError: with code INVALID_UPDATE, saying what is wrong.
@@ -74,16 +109,24 @@ def check_state_vector(data: bytes) -> None:
         count, pos = _uint(data, 0, MAX_CLOCK)
         if count > (len(data) - pos) // 2:
             raise _Bad(f"claims {count} entries, more than its bytes can hold")
+        clocks = {}
         for _ in range(count):
-            pos = _skip_id(data, pos)
+            client, pos = _uint(data, pos, MAX_CLIENT_ID)
+            clocks[client], pos = _uint(data, pos, MAX_CLOCK)
         if pos != len(data):
             raise _Bad("bytes after the end")
     except (_Bad, IndexError) as exc:
         raise _refusal("state vector", exc) from None
+    return clocks
 
 
-def check_update(data: bytes) -> None:
-    """Accept `data` only if it is a well-formed Yjs v1 update that yrs decodes as Yjs does.
+def check_state_vector(data: bytes) -> None:
+    """`read_state_vector`, for its refusal only (same rules, same errors)."""
+    read_state_vector(data)
+
+
+def read_update(data: bytes, *, trusted: bool = False) -> DecodedUpdate:
+    """Decode `data` if it is a well-formed Yjs v1 update that yrs decodes as Yjs does.
 
     Walks every struct (GC, skip, items with origins, parent and content: deleted, binary,
     string, embed, format, type, any, doc) and the delete set. Refused, besides truncated or
@@ -96,16 +139,29 @@ def check_update(data: bytes) -> None:
     Args:
         data: what a peer sent as a document update (`update`, `sync_step2`, y-websocket
             sync step 2 and update).
+        trusted: `data` was written by pycrdt itself (a document's own update, which may hold
+            what its application put there): `Any` nests without limit, and legacy JSON
+            content and every type ref yrs decodes are read as yrs reads them.
+
+    Returns:
+        The structs and the delete set (see `DecodedUpdate`, `Struct`).
 
     Raises:
         RemoteProtocolError: with code INVALID_UPDATE, saying what is wrong.
             Anything else is a bug.
     """
     try:
-        if _walk_update(data) != len(data):
+        decoded, end = _read_update(data, trusted)
+        if end != len(data):
             raise _Bad("bytes after the end")
     except (_Bad, IndexError) as exc:
         raise _refusal("update", exc) from None
+    return decoded
+
+
+def check_update(data: bytes) -> None:
+    """`read_update`, for its refusal only (same rules, same errors)."""
+    read_update(data)
 
 
 def _refusal(what: str, exc: Exception) -> RemoteProtocolError:
@@ -122,38 +178,41 @@ def _refusal(what: str, exc: Exception) -> RemoteProtocolError:
 
 def _uint(data: bytes, pos: int, limit: int, minimal: bool = False) -> tuple[int, int]:
     """lib0 varuint: 7 bits a byte, low bits first, high bit set = more follows. `limit` is at
-    least 2**21 (up to three bytes are always in range). `minimal`: refuse a last byte of 0
+    least 2**28 (up to four bytes are always in range). `minimal`: refuse a last byte of 0
     after others (lib0 and yrs never write one)."""
     byte = data[pos]
     if byte < 0x80:
         return byte, pos + 1
-    second = data[pos + 1]
-    if second < 0x80:
-        if minimal and not second:
-            raise _Bad("a varint with a needless last byte")
-        return byte & 0x7F | second << 7, pos + 2
-    third = data[pos + 2]
-    if third < 0x80:
-        if minimal and not third:
-            raise _Bad("a varint with a needless last byte")
-        return byte & 0x7F | (second & 0x7F) << 7 | third << 14, pos + 3
-    value = byte & 0x7F | (second & 0x7F) << 7 | (third & 0x7F) << 14
-    shift = 21
-    pos += 3
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-        if shift >= 7 * _MAX_VARINT_BYTES:
-            raise _Bad("a varint longer than 10 bytes")
+    value = byte & 0x7F
+    shift = 7
+    pos += 1
+    # Unrolled up to five bytes: clocks take up to four, Yjs's random 32-bit client ids five.
+    byte = data[pos]
+    if byte >= 0x80:
+        value |= (byte & 0x7F) << 7
+        byte = data[pos + 1]
+        shift, pos = 14, pos + 1
+        if byte >= 0x80:
+            value |= (byte & 0x7F) << 14
+            byte = data[pos + 1]
+            shift, pos = 21, pos + 1
+            if byte >= 0x80:
+                value |= (byte & 0x7F) << 21
+                byte = data[pos + 1]
+                shift, pos = 28, pos + 1
+                while byte >= 0x80:
+                    value |= (byte & 0x7F) << shift
+                    shift += 7
+                    if shift >= 7 * _MAX_VARINT_BYTES:
+                        raise _Bad("a varint longer than 10 bytes")
+                    pos += 1
+                    byte = data[pos]
+    value |= byte << shift
     if value > limit:
         raise _Bad(f"{value} is out of range (at most {limit})")
-    if minimal and byte == 0:
+    if minimal and not byte:
         raise _Bad("a varint with a needless last byte")
-    return value, pos
+    return value, pos + 1
 
 
 # An ID (client, clock) in its usual form: a client id of at most 7 bytes, or of 8 whose last
@@ -209,18 +268,29 @@ def _skip_string(data: bytes, pos: int) -> int:
     return end
 
 
-def _check_utf8(chunk: bytes) -> None:
+def _read_string(data: bytes, pos: int) -> tuple[str, int]:
+    length, pos = _uint(data, pos, MAX_CLOCK)
+    end = pos + length
+    if end > len(data):
+        raise IndexError
+    return _check_utf8(data[pos:end]), end
+
+
+def _check_utf8(chunk: bytes) -> str:
     try:
-        chunk.decode("utf-8")
+        return chunk.decode("utf-8")
     except UnicodeDecodeError:
         raise _Bad("a string that is not UTF-8") from None
 
+
+# UTF-8 lead bytes of characters outside the BMP (U+10000 and up: two UTF-16 units each).
+_ALL_BUT_ASTRAL_LEADS: Final = bytes(b for b in range(256) if not 0xF0 <= b <= 0xF4)
 
 _ANY_ATOMS: Final = frozenset({127, 126, 121, 120})  # undefined, null, false, true
 _ANY_FIXED: Final = {124: 4, 123: 8, 122: 8}  # float32, float64, bigint64
 
 
-def _skip_anys(data: bytes, pos: int, count: int) -> int:
+def _skip_anys(data: bytes, pos: int, count: int, max_depth: int = MAX_ANY_DEPTH) -> int:
     """Skip `count` lib0 `Any` values (yrs any.rs `Any::decode`: a tag byte 116..127, then the
     value), iteratively: `enclosing` holds what is left of each enclosing array or map. Short
     ASCII strings (map keys, most string values) are skipped inline."""
@@ -259,8 +329,8 @@ def _skip_anys(data: bytes, pos: int, count: int) -> int:
         elif tag == 125:
             pos = _skip_int(data, pos)
         elif tag == 117 or tag == 118:
-            if len(enclosing) >= MAX_ANY_DEPTH:
-                raise _Bad(f"a value nested deeper than {MAX_ANY_DEPTH}")
+            if len(enclosing) >= max_depth:
+                raise _Bad(f"a value nested deeper than {max_depth}")
             enclosing.append((count, in_map))
             count, pos = _uint(data, pos, MAX_CLOCK)
             in_map = tag == 118
@@ -271,23 +341,72 @@ def _skip_anys(data: bytes, pos: int, count: int) -> int:
 
 
 def _walk_update(data: bytes) -> int:
-    """yrs update.rs `Update::decode` then id_set.rs `IdSet::decode`, v1."""
-    uint, skip_string, short_id, short_ids, short_client = _uint, _skip_string, _SHORT_ID, _SHORT_IDS, _SHORT_CLIENT
-    size = len(data)
-    clients, pos = uint(data, 0, MAX_CLOCK)
-    seen: set[bytes] = set()
+    """Walk an untrusted update; the position where it ends (bytes may follow)."""
+    return _read_update(data, False)[1]
+
+
+# Client ids take five (Yjs: random 32 bits) or eight bytes (yrs: random 53 bits), and a room
+# sees few of them: each is decoded once, then found by its bytes. A varint's bytes are
+# prefix-free, so the five or eight bytes at a position that are a known id are that id.
+# Only minimal spellings are kept (a section's client id must be minimal).
+_CLIENT_IDS: dict[bytes, int] = {}
+_CLIENT_IDS_KEPT: Final = 4096
+
+
+def _client(data: bytes, pos: int, minimal: bool = False) -> tuple[int, int]:
+    """A client id at `pos` (< 2**53): (id, next position)."""
+    client = _CLIENT_IDS.get(data[pos : pos + 8])
+    if client is not None:
+        return client, pos + 8
+    client = _CLIENT_IDS.get(data[pos : pos + 5])
+    if client is not None:
+        return client, pos + 5
+    client, end = _uint(data, pos, MAX_CLIENT_ID, minimal)
+    if end - pos in (5, 8) and data[end - 1]:
+        if len(_CLIENT_IDS) >= _CLIENT_IDS_KEPT:
+            _CLIENT_IDS.clear()
+        _CLIENT_IDS[data[pos:end]] = client
+    return client, end
+
+
+def _read_update(data: bytes, trusted: bool) -> tuple[DecodedUpdate, int]:
+    """yrs update.rs `Update::decode` then id_set.rs `IdSet::decode`, v1: the update and the
+    position where it ends. One-byte varints (most counts and clocks) are read inline."""
+    uint, size, ids = _uint, len(data), _CLIENT_IDS
+    structs: list[Struct] = []
+    add = structs.append
+    clients = data[0]
+    if clients < 0x80:
+        pos = 1
+    else:
+        clients, pos = uint(data, 0, MAX_CLOCK)
+    seen: set[int] | None = set() if clients > 1 else None
     for _ in range(clients):
-        structs, pos = uint(data, pos, MAX_CLOCK)
-        # The client id's bytes name it: both short and long forms are minimal, so one id has
-        # one spelling.
-        match = short_client(data, pos)
-        end = match.end() if match is not None else _uint(data, pos, MAX_CLIENT_ID, minimal=True)[1]
-        client = data[pos:end]
-        if client in seen:
-            raise _Bad("a client has two sections")
-        seen.add(client)
-        clock, pos = uint(data, end, MAX_CLOCK)
-        for _ in range(structs):
+        count = data[pos]
+        if count < 0x80:
+            pos += 1
+        else:
+            count, pos = uint(data, pos, MAX_CLOCK)
+        start = pos
+        client = ids.get(data[pos : pos + 5])
+        if client is not None:
+            pos += 5
+        else:
+            client, pos = _client(data, pos, True)
+        own, own_size = data[start:pos], pos - start  # most origins name their own client
+        if seen is not None:
+            if client in seen:
+                raise _Bad("a client has two sections")
+            seen.add(client)
+        clock = data[pos]
+        if clock < 0x80:
+            pos += 1
+        elif data[pos + 1] < 0x80:
+            clock = clock & 0x7F | data[pos + 1] << 7
+            pos += 2
+        else:
+            clock, pos = uint(data, pos, MAX_CLOCK)
+        for _ in range(count):
             info = data[pos]
             pos += 1
             kind = info & 0x1F
@@ -295,26 +414,64 @@ def _walk_update(data: bytes) -> int:
                 if info != kind:
                     raise _Bad(f"struct info {info:#x}")
                 length, pos = uint(data, pos, MAX_CLOCK)
+                add((client, clock, length, info, None, None, None, None))
             else:
-                origins = info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN)
-                if origins == _HAS_ORIGIN | _HAS_RIGHT_ORIGIN:  # inserted between two items
-                    match = short_ids(data, pos)
-                    pos = match.end() if match is not None else _long_id(data, _long_id(data, pos))
-                elif origins:
-                    match = short_id(data, pos)
-                    pos = match.end() if match is not None else _long_id(data, pos)
-                else:  # no neighbour to copy the parent from: it is written out
+                origin = right = parent = text = None
+                if info & _HAS_ORIGIN:
+                    if data.startswith(own, pos):
+                        other = client
+                        pos += own_size
+                    else:
+                        other = ids.get(data[pos : pos + 5])
+                        if other is not None:
+                            pos += 5
+                        else:
+                            other, pos = _client(data, pos)
+                    at = data[pos]
+                    if at < 0x80:
+                        pos += 1
+                    elif data[pos + 1] < 0x80:  # clocks up to 16,383
+                        at = at & 0x7F | data[pos + 1] << 7
+                        pos += 2
+                    else:
+                        at, pos = uint(data, pos, MAX_CLOCK)
+                    origin = (other, at)
+                if info & _HAS_RIGHT_ORIGIN:
+                    if data.startswith(own, pos):
+                        other = client
+                        pos += own_size
+                    else:
+                        other = ids.get(data[pos : pos + 5])
+                        if other is not None:
+                            pos += 5
+                        else:
+                            other, pos = _client(data, pos)
+                    at = data[pos]
+                    if at < 0x80:
+                        pos += 1
+                    elif data[pos + 1] < 0x80:  # clocks up to 16,383
+                        at = at & 0x7F | data[pos + 1] << 7
+                        pos += 2
+                    else:
+                        at, pos = uint(data, pos, MAX_CLOCK)
+                    right = (other, at)
+                if not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN):  # no neighbour: the parent is written
                     named = data[pos]  # 1: a root type's name follows; 0: an item's id
-                    if named > 1:
+                    if named == 1:
+                        parent, pos = _read_string(data, pos + 1)
+                    elif named == 0:
+                        other, pos = _client(data, pos + 1)
+                        at, pos = uint(data, pos, MAX_CLOCK)
+                        parent = (other, at)
+                    else:
                         raise _Bad(f"parent info {named}")
-                    pos = skip_string(data, pos + 1) if named else _skip_id(data, pos + 1)
                     if info & _HAS_PARENT_SUB:  # a map key, usually short ASCII: inline
                         length = data[pos]
                         end = pos + 1 + length
                         if length < 0x80 and end <= size and data[pos + 1 : end].isascii():
                             pos = end
                         else:
-                            pos = skip_string(data, pos)
+                            pos = _skip_string(data, pos)
                 if kind == _STRING:  # the most common content, inlined
                     length = data[pos]
                     if length < 0x80:
@@ -324,27 +481,35 @@ def _walk_update(data: bytes) -> int:
                     end = pos + length
                     if end > size:
                         raise IndexError
-                    if length > 1:
-                        if not data[pos:end].isascii():
-                            _check_utf8(data[pos:end])
-                    elif length and data[pos] >= 0x80:
-                        raise _Bad("a string that is not UTF-8")
+                    chunk = data[pos:end]
+                    if not chunk.isascii():
+                        # The clock length is in UTF-16 units: one per character, two for
+                        # one outside the BMP (a four-byte UTF-8 sequence).
+                        decoded = _check_utf8(chunk)
+                        astral = len(chunk.translate(None, _ALL_BUT_ASTRAL_LEADS))
+                        length = len(decoded) + astral
+                        if astral:
+                            text = decoded
                     pos = end
-                    # The clock length is the UTF-16 length, which the UTF-8 length bounds
-                    # from above: exact enough for the overflow check, and free.
                 elif kind == _DELETED:
                     length, pos = uint(data, pos, MAX_CLOCK)
                 else:
-                    length, pos = _walk_content(data, pos, kind)
+                    length, pos = _walk_content(data, pos, kind, trusted)
+                add((client, clock, length, info, origin, right, parent, text))
             # yrs drops items of length 0 without advancing the clock (Item::new -> None).
             clock += length
             if clock > MAX_CLOCK:
                 raise _Bad(f"a client's clock passes {MAX_CLOCK}")
     # Delete set: clients, each with ranges (clock, length), sorted and disjoint as yrs assumes
     # (ids.rs `IdRanges::from_raw`).
-    clients, pos = uint(data, pos, MAX_CLOCK)
+    deletes: list[tuple[int, int, int]] = []
+    clients = data[pos]
+    if clients < 0x80:
+        pos += 1
+    else:
+        clients, pos = uint(data, pos, MAX_CLOCK)
     for _ in range(clients):
-        _, pos = uint(data, pos, MAX_CLIENT_ID)
+        client, pos = _client(data, pos)
         ranges, pos = uint(data, pos, MAX_CLOCK)
         low = 0
         for _ in range(ranges):
@@ -355,22 +520,23 @@ def _walk_update(data: bytes) -> int:
             low = start + length
             if low > MAX_CLOCK:
                 raise _Bad(f"a deleted range passes {MAX_CLOCK}")
-    return pos
+            deletes.append((client, start, length))
+    return tuple.__new__(DecodedUpdate, (structs, deletes)), pos
 
 
-def _walk_content(data: bytes, pos: int, kind: int) -> tuple[int, int]:
+def _walk_content(data: bytes, pos: int, kind: int, trusted: bool = False) -> tuple[int, int]:
     """yrs block.rs `ItemContent::decode` but strings: returns (clock length, position)."""
     if kind == _DELETED:
         return _uint(data, pos, MAX_CLOCK)
     if kind == _ANY:
         count, pos = _uint(data, pos, MAX_CLOCK)
-        return count, _skip_anys(data, pos, count)
+        return count, _skip_anys(data, pos, count, MAX_CLOCK if trusted else MAX_ANY_DEPTH)
     if kind == _TYPE:
         ref = data[pos]
         pos += 1
         if ref == _XML_ELEMENT:
             return 1, _skip_string(data, pos)
-        if ref not in _TYPE_REFS:
+        if ref not in (_TRUSTED_TYPE_REFS if trusted else _TYPE_REFS):
             raise _Bad(f"type ref {ref}")
         return 1, pos
     if kind == _FORMAT:
@@ -380,7 +546,12 @@ def _walk_content(data: bytes, pos: int, kind: int) -> tuple[int, int]:
     if kind == _BINARY:
         return 1, _skip_bytes(data, pos)
     if kind == _DOC:
-        return 1, _skip_anys(data, _skip_string(data, pos), 1)
+        return 1, _skip_anys(data, _skip_string(data, pos), 1, MAX_CLOCK if trusted else MAX_ANY_DEPTH)
+    if kind == _JSON and trusted:  # as yrs reads it: one more string than the count says
+        count, pos = _uint(data, pos, MAX_CLOCK)
+        for _ in range(count + 1):
+            pos = _skip_string(data, pos)
+        return count + 1, pos
     if kind == _JSON:
         raise _Bad("legacy JSON content")
     raise _Bad(f"content kind {kind}")

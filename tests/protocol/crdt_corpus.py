@@ -2,8 +2,9 @@
 real updates made by pycrdt, generators of well-formed but adversarial updates, and a
 subprocess probe that measures what pycrdt spends on bytes (spec/notes/crdt-input.md).
 
-`python -m tests.protocol.crdt_corpus` prints the table of bombs in the note, and with
-`--cost` the table of what the checks cost.
+`python -m tests.protocol.crdt_corpus` prints the table of bombs in the note, with `--cost`
+the table of what the checks cost, and with `--keystrokes [BASELINE]` what the room's checks
+cost per update (`keystroke_cost`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pycrdt
 
@@ -478,14 +480,7 @@ def cost_table() -> None:
     text.insert(0, "hello")
     before = doc.get_state()
     text.insert(3, "x")
-    rng = random.Random(1)
-    typed = pycrdt.Doc()
-    typed_text = typed.get("t", type=pycrdt.Text)
-    for i in range(60_000):
-        typed_text.insert(rng.randint(0, len(typed_text)), "ab"[i % 2])
-        if i % 3 == 0 and len(typed_text) > 2:
-            at = rng.randrange(len(typed_text) - 1)
-            del typed_text[at : at + 1]
+    typed = typed_document()
     values = pycrdt.Doc()
     with values.transaction():
         mapping = values.get("m", type=pycrdt.Map)
@@ -509,6 +504,94 @@ def cost_table() -> None:
     print(f"{'state vector, one client':36s} {len(state):8d} B  check_state_vector {ours:4.1f} µs  pycrdt get_update {theirs:4.1f} µs")
 
 
+def keystroke_updates(count: int = 4000) -> list[bytes]:
+    """What two editors send while typing into one text, one character an update, each at a
+    random place: the updates a room applies most (Yjs-style random 32-bit client ids)."""
+    rng = random.Random(7)
+    docs = [pycrdt.Doc(client_id=rng.randrange(2**31, 2**32)) for _ in range(2)]
+    texts = [doc.get("t", type=pycrdt.Text) for doc in docs]
+    updates = []
+    for i in range(count):
+        doc, text, other = docs[i % 2], texts[i % 2], docs[1 - i % 2]
+        before = doc.get_state()
+        text.insert(rng.randint(0, len(text)), "etaoin shrdlu"[i % 13])
+        updates.append(doc.get_update(before))
+        other.apply_update(updates[-1])
+    return updates
+
+
+def typed_document(edits: int = 60_000) -> pycrdt.Doc:
+    """One client's text after `edits` one-character inserts at random places, every third
+    edit also deleting a character: 1.4 MiB of Yjs v1 for 60,000."""
+    rng = random.Random(1)
+    doc = pycrdt.Doc(client_id=2**52 + 12_345)  # eight bytes, as yrs's random ids mostly take
+    text = doc.get("t", type=pycrdt.Text)
+    for i in range(edits):
+        text.insert(rng.randint(0, len(text)), "ab"[i % 2])
+        if i % 3 == 0 and len(text) > 2:
+            at = rng.randrange(len(text) - 1)
+            del text[at : at + 1]
+    return doc
+
+
+def keystroke_cost(baseline: str | None = None, runs: int = 21) -> None:
+    """What the room spends on a peer's update (spec/notes/crdt-input.md): µs per keystroke
+    update, min of `runs`, and ms for a whole typed document sent at once (an initial sync),
+    min of 5: pycrdt's apply alone; the room's checks then apply (read_update, then
+    UpdateCheck); and with `baseline`, the path of another engine/_updatecheck.py whose
+    UpdateCheck reads bytes itself (main before the one reader), that check then apply. The
+    runs interleave, so a loaded machine slows all alike."""
+    import importlib.util
+
+    from plait.engine._updatecheck import UpdateCheck
+    from plait.protocol import read_update
+
+    old: Any = None
+    if baseline is not None:
+        spec = importlib.util.spec_from_file_location("baseline_updatecheck", baseline)
+        assert spec is not None and spec.loader is not None
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+
+    def apply_only(updates: list[bytes]) -> float:
+        doc = pycrdt.Doc()
+        start = time.perf_counter()
+        for update in updates:
+            doc.apply_update(update)
+        return time.perf_counter() - start
+
+    def one_reader(updates: list[bytes]) -> float:
+        doc, check = pycrdt.Doc(), UpdateCheck()
+        doc.observe(lambda event: check.learn(event.update))
+        start = time.perf_counter()
+        for update in updates:
+            check.apply(update, read_update(update), doc.apply_update)
+        return time.perf_counter() - start
+
+    def before(updates: list[bytes]) -> float:
+        doc, check = pycrdt.Doc(), old.UpdateCheck()
+        doc.observe(lambda event: check.learn(event.update))
+        start = time.perf_counter()
+        for update in updates:
+            check.apply(update, doc.apply_update)
+        return time.perf_counter() - start
+
+    cases = {"pycrdt apply only": apply_only, "read_update + UpdateCheck + apply": one_reader}
+    if old is not None:
+        cases["baseline UpdateCheck + apply"] = before
+    keystrokes = keystroke_updates()
+    whole = [typed_document().get_update()]
+    for updates, repeat, unit, scale in ((keystrokes, runs, "µs per update", 1e6), (whole, 5, "ms", 1e3)):
+        best = dict.fromkeys(cases, float("inf"))
+        for _ in range(repeat):
+            for name, case in cases.items():
+                best[name] = min(best[name], case(updates))
+        size = sum(map(len, updates)) / len(updates)
+        print(f"{len(updates)} updates of {size:.1f} B, min of {repeat} runs:")
+        for name, seconds in best.items():
+            print(f"  {name:36s} {seconds / len(updates) * scale:8.2f} {unit}")
+
+
 def _one_string(text: str) -> bytes:
     doc = pycrdt.Doc()
     doc.get("t", type=pycrdt.Text).insert(0, text)
@@ -518,6 +601,9 @@ def _one_string(text: str) -> bytes:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--cost"]:
         cost_table()
+        sys.exit()
+    if sys.argv[1:2] == ["--keystrokes"]:
+        keystroke_cost(*sys.argv[2:3])
         sys.exit()
     print(f"pycrdt {pycrdt.__version__ if hasattr(pycrdt, '__version__') else ''}")
     for name, (kind, data) in {**bombs(), **beyond_a_stateless_check()}.items():
