@@ -44,7 +44,8 @@ class EngineConfig:
     events_per_second: int = 50
     updates_per_second: int = 200
     rate_violations_before_close: int = 20
-    """RATE_LIMITED errors tolerated (refilling at one per second) before closing the connection."""
+    """RATE_LIMITED and INVALID_UPDATE refusals tolerated (refilling at one per second) before
+    closing the connection (spec §5.8)."""
 
     outbox_max_bytes: int = 64 * MiB
     """Per connection: bytes queued for a client that does not read; past it, close TOO_SLOW."""

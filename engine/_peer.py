@@ -267,9 +267,22 @@ class Peer:
         now = trio.current_time()
         if bucket.take(now):
             return
-        if not self._violations.take(now):
-            self.close(CloseCode.RATE_LIMITED, "rate limits exceeded repeatedly")
+        self._violation(now, CloseCode.RATE_LIMITED, "rate limits exceeded repeatedly")
         raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} per second")
+
+    def refused(self, code: int) -> None:
+        """One of this connection's requests was refused with error `code` (its answer is on
+        its way). Document bytes that are not well formed or that the room's document cannot
+        take (INVALID_UPDATE) count toward the violation limit, as rate violations do: a
+        client that keeps sending them is closed with PROTOCOL_ERROR (spec §5.8)."""
+        if code == ErrorCode.INVALID_UPDATE:
+            self._violation(trio.current_time(), CloseCode.PROTOCOL_ERROR, "invalid document updates or state vectors, repeatedly")
+
+    def _violation(self, now: float, code: CloseCode, reason: str) -> None:
+        """A refusal that counts toward the violation limit (`rate_violations_before_close`,
+        refilling at one a second); past it, close with `code`."""
+        if not self._violations.take(now):
+            self.close(code, reason)
 
     # -- output -----------------------------------------------------------------------------
 

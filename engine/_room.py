@@ -478,6 +478,7 @@ class Room:
             except RequestError as exc:
                 if ref is not None:
                     self.refuse(member, ref, exc.code, exc.message)
+                member.session.refused(exc.code)
 
     def _fits(self, extra: int) -> bool:
         """Whether the document stays within max_document_bytes with `extra` more bytes of

@@ -211,6 +211,7 @@ class Session(Peer):
                 member.room.refuse(member, ref, exc.code, exc.message)  # in order (spec §4.1)
             else:
                 self.send_error(ref, channel, exc.code, exc.message)
+            self.refused(exc.code)
 
     def _fatal(self, exc: RemoteProtocolError, ref: int | None, reason: str | None = None) -> None:
         logger.info("session %s: protocol error %s: %s", self.id, exc.code.name, exc.message)
