@@ -17,7 +17,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine, Hooks, Identity
-from plait.engine._updatecheck import MAX_TYPE_DEPTH
+from plait.engine._updatecheck import MAX_TYPE_DEPTH, UpdateCheck
 from plait.protocol import (
     Access,
     Ack,
@@ -43,6 +43,7 @@ from plait.protocol import (
     Update,
     YSyncStep,
     encode_sync,
+    read_update,
 )
 
 from ..protocol.crdt_corpus import bombs, delete_set, nested_maps, update, varstring, varuint
@@ -312,6 +313,38 @@ async def test_the_depth_survives_an_unload_and_reload(autojump_clock: MockClock
         client = await member(engine)
         await client.send(Update(1, 2, one_level(MAX_TYPE_DEPTH)))
         refused(await answer(client, 2), "deeper than")
+
+
+def test_depths_are_learned_from_what_pycrdt_writes() -> None:
+    # The room's own edits (server-side code) reach the check through learn(); a peer's edits
+    # from a copy of the document carry origins and parents as pycrdt encodes them.
+    server, check = pycrdt.Doc(), UpdateCheck()
+    server.observe(lambda event: check.learn(event.update))
+    level = server.get("t", type=pycrdt.Map)
+    for _ in range(MAX_TYPE_DEPTH):
+        level["k"] = pycrdt.Map()
+        level = level["k"]
+    peer = pycrdt.Doc()
+    peer.apply_update(server.get_update())
+    deepest = peer.get("t", type=pycrdt.Map)
+    for _ in range(MAX_TYPE_DEPTH):
+        deepest = deepest["k"]
+
+    def peer_edit(change: Callable[[], None]) -> bytes:
+        before = peer.get_state()
+        change()
+        return peer.get_update(before)
+
+    value = peer_edit(lambda: deepest.__setitem__("n", 1))
+    check.apply(value, read_update(value), server.apply_update)  # a value at the bottom: fine
+    deeper = peer_edit(lambda: deepest.__setitem__("k", pycrdt.Map()))
+    with pytest.raises(ValueError, match="deeper than"):
+        check.apply(deeper, read_update(deeper), server.apply_update)
+    bottom = server.get("t", type=pycrdt.Map).to_py()
+    for _ in range(MAX_TYPE_DEPTH):
+        bottom = bottom["k"]
+    assert bottom == {"n": 1.0}  # nothing of the refused update applied...
+    assert not check._off  # ...and the check stays on
 
 
 @pytest.mark.slow
