@@ -1,7 +1,8 @@
 """The CRDT input checks (plait.protocol._ycrdt, spec/notes/crdt-input.md).
 
-Rules of this module: `check_update` / `check_state_vector` return None or raise
-RemoteProtocolError with code INVALID_UPDATE, for any bytes. They accept everything pycrdt and
+Rules of this module: `check_update` / `check_state_vector` (and `read_update` /
+`read_state_vector`, which they are) return or raise RemoteProtocolError with code
+INVALID_UPDATE, for any bytes. They accept everything pycrdt and
 the real yjs package write, and refuse every input found to make pycrdt allocate, loop or
 recurse far beyond its size (each such input is a golden case below). The fuzz tests hand what
 the checks accept to pycrdt in a child process and bound its time and memory.
@@ -21,7 +22,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plait.protocol import ErrorCode, RemoteProtocolError, check_state_vector, check_update
+from plait.protocol import (
+    GC_STRUCT,
+    SKIP_STRUCT,
+    TYPE_CONTENT,
+    DecodedUpdate,
+    ErrorCode,
+    RemoteProtocolError,
+    check_state_vector,
+    check_update,
+    read_state_vector,
+    read_update,
+)
 from plait.protocol._ycrdt import MAX_ANY_DEPTH
 
 from .crdt_corpus import (
@@ -84,8 +96,8 @@ def test_every_bomb_found_is_refused(name: str) -> None:
 
 def test_types_nested_through_ids_pass_the_checks() -> None:
     # Deleting a type nested ~35,000 deep overflows yrs's stack (a recursive delete). The
-    # nesting can be built over many small updates, so only the document could bound it: the
-    # checks do not try (spec/notes/crdt-input.md, "left to the document").
+    # nesting can be built over many small updates, so only the document can bound it: the
+    # engine's UpdateCheck does, from what read_update returns (tests/engine/test_crdt_input.py).
     for _, data in beyond_a_stateless_check().values():
         check_update(data)
 
@@ -233,6 +245,79 @@ def test_updates_and_state_vectors_made_by_yjs_are_accepted() -> None:
         pycrdt.Doc().apply_update(data)
     for data in map(bytes.fromhex, corpus["stateVectors"]):
         check_state_vector(data)
+
+
+# -- what read_update returns -------------------------------------------------------------------
+
+
+def test_read_update_returns_every_struct_and_the_delete_set() -> None:
+    # yjs 13.6.33, client 1: insert "a😎b" into text "text", then "X" at UTF-16 index 2.
+    assert read_update(bytes.fromhex("01010100040104746578740661f09f988e6200")) == DecodedUpdate(
+        [(1, 0, 4, 4, None, None, "text", "a😎b")], []
+    )
+    assert read_update(bytes.fromhex("01010104c401010102015800")) == DecodedUpdate(
+        [(1, 4, 1, 0xC4, (1, 1), (1, 2), None, None)], []
+    )
+    # A map entry inside item 7:3, a GC run, a skip, a string without characters outside the
+    # BMP (no text kept; its length in UTF-16 units), and deleted ranges of two clients.
+    data = update(
+        [(2**53 - 1, 10, [b"\x00" + varuint(3), b"\x0a" + varuint(2), root_item(4, varstring("é漢"))]),
+         (7, 0, [bytes([7 | 0x20]) + b"\x00" + varuint(7) + varuint(3) + varstring("key") + b"\x01"])],
+        delete_set({7: [(0, 1), (5, 2)], 2**32: [(1, 1)]}),
+    )
+    assert read_update(data) == DecodedUpdate(
+        [
+            (2**53 - 1, 10, 3, GC_STRUCT, None, None, None, None),
+            (2**53 - 1, 13, 2, SKIP_STRUCT, None, None, None, None),
+            (2**53 - 1, 15, 2, 4, None, None, "t", None),
+            (7, 0, 1, TYPE_CONTENT | 0x20, None, None, (7, 3), None),
+        ],
+        [(7, 0, 1), (7, 5, 2), (2**32, 1, 1)],
+    )
+
+
+def test_struct_lengths_add_up_to_pycrdt_s_state_vector(real_updates: list[bytes]) -> None:
+    # Every clock length read (UTF-16 units for strings) against pycrdt's own reading: the
+    # updates, applied in the order they were made, reach exactly as far as their structs.
+    doc = pycrdt.Doc()
+    ends: dict[int, int] = {}
+    for data in real_updates:
+        for client, clock, length, info, *_ in read_update(data).structs:
+            if info != SKIP_STRUCT and length:
+                ends[client] = max(ends.get(client, 0), clock + length)
+        doc.apply_update(data)
+        assert read_state_vector(doc.get_state()) == ends, data.hex()
+
+
+def test_client_ids_are_read_alike_whatever_was_read_before() -> None:
+    # Ids of five and eight bytes are remembered by their bytes; a spelling with a needless
+    # last byte is read (as an origin) but never remembered, so it cannot pass as a section's.
+    for client in (2**31 + 5, 2**52 + 9, 2**28, 2**49 - 1, 127, 2**53 - 1):
+        first = update([(client, 0, [root_item(4, varstring("ab"))])])
+        second = update([(client, 2, [b"\x84" + varuint(client) + varuint(1) + varstring("c")])])
+        assert read_update(first).structs[0][0] == client
+        assert read_update(second).structs[0][:5] == (client, 2, 1, 0x84, (client, 1))
+    for client in (2**25 + 77, 2**46 + 77):  # four and seven bytes, padded to five and eight
+        padded = varuint(client)[:-1] + bytes([varuint(client)[-1] | 0x80]) + b"\x00"
+        origin = update([(1, 0, [b"\x84" + padded + varuint(0) + varstring("c")])])
+        assert read_update(origin).structs[0][4] == (client, 0)
+        section = varuint(1) + varuint(1) + padded + varuint(0) + root_item(4, varstring("a")) + b"\x00"
+        assert "needless last byte" in refusal(check_update, section)
+    assert read_state_vector(varuint(1) + varuint(2**52 + 9) + varuint(4)) == {2**52 + 9: 4}
+
+
+def test_a_trusted_read_takes_what_pycrdt_may_hold() -> None:
+    # The document's own updates may hold what its application put there: values nested past
+    # MAX_ANY_DEPTH, and type refs yrs decodes that no peer should send.
+    deep = nested_any(MAX_ANY_DEPTH + 10)
+    assert read_update(deep, trusted=True).structs[0][2] == 1
+    hook = update([(1, 0, [root_item(7, b"\x05")])])
+    assert read_update(hook, trusted=True).structs[0][3] == TYPE_CONTENT
+    for data in (deep, hook):
+        refusal(check_update, data)
+    doc = pycrdt.Doc()
+    doc.get("m", type=pycrdt.Map)["deep"] = json.loads("[" * 200 + "]" * 200)
+    read_update(doc.get_update(), trusted=True)
 
 
 # -- totality ----------------------------------------------------------------------------------
