@@ -22,7 +22,8 @@ and refuses before anything is applied:
 - an update whose delete ranges, origins or right origins would cut such a character;
 - an update with a struct that cannot integrate now (a gap in its client's clocks, or an origin,
   right origin or parent that the document does not have and the update does not bring, or
-  structs of the update that wait for each other);
+  structs of the update that wait for each other), or that deletes clocks neither has: pycrdt
+  would keep either pending and retry it on every later update;
 - an update with a shared type nested deeper than `MAX_TYPE_DEPTH`.
 
 It reads no bytes itself: `plait.protocol.read_update` decodes them (and refuses malformed or
@@ -44,8 +45,9 @@ logger = logging.getLogger("plait.engine")
 
 MAX_TYPE_DEPTH: Final = 256
 """Deepest nesting of shared types a peer may build: a type item inside 255 others below its
-root type. Real editors nest about 20 deep (a table in a list in a blockquote); yrs's recursive
-delete handles 20,000 on an 8 MiB stack, so 256 leaves a wide margin for every thread."""
+root type (spec §5.3). Real editors nest about 20 deep (a table in a list in a blockquote).
+yrs's recursive delete overflows an 8 MiB stack at ~35,000 levels, a 128 KiB one (musl's
+default for threads) between 400 and 500."""
 
 _ASTRAL: Final = re.compile("[\U00010000-\U0010ffff]")
 _UNRESOLVED, _VISITING = -1, -2
@@ -215,6 +217,13 @@ class UpdateCheck:
                 if at >= reach.get(other, known.get(other, 0)) and strict:
                     raise ValueError(f"update refers to {other}:{at}, which the document does not have")
             self._resolve(structs, depths, strict)
+        if strict:
+            for client, clock, length in decoded.deletes:
+                end = reach.get(client)
+                if end is None:
+                    end = known.get(client, 0)
+                if length and clock + length > end:  # yrs would keep it pending, retried on every update
+                    raise ValueError(f"update deletes {client}:{clock}..{clock + length}, which the document does not have")
         if strict and (self._pairs or texts):
             for client, clock, length in decoded.deletes:
                 cuts.append((client, clock))
