@@ -534,7 +534,7 @@ def typed_document(edits: int = 60_000) -> pycrdt.Doc:
     return doc
 
 
-def keystroke_cost(baseline: str | None = None, runs: int = 21) -> None:
+def keystroke_cost(baseline: str | None = None, runs: int = 41) -> None:
     """What the room spends on a peer's update (spec/notes/crdt-input.md): µs per keystroke
     update, min of `runs`, and ms for a whole typed document sent at once (an initial sync),
     min of 5: pycrdt's apply alone; the room's checks then apply (read_update, then
@@ -579,13 +579,20 @@ def keystroke_cost(baseline: str | None = None, runs: int = 21) -> None:
     cases = {"pycrdt apply only": apply_only, "read_update + UpdateCheck + apply": one_reader}
     if old is not None:
         cases["baseline UpdateCheck + apply"] = before
+    import gc
+
     keystrokes = keystroke_updates()
     whole = [typed_document().get_update()]
     for updates, repeat, unit, scale in ((keystrokes, runs, "µs per update", 1e6), (whole, 5, "ms", 1e3)):
         best = dict.fromkeys(cases, float("inf"))
         for _ in range(repeat):
             for name, case in cases.items():
-                best[name] = min(best[name], case(updates))
+                gc.collect()
+                gc.disable()
+                try:
+                    best[name] = min(best[name], case(updates))
+                finally:
+                    gc.enable()
         size = sum(map(len, updates)) / len(updates)
         print(f"{len(updates)} updates of {size:.1f} B, min of {repeat} runs:")
         for name, seconds in best.items():
