@@ -126,20 +126,20 @@ def changes_nothing(doc: pycrdt.Doc, update: DecodedUpdate) -> bool:
     state is such an update (Yjs sends its whole delete set), read-only member or not."""
     if any(struct[3] != SKIP_STRUCT for struct in update.structs):
         return False
-    if not any(length for _, _, length in update.deletes):
+    if not any(update.deletes.values()):
         return True
-    ours: dict[int, list[tuple[int, int]]] = {}
-    for client, clock, length in read_update(doc.get_update(doc.get_state()), trusted=True).deletes:
-        ours.setdefault(client, []).append((clock, length))
-    for client, clock, length in update.deletes:
-        end = clock + length
-        for start, n in ours.get(client, ()):  # sorted, disjoint: is [clock, end) inside their union?
-            if start <= clock < start + n:
-                clock = start + n
-            if clock >= end:
-                break
-        if clock < end:
-            return False
+    ours = read_update(doc.get_update(doc.get_state()), trusted=True).deletes
+    for client, ranges in update.deletes.items():
+        have = ours.get(client, ())
+        for i in range(0, len(ranges), 2):
+            clock, end = ranges[i], ranges[i] + ranges[i + 1]
+            for j in range(0, len(have), 2):  # sorted, disjoint: is [clock, end) inside their union?
+                if have[j] <= clock < have[j] + have[j + 1]:
+                    clock = have[j] + have[j + 1]
+                if clock >= end:
+                    break
+            if clock < end:
+                return False
     return True
 
 

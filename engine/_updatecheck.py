@@ -218,16 +218,17 @@ class UpdateCheck:
                     raise ValueError(f"update refers to {other}:{at}, which the document does not have")
             self._resolve(structs, depths, strict)
         if strict:
-            for client, clock, length in decoded.deletes:
+            for client, ranges in decoded.deletes.items():
                 end = reach.get(client)
                 if end is None:
                     end = known.get(client, 0)
-                if length and clock + length > end:  # yrs would keep it pending, retried on every update
-                    raise ValueError(f"update deletes {client}:{clock}..{clock + length}, which the document does not have")
+                if ranges and ranges[-2] + ranges[-1] > end:  # yrs would keep it pending, retried on every update
+                    raise ValueError(f"update deletes {client}:{ranges[-2]}..{ranges[-2] + ranges[-1]}, which the document does not have")
         if strict and (self._pairs or texts):
-            for client, clock, length in decoded.deletes:
-                cuts.append((client, clock))
-                cuts.append((client, clock + length))
+            for client, ranges in decoded.deletes.items():
+                for i in range(0, len(ranges), 2):
+                    cuts.append((client, ranges[i]))
+                    cuts.append((client, ranges[i] + ranges[i + 1]))
             cuts.extend((client, clock + 1) for client, clock in after)
             self._check_cuts(cuts, structs if texts else [])
         return depths
@@ -328,14 +329,16 @@ class UpdateCheck:
             reach[client] = end
         # A character deleted whole loses its text (the document collects it), so nothing is
         # left to cut; an accepted update never deletes half of one.
-        if self._pairs:
-            for client, clock, length in decoded.deletes:
-                pairs = self._pairs.get(client)
-                if pairs:
-                    if length < len(pairs):
-                        pairs.difference_update(range(clock + 1, clock + length))
-                    else:
-                        pairs.difference_update([p for p in pairs if clock < p < clock + length])
+        for client, ranges in decoded.deletes.items() if self._pairs else ():
+            pairs = self._pairs.get(client)
+            if not pairs:
+                continue
+            for i in range(0, len(ranges), 2):
+                clock, length = ranges[i], ranges[i + 1]
+                if length < len(pairs):
+                    pairs.difference_update(range(clock + 1, clock + length))
+                else:
+                    pairs.difference_update([p for p in pairs if clock < p < clock + length])
 
 
 def _pair_clocks(clock: int, text: str) -> list[int]:

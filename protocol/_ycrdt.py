@@ -25,6 +25,7 @@ many updates) is the engine's `UpdateCheck`, which reads the result; see the not
 from __future__ import annotations
 
 import re
+from array import array
 from typing import Final, NamedTuple, TypeAlias, final
 
 from ._errors import ErrorCode, RemoteProtocolError
@@ -65,9 +66,9 @@ YId: TypeAlias = "tuple[int, int]"
 Struct: TypeAlias = "tuple[int, int, int, int, YId | None, YId | None, str | YId | None, str | None]"
 """One struct of an update: `(client, clock, length, info, origin, right_origin, parent, text)`.
 
-- `length`: clock units it takes (UTF-16 units for strings); 0 for an item yrs drops.
-- `info`: the info byte; `GC_STRUCT` and `SKIP_STRUCT` structs have no origins, parent or content, an item's
-  content kind is `info & 0x1F` (`TYPE_CONTENT`: a shared type).
+- `length`: clock units it takes (UTF-16 units for strings), at least 1.
+- `info`: the info byte; `GC_STRUCT` and `SKIP_STRUCT` structs have no origins, parent or
+  content, an item's content kind is `info & 0x1F` (`TYPE_CONTENT`: a shared type).
 - `origin`, `right_origin`: the ids of its neighbours when created, or None.
 - `parent`: None when an origin is given (the item shares its origin's parent), else the name
   of a root type (str) or the id of the type item it is in.
@@ -78,12 +79,16 @@ Struct: TypeAlias = "tuple[int, int, int, int, YId | None, YId | None, str | YId
 
 @final
 class DecodedUpdate(NamedTuple):
-    """What `read_update` found."""
+    """What `read_update` found. Each struct, and each deleted range, is backed by at least
+    two bytes of the update: the result takes no more memory than pycrdt's own decode of the
+    same bytes (a tuple per item, as yrs allocates a block per item; runs of GC or skip
+    structs merged, as yrs merges them; items of length 0, which yrs drops, left out)."""
 
     structs: list[Struct]
     """In the order of the bytes: a client's section at a time, clocks ascending."""
-    deletes: list[tuple[int, int, int]]
-    """The delete set, `(client, clock, length)`: sorted and disjoint per client."""
+    deletes: dict[int, array[int]]
+    """The delete set: per client, its ranges as `clock, length` pairs one after the other
+    (u32), sorted and disjoint; ranges of length 0 left out (so a client's may be empty)."""
 
 
 class _Bad(Exception):
@@ -215,8 +220,9 @@ def _uint(data: bytes, pos: int, limit: int, minimal: bool = False) -> tuple[int
     return value, pos + 1
 
 
-# An ID (client, clock) in its usual form: a client id of at most 7 bytes, or of 8 whose last
-# is below 0x10 (either way < 2**53), then a clock of at most 4 bytes (< 2**28).
+# For walks that need positions, not values (`_skip_id` and the patterns): an ID (client,
+# clock) in its usual form is a client id of at most 7 bytes, or of 8 whose last is below 0x10
+# (either way < 2**53), then a clock of at most 4 bytes (< 2**28).
 _ID_PATTERN: Final = rb"(?:[\x80-\xff]{0,6}[\x00-\x7f]|[\x80-\xff]{7}[\x00-\x0f])[\x80-\xff]{0,3}[\x00-\x7f]"
 _SHORT_ID: Final = re.compile(_ID_PATTERN).match
 _SHORT_IDS: Final = re.compile(_ID_PATTERN * 2).match
@@ -414,7 +420,13 @@ def _read_update(data: bytes, trusted: bool) -> tuple[DecodedUpdate, int]:
                 if info != kind:
                     raise _Bad(f"struct info {info:#x}")
                 length, pos = uint(data, pos, MAX_CLOCK)
-                add((client, clock, length, info, None, None, None, None))
+                if not length:
+                    pass
+                elif structs and structs[-1][3] == info and structs[-1][0] == client:  # a run: one
+                    last = structs[-1]
+                    structs[-1] = (client, last[1], last[2] + length, info, None, None, None, None)
+                else:
+                    add((client, clock, length, info, None, None, None, None))
             else:
                 origin = right = parent = text = None
                 if info & _HAS_ORIGIN:
@@ -495,14 +507,15 @@ def _read_update(data: bytes, trusted: bool) -> tuple[DecodedUpdate, int]:
                     length, pos = uint(data, pos, MAX_CLOCK)
                 else:
                     length, pos = _walk_content(data, pos, kind, trusted)
-                add((client, clock, length, info, origin, right, parent, text))
+                if length:
+                    add((client, clock, length, info, origin, right, parent, text))
             # yrs drops items of length 0 without advancing the clock (Item::new -> None).
             clock += length
             if clock > MAX_CLOCK:
                 raise _Bad(f"a client's clock passes {MAX_CLOCK}")
     # Delete set: clients, each with ranges (clock, length), sorted and disjoint as yrs assumes
     # (ids.rs `IdRanges::from_raw`).
-    deletes: list[tuple[int, int, int]] = []
+    deletes: dict[int, array[int]] = {}
     clients = data[pos]
     if clients < 0x80:
         pos += 1
@@ -510,6 +523,9 @@ def _read_update(data: bytes, trusted: bool) -> tuple[DecodedUpdate, int]:
         clients, pos = uint(data, pos, MAX_CLOCK)
     for _ in range(clients):
         client, pos = _client(data, pos)
+        if client in deletes:
+            raise _Bad("a client has two entries in the delete set")
+        pairs = deletes[client] = array("I")
         ranges, pos = uint(data, pos, MAX_CLOCK)
         low = 0
         for _ in range(ranges):
@@ -520,7 +536,9 @@ def _read_update(data: bytes, trusted: bool) -> tuple[DecodedUpdate, int]:
             low = start + length
             if low > MAX_CLOCK:
                 raise _Bad(f"a deleted range passes {MAX_CLOCK}")
-            deletes.append((client, start, length))
+            if length:
+                pairs.append(start)
+                pairs.append(length)
     return tuple.__new__(DecodedUpdate, (structs, deletes)), pos
 
 

@@ -14,6 +14,7 @@ import json
 import random
 import shutil
 import subprocess
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def test_every_bomb_found_is_refused(name: str) -> None:
     refusal(check_state_vector if kind == "sv" else check_update, data)
 
 
+@pytest.mark.slow
 def test_types_nested_through_ids_pass_the_checks() -> None:
     # Deleting a type nested ~35,000 deep overflows yrs's stack (a recursive delete). The
     # nesting can be built over many small updates, so only the document can bound it: the
@@ -253,27 +255,54 @@ def test_updates_and_state_vectors_made_by_yjs_are_accepted() -> None:
 def test_read_update_returns_every_struct_and_the_delete_set() -> None:
     # yjs 13.6.33, client 1: insert "a😎b" into text "text", then "X" at UTF-16 index 2.
     assert read_update(bytes.fromhex("01010100040104746578740661f09f988e6200")) == DecodedUpdate(
-        [(1, 0, 4, 4, None, None, "text", "a😎b")], []
+        [(1, 0, 4, 4, None, None, "text", "a😎b")], {}
     )
     assert read_update(bytes.fromhex("01010104c401010102015800")) == DecodedUpdate(
-        [(1, 4, 1, 0xC4, (1, 1), (1, 2), None, None)], []
+        [(1, 4, 1, 0xC4, (1, 1), (1, 2), None, None)], {}
     )
-    # A map entry inside item 7:3, a GC run, a skip, a string without characters outside the
-    # BMP (no text kept; its length in UTF-16 units), and deleted ranges of two clients.
+    # A map entry inside item 7:3, a GC run (in two structs), a skip, a string without
+    # characters outside the BMP (no text kept; its length in UTF-16 units), an empty string
+    # (yrs drops it), and deleted ranges of three clients, one of length 0.
+    gc_run = [b"\x00" + varuint(2), b"\x00" + varuint(1)]
     data = update(
-        [(2**53 - 1, 10, [b"\x00" + varuint(3), b"\x0a" + varuint(2), root_item(4, varstring("é漢"))]),
+        [(2**53 - 1, 10, [*gc_run, b"\x0a" + varuint(2), root_item(4, varstring("é漢")), root_item(4, varstring(""))]),
          (7, 0, [bytes([7 | 0x20]) + b"\x00" + varuint(7) + varuint(3) + varstring("key") + b"\x01"])],
-        delete_set({7: [(0, 1), (5, 2)], 2**32: [(1, 1)]}),
+        delete_set({7: [(0, 1), (5, 2)], 2**32: [(1, 1)], 9: [(4, 0)]}),
     )
-    assert read_update(data) == DecodedUpdate(
-        [
-            (2**53 - 1, 10, 3, GC_STRUCT, None, None, None, None),
-            (2**53 - 1, 13, 2, SKIP_STRUCT, None, None, None, None),
-            (2**53 - 1, 15, 2, 4, None, None, "t", None),
-            (7, 0, 1, TYPE_CONTENT | 0x20, None, None, (7, 3), None),
-        ],
-        [(7, 0, 1), (7, 5, 2), (2**32, 1, 1)],
-    )
+    decoded = read_update(data)
+    assert decoded.structs == [
+        (2**53 - 1, 10, 3, GC_STRUCT, None, None, None, None),
+        (2**53 - 1, 13, 2, SKIP_STRUCT, None, None, None, None),
+        (2**53 - 1, 15, 2, 4, None, None, "t", None),
+        (7, 0, 1, TYPE_CONTENT | 0x20, None, None, (7, 3), None),
+    ]
+    assert {client: list(ranges) for client, ranges in decoded.deletes.items()} == {7: [0, 1, 5, 2], 2**32: [1, 1], 9: []}
+
+
+def test_the_result_takes_no_more_memory_than_yrs_would() -> None:
+    # What yrs decodes for next to nothing (GC and skip runs it merges, items of length 0 it
+    # drops, deleted ranges it keeps in eight bytes) costs the result next to nothing too.
+    cheap_for_yrs = {
+        "GC structs": update([(1, 0, [b"\x00\x01"] * 1_000)]),
+        "skips": update([(1, 0, [b"\x0a\x01"] * 1_000)]),
+        "empty strings": update([(1, 0, [b"\x84\x01\x00\x00"] * 1_000)]),
+        "deleted ranges": update([], delete_set({1: [(2 * i, 1) for i in range(1_000)]})),
+    }
+    for name, data in cheap_for_yrs.items():
+        tracemalloc.start()
+        try:
+            decoded = read_update(data)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * len(data) + 16_000, (name, peak, len(data))
+        assert len(decoded.structs) <= 1
+
+
+def test_a_client_named_twice_in_the_delete_set_is_refused() -> None:
+    # Neither Yjs nor yrs writes it; yrs would keep one of the two lists.
+    data = update([], b"\x02" + delete_set({1: [(0, 1)]})[1:] + delete_set({1: [(3, 1)]})[1:])
+    assert "two entries in the delete set" in refusal(check_update, data)
 
 
 def test_struct_lengths_add_up_to_pycrdt_s_state_vector(real_updates: list[bytes]) -> None:
