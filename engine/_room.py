@@ -426,15 +426,15 @@ class Room:
         """Apply a member's update; its ack waits for the commit that makes it durable.
         Raises RequestError (nothing applied): INVALID_UPDATE (spec §5.3), FORBIDDEN,
         DOCUMENT_TOO_LARGE."""
-        decoded = read_client_update(update)
         if member.access is not Access.WRITE:
             # spec §5.3: a read-only member's sync_step2 (mandatory) is fine when it changes nothing.
-            if not changes_nothing(self.doc, decoded):
+            if not changes_nothing(self.doc, read_client_update(update)):
                 raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
             if ref is not None:
                 self.ack(member, ref)
             return
-        self._check_size(len(update))
+        self._check_size(len(update))  # before reading: a refusal for size costs nothing
+        decoded = read_client_update(update)
         self._origin = member
         try:
             self._update_check.apply(update, decoded, self._apply)
