@@ -85,8 +85,9 @@ class UpdateCheck:
         self.learn(update)
 
     def apply(self, update: bytes, decoded: DecodedUpdate, apply: Callable[[bytes], object]) -> None:
-        """`apply(update)` unless it cuts a character in two, cannot integrate now or nests
-        types deeper than MAX_TYPE_DEPTH. `decoded` is `read_update(update)`.
+        """`apply(update)` unless it cuts a character in two, cannot integrate now, deletes
+        clocks the document does not have or nests types deeper than MAX_TYPE_DEPTH (spec
+        §5.3). `decoded` is `read_update(update)`.
 
         Raises:
             ValueError: refused (nothing applied), saying why; or whatever `apply` raised.

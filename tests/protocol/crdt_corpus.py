@@ -462,9 +462,9 @@ def beyond_a_stateless_check() -> dict[str, tuple[str, bytes]]:
 
 
 def cost_table() -> None:
-    """µs per call of the checks beside pycrdt applying the same bytes to an empty document
+    """µs per call of the reader beside pycrdt applying the same bytes to an empty document
     (best of 7; the numbers in spec/notes/crdt-input.md)."""
-    from plait.protocol import check_state_vector, check_update
+    from plait.protocol import check_state_vector, read_update
 
     def best(call: Callable[[], object], inner: int) -> float:
         times = []
@@ -495,9 +495,9 @@ def cost_table() -> None:
     }
     for name, data in cases.items():
         inner = 2000 if len(data) < 1000 else 1
-        ours = best(lambda: check_update(data), inner)
+        ours = best(lambda: read_update(data), inner)
         theirs = best(lambda: pycrdt.Doc().apply_update(data), inner)
-        print(f"{name:36s} {len(data):8d} B  check_update {ours:10.1f} µs  pycrdt apply {theirs:10.1f} µs")
+        print(f"{name:36s} {len(data):8d} B  read_update {ours:10.1f} µs  pycrdt apply {theirs:10.1f} µs")
     state = doc.get_state()
     ours = best(lambda: check_state_vector(state), 2000)
     theirs = best(lambda: doc.get_update(state), 2000)
