@@ -32,7 +32,7 @@ from ._errors import RequestError, RoomUnavailable
 from ._events import new_epoch
 from ._handle import RoomHandle
 from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
-from ._record import TraceRecorder
+from ._record import RecordingStore, TraceRecorder
 from ._room import Room, RoomState
 from ._peer import Peer
 from ._session import Session
@@ -270,7 +270,8 @@ class Engine:
                 if previous is not None:
                     await previous.wait_closed()  # its flush must land before we load again
                     continue
-                room = Room(name, self.store, self.hooks, self.config, self._room_draining, self._new_epoch)
+                store = self.store if self.recorder is None else RecordingStore(self.store, self.recorder)
+                room = Room(name, store, self.hooks, self.config, self._room_draining, self._new_epoch)
                 self._rooms[name] = room
                 self.nursery.start_soon(self._run_room, room)
             room.hold()

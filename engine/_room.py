@@ -17,10 +17,10 @@ import base64
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pycrdt
 import trio
@@ -49,7 +49,7 @@ from plait.protocol import (
     Update,
     check_value,
 )
-from plait.storage import RoomData, Store
+from plait.storage import RoomData, StoredEvent
 
 from ._config import EngineConfig
 from ._errors import RequestError, RoomUnavailable
@@ -64,6 +64,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("plait.room")
 T = TypeVar("T")
+
+
+class RoomStore(Protocol):
+    """The part of `plait.storage.Store` a room uses."""
+
+    async def load(self, room: str) -> RoomData: ...
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None: ...
+
+    async def compact(self, room: str, snapshot: bytes, covered: int) -> None: ...
+
+    async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None: ...
 
 
 class RoomState(Enum):
@@ -182,7 +194,7 @@ class Room:
     def __init__(
         self,
         name: str,
-        store: Store,
+        store: RoomStore,
         hooks: Hooks,
         config: EngineConfig,
         on_draining: Callable[[Room], None],

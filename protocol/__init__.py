@@ -92,6 +92,7 @@ from ._trace import (
     Open as Open,
     Close as Close,
     Raw as Raw,
+    Stored as Stored,
     read_trace as read_trace,
     write_trace as write_trace,
     frame_to_json as frame_to_json,
