@@ -242,6 +242,8 @@ class Engine:
         self._sessions.add(session)
         try:
             await session.run()  # raises only Cancelled (Peer.run)
+        except* Exception as bug:  # the last line of defence: never the engine's nursery
+            logger.critical("session %s escaped its containment", session.id, exc_info=bug)
         finally:
             self._sessions.discard(session)
 
@@ -293,9 +295,9 @@ class Engine:
     async def _run_room(self, room: Room) -> None:
         try:
             await room.run()
-        except Exception as exc:
+        except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on
             # A bug in a room fails that room loudly, not the server.
-            logger.critical("room %r crashed", room.name, exc_info=exc)
+            logger.critical("room %r crashed", room.name, exc_info=crash)
             room.crashed()
         finally:
             if self._unloading.get(room.name) is room:

@@ -243,24 +243,12 @@ class Room:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery."""
+        """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery.
+        Whatever ends it (a failed load, a crash, a cancellation), whoever waits for the room to
+        load or close is released."""
         try:
-            data = await self._store.load(self.name)
-            self._restore(data)
-            await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
-        except Exception as exc:
-            # The details (paths, the store's own words) are for the server's log, not clients.
-            logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
-            self._unobserve()
-            self.state = RoomState.FAILED
-            self._on_draining(self)
-            self._loaded.set()
-            self._closed.set()
-            return
-        self.state = RoomState.LIVE
-        logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
-        self._loaded.set()
-        try:
+            if not await self._load():
+                return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._sweeper)
@@ -275,10 +263,32 @@ class Room:
             # The subscription holds the room and the document alive (a cycle through Rust
             # that the garbage collector cannot see): an unloaded room must leave nothing.
             self._unobserve()
-            if self.state is not RoomState.FAILED:
+            if self.state is RoomState.LOADING:  # cancelled while loading
+                self.state = RoomState.FAILED
+                self._on_draining(self)
+            elif self.state is not RoomState.FAILED:
                 self.state = RoomState.CLOSED
+            self._loaded.set()
             self._closed.set()
             logger.info("room %r unloaded (%s)", self.name, self.state.value)
+
+    async def _load(self) -> bool:
+        """Load the stored state and run on_room_loaded; False (the room failed) if either
+        fails: the room then refuses joins and never writes (it never starts empty)."""
+        try:
+            data = await self._store.load(self.name)
+            self._restore(data)
+            await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
+        except Exception as exc:
+            # The details (paths, the store's own words) are for the server's log, not clients.
+            logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
+            self.state = RoomState.FAILED
+            self._on_draining(self)
+            return False
+        self.state = RoomState.LIVE
+        logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
+        self._loaded.set()
+        return True
 
     def _restore(self, data: RoomData) -> None:
         # One merged update applies in milliseconds where 10k separate ones on a large document
@@ -538,6 +548,8 @@ class Room:
     # -- presence, cursors, typing ----------------------------------------------------------
 
     def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
+        if self._members.get(member.session) is not member:
+            return  # a frame that raced the end of its membership
         sid = member.session.id
         if state is not None:
             self._presence.set(sid, state)
@@ -547,6 +559,8 @@ class Room:
         self._want_tick()
 
     def move_cursor(self, member: Member, position: Any) -> None:
+        if self._members.get(member.session) is not member:
+            return  # a frame that raced the end of its membership
         sid = member.session.id
         if position is None:
             self._cursors.pop(sid, None)
@@ -557,6 +571,8 @@ class Room:
         self._want_tick()
 
     def set_typing(self, member: Member, on: bool) -> None:
+        if self._members.get(member.session) is not member:
+            return  # a frame that raced the end of its membership
         sid = member.session.id
         if on:
             if sid not in self._typing:
