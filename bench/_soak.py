@@ -76,13 +76,15 @@ def describe(record: tuple[str, str, str, list[str]]) -> str:
 
 
 @contextmanager
-def logged_server(*flags: str, keep_log: Path | None = None) -> Iterator[LogServer]:
+def logged_server(*flags: str, keep_log: Path | None = None, diagnose: bool = False) -> Iterator[LogServer]:
     """`plait serve` on a free port, SQLite store in a temporary folder (unless a flag says
-    otherwise), logging at INFO to a file; the file is copied to `keep_log` at the end."""
+    otherwise), logging at INFO to a file; the file is copied to `keep_log` at the end. With
+    `diagnose`, SIGUSR1 makes it log where its memory is (bench/_diagserve.py)."""
     with tempfile.TemporaryDirectory(prefix="plait-soak-") as scratch:
         port = free_port()
         log = Path(scratch) / "server.log"
-        server = Server([sys.executable, "-m", "plait.engine._cli", "serve", "--port", str(port), "--data", scratch,
+        entry = [str(Path(__file__).parent / "_diagserve.py")] if diagnose else ["-m", "plait.engine._cli"]
+        server = Server([sys.executable, *entry, "serve", "--port", str(port), "--data", scratch,
                          "--log-level", "INFO", *flags], port, log)
         try:
             yield LogServer(server, log)

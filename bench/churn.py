@@ -12,13 +12,15 @@ server's sync_step1, presence_set, [an acked one-character update with --edit], 
 close. A /yjs/ cycle: connect to /yjs/ROOM, send an awareness state, [an update], a sync step 2
 and a sync step 1, wait for the server's step 2 (so all of it was handled), close.
 
-    .venv/bin/python bench/churn.py [--cycles 6000] [--variants distinct one-room] [--edit]
+    .venv/bin/python bench/churn.py [--cycles 6000] [--variants distinct one-room] [--edit] [--rounds 2] [--diagnose]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -237,69 +239,106 @@ class Outcome:
     seconds: float
     start: int
     peak: int
-    after_visits: int
-    after_unload: int
+    after_visits: list[int]
+    """Per round, once the visits are over (and, for one-room, their presence has left)."""
+    after_unload: list[int]
+    """Per round for `distinct`; for `one-room` once the holder too has left, at the end."""
     rooms_live: int
     rooms_unloaded: int
     sessions_open: int
     sessions_closed: int
     errors: list[str]
+    diagnoses: list[list[str]] = field(default_factory=list)
 
 
 def rss_row(o: Outcome) -> list[Any]:
     cycles = o.tally.native + o.tally.yjs
     return [o.variant, f"{cycles:,} ({o.tally.native:,} + {o.tally.yjs:,})", f"{cycles / o.seconds:,.0f}",
-            mib(o.start), mib(o.peak), mib(o.after_visits), mib(o.after_unload),
-            f"{o.after_unload / o.start:.3f}", f"{o.rooms_live:,} / {o.rooms_unloaded:,}",
+            mib(o.start), mib(o.peak), " -> ".join(map(mib, o.after_visits)), " -> ".join(map(mib, o.after_unload)),
+            f"{o.after_unload[-1] / o.start:.3f}", f"{o.rooms_live:,} / {o.rooms_unloaded:,}",
             f"{o.sessions_open:,} / {o.sessions_closed:,}", o.tally.failed, len(o.errors)]
 
 
-async def settle(ls: LogServer, what: str, check: Any, timeout: float) -> None:
+async def settle(what: str, check: Any, timeout: float) -> None:
     if not await wait_for(check, timeout):
         print(f"  churn: {what} did not happen within {timeout:.0f} s", file=sys.stderr)
 
 
+DIAG = re.compile(r"^DIAG rss=(\S+) collected=(\d+) rss_after_gc=(\S+) rss_after_trim=(\S+)$")
+
+
+async def diagnose(ls: LogServer, variant: str, point: str) -> list[str]:
+    """Ask a --diagnose server where its memory is; one row of the diagnosis table."""
+    seen = ls.log.read_text(errors="replace").count("DIAG end")
+    ls.server.popen.send_signal(signal.SIGUSR1)
+    await settle("the server's diagnosis", lambda: ls.log.read_text(errors="replace").count("DIAG end") > seen, 30)
+    text = ls.log.read_text(errors="replace")
+    block = text[text.rfind("DIAG rss=") : text.rfind("DIAG end")]
+    head = DIAG.match(block.splitlines()[0]) if block else None
+    stat = lambda name: (m.group(1) if (m := re.search(rf"# {name}\s+=\s+([\d,]+)", block)) else "?")  # noqa: E731
+    unused = re.search(r"(\d+) unused pools \* (\d+) bytes", block)
+    if head is None:
+        return [variant, point, "?", "?", "?", "?", "?", "?", "?"]
+    return [variant, point, f"{head[1]} MiB", head[2], f"{head[3]} MiB", f"{head[4]} MiB", stat("arenas allocated current"),
+            f"{int(stat('bytes in allocated blocks').replace(',', '')) / 2**20:.1f} MiB" if stat("bytes in allocated blocks") != "?" else "?",
+            f"{int(unused[1]) * int(unused[2]) / 2**20:.1f} MiB" if unused else "?"]
+
+
 async def variant(name: str, args: argparse.Namespace) -> Outcome:
-    with logged_server(*args.server_flags) as ls:
+    with logged_server(*args.server_flags, diagnose=args.diagnose) as ls:
         server, port = ls.server, ls.server.port
-        log_counts = lambda: (ls.read().count(r"^room .* live"), ls.read().count(r"^room .* unloaded"))  # noqa: E731
-        all_unloaded = lambda: (lambda c: c[0] == c[1])(log_counts())  # noqa: E731
+        counts = lambda: (lambda log: (log.count(r"^room .* live"), log.count(r"^room .* unloaded")))(ls.read())  # noqa: E731
+        all_unloaded = lambda: (lambda c: c[0] == c[1])(counts())  # noqa: E731
+        diagnoses: list[list[str]] = []
         warm = Tally()
         holder: Holder | None = None
+        after_visits: list[int] = []
+        after_unload: list[int] = []
         async with trio.open_nursery() as nursery:
             if name == "one-room":
                 holder = await Holder.join(port, "churn-hub")
                 nursery.start_soon(holder.run)
-                rooms = ["churn-hub"] * args.cycles
                 await run_cycles(port, ["churn-hub", "churn-hub"], 0.5, args.edit, 1, warm)
-                await settle(ls, "the warm-up visitors' presence leaving", holder.alone, 30)
+                await settle("the warm-up visitors' presence leaving", holder.alone, 30)
             else:
-                rooms = [f"churn-{i}" for i in range(args.cycles)]
                 await run_cycles(port, ["churn-warm-0", "churn-warm-1"], 0.5, args.edit, 1, warm)
-                await settle(ls, "the warm-up rooms unloading", all_unloaded, 60)
+                await settle("the warm-up rooms unloading", all_unloaded, 60)
             await trio.sleep(1)
             start = server.rss()
+            if args.diagnose:
+                diagnoses.append(await diagnose(ls, name, "start"))
             server.reset_peak_rss()
             tally = Tally(failures=warm.failures, failed=warm.failed)
             t0 = time.monotonic()
-            await run_cycles(port, rooms, args.yjs_share, args.edit, args.concurrency, tally)
+            for r in range(args.rounds):
+                rooms = ["churn-hub"] * args.cycles if holder else [f"churn-{r}-{i}" for i in range(args.cycles)]
+                await run_cycles(port, rooms, args.yjs_share, args.edit, args.concurrency, tally)
+                if holder is not None:
+                    await settle("every visitor's presence leaving", holder.alone, 60)
+                after_visits.append(server.rss())
+                if holder is None:
+                    await settle("every room unloading", all_unloaded, 60 + args.cycles / 100)
+                    await trio.sleep(2)
+                    after_unload.append(server.rss())
+                if args.diagnose:
+                    diagnoses.append(await diagnose(ls, name, f"round {r + 1}, {'rooms unloaded' if holder is None else 'visits over'}"))
             seconds = time.monotonic() - t0
-            if holder is not None:
-                await settle(ls, "every visitor's presence leaving", holder.alone, 60)
-            after_visits = server.rss()
             nursery.cancel_scope.cancel()  # the holder's reader
         if holder is not None:
             if holder.failure:
                 tally.fail(holder.failure)
             await holder.ws.close()
-        await settle(ls, "every room unloading", all_unloaded, 60 + args.cycles / 100)
-        await trio.sleep(2)
-        after_unload, peak = server.rss(), server.peak_rss()
+            await settle("the room unloading", all_unloaded, 60)
+            await trio.sleep(2)
+            after_unload.append(server.rss())
+            if args.diagnose:
+                diagnoses.append(await diagnose(ls, name, "holder left, room unloaded"))
+        peak = server.peak_rss()
         log = ls.read()
         return Outcome(name, tally, seconds, start, max(peak, start), after_visits, after_unload,
                        log.count(r"^room .* live"), log.count(r"^room .* unloaded"),
                        log.count(r"^session \S+ open"), log.count(r"^session \S+ closed"),
-                       [describe(r) for r in log.errors()])
+                       [describe(r) for r in log.errors()], diagnoses)
 
 
 def main() -> None:
@@ -309,6 +348,12 @@ def main() -> None:
     parser.add_argument("--yjs-share", type=float, default=1 / 3, help="share of the cycles over /yjs/ (default 1/3)")
     parser.add_argument("--edit", action="store_true", help="each cycle also makes a one-character edit")
     parser.add_argument("--concurrency", type=int, default=16, help="cycles in flight at once")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the cycles (new rooms each round): RSS that grows every round is a leak, "
+                             "RSS that stays where the first round left it is memory kept, not lost")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="after each round ask the server where its memory is (bench/_diagserve.py: collects "
+                             "garbage and trims the heap, so not for the headline numbers)")
     parser.add_argument("--server-flags", nargs=argparse.REMAINDER, default=[], help="passed to plait serve")
     args = parser.parse_args()
     outcomes = [trio.run(variant, name, args) for name in args.variants]
@@ -316,6 +361,10 @@ def main() -> None:
     print(table(["variant", "cycles (native + yjs)", "cycles/s", "RSS start", "peak RSS", "RSS after the visits",
                  "RSS after unload", "after unload / start", "rooms loaded / unloaded", "sessions opened / closed",
                  "failed cycles", "log errors"], [rss_row(o) for o in outcomes]))
+    if args.diagnose:
+        print()
+        print(table(["variant", "when", "RSS", "gc.collect() freed", "RSS after it", "after malloc_trim(0)", "pymalloc arenas",
+                     "live pymalloc blocks", "unused pools in arenas"], [d for o in outcomes for d in o.diagnoses]))
     for o in outcomes:
         for failure in o.tally.failures:
             print(f"  {o.variant}: {failure}", file=sys.stderr)
