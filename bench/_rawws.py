@@ -73,8 +73,6 @@ class RawWebSocket:
         self._text = False
         self._pongs: list[bytes] = []
         self.closed: Closed | None = None
-        self.sent = 0
-        """Messages (frames, for raw sends: writes) sent on this connection."""
 
     @classmethod
     async def connect(cls, port: int, path: str, *, timeout: float = 10.0, request: bytes | None = None) -> RawWebSocket:
@@ -104,7 +102,6 @@ class RawWebSocket:
 
     async def send_raw(self, data: bytes) -> None:
         """Write bytes as they are. Raises trio.BrokenResourceError if the server is gone."""
-        self.sent += 1
         await self.stream.send_all(data)
 
     async def send_binary(self, data: bytes) -> None:

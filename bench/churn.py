@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -285,7 +286,7 @@ async def diagnose(ls: LogServer, variant: str, point: str) -> list[str]:
 
 
 async def variant(name: str, args: argparse.Namespace) -> Outcome:
-    with logged_server(*args.server_flags, diagnose=args.diagnose) as ls:
+    with logged_server(*args.server_flags, diagnose=args.diagnose or args.default_gc) as ls:
         server, port = ls.server, ls.server.port
         counts = lambda: (lambda log: (log.count(r"^room .* live"), log.count(r"^room .* unloaded")))(ls.read())  # noqa: E731
         all_unloaded = lambda: (lambda c: c[0] == c[1])(counts())  # noqa: E731
@@ -309,10 +310,12 @@ async def variant(name: str, args: argparse.Namespace) -> Outcome:
                 diagnoses.append(await diagnose(ls, name, "start"))
             server.reset_peak_rss()
             tally = Tally(failures=warm.failures, failed=warm.failed)
-            t0 = time.monotonic()
+            seconds = 0.0  # cycling, not waiting for unloads
             for r in range(args.rounds):
                 rooms = ["churn-hub"] * args.cycles if holder else [f"churn-{r}-{i}" for i in range(args.cycles)]
+                t0 = time.monotonic()
                 await run_cycles(port, rooms, args.yjs_share, args.edit, args.concurrency, tally)
+                seconds += time.monotonic() - t0
                 if holder is not None:
                     await settle("every visitor's presence leaving", holder.alone, 60)
                 after_visits.append(server.rss())
@@ -322,7 +325,6 @@ async def variant(name: str, args: argparse.Namespace) -> Outcome:
                     after_unload.append(server.rss())
                 if args.diagnose:
                     diagnoses.append(await diagnose(ls, name, f"round {r + 1}, {'rooms unloaded' if holder is None else 'visits over'}"))
-            seconds = time.monotonic() - t0
             nursery.cancel_scope.cancel()  # the holder's reader
         if holder is not None:
             if holder.failure:
@@ -354,8 +356,12 @@ def main() -> None:
     parser.add_argument("--diagnose", action="store_true",
                         help="after each round ask the server where its memory is (bench/_diagserve.py: collects "
                              "garbage and trims the heap, so not for the headline numbers)")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="the server keeps Python's default GC thresholds (plait serve raises them)")
     parser.add_argument("--server-flags", nargs=argparse.REMAINDER, default=[], help="passed to plait serve")
     args = parser.parse_args()
+    if args.default_gc:
+        os.environ["PLAIT_BENCH_DEFAULT_GC"] = "1"
     outcomes = [trio.run(variant, name, args) for name in args.variants]
     print(f"Machine: {machine()}\n")
     print(table(["variant", "cycles (native + yjs)", "cycles/s", "RSS start", "peak RSS", "RSS after the visits",

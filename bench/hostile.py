@@ -41,7 +41,8 @@ acked, did the good clients converge with every edit (and none of the stale fram
 how many ERROR/CRITICAL lines did the server log (the first few are shown), the server's peak
 RSS and CPU, and what was sent. Every loop is bounded; the run takes --seconds plus about 40 s.
 
-    .venv/bin/python bench/hostile.py [--seconds 60] [--workers 24] [--exclude FAMILY ...]
+    .venv/bin/python bench/hostile.py [--seconds 60] [--workers 24] [--exclude FAMILY ... | --only FAMILY ...]
+                                      [--bombs NAME ...] [--strict] [--diagnose] [--keep-log FILE]
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import hashlib
 import json
 import math
 import random
+import signal
 import struct
 import sys
 import time
@@ -717,14 +719,17 @@ async def http(ctx: Ctx) -> None:
     try:
         ws = await RawWebSocket.connect(ctx.port, "/", timeout=5, request=request)
     except Refused as exc:
-        ctx.family.outcomes[f"refused {str(exc)[9:12] or 'dropped'}"] += 1
+        status = str(exc)
+        ctx.family.outcomes[f"refused {status[9:12]}" if status.startswith("HTTP/") else "dropped during the upgrade"] += 1
         return
     except (OSError, trio.TooSlowError) as exc:
         ctx.family.outcomes[type(exc).__name__] += 1
         return
-    conn = Conn(ws, ctx.family, True)
-    conn.end("upgraded")
-    await ws.close()
+    conn = Conn(ws, ctx.family, True)  # a room name the y-websocket endpoint refuses is closed after the upgrade
+    await conn.answer(1.0)
+    if not conn.ended:
+        conn.end("upgraded, open")
+    await conn.close()
 
 
 async def crdt_bytes(ctx: Ctx) -> None:
@@ -1049,10 +1054,29 @@ async def hostile_run(args: argparse.Namespace, ls: LogServer) -> dict[str, Any]
             hostile_cpu = math.nan
         fresh = await fresh_client(port) if alive() else {"ok": False, "error": "the server is gone", "seconds": 0.0}
         watchers.cancel_scope.cancel()
-    running = server.popen.poll() is None
+    running = "yes" if alive() and await serving(port) else "no"
+    if running == "no" and alive():
+        running = "alive but not serving"
+        if args.diagnose:
+            server.popen.send_signal(signal.SIGUSR2)
+            await trio.sleep(2)
     return {"families": families, "measured": measured, "bombs": bombs, "probe": probe, "observer": observer,
             "fresh": fresh, "running": running, "wall": hostile_wall, "cpu": hostile_cpu, "peak": peak.read(),
             "edits": edits, "clients": total_good, "harness": harness, "shown_wrongly": (judged, judged_at[0] if judged_at else 0)}
+
+
+async def serving(port: int) -> bool:
+    """Whether a new native connection is welcomed within 5 s."""
+    try:
+        conn = await open_conn(port, "/", Family(), True)
+        if conn is None:
+            return False
+        await conn.send(HELLO)
+        frames = await conn.answer(5.0, lambda f: isinstance(f, Welcome))
+        await conn.close()
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+        return False
+    return any(isinstance(f, Welcome) for f in frames)
 
 
 async def fresh_client(port: int) -> dict[str, Any]:
@@ -1094,7 +1118,9 @@ def report(args: argparse.Namespace, run: dict[str, Any], ls: LogServer) -> bool
     load_errors = [e for m in measured for e in m.errors]
 
     checks = [
-        ("server still running", run["running"], "yes" if run["running"] else f"**NO**: exited with {ls.server.popen.returncode}"),
+        ("server still running and serving (a new connection gets welcome)", run["running"] == "yes",
+         "yes" if run["running"] == "yes" else f"**NO**: exited with {ls.server.popen.returncode}"
+         if ls.server.popen.poll() is not None else f"**NO**: {run['running']}"),
         ("a fresh plait.client joins, syncs and gets an edit acked", fresh["ok"],
          f"yes, in {fresh['seconds']:.2f} s" if fresh["ok"] else f"**NO**: {fresh['error']}"),
         ("good clients converged, no edit lost", bool(outcome and outcome.converged and outcome.failed == 0 and fresh_same),
@@ -1152,6 +1178,9 @@ def report(args: argparse.Namespace, run: dict[str, Any], ls: LogServer) -> bool
     details += [f"observer: invalid: {x}" for x in observer.invalid]
     details += [f"good client: {e}" for e in load_errors[:5]]
     details += [f"harness: {h}" for h in run["harness"]]
+    text = ls.log.read_text(errors="replace")
+    if "TASKS end" in text:
+        details += ["server's Trio tasks: " + line for line in text[text.rfind("TASKS\n") + 6 : text.rfind("TASKS end")].splitlines()[:40]]
     details += [f"probe connection ended: {x}" for x in probe.lost[:3]]
     details += [f"observer connection ended: {x}" for x in observer.lost[:3]]
     if details:
@@ -1170,13 +1199,20 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=20.0, help="seconds the good clients wait for late edits")
     parser.add_argument("--exclude", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
                         help=f"families not to run: {', '.join(FAMILIES)}")
+    parser.add_argument("--only", nargs="*", default=None, choices=list(FAMILIES), metavar="FAMILY",
+                        help="run only these families (the others are excluded)")
     parser.add_argument("--bombs", nargs="*", default=["join.state_vector", "sync_step1", "yjs sync step 1"],
                         choices=["join.state_vector", "sync_step1", "yjs sync step 1"])
     parser.add_argument("--seed", default="1")
     parser.add_argument("--keep-log", type=Path, default=None, help="copy the server's log here")
     parser.add_argument("--strict", action="store_true", help="exit 1 unless every check passed")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="run the server under bench/_diagserve.py: if it is alive but not serving at the end, "
+                             "list its Trio tasks")
     args = parser.parse_args()
-    with logged_server(keep_log=args.keep_log) as ls:
+    if args.only is not None:
+        args.exclude = [name for name in FAMILIES if name not in args.only]
+    with logged_server(keep_log=args.keep_log, diagnose=args.diagnose) as ls:
         run = trio.run(hostile_run, args, ls)
         passed = report(args, run, ls)
     sys.exit(0 if passed or not args.strict else 1)

@@ -46,25 +46,30 @@ def run(script: str, *args: str) -> tuple[int, dict[str, list[str]], str]:
 
 def hostile(*families: str) -> tuple[int, dict[str, list[str]], str]:
     return run("hostile.py", "--seconds", "3", "--workers", "6", "--good", "1", "--edit-rate", "5", "--drain", "5",
-               "--bombs", "--strict", "--exclude", *[f for f in FAMILIES if f not in families])
+               "--bombs", "--strict", "--only", *families)
 
 
 def test_the_server_withstands_the_hostile_families_it_handles_and_the_checks_say_so() -> None:
     handled = [f for f in FAMILIES if f not in ("yjs_surrogates", "yjs_forgery", "crdt_bytes")]
     status, rows, output = hostile(*handled)
     assert status == 0, output[-4000:]  # --strict: every check passed
-    assert rows["server still running"] == ["yes"], output[-4000:]
+    assert rows["server still running and serving (a new connection gets welcome)"] == ["yes"], output[-4000:]
     assert rows["good clients converged, no edit lost"][0].startswith("yes: 2 clients, 0 of"), output[-4000:]
     assert rows["ERROR/CRITICAL lines (and uncaught tracebacks) in the server log"] == ["0"]
     for family in handled:
         assert int(rows[family][0].replace(",", "")) > 0, (family, rows[family])  # connections made
 
 
-@pytest.mark.xfail(strict=True, reason="known bugs the hostile run found (bench/README.md, 'Hostile input'): an "
-                   "awareness state holding a lone surrogate crashes its room, and a Yjs client can take over a "
-                   "native member's awareness id")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="two bugs the hostile run found (bench/README.md, 'Hostile input', 1-3): an awareness "
+                   "state holding a lone surrogate crashes its room (and can stop the server), and a Yjs client can "
+                   "take over a native member's awareness id; remove this mark once both are fixed")
 def test_lone_surrogates_and_forged_awareness_are_refused() -> None:
     status, rows, output = hostile("yjs_surrogates", "yjs_forgery")
+    errors = rows["ERROR/CRITICAL lines (and uncaught tracebacks) in the server log"]  # the script ran to its report
+    forged = rows["forged awareness shown to a Yjs client (another identity under a good client's id)"]
+    assert errors == ["0"], output[-4000:]
+    assert forged == ["0"], output[-4000:]
     assert status == 0, output[-4000:]
 
 
