@@ -107,6 +107,7 @@ from ._ysplit import (
     SplitError as SplitError,
     MIN_SPLIT_BYTES as MIN_SPLIT_BYTES,
     PIECE_OVERHEAD as PIECE_OVERHEAD,
+    FRAME_OVERHEAD as FRAME_OVERHEAD,
 )
 from ._yjs import (
     AwarenessEntry as AwarenessEntry,

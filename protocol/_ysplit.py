@@ -44,6 +44,12 @@ header (origins, a parent's name, a map key) plus one indivisible unit (one char
 array element, one embed...) fits in a piece when it is at most `max_bytes - PIECE_OVERHEAD`."""
 
 
+FRAME_OVERHEAD: Final = 32
+"""Bytes an `update` or `sync_step2` frame adds around its update, with room to spare (at most
+17: array header, kind, channel, ref and bin header; spec §4): a piece of
+`max_message_bytes - FRAME_OVERHEAD` bytes fits in a message with its frame."""
+
+
 class SplitError(ValueError):
     """split_update could not split the update: it is not a well-formed Yjs v1 update, or one of
     its indivisible parts does not fit in a piece. `args[0]` says which."""
