@@ -109,6 +109,9 @@ class _WebSocket:
         """Accept messages up to `limit` bytes from now on (the server's welcome says how
         large its messages may be). trio-websocket checks the attribute for every message
         and offers no setter for it."""
+        if not hasattr(self.ws, "_max_message_size"):
+            logger.warning("trio-websocket has no _max_message_size: messages stay limited to 64 MiB")
+            return
         self.ws._max_message_size = limit
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:

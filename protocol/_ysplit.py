@@ -8,8 +8,10 @@ server refuses a struct that cannot integrate now, §5.3). So:
 
 - Pieces follow causal order. A struct goes after everything it refers to that the update also
   carries: the struct before it in its client's clocks, its origin, its right origin and its
-  parent item. Structs are visited depth first in the update's order, so that order is kept
-  where it already is causal (an update lists clients by id, not by causality).
+  parent item. An update lists each client's structs in clock order, one section per client,
+  but sections by client id, not by causality; so the sections are merged: each runs as far as
+  its references allow, then waits until the section it refers to has gone far enough. The
+  update's own order is kept wherever it is already causal.
 - A struct too large for a piece is split inside its content, as Yjs itself splits items
   (`splitItem`): the right part's id is (client, clock + k), its origin (client, clock + k - 1),
   its right origin the original's, and it carries no parent (the receiver takes it from the
@@ -29,7 +31,10 @@ to be well formed: anything that is not a Yjs v1 update raises SplitError, never
 from __future__ import annotations
 
 import codecs
+import heapq
+from array import array
 from bisect import bisect_right
+from collections import deque
 from typing import Final
 
 from ._ycrdt import MAX_CLIENT_ID, MAX_CLOCK, _Bad, _skip_anys, _skip_bytes, _skip_string, _uint
@@ -73,8 +78,9 @@ def split_update(update: bytes, max_bytes: int) -> list[bytes]:
     Applying the pieces in order (each in a transaction of its own, or all at once) to a
     document gives what applying `update` gives; each piece integrates completely on top of
     the document the update was made for plus the pieces before it. An update that fits is
-    returned as it is, `[update]`, at no cost. Otherwise the work is linear in its size,
-    and memory is the pieces plus small bookkeeping per struct.
+    returned as it is, `[update]`, at no cost. Otherwise time is linear in the update's size
+    (one pass over its structs; whole runs of them are copied at once), and memory is the
+    pieces plus 16 bytes per struct and 24 per reference between clients.
 
     Args:
         update: a Yjs v1 update (pycrdt `get_update`, a transaction's update, a merge).
@@ -85,23 +91,23 @@ def split_update(update: bytes, max_bytes: int) -> list[bytes]:
 
     Raises:
         SplitError: `max_bytes` is below MIN_SPLIT_BYTES; `update` is not a well-formed Yjs v1
-            update; or one indivisible part of it (a struct's header with one character, one
-            array element or one JSON value; a whole embed, format, binary, type or
-            sub-document; a delete range) does not fit in `max_bytes - PIECE_OVERHEAD`.
-            Anything else is a bug.
+            update (its structs referring to each other in a cycle included: no document
+            makes one, and no order integrates it); or one indivisible part of it (a struct's
+            header with one character, one array element or one JSON value; a whole embed,
+            format, binary, type or sub-document) does not fit in `max_bytes -
+            PIECE_OVERHEAD`. Anything else is a bug.
     """
     if len(update) <= max_bytes:
         return [update]
     if max_bytes < MIN_SPLIT_BYTES:
         raise SplitError(f"pieces of {max_bytes} bytes are too small (at least {MIN_SPLIT_BYTES})")
     try:
-        structs, deletes = _read(update)
+        sections, deletes = _read(update)
+        packer = _Packer(update, sections, max_bytes)
+        _merge(sections, packer)
     except (_Bad, IndexError) as exc:
         reason = exc.args[0] if isinstance(exc, _Bad) else "ends early"
         raise SplitError(f"not a Yjs v1 update: {reason}") from None
-    packer = _Packer(update, max_bytes)
-    for struct in _causal_order(structs):
-        packer.add(struct)
     for client, ranges in deletes:
         packer.add_deletes(client, ranges)
     return packer.finish()
@@ -110,89 +116,146 @@ def split_update(update: bytes, max_bytes: int) -> list[bytes]:
 # -- reading ---------------------------------------------------------------------------------
 
 
-class _Struct:
-    """One struct of the update: its id and clock length, where its bytes are, and the ids it
-    refers to (origin, right origin, parent item)."""
+class _Section:
+    """One client's structs in the update: where each ends and the clock after it, and the
+    references to other clients' structs that must be sent before one of them can be."""
 
-    __slots__ = ("client", "clock", "length", "start", "content", "end", "info", "origin", "right", "parent", "prev")
+    __slots__ = ("client", "first_clock", "start", "ends", "clocks", "refs", "deps")
 
-    def __init__(self, client: int, clock: int, length: int, start: int, content: int, end: int, info: int,
-                 origin: tuple[int, int] | None, right: tuple[int, int] | None,
-                 parent: tuple[int, int] | None, prev: int | None) -> None:
-        self.client, self.clock, self.length = client, clock, length
-        self.start, self.content, self.end, self.info = start, content, end, info
-        self.origin, self.right, self.parent, self.prev = origin, right, parent, prev
+    def __init__(self, client: int, first_clock: int, start: int) -> None:
+        self.client = client
+        self.first_clock = first_clock
+        self.start = start
+        self.ends = array("Q")
+        """Byte position after each struct."""
+        self.clocks = array("Q")
+        """Clock after each struct."""
+        self.refs = array("Q")
+        """(struct number, client, clock) triples, as read."""
+        self.deps = array("Q")
+        """(struct number, section number, clock) triples: struct k waits until that section
+        has sent its struct holding `clock`. Only what the update carries and the receiver
+        cannot have already."""
+
+    def end_clock(self) -> int:
+        return self.clocks[-1] if self.clocks else self.first_clock
+
+    def byte_start(self, k: int) -> int:
+        return self.ends[k - 1] if k else self.start
+
+    def clock_at(self, k: int) -> int:
+        return self.clocks[k - 1] if k else self.first_clock
 
 
-def _read(data: bytes) -> tuple[list[_Struct], list[tuple[int, list[tuple[int, int]]]]]:
-    """Every struct and the delete set (client, [(clock, length)]) of a v1 update, as
-    yrs update.rs `Update::decode` reads them. Raises _Bad or IndexError."""
-    structs: list[_Struct] = []
-    seen: set[int] = set()
-    clients, pos = _uint(data, 0, MAX_CLOCK)
-    for _ in range(clients):
-        count, pos = _uint(data, pos, MAX_CLOCK)
-        client, pos = _uint(data, pos, MAX_CLIENT_ID)
-        if client in seen:
+def _read(data: bytes) -> tuple[list[_Section], list[tuple[int, list[tuple[int, int]]]]]:
+    """Every section and the delete set (client, [(clock, length)]) of a v1 update, as yrs
+    update.rs `Update::decode` reads them. Raises _Bad or IndexError."""
+    uint = _uint
+    sections: list[_Section] = []
+    index: dict[int, int] = {}
+    count, pos = uint(data, 0, MAX_CLOCK)
+    for _ in range(count):
+        structs, pos = uint(data, pos, MAX_CLOCK)
+        client, pos = uint(data, pos, MAX_CLIENT_ID)
+        if client in index:
             raise _Bad("a client has two sections")
-        seen.add(client)
-        clock, pos = _uint(data, pos, MAX_CLOCK)
-        prev: int | None = None
-        for _ in range(count):
-            start = pos
+        clock, pos = uint(data, pos, MAX_CLOCK)
+        if structs > len(data) - pos:
+            raise _Bad(f"claims {structs} structs, more than its bytes can hold")
+        index[client] = len(sections)
+        section = _Section(client, clock, pos)
+        sections.append(section)
+        ends, clocks, refs = section.ends, section.clocks, section.refs
+        for k in range(structs):
             info = data[pos]
             pos += 1
             kind = info & 0x1F
-            origin = right = parent = None
             if kind == _GC or kind == _SKIP:
                 if info != kind:
                     raise _Bad(f"struct info {info:#x}")
-                content = pos
-                length, pos = _uint(data, pos, MAX_CLOCK)
+                length, pos = uint(data, pos, MAX_CLOCK)
             else:
                 if info & _HAS_ORIGIN:
-                    origin, pos = _read_id(data, pos)
+                    ref_client, pos = uint(data, pos, MAX_CLIENT_ID)
+                    ref_clock, pos = uint(data, pos, MAX_CLOCK)
+                    if ref_client != client:
+                        refs.extend((k, ref_client, ref_clock))
+                    elif ref_clock >= clock:
+                        raise _Bad("its structs refer to each other in a cycle")
                 if info & _HAS_RIGHT_ORIGIN:
-                    right, pos = _read_id(data, pos)
+                    ref_client, pos = uint(data, pos, MAX_CLIENT_ID)
+                    ref_clock, pos = uint(data, pos, MAX_CLOCK)
+                    if ref_client != client:
+                        refs.extend((k, ref_client, ref_clock))
+                    elif ref_clock >= clock:
+                        raise _Bad("its structs refer to each other in a cycle")
                 if not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN):
                     named = data[pos]
                     if named == 1:
                         pos = _skip_string(data, pos + 1)
                     elif named == 0:
-                        parent, pos = _read_id(data, pos + 1)
+                        ref_client, pos = uint(data, pos + 1, MAX_CLIENT_ID)
+                        ref_clock, pos = uint(data, pos, MAX_CLOCK)
+                        if ref_client != client:
+                            refs.extend((k, ref_client, ref_clock))
+                        elif ref_clock >= clock:
+                            raise _Bad("its structs refer to each other in a cycle")
                     else:
                         raise _Bad(f"parent info {named}")
                     if info & _HAS_PARENT_SUB:
                         pos = _skip_string(data, pos)
-                content = pos
-                length, pos = _read_content(data, pos, kind)
-            if clock + length > MAX_CLOCK:
-                raise _Bad(f"a client's clock passes {MAX_CLOCK}")
-            structs.append(_Struct(client, clock, length, start, content, pos, info, origin, right, parent, prev))
-            prev = len(structs) - 1
+                if kind == _STRING:  # the common case, inline
+                    size = data[pos]
+                    if size < 0x80:
+                        pos += 1
+                    else:
+                        size, pos = uint(data, pos, MAX_CLOCK)
+                    end = pos + size
+                    if end > len(data):
+                        raise IndexError
+                    chunk = data[pos:end] if size < _WINDOW else None
+                    length = size if chunk is not None and chunk.isascii() else _utf16_length(data, pos, end, check=True)
+                    pos = end
+                else:
+                    length, pos = _read_content(data, pos, kind)
             clock += length
+            if clock > MAX_CLOCK:
+                raise _Bad(f"a client's clock passes {MAX_CLOCK}")
+            ends.append(pos)
+            clocks.append(clock)
     deletes: list[tuple[int, list[tuple[int, int]]]] = []
-    clients, pos = _uint(data, pos, MAX_CLOCK)
-    for _ in range(clients):
-        client, pos = _uint(data, pos, MAX_CLIENT_ID)
-        count, pos = _uint(data, pos, MAX_CLOCK)
-        if count > len(data) - pos:
-            raise _Bad(f"claims {count} deleted ranges, more than its bytes can hold")
+    count, pos = uint(data, pos, MAX_CLOCK)
+    for _ in range(count):
+        client, pos = uint(data, pos, MAX_CLIENT_ID)
+        ranges_count, pos = uint(data, pos, MAX_CLOCK)
+        if ranges_count > len(data) - pos:
+            raise _Bad(f"claims {ranges_count} deleted ranges, more than its bytes can hold")
         ranges = []
-        for _ in range(count):
-            start, pos = _uint(data, pos, MAX_CLOCK)
-            length, pos = _uint(data, pos, MAX_CLOCK)
+        for _ in range(ranges_count):
+            start, pos = uint(data, pos, MAX_CLOCK)
+            length, pos = uint(data, pos, MAX_CLOCK)
             ranges.append((start, length))
         deletes.append((client, ranges))
     if pos != len(data):
         raise _Bad("bytes after the end")
-    return structs, deletes
+    _resolve(sections, index)
+    return sections, deletes
 
 
-def _read_id(data: bytes, pos: int) -> tuple[tuple[int, int], int]:
-    client, pos = _uint(data, pos, MAX_CLIENT_ID)
-    clock, pos = _uint(data, pos, MAX_CLOCK)
-    return (client, clock), pos
+def _resolve(sections: list[_Section], index: dict[int, int]) -> None:
+    """Turn references into dependencies: keep those to a struct the update carries (a
+    reference below a section's first clock is to what the receiver has; one past its end,
+    to what the update does not bring: the receiver's business either way)."""
+    for section in sections:
+        refs, deps = section.refs, section.deps
+        for i in range(0, len(refs), 3):
+            j = index.get(refs[i + 1])
+            if j is None:
+                continue
+            other, clock = sections[j], refs[i + 2]
+            if other.first_clock <= clock < other.end_clock():
+                deps.extend((refs[i], j, clock))
+        section.refs = array("Q")
 
 
 def _read_content(data: bytes, pos: int, kind: int) -> tuple[int, int]:
@@ -265,46 +328,41 @@ def _utf16_length(data: bytes, start: int, end: int, check: bool = False) -> int
 # -- ordering --------------------------------------------------------------------------------
 
 
-def _causal_order(structs: list[_Struct]) -> list[_Struct]:
-    """The structs in an order where each comes after the structs of the update it refers to,
-    depth first from the update's own order. A reference to what the update does not carry is
-    the receiver's business. A cycle (no document makes one) is broken where it closes."""
-    index: dict[int, tuple[list[int], list[int]]] = {}  # client -> (first clocks, struct numbers)
-    for number, struct in enumerate(structs):
-        if struct.length:
-            clocks, numbers = index.setdefault(struct.client, ([], []))
-            clocks.append(struct.clock)
-            numbers.append(number)
-
-    def holder(ref: tuple[int, int] | None) -> int | None:
-        if ref is None or ref[0] not in index:
-            return None
-        clocks, numbers = index[ref[0]]
-        at = bisect_right(clocks, ref[1]) - 1
-        if at < 0:
-            return None
-        struct = structs[numbers[at]]
-        return numbers[at] if ref[1] < struct.clock + struct.length else None
-
-    NEW, OPEN, DONE = 0, 1, 2
-    state = [NEW] * len(structs)
-    order: list[_Struct] = []
-    for root in range(len(structs)):
-        if state[root] != NEW:
-            continue
-        stack = [root]
-        state[root] = OPEN
-        while stack:
-            top = structs[stack[-1]]
-            for dep in (top.prev, holder(top.origin), holder(top.right), holder(top.parent)):
-                if dep is not None and state[dep] == NEW:
-                    state[dep] = OPEN
-                    stack.append(dep)
-                    break
-            else:
-                state[stack.pop()] = DONE
-                order.append(top)
-    return order
+def _merge(sections: list[_Section], packer: _Packer) -> None:
+    """Hand every section's structs to the packer in causal order. A section runs until its
+    next struct waits for another section to reach a clock; it is woken when that one has."""
+    count = len(sections)
+    cursor = [0] * count  # next struct to send, per section
+    next_dep = [0] * count  # next dependency to look at, per section
+    sent_clock = [s.first_clock for s in sections]  # everything below is sent (or not ours)
+    waiting: list[list[tuple[int, int]]] = [[] for _ in range(count)]  # heaps of (clock, section)
+    runnable = deque(range(count))
+    finished = 0
+    while runnable:
+        s = runnable.popleft()
+        section = sections[s]
+        deps, d, k = section.deps, next_dep[s], cursor[s]
+        limit = len(section.ends)
+        while d < len(deps):
+            struct, j, clock = deps[d], deps[d + 1], deps[d + 2]
+            if sent_clock[j] > clock:
+                d += 3
+                continue
+            limit = struct
+            heapq.heappush(waiting[j], (clock, s))
+            break
+        next_dep[s] = d
+        if limit > k:
+            packer.add_run(s, k, limit)
+            cursor[s] = limit
+            sent_clock[s] = section.clocks[limit - 1]
+            woken = waiting[s]
+            while woken and woken[0][0] < sent_clock[s]:
+                runnable.append(heapq.heappop(woken)[1])
+        if limit == len(section.ends):
+            finished += 1
+    if finished != count:
+        raise _Bad("its structs refer to each other in a cycle")
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -319,42 +377,44 @@ def _varuint(value: int) -> bytes:
     return bytes(out)
 
 
-class _Section:
+class _Part:
     """One client's structs in a piece: consecutive clocks from `clock`."""
 
-    __slots__ = ("clock", "count", "parts")
+    __slots__ = ("clock", "count", "fragments", "span_end")
 
     def __init__(self, clock: int) -> None:
         self.clock = clock
         self.count = 0
-        self.parts: list[bytes | memoryview] = []
+        self.fragments: list[bytes | memoryview | list[int]] = []
+        """Bytes, or [start, end] of a run of the update's own bytes."""
+        self.span_end = -1
 
 
 class _Packer:
-    """Fills pieces in order: whole structs while they fit, a struct too large for an empty
-    piece in parts, then the delete set."""
+    """Fills pieces in order: runs of whole structs while they fit, a struct too large for an
+    empty piece in parts, then the delete set."""
 
-    def __init__(self, data: bytes, max_bytes: int) -> None:
+    def __init__(self, data: bytes, sections: list[_Section], max_bytes: int) -> None:
         self.data = data
         self.view = memoryview(data)
+        self.sections = sections
         self.max_bytes = max_bytes
         self.pieces: list[bytes] = []
-        self.next_clock: dict[int, int] = {}
-        """Per client, the clock after the last struct placed: pieces go in clock order."""
         self._new_piece()
 
     def _new_piece(self) -> None:
-        self.sections: dict[int, _Section] = {}
+        self.parts: dict[int, _Part] = {}  # section number -> its structs in this piece
         self.deletes: list[tuple[int, list[bytes]]] = []
         self.size = _PIECE_HEADER
 
     def _close_piece(self) -> None:
-        if not self.sections and not self.deletes:
+        if not self.parts and not self.deletes:
             return
-        out: list[bytes | memoryview] = [_varuint(len(self.sections))]
-        for client, section in self.sections.items():
-            out += [_varuint(section.count), _varuint(client), _varuint(section.clock)]
-            out += section.parts
+        view = self.view
+        out: list[bytes | memoryview] = [_varuint(len(self.parts))]
+        for s, part in self.parts.items():
+            out += [_varuint(part.count), _varuint(self.sections[s].client), _varuint(part.clock)]
+            out += [view[f[0] : f[1]] if isinstance(f, list) else f for f in part.fragments]
         out.append(_varuint(len(self.deletes)))
         for client, ranges in self.deletes:
             out += [_varuint(client), _varuint(len(ranges))]
@@ -362,72 +422,98 @@ class _Packer:
         self.pieces.append(b"".join(out))
         self._new_piece()
 
-    def _room(self, client: int) -> int:
-        """Bytes left in this piece for a struct of `client`."""
-        header = 0 if client in self.sections else _SECTION_HEADER
-        return self.max_bytes - self.size - header
+    def _room(self, s: int) -> int:
+        """Bytes left in this piece for structs of section `s`."""
+        return self.max_bytes - self.size - (0 if s in self.parts else _SECTION_HEADER)
 
-    def _put(self, struct: _Struct, clock: int, length: int, parts: list[bytes | memoryview]) -> None:
-        if self.next_clock.get(struct.client, clock) != clock:
-            # Only a cycle of references (which no document makes) reorders a client's structs.
-            raise SplitError("not a Yjs v1 update: its structs refer to each other in a cycle")
-        self.next_clock[struct.client] = clock + length
-        section = self.sections.get(struct.client)
-        if section is None:
-            section = self.sections[struct.client] = _Section(clock)
+    def _part(self, s: int, clock: int) -> _Part:
+        part = self.parts.get(s)
+        if part is None:
+            part = self.parts[s] = _Part(clock)
             self.size += _SECTION_HEADER
-        section.count += 1
-        section.parts += parts
-        self.size += sum(map(len, parts))
+        return part
 
-    def add(self, struct: _Struct) -> None:
-        if not struct.length:
-            return  # yrs drops an item of length 0 as it reads it (Item::new); so do the pieces
-        size = struct.end - struct.start
-        if size > self._room(struct.client):
-            if self.sections and size <= self.max_bytes - _PIECE_HEADER - _SECTION_HEADER:
-                self._close_piece()
-            else:
-                self._add_in_parts(struct)
-                return
-        self._put(struct, struct.clock, struct.length, [self.view[struct.start : struct.end]])
+    def add_run(self, s: int, first: int, end: int) -> None:
+        """Structs first..end-1 of section `s`, whole where they fit."""
+        section = self.sections[s]
+        ends = section.ends
+        k = first
+        while k < end:
+            start = section.byte_start(k)
+            fit = bisect_right(ends, start + self._room(s), k, end)
+            if fit == k:  # struct k does not fit in what is left
+                if self.parts and ends[k] - start <= self.max_bytes - _PIECE_HEADER - _SECTION_HEADER:
+                    self._close_piece()
+                else:
+                    self._add_in_parts(s, k)
+                    k += 1
+                continue
+            if section.clocks[fit - 1] != section.clock_at(k):  # all of length 0: yrs drops them
+                part = self._part(s, section.clock_at(k))
+                stop = ends[fit - 1]
+                if part.span_end == start:
+                    span = part.fragments[-1]
+                    assert isinstance(span, list)
+                    span[1] = stop
+                else:
+                    part.fragments.append([start, stop])
+                part.span_end = stop
+                part.count += fit - k
+                self.size += stop - start
+            k = fit
+            if k < end:
+                self._close_piece()  # full
 
-    def _add_in_parts(self, struct: _Struct) -> None:
-        kind = struct.info & 0x1F
+    def _add_in_parts(self, s: int, k: int) -> None:
+        """Struct k of section `s` in parts, as Yjs splits an item (see the module's doc)."""
+        section, data = self.sections[s], self.data
+        start, end = section.byte_start(k), section.ends[k]
+        clock, last_clock = section.clock_at(k), section.clocks[k]
+        info = data[start]
+        kind = info & 0x1F
         if kind not in (_STRING, _ANY, _JSON):
-            self._too_large(f"a struct of {struct.end - struct.start} bytes (content kind {kind})")
-        data = struct.content
-        count, pos = _uint(self.data, data, MAX_CLOCK)  # bytes (string) or values (any, json)
-        end = struct.end
-        clock = struct.clock
+            self._too_large(f"a struct of {end - start} bytes (content kind {kind})")
+        pos = start + 1
+        right = b""
+        if info & _HAS_ORIGIN:
+            pos = _skip_id(data, pos)
+        if info & _HAS_RIGHT_ORIGIN:
+            right_start = pos
+            pos = _skip_id(data, pos)
+            right = data[right_start:pos]
+        if not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN):
+            pos = _skip_string(data, pos + 1) if data[pos] == 1 else _skip_id(data, pos + 1)
+            if info & _HAS_PARENT_SUB:
+                pos = _skip_string(data, pos)
+        content = pos
+        _, pos = _uint(data, content, MAX_CLOCK)  # bytes (string) or values (any, json)
         first = True
         while pos < end:
             # Header: the original's (with its parent) for the first part; then info, origin
             # (the part before) and the original's right origin, as Yjs writes a split item.
             if first:
-                header: bytes | memoryview = self.view[struct.start : struct.content]
+                header: bytes | memoryview = self.view[start:content]
             else:
-                info = kind | _HAS_ORIGIN | (struct.info & _HAS_RIGHT_ORIGIN)
-                header = bytes([info]) + _varuint(struct.client) + _varuint(clock - 1)
-                if struct.right is not None:
-                    header += _varuint(struct.right[0]) + _varuint(struct.right[1])
-            room = self._room(struct.client) - len(header) - 5  # 5: the content's count
+                header = bytes([kind | _HAS_ORIGIN | (info & _HAS_RIGHT_ORIGIN)])
+                header += _varuint(section.client) + _varuint(clock - 1) + right
+            room = self._room(s) - len(header) - 5  # 5: the content's count
             cut, units = self._cut(kind, pos, end, room)
             if cut == pos:
-                if not self.sections:
+                if not self.parts:
                     self._too_large(f"a struct header of {len(header)} bytes with its first unit")
                 self._close_piece()
                 continue
-            if kind == _STRING:
-                count_bytes = _varuint(cut - pos)
-            else:
-                count_bytes = _varuint(units)
-            self._put(struct, clock, units, [header, count_bytes, self.view[pos:cut]])
+            count = cut - pos if kind == _STRING else units
+            part = self._part(s, clock)
+            part.fragments += [header, _varuint(count), self.view[pos:cut]]
+            part.span_end = -1
+            part.count += 1
+            self.size += len(header) + len(part.fragments[-2]) + cut - pos
             clock += units
             pos = cut
             first = False
-        if first or clock != struct.clock + struct.length:
-            raise SplitError("not a Yjs v1 update: content length does not match")
+        if first or clock != last_clock:
+            raise _Bad("a struct's content does not match its length")
 
     def _cut(self, kind: int, pos: int, end: int, room: int) -> tuple[int, int]:
         """The end of the longest run of whole units from `pos` that fits in `room` bytes,
@@ -473,6 +559,11 @@ class _Packer:
 
     def _too_large(self, what: str) -> None:
         raise SplitError(f"{what} does not fit in pieces of {self.max_bytes} bytes")
+
+
+def _skip_id(data: bytes, pos: int) -> int:
+    _, pos = _uint(data, pos, MAX_CLIENT_ID)
+    return _uint(data, pos, MAX_CLOCK)[1]
 
 
 def _skip_one_any(data: bytes, pos: int) -> int:
