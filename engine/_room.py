@@ -425,11 +425,15 @@ class Room:
     def _pieces(self, update: bytes) -> list[bytes]:
         """spec §3.2: no message over max_message_bytes, so a larger update goes in pieces
         that each fit in one (protocol/_ysplit.py; [update] itself when it fits). Raises
-        RequestError DOCUMENT_TOO_LARGE if one indivisible value does not fit in a message."""
+        RequestError DOCUMENT_TOO_LARGE if one indivisible value does not fit in a message
+        (INVALID_UPDATE if the bytes are not an update)."""
         try:
             return split_update(update, self._config.max_message_bytes - FRAME_OVERHEAD)
         except SplitError as exc:
-            raise RequestError(ErrorCode.DOCUMENT_TOO_LARGE, f"the document cannot travel in messages of {self._config.max_message_bytes} bytes: {exc}"[:1024]) from exc
+            if exc.malformed:
+                raise RequestError(ErrorCode.INVALID_UPDATE, str(exc)[:1024]) from exc
+            message = f"the document cannot travel in messages of {self._config.max_message_bytes} bytes: {exc}"
+            raise RequestError(ErrorCode.DOCUMENT_TOO_LARGE, message[:1024]) from exc
 
     def _sync_frames(self, update: bytes) -> list[ChannelFrame]:
         """spec §5.3: what a member lacks, as one sync_step2, or as update frames and a last

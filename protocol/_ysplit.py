@@ -56,8 +56,13 @@ FRAME_OVERHEAD: Final = 32
 
 
 class SplitError(ValueError):
-    """split_update could not split the update: it is not a well-formed Yjs v1 update, or one of
-    its indivisible parts does not fit in a piece. `args[0]` says which."""
+    """split_update could not split the update: it is not a well-formed Yjs v1 update
+    (`malformed`), or one of its indivisible parts does not fit in a piece. `args[0]` says
+    which."""
+
+    def __init__(self, message: str, malformed: bool = False) -> None:
+        super().__init__(message)
+        self.malformed = malformed
 
 
 # Struct info byte (yrs block.rs, Yjs encoding.js): low 5 bits are the content kind.
@@ -107,7 +112,7 @@ def split_update(update: bytes, max_bytes: int) -> list[bytes]:
         _merge(sections, packer)
     except (_Bad, IndexError) as exc:
         reason = exc.args[0] if isinstance(exc, _Bad) else "ends early"
-        raise SplitError(f"not a Yjs v1 update: {reason}") from None
+        raise SplitError(f"not a Yjs v1 update: {reason}", malformed=True) from None
     for client, ranges in deletes:
         packer.add_deletes(client, ranges)
     return packer.finish()

@@ -205,3 +205,13 @@ async def test_a_server_side_value_larger_than_a_message_closes_channels_and_ref
         # The connection goes on: another room is fine.
         await late.join("other")
         assert isinstance(await late.expect(SyncStep1), SyncStep1)
+
+
+async def test_a_malformed_yjs_update_larger_than_a_message_is_an_invalid_update(autojump_clock: MockClock) -> None:
+    async with make_engine(max_message_bytes=LIMIT) as engine:
+        y = await yjs(engine)
+        doc = pycrdt.Doc(client_id=5)
+        grow(doc, 40)
+        await y.transport.send_message(encode_sync(YSyncStep.UPDATE, doc.get_update()[:-3]))
+        closed = await closed_code(y)  # type: ignore[arg-type]
+        assert closed.code == CloseCode.PROTOCOL_ERROR

@@ -272,8 +272,9 @@ def test_every_update_of_the_pycrdt_corpus(max_bytes: int) -> None:
 def test_an_indivisible_value_larger_than_a_piece_is_an_error() -> None:
     doc = pycrdt.Doc()
     doc.get("map", type=pycrdt.Map)["big"] = "x" * 5000  # one map value: one unit
-    with pytest.raises(SplitError, match="does not fit"):
+    with pytest.raises(SplitError, match="does not fit") as info:
         split_update(doc.get_update(), 4096)
+    assert not info.value.malformed
     assert len(split_update(doc.get_update(), 5000 + PIECE_OVERHEAD + 20)) == 1
 
 
@@ -331,8 +332,9 @@ def test_malformed_updates_raise_split_error() -> None:
         update([(1, 0, [b"\x04\x01" + varstring("t") + varstring("x" * 300)]), (1, 400, [b"\x04\x01" + varstring("t") + varstring("y")])]),
         b"\x01" + varuint(10**6) + b"\x01\x00" + b"\x00" * 400,  # claims more structs than it holds
     ):
-        with pytest.raises(SplitError, match="not a Yjs v1 update"):
+        with pytest.raises(SplitError, match="not a Yjs v1 update") as info:
             split_update(bad, MIN_SPLIT_BYTES)
+        assert info.value.malformed
 
 
 def test_a_cycle_of_references_through_a_clients_clocks_raises_split_error() -> None:
