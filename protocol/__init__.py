@@ -103,6 +103,13 @@ from ._ycrdt import (
     check_update as check_update,
     MAX_ANY_DEPTH as MAX_ANY_DEPTH,
 )
+from ._ysplit import (
+    split_update as split_update,
+    SplitError as SplitError,
+    MIN_SPLIT_BYTES as MIN_SPLIT_BYTES,
+    PIECE_OVERHEAD as PIECE_OVERHEAD,
+    FRAME_OVERHEAD as FRAME_OVERHEAD,
+)
 from ._yjs import (
     AwarenessEntry as AwarenessEntry,
     YAuth as YAuth,
