@@ -33,8 +33,11 @@ import trio_websocket
 from plait.protocol import (
     ABNORMAL_CLOSURE,
     STALE,
+    FRAME_OVERHEAD,
+    MAX_MESSAGE_BYTES,
     Ack,
     CloseCode,
+    CodecLimits,
     Connection,
     Error,
     Frame,
@@ -49,6 +52,7 @@ from plait.protocol import (
     Welcome,
     decode,
     encode,
+    encode_frame,
 )
 
 from ._backoff import Backoff
@@ -101,6 +105,15 @@ class _WebSocket:
             return await self.ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc) from None
+
+    def set_max_message_bytes(self, limit: int) -> None:
+        """Accept messages up to `limit` bytes from now on (the server's welcome says how
+        large its messages may be). trio-websocket checks the attribute for every message
+        and offers no setter for it."""
+        if not hasattr(self.ws, "_max_message_size"):
+            logger.warning("trio-websocket has no _max_message_size: messages stay limited to 64 MiB")
+            return
+        self.ws._max_message_size = limit
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         try:
@@ -258,7 +271,9 @@ class Client:
         ref = getattr(frame, "ref", None)
         if waiter is not None and ref is not None:
             self._waiters[ref] = waiter
-        self._outgoing.append(encode(frame))
+        # Checked against no message limit here: _messages batches frames into messages that
+        # keep the server's limits, and no frame is larger (updates go in parts).
+        self._outgoing.append(encode_frame(frame))
         self._wakeup.set()
 
     def expect_join(self, ref: int, room: Room) -> None:
@@ -270,6 +285,13 @@ class Client:
         self._doc_rooms[room] = None
         self._send_doc_frames()
         self._wakeup.set()
+
+    @property
+    def max_update_bytes(self) -> int:
+        """The largest update that goes in one frame: what the server's welcome allows in a
+        message, less the frame around it (spec §3.2). Larger ones go in parts."""
+        limit = self._limits.max_message_bytes if self._limits is not None else MAX_MESSAGE_BYTES
+        return limit - FRAME_OVERHEAD
 
     def doc_acked(self) -> None:
         self._rate_limited_in_a_row = 0
@@ -299,6 +321,8 @@ class Client:
             taken = room.take_doc_frame()
             if taken is not None:
                 self.send(*taken)
+            if room.has_doc_frame():  # the next part of an update larger than a message
+                self._doc_rooms[room] = None
 
     # -- the connection loop ----------------------------------------------------------------
 
@@ -396,6 +420,12 @@ class Client:
         self.welcome = frames[0]
         self.session_id = self.welcome.session
         self._limits = self.welcome.limits
+        # spec §3.2: accept messages up to the limits the server announced, in the decoder
+        # and in the transport.
+        conn.limits = CodecLimits(self._limits.max_message_bytes, self._limits.max_frames_per_message)
+        set_limit = getattr(transport, "set_max_message_bytes", None)
+        if set_limit is not None:
+            set_limit(self._limits.max_message_bytes)
         self._conn = conn
         self._opened_at = trio.current_time()
         self._pacer = Pacer(self.welcome.limits.updates_per_second, self._opened_at)

@@ -16,6 +16,7 @@ from plait.protocol import (
     ChannelClosed,
     CursorMove,
     Cursors,
+    ErrorCode,
     Event,
     Frame,
     Join,
@@ -33,7 +34,7 @@ from plait.protocol import (
     Update,
 )
 
-from ._changes import LocalChanges, Piece
+from ._changes import LocalChanges, Piece, Unsendable
 from ._errors import ConnectionClosed, EventsLost, OfflineQueueFull, RateLimited, RequestFailed, error_for
 
 if TYPE_CHECKING:
@@ -566,18 +567,32 @@ class Room:
         return self.channel is not None and self._resetting is None and self._local.sendable()
 
     def take_doc_frame(self) -> tuple[Frame, Waiter[Any]] | None:
-        """The next update frame (every waiting local change, merged) and what handles its
-        answer; the client calls this when the pacer allows a frame."""
+        """The next update frame (every waiting local change, merged; or the next part of
+        one larger than a message, spec §3.2) and what handles its answer; the client calls
+        this when the pacer allows a frame."""
         if not self.has_doc_frame():
             return None
         assert self.channel is not None
-        outgoing = self._local.take()
-        if outgoing is None:
+        try:
+            taken = self._local.take(self._client.max_update_bytes)
+        except Unsendable as exc:
+            # One value larger than a message: no server of these limits can take it. Like
+            # a refusal for good (spec §7.1): reported, and the document is reset.
+            error = error_for(ErrorCode.DOCUMENT_TOO_LARGE, str(exc)[:1024])
+            changed = [p for p in exc.pieces if p.first <= p.last]
+            if changed and isinstance(error, RequestFailed):
+                self._refuse(changed, error)
+                if self._resetting is None:
+                    self._resetting = error
+            self._maybe_reset()
+            self._wake()
+            return None
+        if taken is None:
             return None
         ref = self._client.next_ref()
-        self._local.sent(ref, outgoing)
-        kind = SyncStep2 if outgoing.sync else Update
-        return kind(self.channel, ref, outgoing.update), _DocAnswer(self, ref)
+        self._local.sent(ref, taken)
+        kind = SyncStep2 if taken.sync else Update
+        return kind(self.channel, ref, taken.update), _DocAnswer(self, ref)
 
     def on_doc_acked(self, ref: int) -> None:
         if self._local.acked(ref):
@@ -610,7 +625,7 @@ class Room:
         the document with the room's state, so that client and room never diverge unnoticed.
         The old document's unacknowledged edits are dropped; DocumentReset reports them once
         the new document has synced."""
-        if self._resetting is None or self._local.in_flight:
+        if self._resetting is None or self._local.busy:
             return
         error, self._resetting = self._resetting, None
         dropped = [p for p in self._local.discard() if p.first <= p.last]

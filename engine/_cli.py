@@ -387,6 +387,8 @@ def _run(args: argparse.Namespace) -> int:
             events_per_second=args.events_per_second,
             max_rooms_per_connection=args.max_rooms,
             max_document_bytes=args.max_document_mib * MiB,
+            # A join of the largest document must fit in a connection's queue (EngineConfig).
+            outbox_max_bytes=max(EngineConfig().outbox_max_bytes, (args.max_document_mib + 16) * MiB),
         )
         trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record))
     elif args.command == "inspect":

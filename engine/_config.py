@@ -47,8 +47,10 @@ class EngineConfig:
     """RATE_LIMITED and INVALID_UPDATE refusals tolerated (refilling at one per second) before
     closing the connection (spec §5.8)."""
 
-    outbox_max_bytes: int = 64 * MiB
-    """Per connection: bytes queued for a client that does not read; past it, close TOO_SLOW."""
+    outbox_max_bytes: int = 80 * MiB
+    """Per connection: bytes queued for a client that does not read; past it, close TOO_SLOW.
+    Keep it at least max_document_bytes + max_message_bytes, or joining the largest document
+    allowed would be TOO_SLOW, and the client would resync in a loop."""
     outbox_max_lag: float = 30 * SECONDS
     """Per connection: a client that has had something waiting to be written to it for this
     long, without ever catching up, is too slow: closed TOO_SLOW (checked by the heartbeat

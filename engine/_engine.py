@@ -32,7 +32,7 @@ from ._errors import RequestError, RoomUnavailable
 from ._events import new_epoch
 from ._handle import RoomHandle
 from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
-from ._record import TraceRecorder
+from ._record import RecordingStore, TraceRecorder
 from ._room import Room, RoomState
 from ._peer import Peer
 from ._session import Session
@@ -242,6 +242,8 @@ class Engine:
         self._sessions.add(session)
         try:
             await session.run()  # raises only Cancelled (Peer.run)
+        except* Exception as bug:  # the last line of defence: never the engine's nursery
+            logger.critical("session %s escaped its containment", session.id, exc_info=bug)
         finally:
             self._sessions.discard(session)
 
@@ -270,7 +272,8 @@ class Engine:
                 if previous is not None:
                     await previous.wait_closed()  # its flush must land before we load again
                     continue
-                room = Room(name, self.store, self.hooks, self.config, self._room_draining, self._new_epoch)
+                store = self.store if self.recorder is None else RecordingStore(self.store, self.recorder)
+                room = Room(name, store, self.hooks, self.config, self._room_draining, self._new_epoch)
                 self._rooms[name] = room
                 self.nursery.start_soon(self._run_room, room)
             room.hold()
@@ -292,9 +295,9 @@ class Engine:
     async def _run_room(self, room: Room) -> None:
         try:
             await room.run()
-        except Exception as exc:
+        except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on
             # A bug in a room fails that room loudly, not the server.
-            logger.critical("room %r crashed", room.name, exc_info=exc)
+            logger.critical("room %r crashed", room.name, exc_info=crash)
             room.crashed()
         finally:
             if self._unloading.get(room.name) is room:

@@ -36,6 +36,7 @@ class RoomHandle:
         """Publish an event as the server; returns its sequence number."""
         if not 1 <= len(name) <= MAX_EVENT_NAME:
             raise ValueError(f"event names are 1..{MAX_EVENT_NAME} characters")
+        check_value(name, 0)  # Unicode text, as for every string a member receives (spec §3.3)
         check_value(payload, 32)
         seq = await self._room.publish(None, None, name, payload, key)
         return seq

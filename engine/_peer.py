@@ -39,6 +39,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("plait.session")
 
+
+def _first(group: BaseExceptionGroup[TransportClosed]) -> TransportClosed:
+    """The first TransportClosed in a (possibly nested) group."""
+    found = group.exceptions[0]
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
 Refresh = Callable[[], list[Frame]]
 
 
@@ -185,12 +193,14 @@ class Peer:
         that nothing it raises escapes to the engine (style §3): the peer closing the
         connection ends it quietly; anything unexpected (a bug, or application code that
         misbehaved) is logged with its traceback and closes this connection only."""
+        # except*: a task with a nursery (the y-websocket reader) can raise its error together
+        # with a Cancelled owned by an outer scope; the Cancelled must go on, the error stop here.
         try:
             return await task(*args)
-        except TransportClosed as exc:
-            self._peer_closed(exc)
-        except Exception as exc:
-            logger.error("session %s: %s failed", self.id, getattr(task, "__name__", task), exc_info=exc)
+        except* TransportClosed as closed:
+            self._peer_closed(_first(closed))
+        except* Exception as failed:
+            logger.error("session %s: %s failed", self.id, getattr(task, "__name__", task), exc_info=failed)
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         return None
 

@@ -8,9 +8,12 @@ per connection would lose it; a trace per room cannot hold a connection in two r
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import IO, Any
 
 import trio
+
+from plait.storage import RoomData, Store, StoredEvent
 
 from plait.protocol import (
     PROTOCOL_VERSION,
@@ -18,6 +21,7 @@ from plait.protocol import (
     Open,
     ProtocolError,
     Raw,
+    Stored,
     TraceHeader,
     TraceRecord,
     TraceWriter,
@@ -38,6 +42,7 @@ class TraceRecorder:
 
     def __init__(self, out: IO[str], settings: dict[str, Any]) -> None:
         self.failed = False
+        self._rooms_seen: set[str] = set()
         self._out = out
         self._writer = TraceWriter(out, TraceHeader(PROTOCOL_VERSION, settings))
         self._start = trio.current_time()
@@ -62,6 +67,17 @@ class TraceRecorder:
         for frame in frames:
             self._write(TraceRecord(t, conn, direction, frame))  # type: ignore[arg-type]
 
+    def stored(self, room: str, data: RoomData) -> None:
+        """What the store held for a room when it first loaded (spec §10.1), once per room:
+        a replay starts from it, so a trace made on a server with existing data replays."""
+        if room in self._rooms_seen:
+            return
+        self._rooms_seen.add(room)
+        if data.snapshot is None and not data.updates and not data.events:
+            return
+        events = tuple((e.seq, e.body) for e in data.events)
+        self._write(TraceRecord(self._t(), "", "in", Stored(room, data.snapshot, data.updates, events)))  # type: ignore[arg-type]
+
     def closed(self, conn: str, direction: str, code: int, reason: str) -> None:
         self._write(TraceRecord(self._t(), conn, direction, Close(code, reason)))  # type: ignore[arg-type]
 
@@ -74,3 +90,26 @@ class TraceRecorder:
         except Exception as exc:
             self.failed = True
             logger.error("recording stopped: the trace could not be written", exc_info=exc)
+
+
+class RecordingStore:
+    """The engine's store while recording: every room's first load is written to the trace;
+    everything else goes to the store as it is."""
+
+    def __init__(self, store: Store, recorder: TraceRecorder) -> None:
+        self._store = store
+        self._recorder = recorder
+
+    async def load(self, room: str) -> RoomData:
+        data = await self._store.load(room)
+        self._recorder.stored(room, data)
+        return data
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        await self._store.append(room, updates)
+
+    async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
+        await self._store.compact(room, snapshot, covered)
+
+    async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
+        await self._store.append_events(room, events, keep)

@@ -17,15 +17,16 @@ import base64
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pycrdt
 import trio
 
 from plait.protocol import (
+    FRAME_OVERHEAD,
     MAX_DEPTH,
     SKIP_STRUCT,
     Access,
@@ -46,6 +47,7 @@ from plait.protocol import (
     PresenceSnapshot,
     ProtocolError,
     RemoteProtocolError,
+    SplitError,
     SyncStep1,
     SyncStep2,
     TypingState,
@@ -53,8 +55,9 @@ from plait.protocol import (
     check_state_vector,
     check_value,
     read_update,
+    split_update,
 )
-from plait.storage import RoomData, Store
+from plait.storage import RoomData, StoredEvent
 
 from ._config import EngineConfig
 from ._errors import RequestError, RoomUnavailable
@@ -69,6 +72,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("plait.room")
 T = TypeVar("T")
+
+
+class RoomStore(Protocol):
+    """The part of `plait.storage.Store` a room uses."""
+
+    async def load(self, room: str) -> RoomData: ...
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None: ...
+
+    async def compact(self, room: str, snapshot: bytes, covered: int) -> None: ...
+
+    async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None: ...
 
 
 class RoomState(Enum):
@@ -164,7 +179,7 @@ class Room:
     def __init__(
         self,
         name: str,
-        store: Store,
+        store: RoomStore,
         hooks: Hooks,
         config: EngineConfig,
         on_draining: Callable[[Room], None],
@@ -208,29 +223,17 @@ class Room:
         self._awareness_waiting: dict[int, Member] = {}
         """Client id -> a Yjs member refused it because a disconnected session held it."""
         self._doc_subscription: pycrdt.Subscription | None = None
-        self._sync_cache: tuple[bytes, ChannelFrame] | None = None
+        self._sync_cache: tuple[bytes, list[ChannelFrame]] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery."""
+        """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery.
+        Whatever ends it (a failed load, a crash, a cancellation), whoever waits for the room to
+        load or close is released."""
         try:
-            data = await self._store.load(self.name)
-            self._restore(data)
-            await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
-        except Exception as exc:
-            # The details (paths, the store's own words) are for the server's log, not clients.
-            logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
-            self._unobserve()
-            self.state = RoomState.FAILED
-            self._on_draining(self)
-            self._loaded.set()
-            self._closed.set()
-            return
-        self.state = RoomState.LIVE
-        logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
-        self._loaded.set()
-        try:
+            if not await self._load():
+                return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._sweeper)
@@ -245,10 +248,32 @@ class Room:
             # The subscription holds the room and the document alive (a cycle through Rust
             # that the garbage collector cannot see): an unloaded room must leave nothing.
             self._unobserve()
-            if self.state is not RoomState.FAILED:
+            if self.state is RoomState.LOADING:  # cancelled while loading
+                self.state = RoomState.FAILED
+                self._on_draining(self)
+            elif self.state is not RoomState.FAILED:
                 self.state = RoomState.CLOSED
+            self._loaded.set()
             self._closed.set()
             logger.info("room %r unloaded (%s)", self.name, self.state.value)
+
+    async def _load(self) -> bool:
+        """Load the stored state and run on_room_loaded; False (the room failed) if either
+        fails: the room then refuses joins and never writes (it never starts empty)."""
+        try:
+            data = await self._store.load(self.name)
+            self._restore(data)
+            await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
+        except Exception as exc:
+            # The details (paths, the store's own words) are for the server's log, not clients.
+            logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
+            self.state = RoomState.FAILED
+            self._on_draining(self)
+            return False
+        self.state = RoomState.LIVE
+        logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
+        self._loaded.set()
+        return True
 
     def _restore(self, data: RoomData) -> None:
         # One merged update applies in milliseconds where 10k separate ones on a large document
@@ -329,9 +354,9 @@ class Room:
     def add_member(self, session: Session, channel: int, access: Access, join: Join) -> Member:
         """Admit a session: queue Joined, the sync frames, the presence snapshot and missed
         events, in the order spec §5.2 requires. Raises RequestError for a bad state vector."""
-        sync_step2 = None
+        sync_frames: list[ChannelFrame] = []
         if join.state_vector is not None:
-            sync_step2 = self._sync_step2_for(join.state_vector)
+            sync_frames = self._sync_step2_for(join.state_vector)
         missed: list[EventRecord] = []
         resumed = None
         if join.since is not None:
@@ -347,8 +372,8 @@ class Room:
             Joined(join.ref, channel, int(access), self._events.head, resumed, self._events.epoch),
             SyncStep1(channel, self.doc.get_state()),
         ])
-        if sync_step2 is not None:
-            session.deliver(member, sync_step2)
+        for frame in sync_frames:
+            session.deliver(member, frame)
         frames: list[Frame] = [PresenceSnapshot(channel, self._presence.snapshot())]
         if self._cursors:
             frames.append(Cursors(channel, tuple(CursorPosition(s, p) for s, p in self._cursors.items())))
@@ -407,20 +432,45 @@ class Room:
         except ValueError as exc:
             raise RequestError(ErrorCode.INVALID_UPDATE, f"invalid state vector: {exc}") from exc
 
-    def _sync_step2_for(self, state_vector: bytes) -> ChannelFrame:
-        """The join's sync_step2, encoded once. Joiners with an empty document (a join storm on
-        a large document) share one encoding, so a hundred of them queue one copy, not a
+    def _pieces(self, update: bytes) -> list[bytes]:
+        """spec §3.2: no message over max_message_bytes, so a larger update goes in pieces
+        that each fit in one (protocol/_ysplit.py; [update] itself when it fits). Raises
+        RequestError DOCUMENT_TOO_LARGE if one indivisible value does not fit in a message
+        (INVALID_UPDATE if the bytes are not an update)."""
+        try:
+            return split_update(update, self._config.max_message_bytes - FRAME_OVERHEAD)
+        except SplitError as exc:
+            if exc.malformed:
+                raise RequestError(ErrorCode.INVALID_UPDATE, str(exc)[:1024]) from exc
+            message = f"the document cannot travel in messages of {self._config.max_message_bytes} bytes: {exc}"
+            raise RequestError(ErrorCode.DOCUMENT_TOO_LARGE, message[:1024]) from exc
+
+    def _sync_frames(self, update: bytes) -> list[ChannelFrame]:
+        """spec §5.3: what a member lacks, as one sync_step2, or as update frames and a last
+        sync_step2 when it is larger than a message: sync_step2 still means "you have it all"."""
+        pieces = self._pieces(update)
+        frames = [ChannelFrame(Update(0, None, piece)) for piece in pieces[:-1]]
+        frames.append(ChannelFrame(SyncStep2(0, None, pieces[-1])))
+        return frames
+
+    def _sync_step2_for(self, state_vector: bytes) -> list[ChannelFrame]:
+        """The join's sync frames, encoded once. Joiners with an empty document (a join storm
+        on a large document) share one encoding, so a hundred of them queue one copy, not a
         hundred."""
         if state_vector != b"\x00":
-            return ChannelFrame(SyncStep2(0, None, self._update_since(state_vector)))
+            return self._sync_frames(self._update_since(state_vector))
         state = self.doc.get_state()
         if self._sync_cache is None or self._sync_cache[0] != state:
-            self._sync_cache = (state, ChannelFrame(SyncStep2(0, None, self.doc.get_update())))
+            self._sync_cache = None  # the old copy goes before the new one is made
+            self._sync_cache = (state, self._sync_frames(self.doc.get_update()))
         return self._sync_cache[1]
 
     def sync_step1(self, member: Member, state_vector: bytes) -> None:
-        update = self._update_since(state_vector)
-        member.session.deliver_frames(member, [SyncStep2(member.channel, None, update)])
+        """Answer a member's sync_step1 (spec §5.3), in pieces if it is larger than a message."""
+        pieces = self._pieces(self._update_since(state_vector))
+        frames: list[Frame] = [Update(member.channel, None, piece) for piece in pieces[:-1]]
+        frames.append(SyncStep2(member.channel, None, pieces[-1]))
+        member.session.deliver_frames(member, frames)
 
     def apply_client_update(self, member: Member, update: bytes, ref: int | None) -> None:
         """Apply a member's update; its ack waits for the commit that makes it durable.
@@ -435,6 +485,10 @@ class Room:
             return
         self._check_size(len(update))  # before reading: a refusal for size costs nothing
         decoded = read_client_update(update)
+        if len(update) > self._config.max_message_bytes - FRAME_OVERHEAD:
+            # A y-websocket client's update may be larger than a message (§13); it must split
+            # into pieces that fit in one, or it could never reach native members (§3.2).
+            self._pieces(update)
         self._origin = member
         try:
             self._update_check.apply(update, decoded, self._apply)
@@ -513,14 +567,29 @@ class Room:
         self._want_persist()
         origin = self._origin
         recipients = [m for m in self._members.values() if m is not origin]
-        if recipients:
-            shared = ChannelFrame(Update(0, None, update))
+        if not recipients:
+            return
+        try:
+            pieces = self._pieces(update)
+        except RequestError as exc:
+            # Peers' updates were checked before they applied: a server-side edit put a value
+            # larger than a message in the document. It can reach no one; nobody may go on
+            # believing they follow the room (joins are refused the same way).
+            logger.error("room %r: %s", self.name, exc.message)
+            for member in recipients:
+                self.remove_member(member, disconnected=False)
+                member.session.close_channel(member, exc.code, exc.message)
+            return
+        for piece in pieces:
+            shared = ChannelFrame(Update(0, None, piece))
             for member in recipients:
                 member.session.deliver(member, shared)
 
     # -- presence, cursors, typing ----------------------------------------------------------
 
     def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
+        if self._members.get(member.session) is not member:
+            return  # a frame that raced the end of its membership
         sid = member.session.id
         if state is not None:
             self._presence.set(sid, state)
@@ -530,6 +599,8 @@ class Room:
         self._want_tick()
 
     def move_cursor(self, member: Member, position: Any) -> None:
+        if self._members.get(member.session) is not member:
+            return  # a frame that raced the end of its membership
         sid = member.session.id
         if position is None:
             self._cursors.pop(sid, None)
@@ -540,6 +611,8 @@ class Room:
         self._want_tick()
 
     def set_typing(self, member: Member, on: bool) -> None:
+        if self._members.get(member.session) is not member:
+            return  # a frame that raced the end of its membership
         sid = member.session.id
         if on:
             if sid not in self._typing:

@@ -143,8 +143,9 @@ class YjsSession(Peer):
                 return
 
     def _handle(self, message: Any) -> None:
-        member = self._member
-        assert member is not None
+        member = self._members.get(1)
+        if member is None:
+            return  # the room ended the membership (it failed): the rest of this batch is stale
         room = member.room
         match message:
             case YSync(step=YSyncStep.STEP1, payload=sv):

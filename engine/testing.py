@@ -31,6 +31,7 @@ from plait.protocol import (
     Joined,
     Open,
     Raw,
+    Stored,
     Trace,
     TraceRecord,
     TransportClosed,
@@ -39,7 +40,7 @@ from plait.protocol import (
     frame_to_json,
     read_trace,
 )
-from plait.storage import MemoryStore, StorageUnavailable, Store
+from plait.storage import MemoryStore, StorageUnavailable, Store, StoredEvent
 
 from ._config import EngineConfig
 from ._engine import Engine
@@ -156,6 +157,25 @@ class _FailingStore(MemoryStore):
         await super().append(room, updates)
 
 
+async def _restore_stored(store: Store, trace: Trace) -> None:
+    """Put into the replay's store what the recording server's store held for each room when
+    the room first loaded (spec §10.2)."""
+    seen: set[str] = set()
+    for record in trace.records:
+        body = record.body
+        if not isinstance(body, Stored) or body.room in seen:
+            continue
+        seen.add(body.room)
+        if body.snapshot is not None:
+            await store.append(body.room, [body.snapshot])
+            await store.compact(body.room, body.snapshot, 1)
+        if body.updates:
+            await store.append(body.room, list(body.updates))
+        if body.events:
+            events = [StoredEvent(seq, data) for seq, data in body.events]
+            await store.append_events(body.room, events, len(events))
+
+
 async def replay(
     trace: Trace,
     *,
@@ -168,6 +188,8 @@ async def replay(
     settings = trace.header.settings
     if store is None and "store_fails" in settings:
         store = _FailingStore(settings["store_fails"])
+    store = store or MemoryStore()
+    await _restore_stored(store, trace)
     config = config_from_settings(settings)
     if hooks is None:
         hooks = TokenHooks() if settings.get("hooks") == "tokens" else Hooks()
@@ -190,7 +212,7 @@ async def replay(
     recorded_epochs = dict.fromkeys(r.body.epoch for r in trace.records if isinstance(r.body, Joined))
     epochs = itertools.chain(recorded_epochs, (f"e{n}" for n in itertools.count(1)))
     engine = Engine(
-        store=store or MemoryStore(),
+        store=store,
         hooks=hooks,
         config=config,
         session_ids=lambda: next(opens),
@@ -216,8 +238,10 @@ async def replay(
             for record in trace.records:
                 if record.dir != "in":
                     continue
-                await trio.sleep_until(start + record.t)
                 body = record.body
+                if isinstance(body, Stored):
+                    continue  # in the store from the start (_restore_stored)
+                await trio.sleep_until(start + record.t)
                 if isinstance(body, Open):
                     transport = engine.connect_memory(body.path, buffer=int(settings.get("buffer", 16)))
                     transports[record.conn] = transport

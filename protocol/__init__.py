@@ -92,6 +92,7 @@ from ._trace import (
     Open as Open,
     Close as Close,
     Raw as Raw,
+    Stored as Stored,
     read_trace as read_trace,
     write_trace as write_trace,
     frame_to_json as frame_to_json,
@@ -109,6 +110,13 @@ from ._ycrdt import (
     read_state_vector as read_state_vector,
     read_update as read_update,
     MAX_ANY_DEPTH as MAX_ANY_DEPTH,
+)
+from ._ysplit import (
+    split_update as split_update,
+    SplitError as SplitError,
+    MIN_SPLIT_BYTES as MIN_SPLIT_BYTES,
+    PIECE_OVERHEAD as PIECE_OVERHEAD,
+    FRAME_OVERHEAD as FRAME_OVERHEAD,
 )
 from ._yjs import (
     AwarenessEntry as AwarenessEntry,

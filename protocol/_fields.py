@@ -195,6 +195,9 @@ def check_value(value: object, depth: int) -> None:
     while stack:
         item, room = stack.pop()
         kind = type(item)
+        if kind is str:
+            _check_text(item)  # type: ignore[arg-type]
+            continue
         if kind in _SCALARS:
             continue
         if kind is int:
@@ -222,9 +225,20 @@ def check_value(value: object, depth: int) -> None:
             for key, v in item.items():
                 if type(key) is not str:
                     raise _invalid(f"map keys must be strings, got {_show(key)}")
+                _check_text(key)
                 stack.append((v, room - 1))
             continue
         raise _invalid(f"{kind.__name__} is not an application value")
+
+
+def _check_text(text: str) -> None:
+    """Strings are Unicode text that UTF-8 can carry: a lone surrogate (which JSON's \\ud800
+    escapes, Python and JavaScript strings can hold) could not be sent to anyone (spec §3.3)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _invalid("a string holds a lone surrogate, which is not Unicode text") from None
 
 
 def _show(value: object) -> str:

@@ -52,7 +52,18 @@ class Raw:
     data: bytes
 
 
-Body = Union[Frame, Raw, Open, Close]
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the server's store held for a room when the room first loaded during the trace
+    (spec §10.1): a replay starts from it. Events are (seq, the store's opaque body)."""
+
+    room: str
+    snapshot: bytes | None = None
+    updates: tuple[bytes, ...] = ()
+    events: tuple[tuple[int, bytes], ...] = ()
+
+
+Body = Union[Frame, Raw, Open, Close, Stored]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,13 @@ class TraceWriter:
             obj["raw"] = value_to_json(body.data)
         elif isinstance(body, Open):
             obj["open"] = body.path
+        elif isinstance(body, Stored):
+            obj["stored"] = {
+                "room": body.room,
+                "snapshot": None if body.snapshot is None else value_to_json(body.snapshot),
+                "updates": [value_to_json(u) for u in body.updates],
+                "events": [[seq, value_to_json(data)] for seq, data in body.events],
+            }
         else:
             obj["close"] = body.code
             if body.reason:
@@ -210,9 +228,34 @@ def _record(obj: Any) -> TraceRecord:
         body = Open(str(obj["open"]))
     elif "close" in obj:
         body = Close(int(obj["close"]), str(obj.get("reason", "")))
+    elif "stored" in obj:
+        body = _stored(obj["stored"])
     else:
-        raise TraceError("a record holds one of frame, raw, open, close")
+        raise TraceError("a record holds one of frame, raw, open, close, stored")
     return TraceRecord(float(t), conn, direction, body)
+
+
+def _stored(obj: Any) -> Stored:
+    def binary(value: Any) -> bytes:
+        data = value_from_json(value)
+        if not isinstance(data, bytes):
+            raise TraceError("stored data is binary ({'$b': base64})")
+        return data
+
+    if not isinstance(obj, dict) or not isinstance(obj.get("room"), str):
+        raise TraceError("stored is an object with a room name")
+    snapshot = obj.get("snapshot")
+    events = obj.get("events", [])
+    if not isinstance(obj.get("updates", []), list) or not isinstance(events, list):
+        raise TraceError("stored updates and events are lists")
+    if not all(isinstance(e, list) and len(e) == 2 and type(e[0]) is int for e in events):
+        raise TraceError("a stored event is [seq, body]")
+    return Stored(
+        obj["room"],
+        None if snapshot is None else binary(snapshot),
+        tuple(binary(u) for u in obj.get("updates", [])),
+        tuple((seq, binary(data)) for seq, data in events),
+    )
 
 
 def frame_from_json(obj: Any) -> Frame:

@@ -1,6 +1,7 @@
 """client/_changes.py is pure bookkeeping: whatever the server answers, in whatever order, every
 local change is in exactly one place (waiting, in flight, acknowledged or refused), and
-`oldest_unacked` is the lowest change not acknowledged."""
+`oldest_unacked` is the lowest change not acknowledged. Updates larger than a frame allows go
+in parts; their changes are acknowledged once every part is."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plait.client._changes import LocalChanges
+from plait.client._changes import LocalChanges, Outgoing
+from plait.protocol import MIN_SPLIT_BYTES
+
+MAX = MIN_SPLIT_BYTES
 
 Step = st.one_of(
     st.just(("edit",)),
+    st.just(("big_edit",)),
     st.just(("offline_edit",)),
     st.just(("send",)),
     st.tuples(st.sampled_from(["ack", "retry", "refuse"]), st.integers(0, 5)),
@@ -22,12 +27,17 @@ Step = st.one_of(
 
 
 def _covered(changes: LocalChanges) -> set[int]:
-    pieces = list(changes.unsent) + [p for ps in changes.in_flight.values() for p in ps]
+    outgoing = list(changes.in_flight.values()) + ([changes.sending] if changes.sending else [])
+    pieces = list(changes.unsent) + [p for o in outgoing for p in o.pieces]
     return {n for p in pieces for n in range(p.first, p.last + 1)}
 
 
+def _numbers(outgoing: Outgoing) -> set[int]:
+    return {n for p in outgoing.pieces for n in range(p.first, p.last + 1)}
+
+
 @pytest.mark.slow
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(Step, max_size=40))
 def test_every_change_is_in_one_place(steps: list[tuple[object, ...]]) -> None:
     changes = LocalChanges()
@@ -37,34 +47,39 @@ def test_every_change_is_in_one_place(steps: list[tuple[object, ...]]) -> None:
     refs = 0
     for step in steps:
         match step:
-            case ("edit",) | ("offline_edit",):
+            case ("edit",) | ("offline_edit",) | ("big_edit",):
                 update: list[bytes] = []
                 sub = doc.observe(lambda event: update.append(event.update))
-                text.insert(len(text), "x")
+                text.insert(len(text), "x" * (3 * MAX if step[0] == "big_edit" else 1))
                 doc.unobserve(sub)
-                changes.record(update[0] if step[0] == "edit" else None)
+                changes.record(None if step[0] == "offline_edit" else update[0])
             case ("send",):
-                outgoing = changes.take()
-                if outgoing is not None:
+                frame = changes.take(MAX)
+                if frame is not None:
+                    assert len(frame.update) <= MAX
                     refs += 1
-                    changes.sent(refs, outgoing)
+                    changes.sent(refs, frame)
             case (answer, index):
                 assert isinstance(index, int)
                 in_flight = sorted(changes.in_flight)
                 if not in_flight:
                     continue
                 ref = in_flight[index % len(in_flight)]
-                pieces = changes.in_flight[ref]
+                outgoing = changes.in_flight[ref]
                 if answer == "retry":
                     assert changes.retry(ref)
+                elif answer == "refuse":
+                    assert changes.refuse(ref) == outgoing.pieces
+                    done |= _numbers(outgoing)
                 else:
-                    done |= {n for p in pieces for n in range(p.first, p.last + 1)}
-                    assert changes.acked(ref) if answer == "ack" else changes.refuse(ref) is not None
+                    assert changes.acked(ref)
+                    if outgoing not in changes.in_flight.values() and changes.sending is not outgoing:
+                        done |= _numbers(outgoing)  # its last part answered
             case ("lost",):
                 changes.lost_connection()
-                assert not changes.in_flight
+                assert not changes.busy
             case ("sync",):
-                if not changes.in_flight:
+                if not changes.busy:
                     changes.absorb_into_sync(doc.get_update())
         waiting = _covered(changes)
         everything = set(range(1, changes.count + 1))

@@ -43,7 +43,7 @@ from plait.protocol import (
 )
 from plait.storage import MemoryStore
 
-from .client import DocClient, YjsClient, assert_engine_serves, edit
+from .client import DocClient, YjsClient, assert_engine_serves, edit, yjs_client
 from .conftest import CONFIG, counter_ids, make_engine, running_engine
 
 HOOK_TIMEOUT = 10.0  # EngineConfig's default, which these tests keep
@@ -439,3 +439,26 @@ async def test_shutdown_gives_up_on_a_store_that_hangs(autojump_clock: MockClock
             start = trio.current_time()
     assert 19 < trio.current_time() - start < 22
     assert any("shutdown gave up" in r.getMessage() and "stuck-room" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_error_raised_while_the_connection_is_closing_stays_with_that_connection(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hostile-input run: a room crashed, which closed its y-websocket members, and one of
+    them then failed on the next message of the same batch. The error came out of the reader's
+    nursery together with the Cancelled of the close, as one group that `except Exception`
+    does not catch, and stopped the engine."""
+    from plait.engine._yjs import YjsSession
+
+    def handle_then_fail(self: YjsSession, message: object) -> None:
+        self.close(CloseCode.INTERNAL_ERROR, "room failed")
+        raise KeyError("a member the room no longer has")
+
+    async with running_engine() as engine:
+        victim = await yjs_client(engine)
+        monkeypatch.setattr(YjsSession, "_handle", handle_then_fail)
+        await victim.say({"name": "x"}, clock=1)
+        closed = await victim.wait_closed()
+        assert closed.code == CloseCode.INTERNAL_ERROR
+        monkeypatch.undo()
+        await assert_engine_serves(engine)

@@ -76,3 +76,12 @@ async def test_yjs_upload_past_the_maximum_closes_4011_without_retry(autojump_cl
         assert not CloseCode(closed.code).retryable
         async with engine.room("r") as room:
             assert str(room.doc.get("text", type=pycrdt.Text)) == ""
+
+
+def test_a_connection_can_queue_the_first_sync_of_the_largest_document_allowed() -> None:
+    """Otherwise joining a document near max_document_bytes is TOO_SLOW, and the client
+    resyncs in a loop."""
+    from plait.engine import EngineConfig
+
+    config = EngineConfig()
+    assert config.outbox_max_bytes >= config.max_document_bytes + config.max_message_bytes

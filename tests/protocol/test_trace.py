@@ -91,3 +91,23 @@ def test_bad_traces_raise_trace_error_naming_the_line(text: str) -> None:
         read_trace(io.StringIO(text))
     if text.count("\n") > 1:
         assert "line 2" in str(info.value)
+
+
+def test_stored_room_state_survives_a_round_trip() -> None:
+    from plait.protocol import Stored
+
+    records = [
+        TraceRecord(0.0, "", "in", Stored("r", b"\x01\x02", (b"\x03",), ((1, b"\x93\xa1x"), (2, b"")))),
+        TraceRecord(0.5, "", "in", Stored("empty-snapshot", None, (), ())),
+    ]
+    assert round_trip(TraceHeader(), records)[1] == records
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ['{"room": 1}', '{"room": "r", "snapshot": "not binary"}', '{"room": "r", "events": [[1]]}', '{"room": "r", "updates": {}}'],
+)
+def test_a_bad_stored_record_is_a_trace_error(stored: str) -> None:
+    text = '{"plait_trace": 1, "protocol": 1}\n{"t": 0, "conn": "", "dir": "in", "stored": ' + stored + "}\n"
+    with pytest.raises(TraceError, match="line 2"):
+        read_trace(io.StringIO(text))
