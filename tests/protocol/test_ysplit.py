@@ -115,7 +115,7 @@ def canonical(data: bytes) -> tuple[object, ...]:
 
 
 def joined_items(structs_and_deletes: tuple[object, ...]) -> tuple[object, ...]:
-    """`canonical`'s structs with every string or Any item that continues the one before it (same
+    """`canonical`'s structs with every string, Any or deleted item that continues the one before it (same
     client, next clock, its origin the last unit of the one before, same right origin) joined
     to it. yrs joins such items when they integrate in one transaction, so one update applied
     whole and the same update applied in pieces can hold the same text in more items."""
@@ -125,7 +125,9 @@ def joined_items(structs_and_deletes: tuple[object, ...]) -> tuple[object, ...]:
         kind = header[0] & 0x1F if header else None
         if kind == 4 and isinstance(content, bytes):
             content = _text(content)
-        if out and kind in (4, 8) and header[0] & 0x80:
+        elif kind == 1 and isinstance(content, bytes):  # deleted content: its length
+            content = _uint(content, 0, 2**64)[0]
+        if out and kind in (1, 4, 8) and header[0] & 0x80:
             p_client, p_start, p_end, p_header, p_content = out[-1]
             origin_client, pos = _uint(header, 1, 2**64)
             origin_clock, pos = _uint(header, pos, 2**64)
