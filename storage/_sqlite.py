@@ -2,7 +2,8 @@
 
 - Every call runs in a worker thread (trio.to_thread), serialised by one limiter: SQLite has one
   writer at a time anyway, and serialising is what makes each `append` one commit (group
-  commit happens above, in the room's persister). Each worker thread keeps its own connection.
+  commit happens above, in the room's persister). So one connection, with one cursor, serves
+  whichever worker thread runs a call.
 - `synchronous=FULL`: a committed append survives a crash of the process and of the machine.
 - Every blob carries a CRC-32; a mismatch raises SnapshotCorrupt instead of loading garbage.
 - The schema has a version in `meta`; a database from a newer Plait is refused, not rewritten.
@@ -12,7 +13,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,10 +59,9 @@ class SQLiteStore:
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
-        self._local = threading.local()
         self._limiter = trio.CapacityLimiter(1)
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
         self._file_lock: LockFile | None = None
         self._opened = False
         self._appends: list[tuple[list[tuple[str, bytes, int]], trio.Event, list[BaseException]]] = []
@@ -97,7 +96,7 @@ class SQLiteStore:
                 raise StorageUnavailable(f"{self.path.parent}: cannot create the folder: {_reason(exc)}") from exc
             self._file_lock = LockFile.acquire(Path(f"{self.path}-lock"), self.path)
         try:
-            conn = self._connection()
+            conn = self._db()
             self._migrate(conn)
             if not self.read_only:
                 with _transaction(conn):  # a disk that cannot take a commit fails here, not at a join
@@ -107,9 +106,12 @@ class SQLiteStore:
             raise
         self._opened = True
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+    def _db(self) -> sqlite3.Cursor:
+        """The store's cursor, made on first use. Not a connection per worker thread: those
+        piled up, never closed, as idle worker threads exit and new ones start. And not
+        Connection.execute: it makes a cursor per statement and keeps a weak reference to each,
+        up to 200, scattered through memory long after the rooms that ran them unloaded."""
+        if self._cursor is None:
             if self.read_only:
                 uri = f"{self.path.absolute().as_uri()}?mode=ro"
                 conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -118,12 +120,10 @@ class SQLiteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
+            self._conn, self._cursor = conn, conn.cursor()
+        return self._cursor
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Cursor) -> None:
         if self.read_only:
             try:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -141,12 +141,12 @@ class SQLiteStore:
                 f"{self.path} has schema version {row[0]}; this Plait reads up to {SCHEMA_VERSION}"
             )
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
         def call() -> T:
             try:
                 if not self._opened:
                     self._open()
-                return fn(self._connection())
+                return fn(self._db())
             except sqlite3.DatabaseError as exc:
                 if "malformed" in str(exc) or "not a database" in str(exc):
                     raise SnapshotCorrupt(f"{self.path}: {exc}") from exc
@@ -157,11 +157,9 @@ class SQLiteStore:
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
 
     def _close_sync(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._cursor = None
         self._opened = False
         if self._file_lock is not None:
             self._file_lock.release()
@@ -170,7 +168,7 @@ class SQLiteStore:
     # -- the Store interface ----------------------------------------------------------------
 
     async def load(self, room: str) -> RoomData:
-        def load(conn: sqlite3.Connection) -> RoomData:
+        def load(conn: sqlite3.Cursor) -> RoomData:
             conn.execute("BEGIN")
             try:
                 snap = conn.execute("SELECT data, crc FROM snapshots WHERE room = ?", (room,)).fetchone()
@@ -219,7 +217,7 @@ class SQLiteStore:
     async def _commit(self, batch: list[tuple[list[tuple[str, bytes, int]], trio.Event, list[BaseException]]]) -> None:
         rows = [row for rows, _, _ in batch for row in rows]
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(conn: sqlite3.Cursor) -> None:
             with _transaction(conn):
                 conn.executemany("INSERT INTO updates (room, data, crc) VALUES (?, ?, ?)", rows)
 
@@ -233,7 +231,7 @@ class SQLiteStore:
                 done.set()
 
     async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
-        def compact(conn: sqlite3.Connection) -> None:
+        def compact(conn: sqlite3.Cursor) -> None:
             with _transaction(conn):
                 ids = conn.execute(
                     "SELECT id FROM updates WHERE room = ? ORDER BY id LIMIT ?", (room, covered)
@@ -252,7 +250,7 @@ class SQLiteStore:
     async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
         rows = [(room, e.seq, e.body, _crc(e.body)) for e in events]
 
-        def append(conn: sqlite3.Connection) -> None:
+        def append(conn: sqlite3.Cursor) -> None:
             with _transaction(conn):
                 conn.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?)", rows)
                 conn.execute(
@@ -264,7 +262,7 @@ class SQLiteStore:
         await self._run(append)
 
     async def list_rooms(self) -> list[str]:
-        def rooms(conn: sqlite3.Connection) -> list[str]:
+        def rooms(conn: sqlite3.Cursor) -> list[str]:
             rows = conn.execute(
                 "SELECT room FROM snapshots UNION SELECT room FROM updates UNION SELECT room FROM events"
             ).fetchall()
@@ -273,7 +271,7 @@ class SQLiteStore:
         return await self._run(rooms)
 
     async def delete(self, room: str) -> None:
-        def delete(conn: sqlite3.Connection) -> None:
+        def delete(conn: sqlite3.Cursor) -> None:
             with _transaction(conn):
                 for table in ("snapshots", "updates", "events"):
                     conn.execute(f"DELETE FROM {table} WHERE room = ?", (room,))
@@ -286,7 +284,7 @@ class SQLiteStore:
 
 
 class _transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Cursor) -> None:
         self.conn = conn
 
     def __enter__(self) -> None:
