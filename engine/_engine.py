@@ -104,13 +104,17 @@ class Engine:
         instead of a timer per connection (Peer.keep_alive)."""
         while True:
             await trio.sleep(self.config.heartbeat / 8)
-            now = trio.current_time()
-            for session in list(self._sessions):
-                try:
-                    session.keep_alive(now)
-                except Exception as exc:  # one connection's bug must not stop the sweep of the rest
-                    logger.error("session %s: heartbeat failed", session.id, exc_info=exc)
-                    session.close(CloseCode.INTERNAL_ERROR, "internal error")
+            self._sweep(trio.current_time())
+
+    def _sweep(self, now: float) -> None:
+        # A function of its own: a loop variable left in the sleeping task's frame would keep
+        # the last session swept (and all it holds) alive after it closed.
+        for session in list(self._sessions):
+            try:
+                session.keep_alive(now)
+            except Exception as exc:  # one connection's bug must not stop the sweep of the rest
+                logger.error("session %s: heartbeat failed", session.id, exc_info=exc)
+                session.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def flush_soon(self, peer: Peer) -> None:
         """Have `peer` write what it queued once the tasks that are running now have run
@@ -232,10 +236,12 @@ class Engine:
         """Run one connection to its end, whatever transport carries it. The path picks the
         protocol: `/yjs/<room>?token=...` is y-websocket (spec §13), anything else native."""
         session: Peer
-        parts = urllib.parse.urlsplit(transport.path)
-        if parts.path.startswith(YJS_PATH):
-            room = parts.path[len(YJS_PATH) :]  # percent-decoded and checked by the session
-            token = urllib.parse.parse_qs(parts.query).get("token", [None])[0]
+        # Not urllib.parse.urlsplit: it caches its last 128 answers, which would keep the paths
+        # of 128 recent connections (scattered in memory) alive long after they closed.
+        path, _, query = transport.path.partition("#")[0].partition("?")
+        if path.startswith(YJS_PATH):
+            room = path[len(YJS_PATH) :]  # percent-decoded and checked by the session
+            token = urllib.parse.parse_qs(query).get("token", [None])[0]
             session = YjsSession(self, transport, self._new_session_id(), room, token)
         else:
             session = Session(self, transport, self._new_session_id())
