@@ -154,9 +154,14 @@ def tune_gc() -> None:
     short-lived ones per frame. With the default thresholds the cycle collector runs every 700
     allocations and regularly walks the long-lived heap; a busy server spent a tenth of its time
     there (bench/README.md). Startup objects are frozen out of collection and collections made
-    rarer; reference counting still frees everything that is not a cycle at once."""
+    rarer; reference counting still frees everything that is not a cycle at once, and the
+    cycles a busy spell leaves are collected once the load has dropped (RECLAIM_INTERVAL)."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+RECLAIM_INTERVAL: Final = 15.0
+"""`plait serve` looks this often whether to give memory back (EngineConfig.reclaim_interval)."""
 
 
 def quiet_rust_panics() -> None:
@@ -389,6 +394,7 @@ def _run(args: argparse.Namespace) -> int:
             max_document_bytes=args.max_document_mib * MiB,
             # A join of the largest document must fit in a connection's queue (EngineConfig).
             outbox_max_bytes=max(EngineConfig().outbox_max_bytes, (args.max_document_mib + 16) * MiB),
+            reclaim_interval=RECLAIM_INTERVAL,
         )
         trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record))
     elif args.command == "inspect":

@@ -33,6 +33,15 @@ class EngineConfig:
     """An application hook (authenticate, authorize, on_event, on_room_loaded) running longer
     than this fails its request with INTERNAL instead of holding it forever."""
 
+    reclaim_interval: float = 0
+    """Seconds between looks at whether to give memory back to the system once the load has
+    fallen to half its peak or less: a full garbage collection and a heap trim, which affect
+    the whole process (engine/_reclaim.py). 0, the default for an engine inside an application,
+    never does; `plait serve` looks every 15 s."""
+    reclaim_after: int = 500
+    """Rooms and sessions that must have ended since memory was last given back before it is
+    again, unless the engine is empty."""
+
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_document_bytes: int = 64 * MiB
     """A room's document (Yjs v1 encoding) may not grow past this: an update that would make

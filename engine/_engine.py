@@ -32,6 +32,7 @@ from ._errors import RequestError, RoomUnavailable
 from ._events import new_epoch
 from ._handle import RoomHandle
 from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
+from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
 from ._room import Room, RoomState
 from ._peer import Peer
@@ -84,6 +85,7 @@ class Engine:
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
+        self._reclaimer = Reclaimer(self.config.reclaim_interval, self.config.reclaim_after, trim=glibc_malloc_trim())
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -97,6 +99,8 @@ class Engine:
         self._nursery = await self._nursery_cm.__aenter__()
         self._accepting = True
         self._nursery.start_soon(self._keep_alive)
+        if self.config.reclaim_interval > 0:
+            self._nursery.start_soon(self._reclaimer.run, self._load)
         return self
 
     async def _keep_alive(self) -> None:
@@ -246,12 +250,14 @@ class Engine:
         else:
             session = Session(self, transport, self._new_session_id())
         self._sessions.add(session)
+        self._reclaimer.started(self._load())
         try:
             await session.run()  # raises only Cancelled (Peer.run)
         except* Exception as bug:  # the last line of defence: never the engine's nursery
             logger.critical("session %s escaped its containment", session.id, exc_info=bug)
         finally:
             self._sessions.discard(session)
+            self._reclaimer.ended()
 
     def connect_memory(self, path: str = "/", buffer: int = 16) -> MemoryTransport:
         """Open an in-memory connection served by this engine; returns the client's end."""
@@ -281,6 +287,7 @@ class Engine:
                 store = self.store if self.recorder is None else RecordingStore(self.store, self.recorder)
                 room = Room(name, store, self.hooks, self.config, self._room_draining, self._new_epoch)
                 self._rooms[name] = room
+                self._reclaimer.started(self._load())
                 self.nursery.start_soon(self._run_room, room)
             room.hold()
             try:
@@ -308,6 +315,7 @@ class Engine:
         finally:
             if self._unloading.get(room.name) is room:
                 del self._unloading[room.name]
+            self._reclaimer.ended()
 
     @asynccontextmanager
     async def room(self, name: str) -> AsyncIterator[RoomHandle]:
@@ -316,8 +324,14 @@ class Engine:
         async with self.hold_room(name) as room:
             yield RoomHandle(room)
 
+    def _load(self) -> int:
+        """What the reclaimer watches: rooms loaded or unloading, and sessions open."""
+        return len(self._rooms) + len(self._unloading) + len(self._sessions)
+
     def statistics(self) -> dict[str, int]:
-        return {"rooms": len(self._rooms), "sessions": len(self._sessions)}
+        """Rooms loaded, sessions open, and how many times memory was given back
+        (engine/_reclaim.py)."""
+        return {"rooms": len(self._rooms), "sessions": len(self._sessions), "memory_reclaims": self._reclaimer.reclaims}
 
 
 __all__ = ["Engine", "RoomUnavailable"]
