@@ -19,6 +19,10 @@ Refresh = Callable[[], list[bytes]]
 """Produces a channel's full ephemeral state as encoded frames."""
 
 
+def _nothing() -> None:
+    pass
+
+
 class Outbox:
     """Frames waiting for the writer. `ready` is called when the outbox goes from nothing to
     send to something (the session then starts its writer, which takes until it is empty).
@@ -27,7 +31,7 @@ class Outbox:
     __slots__ = ("_frames", "_bytes", "_stale", "_max_bytes", "_lag_frames", "_solo_bytes", "_ready", "overflowed")
 
     def __init__(self, max_bytes: int, lag_frames: int, solo_bytes: int = 2**62,
-                 ready: Callable[[], None] = lambda: None) -> None:
+                 ready: Callable[[], None] = _nothing) -> None:
         self._frames: list[bytes] = []
         self._bytes = 0
         self._stale: dict[int, Refresh] = {}
@@ -36,6 +40,12 @@ class Outbox:
         self._solo_bytes = solo_bytes
         self._ready = ready
         self.overflowed = False
+
+    def detach(self) -> None:
+        """Forget `ready` (the session's own method, so the two formed a reference cycle): once
+        the session has ended, reference counting frees it at once, instead of a collection
+        that plait serve makes rare (engine/_cli.py tune_gc)."""
+        self._ready = _nothing
 
     def __len__(self) -> int:
         return len(self._frames)

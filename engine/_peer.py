@@ -184,6 +184,7 @@ class Peer:
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await self._contained(self._say_goodbye)
             logger.info("session %s closed (%s)", self.id, self._close_code)
+            self.outbox.detach()
             self._finished = True
             if self._done is not None:
                 self._done.set()

@@ -244,6 +244,10 @@ class YjsSession(Peer):
     def _send_awareness(self, member: Member, sids: list[str]) -> None:
         self.send_bytes(self._awareness(member.room, sids) or encode_awareness([]))
 
+    def _leave_rooms(self) -> None:
+        super()._leave_rooms()
+        self._member = None  # the member refers back to this session: no cycle to wait for the collector
+
     def _ping_frame(self) -> bytes | None:
         # Renew everyone's awareness (Yjs forgets states after 30 s) and keep y-websocket's
         # 30 s message timeout from firing on a quiet room.

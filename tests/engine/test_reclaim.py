@@ -57,7 +57,7 @@ async def test_a_quiet_engine_frees_the_cycles_its_rooms_and_sessions_left(
             await native.wait_for(PresenceSnapshot)
             clients += [native, await yjs_client(engine, f"/yjs/yjs-{i}")]
         sessions = [weakref.ref(session) for session in engine._sessions]
-        left = Cycle()  # garbage only a collection frees, like the cycles a session's tasks leave
+        left = Cycle()  # garbage only a collection frees
         collected = weakref.ref(left)
         del left
         await trio.sleep(6 * INTERVAL)  # at its peak load: the memory is in use
@@ -74,6 +74,31 @@ async def test_a_quiet_engine_frees_the_cycles_its_rooms_and_sessions_left(
         assert [s for s in sessions if s() is not None] == []
         await trio.sleep(4 * INTERVAL)  # nothing more has ended: no more
         assert engine.statistics()["memory_reclaims"] == 1
+
+
+async def test_closed_sessions_and_unloaded_rooms_are_freed_without_waiting_for_a_collection(
+    autojump_clock: MockClock, no_automatic_collection: None
+) -> None:
+    # plait serve makes collections rare: a session or a room in a reference cycle would keep
+    # its memory (socket buffers, the document) long after it ended.
+    async with running_engine() as engine:
+        native = DocClient(engine.connect_memory())
+        await native.hello()
+        await native.join("native")
+        await native.wait_for(PresenceSnapshot)
+        y = await yjs_client(engine, "/yjs/yjs")
+        await y.edit("x")
+        refs: list[weakref.ref[Any]] = [weakref.ref(session) for session in engine._sessions]
+        for name in ("native", "yjs"):
+            async with engine.hold_room(name) as room:
+                refs += [weakref.ref(room), weakref.ref(room.doc)]
+            del room
+        await native.transport.aclose()
+        await y.transport.aclose()
+        await trio.sleep(CONFIG.presence_grace + CONFIG.room_idle_grace + 1)
+        assert engine.statistics()["rooms"] == engine.statistics()["sessions"] == 0
+        alive = [r() for r in refs if r() is not None]
+        assert alive == []
 
 
 async def test_a_closed_connection_leaves_nothing_the_engine_keeps(autojump_clock: MockClock) -> None:
