@@ -5,7 +5,11 @@ each to a room of its own, then wait until every room has unloaded (room_idle_gr
 by default, after its last member). `one-room`: one native member keeps a room loaded while
 6,000 sessions visit it the same way. Reports the server's RSS at the start (after a warm-up
 cycle of each kind, and its unload), its peak, once the visits are over, and once the rooms
-have unloaded; the goal is RSS after unload within 10 % of the start.
+have unloaded and the server has given memory back (engine/_reclaim.py: `plait serve` looks
+every 15 s, and does it at the second look that finds its load at half its peak or less); the
+goal is RSS after unload within 10 % of the start. The server runs as `plait serve` does, on
+the C allocator on glibc (engine/_cli.py); `PYTHONMALLOC=pymalloc` in the environment keeps
+Python's own.
 
 A native cycle: connect, hello, join (with an empty document's state vector), answer the
 server's sync_step1, presence_set, [an acked one-character update with --edit], leave (acked),
@@ -65,6 +69,10 @@ EMPTY_SV = b"\x00"
 EMPTY_UPDATE = b"\x00\x00"
 STEP_TIMEOUT = 15.0
 """Seconds one step of a cycle may take before the cycle counts as failed."""
+RECLAIM_WAIT = 45.0
+"""Seconds to wait for the server to give memory back once its load has dropped (two looks,
+15 s apart, and some margin)."""
+RECLAIMED = re.compile(r"^memory reclaimed: .* collected (\d+) objects in ([\d.]+) ms, trimmed the heap in ([\d.]+) ms$")
 
 
 def one_char_update() -> bytes:
@@ -249,6 +257,8 @@ class Outcome:
     sessions_open: int
     sessions_closed: int
     errors: list[str]
+    reclaims: list[tuple[int, float, float]]
+    """Each time the server gave memory back: objects collected, ms collecting, ms trimming."""
     diagnoses: list[list[str]] = field(default_factory=list)
 
 
@@ -256,8 +266,9 @@ def rss_row(o: Outcome) -> list[Any]:
     cycles = o.tally.native + o.tally.yjs
     return [o.variant, f"{cycles:,} ({o.tally.native:,} + {o.tally.yjs:,})", f"{cycles / o.seconds:,.0f}",
             mib(o.start), mib(o.peak), " -> ".join(map(mib, o.after_visits)), " -> ".join(map(mib, o.after_unload)),
-            f"{o.after_unload[-1] / o.start:.3f}", f"{o.rooms_live:,} / {o.rooms_unloaded:,}",
-            f"{o.sessions_open:,} / {o.sessions_closed:,}", o.tally.failed, len(o.errors)]
+            f"{o.after_unload[-1] / o.start:.3f}",
+            f"{len(o.reclaims)}" + (f" ({max(r[0] for r in o.reclaims):,} objects, {max(r[1] for r in o.reclaims):.0f} + {max(r[2] for r in o.reclaims):.0f} ms)" if o.reclaims else ""),
+            f"{o.rooms_live:,} / {o.rooms_unloaded:,}", f"{o.sessions_open:,} / {o.sessions_closed:,}", o.tally.failed, len(o.errors)]
 
 
 async def settle(what: str, check: Any, timeout: float) -> None:
@@ -290,6 +301,10 @@ async def variant(name: str, args: argparse.Namespace) -> Outcome:
         server, port = ls.server, ls.server.port
         counts = lambda: (lambda log: (log.count(r"^room .* live"), log.count(r"^room .* unloaded")))(ls.read())  # noqa: E731
         all_unloaded = lambda: (lambda c: c[0] == c[1])(counts())  # noqa: E731
+        reclaims = lambda: ls.read().count(r"^memory reclaimed")  # noqa: E731
+
+        async def reclaimed(since: int) -> None:
+            await settle("the server giving memory back", lambda: reclaims() > since, RECLAIM_WAIT)
         diagnoses: list[list[str]] = []
         warm = Tally()
         holder: Holder | None = None
@@ -304,6 +319,7 @@ async def variant(name: str, args: argparse.Namespace) -> Outcome:
             else:
                 await run_cycles(port, ["churn-warm-0", "churn-warm-1"], 0.5, args.edit, 1, warm)
                 await settle("the warm-up rooms unloading", all_unloaded, 60)
+                await reclaimed(0)  # as after the rounds: the same state to compare with
             await trio.sleep(1)
             start = server.rss()
             if args.diagnose:
@@ -320,8 +336,10 @@ async def variant(name: str, args: argparse.Namespace) -> Outcome:
                     await settle("every visitor's presence leaving", holder.alone, 60)
                 after_visits.append(server.rss())
                 if holder is None:
+                    before = reclaims()
                     await settle("every room unloading", all_unloaded, 60 + args.cycles / 100)
-                    await trio.sleep(2)
+                    await reclaimed(before)
+                    await trio.sleep(1)
                     after_unload.append(server.rss())
                 if args.diagnose:
                     diagnoses.append(await diagnose(ls, name, f"round {r + 1}, {'rooms unloaded' if holder is None else 'visits over'}"))
@@ -329,9 +347,11 @@ async def variant(name: str, args: argparse.Namespace) -> Outcome:
         if holder is not None:
             if holder.failure:
                 tally.fail(holder.failure)
+            before = reclaims()
             await holder.ws.close()
             await settle("the room unloading", all_unloaded, 60)
-            await trio.sleep(2)
+            await reclaimed(before)
+            await trio.sleep(1)
             after_unload.append(server.rss())
             if args.diagnose:
                 diagnoses.append(await diagnose(ls, name, "holder left, room unloaded"))
@@ -340,7 +360,9 @@ async def variant(name: str, args: argparse.Namespace) -> Outcome:
         return Outcome(name, tally, seconds, start, max(peak, start), after_visits, after_unload,
                        log.count(r"^room .* live"), log.count(r"^room .* unloaded"),
                        log.count(r"^session \S+ open"), log.count(r"^session \S+ closed"),
-                       [describe(r) for r in log.errors()], diagnoses)
+                       [describe(r) for r in log.errors()],
+                       [(int(m[1]), float(m[2]), float(m[3])) for _, _, message, _ in log.records if (m := RECLAIMED.match(message))],
+                       diagnoses)
 
 
 def main() -> None:
@@ -365,8 +387,8 @@ def main() -> None:
     outcomes = [trio.run(variant, name, args) for name in args.variants]
     print(f"Machine: {machine()}\n")
     print(table(["variant", "cycles (native + yjs)", "cycles/s", "RSS start", "peak RSS", "RSS after the visits",
-                 "RSS after unload", "after unload / start", "rooms loaded / unloaded", "sessions opened / closed",
-                 "failed cycles", "log errors"], [rss_row(o) for o in outcomes]))
+                 "RSS after unload", "after unload / start", "memory given back (most objects collected, longest collection + trim)",
+                 "rooms loaded / unloaded", "sessions opened / closed", "failed cycles", "log errors"], [rss_row(o) for o in outcomes]))
     if args.diagnose:
         print()
         print(table(["variant", "when", "RSS", "gc.collect() freed", "RSS after it", "after malloc_trim(0)", "pymalloc arenas",

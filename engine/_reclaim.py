@@ -121,15 +121,17 @@ class Reclaimer:
         ended, peak = self._ended, self._peak
         began = trio.current_time()
         collected = self.collect()
+        collected_at = trio.current_time()
         # On the Trio thread too: a worker thread would not spare it, since every allocation
         # waits for the heap's lock while the trim holds it.
         if self.trim is not None:
             self.trim(0)
-        pause = trio.current_time() - began
+        done = trio.current_time()
         self._peak, self._ended, self._quiet_before = load, 0, False
-        self._not_before = trio.current_time() + pause / RECLAIM_DUTY
+        self._not_before = done + (done - began) / RECLAIM_DUTY
         self.reclaims += 1
         logger.info(
-            "memory reclaimed: %d rooms and sessions ended (load %d, peak %d); collected %d objects, pausing %.1f ms",
-            ended, load, peak, collected, pause * 1000,
+            "memory reclaimed: %d rooms and sessions ended (load %d, peak %d); collected %d objects in %.1f ms, "
+            "trimmed the heap in %.1f ms",
+            ended, load, peak, collected, (collected_at - began) * 1000, (done - collected_at) * 1000,
         )
