@@ -240,7 +240,7 @@ class _Terminal:
         while True:
             self._doc_changed = changed = trio.Event()
             doc = room.doc  # a DocumentReset replaces it
-            sub = doc.observe(lambda _: changed.set())
+            sub = doc.observe(lambda _: changed.set())  # noqa: B023 (unobserved before the next turn)
             try:
                 text = str(room.text)
                 if text != last:

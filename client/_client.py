@@ -32,9 +32,9 @@ import trio_websocket
 
 from plait.protocol import (
     ABNORMAL_CLOSURE,
-    STALE,
     FRAME_OVERHEAD,
     MAX_MESSAGE_BYTES,
+    STALE,
     Ack,
     CloseCode,
     CodecLimits,

@@ -114,7 +114,7 @@ class UpdateCheck:
         try:
             decoded = read_update(update, trusted=True)
         except ProtocolError:
-            logger.error("update check off: cannot read the document's own update", exc_info=True)
+            logger.exception("update check off: cannot read the document's own update")
             self._off = True
             return
         self._take(decoded, self._scan(decoded, strict=False))
@@ -309,7 +309,7 @@ class UpdateCheck:
 
     def _take(self, decoded: DecodedUpdate, depths: list[int]) -> None:
         reach, runs_of = self._reach, self._depths
-        for (client, clock, length, info, _, _, _, text), depth in zip(decoded.structs, depths):
+        for (client, clock, length, info, _, _, _, text), depth in zip(decoded.structs, depths, strict=True):
             if info == SKIP_STRUCT or not length:
                 continue
             end = clock + length
@@ -352,7 +352,7 @@ def _runs(structs: list[Struct], depths: list[int]) -> dict[int, tuple[list[int]
     """Per client: the update's structs so far (as many as `depths`) as runs of depth,
     `(starts, depths)`: from `starts[i]` on, the structs are `depths[i]` deep."""
     runs: dict[int, tuple[list[int], list[int]]] = {}
-    for struct, depth in zip(structs, depths):
+    for struct, depth in zip(structs, depths, strict=False):  # depths: the structs so far
         if struct[3] != SKIP_STRUCT:
             _add_run(runs, struct[0], struct[1], depth)
     return runs

@@ -130,7 +130,7 @@ def frame_from_fields(cls: type[Frame], values: list[Any]) -> Frame:
             f"{cls.__name__} has {len(types)} fields, got {len(values)}",
             ErrorCode.MALFORMED_FRAME,
         )
-    return cls(*[t.check(v) for t, v in zip(types, values)])
+    return cls(*[t.check(v) for t, v in zip(types, values, strict=True)])
 
 
 def frame_to_array(frame: Frame) -> list[Any]:

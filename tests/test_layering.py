@@ -9,7 +9,8 @@ CHECK = """
 import sys
 class Blocked:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {'trio', 'trio_websocket', 'plait.engine'} or name.startswith(('plait.engine', 'plait.storage', 'plait.client')):
+        ours = name.startswith(('plait.engine', 'plait.storage', 'plait.client'))
+        if name.split('.')[0] in {'trio', 'trio_websocket'} or ours:
             raise ImportError('protocol/ must not import ' + name)
 sys.meta_path.insert(0, Blocked())
 import plait.protocol
