@@ -187,7 +187,7 @@ class Room:
     ) -> None:
         self.name = name
         self.state = RoomState.LOADING
-        self.doc = pycrdt.Doc()
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
         self._update_check = UpdateCheck()
         self._store, self._hooks, self._config = store, hooks, config
         self._on_draining = on_draining

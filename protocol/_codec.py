@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._fields import to_wire
