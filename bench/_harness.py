@@ -35,8 +35,9 @@ def free_port() -> int:
 
 def machine() -> str:
     memory = psutil.virtual_memory().total / 2**30
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     return (f"{os.cpu_count()} cores ({platform.machine()}), {memory:.0f} GiB, "
-            f"CPython {platform.python_version()}, Node {subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip()}, "
+            f"CPython {platform.python_version()}, Node {node}, "
             f"Linux {platform.release()}; {time.strftime('%Y-%m-%d')}")
 
 
@@ -148,7 +149,8 @@ class Load:
             share = clients[i::processes]
             if not share:
                 continue
-            argv = ["node", *os.environ.get("PLAIT_BENCH_NODE_FLAGS", "").split(), str(LOAD_SCRIPT), json.dumps({**config, "clients": share, "out": str(out), "seed": i + 1})]
+            argv = ["node", *os.environ.get("PLAIT_BENCH_NODE_FLAGS", "").split(), str(LOAD_SCRIPT),
+                    json.dumps({**config, "clients": share, "out": str(out), "seed": i + 1})]
             self.procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                                cwd=BENCH / "js"))
             self.outs.append(out)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-
 from _harness import Server, free_port  # type: ignore[import-not-found]
 
 # "%(asctime)s %(levelname)s %(name)s: %(message)s", as `plait serve` configures logging.
@@ -25,7 +24,7 @@ class LogServer:
     server: Server
     log: Path
 
-    def read(self) -> "Log":
+    def read(self) -> Log:
         return Log(self.log.read_text(errors="replace"))
 
 

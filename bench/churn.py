@@ -63,7 +63,6 @@ from plait.protocol import (
     encode_sync,
 )
 
-
 HELLO = encode(Hello((1,), None, {"name": "churn"}))
 EMPTY_SV = b"\x00"
 EMPTY_UPDATE = b"\x00\x00"
@@ -267,7 +266,8 @@ def rss_row(o: Outcome) -> list[Any]:
     return [o.variant, f"{cycles:,} ({o.tally.native:,} + {o.tally.yjs:,})", f"{cycles / o.seconds:,.0f}",
             mib(o.start), mib(o.peak), " -> ".join(map(mib, o.after_visits)), " -> ".join(map(mib, o.after_unload)),
             f"{o.after_unload[-1] / o.start:.3f}",
-            f"{len(o.reclaims)}" + (f" ({max(r[0] for r in o.reclaims):,} objects, {max(r[1] for r in o.reclaims):.0f} + {max(r[2] for r in o.reclaims):.0f} ms)" if o.reclaims else ""),
+            f"{len(o.reclaims)}" + (f" ({max(r[0] for r in o.reclaims):,} objects, {max(r[1] for r in o.reclaims):.0f}"
+                                    f" + {max(r[2] for r in o.reclaims):.0f} ms)" if o.reclaims else ""),
             f"{o.rooms_live:,} / {o.rooms_unloaded:,}", f"{o.sessions_open:,} / {o.sessions_closed:,}", o.tally.failed, len(o.errors)]
 
 
@@ -292,7 +292,8 @@ async def diagnose(ls: LogServer, variant: str, point: str) -> list[str]:
     if head is None:
         return [variant, point, "?", "?", "?", "?", "?", "?", "?"]
     return [variant, point, f"{head[1]} MiB", head[2], f"{head[3]} MiB", f"{head[4]} MiB", stat("arenas allocated current"),
-            f"{int(stat('bytes in allocated blocks').replace(',', '')) / 2**20:.1f} MiB" if stat("bytes in allocated blocks") != "?" else "?",
+            f"{int(stat('bytes in allocated blocks').replace(',', '')) / 2**20:.1f} MiB"
+            if stat("bytes in allocated blocks") != "?" else "?",
             f"{int(unused[1]) * int(unused[2]) / 2**20:.1f} MiB" if unused else "?"]
 
 

@@ -179,7 +179,8 @@ class Conn:
                 continue
             for item in items:
                 if isinstance(item, Error):
-                    self.family.outcomes[f"error {ErrorCode(item.code).name if item.code in ErrorCode._value2member_map_ else item.code}"] += 1
+                    name = ErrorCode(item.code).name if item.code in ErrorCode._value2member_map_ else item.code
+                    self.family.outcomes[f"error {name}"] += 1
                     if item.code == ErrorCode.INTERNAL:
                         self._internal()
                 elif isinstance(item, Ping):
@@ -310,10 +311,10 @@ def mutate_native(rng: random.Random, array: list[Any]) -> bytes:
         return mutate_bytes(rng, msgpack.packb(array, use_bin_type=True))
     if how == 2 and len(array) > 1:  # a field of the wrong type
         array = list(array)
-        array[rng.randrange(1, len(array))] = rng.choice(VALUE_PALETTE + [msgpack.ExtType(1, b"x"), {1: 2}, msgpack.Timestamp(0)])
+        array[rng.randrange(1, len(array))] = rng.choice([*VALUE_PALETTE, msgpack.ExtType(1, b"x"), {1: 2}, msgpack.Timestamp(0)])
         return msgpack.packb(array, use_bin_type=True)
     if how == 3:  # a field too many or too few
-        array = list(array) + [None] if rng.random() < 0.5 else list(array)[:-1]
+        array = [*array, None] if rng.random() < 0.5 else list(array)[:-1]
         return msgpack.packb(array, use_bin_type=True)
     if how == 4:  # a length header far beyond the bytes present
         header = rng.choice([b"\xc6\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",
@@ -454,7 +455,7 @@ async def native_stale(ctx: Ctx) -> None:
         return b"".join(msgpack.packb(a, use_bin_type=True) for a in arrays)
 
     # The leave and stale frames in one message, then stale frames alone.
-    await conn.send(pack([[12, channel, 2]] + stale(channel)))
+    await conn.send(pack([[12, channel, 2], *stale(channel)]))
     await conn.answer(0.5)
     await conn.send(pack(stale(channel)))
     await conn.answer(0.3)
@@ -463,7 +464,7 @@ async def native_stale(ctx: Ctx) -> None:
     frames = await conn.answer(2.0, lambda f: isinstance(f, (Joined, Error)))
     second = next((f.channel for f in frames if isinstance(f, Joined)), None)
     if second is not None:
-        await conn.send(pack([[12, second, None]] + stale(second) + stale(channel)))
+        await conn.send(pack([[12, second, None], *stale(second), *stale(channel)]))
         await conn.answer(0.3)
     # Channels never opened.
     for ch in (0, (second or channel) + 5, 2**32 - 1):
@@ -513,7 +514,7 @@ async def native_limits(ctx: Ctx) -> None:
         text = doc.get("text", type=pycrdt.Text)
         updates: list[bytes] = []
         doc.observe(lambda event: updates.append(event.update))
-        for i in range(400):
+        for _ in range(400):
             text.insert(0, "u")
         for i, update in enumerate(updates):
             if not await conn.send(encode_raw([22, ch, i + 10, update])):
@@ -759,7 +760,7 @@ async def crdt_bytes(ctx: Ctx) -> None:
                 message = encode_raw([10, 100 + i, f"{room}-sv-{rng.randrange(4)}", payload("sv"), None, None])
             if not await conn.send(message):
                 break
-            await conn.answer(60.0, lambda f: isinstance(f, (Ack, Error, Joined)) or (which == 1 and getattr(f, "KIND", 0) == 21))
+            await conn.answer(60.0, lambda f: isinstance(f, (Ack, Error, Joined)) or (which == 1 and getattr(f, "KIND", 0) == 21))  # noqa: B023 (awaited here)
         await conn.close()
     else:
         conn = await open_conn(ctx.port, f"/yjs/{room}", ctx.family, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._backoff import Backoff as Backoff
+from ._cli import terminal_main as terminal_main
 from ._client import Client as Client
 from ._client import ClientState as ClientState
 from ._client import connect as connect

@@ -240,7 +240,7 @@ class _Terminal:
         while True:
             self._doc_changed = changed = trio.Event()
             doc = room.doc  # a DocumentReset replaces it
-            sub = doc.observe(lambda _: changed.set())
+            sub = doc.observe(lambda _: changed.set())  # noqa: B023 (unobserved before the next turn)
             try:
                 text = str(room.text)
                 if text != last:
@@ -346,7 +346,18 @@ async def run(
     return term.status
 
 
-def main(args: Any) -> int:
+def terminal_main(args: Any) -> int:
+    """`plait client URL ROOM`: the terminal client (this module's docstring), run on stdin and
+    stdout until /quit or the end of input. `plait` (engine/_cli.py) parses the command line.
+
+    Args:
+        args: the parsed command line: `url` (ws:// or wss://), `room`, `token` and `name`
+            (each a str or None).
+
+    Returns:
+        The exit status: 0 after /quit or the end of input, 1 when the server refuses the
+        connection or the room for good, 2 for a URL the client cannot open.
+    """
     try:
         _websocket_target(args.url)
     except ValueError as exc:

@@ -32,9 +32,9 @@ import trio_websocket
 
 from plait.protocol import (
     ABNORMAL_CLOSURE,
-    STALE,
     FRAME_OVERHEAD,
     MAX_MESSAGE_BYTES,
+    STALE,
     Ack,
     CloseCode,
     CodecLimits,
@@ -596,7 +596,8 @@ def websocket_opener(url: str, nursery: trio.Nursery) -> OpenTransport:
     async def open_websocket() -> Transport:
         # We open the TCP stream ourselves so that a connect cancelled mid-handshake (the app
         # leaving while a reconnect is under way) closes the socket instead of leaking it.
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        stream = await trio.open_tcp_stream(host, port)
         try:
             if secure:
                 stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)

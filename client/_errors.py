@@ -138,9 +138,14 @@ def error_for(code: int, message: str) -> RequestFailed:
     return cls(message, code)
 
 
+# Spelled out, not computed from ERROR_TYPES, so that type checkers see `plait.client.Forbidden`
+# (tests/client/test_exceptions.py checks that it lists every class of ERROR_TYPES).
 __all__ = [
     "PlaitError", "RequestFailed", "ConnectionClosed", "OfflineQueueFull", "EventsLost", "error_for",
-    *(cls.__name__ for cls in ERROR_TYPES.values()),
+    "MalformedFrame", "UnknownKind", "UnexpectedFrame", "FrameTooLarge", "UnsupportedVersion",
+    "InvalidField", "TooDeep", "UnknownChannel", "InvalidUpdate", "InvalidRoomName", "Unauthenticated",
+    "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "SlowConsumer",
+    "StorageUnavailable", "ShuttingDown", "InternalError",
 ]
 
 

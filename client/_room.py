@@ -235,7 +235,7 @@ class Room:
     def __init__(self, client: Client, name: str, offline_queue: int) -> None:
         self._client = client
         self.name = name
-        self.doc = pycrdt.Doc()
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
         """The room's document. Replaced by a new one after a DocumentReset."""
         self.channel: int | None = None
         self.access: int | None = None

@@ -438,9 +438,9 @@ def _run(args: argparse.Namespace) -> int:
         return FAILED if replay(args.files) else 0
     elif args.command == "client":
         # The terminal client lives with the client SDK; only this command loads it.
-        from plait.client._cli import main as client_main
+        from plait.client import terminal_main
 
-        return client_main(args)
+        return terminal_main(args)
     return 0
 
 

@@ -54,7 +54,12 @@ class Peer:
     """One connection to the engine. Abstract: see Session and YjsSession."""
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
-    __slots__ = ("_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nowait", "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large", "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "engine", "id", "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "transport", "__weakref__")
+    __slots__ = (
+        "_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nowait",
+        "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
+        "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "engine", "id",
+        "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "transport", "__weakref__",
+    )
 
     OWN_AWARENESS = False
     """Whether the client speaks its own Yjs awareness (y-websocket), or the room derives it

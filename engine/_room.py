@@ -108,7 +108,7 @@ class _Pending:
 
     updates: list[bytes] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
-    acks: list[tuple[Member | None, int, int | None | Error]] = field(default_factory=list)
+    acks: list[tuple[Member | None, int, int | Error | None]] = field(default_factory=list)
     """Answers in request order: (member, ref, ack value) or (member, ref, Error frame)."""
     confirmations: dict[Member, list[bytes]] = field(default_factory=dict)
     """Updates of members confirmed by sending them back once durable (y-websocket, §13)."""
@@ -187,7 +187,7 @@ class Room:
     ) -> None:
         self.name = name
         self.state = RoomState.LOADING
-        self.doc = pycrdt.Doc()
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
         self._update_check = UpdateCheck()
         self._store, self._hooks, self._config = store, hooks, config
         self._on_draining = on_draining

@@ -36,7 +36,7 @@ import logging
 import re
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from plait.protocol import GC_STRUCT, SKIP_STRUCT, TYPE_CONTENT, DecodedUpdate, ProtocolError, Struct, YId, read_update
@@ -114,7 +114,7 @@ class UpdateCheck:
         try:
             decoded = read_update(update, trusted=True)
         except ProtocolError:
-            logger.error("update check off: cannot read the document's own update", exc_info=True)
+            logger.exception("update check off: cannot read the document's own update")
             self._off = True
             return
         self._take(decoded, self._scan(decoded, strict=False))
@@ -137,6 +137,9 @@ class UpdateCheck:
         later: list[YId] = []  # references to sections further on
         runs: dict[int, tuple[list[int], list[int]]] | None = None  # depths so far, made when needed
         texts = False
+        other: int  # a reference's id, once it is known not to be a root type's name
+        at: int
+        entry: tuple[Sequence[int], Sequence[int]] | None  # runs of depth, the document's or the update's
         for client, clock, length, info, origin, right, parent, text in structs:
             if info == SKIP_STRUCT:
                 depths.append(0)
@@ -162,7 +165,7 @@ class UpdateCheck:
                 for ref in (origin, right) if parent is None else (parent,):
                     if ref is None or ref.__class__ is str:
                         continue
-                    other, at = ref  # type: ignore[misc]
+                    other, at = ref  # type: ignore[assignment, str-unpack]  # not a str: skipped above
                     if other == client and at >= clock:
                         if strict:
                             raise ValueError(f"update refers to {other}:{at}, which the document does not have")
@@ -179,7 +182,7 @@ class UpdateCheck:
                     elif at < reach.get(other, 0):  # in a struct before this one in the update
                         if runs is None:
                             runs = _runs(structs, depths)
-                        entry = runs[other]  # type: ignore[assignment]
+                        entry = runs[other]
                         if len(entry[0]) == 1:
                             found = entry[1][0]
                         else:
@@ -207,7 +210,7 @@ class UpdateCheck:
                     raise ValueError(f"update nests shared types deeper than {MAX_TYPE_DEPTH}")
                 depths.append(depth)
             if runs is not None:
-                entry = runs.get(client)  # type: ignore[assignment]
+                entry = runs.get(client)
                 if entry is None:
                     runs[client] = ([clock], [depths[-1]])
                 elif entry[1][-1] != depths[-1]:
@@ -258,6 +261,8 @@ class UpdateCheck:
         count as they come and 0."""
         known = self._reach
         index: dict[int, tuple[list[int], list[int]]] | None = None
+        other: int  # a reference's id, once it is known not to be a root type's name
+        at: int
         for first in range(len(structs)):
             if depths[first] != _UNRESOLVED:
                 continue
@@ -270,7 +275,7 @@ class UpdateCheck:
                 for ref in (origin, right) if parent is None else (parent,):
                     if ref is None or ref.__class__ is str:
                         continue
-                    other, at = ref  # type: ignore[misc]
+                    other, at = ref  # type: ignore[assignment, str-unpack]  # not a str: skipped above
                     if at < known.get(other, 0):
                         found = self._depth_at(other, at)
                     else:
@@ -309,7 +314,7 @@ class UpdateCheck:
 
     def _take(self, decoded: DecodedUpdate, depths: list[int]) -> None:
         reach, runs_of = self._reach, self._depths
-        for (client, clock, length, info, _, _, _, text), depth in zip(decoded.structs, depths):
+        for (client, clock, length, info, _, _, _, text), depth in zip(decoded.structs, depths, strict=True):
             if info == SKIP_STRUCT or not length:
                 continue
             end = clock + length
@@ -352,7 +357,7 @@ def _runs(structs: list[Struct], depths: list[int]) -> dict[int, tuple[list[int]
     """Per client: the update's structs so far (as many as `depths`) as runs of depth,
     `(starts, depths)`: from `starts[i]` on, the structs are `depths[i]` deep."""
     runs: dict[int, tuple[list[int], list[int]]] = {}
-    for struct, depth in zip(structs, depths):
+    for struct, depth in zip(structs, depths, strict=False):  # depths: the structs so far
         if struct[3] != SKIP_STRUCT:
             _add_run(runs, struct[0], struct[1], depth)
     return runs

@@ -311,7 +311,7 @@ async def _upgrade(
                 logger.info("refused a connection: %s %s", response.status_code, ws.handshake_exc or "")
                 return None
             # Read by the parser at every frame (websockets ≥ 15 names it max_message_size).
-            ws.max_message_size = ws.max_size = max_message_bytes(request.path)
+            ws.max_message_size = ws.max_size = max_message_bytes(request.path)  # type: ignore[attr-defined]
             # The suspended parser keeps the request alive for the life of the connection;
             # its headers are a kilobyte and a half that nothing reads again.
             request.headers.clear()

@@ -277,7 +277,7 @@ async def replay(
             w = want[index] if index < len(want) else None
             g = got[index] if index < len(got) else None
             same = w is not None and g is not None and _same(w.body, g[1])
-            if same and check_times and abs(w.t - g[0]) > tolerance:  # type: ignore[union-attr]
+            if same and check_times and abs(w.t - g[0]) > tolerance:  # type: ignore[union-attr, index]
                 same = False
             if not same:
                 result.mismatches.append(

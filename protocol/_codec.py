@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._fields import to_wire
@@ -130,7 +130,7 @@ def frame_from_fields(cls: type[Frame], values: list[Any]) -> Frame:
             f"{cls.__name__} has {len(types)} fields, got {len(values)}",
             ErrorCode.MALFORMED_FRAME,
         )
-    return cls(*[t.check(v) for t, v in zip(types, values)])
+    return cls(*[t.check(v) for t, v in zip(types, values, strict=True)])
 
 
 def frame_to_array(frame: Frame) -> list[Any]:

@@ -154,7 +154,7 @@ class Record(FieldType):
         assert isinstance(value, (list, tuple))
         if len(value) != len(self.types):
             raise _invalid(f"{self.spec_name} has {len(self.types)} fields, got {len(value)}")
-        return self.cls(*[t.check(v) for t, v in zip(self.types, value)])
+        return self.cls(*[t.check(v) for t, v in zip(self.types, value, strict=True)])
 
     def to_array(self, obj: Any) -> list[Any]:
         return [to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)]

@@ -424,7 +424,7 @@ def grammar(cls: type) -> str:
     from its fields so the spec and the code cannot drift apart (a test checks the spec)."""
     fields = ", ".join(
         f"{name}: {ftype.spec_name}"
-        for name, ftype in zip(field_names(cls), field_types(cls))
+        for name, ftype in zip(field_names(cls), field_types(cls), strict=True)
     )
     if issubclass(cls, Frame):
         return f"{cls.KIND.name.lower()} := [{int(cls.KIND)}, {fields}]"

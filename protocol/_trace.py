@@ -13,7 +13,7 @@ import binascii
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Final, Literal, Union
+from typing import IO, Any, Final, Literal
 
 from ._codec import frame_from_fields
 from ._errors import RemoteProtocolError
@@ -63,7 +63,7 @@ class Stored:
     events: tuple[tuple[int, bytes], ...] = ()
 
 
-Body = Union[Frame, Raw, Open, Close, Stored]
+Body = Frame | Raw | Open | Close | Stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ class TraceWriter:
 
 def frame_to_json(frame: Frame) -> dict[str, Any]:
     obj: dict[str, Any] = {"kind": frame.KIND.name.lower()}
-    for name, ftype in zip(frame.NAMES, frame.FIELDS):
+    for name, ftype in zip(frame.NAMES, frame.FIELDS, strict=True):
         obj[name] = _field_to_json(ftype, getattr(frame, name))
     return obj
 
@@ -148,7 +148,7 @@ def _field_to_json(ftype: FieldType, value: Any) -> Any:
     if isinstance(ftype, Record):
         return {
             name: _field_to_json(t, getattr(value, name))
-            for name, t in zip(ftype.names, ftype.types)
+            for name, t in zip(ftype.names, ftype.types, strict=True)
         }
     return value_to_json(value)
 
@@ -274,7 +274,7 @@ def frame_from_json(obj: Any) -> Frame:
     extra = set(obj) - set(names) - {"kind"}
     if extra:
         raise TraceError(f"{obj['kind']} has no field(s) {sorted(extra)}")
-    values = [_field_from_json(t, obj[name]) for name, t in zip(names, cls.FIELDS)]
+    values = [_field_from_json(t, obj[name]) for name, t in zip(names, cls.FIELDS, strict=True)]
     return frame_from_fields(cls, values)
 
 
@@ -290,7 +290,7 @@ def _field_from_json(ftype: FieldType, obj: Any) -> Any:
     if isinstance(ftype, Record):
         if not isinstance(obj, dict):
             raise TraceError(f"expected an object for {ftype.spec_name}")
-        return [_field_from_json(t, obj[n]) for n, t in zip(ftype.names, ftype.types)]
+        return [_field_from_json(t, obj[n]) for n, t in zip(ftype.names, ftype.types, strict=True)]
     return value_from_json(obj)
 
 

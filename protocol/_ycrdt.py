@@ -381,6 +381,8 @@ def _read_update(data: bytes, trusted: bool) -> tuple[DecodedUpdate, int]:
     uint, size, ids = _uint, len(data), _CLIENT_IDS
     structs: list[Struct] = []
     add = structs.append
+    other: int | None  # an origin's client: the one we know by its bytes, if any
+    parent: str | YId | None
     clients = data[0]
     if clients < 0x80:
         pos = 1

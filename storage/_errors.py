@@ -27,7 +27,8 @@ class StoreLocked(StorageUnavailable):
     """
 
     def __init__(self, what: object, holder: tuple[int, str] | None) -> None:
-        self.pid, self.host = holder if holder is not None else (None, None)
+        self.pid: int | None = holder[0] if holder is not None else None
+        self.host: str | None = holder[1] if holder is not None else None
         if holder is None:
             who = "another process"
         elif holder == (os.getpid(), socket.gethostname()):

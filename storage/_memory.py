@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ._errors import StorageError
 from ._store import RoomData, StoredEvent
 
 
@@ -36,7 +37,7 @@ class MemoryStore:
     async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
         stored = self._rooms.setdefault(room, _Room())
         if covered > len(stored.updates):
-            raise ValueError(f"compaction covers {covered} updates, {len(stored.updates)} stored")
+            raise StorageError(f"compaction covers {covered} updates, {len(stored.updates)} stored")
         stored.snapshot = snapshot
         del stored.updates[:covered]
 

@@ -21,7 +21,8 @@ from typing import Final, TypeVar
 import trio
 
 from ._errors import SnapshotCorrupt, StorageError, StorageUnavailable
-from ._lock import LockFile, reason as _reason
+from ._lock import LockFile
+from ._lock import reason as _reason
 from ._store import RoomData, StoredEvent
 
 SCHEMA_VERSION: Final = 1

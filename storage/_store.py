@@ -56,7 +56,11 @@ class Store(Protocol):
         ...
 
     async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
-        """Replace the snapshot; drop the `covered` oldest updates it includes."""
+        """Replace the snapshot; drop the `covered` oldest updates it includes.
+
+        Raises:
+            StorageError: `covered` is more than the updates stored; nothing changes.
+        """
         ...
 
     async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:

@@ -11,8 +11,7 @@ import pycrdt
 import trio
 
 from plait.client import Backoff, Client, Room, connect
-from plait.engine import Engine, MemoryTransport
-from plait.engine import Transport
+from plait.engine import Engine, MemoryTransport, Transport
 
 
 class Cable:

@@ -49,7 +49,7 @@ def test_every_change_is_in_one_place(steps: list[tuple[object, ...]]) -> None:
         match step:
             case ("edit",) | ("offline_edit",) | ("big_edit",):
                 update: list[bytes] = []
-                sub = doc.observe(lambda event: update.append(event.update))
+                sub = doc.observe(lambda event: update.append(event.update))  # noqa: B023 (unobserved below)
                 text.insert(len(text), "x" * (3 * MAX if step[0] == "big_edit" else 1))
                 doc.unobserve(sub)
                 changes.record(None if step[0] == "offline_edit" else update[0])

@@ -8,7 +8,8 @@ import trio
 from trio.testing import MockClock
 
 from plait.client import Backoff, ClientState, ConnectionClosed, EventRejected, Forbidden
-from plait.engine import EventRejected as ServerEventRejected, Hooks, Identity
+from plait.engine import EventRejected as ServerEventRejected
+from plait.engine import Hooks, Identity
 from plait.protocol import Access
 from plait.storage import MemoryStore
 
@@ -59,7 +60,8 @@ async def test_presence_cursors_typing_and_events_between_clients(autojump_clock
                 event = await events.__anext__()
                 assert (event.seq, event.name, event.payload) == (1, "chat", {"text": "hi"})
                 for _ in range(20):
-                    if r2.presence.get(c1.session_id or "", None) is not None and r2.presence[c1.session_id].state == {"name": "ada"} and r2.cursors and r2.typing:  # type: ignore[index]
+                    ada = r2.presence.get(c1.session_id or "", None)
+                    if ada is not None and ada.state == {"name": "ada"} and r2.cursors and r2.typing:
                         break
                     await changes.__anext__()
                 assert r2.presence[c1.session_id].state == {"name": "ada"}  # type: ignore[index]
@@ -104,7 +106,7 @@ async def test_backoff_delays_are_bounded_and_grow(autojump_clock: MockClock) ->
             cable.down = False
             await c.wait_state(ClientState.OPEN)
             bounds = [min(4, 0.5 * 2**i) for i in range(len(c.delays))]
-            assert all(0 <= d <= b for d, b in zip(c.delays, bounds))
+            assert all(0 <= d <= b for d, b in zip(c.delays, bounds, strict=True))
             assert len(c.delays) >= 5
             changes = c.changes()
             await trio.sleep(Backoff().reset_after)  # a connection that lasts starts the count again

@@ -5,6 +5,7 @@ Engine over in-memory transports, under MockClock."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pycrdt
@@ -14,7 +15,7 @@ from trio.testing import MockClock
 
 from plait.client import DocumentReset, DocumentTooLarge, Forbidden, Room
 from plait.engine import Hooks, Identity, MemoryTransport
-from plait.protocol import Access, Error, ErrorCode, Limits, Welcome, decode, encode
+from plait.protocol import Access, Error, ErrorCode, Welcome, decode, encode
 from plait.storage import MemoryStore
 
 from ..engine.conftest import make_engine
@@ -70,7 +71,7 @@ class Overstated:
         frames = decode(data)
         for i, frame in enumerate(frames):
             if isinstance(frame, Welcome):
-                limits = Limits(**{**{f: getattr(frame.limits, f) for f in frame.limits.__dataclass_fields__}, "updates_per_second": self.rate})
+                limits = dataclasses.replace(frame.limits, updates_per_second=self.rate)
                 frames[i] = Welcome(frame.version, frame.session, frame.heartbeat_ms, limits)
             elif isinstance(frame, Error) and frame.code == ErrorCode.RATE_LIMITED:
                 self.refused += 1

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from trio.testing import MockClock
 
+import plait.client
 from plait.client import ConnectionClosed, Forbidden, connect
+from plait.client import _errors as errors
 from plait.engine import Hooks, Identity, Unauthenticated
 from plait.protocol import Access
 
@@ -24,6 +26,15 @@ class Strict(Hooks):
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
         return None if room == "secret" else Access.WRITE
+
+
+def test_every_typed_error_is_exported_by_name() -> None:
+    """`__all__` is written out (type checkers cannot read a computed one): it names every class
+    of ERROR_TYPES, and each name it lists is the same object in `plait.client`."""
+    assert {cls.__name__ for cls in errors.ERROR_TYPES.values()} <= set(errors.__all__)
+    assert len(set(errors.__all__)) == len(errors.__all__)
+    for name in errors.__all__:
+        assert getattr(plait.client, name) is getattr(errors, name), name
 
 
 async def test_a_refused_join_escapes_as_its_own_type(autojump_clock: MockClock) -> None:

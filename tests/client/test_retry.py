@@ -34,7 +34,7 @@ async def test_each_failed_attempt_reports_its_error_and_the_next_delay(autojump
     assert [c.attempt for c in seen] == [1, 2, 3, 4, 5, 6]
     assert all(isinstance(c.error, OSError) and "network is down" in str(c.error) for c in seen)
     bounds = [min(4, 0.5 * 2**i) for i in range(6)]  # Backoff(base=0.5, cap=4) in client_for
-    assert all(c.delay is not None and 0 <= c.delay <= b for c, b in zip(seen, bounds))
+    assert all(c.delay is not None and 0 <= c.delay <= b for c, b in zip(seen, bounds, strict=True))
 
 
 class HangsUpAfterWelcome:

@@ -230,7 +230,7 @@ async def test_a_yjs_client_asking_for_an_invalid_room_name_is_refused_with_a_re
 
 
 async def test_a_yjs_client_on_the_native_endpoint_is_told_to_use_yjs() -> None:
-    async with serving() as (engine, port):
+    async with serving() as (_, port):
         lost = await Peer.connect(port, "/notes")
         await lost.send(raw_frame(2, b"\x00\x00\x01\x00"))  # y-websocket's sync step 1
         await lost.read_to_eof()
@@ -244,7 +244,7 @@ async def test_a_yjs_client_on_the_native_endpoint_is_told_to_use_yjs() -> None:
 
 async def test_shutdown_does_not_wait_for_a_socket_that_never_says_hello() -> None:
     async with trio.open_nursery() as nursery:
-        async with serving(handshake_timeout=5) as (engine, port):
+        async with serving(handshake_timeout=5) as (_, port):
             silent = await Peer.connect(port)
             nursery.start_soon(silent.read_to_eof)  # it answers the close, as WebSocket stacks do
             start = trio.current_time()

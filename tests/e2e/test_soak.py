@@ -76,7 +76,7 @@ def test_churn_counts_every_cycle_room_and_session() -> None:
     # Both variants at once: most of each run is waiting for rooms to unload (10 s idle grace).
     variants = ["distinct", "one-room"]
     processes = [start("churn.py", "--cycles", "30", "--concurrency", "4", "--variants", v) for v in variants]
-    for variant, process in zip(variants, processes):
+    for variant, process in zip(variants, processes, strict=True):
         status, rows, output = finish(process)
         assert status == 0, output[-4000:]
         row = rows[variant]

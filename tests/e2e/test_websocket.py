@@ -54,7 +54,7 @@ async def until(room: Room, check: Callable[[], bool]) -> None:
             async with trio.open_nursery() as nursery:
                 async def on_change() -> None:
                     await changes.__anext__()
-                    woke.set()
+                    woke.set()  # noqa: B023 (the nursery ends before woke is replaced)
 
                 nursery.start_soon(on_change)
                 await woke.wait()
@@ -72,7 +72,7 @@ async def test_three_clients_converge_and_see_each_other(url: str) -> None:
             await r2.synced()
             r1_events = r1.events()
             # Concurrent edits at the same position from both sides.
-            for i in range(20):
+            for _ in range(20):
                 r1.text.insert(0, "a")
                 r2.text.insert(0, "b")
             await r1.set_presence({"name": "ada"})

@@ -37,7 +37,6 @@ from plait.protocol import (
     encode_sync,
 )
 
-
 F = TypeVar("F", bound=Frame)
 
 

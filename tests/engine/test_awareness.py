@@ -11,7 +11,6 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-import pytest
 import trio
 from trio.testing import MockClock
 

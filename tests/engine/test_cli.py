@@ -64,7 +64,7 @@ def test_a_bad_command_line_is_one_line_and_status_2(
     argv: list[str], says: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    status, out, err = run(argv, capsys)
+    status, _, err = run(argv, capsys)
     assert status == 2
     assert says in one_line(err, argv[0])
     assert list(tmp_path.iterdir()) == []  # nothing was created on the way
@@ -190,7 +190,7 @@ def test_replay_goes_on_past_a_bad_file(capsys: pytest.CaptureFixture[str], tmp_
 def _by_flag(text: str) -> dict[str, str]:
     """`--flag` -> the text after it, up to the next flag, whitespace collapsed."""
     pieces = re.split(r"`?(--[a-z-]+)\b", " ".join(text.split()))
-    return dict(zip(pieces[1::2], pieces[2::2]))
+    return dict(zip(pieces[1::2], pieces[2::2], strict=True))
 
 
 def test_the_readme_lists_every_serve_option_as_serve_help_does(capsys: pytest.CaptureFixture[str]) -> None:

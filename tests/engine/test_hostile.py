@@ -115,7 +115,7 @@ async def test_flooding_is_rate_limited_then_closed(autojump_clock: MockClock, e
     flood = await connect()
     await flood.join("r")
     sent = 0
-    for batch in range(50):
+    for _ in range(50):
         frames = [Publish(1, sent + i + 1, "spam", i, None) for i in range(100)]
         sent += len(frames)
         try:
@@ -130,7 +130,7 @@ async def test_flooding_is_rate_limited_then_closed(autojump_clock: MockClock, e
 @pytest.mark.slow
 async def test_random_garbage_fuzz_never_takes_the_server_down(autojump_clock: MockClock, engine: Engine) -> None:
     rng = random.Random(7)
-    for i in range(200):
+    for _ in range(200):
         c = DocClient(engine.connect_memory())
         await c.hello()
         await c.join("fuzz")

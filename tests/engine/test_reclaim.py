@@ -11,6 +11,7 @@ collections are disabled for its duration (gc.disable), so only the reclaim can 
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import urllib.parse
 import weakref
@@ -188,7 +189,7 @@ async def test_a_slow_collection_spaces_out_the_next(autojump_clock: MockClock) 
             reclaimer.ended()
             await trio.sleep(1.0)
         nursery.cancel_scope.cancel()
-    gaps = [b - a for a, b in zip(seen.at, seen.at[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(seen.at)]
     assert len(seen.at) >= 3 and all(pause / RECLAIM_DUTY <= gap <= pause / RECLAIM_DUTY + 2 for gap in gaps), gaps
 
 

@@ -127,7 +127,12 @@ async def written(engine: Engine) -> DocClient:
     transactions: the server's document has a delete set of several ranges."""
     writer = await member(engine, "r", "writer")
     text = writer.doc.get("text", type=pycrdt.Text)
-    for ref, change in enumerate([lambda: text.insert(0, "hello brave new world"), lambda: text.__delitem__(slice(5, 11)), lambda: text.__delitem__(slice(6, 10))], 1):
+    changes = [
+        lambda: text.insert(0, "hello brave new world"),
+        lambda: text.__delitem__(slice(5, 11)),
+        lambda: text.__delitem__(slice(6, 10)),
+    ]
+    for ref, change in enumerate(changes, 1):
         before = writer.doc.get_state()
         change()
         await writer.send(Update(1, ref, writer.doc.get_update(before)))

@@ -41,7 +41,7 @@ async def test_join_sends_joined_sync_and_presence_in_order(autojump_clock: trio
     assert [(e.session, e.identity["id"]) for e in snap.entries] == [("s1", snap.entries[0].identity["id"])]
 
 
-async def test_updates_fan_out_to_others_not_the_sender_and_ack_after_storing(autojump_clock: trio.testing.MockClock, 
+async def test_updates_fan_out_to_others_not_the_sender_and_ack_after_storing(autojump_clock: trio.testing.MockClock,
     connect: Connect, store: MemoryStore
 ) -> None:
     a, b = await connect(), await connect()
@@ -96,7 +96,9 @@ async def test_invalid_update_is_refused_and_room_keeps_working(autojump_clock: 
     assert str(b.text) == "ok"
 
 
-async def test_idle_room_unloads_and_reloads_from_the_store(autojump_clock: trio.testing.MockClock, connect: Connect, engine: Engine, store: MemoryStore) -> None:
+async def test_idle_room_unloads_and_reloads_from_the_store(
+    autojump_clock: trio.testing.MockClock, connect: Connect, engine: Engine, store: MemoryStore
+) -> None:
     a = await connect()
     await a.join("r")
     await a.wait_for(PresenceSnapshot)
@@ -187,7 +189,7 @@ async def test_a_store_failure_never_acks_and_closes_the_rooms_channels(
         assert (await a.join("other")).channel == 2
 
 
-async def test_server_side_handle_edits_reach_members_and_storage(autojump_clock: trio.testing.MockClock, 
+async def test_server_side_handle_edits_reach_members_and_storage(autojump_clock: trio.testing.MockClock,
     connect: Connect, engine: Engine, store: MemoryStore
 ) -> None:
     a = await connect()
@@ -305,7 +307,7 @@ async def test_joiners_with_empty_documents_share_one_encoded_sync(autojump_cloc
         assert room._sync_step2_for(b"\x00") is first
         again = room._sync_step2_for(b"\x00")
         assert [f.for_channel(1) for f in first] == [f.for_channel(1) for f in again]
-        assert all(a.for_channel(1) is b.for_channel(1) for a, b in zip(first, again))
+        assert all(a.for_channel(1) is b.for_channel(1) for a, b in zip(first, again, strict=True))
         room.doc.get("text", type=pycrdt.Text).insert(0, "y")
         fresh = room._sync_step2_for(b"\x00")
         assert fresh is not first  # a changed document is encoded again

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import trio
 from trio.testing import MockClock
 
 from plait.engine import EventRejected, Hooks, Identity
-from plait.storage import MemoryStore
 from plait.protocol import (
     Access,
     Ack,
@@ -21,15 +21,16 @@ from plait.protocol import (
     Leave,
     Ping,
     PresenceDiff,
-    PresenceSet,
     PresencePatch,
+    PresenceSet,
     PresenceSnapshot,
     Publish,
-    Typing,
     TransportClosed,
+    Typing,
     TypingState,
     Update,
 )
+from plait.storage import MemoryStore
 
 from .client import DocClient
 from .conftest import Connect, make_engine
@@ -58,7 +59,7 @@ async def test_presence_changes_within_a_tick_coalesce_to_the_latest(autojump_cl
 
 
 async def test_late_joiner_gets_everyone_at_once(autojump_clock: MockClock, connect: Connect) -> None:
-    a, b = await joined_pair(connect)
+    a, _ = await joined_pair(connect)
     await a.send(PresenceSet(1, None, {"name": "ada"}))
     await a.send(CursorMove(1, {"index": 3}))
     await a.send(Publish(1, 1, "chat", {"text": "hi"}, None))
@@ -344,7 +345,7 @@ async def test_a_big_room_ticks_less_often_so_its_ephemeral_traffic_stays_bounde
             await trio.sleep(0.5)
             nursery.cancel_scope.cancel()
         assert 2 <= len(diffs) <= 4  # not 10
-        gaps = [b[1] - a[1] for a, b in zip(diffs, diffs[1:])]
+        gaps = [b[1] - a[1] for a, b in itertools.pairwise(diffs)]
         assert all(gap >= 0.2 - 1e-9 for gap in gaps), gaps
         assert diffs[-1][0].updated[0].state == {"n": 9}  # latest wins, nothing lost
 
@@ -365,5 +366,5 @@ async def test_the_server_speaks_at_least_once_per_heartbeat_but_not_much_more(
             assert isinstance(frame, Ping)
             sent_at.append(trio.current_time())
     assert 20 <= trio.current_time() - start <= 20 + 10 / 8 + 0.01  # 2H, plus at most one sweep (H/8)
-    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(gaps) >= 2 and all(5 <= gap < 10 for gap in gaps), gaps  # H = 10 s

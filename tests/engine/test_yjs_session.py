@@ -11,7 +11,6 @@ import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine, MemoryTransport
-from plait.storage import MemoryStore, StorageUnavailable
 from plait.protocol import (
     AwarenessEntry,
     CursorMove,
@@ -29,6 +28,7 @@ from plait.protocol import (
     encode_awareness,
     encode_sync,
 )
+from plait.storage import MemoryStore, StorageUnavailable
 
 from .client import DocClient
 from .conftest import Connect, make_engine

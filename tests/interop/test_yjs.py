@@ -17,9 +17,9 @@ import trio
 
 from plait.client import connect
 from plait.client._client import websocket_opener
-from plait.protocol import TransportClosed
 from plait.engine import Engine
 from plait.engine.testing import TokenHooks
+from plait.protocol import TransportClosed
 
 from ..e2e.test_websocket import until
 

@@ -162,7 +162,7 @@ def _make_pycrdt_updates() -> list[bytes]:
     updates.append(pycrdt.merge_updates(*updates[::3]))
     updates.append(pycrdt.merge_updates(*updates[:40]))
     updates.append(pycrdt.Doc().get_update())
-    return updates + [subdoc_update]
+    return [*updates, subdoc_update]
 
 
 def pycrdt_state_vectors() -> list[bytes]:
@@ -214,7 +214,7 @@ def hostile_update(rng: random.Random) -> bytes:
     clients = rng.sample([0, 1, 2, 3, 2**32, 2**53 - 1, rng.randrange(2**53)], rng.randrange(1, 4))
 
     def some_id() -> bytes:
-        return varuint(rng.choice(clients + [rng.randrange(2**53)])) + varuint(
+        return varuint(rng.choice([*clients, rng.randrange(2**53)])) + varuint(
             rng.choice([0, 1, 5, 2**31, U32 - 1, rng.randrange(2**32)])
         )
 
@@ -495,8 +495,8 @@ def cost_table() -> None:
     }
     for name, data in cases.items():
         inner = 2000 if len(data) < 1000 else 1
-        ours = best(lambda: read_update(data), inner)
-        theirs = best(lambda: pycrdt.Doc().apply_update(data), inner)
+        ours = best(lambda: read_update(data), inner)  # noqa: B023 (best() calls it at once)
+        theirs = best(lambda: pycrdt.Doc().apply_update(data), inner)  # noqa: B023
         print(f"{name:36s} {len(data):8d} B  read_update {ours:10.1f} µs  pycrdt apply {theirs:10.1f} µs")
     state = doc.get_state()
     ours = best(lambda: check_state_vector(state), 2000)

@@ -219,7 +219,8 @@ def test_edge_values_yrs_takes_are_accepted() -> None:
         update([(0, 0, [])]),
         update([(5, 7, [b"\x00" + varuint(3), b"\x0a" + varuint(2), root_item(4, varstring(""))])]),
         update([(1, 0, [root_item(8, varuint(0))])]),  # empty: yrs drops it, clock unchanged
-        update([(1, 0, [root_item(8, varuint(3) + b"\x7d\x81\x80\x80\x80\x80\x80\x80\x80\x01" + b"\x7c" + b"\x00" * 4 + b"\x7a" + b"\xff" * 8)])]),
+        update([(1, 0, [root_item(8, varuint(3) + b"\x7d\x81\x80\x80\x80\x80\x80\x80\x80\x01"
+                                  + b"\x7c" + b"\x00" * 4 + b"\x7a" + b"\xff" * 8)])]),
         update([(1, 0, [root_item(1, varuint(U32 - 1)), root_item(4, varstring("a"))])]),
         update([], delete_set({1: [(0, 1), (1, 1), (5, 0), (U32 - 1, 1)], 2**53 - 1: []})),
     ]

@@ -243,12 +243,16 @@ def test_text_outside_the_bmp_is_never_cut_inside_a_character() -> None:
         doc = appended_text(10, "😀é漢a" * 20)
         pieces = apply_pieces(None, doc.get_update(), max_bytes)
         assert len(pieces) > 5
+        # A string's bytes are whole UTF-8 (check_update above), and each piece ends on a whole
+        # character: the document reads without U+FFFD after every piece. (A piece alone reads
+        # as nothing past the first: its items wait for their origins in the pieces before.)
+        rebuilt, length = pycrdt.Doc(), 0
         for piece in pieces:
-            # A string's bytes are whole UTF-8 (check_update above), and each piece is whole
-            # text on its own: a fresh document reads it without U+FFFD.
-            alone = pycrdt.Doc()
-            alone.apply_update(pieces[0])
-            assert "\ufffd" not in str(alone.get("text", type=pycrdt.Text))
+            rebuilt.apply_update(piece)
+            text = str(rebuilt.get("text", type=pycrdt.Text))
+            assert "\ufffd" not in text
+            assert len(text) > length
+            length = len(text)
 
 
 def test_a_large_array_of_values_is_split_between_values() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from plait.storage import FileStore, MemoryStore, SQLiteStore, Store, StoredEvent
+from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store, StoredEvent
 
 Backends = Callable[[Path], Store]
 BACKENDS: dict[str, Backends] = {
@@ -49,7 +49,7 @@ async def test_compaction_replaces_the_snapshot_and_drops_covered_updates(store:
 
 async def test_compaction_cannot_cover_more_than_is_stored(store: Store) -> None:
     await store.append("r", [b"a"])
-    with pytest.raises(Exception):
+    with pytest.raises(StorageError, match="covers 2 updates, 1 stored"):
         await store.compact("r", b"S", 2)
     assert (await store.load("r")).updates == (b"a",)
 
