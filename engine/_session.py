@@ -174,7 +174,8 @@ class Session(Peer):
         for frame in run:
             try:
                 if self.conn.receive(frame) is STALE:
-                    continue  # spec §5.2: for a channel already left, ignored
+                    self._answer_stale(frame.ref, frame.channel)
+                    continue
                 member = self._member(frame.channel)
                 if member.access is Access.WRITE:
                     self._rate(self._update_bucket, "document updates")
@@ -201,8 +202,11 @@ class Session(Peer):
             else:
                 self.send_error(ref, channel, exc.code, exc.message)
             return
-        if accepted is STALE or self.conn.state is not SessionState.OPEN:
-            return  # spec §5.2: a frame for a channel already left is ignored
+        if accepted is STALE:
+            self._answer_stale(ref, channel)
+            return
+        if self.conn.state is not SessionState.OPEN:
+            return
         try:
             await self._dispatch(frame)
         except RequestError as exc:
@@ -220,6 +224,13 @@ class Session(Peer):
 
     def send_error(self, ref: int | None, channel: int | None, code: int, message: str) -> None:
         self.send_frames([Error(ref, channel, code, message[:1024])])
+
+    def _answer_stale(self, ref: int | None, channel: int | None) -> None:
+        """A frame for a channel this client already left (spec §5.2) changes nothing; a request
+        among them is still answered, as every request is (§4.1), with UNKNOWN_CHANNEL, which
+        is not fatal."""
+        if ref is not None:
+            self.send_error(ref, channel, ErrorCode.UNKNOWN_CHANNEL, f"channel {channel} was left")
 
     def _member(self, channel: int) -> Member:
         return self._members[channel]  # the state machine already checked the channel is open

@@ -138,8 +138,27 @@ class WebSocketStream:
                     await self.flush()
             except TransportClosed:
                 pass
+            if self._ws.close_rcvd is None and not self._sending:
+                await self._drain()
         await trio.aclose_forcefully(self._stream)
         raise self._closed_error()
+
+    async def _drain(self) -> None:
+        """After a close frame for a violation, read and drop what the peer still sends (the
+        rest of an oversized message) until it hangs up: closing a socket with unread data
+        resets the connection, and a reset can destroy the close frame before the peer reads
+        it. The caller bounds the time."""
+        stream = self._stream
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            try:
+                await stream.send_eof()  # the close frame is all we send
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        try:
+            while await stream.receive_some(RECEIVE_BYTES):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     # -- sending ----------------------------------------------------------------------------
 

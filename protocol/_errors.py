@@ -59,6 +59,8 @@ class CloseCode(IntEnum):
     """WebSocket close codes Plait uses (spec/protocol.md §9)."""
 
     NORMAL = 1000
+    MESSAGE_TOO_BIG = 1009
+    """RFC 6455: a WebSocket message over max_message_bytes, refused before it was read."""
     PROTOCOL_ERROR = 4001
     UNSUPPORTED_VERSION = 4002
     UNAUTHENTICATED = 4003
@@ -110,6 +112,7 @@ def close_code_for(code: int) -> CloseCode:
 
 _FINAL_CLOSES = frozenset(
     {
+        CloseCode.MESSAGE_TOO_BIG,
         CloseCode.PROTOCOL_ERROR,
         CloseCode.UNSUPPORTED_VERSION,
         CloseCode.UNAUTHENTICATED,

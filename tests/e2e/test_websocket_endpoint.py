@@ -304,3 +304,19 @@ async def test_a_send_without_waiting_on_a_closed_socket_raises_instead_of_writi
         other_end.recv(100)  # nothing landed on the socket that took the number
     for sock in reused:
         sock.close()
+
+
+async def test_the_close_frame_reaches_a_peer_still_sending_its_oversized_message(port: int) -> None:
+    # A 1 MB message against a 4 kB limit, written in full as a client library would: the
+    # server refuses it early, and must read the rest before hanging up, or the reset that
+    # closing a socket with unread data causes can destroy its close frame (fresh-eyes run:
+    # a 70 MiB publish got no close frame).
+    stream, ws = await handshake_raw(port)
+    big = ws.send(Message(data=b"\x00" * 1_000_000))
+    with trio.fail_after(5):
+        try:
+            await stream.send_all(big)
+        except trio.BrokenResourceError:
+            pytest.fail("the server reset the connection before the message was sent")
+    assert await close_codes(stream, ws) == [1009]
+    await still_serves(port)
