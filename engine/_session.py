@@ -100,8 +100,10 @@ class Session(Peer):
                     raise RemoteProtocolError("the first message must hold only hello", ErrorCode.UNEXPECTED_FRAME)
                 self.conn.receive(frames[0])
             except RemoteProtocolError as exc:
-                # Not a hello at all: most often a client of another protocol; say where to go.
-                hint = None if exc.code is ErrorCode.UNSUPPORTED_VERSION else "not a Plait hello; Yjs clients connect to /yjs/ROOM"
+                # Not Plait frames at all: most often a client of another protocol; say where
+                # to go. A Plait frame with a bad field is closed with its own reason.
+                not_plait = exc.code in (ErrorCode.MALFORMED_FRAME, ErrorCode.UNKNOWN_KIND)
+                hint = "not a Plait hello; Yjs clients connect to /yjs/ROOM" if not_plait else None
                 self._fatal(exc, None, hint)
                 return False
             hello = frames[0]

@@ -66,6 +66,14 @@ def decode(data: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list[Frame]:
     return [_frame_from_array(a) for a in arrays]
 
 
+def _unpack_error(exc: Exception) -> RemoteProtocolError:
+    """What msgpack's failure means (spec §3.4): a map key that is not a string is well-formed
+    msgpack with a field Plait does not allow (INVALID_FIELD); anything else is not msgpack."""
+    if isinstance(exc, ValueError) and "not allowed for map key" in str(exc):
+        return RemoteProtocolError("a map key is not a string", ErrorCode.INVALID_FIELD)
+    return RemoteProtocolError(f"not valid msgpack: {type(exc).__name__}", ErrorCode.MALFORMED_FRAME)
+
+
 def _unpack_all(data: bytes, max_frames: int) -> list[Any]:
     # msgpack's own limits (max_*_len) default to the buffer size, so a header that claims
     # 2**32 elements in a ten-byte message fails before anything is allocated for it.
@@ -74,9 +82,7 @@ def _unpack_all(data: bytes, max_frames: int) -> list[Any]:
     except msgpack.ExtraData:
         pass  # several frames
     except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise RemoteProtocolError(
-            f"not valid msgpack: {type(exc).__name__}", ErrorCode.MALFORMED_FRAME
-        ) from exc
+        raise _unpack_error(exc) from exc
     unpacker = msgpack.Unpacker(
         raw=False, strict_map_key=True, use_list=True, max_buffer_size=len(data)
     )
@@ -89,9 +95,7 @@ def _unpack_all(data: bytes, max_frames: int) -> list[Any]:
         except msgpack.OutOfData:
             break
         except Exception as exc:  # msgpack raises several unrelated types on bad input
-            raise RemoteProtocolError(
-                f"not valid msgpack: {type(exc).__name__}", ErrorCode.MALFORMED_FRAME
-            ) from exc
+            raise _unpack_error(exc) from exc
         if len(arrays) == max_frames:
             raise RemoteProtocolError(
                 f"more than {max_frames} frames in one message", ErrorCode.FRAME_TOO_LARGE

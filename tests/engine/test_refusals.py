@@ -317,3 +317,25 @@ async def test_a_hello_with_no_version_in_common_keeps_its_own_reason(autojump_c
     assert (await old.expect(Error)).code == ErrorCode.UNSUPPORTED_VERSION
     assert await old.wait_closed() == CloseCode.UNSUPPORTED_VERSION
     assert old.closed is not None and "/yjs/" not in old.closed.reason
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        (msgpack.packb([FrameKind.HELLO, list(range(1, 18)), None, {}]), ErrorCode.INVALID_FIELD),  # 17 versions
+        (msgpack.packb([FrameKind.HELLO, [1], None, {1: "a"}]), ErrorCode.INVALID_FIELD),  # a non-string key
+        (encode(Join(1, "r", b"\x00", None)), ErrorCode.UNEXPECTED_FRAME),  # join before hello
+    ],
+    ids=["versions-17-items", "client-non-str-key", "join-before-hello"],
+)
+async def test_a_plait_frame_with_a_mistake_is_closed_with_its_own_reason_not_the_yjs_hint(
+    autojump_clock: MockClock, engine: Engine, first: bytes, code: ErrorCode
+) -> None:
+    # Fresh-eyes run: every fatal first message was closed "not a Plait hello; Yjs clients
+    # connect to /yjs/ROOM", even a hello with a bad field.
+    client = DocClient(engine.connect_memory("/"))
+    await client.send_raw(first)
+    assert (await client.expect(Error)).code == code
+    assert await client.wait_closed() == CloseCode.PROTOCOL_ERROR
+    assert client.closed is not None and "/yjs/" not in client.closed.reason, client.closed.reason
+    await assert_engine_serves(engine)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -14,6 +16,7 @@ from plait.protocol import (
     Frame,
     FrameKind,
     LocalProtocolError,
+    Ping,
     RemoteProtocolError,
     decode,
     encode,
@@ -118,3 +121,14 @@ def test_channel_frame_bytes_equal_encoding_with_that_channel(frame: Frame, chan
     rechanneled = dataclasses.replace(frame, channel=channel)  # type: ignore[type-var]
     assert shared.for_channel(channel) == encode(rechanneled)
     assert shared.for_channel(channel) is shared.for_channel(channel)
+
+
+@pytest.mark.parametrize("value", [{1: "a"}, {b"k": 1}, {None: 1}, {"ok": {2.5: 1}}], ids=["int", "bin", "nil", "nested-float"])
+def test_a_map_key_that_is_not_a_string_is_invalid_field(value: dict[Any, Any]) -> None:
+    # spec 3.4's table: "a non-string map key" is INVALID_FIELD (it was MALFORMED_FRAME,
+    # "not valid msgpack: ValueError"), in a message of one frame and of several.
+    frame = msgpack.packb([FrameKind.PRESENCE_SET, 1, None, value])
+    for message in (frame, encode(Ping(1)) + frame):
+        with pytest.raises(RemoteProtocolError) as refused:
+            decode(message)
+        assert refused.value.code == ErrorCode.INVALID_FIELD, refused.value
