@@ -119,8 +119,9 @@ class Peer:
         """A frame fanned out to the whole room, encoded once."""
         raise NotImplementedError
 
-    def deliver_ephemeral(self, member: Member, shared: ChannelFrame, refresh: Refresh) -> None:
-        """A presence/cursor/typing frame: may be coalesced into `refresh()` when lagging."""
+    def deliver_ephemeral(self, member: Member, shared: list[ChannelFrame], refresh: Refresh) -> None:
+        """One tick's presence/cursor/typing frames: may be coalesced into `refresh()` when
+        lagging."""
         raise NotImplementedError
 
     def deliver_frames(self, member: Member, frames: list[Frame]) -> None:

@@ -669,8 +669,7 @@ class Room:
             return
         for member in list(self._members.values()):
             refresh = self._refresher(member)
-            for frame in frames:
-                member.session.deliver_ephemeral(member, frame, refresh)
+            member.session.deliver_ephemeral(member, frames, refresh)
         for sid in left:  # its null awareness state went out with the diff
             client_id = self._awareness.release(sid)
             waiting = self._awareness_waiting.pop(client_id, None) if client_id is not None else None

@@ -323,10 +323,12 @@ class Session(Peer):
     def deliver(self, member: Member, shared: ChannelFrame) -> None:
         self.send_bytes(shared.for_channel(member.channel))
 
-    def deliver_ephemeral(self, member: Member, shared: ChannelFrame, refresh: Refresh) -> None:
-        self.send_ephemeral(
-            member.channel, shared.for_channel(member.channel), lambda: [encode_frame(f) for f in refresh()]
-        )
+    def deliver_ephemeral(self, member: Member, shared: list[ChannelFrame], refresh: Refresh) -> None:
+        def full_state() -> list[bytes]:
+            return [encode_frame(f) for f in refresh()]
+
+        for frame in shared:
+            self.send_ephemeral(member.channel, frame.for_channel(member.channel), full_state)
 
     def deliver_frames(self, member: Member, frames: list[Frame]) -> None:
         self.send_frames(frames)

@@ -178,10 +178,11 @@ class YjsSession(Peer):
         else:
             self._translate(member, [shared.frame])
 
-    def deliver_ephemeral(self, member: Member, shared: ChannelFrame, refresh: Refresh) -> None:
-        data = self._encode(member, [shared.frame])
-        if data:
-            self.send_ephemeral(member.channel, data[0], lambda: self._encode(member, refresh()))
+    def deliver_ephemeral(self, member: Member, shared: list[ChannelFrame], refresh: Refresh) -> None:
+        # One awareness message for the tick: a Yjs state that changed its presence and its
+        # cursor goes out once, not once per frame with the same clock.
+        for data in self._encode(member, [frame.frame for frame in shared]):
+            self.send_ephemeral(member.channel, data, lambda: self._encode(member, refresh()))
 
     def deliver_frames(self, member: Member, frames: list[Frame]) -> None:
         self._translate(member, frames)
@@ -194,8 +195,12 @@ class YjsSession(Peer):
                 self._refuse(frame.code, frame.message)
 
     def _encode(self, member: Member, frames: list[Frame]) -> list[bytes]:
+        """`frames` as y-messages. Presence and cursor frames all become one awareness message
+        (where the first of them was): each session's entry at most once."""
         out: list[bytes] = []
         room = member.room
+        sids: list[str] | None = None  # for the awareness message, once there is one
+        at = 0
         for frame in frames:
             match frame:
                 case SyncStep1(state_vector=sv):
@@ -204,15 +209,15 @@ class YjsSession(Peer):
                     out.append(encode_sync(YSyncStep.STEP2, update))
                 case Update(update=update):
                     out.append(encode_sync(YSyncStep.UPDATE, update))
-                case PresenceSnapshot(entries=entries):
-                    out.append(self._awareness(room, [e.session for e in entries]))
-                case PresenceDiff(joined=joined, updated=updated, left=left):
-                    sids = [e.session for e in joined] + [u.session for u in updated] + list(left)
-                    out.append(self._awareness(room, sids))
-                case Cursors(moves=moves):
-                    out.append(self._awareness(room, [m.session for m in moves]))
+                case PresenceSnapshot() | PresenceDiff() | Cursors():
+                    if sids is None:
+                        sids, at = [], len(out)
+                        out.append(b"")
+                    sids += _sessions(frame)
                 case _:
                     pass  # typing, events, acks: nothing in y-websocket carries them
+        if sids:
+            out[at] = self._awareness(room, sids)
         return [data for data in out if data]
 
     def _messages(self, batch: list[bytes]) -> list[bytes]:
@@ -300,6 +305,15 @@ def _merged(messages: list[bytes]) -> bytes:
             del _merge_cache[next(iter(_merge_cache))]
         _merge_cache[key] = merged
     return merged
+
+
+def _sessions(frame: PresenceSnapshot | PresenceDiff | Cursors) -> list[str]:
+    """The sessions whose awareness entry a presence or cursor frame changes."""
+    if isinstance(frame, PresenceSnapshot):
+        return [e.session for e in frame.entries]
+    if isinstance(frame, PresenceDiff):
+        return [e.session for e in frame.joined] + [u.session for u in frame.updated] + list(frame.left)
+    return [m.session for m in frame.moves]
 
 
 def _parse_state(text: str) -> dict[str, Any] | None:

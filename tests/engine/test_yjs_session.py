@@ -4,6 +4,7 @@ identity stamping, renewal, hostile input (spec §13)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import pycrdt
@@ -30,7 +31,7 @@ from plait.protocol import (
 )
 from plait.storage import MemoryStore, StorageUnavailable
 
-from .client import DocClient
+from .client import DocClient, yjs_client
 from .conftest import Connect, make_engine
 from .test_rooms import edit
 
@@ -291,3 +292,23 @@ async def test_a_yjs_update_that_was_not_stored_never_comes_back(autojump_clock:
                 except TransportClosed:
                     break  # the room failed: the client is told by the close, not confirmed
                 assert not _carries_client(message, 777)
+
+
+async def test_a_state_with_presence_and_cursor_reaches_each_yjs_peer_once(
+    autojump_clock: MockClock, engine: Engine, connect: Connect
+) -> None:
+    # Fresh-eyes run: each awareness update from a Yjs client reached the other Yjs peers
+    # twice with the same clock (once for its presence, once for its cursor); a native
+    # member's presence and cursor in one tick did the same.
+    watcher = await yjs_client(engine, client_id=888)
+    speaker = await yjs_client(engine, client_id=777)
+    native = await native_in_room(connect)
+    await watcher.read_for(2)
+    seen = len(watcher.entries)
+    await speaker.say({"name": "yan", "cursor": {"index": 2}}, clock=1)
+    await native.send(PresenceSet(1, None, {"name": "ada"}), CursorMove(1, 4))
+    await watcher.read_for(2)  # several ticks, well inside the awareness renewal
+    new = watcher.entries[seen:]
+    by_client = Counter(e.client_id for e in new)
+    assert by_client[777] == 1 and len(by_client) == 2 and set(by_client.values()) == {1}, new
+    assert {json.loads(e.state_json)["name"] for e in new} == {"yan", "ada"}
