@@ -77,6 +77,9 @@ class EngineConfig:
     event_history: int = 1000
     compact_after_updates: int = 500
     compact_after_bytes: int = 1 * MiB
+    """A room's update log is folded into a new snapshot once it holds this many updates or
+    bytes, each multiplied by the last snapshot's size in units of compact_after_bytes (at
+    least 1): rewriting a large document costs in proportion to what was appended to it."""
 
     @property
     def limits(self) -> Limits:

@@ -315,3 +315,42 @@ async def test_joiners_with_empty_documents_share_one_encoded_sync(autojump_cloc
         for frame in fresh:
             doc.apply_update(frame.frame.update)  # type: ignore[attr-defined]
         assert str(doc.get("text", type=pycrdt.Text)) == "y" + "x" * 100_000
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshot_bytes_written = 0
+        self.compactions = 0
+
+    async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
+        self.compactions += 1
+        self.snapshot_bytes_written += len(snapshot)
+        await super().compact(room, snapshot, covered)
+
+
+async def test_compacting_a_growing_document_costs_in_proportion_to_what_was_appended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A fresh user appended 300 updates of 96 KB: with a fixed 1 MiB threshold the room wrote
+    # its whole (up to 29 MB) document every 11 appends, and the writer slowed tenfold. Here,
+    # 120 appends of 10 kB against a 64 kB threshold: a fixed threshold would rewrite the
+    # document ~18 times (~11 MB of snapshots for 1.2 MB appended); proportional, a handful.
+    store = CountingStore()
+    async with make_engine(store=store, compact_after_bytes=64_000, compact_after_updates=10_000) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("big")
+        await a.wait_for(PresenceSnapshot)
+        for i in range(120):
+            await a.send(Update(1, i + 1, edit(a.doc, f"{i:05d}" * 2000)))
+            await a.wait_for(Ack)
+        appended = len(a.doc.get_update())
+        assert appended > 1_100_000
+        assert store.compactions <= 8, store.compactions
+        assert store.snapshot_bytes_written <= 3 * appended, (store.snapshot_bytes_written, appended)
+        # A log as long as the snapshot at most (and the threshold): loading replays little.
+        stored = await store.load("big")
+        assert sum(map(len, stored.updates)) <= max(64_000, len(stored.snapshot or b"")) + 10_100
+    stored = await store.load("big")
+    assert not stored.updates  # folded in on unload
