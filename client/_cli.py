@@ -228,9 +228,15 @@ class _Terminal:
                 case _:
                     pass
 
-    async def show_events(self, events: Subscription[RoomEvent]) -> None:
+    async def show_events(self, room: Room, events: Subscription[RoomEvent]) -> None:
         async for event in events:
             if event.name == "chat" and isinstance(event.payload, dict):
+                # The room's presence may already name the sender while its change waits in
+                # the other task's queue (events replayed at a join come with the snapshot).
+                sid = event.session
+                entry = room.presence.get(sid) if sid is not None else None
+                if sid is not None and entry is not None and sid not in self.names:
+                    self._remember(sid, _name_of(entry.state, entry.identity, sid), entry.identity)
                 self.say("chat", f"{self.who(event.session, event.user)}: {event.payload.get('text')}")
             else:
                 self.say("event", f"#{event.seq} {event.name} {event.payload!r}")
@@ -304,7 +310,7 @@ class _Terminal:
             await room.set_presence({"name": self.my_name})
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.show_changes, room, changes)
-            nursery.start_soon(self.show_events, events)
+            nursery.start_soon(self.show_events, room, events)
             nursery.start_soon(self.show_document, room)
             await self.read_commands(room, stdin)
             try:

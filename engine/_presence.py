@@ -87,6 +87,10 @@ class PresenceBook:
         times = [e.lingers_until for e in self._entries.values() if e.lingers_until is not None]
         return min(times) if times else None
 
+    def changed(self, session: str) -> bool:
+        """Whether `session` joined or changed since the last diff was taken."""
+        return session in self._joined or session in self._updated
+
     def _mark_updated(self, session: str) -> None:
         if session not in self._joined:
             self._updated.add(session)

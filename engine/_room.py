@@ -789,6 +789,10 @@ class Room:
         if member is not None and ref is not None:
             self._pending.acks.append((member, ref, record.seq))
         self._want_persist()
+        if session is not None and self._presence.changed(session):
+            # What a member did before it published is seen first: its name set just before
+            # a chat message names that message, instead of waiting for the next tick.
+            self._flush_ephemeral()
         shared = ChannelFrame(self._event_frame(record, 0))
         for m in list(self._members.values()):
             m.session.deliver(m, shared)

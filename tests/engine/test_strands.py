@@ -368,3 +368,24 @@ async def test_the_server_speaks_at_least_once_per_heartbeat_but_not_much_more(
     assert 20 <= trio.current_time() - start <= 20 + 10 / 8 + 0.01  # 2H, plus at most one sweep (H/8)
     gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(gaps) >= 2 and all(5 <= gap < 10 for gap in gaps), gaps  # H = 10 s
+
+
+async def test_a_name_set_just_before_a_chat_message_arrives_before_it(autojump_clock: MockClock, connect: Connect) -> None:
+    # Fresh-eyes run: `plait client --name ada` sets its name, then the first chat line; the
+    # event went out at once and the presence diff at the next tick, so others showed the
+    # line under ada's anonymous id. A member's presence change is now sent before its event.
+    a, b = await joined_pair(connect)
+    await b.send(PresenceSet(1, None, {"name": "ada"}), Publish(1, 7, "chat", {"text": "hello"}, None))
+    frames = []
+    for _ in range(10):  # bounded: the diff, the event
+        frame = await a.receive()
+        frames.append(frame)
+        if isinstance(frame, Event):
+            break
+    kinds = [type(f) for f in frames]
+    assert PresenceDiff in kinds and kinds.index(PresenceDiff) < kinds.index(Event), frames
+    diff = frames[kinds.index(PresenceDiff)]
+    assert [(u.session, u.state) for u in diff.updated] == [("s2", {"name": "ada"})]
+    # Without a presence change pending, an event does not force a tick.
+    await b.send(Publish(1, 8, "chat", {"text": "again"}, None))
+    assert isinstance(await a.receive(), Event)
