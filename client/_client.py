@@ -50,13 +50,14 @@ from plait.protocol import (
     Role,
     TransportClosed,
     Welcome,
+    check_room_name,
     decode,
     encode,
     encode_frame,
 )
 
 from ._backoff import Backoff
-from ._errors import ConnectionClosed, error_for
+from ._errors import ConnectionClosed, InvalidRoomName, error_for
 from ._pacing import Pacer
 from ._room import ConnectionChanged, Feed, Room, Subscription, Waiter
 
@@ -213,10 +214,17 @@ class Client:
         then sends `leave`.
 
         Raises:
+            InvalidRoomName: `name` is not a room name (spec §5.2: 1..256 characters of
+                Unicode text, no control character, no lone surrogate); raised here, before
+                anything is sent, as the server would refuse it with INVALID_ROOM_NAME.
             ValueError: this client already has the room joined.
 
         Escapes: exceptions from the block, unchanged.
         """
+        try:
+            check_room_name(name)
+        except RemoteProtocolError as exc:
+            raise InvalidRoomName(exc.message) from None
         if name in self._rooms:
             raise ValueError(f"already joined {name!r} on this client")
         room = Room(self, name, self._offline_queue)
