@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from plait.protocol import ABNORMAL_CLOSURE, CloseCode, ErrorCode
+
+MESSAGE_TOO_BIG: Final = 1009
+"""RFC 6455 §7.4.1: the peer closed the WebSocket because a message was larger than it takes.
+Sending the same message again would end the same way, so the client does not retry it."""
 
 
 class PlaitError(Exception):
@@ -44,6 +50,10 @@ class UnexpectedFrame(RequestFailed):
 
 
 class FrameTooLarge(RequestFailed):
+    """A message over the server's `max_message_bytes` (spec §3.2). The client raises it
+    itself, at once and before sending anything, for a request that could never fit:
+    `publish`, `set_presence`, `move_cursor` (document edits go in parts, spec §3.2)."""
+
     code = ErrorCode.FRAME_TOO_LARGE
 
 
@@ -174,6 +184,8 @@ class ConnectionClosed(PlaitError):
             return self._retryable
         if self.code is None:
             return False
+        if self.code == MESSAGE_TOO_BIG:
+            return False
         return self.code not in CloseCode._value2member_map_ or CloseCode(self.code).retryable
 
     @classmethod
@@ -181,6 +193,8 @@ class ConnectionClosed(PlaitError):
         """Why a connection ended, in words: the close code, its name, and the server's reason
         (or the message of the error frame it sent before closing)."""
         name = CloseCode(code).name if code in CloseCode._value2member_map_ else None
+        if code == MESSAGE_TOO_BIG:
+            name = "MESSAGE_TOO_BIG"
         if code == ABNORMAL_CLOSURE:
             what = "the connection dropped"
             name = "no close frame"

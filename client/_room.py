@@ -225,6 +225,11 @@ class _Publish:
     waiter: Waiter[int]
 
 
+_ANY = 2**32 - 1
+"""A channel or ref number no real one encodes longer than (the size checks of requests)."""
+_KEY = "0" * 32
+"""As long as an idempotency key (uuid4().hex)."""
+
 MAX_REFUSALS = 100
 """Refused ranges of local changes kept for `flushed()` to report."""
 
@@ -307,13 +312,25 @@ class Room:
             await self._progress.wait()
 
     async def set_presence(self, state: dict[str, Any]) -> None:
-        """Set this session's presence state; it is restored after every reconnect."""
+        """Set this session's presence state; it is restored after every reconnect.
+
+        Raises:
+            FrameTooLarge: the state does not fit in a message the server takes (spec §3.2);
+                raised at once, and the previous state is kept.
+            LocalProtocolError: the state breaks a rule of spec §3.3 (NaN, nesting, ...).
+        """
+        self._client.check_request(PresenceSet(_ANY, _ANY, state))
         self._my_presence = dict(state)
         if self.channel is not None:
             await self._request(PresenceSet(self.channel, self._client.next_ref(), dict(state)))
 
     async def move_cursor(self, position: Any) -> None:
-        """Move this session's cursor (latest wins); None hides it."""
+        """Move this session's cursor (latest wins); None hides it.
+
+        Raises:
+            FrameTooLarge, LocalProtocolError: as for `set_presence`.
+        """
+        self._client.check_request(CursorMove(_ANY, position))
         self._my_cursor = position
         if self.channel is not None:
             self._client.send(CursorMove(self.channel, position))
@@ -332,9 +349,15 @@ class Room:
 
         Raises:
             EventRejected, Forbidden, RateLimited, ...: the server refused it (roll back).
+            FrameTooLarge: the event does not fit in a message the server takes (spec §3.2);
+                raised at once, and nothing is sent.
+            LocalProtocolError: the name or payload breaks a rule of spec §3.3 (NaN, nesting,
+                a lone surrogate, ...); raised at once.
             OfflineQueueFull: too many publishes are already waiting.
+            ConnectionClosed: the client stopped for good.
         """
         self._check_usable()
+        self._client.check_request(Publish(_ANY, _ANY, name, payload, _KEY))
         if len(self._publishes) >= self._offline_queue:
             raise OfflineQueueFull(f"{len(self._publishes)} publishes already waiting")
         pending = _Publish(name, payload, uuid.uuid4().hex, Waiter())
@@ -457,7 +480,13 @@ class Room:
         self.typing = frozenset()
         self._local.lost_connection()
         self._maybe_reset()
+        if self._client.closed_error is not None:  # stopped for good: no reconnect sends them
+            self._fail_publishes(self._client.closed_error)
         self._wake()
+
+    def _fail_publishes(self, error: BaseException) -> None:
+        for pending in self._publishes:
+            pending.waiter.fail(error)
 
     def on_frame(self, frame: Frame) -> None:
         match frame:
