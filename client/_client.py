@@ -242,8 +242,15 @@ class Client:
             self._doc_rooms.pop(room, None)
 
     async def wait_state(self, state: ClientState) -> None:
-        """Wait until the client is in `state`."""
+        """Wait until the client is in `state`.
+
+        Raises:
+            ConnectionClosed: the client stopped for good before reaching `state` (it never
+                will).
+        """
         while self.state is not state:
+            if self.closed_error is not None:
+                raise self.closed_error
             event = self._state_changed
             await event.wait()
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from plait.client import ClientState, ConnectionClosed, FrameTooLarge, InvalidRoomName, PlaitError
+from plait.client import ClientState, ConnectionClosed, FrameTooLarge, InvalidRoomName, PlaitError, Room, RoomLeft
 from plait.engine import MemoryTransport
 from plait.protocol import TransportClosed
 
@@ -104,3 +104,76 @@ async def test_a_close_1009_is_not_retried_with_the_same_message(autojump_clock:
             await trio.sleep(60)
             assert cable.opened == 1  # no reconnect that would send it again, forever
             assert c.state is ClientState.CLOSED
+
+
+async def _every_call_raises(room: Room, error: type[BaseException]) -> None:
+    start = trio.current_time()
+    with pytest.raises(error):
+        await room.publish("chat", {"text": "hi"})
+    with pytest.raises(error):
+        await room.set_presence({"name": "ada"})
+    with pytest.raises(error):
+        await room.move_cursor(3)
+    with pytest.raises(error):
+        await room.set_typing(True)
+    with pytest.raises(error):
+        await room.synced()
+    if error is RoomLeft:  # a stopped client's room with every edit acknowledged is flushed
+        with pytest.raises(error):
+            await room.flushed()
+    room.text.insert(0, "LOST? ")
+    with pytest.raises(error):
+        await room.flushed()  # never "acknowledged": it was never sent
+    assert trio.current_time() == start  # each at once, none hangs
+
+
+async def test_a_room_used_after_its_join_block_raises_room_left(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c:
+            async with c.join("r") as room:
+                await room.synced()
+                room.text.insert(0, "kept")
+                await room.flushed()
+            await _every_call_raises(room, RoomLeft)
+            async with c.join("r") as again:  # joining again gives a live room
+                await again.synced()
+                assert str(again.text) == "kept"
+                await again.publish("chat", {"text": "hi"})
+
+
+async def test_a_room_used_after_the_client_closed_raises_room_left(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c, c.join("r") as room:
+            await room.synced()
+        await _every_call_raises(room, RoomLeft)
+        with pytest.raises(ConnectionClosed):
+            await c.wait_state(ClientState.OPEN)  # it never will be
+
+
+async def test_a_room_of_a_stopped_client_raises_connection_closed(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine, wrap=ClosesOnBigMessages)
+        async with client_for(cable) as c, c.join("r") as room:
+            await room.synced()
+            with pytest.raises(ConnectionClosed):
+                await room.publish("chat", {"blob": "x" * 2000})  # stops the client (1009)
+            await _every_call_raises(room, ConnectionClosed)
+
+
+async def test_a_publish_waiting_when_its_room_is_left_raises_room_left(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c, trio.open_nursery() as nursery:
+            async with c.join("r") as room:
+                await room.synced()
+                await cable.cut()
+                cable.down = True
+
+                async def publish() -> None:
+                    with pytest.raises(RoomLeft):
+                        await room.publish("chat", {"text": "queued offline"})
+
+                nursery.start_soon(publish)
+                await trio.sleep(0.1)
