@@ -219,13 +219,19 @@ class Client:
                 Unicode text, no control character, no lone surrogate); raised here, before
                 anything is sent, as the server would refuse it with INVALID_ROOM_NAME.
             ValueError: this client already has the room joined.
+            ConnectionClosed: the client has stopped for good (its `connect` block ended, or
+                the server refused it): no room can be joined through it.
 
         Escapes: exceptions from the block, unchanged.
         """
+        if type(name) is not str:
+            raise InvalidRoomName(f"room names are strings, got {type(name).__name__}")
         try:
             check_room_name(name)
         except RemoteProtocolError as exc:
             raise InvalidRoomName(exc.message) from None
+        if self.closed_error is not None:
+            raise self.closed_error
         if name in self._rooms:
             raise ValueError(f"already joined {name!r} on this client")
         room = Room(self, name, self._offline_queue)

@@ -30,6 +30,23 @@ async def test_every_invalid_room_name_raises_invalid_room_name(autojump_clock: 
                 await room.synced()
 
 
+async def test_a_room_name_that_is_not_a_string_raises_invalid_room_name(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        async with client_for(Cable(engine)) as c:
+            with pytest.raises(InvalidRoomName):
+                async with c.join(7):  # type: ignore[arg-type]
+                    pass
+
+
+async def test_joining_through_a_closed_client_raises_connection_closed(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        async with client_for(Cable(engine)) as c:
+            pass
+        with pytest.raises(ConnectionClosed):
+            async with c.join("r"):
+                raise AssertionError("entered a room of a closed client")
+
+
 LIMIT = 64 * 1024
 """The server's max_message_bytes in these tests; BIG does not fit in one message."""
 BIG = "x" * (LIMIT + 1)
