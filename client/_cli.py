@@ -15,10 +15,15 @@ left. Each failed connection attempt is shown with its error and the delay befor
 
 Exit status: 0 after /quit or the end of input; 1 when the server refuses the connection or
 the room for good (the close code's meaning is printed).
+
+Input is read from the start, connected or not. Lines typed before the room is joined run once
+it is. /quit and the end of input end the client at once while it cannot connect (or once it
+loses the connection): what was typed and not yet sent is dropped, as nothing can send it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -28,7 +33,7 @@ from typing import Any, TextIO
 import trio
 
 from ._backoff import Backoff
-from ._client import Client, OpenTransport, _websocket_target, connect
+from ._client import Client, ClientState, OpenTransport, _websocket_target, connect
 from ._errors import ConnectionClosed, PlaitError, RequestFailed
 from ._room import (
     Change,
@@ -154,6 +159,8 @@ class _Terminal:
         """Identity id -> the name shown for that person (their latest session's)."""
         self.status = 0
         self.quitting = False
+        self.input_done = trio.Event()
+        """Set at the end of input, or once /quit was typed (nothing is read after it)."""
         self._doc_changed = trio.Event()
         self._typers: list[str] = []
 
@@ -276,30 +283,53 @@ class _Terminal:
         if command.edits:
             await room.flushed()
 
-    async def read_commands(self, room: Room, stdin: trio.abc.ReceiveStream) -> None:
+    async def read_lines(self, stdin: trio.abc.ReceiveStream, lines: trio.MemorySendChannel[str]) -> None:
+        """Read what is typed from the start, whether connected or not, up to the end of input
+        or /quit (which sets `input_done`)."""
         buffer = b""
-        while not self.quitting:
-            chunk = await stdin.receive_some(4096)
-            if not chunk:
-                return
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                if not line:
-                    continue
-                try:
-                    await self.command(room, line)
-                except ConnectionClosed as exc:
-                    if not exc.retryable:
-                        raise
-                    self.say("error", f"{exc}; try again once connected")
-                except PlaitError as exc:
-                    self.say("error", str(exc))
-                if self.quitting:
+        with lines:
+            while True:
+                chunk = await stdin.receive_some(4096)
+                if not chunk:
+                    self.input_done.set()
                     return
+                buffer += chunk
+                *raws, buffer = buffer.split(b"\n")
+                for raw in raws:
+                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                    if not line:
+                        continue
+                    lines.send_nowait(line)  # unbounded: as much as a person types
+                    if line.split(" ", 1)[0] == "/quit":
+                        self.input_done.set()
+                        return
 
-    async def session(self, room: Room, stdin: trio.abc.ReceiveStream) -> None:
+    async def quit_when_offline(self, stop: trio.CancelScope) -> None:
+        """After /quit or the end of input, end at once if the client is not connected, or as
+        soon as it is not: what is left to send could only wait for a server that may never
+        come back."""
+        await self.input_done.wait()
+        try:
+            await self.client.wait_state(ClientState.RECONNECTING)
+        except ConnectionClosed:
+            return  # stopped for good: watch_connection reports it
+        self.say("connection", "not connected; quitting")
+        stop.cancel()
+
+    async def read_commands(self, room: Room, lines: trio.MemoryReceiveChannel[str]) -> None:
+        async for line in lines:
+            try:
+                await self.command(room, line)
+            except ConnectionClosed as exc:
+                if not exc.retryable:
+                    raise
+                self.say("error", f"{exc}; try again once connected")
+            except PlaitError as exc:
+                self.say("error", str(exc))
+            if self.quitting:
+                return
+
+    async def session(self, room: Room, lines: trio.MemoryReceiveChannel[str]) -> None:
         # Subscribed before the join is answered: the presence snapshot and replayed events
         # come with it.
         changes, events = room.changes(), room.events()
@@ -307,12 +337,17 @@ class _Terminal:
         mode = " (read-only)" if room.access == 1 else ""
         self.say("connection", f"joined {room.name!r} as {self.client.session_id}{mode}")
         if self.my_name:
-            await room.set_presence({"name": self.my_name})
+            try:
+                await room.set_presence({"name": self.my_name})
+            except ConnectionClosed as exc:
+                if not exc.retryable:
+                    raise
+                # the room sends it again when it rejoins
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.show_changes, room, changes)
             nursery.start_soon(self.show_events, room, events)
             nursery.start_soon(self.show_document, room)
-            await self.read_commands(room, stdin)
+            await self.read_commands(room, lines)
             try:
                 await room.flushed()
             except RequestFailed as exc:
@@ -341,11 +376,14 @@ async def run(
         changes = client.changes()  # before the first attempt can fail unseen
         term = _Terminal(client, out, name)
         term.say("connection", f"connecting to {url}")
+        send_lines, lines = trio.open_memory_channel[str](math.inf)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(term.watch_connection, changes, nursery.cancel_scope)
+            nursery.start_soon(term.read_lines, stdin, send_lines)
+            nursery.start_soon(term.quit_when_offline, nursery.cancel_scope)
             try:
                 async with client.join(room_name) as room:
-                    await term.session(room, stdin)
+                    await term.session(room, lines)
             except (ConnectionClosed, RequestFailed) as exc:
                 term.fail(exc)
             nursery.cancel_scope.cancel()

@@ -44,19 +44,21 @@ from plait.protocol import (
     Hello,
     Joined,
     Limits,
+    LocalProtocolError,
     Ping,
     ProtocolError,
     RemoteProtocolError,
     Role,
     TransportClosed,
     Welcome,
+    check_room_name,
     decode,
     encode,
     encode_frame,
 )
 
 from ._backoff import Backoff
-from ._errors import ConnectionClosed, error_for
+from ._errors import ConnectionClosed, FrameTooLarge, InvalidRoomName, RequestFailed, error_for
 from ._pacing import Pacer
 from ._room import ConnectionChanged, Feed, Room, Subscription, Waiter
 
@@ -213,10 +215,23 @@ class Client:
         then sends `leave`.
 
         Raises:
+            InvalidRoomName: `name` is not a room name (spec §5.2: 1..256 characters of
+                Unicode text, no control character, no lone surrogate); raised here, before
+                anything is sent, as the server would refuse it with INVALID_ROOM_NAME.
             ValueError: this client already has the room joined.
+            ConnectionClosed: the client has stopped for good (its `connect` block ended, or
+                the server refused it): no room can be joined through it.
 
         Escapes: exceptions from the block, unchanged.
         """
+        if type(name) is not str:
+            raise InvalidRoomName(f"room names are strings, got {type(name).__name__}")
+        try:
+            check_room_name(name)
+        except RemoteProtocolError as exc:
+            raise InvalidRoomName(exc.message) from None
+        if self.closed_error is not None:
+            raise self.closed_error
         if name in self._rooms:
             raise ValueError(f"already joined {name!r} on this client")
         room = Room(self, name, self._offline_queue)
@@ -233,8 +248,15 @@ class Client:
             self._doc_rooms.pop(room, None)
 
     async def wait_state(self, state: ClientState) -> None:
-        """Wait until the client is in `state`."""
+        """Wait until the client is in `state`.
+
+        Raises:
+            ConnectionClosed: the client stopped for good before reaching `state` (it never
+                will).
+        """
         while self.state is not state:
+            if self.closed_error is not None:
+                raise self.closed_error
             event = self._state_changed
             await event.wait()
 
@@ -254,13 +276,48 @@ class Client:
         self._ref = (self._ref + 1) % 2**32
         return self._ref
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message the server accepts: its welcome's limit, or the default one
+        before the first welcome (spec §3.2)."""
+        return self._limits.max_message_bytes if self._limits is not None else MAX_MESSAGE_BYTES
+
+    def check_request(self, frame: Frame) -> None:
+        """Raise unless `frame` is one the server could take: spec §3.2, "a sender MUST NOT
+        send" a message over the limit its peer announced. Rooms call it before they queue a
+        request, so that the caller hears of it at once (the frame may carry placeholder
+        channel and ref numbers: any real ones encode no longer).
+
+        Raises:
+            FrameTooLarge: the frame alone is longer than the server's `max_message_bytes`.
+            LocalProtocolError: a field the protocol forbids (spec §3.3: NaN, a lone
+                surrogate, nesting deeper than 32, ...); `.code` says which rule.
+        """
+        size = len(encode_frame(frame))
+        if size > self.max_message_bytes:
+            raise _too_large(frame, size, self.max_message_bytes)
+
     def send(self, frame: Frame, waiter: Waiter[Any] | None = None) -> None:
         """Queue a frame on the live connection. Without one, it is dropped: rooms re-send what
-        matters when they rejoin, and the waiter fails with a retryable ConnectionClosed."""
+        matters when they rejoin, and the waiter fails with a retryable ConnectionClosed.
+
+        Never raises: a frame the server could not take (see `check_request`; a request
+        checked against a larger limit than the current server's, say) is not sent, and its
+        waiter fails with FrameTooLarge or the error for the broken rule."""
         conn = self._conn
         if conn is None or self.state is not ClientState.OPEN:
             if waiter is not None:
                 waiter.fail(ConnectionClosed("not connected", ABNORMAL_CLOSURE))
+            return
+        try:
+            data = encode_frame(frame)
+        except LocalProtocolError as exc:
+            self._refuse(frame, waiter, error_for(exc.code, exc.message))
+            return
+        if len(data) > self.max_message_bytes:
+            # spec §3.2: never sent; a server would close the connection (1009), and a
+            # reconnect would send it again, forever.
+            self._refuse(frame, waiter, _too_large(frame, len(data), self.max_message_bytes))
             return
         try:
             conn.send(frame)
@@ -271,10 +328,16 @@ class Client:
         ref = getattr(frame, "ref", None)
         if waiter is not None and ref is not None:
             self._waiters[ref] = waiter
-        # Checked against no message limit here: _messages batches frames into messages that
-        # keep the server's limits, and no frame is larger (updates go in parts).
-        self._outgoing.append(encode_frame(frame))
+        # _messages batches frames into messages that keep the server's limits; no frame is
+        # larger (checked above; updates go in parts).
+        self._outgoing.append(data)
         self._wakeup.set()
+
+    def _refuse(self, frame: Frame, waiter: Waiter[Any] | None, error: RequestFailed) -> None:
+        if waiter is not None:
+            waiter.fail(error)
+        else:
+            logger.warning("not sending %s: %s", type(frame).__name__, error)
 
     def expect_join(self, ref: int, room: Room) -> None:
         self._joins[ref] = room
@@ -568,6 +631,12 @@ class Client:
         for room in self._rooms.values():
             room.on_disconnected()
         self._changes.close()
+
+
+def _too_large(frame: Frame, size: int, limit: int) -> FrameTooLarge:
+    return FrameTooLarge(
+        f"{type(frame).__name__} of {size} bytes exceeds the server's max_message_bytes ({limit}); not sent"
+    )
 
 
 def _websocket_target(url: str) -> tuple[str, int, str, bool]:

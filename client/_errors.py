@@ -44,6 +44,10 @@ class UnexpectedFrame(RequestFailed):
 
 
 class FrameTooLarge(RequestFailed):
+    """A message over the server's `max_message_bytes` (spec §3.2). The client raises it
+    itself, at once and before sending anything, for a request that could never fit:
+    `publish`, `set_presence`, `move_cursor` (document edits go in parts, spec §3.2)."""
+
     code = ErrorCode.FRAME_TOO_LARGE
 
 
@@ -141,7 +145,7 @@ def error_for(code: int, message: str) -> RequestFailed:
 # Spelled out, not computed from ERROR_TYPES, so that type checkers see `plait.client.Forbidden`
 # (tests/client/test_exceptions.py checks that it lists every class of ERROR_TYPES).
 __all__ = [
-    "PlaitError", "RequestFailed", "ConnectionClosed", "OfflineQueueFull", "EventsLost", "error_for",
+    "PlaitError", "RequestFailed", "ConnectionClosed", "RoomLeft", "OfflineQueueFull", "EventsLost", "error_for",
     "MalformedFrame", "UnknownKind", "UnexpectedFrame", "FrameTooLarge", "UnsupportedVersion",
     "InvalidField", "TooDeep", "UnknownChannel", "InvalidUpdate", "InvalidRoomName", "Unauthenticated",
     "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "SlowConsumer",
@@ -196,6 +200,16 @@ class ConnectionClosed(PlaitError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class RoomLeft(PlaitError):
+    """The room was left: its `join` block has ended (and with it, or before, perhaps the
+    client's `connect` block). Its document is no longer kept in step with the server, so
+    every call that would send or wait (`flushed`, `synced`, `publish`, `set_presence`,
+    `move_cursor`, `set_typing`) raises this at once: an edit made to `room.doc` now is never
+    sent, and `flushed()` says so rather than return as if it were acknowledged (spec §7.1).
+    A publish still waiting when the block ends raises it too. Join the room again for a live
+    `Room`."""
 
 
 class OfflineQueueFull(PlaitError):

@@ -35,7 +35,7 @@ from plait.protocol import (
 )
 
 from ._changes import LocalChanges, Piece, Unsendable
-from ._errors import ConnectionClosed, EventsLost, OfflineQueueFull, RateLimited, RequestFailed, error_for
+from ._errors import ConnectionClosed, EventsLost, OfflineQueueFull, RateLimited, RequestFailed, RoomLeft, error_for
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -225,6 +225,11 @@ class _Publish:
     waiter: Waiter[int]
 
 
+_ANY = 2**32 - 1
+"""A channel or ref number no real one encodes longer than (the size checks of requests)."""
+_KEY = "0" * 32
+"""As long as an idempotency key (uuid4().hex)."""
+
 MAX_REFUSALS = 100
 """Refused ranges of local changes kept for `flushed()` to report."""
 
@@ -278,6 +283,7 @@ class Room:
             RequestFailed: the join was refused (Forbidden, StorageUnavailable, ...), or the
                 server closed the room's channel.
             ConnectionClosed: the client stopped for good.
+            RoomLeft: the room's `join` block has ended.
         """
         await self._wait_until(self._synced.is_set)
 
@@ -292,7 +298,11 @@ class Room:
                 is raised once: a later call does not raise it again.
             RequestFailed: the room's channel was closed by the server.
             ConnectionClosed: the client stopped for good.
+            RoomLeft: the room's `join` block has ended (also when it ends while this waits):
+                edits not acknowledged by then, and any made since, are never sent.
         """
+        if self._left:
+            raise self._left_error()
         target = self._local.count
         floor = self._reported_through
         while True:
@@ -307,20 +317,43 @@ class Room:
             await self._progress.wait()
 
     async def set_presence(self, state: dict[str, Any]) -> None:
-        """Set this session's presence state; it is restored after every reconnect."""
+        """Set this session's presence state; it is restored after every reconnect.
+
+        Raises:
+            FrameTooLarge: the state does not fit in a message the server takes (spec §3.2);
+                raised at once, and the previous state is kept.
+            LocalProtocolError: the state breaks a rule of spec §3.3 (NaN, nesting, ...).
+            ConnectionClosed: the client stopped for good.
+            RoomLeft: the room's `join` block has ended.
+        """
+        self._check_usable()
+        self._client.check_request(PresenceSet(_ANY, _ANY, state))
         self._my_presence = dict(state)
         if self.channel is not None:
             await self._request(PresenceSet(self.channel, self._client.next_ref(), dict(state)))
 
     async def move_cursor(self, position: Any) -> None:
-        """Move this session's cursor (latest wins); None hides it."""
+        """Move this session's cursor (latest wins); None hides it.
+
+        Raises:
+            FrameTooLarge, LocalProtocolError, ConnectionClosed, RoomLeft: as for
+                `set_presence`.
+        """
+        self._check_usable()
+        self._client.check_request(CursorMove(_ANY, position))
         self._my_cursor = position
         if self.channel is not None:
             self._client.send(CursorMove(self.channel, position))
         await trio.lowlevel.checkpoint()
 
     async def set_typing(self, on: bool) -> None:
-        """Mark this session typing (call again while the user keeps typing; it expires)."""
+        """Mark this session typing (call again while the user keeps typing; it expires).
+
+        Raises:
+            ConnectionClosed: the client stopped for good.
+            RoomLeft: the room's `join` block has ended.
+        """
+        self._check_usable()
         if self.channel is not None:
             self._client.send(Typing(self.channel, on))
         await trio.lowlevel.checkpoint()
@@ -332,9 +365,16 @@ class Room:
 
         Raises:
             EventRejected, Forbidden, RateLimited, ...: the server refused it (roll back).
+            FrameTooLarge: the event does not fit in a message the server takes (spec §3.2);
+                raised at once, and nothing is sent.
+            LocalProtocolError: the name or payload breaks a rule of spec §3.3 (NaN, nesting,
+                a lone surrogate, ...); raised at once.
             OfflineQueueFull: too many publishes are already waiting.
+            ConnectionClosed: the client stopped for good.
+            RoomLeft: the room's `join` block has ended, before or while this waits.
         """
         self._check_usable()
+        self._client.check_request(Publish(_ANY, _ANY, name, payload, _KEY))
         if len(self._publishes) >= self._offline_queue:
             raise OfflineQueueFull(f"{len(self._publishes)} publishes already waiting")
         pending = _Publish(name, payload, uuid.uuid4().hex, Waiter())
@@ -384,10 +424,18 @@ class Room:
     # -- internals: driven by the client ----------------------------------------------------
 
     def _check_usable(self) -> None:
+        if self._left:
+            raise self._left_error()
         if self._join_error is not None:
             raise self._join_error.copy()
         if self._client.closed_error is not None:
             raise self._client.closed_error
+
+    def _left_error(self) -> RoomLeft:
+        return RoomLeft(
+            f"room {self.name!r} was left (its join block has ended): nothing is sent for it, "
+            "and edits to its document are not kept in step; join it again"
+        )
 
     def _wake(self) -> None:
         self._progress.set()
@@ -457,7 +505,13 @@ class Room:
         self.typing = frozenset()
         self._local.lost_connection()
         self._maybe_reset()
+        if self._client.closed_error is not None:  # stopped for good: no reconnect sends them
+            self._fail_publishes(lambda: self._client.closed_error or self._left_error())
         self._wake()
+
+    def _fail_publishes(self, error: Callable[[], BaseException]) -> None:
+        for pending in self._publishes:
+            pending.waiter.fail(error())
 
     def on_frame(self, frame: Frame) -> None:
         match frame:
@@ -540,6 +594,7 @@ class Room:
             self._client.send(Leave(self.channel, None))
         self._left = True
         self.channel = None
+        self._fail_publishes(self._left_error)
         self.doc.unobserve(self._subscription)
         self._events.close()
         self._changes.close()

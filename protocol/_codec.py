@@ -159,13 +159,30 @@ def encode_frame(frame: Frame) -> bytes:
         frame_from_fields(type(frame), array[1:])
     except RemoteProtocolError as exc:
         raise LocalProtocolError(f"{type(frame).__name__}: {exc.message}", exc.code) from exc
-    return msgpack.packb(array, use_bin_type=True)  # type: ignore[no-any-return]
+    return _pack(frame, array)
+
+
+def _pack(frame: Frame, array: list[Any]) -> bytes:
+    # spec §3.3: strings are Unicode text. Values are checked above, but a str field (a room
+    # name, an event name) is checked only for its length; msgpack finds a lone surrogate as
+    # it encodes, which costs nothing extra on the hot path.
+    try:
+        return msgpack.packb(array, use_bin_type=True)  # type: ignore[no-any-return]
+    except UnicodeEncodeError:
+        raise LocalProtocolError(
+            f"{type(frame).__name__}: a string holds a lone surrogate, which is not Unicode text",
+            ErrorCode.INVALID_FIELD,
+        ) from None
 
 
 def encode_trusted(frame: Frame) -> bytes:
     """Encode a frame built from values that were already checked (an ack for a decoded ref,
-    say), skipping the field checks `encode_frame` makes. For the engine's hot path only."""
-    return msgpack.packb(frame_to_array(frame), use_bin_type=True)  # type: ignore[no-any-return]
+    say), skipping the field checks `encode_frame` makes. For the engine's hot path only.
+
+    Raises:
+        LocalProtocolError: a string holds a lone surrogate (INVALID_FIELD).
+    """
+    return _pack(frame, frame_to_array(frame))
 
 
 def encode(frames: Frame | Iterable[Frame], limits: CodecLimits = DEFAULT_LIMITS) -> bytes:

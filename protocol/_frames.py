@@ -47,7 +47,7 @@ _CONTROL_CHARS: Final = frozenset(chr(c) for c in range(32)) | {"\x7f"}
 
 def check_room_name(name: str) -> None:
     """The rule for room names on every endpoint (spec §5.2): 1..256 characters, none of them
-    a control character (U+0000..U+001F, U+007F).
+    a control character (U+0000..U+001F, U+007F) or a lone surrogate (spec §3.3).
 
     Raises:
         RemoteProtocolError: INVALID_ROOM_NAME (not fatal: the join is refused).
@@ -56,6 +56,13 @@ def check_room_name(name: str) -> None:
         raise RemoteProtocolError(f"room names are 1..{MAX_ROOM_NAME} characters", ErrorCode.INVALID_ROOM_NAME)
     if not _CONTROL_CHARS.isdisjoint(name):
         raise RemoteProtocolError("room names have no control characters", ErrorCode.INVALID_ROOM_NAME)
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RemoteProtocolError(
+                "room names are Unicode text: no lone surrogate", ErrorCode.INVALID_ROOM_NAME
+            ) from None
 
 
 class FrameKind(IntEnum):

@@ -159,3 +159,56 @@ async def test_a_refusal_ends_the_client_with_the_close_codes_meaning(autojump_c
             assert term.status == 1
     assert "4003" in term.screen.getvalue() and "who are you" in term.screen.getvalue()
     assert cable.opened == 1
+
+
+async def test_quit_while_the_server_is_unreachable_ends_at_once(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        cable.down = True
+        async with terminal(cable) as term:
+            await term.screen.wait_for("[connection] attempt 2 failed")
+            await term.type("hello")  # typed offline: dropped with the rest on /quit
+            start = trio.current_time()
+            await term.quit()
+            await term.screen.wait_for("[connection] not connected; quitting")
+            assert trio.current_time() - start < 0.1
+    assert term.status == 0
+
+
+async def test_end_of_input_while_the_server_is_unreachable_ends_at_once(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        cable.down = True
+        async with terminal(cable) as term:
+            await term.screen.wait_for("[connection] attempt 1 failed")
+            await term.keyboard.aclose()
+            await term.screen.wait_for("[connection] not connected; quitting")
+    assert term.status == 0
+    assert cable.opened == 0
+
+
+async def test_quit_while_reconnecting_ends_at_once(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with terminal(cable) as term:
+            await term.screen.wait_for("[connection] joined 'demo'")
+            cable.down = True
+            await cable.cut()  # while its presence is on the way: restored on reconnect
+            await term.screen.wait_for("[connection] attempt 1 failed")
+            await term.type("are you there?")  # the publish waits for a connection
+            await term.quit()
+            await term.screen.wait_for("[connection] not connected; quitting")
+    assert term.status == 0
+
+
+async def test_lines_typed_before_the_join_run_once_joined(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        cable.down = True
+        async with terminal(cable) as term:
+            await term.screen.wait_for("[connection] attempt 1 failed")
+            await term.type("/append early")
+            cable.down = False
+            await term.screen.wait_for("[doc] 'early'")
+            await term.quit()
+    assert term.status == 0

@@ -12,15 +12,23 @@ from hypothesis import strategies as st
 from plait.protocol import (
     FRAME_TYPES,
     CodecLimits,
+    Error,
     ErrorCode,
     Frame,
     FrameKind,
+    Hello,
+    Join,
     LocalProtocolError,
     Ping,
+    PresenceEntry,
+    PresenceSnapshot,
+    Publish,
     RemoteProtocolError,
+    check_room_name,
     decode,
     encode,
     encode_frame,
+    encode_trusted,
     join_encoded,
 )
 
@@ -84,6 +92,41 @@ def test_encode_refuses_what_a_decoder_would_refuse() -> None:
     assert info.value.code is ErrorCode.MALFORMED_FRAME
     with pytest.raises(LocalProtocolError):
         encode("not a frame")  # type: ignore[arg-type]
+
+
+LONE = "a\ud800"
+"""A string Python holds but UTF-8 cannot carry (spec §3.3)."""
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Join(ref=1, room=LONE, state_vector=None, since=None),
+        Join(ref=1, room="r", state_vector=None, since=None, epoch=LONE),
+        Hello(versions=(1,), token=LONE, client={}),
+        Error(ref=None, channel=None, code=1001, message=LONE),
+        Publish(channel=1, ref=2, name=LONE, payload=None, key=None),
+        Publish(channel=1, ref=2, name="chat", payload=None, key=LONE),
+        Publish(channel=1, ref=2, name="chat", payload={"text": LONE}, key=None),
+        Publish(channel=1, ref=2, name="chat", payload={LONE: 1}, key=None),
+        PresenceSnapshot(channel=1, entries=(PresenceEntry(LONE, {}, {}),)),
+    ],
+    ids=lambda f: type(f).__name__,
+)
+def test_a_lone_surrogate_in_any_string_is_a_local_protocol_error(frame: Frame) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        encode(frame)
+    assert info.value.code is ErrorCode.INVALID_FIELD
+    with pytest.raises(LocalProtocolError) as info:
+        encode_trusted(frame)
+    assert info.value.code is ErrorCode.INVALID_FIELD
+
+
+def test_room_names_with_a_lone_surrogate_are_invalid_room_names() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        check_room_name(LONE)
+    assert info.value.code is ErrorCode.INVALID_ROOM_NAME
+    check_room_name("caf\u00e9 \U0001f600")  # other non-ASCII text is fine
 
 
 def test_encode_enforces_message_limits() -> None:
