@@ -29,12 +29,11 @@ from plait.storage import MemoryStore, Store
 
 from ._config import EngineConfig
 from ._errors import RequestError, RoomUnavailable
-from ._events import new_epoch
 from ._handle import RoomHandle
 from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
-from ._room import Room, RoomState
+from .room import Room, RoomState, new_epoch
 from ._peer import Peer
 from ._session import Session
 from ._yjs import YJS_PATH, YjsSession

@@ -31,7 +31,7 @@ from ._errors import RequestError
 from ._hooks import Identity
 from ._outbox import Outbox
 from ._ratelimit import TokenBucket
-from ._room import Member
+from .room import Member
 from ._transport import NowaitTransport, Transport
 
 if TYPE_CHECKING:

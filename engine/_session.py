@@ -60,7 +60,7 @@ from plait.protocol import (
 from ._errors import RequestError
 from ._hooks import HookFailed, Unauthenticated
 from ._peer import Peer, Refresh
-from ._room import Member
+from .room import Member
 from ._transport import Transport
 
 if TYPE_CHECKING:

@@ -55,7 +55,7 @@ from plait.protocol import (
 from ._errors import RequestError
 from ._hooks import Unauthenticated
 from ._peer import Peer, Refresh
-from ._room import Member, Room, merge_updates
+from .room import Member, Room, merge_updates
 from ._transport import Transport
 
 if TYPE_CHECKING:

@@ -9,15 +9,26 @@ another history instead of being read as a position in this one.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value
 from plait.storage import StoredEvent
+
+from .._errors import RequestError
+from .._hooks import EventRejected, HookFailed, Identity, call_hook
+from ._member import RoomState
+
+if TYPE_CHECKING:
+    from ._member import Member
+
+logger = logging.getLogger("plait.room")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +103,50 @@ class EventLog:
         missed = [r for r in self._history if r.seq > seq]
         complete = seq == self.head or (bool(missed) and missed[0].seq == seq + 1)
         return missed, complete
+
+
+class EventsStrand:
+    """Named events: sequenced, broadcast, acked once durable (spec §5.6, §7)."""
+
+    async def publish(
+        self, member: Member | None, ref: int | None, name: str, payload: Any, key: str | None
+    ) -> int:
+        """Sequence and broadcast an event; ack (value = seq) after it is durable."""
+        if self.state is not RoomState.LIVE:
+            raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "room is not live")
+        existing = self._events.seq_for_key(key)
+        if existing is None:
+            identity: Identity | None = member.session.identity if member else None
+            original = payload
+            payload = await call_hook(
+                "on_event",
+                lambda: self._hooks.on_event(self.name, identity, name, original),
+                self._config.hook_timeout,
+                (EventRejected,),
+            )
+            try:
+                check_value(payload, MAX_DEPTH)
+            except ProtocolError as exc:
+                logger.error("hook on_event returned a payload that cannot be sent: %s", exc.message)
+                raise HookFailed("on_event") from None
+            existing = self._events.seq_for_key(key)  # a retry may have won during the hook
+        if existing is not None:
+            if member is not None and ref is not None:
+                self.ack(member, ref, existing)
+            return existing
+        session = member.session.id if member else None
+        user = str(member.session.identity.get("id")) if member else None
+        record = self._events.append(name, payload, session, user, key)
+        self._pending.events.append(record)
+        self._changes += 1
+        if member is not None and ref is not None:
+            self._pending.acks.append((member, ref, record.seq))
+        self._want_persist()
+        shared = ChannelFrame(self._event_frame(record, 0))
+        for m in list(self._members.values()):
+            m.session.deliver(m, shared)
+        return record.seq
+
+    @staticmethod
+    def _event_frame(record: EventRecord, channel: int) -> Event:
+        return Event(channel, record.seq, record.name, record.payload, record.session, record.user)

@@ -1,0 +1,18 @@
+"""A room: one document, presence, cursors, typing and events, split by concern.
+
+- _lifecycle: Room: loading -> live -> draining -> closed, membership, holds, idle grace
+- _member: what the parts share: RoomState, Member
+- _doc: the pycrdt document: sync, members' updates, the fan-out of every change
+- _ephemeral: presence, cursors, typing (ticker, sweeper) and Yjs awareness
+  (_presence: PresenceBook, _awareness: Awareness, both pure data)
+- _events: the event log, sequence numbers, epochs; publishing
+- _persist: group commit, acks in request order once durable, compaction
+"""
+
+from __future__ import annotations
+
+from ._doc import merge_updates as merge_updates
+from ._events import new_epoch as new_epoch
+from ._lifecycle import Room as Room
+from ._member import Member as Member
+from ._member import RoomState as RoomState

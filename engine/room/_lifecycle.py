@@ -1,0 +1,316 @@
+"""A live room: one document, presence, cursors, typing and events, and the tasks that keep
+them moving (architecture: Engine).
+
+Concurrency rules:
+- Room state changes only on the Trio thread, in synchronous methods (no await in the middle of
+  a change), so there are no locks. Sessions call those methods from their reader tasks.
+- The room's own nursery runs the ticker (coalesces ephemeral changes, one frame per kind per
+  tick), the sweeper (expires lingering presence and typing) and the persister (group commit of
+  document updates and events; acks go out only after the commit).
+- Lifecycle: loading -> live -> draining -> closed (or failed). A room that fails to load never
+  starts empty; a room whose store fails closes every channel and unloads without writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pycrdt
+import trio
+
+from plait.protocol import (
+    Access,
+    ChannelFrame,
+    CursorPosition,
+    Cursors,
+    Error,
+    ErrorCode,
+    Frame,
+    Join,
+    Joined,
+    PresenceEntry,
+    PresenceSnapshot,
+    SyncStep1,
+    TypingState,
+)
+from plait.storage import RoomData
+
+from .._config import EngineConfig
+from .._errors import RoomUnavailable
+from .._hooks import Hooks, call_hook
+from ._awareness import Awareness
+from ._doc import DocStrand, apply_update, merge_updates
+from ._ephemeral import EphemeralStrand
+from ._events import EventLog, EventRecord, EventsStrand, new_epoch
+from ._member import Member, RoomState
+from ._persist import PersistStrand, RoomStore, _Pending
+from ._presence import PresenceBook
+from ._updatecheck import UpdateCheck
+
+if TYPE_CHECKING:
+    from .._peer import Peer as Session
+
+logger = logging.getLogger("plait.room")
+
+
+class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
+    def __init__(
+        self,
+        name: str,
+        store: RoomStore,
+        hooks: Hooks,
+        config: EngineConfig,
+        on_draining: Callable[[Room], None],
+        new_epoch: Callable[[], str] = new_epoch,
+    ) -> None:
+        self.name = name
+        self.state = RoomState.LOADING
+        self.doc = pycrdt.Doc()
+        self._update_check = UpdateCheck()
+        self._store, self._hooks, self._config = store, hooks, config
+        self._on_draining = on_draining
+        self._members: dict[Session, Member] = {}
+        self._holds = 0
+        """Joins in progress and server-side handles: a held room does not unload."""
+        self._presence = PresenceBook()
+        self._cursors: dict[str, Any] = {}
+        self._moved: dict[str, Any] = {}
+        self._typing: dict[str, float] = {}
+        self._typing_changed = False
+        self._events = EventLog(config.event_history, epoch="-")  # replaced once loaded
+        self._new_epoch = new_epoch
+        self._pending = _Pending()
+        self._updates_since_snapshot = 0
+        self._bytes_since_snapshot = 0
+        self._doc_bytes = 0
+        """The document's size, estimated (spec §8 DOCUMENT_TOO_LARGE, _fits)."""
+        self._doc_bytes_exact = False
+        self._origin: Member | None = None
+        self._persist_lock = trio.StrictFIFOLock()
+        self._loaded = trio.Event()
+        self._closed = trio.Event()
+        self._tick_wanted = trio.Event()
+        self._persist_wanted = trio.Event()
+        self._deadlines_changed = trio.Event()
+        self._membership_changed = trio.Event()
+        self._unload_requested = False
+        self._changes = 0
+        self._durable_changes = 0
+        self._commit_done = trio.Event()
+        self._awareness = Awareness()
+        self._awareness_waiting: dict[int, Member] = {}
+        """Client id -> a Yjs member refused it because a disconnected session held it."""
+        self._doc_subscription: pycrdt.Subscription | None = None
+        self._sync_cache: tuple[bytes, list[ChannelFrame]] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery.
+        Whatever ends it (a failed load, a crash, a cancellation), whoever waits for the room to
+        load or close is released."""
+        try:
+            if not await self._load():
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._sweeper)
+                nursery.start_soon(self._persister)
+                await self._wait_until_idle()
+                if self.state is RoomState.LIVE:
+                    self.state = RoomState.DRAINING
+                    self._on_draining(self)
+                    await self._flush(final=True)
+                nursery.cancel_scope.cancel()
+        finally:
+            # The subscription holds the room and the document alive (a cycle through Rust
+            # that the garbage collector cannot see): an unloaded room must leave nothing.
+            self._unobserve()
+            if self.state is RoomState.LOADING:  # cancelled while loading
+                self.state = RoomState.FAILED
+                self._on_draining(self)
+            elif self.state is not RoomState.FAILED:
+                self.state = RoomState.CLOSED
+            self._loaded.set()
+            self._closed.set()
+            logger.info("room %r unloaded (%s)", self.name, self.state.value)
+
+    async def _load(self) -> bool:
+        """Load the stored state and run on_room_loaded; False (the room failed) if either
+        fails: the room then refuses joins and never writes (it never starts empty)."""
+        try:
+            data = await self._store.load(self.name)
+            self._restore(data)
+            await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
+        except Exception as exc:
+            # The details (paths, the store's own words) are for the server's log, not clients.
+            logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
+            self.state = RoomState.FAILED
+            self._on_draining(self)
+            return False
+        self.state = RoomState.LIVE
+        logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
+        self._loaded.set()
+        return True
+
+    def _restore(self, data: RoomData) -> None:
+        # One merged update applies in milliseconds where 10k separate ones on a large document
+        # take seconds; and loading is not a change, so the observer is not attached yet.
+        stored = ([data.snapshot] if data.snapshot is not None else []) + list(data.updates)
+        if stored:
+            apply_update(self.doc, merge_updates(stored))
+            self._update_check.reset(self.doc.get_update())
+        self._doc_subscription = self.doc.observe(self._on_doc_change)
+        self._updates_since_snapshot = len(data.updates)
+        self._bytes_since_snapshot = sum(map(len, data.updates))
+        self._doc_bytes = len(data.snapshot or b"") + self._bytes_since_snapshot
+        self._events = EventLog(self._config.event_history, data.events, self._new_epoch)
+
+    def _unobserve(self) -> None:
+        if self._doc_subscription is not None:
+            self.doc.unobserve(self._doc_subscription)
+            self._doc_subscription = None
+        self._sync_cache = None
+
+    async def wait_loaded(self) -> None:
+        """Return once the room is live. Raises RoomUnavailable if it failed to load."""
+        await self._loaded.wait()
+        if self.state is RoomState.FAILED:
+            raise RoomUnavailable("room could not be loaded")
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def request_unload(self) -> None:
+        self._unload_requested = True
+        self._membership_changed.set()
+
+    def hold(self) -> None:
+        """Keep the room loaded until `release` (a join in progress, a server-side handle)."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            self._membership_changed.set()  # idle now? the grace period starts
+
+    @property
+    def accepting(self) -> bool:
+        return self.state in (RoomState.LOADING, RoomState.LIVE)
+
+    async def _wait_until_idle(self) -> None:
+        while not self._unload_requested and self.state is RoomState.LIVE:
+            idle = not self._members and self._holds == 0
+            with trio.move_on_after(self._config.room_idle_grace if idle else math.inf) as timer:
+                await self._membership_changed.wait()
+                self._membership_changed = trio.Event()
+            if timer.cancelled_caught and not self._members and self._holds == 0:
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        """The store failed: tell everyone, keep what is stored, unload without writing."""
+        logger.error("room %r failed: %s", self.name, exc, exc_info=exc)
+        self.state = RoomState.FAILED
+        self._on_draining(self)
+        message = "storage failed"  # the details are in the server's log
+        for member, ref, answer in self._pending.acks:
+            if member is None:
+                continue
+            if isinstance(answer, Error):
+                member.session.deliver_frames(member, [answer])
+            else:
+                member.session.send_error(ref, member.channel, ErrorCode.STORAGE_UNAVAILABLE, message)
+        self._pending = _Pending()
+        for member in list(self._members.values()):
+            self._remove(member)
+            member.session.close_channel(member, ErrorCode.STORAGE_UNAVAILABLE, message)
+        self._membership_changed.set()
+        self._commit_done.set()
+
+    # -- members ----------------------------------------------------------------------------
+
+    def add_member(self, session: Session, channel: int, access: Access, join: Join) -> Member:
+        """Admit a session: queue Joined, the sync frames, the presence snapshot and missed
+        events, in the order spec §5.2 requires. Raises RequestError for a bad state vector."""
+        sync_frames: list[ChannelFrame] = []
+        if join.state_vector is not None:
+            sync_frames = self._sync_step2_for(join.state_vector)
+        missed: list[EventRecord] = []
+        resumed = None
+        if join.since is not None:
+            missed, resumed = self._events.since(join.since, join.epoch)
+        member = Member(session, self, channel, access)
+        self._members[session] = member
+        self._membership_changed.set()
+        self._presence.join(session.id, session.identity)
+        if not session.OWN_AWARENESS:
+            self._awareness.add_native(session.id)
+        self._want_tick()
+        session.deliver_frames(member, [
+            Joined(join.ref, channel, int(access), self._events.head, resumed, self._events.epoch),
+            SyncStep1(channel, self.doc.get_state()),
+        ])
+        for frame in sync_frames:
+            session.deliver(member, frame)
+        frames: list[Frame] = [PresenceSnapshot(channel, self._presence.snapshot())]
+        if self._cursors:
+            frames.append(Cursors(channel, tuple(CursorPosition(s, p) for s, p in self._cursors.items())))
+        if self._typing:
+            frames.append(TypingState(channel, tuple(self._typing)))
+        frames.extend(self._event_frame(r, channel) for r in missed)
+        session.deliver_frames(member, frames)
+        return member
+
+    def remove_member(self, member: Member, *, disconnected: bool) -> None:
+        """The member left (at once) or disconnected (its presence lingers for the grace)."""
+        if self._members.get(member.session) is not member:
+            return
+        self._remove(member)
+        sid = member.session.id
+        if disconnected:
+            self._presence.linger(sid, trio.current_time() + self._config.presence_grace)
+            self._deadlines_changed.set()
+        else:
+            self._presence.leave(sid)
+        self._membership_changed.set()
+        self._want_tick()
+
+    def _remove(self, member: Member) -> None:
+        del self._members[member.session]
+        sid = member.session.id
+        if self._cursors.pop(sid, None) is not None or sid in self._moved:
+            self._moved[sid] = None
+            self._awareness.changed(sid)
+        if self._typing.pop(sid, None) is not None:
+            self._typing_changed = True
+        if self._awareness_waiting:
+            self._awareness_waiting = {c: m for c, m in self._awareness_waiting.items() if m is not member}
+        # Acks still waiting for a commit go nowhere now; the commit itself still happens.
+        self._pending.acks = [a for a in self._pending.acks if a[0] is not member]
+        self._pending.confirmations.pop(member, None)
+
+    @property
+    def member_count(self) -> int:
+        return len(self._members)
+
+    def presence(self) -> tuple[PresenceEntry, ...]:
+        return self._presence.snapshot()
+
+    def crashed(self) -> None:
+        """A bug ended `run`: fail the room, end every membership with INTERNAL, and release
+        whoever waits for a commit (wait_flushed raises RoomUnavailable)."""
+        self.state = RoomState.FAILED
+        self._on_draining(self)
+        self._pending = _Pending()
+        self.close_all(ErrorCode.INTERNAL, "internal error")
+        self._commit_done.set()
+        self._closed.set()
+
+    def close_all(self, code: int, message: str) -> None:
+        """Server-side: end every membership with channel_closed (spec §5.2)."""
+        for member in list(self._members.values()):
+            self.remove_member(member, disconnected=False)
+            member.session.close_channel(member, code, message)
