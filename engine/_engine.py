@@ -18,22 +18,22 @@ import logging
 import secrets
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
 
 import trio
 
-from plait.protocol import Access, CloseCode, ErrorCode
+from plait.protocol import Access, CloseCode
 from plait.storage import MemoryStore, Store
 
 from ._config import EngineConfig
-from ._errors import RequestError, RoomUnavailable
+from ._errors import RoomUnavailable
 from ._handle import RoomHandle
 from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
-from .room import Room, RoomState, new_epoch
+from .room import Room, RoomRegistry, new_epoch
 from ._peer import Peer
 from ._session import Session
 from ._yjs import YJS_PATH, YjsSession
@@ -75,10 +75,18 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         self._new_session_id = session_ids or random_session_ids()
         self._new_epoch = epochs or new_epoch
-        self.recorder = recorder
+        self._recorder = recorder
         self.large_sends = trio.CapacityLimiter(self.config.concurrent_large_sends)
-        self._rooms: dict[str, Room] = {}
-        self._unloading: dict[str, Room] = {}
+        self._rooms = RoomRegistry(
+            self.store if recorder is None else RecordingStore(self.store, recorder),
+            self.hooks,
+            self.config,
+            nursery=lambda: self.nursery,
+            accepting=lambda: self._accepting,
+            started=lambda: self._reclaimer.started(self._load()),
+            ended=lambda: self._reclaimer.ended(),
+            new_epoch=self._new_epoch,
+        )
         self._sessions: set[Peer] = set()
         self._to_flush: list[Peer] = []
         self._nursery: trio.Nursery | None = None
@@ -162,13 +170,13 @@ class Engine:
         with trio.move_on_after(self.config.shutdown_timeout) as waited:
             for session in list(self._sessions):
                 await session.wait_done()  # each closes its transport within close_timeout
-            rooms = [*self._rooms.values(), *self._unloading.values()]
+            rooms = self._rooms.all()
             for room in rooms:
                 room.request_unload()
             for room in rooms:
                 await room.wait_closed()
         if waited.cancelled_caught:
-            stuck = sorted(name for name in {*self._rooms, *self._unloading})
+            stuck = self._rooms.names()
             logger.error("shutdown gave up after %g s; rooms not stored: %s", self.config.shutdown_timeout, stuck)
 
     # -- application hooks (contained: see Hooks) ---------------------------------------------
@@ -199,6 +207,17 @@ class Engine:
     def record_closed(self, session: str, direction: str, code: int, reason: str) -> None:
         if self.recorder is not None:
             self.recorder.closed(session, direction, code, reason)
+
+    @property
+    def recorder(self) -> TraceRecorder | None:
+        """Records every connection's traffic as a trace; set or cleared at any time (a room
+        loaded while recording keeps recording its store's use)."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, recorder: TraceRecorder | None) -> None:
+        self._recorder = recorder
+        self._rooms.store = self.store if recorder is None else RecordingStore(self.store, recorder)
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -266,55 +285,10 @@ class Engine:
 
     # -- rooms ------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def hold_room(self, name: str) -> AsyncIterator[Room]:
-        """The live room `name`, loading it if needed; it cannot unload while held.
-
-        Raises:
-            RoomUnavailable: it failed to load (stored data is left as it was).
-            RequestError: the engine is shutting down.
-        """
-        while True:
-            if not self._accepting:
-                raise RequestError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
-            room = self._rooms.get(name)
-            if room is None:
-                previous = self._unloading.get(name)
-                if previous is not None:
-                    await previous.wait_closed()  # its flush must land before we load again
-                    continue
-                store = self.store if self.recorder is None else RecordingStore(self.store, self.recorder)
-                room = Room(name, store, self.hooks, self.config, self._room_draining, self._new_epoch)
-                self._rooms[name] = room
-                self._reclaimer.started(self._load())
-                self.nursery.start_soon(self._run_room, room)
-            room.hold()
-            try:
-                await room.wait_loaded()
-                if not room.accepting:
-                    continue  # it began unloading as we arrived: get a fresh one
-                yield room
-                return
-            finally:
-                room.release()
-
-    def _room_draining(self, room: Room) -> None:
-        if self._rooms.get(room.name) is room:
-            del self._rooms[room.name]
-        if room.state is RoomState.DRAINING:
-            self._unloading[room.name] = room
-
-    async def _run_room(self, room: Room) -> None:
-        try:
-            await room.run()
-        except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on
-            # A bug in a room fails that room loudly, not the server.
-            logger.critical("room %r crashed", room.name, exc_info=crash)
-            room.crashed()
-        finally:
-            if self._unloading.get(room.name) is room:
-                del self._unloading[room.name]
-            self._reclaimer.ended()
+    def hold_room(self, name: str) -> AbstractAsyncContextManager[Room]:
+        """The live room `name`, loading it if needed; it cannot unload while held
+        (RoomRegistry.hold)."""
+        return self._rooms.hold(name)
 
     @asynccontextmanager
     async def room(self, name: str) -> AsyncIterator[RoomHandle]:
@@ -325,12 +299,12 @@ class Engine:
 
     def _load(self) -> int:
         """What the reclaimer watches: rooms loaded or unloading, and sessions open."""
-        return len(self._rooms) + len(self._unloading) + len(self._sessions)
+        return len(self._rooms) + len(self._sessions)
 
     def statistics(self) -> dict[str, int]:
         """Rooms loaded, sessions open, and how many times memory was given back
         (engine/_reclaim.py)."""
-        return {"rooms": len(self._rooms), "sessions": len(self._sessions), "memory_reclaims": self._reclaimer.reclaims}
+        return {"rooms": self._rooms.loaded, "sessions": len(self._sessions), "memory_reclaims": self._reclaimer.reclaims}
 
 
 __all__ = ["Engine", "RoomUnavailable"]

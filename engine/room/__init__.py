@@ -14,5 +14,6 @@ from __future__ import annotations
 from ._doc import merge_updates as merge_updates
 from ._events import new_epoch as new_epoch
 from ._lifecycle import Room as Room
+from ._lifecycle import RoomRegistry as RoomRegistry
 from ._member import Member as Member
 from ._member import RoomState as RoomState

@@ -1,5 +1,10 @@
-"""A live room: one document, presence, cursors, typing and events, and the tasks that keep
-them moving (architecture: Engine).
+"""A room's whole lifecycle, and its membership (architecture: Engine).
+
+- RoomRegistry: every room of an engine. A hold loads a room (loading -> live); a room whose
+  last member left stays live for the idle grace, then drains (flushes) and closes. A join that
+  races an unload waits for the flush, then gets a fresh room, never a half-closed one.
+- Room: one room. Its parts live beside this module, one per concern (_doc, _ephemeral,
+  _events, _persist); this module runs them and admits and removes members.
 
 Concurrency rules:
 - Room state changes only on the Trio thread, in synchronous methods (no await in the middle of
@@ -15,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import pycrdt
@@ -39,7 +45,7 @@ from plait.protocol import (
 from plait.storage import RoomData
 
 from .._config import EngineConfig
-from .._errors import RoomUnavailable
+from .._errors import RequestError, RoomUnavailable
 from .._hooks import Hooks, call_hook
 from ._awareness import Awareness
 from ._doc import DocStrand, apply_update, merge_updates
@@ -314,3 +320,103 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         for member in list(self._members.values()):
             self.remove_member(member, disconnected=False)
             member.session.close_channel(member, code, message)
+
+
+class RoomRegistry:
+    """Every room of an engine, each through its whole lifecycle: a hold loads it (loading ->
+    live), the last member's leaving starts its idle grace, then it drains (flushes) and
+    closes. While a room drains, its name is in `_unloading`: a join that races the unload
+    waits for the flush to land, then gets a fresh room, never the half-closed one.
+
+    Args:
+        store, hooks, config, new_epoch: what every room is made with.
+        nursery: where rooms run (the engine's; asked for when a room starts).
+        accepting: False once the engine shuts down: holds are refused (SHUTTING_DOWN).
+        started, ended: told when a room starts and when one has ended (the engine's reclaimer).
+    """
+
+    def __init__(
+        self,
+        store: RoomStore,
+        hooks: Hooks,
+        config: EngineConfig,
+        *,
+        nursery: Callable[[], trio.Nursery],
+        accepting: Callable[[], bool],
+        started: Callable[[], None],
+        ended: Callable[[], None],
+        new_epoch: Callable[[], str] = new_epoch,
+    ) -> None:
+        self.store = store
+        """What rooms loaded from now on are stored in."""
+        self._hooks, self._config = hooks, config
+        self._nursery, self._accepting = nursery, accepting
+        self._started, self._ended = started, ended
+        self._new_epoch = new_epoch
+        self._rooms: dict[str, Room] = {}
+        self._unloading: dict[str, Room] = {}
+
+    @property
+    def loaded(self) -> int:
+        """Rooms loading or live."""
+        return len(self._rooms)
+
+    def __len__(self) -> int:
+        """Rooms loading, live or unloading."""
+        return len(self._rooms) + len(self._unloading)
+
+    def all(self) -> list[Room]:
+        """Every room loading, live or unloading."""
+        return [*self._rooms.values(), *self._unloading.values()]
+
+    def names(self) -> list[str]:
+        return sorted({*self._rooms, *self._unloading})
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[Room]:
+        """The live room `name`, loading it if needed; it cannot unload while held.
+
+        Raises:
+            RoomUnavailable: it failed to load (stored data is left as it was).
+            RequestError: the engine is shutting down.
+        """
+        while True:
+            if not self._accepting():
+                raise RequestError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+            room = self._rooms.get(name)
+            if room is None:
+                previous = self._unloading.get(name)
+                if previous is not None:
+                    await previous.wait_closed()  # its flush must land before we load again
+                    continue
+                room = Room(name, self.store, self._hooks, self._config, self._room_draining, self._new_epoch)
+                self._rooms[name] = room
+                self._started()
+                self._nursery().start_soon(self._run_room, room)
+            room.hold()
+            try:
+                await room.wait_loaded()
+                if not room.accepting:
+                    continue  # it began unloading as we arrived: get a fresh one
+                yield room
+                return
+            finally:
+                room.release()
+
+    def _room_draining(self, room: Room) -> None:
+        if self._rooms.get(room.name) is room:
+            del self._rooms[room.name]
+        if room.state is RoomState.DRAINING:
+            self._unloading[room.name] = room
+
+    async def _run_room(self, room: Room) -> None:
+        try:
+            await room.run()
+        except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on
+            # A bug in a room fails that room loudly, not the server.
+            logging.getLogger("plait.engine").critical("room %r crashed", room.name, exc_info=crash)
+            room.crashed()
+        finally:
+            if self._unloading.get(room.name) is room:
+                del self._unloading[room.name]
+            self._ended()
