@@ -30,11 +30,12 @@ from plait.storage import MemoryStore, Store
 from ._config import EngineConfig
 from ._errors import RoomUnavailable
 from ._handle import RoomHandle
-from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
+from ._hooks import Hooks, Identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
 from .room import Room, RoomRegistry, new_epoch
 from ._peer import Peer
+from ._services import Flusher, SessionServices
 from ._session import Session
 from ._yjs import YJS_PATH, YjsSession
 from ._transport import MemoryTransport, Transport, memory_transport_pair
@@ -75,8 +76,6 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         self._new_session_id = session_ids or random_session_ids()
         self._new_epoch = epochs or new_epoch
-        self._recorder = recorder
-        self.large_sends = trio.CapacityLimiter(self.config.concurrent_large_sends)
         self._rooms = RoomRegistry(
             self.store if recorder is None else RecordingStore(self.store, recorder),
             self.hooks,
@@ -88,7 +87,9 @@ class Engine:
             new_epoch=self._new_epoch,
         )
         self._sessions: set[Peer] = set()
-        self._to_flush: list[Peer] = []
+        self._flusher = Flusher(lambda: self.nursery)
+        self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder)
+        self.large_sends = self._services.large_sends
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -126,18 +127,6 @@ class Engine:
             except Exception as exc:  # one connection's bug must not stop the sweep of the rest
                 logger.error("session %s: heartbeat failed", session.id, exc_info=exc)
                 session.close(CloseCode.INTERNAL_ERROR, "internal error")
-
-    def flush_soon(self, peer: Peer) -> None:
-        """Have `peer` write what it queued once the tasks that are running now have run
-        (Peer._wake_writer): one task writes for every connection a fan-out reached."""
-        if not self._to_flush:
-            self.nursery.start_soon(self._flush)
-        self._to_flush.append(peer)
-
-    async def _flush(self) -> None:
-        peers, self._to_flush = self._to_flush, []
-        for peer in peers:
-            peer.flush_nowait()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -182,41 +171,22 @@ class Engine:
     # -- application hooks (contained: see Hooks) ---------------------------------------------
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
-        """The identity `Hooks.authenticate` gives a token. Raises Unauthenticated (refused)
-        or HookFailed (the hook misbehaved: logged)."""
-        identity = await call_hook(
-            "authenticate", lambda: self.hooks.authenticate(token, client), self.config.hook_timeout, (Unauthenticated,)
-        )
-        return checked_identity(identity)
+        """The identity `Hooks.authenticate` gives a token (SessionServices.authenticate)."""
+        return await self._services.authenticate(token, client)
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
-        """`Hooks.authorize`'s answer. Raises HookFailed if the hook misbehaved (logged)."""
-        access = await call_hook("authorize", lambda: self.hooks.authorize(identity, room), self.config.hook_timeout)
-        return checked_access(access)
-
-    # -- recording (plait serve --record) -----------------------------------------------------
-
-    def record_opened(self, session: str, path: str) -> None:
-        if self.recorder is not None:
-            self.recorder.opened(session, path)
-
-    def record_message(self, session: str, direction: str, data: bytes | str) -> None:
-        if self.recorder is not None:
-            self.recorder.message(session, direction, data)
-
-    def record_closed(self, session: str, direction: str, code: int, reason: str) -> None:
-        if self.recorder is not None:
-            self.recorder.closed(session, direction, code, reason)
+        """`Hooks.authorize`'s answer (SessionServices.authorize)."""
+        return await self._services.authorize(identity, room)
 
     @property
     def recorder(self) -> TraceRecorder | None:
         """Records every connection's traffic as a trace; set or cleared at any time (a room
         loaded while recording keeps recording its store's use)."""
-        return self._recorder
+        return self._services.recorder
 
     @recorder.setter
     def recorder(self, recorder: TraceRecorder | None) -> None:
-        self._recorder = recorder
+        self._services.recorder = recorder
         self._rooms.store = self.store if recorder is None else RecordingStore(self.store, recorder)
 
     @property
@@ -264,9 +234,9 @@ class Engine:
         if path.startswith(YJS_PATH):
             room = path[len(YJS_PATH) :]  # percent-decoded and checked by the session
             token = urllib.parse.parse_qs(query).get("token", [None])[0]
-            session = YjsSession(self, transport, self._new_session_id(), room, token)
+            session = YjsSession(self._services, transport, self._new_session_id(), room, token)
         else:
-            session = Session(self, transport, self._new_session_id())
+            session = Session(self._services, transport, self._new_session_id())
         self._sessions.add(session)
         self._reclaimer.started(self._load())
         try:

@@ -77,7 +77,7 @@ class PersistStrand:
     async def _persister(self) -> None:
         while True:
             await self._persist_wanted.wait()
-            # One turn later: the fan-out of what woke us is written first (Engine.flush_soon)
+            # One turn later: the fan-out of what woke us is written first (Flusher.flush_soon)
             # instead of behind a worker thread's start, and a batch collects what the other
             # connections' readers apply in this turn.
             await trio.lowlevel.checkpoint()
