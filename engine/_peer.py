@@ -31,7 +31,7 @@ from ._errors import RequestError
 from ._hooks import Identity
 from ._outbox import Outbox
 from ._ratelimit import TokenBucket
-from .room import Member
+from .room import Member, Refresh
 from ._services import SessionServices
 from ._transport import NowaitTransport, Transport
 
@@ -44,8 +44,6 @@ def _first(group: BaseExceptionGroup[TransportClosed]) -> TransportClosed:
     while isinstance(found, BaseExceptionGroup):
         found = found.exceptions[0]
     return found
-
-Refresh = Callable[[], list[Frame]]
 
 
 class Peer:

@@ -55,7 +55,7 @@ from plait.protocol import (
 from ._errors import RequestError
 from ._hooks import Unauthenticated
 from ._peer import Peer, Refresh
-from .room import Member, Room, merge_updates
+from .room import Member, MemberRoom, merge_updates
 from ._services import SessionServices
 from ._transport import Transport
 
@@ -232,7 +232,7 @@ class YjsSession(Peer):
             out.append(_merged(run))
         return out
 
-    def _awareness(self, room: Room, sids: list[str]) -> bytes:
+    def _awareness(self, room: MemberRoom, sids: list[str]) -> bytes:
         entries = [e for sid in dict.fromkeys(sids) if sid != self.id and (e := room.awareness_entry(sid)) is not None]
         return encode_awareness(entries) if entries else b""
 

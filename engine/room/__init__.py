@@ -16,4 +16,7 @@ from ._events import new_epoch as new_epoch
 from ._lifecycle import Room as Room
 from ._lifecycle import RoomRegistry as RoomRegistry
 from ._member import Member as Member
+from ._member import MemberRoom as MemberRoom
+from ._member import MemberSession as MemberSession
+from ._member import Refresh as Refresh
 from ._member import RoomState as RoomState

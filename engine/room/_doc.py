@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import pycrdt
 
@@ -26,9 +26,7 @@ from plait.protocol import (
 )
 
 from .._errors import RequestError
-
-if TYPE_CHECKING:
-    from ._member import Member
+from ._member import Member
 
 logger = logging.getLogger("plait.room")
 T = TypeVar("T")

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -23,9 +23,7 @@ from plait.protocol import (
 )
 
 from .._hooks import Identity
-
-if TYPE_CHECKING:
-    from ._member import Member
+from ._member import Member
 
 logger = logging.getLogger("plait.room")
 

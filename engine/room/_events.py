@@ -14,7 +14,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
@@ -23,10 +23,7 @@ from plait.storage import StoredEvent
 
 from .._errors import RequestError
 from .._hooks import EventRejected, HookFailed, Identity, call_hook
-from ._member import RoomState
-
-if TYPE_CHECKING:
-    from ._member import Member
+from ._member import Member, RoomState
 
 logger = logging.getLogger("plait.room")
 

@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pycrdt
 import trio
@@ -51,13 +51,10 @@ from ._awareness import Awareness
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import EphemeralStrand
 from ._events import EventLog, EventRecord, EventsStrand, new_epoch
-from ._member import Member, RoomState
+from ._member import Member, MemberSession, RoomState
 from ._persist import PersistStrand, RoomStore, _Pending
 from ._presence import PresenceBook
 from ._updatecheck import UpdateCheck
-
-if TYPE_CHECKING:
-    from .._peer import Peer as Session
 
 logger = logging.getLogger("plait.room")
 
@@ -78,7 +75,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         self._update_check = UpdateCheck()
         self._store, self._hooks, self._config = store, hooks, config
         self._on_draining = on_draining
-        self._members: dict[Session, Member] = {}
+        self._members: dict[MemberSession, Member] = {}
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
         self._presence = PresenceBook()
@@ -238,7 +235,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
 
     # -- members ----------------------------------------------------------------------------
 
-    def add_member(self, session: Session, channel: int, access: Access, join: Join) -> Member:
+    def add_member(self, session: MemberSession, channel: int, access: Access, join: Join) -> Member:
         """Admit a session: queue Joined, the sync frames, the presence snapshot and missed
         events, in the order spec §5.2 requires. Raises RequestError for a bad state vector."""
         sync_frames: list[ChannelFrame] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
@@ -16,10 +16,7 @@ from .._errors import RoomUnavailable
 from .._hooks import HookFailed, call_hook
 from ._doc import merge_updates
 from ._events import EventRecord
-from ._member import RoomState
-
-if TYPE_CHECKING:
-    from ._member import Member
+from ._member import Member, RoomState
 
 logger = logging.getLogger("plait.room")
 
