@@ -7,12 +7,15 @@
   (_presence: PresenceBook, _awareness: Awareness, both pure data)
 - _events: the event log, sequence numbers, epochs; publishing
 - _persist: group commit, acks in request order once durable, compaction
+- _fanout: the Fanout seam, how a room's frames reach its members (LocalFanout: in-process)
 """
 
 from __future__ import annotations
 
 from ._doc import merge_updates as merge_updates
 from ._events import new_epoch as new_epoch
+from ._fanout import Fanout as Fanout
+from ._fanout import LocalFanout as LocalFanout
 from ._lifecycle import Room as Room
 from ._lifecycle import RoomRegistry as RoomRegistry
 from ._member import Member as Member

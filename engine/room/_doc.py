@@ -248,7 +248,4 @@ class DocStrand:
                 self.remove_member(member, disconnected=False)
                 member.session.close_channel(member, exc.code, exc.message)
             return
-        for piece in pieces:
-            shared = ChannelFrame(Update(0, None, piece))
-            for member in recipients:
-                member.session.deliver(member, shared)
+        self._fanout.document(self.name, recipients, [ChannelFrame(Update(0, None, piece)) for piece in pieces])

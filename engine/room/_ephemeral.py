@@ -102,10 +102,7 @@ class EphemeralStrand:
             frames.append(ChannelFrame(TypingState(0, tuple(self._typing))))
         if not frames:
             return
-        for member in list(self._members.values()):
-            refresh = self._refresher(member)
-            for frame in frames:
-                member.session.deliver_ephemeral(member, frame, refresh)
+        self._fanout.ephemeral(self.name, list(self._members.values()), frames, self._refresher)
         for sid in left:  # its null awareness state went out with the diff
             client_id = self._awareness.release(sid)
             waiting = self._awareness_waiting.pop(client_id, None) if client_id is not None else None

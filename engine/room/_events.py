@@ -139,9 +139,7 @@ class EventsStrand:
         if member is not None and ref is not None:
             self._pending.acks.append((member, ref, record.seq))
         self._want_persist()
-        shared = ChannelFrame(self._event_frame(record, 0))
-        for m in list(self._members.values()):
-            m.session.deliver(m, shared)
+        self._fanout.event(self.name, list(self._members.values()), ChannelFrame(self._event_frame(record, 0)))
         return record.seq
 
     @staticmethod

@@ -51,12 +51,14 @@ from ._awareness import Awareness
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import EphemeralStrand
 from ._events import EventLog, EventRecord, EventsStrand, new_epoch
+from ._fanout import Fanout, LocalFanout
 from ._member import Member, MemberSession, RoomState
 from ._persist import PersistStrand, RoomStore, _Pending
 from ._presence import PresenceBook
 from ._updatecheck import UpdateCheck
 
 logger = logging.getLogger("plait.room")
+LOCAL_FANOUT = LocalFanout()
 
 
 class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
@@ -68,6 +70,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         config: EngineConfig,
         on_draining: Callable[[Room], None],
         new_epoch: Callable[[], str] = new_epoch,
+        fanout: Fanout = LOCAL_FANOUT,
     ) -> None:
         self.name = name
         self.state = RoomState.LOADING
@@ -75,6 +78,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         self._update_check = UpdateCheck()
         self._store, self._hooks, self._config = store, hooks, config
         self._on_draining = on_draining
+        self._fanout = fanout
         self._members: dict[MemberSession, Member] = {}
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
@@ -326,7 +330,7 @@ class RoomRegistry:
     waits for the flush to land, then gets a fresh room, never the half-closed one.
 
     Args:
-        store, hooks, config, new_epoch: what every room is made with.
+        store, hooks, config, new_epoch, fanout: what every room is made with.
         nursery: where rooms run (the engine's; asked for when a room starts).
         accepting: False once the engine shuts down: holds are refused (SHUTTING_DOWN).
         started, ended: told when a room starts and when one has ended (the engine's reclaimer).
@@ -343,6 +347,7 @@ class RoomRegistry:
         started: Callable[[], None],
         ended: Callable[[], None],
         new_epoch: Callable[[], str] = new_epoch,
+        fanout: Fanout = LOCAL_FANOUT,
     ) -> None:
         self.store = store
         """What rooms loaded from now on are stored in."""
@@ -350,6 +355,7 @@ class RoomRegistry:
         self._nursery, self._accepting = nursery, accepting
         self._started, self._ended = started, ended
         self._new_epoch = new_epoch
+        self._fanout = fanout
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
 
@@ -386,7 +392,7 @@ class RoomRegistry:
                 if previous is not None:
                     await previous.wait_closed()  # its flush must land before we load again
                     continue
-                room = Room(name, self.store, self._hooks, self._config, self._room_draining, self._new_epoch)
+                room = Room(name, self.store, self._hooks, self._config, self._room_draining, self._new_epoch, self._fanout)
                 self._rooms[name] = room
                 self._started()
                 self._nursery().start_soon(self._run_room, room)
