@@ -5,7 +5,7 @@
 - _doc: the pycrdt document: sync, members' updates, the fan-out of every change
 - _ephemeral: presence, cursors, typing (ticker, sweeper) and Yjs awareness
   (_presence: PresenceBook, _awareness: Awareness, both pure data)
-- _events: the event log, sequence numbers, epochs; publishing
+- _events: the event log, epochs, publishing; the SequenceAuthority seam (LocalSequence)
 - _persist: group commit, acks in request order once durable, compaction
 - _fanout: the Fanout seam, how a room's frames reach its members (LocalFanout: in-process)
 """
@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 from ._doc import merge_updates as merge_updates
+from ._events import LocalSequence as LocalSequence
+from ._events import SequenceAuthority as SequenceAuthority
 from ._events import new_epoch as new_epoch
 from ._fanout import Fanout as Fanout
 from ._fanout import LocalFanout as LocalFanout

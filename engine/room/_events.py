@@ -14,7 +14,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -74,8 +74,11 @@ class EventLog:
     def seq_for_key(self, key: str | None) -> int | None:
         return None if key is None else self._keys.get(key)
 
-    def append(self, name: str, payload: Any, session: str | None, user: str | None, key: str | None) -> EventRecord:
-        record = EventRecord(self.head + 1, name, payload, session, user, key, self.epoch)
+    def append(
+        self, name: str, payload: Any, session: str | None, user: str | None, key: str | None, seq: int | None = None
+    ) -> EventRecord:
+        """Record an event at `seq` (the next after `head` if not given)."""
+        record = EventRecord(self.head + 1 if seq is None else seq, name, payload, session, user, key, self.epoch)
         self._remember(record)
         return record
 
@@ -100,6 +103,26 @@ class EventLog:
         missed = [r for r in self._history if r.seq > seq]
         complete = seq == self.head or (bool(missed) and missed[0].seq == seq + 1)
         return missed, complete
+
+
+class SequenceAuthority(Protocol):
+    """Who assigns a room's event sequence numbers (spec §7). In one process, the room's own
+    log does (LocalSequence); across processes, one atomic counter per room."""
+
+    async def next_seq(self, room: str, head: int) -> int:
+        """The sequence number of the room's next event; `head` is the last one this room
+        knows. The room calls this between its idempotency-key check and the append: an
+        authority that waits there must serialise a room's publishes itself."""
+
+
+class LocalSequence:
+    """The next number after the room's own head. It never waits (no checkpoint), so a
+    publish stays one atomic step from its key check to its append."""
+
+    __slots__ = ()
+
+    async def next_seq(self, room: str, head: int) -> int:
+        return head + 1
 
 
 class EventsStrand:
@@ -133,7 +156,8 @@ class EventsStrand:
             return existing
         session = member.session.id if member else None
         user = str(member.session.identity.get("id")) if member else None
-        record = self._events.append(name, payload, session, user, key)
+        seq = await self._sequence.next_seq(self.name, self._events.head)
+        record = self._events.append(name, payload, session, user, key, seq)
         self._pending.events.append(record)
         self._changes += 1
         if member is not None and ref is not None:

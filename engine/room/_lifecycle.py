@@ -50,7 +50,7 @@ from .._hooks import Hooks, call_hook
 from ._awareness import Awareness
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import EphemeralStrand
-from ._events import EventLog, EventRecord, EventsStrand, new_epoch
+from ._events import EventLog, EventRecord, EventsStrand, LocalSequence, SequenceAuthority, new_epoch
 from ._fanout import Fanout, LocalFanout
 from ._member import Member, MemberSession, RoomState
 from ._persist import PersistStrand, RoomStore, _Pending
@@ -59,6 +59,7 @@ from ._updatecheck import UpdateCheck
 
 logger = logging.getLogger("plait.room")
 LOCAL_FANOUT = LocalFanout()
+LOCAL_SEQUENCE = LocalSequence()
 
 
 class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
@@ -71,6 +72,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         on_draining: Callable[[Room], None],
         new_epoch: Callable[[], str] = new_epoch,
         fanout: Fanout = LOCAL_FANOUT,
+        sequence: SequenceAuthority = LOCAL_SEQUENCE,
     ) -> None:
         self.name = name
         self.state = RoomState.LOADING
@@ -79,6 +81,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         self._store, self._hooks, self._config = store, hooks, config
         self._on_draining = on_draining
         self._fanout = fanout
+        self._sequence = sequence
         self._members: dict[MemberSession, Member] = {}
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
@@ -330,7 +333,7 @@ class RoomRegistry:
     waits for the flush to land, then gets a fresh room, never the half-closed one.
 
     Args:
-        store, hooks, config, new_epoch, fanout: what every room is made with.
+        store, hooks, config, new_epoch, fanout, sequence: what every room is made with.
         nursery: where rooms run (the engine's; asked for when a room starts).
         accepting: False once the engine shuts down: holds are refused (SHUTTING_DOWN).
         started, ended: told when a room starts and when one has ended (the engine's reclaimer).
@@ -348,6 +351,7 @@ class RoomRegistry:
         ended: Callable[[], None],
         new_epoch: Callable[[], str] = new_epoch,
         fanout: Fanout = LOCAL_FANOUT,
+        sequence: SequenceAuthority = LOCAL_SEQUENCE,
     ) -> None:
         self.store = store
         """What rooms loaded from now on are stored in."""
@@ -355,7 +359,7 @@ class RoomRegistry:
         self._nursery, self._accepting = nursery, accepting
         self._started, self._ended = started, ended
         self._new_epoch = new_epoch
-        self._fanout = fanout
+        self._fanout, self._sequence = fanout, sequence
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
 
@@ -392,7 +396,10 @@ class RoomRegistry:
                 if previous is not None:
                     await previous.wait_closed()  # its flush must land before we load again
                     continue
-                room = Room(name, self.store, self._hooks, self._config, self._room_draining, self._new_epoch, self._fanout)
+                room = Room(
+                    name, self.store, self._hooks, self._config, self._room_draining,
+                    new_epoch=self._new_epoch, fanout=self._fanout, sequence=self._sequence,
+                )
                 self._rooms[name] = room
                 self._started()
                 self._nursery().start_soon(self._run_room, room)
