@@ -6,7 +6,8 @@
 - _ephemeral: presence, cursors, typing (ticker, sweeper) and Yjs awareness
   (_presence: PresenceBook, _awareness: Awareness, both pure data)
 - _events: the event log, epochs, publishing; the SequenceAuthority seam (LocalSequence)
-- _persist: group commit, acks in request order once durable, compaction
+- _persist: group commit, acks in request order once durable, compaction; the
+  CompactionLease seam (LocalLease)
 - _fanout: the Fanout seam, how a room's frames reach its members (LocalFanout: in-process)
 """
 
@@ -25,3 +26,5 @@ from ._member import MemberRoom as MemberRoom
 from ._member import MemberSession as MemberSession
 from ._member import Refresh as Refresh
 from ._member import RoomState as RoomState
+from ._persist import CompactionLease as CompactionLease
+from ._persist import LocalLease as LocalLease

@@ -53,13 +53,14 @@ from ._ephemeral import EphemeralStrand
 from ._events import EventLog, EventRecord, EventsStrand, LocalSequence, SequenceAuthority, new_epoch
 from ._fanout import Fanout, LocalFanout
 from ._member import Member, MemberSession, RoomState
-from ._persist import PersistStrand, RoomStore, _Pending
+from ._persist import CompactionLease, LocalLease, PersistStrand, RoomStore, _Pending
 from ._presence import PresenceBook
 from ._updatecheck import UpdateCheck
 
 logger = logging.getLogger("plait.room")
 LOCAL_FANOUT = LocalFanout()
 LOCAL_SEQUENCE = LocalSequence()
+LOCAL_LEASE = LocalLease()
 
 
 class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
@@ -73,6 +74,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         new_epoch: Callable[[], str] = new_epoch,
         fanout: Fanout = LOCAL_FANOUT,
         sequence: SequenceAuthority = LOCAL_SEQUENCE,
+        lease: CompactionLease = LOCAL_LEASE,
     ) -> None:
         self.name = name
         self.state = RoomState.LOADING
@@ -82,6 +84,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         self._on_draining = on_draining
         self._fanout = fanout
         self._sequence = sequence
+        self._lease = lease
         self._members: dict[MemberSession, Member] = {}
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
@@ -333,7 +336,8 @@ class RoomRegistry:
     waits for the flush to land, then gets a fresh room, never the half-closed one.
 
     Args:
-        store, hooks, config, new_epoch, fanout, sequence: what every room is made with.
+        store, hooks, config, new_epoch: what every room is made with.
+        fanout, sequence, lease: the seams every room uses (in-process ones by default).
         nursery: where rooms run (the engine's; asked for when a room starts).
         accepting: False once the engine shuts down: holds are refused (SHUTTING_DOWN).
         started, ended: told when a room starts and when one has ended (the engine's reclaimer).
@@ -352,6 +356,7 @@ class RoomRegistry:
         new_epoch: Callable[[], str] = new_epoch,
         fanout: Fanout = LOCAL_FANOUT,
         sequence: SequenceAuthority = LOCAL_SEQUENCE,
+        lease: CompactionLease = LOCAL_LEASE,
     ) -> None:
         self.store = store
         """What rooms loaded from now on are stored in."""
@@ -359,7 +364,7 @@ class RoomRegistry:
         self._nursery, self._accepting = nursery, accepting
         self._started, self._ended = started, ended
         self._new_epoch = new_epoch
-        self._fanout, self._sequence = fanout, sequence
+        self._fanout, self._sequence, self._lease = fanout, sequence, lease
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
 
@@ -398,7 +403,7 @@ class RoomRegistry:
                     continue
                 room = Room(
                     name, self.store, self._hooks, self._config, self._room_draining,
-                    new_epoch=self._new_epoch, fanout=self._fanout, sequence=self._sequence,
+                    new_epoch=self._new_epoch, fanout=self._fanout, sequence=self._sequence, lease=self._lease,
                 )
                 self._rooms[name] = room
                 self._started()

@@ -33,6 +33,23 @@ class RoomStore(Protocol):
     async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None: ...
 
 
+class CompactionLease(Protocol):
+    """Who may compact a room: replace its snapshot and drop the updates it covers. In one
+    process, the room itself (LocalLease); across processes, one holder of a lease at a time."""
+
+    async def may_compact(self, room: str) -> bool:
+        """Whether this process may compact `room` now (False: the updates stay appended)."""
+
+
+class LocalLease:
+    """Always yes, without waiting (no checkpoint)."""
+
+    __slots__ = ()
+
+    async def may_compact(self, room: str) -> bool:
+        return True
+
+
 @dataclass(slots=True)
 class _Pending:
     """What the persister commits next, and the acks waiting for that commit."""
@@ -120,7 +137,7 @@ class PersistStrand:
                 or self._bytes_since_snapshot >= self._config.compact_after_bytes
                 or (final and self._updates_since_snapshot > 0)
             )
-            if due:
+            if due and await self._lease.may_compact(self.name):
                 await self._compact()
 
     async def _compact(self) -> None:
