@@ -18,12 +18,17 @@ from plait.protocol import (
     Cursors,
     Frame,
     PresenceDiff,
+    PresenceEntry,
     PresenceSnapshot,
     TypingState,
 )
 
+from .._config import EngineConfig
 from .._hooks import Identity
-from ._member import Member
+from ._awareness import Awareness
+from ._fanout import Fanout
+from ._member import Member, MemberSession
+from ._presence import PresenceBook
 
 logger = logging.getLogger("plait.room")
 
@@ -34,9 +39,74 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-class EphemeralStrand:
+class Ephemeral:
     """Presence, cursors and typing: the ticker that coalesces them, the sweeper that expires
-    them, and what Yjs clients see of them as awareness."""
+    them, and what Yjs clients see of them as awareness. The room runs `ticker` and `sweeper`
+    in its nursery and tells it who joined and left.
+
+    Args:
+        name: the room's name.
+        config: timings.
+        members: the room's members by session: the room's own dict, read here, never changed.
+        fanout: how each tick's frames reach the members.
+    """
+
+    def __init__(self, name: str, config: EngineConfig, members: dict[MemberSession, Member], fanout: Fanout) -> None:
+        self.name = name
+        self._config = config
+        self._members = members
+        self._fanout = fanout
+        self._presence = PresenceBook()
+        self._cursors: dict[str, Any] = {}
+        self._moved: dict[str, Any] = {}
+        self._typing: dict[str, float] = {}
+        self._typing_changed = False
+        self._tick_wanted = trio.Event()
+        self._deadlines_changed = trio.Event()
+        self._awareness = Awareness()
+        self._awareness_waiting: dict[int, Member] = {}
+        """Client id -> a Yjs member refused it because a disconnected session held it."""
+
+    # -- membership (told by the room) -------------------------------------------------------
+
+    def joined(self, session: MemberSession) -> None:
+        self._presence.join(session.id, session.identity)
+        if not session.OWN_AWARENESS:
+            self._awareness.add_native(session.id)
+        self.want_tick()
+
+    def join_frames(self, channel: int) -> list[Frame]:
+        """What a joining member is sent of the ephemeral state (spec §5.2)."""
+        frames: list[Frame] = [PresenceSnapshot(channel, self._presence.snapshot())]
+        if self._cursors:
+            frames.append(Cursors(channel, tuple(CursorPosition(s, p) for s, p in self._cursors.items())))
+        if self._typing:
+            frames.append(TypingState(channel, tuple(self._typing)))
+        return frames
+
+    def removed(self, member: Member) -> None:
+        """The member is no longer the room's: its cursor and typing go at once."""
+        sid = member.session.id
+        if self._cursors.pop(sid, None) is not None or sid in self._moved:
+            self._moved[sid] = None
+            self._awareness.changed(sid)
+        if self._typing.pop(sid, None) is not None:
+            self._typing_changed = True
+        if self._awareness_waiting:
+            self._awareness_waiting = {c: m for c, m in self._awareness_waiting.items() if m is not member}
+
+    def left(self, sid: str, *, disconnected: bool) -> None:
+        """Its presence leaves at once, or lingers for the grace if it disconnected."""
+        if disconnected:
+            self._presence.linger(sid, trio.current_time() + self._config.presence_grace)
+            self._deadlines_changed.set()
+        else:
+            self._presence.leave(sid)
+
+    def presence(self) -> tuple[PresenceEntry, ...]:
+        return self._presence.snapshot()
+
+    # -- presence, cursors, typing ----------------------------------------------------------
 
     def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
         if self._members.get(member.session) is not member:
@@ -47,7 +117,7 @@ class EphemeralStrand:
         if patch is not None:
             self._presence.patch(sid, patch)
         self._awareness.changed(sid)
-        self._want_tick()
+        self.want_tick()
 
     def move_cursor(self, member: Member, position: Any) -> None:
         if self._members.get(member.session) is not member:
@@ -59,7 +129,7 @@ class EphemeralStrand:
             self._cursors[sid] = position
         self._moved[sid] = position
         self._awareness.changed(sid)
-        self._want_tick()
+        self.want_tick()
 
     def set_typing(self, member: Member, on: bool) -> None:
         if self._members.get(member.session) is not member:
@@ -73,12 +143,12 @@ class EphemeralStrand:
         elif self._typing.pop(sid, None) is not None:
             self._typing_changed = True
         if self._typing_changed:
-            self._want_tick()
+            self.want_tick()
 
-    def _want_tick(self) -> None:
+    def want_tick(self) -> None:
         self._tick_wanted.set()
 
-    async def _ticker(self) -> None:
+    async def ticker(self) -> None:
         while True:
             await self._tick_wanted.wait()
             await trio.sleep(max(self._config.tick, len(self._members) / self._config.ephemeral_messages_per_second))
@@ -122,7 +192,7 @@ class EphemeralStrand:
 
         return full_state
 
-    async def _sweeper(self) -> None:
+    async def sweeper(self) -> None:
         while True:
             deadlines = [t for t in (self._presence.next_expiry(), *self._typing.values()) if t is not None]
             with trio.move_on_at(min(deadlines, default=math.inf)):
@@ -130,13 +200,13 @@ class EphemeralStrand:
                 self._deadlines_changed = trio.Event()
             now = trio.current_time()
             if self._presence.expire(now):
-                self._want_tick()
+                self.want_tick()
             expired = [s for s, t in self._typing.items() if t <= now]
             for sid in expired:
                 del self._typing[sid]
             if expired:
                 self._typing_changed = True
-                self._want_tick()
+                self.want_tick()
 
     # -- Yjs awareness (spec §13) ------------------------------------------------------------
 

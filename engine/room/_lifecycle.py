@@ -29,32 +29,26 @@ import trio
 
 from plait.protocol import (
     Access,
+    AwarenessEntry,
     ChannelFrame,
-    CursorPosition,
-    Cursors,
     Error,
     ErrorCode,
-    Frame,
     Join,
     Joined,
     PresenceEntry,
-    PresenceSnapshot,
     SyncStep1,
-    TypingState,
 )
 from plait.storage import RoomData
 
 from .._config import EngineConfig
 from .._errors import RequestError, RoomUnavailable
 from .._hooks import Hooks, call_hook
-from ._awareness import Awareness
 from ._doc import DocStrand, apply_update, merge_updates
-from ._ephemeral import EphemeralStrand
+from ._ephemeral import Ephemeral
 from ._events import EventLog, EventRecord, EventsStrand, LocalSequence, SequenceAuthority, new_epoch
 from ._fanout import Fanout, LocalFanout
 from ._member import Member, MemberSession, RoomState
 from ._persist import CompactionLease, LocalLease, PersistStrand, RoomStore, _Pending
-from ._presence import PresenceBook
 from ._updatecheck import UpdateCheck
 
 logger = logging.getLogger("plait.room")
@@ -63,7 +57,7 @@ LOCAL_SEQUENCE = LocalSequence()
 LOCAL_LEASE = LocalLease()
 
 
-class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
+class Room(DocStrand, EventsStrand, PersistStrand):
     def __init__(
         self,
         name: str,
@@ -88,11 +82,7 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         self._members: dict[MemberSession, Member] = {}
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
-        self._presence = PresenceBook()
-        self._cursors: dict[str, Any] = {}
-        self._moved: dict[str, Any] = {}
-        self._typing: dict[str, float] = {}
-        self._typing_changed = False
+        self._ephemeral = Ephemeral(name, config, self._members, fanout)
         self._events = EventLog(config.event_history, epoch="-")  # replaced once loaded
         self._new_epoch = new_epoch
         self._pending = _Pending()
@@ -105,17 +95,12 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         self._persist_lock = trio.StrictFIFOLock()
         self._loaded = trio.Event()
         self._closed = trio.Event()
-        self._tick_wanted = trio.Event()
         self._persist_wanted = trio.Event()
-        self._deadlines_changed = trio.Event()
         self._membership_changed = trio.Event()
         self._unload_requested = False
         self._changes = 0
         self._durable_changes = 0
         self._commit_done = trio.Event()
-        self._awareness = Awareness()
-        self._awareness_waiting: dict[int, Member] = {}
-        """Client id -> a Yjs member refused it because a disconnected session held it."""
         self._doc_subscription: pycrdt.Subscription | None = None
         self._sync_cache: tuple[bytes, list[ChannelFrame]] | None = None
 
@@ -129,8 +114,8 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
             if not await self._load():
                 return
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._ticker)
-                nursery.start_soon(self._sweeper)
+                nursery.start_soon(self._ephemeral.ticker)
+                nursery.start_soon(self._ephemeral.sweeper)
                 nursery.start_soon(self._persister)
                 await self._wait_until_idle()
                 if self.state is RoomState.LIVE:
@@ -258,21 +243,14 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         member = Member(session, self, channel, access)
         self._members[session] = member
         self._membership_changed.set()
-        self._presence.join(session.id, session.identity)
-        if not session.OWN_AWARENESS:
-            self._awareness.add_native(session.id)
-        self._want_tick()
+        self._ephemeral.joined(session)
         session.deliver_frames(member, [
             Joined(join.ref, channel, int(access), self._events.head, resumed, self._events.epoch),
             SyncStep1(channel, self.doc.get_state()),
         ])
         for frame in sync_frames:
             session.deliver(member, frame)
-        frames: list[Frame] = [PresenceSnapshot(channel, self._presence.snapshot())]
-        if self._cursors:
-            frames.append(Cursors(channel, tuple(CursorPosition(s, p) for s, p in self._cursors.items())))
-        if self._typing:
-            frames.append(TypingState(channel, tuple(self._typing)))
+        frames = self._ephemeral.join_frames(channel)
         frames.extend(self._event_frame(r, channel) for r in missed)
         session.deliver_frames(member, frames)
         return member
@@ -282,25 +260,13 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
         if self._members.get(member.session) is not member:
             return
         self._remove(member)
-        sid = member.session.id
-        if disconnected:
-            self._presence.linger(sid, trio.current_time() + self._config.presence_grace)
-            self._deadlines_changed.set()
-        else:
-            self._presence.leave(sid)
+        self._ephemeral.left(member.session.id, disconnected=disconnected)
         self._membership_changed.set()
-        self._want_tick()
+        self._ephemeral.want_tick()
 
     def _remove(self, member: Member) -> None:
         del self._members[member.session]
-        sid = member.session.id
-        if self._cursors.pop(sid, None) is not None or sid in self._moved:
-            self._moved[sid] = None
-            self._awareness.changed(sid)
-        if self._typing.pop(sid, None) is not None:
-            self._typing_changed = True
-        if self._awareness_waiting:
-            self._awareness_waiting = {c: m for c, m in self._awareness_waiting.items() if m is not member}
+        self._ephemeral.removed(member)
         # Acks still waiting for a commit go nowhere now; the commit itself still happens.
         self._pending.acks = [a for a in self._pending.acks if a[0] is not member]
         self._pending.confirmations.pop(member, None)
@@ -309,8 +275,31 @@ class Room(DocStrand, EphemeralStrand, EventsStrand, PersistStrand):
     def member_count(self) -> int:
         return len(self._members)
 
+    # -- presence, cursors, typing, awareness: the ephemeral strand's (_ephemeral.py) ---------
+
     def presence(self) -> tuple[PresenceEntry, ...]:
-        return self._presence.snapshot()
+        return self._ephemeral.presence()
+
+    def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
+        self._ephemeral.set_presence(member, state, patch)
+
+    def move_cursor(self, member: Member, position: Any) -> None:
+        self._ephemeral.move_cursor(member, position)
+
+    def set_typing(self, member: Member, on: bool) -> None:
+        self._ephemeral.set_typing(member, on)
+
+    def claim_awareness(self, member: Member, client_id: int, clock: int, hidden: bool) -> bool:
+        return self._ephemeral.claim_awareness(member, client_id, clock, hidden)
+
+    def renew_awareness(self) -> None:
+        self._ephemeral.renew_awareness()
+
+    def awareness_entry(self, sid: str) -> AwarenessEntry | None:
+        return self._ephemeral.awareness_entry(sid)
+
+    def awareness_sessions(self) -> list[str]:
+        return self._ephemeral.awareness_sessions()
 
     def crashed(self) -> None:
         """A bug ended `run`: fail the room, end every membership with INTERNAL, and release
