@@ -18,24 +18,24 @@ import logging
 import secrets
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
 
 import trio
 
-from plait.protocol import Access, CloseCode, ErrorCode
+from plait.protocol import Access, CloseCode
 from plait.storage import MemoryStore, Store
 
 from ._config import EngineConfig
-from ._errors import RequestError, RoomUnavailable
-from ._events import new_epoch
+from ._errors import RoomUnavailable
 from ._handle import RoomHandle
-from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
+from ._hooks import Hooks, Identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
-from ._room import Room, RoomState
+from .room import Room, RoomRegistry, new_epoch
 from ._peer import Peer
+from ._services import Flusher, SessionServices
 from ._session import Session
 from ._yjs import YJS_PATH, YjsSession
 from ._transport import MemoryTransport, Transport, memory_transport_pair
@@ -76,12 +76,20 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         self._new_session_id = session_ids or random_session_ids()
         self._new_epoch = epochs or new_epoch
-        self.recorder = recorder
-        self.large_sends = trio.CapacityLimiter(self.config.concurrent_large_sends)
-        self._rooms: dict[str, Room] = {}
-        self._unloading: dict[str, Room] = {}
+        self._rooms = RoomRegistry(
+            self.store if recorder is None else RecordingStore(self.store, recorder),
+            self.hooks,
+            self.config,
+            nursery=lambda: self.nursery,
+            accepting=lambda: self._accepting,
+            started=lambda: self._reclaimer.started(self._load()),
+            ended=lambda: self._reclaimer.ended(),
+            new_epoch=self._new_epoch,
+        )
         self._sessions: set[Peer] = set()
-        self._to_flush: list[Peer] = []
+        self._flusher = Flusher(lambda: self.nursery)
+        self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder)
+        self.large_sends = self._services.large_sends
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -120,18 +128,6 @@ class Engine:
                 logger.error("session %s: heartbeat failed", session.id, exc_info=exc)
                 session.close(CloseCode.INTERNAL_ERROR, "internal error")
 
-    def flush_soon(self, peer: Peer) -> None:
-        """Have `peer` write what it queued once the tasks that are running now have run
-        (Peer._wake_writer): one task writes for every connection a fan-out reached."""
-        if not self._to_flush:
-            self.nursery.start_soon(self._flush)
-        self._to_flush.append(peer)
-
-    async def _flush(self) -> None:
-        peers, self._to_flush = self._to_flush, []
-        for peer in peers:
-            peer.flush_nowait()
-
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
@@ -163,43 +159,35 @@ class Engine:
         with trio.move_on_after(self.config.shutdown_timeout) as waited:
             for session in list(self._sessions):
                 await session.wait_done()  # each closes its transport within close_timeout
-            rooms = [*self._rooms.values(), *self._unloading.values()]
+            rooms = self._rooms.all()
             for room in rooms:
                 room.request_unload()
             for room in rooms:
                 await room.wait_closed()
         if waited.cancelled_caught:
-            stuck = sorted(name for name in {*self._rooms, *self._unloading})
+            stuck = self._rooms.names()
             logger.error("shutdown gave up after %g s; rooms not stored: %s", self.config.shutdown_timeout, stuck)
 
     # -- application hooks (contained: see Hooks) ---------------------------------------------
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
-        """The identity `Hooks.authenticate` gives a token. Raises Unauthenticated (refused)
-        or HookFailed (the hook misbehaved: logged)."""
-        identity = await call_hook(
-            "authenticate", lambda: self.hooks.authenticate(token, client), self.config.hook_timeout, (Unauthenticated,)
-        )
-        return checked_identity(identity)
+        """The identity `Hooks.authenticate` gives a token (SessionServices.authenticate)."""
+        return await self._services.authenticate(token, client)
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
-        """`Hooks.authorize`'s answer. Raises HookFailed if the hook misbehaved (logged)."""
-        access = await call_hook("authorize", lambda: self.hooks.authorize(identity, room), self.config.hook_timeout)
-        return checked_access(access)
+        """`Hooks.authorize`'s answer (SessionServices.authorize)."""
+        return await self._services.authorize(identity, room)
 
-    # -- recording (plait serve --record) -----------------------------------------------------
+    @property
+    def recorder(self) -> TraceRecorder | None:
+        """Records every connection's traffic as a trace; set or cleared at any time (a room
+        loaded while recording keeps recording its store's use)."""
+        return self._services.recorder
 
-    def record_opened(self, session: str, path: str) -> None:
-        if self.recorder is not None:
-            self.recorder.opened(session, path)
-
-    def record_message(self, session: str, direction: str, data: bytes | str) -> None:
-        if self.recorder is not None:
-            self.recorder.message(session, direction, data)
-
-    def record_closed(self, session: str, direction: str, code: int, reason: str) -> None:
-        if self.recorder is not None:
-            self.recorder.closed(session, direction, code, reason)
+    @recorder.setter
+    def recorder(self, recorder: TraceRecorder | None) -> None:
+        self._services.recorder = recorder
+        self._rooms.store = self.store if recorder is None else RecordingStore(self.store, recorder)
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -246,9 +234,9 @@ class Engine:
         if path.startswith(YJS_PATH):
             room = path[len(YJS_PATH) :]  # percent-decoded and checked by the session
             token = urllib.parse.parse_qs(query).get("token", [None])[0]
-            session = YjsSession(self, transport, self._new_session_id(), room, token)
+            session = YjsSession(self._services, transport, self._new_session_id(), room, token)
         else:
-            session = Session(self, transport, self._new_session_id())
+            session = Session(self._services, transport, self._new_session_id())
         self._sessions.add(session)
         self._reclaimer.started(self._load())
         try:
@@ -267,55 +255,10 @@ class Engine:
 
     # -- rooms ------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def hold_room(self, name: str) -> AsyncIterator[Room]:
-        """The live room `name`, loading it if needed; it cannot unload while held.
-
-        Raises:
-            RoomUnavailable: it failed to load (stored data is left as it was).
-            RequestError: the engine is shutting down.
-        """
-        while True:
-            if not self._accepting:
-                raise RequestError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
-            room = self._rooms.get(name)
-            if room is None:
-                previous = self._unloading.get(name)
-                if previous is not None:
-                    await previous.wait_closed()  # its flush must land before we load again
-                    continue
-                store = self.store if self.recorder is None else RecordingStore(self.store, self.recorder)
-                room = Room(name, store, self.hooks, self.config, self._room_draining, self._new_epoch)
-                self._rooms[name] = room
-                self._reclaimer.started(self._load())
-                self.nursery.start_soon(self._run_room, room)
-            room.hold()
-            try:
-                await room.wait_loaded()
-                if not room.accepting:
-                    continue  # it began unloading as we arrived: get a fresh one
-                yield room
-                return
-            finally:
-                room.release()
-
-    def _room_draining(self, room: Room) -> None:
-        if self._rooms.get(room.name) is room:
-            del self._rooms[room.name]
-        if room.state is RoomState.DRAINING:
-            self._unloading[room.name] = room
-
-    async def _run_room(self, room: Room) -> None:
-        try:
-            await room.run()
-        except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on
-            # A bug in a room fails that room loudly, not the server.
-            logger.critical("room %r crashed", room.name, exc_info=crash)
-            room.crashed()
-        finally:
-            if self._unloading.get(room.name) is room:
-                del self._unloading[room.name]
-            self._reclaimer.ended()
+    def hold_room(self, name: str) -> AbstractAsyncContextManager[Room]:
+        """The live room `name`, loading it if needed; it cannot unload while held
+        (RoomRegistry.hold)."""
+        return self._rooms.hold(name)
 
     @asynccontextmanager
     async def room(self, name: str) -> AsyncIterator[RoomHandle]:
@@ -326,12 +269,12 @@ class Engine:
 
     def _load(self) -> int:
         """What the reclaimer watches: rooms loaded or unloading, and sessions open."""
-        return len(self._rooms) + len(self._unloading) + len(self._sessions)
+        return len(self._rooms) + len(self._sessions)
 
     def statistics(self) -> dict[str, int]:
         """Rooms loaded, sessions open, and how many times memory was given back
         (engine/_reclaim.py)."""
-        return {"rooms": len(self._rooms), "sessions": len(self._sessions), "memory_reclaims": self._reclaimer.reclaims}
+        return {"rooms": self._rooms.loaded, "sessions": len(self._sessions), "memory_reclaims": self._reclaimer.reclaims}
 
 
 __all__ = ["Engine", "RoomUnavailable"]

@@ -8,7 +8,7 @@ import pycrdt
 
 from plait.protocol import MAX_EVENT_NAME, PresenceEntry, check_value
 
-from ._room import Room
+from .room import Room
 
 
 class RoomHandle:

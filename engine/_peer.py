@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -31,11 +31,9 @@ from ._errors import RequestError
 from ._hooks import Identity
 from ._outbox import Outbox
 from ._ratelimit import TokenBucket
-from ._room import Member
+from ._services import SessionServices
 from ._transport import NowaitTransport, Transport
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from .room import Member, Refresh
 
 logger = logging.getLogger("plait.session")
 
@@ -47,8 +45,6 @@ def _first(group: BaseExceptionGroup[TransportClosed]) -> TransportClosed:
         found = found.exceptions[0]
     return found
 
-Refresh = Callable[[], list[Frame]]
-
 
 class Peer:
     """One connection to the engine. Abstract: see Session and YjsSession."""
@@ -57,8 +53,8 @@ class Peer:
     __slots__ = (
         "_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
-        "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "engine", "id",
-        "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "transport", "__weakref__",
+        "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
+        "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
     )
 
     OWN_AWARENESS = False
@@ -68,9 +64,9 @@ class Peer:
     """Whether the client's updates are confirmed by sending them back once durable
     (y-websocket, spec §13) rather than by acks (native, §4.1), which never echo (§5.3)."""
 
-    def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
-        self.engine = engine
-        self.config = engine.config
+    def __init__(self, services: SessionServices, transport: Transport, session_id: str) -> None:
+        self.services = services
+        self.config = services.config
         self.transport = transport
         self._nowait = transport if isinstance(transport, NowaitTransport) else None
         self.id = session_id
@@ -156,7 +152,7 @@ class Peer:
     async def run(self) -> None:
         """Serve the connection until either side closes it. Raises only Cancelled: anything
         else that goes wrong is this connection's failure (logged, closed INTERNAL_ERROR)."""
-        self.engine.record_opened(self.id, self.transport.path)
+        self.services.record_opened(self.id, self.transport.path)
         try:
             with self._scope:
                 # close() ends a handshake too: a client that never says hello must not
@@ -244,7 +240,7 @@ class Peer:
                     await self._send(message)
             except TransportClosed:
                 return
-        self.engine.record_closed(self.id, "out", code, self._close_reason)
+        self.services.record_closed(self.id, "out", code, self._close_reason)
         try:
             await self.transport.aclose(code, self._close_reason)
         except TransportClosed:
@@ -256,15 +252,15 @@ class Peer:
         try:
             data = await self.transport.receive_message()
         except TransportClosed as exc:
-            self.engine.record_closed(self.id, "in", exc.code, exc.reason)
+            self.services.record_closed(self.id, "in", exc.code, exc.reason)
             self._peer_closed(exc)
             return None
-        self.engine.record_message(self.id, "in", data)
+        self.services.record_message(self.id, "in", data)
         return data
 
     async def _send(self, message: bytes) -> None:
         if len(message) >= self.config.large_message_bytes:
-            async with self.engine.large_sends:
+            async with self.services.large_sends:
                 self._sending_large = True
                 try:
                     await self.transport.send_message(message)
@@ -276,7 +272,7 @@ class Peer:
 
     def _sent(self, message: bytes) -> None:
         # Recorded once delivered to the transport: a send cut short by a close never happened.
-        self.engine.record_message(self.id, "out", message)
+        self.services.record_message(self.id, "out", message)
 
     # -- limits -----------------------------------------------------------------------------
 
@@ -330,7 +326,7 @@ class Peer:
             return
         self._writing = True
         if self._nowait is not None:
-            self.engine.flush_soon(self)
+            self.services.flush_soon(self)
         else:
             self._nursery.start_soon(self._contained, self._writer)
 

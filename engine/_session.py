@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -60,11 +59,9 @@ from plait.protocol import (
 from ._errors import RequestError
 from ._hooks import HookFailed, Unauthenticated
 from ._peer import Peer, Refresh
-from ._room import Member
+from .room import Member
+from ._services import SessionServices
 from ._transport import Transport
-
-if TYPE_CHECKING:
-    from ._engine import Engine
 
 logger = logging.getLogger("plait.session")
 
@@ -73,8 +70,8 @@ class Session(Peer):
 
     __slots__ = ("_heard", "_heard_at", "_next_channel", "_rooms", "conn")
 
-    def __init__(self, engine: Engine, transport: Transport, session_id: str) -> None:
-        super().__init__(engine, transport, session_id)
+    def __init__(self, services: SessionServices, transport: Transport, session_id: str) -> None:
+        super().__init__(services, transport, session_id)
         self.conn = Connection(
             Role.SERVER, CodecLimits(self.config.max_message_bytes, self.config.max_frames_per_message)
         )
@@ -109,7 +106,7 @@ class Session(Peer):
             hello = frames[0]
             assert isinstance(hello, Hello)
             try:
-                self.identity = await self.engine.authenticate(hello.token, hello.client)
+                self.identity = await self.services.authenticate(hello.token, hello.client)
             except Unauthenticated as exc:
                 self._send_now(Error(None, None, ErrorCode.UNAUTHENTICATED, str(exc)[:1024] or "token refused"))
                 self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
@@ -301,10 +298,10 @@ class Session(Peer):
             raise RequestError(exc.code, exc.message) from None
         self._rooms[name] = None  # claims the name while we await, so a racing join is refused
         try:
-            access = await self.engine.authorize(self.identity, name)
+            access = await self.services.authorize(self.identity, name)
             if access is None:
                 raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {name!r}")
-            async with self.engine.hold_room(name) as room:
+            async with self.services.hold_room(name) as room:
                 channel = self._next_channel
                 member = room.add_member(self, channel, access, join)  # RequestError: nothing sent
                 self.conn.send(Joined(join.ref, channel, int(access), 0, None, "-"))  # only the channel counts here

@@ -33,7 +33,7 @@ class Transport(Protocol):
 class NowaitTransport(Transport, Protocol):
     """A transport that can also send without waiting (the server's WebSocket endpoint). A
     busy room's fan-out then writes to every socket from one task instead of waking a writer
-    task per connection (Engine.flush_soon)."""
+    task per connection (Flusher.flush_soon)."""
 
     def send_message_nowait(self, data: bytes) -> bool:
         """Send `data` in order, now as far as the peer takes it; False when part of it waits

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -55,11 +55,9 @@ from plait.protocol import (
 from ._errors import RequestError
 from ._hooks import Unauthenticated
 from ._peer import Peer, Refresh
-from ._room import Member, Room, merge_updates
+from ._services import SessionServices
 from ._transport import Transport
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from .room import Member, MemberRoom, merge_updates
 
 logger = logging.getLogger("plait.yjs")
 
@@ -73,8 +71,8 @@ class YjsSession(Peer):
     OWN_AWARENESS = True
     CONFIRMS_BY_ECHO = True
 
-    def __init__(self, engine: Engine, transport: Transport, session_id: str, room_path: str, token: str | None) -> None:
-        super().__init__(engine, transport, session_id)
+    def __init__(self, services: SessionServices, transport: Transport, session_id: str, room_path: str, token: str | None) -> None:
+        super().__init__(services, transport, session_id)
         self.room_path = room_path
         """The room's name as the URL has it (percent-encoded), checked in the handshake."""
         self.token = token
@@ -89,11 +87,11 @@ class YjsSession(Peer):
         except (UnicodeDecodeError, RemoteProtocolError):
             return self._refuse(ErrorCode.INVALID_ROOM_NAME, "invalid room name (1..256 characters, no control characters)")
         try:
-            self.identity = await self.engine.authenticate(self.token, {"name": "y-websocket"})
-            access = await self.engine.authorize(self.identity, name)
+            self.identity = await self.services.authenticate(self.token, {"name": "y-websocket"})
+            access = await self.services.authorize(self.identity, name)
             if access is None:
                 return self._refuse(ErrorCode.FORBIDDEN, "no access to this room")
-            async with self.engine.hold_room(name) as room:
+            async with self.services.hold_room(name) as room:
                 self._member = room.add_member(self, 1, access, Join(0, name, None, None))
         except Unauthenticated:
             return self._refuse(ErrorCode.UNAUTHENTICATED, "unauthenticated")
@@ -239,7 +237,7 @@ class YjsSession(Peer):
             out.append(_merged(run))
         return out
 
-    def _awareness(self, room: Room, sids: list[str]) -> bytes:
+    def _awareness(self, room: MemberRoom, sids: list[str]) -> bytes:
         entries = [e for sid in dict.fromkeys(sids) if sid != self.id and (e := room.awareness_entry(sid)) is not None]
         return encode_awareness(entries) if entries else b""
 

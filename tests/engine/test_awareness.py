@@ -218,13 +218,14 @@ async def test_a_room_forgets_every_session_that_has_gone(autojump_clock: MockCl
                 (entry,) = room.presence()
                 assert entry.identity == {"id": "keeper"}
                 sid = entry.session
-                awareness = room._awareness
+                ephemeral = room._ephemeral
+                awareness = ephemeral._awareness
                 assert len(awareness) == 1
                 assert set(awareness._clients) == {sid}
                 assert awareness._holders == {500: sid}
                 assert awareness._native == set() and awareness._hidden == set()
                 assert set(awareness._entries) <= {sid}
-                assert room._awareness_waiting == {}
-                assert set(room._cursors) == {sid} and set(room._moved) <= {sid} and not room._typing
+                assert ephemeral._awareness_waiting == {}
+                assert set(ephemeral._cursors) == {sid} and set(ephemeral._moved) <= {sid} and not ephemeral._typing
             nursery.cancel_scope.cancel()
         await assert_engine_serves(engine)

@@ -27,7 +27,7 @@ import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine, Hooks, Identity
-from plait.engine._updatecheck import MAX_TYPE_DEPTH, UpdateCheck
+from plait.engine.room._updatecheck import MAX_TYPE_DEPTH, UpdateCheck
 from plait.protocol import (
     Access,
     Ack,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plait.engine._presence import PresenceBook
+from plait.engine.room._presence import PresenceBook
 
 
 def test_diff_reports_each_change_once() -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plait.engine import Engine
-from plait.engine._updatecheck import UpdateCheck
+from plait.engine.room._updatecheck import UpdateCheck
 from plait.protocol import (
     Ack,
     CloseCode,

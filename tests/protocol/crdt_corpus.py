@@ -538,12 +538,12 @@ def keystroke_cost(baseline: str | None = None, runs: int = 41) -> None:
     """What the room spends on a peer's update (spec/notes/crdt-input.md): µs per keystroke
     update, min of `runs`, and ms for a whole typed document sent at once (an initial sync),
     min of 5: pycrdt's apply alone; the room's checks then apply (read_update, then
-    UpdateCheck); and with `baseline`, the path of another engine/_updatecheck.py whose
+    UpdateCheck); and with `baseline`, the path of another engine/room/_updatecheck.py (engine/_updatecheck.py before it moved) whose
     UpdateCheck reads bytes itself (main before the one reader), that check then apply. The
     runs interleave, so a loaded machine slows all alike."""
     import importlib.util
 
-    from plait.engine._updatecheck import UpdateCheck
+    from plait.engine.room._updatecheck import UpdateCheck
     from plait.protocol import read_update
 
     old: Any = None

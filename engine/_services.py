@@ -1,0 +1,105 @@
+"""What the engine gives every session, injected: the session's collaborators.
+
+Dependencies run one way (architecture: Engine): transports -> sessions -> room -> seams. A
+session reaches rooms through `hold_room`, the application's hooks through `authenticate` and
+`authorize`, the trace recorder through `record_*`, and the engine's shared writer through
+`flush_soon`; it never sees the Engine, and nothing it is given calls back into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import trio
+
+from plait.protocol import Access
+
+from ._config import EngineConfig
+from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
+from ._record import TraceRecorder
+from .room import Room
+
+
+class Flushable(Protocol):
+    def flush_nowait(self) -> None: ...
+
+
+class Flusher:
+    """Writes for the connections a fan-out reached, all in one task (Peer._wake_writer).
+
+    Args:
+        nursery: where that task runs (the engine's; asked for at each flush).
+    """
+
+    def __init__(self, nursery: Callable[[], trio.Nursery]) -> None:
+        self._nursery = nursery
+        self._to_flush: list[Flushable] = []
+
+    def flush_soon(self, peer: Flushable) -> None:
+        """Have `peer` write what it queued once the tasks that are running now have run
+        (Peer._wake_writer): one task writes for every connection a fan-out reached."""
+        if not self._to_flush:
+            self._nursery().start_soon(self._flush)
+        self._to_flush.append(peer)
+
+    async def _flush(self) -> None:
+        peers, self._to_flush = self._to_flush, []
+        for peer in peers:
+            peer.flush_nowait()
+
+
+class SessionServices:
+    """A session's collaborators, made once by the engine and shared by every session.
+
+    Args:
+        config: timings and limits.
+        hooks: the application's hooks (authenticate, authorize).
+        hold_room: the live room of a name, held while the block runs (RoomRegistry.hold).
+        flush_soon: have a connection write what it queued, in the engine's shared writer task.
+        recorder: records every connection's traffic as a trace (`plait serve --record`), or None.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        hooks: Hooks,
+        hold_room: Callable[[str], AbstractAsyncContextManager[Room]],
+        flush_soon: Callable[[Flushable], None],
+        recorder: TraceRecorder | None = None,
+    ) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.hold_room = hold_room
+        self.flush_soon = flush_soon
+        self.recorder = recorder
+        self.large_sends = trio.CapacityLimiter(config.concurrent_large_sends)
+        """Large messages are sent a few at a time, whatever the number of connections."""
+
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        """The identity `Hooks.authenticate` gives a token. Raises Unauthenticated (refused)
+        or HookFailed (the hook misbehaved: logged)."""
+        identity = await call_hook(
+            "authenticate", lambda: self.hooks.authenticate(token, client), self.config.hook_timeout, (Unauthenticated,)
+        )
+        return checked_identity(identity)
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        """`Hooks.authorize`'s answer. Raises HookFailed if the hook misbehaved (logged)."""
+        access = await call_hook("authorize", lambda: self.hooks.authorize(identity, room), self.config.hook_timeout)
+        return checked_access(access)
+
+    # -- recording (plait serve --record) -----------------------------------------------------
+
+    def record_opened(self, session: str, path: str) -> None:
+        if self.recorder is not None:
+            self.recorder.opened(session, path)
+
+    def record_message(self, session: str, direction: str, data: bytes | str) -> None:
+        if self.recorder is not None:
+            self.recorder.message(session, direction, data)
+
+    def record_closed(self, session: str, direction: str, code: int, reason: str) -> None:
+        if self.recorder is not None:
+            self.recorder.closed(session, direction, code, reason)

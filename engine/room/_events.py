@@ -1,0 +1,193 @@
+"""A room's event log: per-room sequence numbers, a bounded history, idempotency keys (§5.6),
+and the epoch that names the history (§7).
+
+An epoch is made when a room's history starts empty and is stored with every event, so it
+lives exactly as long as the stored history: a server restarted on a memory store, or a room
+whose events were deleted, starts a new epoch, and a client's old position is known to be from
+another history instead of being read as a position in this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgpack
+
+from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value
+from plait.storage import StoredEvent
+
+from .._config import EngineConfig
+from .._errors import RequestError
+from .._hooks import EventRejected, HookFailed, Hooks, Identity, call_hook
+from ._ephemeral import Ephemeral
+from ._fanout import Fanout
+from ._member import Member, MemberSession, RoomState
+
+logger = logging.getLogger("plait.room")
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    seq: int
+    name: str
+    payload: Any
+    session: str | None
+    user: str | None
+    key: str | None
+    epoch: str
+
+    def stored(self) -> StoredEvent:
+        body = msgpack.packb([self.name, self.payload, self.session, self.user, self.key, self.epoch], use_bin_type=True)
+        return StoredEvent(self.seq, body)
+
+    @classmethod
+    def from_stored(cls, stored: StoredEvent) -> EventRecord:
+        fields = msgpack.unpackb(stored.body, raw=False)
+        if len(fields) == 5:  # stored before epochs: all of one history
+            fields.append(LEGACY_EPOCH)
+        name, payload, session, user, key, epoch = fields
+        return cls(stored.seq, name, payload, session, user, key, epoch)
+
+
+LEGACY_EPOCH = "0"
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+class EventLog:
+    def __init__(self, capacity: int, history: tuple[StoredEvent, ...] = (), epoch: str | Callable[[], str] = new_epoch) -> None:
+        """`epoch` names the history if `history` is empty (a string, or what makes one)."""
+        self._history: deque[EventRecord] = deque(maxlen=capacity)
+        self._keys: dict[str, int] = {}
+        self.head = 0
+        for stored in history:
+            self._remember(EventRecord.from_stored(stored))
+        if self._history:
+            self.epoch = self._history[-1].epoch
+        else:
+            self.epoch = epoch if isinstance(epoch, str) else epoch()
+
+    def seq_for_key(self, key: str | None) -> int | None:
+        return None if key is None else self._keys.get(key)
+
+    def append(
+        self, name: str, payload: Any, session: str | None, user: str | None, key: str | None, seq: int | None = None
+    ) -> EventRecord:
+        """Record an event at `seq` (the next after `head` if not given)."""
+        record = EventRecord(self.head + 1 if seq is None else seq, name, payload, session, user, key, self.epoch)
+        self._remember(record)
+        return record
+
+    def _remember(self, record: EventRecord) -> None:
+        if len(self._history) == self._history.maxlen and self._history:
+            dropped = self._history[0]
+            if dropped.key is not None:
+                self._keys.pop(dropped.key, None)
+        self._history.append(record)
+        self.head = max(self.head, record.seq)
+        if record.key is not None:
+            self._keys[record.key] = record.seq
+
+    def since(self, seq: int, epoch: str | None) -> tuple[list[EventRecord], bool]:
+        """Events after position (`epoch`, `seq`), and whether they are all of them (spec §7).
+        A position from another history (another epoch, with seq > 0) starts this history
+        from its beginning, and is never complete: the client cannot know what it missed."""
+        if seq > 0 and epoch != self.epoch:
+            return list(self._history), False
+        if seq > self.head:
+            return [], False
+        missed = [r for r in self._history if r.seq > seq]
+        complete = seq == self.head or (bool(missed) and missed[0].seq == seq + 1)
+        return missed, complete
+
+
+class SequenceAuthority(Protocol):
+    """Who assigns a room's event sequence numbers (spec §7). In one process, the room's own
+    log does (LocalSequence); across processes, one atomic counter per room."""
+
+    async def next_seq(self, room: str, head: int) -> int:
+        """The sequence number of the room's next event; `head` is the last one this room
+        knows. The room calls this between its idempotency-key check and the append: an
+        authority that waits there must serialise a room's publishes itself."""
+
+
+class LocalSequence:
+    """The next number after the room's own head. It never waits (no checkpoint), so a
+    publish stays one atomic step from its key check to its append."""
+
+    __slots__ = ()
+
+    async def next_seq(self, room: str, head: int) -> int:
+        return head + 1
+
+
+class EventsStrand:
+    """Named events: sequenced, broadcast, acked once durable (spec §5.6, §7)."""
+
+    # What this part uses of the Room it is mixed into (set in Room.__init__), for type checkers.
+    name: str
+    state: RoomState
+    _config: EngineConfig
+    _hooks: Hooks
+    _fanout: Fanout
+    _members: dict[MemberSession, Member]
+    _ephemeral: Ephemeral
+    _events: EventLog
+    _sequence: SequenceAuthority
+    _pending: Any  # _persist._Pending (that module imports this one)
+    _changes: int
+
+    if TYPE_CHECKING:
+        def _want_persist(self) -> None: ...
+        def ack(self, member: Member, ref: int, value: int | None = None) -> None: ...
+
+    async def publish(
+        self, member: Member | None, ref: int | None, name: str, payload: Any, key: str | None
+    ) -> int:
+        """Sequence and broadcast an event; ack (value = seq) after it is durable."""
+        if self.state is not RoomState.LIVE:
+            raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "room is not live")
+        existing = self._events.seq_for_key(key)
+        if existing is None:
+            identity: Identity | None = member.session.identity if member else None
+            original = payload
+            payload = await call_hook(
+                "on_event",
+                lambda: self._hooks.on_event(self.name, identity, name, original),
+                self._config.hook_timeout,
+                (EventRejected,),
+            )
+            try:
+                check_value(payload, MAX_DEPTH)
+            except ProtocolError as exc:
+                logger.error("hook on_event returned a payload that cannot be sent: %s", exc.message)
+                raise HookFailed("on_event") from None
+            existing = self._events.seq_for_key(key)  # a retry may have won during the hook
+        if existing is not None:
+            if member is not None and ref is not None:
+                self.ack(member, ref, existing)
+            return existing
+        session = member.session.id if member else None
+        user = str(member.session.identity.get("id")) if member else None
+        seq = await self._sequence.next_seq(self.name, self._events.head)
+        record = self._events.append(name, payload, session, user, key, seq)
+        self._pending.events.append(record)
+        self._changes += 1
+        if member is not None and ref is not None:
+            self._pending.acks.append((member, ref, record.seq))
+        self._want_persist()
+        if session is not None:
+            self._ephemeral.flush_before_event(session)
+        self._fanout.event(self.name, list(self._members.values()), ChannelFrame(self._event_frame(record, 0)))
+        return record.seq
+
+    @staticmethod
+    def _event_frame(record: EventRecord, channel: int) -> Event:
+        return Event(channel, record.seq, record.name, record.payload, record.session, record.user)

@@ -1,0 +1,54 @@
+"""The Fanout seam: how a room's frames reach its members (architecture: Engine, Scale-out).
+
+A room hands each frame to the fan-out once, encoded once (ChannelFrame), with the members it
+is for; the fan-out hands the same bytes to every member's session queue. In-process, that is
+all (LocalFanout). Across processes, a fan-out also carries the frame to the room's members
+elsewhere: document updates on a stream that is never skipped, ephemeral frames on pub/sub;
+hence one method per kind of frame, and the room's name with each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from plait.protocol import ChannelFrame
+
+from ._member import Member, Refresh
+
+
+class Fanout(Protocol):
+    def document(self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame]) -> None:
+        """Document updates, in order, to `members` (everyone but their origin): never
+        dropped; a session that cannot take them is closed (TOO_SLOW)."""
+
+    def event(self, room: str, members: Sequence[Member], frame: ChannelFrame) -> None:
+        """A sequenced event, to every member."""
+
+    def ephemeral(
+        self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame], refresh: Callable[[Member], Refresh]
+    ) -> None:
+        """Presence, cursor and typing frames of one tick, to every member: a session that
+        lags may drop them for its member's `refresh(member)()`, the full state (latest wins)."""
+
+
+class LocalFanout:
+    """In-process fan-out: straight to each member's session."""
+
+    __slots__ = ()
+
+    def document(self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame]) -> None:
+        for shared in frames:
+            for member in members:
+                member.session.deliver(member, shared)
+
+    def event(self, room: str, members: Sequence[Member], frame: ChannelFrame) -> None:
+        for member in members:
+            member.session.deliver(member, frame)
+
+    def ephemeral(
+        self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame], refresh: Callable[[Member], Refresh]
+    ) -> None:
+        shared = list(frames)
+        for member in members:
+            member.session.deliver_ephemeral(member, shared, refresh(member))

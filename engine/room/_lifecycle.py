@@ -1,0 +1,428 @@
+"""A room's whole lifecycle, and its membership (architecture: Engine).
+
+- RoomRegistry: every room of an engine. A hold loads a room (loading -> live); a room whose
+  last member left stays live for the idle grace, then drains (flushes) and closes. A join that
+  races an unload waits for the flush, then gets a fresh room, never a half-closed one.
+- Room: one room. Its parts live beside this module, one per concern (_doc, _ephemeral,
+  _events, _persist); this module runs them and admits and removes members.
+
+Concurrency rules:
+- Room state changes only on the Trio thread, in synchronous methods (no await in the middle of
+  a change), so there are no locks. Sessions call those methods from their reader tasks.
+- The room's own nursery runs the ticker (coalesces ephemeral changes, one frame per kind per
+  tick), the sweeper (expires lingering presence and typing) and the persister (group commit of
+  document updates and events; acks go out only after the commit).
+- Lifecycle: loading -> live -> draining -> closed (or failed). A room that fails to load never
+  starts empty; a room whose store fails closes every channel and unloads without writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pycrdt
+import trio
+
+from plait.protocol import (
+    Access,
+    AwarenessEntry,
+    ChannelFrame,
+    Error,
+    ErrorCode,
+    Join,
+    Joined,
+    PresenceEntry,
+    SyncStep1,
+)
+from plait.storage import RoomData
+
+from .._config import EngineConfig
+from .._errors import RequestError, RoomUnavailable
+from .._hooks import Hooks, call_hook
+from ._doc import DocStrand, apply_update, merge_updates
+from ._ephemeral import Ephemeral
+from ._events import EventLog, EventRecord, EventsStrand, LocalSequence, SequenceAuthority, new_epoch
+from ._fanout import Fanout, LocalFanout
+from ._member import Member, MemberSession, RoomState
+from ._persist import CompactionLease, LocalLease, PersistStrand, RoomStore, _Pending
+from ._updatecheck import UpdateCheck
+
+logger = logging.getLogger("plait.room")
+LOCAL_FANOUT = LocalFanout()
+LOCAL_SEQUENCE = LocalSequence()
+LOCAL_LEASE = LocalLease()
+
+
+class Room(DocStrand, EventsStrand, PersistStrand):
+    def __init__(
+        self,
+        name: str,
+        store: RoomStore,
+        hooks: Hooks,
+        config: EngineConfig,
+        on_draining: Callable[[Room], None],
+        new_epoch: Callable[[], str] = new_epoch,
+        fanout: Fanout = LOCAL_FANOUT,
+        sequence: SequenceAuthority = LOCAL_SEQUENCE,
+        lease: CompactionLease = LOCAL_LEASE,
+    ) -> None:
+        self.name = name
+        self.state = RoomState.LOADING
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
+        self._update_check = UpdateCheck()
+        self._store, self._hooks, self._config = store, hooks, config
+        self._on_draining = on_draining
+        self._fanout = fanout
+        self._sequence = sequence
+        self._lease = lease
+        self._members: dict[MemberSession, Member] = {}
+        self._holds = 0
+        """Joins in progress and server-side handles: a held room does not unload."""
+        self._ephemeral = Ephemeral(name, config, self._members, fanout)
+        self._events = EventLog(config.event_history, epoch="-")  # replaced once loaded
+        self._new_epoch = new_epoch
+        self._pending = _Pending()
+        self._updates_since_snapshot = 0
+        self._bytes_since_snapshot = 0
+        self._snapshot_bytes = 0
+        self._doc_bytes = 0
+        """The document's size, estimated (spec §8 DOCUMENT_TOO_LARGE, _fits)."""
+        self._doc_bytes_exact = False
+        self._origin: Member | None = None
+        self._persist_lock = trio.StrictFIFOLock()
+        self._loaded = trio.Event()
+        self._closed = trio.Event()
+        self._persist_wanted = trio.Event()
+        self._membership_changed = trio.Event()
+        self._unload_requested = False
+        self._changes = 0
+        self._durable_changes = 0
+        self._commit_done = trio.Event()
+        self._doc_subscription: pycrdt.Subscription | None = None
+        self._sync_cache: tuple[bytes, list[ChannelFrame]] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery.
+        Whatever ends it (a failed load, a crash, a cancellation), whoever waits for the room to
+        load or close is released."""
+        try:
+            if not await self._load():
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ephemeral.ticker)
+                nursery.start_soon(self._ephemeral.sweeper)
+                nursery.start_soon(self._persister)
+                await self._wait_until_idle()
+                if self.state is RoomState.LIVE:
+                    self.state = RoomState.DRAINING
+                    self._on_draining(self)
+                    await self._flush(final=True)
+                nursery.cancel_scope.cancel()
+        finally:
+            # The subscription holds the room and the document alive (a cycle through Rust
+            # that the garbage collector cannot see): an unloaded room must leave nothing.
+            self._unobserve()
+            if self.state is RoomState.LOADING:  # cancelled while loading
+                self.state = RoomState.FAILED
+                self._on_draining(self)
+            elif self.state is not RoomState.FAILED:
+                self.state = RoomState.CLOSED
+            self._loaded.set()
+            self._closed.set()
+            logger.info("room %r unloaded (%s)", self.name, self.state.value)
+
+    async def _load(self) -> bool:
+        """Load the stored state and run on_room_loaded; False (the room failed) if either
+        fails: the room then refuses joins and never writes (it never starts empty)."""
+        try:
+            data = await self._store.load(self.name)
+            self._restore(data)
+            await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
+        except Exception as exc:
+            # The details (paths, the store's own words) are for the server's log, not clients.
+            logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
+            self.state = RoomState.FAILED
+            self._on_draining(self)
+            return False
+        self.state = RoomState.LIVE
+        logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
+        self._loaded.set()
+        return True
+
+    def _restore(self, data: RoomData) -> None:
+        # One merged update applies in milliseconds where 10k separate ones on a large document
+        # take seconds; and loading is not a change, so the observer is not attached yet.
+        stored = ([data.snapshot] if data.snapshot is not None else []) + list(data.updates)
+        if stored:
+            apply_update(self.doc, merge_updates(stored))
+            self._update_check.reset(self.doc.get_update())
+        self._doc_subscription = self.doc.observe(self._on_doc_change)
+        self._updates_since_snapshot = len(data.updates)
+        self._bytes_since_snapshot = sum(map(len, data.updates))
+        self._snapshot_bytes = len(data.snapshot or b"")
+        self._doc_bytes = len(data.snapshot or b"") + self._bytes_since_snapshot
+        self._events = EventLog(self._config.event_history, data.events, self._new_epoch)
+
+    def _unobserve(self) -> None:
+        if self._doc_subscription is not None:
+            self.doc.unobserve(self._doc_subscription)
+            self._doc_subscription = None
+        self._sync_cache = None
+
+    async def wait_loaded(self) -> None:
+        """Return once the room is live. Raises RoomUnavailable if it failed to load."""
+        await self._loaded.wait()
+        if self.state is RoomState.FAILED:
+            raise RoomUnavailable("room could not be loaded")
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def request_unload(self) -> None:
+        self._unload_requested = True
+        self._membership_changed.set()
+
+    def hold(self) -> None:
+        """Keep the room loaded until `release` (a join in progress, a server-side handle)."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            self._membership_changed.set()  # idle now? the grace period starts
+
+    @property
+    def accepting(self) -> bool:
+        return self.state in (RoomState.LOADING, RoomState.LIVE)
+
+    async def _wait_until_idle(self) -> None:
+        while not self._unload_requested and self.state is RoomState.LIVE:
+            idle = not self._members and self._holds == 0
+            with trio.move_on_after(self._config.room_idle_grace if idle else math.inf) as timer:
+                await self._membership_changed.wait()
+                self._membership_changed = trio.Event()
+            if timer.cancelled_caught and not self._members and self._holds == 0:
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        """The store failed: tell everyone, keep what is stored, unload without writing."""
+        logger.error("room %r failed: %s", self.name, exc, exc_info=exc)
+        self.state = RoomState.FAILED
+        self._on_draining(self)
+        message = "storage failed"  # the details are in the server's log
+        for member, ref, answer in self._pending.acks:
+            if member is None:
+                continue
+            if isinstance(answer, Error):
+                member.session.deliver_frames(member, [answer])
+            else:
+                member.session.send_error(ref, member.channel, ErrorCode.STORAGE_UNAVAILABLE, message)
+        self._pending = _Pending()
+        for member in list(self._members.values()):
+            self._remove(member)
+            member.session.close_channel(member, ErrorCode.STORAGE_UNAVAILABLE, message)
+        self._membership_changed.set()
+        self._commit_done.set()
+
+    # -- members ----------------------------------------------------------------------------
+
+    def add_member(self, session: MemberSession, channel: int, access: Access, join: Join) -> Member:
+        """Admit a session: queue Joined, the sync frames, the presence snapshot and missed
+        events, in the order spec §5.2 requires. Raises RequestError for a bad state vector."""
+        sync_frames: list[ChannelFrame] = []
+        if join.state_vector is not None:
+            sync_frames = self._sync_step2_for(join.state_vector)
+        missed: list[EventRecord] = []
+        resumed = None
+        if join.since is not None:
+            missed, resumed = self._events.since(join.since, join.epoch)
+        member = Member(session, self, channel, access)
+        self._members[session] = member
+        self._membership_changed.set()
+        self._ephemeral.joined(session)
+        session.deliver_frames(member, [
+            Joined(join.ref, channel, int(access), self._events.head, resumed, self._events.epoch),
+            SyncStep1(channel, self.doc.get_state()),
+        ])
+        for frame in sync_frames:
+            session.deliver(member, frame)
+        frames = self._ephemeral.join_frames(channel)
+        frames.extend(self._event_frame(r, channel) for r in missed)
+        session.deliver_frames(member, frames)
+        return member
+
+    def remove_member(self, member: Member, *, disconnected: bool) -> None:
+        """The member left (at once) or disconnected (its presence lingers for the grace)."""
+        if self._members.get(member.session) is not member:
+            return
+        self._remove(member)
+        self._ephemeral.left(member.session.id, disconnected=disconnected)
+        self._membership_changed.set()
+        self._ephemeral.want_tick()
+
+    def _remove(self, member: Member) -> None:
+        del self._members[member.session]
+        self._ephemeral.removed(member)
+        # Acks still waiting for a commit go nowhere now; the commit itself still happens.
+        self._pending.acks = [a for a in self._pending.acks if a[0] is not member]
+        self._pending.confirmations.pop(member, None)
+
+    @property
+    def member_count(self) -> int:
+        return len(self._members)
+
+    # -- presence, cursors, typing, awareness: the ephemeral strand's (_ephemeral.py) ---------
+
+    def presence(self) -> tuple[PresenceEntry, ...]:
+        return self._ephemeral.presence()
+
+    def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
+        self._ephemeral.set_presence(member, state, patch)
+
+    def move_cursor(self, member: Member, position: Any) -> None:
+        self._ephemeral.move_cursor(member, position)
+
+    def set_typing(self, member: Member, on: bool) -> None:
+        self._ephemeral.set_typing(member, on)
+
+    def claim_awareness(self, member: Member, client_id: int, clock: int, hidden: bool) -> bool:
+        return self._ephemeral.claim_awareness(member, client_id, clock, hidden)
+
+    def renew_awareness(self) -> None:
+        self._ephemeral.renew_awareness()
+
+    def awareness_entry(self, sid: str) -> AwarenessEntry | None:
+        return self._ephemeral.awareness_entry(sid)
+
+    def awareness_sessions(self) -> list[str]:
+        return self._ephemeral.awareness_sessions()
+
+    def crashed(self) -> None:
+        """A bug ended `run`: fail the room, end every membership with INTERNAL, and release
+        whoever waits for a commit (wait_flushed raises RoomUnavailable)."""
+        self.state = RoomState.FAILED
+        self._on_draining(self)
+        self._pending = _Pending()
+        self.close_all(ErrorCode.INTERNAL, "internal error")
+        self._commit_done.set()
+        self._closed.set()
+
+    def close_all(self, code: int, message: str) -> None:
+        """Server-side: end every membership with channel_closed (spec §5.2)."""
+        for member in list(self._members.values()):
+            self.remove_member(member, disconnected=False)
+            member.session.close_channel(member, code, message)
+
+
+class RoomRegistry:
+    """Every room of an engine, each through its whole lifecycle: a hold loads it (loading ->
+    live), the last member's leaving starts its idle grace, then it drains (flushes) and
+    closes. While a room drains, its name is in `_unloading`: a join that races the unload
+    waits for the flush to land, then gets a fresh room, never the half-closed one.
+
+    Args:
+        store, hooks, config, new_epoch: what every room is made with.
+        fanout, sequence, lease: the seams every room uses (in-process ones by default).
+        nursery: where rooms run (the engine's; asked for when a room starts).
+        accepting: False once the engine shuts down: holds are refused (SHUTTING_DOWN).
+        started, ended: told when a room starts and when one has ended (the engine's reclaimer).
+    """
+
+    def __init__(
+        self,
+        store: RoomStore,
+        hooks: Hooks,
+        config: EngineConfig,
+        *,
+        nursery: Callable[[], trio.Nursery],
+        accepting: Callable[[], bool],
+        started: Callable[[], None],
+        ended: Callable[[], None],
+        new_epoch: Callable[[], str] = new_epoch,
+        fanout: Fanout = LOCAL_FANOUT,
+        sequence: SequenceAuthority = LOCAL_SEQUENCE,
+        lease: CompactionLease = LOCAL_LEASE,
+    ) -> None:
+        self.store = store
+        """What rooms loaded from now on are stored in."""
+        self._hooks, self._config = hooks, config
+        self._nursery, self._accepting = nursery, accepting
+        self._started, self._ended = started, ended
+        self._new_epoch = new_epoch
+        self._fanout, self._sequence, self._lease = fanout, sequence, lease
+        self._rooms: dict[str, Room] = {}
+        self._unloading: dict[str, Room] = {}
+
+    @property
+    def loaded(self) -> int:
+        """Rooms loading or live."""
+        return len(self._rooms)
+
+    def __len__(self) -> int:
+        """Rooms loading, live or unloading."""
+        return len(self._rooms) + len(self._unloading)
+
+    def all(self) -> list[Room]:
+        """Every room loading, live or unloading."""
+        return [*self._rooms.values(), *self._unloading.values()]
+
+    def names(self) -> list[str]:
+        return sorted({*self._rooms, *self._unloading})
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[Room]:
+        """The live room `name`, loading it if needed; it cannot unload while held.
+
+        Raises:
+            RoomUnavailable: it failed to load (stored data is left as it was).
+            RequestError: the engine is shutting down.
+        """
+        while True:
+            if not self._accepting():
+                raise RequestError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+            room = self._rooms.get(name)
+            if room is None:
+                previous = self._unloading.get(name)
+                if previous is not None:
+                    await previous.wait_closed()  # its flush must land before we load again
+                    continue
+                room = Room(
+                    name, self.store, self._hooks, self._config, self._room_draining,
+                    new_epoch=self._new_epoch, fanout=self._fanout, sequence=self._sequence, lease=self._lease,
+                )
+                self._rooms[name] = room
+                self._started()
+                self._nursery().start_soon(self._run_room, room)
+            room.hold()
+            try:
+                await room.wait_loaded()
+                if not room.accepting:
+                    continue  # it began unloading as we arrived: get a fresh one
+                yield room
+                return
+            finally:
+                room.release()
+
+    def _room_draining(self, room: Room) -> None:
+        if self._rooms.get(room.name) is room:
+            del self._rooms[room.name]
+        if room.state is RoomState.DRAINING:
+            self._unloading[room.name] = room
+
+    async def _run_room(self, room: Room) -> None:
+        try:
+            await room.run()
+        except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on
+            # A bug in a room fails that room loudly, not the server.
+            logging.getLogger("plait.engine").critical("room %r crashed", room.name, exc_info=crash)
+            room.crashed()
+        finally:
+            if self._unloading.get(room.name) is room:
+                del self._unloading[room.name]
+            self._ended()
