@@ -350,10 +350,12 @@ class Room:
         """Mark this session typing (call again while the user keeps typing; it expires).
 
         Raises:
+            LocalProtocolError: `on` is not a bool (spec §4); raised at once.
             ConnectionClosed: the client stopped for good.
             RoomLeft: the room's `join` block has ended.
         """
         self._check_usable()
+        self._client.check_request(Typing(_ANY, on))
         if self.channel is not None:
             self._client.send(Typing(self.channel, on))
         await trio.lowlevel.checkpoint()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
-from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value
+from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value, encode_trusted
 from plait.storage import StoredEvent
 
 from .._config import EngineConfig
@@ -170,6 +170,8 @@ class EventsStrand:
                 logger.error("hook on_event returned a payload that cannot be sent: %s", exc.message)
                 raise HookFailed("on_event") from None
             existing = self._events.seq_for_key(key)  # a retry may have won during the hook
+        if existing is None:
+            self._check_event_fits(member, name, payload)
         if existing is not None:
             if member is not None and ref is not None:
                 self.ack(member, ref, existing)
@@ -187,6 +189,20 @@ class EventsStrand:
             self._ephemeral.flush_before_event(session)
         self._fanout.event(self.name, list(self._members.values()), ChannelFrame(self._event_frame(record, 0)))
         return record.seq
+
+    def _check_event_fits(self, member: Member | None, name: str, payload: Any) -> None:
+        """Refuse an event whose frame would be longer than the message limit every member was
+        promised (spec §3.2): an event adds its session and user to what publish carried, so a
+        publish that just fit would otherwise come back too long for every member."""
+        session = member.session.id if member else None
+        user = str(member.session.identity.get("id")) if member else None
+        widest = Event(2**32 - 1, 2**53 - 1, name, payload, session, user)  # the longest channel and seq
+        size = len(encode_trusted(widest))
+        if size > self._config.max_message_bytes:
+            raise RequestError(
+                ErrorCode.EVENT_REJECTED,
+                f"the event would be {size} bytes, over the {self._config.max_message_bytes}-byte message limit",
+            )
 
     @staticmethod
     def _event_frame(record: EventRecord, channel: int) -> Event:

@@ -11,7 +11,7 @@ from trio.testing import MockClock
 
 from plait.client import ClientState, ConnectionClosed, FrameTooLarge, InvalidRoomName, PlaitError, Room, RoomLeft
 from plait.engine import MemoryTransport
-from plait.protocol import TransportClosed
+from plait.protocol import LocalProtocolError, TransportClosed
 
 from ..engine.conftest import make_engine
 from .cable import Cable, client_for
@@ -194,3 +194,14 @@ async def test_a_publish_waiting_when_its_room_is_left_raises_room_left(autojump
 
                 nursery.start_soon(publish)
                 await trio.sleep(0.1)
+
+
+@pytest.mark.parametrize("on", ["yes", 1, None])
+async def test_set_typing_with_a_non_bool_raises_at_once(autojump_clock: MockClock, on: object) -> None:
+    # Second fresh-eyes run: set_typing("yes") returned and sent nothing, with a log line only.
+    async with make_engine() as engine:
+        async with client_for(Cable(engine)) as c, c.join("r") as room:
+            await room.synced()
+            with pytest.raises(LocalProtocolError):
+                await room.set_typing(on)  # type: ignore[arg-type]
+            await room.set_typing(True)  # the room still works

@@ -29,6 +29,7 @@ from plait.protocol import (
     Typing,
     TypingState,
     Update,
+    encode,
 )
 from plait.storage import MemoryStore
 
@@ -389,3 +390,24 @@ async def test_a_name_set_just_before_a_chat_message_arrives_before_it(autojump_
     # Without a presence change pending, an event does not force a tick.
     await b.send(Publish(1, 8, "chat", {"text": "again"}, None))
     assert isinstance(await a.receive(), Event)
+
+
+async def test_a_publish_whose_event_would_not_fit_a_message_is_refused(autojump_clock: MockClock) -> None:
+    # Second fresh-eyes run: a publish of exactly max_message_bytes was acked and came back to
+    # every member as a longer event (plus session and user), which SDK members refused (1009,
+    # no retry). The event is refused instead; one that fits goes out.
+    limit = 4096
+    async with make_engine(max_message_bytes=limit) as engine:
+        a, b = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
+        for c in (a, b):
+            await c.hello()
+            await c.join("r")
+            await c.wait_for(PresenceSnapshot)
+        overhead = len(encode(Publish(1, 7, "chat", "", None)))
+        await a.send(Publish(1, 7, "chat", "x" * (limit - overhead - 2), None))  # the publish fits
+        err = await a.expect(Error, ref=7)
+        assert err.code == ErrorCode.EVENT_REJECTED and str(limit) in err.message
+        await a.send(Publish(1, 8, "chat", "x" * (limit - overhead - 64), None))
+        assert (await a.wait_for(Ack)).ref == 8
+        event = await b.wait_for(Event)
+        assert event.seq == 1 and len(encode(event)) <= limit  # the refused one took no seq
