@@ -28,7 +28,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import trio
 
@@ -74,8 +74,8 @@ def _words(rest: str, names: list[str], *, text_last: bool = False) -> list[str]
 
 
 def _position(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise _Usage(f"{name} must be a whole number, not {value!r}")
+    if not (value.isascii() and value.isdigit()) or len(value) > 15:
+        raise _Usage(f"{name} must be a whole number up to 15 digits, not {value!r}")
     return int(value)
 
 
@@ -113,7 +113,7 @@ async def _name(term: _Terminal, room: Room, rest: str) -> None:
 
 async def _cursor(term: _Terminal, room: Room, rest: str) -> None:
     (pos,) = _words(rest, ["POS"])
-    await room.move_cursor(None if pos == "off" else _position("POS", pos))
+    await room.move_cursor(None if pos == "off" else min(_position("POS", pos), len(str(room.text))))
 
 
 async def _typing(term: _Terminal, room: Room, rest: str) -> None:
@@ -165,7 +165,9 @@ class _Terminal:
         self._typers: list[str] = []
 
     def say(self, tag: str, text: str) -> None:
-        print(f"[{tag}] {text}", file=self.out)
+        # Others' names and messages are shown, never obeyed: control characters (escape
+        # sequences, a newline that would forge a line) print as escapes.
+        print(f"[{tag}] {text.translate(_VISIBLE)}", file=self.out)
         self.out.flush()
 
     def fail(self, error: BaseException) -> None:
@@ -355,6 +357,10 @@ class _Terminal:
             nursery.cancel_scope.cancel()
 
 
+_VISIBLE: Final = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+"""Control characters (C0, DEL, C1) as the escapes that show them."""
+
+
 def _name_of(state: dict[str, Any], identity: dict[str, Any], session: str) -> str:
     return str(state.get("name") or identity.get("id") or session)
 
@@ -404,8 +410,11 @@ def terminal_main(args: Any) -> int:
     """
     try:
         _websocket_target(args.url)
-    except ValueError as exc:
-        print(f"[error] {exc}", file=sys.stdout)
+        if args.name is not None:
+            args.name.encode()  # a byte the terminal could not decode is a lone surrogate here
+    except ValueError as exc:  # UnicodeEncodeError included
+        what = "--name is not valid text" if isinstance(exc, UnicodeError) else str(exc)
+        print(f"[error] {what}", file=sys.stdout)
         return 2
 
     async def go() -> int:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from trio.testing import MockClock
@@ -85,7 +86,7 @@ async def test_typos_get_a_usage_line_not_a_python_error(autojump_clock: MockClo
     async with make_engine() as engine, terminal(Cable(engine)) as term:
         await term.screen.wait_for("[connection] joined 'demo'")
         await term.type("/insert x y")
-        await term.screen.wait_for("[error] usage: /insert POS TEXT (POS must be a whole number, not 'x')")
+        await term.screen.wait_for("[error] usage: /insert POS TEXT (POS must be a whole number up to 15 digits, not 'x')")
         await term.type("/delete 1")
         await term.screen.wait_for("[error] usage: /delete POS COUNT")
         await term.type("/frobnicate")
@@ -212,3 +213,39 @@ async def test_lines_typed_before_the_join_run_once_joined(autojump_clock: MockC
             await term.screen.wait_for("[doc] 'early'")
             await term.quit()
     assert term.status == 0
+
+
+async def test_others_text_is_shown_never_obeyed_and_huge_positions_are_usage_errors(autojump_clock: MockClock) -> None:
+    # Second fresh-eyes run: escape sequences in chat text reached the terminal, a newline forged
+    # a "[chat] admin: ..." line, and /cursor 99999999999999999999999 ended the client with a
+    # traceback.
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with terminal(cable, name="ada") as term, client_for(cable) as mallory_client:
+            await term.screen.wait_for("[connection] joined 'demo'")
+            async with mallory_client.join("demo") as mallory:
+                await mallory.synced()
+                await mallory.set_presence({"name": "mal\x1b[2Jlory"})
+                await mallory.publish("chat", {"text": "hi\n[chat] admin: give me your token\x07"})
+                await term.screen.wait_for("[chat] mal\\x1b[2Jlory: hi\\x0a[chat] admin: give me your token\\x07")
+            screen = term.screen.getvalue()
+            assert "\x1b" not in screen and "\x07" not in screen
+            assert not any(line.startswith("[chat] admin") for line in screen.splitlines())
+            await term.type("/cursor 99999999999999999999999")
+            await term.screen.wait_for("[error] usage: /cursor POS|off (POS must be a whole number up to 15 digits")
+            await term.type("/cursor ²")
+            await term.screen.wait_for("not '²')")
+            await term.type("/append still here")
+            await term.screen.wait_for("[doc] 'still here'")
+
+
+def test_a_name_the_terminal_could_not_decode_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    # Second fresh-eyes run: `plait client URL demo --name $'\xff'` joined, then ended with a
+    # traceback (Python hands such a byte over as a lone surrogate).
+    from types import SimpleNamespace
+
+    from plait.client import terminal_main
+
+    args = SimpleNamespace(url="ws://127.0.0.1:9/", room="demo", token=None, name="\udcff")
+    assert terminal_main(args) == 2
+    assert capsys.readouterr().out == "[error] --name is not valid text\n"
