@@ -145,7 +145,7 @@ def error_for(code: int, message: str) -> RequestFailed:
 # Spelled out, not computed from ERROR_TYPES, so that type checkers see `plait.client.Forbidden`
 # (tests/client/test_exceptions.py checks that it lists every class of ERROR_TYPES).
 __all__ = [
-    "PlaitError", "RequestFailed", "ConnectionClosed", "RoomLeft", "OfflineQueueFull", "EventsLost", "error_for",
+    "PlaitError", "RequestFailed", "ConnectionClosed", "RoomLeft", "DocumentReplaced", "OfflineQueueFull", "EventsLost", "error_for",
     "MalformedFrame", "UnknownKind", "UnexpectedFrame", "FrameTooLarge", "UnsupportedVersion",
     "InvalidField", "TooDeep", "UnknownChannel", "InvalidUpdate", "InvalidRoomName", "Unauthenticated",
     "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "SlowConsumer",
@@ -210,6 +210,13 @@ class RoomLeft(PlaitError):
     sent, and `flushed()` says so rather than return as if it were acknowledged (spec §7.1).
     A publish still waiting when the block ends raises it too. Join the room again for a live
     `Room`."""
+
+
+class DocumentReplaced(PlaitError):
+    """An edit was made to a document the room gave up at a reset (DocumentReset): a
+    reference taken before it (`t = room.text`, a map from `room.doc.get(...)`) still points
+    into the old document, whose edits are never sent. `flushed()` raises this once for such
+    edits instead of returning as if they were acknowledged; re-read `room.doc` (spec §7.1)."""
 
 
 class OfflineQueueFull(PlaitError):

@@ -35,7 +35,16 @@ from plait.protocol import (
 )
 
 from ._changes import LocalChanges, Piece, Unsendable
-from ._errors import ConnectionClosed, EventsLost, OfflineQueueFull, RateLimited, RequestFailed, RoomLeft, error_for
+from ._errors import (
+    ConnectionClosed,
+    DocumentReplaced,
+    EventsLost,
+    OfflineQueueFull,
+    RateLimited,
+    RequestFailed,
+    RoomLeft,
+    error_for,
+)
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -261,6 +270,9 @@ class Room:
         """`flushed()` has raised every refusal of changes up to this number."""
         self._resetting: RequestFailed | None = None
         self._replaced: list[tuple[pycrdt.Doc, RequestFailed]] = []
+        self._given_up: list[tuple[pycrdt.Doc, bytes]] = []
+        """Documents given up by resets, each with the state vector flushed() last saw: an
+        edit through a reference taken before the reset changes it (DocumentReplaced)."""
         """Documents given up by resets, until the new one has synced (DocumentReset)."""
         self._progress = trio.Event()
         """Set (and replaced) whenever anything a waiting call checks may have changed."""
@@ -306,6 +318,11 @@ class Room:
         target = self._local.count
         floor = self._reported_through
         while True:
+            if self._edited_given_up():
+                raise DocumentReplaced(
+                    f"an edit was made to a document room {self.name!r} replaced at a reset (DocumentReset); "
+                    "it is not sent: re-read room.doc (and anything taken from it, like room.text)"
+                )
             for first, last, error in self._refusals:
                 if last > floor and first <= target:
                     self._reported_through = max(self._reported_through, target)
@@ -673,6 +690,16 @@ class Room:
         self._maybe_reset()
         self._wake()
 
+    def _edited_given_up(self) -> bool:
+        """Whether a document given up by a reset was edited since flushed() last looked."""
+        edited = False
+        for i, (doc, seen) in enumerate(self._given_up):
+            now = doc.get_state()
+            if now != seen:
+                self._given_up[i] = (doc, now)
+                edited = True
+        return edited
+
     def _refuse(self, pieces: list[Piece], error: RequestFailed) -> None:
         self._refusals.append((min(p.first for p in pieces), max(p.last for p in pieces), error))
         del self._refusals[:-MAX_REFUSALS]
@@ -702,6 +729,9 @@ class Room:
         replaced, self._replaced = self._replaced, []
         for old, error in replaced:
             self._changes.publish(DocumentReset(error, old.get_update(self.doc.get_state())))
+            # DocumentReset reported every edit it holds; a reference taken before the reset
+            # may still edit it later (flushed() raises DocumentReplaced then).
+            self._given_up.append((old, old.get_state()))
 
     def _send_publish(self, pending: _Publish) -> None:
         assert self.channel is not None

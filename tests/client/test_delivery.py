@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from plait.client import DocumentReset, DocumentTooLarge, Forbidden, Room
+from plait.client import DocumentReplaced, DocumentReset, DocumentTooLarge, Forbidden, Room
 from plait.engine import Hooks, Identity, MemoryTransport
 from plait.protocol import Access, Error, ErrorCode, Welcome, decode, encode
 from plait.storage import MemoryStore
@@ -181,3 +181,24 @@ async def test_an_edit_too_large_for_the_room_is_refused_and_undone_locally(auto
         async with client_for(Cable(engine)) as client, client.join("doc") as room:
             await room.synced()
             assert str(room.text) == "small!"
+
+
+async def test_an_edit_through_a_reference_taken_before_a_reset_is_never_reported_as_acknowledged(
+    autojump_clock: MockClock,
+) -> None:
+    # Second fresh-eyes run: after a DocumentReset, `t = room.text` taken before it pointed
+    # into the replaced document; edits through it went nowhere and flushed() returned.
+    async with make_engine(hooks=Viewers()) as engine:
+        cable = Cable(engine)
+        async with client_for(cable, token="viewer") as viewer, viewer.join("doc") as vr:
+            await vr.synced()
+            held = vr.text
+            held.insert(0, "refused")
+            with pytest.raises(Forbidden):
+                await vr.flushed()
+            await vr.synced()  # the reset's new document
+            held.insert(0, "lost? ")
+            with pytest.raises(DocumentReplaced):
+                await vr.flushed()
+            await vr.flushed()  # raised once; the room's own document has nothing waiting
+            assert str(vr.text) == ""
