@@ -526,6 +526,10 @@ class Room:
         self._maybe_reset()
         if self._client.closed_error is not None:  # stopped for good: no reconnect sends them
             self._fail_publishes(lambda: self._client.closed_error or self._left_error())
+            # Nothing more will arrive: `async for` over events() and changes() ends, as after
+            # leaving, instead of waiting for a client that will never reconnect.
+            self._events.close()
+            self._changes.close()
         self._wake()
 
     def _fail_publishes(self, error: Callable[[], BaseException]) -> None:

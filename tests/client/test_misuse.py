@@ -205,3 +205,19 @@ async def test_set_typing_with_a_non_bool_raises_at_once(autojump_clock: MockClo
             with pytest.raises(LocalProtocolError):
                 await room.set_typing(on)  # type: ignore[arg-type]
             await room.set_typing(True)  # the room still works
+
+
+async def test_events_and_changes_end_once_the_client_stopped_for_good(autojump_clock: MockClock) -> None:
+    # Second fresh-eyes run: after a close the server said not to retry, `async for e in
+    # room.events()` waited forever (after leaving, the same loop ends).
+    async with make_engine() as engine:
+        cable = Cable(engine, wrap=ClosesOnBigMessages)
+        async with client_for(cable) as c, c.join("r") as room:
+            await room.synced()
+            events, changes = room.events(), room.changes()
+            with pytest.raises(ConnectionClosed):
+                await room.publish("chat", {"blob": "x" * 2000})  # stops the client (1009)
+            with trio.fail_after(5):
+                assert [e async for e in events] == []
+                async for _ in changes:  # bounded: the feed is closed, what is queued drains
+                    pass
