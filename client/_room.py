@@ -241,6 +241,9 @@ _KEY = "0" * 32
 
 MAX_REFUSALS = 100
 """Refused ranges of local changes kept for `flushed()` to report."""
+MAX_GIVEN_UP = 4
+"""Documents replaced by resets that flushed() still watches for edits (DocumentReplaced):
+the latest few, not every one a long-lived room ever gave up."""
 
 
 class Room:
@@ -736,6 +739,7 @@ class Room:
             # DocumentReset reported every edit it holds; a reference taken before the reset
             # may still edit it later (flushed() raises DocumentReplaced then).
             self._given_up.append((old, old.get_state()))
+            del self._given_up[:-MAX_GIVEN_UP]  # each holds a whole document
 
     def _send_publish(self, pending: _Publish) -> None:
         assert self.channel is not None
