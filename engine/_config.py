@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from plait.protocol import MAX_FRAMES_PER_MESSAGE, MAX_MESSAGE_BYTES, Limits, MiB
+from plait.protocol import MAX_FRAMES_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_PRESENCE_BYTES, Limits, MiB
 
 SECONDS: Final = 1.0
 
@@ -49,6 +49,11 @@ class EngineConfig:
     clients cannot split what they send, so their messages may be this large (plus a little)
     even when native messages are limited to max_message_bytes."""
     max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE
+    max_presence_bytes: int = MAX_PRESENCE_BYTES
+    """The most a session's presence state, its cursor position, or an identity from the
+    authenticate hook may take, msgpack-encoded (spec §5.4); at most a quarter of
+    max_message_bytes is used (`presence_limit`), so that any one member's presence fits in a
+    message with room to spare."""
     max_rooms_per_connection: int = 64
     events_per_second: int = 50
     updates_per_second: int = 200
@@ -82,6 +87,11 @@ class EngineConfig:
     least 1): rewriting a large document costs in proportion to what was appended to it."""
 
     @property
+    def presence_limit(self) -> int:
+        """The limit on presence states, cursor positions and identities in force (bytes)."""
+        return min(self.max_presence_bytes, self.max_message_bytes // 4)
+
+    @property
     def limits(self) -> Limits:
         """What Welcome announces (spec §4.2)."""
         return Limits(
@@ -90,4 +100,5 @@ class EngineConfig:
             max_rooms=self.max_rooms_per_connection,
             events_per_second=self.events_per_second,
             updates_per_second=self.updates_per_second,
+            max_presence_bytes=self.presence_limit,
         )

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pycrdt
 import trio
 
-from plait.protocol import MAX_DEPTH, Access, ErrorCode, ProtocolError, check_value
+from plait.protocol import MAX_DEPTH, Access, ErrorCode, ProtocolError, check_value, encoded_size
 
 from ._errors import RequestError
 
@@ -122,9 +122,10 @@ async def call_hook(
         raise HookFailed(hook) from exc
 
 
-def checked_identity(identity: object) -> Identity:
+def checked_identity(identity: object, max_bytes: int) -> Identity:
     """What `Hooks.authenticate` returned, if it is an identity: a map with a string "id"
-    (1..256 characters) whose values are application values (spec §3.3), so that it can be
+    (1..256 characters) whose values are application values (spec §3.3), of at most
+    `max_bytes` encoded (it travels in every presence entry, spec §5.4), so that it can be
     stamped on presence and events and sent in every protocol. Raises HookFailed otherwise."""
     problem = None
     if not isinstance(identity, dict):
@@ -134,6 +135,9 @@ def checked_identity(identity: object) -> Identity:
     else:
         try:
             check_value(identity, MAX_DEPTH)
+            size = encoded_size(identity)
+            if size > max_bytes:
+                problem = f"the identity takes {size} bytes, over the {max_bytes}-byte limit (EngineConfig.max_presence_bytes)"
         except ProtocolError as exc:
             problem = exc.message
     if problem is not None:

@@ -83,7 +83,7 @@ class SessionServices:
         identity = await call_hook(
             "authenticate", lambda: self.hooks.authenticate(token, client), self.config.hook_timeout, (Unauthenticated,)
         )
-        return checked_identity(identity)
+        return checked_identity(identity, self.config.presence_limit)
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
         """`Hooks.authorize`'s answer. Raises HookFailed if the hook misbehaved (logged)."""

@@ -57,7 +57,7 @@ from ._hooks import Unauthenticated
 from ._peer import Peer, Refresh
 from ._services import SessionServices
 from ._transport import Transport
-from .room import Member, MemberRoom, merge_updates
+from .room import Member, MemberRoom, merge_updates, presence_size
 
 logger = logging.getLogger("plait.yjs")
 
@@ -159,7 +159,7 @@ class YjsSession(Peer):
             case YAwareness(entries=entries):
                 for entry in entries:
                     # A client speaks only for itself: one client id, bound at its first message.
-                    state = _parse_state(entry.state_json)
+                    state = _parse_state(entry.state_json, self.config.presence_limit)
                     if room.claim_awareness(member, entry.client_id, entry.clock, hidden=state is None):
                         room.set_presence(member, state or {}, None)
                         room.move_cursor(member, state.get("cursor") if state else None)
@@ -314,7 +314,7 @@ def _sessions(frame: PresenceSnapshot | PresenceDiff | Cursors) -> list[str]:
     return [m.session for m in frame.moves]
 
 
-def _parse_state(text: str) -> dict[str, Any] | None:
+def _parse_state(text: str, max_bytes: int) -> dict[str, Any] | None:
     if len(text) > MAX_AWARENESS_STATE:
         raise RequestError(ErrorCode.FRAME_TOO_LARGE, "awareness state too large")
     try:
@@ -329,4 +329,5 @@ def _parse_state(text: str) -> dict[str, Any] | None:
         check_value(state, MAX_DEPTH)
     except ProtocolError as exc:
         raise RequestError(exc.code, exc.message) from exc
+    presence_size("presence state", state, max_bytes)  # before the client id is claimed
     return state

@@ -57,6 +57,8 @@ from ._frames import (
     Event as Event,
     MAX_ROOM_NAME as MAX_ROOM_NAME,
     MAX_EVENT_NAME as MAX_EVENT_NAME,
+    MAX_LIST as MAX_LIST,
+    MAX_PRESENCE_BYTES as MAX_PRESENCE_BYTES,
     check_room_name as check_room_name,
 )
 from ._codec import (
@@ -66,6 +68,7 @@ from ._codec import (
     encode as encode,
     encode_frame as encode_frame,
     encode_trusted as encode_trusted,
+    encoded_size as encoded_size,
     join_encoded as join_encoded,
     CodecLimits as CodecLimits,
     DEFAULT_LIMITS as DEFAULT_LIMITS,

@@ -175,6 +175,19 @@ def _pack(frame: Frame, array: list[Any]) -> bytes:
         ) from None
 
 
+def encoded_size(value: Any) -> int:
+    """The bytes `value` takes in a frame, msgpack-encoded (spec §3.1): what the limits on a
+    presence state or cursor position count (spec §5.4). `value` must already be valid (§3.3).
+
+    Raises:
+        LocalProtocolError: INVALID_FIELD, a string that is not Unicode text.
+    """
+    try:
+        return len(msgpack.packb(value, use_bin_type=True))
+    except UnicodeEncodeError:
+        raise LocalProtocolError("a string holds a lone surrogate, which is not Unicode text", ErrorCode.INVALID_FIELD) from None
+
+
 def encode_trusted(frame: Frame) -> bytes:
     """Encode a frame built from values that were already checked (an ack for a decoded ref,
     say), skipping the field checks `encode_frame` makes. For the engine's hot path only.

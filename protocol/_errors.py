@@ -35,6 +35,7 @@ class ErrorCode(IntEnum):
     ALREADY_JOINED = 2006
     EVENT_REJECTED = 2007
     DOCUMENT_TOO_LARGE = 2008
+    PRESENCE_TOO_LARGE = 2009
 
     SLOW_CONSUMER = 3001
     STORAGE_UNAVAILABLE = 3002
@@ -155,10 +156,13 @@ class TransportClosed(Exception):
     no close frame arrived). Transports on both sides raise it; it lives here so the engine
     and the client agree on it without depending on each other."""
 
-    def __init__(self, code: int, reason: str = "") -> None:
+    def __init__(self, code: int, reason: str = "", *, local: bool = False) -> None:
         super().__init__(f"connection closed ({code}) {reason}".strip())
         self.code = code
         self.reason = reason
+        self.local = local
+        """Whether this side closed it, refusing what the peer sent (a message over its
+        limit), rather than the peer."""
 
 
 ABNORMAL_CLOSURE = 1006

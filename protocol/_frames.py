@@ -41,6 +41,8 @@ MAX_MESSAGE_TEXT: Final = 1024
 MAX_IDEMPOTENCY_KEY: Final = 128
 MAX_VERSIONS: Final = 16
 MAX_LIST: Final = 10_000  # presence entries, cursor moves, typers in one frame
+MAX_PRESENCE_BYTES: Final = 64 * 1024
+"""The default `Limits.max_presence_bytes` (spec §5.4)."""
 
 _CONTROL_CHARS: Final = frozenset(chr(c) for c in range(32)) | {"\x7f"}
 
@@ -175,6 +177,9 @@ class Limits:
     max_rooms: int = wire(UInt())
     events_per_second: int = wire(UInt())
     updates_per_second: int = wire(UInt())
+    max_presence_bytes: int = wire(UInt())
+    """The most a session's presence state (after a patch is merged) or its cursor position
+    may take, msgpack-encoded (spec §5.4, PRESENCE_TOO_LARGE)."""
 
 
 @final

@@ -70,6 +70,13 @@ _HAS_ORIGIN: Final = 0x80
 _HAS_RIGHT_ORIGIN: Final = 0x40
 _HAS_PARENT_SUB: Final = 0x20
 _GC, _DELETED, _JSON, _BINARY, _STRING, _EMBED, _FORMAT, _TYPE, _ANY, _DOC, _SKIP = range(11)
+_INDIVISIBLE: Final = {
+    _BINARY: "one binary value",
+    _EMBED: "one embed in a text",
+    _FORMAT: "one text format attribute",
+    _TYPE: "one shared type's header",
+    _DOC: "one sub-document",
+}
 _NAMED_TYPE_REFS: Final = frozenset({3, 5})  # XmlElement and XmlHook carry a name
 _MAX_TYPE_REF: Final = 6
 _SECTION_HEADER: Final = 5 + 8 + 5  # struct count, client id, first clock: varuints, at most
@@ -477,7 +484,7 @@ class _Packer:
         info = data[start]
         kind = info & 0x1F
         if kind not in (_STRING, _ANY, _JSON):
-            self._too_large(f"a struct of {end - start} bytes (content kind {kind})")
+            self._too_large(f"{_INDIVISIBLE.get(kind, f'a value of content kind {kind}')} of {end - start} bytes")
         pos = start + 1
         right = b""
         if info & _HAS_ORIGIN:
@@ -505,7 +512,8 @@ class _Packer:
             cut, units = self._cut(kind, pos, end, room)
             if cut == pos:
                 if not self.parts:
-                    self._too_large(f"a struct header of {len(header)} bytes with its first unit")
+                    unit = (_skip_string if kind == _JSON else _skip_one_any)(data, pos) - pos if kind != _STRING else 4
+                    self._too_large(f"one value in a map or array, of {unit} bytes with its item's {len(header)}-byte header,")
                 self._close_piece()
                 continue
             count = cut - pos if kind == _STRING else units
@@ -563,7 +571,10 @@ class _Packer:
         return self.pieces
 
     def _too_large(self, what: str) -> None:
-        raise SplitError(f"{what} does not fit in pieces of {self.max_bytes} bytes")
+        raise SplitError(
+            f"{what} cannot be split and does not fit in a piece of {self.max_bytes} bytes; "
+            "store it as several smaller values"
+        )
 
 
 def _skip_id(data: bytes, pos: int) -> int:

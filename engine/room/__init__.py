@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from ._doc import merge_updates as merge_updates
+from ._ephemeral import presence_size as presence_size
 from ._events import LocalSequence as LocalSequence
 from ._events import SequenceAuthority as SequenceAuthority
 from ._events import new_epoch as new_epoch

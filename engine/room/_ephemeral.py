@@ -12,23 +12,29 @@ from typing import Any
 import trio
 
 from plait.protocol import (
+    FRAME_OVERHEAD,
     AwarenessEntry,
     ChannelFrame,
     CursorPosition,
     Cursors,
+    ErrorCode,
     Frame,
     PresenceDiff,
     PresenceEntry,
     PresenceSnapshot,
+    PresenceState,
     TypingState,
+    encoded_size,
 )
 
 from .._config import EngineConfig
+from .._errors import RequestError
 from .._hooks import Identity
 from ._awareness import Awareness
+from ._chunks import chunks, prefix
 from ._fanout import Fanout
 from ._member import Member, MemberSession
-from ._presence import PresenceBook
+from ._presence import ENTRY_OVERHEAD, PresenceBook
 
 logger = logging.getLogger("plait.room")
 
@@ -37,6 +43,21 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$b": base64.b64encode(value).decode("ascii")}
     raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def presence_size(what: str, value: Any, limit: int) -> int:
+    """The encoded size of a presence state or cursor position (spec §5.4).
+
+    Raises:
+        RequestError: PRESENCE_TOO_LARGE, over `limit` bytes.
+    """
+    size = encoded_size(value)
+    if size > limit:
+        raise RequestError(
+            ErrorCode.PRESENCE_TOO_LARGE,
+            f"a {what} of {size} bytes is over this server's {limit}-byte limit (limits.max_presence_bytes); nothing changed",
+        )
+    return size
 
 
 class Ephemeral:
@@ -57,8 +78,11 @@ class Ephemeral:
         self._members = members
         self._fanout = fanout
         self._presence = PresenceBook()
-        self._cursors: dict[str, Any] = {}
-        self._moved: dict[str, Any] = {}
+        self._cursors: dict[str, tuple[Any, int]] = {}
+        """Session -> (its cursor position, the bytes its CursorPosition takes at most)."""
+        self._moved: dict[str, tuple[Any, int]] = {}
+        self._budget = config.max_message_bytes - FRAME_OVERHEAD
+        """What one frame's list may take, so that the frame fits in a message (spec §3.2)."""
         self._typing: dict[str, float] = {}
         self._typing_changed = False
         self._tick_wanted = trio.Event()
@@ -77,18 +101,62 @@ class Ephemeral:
 
     def join_frames(self, channel: int) -> list[Frame]:
         """What a joining member is sent of the ephemeral state (spec §5.2)."""
-        frames: list[Frame] = [PresenceSnapshot(channel, self._presence.snapshot())]
+        frames = self._snapshot_frames(channel)
         if self._cursors:
-            frames.append(Cursors(channel, tuple(CursorPosition(s, p) for s, p in self._cursors.items())))
+            frames += self._cursor_frames(channel, self._cursors)
         if self._typing:
-            frames.append(TypingState(channel, tuple(self._typing)))
+            frames.append(self._typing_frame(channel))
         return frames
+
+    # -- frames that fit in a message (spec §3.2, §5.4) -------------------------------------
+
+    def _snapshot_frames(self, channel: int) -> list[Frame]:
+        """The presence snapshot; what does not fit in its message follows as diffs that add
+        the rest (spec §5.4)."""
+        parts = chunks(self._presence.sessions(), self._presence.entry_bytes, self._budget)
+        frames: list[Frame] = [PresenceSnapshot(channel, tuple(map(self._presence.entry, next(parts))))]
+        frames += [PresenceDiff(channel, tuple(map(self._presence.entry, part)), (), ()) for part in parts]
+        return frames
+
+    def _diff_frames(self, joined: tuple[PresenceEntry, ...], updated: tuple[PresenceState, ...],
+                     left: tuple[str, ...]) -> list[Frame]:
+        """One tick's diff, as several consecutive diffs if it does not fit in a message."""
+        items: list[PresenceEntry | PresenceState | str] = [*joined, *updated, *left]
+        if len(items) <= 64 and sum(map(self._diff_item_bytes, items)) <= self._budget:
+            return [PresenceDiff(0, joined, updated, left)]  # the usual case, in one frame
+        return [
+            PresenceDiff(
+                0,
+                tuple(i for i in part if isinstance(i, PresenceEntry)),
+                tuple(i for i in part if isinstance(i, PresenceState)),
+                tuple(i for i in part if isinstance(i, str)),
+            )
+            for part in chunks(items, self._diff_item_bytes, self._budget)
+        ]
+
+    def _diff_item_bytes(self, item: PresenceEntry | PresenceState | str) -> int:
+        if isinstance(item, PresenceEntry):
+            return self._presence.entry_bytes(item.session)
+        if isinstance(item, PresenceState):
+            return self._presence.state_bytes(item.session)
+        return len(item) + ENTRY_OVERHEAD
+
+    def _cursor_frames(self, channel: int, cursors: dict[str, tuple[Any, int]]) -> list[Frame]:
+        return [
+            Cursors(channel, tuple(CursorPosition(sid, cursors[sid][0]) for sid in part))
+            for part in chunks(list(cursors), lambda sid: cursors[sid][1], self._budget)
+        ]
+
+    def _typing_frame(self, channel: int) -> TypingState:
+        """The full set of typers, or as many as one frame holds, those typing longest first
+        (spec §5.5)."""
+        return TypingState(channel, tuple(prefix(list(self._typing), lambda sid: len(sid) + ENTRY_OVERHEAD, self._budget)))
 
     def removed(self, member: Member) -> None:
         """The member is no longer the room's: its cursor and typing go at once."""
         sid = member.session.id
         if self._cursors.pop(sid, None) is not None or sid in self._moved:
-            self._moved[sid] = None
+            self._moved[sid] = (None, 1 + len(sid) + ENTRY_OVERHEAD)
             self._awareness.changed(sid)
         if self._typing.pop(sid, None) is not None:
             self._typing_changed = True
@@ -109,25 +177,31 @@ class Ephemeral:
     # -- presence, cursors, typing ----------------------------------------------------------
 
     def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
+        """Replace the member's presence state, or merge `patch` into it (spec §4.2).
+
+        Raises:
+            RequestError: PRESENCE_TOO_LARGE, the state would take more than the server's
+                `limits.max_presence_bytes` (spec §5.4); it is unchanged.
+        """
         if self._members.get(member.session) is not member:
             return  # a frame that raced the end of its membership
         sid = member.session.id
-        if state is not None:
-            self._presence.set(sid, state)
-        if patch is not None:
-            self._presence.patch(sid, patch)
+        new = dict(state) if state is not None else self._presence.patched(sid, patch or {})
+        self._presence.set(sid, new, self._check_size("presence state", new))
         self._awareness.changed(sid)
         self.want_tick()
 
     def move_cursor(self, member: Member, position: Any) -> None:
+        """Raises RequestError PRESENCE_TOO_LARGE, as `set_presence` does."""
         if self._members.get(member.session) is not member:
             return  # a frame that raced the end of its membership
         sid = member.session.id
+        moved = (position, self._check_size("cursor position", position) + len(sid) + ENTRY_OVERHEAD)
         if position is None:
             self._cursors.pop(sid, None)
         else:
-            self._cursors[sid] = position
-        self._moved[sid] = position
+            self._cursors[sid] = moved
+        self._moved[sid] = moved
         self._awareness.changed(sid)
         self.want_tick()
 
@@ -144,6 +218,9 @@ class Ephemeral:
             self._typing_changed = True
         if self._typing_changed:
             self.want_tick()
+
+    def _check_size(self, what: str, value: Any) -> int:
+        return presence_size(what, value, self._config.presence_limit)
 
     def want_tick(self) -> None:
         self._tick_wanted.set()
@@ -169,14 +246,13 @@ class Ephemeral:
             joined, updated, left = self._presence.take_diff()
             for sid in left:
                 self._awareness.changed(sid)  # its entry becomes a null state
-            frames.append(ChannelFrame(PresenceDiff(0, joined, updated, left)))
+            frames += map(ChannelFrame, self._diff_frames(joined, updated, left))
         if self._moved:
-            moves = tuple(CursorPosition(s, p) for s, p in self._moved.items())
+            frames += map(ChannelFrame, self._cursor_frames(0, self._moved))
             self._moved = {}
-            frames.append(ChannelFrame(Cursors(0, moves)))
         if self._typing_changed:
             self._typing_changed = False
-            frames.append(ChannelFrame(TypingState(0, tuple(self._typing))))
+            frames.append(ChannelFrame(self._typing_frame(0)))
         if not frames:
             return
         self._fanout.ephemeral(self.name, list(self._members.values()), frames, self._refresher)
@@ -191,11 +267,7 @@ class Ephemeral:
             if self._members.get(member.session) is not member:
                 return []
             ch = member.channel
-            return [
-                PresenceSnapshot(ch, self._presence.snapshot()),
-                Cursors(ch, tuple(CursorPosition(s, p) for s, p in self._cursors.items())),
-                TypingState(ch, tuple(self._typing)),
-            ]
+            return [*self._snapshot_frames(ch), *self._cursor_frames(ch, self._cursors), self._typing_frame(ch)]
 
         return full_state
 
@@ -253,7 +325,7 @@ class Ephemeral:
             entry = self._presence.entry(sid)
             state: dict[str, Any] = dict(entry.state)
             if sid in self._cursors:
-                state["cursor"] = self._cursors[sid]
+                state["cursor"] = self._cursors[sid][0]
             state["identity"] = entry.identity
             state_json = json.dumps(state, default=_json_default, allow_nan=False)
         return self._awareness.entry(sid, state_json)

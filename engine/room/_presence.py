@@ -11,13 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from plait.protocol import PresenceEntry, PresenceState
+from plait.protocol import PresenceEntry, PresenceState, encoded_size
+
+ENTRY_OVERHEAD = 8
+"""Bytes of a presence entry's array header and its session id's string header, at most."""
 
 
 @dataclass(slots=True)
 class _Entry:
     identity: dict[str, Any]
     state: dict[str, Any]
+    identity_bytes: int
+    state_bytes: int = 1  # {} encodes as one byte
     lingers_until: float | None = None
     """Set when the session disconnected: it leaves then, unless its identity comes back."""
 
@@ -44,22 +49,27 @@ class PresenceBook:
         for old, entry in list(self._entries.items()):
             if entry.lingers_until is not None and entry.identity.get("id") == identity.get("id"):
                 self.leave(old)
-        self._entries[session] = _Entry(dict(identity), {})
+        self._entries[session] = _Entry(dict(identity), {}, encoded_size(identity))
         self._joined.add(session)
         self._left.discard(session)
 
-    def set(self, session: str, state: dict[str, Any]) -> None:
-        self._entries[session].state = dict(state)
+    def set(self, session: str, state: dict[str, Any], size: int) -> None:
+        """Replace the session's state; `size` is its encoded_size."""
+        entry = self._entries[session]
+        entry.state = state
+        entry.state_bytes = size
         self._mark_updated(session)
 
-    def patch(self, session: str, patch: dict[str, Any]) -> None:
-        state = self._entries[session].state
+    def patched(self, session: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """The session's state with `patch` merged (spec §4.2: one level deep, a key set to
+        nil is removed); the book is unchanged."""
+        state = dict(self._entries[session].state)
         for key, value in patch.items():
             if value is None:
                 state.pop(key, None)
             else:
                 state[key] = value
-        self._mark_updated(session)
+        return state
 
     def linger(self, session: str, until: float) -> None:
         """The session disconnected; keep its entry until `until` (the grace period)."""
@@ -98,6 +108,15 @@ class PresenceBook:
     @property
     def dirty(self) -> bool:
         return bool(self._joined or self._updated or self._left)
+
+    def entry_bytes(self, session: str) -> int:
+        """At most the bytes the session's PresenceEntry takes encoded."""
+        e = self._entries[session]
+        return e.identity_bytes + e.state_bytes + len(session) + ENTRY_OVERHEAD
+
+    def state_bytes(self, session: str) -> int:
+        """At most the bytes the session's PresenceState takes encoded."""
+        return self._entries[session].state_bytes + len(session) + ENTRY_OVERHEAD
 
     def entry(self, session: str) -> PresenceEntry:
         e = self._entries[session]

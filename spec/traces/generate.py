@@ -186,6 +186,31 @@ def scenarios() -> dict[str, Script]:
     x.send(3, "s2", PresencePatch(1, 5, {"n": None, "status": "away"}))
     x.send(4, "s2", Leave(1, 6))
 
+    x = s["presence-too-large"] = Script(
+        "a presence state, a patch or a cursor over limits.max_presence_bytes (a quarter of a "
+        "4 KiB message: 1 KiB) is refused with PRESENCE_TOO_LARGE and changes nothing; the "
+        "connection stays open",
+        max_message_bytes=4096,
+    )
+    x.hello(0, "s1")
+    x.send(0, "s1", Join(1, "r", None, None))
+    x.send(1, "s1", PresenceSet(1, 2, {"name": "ada", "note": "n" * 900}))
+    x.send(2, "s1", PresencePatch(1, 3, {"bio": "b" * 200}))
+    x.send(3, "s1", CursorMove(1, {"path": "p" * 1100}))
+    x.send(4, "s1", PresenceSet(1, 4, {"bio": "b" * 1100}))
+    x.send(5, "s1", PresencePatch(1, 5, {"note": None}))
+
+    x = s["presence-split"] = Script(
+        "a presence snapshot that does not fit in one message (4 KiB here) is followed by "
+        "diffs that add the rest, before anything else of that room",
+        max_message_bytes=4096,
+    )
+    for i in range(1, 6):
+        x.hello(0, f"s{i}")
+        x.send(0, f"s{i}", Join(1, "r", None, None), PresenceSet(1, None, {"note": str(i) * 900}))
+    x.hello(1, "s6")
+    x.send(1, "s6", Join(1, "r", None, None))
+
     x = s["late-joiner"] = Script(
         "a late joiner gets the document, everyone's presence, cursors and typing, and the event head at once",
         check_times=True,

@@ -65,6 +65,8 @@ class Misbehaving(Hooks):
             return "alice"  # type: ignore[return-value]
         if token == "nan-identity":
             return {"id": "alice", "score": math.nan}
+        if token == "huge-identity":  # over max_presence_bytes: it goes in every presence entry
+            return {"id": "alice", "groups": ["g" * 100] * 1000}
         if token == "hang":
             await trio.sleep_forever()
         return {"id": token or "anon"}
@@ -128,7 +130,7 @@ async def still_open(client: DocClient, nonce: int = 99) -> None:
 # -- hooks ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("token", ["raise", "int-id", "not-a-map", "nan-identity"])
+@pytest.mark.parametrize("token", ["raise", "int-id", "not-a-map", "nan-identity", "huge-identity"])
 async def test_an_authenticate_hook_that_fails_refuses_only_that_hello(
     autojump_clock: MockClock, caplog: pytest.LogCaptureFixture, token: str
 ) -> None:

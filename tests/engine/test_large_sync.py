@@ -182,6 +182,9 @@ async def test_a_yjs_update_holding_a_value_larger_than_a_message_is_refused(aut
         await y.transport.send_message(encode_sync(YSyncStep.UPDATE, doc.get_update()))
         closed = await closed_code(y)  # type: ignore[arg-type]
         assert closed.code == CloseCode.DOCUMENT_TOO_LARGE
+        # Says what could not travel and what to do (second fresh-user pass: "a struct header
+        # of 6 bytes with its first unit does not fit in pieces").
+        assert "one value in a map or array" in closed.reason and "smaller values" in closed.reason
         async with engine.room("r") as handle:
             assert "blob" not in handle.doc.get("map", type=pycrdt.Map)
 
@@ -197,6 +200,7 @@ async def test_a_server_side_value_larger_than_a_message_closes_channels_and_ref
             handle.doc.get("map", type=pycrdt.Map)["blob"] = "x" * (2 * LIMIT)
         closed = await member.wait_for(ChannelClosed)
         assert closed.code == ErrorCode.DOCUMENT_TOO_LARGE
+        assert "one value in a map or array" in closed.message, closed.message
         late = await sized(engine)
         ref = late.next_ref()
         await late.send(Join(ref, "r", b"\x00", None, None))

@@ -8,10 +8,10 @@ from plait.engine.room._presence import PresenceBook
 def test_diff_reports_each_change_once() -> None:
     book = PresenceBook()
     book.join("a", {"id": "u1"})
-    book.set("a", {"n": 1})
+    book.set("a", {"n": 1}, 4)
     joined, updated, left = book.take_diff()
     assert [e.session for e in joined] == ["a"] and joined[0].state == {"n": 1} and not updated and not left
-    book.patch("a", {"n": None, "x": 2})
+    book.set("a", book.patched("a", {"n": None, "x": 2}), 4)
     assert book.take_diff()[1][0].state == {"x": 2}
     assert not book.dirty
 

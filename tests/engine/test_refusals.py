@@ -87,6 +87,23 @@ async def test_a_yjs_client_refused_for_a_bad_message_is_told_not_to_retry(
         await assert_engine_serves(engine)
 
 
+async def test_a_yjs_awareness_state_over_the_presence_limit_is_refused_and_not_shown(autojump_clock: MockClock) -> None:
+    # JSON under 64 KiB, but over max_presence_bytes once msgpack-encoded (spec §5.4, §13):
+    # every float takes 9 bytes in msgpack and 3 characters in JSON.
+    async with running_engine(max_presence_bytes=4096) as engine:
+        observer = await yjs_client(engine, client_id=222)
+        await observer.say({"name": "observer"}, clock=1)
+        bad = await yjs_client(engine, client_id=666)
+        state = "[" + ",".join(["1.5"] * 1000) + "]"
+        assert len(state) < 4096
+        await bad.send_awareness_json(f'{{"floats": {state}}}', clock=1)
+        closed = await bad.wait_closed()
+        assert closed.code == CloseCode.PROTOCOL_ERROR and "4096" in closed.reason
+        await observer.read_for(1)
+        assert 666 not in observer.states
+        await assert_engine_serves(engine)
+
+
 async def test_a_yjs_client_over_the_update_rate_is_closed_rate_limited(autojump_clock: MockClock) -> None:
     async with running_engine(updates_per_second=20) as engine:
         y = await yjs_client(engine)

@@ -20,6 +20,7 @@ from plait.engine._yjs import _parse_state
 from plait.engine.room import Room
 from plait.protocol import (
     MAX_DEPTH,
+    MAX_PRESENCE_BYTES,
     Access,
     CursorPosition,
     Cursors,
@@ -148,7 +149,7 @@ awareness_texts = st.one_of(
 @given(awareness_texts)
 def test_an_awareness_state_the_server_accepts_can_be_sent_to_native_members(text: str) -> None:
     try:
-        state = _parse_state(text)
+        state = _parse_state(text, MAX_PRESENCE_BYTES)
     except RequestError:
         return  # refused: the y-websocket client is closed, nobody is sent it
     if state is None:
@@ -163,4 +164,4 @@ def test_an_awareness_state_the_server_accepts_can_be_sent_to_native_members(tex
 @pytest.mark.parametrize("text", ['{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}', '{"a": 1e400}', "1e400"])
 def test_non_finite_awareness_numbers_are_refused(text: str) -> None:
     with pytest.raises(RequestError):
-        _parse_state(text)
+        _parse_state(text, MAX_PRESENCE_BYTES)
