@@ -20,3 +20,4 @@ from ._room import PresenceChanged as PresenceChanged
 from ._room import Room as Room
 from ._room import RoomEvent as RoomEvent
 from ._room import TypingChanged as TypingChanged
+from ._room import Unacknowledged as Unacknowledged

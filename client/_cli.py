@@ -18,7 +18,8 @@ the room for good (the close code's meaning is printed).
 
 Input is read from the start, connected or not. Lines typed before the room is joined run once
 it is. /quit and the end of input end the client at once while it cannot connect (or once it
-loses the connection): what was typed and not yet sent is dropped, as nothing can send it.
+loses the connection): what was typed and not yet sent is dropped, as nothing can send it,
+and the last line says what ("dropped: 1 message not sent, 2 document edits not saved").
 """
 
 from __future__ import annotations
@@ -159,10 +160,14 @@ class _Terminal:
         """Identity id -> the name shown for that person (their latest session's)."""
         self.status = 0
         self.quitting = False
+        self.quit_typed = False
         self.input_done = trio.Event()
         """Set at the end of input, or once /quit was typed (nothing is read after it)."""
         self._doc_changed = trio.Event()
         self._typers: list[str] = []
+        self.room: Room | None = None
+        self.lines_waiting: Callable[[], int] = lambda: 0
+        """How many typed lines have not been run yet."""
 
     def say(self, tag: str, text: str) -> None:
         # Others' names and messages are shown, never obeyed: control characters (escape
@@ -303,6 +308,7 @@ class _Terminal:
                         continue
                     lines.send_nowait(line)  # unbounded: as much as a person types
                     if line.split(" ", 1)[0] == "/quit":
+                        self.quit_typed = True
                         self.input_done.set()
                         return
 
@@ -315,8 +321,21 @@ class _Terminal:
             await self.client.wait_state(ClientState.RECONNECTING)
         except ConnectionClosed:
             return  # stopped for good: watch_connection reports it
-        self.say("connection", "not connected; quitting")
+        self.say("connection", f"not connected; quitting{self._dropped()}")
         stop.cancel()
+
+    def _dropped(self) -> str:
+        """What quitting now loses, said rather than lost silently."""
+        lost = []
+        waiting = self.lines_waiting() - (self.quit_typed and not self.quitting)  # not the /quit itself
+        if waiting:
+            lost.append(f"{waiting} typed line{'s' if waiting != 1 else ''} not run")
+        pending = self.room.unacknowledged if self.room is not None else None
+        if pending and pending.publishes:
+            lost.append(f"{pending.publishes} message{'s' if pending.publishes != 1 else ''} not sent")
+        if pending and pending.edits:
+            lost.append(f"{pending.edits} document edit{'s' if pending.edits != 1 else ''} not saved")
+        return f"; dropped: {', '.join(lost)}" if lost else ""
 
     async def read_commands(self, room: Room, lines: trio.MemoryReceiveChannel[str]) -> None:
         async for line in lines:
@@ -335,6 +354,7 @@ class _Terminal:
         # Subscribed before the join is answered: the presence snapshot and replayed events
         # come with it.
         changes, events = room.changes(), room.events()
+        self.room = room
         await room.synced()
         mode = " (read-only)" if room.access == 1 else ""
         self.say("connection", f"joined {room.name!r} as {self.client.session_id}{mode}")
@@ -383,6 +403,7 @@ async def run(
         term = _Terminal(client, out, name)
         term.say("connection", f"connecting to {url}")
         send_lines, lines = trio.open_memory_channel[str](math.inf)
+        term.lines_waiting = lambda: lines.statistics().current_buffer_used
         async with trio.open_nursery() as nursery:
             nursery.start_soon(term.watch_connection, changes, nursery.cancel_scope)
             nursery.start_soon(term.read_lines, stdin, send_lines)

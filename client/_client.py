@@ -19,6 +19,7 @@ Both waits are bounded by `close_timeout`.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import ssl
 import urllib.parse
@@ -34,6 +35,7 @@ from plait.protocol import (
     ABNORMAL_CLOSURE,
     FRAME_OVERHEAD,
     MAX_MESSAGE_BYTES,
+    MAX_PRESENCE_BYTES,
     STALE,
     Ack,
     CloseCode,
@@ -55,10 +57,11 @@ from plait.protocol import (
     decode,
     encode,
     encode_frame,
+    encoded_size,
 )
 
 from ._backoff import Backoff
-from ._errors import ConnectionClosed, FrameTooLarge, InvalidRoomName, RequestFailed, error_for
+from ._errors import AlreadyJoined, ConnectionClosed, FrameTooLarge, InvalidRoomName, PresenceTooLarge, RequestFailed, error_for
 from ._pacing import Pacer
 from ._room import ConnectionChanged, Feed, Room, Subscription, Waiter
 
@@ -129,7 +132,11 @@ class _WebSocket:
 def _closed(exc: trio_websocket.ConnectionClosed) -> TransportClosed:
     if exc.reason is None:
         return TransportClosed(ABNORMAL_CLOSURE)
-    return TransportClosed(exc.reason.code, exc.reason.reason or "")
+    reason = exc.reason.reason or ""
+    if exc.reason.code == CloseCode.MESSAGE_TOO_BIG and reason.startswith("Exceeded maximum message size"):
+        # trio-websocket's own close: the server sent more than its welcome announced.
+        return TransportClosed(exc.reason.code, reason, local=True)
+    return TransportClosed(exc.reason.code, reason)
 
 
 def _open_failure(exc: BaseException) -> BaseException:
@@ -218,7 +225,7 @@ class Client:
             InvalidRoomName: `name` is not a room name (spec §5.2: 1..256 characters of
                 Unicode text, no control character, no lone surrogate); raised here, before
                 anything is sent, as the server would refuse it with INVALID_ROOM_NAME.
-            ValueError: this client already has the room joined.
+            AlreadyJoined: this client already has the room joined (in another block).
             ConnectionClosed: the client has stopped for good (its `connect` block ended, or
                 the server refused it): no room can be joined through it.
 
@@ -233,7 +240,7 @@ class Client:
         if self.closed_error is not None:
             raise self.closed_error
         if name in self._rooms:
-            raise ValueError(f"already joined {name!r} on this client")
+            raise AlreadyJoined(f"already joined {name!r} on this client; leave its block first")
         room = Room(self, name, self._offline_queue)
         self._rooms[name] = room
         if self.state is ClientState.OPEN:
@@ -290,12 +297,24 @@ class Client:
 
         Raises:
             FrameTooLarge: the frame alone is longer than the server's `max_message_bytes`.
-            LocalProtocolError: a field the protocol forbids (spec §3.3: NaN, a lone
-                surrogate, nesting deeper than 32, ...); `.code` says which rule.
+            InvalidField, TooDeep: a field the protocol forbids (spec §3.3: NaN, a lone
+                surrogate, a non-string map key, nesting deeper than 32, ...).
         """
-        size = len(encode_frame(frame))
+        try:
+            size = len(encode_frame(frame))
+        except LocalProtocolError as exc:
+            raise error_for(exc.code, exc.message) from None
         if size > self.max_message_bytes:
             raise _too_large(frame, size, self.max_message_bytes)
+
+    def check_presence(self, what: str, value: Any) -> None:
+        """Raise PresenceTooLarge if `value` (a presence state or a cursor position, already
+        checked by `check_request`) is over the server's `limits.max_presence_bytes`, or the
+        default before the first welcome (spec §5.4)."""
+        limit = self._limits.max_presence_bytes if self._limits is not None else MAX_PRESENCE_BYTES
+        size = encoded_size(value)
+        if size > limit:
+            raise PresenceTooLarge(f"a {what} of {size} bytes is over the server's max_presence_bytes ({limit}); not sent")
 
     def send(self, frame: Frame, waiter: Waiter[Any] | None = None) -> None:
         """Queue a frame on the live connection. Without one, it is dropped: rooms re-send what
@@ -444,7 +463,7 @@ class Client:
             return await self._serve(transport)
         except TransportClosed as exc:
             refusal = self._refusal.message if self._refusal is not None else None
-            return ConnectionClosed.from_close(exc.code, exc.reason, refusal)
+            return ConnectionClosed.from_close(exc.code, exc.reason, refusal, local=exc.local)
         except RemoteProtocolError as exc:
             logger.warning("server broke the protocol: %s", exc)
             with trio.move_on_after(self._close_timeout, shield=True):
@@ -633,6 +652,33 @@ class Client:
         self._changes.close()
 
 
+def _check_arguments(
+    token: str | None, heartbeat_timeout: float | None, close_timeout: float, offline_queue: int,
+    client_info: dict[str, Any] | None,
+) -> None:
+    """connect's arguments, refused at once with the rule they break (see `connect`)."""
+
+    def number(name: str, value: object, low: float, above: bool = False) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if value < low or (above and value == low):
+            raise ValueError(f"{name} must be {'above' if above else 'at least'} {low:g}, got {value!r}")
+
+    number("close_timeout", close_timeout, 0)
+    if heartbeat_timeout is not None:
+        number("heartbeat_timeout", heartbeat_timeout, 0, above=True)
+    if isinstance(offline_queue, bool) or not isinstance(offline_queue, int):
+        raise ValueError(f"offline_queue must be an int, got {offline_queue!r}")
+    number("offline_queue", offline_queue, 0)
+    hello = Hello((1,), token, {"name": "plait-py"} if client_info is None else client_info)
+    try:
+        size = len(encode_frame(hello))
+    except LocalProtocolError as exc:
+        raise error_for(exc.code, f"connect: {exc.message}") from None
+    if size > MAX_MESSAGE_BYTES - 64:  # the client adds its anonymous_key (spec §4.2)
+        raise _too_large(hello, size, MAX_MESSAGE_BYTES)
+
+
 def _too_large(frame: Frame, size: int, limit: int) -> FrameTooLarge:
     return FrameTooLarge(
         f"{type(frame).__name__} of {size} bytes exceeds the server's max_message_bytes ({limit}); not sent"
@@ -714,7 +760,8 @@ async def connect(
         close_timeout: seconds a leaving block waits for the server, at most: a room's block
             for its edits to be acknowledged, this block for what is queued to be written
             and the WebSocket close handshake.
-        offline_queue: how many publishes may wait for a connection.
+        offline_queue: how many publishes may wait while there is no connection (0: a
+            publish while offline raises OfflineQueueFull at once).
         open_transport: instead of `url`, a coroutine function that opens a transport (tests
             use an engine's in-memory transport).
 
@@ -724,7 +771,12 @@ async def connect(
 
     Raises:
         ValueError: `url` is not a ws:// or wss:// URL, or both or neither of `url` and
-            `open_transport` were given.
+            `open_transport` were given, or a number is out of range (`close_timeout` and
+            `offline_queue` at least 0, `heartbeat_timeout` above 0).
+        InvalidField, TooDeep, FrameTooLarge: `token` or `client_info` could never be sent
+            (spec §3.3, §4: a token of at most 8192 characters, a map of values, a hello that
+            fits in a message).
+        All raised at once, on entering the block, before anything is sent.
 
     Escapes: exceptions raised by the block, as they were raised (never wrapped in an
     ExceptionGroup), and Cancelled. Background failures never escape: an unreachable server
@@ -735,6 +787,7 @@ async def connect(
         raise ValueError("give exactly one of url and open_transport")
     if url is not None:
         _websocket_target(url)
+    _check_arguments(token, heartbeat_timeout, close_timeout, offline_queue, client_info)
     escaped: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

@@ -107,6 +107,14 @@ class DocumentTooLarge(RequestFailed):
     code = ErrorCode.DOCUMENT_TOO_LARGE
 
 
+class PresenceTooLarge(RequestFailed):
+    """A presence state (after a patch is merged) or a cursor position over the server's
+    `limits.max_presence_bytes` (spec §5.4). The client raises it itself, at once and before
+    sending anything; the previous state is kept."""
+
+    code = ErrorCode.PRESENCE_TOO_LARGE
+
+
 class SlowConsumer(RequestFailed):
     code = ErrorCode.SLOW_CONSUMER
 
@@ -128,8 +136,8 @@ ERROR_TYPES: dict[int, type[RequestFailed]] = {
     for cls in (
         MalformedFrame, UnknownKind, UnexpectedFrame, FrameTooLarge, UnsupportedVersion,
         InvalidField, TooDeep, UnknownChannel, InvalidUpdate, InvalidRoomName, Unauthenticated,
-        Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, DocumentTooLarge, SlowConsumer,
-        StorageUnavailable, ShuttingDown, InternalError,
+        Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, DocumentTooLarge, PresenceTooLarge,
+        SlowConsumer, StorageUnavailable, ShuttingDown, InternalError,
     )
 }
 
@@ -148,8 +156,8 @@ __all__ = [
     "PlaitError", "RequestFailed", "ConnectionClosed", "RoomLeft", "DocumentReplaced", "OfflineQueueFull", "EventsLost", "error_for",
     "MalformedFrame", "UnknownKind", "UnexpectedFrame", "FrameTooLarge", "UnsupportedVersion",
     "InvalidField", "TooDeep", "UnknownChannel", "InvalidUpdate", "InvalidRoomName", "Unauthenticated",
-    "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "SlowConsumer",
-    "StorageUnavailable", "ShuttingDown", "InternalError",
+    "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "PresenceTooLarge",
+    "SlowConsumer", "StorageUnavailable", "ShuttingDown", "InternalError",
 ]
 
 
@@ -181,13 +189,16 @@ class ConnectionClosed(PlaitError):
         return self.code not in CloseCode._value2member_map_ or CloseCode(self.code).retryable
 
     @classmethod
-    def from_close(cls, code: int, reason: str = "", refusal: str | None = None) -> ConnectionClosed:
+    def from_close(cls, code: int, reason: str = "", refusal: str | None = None, *, local: bool = False) -> ConnectionClosed:
         """Why a connection ended, in words: the close code, its name, and the server's reason
-        (or the message of the error frame it sent before closing)."""
+        (or the message of the error frame it sent before closing); `local` when this client
+        closed it, refusing a message from the server."""
         name = CloseCode(code).name if code in CloseCode._value2member_map_ else None
         if code == ABNORMAL_CLOSURE:
             what = "the connection dropped"
             name = "no close frame"
+        elif local:
+            what = "this client closed the connection: the server sent a message over the limit it announced (a server bug)"
         else:
             what = "the server closed the connection"
         detail = refusal or reason

@@ -226,6 +226,19 @@ class RoomEvent:
     user: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Unacknowledged:
+    """What a room has not had acknowledged by the server (see `Room.unacknowledged`)."""
+
+    edits: int
+    """Local document transactions not yet durable on the server (at most this many)."""
+    publishes: int
+    """Publishes not yet acknowledged with their sequence number."""
+
+    def __bool__(self) -> bool:
+        return bool(self.edits or self.publishes)
+
+
 @dataclass(slots=True)
 class _Publish:
     name: str
@@ -340,14 +353,16 @@ class Room:
         """Set this session's presence state; it is restored after every reconnect.
 
         Raises:
-            FrameTooLarge: the state does not fit in a message the server takes (spec §3.2);
-                raised at once, and the previous state is kept.
-            LocalProtocolError: the state breaks a rule of spec §3.3 (NaN, nesting, ...).
+            PresenceTooLarge: the state takes more than the server's `max_presence_bytes`
+                (spec §5.4); raised at once, and the previous state is kept.
+            InvalidField, TooDeep: the state breaks a rule of spec §3.3 (NaN, a lone
+                surrogate, nesting, ...); raised at once.
             ConnectionClosed: the client stopped for good.
             RoomLeft: the room's `join` block has ended.
         """
         self._check_usable()
         self._client.check_request(PresenceSet(_ANY, _ANY, state))
+        self._client.check_presence("presence state", state)
         self._my_presence = dict(state)
         if self.channel is not None:
             await self._request(PresenceSet(self.channel, self._client.next_ref(), dict(state)))
@@ -356,11 +371,12 @@ class Room:
         """Move this session's cursor (latest wins); None hides it.
 
         Raises:
-            FrameTooLarge, LocalProtocolError, ConnectionClosed, RoomLeft: as for
+            PresenceTooLarge, InvalidField, TooDeep, ConnectionClosed, RoomLeft: as for
                 `set_presence`.
         """
         self._check_usable()
         self._client.check_request(CursorMove(_ANY, position))
+        self._client.check_presence("cursor position", position)
         self._my_cursor = position
         if self.channel is not None:
             self._client.send(CursorMove(self.channel, position))
@@ -370,7 +386,7 @@ class Room:
         """Mark this session typing (call again while the user keeps typing; it expires).
 
         Raises:
-            LocalProtocolError: `on` is not a bool (spec §4); raised at once.
+            InvalidField: `on` is not a bool (spec §4); raised at once.
             ConnectionClosed: the client stopped for good.
             RoomLeft: the room's `join` block has ended.
         """
@@ -389,16 +405,19 @@ class Room:
             EventRejected, Forbidden, RateLimited, ...: the server refused it (roll back).
             FrameTooLarge: the event does not fit in a message the server takes (spec §3.2);
                 raised at once, and nothing is sent.
-            LocalProtocolError: the name or payload breaks a rule of spec §3.3 (NaN, nesting,
-                a lone surrogate, ...); raised at once.
-            OfflineQueueFull: too many publishes are already waiting.
+            InvalidField, TooDeep: the name or payload breaks a rule of spec §3.3 (NaN,
+                nesting, a lone surrogate, ...); raised at once.
+            OfflineQueueFull: offline, and `offline_queue` publishes already wait for a
+                connection (0: none may wait).
             ConnectionClosed: the client stopped for good.
             RoomLeft: the room's `join` block has ended, before or while this waits.
         """
         self._check_usable()
         self._client.check_request(Publish(_ANY, _ANY, name, payload, _KEY))
-        if len(self._publishes) >= self._offline_queue:
-            raise OfflineQueueFull(f"{len(self._publishes)} publishes already waiting")
+        if self.channel is None and len(self._publishes) >= self._offline_queue:
+            raise OfflineQueueFull(
+                f"{len(self._publishes)} publishes already wait for a connection (connect's offline_queue)"
+            )
         pending = _Publish(name, payload, uuid.uuid4().hex, Waiter())
         self._publishes.append(pending)
         if self.channel is not None:
@@ -423,6 +442,15 @@ class Room:
         for entry in self.presence.values():
             users.setdefault(str(entry.identity.get("id")), set()).add(entry.session)
         return users
+
+    @property
+    def unacknowledged(self) -> Unacknowledged:
+        """What the server has not acknowledged yet: `flushed()` waits for the edits,
+        `publish()` for each publish. Leaving `connect` while offline drops it, so check it
+        (false when nothing is waiting) before quitting without a connection."""
+        oldest = self._local.oldest_unacked()
+        edits = 0 if oldest is None else self._local.count - oldest + 1
+        return Unacknowledged(edits, len(self._publishes))
 
     def events(self) -> Subscription[RoomEvent]:
         """Named events from now on, in sequence order, each once (across reconnects too).

@@ -168,10 +168,10 @@ async def test_quit_while_the_server_is_unreachable_ends_at_once(autojump_clock:
         cable.down = True
         async with terminal(cable) as term:
             await term.screen.wait_for("[connection] attempt 2 failed")
-            await term.type("hello")  # typed offline: dropped with the rest on /quit
+            await term.type("hello")  # typed offline: dropped with the rest on /quit, and said so
             start = trio.current_time()
             await term.quit()
-            await term.screen.wait_for("[connection] not connected; quitting")
+            await term.screen.wait_for("[connection] not connected; quitting; dropped: 1 typed line not run")
             assert trio.current_time() - start < 0.1
     assert term.status == 0
 
@@ -196,9 +196,25 @@ async def test_quit_while_reconnecting_ends_at_once(autojump_clock: MockClock) -
             cable.down = True
             await cable.cut()  # while its presence is on the way: restored on reconnect
             await term.screen.wait_for("[connection] attempt 1 failed")
-            await term.type("are you there?")  # the publish waits for a connection
+            await term.type("/append lost")  # the edit waits for a connection to be saved
+            await term.type("are you there?")  # and the chat line for the edit
             await term.quit()
-            await term.screen.wait_for("[connection] not connected; quitting")
+            # Second fresh-user pass: these were dropped without a word.
+            await term.screen.wait_for("[connection] not connected; quitting; dropped: 1 typed line not run, 1 document edit not saved")
+    assert term.status == 0
+
+
+async def test_quit_while_a_message_waits_for_a_connection_says_it_is_dropped(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with terminal(cable) as term:
+            await term.screen.wait_for("[connection] joined 'demo'")
+            cable.down = True
+            await cable.cut()
+            await term.screen.wait_for("[connection] attempt 1 failed")
+            await term.type("are you there?")
+            await term.quit()
+            await term.screen.wait_for("[connection] not connected; quitting; dropped: 1 message not sent")
     assert term.status == 0
 
 

@@ -67,3 +67,19 @@ async def test_a_bad_url_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="not a WebSocket URL"):
         async with connect("http://127.0.0.1:1/"):
             pass
+
+
+def test_a_message_the_server_sent_over_its_limit_is_not_blamed_on_the_server_closing() -> None:
+    # Second fresh-user pass: trio-websocket's own 1009, for a message from the server over
+    # the limit the welcome announced, was shown as "the server closed the connection".
+    import trio_websocket
+
+    from plait.client._client import _closed
+
+    ours = _closed(trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1009, "Exceeded maximum message size: 64 bytes")))
+    error = ConnectionClosed.from_close(ours.code, ours.reason, local=ours.local)
+    assert str(error).startswith("this client closed the connection: the server sent a message over the limit")
+    assert "64 bytes" in str(error) and not error.retryable
+    theirs = _closed(trio_websocket.ConnectionClosed(trio_websocket.CloseReason(1009, "message over 16777216 bytes")))
+    assert not theirs.local
+    assert str(ConnectionClosed.from_close(theirs.code, theirs.reason)).startswith("the server closed the connection")

@@ -5,11 +5,27 @@ at once; none is sent anyway, none hangs, none is silently lost."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import trio
 from trio.testing import MockClock
 
-from plait.client import ClientState, ConnectionClosed, FrameTooLarge, InvalidRoomName, PlaitError, Room, RoomLeft
+from plait.client import (
+    AlreadyJoined,
+    ClientState,
+    ConnectionClosed,
+    FrameTooLarge,
+    InvalidField,
+    InvalidRoomName,
+    OfflineQueueFull,
+    PlaitError,
+    PresenceTooLarge,
+    Room,
+    RoomLeft,
+    TooDeep,
+    connect,
+)
 from plait.engine import MemoryTransport
 from plait.protocol import LocalProtocolError, TransportClosed
 
@@ -202,7 +218,7 @@ async def test_set_typing_with_a_non_bool_raises_at_once(autojump_clock: MockClo
     async with make_engine() as engine:
         async with client_for(Cable(engine)) as c, c.join("r") as room:
             await room.synced()
-            with pytest.raises(LocalProtocolError):
+            with pytest.raises(InvalidField):
                 await room.set_typing(on)  # type: ignore[arg-type]
             await room.set_typing(True)  # the room still works
 
@@ -221,3 +237,117 @@ async def test_events_and_changes_end_once_the_client_stopped_for_good(autojump_
                 assert [e async for e in events] == []
                 async for _ in changes:  # bounded: the feed is closed, what is queued drains
                     pass
+
+
+def _nested(depth: int) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda room: room.publish("chat", {"x": float("nan")}), InvalidField),
+        (lambda room: room.publish("chat", {1: "a non-string key"}), InvalidField),
+        (lambda room: room.publish("a\ud800", None), InvalidField),
+        (lambda room: room.set_presence({"name": "\ud800"}), InvalidField),
+        (lambda room: room.move_cursor(_nested(33)), TooDeep),
+        (lambda room: room.set_presence({"score": float("inf")}), InvalidField),
+    ],
+    ids=["nan", "int-key", "surrogate-name", "surrogate-presence", "deep-cursor", "inf"],
+)
+async def test_invalid_values_raise_the_typed_plait_error_at_once(
+    autojump_clock: MockClock, call: Callable[[Room], Awaitable[object]], error: type[PlaitError]
+) -> None:
+    # Second fresh-user pass: these raised plait.protocol.LocalProtocolError, which is not a
+    # PlaitError, so `except PlaitError` let them through.
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c, c.join("r") as room:
+            await room.synced()
+            with pytest.raises(error) as info:
+                await call(room)
+            assert isinstance(info.value, PlaitError) and not isinstance(info.value, LocalProtocolError)
+            assert await room.publish("chat", {"ok": 1}) == 1  # nothing was sent; still usable
+            assert cable.opened == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"close_timeout": -1}, ValueError, "close_timeout must be at least 0"),
+        ({"close_timeout": float("nan")}, ValueError, "close_timeout must be a finite number"),
+        ({"heartbeat_timeout": -1}, ValueError, "heartbeat_timeout must be above 0"),
+        ({"heartbeat_timeout": 0}, ValueError, "heartbeat_timeout must be above 0"),
+        ({"offline_queue": -1}, ValueError, "offline_queue must be at least 0"),
+        ({"offline_queue": 2.5}, ValueError, "offline_queue must be an int"),
+        ({"client_info": {"blob": "x" * (17 * 1024 * 1024)}}, FrameTooLarge, "max_message_bytes"),
+        ({"client_info": ["not", "a", "map"]}, InvalidField, "connect"),
+        ({"token": "t" * 9000}, InvalidField, "8192"),
+    ],
+    ids=["close-negative", "close-nan", "heartbeat-negative", "heartbeat-zero", "queue-negative", "queue-float",
+         "client-info-17mib", "client-info-list", "token-too-long"],
+)
+async def test_connect_refuses_arguments_it_could_never_use_at_once(
+    autojump_clock: MockClock, kwargs: dict[str, object], error: type[Exception], words: str
+) -> None:
+    # Second fresh-user pass: close_timeout=-1 let an ExceptionGroup out when the block ended,
+    # heartbeat_timeout=-1 failed later with Trio's text, a 17 MiB client_info raised
+    # LocalProtocolError from a background task.
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        with pytest.raises(error, match=words):
+            async with connect(open_transport=cable.open, **kwargs):  # type: ignore[arg-type]
+                raise AssertionError("entered with arguments it cannot use")
+        assert cable.opened == 0
+
+
+async def test_joining_a_room_twice_at_once_raises_already_joined(autojump_clock: MockClock) -> None:
+    async with make_engine() as engine:
+        async with client_for(Cable(engine)) as c, c.join("r") as room:
+            with pytest.raises(AlreadyJoined, match="already joined 'r'"):
+                async with c.join("r"):
+                    raise AssertionError("joined twice")
+            await room.synced()  # the first membership is unharmed
+            assert await room.publish("chat", None) == 1
+
+
+async def test_offline_queue_bounds_only_publishes_waiting_for_a_connection(autojump_clock: MockClock) -> None:
+    # Second fresh-user pass: offline_queue=0 made every publish raise OfflineQueueFull, online too.
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with client_for(cable, offline_queue=0) as c, c.join("r") as room:
+            await room.synced()
+            assert await room.publish("chat", {"n": 1}) == 1
+            cable.down = True
+            await cable.cut()
+            await c.wait_state(ClientState.RECONNECTING)
+            with pytest.raises(OfflineQueueFull, match="offline_queue"):
+                await room.publish("chat", {"n": 2})
+            cable.down = False
+            await c.wait_state(ClientState.OPEN)
+            for _ in range(100):  # the rejoin's answer
+                if room.channel is not None:
+                    break
+                await trio.sleep(0.05)
+            assert await room.publish("chat", {"n": 3}) == 2
+
+
+async def test_presence_over_the_announced_limit_raises_presence_too_large_at_once(autojump_clock: MockClock) -> None:
+    async with make_engine(max_presence_bytes=1024) as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c, c.join("r") as room:
+            await room.synced()
+            await room.set_presence({"name": "ada"})
+            start = trio.current_time()
+            with pytest.raises(PresenceTooLarge, match="1024"):
+                await room.set_presence({"name": "ada", "bio": "b" * 1100})
+            with pytest.raises(PresenceTooLarge):
+                await room.move_cursor({"path": "p" * 1100})
+            assert trio.current_time() == start
+            async with client_for(cable) as other, other.join("r") as seen:
+                await seen.synced()
+                assert [e.state for e in seen.presence.values()] == [{"name": "ada"}]
+            assert cable.opened == 2 and c.state is ClientState.OPEN
