@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 import trio_websocket
@@ -51,6 +51,7 @@ from plait.protocol import (
     ProtocolError,
     RemoteProtocolError,
     Role,
+    Transport,
     TransportClosed,
     Welcome,
     check_room_name,
@@ -79,14 +80,6 @@ class ClientState(str, Enum):
     OPEN = "open"
     RECONNECTING = "reconnecting"
     CLOSED = "closed"
-
-
-class Transport(Protocol):
-    async def send_message(self, data: bytes) -> None: ...
-
-    async def receive_message(self) -> bytes | str: ...
-
-    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None: ...
 
 
 OpenTransport = Callable[[], Awaitable[Transport]]

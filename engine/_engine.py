@@ -34,12 +34,9 @@ from ._hooks import Hooks, Identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
 from .room import Room, RoomRegistry, new_epoch
-from ._peer import Peer
-from ._services import Flusher, SessionServices
-from ._session import Session
-from ._yjs import YJS_PATH, YjsSession
-from ._transport import MemoryTransport, Transport, memory_transport_pair
-from ._websocket import serve_connection
+from .http import serve_connection
+from .sessions import YJS_PATH, Flusher, Peer, Session, SessionServices, YjsSession
+from .transports import MemoryTransport, Transport, memory_transport_pair
 
 logger = logging.getLogger("plait.engine")
 

@@ -46,7 +46,7 @@ from ._config import EngineConfig
 from ._engine import Engine
 from ._hooks import EventRejected, Hooks, Identity, Unauthenticated
 from ._record import TraceRecorder
-from ._transport import MemoryTransport
+from .transports import MemoryTransport
 
 REPLAY_SETTINGS = {"hooks", "check_times", "time_tolerance", "unread", "buffer", "description", "store_fails", "end"}
 """Header settings that steer the replayer rather than the engine."""

@@ -135,3 +135,4 @@ from ._yjs import (
     encode_sync as encode_sync,
     encode_y as encode_y,
 )
+from ._transport import Transport as Transport

@@ -13,9 +13,9 @@ is resolved to the absolute module it names (relative imports included). The rul
 
 The packages and their folders come from pyproject's package-dir, so a new package needs a rule
 here. A second test imports protocol with trio blocked, for imports no statement spells out.
-Within engine/ the imports run one way (transports -> sessions -> room -> seams): no cycle, and
-the room package reaches no session, transport or the Engine (it reaches members through
-MemberSession).
+Within engine/ the imports run one way (http -> sessions -> room, transports below sessions):
+no cycle; the room package reaches no session, transport or the Engine (it reaches members
+through MemberSession), and transports reach no session or room.
 """
 
 from __future__ import annotations
@@ -279,11 +279,25 @@ def test_engine_modules_do_not_import_each_other_in_cycles() -> None:
     assert found == []
 
 
-def test_the_room_package_imports_no_session_transport_or_engine() -> None:
-    upward = {f"plait.engine.{m}" for m in ("_engine", "_peer", "_session", "_yjs", "_services", "_transport", "_websocket", "_handle")}
-    for name, imports in engine_graph().items():
-        if name.startswith("plait.engine.room"):
-            assert not imports & upward, f"{name} imports {sorted(imports & upward)}"
+UPWARD = {
+    # package -> what it must not import: the engine's layers run http -> sessions -> room,
+    # and transports know nothing of sessions or rooms.
+    "plait.engine.room": ("plait.engine._engine", "plait.engine._handle", "plait.engine.sessions", "plait.engine.transports",
+                          "plait.engine.http"),
+    "plait.engine.sessions": ("plait.engine._engine", "plait.engine._handle", "plait.engine.http"),
+    "plait.engine.transports": ("plait.engine._engine", "plait.engine.sessions", "plait.engine.room", "plait.engine.http"),
+    "plait.engine.http": ("plait.engine._engine", "plait.engine.sessions", "plait.engine.room"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(UPWARD))
+def test_each_engine_layer_imports_nothing_above_it(package: str) -> None:
+    graph = engine_graph()
+    assert any(name.startswith(package) for name in graph), f"no modules of {package}"
+    for name, imports in graph.items():
+        if name == package or name.startswith(package + "."):
+            upward = sorted(i for i in imports if i.startswith(UPWARD[package]))
+            assert upward == [], f"{name} imports {upward}"
 
 
 # -- at run time ------------------------------------------------------------------------------

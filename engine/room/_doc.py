@@ -47,7 +47,7 @@ def _crdt_call(call: Callable[[], T]) -> T:
         raise ValueError(f"update crashed the decoder: {exc}") from None
 
 
-def changes_nothing(doc: pycrdt.Doc, update: DecodedUpdate) -> bool:
+def changes_nothing(doc: pycrdt.Doc[Any], update: DecodedUpdate) -> bool:
     """Whether applying `update` would leave `doc` as it is: it inserts nothing and deletes
     only what `doc` has already deleted. A client's sync_step2 after it took the server's
     state is such an update (Yjs sends its whole delete set), read-only member or not."""
@@ -79,7 +79,7 @@ def read_client_update(update: bytes) -> DecodedUpdate:
         raise RequestError(exc.code, exc.message) from None
 
 
-def apply_update(doc: pycrdt.Doc, update: bytes) -> None:
+def apply_update(doc: pycrdt.Doc[Any], update: bytes) -> None:
     _crdt_call(lambda: doc.apply_update(update))
 
 

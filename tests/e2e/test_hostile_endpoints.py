@@ -18,7 +18,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request, TextMessage
 
 from plait.engine import Engine, EngineConfig
-from plait.engine._websocket import serve_connection
+from plait.engine.http import serve_connection
 from plait.protocol import (
     Ack,
     CloseCode,

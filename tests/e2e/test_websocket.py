@@ -19,7 +19,7 @@ from wsproto.events import BytesMessage, Message
 
 from plait.client import Backoff, ClientState, Room, connect
 from plait.engine import Engine
-from plait.engine._websocket import WebSocketStream
+from plait.engine.transports import WebSocketStream
 from plait.protocol import CloseCode, Hello, Join, Joined, SyncStep2, Update, Welcome, decode, encode
 
 from .proxy import proxy_to

@@ -216,7 +216,7 @@ async def test_frames_sent_right_behind_the_upgrade_request_are_served(port: int
 
 
 def test_a_long_close_reason_is_cut_to_fit_without_splitting_a_character() -> None:
-    from plait.engine._websocket import MAX_REASON_BYTES, _short
+    from plait.engine.transports._websocket import MAX_REASON_BYTES, _short
 
     reason = _short("é" * 100)  # 200 bytes of UTF-8
     assert len(reason.encode()) <= MAX_REASON_BYTES and set(reason) == {"é"}
@@ -225,7 +225,7 @@ def test_a_long_close_reason_is_cut_to_fit_without_splitting_a_character() -> No
 async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushed() -> None:
     # The fan-out writes without waiting (send_message_nowait); what a full socket does not
     # take waits in the transport, in order, for flush().
-    from plait.engine._websocket import serve_connection
+    from plait.engine.http import serve_connection
 
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
@@ -270,7 +270,7 @@ async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushe
 async def test_a_send_without_waiting_on_a_closed_socket_raises_instead_of_writing() -> None:
     # Once the socket is closed its descriptor number can belong to another connection; the
     # write must fail, not land there.
-    from plait.engine._websocket import serve_connection
+    from plait.engine.http import serve_connection
 
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]

@@ -450,7 +450,7 @@ async def test_an_error_raised_while_the_connection_is_closing_stays_with_that_c
     them then failed on the next message of the same batch. The error came out of the reader's
     nursery together with the Cancelled of the close, as one group that `except Exception`
     does not catch, and stopped the engine."""
-    from plait.engine._yjs import YjsSession
+    from plait.engine.sessions._yjs import YjsSession
 
     def handle_then_fail(self: YjsSession, message: object) -> None:
         self.close(CloseCode.INTERNAL_ERROR, "room failed")

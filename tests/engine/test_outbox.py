@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plait.engine._outbox import Outbox
+from plait.engine.sessions._outbox import Outbox
 
 
 def test_frames_are_batched_up_to_the_limits_and_a_large_frame_goes_alone() -> None:

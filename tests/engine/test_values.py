@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from plait.engine import EngineConfig, Hooks
 from plait.engine._errors import RequestError
-from plait.engine._yjs import _parse_state
 from plait.engine.room import Room
+from plait.engine.sessions._yjs import _parse_state
 from plait.protocol import (
     MAX_DEPTH,
     MAX_PRESENCE_BYTES,

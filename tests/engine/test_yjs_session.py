@@ -206,7 +206,7 @@ async def test_updates_queued_for_a_lagging_yjs_client_arrive_merged(
 
 
 def test_the_update_inside_an_encoded_update_message_is_read_back_whatever_its_length() -> None:
-    from plait.engine._yjs import _update_payload
+    from plait.engine.sessions._yjs import _update_payload
 
     for size in (0, 1, 127, 128, 300, 20_000, 3_000_000):
         payload = bytes(i % 251 for i in range(size))

@@ -52,12 +52,12 @@ from plait.protocol import (
     encode_y,
 )
 
-from ._errors import RequestError
-from ._hooks import Unauthenticated
-from ._peer import Peer, Refresh
+from .._errors import RequestError
+from .._hooks import Unauthenticated
+from ..room import Member, MemberRoom, Refresh, merge_updates, presence_size
+from ..transports import PingTransport, Transport
+from ._peer import Peer
 from ._services import SessionServices
-from ._transport import Transport
-from .room import Member, MemberRoom, merge_updates, presence_size
 
 logger = logging.getLogger("plait.yjs")
 
@@ -112,7 +112,8 @@ class YjsSession(Peer):
 
     async def _reader(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._contained, self._pinger)
+            if isinstance(self.transport, PingTransport):  # else the transport knows liveness itself
+                nursery.start_soon(self._contained, self._pinger, self.transport)
             while True:
                 data = await self._receive()
                 if data is None:
@@ -131,11 +132,11 @@ class YjsSession(Peer):
                     break
             nursery.cancel_scope.cancel()
 
-    async def _pinger(self) -> None:
+    async def _pinger(self, transport: PingTransport) -> None:
         while True:
             await trio.sleep(self.config.heartbeat)
             with trio.move_on_after(self.config.heartbeat) as waited:
-                await self.transport.ping()  # TransportClosed: the peer is gone (_contained)
+                await transport.ping()  # TransportClosed: the peer is gone (_contained)
             if waited.cancelled_caught:
                 self.close(CloseCode.HEARTBEAT_TIMEOUT, "no pong")
                 return

@@ -27,13 +27,13 @@ import trio
 
 from plait.protocol import Ack, ChannelFrame, CloseCode, ErrorCode, Frame, Ping, TransportClosed, encode
 
-from ._errors import RequestError
-from ._hooks import Identity
+from .._errors import RequestError
+from .._hooks import Identity
+from ..room import Member, Refresh
+from ..transports import NowaitTransport, Transport
 from ._outbox import Outbox
 from ._ratelimit import TokenBucket
 from ._services import SessionServices
-from ._transport import NowaitTransport, Transport
-from .room import Member, Refresh
 
 logger = logging.getLogger("plait.session")
 

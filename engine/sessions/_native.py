@@ -21,15 +21,17 @@ from collections.abc import Sequence
 import trio
 
 from plait.protocol import (
+    STALE,
     Access,
     Ack,
-    ChannelFrame,
     ChannelClosed,
+    ChannelFrame,
     CloseCode,
+    CodecLimits,
     Connection,
     CursorMove,
-    ErrorCode,
     Error,
+    ErrorCode,
     Frame,
     Hello,
     Join,
@@ -42,26 +44,24 @@ from plait.protocol import (
     Publish,
     RemoteProtocolError,
     Role,
-    STALE,
     SessionState,
     SyncStep1,
     SyncStep2,
     Typing,
     Update,
     Welcome,
-    CodecLimits,
+    check_room_name,
     decode,
     encode_frame,
-    check_room_name,
     encode_trusted,
 )
 
-from ._errors import RequestError
-from ._hooks import HookFailed, Unauthenticated
-from ._peer import Peer, Refresh
-from .room import Member
+from .._errors import RequestError
+from .._hooks import HookFailed, Unauthenticated
+from ..room import Member, Refresh
+from ..transports import Transport
+from ._peer import Peer
 from ._services import SessionServices
-from ._transport import Transport
 
 logger = logging.getLogger("plait.session")
 

@@ -16,10 +16,10 @@ import trio
 
 from plait.protocol import Access
 
-from ._config import EngineConfig
-from ._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
-from ._record import TraceRecorder
-from .room import Room
+from .._config import EngineConfig
+from .._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
+from .._record import TraceRecorder
+from ..room import Room
 
 
 class Flushable(Protocol):

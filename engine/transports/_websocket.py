@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
 
 import trio
 from websockets.exceptions import InvalidState, ProtocolError
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -253,7 +251,8 @@ class WebSocketStream:
                 self._outgoing.clear()
                 ws.send_close(code, _short(reason))
                 await self.flush()
-                while ws.state is not State.CLOSED and ws.close_rcvd is None:
+                # send_close moved the state on (mypy narrowed it to OPEN above)
+                while ws.state is not State.CLOSED and ws.close_rcvd is None:  # type: ignore[comparison-overlap]
                     data = await self._stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         break
@@ -283,60 +282,3 @@ class WebSocketStream:
 def _short(reason: str) -> str:
     """`reason`, cut to fit a close frame without splitting a character."""
     return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
-
-
-Handler = Callable[[WebSocketStream], Awaitable[None]]
-
-
-async def serve_connection(
-    stream: trio.abc.Stream,
-    handler: Handler,
-    *,
-    accepting: Callable[[], bool],
-    handshake_timeout: float,
-    max_message_bytes: Callable[[str], int],
-) -> None:
-    """Run one TCP connection: the HTTP upgrade, then `handler` with the WebSocket. The
-    socket is closed when this returns, whatever happened."""
-    try:
-        upgraded = None
-        with trio.move_on_after(handshake_timeout):
-            upgraded = await _upgrade(stream, accepting, max_message_bytes)
-        if upgraded is not None:
-            await handler(upgraded)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def _upgrade(
-    stream: trio.abc.Stream, accepting: Callable[[], bool], max_message_bytes: Callable[[str], int]
-) -> WebSocketStream | None:
-    """The opening handshake: the WebSocket, or None (the request was refused with an HTTP
-    status, or was not HTTP at all)."""
-    ws = ServerProtocol(max_size=max_message_bytes("/"))
-    while True:
-        data = await stream.receive_some(RECEIVE_BYTES)
-        if not data:
-            return None
-        ws.receive_data(data)
-        events = ws.events_received()
-        if events and isinstance(request := events[0], Request):
-            response = ws.accept(request) if accepting() else ws.reject(503, "shutting down\n")
-            ws.send_response(response)
-            await stream.send_all(b"".join(ws.data_to_send()))
-            if response.status_code != 101:
-                logger.info("refused a connection: %s %s", response.status_code, ws.handshake_exc or "")
-                return None
-            # Read by the parser at every frame (websockets ≥ 15 names it max_message_size).
-            ws.max_message_size = ws.max_size = max_message_bytes(request.path)  # type: ignore[attr-defined]
-            # The suspended parser keeps the request alive for the life of the connection;
-            # its headers are a kilobyte and a half that nothing reads again.
-            request.headers.clear()
-            # Frames the client sent right behind its request are already parsed.
-            return WebSocketStream(stream, ws, request.path, [e for e in events[1:] if isinstance(e, Frame)])
-        if ws.handshake_exc is not None:  # not HTTP, or headers too large
-            logger.info("refused a connection: %s", ws.handshake_exc)
-            await stream.send_all(b"".join(ws.data_to_send()))
-            return None

@@ -1,0 +1,11 @@
+"""Transports: how a session's messages move (WebSocket, trio-websocket, memory)."""
+
+from __future__ import annotations
+
+from ._base import NowaitTransport as NowaitTransport
+from ._base import PingTransport as PingTransport
+from ._base import Transport as Transport
+from ._memory import MemoryTransport as MemoryTransport
+from ._memory import memory_transport_pair as memory_transport_pair
+from ._trio_websocket import WebSocketTransport as WebSocketTransport
+from ._websocket import WebSocketStream as WebSocketStream

@@ -1,0 +1,42 @@
+"""What the engine asks of a transport, beyond the message transport both sides share
+(`plait.protocol.Transport`): where it was opened, and two optional capabilities."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from plait.protocol import Transport as MessageTransport
+
+
+class Transport(MessageTransport, Protocol):
+    """A server-side connection."""
+
+    path: str
+    """The request target it was opened with (`/`, `/yjs/ROOM?token=...`): recorded in
+    traces, and what routes it to a protocol."""
+
+
+@runtime_checkable
+class PingTransport(Transport, Protocol):
+    """A transport with a transport-level ping (WebSocket ping/pong): how the engine knows a
+    y-websocket client, which sends no heartbeats, is still there (spec §13)."""
+
+    async def ping(self) -> None:
+        """Return once the peer answered."""
+        ...
+
+
+@runtime_checkable
+class NowaitTransport(Transport, Protocol):
+    """A transport that can also send without waiting (the server's WebSocket endpoint). A
+    busy room's fan-out then writes to every socket from one task instead of waking a writer
+    task per connection (Flusher.flush_soon)."""
+
+    def send_message_nowait(self, data: bytes) -> bool:
+        """Send `data` in order, now as far as the peer takes it; False when part of it waits
+        for `flush()`. Raises TransportClosed like send_message."""
+        ...
+
+    async def flush(self) -> None:
+        """Write what send_message_nowait left waiting."""
+        ...
