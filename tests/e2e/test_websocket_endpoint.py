@@ -53,6 +53,47 @@ async def test_a_plain_http_request_is_refused_with_426_and_a_reason(port: int) 
     await still_serves(port)
 
 
+async def request(port: int, raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """Send `raw`, read until the server closes: (status line, headers, body)."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(raw)
+        with trio.fail_after(5):
+            response = await read_all(stream)
+    head, _, body = response.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines)}
+    return status, headers, body
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "words"),
+    [
+        (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", b"404 Not Found", b"nothing is served at /nope"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", b"405 Method Not Allowed", b"open a WebSocket with GET"),
+        (b"GET /yjs/doc HTTP/1.1\r\nHost: x\r\n\r\n", b"426 Upgrade Required", b"y-websocket endpoint"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", b"431 Request Header Fields Too Large", b"bad request"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBroken header line\r\n\r\n", b"400 Bad Request", b"bad request"),
+        (b"GET /\x00 HTTP/1.1\r\n\r\n", b"400 Bad Request", b"bad request"),
+    ],
+    ids=["unknown-path", "post", "yjs-without-upgrade", "headers-too-large", "bad-header", "bad-target"],
+)
+async def test_every_request_it_does_not_serve_gets_a_status_and_a_reason(port: int, raw: bytes, status: bytes, words: bytes) -> None:
+    line, headers, body = await request(port, raw)
+    assert line == b"HTTP/1.1 " + status, line
+    assert words in body, body
+    assert headers[b"connection"] == b"close" and int(headers[b"content-length"]) == len(body)
+    if status.startswith(b"405"):
+        assert headers[b"allow"] == b"GET"
+    if status.startswith(b"426"):
+        assert headers[b"upgrade"] == b"websocket"
+    await still_serves(port)
+
+
+async def test_a_head_request_gets_the_status_without_a_body(port: int) -> None:
+    line, headers, body = await request(port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert line == b"HTTP/1.1 426 Upgrade Required" and body == b"" and int(headers[b"content-length"]) > 0
+
+
 async def test_garbage_instead_of_http_is_dropped(port: int) -> None:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(os.urandom(3000) + b"\r\n\r\n")
