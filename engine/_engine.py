@@ -33,7 +33,18 @@ from ._handle import RoomHandle
 from ._hooks import Hooks, Identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
-from .room import Room, RoomRegistry, new_epoch
+from ._metrics import NO_METRICS, ContainedMetrics, Metrics
+from .room import (
+    LOCAL_FANOUT,
+    LOCAL_LEASE,
+    LOCAL_SEQUENCE,
+    CompactionLease,
+    Fanout,
+    Room,
+    RoomRegistry,
+    SequenceAuthority,
+    new_epoch,
+)
 from .http import serve_connection
 from .sessions import YJS_PATH, Flusher, Peer, Session, SessionServices, YjsSession
 from .transports import MemoryTransport, Transport, memory_transport_pair
@@ -57,6 +68,10 @@ class Engine:
         session_ids: makes session ids (tests and trace replay pass a deterministic one).
         epochs: makes the epoch of a new event history (spec §7; random unless given).
         recorder: records every connection's traffic as a trace (`plait serve --record`).
+        metrics: where the engine reports what happens (engine/_metrics.py; nowhere by default).
+        fanout, sequence, lease: the seams several processes will share a room through: how a
+            room's frames reach its members, who numbers its events, who may compact it
+            (engine/room/; in-process by default).
     """
 
     def __init__(
@@ -67,11 +82,18 @@ class Engine:
         session_ids: Callable[[], str] | None = None,
         recorder: TraceRecorder | None = None,
         epochs: Callable[[], str] | None = None,
+        *,
+        metrics: Metrics = NO_METRICS,
+        fanout: Fanout = LOCAL_FANOUT,
+        sequence: SequenceAuthority = LOCAL_SEQUENCE,
+        lease: CompactionLease = LOCAL_LEASE,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.hooks = hooks if hooks is not None else Hooks()
         self.config = config if config is not None else EngineConfig()
         self._new_session_id = session_ids or random_session_ids()
+        if metrics is not NO_METRICS:
+            metrics = ContainedMetrics(metrics)  # application code: what it raises stays in it
         self._new_epoch = epochs or new_epoch
         self._rooms = RoomRegistry(
             self.store if recorder is None else RecordingStore(self.store, recorder),
@@ -82,10 +104,14 @@ class Engine:
             started=lambda: self._reclaimer.started(self._load()),
             ended=lambda: self._reclaimer.ended(),
             new_epoch=self._new_epoch,
+            fanout=fanout,
+            sequence=sequence,
+            lease=lease,
+            metrics=metrics,
         )
         self._sessions: set[Peer] = set()
         self._flusher = Flusher(lambda: self.nursery)
-        self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder)
+        self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
         self.large_sends = self._services.large_sends
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None

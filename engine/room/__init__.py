@@ -20,6 +20,9 @@ from ._events import SequenceAuthority as SequenceAuthority
 from ._events import new_epoch as new_epoch
 from ._fanout import Fanout as Fanout
 from ._fanout import LocalFanout as LocalFanout
+from ._lifecycle import LOCAL_FANOUT as LOCAL_FANOUT
+from ._lifecycle import LOCAL_LEASE as LOCAL_LEASE
+from ._lifecycle import LOCAL_SEQUENCE as LOCAL_SEQUENCE
 from ._lifecycle import Room as Room
 from ._lifecycle import RoomRegistry as RoomRegistry
 from ._member import Member as Member

@@ -27,6 +27,7 @@ from plait.protocol import (
 
 from .._config import EngineConfig
 from .._errors import RequestError
+from .._metrics import Metrics
 from ._fanout import Fanout
 from ._member import Member, MemberSession
 from ._updatecheck import UpdateCheck
@@ -96,6 +97,7 @@ class DocStrand:
     doc: pycrdt.Doc[Any]
     _config: EngineConfig
     _fanout: Fanout
+    _metrics: Metrics
     _members: dict[MemberSession, Member]
     _pending: Any  # _persist._Pending (that module imports this one)
     _update_check: UpdateCheck
@@ -255,6 +257,7 @@ class DocStrand:
         self._update_check.learn(update)
         self._pending.updates.append(update)
         self._changes += 1
+        self._metrics.add("updates_applied")
         self._want_persist()
         origin = self._origin
         recipients = [m for m in self._members.values() if m is not origin]

@@ -24,6 +24,7 @@ from plait.storage import StoredEvent
 from .._config import EngineConfig
 from .._errors import RequestError
 from .._hooks import EventRejected, HookFailed, Hooks, Identity, call_hook
+from .._metrics import Metrics
 from ._ephemeral import Ephemeral
 from ._fanout import Fanout
 from ._member import Member, MemberSession, RoomState
@@ -141,6 +142,7 @@ class EventsStrand:
     _ephemeral: Ephemeral
     _events: EventLog
     _sequence: SequenceAuthority
+    _metrics: Metrics
     _pending: Any  # _persist._Pending (that module imports this one)
     _changes: int
 
@@ -182,6 +184,7 @@ class EventsStrand:
         record = self._events.append(name, payload, session, user, key, seq)
         self._pending.events.append(record)
         self._changes += 1
+        self._metrics.add("events_published")
         if member is not None and ref is not None:
             self._pending.acks.append((member, ref, record.seq))
         self._want_persist()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,6 +44,7 @@ from plait.storage import RoomData
 from .._config import EngineConfig
 from .._errors import RequestError, RoomUnavailable
 from .._hooks import Hooks, call_hook
+from .._metrics import NO_METRICS, Metrics
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import Ephemeral
 from ._events import EventLog, EventRecord, EventsStrand, LocalSequence, SequenceAuthority, new_epoch
@@ -69,6 +71,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         fanout: Fanout = LOCAL_FANOUT,
         sequence: SequenceAuthority = LOCAL_SEQUENCE,
         lease: CompactionLease = LOCAL_LEASE,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.name = name
         self.state = RoomState.LOADING
@@ -79,6 +82,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._fanout = fanout
         self._sequence = sequence
         self._lease = lease
+        self._metrics = metrics
         self._members: dict[MemberSession, Member] = {}
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
@@ -140,6 +144,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
     async def _load(self) -> bool:
         """Load the stored state and run on_room_loaded; False (the room failed) if either
         fails: the room then refuses joins and never writes (it never starts empty)."""
+        started = time.perf_counter()
         try:
             data = await self._store.load(self.name)
             self._restore(data)
@@ -151,6 +156,8 @@ class Room(DocStrand, EventsStrand, PersistStrand):
             self._on_draining(self)
             return False
         self.state = RoomState.LIVE
+        self._metrics.add("rooms_loaded")
+        self._metrics.observe("room_load_seconds", time.perf_counter() - started)
         logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
         self._loaded.set()
         return True
@@ -348,6 +355,7 @@ class RoomRegistry:
         fanout: Fanout = LOCAL_FANOUT,
         sequence: SequenceAuthority = LOCAL_SEQUENCE,
         lease: CompactionLease = LOCAL_LEASE,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.store = store
         """What rooms loaded from now on are stored in."""
@@ -356,6 +364,7 @@ class RoomRegistry:
         self._started, self._ended = started, ended
         self._new_epoch = new_epoch
         self._fanout, self._sequence, self._lease = fanout, sequence, lease
+        self._metrics = metrics
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
 
@@ -395,6 +404,7 @@ class RoomRegistry:
                 room = Room(
                     name, self.store, self._hooks, self._config, self._room_draining,
                     new_epoch=self._new_epoch, fanout=self._fanout, sequence=self._sequence, lease=self._lease,
+                    metrics=self._metrics,
                 )
                 self._rooms[name] = room
                 self._started()
@@ -425,4 +435,5 @@ class RoomRegistry:
         finally:
             if self._unloading.get(room.name) is room:
                 del self._unloading[room.name]
+            self._metrics.add("rooms_unloaded")
             self._ended()

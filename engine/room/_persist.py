@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,6 +17,7 @@ from plait.storage import RoomData, StoredEvent
 from .._config import EngineConfig
 from .._errors import RoomUnavailable
 from .._hooks import HookFailed, Hooks, call_hook
+from .._metrics import Metrics
 from ._doc import merge_updates
 from ._events import EventRecord
 from ._member import Member, MemberSession, RoomState
@@ -76,6 +78,7 @@ class PersistStrand:
     state: RoomState
     doc: pycrdt.Doc[Any]
     _config: EngineConfig
+    _metrics: Metrics
     _hooks: Hooks
     _store: RoomStore
     _lease: CompactionLease
@@ -131,6 +134,7 @@ class PersistStrand:
                 return
             pending, self._pending = self._pending, _Pending()
             mark = self._changes
+            started = time.perf_counter()
             try:
                 if pending.updates:
                     await self._store.append(self.name, pending.updates)
@@ -141,6 +145,9 @@ class PersistStrand:
                 self._pending = pending
                 self._fail(exc)
                 return
+            if pending.updates or pending.events:
+                self._metrics.observe("commit_seconds", time.perf_counter() - started)
+                self._metrics.observe("commit_updates", len(pending.updates))
             self._updates_since_snapshot += len(pending.updates)
             self._bytes_since_snapshot += sum(map(len, pending.updates))
             for member, ref, answer in pending.acks:

@@ -101,7 +101,7 @@ class Session(Peer):
                 # to go. A Plait frame with a bad field is closed with its own reason.
                 not_plait = exc.code in (ErrorCode.MALFORMED_FRAME, ErrorCode.UNKNOWN_KIND)
                 hint = "not a Plait hello; Yjs clients connect to /yjs/ROOM" if not_plait else None
-                self._fatal(exc, None, hint)
+                self._refuse(exc.code, exc.message, reason=hint)
                 return False
             hello = frames[0]
             assert isinstance(hello, Hello)
@@ -110,10 +110,12 @@ class Session(Peer):
             except Unauthenticated as exc:
                 self._send_now(Error(None, None, ErrorCode.UNAUTHENTICATED, str(exc)[:1024] or "token refused"))
                 self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
+                self.refused(ErrorCode.UNAUTHENTICATED)
                 return False
             except HookFailed as exc:
                 self._send_now(Error(None, None, exc.code, exc.message))
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                self.refused(exc.code)
                 return False
             welcome = Welcome(self.conn.version or 1, self.id, int(self.config.heartbeat * 1000), self.config.limits)
             self._send_now(welcome)
@@ -149,7 +151,7 @@ class Session(Peer):
                     raise RemoteProtocolError("text messages are not Plait frames", ErrorCode.MALFORMED_FRAME)
                 frames = decode(data, self.conn.limits)
             except RemoteProtocolError as exc:
-                self._fatal(exc, None)
+                self._refuse(exc.code, exc.message)
                 return
             for group in _runs_of_updates(frames):
                 try:
@@ -179,11 +181,13 @@ class Session(Peer):
                 if member.access is Access.WRITE:
                     self._rate(self._update_bucket, "document updates")
             except RemoteProtocolError as exc:  # UNKNOWN_CHANNEL: not fatal, answered at once
-                self.send_error(frame.ref, frame.channel, exc.code, exc.message)
+                self._refuse(exc.code, exc.message, frame.ref, frame.channel)
                 continue
-            except RequestError as exc:
+            except RequestError as exc:  # RATE_LIMITED: answered in order, if it asked
                 if frame.ref is not None:
-                    member.room.refuse(member, frame.ref, exc.code, exc.message)
+                    self._refuse(exc.code, exc.message, frame.ref, frame.channel)
+                else:
+                    self.refused(exc.code)
                 continue
             accepted.append(frame)
         if accepted:
@@ -196,10 +200,7 @@ class Session(Peer):
         try:
             accepted = self.conn.receive(frame)
         except RemoteProtocolError as exc:
-            if exc.code.fatal:
-                self._fatal(exc, ref)
-            else:
-                self.send_error(ref, channel, exc.code, exc.message)
+            self._refuse(exc.code, exc.message, ref, channel)
             return
         if accepted is STALE:
             self._answer_stale(ref, channel)
@@ -209,17 +210,28 @@ class Session(Peer):
         try:
             await self._dispatch(frame)
         except RequestError as exc:
+            self._refuse(exc.code, exc.message, ref, channel)
+
+    def _refuse(
+        self, code: int, message: str, ref: int | None = None, channel: int | None = None, *, reason: str | None = None
+    ) -> None:
+        """The one place this session refuses what its client sent (spec §4.1, §8): a fatal
+        code (1001-1007) is an error frame and a close (with `reason`, or the error's own
+        words); any other is an error frame, in request order when a room's member asked
+        (the room answers its requests in order, spec §4.1), or at once. Then counted
+        (Peer.refused)."""
+        known = ErrorCode._value2member_map_.get(code)
+        if isinstance(known, ErrorCode) and known.fatal:
+            logger.info("session %s: protocol error %s: %s", self.id, known.name, message)
+            self.outbox.put(encode_frame(Error(ref, None, known, message[:1024])))
+            self.close(known.close_code, reason or f"{known.name.lower()}: {message}")
+        else:
             member = self._members.get(channel) if channel is not None else None
             if member is not None and ref is not None:
-                member.room.refuse(member, ref, exc.code, exc.message)  # in order (spec §4.1)
+                member.room.refuse(member, ref, code, message)
             else:
-                self.send_error(ref, channel, exc.code, exc.message)
-            self.refused(exc.code)
-
-    def _fatal(self, exc: RemoteProtocolError, ref: int | None, reason: str | None = None) -> None:
-        logger.info("session %s: protocol error %s: %s", self.id, exc.code.name, exc.message)
-        self.outbox.put(encode_frame(Error(ref, None, exc.code, exc.message[:1024])))
-        self.close(exc.code.close_code, reason or f"{exc.code.name.lower()}: {exc.message}")
+                self.send_error(ref, channel, code, message)
+        self.refused(code)
 
     def send_error(self, ref: int | None, channel: int | None, code: int, message: str) -> None:
         self.send_frames([Error(ref, channel, code, message[:1024])])
@@ -229,7 +241,7 @@ class Session(Peer):
         among them is still answered, as every request is (§4.1), with UNKNOWN_CHANNEL, which
         is not fatal."""
         if ref is not None:
-            self.send_error(ref, channel, ErrorCode.UNKNOWN_CHANNEL, f"channel {channel} was left")
+            self._refuse(ErrorCode.UNKNOWN_CHANNEL, f"channel {channel} was left", ref, channel)
 
     def _member(self, channel: int) -> Member:
         return self._members[channel]  # the state machine already checked the channel is open

@@ -29,6 +29,7 @@ from plait.protocol import Ack, ChannelFrame, CloseCode, ErrorCode, Frame, Ping,
 
 from .._errors import RequestError
 from .._hooks import Identity
+from .._metrics import code_name
 from ..room import Member, Refresh
 from ..transports import NowaitTransport, Transport
 from ._outbox import Outbox
@@ -57,6 +58,8 @@ class Peer:
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
     )
 
+    PROTOCOL = "native"
+    """What it speaks, as metrics label it."""
     OWN_AWARENESS = False
     """Whether the client speaks its own Yjs awareness (y-websocket), or the room derives it
     from presence (spec §13)."""
@@ -163,6 +166,7 @@ class Peer:
                 self._handshake_scope = None
                 if opened and self._close_code is None:
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
+                    self.services.metrics.add("sessions_opened", 1, self.PROTOCOL)
                     try:
                         async with trio.open_nursery() as nursery:
                             self._nursery = nursery
@@ -186,6 +190,7 @@ class Peer:
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await self._contained(self._say_goodbye)
             logger.info("session %s closed (%s)", self.id, self._close_code)
+            self.services.metrics.add("sessions_closed", 1, str(self._close_code if self._close_code is not None else CloseCode.GOING_AWAY))
             self.outbox.detach()
             self._finished = True
             if self._done is not None:
@@ -284,10 +289,12 @@ class Peer:
         raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} per second")
 
     def refused(self, code: int) -> None:
-        """One of this connection's requests was refused with error `code` (its answer is on
-        its way). Document bytes that are not well formed or that the room's document cannot
-        take (INVALID_UPDATE) count toward the violation limit, as rate violations do: a
-        client that keeps sending them is closed with PROTOCOL_ERROR (spec §5.8)."""
+        """Count a refusal of what this connection sent, with error `code` (its answer is on
+        its way): every refusal is reported to the metrics. Document bytes that are not well
+        formed or that the room's document cannot take (INVALID_UPDATE) count toward the
+        violation limit, as rate violations do: a client that keeps sending them is closed
+        with PROTOCOL_ERROR (spec §5.8)."""
+        self.services.metrics.add("refusals", 1, code_name(code))
         if code == ErrorCode.INVALID_UPDATE:
             self._violation(trio.current_time(), CloseCode.PROTOCOL_ERROR, "invalid document updates or state vectors, repeatedly")
 

@@ -18,6 +18,7 @@ from plait.protocol import Access
 
 from .._config import EngineConfig
 from .._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
+from .._metrics import NO_METRICS, Metrics
 from .._record import TraceRecorder
 from ..room import Room
 
@@ -59,6 +60,7 @@ class SessionServices:
         hold_room: the live room of a name, held while the block runs (RoomRegistry.hold).
         flush_soon: have a connection write what it queued, in the engine's shared writer task.
         recorder: records every connection's traffic as a trace (`plait serve --record`), or None.
+        metrics: where sessions report what they open, close and refuse (engine/_metrics.py).
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class SessionServices:
         hold_room: Callable[[str], AbstractAsyncContextManager[Room]],
         flush_soon: Callable[[Flushable], None],
         recorder: TraceRecorder | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.hooks = hooks
         self.hold_room = hold_room
         self.flush_soon = flush_soon

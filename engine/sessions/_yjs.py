@@ -68,6 +68,7 @@ MAX_AWARENESS_STATE = 64 * 1024
 
 class YjsSession(Peer):
     __slots__ = ("_member", "room_path", "token")
+    PROTOCOL = "yjs"
     OWN_AWARENESS = True
     CONFIRMS_BY_ECHO = True
 
@@ -106,6 +107,7 @@ class YjsSession(Peer):
         close code says it (spec §13: retry or not) and the reason says why."""
         logger.info("yjs session %s refused: %s (%d)", self.id, reason, code)
         self.close(close_code_for(code), reason)
+        self.refused(code)
         return False
 
     # -- reader ------------------------------------------------------------------------------
