@@ -109,7 +109,7 @@ class Engine:
             lease=lease,
             metrics=metrics,
         )
-        self._sessions: set[Peer] = set()
+        self._sessions: dict[str, Peer] = {}
         self._flusher = Flusher(lambda: self.nursery)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
         self.large_sends = self._services.large_sends
@@ -144,7 +144,7 @@ class Engine:
     def _sweep(self, now: float) -> None:
         # A function of its own: a loop variable left in the sleeping task's frame would keep
         # the last session swept (and all it holds) alive after it closed.
-        for session in list(self._sessions):
+        for session in list(self._sessions.values()):
             try:
                 session.keep_alive(now)
             except Exception as exc:  # one connection's bug must not stop the sweep of the rest
@@ -176,11 +176,11 @@ class Engine:
         """Stop accepting, close every session (GOING_AWAY), flush and unload every room.
         Gives up after `shutdown_timeout` (a store that hangs), logging what it left."""
         self._accepting = False
-        for session in list(self._sessions):
+        for session in list(self._sessions.values()):
             session.close(CloseCode.GOING_AWAY, "server shutting down")
         rooms: list[Room] = []
         with trio.move_on_after(self.config.shutdown_timeout) as waited:
-            for session in list(self._sessions):
+            for session in list(self._sessions.values()):
                 await session.wait_done()  # each closes its transport within close_timeout
             rooms = self._rooms.all()
             for room in rooms:
@@ -247,9 +247,14 @@ class Engine:
             return max(self.config.max_message_bytes, self.config.max_document_bytes + 64 * 1024)
         return self.config.max_message_bytes
 
-    async def serve_transport(self, transport: Transport) -> None:
+    async def serve_transport(self, transport: Transport, *, detach_grace: float = 0.0) -> None:
         """Run one connection to its end, whatever transport carries it. The path picks the
-        protocol: `/yjs/<room>?token=...` is y-websocket (spec §13), anything else native."""
+        protocol: `/yjs/<room>?token=...` is y-websocket (spec §13), anything else native.
+
+        With `detach_grace` (seconds; native sessions), a session whose transport ends other
+        than by a normal close lives on that long, its memberships and outbox kept, for
+        `attach` to give it another transport (the HTTP transports, whose session spans many
+        requests); then it ends as if its connection had closed then."""
         session: Peer
         # Not urllib.parse.urlsplit: it caches its last 128 answers, which would keep the paths
         # of 128 recent connections (scattered in memory) alive long after they closed.
@@ -259,21 +264,29 @@ class Engine:
             token = urllib.parse.parse_qs(query).get("token", [None])[0]
             session = YjsSession(self._services, transport, self._new_session_id(), room, token)
         else:
-            session = Session(self._services, transport, self._new_session_id())
-        self._sessions.add(session)
+            session = Session(self._services, transport, self._new_session_id(), detach_grace)
+        self._sessions[session.id] = session
         self._reclaimer.started(self._load())
         try:
             await session.run()  # raises only Cancelled (Peer.run)
         except* Exception as bug:  # the last line of defence: never the engine's nursery
             logger.critical("session %s escaped its containment", session.id, exc_info=bug)
         finally:
-            self._sessions.discard(session)
+            del self._sessions[session.id]
             self._reclaimer.ended()
 
-    def connect_memory(self, path: str = "/", buffer: int = 16) -> MemoryTransport:
-        """Open an in-memory connection served by this engine; returns the client's end."""
+    def attach(self, session_id: str, transport: Transport) -> bool:
+        """Give a detached session (see `serve_transport`'s `detach_grace`) a new transport;
+        False if there is no such session, or it is not waiting for one. The session's own
+        task serves the transport from now on: the caller keeps it open until it closes."""
+        session = self._sessions.get(session_id)
+        return session is not None and session.attach(transport)
+
+    def connect_memory(self, path: str = "/", buffer: int = 16, *, detach_grace: float = 0.0) -> MemoryTransport:
+        """Open an in-memory connection served by this engine; returns the client's end.
+        `detach_grace`: as for `serve_transport`."""
         client, server = memory_transport_pair(path, buffer)
-        self.nursery.start_soon(self.serve_transport, server)
+        self.nursery.start_soon(functools.partial(self.serve_transport, server, detach_grace=detach_grace))
         return client
 
     # -- rooms ------------------------------------------------------------------------------

@@ -70,8 +70,8 @@ class Session(Peer):
 
     __slots__ = ("_heard", "_heard_at", "_next_channel", "_rooms", "conn")
 
-    def __init__(self, services: SessionServices, transport: Transport, session_id: str) -> None:
-        super().__init__(services, transport, session_id)
+    def __init__(self, services: SessionServices, transport: Transport, session_id: str, detach_grace: float = 0.0) -> None:
+        super().__init__(services, transport, session_id, detach_grace)
         self.conn = Connection(
             Role.SERVER, CodecLimits(self.config.max_message_bytes, self.config.max_frames_per_message)
         )
@@ -83,6 +83,9 @@ class Session(Peer):
     def _leave_rooms(self) -> None:
         super()._leave_rooms()
         self.conn.close()
+
+    def _on_attached(self) -> None:
+        self._heard = True  # the silence timer (keep_alive) starts again with the new transport
 
     async def _handshake(self) -> bool:
         with trio.move_on_after(self.config.handshake_timeout):

@@ -52,7 +52,8 @@ class Peer:
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
     __slots__ = (
-        "_close_code", "_close_reason", "_closed_by_peer", "_done", "_finished", "_event_bucket", "_members", "_nowait",
+        "_attached", "_close_code", "_close_reason", "_closed_by_peer", "_detach_grace", "_detached", "_detached_code", "_done",
+        "_finished", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
@@ -67,7 +68,7 @@ class Peer:
     """Whether the client's updates are confirmed by sending them back once durable
     (y-websocket, spec §13) rather than by acks (native, §4.1), which never echo (§5.3)."""
 
-    def __init__(self, services: SessionServices, transport: Transport, session_id: str) -> None:
+    def __init__(self, services: SessionServices, transport: Transport, session_id: str, detach_grace: float = 0.0) -> None:
         self.services = services
         self.config = services.config
         self.transport = transport
@@ -98,6 +99,12 @@ class Peer:
         self._done: trio.Event | None = None  # made when someone waits
         self._finished = False
         self._closed_by_peer = False
+        self._detach_grace = detach_grace
+        """Seconds the session outlives a transport that ended, waiting for `attach` (0: it
+        ends with its transport, as a WebSocket session does)."""
+        self._detached = False
+        self._detached_code: int = CloseCode.NORMAL
+        self._attached: trio.Event | None = None
         now = trio.current_time()
         self._update_bucket = TokenBucket(self.config.updates_per_second, now)
         self._event_bucket = TokenBucket(self.config.events_per_second, now)
@@ -167,24 +174,14 @@ class Peer:
                 if opened and self._close_code is None:
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
                     self.services.metrics.add("sessions_opened", 1, self.PROTOCOL)
-                    try:
-                        async with trio.open_nursery() as nursery:
-                            self._nursery = nursery
-                            self._wake_writer()  # what the handshake queued
-                            with self._reader_scope:
-                                await self._contained(self._reader)
-                            if self._reader_scope.cancelled_caught and self._close_code is None:
-                                self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
-                            # Let a running writer finish what is queued (an error frame, say),
-                            # briefly; what is left goes in the goodbye.
-                            self._nursery = None
-                            if self._writing:
-                                self._writer_stopped = trio.Event()
-                                with trio.move_on_after(self.config.close_timeout):
-                                    await self._writer_stopped.wait()
-                            nursery.cancel_scope.cancel()
-                    finally:
-                        self._nursery = None  # also when cancelled (TOO_SLOW): no more writers
+                    while True:
+                        await self._serve_transport()
+                        if not self._detached or self._close_code is not None:
+                            break
+                        if not await self._reattached():
+                            self._closed_by_peer = True  # its transport is gone: no goodbye
+                            self.close(self._detached_code, "not re-attached in time")
+                            break
         finally:
             self._leave_rooms()
             with trio.move_on_after(self.config.close_timeout, shield=True):
@@ -195,6 +192,55 @@ class Peer:
             self._finished = True
             if self._done is not None:
                 self._done.set()
+
+    async def _serve_transport(self) -> None:
+        """Read and write over the current transport until it ends or the session closes."""
+        self._reader_scope = trio.CancelScope()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._wake_writer()  # what the handshake queued, or what waited for a transport
+                with self._reader_scope:
+                    await self._contained(self._reader)
+                if self._reader_scope.cancelled_caught and self._close_code is None and not self._detached:
+                    self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
+                # Let a running writer finish what is queued (an error frame, say), briefly;
+                # what is left goes in the goodbye, or waits for the next transport.
+                self._nursery = None
+                if self._writing:
+                    self._writer_stopped = trio.Event()
+                    with trio.move_on_after(self.config.close_timeout):
+                        await self._writer_stopped.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None  # also when cancelled (TOO_SLOW): no more writers
+
+    async def _reattached(self) -> bool:
+        """Wait up to the detach grace for `attach`; whether a transport came."""
+        self._attached = trio.Event()
+        logger.info("session %s detached (%s); waiting %g s for a transport", self.id, self._detached_code, self._detach_grace)
+        with trio.move_on_after(self._detach_grace):
+            await self._attached.wait()
+        self._attached = None
+        return not self._detached and self._close_code is None
+
+    def attach(self, transport: Transport) -> bool:
+        """Carry this session on `transport` from now on, if it is detached (its last transport
+        ended within the detach grace) and not closed: what its outbox held goes out first,
+        in order. What was being written when the last transport failed may be lost; the
+        protocol's resume covers it (spec §7). False if the session cannot take it."""
+        if not self._detached or self._close_code is not None or self._finished or self._attached is None:
+            return False
+        self.transport = transport
+        self._nowait = transport if isinstance(transport, NowaitTransport) else None
+        self._detached = False
+        self._on_attached()
+        self._attached.set()
+        logger.info("session %s re-attached", self.id)
+        return True
+
+    def _on_attached(self) -> None:
+        """A new transport carries the session (a subclass resets what it times)."""
 
     async def _contained(self, task: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Run one of this connection's tasks (handshake, reader, writer, pinger, goodbye) so
@@ -213,6 +259,13 @@ class Peer:
         return None
 
     def _peer_closed(self, exc: TransportClosed) -> None:
+        """The transport ended under us. With a detach grace, and unless the client said it
+        was done (a normal close), the session waits for another (`attach`); else it ends."""
+        if self._detach_grace > 0 and self._close_code is None and exc.code != CloseCode.NORMAL:
+            if not self._detached:
+                self._detached, self._detached_code = True, exc.code
+                self._reader_scope.cancel()
+            return
         self._closed_by_peer = True
         self.close(exc.code, "closed by peer")
 
@@ -229,6 +282,8 @@ class Peer:
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
         self._reader_scope.cancel()
+        if self._attached is not None:  # detached: stop waiting for a transport
+            self._attached.set()
         if self._handshake_scope is not None:
             self._handshake_scope.cancel()
         if code == CloseCode.TOO_SLOW:

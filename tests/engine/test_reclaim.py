@@ -57,7 +57,7 @@ async def test_a_quiet_engine_frees_the_cycles_its_rooms_and_sessions_left(
             await native.join(f"native-{i}")
             await native.wait_for(PresenceSnapshot)
             clients += [native, await yjs_client(engine, f"/yjs/yjs-{i}")]
-        sessions = [weakref.ref(session) for session in engine._sessions]
+        sessions = [weakref.ref(session) for session in engine._sessions.values()]
         left = Cycle()  # garbage only a collection frees
         collected = weakref.ref(left)
         del left
@@ -89,7 +89,7 @@ async def test_closed_sessions_and_unloaded_rooms_are_freed_without_waiting_for_
         await native.wait_for(PresenceSnapshot)
         y = await yjs_client(engine, "/yjs/yjs")
         await y.edit("x")
-        refs: list[weakref.ref[Any]] = [weakref.ref(session) for session in engine._sessions]
+        refs: list[weakref.ref[Any]] = [weakref.ref(session) for session in engine._sessions.values()]
         for name in ("native", "yjs"):
             async with engine.hold_room(name) as room:
                 refs += [weakref.ref(room), weakref.ref(room.doc)]
@@ -106,7 +106,7 @@ async def test_a_closed_connection_leaves_nothing_the_engine_keeps(autojump_cloc
     async with running_engine() as engine:
         client = DocClient(engine.connect_memory())
         await client.hello()
-        [session] = engine._sessions
+        [session] = engine._sessions.values()
         closed = weakref.ref(session)
         del session
         await trio.sleep(CONFIG.heartbeat / 4)  # the heartbeat sweep has seen it
