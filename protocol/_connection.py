@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
-from typing import Final, final
+from typing import Final, NoReturn, final
 
-from ._codec import DEFAULT_LIMITS, CodecLimits, decode, encode
+from ._codec import DEFAULT_LIMITS, ChannelFrame, CodecLimits, decode, encode, encode_frame, encode_trusted
 from ._errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import (
     SUPPORTED_VERSIONS,
+    Ack,
     ChannelClosed,
     Error,
     Frame,
@@ -197,6 +198,8 @@ class Connection:
         Raises:
             LocalProtocolError: this side may not send the frame now.
         """
+        if self.state is SessionState.ERROR and isinstance(frame, Error):
+            return  # the report of the fatal error that put us here (spec §6), then the close
         self._check_usable()
         kind = frame.KIND
         if frame.SENDER is self._peer:
@@ -223,6 +226,40 @@ class Connection:
             self.version = frame.version
         self.state = nxt
 
+    def send_frame(self, frame: Frame) -> bytes:
+        """`send` one frame and encode it (the fields checked as a decoder will).
+
+        Raises:
+            LocalProtocolError: this side may not send it now, or a field is invalid.
+        """
+        self.send(frame)
+        return encode_frame(frame)
+
+    def send_shared(self, shared: ChannelFrame, channel: int) -> bytes:
+        """A room's frame, encoded once for all its members, for this side's `channel`: the
+        fan-out's route through the state machine, which checks only what can change per
+        connection (open, the channel joined; the frame itself was checked when encoded).
+
+        Raises:
+            LocalProtocolError: not open, or `channel` is not open.
+        """
+        if self.state is not SessionState.OPEN:
+            self._not_open()
+        if channel not in self.channels:
+            raise LocalProtocolError(f"channel {channel} is not open", ErrorCode.UNKNOWN_CHANNEL)
+        return shared.for_channel(channel)
+
+    def send_ack(self, ref: int, value: int | None) -> bytes:
+        """An Ack for a request this side received (its ref was checked then), encoded
+        without checking its fields again: the hot path of every acknowledged update.
+
+        Raises:
+            LocalProtocolError: not open.
+        """
+        if self.state is not SessionState.OPEN:
+            self._not_open()
+        return encode_trusted(Ack(ref, value))
+
     def send_data(self, frames: Frame | Iterable[Frame]) -> bytes:
         """`send` each frame and encode them as one message."""
         batch = [frames] if isinstance(frames, Frame) else list(frames)
@@ -244,6 +281,10 @@ class Connection:
     def _close_channel(self, channel: int) -> None:
         self.channels.discard(channel)
         self._left.add(channel)
+
+    def _not_open(self) -> NoReturn:
+        self._check_usable()
+        raise LocalProtocolError(f"cannot send room frames in state {self.state.value}", ErrorCode.UNEXPECTED_FRAME)
 
     def _check_usable(self) -> None:
         if self.state is SessionState.ERROR:

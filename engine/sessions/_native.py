@@ -35,8 +35,8 @@ from plait.protocol import (
     Frame,
     Hello,
     Join,
-    Joined,
     Leave,
+    LocalProtocolError,
     Ping,
     Pong,
     PresencePatch,
@@ -52,8 +52,6 @@ from plait.protocol import (
     Welcome,
     check_room_name,
     decode,
-    encode_frame,
-    encode_trusted,
 )
 
 from .._errors import RequestError
@@ -127,8 +125,7 @@ class Session(Peer):
         return False
 
     def _send_now(self, frame: Frame) -> None:
-        self.conn.send(frame)
-        self.outbox.put(encode_frame(frame))
+        self.outbox.put(self.conn.send_frame(frame))
 
     def keep_alive(self, now: float) -> None:
         """The heartbeat sweep also ends a connection silent for 2H (spec §5.7): the reader
@@ -226,7 +223,7 @@ class Session(Peer):
         known = ErrorCode._value2member_map_.get(code)
         if isinstance(known, ErrorCode) and known.fatal:
             logger.info("session %s: protocol error %s: %s", self.id, known.name, message)
-            self.outbox.put(encode_frame(Error(ref, None, known, message[:1024])))
+            self.outbox.put(self.conn.send_frame(Error(ref, None, known, message[:1024])))
             self.close(known.close_code, reason or f"{known.name.lower()}: {message}")
         else:
             member = self._members.get(channel) if channel is not None else None
@@ -319,7 +316,6 @@ class Session(Peer):
             async with self.services.hold_room(name) as room:
                 channel = self._next_channel
                 member = room.add_member(self, channel, access, join)  # RequestError: nothing sent
-                self.conn.send(Joined(join.ref, channel, int(access), 0, None, "-"))  # only the channel counts here
                 self._next_channel += 1
                 self._members[channel] = member
         except BaseException:
@@ -328,26 +324,66 @@ class Session(Peer):
 
     # -- output -----------------------------------------------------------------------------
 
+    # Every frame goes out through the state machine (self.conn), which says whether it may
+    # (spec §6): the room's fan-out by its shared route, acks by theirs. A frame for a channel
+    # the session has just closed is dropped (it raced the close); anything else it refuses
+    # is a bug, which closes this session only (_unsendable).
+
     def send_frames(self, frames: Sequence[Frame]) -> None:
         for frame in frames:
-            self.send_bytes(encode_frame(frame))
+            if self._close_code is not None:
+                return
+            try:
+                data = self.conn.send_frame(frame)
+            except LocalProtocolError as exc:
+                self._unsendable(frame, exc)
+                continue
+            self.send_bytes(data)
 
     def deliver(self, member: Member, shared: ChannelFrame) -> None:
-        self.send_bytes(shared.for_channel(member.channel))
+        if self._close_code is not None:
+            return
+        try:
+            data = self.conn.send_shared(shared, member.channel)
+        except LocalProtocolError as exc:
+            self._unsendable(shared.frame, exc)
+            return
+        self.send_bytes(data)
 
     def deliver_ephemeral(self, member: Member, shared: list[ChannelFrame], refresh: Refresh) -> None:
         def full_state() -> list[bytes]:
-            return [encode_frame(f) for f in refresh()]
+            out = []
+            for frame in refresh():
+                try:
+                    out.append(self.conn.send_frame(frame))
+                except LocalProtocolError as exc:
+                    self._unsendable(frame, exc)
+            return out
 
+        if self._close_code is not None:
+            return
         for frame in shared:
-            self.send_ephemeral(member.channel, frame.for_channel(member.channel), full_state)
+            try:
+                data = self.conn.send_shared(frame, member.channel)
+            except LocalProtocolError as exc:
+                self._unsendable(frame.frame, exc)
+                return
+            self.send_ephemeral(member.channel, data, full_state)
 
     def deliver_frames(self, member: Member, frames: list[Frame]) -> None:
         self.send_frames(frames)
 
     def deliver_ack(self, member: Member, ref: int, value: int | None) -> None:
-        # The hot path of every acknowledged update: ref came from a checked frame.
-        self.send_bytes(encode_trusted(Ack(ref, value)))
+        if self._close_code is None:
+            self.send_bytes(self.conn.send_ack(ref, value))
+
+    def _unsendable(self, frame: Frame, exc: LocalProtocolError) -> None:
+        if exc.code == ErrorCode.UNKNOWN_CHANNEL:
+            logger.debug("session %s: %s for a closed channel dropped", self.id, type(frame).__name__)
+            return
+        # Called from the room's tasks too: raising would stop its fan-out to everyone else.
+        logger.error("session %s: the state machine refused %s: %s", self.id, type(frame).__name__, exc.message)
+        self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def close_channel(self, member: Member, code: int, message: str) -> None:
         """The server ends a membership (spec §5.2)."""
@@ -356,9 +392,7 @@ class Session(Peer):
         del self._members[member.channel]
         self._rooms.pop(member.room.name, None)
         self.outbox.forget_channel(member.channel)
-        frame = ChannelClosed(member.channel, code, message[:1024])
-        self.conn.send(frame)
-        self.send_frames([frame])
+        self.send_frames([ChannelClosed(member.channel, code, message[:1024])])
 
 
 

@@ -464,3 +464,23 @@ async def test_an_error_raised_while_the_connection_is_closing_stays_with_that_c
         assert closed.code == CloseCode.INTERNAL_ERROR
         monkeypatch.undo()
         await assert_engine_serves(engine)
+
+
+async def test_a_frame_the_state_machine_refuses_closes_that_session_not_the_room(autojump_clock: MockClock) -> None:
+    # Every frame goes out through the session's state machine; one it refuses (a bug) must
+    # not raise into the room's fan-out, which serves everyone else.
+    from plait.protocol import SessionState, Update
+
+    async with running_engine() as engine:
+        victim, other = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
+        for c in (victim, other):
+            await c.hello()
+            await c.join("r")
+        [session] = [s for s in engine._sessions.values() if s.id == victim.welcome.session]
+        session.conn.state = SessionState.AWAIT_WELCOME  # a bug: the state machine refuses room frames now
+        async with engine.room("r") as handle:
+            handle.doc.get("text", type=pycrdt.Text).insert(0, "x")
+        assert await victim.wait_closed() == CloseCode.INTERNAL_ERROR
+        other.apply((await other.wait_for(Update)).update)
+        assert str(other.text) == "x"
+        await assert_engine_serves(engine)
