@@ -1,9 +1,8 @@
 """The SQLite store: one database file (WAL), the default for `plait serve`.
 
 - Every call runs in a worker thread (trio.to_thread), serialised by one limiter: SQLite has one
-  writer at a time anyway, and serialising is what makes each `append` one commit (group
-  commit happens above, in the room's persister). So one connection, with one cursor, serves
-  whichever worker thread runs a call.
+  writer at a time anyway. So one connection, with one cursor, serves whichever worker thread
+  runs a call. Appends from every room are group-committed (storage/_group.py).
 - `synchronous=FULL`: a committed append survives a crash of the process and of the machine.
 - Every blob carries a CRC-32; a mismatch raises SnapshotCorrupt instead of loading garbage.
 - The schema has a version in `meta`; a database from a newer Plait is refused, not rewritten.
@@ -21,6 +20,7 @@ from typing import Final, TypeVar
 import trio
 
 from ._errors import SnapshotCorrupt, StorageError, StorageUnavailable
+from ._group import GroupCommit
 from ._lock import LockFile
 from ._lock import reason as _reason
 from ._store import RoomData, StoredEvent
@@ -65,8 +65,7 @@ class SQLiteStore:
         self._cursor: sqlite3.Cursor | None = None
         self._file_lock: LockFile | None = None
         self._opened = False
-        self._appends: list[tuple[list[tuple[str, bytes, int]], trio.Event, list[BaseException]]] = []
-        self._flushing = False
+        self._appends = GroupCommit(self._insert_updates)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -200,36 +199,14 @@ class SQLiteStore:
     async def append(self, room: str, updates: Sequence[bytes]) -> None:
         """Group commit across rooms: appends that arrive while a commit is running all go into
         the next one, so a busy server pays one fsync per batch, not one per room."""
-        done, failure = trio.Event(), list[BaseException]()
-        self._appends.append(([(room, bytes(u), _crc(u)) for u in updates], done, failure))
-        if not self._flushing:
-            self._flushing = True
-            try:
-                with trio.CancelScope(shield=True):  # every waiter's commit completes
-                    while self._appends:
-                        batch, self._appends = self._appends, []
-                        await self._commit(batch)
-            finally:
-                self._flushing = False
-        await done.wait()
-        if failure:
-            raise failure[0]
+        await self._appends.submit([(room, bytes(u), _crc(u)) for u in updates])
 
-    async def _commit(self, batch: list[tuple[list[tuple[str, bytes, int]], trio.Event, list[BaseException]]]) -> None:
-        rows = [row for rows, _, _ in batch for row in rows]
-
+    async def _insert_updates(self, rows: list[tuple[str, bytes, int]]) -> None:
         def insert(conn: sqlite3.Cursor) -> None:
             with _transaction(conn):
                 conn.executemany("INSERT INTO updates (room, data, crc) VALUES (?, ?, ?)", rows)
 
-        try:
-            await self._run(insert)
-        except StorageError as exc:
-            for _, _, failure in batch:
-                failure.append(exc)
-        finally:
-            for _, done, _ in batch:
-                done.set()
+        await self._run(insert)
 
     async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
         def compact(conn: sqlite3.Cursor) -> None:
