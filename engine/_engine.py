@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from plait.protocol import Access, CloseCode
+from plait.protocol import YJS_PATH, Access, CloseCode
 from plait.storage import MemoryStore, Store
 
 from ._config import EngineConfig
@@ -39,6 +39,7 @@ from .room import (
     LOCAL_LEASE,
     LOCAL_SEQUENCE,
     CompactionLease,
+    ContainedFanout,
     Fanout,
     Room,
     RoomRegistry,
@@ -46,7 +47,7 @@ from .room import (
     new_epoch,
 )
 from .http import serve_connection
-from .sessions import YJS_PATH, Flusher, Peer, Session, SessionServices, YjsSession
+from .sessions import Flusher, Peer, Session, SessionServices, YjsSession
 from .transports import MemoryTransport, Transport, memory_transport_pair
 
 logger = logging.getLogger("plait.engine")
@@ -104,7 +105,7 @@ class Engine:
             started=lambda: self._reclaimer.started(self._load()),
             ended=lambda: self._reclaimer.ended(),
             new_epoch=self._new_epoch,
-            fanout=fanout,
+            fanout=fanout if fanout is LOCAL_FANOUT else ContainedFanout(fanout),  # application code
             sequence=sequence,
             lease=lease,
             metrics=metrics,
@@ -112,7 +113,6 @@ class Engine:
         self._sessions: dict[str, Peer] = {}
         self._flusher = Flusher(lambda: self.nursery)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
-        self.large_sends = self._services.large_sends
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -247,14 +247,22 @@ class Engine:
             return max(self.config.max_message_bytes, self.config.max_document_bytes + 64 * 1024)
         return self.config.max_message_bytes
 
-    async def serve_transport(self, transport: Transport, *, detach_grace: float = 0.0) -> None:
+    async def serve_transport(self, transport: Transport, *, detach_grace: float = 0.0, resume_key: str = "") -> None:
         """Run one connection to its end, whatever transport carries it. The path picks the
         protocol: `/yjs/<room>?token=...` is y-websocket (spec §13), anything else native.
 
         With `detach_grace` (seconds; native sessions), a session whose transport ends other
-        than by a normal close lives on that long, its memberships and outbox kept, for
-        `attach` to give it another transport (the HTTP transports, whose session spans many
-        requests); then it ends as if its connection had closed then."""
+        than by a normal close, or goes silent for 2H (spec §5.7), lives on that long, its
+        memberships and outbox kept, for `attach` to give it another transport (the HTTP
+        transports, whose session spans many requests); then it ends as if its connection had
+        closed then. `resume_key` (16 characters or more, required with a grace) is the secret
+        `attach` must be given: session ids are seen by every member of a room.
+
+        Raises:
+            ValueError: a grace without a resume key.
+        """
+        if detach_grace > 0 and len(resume_key) < 16:
+            raise ValueError("a session that outlives its transport needs a resume key of 16 characters or more")
         session: Peer
         # Not urllib.parse.urlsplit: it caches its last 128 answers, which would keep the paths
         # of 128 recent connections (scattered in memory) alive long after they closed.
@@ -264,7 +272,7 @@ class Engine:
             token = urllib.parse.parse_qs(query).get("token", [None])[0]
             session = YjsSession(self._services, transport, self._new_session_id(), room, token)
         else:
-            session = Session(self._services, transport, self._new_session_id(), detach_grace)
+            session = Session(self._services, transport, self._new_session_id(), detach_grace, resume_key)
         self._sessions[session.id] = session
         self._reclaimer.started(self._load())
         try:
@@ -275,18 +283,24 @@ class Engine:
             del self._sessions[session.id]
             self._reclaimer.ended()
 
-    def attach(self, session_id: str, transport: Transport) -> bool:
-        """Give a detached session (see `serve_transport`'s `detach_grace`) a new transport;
-        False if there is no such session, or it is not waiting for one. The session's own
-        task serves the transport from now on: the caller keeps it open until it closes."""
+    def attach(self, session_id: str, transport: Transport, resume_key: str) -> trio.Event | None:
+        """Give a detached session (see `serve_transport`'s `detach_grace`) a new transport.
+        The session's own task serves it from now on; the returned event is set once the
+        session lets go of it (detached again, or ended), when the caller may finish with it.
+        None if there is no such session, it is not waiting for a transport, or `resume_key`
+        is not its own."""
         session = self._sessions.get(session_id)
-        return session is not None and session.attach(transport)
+        return session.attach(transport, resume_key) if session is not None else None
 
-    def connect_memory(self, path: str = "/", buffer: int = 16, *, detach_grace: float = 0.0) -> MemoryTransport:
+    def connect_memory(
+        self, path: str = "/", buffer: int = 16, *, detach_grace: float = 0.0, resume_key: str = ""
+    ) -> MemoryTransport:
         """Open an in-memory connection served by this engine; returns the client's end.
-        `detach_grace`: as for `serve_transport`."""
+        `detach_grace`, `resume_key`: as for `serve_transport`."""
+        if detach_grace > 0 and len(resume_key) < 16:
+            raise ValueError("a session that outlives its transport needs a resume key of 16 characters or more")
         client, server = memory_transport_pair(path, buffer)
-        self.nursery.start_soon(functools.partial(self.serve_transport, server, detach_grace=detach_grace))
+        self.nursery.start_soon(functools.partial(self.serve_transport, server, detach_grace=detach_grace, resume_key=resume_key))
         return client
 
     # -- rooms ------------------------------------------------------------------------------
@@ -308,9 +322,15 @@ class Engine:
         return len(self._rooms) + len(self._sessions)
 
     def statistics(self) -> dict[str, int]:
-        """Rooms loaded, sessions open, and how many times memory was given back
+        """Gauges, read when asked (a metrics exporter's scrape): rooms loaded, sessions
+        open, bytes queued for clients across them, and how many times memory was given back
         (engine/_reclaim.py)."""
-        return {"rooms": self._rooms.loaded, "sessions": len(self._sessions), "memory_reclaims": self._reclaimer.reclaims}
+        return {
+            "rooms": self._rooms.loaded,
+            "sessions": len(self._sessions),
+            "queued_bytes": sum(s.outbox.queued_bytes for s in self._sessions.values()),
+            "memory_reclaims": self._reclaimer.reclaims,
+        }
 
 
 __all__ = ["Engine", "RoomUnavailable"]

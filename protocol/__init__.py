@@ -122,6 +122,7 @@ from ._ysplit import (
     FRAME_OVERHEAD as FRAME_OVERHEAD,
 )
 from ._yjs import (
+    YJS_PATH as YJS_PATH,
     AwarenessEntry as AwarenessEntry,
     YAuth as YAuth,
     YAwareness as YAwareness,

@@ -14,6 +14,10 @@ from typing import Final, final
 
 from ._errors import ErrorCode, RemoteProtocolError
 
+YJS_PATH: Final = "/yjs/"
+"""The y-websocket endpoint's path prefix: `/yjs/<room>` (spec §2, §13). Every other path on
+the port is the native protocol's."""
+
 MAX_VARUINT: Final = 2**53 - 1  # lib0 reads varuints into JavaScript numbers
 
 

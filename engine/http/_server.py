@@ -8,7 +8,8 @@ status with a reason in its body, and the connection closes:
 - `/` and `/yjs/ROOM` without an upgrade: 426 Upgrade Required (GET, HEAD) or 405;
 - any other path: 404;
 - a request h11 cannot parse: 400 (431 for headers over 16 KiB);
-- while the engine shuts down: 503.
+- while the engine shuts down: 503;
+- no complete request within the handshake timeout: 408.
 
 HTTP transports (SSE, long-polling) and the server API will be routes here.
 """
@@ -26,14 +27,18 @@ from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from plait.protocol import YJS_PATH
+
 from ..transports._websocket import RECEIVE_BYTES, WebSocketStream
 
 logger = logging.getLogger("plait.http")
 
 MAX_HEADER_BYTES = 16 * 1024
 """A request's line and headers together; more is refused with 431."""
-WEBSOCKET_PATHS = ("/", "/yjs/")
-"""Where a WebSocket is served (the path must be one, or start with the second)."""
+WEBSOCKET_PATHS = ("/", YJS_PATH)
+"""The endpoints (spec §2): `/` for the native protocol, `/yjs/ROOM` for y-websocket. A
+WebSocket upgrade is served on any path (every other path is native, behind a proxy that adds a
+prefix, say); a plain request only on these."""
 
 Handler = Callable[[WebSocketStream], Awaitable[None]]
 
@@ -60,9 +65,12 @@ async def serve_connection(
     arrive within `handshake_timeout` seconds."""
     try:
         upgraded = None
-        with trio.move_on_after(handshake_timeout):
+        with trio.move_on_after(handshake_timeout) as waiting:
             upgraded = await _accept(stream, accepting, max_message_bytes)
-        if upgraded is not None:
+        if waiting.cancelled_caught:
+            with trio.move_on_after(1):
+                await _refuse(stream, None, Refusal(408, f"no complete request within {handshake_timeout:g} s"))
+        elif upgraded is not None:
             await handler(upgraded)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
@@ -113,7 +121,7 @@ def _route(request: h11.Request, accepting: bool) -> Refusal | None:
             return Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),))
         return None  # native on any path but /yjs/... (engine.serve_transport)
     if not websocket_path:
-        return Refusal(404, f"nothing is served at {path[:200]}; Plait's WebSocket endpoints are / and /yjs/ROOM")
+        return Refusal(404, f"nothing is served at {path[:200]} over plain HTTP; Plait's WebSocket endpoints are / and /yjs/ROOM")
     if request.method not in (b"GET", b"HEAD"):
         method = request.method.decode("ascii", "replace")
         return Refusal(405, f"{method} is not served here: open a WebSocket with GET", (("Allow", "GET"),))

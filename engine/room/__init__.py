@@ -18,6 +18,7 @@ from ._ephemeral import presence_size as presence_size
 from ._events import LocalSequence as LocalSequence
 from ._events import SequenceAuthority as SequenceAuthority
 from ._events import new_epoch as new_epoch
+from ._fanout import ContainedFanout as ContainedFanout
 from ._fanout import Fanout as Fanout
 from ._fanout import LocalFanout as LocalFanout
 from ._lifecycle import LOCAL_FANOUT as LOCAL_FANOUT

@@ -223,9 +223,7 @@ class DocStrand:
             try:
                 self.apply_client_update(member, update, ref)
             except RequestError as exc:
-                if ref is not None:
-                    self.refuse(member, ref, exc.code, exc.message)
-                member.session.refused(exc.code)
+                member.session.refuse(exc.code, exc.message, ref, member.channel)
 
     def _fits(self, extra: int) -> bool:
         """Whether the document stays within max_document_bytes with `extra` more bytes of

@@ -172,6 +172,7 @@ class EventsStrand:
                 logger.error("hook on_event returned a payload that cannot be sent: %s", exc.message)
                 raise HookFailed("on_event") from None
             existing = self._events.seq_for_key(key)  # a retry may have won during the hook
+            self._check_still_here(member)
         if existing is None:
             self._check_event_fits(member, name, payload)
         if existing is not None:
@@ -180,7 +181,12 @@ class EventsStrand:
             return existing
         session = member.session.id if member else None
         user = str(member.session.identity.get("id")) if member else None
-        seq = await self._sequence.next_seq(self.name, self._events.head)
+        try:
+            seq = await self._sequence.next_seq(self.name, self._events.head)
+        except Exception as exc:  # a shared counter that is down, or a bug in the seam
+            logger.error("room %r: the sequence authority failed", self.name, exc_info=exc)
+            raise RequestError(ErrorCode.INTERNAL, "the event could not be numbered; publish it again") from None
+        self._check_still_here(member)
         record = self._events.append(name, payload, session, user, key, seq)
         self._pending.events.append(record)
         self._changes += 1
@@ -192,6 +198,14 @@ class EventsStrand:
             self._ephemeral.flush_before_event(session)
         self._fanout.event(self.name, list(self._members.values()), ChannelFrame(self._event_frame(record, 0)))
         return record.seq
+
+    def _check_still_here(self, member: Member | None) -> None:
+        """After a wait (a hook, the sequence authority): the room may have stopped, or the
+        publisher left, meanwhile; then the event is not published."""
+        if self.state is not RoomState.LIVE:
+            raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "room is not live")
+        if member is not None and self._members.get(member.session) is not member:
+            raise RequestError(ErrorCode.UNKNOWN_CHANNEL, "the publisher left the room")
 
     def _check_event_fits(self, member: Member | None, name: str, payload: Any) -> None:
         """Refuse an event whose frame would be longer than the message limit every member was

@@ -9,12 +9,15 @@ hence one method per kind of frame, and the room's name with each.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from plait.protocol import ChannelFrame
+from plait.protocol import ChannelFrame, ErrorCode
 
 from ._member import Member, Refresh
+
+logger = logging.getLogger("plait.room")
 
 
 class Fanout(Protocol):
@@ -52,3 +55,42 @@ class LocalFanout:
         shared = list(frames)
         for member in members:
             member.session.deliver_ephemeral(member, shared, refresh(member))
+
+
+class ContainedFanout:
+    """A fan-out given to the engine (`Engine(fanout=...)`), so that nothing it raises reaches
+    the room: the failure is logged, and the members it was for lose their channel
+    (INTERNAL), so that they join again and resync (spec §5.2, §7) instead of missing frames
+    unnoticed. The room's own change stands (applied, stored, acknowledged)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Fanout) -> None:
+        self._inner = inner
+
+    def document(self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame]) -> None:
+        try:
+            self._inner.document(room, members, frames)
+        except Exception as exc:
+            _failed(room, members, "document", exc)
+
+    def event(self, room: str, members: Sequence[Member], frame: ChannelFrame) -> None:
+        try:
+            self._inner.event(room, members, frame)
+        except Exception as exc:
+            _failed(room, members, "event", exc)
+
+    def ephemeral(
+        self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame], refresh: Callable[[Member], Refresh]
+    ) -> None:
+        try:
+            self._inner.ephemeral(room, members, frames, refresh)
+        except Exception as exc:
+            _failed(room, members, "ephemeral", exc)
+
+
+def _failed(room: str, members: Sequence[Member], what: str, exc: Exception) -> None:
+    logger.error("room %r: the fan-out of a %s frame failed; its members join again", room, what, exc_info=exc)
+    for member in list(members):
+        member.room.remove_member(member, disconnected=False)
+        member.session.close_channel(member, ErrorCode.INTERNAL, "the room's fan-out failed; join again to resync")

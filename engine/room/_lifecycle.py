@@ -60,6 +60,11 @@ LOCAL_LEASE = LocalLease()
 
 
 class Room(DocStrand, EventsStrand, PersistStrand):
+    """One room: its document, ephemeral state, events and persistence (the strands, one
+    module each), its members, and its lifecycle, which is all here: LOADING -> LIVE ->
+    DRAINING -> CLOSED, or FAILED (a load or a store that failed: joins refused, nothing
+    written). RoomRegistry, below, holds the live rooms and decides when one unloads."""
+
     def __init__(
         self,
         name: str,
@@ -99,6 +104,8 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._origin: Member | None = None
         self._persist_lock = trio.StrictFIFOLock()
         self._loaded = trio.Event()
+        self.loaded_once = False
+        """Whether it went live (a room that failed to load never did)."""
         self._closed = trio.Event()
         self._persist_wanted = trio.Event()
         self._membership_changed = trio.Event()
@@ -156,6 +163,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
             self._on_draining(self)
             return False
         self.state = RoomState.LIVE
+        self.loaded_once = True
         self._metrics.add("rooms_loaded")
         self._metrics.observe("room_load_seconds", time.perf_counter() - started)
         logger.info("room %r live (%d updates replayed)", self.name, len(data.updates))
@@ -435,5 +443,6 @@ class RoomRegistry:
         finally:
             if self._unloading.get(room.name) is room:
                 del self._unloading[room.name]
-            self._metrics.add("rooms_unloaded")
+            if room.loaded_once:
+                self._metrics.add("rooms_unloaded")
             self._ended()

@@ -64,8 +64,9 @@ class MemberSession(Protocol):
     def query_awareness(self, member: Member) -> None:
         """Ask the client to send its awareness state again (y-websocket only)."""
 
-    def refused(self, code: int) -> None:
-        """One of the session's requests was refused with `code` (it counts violations)."""
+    def refuse(self, code: int, message: str, ref: int | None = None, channel: int | None = None) -> None:
+        """Refuse what the client sent (spec §8), in the session's protocol: its one error
+        boundary decides the frame or the close, and counts it."""
 
 
 class MemberRoom(Protocol):

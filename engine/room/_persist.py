@@ -45,6 +45,16 @@ class CompactionLease(Protocol):
         """Whether this process may compact `room` now (False: the updates stay appended)."""
 
 
+async def _ask_lease(lease: CompactionLease, room: str) -> bool:
+    """The lease's answer; a lease that fails says no (the updates stay appended, nothing is
+    lost), and is logged."""
+    try:
+        return await lease.may_compact(room)
+    except Exception as exc:
+        logging.getLogger("plait.room").error("room %r: the compaction lease failed; not compacting", room, exc_info=exc)
+        return False
+
+
 class LocalLease:
     """Always yes, without waiting (no checkpoint)."""
 
@@ -176,7 +186,7 @@ class PersistStrand:
                 or self._bytes_since_snapshot >= self._config.compact_after_bytes * scale
                 or (final and self._updates_since_snapshot > 0)
             )
-            if due and await self._lease.may_compact(self.name):
+            if due and await _ask_lease(self._lease, self.name):
                 await self._compact()
 
     async def _compact(self) -> None:

@@ -13,5 +13,4 @@ from ._native import Session as Session
 from ._peer import Peer as Peer
 from ._services import Flusher as Flusher
 from ._services import SessionServices as SessionServices
-from ._yjs import YJS_PATH as YJS_PATH
 from ._yjs import YjsSession as YjsSession

@@ -1,16 +1,11 @@
-"""One connection: a reader task, a writer task while there is something to send, and the
-containment boundary (style §3).
+"""A session speaking the native protocol (spec §4-§7), on the core of sessions/_peer.py.
 
-- The reader decodes each message, checks each frame against the protocol state machine, and
-  dispatches it. A protocol error becomes an Error frame; a fatal one also closes the connection
-  (spec §6). An unexpected exception is logged, answered with INTERNAL, and closes *this*
-  connection only. Cancellation always propagates.
-- The writer takes everything queued in the outbox and sends it as one message, until the
-  outbox is empty. The engine's heartbeat sweep queues a ping for a connection that has sent
-  nothing for most of a heartbeat interval; the reader ends after 2H of silence.
-- Closing: `close(code)` records why and cancels the session's scope; the `finally` of `run`
-  sends what is still queued (unless the peer is too slow to take it) and closes the transport,
-  within `close_timeout`.
+- The reader decodes each message, checks each frame against the protocol state machine
+  (`self.conn`), and dispatches it. Every refusal goes through `refuse`: an Error frame, in
+  request order when a room answers; a fatal one also closes (spec §6).
+- Every frame it sends goes through the state machine too (the fan-out by its shared route).
+- The engine's heartbeat sweep queues a ping when the session has sent nothing for most of a
+  heartbeat interval, and ends (or, with a detach grace, detaches) a session silent for 2H.
 """
 
 from __future__ import annotations
@@ -68,8 +63,10 @@ class Session(Peer):
 
     __slots__ = ("_heard", "_heard_at", "_next_channel", "_rooms", "conn")
 
-    def __init__(self, services: SessionServices, transport: Transport, session_id: str, detach_grace: float = 0.0) -> None:
-        super().__init__(services, transport, session_id, detach_grace)
+    def __init__(
+        self, services: SessionServices, transport: Transport, session_id: str, detach_grace: float = 0.0, resume_key: str = ""
+    ) -> None:
+        super().__init__(services, transport, session_id, detach_grace, resume_key)
         self.conn = Connection(
             Role.SERVER, CodecLimits(self.config.max_message_bytes, self.config.max_frames_per_message)
         )
@@ -81,6 +78,11 @@ class Session(Peer):
     def _leave_rooms(self) -> None:
         super()._leave_rooms()
         self.conn.close()
+
+    def _ping_frame(self) -> bytes | None:
+        """spec §5.7: a ping when the session has sent nothing for most of an interval."""
+        self._ping_nonce = (self._ping_nonce + 1) % (2**32)
+        return self.conn.send_frame(Ping(self._ping_nonce))
 
     def _on_attached(self) -> None:
         self._heard = True  # the silence timer (keep_alive) starts again with the new transport
@@ -102,7 +104,7 @@ class Session(Peer):
                 # to go. A Plait frame with a bad field is closed with its own reason.
                 not_plait = exc.code in (ErrorCode.MALFORMED_FRAME, ErrorCode.UNKNOWN_KIND)
                 hint = "not a Plait hello; Yjs clients connect to /yjs/ROOM" if not_plait else None
-                self._refuse(exc.code, exc.message, reason=hint)
+                self.refuse(exc.code, exc.message, reason=hint)
                 return False
             hello = frames[0]
             assert isinstance(hello, Hello)
@@ -151,7 +153,7 @@ class Session(Peer):
                     raise RemoteProtocolError("text messages are not Plait frames", ErrorCode.MALFORMED_FRAME)
                 frames = decode(data, self.conn.limits)
             except RemoteProtocolError as exc:
-                self._refuse(exc.code, exc.message)
+                self.refuse(exc.code, exc.message)
                 return
             for group in _runs_of_updates(frames):
                 try:
@@ -181,13 +183,10 @@ class Session(Peer):
                 if member.access is Access.WRITE:
                     self._rate(self._update_bucket, "document updates")
             except RemoteProtocolError as exc:  # UNKNOWN_CHANNEL: not fatal, answered at once
-                self._refuse(exc.code, exc.message, frame.ref, frame.channel)
+                self.refuse(exc.code, exc.message, frame.ref, frame.channel)
                 continue
-            except RequestError as exc:  # RATE_LIMITED: answered in order, if it asked
-                if frame.ref is not None:
-                    self._refuse(exc.code, exc.message, frame.ref, frame.channel)
-                else:
-                    self.refused(exc.code)
+            except RequestError as exc:  # RATE_LIMITED: answered in order
+                self.refuse(exc.code, exc.message, frame.ref, frame.channel)
                 continue
             accepted.append(frame)
         if accepted:
@@ -200,7 +199,7 @@ class Session(Peer):
         try:
             accepted = self.conn.receive(frame)
         except RemoteProtocolError as exc:
-            self._refuse(exc.code, exc.message, ref, channel)
+            self.refuse(exc.code, exc.message, ref, channel)
             return
         if accepted is STALE:
             self._answer_stale(ref, channel)
@@ -210,9 +209,9 @@ class Session(Peer):
         try:
             await self._dispatch(frame)
         except RequestError as exc:
-            self._refuse(exc.code, exc.message, ref, channel)
+            self.refuse(exc.code, exc.message, ref, channel)
 
-    def _refuse(
+    def refuse(
         self, code: int, message: str, ref: int | None = None, channel: int | None = None, *, reason: str | None = None
     ) -> None:
         """The one place this session refuses what its client sent (spec §4.1, §8): a fatal
@@ -241,7 +240,7 @@ class Session(Peer):
         among them is still answered, as every request is (§4.1), with UNKNOWN_CHANNEL, which
         is not fatal."""
         if ref is not None:
-            self._refuse(ErrorCode.UNKNOWN_CHANNEL, f"channel {channel} was left", ref, channel)
+            self.refuse(ErrorCode.UNKNOWN_CHANNEL, f"channel {channel} was left", ref, channel)
 
     def _member(self, channel: int) -> Member:
         return self._members[channel]  # the state machine already checked the channel is open

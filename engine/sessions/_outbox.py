@@ -81,6 +81,13 @@ class Outbox:
             return True
         return self.put(data)
 
+    def requeue(self, frames: list[bytes]) -> None:
+        """Put frames taken but not delivered back at the front, in order (a transport that
+        failed under them; the session waits for another). Never refused for the budget:
+        they were in it already."""
+        self._frames[:0] = frames
+        self._bytes += sum(map(len, frames))
+
     def drain(self) -> list[bytes]:
         """Take every queued frame at once (for the last message before a close)."""
         frames = self._frames

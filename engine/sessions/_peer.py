@@ -1,5 +1,8 @@
-"""What every connection has, whatever protocol it speaks: a transport, a bounded outbox, a
-reader task, rate limits, and one way to close (style §2-3).
+"""What every session has, whatever protocol it speaks: the transport that carries it now, a
+bounded outbox, a reader task, rate limits, one error boundary and one way to close.
+
+- A session usually lives as long as its transport. With a detach grace it outlives one that
+  ends (`attach` gives it the next), its memberships and outbox kept.
 
 - Writing: what is queued is written by the engine's flush, one task for every connection a
   fan-out reached, without waiting on the socket; only what a socket does not take at once
@@ -19,13 +22,14 @@ handshake, the reader's decoding and how room frames are put on their wire (`del
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
-from plait.protocol import Ack, ChannelFrame, CloseCode, ErrorCode, Frame, Ping, TransportClosed, encode
+from plait.protocol import Ack, ChannelFrame, CloseCode, ErrorCode, Frame, TransportClosed
 
 from .._errors import RequestError
 from .._hooks import Identity
@@ -48,12 +52,12 @@ def _first(group: BaseExceptionGroup[TransportClosed]) -> TransportClosed:
 
 
 class Peer:
-    """One connection to the engine. Abstract: see Session and YjsSession."""
+    """One client's session. Abstract: see Session and YjsSession."""
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
     __slots__ = (
         "_attached", "_close_code", "_close_reason", "_closed_by_peer", "_detach_grace", "_detached", "_detached_code", "_done",
-        "_finished", "_event_bucket", "_members", "_nowait",
+        "_finished", "_event_bucket", "_members", "_next_transport", "_nowait", "_released", "_resume_key",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
@@ -68,11 +72,17 @@ class Peer:
     """Whether the client's updates are confirmed by sending them back once durable
     (y-websocket, spec §13) rather than by acks (native, §4.1), which never echo (§5.3)."""
 
-    def __init__(self, services: SessionServices, transport: Transport, session_id: str, detach_grace: float = 0.0) -> None:
+    def __init__(
+        self, services: SessionServices, transport: Transport, session_id: str, detach_grace: float = 0.0, resume_key: str = ""
+    ) -> None:
+        if detach_grace > 0 and len(resume_key) < 16:
+            raise ValueError("a session that outlives its transport needs a resume key of 16 characters or more")
         self.services = services
         self.config = services.config
         self.transport = transport
-        self._nowait = transport if isinstance(transport, NowaitTransport) else None
+        # Written without waiting by the engine's flush, unless it may outlive the transport:
+        # the writer task is what puts back a batch a failing transport did not take.
+        self._nowait = transport if isinstance(transport, NowaitTransport) and detach_grace == 0 else None
         self.id = session_id
         self.identity: Identity = {}
         self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames,
@@ -102,9 +112,15 @@ class Peer:
         self._detach_grace = detach_grace
         """Seconds the session outlives a transport that ended, waiting for `attach` (0: it
         ends with its transport, as a WebSocket session does)."""
+        self._resume_key = resume_key
+        """What `attach` must be given: a secret of the client's, as session ids are not."""
         self._detached = False
         self._detached_code: int = CloseCode.NORMAL
         self._attached: trio.Event | None = None
+        """While detached: set when a transport is given (or the session closes)."""
+        self._next_transport: Transport | None = None
+        self._released: trio.Event | None = None
+        """Set when the session lets go of the transport `attach` gave it."""
         now = trio.current_time()
         self._update_bucket = TokenBucket(self.config.updates_per_second, now)
         self._event_bucket = TokenBucket(self.config.events_per_second, now)
@@ -154,8 +170,7 @@ class Peer:
 
     def _ping_frame(self) -> bytes | None:
         """What the writer sends after a quiet heartbeat interval (None: nothing)."""
-        self._ping_nonce = (self._ping_nonce + 1) % (2**32)
-        return encode(Ping(self._ping_nonce))
+        return None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -175,9 +190,36 @@ class Peer:
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
                     self.services.metrics.add("sessions_opened", 1, self.PROTOCOL)
                     while True:
-                        await self._serve_transport()
+                        # Inline, not a method: an idle connection's task would hold one more
+                        # coroutine frame for its whole life (bench/idle.py).
+                        if self._next_transport is not None:
+                            self._use(self._next_transport)
+                        self._reader_scope = trio.CancelScope()
+                        try:
+                            async with trio.open_nursery() as nursery:
+                                self._nursery = nursery
+                                self._wake_writer()  # what the handshake queued, or what waited for a transport
+                                with self._reader_scope:
+                                    await self._contained(self._reader)
+                                if self._reader_scope.cancelled_caught and self._close_code is None and not self._detached:
+                                    if self._detach_grace > 0:  # a link gone silent: wait for another
+                                        self._detach(CloseCode.HEARTBEAT_TIMEOUT)
+                                    else:
+                                        self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
+                                # Let a running writer finish what is queued (an error frame, say),
+                                # briefly; what is left goes in the goodbye, or waits for the next
+                                # transport.
+                                self._nursery = None
+                                if self._writing:
+                                    self._writer_stopped = trio.Event()
+                                    with trio.move_on_after(self.config.close_timeout):
+                                        await self._writer_stopped.wait()
+                                nursery.cancel_scope.cancel()
+                        finally:
+                            self._nursery = None  # also when cancelled (TOO_SLOW): no more writers
                         if not self._detached or self._close_code is not None:
                             break
+                        await self._let_go()
                         if not await self._reattached():
                             self._closed_by_peer = True  # its transport is gone: no goodbye
                             self.close(self._detached_code, "not re-attached in time")
@@ -190,54 +232,61 @@ class Peer:
             self.services.metrics.add("sessions_closed", 1, str(self._close_code if self._close_code is not None else CloseCode.GOING_AWAY))
             self.outbox.detach()
             self._finished = True
+            if self._released is not None:
+                self._released.set()
             if self._done is not None:
                 self._done.set()
 
-    async def _serve_transport(self) -> None:
-        """Read and write over the current transport until it ends or the session closes."""
-        self._reader_scope = trio.CancelScope()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._wake_writer()  # what the handshake queued, or what waited for a transport
-                with self._reader_scope:
-                    await self._contained(self._reader)
-                if self._reader_scope.cancelled_caught and self._close_code is None and not self._detached:
-                    self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
-                # Let a running writer finish what is queued (an error frame, say), briefly;
-                # what is left goes in the goodbye, or waits for the next transport.
-                self._nursery = None
-                if self._writing:
-                    self._writer_stopped = trio.Event()
-                    with trio.move_on_after(self.config.close_timeout):
-                        await self._writer_stopped.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            self._nursery = None  # also when cancelled (TOO_SLOW): no more writers
+    def _detach(self, code: int) -> None:
+        """The transport is gone (closed under us with `code`, or silent): wait for another."""
+        if not self._detached:
+            self._detached, self._detached_code = True, code
+            self._attached = trio.Event()
+            self._reader_scope.cancel()
+            logger.info("session %s detached (%s); waiting %g s for a transport", self.id, code, self._detach_grace)
+
+    async def _let_go(self) -> None:
+        """Close the transport that ended (it may still hold a socket), and tell whoever gave
+        it to us (`attach`) that we are done with it."""
+        with trio.move_on_after(self.config.close_timeout, shield=True):
+            try:
+                await self.transport.aclose(self._detached_code, "detached")
+            except TransportClosed:
+                pass
+        if self._released is not None:
+            self._released.set()
+            self._released = None
 
     async def _reattached(self) -> bool:
-        """Wait up to the detach grace for `attach`; whether a transport came."""
-        self._attached = trio.Event()
-        logger.info("session %s detached (%s); waiting %g s for a transport", self.id, self._detached_code, self._detach_grace)
+        """Wait what is left of the detach grace for `attach`; whether a transport came."""
+        assert self._attached is not None
         with trio.move_on_after(self._detach_grace):
             await self._attached.wait()
         self._attached = None
-        return not self._detached and self._close_code is None
+        return self._next_transport is not None and self._close_code is None
 
-    def attach(self, transport: Transport) -> bool:
-        """Carry this session on `transport` from now on, if it is detached (its last transport
-        ended within the detach grace) and not closed: what its outbox held goes out first,
-        in order. What was being written when the last transport failed may be lost; the
-        protocol's resume covers it (spec §7). False if the session cannot take it."""
-        if not self._detached or self._close_code is not None or self._finished or self._attached is None:
-            return False
-        self.transport = transport
-        self._nowait = transport if isinstance(transport, NowaitTransport) else None
-        self._detached = False
-        self._on_attached()
+    def attach(self, transport: Transport, resume_key: str) -> trio.Event | None:
+        """Carry this session on `transport`, if it is detached (its last transport ended
+        within the detach grace), not closed, and `resume_key` is its own: what its outbox
+        held goes out first, in order, including the batch a failing transport did not take.
+        Returns an event set once the session lets go of `transport` (it detached again, or
+        ended), or None if it cannot take it."""
+        if not self._detached or self._close_code is not None or self._attached is None or self._attached.is_set():
+            return None
+        if not hmac.compare_digest(resume_key.encode(), self._resume_key.encode()):
+            logger.warning("session %s: attach with a wrong resume key refused", self.id)
+            return None
+        self._next_transport = transport
+        self._released = trio.Event()
         self._attached.set()
         logger.info("session %s re-attached", self.id)
-        return True
+        return self._released
+
+    def _use(self, transport: Transport) -> None:
+        self.transport = transport
+        self._next_transport = None
+        self._detached = False
+        self._on_attached()
 
     def _on_attached(self) -> None:
         """A new transport carries the session (a subclass resets what it times)."""
@@ -262,9 +311,7 @@ class Peer:
         """The transport ended under us. With a detach grace, and unless the client said it
         was done (a normal close), the session waits for another (`attach`); else it ends."""
         if self._detach_grace > 0 and self._close_code is None and exc.code != CloseCode.NORMAL:
-            if not self._detached:
-                self._detached, self._detached_code = True, exc.code
-                self._reader_scope.cancel()
+            self._detach(exc.code)
             return
         self._closed_by_peer = True
         self.close(exc.code, "closed by peer")
@@ -342,6 +389,14 @@ class Peer:
             return
         self._violation(now, CloseCode.RATE_LIMITED, "rate limits exceeded repeatedly")
         raise RequestError(ErrorCode.RATE_LIMITED, f"too many {what} per second")
+
+    def refuse(
+        self, code: int, message: str, ref: int | None = None, channel: int | None = None, *, reason: str | None = None
+    ) -> None:
+        """The one place a session refuses what its client sent (spec §8, §9): told in the
+        session's protocol, then counted (`refused`). `reason` replaces the close reason of a
+        refusal that closes."""
+        raise NotImplementedError
 
     def refused(self, code: int) -> None:
         """Count a refusal of what this connection sent, with error `code` (its answer is on
@@ -432,8 +487,15 @@ class Peer:
                 if not batch:
                     self._drains += 1
                     return
-                for message in self._messages(batch):
-                    await self._send(message)
+                try:
+                    for message in self._messages(batch):
+                        await self._send(message)
+                except (TransportClosed, trio.Cancelled):
+                    if self._detach_grace > 0:
+                        # Not taken: it goes out on the next transport. (Exact for a protocol
+                        # that sends a batch as one message, as the native one does.)
+                        self.outbox.requeue(batch)
+                    raise
                 self.last_sent = trio.current_time()
         finally:
             self._writer_done()
@@ -461,7 +523,8 @@ class Peer:
         (outbox_max_bytes) alone would let a client that reads a little slower than its room
         talks hold the server's memory for hours. A large message's own sending time (a big
         document's first sync on a slow link) does not count."""
-        if not (self._writing or self.outbox) or self._sending_large:
+        if not (self._writing or self.outbox) or self._sending_large or self._detached:
+            # Detached, nothing can be written: the detach grace bounds that, not the lag.
             self._lag_since = None
         elif self._lag_since is None or self._lag_drains != self._drains:
             self._lag_since, self._lag_drains = now, self._drains
@@ -469,6 +532,4 @@ class Peer:
             logger.warning("session %s too slow: behind for %.0f s", self.id, now - self._lag_since)
             self.close(CloseCode.TOO_SLOW, "too slow")
 
-    def statistics(self) -> dict[str, Any]:
-        return {"queued_frames": len(self.outbox), "queued_bytes": self.outbox.queued_bytes, "rooms": len(self._members)}
 

@@ -1,6 +1,6 @@
 """What the engine gives every session, injected: the session's collaborators.
 
-Dependencies run one way (architecture: Engine): transports -> sessions -> room -> seams. A
+Dependencies run one way: the Engine above its sessions, which use rooms and transports. A
 session reaches rooms through `hold_room`, the application's hooks through `authenticate` and
 `authorize`, the trace recorder through `record_*`, and the engine's shared writer through
 `flush_soon`; it never sees the Engine, and nothing it is given calls back into one.

@@ -24,7 +24,6 @@ import trio
 from plait.protocol import (
     MAX_DEPTH,
     Access,
-    ChannelClosed,
     ChannelFrame,
     CloseCode,
     Cursors,
@@ -61,7 +60,6 @@ from ._services import SessionServices
 
 logger = logging.getLogger("plait.yjs")
 
-YJS_PATH = "/yjs/"
 MAX_AWARENESS_STATE = 64 * 1024
 """Bytes of JSON one awareness state may take."""
 
@@ -86,29 +84,35 @@ class YjsSession(Peer):
             name = urllib.parse.unquote(self.room_path, errors="strict")
             check_room_name(name)
         except (UnicodeDecodeError, RemoteProtocolError):
-            return self._refuse(ErrorCode.INVALID_ROOM_NAME, "invalid room name (1..256 characters, no control characters)")
+            self.refuse(ErrorCode.INVALID_ROOM_NAME, "invalid room name (1..256 characters, no control characters)")
+            return False
         try:
             self.identity = await self.services.authenticate(self.token, {"name": "y-websocket"})
             access = await self.services.authorize(self.identity, name)
             if access is None:
-                return self._refuse(ErrorCode.FORBIDDEN, "no access to this room")
+                self.refuse(ErrorCode.FORBIDDEN, "no access to this room")
+                return False
             async with self.services.hold_room(name) as room:
                 self._member = room.add_member(self, 1, access, Join(0, name, None, None))
         except Unauthenticated:
-            return self._refuse(ErrorCode.UNAUTHENTICATED, "unauthenticated")
+            self.refuse(ErrorCode.UNAUTHENTICATED, "unauthenticated")
+            return False
         except RequestError as exc:  # the room is unavailable, a hook failed, shutting down
-            return self._refuse(exc.code, exc.message)
+            self.refuse(exc.code, exc.message)
+            return False
         self._members[1] = self._member
         logger.info("yjs session %s joined %r as %s", self.id, name, self.identity.get("id"))
         return True
 
-    def _refuse(self, code: int, reason: str) -> bool:
-        """Refuse what the client sent or asked for. y-websocket has no error message, so the
-        close code says it (spec §13: retry or not) and the reason says why."""
-        logger.info("yjs session %s refused: %s (%d)", self.id, reason, code)
-        self.close(close_code_for(code), reason)
+    def refuse(
+        self, code: int, message: str, ref: int | None = None, channel: int | None = None, *, reason: str | None = None
+    ) -> None:
+        """The one place this session refuses what its client sent or asked for. y-websocket
+        has no error message, so the close code says it (spec §13: retry or not) and the
+        reason why; then counted (Peer.refused)."""
+        logger.info("yjs session %s refused: %s (%d)", self.id, message, code)
+        self.close(close_code_for(code), reason or message)
         self.refused(code)
-        return False
 
     # -- reader ------------------------------------------------------------------------------
 
@@ -124,11 +128,8 @@ class YjsSession(Peer):
                     if not isinstance(data, bytes):
                         raise RemoteProtocolError("text message", ErrorCode.MALFORMED_FRAME)
                     self._handle(decode_y(data))
-                except ProtocolError as exc:
-                    self._refuse(exc.code, exc.message)
-                    break
-                except RequestError as exc:
-                    self._refuse(exc.code, exc.message)
+                except (ProtocolError, RequestError) as exc:
+                    self.refuse(exc.code, exc.message)
                     break
                 if self._close_code is not None:
                     break
@@ -191,9 +192,6 @@ class YjsSession(Peer):
     def _translate(self, member: Member, frames: list[Frame]) -> None:
         for data in self._encode(member, frames):
             self.send_bytes(data)
-        for frame in frames:
-            if isinstance(frame, ChannelClosed):
-                self._refuse(frame.code, frame.message)
 
     def _encode(self, member: Member, frames: list[Frame]) -> list[bytes]:
         """`frames` as y-messages. Presence and cursor frames all become one awareness message
@@ -267,8 +265,11 @@ class YjsSession(Peer):
         logger.info("yjs session %s: %s (%d)", self.id, message, code)
 
     def close_channel(self, member: Member, code: int, message: str) -> None:
+        """The room ends the membership (spec §13: the connection is the membership): a
+        close whose code says whether to retry, not a refusal of anything the client sent."""
         self._members.pop(member.channel, None)
-        self._refuse(code, message)
+        logger.info("yjs session %s: the room ended it: %s (%d)", self.id, message, code)
+        self.close(close_code_for(code), message)
 
 
 UPDATE_PREFIX = encode_sync(YSyncStep.UPDATE, b"")[:2]

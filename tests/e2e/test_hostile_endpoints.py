@@ -172,7 +172,7 @@ async def busy_room_victim(engine: Engine, port: int) -> Peer:
     # The server's side of the victim's socket has a write under way that cannot finish.
     welcome = decode(talker.messages[0])[0]
     assert isinstance(welcome, Welcome)
-    (session,) = [s for s in engine._sessions if s.id != welcome.session]
+    (session,) = [s for s in engine._sessions.values() if s.id != welcome.session]
     with trio.fail_after(5):
         while not session.transport._sending:  # type: ignore[attr-defined]
             await trio.sleep(0.01)

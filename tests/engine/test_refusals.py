@@ -356,3 +356,18 @@ async def test_a_plait_frame_with_a_mistake_is_closed_with_its_own_reason_not_th
     assert await client.wait_closed() == CloseCode.PROTOCOL_ERROR
     assert client.closed is not None and "/yjs/" not in client.closed.reason, client.closed.reason
     await assert_engine_serves(engine)
+
+
+@pytest.mark.parametrize("burst", [False, True], ids=["alone", "in-a-burst"])
+async def test_a_bad_update_without_a_ref_gets_the_same_error_alone_or_in_a_burst(autojump_clock: MockClock, burst: bool) -> None:
+    # Review of the restructure: alone it got INVALID_UPDATE, in a burst of updates nothing.
+    async with running_engine() as engine:
+        c = DocClient(engine.connect_memory())
+        await c.hello()
+        await c.join("r")
+        good = edit(c.doc, "ok")
+        frames = [Update(1, None, good), Update(1, None, b"\xff\xff\xff")] if burst else [Update(1, None, b"\xff\xff\xff")]
+        await c.send(*frames)
+        error = await c.wait_for(Error)
+        assert (error.code, error.ref, error.channel) == (ErrorCode.INVALID_UPDATE, None, 1)
+        await assert_engine_serves(engine)
