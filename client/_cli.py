@@ -314,10 +314,12 @@ class _Terminal:
 
     async def quit_when_offline(self, stop: trio.CancelScope) -> None:
         """After /quit or the end of input, end at once if the client is not connected, or as
-        soon as it is not: what is left to send could only wait for a server that may never
-        come back."""
+        soon as it is not (an attempt under way fails within the handshake timeout): what is
+        left to send could only wait for a server that may never come back."""
         await self.input_done.wait()
         try:
+            # Still connecting: the attempt under way gets its chance (a script piped in
+            # ends its input at once), and gives up within the handshake timeout.
             await self.client.wait_state(ClientState.RECONNECTING)
         except ConnectionClosed:
             return  # stopped for good: watch_connection reports it

@@ -42,6 +42,7 @@ from plait.protocol import (
     CodecLimits,
     Connection,
     Error,
+    ErrorCode,
     Frame,
     Hello,
     Joined,
@@ -483,7 +484,9 @@ class Client:
             first = await transport.receive_message()
         if waiting.cancelled_caught:
             return ConnectionClosed(f"no welcome within {HANDSHAKE_TIMEOUT:g} s", None, retryable=True)
-        frames = conn.receive_data(first) if isinstance(first, bytes) else []
+        if not isinstance(first, bytes):
+            raise RemoteProtocolError("the server answered hello with a text message, not welcome", ErrorCode.MALFORMED_FRAME)
+        frames = conn.receive_data(first)
         if not frames or not isinstance(frames[0], Welcome):
             if frames and isinstance(frames[0], Error):
                 self._refusal = frames[0]
@@ -492,6 +495,7 @@ class Client:
                 while True:
                     await transport.receive_message()
             return ConnectionClosed("the server answered hello without welcome", None, retryable=True)
+        _check_limits(frames[0].limits)
         self.welcome = frames[0]
         self.session_id = self.welcome.session
         self._limits = self.welcome.limits
@@ -678,12 +682,31 @@ def _too_large(frame: Frame, size: int, limit: int) -> FrameTooLarge:
     )
 
 
+def _check_limits(limits: Limits) -> None:
+    """Limits a client can work within (spec §4.2), or RemoteProtocolError: a server that
+    announces a message limit smaller than a hello, or rates of zero, would leave every call
+    waiting forever."""
+    if limits.max_message_bytes < MIN_MESSAGE_BYTES or limits.max_frames_per_message < 1:
+        problem = f"max_message_bytes {limits.max_message_bytes}, max_frames_per_message {limits.max_frames_per_message}"
+    elif limits.updates_per_second < 1 or limits.events_per_second < 1 or limits.max_rooms < 1:
+        problem = f"rates {limits.updates_per_second}/{limits.events_per_second} per second, {limits.max_rooms} rooms"
+    else:
+        return
+    raise RemoteProtocolError(f"the server announced limits no client can work within: {problem}", ErrorCode.INVALID_FIELD)
+
+
+MIN_MESSAGE_BYTES = 4096
+"""The smallest max_message_bytes the client accepts from a server."""
+
+
 def _websocket_target(url: str) -> tuple[str, int, str, bool]:
     """(host, port, resource, secure) of a ws:// or wss:// URL.
 
     Raises:
         ValueError: not a WebSocket URL.
     """
+    if not isinstance(url, str):
+        raise ValueError(f"not a WebSocket URL: {url!r}")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a WebSocket URL: {url!r}")
@@ -705,13 +728,23 @@ def websocket_opener(url: str, nursery: trio.Nursery) -> OpenTransport:
         # We open the TCP stream ourselves so that a connect cancelled mid-handshake (the app
         # leaving while a reconnect is under way) closes the socket instead of leaking it.
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-        stream = await trio.open_tcp_stream(host, port)
+        with trio.move_on_after(HANDSHAKE_TIMEOUT) as connecting:
+            tcp = await trio.open_tcp_stream(host, port)
+        if connecting.cancelled_caught:
+            raise OSError(f"no TCP connection to {host}:{port} within {HANDSHAKE_TIMEOUT:g} s")
+        stream = tcp
         try:
-            if secure:
-                stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
-            ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, host, resource, max_message_size=64 * 1024 * 1024
-            )
+            # A server that takes the connection and never answers the upgrade (a frozen
+            # process, a proxy that holds it) fails this attempt, which is then retried.
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                if secure:
+                    stream = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host)
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, host, resource, max_message_size=64 * 1024 * 1024
+                )
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(stream)
+            raise OSError(f"no answer to the WebSocket upgrade within {HANDSHAKE_TIMEOUT:g} s") from None
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise

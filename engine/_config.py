@@ -49,6 +49,9 @@ class EngineConfig:
     clients cannot split what they send, so their messages may be this large (plus a little)
     even when native messages are limited to max_message_bytes."""
     max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE
+    max_room_presence_bytes: int = 16 * MiB
+    """A room's presence states, identities and cursors together: what a joiner is sent at
+    once. A change that would pass it is refused (PRESENCE_TOO_LARGE)."""
     max_presence_bytes: int = MAX_PRESENCE_BYTES
     """The most a session's presence state, its cursor position, or an identity from the
     authenticate hook may take, msgpack-encoded (spec §5.4); at most a quarter of
@@ -80,6 +83,10 @@ class EngineConfig:
     """Past this many queued frames a connection is lagging: its ephemeral frames coalesce."""
 
     event_history: int = 1000
+    event_history_bytes: int = 16 * MiB
+    """A room's event history keeps at most event_history events and this many bytes of them
+    (the newest event always): what a rejoining member is replayed (spec §7) is bounded by it,
+    and so is the memory a room's history holds."""
     compact_after_updates: int = 500
     compact_after_bytes: int = 1 * MiB
     """A room's update log is folded into a new snapshot once it holds this many updates or

@@ -100,6 +100,12 @@ class HookFailed(RequestError):
         self.hook = hook
 
 
+APPLICATION_ERRORS = (Exception, SystemExit)
+"""What application code (hooks, stores, seams, a metrics exporter) may raise that the engine
+contains: SystemExit too, as a hook that calls sys.exit must not stop the server for everyone.
+KeyboardInterrupt and Trio's Cancelled go on."""
+
+
 async def call_hook(
     hook: str,
     call: Callable[[], Awaitable[T]],
@@ -117,7 +123,7 @@ async def call_hook(
     except trio.TooSlowError:
         logger.error("hook %s took longer than %g s", hook, timeout)
         raise HookFailed(hook) from None
-    except Exception as exc:
+    except APPLICATION_ERRORS as exc:
         logger.error("hook %s failed", hook, exc_info=exc)
         raise HookFailed(hook) from exc
 

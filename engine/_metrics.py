@@ -27,6 +27,8 @@ from typing import Protocol
 
 from plait.protocol import APPLICATION_ERROR_RANGE, ErrorCode
 
+from ._hooks import APPLICATION_ERRORS
+
 logger = logging.getLogger("plait.engine")
 
 
@@ -77,16 +79,16 @@ class ContainedMetrics:
     def add(self, name: str, amount: float = 1.0, label: str = "") -> None:
         try:
             self._inner.add(name, amount, label)
-        except Exception as exc:
+        except APPLICATION_ERRORS as exc:
             self._log(name, exc)
 
     def observe(self, name: str, value: float, label: str = "") -> None:
         try:
             self._inner.observe(name, value, label)
-        except Exception as exc:
+        except APPLICATION_ERRORS as exc:
             self._log(name, exc)
 
-    def _log(self, name: str, exc: Exception) -> None:
+    def _log(self, name: str, exc: BaseException) -> None:
         if name not in self._failed:
             self._failed.add(name)
             logger.error("metrics: reporting %s failed (later failures of it are not logged)", name, exc_info=exc)

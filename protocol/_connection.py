@@ -112,6 +112,8 @@ class Connection:
         self.version: int | None = None
         self.channels: set[int] = set()
         self._left: set[int] = set()
+        self._offered: tuple[int, ...] = SUPPORTED_VERSIONS
+        """The versions this client's hello offered (spec §5.1: the server picks one of them)."""
         self._peer = Sender.SERVER if role is Role.CLIENT else Sender.CLIENT
         self._own = Sender.CLIENT if role is Role.CLIENT else Sender.SERVER
 
@@ -165,6 +167,11 @@ class Connection:
         if isinstance(frame, Hello):
             self.version = self._negotiate(frame)
         elif isinstance(frame, Welcome):
+            if frame.version not in self._offered:
+                raise RemoteProtocolError(
+                    f"the server chose version {frame.version}, which this client did not offer ({list(self._offered)})",
+                    ErrorCode.UNSUPPORTED_VERSION,
+                )
             self.version = frame.version
         if frame.ROOM_SCOPED and not isinstance(frame, Joined):
             channel: int = frame.channel  # type: ignore[attr-defined]
@@ -224,6 +231,8 @@ class Connection:
             self._close_channel(frame.channel)
         elif isinstance(frame, Welcome):
             self.version = frame.version
+        elif isinstance(frame, Hello):
+            self._offered = tuple(frame.versions)
         self.state = nxt
 
     def send_frame(self, frame: Frame) -> bytes:

@@ -81,6 +81,8 @@ class Ephemeral:
         self._cursors: dict[str, tuple[Any, int]] = {}
         """Session -> (its cursor position, the bytes its CursorPosition takes at most)."""
         self._moved: dict[str, tuple[Any, int]] = {}
+        self._cursor_bytes = 0
+        """Of every cursor in `_cursors`: with the presence, what a joiner is sent."""
         self._budget = config.max_message_bytes - FRAME_OVERHEAD
         """What one frame's list may take, so that the frame fits in a message (spec §3.2)."""
         self._typing: dict[str, float] = {}
@@ -155,7 +157,10 @@ class Ephemeral:
     def removed(self, member: Member) -> None:
         """The member is no longer the room's: its cursor and typing go at once."""
         sid = member.session.id
-        if self._cursors.pop(sid, None) is not None or sid in self._moved:
+        dropped = self._cursors.pop(sid, None)
+        if dropped is not None:
+            self._cursor_bytes -= dropped[1]
+        if dropped is not None or sid in self._moved:
             self._moved[sid] = (None, 1 + len(sid) + ENTRY_OVERHEAD)
             self._awareness.changed(sid)
         if self._typing.pop(sid, None) is not None:
@@ -187,7 +192,9 @@ class Ephemeral:
             return  # a frame that raced the end of its membership
         sid = member.session.id
         new = dict(state) if state is not None else self._presence.patched(sid, patch or {})
-        self._presence.set(sid, new, self._check_size("presence state", new))
+        size = self._check_size("presence state", new)
+        self._check_room_budget(size - self._presence.raw_state_bytes(sid))
+        self._presence.set(sid, new, size)
         self._awareness.changed(sid)
         self.want_tick()
 
@@ -197,10 +204,14 @@ class Ephemeral:
             return  # a frame that raced the end of its membership
         sid = member.session.id
         moved = (position, self._check_size("cursor position", position) + len(sid) + ENTRY_OVERHEAD)
+        old = self._cursors.get(sid, (None, 0))[1]
         if position is None:
             self._cursors.pop(sid, None)
+            self._cursor_bytes -= old
         else:
+            self._check_room_budget(moved[1] - old)
             self._cursors[sid] = moved
+            self._cursor_bytes += moved[1] - old
         self._moved[sid] = moved
         self._awareness.changed(sid)
         self.want_tick()
@@ -218,6 +229,16 @@ class Ephemeral:
             self._typing_changed = True
         if self._typing_changed:
             self.want_tick()
+
+    def _check_room_budget(self, growth: int) -> None:
+        """A room's presence and cursors together stay within max_room_presence_bytes: what
+        every joiner is sent at once (spec §5.4)."""
+        limit = self._config.max_room_presence_bytes
+        if growth > 0 and self._presence.total_bytes + self._cursor_bytes + growth > limit:
+            raise RequestError(
+                ErrorCode.PRESENCE_TOO_LARGE,
+                f"this room's presence and cursors would pass the server's {limit}-byte limit for a room; nothing changed",
+            )
 
     def _check_size(self, what: str, value: Any) -> int:
         return presence_size(what, value, self._config.presence_limit)

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
-from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value, encode_trusted
+from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value, encode_trusted, encoded_size
 from plait.storage import StoredEvent
 
 from .._config import EngineConfig
 from .._errors import RequestError
-from .._hooks import EventRejected, HookFailed, Hooks, Identity, call_hook
+from .._hooks import APPLICATION_ERRORS, EventRejected, HookFailed, Hooks, Identity, call_hook
 from .._metrics import Metrics
 from ._ephemeral import Ephemeral
 from ._fanout import Fanout
@@ -63,13 +63,25 @@ def new_epoch() -> str:
 
 
 class EventLog:
-    def __init__(self, capacity: int, history: tuple[StoredEvent, ...] = (), epoch: str | Callable[[], str] = new_epoch) -> None:
+    """A room's recent events (spec §5.6, §7): at most `capacity` of them and `max_bytes` of
+    their encoded bodies (the newest is always kept), for resume and idempotency keys."""
+
+    def __init__(
+        self,
+        capacity: int,
+        history: tuple[StoredEvent, ...] = (),
+        epoch: str | Callable[[], str] = new_epoch,
+        max_bytes: int = 2**62,
+    ) -> None:
         """`epoch` names the history if `history` is empty (a string, or what makes one)."""
         self._history: deque[EventRecord] = deque(maxlen=capacity)
+        self._sizes: deque[int] = deque()
+        self._bytes = 0
+        self._max_bytes = max_bytes
         self._keys: dict[str, int] = {}
         self.head = 0
         for stored in history:
-            self._remember(EventRecord.from_stored(stored))
+            self._remember(EventRecord.from_stored(stored), len(stored.body))
         if self._history:
             self.epoch = self._history[-1].epoch
         else:
@@ -83,18 +95,24 @@ class EventLog:
     ) -> EventRecord:
         """Record an event at `seq` (the next after `head` if not given)."""
         record = EventRecord(self.head + 1 if seq is None else seq, name, payload, session, user, key, self.epoch)
-        self._remember(record)
+        self._remember(record, encoded_size(payload) + len(name) + len(session or "") + len(user or "") + len(key or ""))
         return record
 
-    def _remember(self, record: EventRecord) -> None:
-        if len(self._history) == self._history.maxlen and self._history:
-            dropped = self._history[0]
-            if dropped.key is not None:
-                self._keys.pop(dropped.key, None)
+    def _remember(self, record: EventRecord, size: int) -> None:
+        while self._history and (len(self._history) == self._history.maxlen or self._bytes + size > self._max_bytes):
+            self._forget_oldest()
         self._history.append(record)
+        self._sizes.append(size)
+        self._bytes += size
         self.head = max(self.head, record.seq)
         if record.key is not None:
             self._keys[record.key] = record.seq
+
+    def _forget_oldest(self) -> None:
+        dropped = self._history.popleft()
+        self._bytes -= self._sizes.popleft()
+        if dropped.key is not None and self._keys.get(dropped.key) == dropped.seq:
+            del self._keys[dropped.key]
 
     def since(self, seq: int, epoch: str | None) -> tuple[list[EventRecord], bool]:
         """Events after position (`epoch`, `seq`), and whether they are all of them (spec §7).
@@ -183,7 +201,7 @@ class EventsStrand:
         user = str(member.session.identity.get("id")) if member else None
         try:
             seq = await self._sequence.next_seq(self.name, self._events.head)
-        except Exception as exc:  # a shared counter that is down, or a bug in the seam
+        except APPLICATION_ERRORS as exc:  # a shared counter that is down, or a bug in the seam
             logger.error("room %r: the sequence authority failed", self.name, exc_info=exc)
             raise RequestError(ErrorCode.INTERNAL, "the event could not be numbered; publish it again") from None
         self._check_still_here(member)

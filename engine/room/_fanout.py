@@ -15,6 +15,7 @@ from typing import Protocol
 
 from plait.protocol import ChannelFrame, ErrorCode
 
+from .._hooks import APPLICATION_ERRORS
 from ._member import Member, Refresh
 
 logger = logging.getLogger("plait.room")
@@ -71,13 +72,13 @@ class ContainedFanout:
     def document(self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame]) -> None:
         try:
             self._inner.document(room, members, frames)
-        except Exception as exc:
+        except APPLICATION_ERRORS as exc:
             _failed(room, members, "document", exc)
 
     def event(self, room: str, members: Sequence[Member], frame: ChannelFrame) -> None:
         try:
             self._inner.event(room, members, frame)
-        except Exception as exc:
+        except APPLICATION_ERRORS as exc:
             _failed(room, members, "event", exc)
 
     def ephemeral(
@@ -85,11 +86,11 @@ class ContainedFanout:
     ) -> None:
         try:
             self._inner.ephemeral(room, members, frames, refresh)
-        except Exception as exc:
+        except APPLICATION_ERRORS as exc:
             _failed(room, members, "ephemeral", exc)
 
 
-def _failed(room: str, members: Sequence[Member], what: str, exc: Exception) -> None:
+def _failed(room: str, members: Sequence[Member], what: str, exc: BaseException) -> None:
     logger.error("room %r: the fan-out of a %s frame failed; its members join again", room, what, exc_info=exc)
     for member in list(members):
         member.room.remove_member(member, disconnected=False)

@@ -43,7 +43,7 @@ from plait.storage import RoomData
 
 from .._config import EngineConfig
 from .._errors import RequestError, RoomUnavailable
-from .._hooks import Hooks, call_hook
+from .._hooks import APPLICATION_ERRORS, Hooks, call_hook
 from .._metrics import NO_METRICS, Metrics
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import Ephemeral
@@ -156,7 +156,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
             data = await self._store.load(self.name)
             self._restore(data)
             await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
-        except Exception as exc:
+        except APPLICATION_ERRORS as exc:
             # The details (paths, the store's own words) are for the server's log, not clients.
             logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
             self.state = RoomState.FAILED
@@ -182,7 +182,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._bytes_since_snapshot = sum(map(len, data.updates))
         self._snapshot_bytes = len(data.snapshot or b"")
         self._doc_bytes = len(data.snapshot or b"") + self._bytes_since_snapshot
-        self._events = EventLog(self._config.event_history, data.events, self._new_epoch)
+        self._events = EventLog(self._config.event_history, data.events, self._new_epoch, self._config.event_history_bytes)
 
     def _unobserve(self) -> None:
         if self._doc_subscription is not None:

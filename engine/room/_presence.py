@@ -30,6 +30,8 @@ class _Entry:
 class PresenceBook:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self.total_bytes = 0
+        """Identities and states, encoded, of every entry: what a snapshot carries."""
         self._joined: set[str] = set()
         self._updated: set[str] = set()
         self._left: set[str] = set()
@@ -49,13 +51,15 @@ class PresenceBook:
         for old, entry in list(self._entries.items()):
             if entry.lingers_until is not None and entry.identity.get("id") == identity.get("id"):
                 self.leave(old)
-        self._entries[session] = _Entry(dict(identity), {}, encoded_size(identity))
+        entry = self._entries[session] = _Entry(dict(identity), {}, encoded_size(identity))
+        self.total_bytes += entry.identity_bytes + entry.state_bytes
         self._joined.add(session)
         self._left.discard(session)
 
     def set(self, session: str, state: dict[str, Any], size: int) -> None:
         """Replace the session's state; `size` is its encoded_size."""
         entry = self._entries[session]
+        self.total_bytes += size - entry.state_bytes
         entry.state = state
         entry.state_bytes = size
         self._mark_updated(session)
@@ -78,8 +82,10 @@ class PresenceBook:
             entry.lingers_until = until
 
     def leave(self, session: str) -> None:
-        if self._entries.pop(session, None) is None:
+        entry = self._entries.pop(session, None)
+        if entry is None:
             return
+        self.total_bytes -= entry.identity_bytes + entry.state_bytes
         self._joined.discard(session)
         self._updated.discard(session)
         self._left.add(session)
@@ -113,6 +119,10 @@ class PresenceBook:
         """At most the bytes the session's PresenceEntry takes encoded."""
         e = self._entries[session]
         return e.identity_bytes + e.state_bytes + len(session) + ENTRY_OVERHEAD
+
+    def raw_state_bytes(self, session: str) -> int:
+        """The session's state, encoded."""
+        return self._entries[session].state_bytes
 
     def state_bytes(self, session: str) -> int:
         """At most the bytes the session's PresenceState takes encoded."""

@@ -314,7 +314,7 @@ class Session(Peer):
                 raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {name!r}")
             async with self.services.hold_room(name) as room:
                 channel = self._next_channel
-                member = room.add_member(self, channel, access, join)  # RequestError: nothing sent
+                member = self._admit(room, channel, access, join)  # RequestError: nothing sent
                 self._next_channel += 1
                 self._members[channel] = member
         except BaseException:

@@ -28,12 +28,14 @@ class Outbox:
     send to something (the session then starts its writer, which takes until it is empty).
     A list, not a deque: an idle connection's empty outbox should cost bytes, not a block."""
 
-    __slots__ = ("_frames", "_bytes", "_stale", "_max_bytes", "_lag_frames", "_solo_bytes", "_ready", "overflowed")
+    __slots__ = ("_frames", "_bytes", "_exempt", "_stale", "_max_bytes", "_lag_frames", "_solo_bytes", "_ready", "overflowed")
 
     def __init__(self, max_bytes: int, lag_frames: int, solo_bytes: int = 2**62,
                  ready: Callable[[], None] = _nothing) -> None:
         self._frames: list[bytes] = []
         self._bytes = 0
+        self._exempt = 0
+        """Bytes queued outside the budget (a join's catch-up), not yet taken."""
         self._stale: dict[int, Refresh] = {}
         self._max_bytes = max_bytes
         self._lag_frames = lag_frames
@@ -61,13 +63,18 @@ class Outbox:
     def lagging(self) -> bool:
         return len(self._frames) >= self._lag_frames
 
-    def put(self, data: bytes) -> bool:
-        """Queue an ordered frame. Returns False (and sets `overflowed`) past the byte budget."""
-        if self._bytes + len(data) > self._max_bytes:
+    def put(self, data: bytes, exempt: bool = False) -> bool:
+        """Queue an ordered frame. Returns False (and sets `overflowed`) past the byte budget.
+        An `exempt` frame (a join's catch-up: the document, the missed events, the room's
+        presence, each bounded by its own limit) is queued whatever the budget, and does not
+        count toward it until it is sent."""
+        if not exempt and self._bytes - self._exempt + len(data) > self._max_bytes:
             self.overflowed = True
             return False
         self._frames.append(data)
         self._bytes += len(data)
+        if exempt:
+            self._exempt += len(data)
         if len(self._frames) == 1:
             self._ready()
         return True
@@ -92,7 +99,7 @@ class Outbox:
         """Take every queued frame at once (for the last message before a close)."""
         frames = self._frames
         self._frames = []
-        self._bytes = 0
+        self._bytes = self._exempt = 0
         self._stale.clear()
         return frames
 
@@ -124,4 +131,7 @@ class Outbox:
         batch = frames[:count]
         del frames[:count]
         self._bytes -= size
+        # The oldest frames go first; counting what is taken against the exempt bytes first
+        # can only make the budget apply sooner, never later.
+        self._exempt = max(0, self._exempt - size)
         return batch

@@ -29,12 +29,12 @@ from typing import Any
 
 import trio
 
-from plait.protocol import Ack, ChannelFrame, CloseCode, ErrorCode, Frame, TransportClosed
+from plait.protocol import Access, Ack, ChannelFrame, CloseCode, ErrorCode, Frame, Join, TransportClosed
 
 from .._errors import RequestError
 from .._hooks import Identity
 from .._metrics import code_name
-from ..room import Member, Refresh
+from ..room import Member, Refresh, Room
 from ..transports import NowaitTransport, Transport
 from ._outbox import Outbox
 from ._ratelimit import TokenBucket
@@ -57,7 +57,7 @@ class Peer:
     # Slots: an idle server holds thousands of these (bench/idle.py).
     __slots__ = (
         "_attached", "_close_code", "_close_reason", "_closed_by_peer", "_detach_grace", "_detached", "_detached_code", "_done",
-        "_finished", "_event_bucket", "_members", "_next_transport", "_nowait", "_released", "_resume_key",
+        "_catching_up", "_finished", "_event_bucket", "_members", "_next_transport", "_nowait", "_released", "_resume_key",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
@@ -109,6 +109,9 @@ class Peer:
         self._done: trio.Event | None = None  # made when someone waits
         self._finished = False
         self._closed_by_peer = False
+        self._catching_up = False
+        """While a room admits this session: what it queues is the join's catch-up, outside
+        the outbox budget (Outbox.put)."""
         self._detach_grace = detach_grace
         """Seconds the session outlives a transport that ended, waiting for `attach` (0: it
         ends with its transport, as a WebSocket session does)."""
@@ -420,13 +423,24 @@ class Peer:
         """Queue an encoded frame; a session that cannot keep up is closed TOO_SLOW."""
         if self._close_code is not None:
             return
-        if not self.outbox.put(data):
+        if not self.outbox.put(data, self._catching_up):
             logger.warning("session %s too slow: %d bytes queued", self.id, self.outbox.queued_bytes)
             self.close(CloseCode.TOO_SLOW, "too slow")
 
     def send_ephemeral(self, channel: int, data: bytes, refresh: Callable[[], list[bytes]]) -> None:
         if self._close_code is None and not self.outbox.put_ephemeral(data, channel, refresh):
             self.close(CloseCode.TOO_SLOW, "too slow")
+
+    def _admit(self, room: Room, channel: int, access: Access, join: Join) -> Member:
+        """`room.add_member`, its catch-up queued outside the outbox budget: the document
+        (max_document_bytes), the missed events (event_history_bytes) and the room's presence
+        (max_room_presence_bytes) are each bounded, but together they may pass the budget,
+        and a member that can never join is worse than one that reads a large first message."""
+        self._catching_up = True
+        try:
+            return room.add_member(self, channel, access, join)
+        finally:
+            self._catching_up = False
 
     def _leave_rooms(self) -> None:
         for member in list(self._members.values()):

@@ -93,7 +93,7 @@ class YjsSession(Peer):
                 self.refuse(ErrorCode.FORBIDDEN, "no access to this room")
                 return False
             async with self.services.hold_room(name) as room:
-                self._member = room.add_member(self, 1, access, Join(0, name, None, None))
+                self._member = self._admit(room, 1, access, Join(0, name, None, None))
         except Unauthenticated:
             self.refuse(ErrorCode.UNAUTHENTICATED, "unauthenticated")
             return False

@@ -351,3 +351,67 @@ async def test_presence_over_the_announced_limit_raises_presence_too_large_at_on
                 await seen.synced()
                 assert [e.state for e in seen.presence.values()] == [{"name": "ada"}]
             assert cable.opened == 2 and c.state is ClientState.OPEN
+
+
+class FakeServer:
+    """A transport whose 'server' answers hello with `answer`, then waits."""
+
+    def __init__(self, answer: bytes | str) -> None:
+        self.answer = answer
+        self.answered = False
+
+    async def send_message(self, data: bytes) -> None:
+        pass
+
+    async def receive_message(self) -> bytes | str:
+        if not self.answered:
+            self.answered = True
+            return self.answer
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        pass
+
+
+def _welcome(version: int = 1, **limits: int) -> bytes:
+    from plait.protocol import Limits, Welcome, encode
+
+    base = {"max_message_bytes": 1 << 20, "max_frames_per_message": 1024, "max_rooms": 64, "events_per_second": 50,
+            "updates_per_second": 200, "max_presence_bytes": 65536}
+    return encode(Welcome(version, "s1", 15000, Limits(**{**base, **limits})))
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (_welcome(version=9), "did not offer"),
+        ("welcome", "text message"),
+        (_welcome(max_message_bytes=0), "limits no client can work within"),
+        (_welcome(events_per_second=0), "limits no client can work within"),
+    ],
+    ids=["version-not-offered", "text", "zero-message-limit", "zero-event-rate"],
+)
+async def test_a_welcome_the_client_cannot_work_with_stops_it_with_the_reason(
+    autojump_clock: MockClock, answer: bytes | str, words: str
+) -> None:
+    # Fresh-user pass 3: a welcome for version 9 was taken; a text answer waited 10 s and
+    # retried; max_message_bytes 0 made synced() wait forever.
+    opened: list[FakeServer] = []
+
+    async def open_fake() -> FakeServer:
+        opened.append(FakeServer(answer))
+        return opened[-1]
+
+    async with connect(open_transport=open_fake) as c:  # type: ignore[arg-type]
+        with pytest.raises(ConnectionClosed, match=words) as info:
+            async with c.join("r") as room:
+                await room.synced()
+        assert not info.value.retryable
+    assert len(opened) == 1  # not retried
+
+
+async def test_connect_with_a_url_that_is_not_a_string_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="not a WebSocket URL"):
+        async with connect(5):  # type: ignore[arg-type]
+            pass

@@ -59,6 +59,8 @@ class Misbehaving(Hooks):
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
         if token == "raise":
             raise RuntimeError("auth backend bug")
+        if token == "exit":  # an application that calls sys.exit() in a hook
+            raise SystemExit(3)
         if token == "int-id":
             return {"id": 42}
         if token == "not-a-map":
@@ -130,7 +132,7 @@ async def still_open(client: DocClient, nonce: int = 99) -> None:
 # -- hooks ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("token", ["raise", "int-id", "not-a-map", "nan-identity", "huge-identity"])
+@pytest.mark.parametrize("token", ["raise", "exit", "int-id", "not-a-map", "nan-identity", "huge-identity"])
 async def test_an_authenticate_hook_that_fails_refuses_only_that_hello(
     autojump_clock: MockClock, caplog: pytest.LogCaptureFixture, token: str
 ) -> None:
@@ -141,6 +143,8 @@ async def test_an_authenticate_hook_that_fails_refuses_only_that_hello(
         assert await bad.wait_closed() == CloseCode.INTERNAL_ERROR
         if token == "raise":
             assert traceback_logged(caplog, "auth backend bug")
+        elif token == "exit":
+            assert error_logged(caplog, "authenticate")
         else:
             assert error_logged(caplog, "authenticate")
         await assert_engine_serves(engine)

@@ -73,6 +73,15 @@ def test_unsupported_version_is_fatal_with_its_code() -> None:
         server.receive(Hello(versions=(1,), token=None, client={}))
 
 
+def test_a_welcome_for_a_version_the_client_did_not_offer_is_fatal() -> None:
+    client = Connection(Role.CLIENT)
+    client.send(Hello(versions=(1,), token=None, client={}))
+    with pytest.raises(RemoteProtocolError) as info:
+        client.receive(Welcome(version=9, session="s1", heartbeat_ms=1000, limits=LIMITS))
+    assert info.value.code is ErrorCode.UNSUPPORTED_VERSION and "did not offer" in info.value.message
+    assert client.state is SessionState.ERROR
+
+
 def test_nothing_but_hello_may_come_first() -> None:
     server = Connection(Role.SERVER)
     with pytest.raises(RemoteProtocolError) as info:
