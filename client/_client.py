@@ -50,6 +50,7 @@ from plait.protocol import (
     LocalProtocolError,
     Ping,
     ProtocolError,
+    Publish,
     RemoteProtocolError,
     Role,
     Transport,
@@ -199,6 +200,9 @@ class Client:
         self._state_changed = trio.Event()
         self._changes: Feed[ConnectionChanged] = Feed()
         self._pacer: Pacer | None = None
+        self._event_pacer: Pacer | None = None
+        self._publishes: list[tuple[Frame, Waiter[Any]]] = []
+        """Publishes waiting for the event pacer (spec §5.8 events_per_second), in order."""
         self._doc_rooms: dict[Room, None] = {}
         """Rooms with document changes waiting for the pacer, in turn."""
         self._rate_limited_in_a_row = 0
@@ -298,6 +302,10 @@ class Client:
             size = len(encode_frame(frame))
         except LocalProtocolError as exc:
             raise error_for(exc.code, exc.message) from None
+        if isinstance(frame, Publish):
+            # The event it becomes carries its seq, session and user too (spec §4): a publish
+            # that fits only without them would come back refused after a round trip.
+            size += EVENT_GROWTH
         if size > self.max_message_bytes:
             raise _too_large(frame, size, self.max_message_bytes)
 
@@ -382,6 +390,23 @@ class Client:
                 self._pacer.slow_down()
             self._pacer.hold(trio.current_time(), self._backoff.delay(self._rate_limited_in_a_row - 1))
         self.doc_ready(room)
+
+    def send_publish(self, frame: Frame, waiter: Waiter[Any]) -> None:
+        """Send a publish when the event pacer has a token (below the server's announced
+        events_per_second, spec §5.8), in order: a loop of publishes waits instead of hearing
+        RATE_LIMITED, and a reconnect's re-sends do not trip the limit again."""
+        self._publishes.append((frame, waiter))
+        self._send_publishes()
+        if self._publishes:
+            self._wakeup.set()
+
+    def _send_publishes(self) -> None:
+        if self._event_pacer is None or self._conn is None or self.state is not ClientState.OPEN:
+            return
+        now = trio.current_time()
+        while self._publishes and self._event_pacer.take(now):
+            frame, waiter = self._publishes.pop(0)
+            self.send(frame, waiter)
 
     def _send_doc_frames(self) -> None:
         if self._pacer is None or self._conn is None or self.state is not ClientState.OPEN:
@@ -508,6 +533,7 @@ class Client:
         self._conn = conn
         self._opened_at = trio.current_time()
         self._pacer = Pacer(self.welcome.limits.updates_per_second, self._opened_at)
+        self._event_pacer = Pacer(self.welcome.limits.events_per_second, self._opened_at)
         self._rate_limited_in_a_row = 0
         self._set_state(ClientState.OPEN)
         for room in self._rooms.values():
@@ -562,6 +588,7 @@ class Client:
             while not self._outgoing and not self._closing:
                 self._wakeup = trio.Event()
                 self._send_doc_frames()
+                self._send_publishes()
                 if self._outgoing:
                     break
                 now = trio.current_time()
@@ -570,6 +597,8 @@ class Client:
                 wake_at = idle_until
                 if self._doc_rooms and self._pacer is not None:
                     wake_at = min(wake_at, max(self._pacer.next_token_at(now), now + _PACE_EPSILON))
+                if self._publishes and self._event_pacer is not None:
+                    wake_at = min(wake_at, max(self._event_pacer.next_token_at(now), now + _PACE_EPSILON))
                 with trio.move_on_at(wake_at):
                     await self._wakeup.wait()
             if not self._outgoing:
@@ -631,6 +660,7 @@ class Client:
     def _lost_connection(self) -> None:
         self._conn = None
         self._outgoing = []
+        self._publishes = []  # their rooms send them again, with their new channel, on rejoin
         waiters, self._waiters = self._waiters, {}
         self._joins.clear()
         lost = ConnectionClosed("connection lost", ABNORMAL_CLOSURE)
@@ -694,6 +724,10 @@ def _check_limits(limits: Limits) -> None:
         return
     raise RemoteProtocolError(f"the server announced limits no client can work within: {problem}", ErrorCode.INVALID_FIELD)
 
+
+EVENT_GROWTH = 9 + 3 + 64 + 3 + 4 * 256
+"""At most how much longer an event is than the publish it came from: a seq, and the session
+id and user id (up to 256 characters of up to 4 bytes) the server stamps."""
 
 MIN_MESSAGE_BYTES = 4096
 """The smallest max_message_bytes the client accepts from a server."""

@@ -415,3 +415,37 @@ async def test_connect_with_a_url_that_is_not_a_string_raises_value_error() -> N
     with pytest.raises(ValueError, match="not a WebSocket URL"):
         async with connect(5):  # type: ignore[arg-type]
             pass
+
+
+async def test_publishing_in_a_loop_stays_under_the_announced_event_rate(autojump_clock: MockClock) -> None:
+    # Fresh-user pass 3: a plain loop of `await room.publish()` got RateLimited at the 54th
+    # call; 300 at once got 80 refusals and eight 4007 closes.
+    async with make_engine(events_per_second=50) as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c, c.join("r") as room:
+            await room.synced()
+            start = trio.current_time()
+            seqs = [await room.publish("chat", {"n": i}) for i in range(120)]
+            assert seqs == list(range(1, 121))
+            assert trio.current_time() - start >= (120 - 50) / 50  # paced, not refused
+            async with trio.open_nursery() as nursery:
+                for i in range(300):
+                    nursery.start_soon(room.publish, "chat", {"n": i})
+            assert cable.opened == 1 and c.state is ClientState.OPEN
+
+
+async def test_a_publish_whose_event_would_not_fit_raises_frame_too_large_at_once(autojump_clock: MockClock) -> None:
+    # Fresh-user pass 3: a publish that fit, but whose event (with session and user) did not,
+    # came back as EventRejected after a round trip, like a hook's refusal.
+    from plait.protocol import Publish, encode_frame
+
+    async with make_engine(max_message_bytes=LIMIT) as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c, c.join("r") as room:
+            await room.synced()
+            base = len(encode_frame(Publish(1, 1, "chat", "", "k" * 32)))
+            payload = "x" * (LIMIT - base - 100)  # the publish fits by 100 bytes; its event would not
+            start = trio.current_time()
+            with pytest.raises(FrameTooLarge):
+                await room.publish("chat", payload)
+            assert trio.current_time() == start
