@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -51,13 +52,32 @@ def _first(group: BaseExceptionGroup[TransportClosed]) -> TransportClosed:
     return found
 
 
+@dataclass(slots=True)
+class _Detach:
+    """A session's life beyond a transport (Peer.attach): only sessions with a grace have one,
+    so the thousands of WebSocket sessions of an idle server pay a slot, not eight."""
+
+    grace: float
+    """Seconds the session outlives a transport that ended, waiting for `attach`."""
+    key: str
+    """What `attach` must be given: a secret of the client's, as session ids are not."""
+    detached: bool = False
+    code: int = CloseCode.NORMAL
+    """How the last transport ended."""
+    attached: trio.Event | None = None
+    """While detached: set when a transport is given (or the session closes)."""
+    next_transport: Transport | None = None
+    released: trio.Event | None = None
+    """Set when the session lets go of the transport `attach` gave it."""
+
+
 class Peer:
     """One client's session. Abstract: see Session and YjsSession."""
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
     __slots__ = (
-        "_attached", "_close_code", "_close_reason", "_closed_by_peer", "_detach_grace", "_detached", "_detached_code", "_done",
-        "_catching_up", "_finished", "_event_bucket", "_members", "_next_transport", "_nowait", "_released", "_resume_key",
+        "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
+        "_catching_up", "_finished", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
@@ -112,18 +132,8 @@ class Peer:
         self._catching_up = False
         """While a room admits this session: what it queues is the join's catch-up, outside
         the outbox budget (Outbox.put)."""
-        self._detach_grace = detach_grace
-        """Seconds the session outlives a transport that ended, waiting for `attach` (0: it
-        ends with its transport, as a WebSocket session does)."""
-        self._resume_key = resume_key
-        """What `attach` must be given: a secret of the client's, as session ids are not."""
-        self._detached = False
-        self._detached_code: int = CloseCode.NORMAL
-        self._attached: trio.Event | None = None
-        """While detached: set when a transport is given (or the session closes)."""
-        self._next_transport: Transport | None = None
-        self._released: trio.Event | None = None
-        """Set when the session lets go of the transport `attach` gave it."""
+        self._detach = _Detach(detach_grace, resume_key) if detach_grace > 0 else None
+        """How it outlives a transport; None: it ends with its transport (a WebSocket's)."""
         now = trio.current_time()
         self._update_bucket = TokenBucket(self.config.updates_per_second, now)
         self._event_bucket = TokenBucket(self.config.events_per_second, now)
@@ -195,8 +205,8 @@ class Peer:
                     while True:
                         # Inline, not a method: an idle connection's task would hold one more
                         # coroutine frame for its whole life (bench/idle.py).
-                        if self._next_transport is not None:
-                            self._use(self._next_transport)
+                        if self._detach is not None and self._detach.next_transport is not None:
+                            self._use(self._detach.next_transport)
                         self._reader_scope = trio.CancelScope()
                         try:
                             async with trio.open_nursery() as nursery:
@@ -205,8 +215,8 @@ class Peer:
                                 with self._reader_scope:
                                     await self._contained(self._reader)
                                 if self._reader_scope.cancelled_caught and self._close_code is None and not self._detached:
-                                    if self._detach_grace > 0:  # a link gone silent: wait for another
-                                        self._detach(CloseCode.HEARTBEAT_TIMEOUT)
+                                    if self._detach is not None:  # a link gone silent: wait for another
+                                        self._detach_now(CloseCode.HEARTBEAT_TIMEOUT)
                                     else:
                                         self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
                                 # Let a running writer finish what is queued (an error frame, say),
@@ -225,7 +235,8 @@ class Peer:
                         await self._let_go()
                         if not await self._reattached():
                             self._closed_by_peer = True  # its transport is gone: no goodbye
-                            self.close(self._detached_code, "not re-attached in time")
+                            assert self._detach is not None
+                            self.close(self._detach.code, "not re-attached in time")
                             break
         finally:
             self._leave_rooms()
@@ -235,38 +246,45 @@ class Peer:
             self.services.metrics.add("sessions_closed", 1, str(self._close_code if self._close_code is not None else CloseCode.GOING_AWAY))
             self.outbox.detach()
             self._finished = True
-            if self._released is not None:
-                self._released.set()
+            if self._detach is not None and self._detach.released is not None:
+                self._detach.released.set()
             if self._done is not None:
                 self._done.set()
 
-    def _detach(self, code: int) -> None:
+    @property
+    def _detached(self) -> bool:
+        return self._detach is not None and self._detach.detached
+
+    def _detach_now(self, code: int) -> None:
         """The transport is gone (closed under us with `code`, or silent): wait for another."""
-        if not self._detached:
-            self._detached, self._detached_code = True, code
-            self._attached = trio.Event()
+        d = self._detach
+        if d is not None and not d.detached:
+            d.detached, d.code, d.attached = True, code, trio.Event()
             self._reader_scope.cancel()
-            logger.info("session %s detached (%s); waiting %g s for a transport", self.id, code, self._detach_grace)
+            logger.info("session %s detached (%s); waiting %g s for a transport", self.id, code, d.grace)
 
     async def _let_go(self) -> None:
         """Close the transport that ended (it may still hold a socket), and tell whoever gave
         it to us (`attach`) that we are done with it."""
+        d = self._detach
+        assert d is not None
         with trio.move_on_after(self.config.close_timeout, shield=True):
             try:
-                await self.transport.aclose(self._detached_code, "detached")
+                await self.transport.aclose(d.code, "detached")
             except TransportClosed:
                 pass
-        if self._released is not None:
-            self._released.set()
-            self._released = None
+        if d.released is not None:
+            d.released.set()
+            d.released = None
 
     async def _reattached(self) -> bool:
         """Wait what is left of the detach grace for `attach`; whether a transport came."""
-        assert self._attached is not None
-        with trio.move_on_after(self._detach_grace):
-            await self._attached.wait()
-        self._attached = None
-        return self._next_transport is not None and self._close_code is None
+        d = self._detach
+        assert d is not None and d.attached is not None
+        with trio.move_on_after(d.grace):
+            await d.attached.wait()
+        d.attached = None
+        return d.next_transport is not None and self._close_code is None
 
     def attach(self, transport: Transport, resume_key: str) -> trio.Event | None:
         """Carry this session on `transport`, if it is detached (its last transport ended
@@ -274,21 +292,24 @@ class Peer:
         held goes out first, in order, including the batch a failing transport did not take.
         Returns an event set once the session lets go of `transport` (it detached again, or
         ended), or None if it cannot take it."""
-        if not self._detached or self._close_code is not None or self._attached is None or self._attached.is_set():
+        d = self._detach
+        if d is None or not d.detached or self._close_code is not None or d.attached is None or d.attached.is_set():
             return None
-        if not hmac.compare_digest(resume_key.encode(), self._resume_key.encode()):
+        if not hmac.compare_digest(resume_key.encode(), d.key.encode()):
             logger.warning("session %s: attach with a wrong resume key refused", self.id)
             return None
-        self._next_transport = transport
-        self._released = trio.Event()
-        self._attached.set()
+        d.next_transport = transport
+        d.released = trio.Event()
+        d.attached.set()
         logger.info("session %s re-attached", self.id)
-        return self._released
+        return d.released
 
     def _use(self, transport: Transport) -> None:
+        d = self._detach
+        assert d is not None
         self.transport = transport
-        self._next_transport = None
-        self._detached = False
+        d.next_transport = None
+        d.detached = False
         self._on_attached()
 
     def _on_attached(self) -> None:
@@ -313,8 +334,8 @@ class Peer:
     def _peer_closed(self, exc: TransportClosed) -> None:
         """The transport ended under us. With a detach grace, and unless the client said it
         was done (a normal close), the session waits for another (`attach`); else it ends."""
-        if self._detach_grace > 0 and self._close_code is None and exc.code != CloseCode.NORMAL:
-            self._detach(exc.code)
+        if self._detach is not None and self._close_code is None and exc.code != CloseCode.NORMAL:
+            self._detach_now(exc.code)
             return
         self._closed_by_peer = True
         self.close(exc.code, "closed by peer")
@@ -332,8 +353,8 @@ class Peer:
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
         self._reader_scope.cancel()
-        if self._attached is not None:  # detached: stop waiting for a transport
-            self._attached.set()
+        if self._detach is not None and self._detach.attached is not None:  # stop waiting for a transport
+            self._detach.attached.set()
         if self._handshake_scope is not None:
             self._handshake_scope.cancel()
         if code == CloseCode.TOO_SLOW:
@@ -505,7 +526,7 @@ class Peer:
                     for message in self._messages(batch):
                         await self._send(message)
                 except (TransportClosed, trio.Cancelled):
-                    if self._detach_grace > 0:
+                    if self._detach is not None:
                         # Not taken: it goes out on the next transport. (Exact for a protocol
                         # that sends a batch as one message, as the native one does.)
                         self.outbox.requeue(batch)
