@@ -33,6 +33,8 @@ from typing import Any, Final, TextIO
 
 import trio
 
+from plait.protocol import RemoteProtocolError, check_room_name
+
 from ._backoff import Backoff
 from ._client import Client, ClientState, OpenTransport, _websocket_target, connect
 from ._errors import ConnectionClosed, PlaitError, RequestFailed
@@ -429,15 +431,20 @@ def terminal_main(args: Any) -> int:
 
     Returns:
         The exit status: 0 after /quit or the end of input, 1 when the server refuses the
-        connection or the room for good, 2 for a URL the client cannot open.
+        connection or the room for good, 2 for a URL the client cannot open or a room name
+        no server takes (spec §5.2), found before connecting.
     """
     try:
         _websocket_target(args.url)
         if args.name is not None:
             args.name.encode()  # a byte the terminal could not decode is a lone surrogate here
+        check_room_name(args.room)
     except ValueError as exc:  # UnicodeEncodeError included
         what = "--name is not valid text" if isinstance(exc, UnicodeError) else str(exc)
         print(f"[error] {what}", file=sys.stdout)
+        return 2
+    except RemoteProtocolError as exc:
+        print(f"[error] invalid room name: {exc.message}", file=sys.stdout)
         return 2
 
     async def go() -> int:

@@ -71,6 +71,8 @@ def _unpack_error(exc: Exception) -> RemoteProtocolError:
     msgpack with a field Plait does not allow (INVALID_FIELD); anything else is not msgpack."""
     if isinstance(exc, ValueError) and "not allowed for map key" in str(exc):
         return RemoteProtocolError("a map key is not a string", ErrorCode.INVALID_FIELD)
+    if isinstance(exc, msgpack.StackError):  # nested deeper than msgpack's own stack (1024)
+        return RemoteProtocolError("a value nested far deeper than 32", ErrorCode.TOO_DEEP)
     return RemoteProtocolError(f"not valid msgpack: {type(exc).__name__}", ErrorCode.MALFORMED_FRAME)
 
 

@@ -265,3 +265,16 @@ def test_a_name_the_terminal_could_not_decode_is_one_line_and_status_2(capsys: p
     args = SimpleNamespace(url="ws://127.0.0.1:9/", room="demo", token=None, name="\udcff")
     assert terminal_main(args) == 2
     assert capsys.readouterr().out == "[error] --name is not valid text\n"
+
+
+@pytest.mark.parametrize("room", ["", "a\nb", "r" * 257])
+def test_a_room_name_no_server_takes_is_status_2_before_connecting(capsys: pytest.CaptureFixture[str], room: str) -> None:
+    # Fresh-user pass 3: a control character connected first, then ended with status 1.
+    from types import SimpleNamespace
+
+    from plait.client import terminal_main
+
+    args = SimpleNamespace(url="ws://127.0.0.1:9/", room=room, token=None, name=None)  # port 9: nothing listens
+    assert terminal_main(args) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("[error] invalid room name") and out.count("\n") == 1
