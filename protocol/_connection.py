@@ -105,6 +105,11 @@ class Connection:
         limits: decoding limits for `receive_data`.
     """
 
+    _offered: tuple[int, ...] = SUPPORTED_VERSIONS
+    """The versions this client's hello offered (spec §5.1: the server picks one of them). A
+    class default, set on the instance only by a client's hello: a server holds one of these
+    per connection, and a ninth attribute would double its dict (bench/idle.py)."""
+
     def __init__(self, role: Role, limits: CodecLimits = DEFAULT_LIMITS) -> None:
         self.role = role
         self.limits = limits
@@ -112,8 +117,6 @@ class Connection:
         self.version: int | None = None
         self.channels: set[int] = set()
         self._left: set[int] = set()
-        self._offered: tuple[int, ...] = SUPPORTED_VERSIONS
-        """The versions this client's hello offered (spec §5.1: the server picks one of them)."""
         self._peer = Sender.SERVER if role is Role.CLIENT else Sender.CLIENT
         self._own = Sender.CLIENT if role is Role.CLIENT else Sender.SERVER
 

@@ -64,18 +64,26 @@ async def serve_connection(
     refusal. The socket is closed when this returns, whatever happened. The request must
     arrive within `handshake_timeout` seconds."""
     try:
-        upgraded = None
-        with trio.move_on_after(handshake_timeout) as waiting:
-            upgraded = await _accept(stream, accepting, max_message_bytes)
-        if waiting.cancelled_caught:
-            with trio.move_on_after(1):
-                await _refuse(stream, None, Refusal(408, f"no complete request within {handshake_timeout:g} s"))
-        elif upgraded is not None:
+        # In a coroutine of its own: nothing of the request's handling (its cancel scope, say)
+        # stays referenced by this frame for the life of the connection (bench/idle.py).
+        upgraded = await _accept_in_time(stream, accepting, handshake_timeout, max_message_bytes)
+        if upgraded is not None:
             await handler(upgraded)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _accept_in_time(
+    stream: trio.abc.Stream, accepting: Callable[[], bool], handshake_timeout: float, max_message_bytes: Callable[[str], int]
+) -> WebSocketStream | None:
+    """`_accept` within the handshake timeout; past it, 408."""
+    with trio.move_on_after(handshake_timeout):
+        return await _accept(stream, accepting, max_message_bytes)
+    with trio.move_on_after(1):
+        await _refuse(stream, None, Refusal(408, f"no complete request within {handshake_timeout:g} s"))
+    return None
 
 
 async def _accept(
