@@ -41,6 +41,7 @@ from plait.protocol import (
     CloseCode,
     CodecLimits,
     Connection,
+    CursorMove,
     Error,
     ErrorCode,
     Frame,
@@ -53,8 +54,10 @@ from plait.protocol import (
     Publish,
     RemoteProtocolError,
     Role,
+    SyncStep2,
     Transport,
     TransportClosed,
+    Update,
     Welcome,
     check_room_name,
     decode,
@@ -201,8 +204,10 @@ class Client:
         self._changes: Feed[ConnectionChanged] = Feed()
         self._pacer: Pacer | None = None
         self._event_pacer: Pacer | None = None
-        self._publishes: list[tuple[Frame, Waiter[Any]]] = []
-        """Publishes waiting for the event pacer (spec §5.8 events_per_second), in order."""
+        self._frame_pacer: Pacer | None = None
+        self._paced: list[tuple[Frame, Waiter[Any] | None]] = []
+        """Frames waiting for a token (spec §5.8): publishes for the event rate, every other
+        frame but document updates for the frame rate; in order, cursor moves latest-wins."""
         self._doc_rooms: dict[Room, None] = {}
         """Rooms with document changes waiting for the pacer, in turn."""
         self._rate_limited_in_a_row = 0
@@ -322,9 +327,29 @@ class Client:
         """Queue a frame on the live connection. Without one, it is dropped: rooms re-send what
         matters when they rejoin, and the waiter fails with a retryable ConnectionClosed.
 
+        Below the rates the server announced (spec §5.8): a publish waits for the event rate,
+        any other frame but a document update (which the update pacer sends) for the frame
+        rate, in order; a cursor move waiting replaces the one before it (latest wins). So a
+        loop of publishes, or an app moving the cursor on every mouse event, waits instead of
+        hearing RATE_LIMITED and being closed for it.
+
         Never raises: a frame the server could not take (see `check_request`; a request
         checked against a larger limit than the current server's, say) is not sent, and its
         waiter fails with FrameTooLarge or the error for the broken rule."""
+        if isinstance(frame, (Update, SyncStep2)) or self._conn is None or self.state is not ClientState.OPEN:
+            self._send_now(frame, waiter)
+            return
+        if isinstance(frame, CursorMove):
+            for i, (queued, queued_waiter) in enumerate(self._paced):
+                if isinstance(queued, CursorMove) and queued.channel == frame.channel:
+                    self._paced[i] = (frame, queued_waiter)
+                    return
+        self._paced.append((frame, waiter))
+        self._send_paced()
+        if self._paced:
+            self._wakeup.set()
+
+    def _send_now(self, frame: Frame, waiter: Waiter[Any] | None) -> None:
         conn = self._conn
         if conn is None or self.state is not ClientState.OPEN:
             if waiter is not None:
@@ -391,22 +416,20 @@ class Client:
             self._pacer.hold(trio.current_time(), self._backoff.delay(self._rate_limited_in_a_row - 1))
         self.doc_ready(room)
 
-    def send_publish(self, frame: Frame, waiter: Waiter[Any]) -> None:
-        """Send a publish when the event pacer has a token (below the server's announced
-        events_per_second, spec §5.8), in order: a loop of publishes waits instead of hearing
-        RATE_LIMITED, and a reconnect's re-sends do not trip the limit again."""
-        self._publishes.append((frame, waiter))
-        self._send_publishes()
-        if self._publishes:
-            self._wakeup.set()
+    def _pacer_for(self, frame: Frame) -> Pacer | None:
+        return self._event_pacer if isinstance(frame, Publish) else self._frame_pacer
 
-    def _send_publishes(self) -> None:
-        if self._event_pacer is None or self._conn is None or self.state is not ClientState.OPEN:
+    def _send_paced(self) -> None:
+        """Send what waits for a token, in order, as far as the tokens go."""
+        if self._conn is None or self.state is not ClientState.OPEN:
             return
         now = trio.current_time()
-        while self._publishes and self._event_pacer.take(now):
-            frame, waiter = self._publishes.pop(0)
-            self.send(frame, waiter)
+        while self._paced:
+            pacer = self._pacer_for(self._paced[0][0])
+            if pacer is not None and not pacer.take(now):
+                return
+            frame, waiter = self._paced.pop(0)
+            self._send_now(frame, waiter)
 
     def _send_doc_frames(self) -> None:
         if self._pacer is None or self._conn is None or self.state is not ClientState.OPEN:
@@ -534,6 +557,7 @@ class Client:
         self._opened_at = trio.current_time()
         self._pacer = Pacer(self.welcome.limits.updates_per_second, self._opened_at)
         self._event_pacer = Pacer(self.welcome.limits.events_per_second, self._opened_at)
+        self._frame_pacer = Pacer(self.welcome.limits.frames_per_second, self._opened_at)
         self._rate_limited_in_a_row = 0
         self._set_state(ClientState.OPEN)
         for room in self._rooms.values():
@@ -588,7 +612,7 @@ class Client:
             while not self._outgoing and not self._closing:
                 self._wakeup = trio.Event()
                 self._send_doc_frames()
-                self._send_publishes()
+                self._send_paced()
                 if self._outgoing:
                     break
                 now = trio.current_time()
@@ -597,10 +621,17 @@ class Client:
                 wake_at = idle_until
                 if self._doc_rooms and self._pacer is not None:
                     wake_at = min(wake_at, max(self._pacer.next_token_at(now), now + _PACE_EPSILON))
-                if self._publishes and self._event_pacer is not None:
-                    wake_at = min(wake_at, max(self._event_pacer.next_token_at(now), now + _PACE_EPSILON))
+                pacer = self._pacer_for(self._paced[0][0]) if self._paced else None
+                if pacer is not None:
+                    wake_at = min(wake_at, max(pacer.next_token_at(now), now + _PACE_EPSILON))
                 with trio.move_on_at(wake_at):
                     await self._wakeup.wait()
+            if self._closing:
+                # What waited for a token goes now (a last leave, say): the server's burst is a
+                # second's worth, more than the client ever holds back.
+                paced, self._paced = self._paced, []
+                for frame, waiter in paced:
+                    self._send_now(frame, waiter)
             if not self._outgoing:
                 if self._closing:
                     return
@@ -660,11 +691,12 @@ class Client:
     def _lost_connection(self) -> None:
         self._conn = None
         self._outgoing = []
-        self._publishes = []  # their rooms send them again, with their new channel, on rejoin
+        paced, self._paced = self._paced, []
+        waiting = [w for _, w in paced if w is not None]  # rooms send again what matters, on rejoin
         waiters, self._waiters = self._waiters, {}
         self._joins.clear()
         lost = ConnectionClosed("connection lost", ABNORMAL_CLOSURE)
-        for waiter in waiters.values():
+        for waiter in [*waiters.values(), *waiting]:
             waiter.fail(lost)
         for room in self._rooms.values():
             room.on_disconnected()

@@ -772,7 +772,7 @@ class Room:
     def _send_publish(self, pending: _Publish) -> None:
         assert self.channel is not None
         ref = self._client.next_ref()
-        self._client.send_publish(Publish(self.channel, ref, pending.name, pending.payload, pending.key), _Forward(pending.waiter))
+        self._client.send(Publish(self.channel, ref, pending.name, pending.payload, pending.key), _Forward(pending.waiter))
 
 
 class _DocAnswer(Waiter[Any]):

@@ -60,6 +60,10 @@ class EngineConfig:
     max_rooms_per_connection: int = 64
     events_per_second: int = 50
     updates_per_second: int = 200
+    frames_per_second: int = 200
+    """Frames other than document updates and publishes (presence, cursors, typing, pings,
+    joins; Yjs awareness) a connection may send per second, with a burst of one second's
+    worth (spec §5.8): what they cost the server is small, not nothing."""
     rate_violations_before_close: int = 20
     """RATE_LIMITED and INVALID_UPDATE refusals tolerated (refilling at one per second) before
     closing the connection (spec §5.8)."""
@@ -108,4 +112,5 @@ class EngineConfig:
             events_per_second=self.events_per_second,
             updates_per_second=self.updates_per_second,
             max_presence_bytes=self.presence_limit,
+            frames_per_second=self.frames_per_second,
         )

@@ -180,6 +180,9 @@ class Limits:
     max_presence_bytes: int = wire(UInt())
     """The most a session's presence state (after a patch is merged) or its cursor position
     may take, msgpack-encoded (spec §5.4, PRESENCE_TOO_LARGE)."""
+    frames_per_second: int = wire(UInt())
+    """Every other frame a connection sends (presence, cursors, typing, ping, join, leave,
+    sync_step1), per second (spec §5.8)."""
 
 
 @final

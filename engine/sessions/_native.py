@@ -246,6 +246,8 @@ class Session(Peer):
         return self._members[channel]  # the state machine already checked the channel is open
 
     async def _dispatch(self, frame: Frame) -> None:
+        if not isinstance(frame, (Update, SyncStep2, Publish)):  # those have rates of their own
+            self._rate(self._frame_bucket, "frames")
         match frame:
             case Ping(nonce=nonce):
                 self.send_frames([Pong(nonce)])

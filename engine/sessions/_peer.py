@@ -79,7 +79,7 @@ class Peer:
         "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
         "_catching_up", "_finished", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
-        "_reader_scope", "_scope", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
+        "_reader_scope", "_scope", "_frame_bucket", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
     )
 
@@ -137,6 +137,7 @@ class Peer:
         now = trio.current_time()
         self._update_bucket = TokenBucket(self.config.updates_per_second, now)
         self._event_bucket = TokenBucket(self.config.events_per_second, now)
+        self._frame_bucket = TokenBucket(self.config.frames_per_second, now)
         self._violations = TokenBucket(1.0, now, capacity=self.config.rate_violations_before_close)
 
     def __repr__(self) -> str:

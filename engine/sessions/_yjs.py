@@ -149,6 +149,9 @@ class YjsSession(Peer):
         if member is None:
             return  # the room ended the membership (it failed): the rest of this batch is stale
         room = member.room
+        if not (isinstance(message, YSync) and message.step is not YSyncStep.STEP1):  # not an update
+            if not self._frame_bucket.take(trio.current_time()):
+                raise RequestError(ErrorCode.RATE_LIMITED, "too many messages")  # it reconnects, later
         match message:
             case YSync(step=YSyncStep.STEP1, payload=sv):
                 room.sync_step1(member, sv)

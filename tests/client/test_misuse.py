@@ -378,7 +378,7 @@ def _welcome(version: int = 1, **limits: int) -> bytes:
     from plait.protocol import Limits, Welcome, encode
 
     base = {"max_message_bytes": 1 << 20, "max_frames_per_message": 1024, "max_rooms": 64, "events_per_second": 50,
-            "updates_per_second": 200, "max_presence_bytes": 65536}
+            "updates_per_second": 200, "max_presence_bytes": 65536, "frames_per_second": 200}
     return encode(Welcome(version, "s1", 15000, Limits(**{**base, **limits})))
 
 
@@ -449,3 +449,23 @@ async def test_a_publish_whose_event_would_not_fit_raises_frame_too_large_at_onc
             with pytest.raises(FrameTooLarge):
                 await room.publish("chat", payload)
             assert trio.current_time() == start
+
+
+async def test_cursor_moves_faster_than_the_frame_rate_are_sent_latest_wins(autojump_clock: MockClock) -> None:
+    # An app that moves the cursor on every mouse event must not be closed RATE_LIMITED: what
+    # the frame rate (spec §5.8) holds back is coalesced, and the last position arrives.
+    async with make_engine(frames_per_second=20) as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c, c.join("r") as room, client_for(cable) as o, o.join("r") as other:
+            await room.synced()
+            await other.synced()
+            for i in range(2000):
+                await room.move_cursor({"x": i})
+                if i % 100 == 0:
+                    await trio.sleep(0.1)
+            for _ in range(100):
+                if {"x": 1999} in other.cursors.values():
+                    break
+                await trio.sleep(0.1)
+            assert list(other.cursors.values()) == [{"x": 1999}]
+            assert cable.opened == 2 and c.state is ClientState.OPEN

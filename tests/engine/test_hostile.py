@@ -13,6 +13,7 @@ from trio.testing import MockClock
 from plait.engine import Engine
 from plait.protocol import (
     Ack,
+    CloseCode,
     Error,
     ErrorCode,
     Join,
@@ -103,6 +104,8 @@ async def test_joining_thousands_of_rooms_is_capped(autojump_clock: MockClock, e
     codes = []
     for i in range(2000):
         await greedy.send_raw(encode(Join(i + 1, f"room-{i}", None, None)))
+        if i % 150 == 149:
+            await trio.sleep(1)  # within the frame rate (spec §5.8): this is about the room cap
     for _ in range(2000):
         frame = await greedy.wait_for((__import__("plait.protocol").protocol.Joined, Error))  # type: ignore[arg-type]
         codes.append(getattr(frame, "code", "joined"))
@@ -162,3 +165,39 @@ async def test_stalled_reader_is_closed_too_slow_and_others_keep_up(autojump_clo
         # The stalled one was closed TOO_SLOW once its queue passed the budget.
         code = await stalled.wait_closed()
         assert code == 4006
+
+
+@pytest.mark.parametrize("kind", ["typing", "cursor", "ping"])
+async def test_a_flood_of_cheap_frames_is_rate_limited_then_closed(
+    autojump_clock: MockClock, engine: Engine, connect: Connect, kind: str
+) -> None:
+    # Fresh-user pass 3: 183,000 typing frames a second from one connection raised ping
+    # latency to 0.5 s in its room and 1 s in others; nothing limited them.
+    from plait.protocol import CursorMove, Typing
+
+    flood = await connect()
+    await flood.join("r")
+    frame = {"typing": Typing(1, True), "cursor": CursorMove(1, 5), "ping": Ping(1)}[kind]
+    closed = None
+    for _ in range(100):
+        try:
+            await flood.send_raw(encode([frame] * 500))
+        except Exception:
+            break
+    closed = await flood.wait_closed()
+    assert closed == CloseCode.RATE_LIMITED
+    await assert_room_still_works(engine)
+
+
+async def test_a_yjs_awareness_flood_is_closed_rate_limited(autojump_clock: MockClock, engine: Engine) -> None:
+    from .client import yjs_client
+
+    y = await yjs_client(engine)
+    for clock in range(1, 1000):
+        try:
+            await y.say({"name": "flood"}, clock=clock)
+        except Exception:
+            break
+    closed = await y.wait_closed()
+    assert closed.code == CloseCode.RATE_LIMITED
+    await assert_room_still_works(engine)
