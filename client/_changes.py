@@ -28,6 +28,7 @@ after a join; it is sent and answered like the others but never holds `flushed()
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pycrdt
@@ -101,28 +102,38 @@ class LocalChanges:
     def sendable(self) -> bool:
         return self.sending is not None or any(p.update is not None for p in self.unsent)
 
-    def take(self, max_bytes: int) -> Frame | None:
+    def take(self, max_bytes: int, fits: Callable[[], bool | None] = lambda: True) -> Frame | None:
         """The next frame's worth: the next part of an update being sent in parts, or every
         unsent piece that has bytes, merged, and split into parts of at most `max_bytes` if it
         is larger (protocol split_update; the first part is returned, the others wait in
-        `sending`).
+        `sending`). An update that goes in parts is checked with `fits` first: each part is an
+        update of its own to the server, so one the document cannot take whole must not start
+        (`fits` None: it cannot tell now; nothing is taken, and the caller asks again later).
 
         Raises:
-            Unsendable: the merged update holds a value larger than `max_bytes`; its pieces
-                are refused for good.
+            Unsendable: the merged update holds a value larger than `max_bytes`, or it goes in
+                parts and `fits()` says the document would be too large; its pieces are
+                refused for good, and nothing of them was sent.
         """
         outgoing = self.sending
         if outgoing is None:
             ready = [p for p in self.unsent if p.update is not None]
             if not ready:
                 return None
-            self.unsent = [p for p in self.unsent if p.update is None]
+            before, self.unsent = self.unsent, [p for p in self.unsent if p.update is None]
             updates = [p.update for p in ready if p.update is not None]
             merged = updates[0] if len(updates) == 1 else pycrdt.merge_updates(*updates)
             try:
                 parts = split_update(merged, max_bytes)
             except SplitError as exc:
                 raise Unsendable(str(exc), ready) from None
+            if len(parts) > 1:
+                verdict = fits()
+                if verdict is None:
+                    self.unsent = before
+                    return None
+                if not verdict:
+                    raise Unsendable("the document would be larger than the server's max_document_bytes; nothing of it was sent", ready)
             del merged, updates
             outgoing = Outgoing(ready, any(p.sync for p in ready), parts)
         part = outgoing.parts.pop(0)

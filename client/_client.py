@@ -396,6 +396,11 @@ class Client:
         self._wakeup.set()
 
     @property
+    def max_document_bytes(self) -> int | None:
+        """The server's largest document (its welcome), None before the first."""
+        return self._limits.max_document_bytes if self._limits is not None else None
+
+    @property
     def max_update_bytes(self) -> int:
         """The largest update that goes in one frame: what the server's welcome allows in a
         message, less the frame around it (spec §3.2). Larger ones go in parts."""

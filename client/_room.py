@@ -683,7 +683,7 @@ class Room:
             return None
         assert self.channel is not None
         try:
-            taken = self._local.take(self._client.max_update_bytes)
+            taken = self._local.take(self._client.max_update_bytes, self._fits_the_server)
         except Unsendable as exc:
             # One value larger than a message: no server of these limits can take it. Like
             # a refusal for good (spec §7.1): reported, and the document is reset.
@@ -702,6 +702,18 @@ class Room:
         self._local.sent(ref, taken)
         kind = SyncStep2 if taken.sync else Update
         return kind(self.channel, ref, taken.update), _DocAnswer(self, ref)
+
+    def _fits_the_server(self) -> bool | None:
+        """Whether the document, with the edit about to go in parts, stays within the server's
+        max_document_bytes (it is checked only then: encoding the document costs its size);
+        None inside a transaction, where pycrdt cannot encode it (the writer asks again)."""
+        limit = self._client.max_document_bytes
+        if limit is None:
+            return True
+        try:
+            return len(self.doc.get_update()) <= limit
+        except RuntimeError:  # "Already mutably borrowed": called from the change's own observer
+            return None
 
     def on_doc_acked(self, ref: int) -> None:
         if self._local.acked(ref):

@@ -113,4 +113,5 @@ class EngineConfig:
             updates_per_second=self.updates_per_second,
             max_presence_bytes=self.presence_limit,
             frames_per_second=self.frames_per_second,
+            max_document_bytes=self.max_document_bytes,
         )

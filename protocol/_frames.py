@@ -183,6 +183,8 @@ class Limits:
     frames_per_second: int = wire(UInt())
     """Every other frame a connection sends (presence, cursors, typing, ping, join, leave,
     sync_step1), per second (spec §5.8)."""
+    max_document_bytes: int = wire(UInt())
+    """The largest a room's document may grow (spec §5.3, DOCUMENT_TOO_LARGE)."""
 
 
 @final

@@ -152,3 +152,21 @@ async def test_parts_refused_for_rate_send_the_whole_update_again(autojump_clock
                 assert str(handle.doc.get("text", type=pycrdt.Text)) == str(room.text)
             assert Understated.refused > 0
             assert client.attempts == 0
+
+
+async def test_an_edit_too_large_for_the_document_sends_nothing_of_it(autojump_clock: MockClock) -> None:
+    # Fresh-user pass 3: one 50 MiB insert past the 64 MiB maximum raised DocumentTooLarge,
+    # but 33.5 MiB of it stayed in the room: each part it went in was an update the server
+    # took, until one did not fit. Now the SDK checks the whole edit against the server's
+    # announced max_document_bytes before the first part goes.
+    async with make_engine(max_message_bytes=LIMIT, max_document_bytes=256 * 1024) as engine:
+        async with client_for(Cable(engine)) as c, c.join("r") as room:
+            await room.synced()
+            room.text.insert(0, "kept ")
+            await room.flushed()
+            room.text.insert(5, "x" * (300 * 1024))  # goes in parts; the whole does not fit
+            with pytest.raises(DocumentTooLarge, match="max_document_bytes"):
+                await room.flushed()
+            async with engine.room("r") as handle:
+                assert str(handle.doc.get("text", type=pycrdt.Text)) == "kept "  # nothing of it
+            await until_text(room, "kept ")  # the local document was reset to the room's

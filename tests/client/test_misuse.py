@@ -378,7 +378,8 @@ def _welcome(version: int = 1, **limits: int) -> bytes:
     from plait.protocol import Limits, Welcome, encode
 
     base = {"max_message_bytes": 1 << 20, "max_frames_per_message": 1024, "max_rooms": 64, "events_per_second": 50,
-            "updates_per_second": 200, "max_presence_bytes": 65536, "frames_per_second": 200}
+            "updates_per_second": 200, "max_presence_bytes": 65536, "frames_per_second": 200,
+            "max_document_bytes": 64 << 20}
     return encode(Welcome(version, "s1", 15000, Limits(**{**base, **limits})))
 
 

@@ -42,8 +42,8 @@ GOLDEN: list[tuple[Frame, str]] = [
      "94019101a374306b82a46e616d65a8706c6169742d7079a176a3302e31"),
     (Welcome(version=1, session='s1', heartbeat_ms=15000, limits=Limits(
         max_message_bytes=1048576, max_frames_per_message=1024, max_rooms=64, events_per_second=50, updates_per_second=200,
-        max_presence_bytes=65536, frames_per_second=200)),
-     "950201a27331cd3a9897ce00100000cd04004032ccc8ce00010000ccc8"),
+        max_presence_bytes=65536, frames_per_second=200, max_document_bytes=67108864)),
+     "950201a27331cd3a9898ce00100000cd04004032ccc8ce00010000ccc8ce04000000"),
     (Ping(nonce=7),
      "920307"),
     (Pong(nonce=7),

@@ -27,7 +27,7 @@ from plait.protocol import (
     encode,
 )
 
-LIMITS = Limits(1 << 20, 1024, 64, 50, 200, 64 * 1024, 200)
+LIMITS = Limits(1 << 20, 1024, 64, 50, 200, 64 * 1024, 200, 64 << 20)
 
 
 class ConnectionPair:
