@@ -67,7 +67,16 @@ from plait.protocol import (
 )
 
 from ._backoff import Backoff
-from ._errors import AlreadyJoined, ConnectionClosed, FrameTooLarge, InvalidRoomName, PresenceTooLarge, RequestFailed, error_for
+from ._errors import (
+    AlreadyJoined,
+    ConnectionClosed,
+    EditsNotAcknowledged,
+    FrameTooLarge,
+    InvalidRoomName,
+    PresenceTooLarge,
+    RequestFailed,
+    error_for,
+)
 from ._pacing import Pacer
 from ._room import ConnectionChanged, Feed, Room, Subscription, Waiter
 
@@ -229,6 +238,8 @@ class Client:
                 Unicode text, no control character, no lone surrogate); raised here, before
                 anything is sent, as the server would refuse it with INVALID_ROOM_NAME.
             AlreadyJoined: this client already has the room joined (in another block).
+            EditsNotAcknowledged: on leaving, the room's local edits were not acknowledged
+                within `close_timeout` (offline, say): they may be lost.
             ConnectionClosed: the client has stopped for good (its `connect` block ended, or
                 the server refused it): no room can be joined through it.
 
@@ -248,14 +259,25 @@ class Client:
         self._rooms[name] = room
         if self.state is ClientState.OPEN:
             self.send(room.join_frame())
+        failed = False
         try:
             yield room
+        except BaseException:
+            failed = True
+            raise
         finally:
             with trio.move_on_after(self._close_timeout, shield=True):
                 await room.settled()
+            unsaved = room.unacknowledged.edits
             room.close()
             del self._rooms[name]
             self._doc_rooms.pop(room, None)
+            if unsaved and not failed:
+                raise EditsNotAcknowledged(
+                    f"left room {name!r} with {unsaved} local edit(s) the server had not acknowledged within "
+                    f"{self._close_timeout:g} s (close_timeout): they may be lost, or only partly stored",
+                    unsaved,
+                )
 
     async def wait_state(self, state: ClientState) -> None:
         """Wait until the client is in `state`.

@@ -153,7 +153,8 @@ def error_for(code: int, message: str) -> RequestFailed:
 # Spelled out, not computed from ERROR_TYPES, so that type checkers see `plait.client.Forbidden`
 # (tests/client/test_exceptions.py checks that it lists every class of ERROR_TYPES).
 __all__ = [
-    "PlaitError", "RequestFailed", "ConnectionClosed", "RoomLeft", "DocumentReplaced", "OfflineQueueFull", "EventsLost", "error_for",
+    "PlaitError", "RequestFailed", "ConnectionClosed", "RoomLeft", "DocumentReplaced", "EditsNotAcknowledged", "OfflineQueueFull",
+    "EventsLost", "error_for",
     "MalformedFrame", "UnknownKind", "UnexpectedFrame", "FrameTooLarge", "UnsupportedVersion",
     "InvalidField", "TooDeep", "UnknownChannel", "InvalidUpdate", "InvalidRoomName", "Unauthenticated",
     "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "PresenceTooLarge",
@@ -228,6 +229,20 @@ class DocumentReplaced(PlaitError):
     reference taken before it (`t = room.text`, a map from `room.doc.get(...)`) still points
     into the old document, whose edits are never sent. `flushed()` raises this once for such
     edits instead of returning as if they were acknowledged; re-read `room.doc` (spec §7.1)."""
+
+
+class EditsNotAcknowledged(PlaitError):
+    """A `join` block ended with local edits the server had not acknowledged within the
+    client's `close_timeout` (offline, or a large edit still going out in parts): they may be
+    lost, or only partly stored. Raised when the block is left, unless it raised already.
+
+    Attributes:
+        edits: how many local transactions were waiting, at most.
+    """
+
+    def __init__(self, message: str, edits: int) -> None:
+        super().__init__(message)
+        self.edits = edits
 
 
 class OfflineQueueFull(PlaitError):

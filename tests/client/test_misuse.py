@@ -15,6 +15,7 @@ from plait.client import (
     AlreadyJoined,
     ClientState,
     ConnectionClosed,
+    EditsNotAcknowledged,
     FrameTooLarge,
     InvalidField,
     InvalidRoomName,
@@ -188,11 +189,34 @@ async def test_a_room_used_after_the_client_closed_raises_room_left(autojump_clo
 async def test_a_room_of_a_stopped_client_raises_connection_closed(autojump_clock: MockClock) -> None:
     async with make_engine() as engine:
         cable = Cable(engine, wrap=ClosesOnBigMessages)
-        async with client_for(cable) as c, c.join("r") as room:
-            await room.synced()
-            with pytest.raises(ConnectionClosed):
-                await room.publish("chat", {"blob": "x" * 2000})  # stops the client (1009)
-            await _every_call_raises(room, ConnectionClosed)
+        async with client_for(cable) as c:
+            with pytest.raises(EditsNotAcknowledged) as info:  # leaving says the edit is lost too
+                async with c.join("r") as room:
+                    await room.synced()
+                    with pytest.raises(ConnectionClosed):
+                        await room.publish("chat", {"blob": "x" * 2000})  # stops the client (1009)
+                    await _every_call_raises(room, ConnectionClosed)
+            assert info.value.edits == 1
+
+
+async def test_leaving_a_room_with_unacknowledged_edits_says_so(autojump_clock: MockClock) -> None:
+    # Fresh-user pass 3: leaving a join block while an edit was still going out raised
+    # nothing; the only sign was a line on stderr (and the server kept part of the edit).
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with client_for(cable, close_timeout=1) as c:
+            with pytest.raises(EditsNotAcknowledged, match="close_timeout") as info:
+                async with c.join("r") as room:
+                    await room.synced()
+                    cable.down = True
+                    await cable.cut()
+                    room.text.insert(0, "typed offline, then left")
+            assert info.value.edits == 1
+            async with c.join("r") as again:  # the client is fine; an acknowledged block raises nothing
+                cable.down = False
+                await again.synced()
+                again.text.insert(0, "saved")
+                await again.flushed()
 
 
 async def test_a_publish_waiting_when_its_room_is_left_raises_room_left(autojump_clock: MockClock) -> None:
