@@ -98,8 +98,6 @@ from ._trace import (
     Stored as Stored,
     read_trace as read_trace,
     write_trace as write_trace,
-    frame_to_json as frame_to_json,
-    frame_from_json as frame_from_json,
 )
 from ._ycrdt import (
     GC_STRUCT as GC_STRUCT,
@@ -137,3 +135,9 @@ from ._yjs import (
     encode_y as encode_y,
 )
 from ._transport import Transport as Transport
+from ._json import (
+    decode_json as decode_json,
+    encode_json as encode_json,
+    frame_from_json as frame_from_json,
+    frame_to_json as frame_to_json,
+)

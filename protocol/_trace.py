@@ -8,17 +8,14 @@ trace and `read_trace(write(x)) == x` exactly. No I/O here beyond the file objec
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Literal
 
-from ._codec import frame_from_fields
 from ._errors import RemoteProtocolError
-from ._fields import FieldType, ListOf, Optional, Record
-from ._frames import FRAME_NAMES, PROTOCOL_VERSION, Frame
+from ._frames import PROTOCOL_VERSION, Frame
+from ._json import frame_from_json, frame_to_json, value_from_json, value_to_json
 
 TRACE_FORMAT: Final = 1
 
@@ -131,41 +128,6 @@ class TraceWriter:
         self._out.write(json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def frame_to_json(frame: Frame) -> dict[str, Any]:
-    obj: dict[str, Any] = {"kind": frame.KIND.name.lower()}
-    for name, ftype in zip(frame.NAMES, frame.FIELDS, strict=True):
-        obj[name] = _field_to_json(ftype, getattr(frame, name))
-    return obj
-
-
-def _field_to_json(ftype: FieldType, value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(ftype, Optional):
-        return _field_to_json(ftype.inner, value)
-    if isinstance(ftype, ListOf):
-        return [_field_to_json(ftype.item, v) for v in value]
-    if isinstance(ftype, Record):
-        return {
-            name: _field_to_json(t, getattr(value, name))
-            for name, t in zip(ftype.names, ftype.types, strict=True)
-        }
-    return value_to_json(value)
-
-
-def value_to_json(value: Any) -> Any:
-    """JSON for an application value; binary and `$`-keys are escaped."""
-    if isinstance(value, bytes):
-        return {"$b": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, (list, tuple)):
-        return [value_to_json(v) for v in value]
-    if isinstance(value, dict):
-        if any(k.startswith("$") for k in value):
-            return {"$map": [[k, value_to_json(v)] for k, v in value.items()]}
-        return {k: value_to_json(v) for k, v in value.items()}
-    return value
-
-
 # -- reading -------------------------------------------------------------------------------
 
 
@@ -256,56 +218,3 @@ def _stored(obj: Any) -> Stored:
         tuple(binary(u) for u in obj.get("updates", [])),
         tuple((seq, binary(data)) for seq, data in events),
     )
-
-
-def frame_from_json(obj: Any) -> Frame:
-    """Build a frame from its JSON form, checking every field as the decoder does.
-
-    Raises:
-        TraceError: unknown kind or missing/extra fields.
-        RemoteProtocolError: a field's value is invalid.
-    """
-    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
-        raise TraceError("a frame is an object with a 'kind' name")
-    cls = FRAME_NAMES.get(obj["kind"])
-    if cls is None:
-        raise TraceError(f"unknown frame kind {obj['kind']!r}")
-    names = list(cls.NAMES)
-    extra = set(obj) - set(names) - {"kind"}
-    if extra:
-        raise TraceError(f"{obj['kind']} has no field(s) {sorted(extra)}")
-    values = [_field_from_json(t, obj[name]) for name, t in zip(names, cls.FIELDS, strict=True)]
-    return frame_from_fields(cls, values)
-
-
-def _field_from_json(ftype: FieldType, obj: Any) -> Any:
-    if obj is None:
-        return None
-    if isinstance(ftype, Optional):
-        return _field_from_json(ftype.inner, obj)
-    if isinstance(ftype, ListOf):
-        if not isinstance(obj, list):
-            raise TraceError(f"expected a list for {ftype.spec_name}")
-        return [_field_from_json(ftype.item, v) for v in obj]
-    if isinstance(ftype, Record):
-        if not isinstance(obj, dict):
-            raise TraceError(f"expected an object for {ftype.spec_name}")
-        return [_field_from_json(t, obj[n]) for n, t in zip(ftype.names, ftype.types, strict=True)]
-    return value_from_json(obj)
-
-
-def value_from_json(obj: Any) -> Any:
-    if isinstance(obj, list):
-        return [value_from_json(v) for v in obj]
-    if isinstance(obj, dict):
-        if len(obj) == 1:
-            ((key, inner),) = obj.items()
-            if key == "$b":
-                try:
-                    return base64.b64decode(inner, validate=True)
-                except (binascii.Error, TypeError) as exc:
-                    raise TraceError(f"bad base64 in $b: {exc}") from exc
-            if key == "$map":
-                return {k: value_from_json(v) for k, v in inner}
-        return {k: value_from_json(v) for k, v in obj.items()}
-    return obj
