@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="document updates per connection per second (default %(default)s)")
     serve_cmd.add_argument("--events-per-second", type=_positive, metavar="N", default=defaults.events_per_second,
                            help="published events per connection per second (default %(default)s)")
+    serve_cmd.add_argument("--frames-per-second", type=_positive, metavar="N", default=defaults.frames_per_second,
+                           help="other frames (presence, cursors, typing, pings, joins) per connection per second "
+                                "(default %(default)s)")
     serve_cmd.add_argument("--max-rooms", type=_positive, metavar="N", default=defaults.max_rooms_per_connection,
                            help="rooms per connection (default %(default)s)")
     serve_cmd.add_argument("--max-document-mib", type=_positive, metavar="N", default=defaults.max_document_bytes // MiB,
@@ -425,6 +428,7 @@ def _run(args: argparse.Namespace) -> int:
         config = EngineConfig(
             updates_per_second=args.updates_per_second,
             events_per_second=args.events_per_second,
+            frames_per_second=args.frames_per_second,
             max_rooms_per_connection=args.max_rooms,
             max_document_bytes=args.max_document_mib * MiB,
             # A join of the largest document must fit in a connection's queue (EngineConfig).

@@ -126,6 +126,7 @@ def test_plait_serve_end_to_end(tmp_path: Path) -> None:
                 await ra.synced()
                 await rb.synced()
                 assert a.welcome is not None and a.welcome.limits.updates_per_second == 500  # --updates-per-second
+                assert a.welcome.limits.frames_per_second == 300  # --frames-per-second
                 ra.text.insert(len(ra.text), text)
                 await ra.flushed()
                 await until(rb, lambda: str(rb.text) == expect)
@@ -134,7 +135,7 @@ def test_plait_serve_end_to_end(tmp_path: Path) -> None:
     for text, expect in (("hello", "hello"), (" again", "hello again")):
         proc = subprocess.Popen(
             [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--data", str(tmp_path),
-             "--record", str(traces), "--updates-per-second", "500"],
+             "--record", str(traces), "--updates-per-second", "500", "--frames-per-second", "300"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
