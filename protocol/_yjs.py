@@ -19,6 +19,8 @@ YJS_PATH: Final = "/yjs/"
 the port is the native protocol's."""
 
 MAX_VARUINT: Final = 2**53 - 1  # lib0 reads varuints into JavaScript numbers
+MAX_AWARENESS_ENTRIES: Final = 10_000
+"""Entries one awareness update may hold (a Yjs client sends its own, and echoes others')."""
 
 
 class YMessageKind(IntEnum):
@@ -137,6 +139,10 @@ def decode_y(data: bytes) -> YMessage:
     elif kind == YMessageKind.AWARENESS:
         inner = _Reader(reader.varbytes())
         count = inner.varuint()
+        if count > MAX_AWARENESS_ENTRIES:
+            raise RemoteProtocolError(
+                f"an awareness update of {count} entries (at most {MAX_AWARENESS_ENTRIES})", ErrorCode.FRAME_TOO_LARGE
+            )
         entries = []
         for _ in range(count):
             if inner.done():

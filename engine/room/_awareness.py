@@ -74,6 +74,11 @@ class Awareness:
     def bound(self, session: str) -> bool:
         return session in self._clients
 
+    def bound_id(self, session: str) -> int | None:
+        """The client id a Yjs session speaks for, once it has claimed one."""
+        held = self._clients.get(session)
+        return held[0] if held is not None else None
+
     def claim(self, session: str, client_id: int, clock: int, hidden: bool) -> bool:
         """A Yjs session's awareness entry for `client_id` at `clock` (`hidden`: a null
         state). True if it is the session's own and moves its clock on; False to ignore it.

@@ -48,6 +48,11 @@ def _crdt_call(call: Callable[[], T]) -> T:
         raise ValueError(f"update crashed the decoder: {exc}") from None
 
 
+STATE_VECTOR_SLACK = 64 * 1024
+"""Bytes a peer's state vector may hold beyond the document's own: about 5,000 clients the room
+has not heard from."""
+
+
 def changes_nothing(doc: pycrdt.Doc[Any], update: DecodedUpdate) -> bool:
     """Whether applying `update` would leave `doc` as it is: it inserts nothing and deletes
     only what `doc` has already deleted. A client's sync_step2 after it took the server's
@@ -115,7 +120,15 @@ class DocStrand:
 
     def _update_since(self, state_vector: bytes) -> bytes:
         """What the document holds beyond a peer's state vector; RequestError INVALID_UPDATE
-        for one that is not well formed, checked before pycrdt sees it (spec §5.3)."""
+        for one that is not well formed, checked before pycrdt sees it (spec §5.3), or far
+        longer than the document's own: pycrdt's cost grows with every entry, and a peer can
+        know of only so many clients the room has not heard from (its own offline edits, what
+        it merged from others)."""
+        if len(state_vector) > STATE_VECTOR_SLACK and len(state_vector) > len(self.doc.get_state()) + STATE_VECTOR_SLACK:
+            raise RequestError(
+                ErrorCode.INVALID_UPDATE,
+                f"a state vector of {len(state_vector)} bytes, far more clients than this document has ever had",
+            )
         try:
             check_state_vector(state_vector)
         except RemoteProtocolError as exc:

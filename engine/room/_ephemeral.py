@@ -325,6 +325,10 @@ class Ephemeral:
                 self._awareness_waiting[client_id] = member
         return self._awareness.claim(sid, client_id, clock, hidden)
 
+    def awareness_id(self, member: Member) -> int | None:
+        """The client id a Yjs member speaks for (spec §13), None before its first state."""
+        return self._awareness.bound_id(member.session.id)
+
     def _may_take_over(self, holder: str, identity: Identity) -> bool:
         if any(m.session.id == holder for m in self._members.values()):
             return False  # still connected: a client speaks only for itself

@@ -306,6 +306,9 @@ class Room(DocStrand, EventsStrand, PersistStrand):
     def set_typing(self, member: Member, on: bool) -> None:
         self._ephemeral.set_typing(member, on)
 
+    def awareness_id(self, member: Member) -> int | None:
+        return self._ephemeral.awareness_id(member)
+
     def claim_awareness(self, member: Member, client_id: int, clock: int, hidden: bool) -> bool:
         return self._ephemeral.claim_awareness(member, client_id, clock, hidden)
 

@@ -164,10 +164,15 @@ class YjsSession(Peer):
                     raise RequestError(ErrorCode.RATE_LIMITED, "too many updates")  # it resyncs on reconnect
                 room.apply_client_update(member, update, None)
             case YAwareness(entries=entries):
+                own = room.awareness_id(member)
                 for entry in entries:
-                    # A client speaks only for itself: one client id, bound at its first message.
+                    # A client speaks only for itself: one client id, bound at its first state.
+                    # y-websocket echoes others' entries: ignored before they cost a JSON parse.
+                    if own is not None and entry.client_id != own:
+                        continue
                     state = _parse_state(entry.state_json, self.config.presence_limit)
                     if room.claim_awareness(member, entry.client_id, entry.clock, hidden=state is None):
+                        own = room.awareness_id(member)
                         room.set_presence(member, state or {}, None)
                         room.move_cursor(member, state.get("cursor") if state else None)
             case YQueryAwareness():

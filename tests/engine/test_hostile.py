@@ -201,3 +201,40 @@ async def test_a_yjs_awareness_flood_is_closed_rate_limited(autojump_clock: Mock
     closed = await y.wait_closed()
     assert closed.code == CloseCode.RATE_LIMITED
     await assert_room_still_works(engine)
+
+
+def _state_vector(entries: int) -> bytes:
+    """A well-formed Yjs state vector of `entries` (client id, clock) pairs."""
+
+    def varuint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    return varuint(entries) + b"".join(varuint(1000 + i) + varuint(5) for i in range(entries))
+
+
+async def test_a_state_vector_of_more_clients_than_the_document_has_is_refused_cheaply(
+    autojump_clock: MockClock, engine: Engine, connect: Connect
+) -> None:
+    # Fresh-user pass 4: ten 14.7 MiB state vectors in sync_step1 kept the server nearly
+    # unresponsive for 31.6 s; nothing refused them.
+    from plait.protocol import SyncStep1
+
+    greedy = await connect()
+    await greedy.join("r")
+    sv = _state_vector(40_000)  # ~200 KiB, 40,000 clients the room never had
+    assert len(sv) > 128 * 1024
+    codes = []
+    for _ in range(30):
+        try:
+            await greedy.send(SyncStep1(1, sv))
+            codes.append((await greedy.wait_for(Error)).code)
+        except Exception:
+            break
+    assert codes and set(codes) == {ErrorCode.INVALID_UPDATE}
+    assert await greedy.wait_closed() == CloseCode.PROTOCOL_ERROR  # past the violation limit (spec §5.8)
+    await assert_room_still_works(engine)

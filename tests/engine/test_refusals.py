@@ -371,3 +371,27 @@ async def test_a_bad_update_without_a_ref_gets_the_same_error_alone_or_in_a_burs
         error = await c.wait_for(Error)
         assert (error.code, error.ref, error.channel) == (ErrorCode.INVALID_UPDATE, None, 1)
         await assert_engine_serves(engine)
+
+
+async def test_others_entries_in_a_yjs_awareness_update_cost_no_parse_and_a_flood_of_them_is_refused(
+    autojump_clock: MockClock,
+) -> None:
+    # Fresh-user pass 4: one 20 MiB awareness update of 3 M entries for other clients' ids
+    # froze the server for 25 s.
+    import time
+
+    async with running_engine() as engine:
+        y = await yjs_client(engine, client_id=777)
+        await y.say({"name": "me"}, clock=1)  # binds 777 to this session
+        junk = "[" + "1," * 30_000 + "1]"  # 60 KB of JSON each: parsed, they would cost seconds
+        echoes = [AwarenessEntry(1000 + i, 1, junk) for i in range(2_000)]
+        start = time.perf_counter()
+        await y.transport.send_message(encode_awareness(echoes))
+        await y.say({"name": "still me"}, clock=2)
+        await assert_engine_serves(engine)
+        assert time.perf_counter() - start < 2  # the 2,000 foreign entries were not parsed
+        too_many = [AwarenessEntry(5000 + i, 1, "null") for i in range(10_001)]
+        await y.transport.send_message(encode_awareness(too_many))
+        closed = await y.wait_closed()
+        assert closed.code == CloseCode.PROTOCOL_ERROR and "10000" in closed.reason
+        await assert_engine_serves(engine)
