@@ -279,13 +279,18 @@ class Client:
                     unsaved,
                 )
 
-    async def wait_state(self, state: ClientState) -> None:
-        """Wait until the client is in `state`.
+    async def wait_state(self, state: ClientState | str) -> None:
+        """Wait until the client is in `state` (a ClientState, or its name: "open", ...).
 
         Raises:
+            ValueError: `state` is not one of ClientState's; raised at once.
             ConnectionClosed: the client stopped for good before reaching `state` (it never
                 will).
         """
+        try:
+            state = ClientState(state)
+        except ValueError:
+            raise ValueError(f"not a client state: {state!r} (one of {[s.value for s in ClientState]})") from None
         while self.state is not state:
             if self.closed_error is not None:
                 raise self.closed_error
@@ -891,7 +896,8 @@ async def connect(
     Raises:
         ValueError: `url` is not a ws:// or wss:// URL, or both or neither of `url` and
             `open_transport` were given, or a number is out of range (`close_timeout` and
-            `offline_queue` at least 0, `heartbeat_timeout` above 0).
+            `offline_queue` at least 0, `heartbeat_timeout` above 0), or `backoff` is not a
+            Backoff.
         InvalidField, TooDeep, FrameTooLarge: `token` or `client_info` could never be sent
             (spec §3.3, §4: a token of at most 8192 characters, a map of values, a hello that
             fits in a message).
@@ -907,6 +913,8 @@ async def connect(
     if url is not None:
         _websocket_target(url)
     _check_arguments(token, heartbeat_timeout, close_timeout, offline_queue, client_info)
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise ValueError(f"backoff must be a plait.client.Backoff, got {type(backoff).__name__}")
     escaped: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

@@ -503,14 +503,10 @@ class Room:
         return await waiter.wait()
 
     async def settled(self) -> None:
-        """Wait while this connection still has edits of ours to send or to hear back about
-        (leaving the room waits for this, bounded by the client's close timeout)."""
-        while (
-            self.channel is not None
-            and self._join_error is None
-            and self._client.is_open
-            and self._local.pending()
-        ):
+        """Wait while the room still has edits of ours to send or to hear back about, through
+        a reconnect too (leaving the room waits for this, bounded by the client's close
+        timeout); not once the client has stopped for good or the join was refused."""
+        while self._join_error is None and self._client.closed_error is None and self._local.pending():
             await self._progress.wait()
 
     def join_frame(self) -> Join:

@@ -100,10 +100,17 @@ class HookFailed(RequestError):
         self.hook = hook
 
 
-APPLICATION_ERRORS = (Exception, SystemExit)
-"""What application code (hooks, stores, seams, a metrics exporter) may raise that the engine
-contains: SystemExit too, as a hook that calls sys.exit must not stop the server for everyone.
-KeyboardInterrupt and Trio's Cancelled go on."""
+_PASSING = (trio.Cancelled, KeyboardInterrupt, GeneratorExit)
+
+
+def application_error(exc: BaseException) -> bool:
+    """Whether the engine contains `exc`, raised by application code (hooks, stores, seams, a
+    metrics exporter): anything, SystemExit and other BaseExceptions included (a hook calling
+    sys.exit must not stop the server for everyone), but Trio's Cancelled, KeyboardInterrupt
+    and GeneratorExit, which go on."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(_PASSING) is None
+    return not isinstance(exc, _PASSING)
 
 
 async def call_hook(
@@ -123,7 +130,9 @@ async def call_hook(
     except trio.TooSlowError:
         logger.error("hook %s took longer than %g s", hook, timeout)
         raise HookFailed(hook) from None
-    except APPLICATION_ERRORS as exc:
+    except BaseException as exc:
+        if not application_error(exc):
+            raise
         logger.error("hook %s failed", hook, exc_info=exc)
         raise HookFailed(hook) from exc
 

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from plait.protocol import APPLICATION_ERROR_RANGE, ErrorCode
 
-from ._hooks import APPLICATION_ERRORS
+from ._hooks import application_error
 
 logger = logging.getLogger("plait.engine")
 
@@ -79,13 +79,17 @@ class ContainedMetrics:
     def add(self, name: str, amount: float = 1.0, label: str = "") -> None:
         try:
             self._inner.add(name, amount, label)
-        except APPLICATION_ERRORS as exc:
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
             self._log(name, exc)
 
     def observe(self, name: str, value: float, label: str = "") -> None:
         try:
             self._inner.observe(name, value, label)
-        except APPLICATION_ERRORS as exc:
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
             self._log(name, exc)
 
     def _log(self, name: str, exc: BaseException) -> None:

@@ -23,7 +23,7 @@ from plait.storage import StoredEvent
 
 from .._config import EngineConfig
 from .._errors import RequestError
-from .._hooks import APPLICATION_ERRORS, EventRejected, HookFailed, Hooks, Identity, call_hook
+from .._hooks import EventRejected, HookFailed, Hooks, Identity, application_error, call_hook
 from .._metrics import Metrics
 from ._ephemeral import Ephemeral
 from ._fanout import Fanout
@@ -201,7 +201,9 @@ class EventsStrand:
         user = str(member.session.identity.get("id")) if member else None
         try:
             seq = await self._sequence.next_seq(self.name, self._events.head)
-        except APPLICATION_ERRORS as exc:  # a shared counter that is down, or a bug in the seam
+        except BaseException as exc:  # a shared counter that is down, or a bug in the seam
+            if not application_error(exc):
+                raise
             logger.error("room %r: the sequence authority failed", self.name, exc_info=exc)
             raise RequestError(ErrorCode.INTERNAL, "the event could not be numbered; publish it again") from None
         self._check_still_here(member)

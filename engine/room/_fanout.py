@@ -15,7 +15,7 @@ from typing import Protocol
 
 from plait.protocol import ChannelFrame, ErrorCode
 
-from .._hooks import APPLICATION_ERRORS
+from .._hooks import application_error
 from ._member import Member, Refresh
 
 logger = logging.getLogger("plait.room")
@@ -72,13 +72,17 @@ class ContainedFanout:
     def document(self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame]) -> None:
         try:
             self._inner.document(room, members, frames)
-        except APPLICATION_ERRORS as exc:
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
             _failed(room, members, "document", exc)
 
     def event(self, room: str, members: Sequence[Member], frame: ChannelFrame) -> None:
         try:
             self._inner.event(room, members, frame)
-        except APPLICATION_ERRORS as exc:
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
             _failed(room, members, "event", exc)
 
     def ephemeral(
@@ -86,7 +90,9 @@ class ContainedFanout:
     ) -> None:
         try:
             self._inner.ephemeral(room, members, frames, refresh)
-        except APPLICATION_ERRORS as exc:
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
             _failed(room, members, "ephemeral", exc)
 
 

@@ -43,7 +43,7 @@ from plait.storage import RoomData
 
 from .._config import EngineConfig
 from .._errors import RequestError, RoomUnavailable
-from .._hooks import APPLICATION_ERRORS, Hooks, call_hook
+from .._hooks import Hooks, application_error, call_hook
 from .._metrics import NO_METRICS, Metrics
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import Ephemeral
@@ -156,7 +156,9 @@ class Room(DocStrand, EventsStrand, PersistStrand):
             data = await self._store.load(self.name)
             self._restore(data)
             await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
-        except APPLICATION_ERRORS as exc:
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
             # The details (paths, the store's own words) are for the server's log, not clients.
             logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
             self.state = RoomState.FAILED

@@ -16,7 +16,7 @@ from plait.storage import RoomData, StoredEvent
 
 from .._config import EngineConfig
 from .._errors import RoomUnavailable
-from .._hooks import APPLICATION_ERRORS, HookFailed, Hooks, call_hook
+from .._hooks import HookFailed, Hooks, application_error, call_hook
 from .._metrics import Metrics
 from ._doc import merge_updates
 from ._events import EventRecord
@@ -50,7 +50,9 @@ async def _ask_lease(lease: CompactionLease, room: str) -> bool:
     lost), and is logged."""
     try:
         return await lease.may_compact(room)
-    except APPLICATION_ERRORS as exc:
+    except BaseException as exc:
+        if not application_error(exc):
+            raise
         logging.getLogger("plait.room").error("room %r: the compaction lease failed; not compacting", room, exc_info=exc)
         return False
 
@@ -151,7 +153,9 @@ class PersistStrand:
                 if pending.events:
                     stored = [r.stored() for r in pending.events]
                     await self._store.append_events(self.name, stored, self._config.event_history)
-            except APPLICATION_ERRORS as exc:  # StorageError, or a store that breaks its contract
+            except BaseException as exc:  # StorageError, or a store that breaks its contract
+                if not application_error(exc):
+                    raise
                 self._pending = pending
                 self._fail(exc)
                 return
@@ -195,7 +199,9 @@ class PersistStrand:
         self._doc_bytes, self._doc_bytes_exact = len(snapshot), True
         try:
             await self._store.compact(self.name, snapshot, covered)
-        except APPLICATION_ERRORS as exc:
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
             # The updates are still stored; a failed compaction loses nothing.
             logger.warning("room %r: compaction failed: %s", self.name, exc, exc_info=exc)
             return

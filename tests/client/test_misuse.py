@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import pycrdt
 import pytest
 import trio
 from trio.testing import MockClock
@@ -310,9 +311,10 @@ async def test_invalid_values_raise_the_typed_plait_error_at_once(
         ({"client_info": {"blob": "x" * (17 * 1024 * 1024)}}, FrameTooLarge, "max_message_bytes"),
         ({"client_info": ["not", "a", "map"]}, InvalidField, "connect"),
         ({"token": "t" * 9000}, InvalidField, "8192"),
+        ({"backoff": 3}, ValueError, "backoff must be a plait.client.Backoff"),
     ],
     ids=["close-negative", "close-nan", "heartbeat-negative", "heartbeat-zero", "queue-negative", "queue-float",
-         "client-info-17mib", "client-info-list", "token-too-long"],
+         "client-info-17mib", "client-info-list", "token-too-long", "backoff-not-a-backoff"],
 )
 async def test_connect_refuses_arguments_it_could_never_use_at_once(
     autojump_clock: MockClock, kwargs: dict[str, object], error: type[Exception], words: str
@@ -494,3 +496,47 @@ async def test_cursor_moves_faster_than_the_frame_rate_are_sent_latest_wins(auto
                 await trio.sleep(0.1)
             assert list(other.cursors.values()) == [{"x": 1999}]
             assert cable.opened == 2 and c.state is ClientState.OPEN
+
+
+async def test_wait_state_takes_a_state_or_its_name_and_refuses_anything_else(autojump_clock: MockClock) -> None:
+    # Fresh-user pass 4: wait_state("open") hung forever on an open client.
+    async with make_engine() as engine:
+        async with client_for(Cable(engine)) as c:
+            with trio.fail_after(5):
+                await c.wait_state("open")
+                await c.wait_state(ClientState.OPEN)
+            for bad in ("bogus", 3):
+                with pytest.raises(ValueError, match="not a client state"):
+                    await c.wait_state(bad)  # type: ignore[arg-type]
+
+
+async def test_leaving_a_room_while_reconnecting_waits_for_the_reconnect_within_close_timeout(autojump_clock: MockClock) -> None:
+    # Fresh-user pass 4: with close_timeout=10, leaving while reconnecting raised at once
+    # (saying it had waited 10 s); the server came back 0.7 s later.
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with client_for(cable, close_timeout=10) as c:
+            async with c.join("r") as room:
+                await room.synced()
+                cable.down = True
+                await cable.cut()
+                room.text.insert(0, "made while the network was down")
+
+                async def network_back() -> None:
+                    await trio.sleep(1)
+                    cable.down = False
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(network_back)
+            async with engine.room("r") as handle:
+                assert str(handle.doc.get("text", type=pycrdt.Text)) == "made while the network was down"
+
+
+@pytest.mark.parametrize("kwargs", [{"base": -1}, {"cap": float("nan")}, {"base": 5, "cap": 1}, {"factor": 0.5}])
+def test_a_backoff_that_could_never_wait_properly_is_refused_when_made(kwargs: dict[str, float]) -> None:
+    # Fresh-user pass 4: Backoff(base=-1) was accepted, then failed at the first reconnect
+    # with Trio's own ValueError.
+    from plait.client import Backoff
+
+    with pytest.raises(ValueError, match="Backoff"):
+        Backoff(**kwargs)

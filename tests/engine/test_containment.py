@@ -49,6 +49,10 @@ from .conftest import CONFIG, counter_ids, make_engine, running_engine
 HOOK_TIMEOUT = 10.0  # EngineConfig's default, which these tests keep
 
 
+class AppAbort(BaseException):
+    """Not an Exception: fresh-user pass 4 found one stopping the engine."""
+
+
 class Misbehaving(Hooks):
     """Application hooks with bugs, chosen by the token, room or event name."""
 
@@ -61,6 +65,8 @@ class Misbehaving(Hooks):
             raise RuntimeError("auth backend bug")
         if token == "exit":  # an application that calls sys.exit() in a hook
             raise SystemExit(3)
+        if token == "base":  # an application's own BaseException
+            raise AppAbort("abort")
         if token == "int-id":
             return {"id": 42}
         if token == "not-a-map":
@@ -132,7 +138,7 @@ async def still_open(client: DocClient, nonce: int = 99) -> None:
 # -- hooks ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("token", ["raise", "exit", "int-id", "not-a-map", "nan-identity", "huge-identity"])
+@pytest.mark.parametrize("token", ["raise", "exit", "base", "int-id", "not-a-map", "nan-identity", "huge-identity"])
 async def test_an_authenticate_hook_that_fails_refuses_only_that_hello(
     autojump_clock: MockClock, caplog: pytest.LogCaptureFixture, token: str
 ) -> None:
@@ -143,7 +149,7 @@ async def test_an_authenticate_hook_that_fails_refuses_only_that_hello(
         assert await bad.wait_closed() == CloseCode.INTERNAL_ERROR
         if token == "raise":
             assert traceback_logged(caplog, "auth backend bug")
-        elif token == "exit":
+        elif token in ("exit", "base"):
             assert error_logged(caplog, "authenticate")
         else:
             assert error_logged(caplog, "authenticate")
