@@ -60,6 +60,11 @@ class EngineConfig:
     max_rooms_per_connection: int = 64
     events_per_second: int = 50
     updates_per_second: int = 200
+    read_bytes_per_second: int = 16 * MiB
+    """Bytes the server reads from one connection per second, sustained (a burst of a second's
+    worth, or of one largest message): past it, it reads that connection later, so the sender
+    meets backpressure, nothing is refused (spec §5.8). One member publishing 16 MiB events as
+    fast as the event rate allowed pushed every reader of the room past its queue (TOO_SLOW)."""
     frames_per_second: int = 200
     """Frames other than document updates and publishes (presence, cursors, typing, pings,
     joins; Yjs awareness) a connection may send per second, with a burst of one second's

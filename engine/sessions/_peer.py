@@ -71,13 +71,16 @@ class _Detach:
     """Set when the session lets go of the transport `attach` gave it."""
 
 
+_NEVER = float("-inf")
+
+
 class Peer:
     """One client's session. Abstract: see Session and YjsSession."""
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
     __slots__ = (
         "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
-        "_catching_up", "_finished", "_event_bucket", "_members", "_nowait",
+        "_catching_up", "_finished", "_read_free_at", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_scope", "_frame_bucket", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
@@ -130,6 +133,8 @@ class Peer:
         self._finished = False
         self._closed_by_peer = False
         self._catching_up = False
+        self._read_free_at = _NEVER
+        """When what this connection has sent so far is paid for at read_bytes_per_second."""
         """While a room admits this session: what it queues is the join's catch-up, outside
         the outbox budget (Outbox.put)."""
         self._detach = _Detach(detach_grace, resume_key) if detach_grace > 0 else None
@@ -388,7 +393,20 @@ class Peer:
             self._peer_closed(exc)
             return None
         self.services.record_message(self.id, "in", data)
+        await self._pace_reading(len(data))
         return data
+
+    async def _pace_reading(self, size: int) -> None:
+        """Read at most read_bytes_per_second from this connection, after a burst of a second's
+        worth or one largest message (spec §5.8): the next read waits, and TCP makes the sender
+        wait too. One float of state: an idle server holds thousands of these."""
+        rate = self.config.read_bytes_per_second
+        now = trio.current_time()
+        burst = max(rate, self.max_message_bytes) / rate
+        self._read_free_at = max(self._read_free_at, now - burst) + size / rate
+        wait = self._read_free_at - now
+        if wait > 0:
+            await trio.sleep(wait)
 
     async def _send(self, message: bytes) -> None:
         if len(message) >= self.config.large_message_bytes:

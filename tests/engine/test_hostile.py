@@ -238,3 +238,22 @@ async def test_a_state_vector_of_more_clients_than_the_document_has_is_refused_c
     assert codes and set(codes) == {ErrorCode.INVALID_UPDATE}
     assert await greedy.wait_closed() == CloseCode.PROTOCOL_ERROR  # past the violation limit (spec §5.8)
     await assert_room_still_works(engine)
+
+
+async def test_a_connection_is_read_no_faster_than_read_bytes_per_second(autojump_clock: MockClock) -> None:
+    # Fresh-user pass 4: one member publishing 16 MiB events as fast as the event rate allowed
+    # (720 MiB/s) pushed every reader of the room past its queue, TOO_SLOW, 2-3 times in 10 s.
+    MIB = 1024 * 1024
+    async with make_engine(read_bytes_per_second=MIB, events_per_second=1000, max_message_bytes=2 * MIB) as engine:
+        fast = DocClient(engine.connect_memory())
+        await fast.hello()
+        await fast.join("r")
+        start = trio.current_time()
+        for i in range(10):  # 5 MiB in all
+            await fast.send(Publish(1, 100 + i, "blob", "x" * (512 * 1024), None))
+        for _ in range(10):
+            await fast.wait_for(Ack)
+        elapsed = trio.current_time() - start
+        # A burst of one largest message (2 MiB, two seconds' worth), then 1 MiB/s: about 3 s.
+        assert 2.5 <= elapsed < 5, elapsed
+        await assert_room_still_works(engine)
