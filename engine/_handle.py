@@ -26,7 +26,7 @@ class RoomHandle:
         return self._room.name
 
     @property
-    def doc(self) -> pycrdt.Doc:
+    def doc(self) -> pycrdt.Doc[Any]:
         return self._room.doc
 
     def presence(self) -> tuple[PresenceEntry, ...]:

@@ -76,7 +76,7 @@ class TraceRecorder:
         if data.snapshot is None and not data.updates and not data.events:
             return
         events = tuple((e.seq, e.body) for e in data.events)
-        self._write(TraceRecord(self._t(), "", "in", Stored(room, data.snapshot, data.updates, events)))  # type: ignore[arg-type]
+        self._write(TraceRecord(self._t(), "", "in", Stored(room, data.snapshot, data.updates, events)))
 
     def closed(self, conn: str, direction: str, code: int, reason: str) -> None:
         self._write(TraceRecord(self._t(), conn, direction, Close(code, reason)))  # type: ignore[arg-type]
