@@ -23,6 +23,7 @@ import math
 import secrets
 import ssl
 import urllib.parse
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from enum import Enum
@@ -214,7 +215,7 @@ class Client:
         self._pacer: Pacer | None = None
         self._event_pacer: Pacer | None = None
         self._frame_pacer: Pacer | None = None
-        self._paced: list[tuple[Frame, Waiter[Any] | None]] = []
+        self._paced: deque[tuple[Frame, Waiter[Any] | None]] = deque()
         """Frames waiting for a token (spec §5.8): publishes for the event rate, every other
         frame but document updates for the frame rate; in order, cursor moves latest-wins."""
         self._doc_rooms: dict[Room, None] = {}
@@ -460,7 +461,7 @@ class Client:
             pacer = self._pacer_for(self._paced[0][0])
             if pacer is not None and not pacer.take(now):
                 return
-            frame, waiter = self._paced.pop(0)
+            frame, waiter = self._paced.popleft()
             self._send_now(frame, waiter)
 
     def _send_doc_frames(self) -> None:
@@ -661,7 +662,7 @@ class Client:
             if self._closing:
                 # What waited for a token goes now (a last leave, say): the server's burst is a
                 # second's worth, more than the client ever holds back.
-                paced, self._paced = self._paced, []
+                paced, self._paced = self._paced, deque()
                 for frame, waiter in paced:
                     self._send_now(frame, waiter)
             if not self._outgoing:
@@ -723,7 +724,7 @@ class Client:
     def _lost_connection(self) -> None:
         self._conn = None
         self._outgoing = []
-        paced, self._paced = self._paced, []
+        paced, self._paced = self._paced, deque()
         waiting = [w for _, w in paced if w is not None]  # rooms send again what matters, on rejoin
         waiters, self._waiters = self._waiters, {}
         self._joins.clear()

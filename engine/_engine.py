@@ -47,7 +47,7 @@ from .room import (
     new_epoch,
 )
 from .http import serve_connection
-from .sessions import Flusher, Peer, Session, SessionServices, YjsSession
+from .sessions import Flusher, Peer, Session, SessionServices, YjsSession, check_detach
 from .transports import MemoryTransport, Transport, memory_transport_pair
 
 logger = logging.getLogger("plait.engine")
@@ -261,8 +261,7 @@ class Engine:
         Raises:
             ValueError: a grace without a resume key.
         """
-        if detach_grace > 0 and len(resume_key) < 16:
-            raise ValueError("a session that outlives its transport needs a resume key of 16 characters or more")
+        check_detach(detach_grace, resume_key)
         session: Peer
         # Not urllib.parse.urlsplit: it caches its last 128 answers, which would keep the paths
         # of 128 recent connections (scattered in memory) alive long after they closed.
@@ -297,8 +296,7 @@ class Engine:
     ) -> MemoryTransport:
         """Open an in-memory connection served by this engine; returns the client's end.
         `detach_grace`, `resume_key`: as for `serve_transport`."""
-        if detach_grace > 0 and len(resume_key) < 16:
-            raise ValueError("a session that outlives its transport needs a resume key of 16 characters or more")
+        check_detach(detach_grace, resume_key)
         client, server = memory_transport_pair(path, buffer)
         self.nursery.start_soon(functools.partial(self.serve_transport, server, detach_grace=detach_grace, resume_key=resume_key))
         return client

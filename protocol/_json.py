@@ -15,17 +15,12 @@ import binascii
 import json
 import math
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any
 
-from ._codec import DEFAULT_LIMITS, CodecLimits, encode_frame, frame_from_fields
+from ._codec import DEFAULT_LIMITS, CodecLimits, frame_from_fields, frame_to_array
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._fields import MAX_DEPTH, FieldType, ListOf, Optional, Record
 from ._frames import FRAME_NAMES, Frame
-
-MAX_JSON_DEPTH: Final = MAX_DEPTH + 8
-"""Arrays and objects a JSON message may nest: a value's 32 levels (§3.3) plus the frame's own
-(the batch, the frame, a list of records, a record, a `$map`)."""
-
 
 # -- writing --------------------------------------------------------------------------------
 
@@ -73,10 +68,18 @@ def encode_json(frames: Frame | Iterable[Frame]) -> str:
     batch = [frames] if isinstance(frames, Frame) else list(frames)
     if not batch:
         raise LocalProtocolError("a message holds at least one frame", ErrorCode.MALFORMED_FRAME)
-    for frame in batch:
-        encode_frame(frame)
+    for frame in batch:  # the field checks of encode_frame, without packing msgpack for nothing
+        try:
+            frame_from_fields(type(frame), frame_to_array(frame)[1:])
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(f"{type(frame).__name__}: {exc.message}", exc.code) from exc
     objs = [frame_to_json(f) for f in batch]
-    return json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")  # a lone surrogate is not Unicode text (spec §3.3)
+    except UnicodeEncodeError:
+        raise LocalProtocolError("a string holds a lone surrogate, which is not Unicode text", ErrorCode.INVALID_FIELD) from None
+    return text
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -95,12 +98,13 @@ def decode_json(text: str | bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     if len(data) > limits.max_message_bytes:
         raise RemoteProtocolError(f"message of {len(data)} bytes exceeds {limits.max_message_bytes}", ErrorCode.FRAME_TOO_LARGE)
-    _check_depth(data)
     try:
         parsed = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except RemoteProtocolError:
         raise
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:  # the parser's own bound on nesting, far past §3.3's 32
+        raise RemoteProtocolError(f"nested far deeper than {MAX_DEPTH} (spec §3.3)", ErrorCode.TOO_DEEP) from None
+    except ValueError as exc:
         raise RemoteProtocolError(f"not valid JSON: {str(exc)[:200]}", ErrorCode.MALFORMED_FRAME) from None
     objs = parsed if isinstance(parsed, list) else [parsed]
     if not objs:
@@ -112,29 +116,6 @@ def decode_json(text: str | bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list
 
 def _no_constant(name: str) -> Any:
     raise RemoteProtocolError(f"{name} is not a finite number (spec §3.3)", ErrorCode.INVALID_FIELD)
-
-
-def _check_depth(data: bytes) -> None:
-    """Refuse nesting past MAX_JSON_DEPTH before the parser recurses into it: brackets outside
-    strings, counted in one pass."""
-    depth = 0
-    in_string = escaped = False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise RemoteProtocolError(f"nested deeper than {MAX_DEPTH} (spec §3.3)", ErrorCode.TOO_DEEP)
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
 
 
 def frame_from_json(obj: Any) -> Frame:

@@ -181,8 +181,12 @@ class Ephemeral:
 
     # -- presence, cursors, typing ----------------------------------------------------------
 
-    def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
-        """Replace the member's presence state, or merge `patch` into it (spec §4.2).
+    def set_presence(
+        self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None, size: int | None = None
+    ) -> None:
+        """Replace the member's presence state, or merge `patch` into it (spec §4.2). `size`:
+        the state's `presence_size`, when the caller already measured it (a Yjs session, to
+        refuse an awareness state before it claims a client id).
 
         Raises:
             RequestError: PRESENCE_TOO_LARGE, the state would take more than the server's
@@ -192,7 +196,8 @@ class Ephemeral:
             return  # a frame that raced the end of its membership
         sid = member.session.id
         new = dict(state) if state is not None else self._presence.patched(sid, patch or {})
-        size = self._check_size("presence state", new)
+        if size is None or state is None:
+            size = self._check_size("presence state", new)
         self._check_room_budget(size - self._presence.raw_state_bytes(sid))
         self._presence.set(sid, new, size)
         self._awareness.changed(sid)

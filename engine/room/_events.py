@@ -91,11 +91,21 @@ class EventLog:
         return None if key is None else self._keys.get(key)
 
     def append(
-        self, name: str, payload: Any, session: str | None, user: str | None, key: str | None, seq: int | None = None
+        self,
+        name: str,
+        payload: Any,
+        session: str | None,
+        user: str | None,
+        key: str | None,
+        seq: int | None = None,
+        size: int | None = None,
     ) -> EventRecord:
-        """Record an event at `seq` (the next after `head` if not given)."""
+        """Record an event at `seq` (the next after `head` if not given); `size`, its encoded
+        size if the caller measured it (the fit check does), counts toward `max_bytes`."""
         record = EventRecord(self.head + 1 if seq is None else seq, name, payload, session, user, key, self.epoch)
-        self._remember(record, encoded_size(payload) + len(name) + len(session or "") + len(user or "") + len(key or ""))
+        if size is None:
+            size = encoded_size(payload) + len(name) + len(session or "") + len(user or "") + len(key or "")
+        self._remember(record, size)
         return record
 
     def _remember(self, record: EventRecord, size: int) -> None:
@@ -191,8 +201,7 @@ class EventsStrand:
                 raise HookFailed("on_event") from None
             existing = self._events.seq_for_key(key)  # a retry may have won during the hook
             self._check_still_here(member)
-        if existing is None:
-            self._check_event_fits(member, name, payload)
+        size = self._check_event_fits(member, name, payload) if existing is None else 0
         if existing is not None:
             if member is not None and ref is not None:
                 self.ack(member, ref, existing)
@@ -207,7 +216,7 @@ class EventsStrand:
             logger.error("room %r: the sequence authority failed", self.name, exc_info=exc)
             raise RequestError(ErrorCode.INTERNAL, "the event could not be numbered; publish it again") from None
         self._check_still_here(member)
-        record = self._events.append(name, payload, session, user, key, seq)
+        record = self._events.append(name, payload, session, user, key, seq, size)
         self._pending.events.append(record)
         self._changes += 1
         self._metrics.add("events_published")
@@ -227,10 +236,11 @@ class EventsStrand:
         if member is not None and self._members.get(member.session) is not member:
             raise RequestError(ErrorCode.UNKNOWN_CHANNEL, "the publisher left the room")
 
-    def _check_event_fits(self, member: Member | None, name: str, payload: Any) -> None:
-        """Refuse an event whose frame would be longer than the message limit every member was
-        promised (spec §3.2): an event adds its session and user to what publish carried, so a
-        publish that just fit would otherwise come back too long for every member."""
+    def _check_event_fits(self, member: Member | None, name: str, payload: Any) -> int:
+        """The event's encoded size, at most. Refuse an event whose frame would be longer than
+        the message limit every member was promised (spec §3.2): an event adds its session and
+        user to what publish carried, so a publish that just fit would otherwise come back too
+        long for every member."""
         session = member.session.id if member else None
         user = str(member.session.identity.get("id")) if member else None
         widest = Event(2**32 - 1, 2**53 - 1, name, payload, session, user)  # the longest channel and seq
@@ -240,6 +250,7 @@ class EventsStrand:
                 ErrorCode.EVENT_REJECTED,
                 f"the event would be {size} bytes, over the {self._config.max_message_bytes}-byte message limit",
             )
+        return size
 
     @staticmethod
     def _event_frame(record: EventRecord, channel: int) -> Event:

@@ -70,30 +70,24 @@ class ContainedFanout:
         self._inner = inner
 
     def document(self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame]) -> None:
-        try:
-            self._inner.document(room, members, frames)
-        except BaseException as exc:
-            if not application_error(exc):
-                raise
-            _failed(room, members, "document", exc)
+        self._contained(room, members, "document", lambda: self._inner.document(room, members, frames))
 
     def event(self, room: str, members: Sequence[Member], frame: ChannelFrame) -> None:
-        try:
-            self._inner.event(room, members, frame)
-        except BaseException as exc:
-            if not application_error(exc):
-                raise
-            _failed(room, members, "event", exc)
+        self._contained(room, members, "event", lambda: self._inner.event(room, members, frame))
 
     def ephemeral(
         self, room: str, members: Sequence[Member], frames: Sequence[ChannelFrame], refresh: Callable[[Member], Refresh]
     ) -> None:
+        self._contained(room, members, "ephemeral", lambda: self._inner.ephemeral(room, members, frames, refresh))
+
+    @staticmethod
+    def _contained(room: str, members: Sequence[Member], what: str, fan_out: Callable[[], None]) -> None:
         try:
-            self._inner.ephemeral(room, members, frames, refresh)
+            fan_out()
         except BaseException as exc:
             if not application_error(exc):
                 raise
-            _failed(room, members, "ephemeral", exc)
+            _failed(room, members, what, exc)
 
 
 def _failed(room: str, members: Sequence[Member], what: str, exc: BaseException) -> None:

@@ -299,8 +299,10 @@ class Room(DocStrand, EventsStrand, PersistStrand):
     def presence(self) -> tuple[PresenceEntry, ...]:
         return self._ephemeral.presence()
 
-    def set_presence(self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None) -> None:
-        self._ephemeral.set_presence(member, state, patch)
+    def set_presence(
+        self, member: Member, state: dict[str, Any] | None, patch: dict[str, Any] | None, size: int | None = None
+    ) -> None:
+        self._ephemeral.set_presence(member, state, patch, size)
 
     def move_cursor(self, member: Member, position: Any) -> None:
         self._ephemeral.move_cursor(member, position)

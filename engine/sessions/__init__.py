@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._native import Session as Session
 from ._peer import Peer as Peer
+from ._peer import check_detach as check_detach
 from ._services import Flusher as Flusher
 from ._services import SessionServices as SessionServices
 from ._yjs import YjsSession as YjsSession

@@ -110,15 +110,13 @@ class Session(Peer):
             assert isinstance(hello, Hello)
             try:
                 self.identity = await self.services.authenticate(hello.token, hello.client)
-            except Unauthenticated as exc:
-                self._send_now(Error(None, None, ErrorCode.UNAUTHENTICATED, str(exc)[:1024] or "token refused"))
+            except Unauthenticated as exc:  # spec §5.1: the error, then the close that says why
+                self.refuse(ErrorCode.UNAUTHENTICATED, str(exc) or "token refused")
                 self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
-                self.refused(ErrorCode.UNAUTHENTICATED)
                 return False
             except HookFailed as exc:
-                self._send_now(Error(None, None, exc.code, exc.message))
+                self.refuse(exc.code, exc.message)
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
-                self.refused(exc.code)
                 return False
             welcome = Welcome(self.conn.version or 1, self.id, int(self.config.heartbeat * 1000), self.config.limits)
             self._send_now(welcome)
@@ -394,7 +392,6 @@ class Session(Peer):
         self._rooms.pop(member.room.name, None)
         self.outbox.forget_channel(member.channel)
         self.send_frames([ChannelClosed(member.channel, code, message[:1024])])
-
 
 
 def _runs_of_updates(frames: list[Frame]) -> list[Frame | list[Update]]:

@@ -74,6 +74,13 @@ class _Detach:
 _NEVER = float("-inf")
 
 
+def check_detach(grace: float, resume_key: str) -> None:
+    """Raise ValueError unless a session that outlives its transport (`grace` > 0) has a
+    resume key of 16 characters or more."""
+    if grace > 0 and len(resume_key) < 16:
+        raise ValueError("a session that outlives its transport needs a resume key of 16 characters or more")
+
+
 class Peer:
     """One client's session. Abstract: see Session and YjsSession."""
 
@@ -98,8 +105,7 @@ class Peer:
     def __init__(
         self, services: SessionServices, transport: Transport, session_id: str, detach_grace: float = 0.0, resume_key: str = ""
     ) -> None:
-        if detach_grace > 0 and len(resume_key) < 16:
-            raise ValueError("a session that outlives its transport needs a resume key of 16 characters or more")
+        check_detach(detach_grace, resume_key)
         self.services = services
         self.config = services.config
         self.transport = transport
@@ -133,10 +139,10 @@ class Peer:
         self._finished = False
         self._closed_by_peer = False
         self._catching_up = False
-        self._read_free_at = _NEVER
-        """When what this connection has sent so far is paid for at read_bytes_per_second."""
         """While a room admits this session: what it queues is the join's catch-up, outside
         the outbox budget (Outbox.put)."""
+        self._read_free_at = _NEVER
+        """When what this connection has sent so far is paid for at read_bytes_per_second."""
         self._detach = _Detach(detach_grace, resume_key) if detach_grace > 0 else None
         """How it outlives a transport; None: it ends with its transport (a WebSocket's)."""
         now = trio.current_time()

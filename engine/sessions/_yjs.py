@@ -170,10 +170,10 @@ class YjsSession(Peer):
                     # y-websocket echoes others' entries: ignored before they cost a JSON parse.
                     if own is not None and entry.client_id != own:
                         continue
-                    state = _parse_state(entry.state_json, self.config.presence_limit)
+                    state, size = _parse_state(entry.state_json, self.config.presence_limit)
                     if room.claim_awareness(member, entry.client_id, entry.clock, hidden=state is None):
                         own = room.awareness_id(member)
-                        room.set_presence(member, state or {}, None)
+                        room.set_presence(member, state or {}, None, size if state is not None else None)
                         room.move_cursor(member, state.get("cursor") if state else None)
             case YQueryAwareness():
                 self._send_awareness(member, room.awareness_sessions())
@@ -326,7 +326,9 @@ def _sessions(frame: PresenceSnapshot | PresenceDiff | Cursors) -> list[str]:
     return [m.session for m in frame.moves]
 
 
-def _parse_state(text: str, max_bytes: int) -> dict[str, Any] | None:
+def _parse_state(text: str, max_bytes: int) -> tuple[dict[str, Any] | None, int]:
+    """An awareness state and its encoded size (0 for a null state), refused (RequestError)
+    unless every protocol can carry it and it is within `max_bytes` (spec §13)."""
     if len(text) > MAX_AWARENESS_STATE:
         raise RequestError(ErrorCode.FRAME_TOO_LARGE, "awareness state too large")
     try:
@@ -334,12 +336,11 @@ def _parse_state(text: str, max_bytes: int) -> dict[str, Any] | None:
     except (ValueError, RecursionError) as exc:
         raise RequestError(ErrorCode.INVALID_FIELD, "awareness state is not JSON") from exc
     if state is None:
-        return None
+        return None, 0
     if not isinstance(state, dict):
         state = {"value": state}
     try:
         check_value(state, MAX_DEPTH)
     except ProtocolError as exc:
         raise RequestError(exc.code, exc.message) from exc
-    presence_size("presence state", state, max_bytes)  # before the client id is claimed
-    return state
+    return state, presence_size("presence state", state, max_bytes)  # before the client id is claimed

@@ -149,7 +149,7 @@ awareness_texts = st.one_of(
 @given(awareness_texts)
 def test_an_awareness_state_the_server_accepts_can_be_sent_to_native_members(text: str) -> None:
     try:
-        state = _parse_state(text, MAX_PRESENCE_BYTES)
+        state, _size = _parse_state(text, MAX_PRESENCE_BYTES)
     except RequestError:
         return  # refused: the y-websocket client is closed, nobody is sent it
     if state is None:
