@@ -107,7 +107,7 @@ class _WebSocket:
         self.ws = ws
         self.stream = stream
 
-    async def send_message(self, data: bytes) -> None:
+    async def send_message(self, data: bytes | str) -> None:
         try:
             await self.ws.send_message(data)
         except trio_websocket.ConnectionClosed as exc:

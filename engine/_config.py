@@ -91,6 +91,23 @@ class EngineConfig:
     outbox_lag_frames: int = 64
     """Past this many queued frames a connection is lagging: its ephemeral frames coalesce."""
 
+    http_session_grace: float = 30 * SECONDS
+    """A session carried by HTTP requests (spec §14) with no event stream or long-poll open
+    lives this long, then ends as a WebSocket's does when it goes silent (HEARTBEAT_TIMEOUT)."""
+    long_poll_timeout: float = 25 * SECONDS
+    """How long a long-poll waits for something before it answers with nothing (spec §14.5)."""
+    resume_window: float = 30 * SECONDS
+    resume_bytes: int = 1 * MiB
+    """What an HTTP session keeps of what it sent, for a client that comes back with the last
+    position it saw (SSE Last-Event-ID, a poll's `after`, spec §14.3): this long, at most this
+    many bytes. Past it, the resume is not complete and the client rejoins (spec §7)."""
+    sse_retry: float = 2 * SECONDS
+    """The reconnection delay an event stream asks a browser's EventSource to use."""
+    allow_origins: tuple[str, ...] = ()
+    """Origins (`https://app.example.com`, or `*` for any) whose pages may use the HTTP
+    transports across origins (CORS, spec §14.6); a page of the server's own origin, and a
+    client that sends no Origin, always may."""
+
     event_history: int = 1000
     event_history_bytes: int = 16 * MiB
     """A room's event history keeps at most event_history events and this many bytes of them

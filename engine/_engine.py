@@ -46,9 +46,10 @@ from .room import (
     SequenceAuthority,
     new_epoch,
 )
-from .http import serve_connection
+from .http import HttpSessions, serve_connection
+from .http._sessions import PREFIX as HTTP_PREFIX
 from .sessions import Flusher, Peer, Session, SessionServices, YjsSession, check_detach
-from .transports import MemoryTransport, Transport, memory_transport_pair
+from .transports import HttpTransport, MemoryTransport, Transport, memory_transport_pair
 
 logger = logging.getLogger("plait.engine")
 
@@ -113,6 +114,7 @@ class Engine:
         self._sessions: dict[str, Peer] = {}
         self._flusher = Flusher(lambda: self.nursery)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
+        self._http = HttpSessions(self.config, self._start_http_session, lambda: self._accepting)
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -236,6 +238,7 @@ class Engine:
             accepting=lambda: self._accepting,
             handshake_timeout=self.config.handshake_timeout,
             max_message_bytes=self._max_message_bytes,
+            http_sessions=self._http,
         )
         await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)
 
@@ -247,9 +250,13 @@ class Engine:
             return max(self.config.max_message_bytes, self.config.max_document_bytes + 64 * 1024)
         return self.config.max_message_bytes
 
-    async def serve_transport(self, transport: Transport, *, detach_grace: float = 0.0, resume_key: str = "") -> None:
+    async def serve_transport(
+        self, transport: Transport, *, detach_grace: float = 0.0, resume_key: str = "", session_id: str | None = None
+    ) -> None:
         """Run one connection to its end, whatever transport carries it. The path picks the
-        protocol: `/yjs/<room>?token=...` is y-websocket (spec §13), anything else native.
+        protocol: `/yjs/<room>?token=...` is y-websocket (spec §13), anything else native;
+        under `/v1/`, a native session carried by HTTP requests (spec §14: the SSE wire, its
+        transport times the client's absence). `session_id`: the id to give it (else a new one).
 
         With `detach_grace` (seconds; native sessions), a session whose transport ends other
         than by a normal close, or goes silent for 2H (spec §5.7), lives on that long, its
@@ -269,9 +276,10 @@ class Engine:
         if path.startswith(YJS_PATH):
             room = path[len(YJS_PATH) :]  # percent-decoded and checked by the session
             token = urllib.parse.parse_qs(query).get("token", [None])[0]
-            session = YjsSession(self._services, transport, self._new_session_id(), room, token)
+            session = YjsSession(self._services, transport, session_id or self._new_session_id(), room, token)
         else:
-            session = Session(self._services, transport, self._new_session_id(), detach_grace, resume_key)
+            http = path.startswith(HTTP_PREFIX)
+            session = Session(self._services, transport, session_id or self._new_session_id(), detach_grace, resume_key, http=http)
         self._sessions[session.id] = session
         self._reclaimer.started(self._load())
         try:
@@ -281,6 +289,21 @@ class Engine:
         finally:
             del self._sessions[session.id]
             self._reclaimer.ended()
+
+    def _start_http_session(self, transport: HttpTransport) -> str:
+        """Serve a session the HTTP transports opened (engine/http/_sessions.py); its id."""
+        session_id = self._new_session_id()
+        self.nursery.start_soon(self._serve_http_session, transport, session_id)
+        return session_id
+
+    async def _serve_http_session(self, transport: HttpTransport, session_id: str) -> None:
+        try:
+            await self.serve_transport(transport, session_id=session_id)
+        finally:
+            # Its last frames and how it ended stay for a stream or poll to collect, briefly.
+            with trio.move_on_after(min(self.config.http_session_grace, 5)):
+                await transport.collected()
+            self._http.forget(session_id)
 
     def attach(self, session_id: str, transport: Transport, resume_key: str) -> trio.Event | None:
         """Give a detached session (see `serve_transport`'s `detach_grace`) a new transport.

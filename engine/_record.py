@@ -8,7 +8,7 @@ per connection would lose it; a trace per room cannot hold a connection in two r
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import trio
@@ -25,7 +25,9 @@ from plait.protocol import (
     TraceHeader,
     TraceRecord,
     TraceWriter,
+    Frame,
     decode,
+    decode_json,
 )
 
 
@@ -53,16 +55,20 @@ class TraceRecorder:
     def opened(self, conn: str, path: str) -> None:
         self._write(TraceRecord(self._t(), conn, "in", Open(path)))
 
-    def message(self, conn: str, direction: str, data: bytes | str) -> None:
-        """One whole message; recorded frame by frame, or raw if it is not valid frames."""
+    def message(
+        self, conn: str, direction: str, data: bytes | str, frames_of: Callable[[bytes | str], list[Frame]] | None = None
+    ) -> None:
+        """One whole message; recorded frame by frame, or raw if it is not valid frames.
+        `frames_of` reads it (the session's wire); by default msgpack, or JSON for text."""
         t = self._t()
-        if isinstance(data, str):
-            self._write(TraceRecord(t, conn, direction, Raw(data.encode())))  # type: ignore[arg-type]
-            return
         try:
-            frames = decode(data)
+            if frames_of is not None:
+                frames = frames_of(data)
+            else:
+                frames = decode(data) if isinstance(data, bytes) else decode_json(data)
         except ProtocolError:
-            self._write(TraceRecord(t, conn, direction, Raw(data)))  # type: ignore[arg-type]
+            raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+            self._write(TraceRecord(t, conn, direction, Raw(raw)))  # type: ignore[arg-type]
             return
         for frame in frames:
             self._write(TraceRecord(t, conn, direction, frame))  # type: ignore[arg-type]

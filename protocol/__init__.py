@@ -28,6 +28,7 @@ from ._frames import (
     Access as Access,
     Frame as Frame,
     FRAME_TYPES as FRAME_TYPES,
+    FRAME_NAMES as FRAME_NAMES,
     Limits as Limits,
     PresenceEntry as PresenceEntry,
     PresenceState as PresenceState,
@@ -138,6 +139,7 @@ from ._transport import Transport as Transport
 from ._json import (
     decode_json as decode_json,
     encode_json as encode_json,
+    encode_json_trusted as encode_json_trusted,
     frame_from_json as frame_from_json,
     frame_to_json as frame_to_json,
 )

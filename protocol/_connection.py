@@ -255,11 +255,20 @@ class Connection:
         Raises:
             LocalProtocolError: not open, or `channel` is not open.
         """
+        self.check_shared(channel)
+        return shared.for_channel(channel)
+
+    def check_shared(self, channel: int) -> None:
+        """What `send_shared` checks, for a caller that encodes the frame for another wire
+        (JSON, spec §3.5).
+
+        Raises:
+            LocalProtocolError: not open, or `channel` is not open.
+        """
         if self.state is not SessionState.OPEN:
             self._not_open()
         if channel not in self.channels:
             raise LocalProtocolError(f"channel {channel} is not open", ErrorCode.UNKNOWN_CHANNEL)
-        return shared.for_channel(channel)
 
     def send_ack(self, ref: int, value: int | None) -> bytes:
         """An Ack for a request this side received (its ref was checked then), encoded
@@ -268,9 +277,13 @@ class Connection:
         Raises:
             LocalProtocolError: not open.
         """
+        self.check_open()
+        return encode_trusted(Ack(ref, value))
+
+    def check_open(self) -> None:
+        """Raise LocalProtocolError unless open (what `send_ack` checks)."""
         if self.state is not SessionState.OPEN:
             self._not_open()
-        return encode_trusted(Ack(ref, value))
 
     def send_data(self, frames: Frame | Iterable[Frame]) -> bytes:
         """`send` each frame and encode them as one message."""

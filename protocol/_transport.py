@@ -16,7 +16,9 @@ class Transport(Protocol):
     every method raises `TransportClosed` (with the close code, 1006 when no close frame
     arrived); nothing else escapes for a closed connection."""
 
-    async def send_message(self, data: bytes) -> None: ...
+    async def send_message(self, data: bytes | str) -> None:
+        """A binary message, or a text message for a `str` (spec §3.5: JSON)."""
+        ...
 
     async def receive_message(self) -> bytes | str: ...
 

@@ -1,5 +1,7 @@
-"""The engine's port: each TCP connection's HTTP request, routed to what serves it."""
+"""The engine's port: each TCP connection's HTTP requests, routed to what serves them:
+a WebSocket, the HTTP transports (spec §14), or a refusal."""
 
 from __future__ import annotations
 
 from ._server import serve_connection as serve_connection
+from ._sessions import HttpSessions as HttpSessions

@@ -1,25 +1,23 @@
-"""One TCP connection on the engine's port: its HTTP request, then what serves it.
+"""One TCP connection on the engine's port: its HTTP requests, then what serves them.
 
-The request is parsed by h11. A WebSocket upgrade, on any path, is handed to `websockets`'
-sans-I/O protocol for its handshake (the path then picks the protocol: engine.serve_transport),
-and the WebSocket runs in engine/transports/_websocket.py. Any other request gets an HTTP
-status with a reason in its body, and the connection closes:
+Requests are parsed by h11 (engine/http/_exchange.py). A WebSocket upgrade, on any path, is
+handed to `websockets`' sans-I/O protocol for its handshake (the path then picks the protocol:
+engine.serve_transport), and the WebSocket runs in engine/transports/_websocket.py. Requests
+under `/v1/` are the HTTP transports (engine/http/_sessions.py, spec §14), several per
+connection (keep-alive). Any other request gets an HTTP status with a reason in its body, and
+the connection closes:
 
 - `/` and `/yjs/ROOM` without an upgrade: 426 Upgrade Required (GET, HEAD) or 405;
 - any other path: 404;
 - a request h11 cannot parse: 400 (431 for headers over 16 KiB);
 - while the engine shuts down: 503;
-- no complete request within the handshake timeout: 408.
-
-HTTP transports (SSE, long-polling) and the server API will be routes here.
+- no complete request (head and body) within the handshake timeout: 408.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 
 import h11
 import trio
@@ -29,27 +27,18 @@ from websockets.server import ServerProtocol
 
 from plait.protocol import YJS_PATH
 
-from ..transports._websocket import RECEIVE_BYTES, WebSocketStream
+from ..transports._websocket import WebSocketStream
+from ._exchange import Exchange, Refusal
+from ._sessions import PREFIX, HttpSessions
 
 logger = logging.getLogger("plait.http")
 
-MAX_HEADER_BYTES = 16 * 1024
-"""A request's line and headers together; more is refused with 431."""
 WEBSOCKET_PATHS = ("/", YJS_PATH)
 """The endpoints (spec §2): `/` for the native protocol, `/yjs/ROOM` for y-websocket. A
 WebSocket upgrade is served on any path (every other path is native, behind a proxy that adds a
 prefix, say); a plain request only on these."""
 
 Handler = Callable[[WebSocketStream], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """An HTTP answer that ends the connection."""
-
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 async def serve_connection(
@@ -59,14 +48,15 @@ async def serve_connection(
     accepting: Callable[[], bool],
     handshake_timeout: float,
     max_message_bytes: Callable[[str], int],
+    http_sessions: HttpSessions | None = None,
 ) -> None:
-    """Run one TCP connection: its request, then `handler` with the WebSocket, or an HTTP
-    refusal. The socket is closed when this returns, whatever happened. The request must
-    arrive within `handshake_timeout` seconds."""
+    """Run one TCP connection: its requests, then `handler` with the WebSocket if one was
+    opened. The socket is closed when this returns, whatever happened. Each request (its
+    head and body) must arrive within `handshake_timeout` seconds."""
     try:
-        # In a coroutine of its own: nothing of the request's handling (its cancel scope, say)
-        # stays referenced by this frame for the life of the connection (bench/idle.py).
-        upgraded = await _accept_in_time(stream, accepting, handshake_timeout, max_message_bytes)
+        # In a coroutine of its own: nothing of the requests' handling (the h11 state, a cancel
+        # scope) stays referenced by this frame for the life of a WebSocket (bench/idle.py).
+        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, http_sessions)
         if upgraded is not None:
             await handler(upgraded)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -75,61 +65,77 @@ async def serve_connection(
         await trio.aclose_forcefully(stream)
 
 
-async def _accept_in_time(
-    stream: trio.abc.Stream, accepting: Callable[[], bool], handshake_timeout: float, max_message_bytes: Callable[[str], int]
+async def _serve_requests(
+    stream: trio.abc.Stream,
+    accepting: Callable[[], bool],
+    handshake_timeout: float,
+    max_message_bytes: Callable[[str], int],
+    http_sessions: HttpSessions | None,
 ) -> WebSocketStream | None:
-    """`_accept` within the handshake timeout; past it, 408."""
-    with trio.move_on_after(handshake_timeout):
-        return await _accept(stream, accepting, max_message_bytes)
-    with trio.move_on_after(1):
-        await _refuse(stream, None, Refusal(408, f"no complete request within {handshake_timeout:g} s"))
-    return None
-
-
-async def _accept(
-    stream: trio.abc.Stream, accepting: Callable[[], bool], max_message_bytes: Callable[[str], int]
-) -> WebSocketStream | None:
-    """Read the request; the WebSocket, or None (refused with an HTTP status, or not HTTP)."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-    received = bytearray()
+    """Answer requests until one opens a WebSocket (returned), one is refused, or the client
+    closes the connection (None)."""
+    ex = Exchange(stream)
+    first = True
     while True:
+        request: h11.Request | None = None
         try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint
-            await _refuse(stream, None, Refusal(status, f"bad request: {exc}"))
+            deadline = trio.current_time() + handshake_timeout
+            with trio.move_on_at(deadline):
+                request = await ex.next_request()
+                if request is None:
+                    return None
+                path = request.target.partition(b"?")[0].decode("ascii", "replace")
+                if http_sessions is None or not path.startswith(PREFIX) or _is_upgrade(request):
+                    refusal = _route(request, accepting())
+                    if refusal is not None:
+                        raise refusal
+                    if not first:
+                        raise Refusal(400, "open a WebSocket on a connection of its own, not after other requests")
+                    return await _upgrade(stream, bytes(ex.received), max_message_bytes)
+            if request is None:  # the deadline passed
+                if first or ex.conn.their_state is not h11.IDLE:
+                    raise Refusal(408, f"no complete request within {handshake_timeout:g} s")
+                return None  # an idle keep-alive connection
+            assert http_sessions is not None  # a request under /v1/ that is not an upgrade
+            ex.deadline = deadline
+            await _contained(http_sessions.handle, ex, request)
+        except Refusal as refusal:
+            with trio.move_on_after(1):
+                await ex.refuse(refusal, request)
             return None
-        if event is h11.NEED_DATA:
-            data = bytes(await stream.receive_some(RECEIVE_BYTES))
-            if not data:
-                return None
-            received += data
-            conn.receive_data(data)
-            continue
-        if not isinstance(event, h11.Request):  # pragma: no cover - h11 gives a request first
+        first = False
+        if not ex.reusable():
             return None
-        if len(received) > MAX_HEADER_BYTES and received.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES) < 0:
-            # h11 bounds only what is still incomplete; a request read in one go is checked here.
-            await _refuse(stream, event, Refusal(431, f"bad request: the request line and headers are over {MAX_HEADER_BYTES} bytes"))
-            return None
-        refusal = _route(event, accepting())
-        if refusal is not None:
-            await _refuse(stream, event, refusal)
-            return None
-        return await _upgrade(stream, bytes(received), max_message_bytes)
+
+
+async def _contained(handle: Callable[[Exchange, h11.Request], Awaitable[None]], ex: Exchange, request: h11.Request) -> None:
+    """Run a route: what goes wrong in it is this request's failure (500), never the engine's."""
+    try:
+        await handle(ex, request)
+    except (Refusal, trio.BrokenResourceError, trio.ClosedResourceError):
+        raise
+    except Exception as exc:
+        logger.error("%s %s failed", request.method.decode(), request.target[:200].decode("ascii", "replace"), exc_info=exc)
+        if ex.conn.our_state is not h11.SEND_RESPONSE:
+            raise trio.ClosedResourceError("the answer had begun") from None
+        raise Refusal(500, "internal error", as_json=True) from None
 
 
 def _route(request: h11.Request, accepting: bool) -> Refusal | None:
-    """None for a WebSocket upgrade to serve; else the refusal."""
-    target = request.target.decode("ascii", "replace")
-    path = target.partition("?")[0].partition("#")[0]
-    websocket_path = path == WEBSOCKET_PATHS[0] or path.startswith(WEBSOCKET_PATHS[1])
+    """None for a WebSocket upgrade to serve; else the refusal (a plain request outside
+    `/v1/`)."""
     if _is_upgrade(request):
         if not accepting:
             return Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),))
         return None  # native on any path but /yjs/... (engine.serve_transport)
+    path = request.target.decode("ascii", "replace").partition("?")[0].partition("#")[0]
+    websocket_path = path == WEBSOCKET_PATHS[0] or path.startswith(WEBSOCKET_PATHS[1])
     if not websocket_path:
-        return Refusal(404, f"nothing is served at {path[:200]} over plain HTTP; Plait's WebSocket endpoints are / and /yjs/ROOM")
+        return Refusal(
+            404,
+            f"nothing is served at {path[:200]} over plain HTTP; Plait's WebSocket endpoints are / and /yjs/ROOM, "
+            f"its HTTP transports are under {PREFIX}",
+        )
     if request.method not in (b"GET", b"HEAD"):
         method = request.method.decode("ascii", "replace")
         return Refusal(405, f"{method} is not served here: open a WebSocket with GET", (("Allow", "GET"),))
@@ -146,23 +152,6 @@ def _is_upgrade(request: h11.Request) -> bool:
         elif name == b"connection" and b"upgrade" in tokens:
             connection = True
     return upgrade and connection
-
-
-async def _refuse(stream: trio.abc.Stream, request: h11.Request | None, refusal: Refusal) -> None:
-    """Answer with the refusal and its reason (no body for HEAD). Written out here rather
-    than through h11, which will not answer a request it could not parse."""
-    logger.info("refused a request: %d %s", refusal.status, refusal.reason)
-    body = (refusal.reason + "\n").encode()
-    headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("Connection", "close"),
-        *refusal.headers,
-    ]
-    head = f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}\r\n"
-    head += "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n"
-    data = head.encode("latin-1") + (b"" if request is not None and request.method == b"HEAD" else body)
-    await stream.send_all(data)
 
 
 async def _upgrade(stream: trio.abc.Stream, request_bytes: bytes, max_message_bytes: Callable[[str], int]) -> WebSocketStream | None:

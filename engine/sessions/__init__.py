@@ -5,6 +5,7 @@
 - _native: Session, the native protocol (spec §4-§7)
 - _yjs: YjsSession, the y-websocket protocol (spec §13); awareness <-> presence
 - _services: SessionServices, what the engine gives every session
+- _wire: how a native session encodes frames: msgpack, JSON, Server-Sent Events
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from plait.protocol import (
     Frame,
     Hello,
     Join,
+    Joined,
     Leave,
     LocalProtocolError,
     Ping,
@@ -47,26 +48,41 @@ from plait.protocol import (
     Welcome,
     check_room_name,
     decode,
+    decode_json,
 )
 
 from .._errors import RequestError
 from .._hooks import HookFailed, Unauthenticated
 from ..room import Member, Refresh
-from ..transports import Transport
+from ..transports import AnsweringTransport, Transport
 from ._peer import Peer
 from ._services import SessionServices
+from ._wire import JSON, MSGPACK, SSE, Wire
 
 logger = logging.getLogger("plait.session")
 
 class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
 
-    __slots__ = ("_heard", "_heard_at", "_next_channel", "_rooms", "conn")
+    __slots__ = ("_answers", "_heard", "_heard_at", "_http", "_next_channel", "_rooms", "conn", "wire")
 
     def __init__(
-        self, services: SessionServices, transport: Transport, session_id: str, detach_grace: float = 0.0, resume_key: str = ""
+        self,
+        services: SessionServices,
+        transport: Transport,
+        session_id: str,
+        detach_grace: float = 0.0,
+        resume_key: str = "",
+        *,
+        http: bool = False,
     ) -> None:
+        """`http`: a session carried by HTTP requests (spec §14): it speaks the SSE wire, and
+        its transport, not heartbeats, says when the client is gone (HttpTransport)."""
         super().__init__(services, transport, session_id, detach_grace, resume_key)
+        self._http = http
+        self.wire: Wire = SSE if http else MSGPACK
+        """How frames go out: msgpack, or JSON for a client whose hello was text (spec §3.5)."""
+        self._answers = transport if isinstance(transport, AnsweringTransport) else None
         self.conn = Connection(
             Role.SERVER, CodecLimits(self.config.max_message_bytes, self.config.max_frames_per_message)
         )
@@ -80,9 +96,31 @@ class Session(Peer):
         self.conn.close()
 
     def _ping_frame(self) -> bytes | None:
-        """spec §5.7: a ping when the session has sent nothing for most of an interval."""
+        """spec §5.7: a ping when the session has sent nothing for most of an interval (over
+        HTTP, the event stream's own heartbeat does that, spec §14)."""
+        if self._http:
+            return None
         self._ping_nonce = (self._ping_nonce + 1) % (2**32)
-        return self.conn.send_frame(Ping(self._ping_nonce))
+        return self._encode(Ping(self._ping_nonce))
+
+    def _messages(self, batch: list[bytes]) -> Sequence[bytes | str]:
+        return self.wire.messages(batch)
+
+    def _frames_of(self, message: bytes | str) -> list[Frame]:
+        return self.wire.decode(message)
+
+    def _encode(self, frame: Frame) -> bytes:
+        """A frame through the state machine, on this session's wire; an answer to a request
+        also goes to an HTTP request waiting for it (spec §14.4).
+
+        Raises:
+            LocalProtocolError: the state machine refuses it, or a field is invalid.
+        """
+        self.conn.send(frame)
+        data = self.wire.frame(frame)
+        if self._answers is not None and isinstance(frame, (Ack, Error, Joined)):
+            self._answers.answered(frame)
+        return data
 
     def _on_attached(self) -> None:
         self._heard = True  # the silence timer (keep_alive) starts again with the new transport
@@ -93,9 +131,9 @@ class Session(Peer):
             if data is None:
                 return False
             try:
-                frames = decode(data, self.conn.limits) if isinstance(data, bytes) else None
-                if frames is None:
-                    raise RemoteProtocolError("text messages are not Plait frames", ErrorCode.MALFORMED_FRAME)
+                if isinstance(data, str) and not self._http:
+                    self.wire = JSON  # spec §3.5: a client that says hello in text hears text
+                frames = self._decode(data)
                 if len(frames) != 1:
                     raise RemoteProtocolError("the first message must hold only hello", ErrorCode.UNEXPECTED_FRAME)
                 self.conn.receive(frames[0])
@@ -125,13 +163,21 @@ class Session(Peer):
         return False
 
     def _send_now(self, frame: Frame) -> None:
-        self.outbox.put(self.conn.send_frame(frame))
+        self.outbox.put(self._encode(frame))
+
+    def _decode(self, data: bytes | str) -> list[Frame]:
+        """A message's frames: msgpack (binary) or JSON (text), spec §3.5.
+
+        Raises:
+            RemoteProtocolError: as `decode` and `decode_json` do.
+        """
+        return decode(data, self.conn.limits) if isinstance(data, bytes) else decode_json(data, self.conn.limits)
 
     def keep_alive(self, now: float) -> None:
         """The heartbeat sweep also ends a connection silent for 2H (spec §5.7): the reader
         only raises a flag per message, so timing silence costs nothing per message. The close
         comes between 2H and 2H plus one sweep interval after the last message."""
-        if self._heard:
+        if self._heard or self._http:  # over HTTP, the transport times the client's absence
             self._heard, self._heard_at = False, now
         elif self._nursery is not None and now - self._heard_at >= 2 * self.config.heartbeat:
             self._reader_scope.cancel()  # Peer.run reports HEARTBEAT_TIMEOUT
@@ -147,9 +193,7 @@ class Session(Peer):
                 return
             self._heard = True  # the heartbeat sweep notices silence (keep_alive)
             try:
-                if not isinstance(data, bytes):
-                    raise RemoteProtocolError("text messages are not Plait frames", ErrorCode.MALFORMED_FRAME)
-                frames = decode(data, self.conn.limits)
+                frames = self._decode(data)
             except RemoteProtocolError as exc:
                 self.refuse(exc.code, exc.message)
                 return
@@ -220,7 +264,7 @@ class Session(Peer):
         known = ErrorCode._value2member_map_.get(code)
         if isinstance(known, ErrorCode) and known.fatal:
             logger.info("session %s: protocol error %s: %s", self.id, known.name, message)
-            self.outbox.put(self.conn.send_frame(Error(ref, None, known, message[:1024])))
+            self.outbox.put(self._encode(Error(ref, None, known, message[:1024])))
             self.close(known.close_code, reason or f"{known.name.lower()}: {message}")
         else:
             member = self._members.get(channel) if channel is not None else None
@@ -333,7 +377,7 @@ class Session(Peer):
             if self._close_code is not None:
                 return
             try:
-                data = self.conn.send_frame(frame)
+                data = self._encode(frame)
             except LocalProtocolError as exc:
                 self._unsendable(frame, exc)
                 continue
@@ -343,18 +387,18 @@ class Session(Peer):
         if self._close_code is not None:
             return
         try:
-            data = self.conn.send_shared(shared, member.channel)
+            self.conn.check_shared(member.channel)
         except LocalProtocolError as exc:
             self._unsendable(shared.frame, exc)
             return
-        self.send_bytes(data)
+        self.send_bytes(self.wire.shared(shared, member.channel))
 
     def deliver_ephemeral(self, member: Member, shared: list[ChannelFrame], refresh: Refresh) -> None:
         def full_state() -> list[bytes]:
             out = []
             for frame in refresh():
                 try:
-                    out.append(self.conn.send_frame(frame))
+                    out.append(self._encode(frame))
                 except LocalProtocolError as exc:
                     self._unsendable(frame, exc)
             return out
@@ -363,18 +407,21 @@ class Session(Peer):
             return
         for frame in shared:
             try:
-                data = self.conn.send_shared(frame, member.channel)
+                self.conn.check_shared(member.channel)
             except LocalProtocolError as exc:
                 self._unsendable(frame.frame, exc)
                 return
-            self.send_ephemeral(member.channel, data, full_state)
+            self.send_ephemeral(member.channel, self.wire.shared(frame, member.channel), full_state)
 
     def deliver_frames(self, member: Member, frames: list[Frame]) -> None:
         self.send_frames(frames)
 
     def deliver_ack(self, member: Member, ref: int, value: int | None) -> None:
         if self._close_code is None:
-            self.send_bytes(self.conn.send_ack(ref, value))
+            self.conn.check_open()
+            self.send_bytes(self.wire.ack(ref, value))
+            if self._answers is not None:
+                self._answers.answered(Ack(ref, value))
 
     def _unsendable(self, frame: Frame, exc: LocalProtocolError) -> None:
         if exc.code == ErrorCode.UNKNOWN_CHANNEL:

@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from plait.protocol import Access, Ack, ChannelFrame, CloseCode, ErrorCode, Frame, Join, TransportClosed
+from plait.protocol import Access, Ack, ChannelFrame, CloseCode, ErrorCode, Frame, Join, RemoteProtocolError, TransportClosed, decode
 
 from .._errors import RequestError
 from .._hooks import Identity
@@ -189,9 +189,16 @@ class Peer:
         """The server ends a membership (spec §5.2)."""
         raise NotImplementedError
 
-    def _messages(self, batch: list[bytes]) -> list[bytes]:
-        """The messages that carry a batch of queued frames: one, for the native protocol."""
-        return [b"".join(batch)]
+    def _messages(self, batch: list[bytes]) -> Sequence[bytes | str]:
+        """The messages that carry a batch of queued frames."""
+        raise NotImplementedError
+
+    def _frames_of(self, message: bytes | str) -> list[Frame]:
+        """The frames of a message this session sent, for a trace (RemoteProtocolError: a
+        message that is not frames, recorded raw)."""
+        if isinstance(message, str):
+            raise RemoteProtocolError("a text message", ErrorCode.MALFORMED_FRAME)
+        return decode(message)
 
     def _ping_frame(self) -> bytes | None:
         """What the writer sends after a quiet heartbeat interval (None: nothing)."""
@@ -414,7 +421,7 @@ class Peer:
         if wait > 0:
             await trio.sleep(wait)
 
-    async def _send(self, message: bytes) -> None:
+    async def _send(self, message: bytes | str) -> None:
         if len(message) >= self.config.large_message_bytes:
             async with self.services.large_sends:
                 self._sending_large = True
@@ -426,9 +433,9 @@ class Peer:
             await self.transport.send_message(message)
         self._sent(message)
 
-    def _sent(self, message: bytes) -> None:
+    def _sent(self, message: bytes | str) -> None:
         # Recorded once delivered to the transport: a send cut short by a close never happened.
-        self.services.record_message(self.id, "out", message)
+        self.services.record_message(self.id, "out", message, self._frames_of)
 
     # -- limits -----------------------------------------------------------------------------
 
@@ -536,7 +543,7 @@ class Peer:
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         self._writer_done()
 
-    async def _writer(self, leftover: Sequence[bytes] = ()) -> None:
+    async def _writer(self, leftover: Sequence[bytes | str] = ()) -> None:
         try:
             if self._nowait is not None:
                 await self._nowait.flush()

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import trio
 
-from plait.protocol import Access
+from plait.protocol import Access, Frame
 
 from .._config import EngineConfig
 from .._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
@@ -100,9 +100,11 @@ class SessionServices:
         if self.recorder is not None:
             self.recorder.opened(session, path)
 
-    def record_message(self, session: str, direction: str, data: bytes | str) -> None:
+    def record_message(
+        self, session: str, direction: str, data: bytes | str, frames_of: Callable[[bytes | str], list[Frame]] | None = None
+    ) -> None:
         if self.recorder is not None:
-            self.recorder.message(session, direction, data)
+            self.recorder.message(session, direction, data, frames_of)
 
     def record_closed(self, session: str, direction: str, code: int, reason: str) -> None:
         if self.recorder is not None:

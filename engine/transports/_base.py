@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from plait.protocol import Frame
 from plait.protocol import Transport as MessageTransport
 
 
@@ -32,7 +33,7 @@ class NowaitTransport(Transport, Protocol):
     busy room's fan-out then writes to every socket from one task instead of waking a writer
     task per connection (Flusher.flush_soon)."""
 
-    def send_message_nowait(self, data: bytes) -> bool:
+    def send_message_nowait(self, data: bytes | str) -> bool:
         """Send `data` in order, now as far as the peer takes it; False when part of it waits
         for `flush()`. Raises TransportClosed like send_message."""
         ...
@@ -40,3 +41,11 @@ class NowaitTransport(Transport, Protocol):
     async def flush(self) -> None:
         """Write what send_message_nowait left waiting."""
         ...
+
+
+@runtime_checkable
+class AnsweringTransport(Transport, Protocol):
+    """A transport whose requests wait for their answers (HTTP, spec §14.4): the session
+    shows it each answer it sends (an ack, an error or `joined` with a ref)."""
+
+    def answered(self, frame: Frame) -> None: ...

@@ -16,7 +16,7 @@ class WebSocketTransport:
         self.ws = ws
         self.path = path
 
-    async def send_message(self, data: bytes) -> None:
+    async def send_message(self, data: bytes | str) -> None:
         try:
             await self.ws.send_message(data)
         except trio_websocket.ConnectionClosed as exc:

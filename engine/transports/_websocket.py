@@ -160,19 +160,25 @@ class WebSocketStream:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send_message(self, data: bytes) -> None:
+    async def send_message(self, data: bytes | str) -> None:
         if self._closed is not None or self._ws.state is not State.OPEN:
             raise self._closed_error()
-        self._ws.send_binary(data)
+        self._frame(data)
         await self.flush()
 
-    def send_message_nowait(self, data: bytes) -> bool:
+    def _frame(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            self._ws.send_text(data.encode())
+        else:
+            self._ws.send_binary(data)
+
+    def send_message_nowait(self, data: bytes | str) -> bool:
         """Send `data` without waiting: written to the socket as far as it takes it, the rest
         kept here in order. True when nothing is left over (or a send in progress will write
         it); False when `flush()` must be awaited to write what is left."""
         if self._closed is not None or self._ws.state is not State.OPEN:
             raise self._closed_error()
-        self._ws.send_binary(data)
+        self._frame(data)
         chunk = self._output()
         if self._sending:
             self._outgoing.append(chunk)

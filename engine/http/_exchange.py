@@ -1,0 +1,183 @@
+"""One HTTP/1.1 connection's requests and answers, through h11 (the HTTP transports' routes
+use it; a WebSocket upgrade leaves it at its first request).
+
+Every refusal is a `Refusal`: a status and a reason, given to the client in its body (JSON
+on the `/v1/` routes, plain text elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+import trio
+
+logger = logging.getLogger("plait.http")
+
+MAX_HEADER_BYTES = 16 * 1024
+"""A request's line and headers together; more is refused with 431."""
+RECEIVE_BYTES = 64 * 1024
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal(Exception):
+    """An HTTP answer that refuses the request (`code`: a spec §8/§9 code, when one says why)."""
+
+    status: int
+    reason: str
+    headers: Headers = ()
+    code: int | None = None
+    as_json: bool = False
+
+
+class Exchange:
+    """The h11 side of one connection: read a request and its body, answer it.
+
+    Raises (every method): trio.BrokenResourceError, trio.ClosedResourceError when the
+    connection is gone.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.received = bytearray()
+        """The bytes of the first request as they came (a WebSocket handshake reads them)."""
+        self.cors: Headers = ()
+        """Headers every answer to the current request carries (CORS)."""
+        self.deadline = float("inf")
+        """When the current request's body must have come (the handshake timeout)."""
+
+    async def next_request(self) -> h11.Request | None:
+        """The next request's line and headers; None when the client closed the connection
+        between requests.
+
+        Raises:
+            Refusal: 400 for what h11 cannot parse, 431 for headers too large.
+        """
+        first = self.conn.their_state is h11.IDLE and not self.received
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise Refusal(exc.error_status_hint, f"bad request: {exc}") from None
+            if event is h11.NEED_DATA:
+                data = bytes(await self.stream.receive_some(RECEIVE_BYTES))
+                if not data:
+                    return None
+                if first:
+                    self.received += data
+                self.conn.receive_data(data)
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if not isinstance(event, h11.Request):  # pragma: no cover - h11 gives a request first
+                raise Refusal(400, "bad request")
+            if first and len(self.received) > MAX_HEADER_BYTES and self.received.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES) < 0:
+                # h11 bounds only what is still incomplete; a request read in one go is checked here.
+                raise Refusal(431, f"bad request: the request line and headers are over {MAX_HEADER_BYTES} bytes")
+            return event
+
+    async def body(self, limit: int) -> bytes:
+        """The request's body, at most `limit` bytes.
+
+        Raises:
+            Refusal: 413 past `limit`, 400 for a body h11 cannot parse (bad chunks), 408 for
+                one that has not all come by `deadline` (one byte a second, say).
+        """
+        with trio.move_on_at(self.deadline):
+            return await self._body(limit)
+        raise Refusal(408, "the request's body did not come in time", as_json=True)
+
+    async def _body(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise Refusal(exc.error_status_hint, f"bad request body: {exc}", as_json=True) from None
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    raise trio.BrokenResourceError("the client closed the connection inside a request")
+                self.conn.receive_data(bytes(data))
+                continue
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    raise Refusal(413, f"the body is over {limit} bytes (the server's max_message_bytes)", as_json=True)
+                parts.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(parts)
+            else:  # pragma: no cover - h11 gives data, then the end
+                raise Refusal(400, "bad request body", as_json=True)
+
+    async def respond(self, status: int, body: bytes, content_type: str, headers: Headers = ()) -> None:
+        """A whole answer."""
+        head = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"), *self.cors, *headers]
+        data = self.conn.send(h11.Response(status_code=status, headers=head, reason=HTTPStatus(status).phrase.encode()))
+        data += self.conn.send(h11.Data(data=body)) if body else b""
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+
+    async def respond_json(self, status: int, obj: object, headers: Headers = ()) -> None:
+        body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        await self.respond(status, body, "application/json", headers)
+
+    async def refuse(self, refusal: Refusal, request: h11.Request | None) -> None:
+        """Answer with the refusal and its reason (no body for HEAD), and close: written out
+        here rather than through h11, which will not answer a request it could not parse."""
+        logger.info("refused a request: %d %s", refusal.status, refusal.reason)
+        if refusal.as_json:
+            obj: dict[str, object] = {"status": refusal.status, "error": refusal.reason}
+            if refusal.code is not None:
+                obj["code"] = refusal.code
+            body = json.dumps(obj, ensure_ascii=False).encode()
+            content_type = "application/json"
+        else:
+            body = (refusal.reason + "\n").encode()
+            content_type = "text/plain; charset=utf-8"
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+            *self.cors,
+            *refusal.headers,
+        ]
+        head = f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n"
+        data = head.encode("latin-1") + (b"" if request is not None and request.method == b"HEAD" else body)
+        await self.stream.send_all(data)
+
+    # -- a streamed answer (an event stream) ----------------------------------------------------
+
+    async def start_stream(self, content_type: str, headers: Headers = ()) -> None:
+        head = [("Content-Type", content_type), ("Cache-Control", "no-store"), *self.cors, *headers]
+        await self.stream.send_all(self.conn.send(h11.Response(status_code=200, headers=head)))
+
+    def chunk(self, data: bytes) -> bytes:
+        """`data` framed for the streamed answer (a chunk, for HTTP/1.1)."""
+        return self.conn.send(h11.Data(data=data))
+
+    async def end_stream(self) -> None:
+        await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
+
+    def reusable(self) -> bool:
+        """Whether another request may follow on this connection (then it is made ready)."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return True
+        return False
+
+
+def header(request: h11.Request, name: bytes) -> str | None:
+    """A request header's value (the first), decoded; None if absent."""
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None

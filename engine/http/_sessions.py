@@ -1,0 +1,400 @@
+"""The HTTP transports' routes (spec §14): sessions carried by plain HTTP requests, for
+clients that cannot open a WebSocket or only want to listen (EventSource, fetch, curl).
+
+    POST   /v1/sessions                  a hello → the session, its key and the welcome
+    GET    /v1/events?room=R&token=T     a new session joined to rooms, as an event stream
+    GET    /v1/sessions/ID/events?key=K  the session's event stream (SSE; Last-Event-ID resumes)
+    GET    /v1/sessions/ID/poll?key=K&after=P   long-polling
+    POST   /v1/sessions/ID/frames?key=K  frames from the client; the answers in the response
+    DELETE /v1/sessions/ID?key=K         end the session
+
+The session itself is an ordinary native session (sessions/_native.py) with the SSE wire;
+what carries it across requests is its HttpTransport (transports/_http.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import h11
+
+from plait.protocol import (
+    SUPPORTED_VERSIONS,
+    CodecLimits,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    Join,
+    RemoteProtocolError,
+    decode,
+    decode_json,
+    encode,
+    encode_json,
+    frame_to_json,
+)
+
+from .._config import EngineConfig
+from ..transports import HttpTransport, json_of_event
+from ._cors import Origins
+from ._exchange import Exchange, Refusal, header
+
+logger = logging.getLogger("plait.http")
+
+PREFIX = "/v1/"
+MSGPACK_TYPE = "application/msgpack"
+JSON_TYPES = frozenset({"application/json", "text/plain", "application/x-www-form-urlencoded", ""})
+"""Bodies read as JSON: text/plain lets a page's fetch skip the CORS preflight, and
+`curl -d` sends form-urlencoded unless told otherwise."""
+MAX_POLL_TIMEOUT = 120.0
+MAX_QUERY_FIELDS = 70
+
+
+def _refuse(status: int, reason: str, code: int | None = None) -> Refusal:
+    return Refusal(status, reason, code=code, as_json=True)
+
+
+class HttpSessions:
+    """The routes under `/v1/`, and the sessions they carry.
+
+    Args:
+        config: the engine's settings (grace, resume window, poll timeout, limits).
+        start: serves a new session on a transport; returns its id (the engine's).
+        accepting: whether the engine takes new sessions (False while it shuts down).
+    """
+
+    def __init__(self, config: EngineConfig, start: Callable[[HttpTransport], str], accepting: Callable[[], bool]) -> None:
+        self.config = config
+        self._start = start
+        self._accepting = accepting
+        self._transports: dict[str, HttpTransport] = {}
+        self.origins = Origins(config.allow_origins)
+        self._limits = CodecLimits(config.max_message_bytes, config.max_frames_per_message)
+
+    def forget(self, session_id: str) -> None:
+        """The session has ended and its last words were had (the engine calls this)."""
+        self._transports.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._transports)
+
+    async def handle(self, ex: Exchange, request: h11.Request) -> None:
+        """Answer one request under `/v1/`.
+
+        Raises:
+            Refusal: the request is refused (the caller answers and closes).
+        """
+        target = request.target.decode("ascii", "replace")
+        path, _, query_text = target.partition("?")
+        try:
+            query = urllib.parse.parse_qs(query_text, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError as exc:
+            raise _refuse(400, f"bad query: {exc}") from None
+        method = request.method.decode("ascii", "replace")
+        if method == "OPTIONS":
+            ex.cors = self.origins.preflight(request)
+            await ex.respond(204, b"", "text/plain")
+            return
+        ex.cors = self.origins.check(request)
+        parts = path[len(PREFIX) :].split("/")
+        match parts, method:
+            case ["sessions"], "POST":
+                await self._create(ex, request, query)
+            case ["events"], "GET":
+                await self._subscribe(ex, request, query)
+            case ["sessions", session_id], "DELETE":
+                transport = self._session(session_id, request, query)
+                await transport.aclose(1000, "the client ended the session")
+                await ex.respond_json(200, {"session": session_id, "closed": True})
+            case ["sessions", session_id, "events"], "GET":
+                transport = self._session(session_id, request, query)
+                await self._events(ex, request, session_id, transport, self._last_event(request, session_id))
+            case ["sessions", session_id, "poll"], "GET":
+                await self._poll(ex, self._session(session_id, request, query), query)
+            case ["sessions", session_id, "frames"], "POST":
+                await self._frames(ex, request, self._session(session_id, request, query))
+            case (["sessions"] | ["events"] | ["sessions", _] | ["sessions", _, "events" | "poll" | "frames"]), _:
+                raise Refusal(405, f"{method} is not served at {path[:200]}", as_json=True)
+            case _:
+                raise _refuse(404, f"nothing is served at {path[:200]} (spec §14 lists the routes)")
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _session(self, session_id: str, request: h11.Request, query: dict[str, list[str]]) -> HttpTransport:
+        """The session `session_id`, if the request gives its key.
+
+        Raises:
+            Refusal: 404 no such session (or it ended), 403 a missing or wrong key.
+        """
+        transport = self._transports.get(session_id)
+        if transport is None:
+            raise _refuse(404, f"no session {session_id[:64]!r}: it ended, or never was; open a new one")
+        key = _one(query, "key") or header(request, b"plait-key")
+        if key is None or not transport.check_key(key):
+            raise _refuse(403, "the session's key is missing or wrong (the key= its creation gave)")
+        return transport
+
+    async def _open(self, hello: bytes | str, joins: str | None) -> tuple[str, HttpTransport, bytes]:
+        """Start a session with `hello` (then `joins`, a message of join frames); its id, its
+        transport and its first message (the welcome).
+
+        Raises:
+            Refusal: 503 shutting down; the handshake's refusal (401 UNAUTHENTICATED, 400 a
+                bad hello, 500 a failing hook), with the error's code.
+        """
+        if not self._accepting():
+            raise Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),), as_json=True)
+        c = self.config
+        transport = HttpTransport(
+            PREFIX + "sessions",
+            secrets.token_urlsafe(16),
+            grace=c.http_session_grace,
+            resume_window=c.resume_window,
+            resume_bytes=c.resume_bytes,
+        )
+        transport.put(hello)
+        session_id = self._start(transport)
+        first = await transport.first(c.handshake_timeout + c.hook_timeout)
+        if first is None or not first.startswith(b"event: welcome\n"):
+            await transport.aclose(1000, "handshake refused")
+            raise _handshake_refusal(first)
+        self._transports[session_id] = transport
+        if joins is not None:
+            transport.put(joins)
+        return session_id, transport, first
+
+    async def _create(self, ex: Exchange, request: h11.Request, query: dict[str, list[str]]) -> None:
+        body = await ex.body(self.config.max_message_bytes)
+        hello = self._hello(body, _content_type(request), _token(request, query))
+        session_id, transport, welcome = await self._open(hello, None)
+        key = transport.key
+        base = f"{PREFIX}sessions/{session_id}"
+        await ex.respond_json(
+            201,
+            {
+                "session": session_id,
+                "key": key,
+                "position": 1,
+                "welcome": json.loads(json_of_event(welcome)),
+                "events": f"{base}/events?key={key}",
+                "poll": f"{base}/poll?key={key}",
+                "frames": f"{base}/frames?key={key}",
+            },
+        )
+
+    def _hello(self, body: bytes, content_type: str, token: str | None) -> bytes | str:
+        """The hello message: the body's (JSON or msgpack), or one made for an empty body; a
+        token from the header or query fills a hello that has none.
+
+        Raises:
+            Refusal: 400 a body that is not one hello, 415 another content type.
+        """
+        if not body:
+            return encode_json(Hello(SUPPORTED_VERSIONS, token, {}))
+        frames = self._decode(body, content_type)
+        if len(frames) != 1 or not isinstance(frames[0], Hello):
+            raise _refuse(400, "the body is one hello frame (spec §5.1), or nothing", ErrorCode.UNEXPECTED_FRAME)
+        hello = frames[0]
+        if hello.token is None and token is not None:
+            hello = Hello(hello.versions, token, hello.client)
+        return encode_json(hello)
+
+    def _decode(self, body: bytes, content_type: str) -> list[Frame]:
+        """Raises Refusal: 400 with the code of spec §3.4 for what does not decode; 415."""
+        try:
+            if content_type == MSGPACK_TYPE:
+                return decode(body, self._limits)
+            if content_type in JSON_TYPES:
+                return decode_json(body, self._limits)
+        except RemoteProtocolError as exc:
+            raise _refuse(400, f"{exc.code.name}: {exc.message}", exc.code) from None
+        raise Refusal(415, f"frames are {MSGPACK_TYPE} or application/json, not {content_type[:100]}", as_json=True)
+
+    async def _subscribe(self, ex: Exchange, request: h11.Request, query: dict[str, list[str]]) -> None:
+        """`GET /v1/events?room=R...`: a new session joined to the rooms, as an event stream
+        (what `curl -N` and a passive page want). Its SSE ids name the session, so a browser's
+        reconnect with Last-Event-ID resumes it while it lives; after, it starts anew."""
+        rooms = query.get("room", [])
+        if not rooms:
+            raise _refuse(400, "name the rooms to follow: /v1/events?room=NAME (repeat room= for more)")
+        if len(rooms) > self.config.max_rooms_per_connection:
+            raise _refuse(400, f"at most {self.config.max_rooms_per_connection} rooms", ErrorCode.TOO_MANY_ROOMS)
+        last = _parse_last_event_id(header(request, b"last-event-id"))
+        if last is not None:
+            session_id, key, position = last
+            transport = self._transports.get(session_id)
+            if transport is not None and transport.check_key(key) and transport.closed is None:
+                await self._events(ex, request, session_id, transport, position, announce=True)
+                return
+        hello = encode_json(Hello(SUPPORTED_VERSIONS, _token(request, query), {}))
+        joins = encode_json([Join(ref, room, None, None) for ref, room in enumerate(rooms, 1)])
+        session_id, transport, _ = await self._open(hello, joins)
+        await self._events(ex, request, session_id, transport, None, announce=True, lost=last is not None)
+
+    # -- the event stream -------------------------------------------------------------------
+
+    def _last_event(self, request: h11.Request, session_id: str) -> int | None:
+        last = _parse_last_event_id(header(request, b"last-event-id"))
+        if last is None:
+            return None
+        if last[0] != session_id:
+            raise _refuse(400, "Last-Event-ID is from another session")
+        return last[2]
+
+    async def _events(
+        self,
+        ex: Exchange,
+        request: h11.Request,
+        session_id: str,
+        transport: HttpTransport,
+        after: int | None,
+        *,
+        announce: bool = False,
+        lost: bool = False,
+    ) -> None:
+        """Stream the session's frames as Server-Sent Events until it ends, the client goes,
+        or another stream replaces this one (spec §14.3)."""
+        consumer = transport.attach()
+        try:
+            prefix = f"id: {session_id}.{transport.key}.".encode()
+            preamble = [f"retry: {int(self.config.sse_retry * 1000)}\n\n".encode()]
+            if announce:
+                preamble.append(_meta("session", {"session": session_id, "key": transport.key}))
+            if after is not None or lost:
+                complete = after is not None and transport.retains(after)
+                preamble.append(_meta("resumed", {"complete": complete, "position": after}))
+                if not complete:
+                    after = transport.earliest - 1
+            if after is None:
+                after = transport.taken
+            await ex.start_stream("text/event-stream", (("X-Accel-Buffering", "no"),))
+            await ex.stream.send_all(ex.chunk(b"".join(preamble)))
+            while True:
+                entries = await transport.take(consumer, after, self.config.heartbeat)
+                if entries is None:
+                    break
+                if not entries:
+                    await ex.stream.send_all(ex.chunk(b":\n\n"))  # proxies keep a stream that talks
+                    continue
+                out = b"".join(prefix + b"%d\n" % pos + data + b"\n" for pos, data in entries)
+                await ex.stream.send_all(ex.chunk(out))
+                after = entries[-1][0]
+            ending = _ending(transport, consumer)
+            await ex.stream.send_all(ex.chunk(_meta("close", ending)))
+            await ex.end_stream()
+        finally:
+            transport.detach(consumer)
+
+    # -- long-polling -----------------------------------------------------------------------
+
+    async def _poll(self, ex: Exchange, transport: HttpTransport, query: dict[str, list[str]]) -> None:
+        """`GET .../poll?after=P[&timeout=S]`: what the session sent after position P, at once
+        if there is any, else within `timeout` seconds (default long_poll_timeout) (spec §14.5)."""
+        after = _int(query, "after", transport.taken)
+        timeout = min(float(_int(query, "timeout", int(self.config.long_poll_timeout))), MAX_POLL_TIMEOUT)
+        complete = transport.retains(after)
+        if complete:
+            transport.confirm(after)
+        else:
+            after = transport.earliest - 1
+        consumer = transport.attach()
+        try:
+            entries = await transport.take(consumer, after, timeout) or []
+        finally:
+            transport.detach(consumer)
+        position = entries[-1][0] if entries else after
+        closed = _ending(transport, consumer) if transport.closed is not None and position >= transport.last_position else None
+        frames = b",".join(json_of_event(data) for _, data in entries)
+        head = json.dumps({"position": position, "complete": complete, "closed": closed}, separators=(",", ":"))
+        await ex.respond(200, head[:-1].encode() + b',"frames":[' + frames + b"]}", "application/json")
+
+    # -- frames from the client ---------------------------------------------------------------
+
+    async def _frames(self, ex: Exchange, request: h11.Request, transport: HttpTransport) -> None:
+        """`POST .../frames`: the body is one message (JSON or msgpack, by Content-Type), read
+        by the session as if it came on a WebSocket; the answer holds the answers to its
+        requests (ack, error, joined) once all came, or what came within hook_timeout + 5 s
+        (spec §14.4). A body that does not decode is refused (400) and the session is untouched."""
+        content_type = _content_type(request)
+        body = await ex.body(self.config.max_message_bytes)
+        frames = self._decode(body, content_type)
+        refs = [ref for f in frames if (ref := getattr(f, "ref", None)) is not None]
+        transport.expect(refs)
+        try:
+            transport.put(body if content_type == MSGPACK_TYPE else body.decode())
+        except Exception:
+            raise _refuse(410, "the session has ended") from None
+        answers = await transport.answers(refs, self.config.hook_timeout + 5)
+        if content_type == MSGPACK_TYPE:
+            await ex.respond(200, encode(answers) if answers else b"", MSGPACK_TYPE)
+        else:
+            await ex.respond_json(200, [frame_to_json(f) for f in answers])
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _meta(kind: str, data: dict[str, Any]) -> bytes:
+    """An event of the transport's own (no id: it is not a position)."""
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _ending(transport: HttpTransport, consumer: int) -> dict[str, Any]:
+    if transport.closed is not None:
+        return {"code": transport.closed.code, "reason": transport.closed.reason}
+    return {"code": None, "reason": "another stream or poll took over this session"}
+
+
+def _handshake_refusal(first: bytes | None) -> Refusal:
+    if first is None:
+        return _refuse(500, "the session ended before its handshake")
+    try:
+        (error,) = decode_json(json_of_event(first))
+    except (RemoteProtocolError, ValueError):
+        return _refuse(500, "the handshake failed")
+    if not isinstance(error, Error):
+        return _refuse(500, "the handshake failed")
+    status = {int(ErrorCode.UNAUTHENTICATED): 401, int(ErrorCode.INTERNAL): 500}.get(error.code, 400)
+    return _refuse(status, error.message, error.code)
+
+
+def _parse_last_event_id(value: str | None) -> tuple[str, str, int] | None:
+    """`SESSION.KEY.POSITION` (spec §14.3), or None."""
+    if not value:
+        return None
+    session_id, _, rest = value.strip().partition(".")
+    key, _, position = rest.rpartition(".")
+    if not session_id or not key or not position.isdigit() or len(position) > 18:
+        return None
+    return session_id, key, int(position)
+
+
+def _content_type(request: h11.Request) -> str:
+    value = header(request, b"content-type") or ""
+    return value.partition(";")[0].strip().lower()
+
+
+def _token(request: h11.Request, query: dict[str, list[str]]) -> str | None:
+    auth = header(request, b"authorization")
+    if auth is not None and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return _one(query, "token")
+
+
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
+def _int(query: dict[str, list[str]], name: str, default: int) -> int:
+    value = _one(query, name)
+    if value is None:
+        return default
+    if not value.isdigit() or len(value) > 18:
+        raise _refuse(400, f"{name}= is a whole number of 0 or more")
+    return int(value)

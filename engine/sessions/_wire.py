@@ -1,0 +1,141 @@
+"""How a native session puts frames on its wire: msgpack (spec §3.1), JSON (§3.5) or
+Server-Sent Events (§14).
+
+Every frame is checked by the session's state machine first (`Connection.send`); a wire only
+encodes it. A room's frames are encoded once per wire and channel however many members read
+them (`ChannelFrame.for_channel`, `ChannelFrame.derived`). The outbox holds encoded frames;
+`messages` turns a batch of them into what the transport sends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from plait.protocol import (
+    FRAME_NAMES,
+    Ack,
+    ChannelFrame,
+    ErrorCode,
+    Event,
+    Frame,
+    RemoteProtocolError,
+    decode,
+    decode_json,
+    encode_frame,
+    encode_json,
+    encode_json_trusted,
+    encode_trusted,
+)
+
+from ..transports import json_of_event, sse_message
+
+
+class Wire:
+    """msgpack (spec §3.1): a batch is one binary message, its frames back to back."""
+
+    name: ClassVar[str] = "msgpack"
+
+    def frame(self, frame: Frame) -> bytes:
+        """One frame, its fields checked.
+
+        Raises:
+            LocalProtocolError: a field a peer would refuse.
+        """
+        return encode_frame(frame)
+
+    def shared(self, shared: ChannelFrame, channel: int) -> bytes:
+        """A room's frame (checked when it was made) for the member on `channel`."""
+        return shared.for_channel(channel)
+
+    def ack(self, ref: int, value: int | None) -> bytes:
+        """An Ack for a request that was checked when it arrived."""
+        return encode_trusted(Ack(ref, value))
+
+    def messages(self, batch: list[bytes]) -> list[bytes | str]:
+        return [b"".join(batch)]
+
+    def decode(self, message: bytes | str) -> list[Frame]:
+        """The frames of a message this wire made (a trace records them).
+
+        Raises:
+            RemoteProtocolError: not this wire's frames.
+        """
+        if isinstance(message, str):
+            raise RemoteProtocolError("a text message on a msgpack wire", ErrorCode.MALFORMED_FRAME)
+        return decode(message)
+
+
+class JsonWire(Wire):
+    """JSON (spec §3.5), for a WebSocket client whose hello was a text message: a batch is one
+    text message, an array of frame objects (one frame alone is its object)."""
+
+    name = "json"
+
+    def frame(self, frame: Frame) -> bytes:
+        return encode_json(frame).encode()
+
+    def shared(self, shared: ChannelFrame, channel: int) -> bytes:
+        return shared.derived(f"{self.name}{channel}", lambda f: self._trusted(dataclasses.replace(f, channel=channel)))  # type: ignore[type-var]
+
+    def ack(self, ref: int, value: int | None) -> bytes:
+        return self._trusted(Ack(ref, value))
+
+    def _trusted(self, frame: Frame) -> bytes:
+        return encode_json_trusted(frame).encode()
+
+    def messages(self, batch: list[bytes]) -> list[bytes | str]:
+        if len(batch) == 1:
+            return [batch[0].decode()]
+        return [(b"[" + b",".join(batch) + b"]").decode()]
+
+    def decode(self, message: bytes | str) -> list[Frame]:
+        return decode_json(message)
+
+
+RESERVED_EVENT_TYPES = frozenset(FRAME_NAMES) | {"message", "open", "error", "close", "resumed", "session"}
+"""Names a room event cannot have as its SSE `event:` type (spec §14.3): a frame kind's, the
+ones a browser's EventSource fires itself, and the transport's own."""
+
+
+def sse_type(frame: Frame) -> str:
+    """The SSE `event:` type of a frame: an event's own name, so a page can
+    `addEventListener("chat", ...)`, unless that name is reserved or cannot be one line of
+    an event stream; else the frame's kind."""
+    if isinstance(frame, Event):
+        name = frame.name
+        if name not in RESERVED_EVENT_TYPES and not any(c in name for c in "\r\n\0"):
+            return name
+    return frame.KIND.name.lower()
+
+
+class SseWire(JsonWire):
+    """Server-Sent Events (spec §14): each frame is one event, `event:` its type (`sse_type`)
+    and `data:` its JSON form on one line (JSON escapes every line break); the HTTP transport
+    adds the `id:` and the blank line that ends it. Each frame is a message of its own."""
+
+    name = "sse"
+
+    def frame(self, frame: Frame) -> bytes:
+        return _event(frame, encode_json(frame))
+
+    def _trusted(self, frame: Frame) -> bytes:
+        return _event(frame, encode_json_trusted(frame))
+
+    def messages(self, batch: list[bytes]) -> list[bytes | str]:
+        return list(batch)
+
+    def decode(self, message: bytes | str) -> list[Frame]:
+        data = message.encode() if isinstance(message, str) else message
+        if b"\ndata: " not in data:
+            raise RemoteProtocolError("not an event of this wire", ErrorCode.MALFORMED_FRAME)
+        return decode_json(json_of_event(data))
+
+
+def _event(frame: Frame, text: str) -> bytes:
+    return sse_message(sse_type(frame), text)
+
+
+MSGPACK = Wire()
+JSON = JsonWire()
+SSE = SseWire()

@@ -1,0 +1,289 @@
+"""A session's transport over HTTP requests (spec §14): one object for the session's life,
+which many requests use in turn.
+
+- In: each `POST .../frames` body is one message (`put`); the session's reader takes them from
+  `receive_message`. A request that asked something waits for the answers (`expect`).
+- Out: every message the session sends (one frame each, `sse_message`) gets the next *position*
+  and goes into a log. An event stream or a long-poll (a *consumer*, one at a time: a new one
+  replaces the old) takes what is after its position. What was taken stays in the log for
+  `resume_window` seconds (and at most `resume_bytes`), so a consumer that comes back with the
+  last position it saw (SSE `Last-Event-ID`, the poll's `after`) gets exactly what it missed.
+- Backpressure: past `unsent_bytes` not yet taken, `send_message_nowait` says so and `flush`
+  waits, so the session's outbox holds the rest under its budget and lag limit (TOO_SLOW).
+- Liveness: with no consumer for `grace` seconds, the transport ends (HEARTBEAT_TIMEOUT) and
+  with it the session, as a WebSocket's silence would.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import deque
+from collections.abc import Iterable
+
+import trio
+
+from plait.protocol import CloseCode, Frame, TransportClosed
+
+KiB = 1024
+
+
+def sse_message(event_type: str, json_text: str) -> bytes:
+    """A message of an HTTP session: one Server-Sent Event without its `id:` (which the
+    transport adds, with the blank line that ends the event). `json_text` holds no line break
+    (JSON escapes them); `event_type` must not either."""
+    return f"event: {event_type}\ndata: {json_text}\n".encode()
+
+
+def json_of_event(message: bytes) -> bytes:
+    """The JSON inside a message `sse_message` made (long-polling answers with these)."""
+    return message[message.index(b"\ndata: ") + 7 :].rstrip(b"\n")
+
+
+class HttpTransport:
+    """What carries one HTTP session. See the module's docstring.
+
+    Args:
+        path: the route that opened it (`/v1/sessions`, `/v1/events?...`): recorded in traces,
+            and what makes the engine serve it as an HTTP session.
+        key: the secret every request on the session must give (session ids are seen by
+            every member of a room).
+        grace: seconds the session lives with no consumer.
+        resume_window, resume_bytes: how long, and how many bytes, of what consumers took is
+            kept for one that comes back.
+        unsent_bytes: what the log holds for a consumer before the session waits.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        key: str,
+        *,
+        grace: float,
+        resume_window: float,
+        resume_bytes: int,
+        unsent_bytes: int = 256 * KiB,
+    ) -> None:
+        self.path = path
+        self.key = key
+        self._grace = grace
+        self._resume_window = resume_window
+        self._resume_bytes = resume_bytes
+        self._unsent_limit = unsent_bytes
+        self._inbound: deque[bytes | str] = deque()
+        self._log: deque[bytes] = deque()
+        self._first = 1
+        """The position of `_log[0]`."""
+        self._taken = 0
+        """The last position a consumer took."""
+        self._unsent = 0
+        """Bytes in the log after `_taken`."""
+        self._taken_bytes = 0
+        """Bytes in the log up to `_taken`."""
+        self._marks: deque[tuple[float, int]] = deque()
+        """(when, the last position taken then), oldest first: what `resume_window` trims by."""
+        self._consumer = 0
+        """The current consumer's number; 0: none."""
+        self._consumers = 0
+        self._idle_since: float | None = trio.current_time()
+        self._changed = trio.Event()
+        self.closed: TransportClosed | None = None
+        self._expected: dict[int, Frame | None] = {}
+        self._answered = trio.Event()
+
+    def check_key(self, key: str) -> bool:
+        return hmac.compare_digest(key.encode(), self.key.encode())
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- in ---------------------------------------------------------------------------------
+
+    def put(self, message: bytes | str) -> None:
+        """A message from the client, for the session's reader.
+
+        Raises:
+            TransportClosed: the session has ended.
+        """
+        if self.closed is not None:
+            raise self._closed_error()
+        self._inbound.append(message)
+        self._wake()
+
+    def expect(self, refs: Iterable[int]) -> None:
+        """A request is about to `put` frames with these refs and waits for their answers."""
+        for ref in refs:
+            self._expected[ref] = None
+
+    def answered(self, frame: Frame) -> None:
+        """The session answered a request (an ack, an error or `joined` with its ref)."""
+        ref = getattr(frame, "ref", None)
+        if ref is not None and ref in self._expected and self._expected[ref] is None:
+            self._expected[ref] = frame
+            self._answered.set()
+            self._answered = trio.Event()
+
+    async def answers(self, refs: list[int], timeout: float) -> list[Frame]:
+        """The answers to `refs` (see `expect`) once all came, the session ended, or `timeout`
+        passed: those that came, in the order of `refs`."""
+        with trio.move_on_after(timeout):
+            while self.closed is None and any(self._expected.get(r) is None for r in refs):
+                await self._answered.wait()
+        found = [self._expected.pop(r, None) for r in refs]
+        return [f for f in found if f is not None]
+
+    async def receive_message(self) -> bytes | str:
+        while not self._inbound:
+            if self.closed is not None:
+                raise self._closed_error()
+            deadline = float("inf") if self._idle_since is None else self._idle_since + self._grace
+            changed = self._changed
+            with trio.move_on_at(deadline):
+                await changed.wait()
+            if self._idle_since is not None and trio.current_time() >= self._idle_since + self._grace and not self._inbound:
+                self._finish(TransportClosed(CloseCode.HEARTBEAT_TIMEOUT, f"no event stream or poll for {self._grace:g} s"))
+        return self._inbound.popleft()
+
+    # -- out --------------------------------------------------------------------------------
+
+    @property
+    def last_position(self) -> int:
+        return self._first + len(self._log) - 1
+
+    def send_message_nowait(self, data: bytes | str) -> bool:
+        if self.closed is not None:
+            raise self._closed_error()
+        message = data.encode() if isinstance(data, str) else data
+        self._log.append(message)
+        self._unsent += len(message)
+        self._wake()
+        return self._unsent <= self._unsent_limit
+
+    async def send_message(self, data: bytes | str) -> None:
+        self.send_message_nowait(data)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until a consumer has taken enough of the log."""
+        while self._unsent > self._unsent_limit:
+            if self.closed is not None:
+                raise self._closed_error()
+            await self._changed.wait()
+
+    # -- consumers (the event stream, the long-poll) -------------------------------------------
+
+    def retains(self, after: int) -> bool:
+        """Whether everything after position `after` is still here (a resume can be exact)."""
+        return self._first - 1 <= after <= self.last_position
+
+    @property
+    def earliest(self) -> int:
+        """The position of the oldest message kept."""
+        return self._first
+
+    async def first(self, timeout: float) -> bytes | None:
+        """The session's first message (its welcome, or the error that refused its hello),
+        once sent, within `timeout` seconds; None if none came."""
+        with trio.move_on_after(timeout):
+            while not self._log and self.closed is None:
+                await self._changed.wait()
+        return self._log[0] if self._log and self._first == 1 else None
+
+    @property
+    def taken(self) -> int:
+        """The last position a consumer took."""
+        return self._taken
+
+    def attach(self) -> int:
+        """A new consumer, which replaces the one before (its `take` returns None)."""
+        self._consumers += 1
+        self._consumer = self._consumers
+        self._idle_since = None
+        self._wake()
+        return self._consumer
+
+    def detach(self, consumer: int) -> None:
+        """The consumer is gone; the grace starts, unless another has come."""
+        if self._consumer == consumer:
+            self._consumer = 0
+            self._idle_since = trio.current_time()
+            self._wake()
+
+    def confirm(self, after: int) -> None:
+        """The client has everything up to position `after` (a long-poll's `after`)."""
+        while self._log and self._first <= min(after, self._taken):
+            self._drop_first()
+
+    async def take(self, consumer: int, after: int, timeout: float) -> list[tuple[int, bytes]] | None:
+        """What is after position `after`, waiting up to `timeout` seconds for something:
+        [] when nothing came, None when this consumer was replaced or the transport closed
+        and everything was taken."""
+        while True:
+            if self._consumer != consumer:
+                return None
+            start = max(after + 1, self._first)
+            if start <= self.last_position:
+                return self._take_from(start)
+            if self.closed is not None:
+                return None
+            changed = self._changed
+            with trio.move_on_after(timeout) as waited:
+                await changed.wait()
+            if waited.cancelled_caught:
+                return []
+
+    def _take_from(self, start: int) -> list[tuple[int, bytes]]:
+        entries = [(pos, self._log[pos - self._first]) for pos in range(start, self.last_position + 1)]
+        last = entries[-1][0]
+        if last > self._taken:
+            for pos in range(max(self._taken + 1, self._first), last + 1):
+                size = len(self._log[pos - self._first])
+                self._unsent -= size
+                self._taken_bytes += size
+            self._taken = last
+            self._marks.append((trio.current_time(), last))
+            self._trim()
+            self._wake()  # flush() may go on
+        return entries
+
+    def _trim(self) -> None:
+        """Forget what was taken long enough ago, or past `resume_bytes`."""
+        old = trio.current_time() - self._resume_window
+        while self._marks and self._marks[0][0] < old:
+            _, upto = self._marks.popleft()
+            while self._log and self._first <= upto:
+                self._drop_first()
+        while self._log and self._first <= self._taken and self._taken_bytes > self._resume_bytes:
+            self._drop_first()
+
+    def _drop_first(self) -> None:
+        size = len(self._log.popleft())
+        if self._first <= self._taken:
+            self._taken_bytes -= size
+        else:
+            self._unsent -= size
+            self._taken = self._first
+        self._first += 1
+
+    async def collected(self) -> None:
+        """Return once a consumer has taken everything (after the session ended: its last
+        frames, and how it ended, were delivered)."""
+        while self._unsent > 0:
+            await self._changed.wait()
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """The session ends: consumers take what is left, then hear `code`."""
+        self._finish(TransportClosed(code, reason))
+        await trio.lowlevel.checkpoint()
+
+    def _finish(self, closed: TransportClosed) -> None:
+        if self.closed is None:
+            self.closed = closed
+            self._answered.set()
+            self._wake()
+
+    def _closed_error(self) -> TransportClosed:
+        assert self.closed is not None
+        return TransportClosed(self.closed.code, self.closed.reason)

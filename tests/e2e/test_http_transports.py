@@ -1,0 +1,348 @@
+"""The HTTP transports (spec §14) over real sockets on 127.0.0.1: an event-stream client, a
+long-poll client and a WebSocket client in one room; resume with Last-Event-ID; sessions that
+end; CORS; JSON over WebSocket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pycrdt
+import pytest
+import trio
+import trio_websocket
+
+from plait.client import connect
+from plait.engine import Engine, EngineConfig
+from plait.engine.testing import TokenHooks
+from plait.protocol import (
+    CursorMove,
+    Cursors,
+    ErrorCode,
+    Event,
+    Join,
+    Joined,
+    PresenceDiff,
+    PresenceSet,
+    PresenceSnapshot,
+    Publish,
+    Typing,
+    TypingState,
+)
+
+from .httpclients import HttpPeer, SseEvent, event_stream
+
+pytestmark = pytest.mark.slow
+
+CONFIG = EngineConfig(handshake_timeout=2, heartbeat=2, tick=0.01, presence_grace=0.2, http_session_grace=3)
+
+
+@pytest.fixture
+async def port(request: pytest.FixtureRequest) -> AsyncIterator[int]:
+    config = getattr(request, "param", CONFIG)
+    async with Engine(config=config, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
+        yield await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def http(port: int) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield client
+
+
+def text_of(doc: pycrdt.Doc) -> str:
+    return str(doc.get("text", type=pycrdt.Text))
+
+
+def insert(at: int, what: str) -> Any:
+    return lambda doc: doc.get("text", type=pycrdt.Text).insert(at, what)
+
+
+def presence_of(peer: HttpPeer) -> dict[str, dict[str, Any]]:
+    """user id -> presence state, as the peer's frames tell it."""
+    users: dict[str, dict[str, Any]] = {}
+    sessions: dict[str, str] = {}
+    for frame in peer.frames:
+        if isinstance(frame, PresenceSnapshot):
+            users.clear()
+            for e in frame.entries:
+                sessions[e.session] = e.identity["id"]
+                users[e.identity["id"]] = e.state
+        elif isinstance(frame, PresenceDiff):
+            for e in frame.joined:
+                sessions[e.session] = e.identity["id"]
+                users[e.identity["id"]] = e.state
+            for u in frame.updated:
+                users[sessions[u.session]] = u.state
+            for s in frame.left:
+                users.pop(sessions.get(s, ""), None)
+    return users
+
+
+def cursors_of(peer: HttpPeer) -> dict[str, Any]:
+    """session -> its latest cursor position, as the peer's frames tell it."""
+    return {c.session: c.position for f in peer.of_kind(Cursors) for c in f.moves}
+
+
+async def join(peer: HttpPeer, room: str) -> int:
+    """Join through a POST; the channel, from the answer in the response body."""
+    answers = await peer.send(Join(peer.next_ref(), room, peer.doc.get_state(), None))
+    assert answers[0]["kind"] == "joined", answers
+    return answers[0]["channel"]
+
+
+async def test_an_event_stream_a_long_poll_and_a_websocket_client_share_a_room(port: int, http: httpx.AsyncClient) -> None:
+    sse, poll = HttpPeer(http), HttpPeer(http)
+    await sse.open("sse-user")
+    await poll.open("poll-user")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sse.stream, port)
+        nursery.start_soon(poll.poll_forever)
+        async with connect(f"ws://127.0.0.1:{port}/", "ws-user") as client, client.join("room") as room:
+            await room.synced()
+            sse_channel, poll_channel = await join(sse, "room"), await join(poll, "room")
+            # Presence, cursors, typing, events and edits from each of the three.
+            await room.set_presence({"name": "ws"})
+            await room.move_cursor(1)
+            room.text.insert(0, "ws ")
+            for peer, channel, name in ((sse, sse_channel, "sse"), (poll, poll_channel, "poll")):
+                answers = await peer.send(
+                    PresenceSet(channel, peer.next_ref(), {"name": name}),
+                    CursorMove(channel, {"at": name}),
+                    Typing(channel, True),
+                    Publish(channel, peer.next_ref(), "chat", f"from {name}", None),
+                    peer.local_update(channel, insert(0, f"{name} ")),
+                )
+                assert [a["kind"] for a in answers] == ["ack", "ack", "ack"], answers  # presence, publish, update
+            await room.publish("chat", "from ws")
+            await room.flushed()
+
+            expected_users = {"ws-user": {"name": "ws"}, "sse-user": {"name": "sse"}, "poll-user": {"name": "poll"}}
+            for peer in (sse, poll):
+                await peer.wait_for(lambda p=peer: presence_of(p) == expected_users)
+                await peer.wait_for(lambda p=peer: sorted(f.payload for f in p.of_kind(Event)) == ["from poll", "from sse", "from ws"])
+                await peer.wait_for(lambda p=peer: sorted(text_of(p.doc).split()) == ["poll", "sse", "ws"])
+                other, other_name = (poll, "poll") if peer is sse else (sse, "sse")
+                await peer.wait_for(
+                    lambda p=peer, o=other, n=other_name: 1 in cursors_of(p).values() and cursors_of(p).get(o.session) == {"at": n}
+                )
+                await peer.wait_for(lambda p=peer: any({sse.session, poll.session} <= set(f.sessions) for f in p.of_kind(TypingState)))
+            with trio.fail_after(10):
+                while not (
+                    {e.identity["id"]: e.state for e in room.presence.values()} == {k: v for k, v in expected_users.items() if k != "ws-user"}  # noqa: E501
+                    and sorted(str(room.text).split()) == ["poll", "sse", "ws"]
+                    and {sse.session, poll.session} <= set(room.cursors)
+                    and {sse.session, poll.session} <= room.typing
+                ):
+                    await trio.sleep(0.01)
+            assert room.cursors[sse.session] == {"at": "sse"}
+            assert text_of(sse.doc) == text_of(poll.doc) == str(room.text)
+        nursery.cancel_scope.cancel()
+
+
+async def test_curl_style_subscription_shows_events_as_they_happen_and_resumes(port: int, http: httpx.AsyncClient) -> None:
+    """`GET /v1/events?room=R`: the session is made and joined by the request; its ids name
+    the session, so a reconnect with Last-Event-ID gets exactly what it missed."""
+    got: list[SseEvent] = []
+
+    async def follow(last_id: str | None, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        async with event_stream(port, "/v1/events?room=feed&token=viewer", headers) as (status, _, events):
+            assert status == 200
+            task_status.started()
+            async for event in events:
+                got.append(event)
+
+    async with connect(f"ws://127.0.0.1:{port}/", "writer") as client, client.join("feed") as room:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(follow, None)
+            with trio.fail_after(10):
+                while not any(e.type == "presence_snapshot" for e in got):
+                    await trio.sleep(0.01)
+            for i in range(3):
+                await room.publish("chat", {"n": i})
+            with trio.fail_after(10):
+                while sum(e.type == "chat" for e in got) < 3:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()  # the stream is cut
+        assert got[0].type == "session" and got[1].type == "welcome"
+        last_id = [e.id for e in got if e.id][-1]
+        room.text.insert(0, "while away")
+        for i in range(3, 6):
+            await room.publish("chat", {"n": i})
+        await room.flushed()
+        got.clear()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(follow, last_id)
+            with trio.fail_after(10):
+                while sum(e.type == "chat" for e in got) < 3 or not any(e.type == "update" for e in got):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    resumed = [json.loads(e.data) for e in got if e.type == "resumed"]
+    assert resumed == [{"complete": True, "position": int(last_id.rsplit(".", 1)[1])}]
+    assert [json.loads(e.data)["payload"]["n"] for e in got if e.type == "chat"] == [3, 4, 5]  # each once
+    assert not any(e.type in ("welcome", "joined") for e in got)  # the same session, not a new one
+
+
+@pytest.mark.parametrize("port", [EngineConfig(handshake_timeout=2, heartbeat=2, resume_bytes=600)], indirect=True)
+async def test_a_resume_past_what_the_session_kept_says_so(port: int, http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    await peer.open()
+    async with connect(f"ws://127.0.0.1:{port}/") as client, client.join("r") as room:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(peer.stream, port)
+            await join(peer, "r")
+            early = peer.last_id
+            for _ in range(10):
+                await room.publish("chat", "x" * 100)
+            await peer.wait_for(lambda: len(peer.of_kind(Event)) == 10)
+            nursery.cancel_scope.cancel()
+    # The client lost everything after `early` (say, in a proxy's buffer); the session kept
+    # only the last 600 bytes of what it sent.
+    peer.last_id, peer.frames = early, []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.stream, port)
+        await peer.wait_for(lambda: any(e.type == "resumed" for e in peer.meta))
+        nursery.cancel_scope.cancel()
+    assert json.loads(peer.meta[-1].data)["complete"] is False
+
+
+async def test_a_subscription_whose_session_ended_starts_anew_and_says_it_is_not_complete(port: int) -> None:
+    got: list[SseEvent] = []
+    async with event_stream(port, "/v1/events?room=r", {"Last-Event-ID": "gone-1.aaaaaaaaaaaaaaaaaaaaaa.7"}) as (status, _, events):
+        assert status == 200
+        async for event in events:
+            got.append(event)
+            if event.type == "joined":
+                break
+    assert [e.type for e in got[:4]] == ["session", "resumed", "welcome", "joined"]
+    assert json.loads(got[1].data) == {"complete": False, "position": None}
+
+
+async def test_long_poll_answers_at_once_when_something_is_queued_and_waits_otherwise(http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    opened = await peer.open()
+    response = await http.get(peer.url("poll") + "&after=0&timeout=5")
+    body = response.json()
+    assert body["frames"][0]["kind"] == "welcome" and body["position"] == opened["position"] == 1 and body["complete"]
+    start = trio.current_time()
+    response = await http.get(peer.url("poll") + "&after=1&timeout=1")
+    assert response.json() == {"position": 1, "complete": True, "closed": None, "frames": []}
+    assert 0.9 < trio.current_time() - start < 3
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.poll_forever)
+        await join(peer, "r")
+        await peer.wait_for(lambda: bool(peer.of_kind(Joined)))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_stops_polling_is_dropped_after_the_grace_and_its_presence_leaves(port: int, http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    await peer.open("leaver")
+    async with connect(f"ws://127.0.0.1:{port}/", "stayer") as client, client.join("r") as room:
+        channel = await join(peer, "r")
+        await peer.send(PresenceSet(channel, peer.next_ref(), {"here": True}))
+        with trio.fail_after(10):
+            while "leaver" not in room.users():
+                await trio.sleep(0.01)
+        start = trio.current_time()
+        with trio.fail_after(CONFIG.http_session_grace + CONFIG.presence_grace + 5):
+            while "leaver" in room.users():
+                await trio.sleep(0.01)
+        assert trio.current_time() - start >= CONFIG.http_session_grace - 0.5
+    response = await http.get(peer.url("poll"))
+    assert response.status_code in (200, 404)
+    if response.status_code == 200:  # its last words, for a moment
+        assert response.json()["closed"]["code"] == 4005
+
+
+async def test_deleting_a_session_ends_it_at_once(port: int, http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    await peer.open("leaver")
+    async with connect(f"ws://127.0.0.1:{port}/", "stayer") as client, client.join("r") as room:
+        await join(peer, "r")
+        with trio.fail_after(10):
+            while "leaver" not in room.users():
+                await trio.sleep(0.01)
+        response = await http.delete(f"/v1/sessions/{peer.session}?key={peer.key}")
+        assert response.status_code == 200
+        with trio.fail_after(CONFIG.presence_grace + 5):
+            while "leaver" in room.users():
+                await trio.sleep(0.01)
+    with trio.fail_after(10):
+        while (await http.post(peer.url("frames"), content="[]")).status_code != 404:
+            await trio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "port", [EngineConfig(handshake_timeout=2, heartbeat=2, outbox_max_bytes=64 * 1024, http_session_grace=30)], indirect=True
+)
+async def test_a_session_nobody_reads_is_closed_too_slow_as_a_websocket_would_be(port: int, http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    await peer.open()
+    await join(peer, "r")
+    async with connect(f"ws://127.0.0.1:{port}/") as client, client.join("r") as room:
+        for _ in range(8):  # 400 KB: past what the transport holds (256 KiB) and the outbox (64 KiB)
+            await room.publish("big", "x" * 50_000)
+    with trio.fail_after(10):
+        while True:
+            body = (await http.get(peer.url("poll") + f"&after={peer.position}&timeout=1")).json()
+            peer.position = body["position"]
+            if body["closed"] is not None:
+                break
+    assert body["closed"]["code"] == 4006
+
+
+async def test_a_refused_token_is_401_with_the_error_code(http: httpx.AsyncClient) -> None:
+    response = await http.post("/v1/sessions", headers={"Authorization": "Bearer bad"})
+    assert response.status_code == 401
+    assert response.json()["code"] == ErrorCode.UNAUTHENTICATED
+    response = await http.get("/v1/events?room=r&token=bad")
+    assert response.status_code == 401
+
+
+async def test_answers_to_refused_requests_come_back_in_the_response(http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    await peer.open("ro:reader")
+    channel = await join(peer, "r")
+    answers = await peer.send(peer.local_update(channel, insert(0, "nope")), Publish(channel, peer.next_ref(), "chat", 1, None))
+    assert [(a["kind"], a["code"]) for a in answers] == [("error", ErrorCode.FORBIDDEN), ("error", ErrorCode.FORBIDDEN)]
+
+
+async def test_cors_allows_listed_origins_and_refuses_others_with_a_reason() -> None:
+    config = EngineConfig(allow_origins=("https://app.example",))
+    async with Engine(config=config) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            preflight = await http.options(
+                "/v1/sessions", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+            )
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+            assert "POST" in preflight.headers["access-control-allow-methods"]
+            assert "last-event-id" in preflight.headers["access-control-allow-headers"].lower()
+            created = await http.post("/v1/sessions", headers={"Origin": "https://app.example"})
+            assert created.status_code == 201 and created.headers["access-control-allow-origin"] == "https://app.example"
+            refused = await http.post("/v1/sessions", headers={"Origin": "https://evil.example"})
+            assert refused.status_code == 403 and "evil.example" in refused.json()["error"]
+            refused = await http.options("/v1/sessions", headers={"Origin": "https://evil.example"})
+            assert refused.status_code == 403
+            same = await http.post("/v1/sessions", headers={"Origin": f"http://127.0.0.1:{port}"})
+            assert same.status_code == 201 and "access-control-allow-origin" not in same.headers
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_websocket_client_whose_hello_is_text_speaks_json(port: int) -> None:
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+        await ws.send_message('{"kind":"hello","versions":[1],"token":null,"client":{}}')
+        welcome = await ws.get_message()
+        assert isinstance(welcome, str) and json.loads(welcome)["kind"] == "welcome"
+        await ws.send_message('{"kind":"join","ref":1,"room":"r","state_vector":null,"since":null,"epoch":null}')
+        message = await ws.get_message()
+        assert isinstance(message, str)
+        frames = json.loads(message)
+        frames = frames if isinstance(frames, list) else [frames]
+        assert frames[0]["kind"] == "joined"
