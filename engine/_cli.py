@@ -249,7 +249,7 @@ async def serve(
                     except OSError as exc:  # reported once the engine has shut down
                         unbound = exc
                     else:
-                        print(f"plait: serving on ws://{host}:{bound}/ (Ctrl-C to stop)", flush=True)
+                        print(f"plait: serving on ws://{host}:{bound}/ and http://{host}:{bound}/v1/ (Ctrl-C to stop)", flush=True)
                         if recorder is not None:
                             print(f"plait: recording to {path}", flush=True)
                         tune_gc()
@@ -350,6 +350,13 @@ def _ws_url(text: str) -> str:
     return text
 
 
+def _origin(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if text != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an origin (https://app.example.com[:PORT]) or *")
+    return text.rstrip("/")
+
+
 def _room(text: str) -> str:
     if not 1 <= len(text) <= MAX_ROOM_NAME:
         raise argparse.ArgumentTypeError(f"a room name has 1 to {MAX_ROOM_NAME} characters, not {len(text)}")
@@ -383,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="rooms per connection (default %(default)s)")
     serve_cmd.add_argument("--max-document-mib", type=_positive, metavar="N", default=defaults.max_document_bytes // MiB,
                            help="largest document a room may hold, in MiB (default %(default)s)")
+    serve_cmd.add_argument("--allow-origin", type=_origin, action="append", default=[], metavar="ORIGIN",
+                           help="a web origin (https://app.example.com) whose pages may use the HTTP transports "
+                                "(/v1/); repeat for more, * for any (default: the server's own origin only)")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
@@ -434,6 +444,7 @@ def _run(args: argparse.Namespace) -> int:
             # A join of the largest document must fit in a connection's queue (EngineConfig).
             outbox_max_bytes=max(EngineConfig().outbox_max_bytes, (args.max_document_mib + 16) * MiB),
             reclaim_interval=RECLAIM_INTERVAL,
+            allow_origins=tuple(args.allow_origin),
         )
         trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record))
     elif args.command == "inspect":

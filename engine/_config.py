@@ -94,6 +94,9 @@ class EngineConfig:
     http_session_grace: float = 30 * SECONDS
     """A session carried by HTTP requests (spec §14) with no event stream or long-poll open
     lives this long, then ends as a WebSocket's does when it goes silent (HEARTBEAT_TIMEOUT)."""
+    max_http_sessions: int = 10_000
+    """HTTP sessions open at once, engine-wide: one keep-alive connection could otherwise open
+    thousands a second, each living `http_session_grace`. Past it, 503 with Retry-After."""
     long_poll_timeout: float = 25 * SECONDS
     """How long a long-poll waits for something before it answers with nothing (spec §14.5)."""
     resume_window: float = 30 * SECONDS

@@ -46,6 +46,7 @@ from ._config import EngineConfig
 from ._engine import Engine
 from ._hooks import EventRejected, Hooks, Identity, Unauthenticated
 from ._record import TraceRecorder
+from .sessions._wire import JSON, SSE
 from .transports import MemoryTransport
 
 REPLAY_SETTINGS = {"hooks", "check_times", "time_tolerance", "unread", "buffer", "description", "store_fails", "end"}
@@ -232,7 +233,7 @@ async def replay(
                         got.append((trio.current_time() - start, Close(exc.code, exc.reason)))
                     return
                 now = trio.current_time() - start
-                got.extend((now, frame) for frame in decode(data if isinstance(data, bytes) else data.encode()))
+                got.extend((now, frame) for frame in frames_of_output(data))
 
         async with trio.open_nursery() as nursery:
             for record in trace.records:
@@ -305,6 +306,16 @@ def assert_replays(trace: Trace | str | Path, *, hooks: Hooks | None = None) -> 
     """Fail (AssertionError with a readable diff) unless the engine reproduces the trace."""
     result = replay_trace(trace, hooks=hooks)
     assert result.ok, result.report()
+
+
+def frames_of_output(message: bytes | str) -> list[Frame]:
+    """The frames of a message the engine sent, on any of a native session's wires: msgpack,
+    JSON (text), or an HTTP session's event (spec §14)."""
+    if isinstance(message, str):
+        return JSON.decode(message)
+    if message.startswith(b"event: "):
+        return SSE.decode(message)
+    return decode(message)
 
 
 def replay_files(paths: Iterable[str | Path]) -> int:

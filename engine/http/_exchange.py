@@ -49,6 +49,7 @@ class Exchange:
         """The bytes of the first request as they came (a WebSocket handshake reads them)."""
         self.cors: Headers = ()
         """Headers every answer to the current request carries (CORS)."""
+        self.request: h11.Request | None = None
         self.deadline = float("inf")
         """When the current request's body must have come (the handshake timeout)."""
 
@@ -77,6 +78,7 @@ class Exchange:
                 return None
             if not isinstance(event, h11.Request):  # pragma: no cover - h11 gives a request first
                 raise Refusal(400, "bad request")
+            self.request = event
             if first and len(self.received) > MAX_HEADER_BYTES and self.received.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES) < 0:
                 # h11 bounds only what is still incomplete; a request read in one go is checked here.
                 raise Refusal(431, f"bad request: the request line and headers are over {MAX_HEADER_BYTES} bytes")
@@ -89,9 +91,19 @@ class Exchange:
             Refusal: 413 past `limit`, 400 for a body h11 cannot parse (bad chunks), 408 for
                 one that has not all come by `deadline` (one byte a second, say).
         """
+        length = self.content_length
+        if length is not None and length > limit:
+            raise Refusal(413, f"the body is over {limit} bytes (the server's max_message_bytes)", as_json=True)
         with trio.move_on_at(self.deadline):
             return await self._body(limit)
         raise Refusal(408, "the request's body did not come in time", as_json=True)
+
+    @property
+    def content_length(self) -> int | None:
+        """The current request's Content-Length (h11 checked it is a number), if it gave one."""
+        request = self.request
+        value = header(request, b"content-length") if request is not None else None
+        return int(value) if value is not None else None
 
     async def _body(self, limit: int) -> bytes:
         parts: list[bytes] = []

@@ -150,6 +150,9 @@ class HttpSessions:
         if not self._accepting():
             raise Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),), as_json=True)
         c = self.config
+        if len(self._transports) >= c.max_http_sessions:
+            full = f"the server holds {c.max_http_sessions} HTTP sessions; try again shortly"
+            raise Refusal(503, full, (("Retry-After", "5"),), as_json=True)
         transport = HttpTransport(
             PREFIX + "sessions",
             secrets.token_urlsafe(16),

@@ -58,8 +58,8 @@ class Script:
         self.settings: dict[str, Any] = {"description": description, **FAST, **settings}
         self.records: list[TraceRecord] = []
 
-    def open(self, t: float, conn: str) -> None:
-        self.records.append(TraceRecord(t, conn, "in", Open("/")))
+    def open(self, t: float, conn: str, path: str = "/") -> None:
+        self.records.append(TraceRecord(t, conn, "in", Open(path)))
 
     def send(self, t: float, conn: str, *frames: Frame) -> None:
         self.records.extend(TraceRecord(t, conn, "in", f) for f in frames)
@@ -70,8 +70,8 @@ class Script:
     def close(self, t: float, conn: str, code: int = 1000) -> None:
         self.records.append(TraceRecord(t, conn, "in", Close(code)))
 
-    def hello(self, t: float, conn: str, token: str | None = None) -> None:
-        self.open(t, conn)
+    def hello(self, t: float, conn: str, token: str | None = None, path: str = "/") -> None:
+        self.open(t, conn, path)
         self.send(t, conn, Hello((1,), token, {"name": "trace"}))
 
     def end(self, t: float) -> None:
@@ -351,6 +351,31 @@ def scenarios() -> dict[str, Script]:
         doc.get("text", type=pycrdt.Text).insert(0, "x" * 3000)
         x.send(1 + i * 0.001, "s2", Update(1, 10 + i, doc.get_update(before)))
     del big
+
+    x = s["http-session"] = Script(
+        "a session carried by HTTP requests (spec §14, path /v1/sessions) with a WebSocket member: the same "
+        "frames, acks and room traffic; no server pings (its event stream has its own heartbeat)",
+        check_times=True,
+    )
+    x.hello(0, "h1", path="/v1/sessions")
+    x.send(0.1, "h1", Join(1, "r", b"\x00", None))
+    x.hello(0.2, "w1")
+    x.send(0.2, "w1", Join(1, "r", None, None))
+    x.send(1, "h1", PresenceSet(1, 2, {"name": "sse"}), Publish(1, 3, "chat", {"text": "over http"}, None))
+    x.send(2, "w1", Update(1, 2, text_update(9, "hi")), CursorMove(1, 3))
+    x.end(25)
+
+    x = s["http-session-expired"] = Script(
+        "an HTTP session whose client stopped polling: its transport ends it (4005) after the grace, "
+        "and its presence leaves as for a closed WebSocket",
+        check_times=True,
+    )
+    x.hello(0, "h1", token=None, path="/v1/sessions")
+    x.send(0, "h1", Join(1, "r", None, None))
+    x.hello(0, "w1")
+    x.send(0, "w1", Join(1, "r", None, None))
+    x.close(30, "h1", 4005)
+    x.end(35)
     return s
 
 

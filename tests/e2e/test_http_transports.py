@@ -5,7 +5,11 @@ end; CORS; JSON over WebSocket."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -346,3 +350,32 @@ async def test_a_websocket_client_whose_hello_is_text_speaks_json(port: int) -> 
         frames = json.loads(message)
         frames = frames if isinstance(frames, list) else [frames]
         assert frames[0]["kind"] == "joined"
+
+
+def readme_http_blocks(port: int) -> list[str]:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Without a WebSocket") : readme.index("## Use it from Python")]
+    return [b.replace("127.0.0.1:8765", f"127.0.0.1:{port}") for b in re.findall(r"```sh\n(.*?)```", section, re.S)]
+
+
+async def test_the_readmes_curl_examples_work_as_written(port: int) -> None:
+    follow, publish = readme_http_blocks(port)
+    assert shutil.which("curl"), "the README's HTTP examples need curl (.ci/run installs it)"
+    async with trio.open_nursery() as nursery:
+        follower = await trio.lowlevel.open_process(["bash", "-c", follow.strip()], stdout=subprocess.PIPE)
+        assert follower.stdout is not None
+        seen = b""
+        with trio.fail_after(10):
+            while b"event: presence_snapshot" not in seen:
+                seen += await follower.stdout.receive_some(65536)
+        done = await trio.run_process(["bash", "-e", "-c", publish], capture_stdout=True)
+        answers = done.stdout.decode().replace("][", "]\n[").splitlines()
+        assert [json.loads(a)[0]["kind"] for a in answers] == ["joined", "ack"], done.stdout
+        with trio.fail_after(10):
+            while b"event: chat" not in seen:
+                seen += await follower.stdout.receive_some(65536)
+        follower.kill()
+        await follower.wait()
+        nursery.cancel_scope.cancel()
+    chat = seen[seen.index(b"event: chat") :].split(b"\n")[1]
+    assert json.loads(chat.removeprefix(b"data: "))["payload"] == {"text": "hi"}
