@@ -137,9 +137,12 @@ class Measured:
 
 
 class Load:
-    """Node processes sharing out `clients` ((client id, room) pairs) round-robin."""
+    """Node processes sharing out `clients` ((client id, room) pairs) round-robin, each running
+    `script` (bench/js/load.mjs unless told)."""
 
-    def __init__(self, server: Server, config: dict[str, Any], clients: list[tuple[int, str]], processes: int) -> None:
+    def __init__(
+        self, server: Server, config: dict[str, Any], clients: list[tuple[int, str]], processes: int, script: Path = LOAD_SCRIPT
+    ) -> None:
         self.server = server
         self._dir = tempfile.TemporaryDirectory(prefix="plait-load-")
         self.procs: list[subprocess.Popen[str]] = []
@@ -149,7 +152,7 @@ class Load:
             share = clients[i::processes]
             if not share:
                 continue
-            argv = ["node", *os.environ.get("PLAIT_BENCH_NODE_FLAGS", "").split(), str(LOAD_SCRIPT),
+            argv = ["node", *os.environ.get("PLAIT_BENCH_NODE_FLAGS", "").split(), str(script),
                     json.dumps({**config, "clients": share, "out": str(out), "seed": i + 1})]
             self.procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                                cwd=BENCH / "js"))

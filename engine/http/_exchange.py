@@ -50,6 +50,7 @@ class Exchange:
         self.cors: Headers = ()
         """Headers every answer to the current request carries (CORS)."""
         self.request: h11.Request | None = None
+        self._chunked = False
         self.deadline = float("inf")
         """When the current request's body must have come (the handshake timeout)."""
 
@@ -92,6 +93,11 @@ class Exchange:
                 one that has not all come by `deadline` (one byte a second, say).
         """
         length = self.content_length
+        request = self.request
+        if not length and request is not None and header(request, b"transfer-encoding") is None:
+            end = self.conn.next_event()  # no body (a GET): its end is already here, no timer needed
+            assert isinstance(end, h11.EndOfMessage), end
+            return b""
         if length is not None and length > limit:
             raise Refusal(413, f"the body is over {limit} bytes (the server's max_message_bytes)", as_json=True)
         with trio.move_on_at(self.deadline):
@@ -170,11 +176,17 @@ class Exchange:
 
     async def start_stream(self, content_type: str, headers: Headers = ()) -> None:
         head = [("Content-Type", content_type), ("Cache-Control", "no-store"), *self.cors, *headers]
-        await self.stream.send_all(self.conn.send(h11.Response(status_code=200, headers=head)))
+        data = self.conn.send(h11.Response(status_code=200, headers=head))
+        # h11 chose the framing of a body of unknown length: chunks for HTTP/1.1, else the end
+        # of the connection.
+        self._chunked = b"\r\ntransfer-encoding: chunked\r\n" in data.lower()
+        await self.stream.send_all(data)
 
     def chunk(self, data: bytes) -> bytes:
-        """`data` framed for the streamed answer (a chunk, for HTTP/1.1)."""
-        return self.conn.send(h11.Data(data=data))
+        """`data` framed for the streamed answer as h11 chose (RFC 9112 §7.1), here rather
+        than through h11, which costs a fan-out to many streams a tenth of its time per frame;
+        h11 still writes the head and the last chunk."""
+        return b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
 
     async def end_stream(self) -> None:
         await self.stream.send_all(self.conn.send(h11.EndOfMessage()))

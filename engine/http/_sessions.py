@@ -43,6 +43,7 @@ from .._config import EngineConfig
 from ..transports import HttpTransport, json_of_event
 from ._cors import Origins
 from ._exchange import Exchange, Refusal, header
+from ._sse import EventStreamSink
 
 logger = logging.getLogger("plait.http")
 
@@ -52,6 +53,8 @@ JSON_TYPES = frozenset({"application/json", "text/plain", "application/x-www-for
 """Bodies read as JSON: text/plain lets a page's fetch skip the CORS preflight, and
 `curl -d` sends form-urlencoded unless told otherwise."""
 MAX_POLL_TIMEOUT = 120.0
+IGNORED_BODY_BYTES = 64 * 1024
+"""A GET, DELETE or OPTIONS has no body worth reading; one up to this is read and dropped."""
 MAX_QUERY_FIELDS = 70
 
 
@@ -96,6 +99,8 @@ class HttpSessions:
         except ValueError as exc:
             raise _refuse(400, f"bad query: {exc}") from None
         method = request.method.decode("ascii", "replace")
+        if method != "POST":
+            await ex.body(IGNORED_BODY_BYTES)  # read past it, so the connection can take the next request
         if method == "OPTIONS":
             ex.cors = self.origins.preflight(request)
             await ex.respond(204, b"", "text/plain")
@@ -276,19 +281,14 @@ class HttpSessions:
             if after is None:
                 after = transport.taken
             await ex.start_stream("text/event-stream", (("X-Accel-Buffering", "no"),))
-            await ex.stream.send_all(ex.chunk(b"".join(preamble)))
-            while True:
-                entries = await transport.take(consumer, after, self.config.heartbeat)
-                if entries is None:
-                    break
-                if not entries:
-                    await ex.stream.send_all(ex.chunk(b":\n\n"))  # proxies keep a stream that talks
-                    continue
-                out = b"".join(prefix + b"%d\n" % pos + data + b"\n" for pos, data in entries)
-                await ex.stream.send_all(ex.chunk(out))
-                after = entries[-1][0]
-            ending = _ending(transport, consumer)
-            await ex.stream.send_all(ex.chunk(_meta("close", ending)))
+            sink = EventStreamSink(ex, prefix)
+            await sink.send(ex.chunk(b"".join(preamble)))
+            entries = transport.take_now(consumer, after)
+            if entries:
+                await sink.send(sink.events(entries))
+            if transport.push_to(consumer, sink):  # from now on each frame is written as it is sent
+                await sink.run(transport, consumer, self.config.heartbeat)
+            await sink.send(ex.chunk(_meta("close", _ending(transport, consumer))))
             await ex.end_stream()
         finally:
             transport.detach(consumer)

@@ -8,6 +8,10 @@ which many requests use in turn.
   replaces the old) takes what is after its position. What was taken stays in the log for
   `resume_window` seconds (and at most `resume_bytes`), so a consumer that comes back with the
   last position it saw (SSE `Last-Event-ID`, the poll's `after`) gets exactly what it missed.
+- An event stream, once caught up, is a *sink*: each message is handed to it as it is sent
+  (`Sink.write_nowait` writes to its socket without waiting), with no task woken per message,
+  as the WebSocket's writes are. A sink that could not write everything is not given more
+  until it has (`sink_drained`).
 - Backpressure: past `unsent_bytes` not yet taken, `send_message_nowait` says so and `flush`
   waits, so the session's outbox holds the rest under its budget and lag limit (TOO_SLOW).
 - Liveness: with no consumer for `grace` seconds, the transport ends (HEARTBEAT_TIMEOUT) and
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hmac
 from collections import deque
 from collections.abc import Iterable
+from typing import Protocol
 
 import trio
 
@@ -37,6 +42,20 @@ def sse_message(event_type: str, json_text: str) -> bytes:
 def json_of_event(message: bytes) -> bytes:
     """The JSON inside a message `sse_message` made (long-polling answers with these)."""
     return message[message.index(b"\ndata: ") + 7 :].rstrip(b"\n")
+
+
+class Sink(Protocol):
+    """Where a caught-up consumer's messages go as they are sent (an event stream's socket)."""
+
+    def write_nowait(self, entries: list[tuple[int, bytes]]) -> bool:
+        """Write (position, message) pairs now as far as the socket takes them, keeping the
+        rest in order; False when some are kept (then nothing more is given until
+        `HttpTransport.sink_drained`)."""
+        ...
+
+    def wake(self) -> None:
+        """The transport closed, or another consumer replaced this one."""
+        ...
 
 
 class HttpTransport:
@@ -85,7 +104,13 @@ class HttpTransport:
         """The current consumer's number; 0: none."""
         self._consumers = 0
         self._idle_since: float | None = trio.current_time()
-        self._changed = trio.Event()
+        self._inbound_changed = trio.Event()
+        """Set when the reader has something to look at: a message, a consumer come or gone."""
+        self._output_changed = trio.Event()
+        """Set when consumers and `flush` have: output, output taken, a consumer replaced."""
+        self._reader_deadline = float("inf")
+        self._sink: Sink | None = None
+        self._sink_ready = False
         self.closed: TransportClosed | None = None
         self._expected: dict[int, Frame | None] = {}
         self._answered = trio.Event()
@@ -93,9 +118,13 @@ class HttpTransport:
     def check_key(self, key: str) -> bool:
         return hmac.compare_digest(key.encode(), self.key.encode())
 
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _wake_reader(self) -> None:
+        self._inbound_changed.set()
+        self._inbound_changed = trio.Event()
+
+    def _wake_output(self) -> None:
+        self._output_changed.set()
+        self._output_changed = trio.Event()
 
     # -- in ---------------------------------------------------------------------------------
 
@@ -108,7 +137,7 @@ class HttpTransport:
         if self.closed is not None:
             raise self._closed_error()
         self._inbound.append(message)
-        self._wake()
+        self._wake_reader()
 
     def expect(self, refs: Iterable[int]) -> None:
         """A request is about to `put` frames with these refs and waits for their answers."""
@@ -137,7 +166,8 @@ class HttpTransport:
             if self.closed is not None:
                 raise self._closed_error()
             deadline = float("inf") if self._idle_since is None else self._idle_since + self._grace
-            changed = self._changed
+            self._reader_deadline = deadline
+            changed = self._inbound_changed
             with trio.move_on_at(deadline):
                 await changed.wait()
             if self._idle_since is not None and trio.current_time() >= self._idle_since + self._grace and not self._inbound:
@@ -156,7 +186,10 @@ class HttpTransport:
         message = data.encode() if isinstance(data, str) else data
         self._log.append(message)
         self._unsent += len(message)
-        self._wake()
+        if self._sink_ready:
+            self._push()
+        else:
+            self._wake_output()
         return self._unsent <= self._unsent_limit
 
     async def send_message(self, data: bytes | str) -> None:
@@ -168,7 +201,7 @@ class HttpTransport:
         while self._unsent > self._unsent_limit:
             if self.closed is not None:
                 raise self._closed_error()
-            await self._changed.wait()
+            await self._output_changed.wait()
 
     # -- consumers (the event stream, the long-poll) -------------------------------------------
 
@@ -186,7 +219,7 @@ class HttpTransport:
         once sent, within `timeout` seconds; None if none came."""
         with trio.move_on_after(timeout):
             while not self._log and self.closed is None:
-                await self._changed.wait()
+                await self._output_changed.wait()
         return self._log[0] if self._log and self._first == 1 else None
 
     @property
@@ -195,11 +228,15 @@ class HttpTransport:
         return self._taken
 
     def attach(self) -> int:
-        """A new consumer, which replaces the one before (its `take` returns None)."""
+        """A new consumer, which replaces the one before (its `take` returns None, its sink
+        is woken and given nothing more)."""
+        replacing = self._consumer != 0
         self._consumers += 1
         self._consumer = self._consumers
-        self._idle_since = None
-        self._wake()
+        self._idle_since = None  # the reader finds out when its deadline comes: no need to wake it
+        self._drop_sink()
+        if replacing:
+            self._wake_output()  # the one replaced stops waiting
         return self._consumer
 
     def detach(self, consumer: int) -> None:
@@ -207,7 +244,39 @@ class HttpTransport:
         if self._consumer == consumer:
             self._consumer = 0
             self._idle_since = trio.current_time()
-            self._wake()
+            self._drop_sink()
+            if self._reader_deadline == float("inf"):
+                self._wake_reader()  # it waits with no deadline: give it one
+
+    def push_to(self, consumer: int, sink: Sink) -> bool:
+        """From now on hand `consumer`'s messages to `sink` as they are sent, starting with
+        any after the last taken. False if `consumer` is no longer the consumer."""
+        if self._consumer != consumer:
+            return False
+        self._sink, self._sink_ready = sink, True
+        self._push()
+        return True
+
+    def sink_drained(self) -> None:
+        """The sink wrote what it kept: give it what came meanwhile."""
+        if self._sink is not None:
+            self._sink_ready = True
+            self._push()
+
+    def _push(self) -> None:
+        assert self._sink is not None
+        if self._taken < self.last_position:
+            self._sink_ready = self._sink.write_nowait(self._take_from(max(self._taken + 1, self._first)))
+
+    def _drop_sink(self) -> None:
+        if self._sink is not None:
+            sink, self._sink, self._sink_ready = self._sink, None, False
+            sink.wake()
+
+    @property
+    def consumer(self) -> int:
+        """The current consumer's number (0: none)."""
+        return self._consumer
 
     def confirm(self, after: int) -> None:
         """The client has everything up to position `after` (a long-poll's `after`)."""
@@ -219,31 +288,44 @@ class HttpTransport:
         [] when nothing came, None when this consumer was replaced or the transport closed
         and everything was taken."""
         while True:
-            if self._consumer != consumer:
-                return None
-            start = max(after + 1, self._first)
-            if start <= self.last_position:
-                return self._take_from(start)
-            if self.closed is not None:
-                return None
-            changed = self._changed
+            entries = self.take_now(consumer, after)
+            if entries != []:
+                return entries
+            changed = self._output_changed
             with trio.move_on_after(timeout) as waited:
                 await changed.wait()
             if waited.cancelled_caught:
                 return []
 
+    def take_now(self, consumer: int, after: int) -> list[tuple[int, bytes]] | None:
+        """`take` without waiting: what is after `after` now ([] if nothing yet)."""
+        if self._consumer != consumer:
+            return None
+        start = max(after + 1, self._first)
+        if start <= self.last_position:
+            return self._take_from(start)
+        return None if self.closed is not None else []
+
     def _take_from(self, start: int) -> list[tuple[int, bytes]]:
-        entries = [(pos, self._log[pos - self._first]) for pos in range(start, self.last_position + 1)]
-        last = entries[-1][0]
+        last = self.last_position
+        if start == last:  # one message: the fan-out's case
+            entries = [(last, self._log[-1])]
+        else:
+            entries = [(pos, self._log[pos - self._first]) for pos in range(start, last + 1)]
         if last > self._taken:
             for pos in range(max(self._taken + 1, self._first), last + 1):
                 size = len(self._log[pos - self._first])
                 self._unsent -= size
                 self._taken_bytes += size
             self._taken = last
-            self._marks.append((trio.current_time(), last))
+            now = trio.current_time()
+            if self._marks and now - self._marks[-1][0] < 1:  # a mark a second (trims up to 1 s early)
+                self._marks[-1] = (self._marks[-1][0], last)
+            else:
+                self._marks.append((now, last))
             self._trim()
-            self._wake()  # flush() may go on
+            if not self._sink_ready:  # a sink's pushes come from the sender itself
+                self._wake_output()  # flush() may go on
         return entries
 
     def _trim(self) -> None:
@@ -269,7 +351,7 @@ class HttpTransport:
         """Return once a consumer has taken everything (after the session ended: its last
         frames, and how it ended, were delivered)."""
         while self._unsent > 0:
-            await self._changed.wait()
+            await self._output_changed.wait()
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -282,7 +364,10 @@ class HttpTransport:
         if self.closed is None:
             self.closed = closed
             self._answered.set()
-            self._wake()
+            self._wake_reader()
+            self._wake_output()
+            if self._sink is not None:
+                self._sink.wake()
 
     def _closed_error(self) -> TransportClosed:
         assert self.closed is not None
