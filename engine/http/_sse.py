@@ -91,3 +91,4 @@ class EventStreamSink:
             self._woken = trio.Event()
             if quiet.cancelled_caught:
                 await self.send(self._ex.chunk(HEARTBEAT))  # proxies keep a stream that talks
+                transport.trim()

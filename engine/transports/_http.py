@@ -88,7 +88,8 @@ class HttpTransport:
         self._resume_window = resume_window
         self._resume_bytes = resume_bytes
         self._unsent_limit = unsent_bytes
-        self._inbound: deque[bytes | str] = deque()
+        # Lists where they stay short (an empty deque is 760 bytes; thousands of sessions idle).
+        self._inbound: list[bytes | str] = []
         self._log: deque[bytes] = deque()
         self._first = 1
         """The position of `_log[0]`."""
@@ -98,7 +99,7 @@ class HttpTransport:
         """Bytes in the log after `_taken`."""
         self._taken_bytes = 0
         """Bytes in the log up to `_taken`."""
-        self._marks: deque[tuple[float, int]] = deque()
+        self._marks: list[tuple[float, int]] = []
         """(when, the last position taken then), oldest first: what `resume_window` trims by."""
         self._consumer = 0
         """The current consumer's number; 0: none."""
@@ -172,7 +173,7 @@ class HttpTransport:
                 await changed.wait()
             if self._idle_since is not None and trio.current_time() >= self._idle_since + self._grace and not self._inbound:
                 self._finish(TransportClosed(CloseCode.HEARTBEAT_TIMEOUT, f"no event stream or poll for {self._grace:g} s"))
-        return self._inbound.popleft()
+        return self._inbound.pop(0)
 
     # -- out --------------------------------------------------------------------------------
 
@@ -323,16 +324,17 @@ class HttpTransport:
                 self._marks[-1] = (self._marks[-1][0], last)
             else:
                 self._marks.append((now, last))
-            self._trim()
+            self.trim()
             if not self._sink_ready:  # a sink's pushes come from the sender itself
                 self._wake_output()  # flush() may go on
         return entries
 
-    def _trim(self) -> None:
-        """Forget what was taken long enough ago, or past `resume_bytes`."""
+    def trim(self) -> None:
+        """Forget what was taken long enough ago, or past `resume_bytes` (at every take, and
+        when a consumer has been quiet for a while)."""
         old = trio.current_time() - self._resume_window
         while self._marks and self._marks[0][0] < old:
-            _, upto = self._marks.popleft()
+            _, upto = self._marks.pop(0)
             while self._log and self._first <= upto:
                 self._drop_first()
         while self._log and self._first <= self._taken and self._taken_bytes > self._resume_bytes:
