@@ -10,10 +10,9 @@ import http from 'node:http'
 import { encode, decodeMulti } from '@msgpack/msgpack'
 import { createInterface } from 'node:readline'
 import { writeFileSync } from 'node:fs'
+import { now, sleep, inBatches, waitUntil } from './common.mjs'
 
 const cfg = JSON.parse(process.argv[2])
-const now = () => Number(process.hrtime.bigint()) / 1e6
-const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 const errors = []
 const fail = (what) => { if (errors.length < 100) errors.push(String(what)) }
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity })
@@ -120,22 +119,6 @@ class PollSubscriber extends Subscriber {
   }
 
   close () { this.closing = true }
-}
-
-async function inBatches (items, width, action) {
-  let next = 0
-  await Promise.all(Array.from({ length: Math.min(width, items.length) }, async () => {
-    while (next < items.length) await action(items[next++])
-  }))
-}
-
-async function waitUntil (check, timeoutMs) {
-  const deadline = now() + timeoutMs
-  while (!check()) {
-    if (now() > deadline) return false
-    await sleep(5)
-  }
-  return true
 }
 
 const Kind = { ws: WsSubscriber, sse: SseSubscriber, poll: PollSubscriber }[cfg.transport]

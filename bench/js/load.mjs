@@ -20,10 +20,9 @@ import { encode, decodeMulti } from '@msgpack/msgpack'
 import { createHash } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import { writeFileSync } from 'node:fs'
+import { now, sleep, inBatches, waitUntil } from './common.mjs'
 
 const cfg = JSON.parse(process.argv[2])
-const now = () => Number(process.hrtime.bigint()) / 1e6
-const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 const errors = []
 const fail = (what) => { if (errors.length < 100) errors.push(String(what)) }
 
@@ -233,24 +232,6 @@ class NativeClient extends Client {
 const goSignal = new Promise(resolve => {
   createInterface({ input: process.stdin }).on('line', line => { if (line.trim() === 'go') resolve(now()) })
 })
-
-// Open at most `width` connections at a time: a burst of thousands of SYNs overflows a listen
-// backlog and measures the kernel, not the server.
-async function inBatches (items, width, action) {
-  let next = 0
-  await Promise.all(Array.from({ length: Math.min(width, items.length) }, async () => {
-    while (next < items.length) await action(items[next++])
-  }))
-}
-
-async function waitUntil (check, timeoutMs) {
-  const deadline = now() + timeoutMs
-  while (!check()) {
-    if (now() > deadline) return false
-    await sleep(5)
-  }
-  return true
-}
 
 const Kind = cfg.protocol === 'yjs' ? YjsClient : NativeClient
 const clients = cfg.clients.map(([id, room]) => new Kind(id, room))

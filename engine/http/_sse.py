@@ -5,11 +5,9 @@ the stream has been quiet for a heartbeat interval."""
 
 from __future__ import annotations
 
-import os
-
 import trio
 
-from ..transports import HttpTransport
+from ..transports import HttpTransport, write_now
 from ._exchange import Exchange
 
 HEARTBEAT = b":\n\n"
@@ -43,10 +41,7 @@ class EventStreamSink:
             self.wake()
             return False
         try:
-            # The descriptor is looked up at each write: once the socket is closed it is -1.
-            written = os.write(self._socket.fileno(), data)
-        except BlockingIOError:
-            written = 0
+            written = write_now(self._socket, data)
         except OSError:
             self._lost = True  # what was taken stays kept: the client resumes with Last-Event-ID
             self.wake()

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, runtime_checkable
+
+import trio
 
 from plait.protocol import Frame
 from plait.protocol import Transport as MessageTransport
@@ -49,3 +52,18 @@ class AnsweringTransport(Transport, Protocol):
     shows it each answer it sends (an ack, an error or `joined` with a ref)."""
 
     def answered(self, frame: Frame) -> None: ...
+
+
+def write_now(socket: trio.socket.SocketType, data: bytes) -> int:
+    """Write what of `data` the socket takes now, without waiting (a fan-out writes to many
+    sockets from one task); the bytes written, 0 if none.
+
+    Raises:
+        OSError: the connection is gone.
+    """
+    try:
+        # The descriptor is looked up at each write: once the socket is closed it is -1
+        # (EBADF), never a number the kernel has since given to another connection.
+        return os.write(socket.fileno(), data)
+    except BlockingIOError:
+        return 0

@@ -13,7 +13,6 @@ message was a fifth of the server's time (bench/README.md).
 from __future__ import annotations
 
 import logging
-import os
 
 import trio
 from websockets.exceptions import InvalidState, ProtocolError
@@ -22,6 +21,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from plait.protocol import ABNORMAL_CLOSURE, CloseCode, TransportClosed
+
+from ._base import write_now
 
 logger = logging.getLogger("plait.websocket")
 
@@ -187,11 +188,7 @@ class WebSocketStream:
             self._outgoing.append(chunk)
             return False
         try:
-            # The descriptor is looked up at each write: once the socket is closed it is -1
-            # (EBADF), never a number the kernel has since given to another connection.
-            written = os.write(self._socket.fileno(), chunk)
-        except BlockingIOError:
-            written = 0
+            written = write_now(self._socket, chunk)
         except OSError:
             self._lost()
             raise self._closed_error() from None

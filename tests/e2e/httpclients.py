@@ -14,7 +14,24 @@ import httpx
 import pycrdt
 import trio
 
+from plait.engine import Engine, EngineConfig
+from plait.engine.testing import TokenHooks
 from plait.protocol import Frame, SyncStep1, SyncStep2, Update, decode_json, encode_json
+
+
+@asynccontextmanager
+async def serving(config: EngineConfig) -> AsyncIterator[int]:
+    """An engine with the trace hooks (tokens `bad`, `ro:NAME`, ...) serving on a free port of
+    127.0.0.1; the port."""
+    async with Engine(config=config, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
+        yield await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def http_client(port: int) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield client
 
 
 @dataclass

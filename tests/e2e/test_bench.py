@@ -49,3 +49,10 @@ def test_join_storm_syncs_every_client_with_the_whole_document() -> None:
 def test_idle_connections_are_counted_and_kept() -> None:
     [row] = bench("idle.py", "--connections", "50", "--seconds", "1")
     assert row[0] == "50" and row[-1] == "0", row
+
+
+def test_events_reach_every_subscriber_over_each_transport() -> None:
+    rows = bench("events.py", "--subscribers", "6", "--rate", "10", "--seconds", "1", "--drain", "2")
+    assert [row[0] for row in rows] == ["ws", "sse", "poll"]
+    for row in rows:
+        assert row[2] == "60 / 60" and row[-1] == "0", row  # delivered / expected: 6 subscribers x 10 events

@@ -10,11 +10,10 @@ import httpx
 import pytest
 import trio
 
-from plait.engine import Engine, EngineConfig
-from plait.engine.testing import TokenHooks
+from plait.engine import EngineConfig
 from plait.protocol import ErrorCode
 
-from .httpclients import HttpPeer
+from .httpclients import HttpPeer, http_client, serving
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +22,13 @@ CONFIG = EngineConfig(handshake_timeout=0.5, max_message_bytes=4096, max_http_se
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    async with Engine(config=CONFIG, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
-        yield await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
-        nursery.cancel_scope.cancel()
+    async with serving(CONFIG) as port:
+        yield port
 
 
 @pytest.fixture
 async def http(port: int) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async with http_client(port) as client:
         yield client
 
 

@@ -20,7 +20,6 @@ import trio_websocket
 
 from plait.client import connect
 from plait.engine import Engine, EngineConfig
-from plait.engine.testing import TokenHooks
 from plait.protocol import (
     CursorMove,
     Cursors,
@@ -36,7 +35,7 @@ from plait.protocol import (
     TypingState,
 )
 
-from .httpclients import HttpPeer, SseEvent, event_stream
+from .httpclients import HttpPeer, SseEvent, event_stream, http_client, serving
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +44,13 @@ CONFIG = EngineConfig(handshake_timeout=2, heartbeat=2, tick=0.01, presence_grac
 
 @pytest.fixture
 async def port(request: pytest.FixtureRequest) -> AsyncIterator[int]:
-    config = getattr(request, "param", CONFIG)
-    async with Engine(config=config, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
-        yield await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
-        nursery.cancel_scope.cancel()
+    async with serving(getattr(request, "param", CONFIG)) as port:
+        yield port
 
 
 @pytest.fixture
 async def http(port: int) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async with http_client(port) as client:
         yield client
 
 
