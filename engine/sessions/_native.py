@@ -387,11 +387,15 @@ class Session(Peer):
         if self._close_code is not None:
             return
         try:
-            self.conn.check_shared(member.channel)
+            if self.wire is MSGPACK:  # the common case, in one call: every delivery of a busy room
+                data = self.conn.send_shared(shared, member.channel)
+            else:
+                self.conn.check_shared(member.channel)
+                data = self.wire.shared(shared, member.channel)
         except LocalProtocolError as exc:
             self._unsendable(shared.frame, exc)
             return
-        self.send_bytes(self.wire.shared(shared, member.channel))
+        self.send_bytes(data)
 
     def deliver_ephemeral(self, member: Member, shared: list[ChannelFrame], refresh: Refresh) -> None:
         def full_state() -> list[bytes]:
@@ -418,8 +422,11 @@ class Session(Peer):
 
     def deliver_ack(self, member: Member, ref: int, value: int | None) -> None:
         if self._close_code is None:
-            self.conn.check_open()
-            self.send_bytes(self.wire.ack(ref, value))
+            if self.wire is MSGPACK:
+                self.send_bytes(self.conn.send_ack(ref, value))
+            else:
+                self.conn.check_open()
+                self.send_bytes(self.wire.ack(ref, value))
             if self._answers is not None:
                 self._answers.answered(Ack(ref, value))
 
