@@ -150,7 +150,8 @@ class Exchange:
     async def refuse(self, refusal: Refusal, request: h11.Request | None) -> None:
         """Answer with the refusal and its reason (no body for HEAD), and close: written out
         here rather than through h11, which will not answer a request it could not parse."""
-        logger.info("refused a request: %d %s", refusal.status, refusal.reason)
+        # A client looping on a refusal must not flood the log: only the server's own failures show.
+        logger.log(logging.WARNING if refusal.status >= 500 else logging.DEBUG, "refused a request: %d %s", refusal.status, refusal.reason)
         if refusal.as_json:
             obj: dict[str, object] = {"status": refusal.status, "error": refusal.reason}
             if refusal.code is not None:

@@ -22,16 +22,20 @@ from collections.abc import Callable
 from typing import Any
 
 import h11
+import trio
 
 from plait.protocol import (
     SUPPORTED_VERSIONS,
+    CloseCode,
     CodecLimits,
     Error,
     ErrorCode,
     Frame,
     Hello,
     Join,
+    LocalProtocolError,
     RemoteProtocolError,
+    TransportClosed,
     decode,
     decode_json,
     encode,
@@ -42,7 +46,7 @@ from plait.protocol import (
 from .._config import EngineConfig
 from ..transports import HttpTransport, json_of_event
 from ._cors import Origins
-from ._exchange import Exchange, Refusal, header
+from ._exchange import RECEIVE_BYTES, Exchange, Refusal, header
 from ._sse import EventStreamSink
 
 logger = logging.getLogger("plait.http")
@@ -169,8 +173,9 @@ class HttpSessions:
         session_id = self._start(transport)
         first = await transport.first(c.handshake_timeout + c.hook_timeout)
         if first is None or not first.startswith(b"event: welcome\n"):
+            closed = transport.closed
             await transport.aclose(1000, "handshake refused")
-            raise _handshake_refusal(first)
+            raise _handshake_refusal(first, closed)
         self._transports[session_id] = transport
         if joins is not None:
             transport.put(joins)
@@ -203,14 +208,14 @@ class HttpSessions:
             Refusal: 400 a body that is not one hello, 415 another content type.
         """
         if not body:
-            return encode_json(Hello(SUPPORTED_VERSIONS, token, {}))
+            return _json(Hello(SUPPORTED_VERSIONS, token, {}))
         frames = self._decode(body, content_type)
         if len(frames) != 1 or not isinstance(frames[0], Hello):
             raise _refuse(400, "the body is one hello frame (spec §5.1), or nothing", ErrorCode.UNEXPECTED_FRAME)
         hello = frames[0]
         if hello.token is None and token is not None:
             hello = Hello(hello.versions, token, hello.client)
-        return encode_json(hello)
+        return _json(hello)
 
     def _decode(self, body: bytes, content_type: str) -> list[Frame]:
         """Raises Refusal: 400 with the code of spec §3.4 for what does not decode; 415."""
@@ -239,8 +244,8 @@ class HttpSessions:
             if transport is not None and transport.check_key(key) and transport.closed is None:
                 await self._events(ex, request, session_id, transport, position, announce=True)
                 return
-        hello = encode_json(Hello(SUPPORTED_VERSIONS, _token(request, query), {}))
-        joins = encode_json([Join(ref, room, None, None) for ref, room in enumerate(rooms, 1)])
+        hello = _json(Hello(SUPPORTED_VERSIONS, _token(request, query), {}))
+        joins = _json([Join(ref, room, None, None) for ref, room in enumerate(rooms, 1)])
         session_id, transport, _ = await self._open(hello, joins)
         await self._events(ex, request, session_id, transport, None, announce=True, lost=last is not None)
 
@@ -282,14 +287,19 @@ class HttpSessions:
                 after = transport.taken
             await ex.start_stream("text/event-stream", (("X-Accel-Buffering", "no"),))
             sink = EventStreamSink(ex, prefix)
-            await sink.send(ex.chunk(b"".join(preamble)))
-            entries = transport.take_now(consumer, after)
-            if entries:
-                await sink.send(sink.events(entries))
-            if transport.push_to(consumer, sink):  # from now on each frame is written as it is sent
-                await sink.run(transport, consumer, self.config.heartbeat)
-            await sink.send(ex.chunk(_meta("close", _ending(transport, consumer))))
-            await ex.end_stream()
+            async with trio.open_nursery() as nursery:
+                # A client that goes is noticed at once, not when a write fails (up to 2H
+                # later): the session's grace starts from when it went.
+                nursery.start_soon(_until_hangup, ex.stream, nursery.cancel_scope)
+                await sink.send(ex.chunk(b"".join(preamble)))
+                entries = transport.take_now(consumer, after)
+                if entries:
+                    await sink.send(sink.events(entries))
+                if transport.push_to(consumer, sink):  # from now on each frame is written as it is sent
+                    await sink.run(transport, consumer, self.config.heartbeat)
+                await sink.send(ex.chunk(_meta("close", _ending(transport, consumer))))
+                await ex.end_stream()
+                nursery.cancel_scope.cancel()
         finally:
             transport.detach(consumer)
 
@@ -298,20 +308,24 @@ class HttpSessions:
     async def _poll(self, ex: Exchange, transport: HttpTransport, query: dict[str, list[str]]) -> None:
         """`GET .../poll?after=P[&timeout=S]`: what the session sent after position P, at once
         if there is any, else within `timeout` seconds (default long_poll_timeout) (spec §14.5)."""
+        given = _one(query, "after") is not None
         after = _int(query, "after", transport.taken)
         timeout = min(float(_int(query, "timeout", int(self.config.long_poll_timeout))), MAX_POLL_TIMEOUT)
         complete = transport.retains(after)
-        if complete:
-            transport.confirm(after)
-        else:
+        if not complete:
             after = transport.earliest - 1
+        elif given:
+            transport.confirm(after)
         consumer = transport.attach()
         try:
-            entries = await transport.take(consumer, after, timeout) or []
+            # A gap is news in itself: the client must re-sync, so it hears at once.
+            entries = (await transport.take(consumer, after, timeout) if complete else transport.take_now(consumer, after)) or []
         finally:
             transport.detach(consumer)
         position = entries[-1][0] if entries else after
         closed = _ending(transport, consumer) if transport.closed is not None and position >= transport.last_position else None
+        if closed is not None and closed["code"] == CloseCode.TOO_SLOW:
+            complete = False  # what its outbox held when it was cut off never reached the log
         frames = b",".join(json_of_event(data) for _, data in entries)
         head = json.dumps({"position": position, "complete": complete, "closed": closed}, separators=(",", ":"))
         await ex.respond(200, head[:-1].encode() + b',"frames":[' + frames + b"]}", "application/json")
@@ -327,12 +341,16 @@ class HttpSessions:
         body = await ex.body(self.config.max_message_bytes)
         frames = self._decode(body, content_type)
         refs = [ref for f in frames if (ref := getattr(f, "ref", None)) is not None]
-        transport.expect(refs)
+        waiting = transport.expect(refs)
         try:
             transport.put(body if content_type == MSGPACK_TYPE else body.decode())
-        except Exception:
+        except TransportClosed:
+            transport.forget(waiting)
             raise _refuse(410, "the session has ended") from None
-        answers = await transport.answers(refs, self.config.hook_timeout + 5)
+        answers = await transport.answers(waiting, self.config.hook_timeout + 5)
+        if transport.closed is not None and len(answers) < len(waiting):
+            code, reason = transport.closed.code, transport.closed.reason
+            raise _refuse(410, f"the session ended ({code}: {reason}) before answering; its stream or poll says why", code)
         if content_type == MSGPACK_TYPE:
             await ex.respond(200, encode(answers) if answers else b"", MSGPACK_TYPE)
         else:
@@ -340,6 +358,30 @@ class HttpSessions:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+async def _until_hangup(stream: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
+    """Cancel `scope` when the client closes the connection (what it sends meanwhile, it has
+    no business sending on an event stream's connection, is dropped)."""
+    try:
+        while await stream.receive_some(RECEIVE_BYTES):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    scope.cancel()
+
+
+def _json(frames: Frame | list[Frame]) -> str:
+    """Frames made from the request (a token, room names), in JSON.
+
+    Raises:
+        Refusal: 400 with the code of a field the protocol does not allow (a token or room
+            name too long, say), as the same field in a hello or join body gets.
+    """
+    try:
+        return encode_json(frames)
+    except LocalProtocolError as exc:
+        raise _refuse(400, f"{exc.code.name}: {exc.message}", exc.code) from None
 
 
 def _meta(kind: str, data: dict[str, Any]) -> bytes:
@@ -353,9 +395,10 @@ def _ending(transport: HttpTransport, consumer: int) -> dict[str, Any]:
     return {"code": None, "reason": "another stream or poll took over this session"}
 
 
-def _handshake_refusal(first: bytes | None) -> Refusal:
-    if first is None:
-        return _refuse(500, "the session ended before its handshake")
+def _handshake_refusal(first: bytes | None, closed: TransportClosed | None) -> Refusal:
+    if first is None:  # closed without a word: the handshake timed out (a hook that hangs)
+        how = f" ({closed.code}: {closed.reason})" if closed is not None else ""
+        return _refuse(500, f"the session ended before its handshake{how}", closed.code if closed is not None else None)
     try:
         (error,) = decode_json(json_of_event(first))
     except (RemoteProtocolError, ValueError):

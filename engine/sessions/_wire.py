@@ -98,13 +98,18 @@ RESERVED_EVENT_TYPES = frozenset(FRAME_NAMES) | {"message", "open", "error", "cl
 ones a browser's EventSource fires itself, and the transport's own."""
 
 
+NOT_IN_A_LINE = "\r\n\0\x85\u2028\u2029"
+"""What an SSE line must not hold (CR, LF, NUL), and what many line readers also break at
+(NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR: Python's str.splitlines, for one)."""
+
+
 def sse_type(frame: Frame) -> str:
     """The SSE `event:` type of a frame: an event's own name, so a page can
     `addEventListener("chat", ...)`, unless that name is reserved or cannot be one line of
     an event stream; else the frame's kind."""
     if isinstance(frame, Event):
         name = frame.name
-        if name not in RESERVED_EVENT_TYPES and not any(c in name for c in "\r\n\0"):
+        if name not in RESERVED_EVENT_TYPES and not any(c in name for c in NOT_IN_A_LINE):
             return name
     return frame.KIND.name.lower()
 
@@ -133,6 +138,10 @@ class SseWire(JsonWire):
 
 
 def _event(frame: Frame, text: str) -> bytes:
+    # JSON escapes CR and LF itself; the other line breaks only ever stand inside its strings,
+    # where their escapes mean the same.
+    if "\x85" in text or "\u2028" in text or "\u2029" in text:
+        text = text.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return sse_message(sse_type(frame), text)
 
 

@@ -113,7 +113,8 @@ class HttpTransport:
         self._sink: Sink | None = None
         self._sink_ready = False
         self.closed: TransportClosed | None = None
-        self._expected: dict[int, Frame | None] = {}
+        self._waiting: list[dict[int, Frame | None]] = []
+        """For each request waiting for answers: its refs, and the answer of each once come."""
         self._answered = trio.Event()
 
     def check_key(self, key: str) -> bool:
@@ -140,27 +141,41 @@ class HttpTransport:
         self._inbound.append(message)
         self._wake_reader()
 
-    def expect(self, refs: Iterable[int]) -> None:
-        """A request is about to `put` frames with these refs and waits for their answers."""
-        for ref in refs:
-            self._expected[ref] = None
+    def expect(self, refs: Iterable[int]) -> dict[int, Frame | None]:
+        """A request is about to `put` frames with these refs and waits for their answers:
+        what `answers` takes (each request its own, so two that use one ref both hear)."""
+        waiting: dict[int, Frame | None] = dict.fromkeys(refs)
+        if waiting:
+            self._waiting.append(waiting)
+        return waiting
+
+    def forget(self, waiting: dict[int, Frame | None]) -> None:
+        if waiting in self._waiting:
+            self._waiting.remove(waiting)
 
     def answered(self, frame: Frame) -> None:
-        """The session answered a request (an ack, an error or `joined` with its ref)."""
+        """The session answered a request (an ack, an error or `joined` with its ref): every
+        request waiting for that ref and not answered yet hears it."""
         ref = getattr(frame, "ref", None)
-        if ref is not None and ref in self._expected and self._expected[ref] is None:
-            self._expected[ref] = frame
+        heard = False
+        for waiting in self._waiting:
+            if ref in waiting and waiting[ref] is None:
+                waiting[ref] = frame
+                heard = True
+        if heard:
             self._answered.set()
             self._answered = trio.Event()
 
-    async def answers(self, refs: list[int], timeout: float) -> list[Frame]:
-        """The answers to `refs` (see `expect`) once all came, the session ended, or `timeout`
-        passed: those that came, in the order of `refs`."""
-        with trio.move_on_after(timeout):
-            while self.closed is None and any(self._expected.get(r) is None for r in refs):
-                await self._answered.wait()
-        found = [self._expected.pop(r, None) for r in refs]
-        return [f for f in found if f is not None]
+    async def answers(self, waiting: dict[int, Frame | None], timeout: float) -> list[Frame]:
+        """The answers `expect` waits for, once all came, the session ended, or `timeout`
+        passed: those that came, in request order."""
+        try:
+            with trio.move_on_after(timeout):
+                while self.closed is None and None in waiting.values():
+                    await self._answered.wait()
+        finally:
+            self.forget(waiting)
+        return [f for f in waiting.values() if f is not None]
 
     async def receive_message(self) -> bytes | str:
         while not self._inbound:

@@ -187,3 +187,22 @@ async def test_a_websocket_upgrade_after_other_requests_on_a_connection_is_400(p
                 data += chunk
     assert data.startswith(b"HTTP/1.1 201") and b"HTTP/1.1 400" in data
     await still_serves(http)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/v1/events?room=" + "r" * 300, "/v1/events?room=a&token=" + "t" * 9000, "/v1/sessions?token=" + "t" * 9000],
+)
+async def test_a_room_name_or_token_too_long_in_the_query_is_400_not_500(port: int, target: str) -> None:
+    method = b"POST" if target.startswith("/v1/sessions") else b"GET"
+    status, body = await exchange(port, method + b" " + target.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert status == 400 and json.loads(body)["code"] == ErrorCode.INVALID_FIELD, body
+
+
+async def test_a_request_whose_session_ends_before_answering_is_410_with_the_close_code(http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    await peer.open()
+    body = ('[{"kind":"hello","versions":[1],"token":null,"client":{}},'
+            '{"kind":"join","ref":3,"room":"r","state_vector":null,"since":null,"epoch":null}]')
+    response = await http.post(peer.url("frames"), content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 410 and response.json()["code"] == 4001, response.text  # a second hello is fatal (§6)

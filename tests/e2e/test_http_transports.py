@@ -295,6 +295,7 @@ async def test_a_session_nobody_reads_is_closed_too_slow_as_a_websocket_would_be
             if body["closed"] is not None:
                 break
     assert body["closed"]["code"] == 4006
+    assert body["complete"] is False  # what its outbox held was dropped: it must re-sync (§9)
 
 
 async def test_a_refused_token_is_401_with_the_error_code(http: httpx.AsyncClient) -> None:
@@ -376,3 +377,34 @@ async def test_the_readmes_curl_examples_work_as_written(port: int) -> None:
         nursery.cancel_scope.cancel()
     chat = seen[seen.index(b"event: chat") :].split(b"\n")[1]
     assert json.loads(chat.removeprefix(b"data: "))["payload"] == {"text": "hi"}
+
+
+async def test_a_poll_that_cannot_be_complete_answers_at_once(http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    await peer.open()
+    await http.get(peer.url("poll") + "&after=0&timeout=5")  # takes the welcome (1)
+    await http.get(peer.url("poll") + "&after=1&timeout=1")  # says it has 1: it may go
+    start = trio.current_time()
+    body = (await http.get(peer.url("poll") + "&after=0&timeout=5")).json()
+    assert body["complete"] is False and trio.current_time() - start < 2
+
+
+@pytest.mark.parametrize(
+    "port", [EngineConfig(handshake_timeout=2, heartbeat=30, tick=0.01, presence_grace=0.2, http_session_grace=1)], indirect=True
+)
+async def test_a_stream_whose_client_went_starts_the_grace_at_once_not_when_a_write_fails(port: int, http: httpx.AsyncClient) -> None:
+    peer = HttpPeer(http)
+    await peer.open("leaver")
+    async with connect(f"ws://127.0.0.1:{port}/", "stayer") as client, client.join("r") as room:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(peer.stream, port)
+            await join(peer, "r")
+            with trio.fail_after(10):
+                while "leaver" not in room.users():
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()  # the client goes; the server's next write is 30 s away
+        start = trio.current_time()
+        with trio.fail_after(10):
+            while "leaver" in room.users():
+                await trio.sleep(0.01)
+        assert trio.current_time() - start < 5  # the grace (1 s) and the presence grace, not 2H

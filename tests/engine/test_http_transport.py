@@ -103,15 +103,23 @@ async def test_messages_put_are_received_in_order() -> None:
 
 async def test_answers_come_back_for_the_refs_asked_and_nothing_else(autojump_clock: trio.testing.MockClock) -> None:
     t = transport()
-    t.expect([1, 2])
+    waiting = t.expect([1, 2])
     t.answered(Ack(7, None))  # not asked by this request: ignored
     t.answered(Ack(2, 5))
     t.answered(Joined(1, 1, 2, 0, None, "e"))
-    assert await t.answers([1, 2], 1) == [Joined(1, 1, 2, 0, None, "e"), Ack(2, 5)]
-    t.expect([3])
+    assert await t.answers(waiting, 1) == [Joined(1, 1, 2, 0, None, "e"), Ack(2, 5)]
+    waiting = t.expect([3])
     start = trio.current_time()
-    assert await t.answers([3], 2) == []  # none came within the timeout
+    assert await t.answers(waiting, 2) == []  # none came within the timeout
     assert trio.current_time() - start == pytest.approx(2)
+
+
+async def test_two_requests_waiting_for_one_ref_both_hear_its_answer(autojump_clock: trio.testing.MockClock) -> None:
+    t = transport()
+    first, second = t.expect([7]), t.expect([7])
+    t.answered(Ack(7, 1))
+    assert await t.answers(first, 1) == [Ack(7, 1)] and await t.answers(second, 1) == [Ack(7, 1)]
+    assert trio.current_time() == 0  # neither waited
 
 
 async def test_a_closed_transport_gives_its_consumer_what_is_left_then_none() -> None:
@@ -127,7 +135,7 @@ async def test_a_closed_transport_gives_its_consumer_what_is_left_then_none() ->
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("chat", "chat"), ("poll.vote", "poll.vote"), ("error", "event"), ("message", "event"), ("welcome", "event"),
-     ("a\nb", "event"), ("a\rb", "event"), ("x\0", "event")],
+     ("a\nb", "event"), ("a\rb", "event"), ("x\0", "event"), ("a\u2028b", "event")],
 )
 def test_an_events_sse_type_is_its_name_unless_that_would_mislead_a_browser(name: str, expected: str) -> None:
     assert sse_type(Event(1, 1, name, None, None, None)) == expected
@@ -140,3 +148,10 @@ def test_the_sse_wire_puts_one_frame_on_one_data_line() -> None:
     assert message.count(b"\n") == 2 and message.startswith(b"event: publish\ndata: {")
     assert SSE.decode(message) == [frame]
     assert decode_json(message.split(b"data: ", 1)[1]) == [frame]
+
+
+def test_the_sse_wire_leaves_no_line_break_a_line_reader_would_split_at() -> None:
+    frame = Publish(1, 2, "chat", {"text": "a\u2028b\u2029c\x85d"}, None)
+    message = SSE.frame(frame)
+    assert message.decode().splitlines() == ["event: publish", message.decode().splitlines()[1]]
+    assert SSE.decode(message) == [frame]
