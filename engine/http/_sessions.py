@@ -57,6 +57,8 @@ JSON_TYPES = frozenset({"application/json", "text/plain", "application/x-www-for
 """Bodies read as JSON: text/plain lets a page's fetch skip the CORS preflight, and
 `curl -d` sends form-urlencoded unless told otherwise."""
 MAX_POLL_TIMEOUT = 120.0
+ALLOWED_METHODS = {"sessions": "POST", "events": "GET", "ID": "DELETE", "poll": "GET", "frames": "POST"}
+"""What a 405 names in its Allow header, by the route's last part (`ID`: the session itself)."""
 IGNORED_BODY_BYTES = 64 * 1024
 """A GET, DELETE or OPTIONS has no body worth reading; one up to this is read and dropped."""
 MAX_QUERY_FIELDS = 70
@@ -128,7 +130,8 @@ class HttpSessions:
             case ["sessions", session_id, "frames"], "POST":
                 await self._frames(ex, request, self._session(session_id, request, query))
             case (["sessions"] | ["events"] | ["sessions", _] | ["sessions", _, "events" | "poll" | "frames"]), _:
-                raise Refusal(405, f"{method} is not served at {path[:200]}", as_json=True)
+                allowed = ALLOWED_METHODS[parts[-1] if len(parts) != 2 else "ID"]
+                raise Refusal(405, f"{method} is not served at {path[:200]}; {allowed} is", (("Allow", allowed),), as_json=True)
             case _:
                 raise _refuse(404, f"nothing is served at {path[:200]} (spec §14 lists the routes)")
 
