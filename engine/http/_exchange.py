@@ -80,7 +80,7 @@ class Exchange:
             if not isinstance(event, h11.Request):  # pragma: no cover - h11 gives a request first
                 raise Refusal(400, "bad request")
             self.request = event
-            if first and len(self.received) > MAX_HEADER_BYTES and self.received.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES) < 0:
+            if _head_bytes(event) > MAX_HEADER_BYTES:
                 # h11 bounds only what is still incomplete; a request read in one go is checked here.
                 raise Refusal(431, f"bad request: the request line and headers are over {MAX_HEADER_BYTES} bytes")
             return event
@@ -198,6 +198,11 @@ class Exchange:
             self.conn.start_next_cycle()
             return True
         return False
+
+
+def _head_bytes(request: h11.Request) -> int:
+    """About what the request line and headers took on the wire."""
+    return len(request.method) + len(request.target) + 12 + sum(len(n) + len(v) + 4 for n, v in request.headers)
 
 
 def header(request: h11.Request, name: bytes) -> str | None:

@@ -82,6 +82,7 @@ class HttpSessions:
         self._start = start
         self._accepting = accepting
         self._transports: dict[str, HttpTransport] = {}
+        self._opening = 0
         self.origins = Origins(config.allow_origins)
         self._limits = CodecLimits(config.max_message_bytes, config.max_frames_per_message)
 
@@ -101,9 +102,9 @@ class HttpSessions:
         target = request.target.decode("ascii", "replace")
         path, _, query_text = target.partition("?")
         try:
-            query = urllib.parse.parse_qs(query_text, max_num_fields=MAX_QUERY_FIELDS)
-        except ValueError as exc:
-            raise _refuse(400, f"bad query: {exc}") from None
+            query = urllib.parse.parse_qs(query_text, max_num_fields=MAX_QUERY_FIELDS, errors="strict")
+        except ValueError as exc:  # UnicodeDecodeError too: a room or token that is not text
+            raise _refuse(400, f"bad query: {exc}"[:300], ErrorCode.INVALID_FIELD if isinstance(exc, UnicodeError) else None) from None
         method = request.method.decode("ascii", "replace")
         if method != "POST":
             await ex.body(IGNORED_BODY_BYTES)  # read past it, so the connection can take the next request
@@ -162,7 +163,7 @@ class HttpSessions:
         if not self._accepting():
             raise Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),), as_json=True)
         c = self.config
-        if len(self._transports) >= c.max_http_sessions:
+        if len(self._transports) + self._opening >= c.max_http_sessions:
             full = f"the server holds {c.max_http_sessions} HTTP sessions; try again shortly"
             raise Refusal(503, full, (("Retry-After", "5"),), as_json=True)
         transport = HttpTransport(
@@ -174,7 +175,11 @@ class HttpSessions:
         )
         transport.put(hello)
         session_id = self._start(transport)
-        first = await transport.first(c.handshake_timeout + c.hook_timeout)
+        self._opening += 1  # counted against the limit while its handshake runs
+        try:
+            first = await transport.first(c.handshake_timeout + c.hook_timeout)
+        finally:
+            self._opening -= 1
         if first is None or not first.startswith(b"event: welcome\n"):
             closed = transport.closed
             await transport.aclose(1000, "handshake refused")
@@ -351,7 +356,7 @@ class HttpSessions:
             transport.forget(waiting)
             raise _refuse(410, "the session has ended") from None
         answers = await transport.answers(waiting, self.config.hook_timeout + 5)
-        if transport.closed is not None and len(answers) < len(waiting):
+        if transport.closed is not None and len(answers) < len(refs):
             code, reason = transport.closed.code, transport.closed.reason
             raise _refuse(410, f"the session ended ({code}: {reason}) before answering; its stream or poll says why", code)
         if content_type == MSGPACK_TYPE:

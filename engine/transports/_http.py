@@ -113,7 +113,7 @@ class HttpTransport:
         self._sink: Sink | None = None
         self._sink_ready = False
         self.closed: TransportClosed | None = None
-        self._waiting: list[dict[int, Frame | None]] = []
+        self._waiting: list[list[list[int | Frame | None]]] = []
         """For each request waiting for answers: its refs, and the answer of each once come."""
         self._answered = trio.Event()
 
@@ -141,41 +141,42 @@ class HttpTransport:
         self._inbound.append(message)
         self._wake_reader()
 
-    def expect(self, refs: Iterable[int]) -> dict[int, Frame | None]:
+    def expect(self, refs: Iterable[int]) -> list[list[int | Frame | None]]:
         """A request is about to `put` frames with these refs and waits for their answers:
-        what `answers` takes (each request its own, so two that use one ref both hear)."""
-        waiting: dict[int, Frame | None] = dict.fromkeys(refs)
+        what `answers` takes, a [ref, answer] slot per request frame."""
+        waiting: list[list[int | Frame | None]] = [[ref, None] for ref in refs]
         if waiting:
             self._waiting.append(waiting)
         return waiting
 
-    def forget(self, waiting: dict[int, Frame | None]) -> None:
-        if waiting in self._waiting:
-            self._waiting.remove(waiting)
+    def forget(self, waiting: list[list[int | Frame | None]]) -> None:
+        if any(w is waiting for w in self._waiting):
+            self._waiting = [w for w in self._waiting if w is not waiting]
 
     def answered(self, frame: Frame) -> None:
-        """The session answered a request (an ack, an error or `joined` with its ref): every
-        request waiting for that ref and not answered yet hears it."""
+        """The session answered a request (an ack, an error or `joined` with its ref): the
+        first slot still waiting for that ref hears it. A ref should name one request at a
+        time (spec §4.1); a ref reused by requests still waiting is answered to them in the
+        order they were sent, as the session answers them."""
         ref = getattr(frame, "ref", None)
-        heard = False
         for waiting in self._waiting:
-            if ref in waiting and waiting[ref] is None:
-                waiting[ref] = frame
-                heard = True
-        if heard:
-            self._answered.set()
-            self._answered = trio.Event()
+            for slot in waiting:
+                if slot[0] == ref and slot[1] is None:
+                    slot[1] = frame
+                    self._answered.set()
+                    self._answered = trio.Event()
+                    return
 
-    async def answers(self, waiting: dict[int, Frame | None], timeout: float) -> list[Frame]:
+    async def answers(self, waiting: list[list[int | Frame | None]], timeout: float) -> list[Frame]:
         """The answers `expect` waits for, once all came, the session ended, or `timeout`
         passed: those that came, in request order."""
         try:
             with trio.move_on_after(timeout):
-                while self.closed is None and None in waiting.values():
+                while self.closed is None and any(slot[1] is None for slot in waiting):
                     await self._answered.wait()
         finally:
             self.forget(waiting)
-        return [f for f in waiting.values() if f is not None]
+        return [slot[1] for slot in waiting if isinstance(slot[1], Frame)]
 
     async def receive_message(self) -> bytes | str:
         while not self._inbound:

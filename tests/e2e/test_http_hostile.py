@@ -208,3 +208,21 @@ async def test_a_request_whose_session_ends_before_answering_is_410_with_the_clo
             '{"kind":"join","ref":3,"room":"r","state_vector":null,"since":null,"epoch":null}]')
     response = await http.post(peer.url("frames"), content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 410 and response.json()["code"] == 4001, response.text  # a second hello is fatal (§6)
+
+
+async def test_the_header_limit_holds_for_every_request_on_a_kept_alive_connection(port: int) -> None:
+    first = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    second = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Junk: " + b"j" * 20_000 + b"\r\n\r\n"
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(first + second)
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 201") and b"HTTP/1.1 431" in data
+
+
+@pytest.mark.parametrize("query", ["room=a%FFb", "room=a%ED%A0%80b", "room=a&token=t%FF"])
+async def test_a_query_that_is_not_utf8_text_is_400(http: httpx.AsyncClient, query: str) -> None:
+    response = await http.get("/v1/events?" + query)
+    assert response.status_code == 400 and response.json()["code"] == ErrorCode.INVALID_FIELD

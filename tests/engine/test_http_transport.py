@@ -114,12 +114,17 @@ async def test_answers_come_back_for_the_refs_asked_and_nothing_else(autojump_cl
     assert trio.current_time() - start == pytest.approx(2)
 
 
-async def test_two_requests_waiting_for_one_ref_both_hear_its_answer(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_ref_reused_by_waiting_requests_is_answered_to_them_in_the_order_they_were_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     t = transport()
-    first, second = t.expect([7]), t.expect([7])
-    t.answered(Ack(7, 1))
-    assert await t.answers(first, 1) == [Ack(7, 1)] and await t.answers(second, 1) == [Ack(7, 1)]
-    assert trio.current_time() == 0  # neither waited
+    first, second, both = t.expect([7]), t.expect([7]), t.expect([8, 8])
+    for answer in (Ack(7, 1), Ack(8, 3), Ack(7, 2), Ack(8, 4)):
+        t.answered(answer)
+    assert await t.answers(first, 1) == [Ack(7, 1)]
+    assert await t.answers(second, 1) == [Ack(7, 2)]
+    assert await t.answers(both, 1) == [Ack(8, 3), Ack(8, 4)]
+    assert trio.current_time() == 0  # none waited
 
 
 async def test_a_closed_transport_gives_its_consumer_what_is_left_then_none() -> None:
