@@ -98,11 +98,11 @@ class EngineConfig:
     """HTTP sessions open at once, engine-wide: one keep-alive connection could otherwise open
     thousands a second, each living `http_session_grace`. Past it, 503 with Retry-After."""
     long_poll_timeout: float = 25 * SECONDS
-    """How long a long-poll waits for something before it answers with nothing (spec §14.5)."""
+    """How long a long-poll waits for something before it answers with nothing (spec §14.4)."""
     resume_window: float = 30 * SECONDS
     resume_bytes: int = 1 * MiB
     """What an HTTP session keeps of what it sent, for a client that comes back with the last
-    position it saw (SSE Last-Event-ID, a poll's `after`, spec §14.3): this long, at most this
+    position it saw (SSE Last-Event-ID, a poll's `after`, spec §14.2): this long, at most this
     many bytes. Past it, the resume is not complete and the client rejoins (spec §7)."""
     sse_retry: float = 2 * SECONDS
     """The reconnection delay an event stream asks a browser's EventSource to use."""

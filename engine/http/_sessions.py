@@ -279,7 +279,7 @@ class HttpSessions:
         lost: bool = False,
     ) -> None:
         """Stream the session's frames as Server-Sent Events until it ends, the client goes,
-        or another stream replaces this one (spec §14.3)."""
+        or another stream replaces this one (spec §14.2)."""
         consumer = transport.attach()
         try:
             prefix = f"id: {session_id}.{transport.key}.".encode()
@@ -315,7 +315,7 @@ class HttpSessions:
 
     async def _poll(self, ex: Exchange, transport: HttpTransport, query: dict[str, list[str]]) -> None:
         """`GET .../poll?after=P[&timeout=S]`: what the session sent after position P, at once
-        if there is any, else within `timeout` seconds (default long_poll_timeout) (spec §14.5)."""
+        if there is any, else within `timeout` seconds (default long_poll_timeout) (spec §14.4)."""
         given = _one(query, "after") is not None
         after = _int(query, "after", transport.taken)
         timeout = min(float(_int(query, "timeout", int(self.config.long_poll_timeout))), MAX_POLL_TIMEOUT)
@@ -344,7 +344,7 @@ class HttpSessions:
         """`POST .../frames`: the body is one message (JSON or msgpack, by Content-Type), read
         by the session as if it came on a WebSocket; the answer holds the answers to its
         requests (ack, error, joined) once all came, or what came within hook_timeout + 5 s
-        (spec §14.4). A body that does not decode is refused (400) and the session is untouched."""
+        (spec §14.3). A body that does not decode is refused (400) and the session is untouched."""
         content_type = _content_type(request)
         body = await ex.body(self.config.max_message_bytes)
         frames = self._decode(body, content_type)
@@ -418,7 +418,7 @@ def _handshake_refusal(first: bytes | None, closed: TransportClosed | None) -> R
 
 
 def _parse_last_event_id(value: str | None) -> tuple[str, str, int] | None:
-    """`SESSION.KEY.POSITION` (spec §14.3), or None."""
+    """`SESSION.KEY.POSITION` (spec §14.2), or None."""
     if not value:
         return None
     session_id, _, rest = value.strip().partition(".")

@@ -111,7 +111,7 @@ class Session(Peer):
 
     def _encode(self, frame: Frame) -> bytes:
         """A frame through the state machine, on this session's wire; an answer to a request
-        also goes to an HTTP request waiting for it (spec §14.4).
+        also goes to an HTTP request waiting for it (spec §14.3).
 
         Raises:
             LocalProtocolError: the state machine refuses it, or a field is invalid.

@@ -94,7 +94,7 @@ class JsonWire(Wire):
 
 
 RESERVED_EVENT_TYPES = frozenset(FRAME_NAMES) | {"message", "open", "error", "close", "resumed", "session"}
-"""Names a room event cannot have as its SSE `event:` type (spec §14.3): a frame kind's, the
+"""Names a room event cannot have as its SSE `event:` type (spec §14.2): a frame kind's, the
 ones a browser's EventSource fires itself, and the transport's own."""
 
 

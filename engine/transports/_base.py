@@ -48,7 +48,7 @@ class NowaitTransport(Transport, Protocol):
 
 @runtime_checkable
 class AnsweringTransport(Transport, Protocol):
-    """A transport whose requests wait for their answers (HTTP, spec §14.4): the session
+    """A transport whose requests wait for their answers (HTTP, spec §14.3): the session
     shows it each answer it sends (an ack, an error or `joined` with a ref)."""
 
     def answered(self, frame: Frame) -> None: ...
