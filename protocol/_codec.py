@@ -244,7 +244,7 @@ class ChannelFrame:
     in the channel, and caches the result because most members share small channel numbers.
     """
 
-    __slots__ = ("frame", "_head", "_tail", "_by_channel", "_derived")
+    __slots__ = ("frame", "_head", "_tail", "_by_channel", "_derived", "_derived_by_channel")
 
     def __init__(self, frame: Frame) -> None:
         if not frame.ROOM_SCOPED:
@@ -257,6 +257,7 @@ class ChannelFrame:
         self._tail = b"".join(packer.pack(v) for v in array[2:])
         self._by_channel: dict[int, bytes] = {}
         self._derived: dict[str, bytes] | None = None
+        self._derived_by_channel: dict[str, dict[int, bytes]] | None = None
 
     def derived(self, name: str, make: Callable[[Frame], bytes]) -> bytes:
         """Bytes made from the frame for another wire (the y-websocket encoding, say), made
@@ -266,6 +267,19 @@ class ChannelFrame:
         data = self._derived.get(name)
         if data is None:
             data = self._derived[name] = make(self.frame)
+        return data
+
+    def derived_for_channel(self, name: str, channel: int, make: Callable[[Frame, int], bytes]) -> bytes:
+        """Like `derived`, for bytes that carry the recipient's channel (the JSON form, say):
+        made once per channel, as `for_channel` makes the msgpack form."""
+        if self._derived_by_channel is None:
+            self._derived_by_channel = {}
+        by_channel = self._derived_by_channel.get(name)
+        if by_channel is None:
+            by_channel = self._derived_by_channel[name] = {}
+        data = by_channel.get(channel)
+        if data is None:
+            data = by_channel[channel] = make(self.frame, channel)
         return data
 
     def for_channel(self, channel: int) -> bytes:

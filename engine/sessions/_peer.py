@@ -435,7 +435,8 @@ class Peer:
 
     def _sent(self, message: bytes | str) -> None:
         # Recorded once delivered to the transport: a send cut short by a close never happened.
-        self.services.record_message(self.id, "out", message, self._frames_of)
+        if self.services.recorder is not None:  # not even a bound method per message otherwise
+            self.services.record_message(self.id, "out", message, self._frames_of)
 
     # -- limits -----------------------------------------------------------------------------
 

@@ -76,7 +76,10 @@ class JsonWire(Wire):
         return encode_json(frame).encode()
 
     def shared(self, shared: ChannelFrame, channel: int) -> bytes:
-        return shared.derived(f"{self.name}{channel}", lambda f: self._trusted(dataclasses.replace(f, channel=channel)))  # type: ignore[type-var]
+        return shared.derived_for_channel(self.name, channel, self._for_channel)
+
+    def _for_channel(self, frame: Frame, channel: int) -> bytes:
+        return self._trusted(dataclasses.replace(frame, channel=channel))  # type: ignore[type-var]
 
     def ack(self, ref: int, value: int | None) -> bytes:
         return self._trusted(Ack(ref, value))

@@ -304,15 +304,13 @@ class HttpTransport:
         """What is after position `after`, waiting up to `timeout` seconds for something:
         [] when nothing came, None when this consumer was replaced or the transport closed
         and everything was taken."""
-        while True:
-            entries = self.take_now(consumer, after)
-            if entries != []:
-                return entries
-            changed = self._output_changed
-            with trio.move_on_after(timeout) as waited:
-                await changed.wait()
-            if waited.cancelled_caught:
-                return []
+        with trio.move_on_after(timeout):  # one deadline, however often the output changes meanwhile
+            while True:
+                entries = self.take_now(consumer, after)
+                if entries != []:
+                    return entries
+                await self._output_changed.wait()
+        return []
 
     def take_now(self, consumer: int, after: int) -> list[tuple[int, bytes]] | None:
         """`take` without waiting: what is after `after` now ([] if nothing yet)."""
@@ -330,6 +328,7 @@ class HttpTransport:
         else:
             entries = [(pos, self._log[pos - self._first]) for pos in range(start, last + 1)]
         if last > self._taken:
+            unsent_before = self._unsent
             for pos in range(max(self._taken + 1, self._first), last + 1):
                 size = len(self._log[pos - self._first])
                 self._unsent -= size
@@ -340,15 +339,17 @@ class HttpTransport:
                 self._marks[-1] = (self._marks[-1][0], last)
             else:
                 self._marks.append((now, last))
-            self.trim()
-            if not self._sink_ready:  # a sink's pushes come from the sender itself
-                self._wake_output()  # flush() may go on
+            self.trim(now)
+            # Waiting on a take: `flush` (only past the limit) and `collected` (only once closed).
+            # A sink's pushes, one per frame sent, wake nobody.
+            if unsent_before > self._unsent_limit or self.closed is not None:
+                self._wake_output()
         return entries
 
-    def trim(self) -> None:
+    def trim(self, now: float | None = None) -> None:
         """Forget what was taken long enough ago, or past `resume_bytes` (at every take, and
         when a consumer has been quiet for a while)."""
-        old = trio.current_time() - self._resume_window
+        old = (trio.current_time() if now is None else now) - self._resume_window
         while self._marks and self._marks[0][0] < old:
             _, upto = self._marks.pop(0)
             while self._log and self._first <= upto:
@@ -357,12 +358,9 @@ class HttpTransport:
             self._drop_first()
 
     def _drop_first(self) -> None:
-        size = len(self._log.popleft())
-        if self._first <= self._taken:
-            self._taken_bytes -= size
-        else:
-            self._unsent -= size
-            self._taken = self._first
+        """Forget the oldest message, which a consumer took (nothing untaken is dropped)."""
+        assert self._first <= self._taken
+        self._taken_bytes -= len(self._log.popleft())
         self._first += 1
 
     async def collected(self) -> None:

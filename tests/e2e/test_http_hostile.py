@@ -32,8 +32,8 @@ async def http(port: int) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def exchange(port: int, raw: bytes, *, then: bytes = b"") -> tuple[int, bytes]:
-    """Send `raw` (and `then`), read until the server closes: (status, body)."""
+async def conversation(port: int, raw: bytes, then: bytes = b"") -> bytes:
+    """Send `raw` (and `then`) on one connection; everything the server answers until it closes."""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(raw)
         if then:
@@ -45,7 +45,12 @@ async def exchange(port: int, raw: bytes, *, then: bytes = b"") -> tuple[int, by
                     data += chunk
             except trio.BrokenResourceError:  # reset after the answer: it was read already
                 pass
-    head, _, body = data.partition(b"\r\n\r\n")
+    return data
+
+
+async def exchange(port: int, raw: bytes, *, then: bytes = b"") -> tuple[int, bytes]:
+    """Send `raw` (and `then`), read until the server closes: (status, body)."""
+    head, _, body = (await conversation(port, raw, then)).partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
 
 
@@ -181,12 +186,7 @@ async def test_a_websocket_upgrade_after_other_requests_on_a_connection_is_400(p
     first = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
     upgrade = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                b"Sec-WebSocket-Version: 13\r\n\r\n")
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(first + upgrade)
-        data = b""
-        with trio.fail_after(5):
-            while chunk := await stream.receive_some(65536):
-                data += chunk
+    data = await conversation(port, first + upgrade)
     assert data.startswith(b"HTTP/1.1 201") and b"HTTP/1.1 400" in data
     await still_serves(http)
 
@@ -213,12 +213,7 @@ async def test_a_request_whose_session_ends_before_answering_is_410_with_the_clo
 async def test_the_header_limit_holds_for_every_request_on_a_kept_alive_connection(port: int) -> None:
     first = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
     second = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Junk: " + b"j" * 20_000 + b"\r\n\r\n"
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(first + second)
-        data = b""
-        with trio.fail_after(5):
-            while chunk := await stream.receive_some(65536):
-                data += chunk
+    data = await conversation(port, first + second)
     assert data.startswith(b"HTTP/1.1 201") and b"HTTP/1.1 431" in data
 
 

@@ -160,3 +160,60 @@ def test_the_sse_wire_leaves_no_line_break_a_line_reader_would_split_at() -> Non
     message = SSE.frame(frame)
     assert message.decode().splitlines() == ["event: publish", message.decode().splitlines()[1]]
     assert SSE.decode(message) == [frame]
+
+
+class StallingSink:
+    """A sink whose socket takes nothing at first (a slow client), then everything."""
+
+    def __init__(self) -> None:
+        self.stalled = True
+        self.written: list[int] = []
+
+    def write_nowait(self, entries: list[tuple[int, bytes]]) -> bool:
+        self.written += [pos for pos, _ in entries]  # kept by the sink, in order
+        return not self.stalled
+
+    def wake(self) -> None:
+        pass
+
+
+async def test_a_sender_waiting_on_a_stalled_stream_goes_on_once_the_stream_drains(autojump_clock: trio.testing.MockClock) -> None:
+    t = transport(unsent_bytes=10)
+    sink = StallingSink()
+    assert t.push_to(t.attach(), sink)
+    t.send_message_nowait(b"a" * 8)  # handed to the sink, which kept it: no more until it drains
+    for _ in range(3):
+        t.send_message_nowait(b"b" * 8)
+    flushed_at = None
+
+    async def flush() -> None:
+        nonlocal flushed_at
+        await t.flush()
+        flushed_at = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flush)
+        await trio.sleep(5)
+        assert flushed_at is None  # 24 bytes wait for the stream
+        sink.stalled = False
+        t.sink_drained()
+    assert flushed_at == pytest.approx(5) and sink.written == [1, 2, 3, 4]
+
+
+async def test_a_poll_waits_its_timeout_once_however_often_the_output_changes(autojump_clock: trio.testing.MockClock) -> None:
+    t = transport()
+    consumer = t.attach()
+    t.send_message_nowait(b"m")
+    await t.take(consumer, 0, 1)
+
+    async def other_output() -> None:
+        for _ in range(10):  # wakes the poll without anything after its position changing
+            await trio.sleep(0.5)
+            t.confirm(1)
+            t._wake_output()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_output)
+        start = trio.current_time()
+        assert await t.take(consumer, 1, 2) == []
+        assert trio.current_time() - start == pytest.approx(2)
