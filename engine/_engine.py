@@ -46,7 +46,7 @@ from .room import (
     SequenceAuthority,
     new_epoch,
 )
-from .http import HttpSessions, serve_connection
+from .http import HttpSessions, Router, serve_connection
 from .http._sessions import PREFIX as HTTP_PREFIX
 from .sessions import Flusher, Peer, Session, SessionServices, YjsSession, check_detach
 from .transports import HttpTransport, MemoryTransport, Transport, memory_transport_pair
@@ -115,6 +115,9 @@ class Engine:
         self._flusher = Flusher(lambda: self.nursery)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
         self._http = HttpSessions(self.config, self._start_http_session, lambda: self._accepting)
+        self.router = Router()
+        """Plain HTTP requests on the engine's port, by path (engine/http/_router.py)."""
+        self.router.add(HTTP_PREFIX, self._http.handle)
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -238,7 +241,7 @@ class Engine:
             accepting=lambda: self._accepting,
             handshake_timeout=self.config.handshake_timeout,
             max_message_bytes=self._max_message_bytes,
-            http_sessions=self._http,
+            router=self.router,
         )
         await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)
 

@@ -2,10 +2,10 @@
 
 Requests are parsed by h11 (engine/http/_exchange.py). A WebSocket upgrade, on any path, is
 handed to `websockets`' sans-I/O protocol for its handshake (the path then picks the protocol:
-engine.serve_transport), and the WebSocket runs in engine/transports/_websocket.py. Requests
-under `/v1/` are the HTTP transports (engine/http/_sessions.py, spec §14), several per
-connection (keep-alive). Any other request gets an HTTP status with a reason in its body, and
-the connection closes:
+engine.serve_transport), and the WebSocket runs in engine/transports/_websocket.py. Plain
+requests on a route (engine/http/_router.py: the HTTP transports under `/v1/`, spec §14; health;
+the server API) are answered, several per connection (keep-alive). Any other request gets an
+HTTP status with a reason in its body, and the connection closes:
 
 - `/` and `/yjs/ROOM` without an upgrade: 426 Upgrade Required (GET, HEAD) or 405;
 - any other path: 404;
@@ -29,7 +29,8 @@ from plait.protocol import YJS_PATH
 
 from ..transports._websocket import WebSocketStream
 from ._exchange import Exchange, Refusal
-from ._sessions import PREFIX, HttpSessions
+from ._router import Route, Router
+from ._sessions import PREFIX
 
 logger = logging.getLogger("plait.http")
 
@@ -48,7 +49,7 @@ async def serve_connection(
     accepting: Callable[[], bool],
     handshake_timeout: float,
     max_message_bytes: Callable[[str], int],
-    http_sessions: HttpSessions | None = None,
+    router: Router | None = None,
 ) -> None:
     """Run one TCP connection: its requests, then `handler` with the WebSocket if one was
     opened. The socket is closed when this returns, whatever happened. Each request (its
@@ -56,7 +57,7 @@ async def serve_connection(
     try:
         # In a coroutine of its own: nothing of the requests' handling (the h11 state, a cancel
         # scope) stays referenced by this frame for the life of a WebSocket (bench/idle.py).
-        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, http_sessions)
+        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router)
         if upgraded is not None:
             await handler(upgraded)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -70,7 +71,7 @@ async def _serve_requests(
     accepting: Callable[[], bool],
     handshake_timeout: float,
     max_message_bytes: Callable[[str], int],
-    http_sessions: HttpSessions | None,
+    router: Router | None,
 ) -> WebSocketStream | None:
     """Answer requests until one opens a WebSocket (returned), one is refused, or the client
     closes the connection (None)."""
@@ -85,7 +86,8 @@ async def _serve_requests(
                 if request is None:
                     return None
                 path = request.target.partition(b"?")[0].decode("ascii", "replace")
-                if http_sessions is None or not path.startswith(PREFIX) or _is_upgrade(request):
+                route = router.find(path) if router is not None and not _is_upgrade(request) else None
+                if route is None:
                     refusal = _route(request, accepting())
                     if refusal is not None:
                         raise refusal
@@ -96,9 +98,9 @@ async def _serve_requests(
                 if first or ex.conn.their_state is not h11.IDLE:
                     raise Refusal(408, f"no complete request within {handshake_timeout:g} s")
                 return None  # an idle keep-alive connection
-            assert http_sessions is not None  # a request under /v1/ that is not an upgrade
+            assert route is not None  # a plain request on a route
             ex.deadline = deadline
-            await _contained(http_sessions.handle, ex, request)
+            await _contained(route, ex, request)
         except Refusal as refusal:
             with trio.move_on_after(1):
                 await ex.refuse(refusal, request)
@@ -108,7 +110,7 @@ async def _serve_requests(
             return None
 
 
-async def _contained(handle: Callable[[Exchange, h11.Request], Awaitable[None]], ex: Exchange, request: h11.Request) -> None:
+async def _contained(handle: Route, ex: Exchange, request: h11.Request) -> None:
     """Run a route: what goes wrong in it is this request's failure (500), never the engine's."""
     try:
         await handle(ex, request)
