@@ -33,6 +33,7 @@ from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Sto
 
 from ._config import EngineConfig
 from ._engine import Engine
+from ._handle import root_value
 from ._record import TraceRecorder
 
 if TYPE_CHECKING:
@@ -133,20 +134,7 @@ async def inspect(choice: StoreChoice, room: str, out: Any = None) -> None:
     first_last = f", seq {data.events[0].seq}..{data.events[-1].seq}" if data.events else ""
     print(f"event history: {len(data.events)} events{first_last}", file=out)
     for name in sorted(doc.keys()):
-        print(f"  {name}: {json.dumps(_root_value(doc, name), ensure_ascii=False, default=repr)}", file=out)
-
-
-def _root_value(doc: pycrdt.Doc[Any], name: str) -> Any:
-    # Root types carry no type tag in an update: show the first reading that holds anything.
-    for kind in (pycrdt.Text, pycrdt.Map, pycrdt.Array):
-        try:
-            value = doc.get(name, type=kind)
-        except Exception:
-            continue
-        shown = str(value) if kind is pycrdt.Text else value.to_py()
-        if shown:
-            return shown
-    return None
+        print(f"  {name}: {json.dumps(root_value(doc, name), ensure_ascii=False, default=repr)}", file=out)
 
 
 def tune_gc() -> None:

@@ -34,6 +34,7 @@ from ._hooks import Hooks, Identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
 from ._metrics import NO_METRICS, ContainedMetrics, Metrics
+from ._operations import RoomInfo, SessionInfo, room_info, session_info
 from .room import (
     LOCAL_FANOUT,
     LOCAL_LEASE,
@@ -52,6 +53,9 @@ from .sessions import Flusher, Peer, Session, SessionServices, YjsSession, check
 from .transports import HttpTransport, MemoryTransport, Transport, memory_transport_pair
 
 logger = logging.getLogger("plait.engine")
+
+MAX_ACCESS_OVERRIDES = 100_000
+"""Access overrides (Engine.set_access) an engine holds at most: each is a few hundred bytes."""
 
 
 def random_session_ids() -> Callable[[], str]:
@@ -339,7 +343,82 @@ class Engine:
         """Server-side access to a room without a connection: read and edit its document,
         publish events, list presence. The room stays loaded while the block runs."""
         async with self.hold_room(name) as room:
-            yield RoomHandle(room)
+            yield RoomHandle(room, self._record)
+
+    # -- operations: what the server API does (spec/api.md) ----------------------------------
+
+    def rooms(self) -> list[RoomInfo]:
+        """Every room loaded now (loading, live or storing before it unloads), by name."""
+        now = trio.current_time()
+        return sorted((room_info(room, now) for room in self._rooms.all()), key=lambda info: info.name)
+
+    def sessions(self, *, room: str | None = None, user: str | None = None) -> list[SessionInfo]:
+        """Sessions open now; only those in `room`, or of the identity id `user`, if given."""
+        found = []
+        for peer in self._sessions.values():
+            if user is not None and peer.identity.get("id") != user:
+                continue
+            info = session_info(peer)
+            if room is None or any(m.room == room for m in info.rooms):
+                found.append(info)
+        return found
+
+    def disconnect(self, *, session: str | None = None, user: str | None = None, reason: str = "") -> int:
+        """End a session, or every session of the identity id `user`, at once: their clients
+        are closed with DISCONNECTED (4013, spec §9), which a client does not retry on its own.
+        Returns how many sessions it ended.
+
+        Raises:
+            ValueError: neither or both of `session` and `user` given.
+        """
+        if (session is None) == (user is None):
+            raise ValueError("give a session or a user")
+        self._record("disconnect", {"session": session, "user": user, "reason": reason})
+        peers = [self._sessions[session]] if session in self._sessions else [] if session is not None else [
+            peer for peer in self._sessions.values() if peer.identity.get("id") == user
+        ]
+        for peer in peers:
+            peer.close(CloseCode.DISCONNECTED, reason or "disconnected by the server")
+        return len(peers)
+
+    def set_access(self, user: str, room: str, access: Access | None) -> int:
+        """Give the identity id `user` this access to `room` (None: no access), now and for
+        every later join, over what `Hooks.authorize` says, until `clear_access`. Members
+        already in the room are told at once (access_changed, or channel_closed FORBIDDEN,
+        spec §5.2). Returns how many memberships changed.
+
+        Raises:
+            ValueError: more than MAX_ACCESS_OVERRIDES overrides would be held.
+        """
+        overrides = self._services.access_overrides
+        if (user, room) not in overrides and len(overrides) >= MAX_ACCESS_OVERRIDES:
+            raise ValueError(f"{MAX_ACCESS_OVERRIDES} access overrides are held already; clear some first")
+        self._record("set_access", {"user": user, "room": room, "access": None if access is None else int(access)})
+        overrides[user, room] = access
+        live = self._rooms.get(room)
+        return live.set_access(user, access) if live is not None else 0
+
+    def clear_access(self, user: str, room: str) -> bool:
+        """Let `Hooks.authorize` decide `user`'s access to `room` again from its next join
+        (members in the room keep the access they have). Whether there was an override."""
+        self._record("clear_access", {"user": user, "room": room})
+        return self._services.access_overrides.pop((user, room), 0) != 0
+
+    async def delete_room(self, name: str) -> None:
+        """Delete a room: every member's channel is closed (ROOM_DELETED; a y-websocket client
+        DISCONNECTED), what was acked is stored, then the room is deleted from the store. A
+        join meanwhile waits, then finds a new, empty room.
+
+        Raises:
+            StorageError: the store failed to delete it.
+        """
+        self._record("delete_room", {"room": name})
+        await self._rooms.delete(name)
+
+    def _record(self, op: str, args: dict[str, Any]) -> None:
+        recorder = self._services.recorder
+        if recorder is not None:
+            recorder.operation(op, args)
 
     def _load(self) -> int:
         """What the reclaimer watches: rooms loaded or unloading, and sessions open."""

@@ -19,6 +19,7 @@ from plait.protocol import (
     PROTOCOL_VERSION,
     Close,
     Open,
+    Operation,
     ProtocolError,
     Raw,
     Stored,
@@ -84,6 +85,10 @@ class TraceRecorder:
         events = tuple((e.seq, e.body) for e in data.events)
         self._write(TraceRecord(self._t(), "", "in", Stored(room, data.snapshot, data.updates, events)))
 
+    def operation(self, op: str, args: dict[str, Any]) -> None:
+        """Something the server's operator did (Engine.set_access, ...): a replay does it again."""
+        self._write(TraceRecord(self._t(), "", "in", Operation(op, args)))
+
     def closed(self, conn: str, direction: str, code: int, reason: str) -> None:
         self._write(TraceRecord(self._t(), conn, direction, Close(code, reason)))  # type: ignore[arg-type]
 
@@ -119,3 +124,6 @@ class RecordingStore:
 
     async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
         await self._store.append_events(room, events, keep)
+
+    async def delete(self, room: str) -> None:
+        await self._store.delete(room)

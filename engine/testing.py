@@ -30,9 +30,11 @@ from plait.protocol import (
     Frame,
     Joined,
     Open,
+    Operation,
     Raw,
     Stored,
     Trace,
+    TraceError,
     TraceRecord,
     TransportClosed,
     decode,
@@ -44,6 +46,7 @@ from plait.storage import MemoryStore, StorageUnavailable, Store, StoredEvent
 
 from ._config import EngineConfig
 from ._engine import Engine
+from ._errors import RequestError
 from ._hooks import EventRejected, Hooks, Identity, Unauthenticated
 from ._record import TraceRecorder
 from .sessions._wire import JSON, SSE
@@ -243,7 +246,9 @@ async def replay(
                 if isinstance(body, Stored):
                     continue  # in the store from the start (_restore_stored)
                 await trio.sleep_until(start + record.t)
-                if isinstance(body, Open):
+                if isinstance(body, Operation):
+                    await perform(engine, body)
+                elif isinstance(body, Open):
                     transport = engine.connect_memory(body.path, buffer=int(settings.get("buffer", 16)))
                     transports[record.conn] = transport
                     if record.conn not in unread:
@@ -291,6 +296,38 @@ async def replay(
                 )
                 break  # the first difference per connection is the useful one
     return result
+
+
+async def perform(engine: Engine, operation: Operation) -> None:
+    """Do again what the server's operator did (spec §10: an `operation` record).
+
+    Raises:
+        TraceError: an operation this engine does not know, or arguments it does not take.
+    """
+    args = operation.args
+    try:
+        match operation.op:
+            case "set_access":
+                access = args["access"]
+                engine.set_access(args["user"], args["room"], None if access is None else Access(access))
+            case "clear_access":
+                engine.clear_access(args["user"], args["room"])
+            case "disconnect":
+                engine.disconnect(session=args.get("session"), user=args.get("user"), reason=args.get("reason", ""))
+            case "delete_room":
+                await engine.delete_room(args["room"])
+            case "publish":
+                async with engine.room(args["room"]) as room:
+                    await room.publish(args["name"], args["payload"], args.get("key"))
+            case "update":
+                async with engine.room(args["room"]) as room:
+                    room.apply_update(args["update"])
+            case _:
+                raise TraceError(f"unknown operation {operation.op!r}")
+    except RequestError:
+        pass  # refused as it was when recorded (a hook's EventRejected, an invalid update)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TraceError(f"operation {operation.op}: bad arguments {args!r:.200}: {exc}") from None
 
 
 def replay_trace(trace: Trace | str | Path, *, hooks: Hooks | None = None) -> ReplayResult:

@@ -43,6 +43,7 @@ from ._frames import (
     Joined as Joined,
     Leave as Leave,
     ChannelClosed as ChannelClosed,
+    AccessChanged as AccessChanged,
     SyncStep1 as SyncStep1,
     SyncStep2 as SyncStep2,
     Update as Update,
@@ -97,6 +98,7 @@ from ._trace import (
     Close as Close,
     Raw as Raw,
     Stored as Stored,
+    Operation as Operation,
     read_trace as read_trace,
     write_trace as write_trace,
 )

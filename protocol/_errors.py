@@ -36,6 +36,10 @@ class ErrorCode(IntEnum):
     EVENT_REJECTED = 2007
     DOCUMENT_TOO_LARGE = 2008
     PRESENCE_TOO_LARGE = 2009
+    ROOM_DELETED = 2010
+    """The server's operator deleted the room; its channel is closed (spec §5.2)."""
+    NOT_FOUND = 2013
+    """(Server API, spec/api.md) no room, session or user of that name."""
 
     SLOW_CONSUMER = 3001
     STORAGE_UNAVAILABLE = 3002
@@ -73,6 +77,8 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 4009
     FORBIDDEN = 4010
     DOCUMENT_TOO_LARGE = 4011
+    DISCONNECTED = 4013
+    """The server's operator ended the session (spec/api.md); not retried automatically."""
 
     @property
     def retryable(self) -> bool:
@@ -102,6 +108,7 @@ _CLOSE_FOR_ERROR = {
     ErrorCode.STORAGE_UNAVAILABLE: CloseCode.INTERNAL_ERROR,
     ErrorCode.FORBIDDEN: CloseCode.FORBIDDEN,
     ErrorCode.DOCUMENT_TOO_LARGE: CloseCode.DOCUMENT_TOO_LARGE,
+    ErrorCode.ROOM_DELETED: CloseCode.DISCONNECTED,
 }
 
 
@@ -119,6 +126,7 @@ _FINAL_CLOSES = frozenset(
         CloseCode.UNAUTHENTICATED,
         CloseCode.FORBIDDEN,
         CloseCode.DOCUMENT_TOO_LARGE,
+        CloseCode.DISCONNECTED,
     }
 )
 

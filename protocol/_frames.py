@@ -80,6 +80,7 @@ class FrameKind(IntEnum):
     JOINED = 11
     LEAVE = 12
     CHANNEL_CLOSED = 13
+    ACCESS_CHANGED = 14
     SYNC_STEP1 = 20
     SYNC_STEP2 = 21
     UPDATE = 22
@@ -306,6 +307,17 @@ class ChannelClosed(Frame):
     channel: int = wire(CHANNEL)
     code: int = wire(UInt(4999))
     message: str = wire(Str(MAX_MESSAGE_TEXT))
+
+
+@final
+@_frame(FrameKind.ACCESS_CHANGED, Sender.SERVER)
+@dataclass(frozen=True, slots=True)
+class AccessChanged(Frame):
+    """The member's access to the room changed while it was in it (spec §5.2): from now on
+    what it sends is judged by `access`, as if `joined` had carried it."""
+
+    channel: int = wire(CHANNEL)
+    access: int = wire(UInt(max(Access)))
 
 
 # -- documents -----------------------------------------------------------------------------

@@ -60,7 +60,17 @@ class Stored:
     events: tuple[tuple[int, bytes], ...] = ()
 
 
-Body = Frame | Raw | Open | Close | Stored
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """Something the server's operator did (spec §10, spec/api.md): `op` names it
+    (`set_access`, `clear_access`, `disconnect`, `delete_room`, `publish`, `update`) and
+    `args` are its arguments, as values (§3.3). Recorded with `conn` "" and `dir` "in"."""
+
+    op: str
+    args: dict[str, Any]
+
+
+Body = Frame | Raw | Open | Close | Stored | Operation
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +121,8 @@ class TraceWriter:
             obj["raw"] = value_to_json(body.data)
         elif isinstance(body, Open):
             obj["open"] = body.path
+        elif isinstance(body, Operation):
+            obj["operation"] = {"op": body.op, "args": value_to_json(body.args)}
         elif isinstance(body, Stored):
             obj["stored"] = {
                 "room": body.room,
@@ -192,9 +204,20 @@ def _record(obj: Any) -> TraceRecord:
         body = Close(int(obj["close"]), str(obj.get("reason", "")))
     elif "stored" in obj:
         body = _stored(obj["stored"])
+    elif "operation" in obj:
+        body = _operation(obj["operation"])
     else:
-        raise TraceError("a record holds one of frame, raw, open, close, stored")
+        raise TraceError("a record holds one of frame, raw, open, close, stored, operation")
     return TraceRecord(float(t), conn, direction, body)
+
+
+def _operation(obj: Any) -> Operation:
+    if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
+        raise TraceError("an operation is {'op': name, 'args': {...}}")
+    args = value_from_json(obj.get("args", {}))
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise TraceError("an operation's args are a map of names to values")
+    return Operation(obj["op"], args)
 
 
 def _stored(obj: Any) -> Stored:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pycrdt
+import trio
 
 from plait.protocol import (
     FRAME_OVERHEAD,
@@ -107,6 +108,7 @@ class DocStrand:
     _pending: Any  # _persist._Pending (that module imports this one)
     _update_check: UpdateCheck
     _changes: int
+    last_activity: float
     _doc_bytes: int
     _doc_bytes_exact: bool
     _origin: Member | None
@@ -189,25 +191,32 @@ class DocStrand:
             if ref is not None:
                 self.ack(member, ref)
             return
-        self._check_size(len(update))  # before reading: a refusal for size costs nothing
-        decoded = read_client_update(update)
-        if len(update) > self._config.max_message_bytes - FRAME_OVERHEAD:
-            # A y-websocket client's update may be larger than a message (§13); it must split
-            # into pieces that fit in one, or it could never reach native members (§3.2).
-            self._pieces(update)
-        self._origin = member
-        try:
-            self._update_check.apply(update, decoded, self._apply)
-        except ValueError as exc:
-            raise RequestError(ErrorCode.INVALID_UPDATE, f"update does not apply: {exc}"[:1024]) from exc
-        finally:
-            self._origin = None
+        self.apply_checked(update, member)
         if ref is not None:
             self._pending.acks.append((member, ref, None))
             self._want_persist()
         elif member.session.CONFIRMS_BY_ECHO:
             self._pending.confirmations.setdefault(member, []).append(update)
             self._want_persist()
+
+    def apply_checked(self, update: bytes, origin: Member | None = None) -> None:
+        """Apply an update that passes the checks every client's update gets (spec §5.3); it
+        reaches every member but `origin` and is stored like theirs (`wait_flushed` waits
+        until it is durable). Raises RequestError (nothing applied): INVALID_UPDATE,
+        DOCUMENT_TOO_LARGE."""
+        self._check_size(len(update))  # before reading: a refusal for size costs nothing
+        decoded = read_client_update(update)
+        if len(update) > self._config.max_message_bytes - FRAME_OVERHEAD:
+            # A y-websocket client's update may be larger than a message (§13); it must split
+            # into pieces that fit in one, or it could never reach native members (§3.2).
+            self._pieces(update)
+        self._origin = origin
+        try:
+            self._update_check.apply(update, decoded, self._apply)
+        except ValueError as exc:
+            raise RequestError(ErrorCode.INVALID_UPDATE, f"update does not apply: {exc}"[:1024]) from exc
+        finally:
+            self._origin = None
 
     def apply_client_updates(self, member: Member, items: list[tuple[bytes, int | None]]) -> None:
         """Apply a burst of a member's updates as one merged update (one transaction, one
@@ -268,6 +277,7 @@ class DocStrand:
         self._update_check.learn(update)
         self._pending.updates.append(update)
         self._changes += 1
+        self.last_activity = trio.current_time()
         self._metrics.add("updates_applied")
         self._want_persist()
         origin = self._origin

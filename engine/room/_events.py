@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
+import trio
 
 from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value, encode_trusted, encoded_size
 from plait.storage import StoredEvent
@@ -173,6 +174,7 @@ class EventsStrand:
     _metrics: Metrics
     _pending: Any  # _persist._Pending (that module imports this one)
     _changes: int
+    last_activity: float
 
     if TYPE_CHECKING:
         def _want_persist(self) -> None: ...
@@ -218,6 +220,7 @@ class EventsStrand:
         self._check_still_here(member)
         record = self._events.append(name, payload, session, user, key, seq, size)
         self._pending.events.append(record)
+        self.last_activity = trio.current_time()
         self._changes += 1
         self._metrics.add("events_published")
         if member is not None and ref is not None:
@@ -235,6 +238,8 @@ class EventsStrand:
             raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "room is not live")
         if member is not None and self._members.get(member.session) is not member:
             raise RequestError(ErrorCode.UNKNOWN_CHANNEL, "the publisher left the room")
+        if member is not None and not member.access.may_publish:  # taken away meanwhile (spec §5.2)
+            raise RequestError(ErrorCode.FORBIDDEN, "read-only member: publishing refused")
 
     def _check_event_fits(self, member: Member | None, name: str, payload: Any) -> int:
         """The event's encoded size, at most. Refuse an event whose frame would be longer than

@@ -89,6 +89,9 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._lease = lease
         self._metrics = metrics
         self._members: dict[MemberSession, Member] = {}
+        self.last_activity = trio.current_time()
+        """When a member last joined or left, the document last changed or an event was
+        published (Trio's clock)."""
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
         self._ephemeral = Ephemeral(name, config, self._members, fanout)
@@ -261,6 +264,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
             missed, resumed = self._events.since(join.since, join.epoch)
         member = Member(session, self, channel, access)
         self._members[session] = member
+        self.last_activity = trio.current_time()
         self._membership_changed.set()
         self._ephemeral.joined(session)
         session.deliver_frames(member, [
@@ -279,6 +283,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         if self._members.get(member.session) is not member:
             return
         self._remove(member)
+        self.last_activity = trio.current_time()
         self._ephemeral.left(member.session.id, disconnected=disconnected)
         self._membership_changed.set()
         self._ephemeral.want_tick()
@@ -293,6 +298,26 @@ class Room(DocStrand, EventsStrand, PersistStrand):
     @property
     def member_count(self) -> int:
         return len(self._members)
+
+    def members(self) -> list[Member]:
+        return list(self._members.values())
+
+    @property
+    def document_bytes(self) -> int:
+        """The document's size, about: its snapshot plus the updates since (exact after a
+        compaction)."""
+        return self._doc_bytes
+
+    @property
+    def head(self) -> int:
+        """The latest event sequence (spec §5.6)."""
+        return self._events.head
+
+    def history(self, since: int, epoch: str | None) -> tuple[list[EventRecord], bool, str]:
+        """Events after (`epoch`, `since`), whether that is all of them, and the history's
+        epoch (spec §7)."""
+        records, complete = self._events.since(since, epoch)
+        return records, complete, self._events.epoch
 
     # -- presence, cursors, typing, awareness: the ephemeral strand's (_ephemeral.py) ---------
 
@@ -334,6 +359,26 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self.close_all(ErrorCode.INTERNAL, "internal error")
         self._commit_done.set()
         self._closed.set()
+
+    def set_access(self, user: str, access: Access | None) -> int:
+        """Change the access of every member whose identity id is `user` (spec §5.2): each is
+        told (access_changed), or, for None, removed (channel_closed FORBIDDEN). From the
+        moment this returns, what those members send is judged by the new access. Returns
+        how many memberships it changed."""
+        changed = 0
+        for member in list(self._members.values()):
+            if member.session.identity.get("id") != user:
+                continue
+            if access is None:
+                self.remove_member(member, disconnected=False)
+                member.session.close_channel(member, ErrorCode.FORBIDDEN, "your access to this room was taken away")
+            elif member.access is not access:
+                member.access = access
+                member.session.access_changed(member)
+            else:
+                continue
+            changed += 1
+        return changed
 
     def close_all(self, code: int, message: str) -> None:
         """Server-side: end every membership with channel_closed (spec §5.2)."""
@@ -382,6 +427,7 @@ class RoomRegistry:
         self._metrics = metrics
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
+        self._deleting: dict[str, trio.Event] = {}
 
     @property
     def loaded(self) -> int:
@@ -410,6 +456,10 @@ class RoomRegistry:
         while True:
             if not self._accepting():
                 raise RequestError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+            deleting = self._deleting.get(name)
+            if deleting is not None:
+                await deleting.wait()  # then a fresh, empty room
+                continue
             room = self._rooms.get(name)
             if room is None:
                 previous = self._unloading.get(name)
@@ -433,6 +483,36 @@ class RoomRegistry:
                 return
             finally:
                 room.release()
+
+    def get(self, name: str) -> Room | None:
+        """The room `name` if it is loading or live (never loads it)."""
+        return self._rooms.get(name)
+
+    def live(self) -> list[Room]:
+        """Every room loading or live."""
+        return list(self._rooms.values())
+
+    async def delete(self, name: str) -> None:
+        """Delete a room: end every membership (channel_closed ROOM_DELETED, spec §5.2), let
+        it unload (what was acked is stored first), then delete it from the store. A join or
+        hold meanwhile waits, then gets a new, empty room.
+
+        Raises:
+            StorageError: the store failed to delete it.
+        """
+        while (other := self._deleting.get(name)) is not None:
+            await other.wait()
+        done = self._deleting[name] = trio.Event()
+        try:
+            for room in (self._rooms.get(name), self._unloading.get(name)):
+                if room is not None:
+                    room.close_all(ErrorCode.ROOM_DELETED, "the room was deleted")
+                    room.request_unload()
+                    await room.wait_closed()
+            await self.store.delete(name)
+        finally:
+            del self._deleting[name]
+            done.set()
 
     def _room_draining(self, room: Room) -> None:
         if self._rooms.get(room.name) is room:

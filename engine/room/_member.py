@@ -61,6 +61,9 @@ class MemberSession(Protocol):
     def close_channel(self, member: Member, code: int, message: str) -> None:
         """The server ends a membership (spec §5.2)."""
 
+    def access_changed(self, member: Member) -> None:
+        """The member's access changed to `member.access` while it was in the room (spec §5.2)."""
+
     def query_awareness(self, member: Member) -> None:
         """Ask the client to send its awareness state again (y-websocket only)."""
 

@@ -36,6 +36,8 @@ class RoomStore(Protocol):
 
     async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None: ...
 
+    async def delete(self, room: str) -> None: ...
+
 
 class CompactionLease(Protocol):
     """Who may compact a room: replace its snapshot and drop the updates it covers. In one

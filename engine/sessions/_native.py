@@ -18,6 +18,7 @@ import trio
 from plait.protocol import (
     STALE,
     Access,
+    AccessChanged,
     Ack,
     ChannelClosed,
     ChannelFrame,
@@ -446,6 +447,12 @@ class Session(Peer):
         self._rooms.pop(member.room.name, None)
         self.outbox.forget_channel(member.channel)
         self.send_frames([ChannelClosed(member.channel, code, message[:1024])])
+
+    def access_changed(self, member: Member) -> None:
+        """The member's access changed (spec §5.2): it is told before anything else it sends
+        is judged by it."""
+        if self._members.get(member.channel) is member:
+            self.send_frames([AccessChanged(member.channel, int(member.access))])
 
 
 def _runs_of_updates(frames: list[Frame]) -> list[Frame | list[Update]]:

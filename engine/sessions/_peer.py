@@ -189,6 +189,10 @@ class Peer:
         """The server ends a membership (spec §5.2)."""
         raise NotImplementedError
 
+    def access_changed(self, member: Member) -> None:
+        """The member's access changed to `member.access` (spec §5.2)."""
+        raise NotImplementedError
+
     def _messages(self, batch: list[bytes]) -> Sequence[bytes | str]:
         """The messages that carry a batch of queued frames."""
         raise NotImplementedError
@@ -485,14 +489,21 @@ class Peer:
         if self._close_code is None and not self.outbox.put_ephemeral(data, channel, refresh):
             self.close(CloseCode.TOO_SLOW, "too slow")
 
+    def memberships(self) -> list[Member]:
+        """The rooms this session is in now."""
+        return list(self._members.values())
+
     def _admit(self, room: Room, channel: int, access: Access, join: Join) -> Member:
         """`room.add_member`, its catch-up queued outside the outbox budget: the document
         (max_document_bytes), the missed events (event_history_bytes) and the room's presence
         (max_room_presence_bytes) are each bounded, but together they may pass the budget,
         and a member that can never join is worse than one that reads a large first message."""
+        overridden = self.services.access_now(self.identity, room.name, access)
+        if overridden is None:  # taken away while the join waited (Engine.set_access)
+            raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {room.name!r}")
         self._catching_up = True
         try:
-            return room.add_member(self, channel, access, join)
+            return room.add_member(self, channel, overridden, join)
         finally:
             self._catching_up = False
 

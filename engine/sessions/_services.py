@@ -80,6 +80,9 @@ class SessionServices:
         self.recorder = recorder
         self.large_sends = trio.CapacityLimiter(config.concurrent_large_sends)
         """Large messages are sent a few at a time, whatever the number of connections."""
+        self.access_overrides: dict[tuple[str, str], Access | None] = {}
+        """(identity id, room) -> the access the server's operator set (Engine.set_access),
+        which wins over `Hooks.authorize` until cleared."""
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
         """The identity `Hooks.authenticate` gives a token. Raises Unauthenticated (refused)
@@ -90,9 +93,18 @@ class SessionServices:
         return checked_identity(identity, self.config.presence_limit)
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
-        """`Hooks.authorize`'s answer. Raises HookFailed if the hook misbehaved (logged)."""
+        """The access the operator set (`access_overrides`), else `Hooks.authorize`'s answer.
+        Raises HookFailed if the hook misbehaved (logged)."""
+        key = (identity["id"], room)
+        if key in self.access_overrides:
+            return self.access_overrides[key]
         access = await call_hook("authorize", lambda: self.hooks.authorize(identity, room), self.config.hook_timeout)
         return checked_access(access)
+
+    def access_now(self, identity: Identity, room: str, authorized: Access) -> Access | None:
+        """The access a member is admitted with: what `authorize` said, unless the operator set
+        another since (the join awaited the hook and the room's loading meanwhile)."""
+        return self.access_overrides.get((identity["id"], room), authorized)
 
     # -- recording (plait serve --record) -----------------------------------------------------
 

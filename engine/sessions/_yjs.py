@@ -279,6 +279,11 @@ class YjsSession(Peer):
         logger.info("yjs session %s: the room ended it: %s (%d)", self.id, message, code)
         self.close(close_code_for(code), message)
 
+    def access_changed(self, member: Member) -> None:
+        """y-websocket has no way to say so (spec §13): from now on the client's updates are
+        applied or ignored as its new access says."""
+        logger.info("yjs session %s: access to %r is now %s", self.id, member.room.name, member.access.name.lower())
+
 
 UPDATE_PREFIX = encode_sync(YSyncStep.UPDATE, b"")[:2]
 MERGE_CACHE_SIZE = 256

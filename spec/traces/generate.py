@@ -33,6 +33,7 @@ from plait.protocol import (
     Join,
     Leave,
     Open,
+    Operation,
     Ping,
     PresencePatch,
     PresenceSet,
@@ -69,6 +70,10 @@ class Script:
 
     def close(self, t: float, conn: str, code: int = 1000) -> None:
         self.records.append(TraceRecord(t, conn, "in", Close(code)))
+
+    def operation(self, t: float, op: str, **args: Any) -> None:
+        """The server's operator does something (spec/api.md): Engine.set_access, ..."""
+        self.records.append(TraceRecord(t, "", "in", Operation(op, args)))
 
     def hello(self, t: float, conn: str, token: str | None = None, path: str = "/") -> None:
         self.open(t, conn, path)
@@ -376,6 +381,29 @@ def scenarios() -> dict[str, Script]:
     x.send(0, "w1", Join(1, "r", None, None))
     x.close(30, "h1", 4005)
     x.end(35)
+
+    x = s["operator"] = Script(
+        "what the server's operator does (spec/api.md) as members see it: a server event and a server edit; "
+        "bob made read-only (access_changed, then his update and publish are FORBIDDEN), then given no access "
+        "(channel_closed FORBIDDEN) and refused on rejoin; the room deleted (channel_closed ROOM_DELETED); "
+        "carol disconnected (4013)",
+        hooks="tokens",
+        check_times=True,
+    )
+    x.hello(0, "s1", token="alice")
+    x.send(0, "s1", Join(1, "doc", None, None))
+    x.hello(0, "s2", token="bob")
+    x.send(0, "s2", Join(1, "doc", None, None))
+    x.hello(0, "s3", token="carol")
+    x.operation(1, "publish", room="doc", name="notice", payload={"text": "maintenance at noon"}, key="n1")
+    x.operation(1.5, "update", room="doc", update=text_update(7, "from the server"))
+    x.operation(2, "set_access", user="bob", room="doc", access=1)
+    x.send(2.5, "s2", Update(1, 2, text_update(8, "bob writes")), Publish(1, 3, "chat", {"text": "hi"}, None))
+    x.operation(3, "set_access", user="bob", room="doc", access=None)
+    x.send(3.5, "s2", Join(4, "doc", None, None))
+    x.operation(4, "delete_room", room="doc")
+    x.operation(5, "disconnect", user="carol", reason="account closed")
+    x.end(6)
     return s
 
 

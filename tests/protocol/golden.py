@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from plait.protocol import (
     Ack,
+    AccessChanged,
     ChannelClosed,
     CursorMove,
     CursorPosition,
@@ -60,6 +61,8 @@ GOLDEN: list[tuple[Frame, str]] = [
      "930c0109"),
     (ChannelClosed(channel=1, code=3002, message='storage unavailable'),
      "940d01cd0bbab373746f7261676520756e617661696c61626c65"),
+    (AccessChanged(channel=1, access=1),
+     "930e0101"),
     (SyncStep1(channel=1, state_vector=b'\x00'),
      "931401c40100"),
     (SyncStep2(channel=1, ref=None, update=b'\x00\x00'),

@@ -33,6 +33,7 @@ NOT_ON_THE_WIRE = {
     ErrorCode.SLOW_CONSUMER: "a client too slow to read gets close 4006, not a frame it could not read",
     ErrorCode.SHUTTING_DOWN: "covered by tests/engine (a join racing shutdown); a trace ends before shutdown",
     ErrorCode.INTERNAL: "a server bug by definition; tests/engine checks the containment",
+    ErrorCode.NOT_FOUND: "the server API's answer (spec/api.md), never a frame; tests/e2e/test_server_api.py",
 }
 
 
