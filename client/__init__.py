@@ -11,6 +11,7 @@ from ._errors import *  # noqa: F403  (one typed error per protocol code)
 from ._errors import ConnectionClosed as ConnectionClosed
 from ._errors import PlaitError as PlaitError
 from ._errors import RequestFailed as RequestFailed
+from ._room import AccessChange as AccessChange
 from ._room import Change as Change
 from ._room import ConnectionChanged as ConnectionChanged
 from ._room import CursorsChanged as CursorsChanged

@@ -115,6 +115,13 @@ class PresenceTooLarge(RequestFailed):
     code = ErrorCode.PRESENCE_TOO_LARGE
 
 
+class RoomDeleted(RequestFailed):
+    """The server's operator deleted the room (spec §5.2): the room is left, and is not
+    joined again on its own (its document would bring the deleted one back)."""
+
+    code = ErrorCode.ROOM_DELETED
+
+
 class SlowConsumer(RequestFailed):
     code = ErrorCode.SLOW_CONSUMER
 
@@ -136,7 +143,7 @@ ERROR_TYPES: dict[int, type[RequestFailed]] = {
     for cls in (
         MalformedFrame, UnknownKind, UnexpectedFrame, FrameTooLarge, UnsupportedVersion,
         InvalidField, TooDeep, UnknownChannel, InvalidUpdate, InvalidRoomName, Unauthenticated,
-        Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, DocumentTooLarge, PresenceTooLarge,
+        Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, DocumentTooLarge, PresenceTooLarge, RoomDeleted,
         SlowConsumer, StorageUnavailable, ShuttingDown, InternalError,
     )
 }
@@ -157,7 +164,7 @@ __all__ = [
     "EventsLost", "error_for",
     "MalformedFrame", "UnknownKind", "UnexpectedFrame", "FrameTooLarge", "UnsupportedVersion",
     "InvalidField", "TooDeep", "UnknownChannel", "InvalidUpdate", "InvalidRoomName", "Unauthenticated",
-    "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "PresenceTooLarge",
+    "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "PresenceTooLarge", "RoomDeleted",
     "SlowConsumer", "StorageUnavailable", "ShuttingDown", "InternalError",
 ]
 

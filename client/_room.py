@@ -13,6 +13,7 @@ import pycrdt
 import trio
 
 from plait.protocol import (
+    AccessChanged,
     ChannelClosed,
     CursorMove,
     Cursors,
@@ -214,7 +215,17 @@ class DocumentReset:
     discarded: bytes
 
 
-Change = PresenceChanged | CursorsChanged | TypingChanged | ConnectionChanged | HistoryGap | DocumentReset
+@dataclass(frozen=True, slots=True)
+class AccessChange:
+    """The server's operator changed this member's access to the room while it was in it
+    (spec §5.2): `room.access` is now `access` (1 read, 3 comment, 2 write). Edits made with
+    less than write access are refused (DocumentReset), publishes with read access (Forbidden).
+    Access taken away altogether ends the room instead (Forbidden from `flushed()`/`publish`)."""
+
+    access: int
+
+
+Change = PresenceChanged | CursorsChanged | TypingChanged | ConnectionChanged | HistoryGap | DocumentReset | AccessChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,9 +635,15 @@ class Room:
                 if self.last_seq is None or frame.seq > self.last_seq:
                     self.last_seq = frame.seq
                     self._events.publish(RoomEvent(frame.seq, frame.name, frame.payload, frame.session, frame.user))
+            case AccessChanged(access=access):
+                self.access = access
+                self._changes.publish(AccessChange(access))
             case ChannelClosed(code=code, message=message):
                 self.channel = None
-                self._join_error = error_for(code, message)
+                error = self._join_error = error_for(code, message)
+                # What waits for an answer gets the reason the room ended, not the
+                # UNKNOWN_CHANNEL the server gives what crossed the close on the wire.
+                self._fail_publishes(error.copy)
                 self._wake()
             case _:
                 pass

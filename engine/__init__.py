@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from plait.protocol import TransportClosed as TransportClosed
 
+from ._api import serve_api as serve_api
 from ._config import EngineConfig as EngineConfig
 from ._engine import Engine as Engine
 from ._errors import RequestError as RequestError
 from ._errors import RoomUnavailable as RoomUnavailable
+from ._handle import History as History
+from ._handle import HistoryEvent as HistoryEvent
 from ._handle import RoomHandle as RoomHandle
 from ._hooks import EventRejected as EventRejected
 from ._hooks import Hooks as Hooks
@@ -15,6 +18,9 @@ from ._hooks import Identity as Identity
 from ._hooks import Unauthenticated as Unauthenticated
 from ._metrics import Metrics as Metrics
 from ._metrics import NoMetrics as NoMetrics
+from ._operations import Membership as Membership
+from ._operations import RoomInfo as RoomInfo
+from ._operations import SessionInfo as SessionInfo
 from .transports import MemoryTransport as MemoryTransport
 from .transports import Transport as Transport
 from .transports import WebSocketTransport as WebSocketTransport

@@ -31,6 +31,10 @@ import trio
 from plait.protocol import MAX_ROOM_NAME, MiB
 from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store, StoreLocked
 
+from ._admin import AdminError
+from ._admin import add_commands as add_admin_commands
+from ._admin import run as run_admin
+from ._api import KEY_RULE, good_api_key, serve_api
 from ._config import EngineConfig
 from ._engine import Engine
 from ._handle import root_value
@@ -201,6 +205,7 @@ async def serve(
     *,
     record: Path | None = None,
     ready: trio.Event | None = None,
+    api_keys: Sequence[str] = (),
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully.
 
@@ -231,6 +236,8 @@ async def serve(
                 recorder = TraceRecorder(trace, asdict(config))
             unbound: OSError | None = None
             async with Engine(store=store, config=config, recorder=recorder) as engine:
+                if api_keys:
+                    serve_api(engine, api_keys)
                 async with trio.open_nursery() as nursery:
                     try:
                         bound = await nursery.start(engine.serve_websocket, host, port)
@@ -381,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--allow-origin", type=_origin, action="append", default=[], metavar="ORIGIN",
                            help="a web origin (https://app.example.com) whose pages may use the HTTP transports "
                                 "(/v1/); repeat for more, * for any (default: the server's own origin only)")
+    serve_cmd.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                           help="serve the server API (spec/api.md) under /api/ to requests giving this key as "
+                                "Authorization: Bearer KEY (16+ characters); repeat to accept several. Off without one. "
+                                "A key on a command line shows in ps: prefer PLAIT_API_KEY")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
@@ -391,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_argument("--data", type=Path, default=Path("plait-data"), metavar="DIR", help="data folder (default ./plait-data)")
     inspect_cmd.add_argument("--store", default=None, metavar="STORE", help=stores)
     inspect_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
+    admin_cmd = commands.add_parser("admin", help="the server API from a terminal (spec/api.md)")
+    admin_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
+    add_admin_commands(admin_cmd)
     client_cmd = commands.add_parser("client", help="join a room from the terminal")
     client_cmd.add_argument("url", type=_ws_url, help="server URL, e.g. ws://127.0.0.1:8765/")
     client_cmd.add_argument("room", type=_room, help="room name")
@@ -434,11 +448,19 @@ def _run(args: argparse.Namespace) -> int:
             reclaim_interval=RECLAIM_INTERVAL,
             allow_origins=tuple(args.allow_origin),
         )
-        trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record))
+        api_keys = args.api_key or ([os.environ["PLAIT_API_KEY"]] if os.environ.get("PLAIT_API_KEY") else [])
+        if not all(map(good_api_key, api_keys)):
+            raise CommandError(f"--api-key: {KEY_RULE}", USAGE)
+        trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys))
     elif args.command == "inspect":
         trio.run(inspect, choose_store(args.store, args.data), args.room)
     elif args.command == "replay":
         return FAILED if replay(args.files) else 0
+    elif args.command == "admin":
+        try:
+            return run_admin(args)
+        except AdminError as exc:
+            raise CommandError(str(exc)) from None
     elif args.command == "client":
         # The terminal client lives with the client SDK; only this command loads it.
         from plait.client import terminal_main

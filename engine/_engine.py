@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from plait.protocol import YJS_PATH, Access, CloseCode
+from plait.protocol import YJS_PATH, Access, CloseCode, PresenceEntry
 from plait.storage import MemoryStore, Store
 
 from ._config import EngineConfig
@@ -351,6 +351,11 @@ class Engine:
         """Every room loaded now (loading, live or storing before it unloads), by name."""
         now = trio.current_time()
         return sorted((room_info(room, now) for room in self._rooms.all()), key=lambda info: info.name)
+
+    def presence(self, room: str) -> tuple[PresenceEntry, ...]:
+        """Who is in `room` now (spec §5.4); empty if it is not loaded (it is never loaded)."""
+        live = self._rooms.get(room)
+        return live.presence() if live is not None else ()
 
     def sessions(self, *, room: str | None = None, user: str | None = None) -> list[SessionInfo]:
         """Sessions open now; only those in `room`, or of the identity id `user`, if given."""

@@ -63,6 +63,16 @@ class RoomHandle:
     def presence(self) -> tuple[PresenceEntry, ...]:
         return self._room.presence()
 
+    @property
+    def document_bytes(self) -> int:
+        """The document's size, about (Yjs v1 encoding; exact after a compaction)."""
+        return self._room.document_bytes
+
+    @property
+    def empty(self) -> bool:
+        """Whether the room holds nothing: no document content, no event ever, no member."""
+        return self._room.head == 0 and self._room.member_count == 0 and self._room.doc.get_state() == b"\x00"
+
     async def publish(self, name: str, payload: Any, key: str | None = None) -> int:
         """Publish an event as the server; returns its sequence number. With `key`, an
         idempotency key (spec §4.2): publishing again with it while the first event is in
@@ -122,7 +132,9 @@ class RoomHandle:
         return out
 
     def history(self, since: int = 0, epoch: str | None = None) -> History:
-        """The events after `since` (of the history `epoch`, spec §7) that the room holds."""
+        """The events after `since` that the room holds; `since` counts in the history `epoch`
+        (spec §7; None: the room's current one). A position from another history gives
+        the whole history, not complete."""
         records, complete, current = self._room.history(since, epoch)
         events = tuple(HistoryEvent(r.seq, r.name, r.payload, r.session, r.user) for r in records)
         return History(current, self._room.head, complete, events)

@@ -144,4 +144,5 @@ from ._json import (
     encode_json_trusted as encode_json_trusted,
     frame_from_json as frame_from_json,
     frame_to_json as frame_to_json,
+    value_to_json as value_to_json,
 )

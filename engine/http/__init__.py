@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ._exchange import Exchange as Exchange
 from ._exchange import Refusal as Refusal
+from ._exchange import header as header
 from ._router import Route as Route
 from ._router import Router as Router
 from ._server import serve_connection as serve_connection

@@ -15,6 +15,8 @@ from http import HTTPStatus
 import h11
 import trio
 
+from plait.protocol import ErrorCode
+
 logger = logging.getLogger("plait.http")
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -24,7 +26,7 @@ RECEIVE_BYTES = 64 * 1024
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: raising sets __traceback__ (contextlib's __aexit__ does)
 class Refusal(Exception):
     """An HTTP answer that refuses the request (`code`: a spec §8/§9 code, when one says why)."""
 
@@ -156,6 +158,9 @@ class Exchange:
             obj: dict[str, object] = {"status": refusal.status, "error": refusal.reason}
             if refusal.code is not None:
                 obj["code"] = refusal.code
+                known = ErrorCode._value2member_map_.get(refusal.code)
+                if isinstance(known, ErrorCode):
+                    obj["name"] = known.name
             body = json.dumps(obj, ensure_ascii=False).encode()
             content_type = "application/json"
         else:

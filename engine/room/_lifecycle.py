@@ -314,9 +314,9 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         return self._events.head
 
     def history(self, since: int, epoch: str | None) -> tuple[list[EventRecord], bool, str]:
-        """Events after (`epoch`, `since`), whether that is all of them, and the history's
-        epoch (spec §7)."""
-        records, complete = self._events.since(since, epoch)
+        """Events after (`epoch`, `since`; None: this history's), whether that is all of
+        them, and the history's epoch (spec §7)."""
+        records, complete = self._events.since(since, self._events.epoch if epoch is None else epoch)
         return records, complete, self._events.epoch
 
     # -- presence, cursors, typing, awareness: the ephemeral strand's (_ephemeral.py) ---------

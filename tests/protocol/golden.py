@@ -7,8 +7,8 @@ test to update.
 from __future__ import annotations
 
 from plait.protocol import (
-    Ack,
     AccessChanged,
+    Ack,
     ChannelClosed,
     CursorMove,
     CursorPosition,
