@@ -453,7 +453,7 @@ class ServerApi:
         count = self._engine.disconnect(user=user)
         await ex.respond_json(200, {"user": user, "disconnected": count})
 
-    def _existing(self, room: str) -> Any:
+    def _existing(self, room: str) -> _ExistingRoom:
         return _ExistingRoom(self._engine, room)
 
 

@@ -361,24 +361,24 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._closed.set()
 
     def set_access(self, user: str, access: Access | None) -> int:
-        """Change the access of every member whose identity id is `user` (spec §5.2): each is
-        told (access_changed), or, for None, removed (channel_closed FORBIDDEN). From the
-        moment this returns, what those members send is judged by the new access. Returns
-        how many memberships it changed."""
-        changed = 0
-        for member in list(self._members.values()):
-            if member.session.identity.get("id") != user:
-                continue
-            if access is None:
-                self.remove_member(member, disconnected=False)
-                member.session.close_channel(member, ErrorCode.FORBIDDEN, "your access to this room was taken away")
-            elif member.access is not access:
-                member.access = access
-                member.session.access_changed(member)
-            else:
-                continue
-            changed += 1
-        return changed
+        """Change the access of every member whose identity id is `user` (change_access).
+        Returns how many memberships it changed."""
+        members = [m for m in self._members.values() if m.session.identity.get("id") == user]
+        return sum(self.change_access(member, access) for member in members)
+
+    def change_access(self, member: Member, access: Access | None) -> bool:
+        """Change a member's access (spec §5.2): it is told (access_changed), or, for None,
+        removed (channel_closed FORBIDDEN). From the moment this returns, what it sends is
+        judged by the new access. Whether anything changed."""
+        if self._members.get(member.session) is not member or member.access is access:
+            return False
+        if access is None:
+            self.remove_member(member, disconnected=False)
+            member.session.close_channel(member, ErrorCode.FORBIDDEN, "your access to this room was taken away")
+        else:
+            member.access = access
+            member.session.access_changed(member)
+        return True
 
     def close_all(self, code: int, message: str) -> None:
         """Server-side: end every membership with channel_closed (spec §5.2)."""
