@@ -36,6 +36,7 @@ class ErrorCode(IntEnum):
     EVENT_REJECTED = 2007
     DOCUMENT_TOO_LARGE = 2008
     PRESENCE_TOO_LARGE = 2009
+    TOO_MANY_CONNECTIONS = 2012
 
     SLOW_CONSUMER = 3001
     STORAGE_UNAVAILABLE = 3002
@@ -73,6 +74,8 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 4009
     FORBIDDEN = 4010
     DOCUMENT_TOO_LARGE = 4011
+    TOO_MANY_CONNECTIONS = 4014
+    """The user holds as many sessions as the server allows (spec §5.1); retry with backoff."""
 
     @property
     def retryable(self) -> bool:
@@ -102,6 +105,7 @@ _CLOSE_FOR_ERROR = {
     ErrorCode.STORAGE_UNAVAILABLE: CloseCode.INTERNAL_ERROR,
     ErrorCode.FORBIDDEN: CloseCode.FORBIDDEN,
     ErrorCode.DOCUMENT_TOO_LARGE: CloseCode.DOCUMENT_TOO_LARGE,
+    ErrorCode.TOO_MANY_CONNECTIONS: CloseCode.TOO_MANY_CONNECTIONS,
 }
 
 
