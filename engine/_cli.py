@@ -414,8 +414,8 @@ def build_parser() -> _Parser:
     serve_cmd.add_argument("--max-document-mib", type=_positive, metavar="N", default=defaults.max_document_bytes // MiB,
                            help="largest document a room may hold, in MiB (default %(default)s)")
     serve_cmd.add_argument("--allow-origin", type=_origin, action="append", default=[], metavar="ORIGIN",
-                           help="a web origin (https://app.example.com) whose pages may use the HTTP transports "
-                                "(/v1/); repeat for more, * for any (default: the server's own origin only)")
+                           help="a web origin (https://app.example.com) whose pages may open WebSockets and use the "
+                                "HTTP transports (/v1/); repeat for more, * for any (default: the server's own origin only)")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
     serve_cmd.add_argument("--max-connections-per-ip", type=_count, metavar="N", default=defaults.max_connections_per_ip,

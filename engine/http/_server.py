@@ -45,6 +45,7 @@ prefix, say); a plain request only on these."""
 
 Handler = Callable[[WebSocketStream], Awaitable[None]]
 
+
 async def serve_connection(
     stream: trio.abc.Stream,
     handler: Handler,
@@ -64,6 +65,7 @@ async def serve_connection(
         upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router, admission)
         if upgraded is not None:
             websocket, slot = upgraded
+            del upgraded  # held for the connection's life otherwise (bench/idle.py)
             try:
                 await handler(websocket)
             finally:

@@ -195,8 +195,12 @@ class HttpSessions:
             resume_bytes=c.resume_bytes,
         )
         transport.put(hello)
-        session_id = self._start(transport)
-        self._slots[session_id] = slot
+        try:
+            session_id = self._start(transport)
+        except BaseException:
+            slot.release()
+            raise
+        self._slots[session_id] = slot  # released when the session ends (ended)
         self._opening += 1  # counted against the limit while its handshake runs
         try:
             first = await transport.first(c.handshake_timeout + c.hook_timeout)

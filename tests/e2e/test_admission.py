@@ -79,10 +79,12 @@ async def hello(stream: trio.SocketStream, ws: WSConnection, token: str | None =
     await stream.send_all(ws.send(Message(data=encode(Hello((1,), token, {})))))
     with trio.fail_after(5):
         while True:
-            ws.receive_data(await stream.receive_some(65536))
             for event in ws.events():
                 if isinstance(event, BytesMessage):
                     return decode(bytes(event.data))[0]
+            data = await stream.receive_some(65536)
+            assert data, "closed without an answer"
+            ws.receive_data(data)
 
 
 # -- origins -------------------------------------------------------------------------------------
@@ -99,6 +101,12 @@ async def test_a_page_of_another_site_cannot_open_a_websocket(target: str) -> No
         assert status == 403
         status, _ = await status_of_upgrade(port, target, [("Origin", "null")])  # a sandboxed frame, a file
         assert status == 403
+        # Hostile: a huge origin is refused with a short reason; one that names the host in
+        # another scheme, or only as a prefix, is not the server's own.
+        status, body = await status_of_upgrade(port, target, [("Origin", "https://" + "a" * 8000)])
+        assert status == 403 and len(body) < 400
+        for fake in (f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}.evil.example", "http://127.0.0.1"):
+            assert (await status_of_upgrade(port, target, [("Origin", fake)]))[0] == 403, fake
 
 
 @pytest.mark.parametrize("target", ["/", "/yjs/notes"])
@@ -276,13 +284,17 @@ async def until_closed(stream: trio.SocketStream, ws: WSConnection) -> tuple[lis
     """What the server sends until it closes: its frames and its close code; closes `stream`."""
     frames: list[object] = []
     with trio.fail_after(5):
-        while data := await stream.receive_some(65536):
-            ws.receive_data(data)
+        while True:
+            # What came with the upgrade's answer first: a refusal may be in the same packet.
             for event in ws.events():
                 if isinstance(event, BytesMessage):
                     frames += decode(bytes(event.data))
                 if isinstance(event, CloseConnection):
                     await stream.aclose()
                     return frames, event.code
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            ws.receive_data(data)
     await stream.aclose()
     return frames, None

@@ -328,7 +328,9 @@ def test_secrets_are_never_printed(tmp_path: Path) -> None:
 # -- the README's example ---------------------------------------------------------------------------
 
 
-def test_the_readme_example_config_is_read_as_it_says(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_the_readme_example_config_is_read_as_it_says(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     readme = README.read_text(encoding="utf-8")
     section = readme[readme.index("## Configuration") :]
     example = re.search(r"```toml\n(.*?)```", section, re.S)
@@ -337,3 +339,9 @@ def test_the_readme_example_config_is_read_as_it_says(capsys: pytest.CaptureFixt
     got, sources = printed(["--config", "plait.toml"], capsys)
     for key, value in tomllib.loads(example.group(1)).items():
         assert got[key] == value and sources[key] == "plait.toml", key
+    # The command after it: "listens on 9001 and logs at INFO".
+    command = re.search(r"```sh\n(PLAIT_PORT=9001 .*?)\n```", section)
+    assert command is not None and command.group(1).endswith("serve --config plait.toml --log-level info")
+    monkeypatch.setenv("PLAIT_PORT", "9001")
+    got, sources = printed(["--config", "plait.toml", "--log-level", "info"], capsys)
+    assert (got["port"], got["log_level"], got["host"]) == (9001, "INFO", "0.0.0.0")
