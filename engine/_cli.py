@@ -1,6 +1,7 @@
 """The `plait` command: `plait serve` runs the standalone engine; `inspect`, `replay`, `client`.
 
-A mistake in the command line, a missing or bad input file, or a resource the system refuses
+A mistake in the command line (or in `plait serve`'s environment variables or config file,
+engine/_settings.py), a missing or bad input file, or a resource the system refuses
 (port taken, store locked by another server, folder not writable) is one line on stderr,
 `plait COMMAND: FLAG VALUE: what is wrong`, and exit status 2 (usage) or 1 (failed); a
 traceback means a bug. `plait serve` checks what it can before it says "serving".

@@ -10,8 +10,14 @@ the place back when it has finished with the connection, a moment after the clie
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -298,3 +304,42 @@ async def until_closed(stream: trio.SocketStream, ws: WSConnection) -> tuple[lis
             ws.receive_data(data)
     await stream.aclose()
     return frames, None
+
+
+# -- the same, configured as a user would: a plait serve process with a config file ---------------
+
+
+async def test_plait_serve_applies_its_config_file_and_environment(tmp_path: Path) -> None:
+    (tmp_path / "plait.toml").write_text(
+        'store = "memory"\nallow_origin = ["https://app.example.com"]\nmax_connections_per_ip = 2\nport = 1\n'
+    )
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "plait.engine._cli", "serve", "--config", "plait.toml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PLAIT_PORT": "0"},  # the variable wins over the file
+    )
+    try:
+        assert process.stdout is not None
+        seen = b""
+        with trio.fail_after(30):
+            while not (match := re.search(rb"serving on ws://127.0.0.1:(\d+)/", seen)):
+                chunk = await process.stdout.receive_some(1024)
+                assert chunk, f"server exited: {seen!r}"
+                seen += chunk
+        port = int(match.group(1))
+        a_status, _, _, a, _ = await upgrade(port)
+        b_status, _, _, b, _ = await upgrade(port)
+        assert (a_status, b_status) == (101, 101)
+        assert (await status_of_upgrade(port))[0] == 429
+        assert (await status_of_upgrade(port, "/yjs/r", [("Origin", "https://evil.example")]))[0] == 403
+        await a.aclose()
+        await b.aclose()
+        with trio.fail_after(5):
+            while (await status_of_upgrade(port, "/", [("Origin", "https://app.example.com")]))[0] != 101:
+                await trio.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            await process.wait()
