@@ -1,6 +1,7 @@
 """The `plait` command: `plait serve` runs the standalone engine; `inspect`, `replay`, `client`.
 
-A mistake in the command line, a missing or bad input file, or a resource the system refuses
+A mistake in the command line (or in `plait serve`'s environment variables or config file,
+engine/_settings.py), a missing or bad input file, or a resource the system refuses
 (port taken, store locked by another server, folder not writable) is one line on stderr,
 `plait COMMAND: FLAG VALUE: what is wrong`, and exit status 2 (usage) or 1 (failed); a
 traceback means a bug. `plait serve` checks what it can before it says "serving".
@@ -21,7 +22,7 @@ import socket
 import sys
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -39,6 +40,7 @@ from ._config import EngineConfig
 from ._engine import Engine
 from ._handle import root_value
 from ._record import TraceRecorder
+from ._settings import ENV_PREFIX, SettingError, resolve, settings_toml, unknown_variables
 
 if TYPE_CHECKING:
     from plait.client import PlaitError
@@ -316,6 +318,10 @@ def replay(paths: Sequence[Path], out: Any = None) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage mistake shown as one line (and where to read more)."""
 
+    serve: argparse.ArgumentParser | None = None
+    """The `serve` command's parser: its options are also read from the environment and a
+    config file (engine/_settings.py)."""
+
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
@@ -323,6 +329,12 @@ class _Parser(argparse.ArgumentParser):
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 = any free port)")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more; 0 = no limit)")
     return int(text)
 
 
@@ -360,14 +372,26 @@ def _room(text: str) -> str:
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
+SERVE_EPILOG: Final = f"""\
+configuration:
+  Every option is also an environment variable, {ENV_PREFIX} and its name in capitals
+  ({ENV_PREFIX}PORT=9000, {ENV_PREFIX}MAX_ROOMS=16, {ENV_PREFIX}ALLOW_ORIGIN=https://a.example,https://b.example),
+  and a key of the config file, its name with _ for - (port = 9000, max_rooms = 16,
+  allow_origin = ["https://a.example"]). An option given on the command line wins over
+  the environment, which wins over the file, which wins over the default. An unknown key
+  or a bad value is refused (exit status 2). The printed config is a config file."""
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser() -> _Parser:
     """The `plait` command line: serve, replay, inspect, client."""
     defaults = EngineConfig()
     stores = ", ".join(f"{form} (default)" if form == "sqlite" else form for form in STORE_FORMS)
     parser = _Parser(prog="plait", description="Plait real-time collaboration engine")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve_cmd = commands.add_parser("serve", help="run the standalone server")
+    serve_cmd = commands.add_parser(
+        "serve", help="run the standalone server", epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.serve = serve_cmd
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)")
     serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), metavar="DIR", help="data folder (default ./plait-data)")
@@ -386,14 +410,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--max-document-mib", type=_positive, metavar="N", default=defaults.max_document_bytes // MiB,
                            help="largest document a room may hold, in MiB (default %(default)s)")
     serve_cmd.add_argument("--allow-origin", type=_origin, action="append", default=[], metavar="ORIGIN",
-                           help="a web origin (https://app.example.com) whose pages may use the HTTP transports "
-                                "(/v1/); repeat for more, * for any (default: the server's own origin only)")
+                           help="a web origin (https://app.example.com) whose pages may open WebSockets and use the "
+                                "HTTP transports (/v1/); repeat for more, * for any (default: the server's own origin only)")
     serve_cmd.add_argument("--api-key", action="append", default=[], metavar="KEY",
                            help="serve the server API (spec/api.md) under /api/ to requests giving this key as "
                                 "Authorization: Bearer KEY (16+ characters); repeat to accept several. Off without one. "
                                 "A key on a command line shows in ps: prefer PLAIT_API_KEY")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
+    serve_cmd.add_argument("--max-connections-per-ip", type=_count, metavar="N", default=defaults.max_connections_per_ip,
+                           help="WebSockets and HTTP sessions open at once from one address; past it, 429 "
+                                "(default %(default)s; 0 = no limit: behind a proxy, every client has its address)")
+    serve_cmd.add_argument("--max-connections-per-user", type=_count, metavar="N", default=defaults.max_connections_per_user,
+                           help="sessions open at once for one user (the authenticate hook's id); past it the handshake "
+                                "is refused, TOO_MANY_CONNECTIONS (default %(default)s; 0 = no limit)")
+    serve_cmd.add_argument("--config", type=Path, default=None, metavar="FILE",
+                           help=f"read settings from this TOML file (or {ENV_PREFIX}CONFIG); see below")
+    serve_cmd.add_argument("--print-config", action="store_true",
+                           help="print the settings in force, and where each comes from, as TOML; then exit")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
     replay_cmd.add_argument("files", nargs="+", type=Path)
     replay_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
@@ -418,9 +452,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `plait`; returns the exit status. A user's mistake or a refused resource prints one
     line `plait COMMAND: ...` on stderr and returns USAGE (2) or FAILED (1); Ctrl-C returns 130.
     Any traceback is a bug."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "serve":
-        use_the_c_allocator(argv)
+        try:
+            settings = _settle(parser, args, argv, os.environ)
+        except CommandError as exc:
+            print(f"plait serve: {exc}", file=sys.stderr)
+            return exc.status
+        if settings is None:
+            use_the_c_allocator(argv)  # before the warnings: they are said once, by the process that serves
+        assert parser.serve is not None
+        for name, meant in unknown_variables(parser.serve, os.environ):
+            print(f"plait serve: {name} is not a setting (ignored); did you mean {meant}?", file=sys.stderr)
+        if settings is not None:
+            print(settings, end="")
+            return 0
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return _run(args)
@@ -432,6 +479,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             return INTERRUPTED
         print(f"plait {args.command}: {shown}", file=sys.stderr)
         return shown.status if isinstance(shown, CommandError) else FAILED
+
+
+def _settle(parser: _Parser, args: argparse.Namespace, argv: Sequence[str] | None, environ: Mapping[str, str]) -> str | None:
+    """Give `args` every `serve` setting from where it comes first: the command line, the
+    environment, the config file (engine/_settings.py), the default. Returns the settings
+    as TOML if they are to be printed instead of served.
+
+    Raises:
+        CommandError: (USAGE) a setting that cannot be used, in the file or the environment.
+    """
+    assert parser.serve is not None
+    config = args.config
+    if config is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config = Path(environ[ENV_PREFIX + "CONFIG"])
+    try:
+        settings = resolve(parser.serve, _given(argv), environ, config)
+    except SettingError as exc:
+        raise CommandError(str(exc), USAGE) from None
+    for key, setting in settings.items():
+        setattr(args, key, setting.value)
+    try:
+        choose_store(args.store, args.data)  # a bad store is refused before anything is printed
+    except CommandError as exc:
+        source = settings["store"].source
+        if source in ("--store", "default"):
+            raise
+        where = source if source.startswith(ENV_PREFIX) else f"{source}: store"
+        raise CommandError(f"{where}: {str(exc).removeprefix('--store ')}", exc.status) from None
+    if not args.print_config:
+        return None
+    header = [
+        "plait serve settings; each from: a flag, the environment, the config file or the default (in that order).",
+        "This is a config file (--config FILE). Secrets are not shown: give them in the environment.",
+    ]
+    return settings_toml(settings, header)
+
+
+def _given(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The `serve` options the command line gives: it parsed again, with no defaults."""
+    parser = build_parser()
+    assert isinstance(parser, _Parser) and parser.serve is not None
+    for action in parser.serve._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    given.pop("command", None)
+    return given
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -447,8 +540,10 @@ def _run(args: argparse.Namespace) -> int:
             outbox_max_bytes=max(EngineConfig().outbox_max_bytes, (args.max_document_mib + 16) * MiB),
             reclaim_interval=RECLAIM_INTERVAL,
             allow_origins=tuple(args.allow_origin),
+            max_connections_per_ip=args.max_connections_per_ip,
+            max_connections_per_user=args.max_connections_per_user,
         )
-        api_keys = args.api_key or ([os.environ["PLAIT_API_KEY"]] if os.environ.get("PLAIT_API_KEY") else [])
+        api_keys = args.api_key  # also PLAIT_API_KEY (comma-separated) or api_key in the file (_settings.py)
         if not all(map(good_api_key, api_keys)):
             raise CommandError(f"--api-key: {KEY_RULE}", USAGE)
         trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys))

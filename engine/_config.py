@@ -108,8 +108,17 @@ class EngineConfig:
     """The reconnection delay an event stream asks a browser's EventSource to use."""
     allow_origins: tuple[str, ...] = ()
     """Origins (`https://app.example.com`, or `*` for any) whose pages may use the HTTP
-    transports across origins (CORS, spec §14.6); a page of the server's own origin, and a
-    client that sends no Origin, always may."""
+    transports across origins (CORS, spec §14.6) and open WebSockets (spec §2); a page of the
+    server's own origin, and a client that sends no Origin, always may."""
+    max_connections_per_ip: int = 0
+    """WebSocket connections and HTTP sessions open at once from one peer address; past it a
+    WebSocket upgrade is refused with 429, an HTTP session with 429 JSON (spec §2, §14.5).
+    0, the default, is no limit: behind a reverse proxy or a NAT every client has the same
+    address (the proxy's, the office's), so any default would cap the whole server or a whole
+    office; set it where clients connect directly."""
+    max_connections_per_user: int = 0
+    """Sessions open at once for one identity (the authenticate hook's `id`); past it the
+    handshake is refused with TOO_MANY_CONNECTIONS (spec §5.1). 0, the default, is no limit."""
 
     event_history: int = 1000
     event_history_bytes: int = 16 * MiB

@@ -47,7 +47,9 @@ from .room import (
     SequenceAuthority,
     new_epoch,
 )
+from ._limits import ConnectionCounts
 from .http import HttpSessions, Router, serve_connection
+from .http._admission import Admission
 from .http._sessions import PREFIX as HTTP_PREFIX
 from .sessions import Flusher, Peer, Session, SessionServices, YjsSession, check_detach
 from .transports import HttpTransport, MemoryTransport, Transport, memory_transport_pair
@@ -118,7 +120,9 @@ class Engine:
         self._sessions: dict[str, Peer] = {}
         self._flusher = Flusher(lambda: self.nursery)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
-        self._http = HttpSessions(self.config, self._start_http_session, lambda: self._accepting)
+        self._per_ip = ConnectionCounts(self.config.max_connections_per_ip)
+        """WebSockets and HTTP sessions open per peer address (spec §2, §14.5)."""
+        self._http = HttpSessions(self.config, self._start_http_session, lambda: self._accepting, self._per_ip)
         self.router = Router()
         """Plain HTTP requests on the engine's port, by path (engine/http/_router.py)."""
         self.router.add(HTTP_PREFIX, self._http.handle)
@@ -246,6 +250,7 @@ class Engine:
             handshake_timeout=self.config.handshake_timeout,
             max_message_bytes=self._max_message_bytes,
             router=self.router,
+            admission=Admission(self._http.origins, self._per_ip),
         )
         await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)
 
@@ -307,10 +312,13 @@ class Engine:
         try:
             await self.serve_transport(transport, session_id=session_id)
         finally:
-            # Its last frames and how it ended stay for a stream or poll to collect, briefly.
-            with trio.move_on_after(min(self.config.http_session_grace, 5)):
-                await transport.collected()
-            self._http.forget(session_id)
+            self._http.ended(session_id)  # its place among its address's connections is free
+            try:
+                # Its last frames and how it ended stay for a stream or poll to collect, briefly.
+                with trio.move_on_after(min(self.config.http_session_grace, 5)):
+                    await transport.collected()
+            finally:
+                self._http.forget(session_id)
 
     def attach(self, session_id: str, transport: Transport, resume_key: str) -> trio.Event | None:
         """Give a detached session (see `serve_transport`'s `detach_grace`) a new transport.

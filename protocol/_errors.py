@@ -38,6 +38,7 @@ class ErrorCode(IntEnum):
     PRESENCE_TOO_LARGE = 2009
     ROOM_DELETED = 2010
     """The server's operator deleted the room; its channel is closed (spec §5.2)."""
+    TOO_MANY_CONNECTIONS = 2012
     NOT_FOUND = 2013
     """(Server API, spec/api.md) no room, session or user of that name."""
 
@@ -79,6 +80,8 @@ class CloseCode(IntEnum):
     DOCUMENT_TOO_LARGE = 4011
     DISCONNECTED = 4013
     """The server's operator ended the session (spec/api.md); not retried automatically."""
+    TOO_MANY_CONNECTIONS = 4014
+    """The user holds as many sessions as the server allows (spec §5.1); retry with backoff."""
 
     @property
     def retryable(self) -> bool:
@@ -109,6 +112,7 @@ _CLOSE_FOR_ERROR = {
     ErrorCode.FORBIDDEN: CloseCode.FORBIDDEN,
     ErrorCode.DOCUMENT_TOO_LARGE: CloseCode.DOCUMENT_TOO_LARGE,
     ErrorCode.ROOM_DELETED: CloseCode.DISCONNECTED,
+    ErrorCode.TOO_MANY_CONNECTIONS: CloseCode.TOO_MANY_CONNECTIONS,
 }
 
 

@@ -11,7 +11,9 @@ HTTP status with a reason in its body, and the connection closes:
 - any other path: 404;
 - a request h11 cannot parse: 400 (431 for headers over 16 KiB);
 - while the engine shuts down: 503;
-- no complete request (head and body) within the handshake timeout: 408.
+- no complete request (head and body) within the handshake timeout: 408;
+- an upgrade from a web page of an origin not allowed (engine/http/_cors.py): 403;
+- an upgrade from an address that holds max_connections_per_ip connections already: 429.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from websockets.server import ServerProtocol
 
 from plait.protocol import YJS_PATH
 
+from .._limits import UNCOUNTED, Slot
 from ..transports._websocket import WebSocketStream
+from ._admission import Admission
 from ._exchange import Exchange, Refusal
 from ._router import Route, Router
 from ._sessions import PREFIX
@@ -50,16 +54,22 @@ async def serve_connection(
     handshake_timeout: float,
     max_message_bytes: Callable[[str], int],
     router: Router | None = None,
+    admission: Admission | None = None,
 ) -> None:
     """Run one TCP connection: its requests, then `handler` with the WebSocket if one was
-    opened. The socket is closed when this returns, whatever happened. Each request (its
-    head and body) must arrive within `handshake_timeout` seconds."""
+    opened (and `admission` admitted it). The socket is closed when this returns, whatever
+    happened. Each request (its head and body) must arrive within `handshake_timeout` seconds."""
     try:
         # In a coroutine of its own: nothing of the requests' handling (the h11 state, a cancel
         # scope) stays referenced by this frame for the life of a WebSocket (bench/idle.py).
-        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router)
+        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router, admission)
         if upgraded is not None:
-            await handler(upgraded)
+            websocket, slot = upgraded
+            del upgraded  # held for the connection's life otherwise (bench/idle.py)
+            try:
+                await handler(websocket)
+            finally:
+                slot.release()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
@@ -72,9 +82,10 @@ async def _serve_requests(
     handshake_timeout: float,
     max_message_bytes: Callable[[str], int],
     router: Router | None,
-) -> WebSocketStream | None:
-    """Answer requests until one opens a WebSocket (returned), one is refused, or the client
-    closes the connection (None)."""
+    admission: Admission | None,
+) -> tuple[WebSocketStream, Slot] | None:
+    """Answer requests until one opens a WebSocket (returned, with the place it holds among
+    its address's connections), one is refused, or the client closes the connection (None)."""
     ex = Exchange(stream)
     first = True
     while True:
@@ -93,7 +104,14 @@ async def _serve_requests(
                         raise refusal
                     if not first:
                         raise Refusal(400, "open a WebSocket on a connection of its own, not after other requests")
-                    return await _upgrade(stream, bytes(ex.received), max_message_bytes)
+                    slot = admission.admit(request, stream) if admission is not None else UNCOUNTED
+                    websocket: WebSocketStream | None = None
+                    try:
+                        websocket = await _upgrade(stream, bytes(ex.received), max_message_bytes)
+                    finally:
+                        if websocket is None:  # refused, failed or cancelled: the place is free again
+                            slot.release()
+                    return (websocket, slot) if websocket is not None else None
             if request is None:  # the deadline passed
                 if first or ex.conn.their_state is not h11.IDLE:
                     raise Refusal(408, f"no complete request within {handshake_timeout:g} s")

@@ -44,7 +44,9 @@ from plait.protocol import (
 )
 
 from .._config import EngineConfig
+from .._limits import ConnectionCounts, Slot
 from ..transports import HttpTransport, json_of_event
+from ._admission import take_slot
 from ._cors import Origins
 from ._exchange import RECEIVE_BYTES, Exchange, Refusal, header
 from ._sse import EventStreamSink
@@ -75,19 +77,36 @@ class HttpSessions:
         config: the engine's settings (grace, resume window, poll timeout, limits).
         start: serves a new session on a transport; returns its id (the engine's).
         accepting: whether the engine takes new sessions (False while it shuts down).
+        per_ip: connections open per peer address, shared with the WebSockets (a session
+            holds its place from its start until it ends: `ended`).
     """
 
-    def __init__(self, config: EngineConfig, start: Callable[[HttpTransport], str], accepting: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        start: Callable[[HttpTransport], str],
+        accepting: Callable[[], bool],
+        per_ip: ConnectionCounts | None = None,
+    ) -> None:
         self.config = config
         self._start = start
         self._accepting = accepting
+        self._per_ip = per_ip if per_ip is not None else ConnectionCounts(config.max_connections_per_ip)
+        self._slots: dict[str, Slot] = {}
         self._transports: dict[str, HttpTransport] = {}
         self._opening = 0
         self.origins = Origins(config.allow_origins)
         self._limits = CodecLimits(config.max_message_bytes, config.max_frames_per_message)
 
+    def ended(self, session_id: str) -> None:
+        """The session has ended (the engine calls this): its address's place is free."""
+        slot = self._slots.pop(session_id, None)
+        if slot is not None:
+            slot.release()
+
     def forget(self, session_id: str) -> None:
         """The session has ended and its last words were had (the engine calls this)."""
+        self.ended(session_id)
         self._transports.pop(session_id, None)
 
     def __len__(self) -> int:
@@ -152,13 +171,14 @@ class HttpSessions:
             raise _refuse(403, "the session's key is missing or wrong (the key= its creation gave)")
         return transport
 
-    async def _open(self, hello: bytes | str, joins: str | None) -> tuple[str, HttpTransport, bytes]:
+    async def _open(self, ex: Exchange, hello: bytes | str, joins: str | None) -> tuple[str, HttpTransport, bytes]:
         """Start a session with `hello` (then `joins`, a message of join frames); its id, its
         transport and its first message (the welcome).
 
         Raises:
-            Refusal: 503 shutting down; the handshake's refusal (401 UNAUTHENTICATED, 400 a
-                bad hello, 500 a failing hook), with the error's code.
+            Refusal: 503 shutting down; 429 the client's address holds max_connections_per_ip
+                already; the handshake's refusal (401 UNAUTHENTICATED, 429 TOO_MANY_CONNECTIONS,
+                400 a bad hello, 500 a failing hook), with the error's code.
         """
         if not self._accepting():
             raise Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),), as_json=True)
@@ -166,6 +186,7 @@ class HttpSessions:
         if len(self._transports) + self._opening >= c.max_http_sessions:
             full = f"the server holds {c.max_http_sessions} HTTP sessions; try again shortly"
             raise Refusal(503, full, (("Retry-After", "5"),), as_json=True)
+        slot = take_slot(self._per_ip, ex.stream, as_json=True)  # held by the session until it ends
         transport = HttpTransport(
             PREFIX + "sessions",
             secrets.token_urlsafe(16),
@@ -174,7 +195,12 @@ class HttpSessions:
             resume_bytes=c.resume_bytes,
         )
         transport.put(hello)
-        session_id = self._start(transport)
+        try:
+            session_id = self._start(transport)
+        except BaseException:
+            slot.release()
+            raise
+        self._slots[session_id] = slot  # released when the session ends (ended)
         self._opening += 1  # counted against the limit while its handshake runs
         try:
             first = await transport.first(c.handshake_timeout + c.hook_timeout)
@@ -192,7 +218,7 @@ class HttpSessions:
     async def _create(self, ex: Exchange, request: h11.Request, query: dict[str, list[str]]) -> None:
         body = await ex.body(self.config.max_message_bytes)
         hello = self._hello(body, _content_type(request), _token(request, query))
-        session_id, transport, welcome = await self._open(hello, None)
+        session_id, transport, welcome = await self._open(ex, hello, None)
         key = transport.key
         base = f"{PREFIX}sessions/{session_id}"
         await ex.respond_json(
@@ -254,7 +280,7 @@ class HttpSessions:
                 return
         hello = _json(Hello(SUPPORTED_VERSIONS, _token(request, query), {}))
         joins = _json([Join(ref, room, None, None) for ref, room in enumerate(rooms, 1)])
-        session_id, transport, _ = await self._open(hello, joins)
+        session_id, transport, _ = await self._open(ex, hello, joins)
         await self._events(ex, request, session_id, transport, None, announce=True, lost=last is not None)
 
     # -- the event stream -------------------------------------------------------------------
@@ -413,7 +439,9 @@ def _handshake_refusal(first: bytes | None, closed: TransportClosed | None) -> R
         return _refuse(500, "the handshake failed")
     if not isinstance(error, Error):
         return _refuse(500, "the handshake failed")
-    status = {int(ErrorCode.UNAUTHENTICATED): 401, int(ErrorCode.INTERNAL): 500}.get(error.code, 400)
+    status = {int(ErrorCode.UNAUTHENTICATED): 401, int(ErrorCode.INTERNAL): 500, int(ErrorCode.TOO_MANY_CONNECTIONS): 429}.get(
+        error.code, 400
+    )
     return _refuse(status, error.message, error.code)
 
 

@@ -157,6 +157,8 @@ class Session(Peer):
                 self.refuse(exc.code, exc.message)
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return False
+            if not self._admit_identity():
+                return False
             welcome = Welcome(self.conn.version or 1, self.id, int(self.config.heartbeat * 1000), self.config.limits)
             self._send_now(welcome)
             return True

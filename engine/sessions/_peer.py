@@ -34,6 +34,7 @@ from plait.protocol import Access, Ack, ChannelFrame, CloseCode, ErrorCode, Fram
 
 from .._errors import RequestError
 from .._hooks import Identity
+from .._limits import UNCOUNTED
 from .._metrics import code_name
 from ..room import Member, Refresh, Room
 from ..transports import NowaitTransport, Transport
@@ -89,7 +90,8 @@ class Peer:
         "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
         "_catching_up", "_finished", "_read_free_at", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
-        "_reader_scope", "_scope", "_frame_bucket", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
+        "_reader_scope", "_scope", "_frame_bucket", "_update_bucket", "_user_slot", "_violations", "_writer_stopped", "_writing", "config",
+        "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
     )
 
@@ -114,6 +116,8 @@ class Peer:
         self._nowait = transport if isinstance(transport, NowaitTransport) and detach_grace == 0 else None
         self.id = session_id
         self.identity: Identity = {}
+        self._user_slot = UNCOUNTED
+        """Its place among its identity's sessions (max_connections_per_user), once admitted."""
         self.outbox = Outbox(self.config.outbox_max_bytes, self.config.outbox_lag_frames,
                              self.config.large_message_bytes, self._wake_writer)
         self.max_frames_per_message = self.config.max_frames_per_message
@@ -262,6 +266,7 @@ class Peer:
                             self.close(self._detach.code, "not re-attached in time")
                             break
         finally:
+            self._user_slot.release()
             self._leave_rooms()
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await self._contained(self._say_goodbye)
@@ -273,6 +278,18 @@ class Peer:
                 self._detach.released.set()
             if self._done is not None:
                 self._done.set()
+
+    def _admit_identity(self) -> bool:
+        """Take a place among the sessions of the identity authenticated (spec §5.1); False
+        (refused and closed TOO_MANY_CONNECTIONS) when it holds max_connections_per_user."""
+        slot = self.services.users.take(self.identity["id"])
+        if slot is None:
+            limit = self.services.users.limit
+            self.refuse(ErrorCode.TOO_MANY_CONNECTIONS, f"this user has {limit} sessions open already (the server's limit)")
+            self.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
+            return False
+        self._user_slot = slot
+        return True
 
     @property
     def _detached(self) -> bool:

@@ -18,6 +18,7 @@ from plait.protocol import Access, Frame
 
 from .._config import EngineConfig
 from .._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
+from .._limits import ConnectionCounts
 from .._metrics import NO_METRICS, Metrics
 from .._record import TraceRecorder
 from ..room import Room
@@ -78,6 +79,8 @@ class SessionServices:
         self.hold_room = hold_room
         self.flush_soon = flush_soon
         self.recorder = recorder
+        self.users = ConnectionCounts(config.max_connections_per_user)
+        """Sessions open per identity id (spec §5.1)."""
         self.large_sends = trio.CapacityLimiter(config.concurrent_large_sends)
         """Large messages are sent a few at a time, whatever the number of connections."""
         self.access_overrides: dict[tuple[str, str], Access | None] = {}

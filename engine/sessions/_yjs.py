@@ -88,6 +88,8 @@ class YjsSession(Peer):
             return False
         try:
             self.identity = await self.services.authenticate(self.token, {"name": "y-websocket"})
+            if not self._admit_identity():
+                return False
             access = await self.services.authorize(self.identity, name)
             if access is None:
                 self.refuse(ErrorCode.FORBIDDEN, "no access to this room")

@@ -109,6 +109,18 @@ def scenarios() -> dict[str, Script]:
     x = s["unauthenticated"] = Script("a refused token: UNAUTHENTICATED, close 4003", hooks="tokens")
     x.hello(0, "s1", token="bad")
 
+    x = s["too-many-connections"] = Script(
+        "a user at max_connections_per_user: TOO_MANY_CONNECTIONS, close 4014; a session that ends frees its place",
+        hooks="tokens",
+        max_connections_per_user=2,
+    )
+    x.hello(0, "s1", token="ada")
+    x.hello(0, "s2", token="ada")
+    x.hello(1, "s3", token="ada")
+    x.hello(1, "s4", token="bob")  # another user: not counted with ada
+    x.close(2, "s1")
+    x.hello(3, "s5", token="ada")
+
     x = s["handshake-timeout"] = Script("no hello within 10 s: close 4004", check_times=True)
     x.open(0, "s1")
     x.end(11)

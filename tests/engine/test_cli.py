@@ -196,7 +196,7 @@ def _by_flag(text: str) -> dict[str, str]:
 def test_the_readme_lists_every_serve_option_as_serve_help_does(capsys: pytest.CaptureFixture[str]) -> None:
     status, shown, _ = run(["serve", "--help"], capsys)
     assert status == 0
-    helped = _by_flag(shown.split("options:")[1])
+    helped = _by_flag(shown.split("options:")[1].split("configuration:")[0])
     del helped["--help"]
     readme = README.read_text(encoding="utf-8")
     start = readme.index("Options:", readme.index("## Run the server"))

@@ -1,0 +1,69 @@
+"""What a connection must pass before it is served as a WebSocket or an HTTP session: the
+origin of the page that opened it (spec §2, §14.6), and how many connections its peer address
+holds already (EngineConfig.max_connections_per_ip; spec §2, §14.5).
+
+The address is the TCP peer's: behind a reverse proxy, the proxy's, for every client (so the
+limit is off by default).
+"""
+
+from __future__ import annotations
+
+import h11
+import trio
+
+from .._limits import UNCOUNTED, ConnectionCounts, Slot
+from ._cors import Origins
+from ._exchange import Refusal
+
+RETRY_AFTER_FULL = "10"
+"""Seconds an address over its connection limit is asked to wait (Retry-After)."""
+
+
+class Admission:
+    """What a connection must pass before it is a WebSocket (spec §2): its page's origin, and
+    its address's count of open connections (shared with the HTTP sessions)."""
+
+    def __init__(self, origins: Origins, per_ip: ConnectionCounts) -> None:
+        self.origins = origins
+        self.per_ip = per_ip
+
+    def admit(self, request: h11.Request, stream: trio.abc.Stream) -> Slot:
+        """The place the connection holds until it ends (release it in a `finally`).
+
+        Raises:
+            Refusal: 403 an origin not allowed; 429 the address holds its limit already.
+        """
+        self.origins.check_websocket(request)
+        return take_slot(self.per_ip, stream)
+
+
+def take_slot(per_ip: ConnectionCounts, stream: trio.abc.Stream, *, as_json: bool = False) -> Slot:
+    """A place among the connections of the stream's peer address.
+
+    Raises:
+        Refusal: 429 with Retry-After, the address holds max_connections_per_ip already.
+    """
+    address = peer_address(stream) if per_ip.limit else None
+    if address is None:  # no limit, or no socket (in memory; one already gone): not counted
+        return UNCOUNTED
+    slot = per_ip.take(address)
+    if slot is None:
+        reason = (f"{per_ip.limit} connections from {address} are open already (the server's max_connections_per_ip); "
+                  "close one, or try again later")
+        raise Refusal(429, reason, (("Retry-After", RETRY_AFTER_FULL),), as_json=as_json)
+    return slot
+
+
+def peer_address(stream: trio.abc.Stream) -> str | None:
+    """The IP address of the socket under `stream` (through TLS); None for a stream with no
+    socket (in-memory, in tests) or one already gone."""
+    while not isinstance(stream, trio.SocketStream):
+        inner = getattr(stream, "transport_stream", None)
+        if inner is None:
+            return None
+        stream = inner
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return None
+    return str(name[0]) if isinstance(name, tuple) else None
