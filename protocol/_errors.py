@@ -36,6 +36,7 @@ class ErrorCode(IntEnum):
     EVENT_REJECTED = 2007
     DOCUMENT_TOO_LARGE = 2008
     PRESENCE_TOO_LARGE = 2009
+    TOKEN_EXPIRED = 2011
 
     SLOW_CONSUMER = 3001
     STORAGE_UNAVAILABLE = 3002
@@ -73,6 +74,9 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 4009
     FORBIDDEN = 4010
     DOCUMENT_TOO_LARGE = 4011
+    TOKEN_EXPIRED = 4012
+    """The session's credential expired and was not refreshed in time (spec §5.9): reconnect
+    with a fresh token."""
 
     @property
     def retryable(self) -> bool:
@@ -102,6 +106,7 @@ _CLOSE_FOR_ERROR = {
     ErrorCode.STORAGE_UNAVAILABLE: CloseCode.INTERNAL_ERROR,
     ErrorCode.FORBIDDEN: CloseCode.FORBIDDEN,
     ErrorCode.DOCUMENT_TOO_LARGE: CloseCode.DOCUMENT_TOO_LARGE,
+    ErrorCode.TOKEN_EXPIRED: CloseCode.TOKEN_EXPIRED,
 }
 
 

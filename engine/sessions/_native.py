@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -39,6 +40,7 @@ from plait.protocol import (
     PresenceSet,
     Publish,
     RemoteProtocolError,
+    TokenExpiring,
     Role,
     SessionState,
     SyncStep1,
@@ -50,6 +52,7 @@ from plait.protocol import (
     decode,
     decode_json,
 )
+from plait.protocol import Refresh as RefreshToken  # room.Refresh is the ephemeral refresh
 
 from .._errors import RequestError
 from .._hooks import HookFailed, Unauthenticated
@@ -64,7 +67,7 @@ logger = logging.getLogger("plait.session")
 class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
 
-    __slots__ = ("_answers", "_heard", "_heard_at", "_http", "_next_channel", "_rooms", "conn", "wire")
+    __slots__ = ("_answers", "_client", "_heard", "_heard_at", "_http", "_next_channel", "_rooms", "conn", "wire")
 
     def __init__(
         self,
@@ -90,6 +93,8 @@ class Session(Peer):
         self._next_channel = 1
         self._heard = False  # a message arrived since the last heartbeat sweep
         self._heard_at = trio.current_time()
+        self._client: dict[str, Any] = {}
+        """hello.client: what a refresh's authentication is given too (spec §5.9)."""
 
     def _leave_rooms(self) -> None:
         super()._leave_rooms()
@@ -148,6 +153,7 @@ class Session(Peer):
             assert isinstance(hello, Hello)
             try:
                 self.identity = await self.services.authenticate(hello.token, hello.client)
+                deadline = await self.services.credential_deadline(hello.token, self.identity)
             except Unauthenticated as exc:  # spec §5.1: the error, then the close that says why
                 self.refuse(ErrorCode.UNAUTHENTICATED, str(exc) or "token refused")
                 self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
@@ -158,6 +164,8 @@ class Session(Peer):
                 return False
             welcome = Welcome(self.conn.version or 1, self.id, int(self.config.heartbeat * 1000), self.config.limits)
             self._send_now(welcome)
+            self._client = hello.client
+            self._set_deadline(deadline)
             return True
         self.close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time")
         return False
@@ -183,6 +191,34 @@ class Session(Peer):
             self._reader_scope.cancel()  # Peer.run reports HEARTBEAT_TIMEOUT
             return
         super().keep_alive(now)
+
+    # -- credential expiry and refresh (spec §5.9) ---------------------------------------------
+
+    def _token_expiring(self, remaining: float) -> None:
+        self.send_frames([TokenExpiring(min(int(remaining * 1000), 2**32 - 1))])
+
+    def _token_expired(self) -> None:
+        self.send_frames([Error(None, None, ErrorCode.TOKEN_EXPIRED, "token expired: reconnect with a fresh token")])
+        super()._token_expired()
+
+    async def _refresh(self, ref: int, token: str) -> None:
+        """spec §5.9: a fresh token for the same user replaces the session's credential and its
+        expiry; anything else is refused (UNAUTHENTICATED, not fatal) and changes nothing.
+
+        Raises:
+            RequestError: UNAUTHENTICATED (refused), INTERNAL (a hook failed: HookFailed).
+        """
+        try:
+            identity = await self.services.authenticate(token, self._client)
+            deadline = await self.services.credential_deadline(token, identity)
+        except Unauthenticated as exc:
+            raise RequestError(ErrorCode.UNAUTHENTICATED, str(exc) or "token refused") from None
+        if identity["id"] != self.identity.get("id"):
+            raise RequestError(ErrorCode.UNAUTHENTICATED, "the token is for another user: a session cannot change user")
+        # Later joins are authorised with the fresh identity; rooms already joined keep theirs.
+        self.identity = identity
+        self._set_deadline(deadline)
+        self.send_frames([Ack(ref, None)])
 
     # -- reader -----------------------------------------------------------------------------
 
@@ -297,6 +333,8 @@ class Session(Peer):
                 pass
             case Join():
                 await self._join(frame)
+            case RefreshToken(ref=ref, token=token):
+                await self._refresh(ref, token)
             case Leave(channel=channel, ref=ref):
                 member = self._members.pop(channel)
                 self._rooms.pop(member.room.name, None)

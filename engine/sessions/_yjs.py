@@ -88,6 +88,8 @@ class YjsSession(Peer):
             return False
         try:
             self.identity = await self.services.authenticate(self.token, {"name": "y-websocket"})
+            # spec §13: y-websocket cannot refresh; the session is closed TOKEN_EXPIRED at expiry.
+            self._set_deadline(await self.services.credential_deadline(self.token, self.identity))
             access = await self.services.authorize(self.identity, name)
             if access is None:
                 self.refuse(ErrorCode.FORBIDDEN, "no access to this room")
