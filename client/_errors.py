@@ -115,6 +115,14 @@ class PresenceTooLarge(RequestFailed):
     code = ErrorCode.PRESENCE_TOO_LARGE
 
 
+class TokenExpired(RequestFailed):
+    """The session's token expired without a refresh the server accepted (spec §5.9); the
+    connection closes with 4012 and the client reconnects, asking its token callable for a
+    fresh one (`connect(token=...)`)."""
+
+    code = ErrorCode.TOKEN_EXPIRED
+
+
 class SlowConsumer(RequestFailed):
     code = ErrorCode.SLOW_CONSUMER
 
@@ -137,7 +145,7 @@ ERROR_TYPES: dict[int, type[RequestFailed]] = {
         MalformedFrame, UnknownKind, UnexpectedFrame, FrameTooLarge, UnsupportedVersion,
         InvalidField, TooDeep, UnknownChannel, InvalidUpdate, InvalidRoomName, Unauthenticated,
         Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, DocumentTooLarge, PresenceTooLarge,
-        SlowConsumer, StorageUnavailable, ShuttingDown, InternalError,
+        TokenExpired, SlowConsumer, StorageUnavailable, ShuttingDown, InternalError,
     )
 }
 
@@ -158,7 +166,7 @@ __all__ = [
     "MalformedFrame", "UnknownKind", "UnexpectedFrame", "FrameTooLarge", "UnsupportedVersion",
     "InvalidField", "TooDeep", "UnknownChannel", "InvalidUpdate", "InvalidRoomName", "Unauthenticated",
     "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "PresenceTooLarge",
-    "SlowConsumer", "StorageUnavailable", "ShuttingDown", "InternalError",
+    "TokenExpired", "SlowConsumer", "StorageUnavailable", "ShuttingDown", "InternalError",
 ]
 
 

@@ -37,7 +37,8 @@ Claims that grant something:
   `plait serve --jwt-default-access write`).
 
 The grants are not put in the identity, which every member of a room sees (presence, spec
-§5.4): the identity is {"id", "name"?, "grants"?}, where "grants" is an opaque name (a keyed digest) of the token's `rooms` claim, kept by the JwtHooks. Any other problem with a token, however hostile
+§5.4): the identity is {"id", "name"?, "grants"?}, where "grants" is an opaque name (a keyed
+digest) of the token's `rooms` claim, which the JwtHooks keeps. Any problem with a token, however hostile
 (garbage, a lone surrogate, 100 KiB, a `rooms` of the wrong shape) is `Unauthenticated` with a
 reason, never an exception of another kind.
 
@@ -241,8 +242,8 @@ class JwtHooks(Hooks):
         """
         try:
             key = load_pem_public_key(pem)
-        except (ValueError, TypeError) as exc:
-            raise JwtKeyError(f"not a PEM public key ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        except (ValueError, TypeError):
+            raise JwtKeyError("not a PEM public key (-----BEGIN PUBLIC KEY-----); a private key or certificate will not do") from None
         return cls({None: _Key(key, _narrow(_algorithms_for_public_key(key), algorithms, "this key"))}, **options)
 
     @classmethod
@@ -279,6 +280,7 @@ class JwtHooks(Hooks):
                 raise JwtKeyError(f"{where}: kty {kty!r} is not a public key type (RSA, EC, OKP); symmetric keys do not belong in a JWKS")
             if "d" in jwk:
                 raise JwtKeyError(f"{where} is a private key: publish only public keys")
+            allowed: tuple[str, ...]
             if kty == "RSA":
                 allowed = RSA_ALGORITHMS
             elif kty == "EC":

@@ -9,7 +9,6 @@ session reaches rooms through `hold_room`, the application's hooks through `auth
 from __future__ import annotations
 
 import time
-
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
