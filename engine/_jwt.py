@@ -8,7 +8,7 @@ The token is `hello.token` (spec §4.2), the `?token=` of a y-websocket URL (§1
 
 What a token must be:
 - Signed by the configured key with one of the algorithms the key's type allows: HS256/384/512
-  for a secret; RS/PS 256/384/512 for an RSA public key; ES256/384/512 for an EC key (the one
+  for a secret (of at least 32/48/64 bytes: RFC 7518 §3.2); RS/PS 256/384/512 for an RSA public key; ES256/384/512 for an EC key (the one
   its curve names); EdDSA for an Ed25519/Ed448 key. `none` is never allowed, and an HS token is
   refused when the key is a public key (algorithm confusion: the public key is no secret).
   `algorithms` narrows that list, never widens it. A JWKS file holds public keys; the token's
@@ -216,7 +216,7 @@ class JwtHooks(Hooks):
 
     @classmethod
     def from_secret(cls, secret: bytes | str, *, algorithms: Sequence[str] | None = None, **options: Any) -> JwtHooks:
-        """HS256/384/512 with a shared secret of at least 32 bytes (`algorithms` narrows).
+        """HS256/384/512 with a shared secret of at least 32, 48, 64 bytes (`algorithms` narrows).
 
         Raises:
             JwtKeyError: the secret is too short, or an algorithm is not an HS one.
@@ -226,7 +226,9 @@ class JwtHooks(Hooks):
             raise JwtKeyError(f"the secret is {len(raw)} bytes; HS algorithms need at least {MIN_SECRET_BYTES} (RFC 7518 §3.2)")
         if raw.lstrip().startswith(b"-----BEGIN"):
             raise JwtKeyError("the secret is a PEM key: use a public key (--jwt-public-key), not a secret")
-        return cls({None: _Key(raw, _narrow(HMAC_ALGORITHMS, algorithms, "a secret"))}, **options)
+        # RFC 7518 §3.2: a key at least as long as the hash; a 32-byte secret is HS256 only.
+        allowed = tuple(a for a in HMAC_ALGORITHMS if len(raw) * 8 >= int(a[2:]))
+        return cls({None: _Key(raw, _narrow(allowed, algorithms, f"a secret of {len(raw)} bytes"))}, **options)
 
     @classmethod
     def from_secret_file(cls, path: str | Path, **options: Any) -> JwtHooks:
