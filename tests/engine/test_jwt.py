@@ -221,7 +221,7 @@ json_values = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "b64", "x"]), json_values, max_size=4),
        st.dictionaries(st.sampled_from(["sub", "exp", "nbf", "iat", "aud", "iss", "name", "rooms"]), json_values, max_size=8))
-def test_well_formed_tokens_with_hostile_fields_are_refused_or_accepted_never_crash(header: dict[str, Any], payload: dict[str, Any]) -> None:
+def test_signed_tokens_with_hostile_claims_are_refused_or_accepted_never_crash(header: dict[str, Any], payload: dict[str, Any]) -> None:
     """Correctly signed, so the claims themselves are what is hostile: a bad one is refused
     with Unauthenticated, a good one accepted; nothing else escapes."""
     token = hand_made({**header, "alg": "HS256"}, payload, SECRET)
