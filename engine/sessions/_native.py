@@ -94,7 +94,9 @@ class Session(Peer):
         self._heard = False  # a message arrived since the last heartbeat sweep
         self._heard_at = trio.current_time()
         self._client: dict[str, Any] = {}
-        """hello.client: what a refresh's authentication is given too (spec §5.9)."""
+        """hello.client, given to a refresh's authentication too (spec §5.9); kept only when
+        the credential expires (an idle server holds thousands of sessions: bench/idle.py),
+        else a refresh is authenticated with an empty one."""
 
     def _leave_rooms(self) -> None:
         super()._leave_rooms()
@@ -164,7 +166,8 @@ class Session(Peer):
                 return False
             welcome = Welcome(self.conn.version or 1, self.id, int(self.config.heartbeat * 1000), self.config.limits)
             self._send_now(welcome)
-            self._client = hello.client
+            if deadline is not None:
+                self._client = hello.client
             self._set_deadline(deadline)
             return True
         self.close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time")
