@@ -1,7 +1,7 @@
 """Credentials that expire during a session (spec §5.9), in an engine under MockClock.
 
 Rules of this module: the engine's wall clock is `T0 + trio.current_time()` (T0: real time when
-the test starts), so JWT `exp` claims and the engine agree while Trio's clock jumps. PyJWT checks
+the test's engine starts), so JWT `exp` claims and the engine agree while Trio's clock jumps. PyJWT checks
 `exp` against real time, which does not move during a test; the engine checks it against its
 own wall clock, which does. Heartbeat H is 60 s, so the sweep runs every 7.5 s and a silent
 client is not closed for 120 s: the tests need no pings.
@@ -46,6 +46,7 @@ SECRET = b"0123456789abcdef" * 4
 H = 60.0
 SWEEP = H / 8
 T0 = time.time()
+"""Real time when the test's engine started (jwt_engine): the engine's wall clock then."""
 
 
 def token(exp_in: float, sub: str = "ada", **claims: Any) -> str:
@@ -55,6 +56,8 @@ def token(exp_in: float, sub: str = "ada", **claims: Any) -> str:
 
 @asynccontextmanager
 async def jwt_engine(hooks: Hooks | None = None, wall_offset: float = 0.0) -> AsyncIterator[Engine]:
+    global T0
+    T0 = time.time()  # now, not at import: PyJWT checks exp against real time
     start = trio.current_time()
     with trio.fail_after(3600):
         async with Engine(
