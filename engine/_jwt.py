@@ -211,6 +211,9 @@ class JwtHooks(Hooks):
         self.leeway = leeway
         self._grants: OrderedDict[str, RoomGrants] = OrderedDict()
         self._grants_key = secrets.token_bytes(32)
+        self._last: tuple[str, dict[str, Any]] | None = None
+        """The token `authenticate` verified last, and its claims: the engine asks
+        `expires_at` about it next, and a signature need not be checked twice."""
 
     # -- making one -----------------------------------------------------------------------------
 
@@ -368,6 +371,8 @@ class JwtHooks(Hooks):
         """{"id": sub, "name": name (if the token has one), "grants": a digest naming its
         `rooms` claim (if it has one)}. Raises Unauthenticated (module docstring)."""
         claims = self.claims(token)
+        assert token is not None
+        self._last = (token, claims)
         identity: Identity = {"id": claims["sub"]}
         name = claims.get("name")
         if name is not None:
@@ -381,7 +386,9 @@ class JwtHooks(Hooks):
     async def expires_at(self, token: str | None, identity: Identity) -> float | None:
         """The token's `exp` (unix seconds), or None if it has none (only with
         require_exp=False)."""
-        exp = self.claims(token).get("exp")
+        last = self._last
+        claims = last[1] if last is not None and last[0] == token else self.claims(token)
+        exp = claims.get("exp")
         return float(exp) if exp is not None else None
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:

@@ -233,3 +233,48 @@ async def test_a_y_websocket_session_is_closed_at_expiry(autojump_clock: MockClo
                 break
         assert code == CloseCode.TOKEN_EXPIRED
         assert 30 <= trio.current_time() - start < 30 + SWEEP
+
+
+class Composed(Hooks):
+    """An application's own hooks that delegate tokens to a JwtHooks and decide rooms itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jwt = JwtHooks.from_secret(SECRET)
+
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        identity = await self.jwt.authenticate(token, client)
+        return {**identity, "team": "red"}
+
+    async def expires_at(self, token: str | None, identity: Identity) -> float | None:
+        return await self.jwt.expires_at(token, identity)
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        return Access.READ if room.startswith(identity["team"]) else None
+
+
+class Subclassed(JwtHooks):
+    """A JwtHooks whose authorize asks the application first, then the token."""
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        if room == "announcements":
+            return Access.READ
+        return await super().authorize(identity, room)
+
+
+async def test_custom_hooks_that_compose_or_subclass_jwt_hooks_take_precedence(autojump_clock: MockClock) -> None:
+    async with jwt_engine(Composed()) as engine:
+        start = trio.current_time()
+        client = DocClient(engine.connect_memory())
+        await client.hello(token(30))
+        assert (await client.join("red:1")).access == Access.READ  # the application's rule, not the token's
+        await client.send(Join(2, "r", None, None))
+        refusal = await client.wait_for(Error)  # after the first room's sync and presence
+        assert (refusal.ref, refusal.code) == (2, ErrorCode.FORBIDDEN)
+        _, code = await until_closed(client)  # expiry still comes from the token
+        assert code == CloseCode.TOKEN_EXPIRED and 30 <= trio.current_time() - start < 30 + SWEEP
+    async with jwt_engine(Subclassed.from_secret(SECRET)) as engine:
+        client = DocClient(engine.connect_memory())
+        await client.hello(token(30))
+        assert (await client.join("announcements")).access == Access.READ
+        assert (await client.join("r")).access == Access.WRITE
