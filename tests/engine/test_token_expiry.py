@@ -277,4 +277,6 @@ async def test_custom_hooks_that_compose_or_subclass_jwt_hooks_take_precedence(a
         client = DocClient(engine.connect_memory())
         await client.hello(token(30))
         assert (await client.join("announcements")).access == Access.READ
-        assert (await client.join("r")).access == Access.WRITE
+        await client.send(Join(2, "r", None, None))
+        joined = await client.wait_for(Joined)
+        assert (joined.ref, joined.access) == (2, Access.WRITE)
