@@ -18,6 +18,7 @@ Both waits are bounded by `close_timeout`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import secrets
@@ -53,9 +54,11 @@ from plait.protocol import (
     Ping,
     ProtocolError,
     Publish,
+    Refresh,
     RemoteProtocolError,
     Role,
     SyncStep2,
+    TokenExpiring,
     Transport,
     TransportClosed,
     Update,
@@ -98,6 +101,12 @@ class ClientState(str, Enum):
 
 
 OpenTransport = Callable[[], Awaitable[Transport]]
+TokenSource = Callable[[], "str | Awaitable[str | None] | None"]
+"""A function (sync or async) returning a fresh token: `connect(token=...)`."""
+
+REFRESH_RETRY = 5.0
+"""Seconds between attempts to refresh a token the server refused, while it has not expired
+(spec §5.9)."""
 
 
 class _WebSocket:
@@ -178,7 +187,7 @@ class Client:
     def __init__(
         self,
         open_transport: OpenTransport,
-        token: str | None,
+        token: str | TokenSource | None,
         backoff: Backoff,
         heartbeat_timeout: float | None,
         offline_queue: int,
@@ -223,6 +232,9 @@ class Client:
         self._rate_limited_in_a_row = 0
         self._closing = False
         self._run_done = trio.Event()
+        self._connection_nursery: trio.Nursery | None = None
+        """The live connection's tasks (reader, writer, a token refresh): cancelled with it."""
+        self._refreshing = False
 
     # -- public -----------------------------------------------------------------------------
 
@@ -531,11 +543,16 @@ class Client:
         (None when the client closed it)."""
         self._refusal = None
         try:
+            token = await self._fresh_token()
+        except Exception as exc:  # the application's token function: retried like a network failure
+            logger.warning("the token function failed: %r", exc)
+            return ConnectionClosed(f"the token function failed: {exc!r}", None, retryable=True)
+        try:
             transport = await self._open_transport()
         except (OSError, trio_websocket.HandshakeError, TransportClosed) as exc:
             return _open_failure(exc)
         try:
-            return await self._serve(transport)
+            return await self._serve(transport, token)
         except TransportClosed as exc:
             refusal = self._refusal.message if self._refusal is not None else None
             return ConnectionClosed.from_close(exc.code, exc.reason, refusal, local=exc.local)
@@ -556,9 +573,75 @@ class Client:
                 except TransportClosed:
                     pass
 
-    async def _serve(self, transport: Transport) -> BaseException | None:
+    async def _fresh_token(self) -> str | None:
+        """The token for a hello or a refresh: the one given to `connect`, or what its token
+        function returns now (called for every connection and every refresh, spec §5.9).
+
+        Raises:
+            TypeError: the function returned something other than a str or None.
+            InvalidField, FrameTooLarge: a token no hello could carry (spec §4: ≤8192
+                characters of Unicode text).
+            Whatever the function raises.
+        """
+        source = self._token
+        if not callable(source):
+            return source
+        token = source()
+        if inspect.isawaitable(token):
+            token = await token
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"the token function returned {type(token).__name__}, not a str or None")
+        if token is not None:
+            try:
+                encode_frame(Refresh(0, token))
+            except LocalProtocolError as exc:
+                raise error_for(exc.code, f"the token function's token: {exc.message}") from None
+        return token
+
+    def _token_expiring(self, frame: TokenExpiring) -> None:
+        """spec §5.9: the server asks for a fresh token before the session's expires."""
+        if not callable(self._token):
+            logger.warning(
+                "the server's token expires in %.1f s and this client cannot refresh it: give connect(token=...) "
+                "a function that returns a fresh token", frame.expires_in_ms / 1000)
+            return
+        if self._connection_nursery is not None and not self._refreshing:
+            self._refreshing = True
+            self._connection_nursery.start_soon(self._refresh, trio.current_time() + frame.expires_in_ms / 1000)
+
+    async def _refresh(self, expires_at: float) -> None:
+        """Send `refresh` with a fresh token until the server acks one, or the old token
+        expires (the server then closes 4012 and the client reconnects with a fresh token).
+        Runs in the connection's nursery: it ends with the connection."""
+        try:
+            while True:
+                try:
+                    token = await self._fresh_token()
+                except Exception as exc:  # the application's token function
+                    logger.warning("the token function failed: %r", exc)
+                else:
+                    if token is not None:
+                        waiter: Waiter[Any] = Waiter()
+                        self.send(Refresh(self.next_ref(), token), waiter)
+                        try:
+                            await waiter.wait()
+                        except ConnectionClosed:
+                            return
+                        except RequestFailed as exc:
+                            logger.warning("the server refused the fresh token: %s", exc)
+                        else:
+                            logger.info("token refreshed")
+                            return
+                remaining = expires_at - trio.current_time()
+                if remaining < 2 * _PACE_EPSILON:
+                    return
+                await trio.sleep(min(REFRESH_RETRY, remaining / 2))
+        finally:
+            self._refreshing = False
+
+    async def _serve(self, transport: Transport, token: str | None) -> BaseException | None:
         conn = Connection(Role.CLIENT)
-        hello = Hello((1,), self._token, self._client_info)
+        hello = Hello((1,), token, self._client_info)
         conn.send(hello)
         await transport.send_message(encode(hello))
         with trio.move_on_after(HANDSHAKE_TIMEOUT) as waiting:
@@ -612,8 +695,12 @@ class Client:
             nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(until_ended, self._writer(transport, heartbeat), nursery)
-            await until_ended(self._reader(transport, conn, silence), nursery)
+            self._connection_nursery = nursery
+            try:
+                nursery.start_soon(until_ended, self._writer(transport, heartbeat), nursery)
+                await until_ended(self._reader(transport, conn, silence), nursery)
+            finally:
+                self._connection_nursery = None
         if ended:
             raise ended[0]
         return None
@@ -692,6 +779,9 @@ class Client:
             yield b"".join(batch)
 
     def _dispatch(self, frame: Frame) -> None:
+        if isinstance(frame, TokenExpiring):
+            self._token_expiring(frame)
+            return
         if isinstance(frame, Joined):
             room = self._joins.pop(frame.ref, None)
             if room is not None and self._rooms.get(room.name) is room:
@@ -745,7 +835,7 @@ class Client:
 
 
 def _check_arguments(
-    token: str | None, heartbeat_timeout: float | None, close_timeout: float, offline_queue: int,
+    token: str | TokenSource | None, heartbeat_timeout: float | None, close_timeout: float, offline_queue: int,
     client_info: dict[str, Any] | None,
 ) -> None:
     """connect's arguments, refused at once with the rule they break (see `connect`)."""
@@ -762,6 +852,10 @@ def _check_arguments(
     if isinstance(offline_queue, bool) or not isinstance(offline_queue, int):
         raise ValueError(f"offline_queue must be an int, got {offline_queue!r}")
     number("offline_queue", offline_queue, 0)
+    if callable(token):  # its tokens are checked as they come (Client._fresh_token)
+        token = None
+    elif token is not None and not isinstance(token, str):
+        raise ValueError(f"token must be a str, a function returning one, or None; got {type(token).__name__}")
     hello = Hello((1,), token, {"name": "plait-py"} if client_info is None else client_info)
     try:
         size = len(encode_frame(hello))
@@ -865,7 +959,7 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
 @asynccontextmanager
 async def connect(
     url: str | None = None,
-    token: str | None = None,
+    token: str | TokenSource | None = None,
     *,
     backoff: Backoff | None = None,
     heartbeat_timeout: float | None = None,
@@ -878,7 +972,12 @@ async def connect(
 
     Args:
         url: the server's WebSocket URL, e.g. "ws://127.0.0.1:8765/".
-        token: passed to the server's authenticate hook.
+        token: passed to the server's authenticate hook: a string, or a function (sync or
+            async) returning a fresh one (a str, or None for none), called before every
+            connection attempt and whenever the server says the session's token expires soon
+            (`token_expiring`, spec §5.9), when the client sends it in a `refresh`; a refused
+            refresh is tried again every 5 s until the old token expires. A function that
+            raises fails that attempt (retried with backoff, like an unreachable server).
         backoff: reconnect delays (exponential, full jitter; default 0.5 s doubling to 30 s).
         heartbeat_timeout: declare the connection dead after this long without a frame
             (default: twice the server's heartbeat interval).
@@ -895,7 +994,7 @@ async def connect(
     the connection closed normally (within `close_timeout`).
 
     Raises:
-        ValueError: `url` is not a ws:// or wss:// URL, or both or neither of `url` and
+        ValueError: `token` is not a str, a function or None, `url` is not a ws:// or wss:// URL, or both or neither of `url` and
             `open_transport` were given, or a number is out of range (`close_timeout` and
             `offline_queue` at least 0, `heartbeat_timeout` above 0), or `backoff` is not a
             Backoff.

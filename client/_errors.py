@@ -122,6 +122,14 @@ class RoomDeleted(RequestFailed):
     code = ErrorCode.ROOM_DELETED
 
 
+class TokenExpired(RequestFailed):
+    """The session's token expired without a refresh the server accepted (spec §5.9); the
+    connection closes with 4012 and the client reconnects, asking its token callable for a
+    fresh one (`connect(token=...)`)."""
+
+    code = ErrorCode.TOKEN_EXPIRED
+
+
 class SlowConsumer(RequestFailed):
     code = ErrorCode.SLOW_CONSUMER
 
@@ -144,7 +152,7 @@ ERROR_TYPES: dict[int, type[RequestFailed]] = {
         MalformedFrame, UnknownKind, UnexpectedFrame, FrameTooLarge, UnsupportedVersion,
         InvalidField, TooDeep, UnknownChannel, InvalidUpdate, InvalidRoomName, Unauthenticated,
         Forbidden, TooManyRooms, RateLimited, AlreadyJoined, EventRejected, DocumentTooLarge, PresenceTooLarge, RoomDeleted,
-        SlowConsumer, StorageUnavailable, ShuttingDown, InternalError,
+        TokenExpired, SlowConsumer, StorageUnavailable, ShuttingDown, InternalError,
     )
 }
 
@@ -165,7 +173,7 @@ __all__ = [
     "MalformedFrame", "UnknownKind", "UnexpectedFrame", "FrameTooLarge", "UnsupportedVersion",
     "InvalidField", "TooDeep", "UnknownChannel", "InvalidUpdate", "InvalidRoomName", "Unauthenticated",
     "Forbidden", "TooManyRooms", "RateLimited", "AlreadyJoined", "EventRejected", "DocumentTooLarge", "PresenceTooLarge", "RoomDeleted",
-    "SlowConsumer", "StorageUnavailable", "ShuttingDown", "InternalError",
+    "TokenExpired", "SlowConsumer", "StorageUnavailable", "ShuttingDown", "InternalError",
 ]
 
 

@@ -16,6 +16,8 @@ from ._hooks import EventRejected as EventRejected
 from ._hooks import Hooks as Hooks
 from ._hooks import Identity as Identity
 from ._hooks import Unauthenticated as Unauthenticated
+from ._jwt import JwtHooks as JwtHooks
+from ._jwt import JwtKeyError as JwtKeyError
 from ._metrics import Metrics as Metrics
 from ._metrics import NoMetrics as NoMetrics
 from ._operations import Membership as Membership

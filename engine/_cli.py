@@ -39,6 +39,8 @@ from ._api import KEY_RULE, good_api_key, serve_api
 from ._config import EngineConfig
 from ._engine import Engine
 from ._handle import root_value
+from ._hooks import Hooks
+from ._jwt import ACCESS_NAMES, JwtHooks, JwtKeyError
 from ._record import TraceRecorder
 from ._settings import ENV_PREFIX, SettingError, resolve, settings_toml, unknown_variables
 
@@ -207,6 +209,7 @@ async def serve(
     *,
     record: Path | None = None,
     ready: trio.Event | None = None,
+    hooks: Hooks | None = None,
     api_keys: Sequence[str] = (),
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully.
@@ -237,7 +240,7 @@ async def serve(
                     raise CommandError(f"--record {record}: {_reason(exc)}") from None
                 recorder = TraceRecorder(trace, asdict(config))
             unbound: OSError | None = None
-            async with Engine(store=store, config=config, recorder=recorder) as engine:
+            async with Engine(store=store, config=config, recorder=recorder, hooks=hooks) as engine:
                 if api_keys:
                     serve_api(engine, api_keys)
                 async with trio.open_nursery() as nursery:
@@ -382,6 +385,62 @@ configuration:
   or a bad value is refused (exit status 2). The printed config is a config file."""
 
 
+def _add_jwt_flags(serve_cmd: argparse.ArgumentParser) -> None:
+    jwt_flags = serve_cmd.add_argument_group(
+        "JWT authentication", "accept only JSON Web Tokens signed by one key (README: Authentication with JWTs)")
+    key = jwt_flags.add_mutually_exclusive_group()
+    key.add_argument("--jwt-secret-file", type=Path, metavar="FILE",
+                     help="HS256/384/512: the shared secret is FILE's bytes (at least 32; a final newline is ignored)")
+    key.add_argument("--jwt-secret", metavar="SECRET",
+                     help="HS256/384/512 with this secret; it shows in `ps` and shell history: prefer --jwt-secret-file")
+    key.add_argument("--jwt-public-key", type=Path, metavar="FILE",
+                     help="RS/PS, ES or EdDSA: an RSA, EC or Ed25519 public key in PEM")
+    key.add_argument("--jwt-jwks", type=Path, metavar="FILE",
+                     help="a JSON Web Key Set file of public keys; the token's kid picks one")
+    jwt_flags.add_argument("--jwt-algorithm", action="append", metavar="ALG",
+                           help="accept only this algorithm (repeatable; default: every one the key's type allows, never none)")
+    jwt_flags.add_argument("--jwt-audience", metavar="AUD", help="tokens must name this audience (aud)")
+    jwt_flags.add_argument("--jwt-issuer", metavar="ISS", help="tokens must come from this issuer (iss)")
+    jwt_flags.add_argument("--jwt-default-access", choices=list(ACCESS_NAMES), metavar="ACCESS",
+                           help="access in every room for a token without a rooms claim: none (default), read, comment, write")
+
+
+def jwt_hooks(args: argparse.Namespace) -> Hooks | None:
+    """The JwtHooks the --jwt-* flags ask for, or None (anonymous users, full access).
+
+    Raises:
+        CommandError: a --jwt-* option without a key (USAGE), or a key file that cannot be read
+            or does not hold a key that verifies JWTs (FAILED).
+    """
+    sources = {"--jwt-secret-file": args.jwt_secret_file, "--jwt-secret": args.jwt_secret,
+               "--jwt-public-key": args.jwt_public_key, "--jwt-jwks": args.jwt_jwks}
+    flag, source = next(((f, v) for f, v in sources.items() if v is not None), (None, ""))
+    options = {"--jwt-algorithm": args.jwt_algorithm, "--jwt-audience": args.jwt_audience,
+               "--jwt-issuer": args.jwt_issuer, "--jwt-default-access": args.jwt_default_access}
+    if flag is None:
+        given = [f for f, v in options.items() if v is not None]
+        if given:
+            raise CommandError(f"{given[0]} needs a key: --jwt-secret-file, --jwt-public-key or --jwt-jwks", USAGE)
+        return None
+    kwargs: dict[str, Any] = {
+        "algorithms": args.jwt_algorithm,
+        "audience": args.jwt_audience,
+        "issuer": args.jwt_issuer,
+        "default_access": ACCESS_NAMES[args.jwt_default_access or "none"],
+    }
+    shown = "(hidden)" if flag == "--jwt-secret" else source
+    try:
+        if flag == "--jwt-secret-file":
+            return JwtHooks.from_secret_file(source, **kwargs)
+        if flag == "--jwt-secret":
+            return JwtHooks.from_secret(source, **kwargs)
+        if flag == "--jwt-public-key":
+            return JwtHooks.from_public_key_file(source, **kwargs)
+        return JwtHooks.from_jwks_file(source, **kwargs)
+    except JwtKeyError as exc:
+        raise CommandError(f"{flag} {shown}: {exc}") from None
+
+
 def build_parser() -> _Parser:
     """The `plait` command line: serve, replay, inspect, client."""
     defaults = EngineConfig()
@@ -428,6 +487,7 @@ def build_parser() -> _Parser:
                            help=f"read settings from this TOML file (or {ENV_PREFIX}CONFIG); see below")
     serve_cmd.add_argument("--print-config", action="store_true",
                            help="print the settings in force, and where each comes from, as TOML; then exit")
+    _add_jwt_flags(serve_cmd)
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
     replay_cmd.add_argument("files", nargs="+", type=Path)
     replay_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
@@ -546,7 +606,8 @@ def _run(args: argparse.Namespace) -> int:
         api_keys = args.api_key  # also PLAIT_API_KEY (comma-separated) or api_key in the file (_settings.py)
         if not all(map(good_api_key, api_keys)):
             raise CommandError(f"--api-key: {KEY_RULE}", USAGE)
-        trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys))
+        hooks = jwt_hooks(args)
+        trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys, hooks=hooks))
     elif args.command == "inspect":
         trio.run(inspect, choose_store(args.store, args.data), args.room)
     elif args.command == "replay":

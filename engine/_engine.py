@@ -16,6 +16,7 @@ import functools
 import itertools
 import logging
 import secrets
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -80,6 +81,8 @@ class Engine:
         fanout, sequence, lease: the seams several processes will share a room through: how a
             room's frames reach its members, who numbers its events, who may compact it
             (engine/room/; in-process by default).
+        wall_clock: unix seconds now (`time.time`), injected so tests run under MockClock: it
+            turns a credential's expiry (`Hooks.expires_at`, spec §5.9) into a Trio deadline.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Engine:
         fanout: Fanout = LOCAL_FANOUT,
         sequence: SequenceAuthority = LOCAL_SEQUENCE,
         lease: CompactionLease = LOCAL_LEASE,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.hooks = hooks if hooks is not None else Hooks()
@@ -119,7 +123,7 @@ class Engine:
         )
         self._sessions: dict[str, Peer] = {}
         self._flusher = Flusher(lambda: self.nursery)
-        self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
+        self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics, wall_clock)
         self._per_ip = ConnectionCounts(self.config.max_connections_per_ip)
         """WebSockets and HTTP sessions open per peer address (spec §2, §14.5)."""
         self._http = HttpSessions(self.config, self._start_http_session, lambda: self._accepting, self._per_ip)

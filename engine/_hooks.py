@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -69,6 +70,16 @@ class Hooks:
         if isinstance(key, str) and MIN_ANONYMOUS_KEY <= len(key) <= MAX_ANONYMOUS_KEY:
             return {"id": "anon-" + hashlib.sha256(key.encode()).hexdigest()[:12]}
         return {"id": f"anon-{next(self._anonymous)}"}
+
+    async def expires_at(self, token: str | None, identity: Identity) -> float | None:
+        """When the credential `token` (which `authenticate` turned into `identity`) stops
+        being valid: wall-clock unix seconds, or None (the default) for never.
+
+        A session whose credential expires is asked for a fresh one shortly before
+        (`token_expiring`, spec §5.9); one not refreshed in time is closed with TOKEN_EXPIRED
+        (4012). A time already past refuses the token (UNAUTHENTICATED). Called after each
+        successful `authenticate` of a hello and of a refresh (JwtHooks: the token's `exp`)."""
+        return None
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
         """The identity's access to a room: Access.WRITE (edit and publish), Access.COMMENT
@@ -160,6 +171,17 @@ def checked_identity(identity: object, max_bytes: int) -> Identity:
         raise HookFailed("authenticate")
     assert isinstance(identity, dict)
     return identity
+
+
+def checked_expiry(expiry: object) -> float | None:
+    """What `Hooks.expires_at` returned: None or a finite number of unix seconds. Raises
+    HookFailed for anything else."""
+    if expiry is None:
+        return None
+    if type(expiry) in (int, float) and math.isfinite(expiry):  # type: ignore[arg-type]
+        return float(expiry)  # type: ignore[arg-type]
+    logger.error("hook expires_at returned %r, not unix seconds or None", expiry)
+    raise HookFailed("expires_at")
 
 
 def checked_access(access: object) -> Access | None:

@@ -59,6 +59,8 @@ REPLAY_SETTINGS = {"hooks", "check_times", "time_tolerance", "unread", "buffer",
 class TokenHooks(Hooks):
     """Hooks for traces and demos, driven by the token: no token = anonymous, `bad` =
     refused, `ro:NAME` = read-only, `co:NAME` = comment (publish, not edit), `no:NAME` = no access, anything else = that user id.
+    `exp=T:NAME` is user NAME whose credential expires at T on the engine's wall clock (spec
+    §5.9; a replay's wall clock reads 0 when it begins, so T is seconds into the trace).
     Events named `rejected` are refused (EVENT_REJECTED); `app-error` with application code 4000."""
 
     def __init__(self) -> None:
@@ -73,6 +75,10 @@ class TokenHooks(Hooks):
         kind, _, name = token.rpartition(":")
         self._access[name] = {"ro": Access.READ, "co": Access.COMMENT, "no": None}.get(kind, Access.WRITE)
         return {"id": name}
+
+    async def expires_at(self, token: str | None, identity: Identity) -> float | None:
+        kind = (token or "").rpartition(":")[0]
+        return float(kind[4:]) if kind.startswith("exp=") else None
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
         return self._access.get(identity["id"], Access.WRITE)
@@ -215,7 +221,9 @@ async def replay(
     # New event histories get the recorded epochs, in the order they first appear (spec §10.2).
     recorded_epochs = dict.fromkeys(r.body.epoch for r in trace.records if isinstance(r.body, Joined))
     epochs = itertools.chain(recorded_epochs, (f"e{n}" for n in itertools.count(1)))
+    origin = trio.current_time()
     engine = Engine(
+        wall_clock=lambda: trio.current_time() - origin,  # TokenHooks' `exp=T:` is seconds into the trace
         store=store,
         hooks=hooks,
         config=config,

@@ -39,6 +39,8 @@ from ._frames import (
     Pong as Pong,
     Error as Error,
     Ack as Ack,
+    TokenExpiring as TokenExpiring,
+    Refresh as Refresh,
     Join as Join,
     Joined as Joined,
     Leave as Leave,

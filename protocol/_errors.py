@@ -38,6 +38,7 @@ class ErrorCode(IntEnum):
     PRESENCE_TOO_LARGE = 2009
     ROOM_DELETED = 2010
     """The server's operator deleted the room; its channel is closed (spec §5.2)."""
+    TOKEN_EXPIRED = 2011
     TOO_MANY_CONNECTIONS = 2012
     NOT_FOUND = 2013
     """(Server API, spec/api.md) no room, session or user of that name."""
@@ -78,6 +79,9 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 4009
     FORBIDDEN = 4010
     DOCUMENT_TOO_LARGE = 4011
+    TOKEN_EXPIRED = 4012
+    """The session's credential expired and was not refreshed in time (spec §5.9): reconnect
+    with a fresh token."""
     DISCONNECTED = 4013
     """The server's operator ended the session (spec/api.md); not retried automatically."""
     TOO_MANY_CONNECTIONS = 4014
@@ -113,6 +117,7 @@ _CLOSE_FOR_ERROR = {
     ErrorCode.DOCUMENT_TOO_LARGE: CloseCode.DOCUMENT_TOO_LARGE,
     ErrorCode.ROOM_DELETED: CloseCode.DISCONNECTED,
     ErrorCode.TOO_MANY_CONNECTIONS: CloseCode.TOO_MANY_CONNECTIONS,
+    ErrorCode.TOKEN_EXPIRED: CloseCode.TOKEN_EXPIRED,
 }
 
 

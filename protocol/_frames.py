@@ -76,6 +76,8 @@ class FrameKind(IntEnum):
     PONG = 4
     ERROR = 5
     ACK = 6
+    TOKEN_EXPIRING = 7
+    REFRESH = 8
     JOIN = 10
     JOINED = 11
     LEAVE = 12
@@ -264,6 +266,27 @@ class Error(Frame):
 class Ack(Frame):
     ref: int = wire(REF)
     value: int | None = wire(Optional(SEQ))
+
+
+@final
+@_frame(FrameKind.TOKEN_EXPIRING, Sender.SERVER)
+@dataclass(frozen=True, slots=True)
+class TokenExpiring(Frame):
+    """The session's credential expires in `expires_in_ms` milliseconds: send `Refresh` with a
+    fresh token before then, or the session is closed TOKEN_EXPIRED (spec §5.9)."""
+
+    expires_in_ms: int = wire(UInt())
+
+
+@final
+@_frame(FrameKind.REFRESH, Sender.CLIENT)
+@dataclass(frozen=True, slots=True)
+class Refresh(Frame):
+    """A fresh token for this session (spec §5.9): answered by ack, or by error(ref, nil,
+    UNAUTHENTICATED) if refused, which is not fatal."""
+
+    ref: int = wire(REF)
+    token: str = wire(Str(MAX_TOKEN))
 
 
 # -- rooms ---------------------------------------------------------------------------------

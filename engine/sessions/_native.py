@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -44,6 +45,7 @@ from plait.protocol import (
     SessionState,
     SyncStep1,
     SyncStep2,
+    TokenExpiring,
     Typing,
     Update,
     Welcome,
@@ -51,6 +53,7 @@ from plait.protocol import (
     decode,
     decode_json,
 )
+from plait.protocol import Refresh as RefreshToken  # room.Refresh is the ephemeral refresh
 
 from .._errors import RequestError
 from .._hooks import HookFailed, Unauthenticated
@@ -65,7 +68,7 @@ logger = logging.getLogger("plait.session")
 class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
 
-    __slots__ = ("_answers", "_heard", "_heard_at", "_http", "_next_channel", "_rooms", "conn", "wire")
+    __slots__ = ("_answers", "_client", "_heard", "_heard_at", "_http", "_next_channel", "_rooms", "conn", "wire")
 
     def __init__(
         self,
@@ -91,6 +94,10 @@ class Session(Peer):
         self._next_channel = 1
         self._heard = False  # a message arrived since the last heartbeat sweep
         self._heard_at = trio.current_time()
+        self._client: dict[str, Any] = {}
+        """hello.client, given to a refresh's authentication too (spec §5.9); kept only when
+        the credential expires (an idle server holds thousands of sessions: bench/idle.py),
+        else a refresh is authenticated with an empty one."""
 
     def _leave_rooms(self) -> None:
         super()._leave_rooms()
@@ -149,6 +156,7 @@ class Session(Peer):
             assert isinstance(hello, Hello)
             try:
                 self.identity = await self.services.authenticate(hello.token, hello.client)
+                deadline = await self.services.credential_deadline(hello.token, self.identity)
             except Unauthenticated as exc:  # spec §5.1: the error, then the close that says why
                 self.refuse(ErrorCode.UNAUTHENTICATED, str(exc) or "token refused")
                 self.close(CloseCode.UNAUTHENTICATED, "unauthenticated")
@@ -161,6 +169,9 @@ class Session(Peer):
                 return False
             welcome = Welcome(self.conn.version or 1, self.id, int(self.config.heartbeat * 1000), self.config.limits)
             self._send_now(welcome)
+            if deadline is not None:
+                self._client = hello.client
+            self._set_deadline(deadline)
             return True
         self.close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time")
         return False
@@ -186,6 +197,39 @@ class Session(Peer):
             self._reader_scope.cancel()  # Peer.run reports HEARTBEAT_TIMEOUT
             return
         super().keep_alive(now)
+
+    # -- credential expiry and refresh (spec §5.9) ---------------------------------------------
+
+    def _token_expiring(self, remaining: float) -> None:
+        self.send_frames([TokenExpiring(min(int(remaining * 1000), 2**32 - 1))])
+
+    def _token_expired(self) -> None:
+        self.send_frames([Error(None, None, ErrorCode.TOKEN_EXPIRED, "token expired: reconnect with a fresh token")])
+        super()._token_expired()
+
+    async def _refresh(self, ref: int, token: str) -> None:
+        """spec §5.9: a fresh token for the same user replaces the session's credential and its
+        expiry; anything else is refused (UNAUTHENTICATED, not fatal) and changes nothing.
+
+        Raises:
+            RequestError: UNAUTHENTICATED (refused), INTERNAL (a hook failed: HookFailed).
+        """
+        try:
+            identity = await self.services.authenticate(token, self._client)
+            deadline = await self.services.credential_deadline(token, identity)
+        except Unauthenticated as exc:
+            raise RequestError(ErrorCode.UNAUTHENTICATED, str(exc) or "token refused") from None
+        if identity["id"] != self.identity.get("id"):
+            raise RequestError(ErrorCode.UNAUTHENTICATED, "the token is for another user: a session cannot change user")
+        # The fresh credential may grant less (or more): every room joined is authorised again
+        # with it, all before anything changes, so a hook that fails changes nothing.
+        members = list(self._members.values())
+        accesses = [await self.services.authorize(identity, member.room.name) for member in members]
+        self.identity = identity
+        self._set_deadline(deadline)
+        self.send_frames([Ack(ref, None)])
+        for member, access in zip(members, accesses, strict=True):
+            member.room.change_access(member, access)
 
     # -- reader -----------------------------------------------------------------------------
 
@@ -300,6 +344,8 @@ class Session(Peer):
                 pass
             case Join():
                 await self._join(frame)
+            case RefreshToken(ref=ref, token=token):
+                await self._refresh(ref, token)
             case Leave(channel=channel, ref=ref):
                 member = self._members.pop(channel)
                 self._rooms.pop(member.room.name, None)

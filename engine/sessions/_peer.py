@@ -72,6 +72,22 @@ class _Detach:
     """Set when the session lets go of the transport `attach` gave it."""
 
 
+@dataclass(slots=True)
+class _Expiry:
+    """When a session's credential expires (spec §5.9), on Trio's clock: only sessions whose
+    credential expires have one, checked by the heartbeat sweep (no timer per session)."""
+
+    deadline: float
+    """Closed TOKEN_EXPIRED at the first sweep at or after this."""
+    warn_at: float
+    """token_expiring is sent at the first sweep at or after this (native sessions)."""
+    warned: bool = False
+
+
+REFRESH_MARGIN = 30.0
+"""Seconds before a credential expires that a native client is asked for a fresh one (spec
+§5.9): this, or a third of the credential's remaining lifetime when it was given, if less."""
+
 _NEVER = float("-inf")
 
 
@@ -88,7 +104,7 @@ class Peer:
     # Slots: an idle server holds thousands of these (bench/idle.py).
     __slots__ = (
         "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
-        "_catching_up", "_finished", "_read_free_at", "_event_bucket", "_members", "_nowait",
+        "_catching_up", "_expiry", "_finished", "_read_free_at", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_scope", "_frame_bucket", "_update_bucket", "_user_slot", "_violations", "_writer_stopped", "_writing", "config",
         "id",
@@ -147,6 +163,8 @@ class Peer:
         the outbox budget (Outbox.put)."""
         self._read_free_at = _NEVER
         """When what this connection has sent so far is paid for at read_bytes_per_second."""
+        self._expiry: _Expiry | None = None
+        """When the credential expires (spec §5.9); None: never."""
         self._detach = _Detach(detach_grace, resume_key) if detach_grace > 0 else None
         """How it outlives a transport; None: it ends with its transport (a WebSocket's)."""
         now = trio.current_time()
@@ -601,10 +619,47 @@ class Peer:
         if self._writer_stopped is not None:
             self._writer_stopped.set()
 
+    # -- credential expiry (spec §5.9) --------------------------------------------------------
+
+    def _set_deadline(self, deadline: float | None) -> None:
+        """The credential this session was (re-)authenticated with expires at `deadline` on
+        Trio's clock (SessionServices.credential_deadline), or never (None); it replaces the
+        one before. The client is asked for a fresh one REFRESH_MARGIN (or a third of what
+        is left now) before."""
+        if deadline is None:
+            self._expiry = None
+            return
+        margin = min(REFRESH_MARGIN, (deadline - trio.current_time()) / 3)
+        self._expiry = _Expiry(deadline, deadline - margin)
+
+    def _check_expiry(self, expiry: _Expiry, now: float) -> bool:
+        """The heartbeat sweep's look at the credential: close a session whose credential has
+        expired (True), warn one about to (spec §5.9). Up to one sweep (H/8) late, never early."""
+        if now >= expiry.deadline:
+            self._expiry = None
+            logger.info("session %s: credential expired", self.id)
+            self._token_expired()
+            return True
+        if not expiry.warned and now >= expiry.warn_at:
+            expiry.warned = True
+            self._token_expiring(expiry.deadline - now)
+        return False
+
+    def _token_expiring(self, remaining: float) -> None:
+        """Ask the client for a fresh credential, `remaining` seconds before it expires (a
+        protocol that cannot refresh, y-websocket's, does nothing: spec §13)."""
+
+    def _token_expired(self) -> None:
+        """The credential expired unrefreshed: close TOKEN_EXPIRED (spec §5.9, §9)."""
+        self.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
     def keep_alive(self, now: float) -> None:
-        """Called by the engine's heartbeat sweep: close a connection that has been behind for
-        longer than `outbox_max_lag`; queue a ping if this connection has sent nothing for most
-        of a heartbeat interval, so the client hears from it every interval."""
+        """Called by the engine's heartbeat sweep: close a session whose credential expired
+        (spec §5.9), and a connection that has been behind for longer than `outbox_max_lag`;
+        queue a ping if this connection has sent nothing for most of a heartbeat interval, so
+        the client hears from it every interval."""
+        if self._expiry is not None and self._check_expiry(self._expiry, now):
+            return
         self._check_lag(now)
         if self._nursery is None or self._writing or now - self.last_sent < 0.75 * self.config.heartbeat:
             return

@@ -8,6 +8,7 @@ session reaches rooms through `hold_room`, the application's hooks through `auth
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -17,7 +18,7 @@ import trio
 from plait.protocol import Access, Frame
 
 from .._config import EngineConfig
-from .._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
+from .._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_expiry, checked_identity
 from .._limits import ConnectionCounts
 from .._metrics import NO_METRICS, Metrics
 from .._record import TraceRecorder
@@ -62,6 +63,9 @@ class SessionServices:
         flush_soon: have a connection write what it queued, in the engine's shared writer task.
         recorder: records every connection's traffic as a trace (`plait serve --record`), or None.
         metrics: where sessions report what they open, close and refuse (engine/_metrics.py).
+        wall_clock: unix seconds now (`time.time`): only to turn a credential's wall-clock
+            expiry (`Hooks.expires_at`) into a deadline on Trio's clock, once per
+            authentication, so that sessions are timed by Trio (and MockClock in tests).
     """
 
     def __init__(
@@ -72,8 +76,10 @@ class SessionServices:
         flush_soon: Callable[[Flushable], None],
         recorder: TraceRecorder | None = None,
         metrics: Metrics = NO_METRICS,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.wall_clock = wall_clock
         self.metrics = metrics
         self.hooks = hooks
         self.hold_room = hold_room
@@ -94,6 +100,24 @@ class SessionServices:
             "authenticate", lambda: self.hooks.authenticate(token, client), self.config.hook_timeout, (Unauthenticated,)
         )
         return checked_identity(identity, self.config.presence_limit)
+
+    async def credential_deadline(self, token: str | None, identity: Identity) -> float | None:
+        """When the credential that gave `identity` expires, on Trio's clock (None: never),
+        from `Hooks.expires_at`'s wall-clock answer (spec §5.9).
+
+        Raises:
+            Unauthenticated: it has already expired.
+            HookFailed: the hook misbehaved (logged).
+        """
+        expiry = checked_expiry(
+            await call_hook("expires_at", lambda: self.hooks.expires_at(token, identity), self.config.hook_timeout)
+        )
+        if expiry is None:
+            return None
+        remaining = expiry - self.wall_clock()
+        if remaining <= 0:
+            raise Unauthenticated("token expired")
+        return trio.current_time() + remaining
 
     async def authorize(self, identity: Identity, room: str) -> Access | None:
         """The access the operator set (`access_overrides`), else `Hooks.authorize`'s answer.

@@ -88,6 +88,8 @@ class YjsSession(Peer):
             return False
         try:
             self.identity = await self.services.authenticate(self.token, {"name": "y-websocket"})
+            # spec §13: y-websocket cannot refresh; the session is closed TOKEN_EXPIRED at expiry.
+            self._set_deadline(await self.services.credential_deadline(self.token, self.identity))
             if not self._admit_identity():
                 return False
             access = await self.services.authorize(self.identity, name)

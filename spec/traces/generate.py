@@ -39,6 +39,7 @@ from plait.protocol import (
     PresenceSet,
     Publish,
     Raw,
+    Refresh,
     SyncStep1,
     SyncStep2,
     Trace,
@@ -416,6 +417,31 @@ def scenarios() -> dict[str, Script]:
     x.operation(4, "delete_room", room="doc")
     x.operation(5, "disconnect", user="carol", reason="account closed")
     x.end(6)
+
+    x = s["token-refresh"] = Script(
+        "credentials that expire (spec §5.9): s1's token (expires at 60 s) is announced at 40 s "
+        "(token_expiring: a third of its lifetime, at most 30 s, before), refreshed for one expiring "
+        "at 200 s (ack), so it outlives 60 s; refreshes for another user, with a refused token or "
+        "an expired one get UNAUTHENTICATED, not fatal; s2 (expires at 30 s) never refreshes: "
+        "TOKEN_EXPIRED and close 4012 at 30 s, and its presence leaves after the grace",
+        hooks="tokens",
+        check_times=True,
+    )
+    x.hello(0, "s1", token="exp=60:alice")
+    x.send(0, "s1", Join(1, "r", None, None))
+    x.hello(0, "s2", token="exp=30:bob")
+    x.send(0, "s2", Join(1, "r", None, None))
+    for t in range(8, 41, 8):  # the clients' heartbeats (spec §5.7)
+        x.send(t, "s1", Ping(t))
+        if t < 30:
+            x.send(t, "s2", Ping(t))
+    x.send(41, "s1", Refresh(2, "exp=200:alice"))
+    x.send(42, "s1", Refresh(3, "exp=300:mallory"))
+    x.send(43, "s1", Refresh(4, "bad"))
+    x.send(43, "s1", Refresh(5, "exp=40:alice"))
+    for t in range(48, 70, 8):
+        x.send(t, "s1", Ping(t))
+    x.end(70)
     return s
 
 

@@ -211,3 +211,41 @@ def test_the_readme_lists_every_serve_option_as_serve_help_does(capsys: pytest.C
     assert helped["--store"].split() == ["STORE", *", ".join(STORE_FORMS).replace("sqlite,", "sqlite (default),").split()]
     levels = re.match(r" ([A-Z|]+)`", described["--log-level"])
     assert levels is not None and levels.group(1).replace("|", ", ") in helped["--log-level"]
+
+
+# -- plait serve --jwt-* ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "status", "message"),
+    [
+        (["--jwt-secret-file", "missing"], 1, "--jwt-secret-file missing: No such file or directory"),
+        (["--jwt-secret-file", "short"], 1, "--jwt-secret-file short: the secret is 5 bytes; HS algorithms need at least 32"),
+        (["--jwt-secret", "short"], 1, "--jwt-secret (hidden): the secret is 5 bytes"),
+        (["--jwt-public-key", "short"], 1, "--jwt-public-key short: not a PEM public key"),
+        (["--jwt-jwks", "short"], 1, "--jwt-jwks short: not JSON"),
+        (["--jwt-secret-file", "long", "--jwt-algorithm", "RS256"], 1, "algorithm RS256 does not go with a secret"),
+        (["--jwt-audience", "plait"], 2, "--jwt-audience needs a key: --jwt-secret-file, --jwt-public-key or --jwt-jwks"),
+        (["--jwt-secret-file", "long", "--jwt-jwks", "long"], 2, "not allowed with argument"),
+        (["--jwt-secret-file", "long", "--jwt-default-access", "admin"], 2, "invalid choice"),
+    ],
+    ids=["missing", "short-file", "short-secret", "not-pem", "not-jwks", "wrong-alg", "no-key", "two-keys", "bad-access"],
+)
+def test_a_bad_jwt_flag_or_key_file_is_one_line_before_serving(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], status: int, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "short").write_text("short\n")
+    (tmp_path / "long").write_text("s" * 64 + "\n")
+    code, out, err = run(["serve", "--store", "memory", "--port", "0", *flags], capsys)
+    assert code == status
+    assert "serving" not in out
+    assert message in one_line(err, "serve"), err
+
+
+def test_a_secret_on_the_command_line_is_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "a-secret-too-short"
+    code, _, err = run(["serve", "--store", "memory", "--jwt-secret", secret], capsys)
+    assert code == 1 and secret not in err
+    _, shown, _ = run(["serve", "--help"], capsys)
+    assert "ps" in " ".join(shown.split()) and "--jwt-secret-file" in shown
