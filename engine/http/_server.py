@@ -28,7 +28,7 @@ from websockets.server import ServerProtocol
 from plait.protocol import YJS_PATH
 
 from ..transports._websocket import WebSocketStream
-from ._exchange import Exchange, Refusal
+from ._exchange import H11Exchange, Refusal
 from ._router import Route, Router
 from ._sessions import PREFIX
 
@@ -75,7 +75,7 @@ async def _serve_requests(
 ) -> WebSocketStream | None:
     """Answer requests until one opens a WebSocket (returned), one is refused, or the client
     closes the connection (None)."""
-    ex = Exchange(stream)
+    ex = H11Exchange(stream)
     first = True
     while True:
         request: h11.Request | None = None
@@ -110,7 +110,7 @@ async def _serve_requests(
             return None
 
 
-async def _contained(handle: Route, ex: Exchange, request: h11.Request) -> None:
+async def _contained(handle: Route, ex: H11Exchange, request: h11.Request) -> None:
     """Run a route: what goes wrong in it is this request's failure (500), never the engine's."""
     try:
         await handle(ex, request)

@@ -46,7 +46,7 @@ from plait.protocol import (
 from .._config import EngineConfig
 from ..transports import HttpTransport, json_of_event
 from ._cors import Origins
-from ._exchange import RECEIVE_BYTES, Exchange, Refusal, header
+from ._exchange import Exchange, Refusal, header
 from ._sse import EventStreamSink
 
 logger = logging.getLogger("plait.http")
@@ -298,7 +298,7 @@ class HttpSessions:
             async with trio.open_nursery() as nursery:
                 # A client that goes is noticed at once, not when a write fails (up to 2H
                 # later): the session's grace starts from when it went.
-                nursery.start_soon(_until_hangup, ex.stream, nursery.cancel_scope)
+                nursery.start_soon(_until_hangup, ex, nursery.cancel_scope)
                 await sink.send(ex.chunk(b"".join(preamble)))
                 entries = transport.take_now(consumer, after)
                 if entries:
@@ -368,14 +368,10 @@ class HttpSessions:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-async def _until_hangup(stream: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
+async def _until_hangup(ex: Exchange, scope: trio.CancelScope) -> None:
     """Cancel `scope` when the client closes the connection (what it sends meanwhile, it has
     no business sending on an event stream's connection, is dropped)."""
-    try:
-        while await stream.receive_some(RECEIVE_BYTES):
-            pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+    await ex.wait_hangup()
     scope.cancel()
 
 
