@@ -1,0 +1,273 @@
+"""plait.engine.asgi under Hypercorn's Trio worker, in this process, on real sockets of
+127.0.0.1: Plait mounted at /collab in a Starlette app with a route of its own; native
+WebSocket clients (the SDK, and a hand-made one that misbehaves), the HTTP transports (httpx
+and an h11 event-stream reader) in the same rooms. Every wait is bounded."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection
+from wsproto.events import Request as WsRequest
+
+from plait.client import connect
+from plait.engine import Engine, EngineConfig, Unauthenticated
+from plait.engine.asgi import PlaitApp, relative_target
+from plait.protocol import CloseCode, Hello, Join, Publish, Welcome, decode, encode, encode_json
+
+from .httpclients import event_stream
+from .test_hostile_endpoints import Peer, raw_frame
+
+pytestmark = pytest.mark.slow
+
+
+def who(scope: Any) -> dict[str, Any] | None:
+    """The test app's own auth: `X-User: NAME` (as a middleware that checked it would leave
+    it), `X-User: nobody` refused."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-user":
+            if value == b"nobody":
+                raise Unauthenticated("not logged in")
+            return {"id": value.decode()}
+    return None
+
+
+async def hello_route(request: Request) -> JSONResponse:
+    return JSONResponse({"app": "own route", "path": request.url.path})
+
+
+def mounted(plait: PlaitApp) -> Starlette:
+    return Starlette(routes=[Route("/hello", hello_route), Mount("/collab", plait)], lifespan=plait.lifespan)
+
+
+@asynccontextmanager
+async def hypercorn(app: Any, **settings: Any) -> AsyncIterator[int]:
+    """`app` served by Hypercorn's Trio worker on a free port of 127.0.0.1 (the port); a
+    graceful shutdown (its lifespan's end) when the block exits."""
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 1
+    config.accesslog = None
+    for name, value in settings.items():
+        setattr(config, name, value)
+    stop = trio.Event()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(functools.partial(serve, app, config, shutdown_trigger=stop.wait))
+            yield int(binds[0].rsplit(":", 1)[1])
+            stop.set()
+
+
+class Closes:
+    """Metrics that keep the close code of every session that ended."""
+
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    def add(self, name: str, amount: float = 1.0, label: str = "") -> None:
+        if name == "sessions_closed":
+            self.codes.append(label)
+
+    def observe(self, name: str, value: float, label: str = "") -> None:
+        pass
+
+
+@asynccontextmanager
+async def collab(**config: Any) -> AsyncIterator[tuple[Engine, int]]:
+    settings = config.pop("hypercorn", {})
+    metrics = config.pop("metrics", Closes())
+    engine = Engine(config=EngineConfig(**config), metrics=metrics)
+    async with hypercorn(mounted(PlaitApp(engine, identity_from_scope=who)), **settings) as port:
+        yield engine, port
+
+
+async def wait_until(check: Any, what: str, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.01)
+    assert check(), what
+
+
+# -- the scope ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scope", "target"),
+    [
+        (
+            {"path": "/collab/yjs/notes", "raw_path": b"/collab/yjs/notes", "root_path": "/collab", "query_string": b"token=T"},
+            "/yjs/notes?token=T",
+        ),
+        ({"path": "/collab/yjs/a b", "raw_path": b"/collab/yjs/a%20b", "root_path": "/collab", "query_string": b""}, "/yjs/a%20b"),
+        ({"path": "/collab/", "raw_path": b"/collab/", "root_path": "/collab", "query_string": b""}, "/"),
+        ({"path": "/collab", "raw_path": b"/collab", "root_path": "/collab", "query_string": b""}, "/"),
+        ({"path": "/yjs/x", "root_path": "", "query_string": b""}, "/yjs/x"),  # no raw_path: quoted again
+        ({"path": "/v1/events", "raw_path": b"/v1/events", "root_path": "/mnt", "query_string": b"room=a"}, "/v1/events?room=a"),
+    ],
+)
+def test_paths_are_relative_to_the_mount(scope: dict[str, Any], target: str) -> None:
+    assert relative_target(scope) == target
+
+
+# -- through the app ----------------------------------------------------------------------------
+
+
+async def test_native_and_http_clients_share_a_room_under_the_mount_and_the_apps_route_still_works() -> None:
+    async with collab() as (_engine, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        assert (await http.get("/hello")).json() == {"app": "own route", "path": "/hello"}
+        async with connect(f"ws://127.0.0.1:{port}/collab/") as client, client.join("notes") as room:
+            await room.synced()
+            events = room.events()
+            # An HTTP session, its identity from the app's own auth (X-User), publishes.
+            created = await http.post("/collab/v1/sessions", headers={"X-User": "ada"})
+            assert created.status_code == 201, created.text
+            body = created.json()
+            frames = "/collab" + body["frames"]
+            answers = await http.post(frames, content=encode_json([Join(1, "notes", None, None)]))
+            assert answers.status_code == 200 and answers.json()[0]["kind"] == "joined", answers.text
+            channel = answers.json()[0]["channel"]
+            sent = await http.post(frames, content=encode_json([Publish(channel, 2, "chat", {"text": "hi"}, None)]))
+            assert sent.json()[0]["kind"] == "ack", sent.text
+            with trio.fail_after(10):
+                chat = await events.__anext__()
+            assert chat.name == "chat" and chat.user == "ada" and chat.payload == {"text": "hi"}
+            # An event stream through the mount sees the native client's edit.
+            async with event_stream(port, "/collab/v1/events?room=notes") as (status, headers, stream):
+                assert status == 200 and headers["content-type"].startswith("text/event-stream")
+                room.text.insert(0, "hello")
+                await room.flushed()
+                with trio.fail_after(10):
+                    async for event in stream:
+                        if event.type == "update":
+                            break
+        assert (await http.get("/collab/nothing")).status_code == 404
+        refused = await http.post("/collab/v1/sessions", headers={"X-User": "nobody"})
+        assert refused.status_code == 401 and refused.json()["code"] == 2002
+
+
+async def peer_as(port: int, user: str | None) -> Peer:
+    """A hand-made WebSocket client on /collab/, sending `X-User: user` with its upgrade."""
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", port))
+    peer = Peer(trio.SocketStream(sock), WSConnection(ConnectionType.CLIENT))
+    headers = [(b"x-user", user.encode())] if user is not None else []
+    await peer.send(peer.ws.send(WsRequest(host="127.0.0.1", target="/collab/", extra_headers=headers)))
+    with trio.fail_after(5):
+        while not any(isinstance(e, AcceptConnection) for e in peer._feed(await peer.stream.receive_some(65536))):
+            pass
+    return peer
+
+
+async def test_the_apps_auth_refuses_a_websocket_4003_and_leaves_others_to_plaits_hooks() -> None:
+    async with collab() as (_engine, port):
+        refused = await peer_as(port, "nobody")
+        await refused.send(raw_frame(2, encode(Hello((1,), None, {}))))
+        await refused.read_to_eof()
+        assert [c.code for c in refused.closes] == [CloseCode.UNAUTHENTICATED]
+        for user in ("bob", None):  # vouched for; not vouched for: anonymous (the default hooks)
+            peer = await peer_as(port, user)
+            await peer.send(raw_frame(2, encode(Hello((1,), None, {}))))
+            with trio.fail_after(5):
+                while not peer.messages:
+                    await peer.read_one()
+            assert isinstance(decode(peer.messages[0])[0], Welcome)  # type: ignore[arg-type]
+            await peer.stream.aclose()
+
+
+async def test_an_engine_whose_lifespan_does_not_run_says_how_to_run_it() -> None:
+    plait = PlaitApp(Engine())
+    app = Starlette(routes=[Mount("/collab", plait)])  # no lifespan=plait.lifespan
+    async with hypercorn(app) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        answer = await http.post("/collab/v1/sessions")
+        assert answer.status_code == 503
+        assert "lifespan" in answer.json()["error"]
+
+
+# -- hostile clients ----------------------------------------------------------------------------
+
+
+async def test_clients_that_go_mid_handshake_leave_nothing_behind() -> None:
+    async with collab(handshake_timeout=2) as (engine, port):
+        for cut in (20, 60):  # inside the upgrade request's head
+            with trio.socket.socket() as sock:
+                await sock.connect(("127.0.0.1", port))
+                request = b"GET /collab/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                await sock.send(request[:cut])
+        peer = await Peer.connect(port, "/collab/")  # upgraded, then gone before its hello
+        await peer.stream.aclose()
+        half = await Peer.connect(port, "/collab/")
+        await half.send(raw_frame(2, encode(Hello((1,), None, {})))[:3])  # part of a hello
+        await half.stream.aclose()
+        await wait_until(lambda: engine.statistics()["sessions"] == 0, "every session ended")
+        async with connect(f"ws://127.0.0.1:{port}/collab/") as client, client.join("after") as room:
+            await room.synced()
+
+
+async def test_a_message_over_plaits_limit_is_closed_1009_by_plait_under_hypercorns_larger_limit() -> None:
+    limit = 16 * 1024
+    async with collab(max_message_bytes=limit) as (engine, port):
+        peer = await Peer.connect(port, "/collab/")
+        await peer.send(raw_frame(2, encode(Hello((1,), None, {}))))
+        await peer.send(raw_frame(2, b"\x00" * (limit + 1)))
+        await peer.read_to_eof()
+        assert [c.code for c in peer.closes] == [CloseCode.MESSAGE_TOO_BIG]
+        await wait_until(lambda: engine.statistics()["sessions"] == 0, "the session ended")
+
+
+async def test_hypercorns_own_limit_closes_1009_before_plait_sees_the_message() -> None:
+    async with collab(hypercorn={"websocket_max_message_size": 8 * 1024}) as (_engine, port):
+        peer = await Peer.connect(port, "/collab/")
+        await peer.send(raw_frame(2, encode(Hello((1,), None, {}))))
+        await peer.send(raw_frame(2, b"\x00" * 12000))
+        await peer.read_to_eof()
+        assert [c.code for c in peer.closes][:1] == [CloseCode.MESSAGE_TOO_BIG]
+
+
+async def test_a_reader_that_stops_reading_is_closed_too_slow_and_the_room_goes_on() -> None:
+    outbox = 256 * 1024
+    closes = Closes()
+    async with collab(outbox_max_bytes=outbox, metrics=closes) as (engine, port):
+        slow = await Peer.connect(port, "/collab/", receive_buffer=4096)
+        await slow.send(raw_frame(2, encode(Hello((1,), None, {}))))
+        await slow.send(raw_frame(2, encode(Join(1, "busy", None, None))))
+        async with connect(f"ws://127.0.0.1:{port}/collab/") as client, client.join("busy") as room:
+            await room.synced()
+            await wait_until(lambda: len(room.presence) >= 0 and engine.statistics()["sessions"] == 2, "both in")
+            # Writes the slow peer never reads: far more than its outbox, its socket and
+            # Hypercorn's one message in hand can hold.
+            with trio.fail_after(30):
+                for i in range(200):
+                    room.text.insert(0, f"{i:04d}" + "x" * 64000)
+                    await room.flushed()
+                    if engine.statistics()["sessions"] == 1:
+                        break
+                    assert engine.statistics()["queued_bytes"] <= outbox + 64 * 1024
+            await wait_until(lambda: engine.statistics()["sessions"] == 1, "the slow reader's session ended")
+            room.text.insert(0, "still here")
+            await room.flushed()
+        slow_closed = trio.Event()
+
+        async def drain() -> None:
+            await slow.read_to_eof()
+            slow_closed.set()
+
+        # Its connection is dropped (the server wrote what it could, then hung up): reading
+        # what is left ends at EOF.
+        with trio.fail_after(15):
+            await drain()
+        assert all(isinstance(c, CloseConnection) for c in slow.closes)
+        assert closes.codes[0] == str(CloseCode.TOO_SLOW)
+
