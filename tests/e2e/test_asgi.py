@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pycrdt
 import pytest
 import trio
 from hypercorn.config import Config
@@ -27,6 +28,7 @@ from plait.client import connect
 from plait.engine import Engine, EngineConfig, Unauthenticated
 from plait.engine.asgi import PlaitApp, relative_target
 from plait.protocol import CloseCode, Hello, Join, Publish, Welcome, decode, encode, encode_json
+from plait.storage import MemoryStore
 
 from .httpclients import event_stream
 from .test_hostile_endpoints import Peer, raw_frame
@@ -271,3 +273,28 @@ async def test_a_reader_that_stops_reading_is_closed_too_slow_and_the_room_goes_
         assert all(isinstance(c, CloseConnection) for c in slow.closes)
         assert closes.codes[0] == str(CloseCode.TOO_SLOW)
 
+
+
+# -- shutdown -----------------------------------------------------------------------------------
+
+
+async def test_a_shutdown_says_going_away_to_sessions_and_stores_every_acked_edit() -> None:
+    store = MemoryStore()
+    engine = Engine(store=store)
+    peer: Peer | None = None
+    async with hypercorn(mounted(PlaitApp(engine))) as port:
+        async with connect(f"ws://127.0.0.1:{port}/collab/") as client, client.join("kept") as room:
+            await room.synced()
+            room.text.insert(0, "acked before the shutdown")
+            await room.flushed()
+        peer = await Peer.connect(port, "/collab/")
+        await peer.send(raw_frame(2, encode(Hello((1,), None, {}))))
+        await peer.send(raw_frame(2, encode(Join(1, "kept", None, None))))
+        with trio.fail_after(5):
+            while len(peer.messages) < 2:
+                await peer.read_one()
+    assert peer is not None
+    await peer.read_to_eof()
+    assert [c.code for c in peer.closes] == [CloseCode.GOING_AWAY]
+    async with Engine(store=store) as again, again.room("kept") as handle:
+        assert str(handle.doc.get("text", type=pycrdt.Text)) == "acked before the shutdown"
