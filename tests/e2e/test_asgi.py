@@ -6,6 +6,7 @@ and an h11 event-stream reader) in the same rooms. Every wait is bounded."""
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,13 +37,19 @@ from .test_hostile_endpoints import Peer, raw_frame
 pytestmark = pytest.mark.slow
 
 
-def who(scope: Any) -> dict[str, Any] | None:
+async def who(scope: Any) -> dict[str, Any] | None:
     """The test app's own auth: `X-User: NAME` (as a middleware that checked it would leave
-    it), `X-User: nobody` refused."""
+    it), `X-User: nobody` refused; `X-User: bug` is a bug in the app's code, `X-User: odd` a
+    wrong answer."""
+    await trio.lowlevel.checkpoint()
     for name, value in scope.get("headers", ()):
         if name == b"x-user":
             if value == b"nobody":
                 raise Unauthenticated("not logged in")
+            if value == b"bug":
+                raise KeyError("session")
+            if value == b"odd":
+                return {"name": "no id"}
             return {"id": value.decode()}
     return None
 
@@ -160,6 +167,26 @@ async def test_native_and_http_clients_share_a_room_under_the_mount_and_the_apps
         assert refused.status_code == 401 and refused.json()["code"] == 2002
 
 
+async def test_the_apps_identity_hook_failing_fails_only_that_handshake() -> None:
+    async with collab() as (_, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        for user in ("bug", "odd"):
+            answer = await http.post("/collab/v1/sessions", headers={"X-User": user})
+            assert answer.status_code == 500 and answer.json()["code"] == 3999, answer.text  # INTERNAL
+            peer = await peer_as(port, user)
+            await peer.send(raw_frame(2, encode(Hello((1,), None, {}))))
+            await peer.read_to_eof()
+            assert [c.code for c in peer.closes] == [CloseCode.INTERNAL_ERROR]
+        assert (await http.post("/collab/v1/sessions", headers={"X-User": "ada"})).status_code == 201
+
+
+async def test_a_body_over_max_message_bytes_is_413_under_asgi_too() -> None:
+    async with collab(max_message_bytes=16 * 1024) as (_, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        created = (await http.post("/collab/v1/sessions")).json()
+        answer = await http.post("/collab" + created["frames"], content=b"[" + b" " * 20000 + b"]")
+        assert answer.status_code == 413 and "16384" in answer.json()["error"]
+        assert (await http.post("/collab/v1/sessions")).status_code == 201
+
+
 async def peer_as(port: int, user: str | None) -> Peer:
     """A hand-made WebSocket client on /collab/, sending `X-User: user` with its upgrade."""
     sock = trio.socket.socket()
@@ -273,6 +300,30 @@ async def test_a_reader_that_stops_reading_is_closed_too_slow_and_the_room_goes_
         assert all(isinstance(c, CloseConnection) for c in slow.closes)
         assert closes.codes[0] == str(CloseCode.TOO_SLOW)
 
+
+
+async def test_an_event_stream_that_stops_reading_is_closed_too_slow_and_the_room_goes_on() -> None:
+    outbox = 256 * 1024
+    closes = Closes()
+    async with collab(outbox_max_bytes=outbox, resume_bytes=outbox, metrics=closes) as (engine, port):
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        await sock.send(b"GET /collab/v1/events?room=busy HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        async with connect(f"ws://127.0.0.1:{port}/collab/") as client, client.join("busy") as room:
+            await room.synced()
+            await wait_until(lambda: engine.statistics()["sessions"] == 2, "the stream's session is in")
+            with trio.fail_after(30):
+                for i in range(400):  # far more than the stream's socket and outbox can hold
+                    room.text.insert(0, f"{i:04d}" + "x" * 64000)
+                    await room.flushed()
+                    if str(CloseCode.TOO_SLOW) in closes.codes:
+                        break
+            assert closes.codes == [str(CloseCode.TOO_SLOW)]
+            room.text.insert(0, "still here")
+            await room.flushed()
+        sock.close()  # the client goes at last: nothing of it is left
+        await wait_until(lambda: engine.statistics()["sessions"] == 0, "every session ended")
 
 
 # -- shutdown -----------------------------------------------------------------------------------
