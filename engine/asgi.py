@@ -178,21 +178,13 @@ class PlaitApp:
             else:
                 await self._http(scope, receive, send)
         finally:
-            if token is not None:
+            if identity is not None:
+                identity.forget()
+                assert token is not None
                 CONNECTION_IDENTITY.reset(token)
 
-    def _identity_of(self, scope: Scope) -> Callable[[], Awaitable[Identity | None]] | None:
-        hook = self.identity_from_scope
-        if hook is None:
-            return None
-
-        async def identity() -> Identity | None:
-            value = hook(scope)
-            if inspect.isawaitable(value):
-                value = await value
-            return value  # the hook's contract; checked_identity checks the shape
-
-        return identity
+    def _identity_of(self, scope: Scope) -> ScopeIdentity | None:
+        return ScopeIdentity(self.identity_from_scope, scope) if self.identity_from_scope is not None else None
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         engine = self.engine
@@ -245,6 +237,30 @@ class PlaitApp:
             with trio.move_on_after(WRITE_GRACE, shield=True):
                 await sender.wait_idle()
             sender.stop()
+
+
+class ScopeIdentity:
+    """`identity_from_scope` for one request, as CONNECTION_IDENTITY holds it. Every task
+    started from the request's task (a room loaded by its session, say) keeps a copy of the
+    context, so the scope is let go when the request ends: its sessions' handshakes (the
+    only callers) are over by then."""
+
+    __slots__ = ("_hook", "_scope")
+
+    def __init__(self, hook: IdentityFromScope, scope: Scope) -> None:
+        self._hook: IdentityFromScope | None = hook
+        self._scope: Scope | None = scope
+
+    async def __call__(self) -> Identity | None:
+        if self._hook is None or self._scope is None:
+            return None
+        value = self._hook(self._scope)
+        if inspect.isawaitable(value):
+            value = await value
+        return value  # the hook's contract; checked_identity checks the shape
+
+    def forget(self) -> None:
+        self._hook = self._scope = None
 
 
 # -- writing ------------------------------------------------------------------------------------
