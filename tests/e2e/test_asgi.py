@@ -5,12 +5,15 @@ and an h11 event-stream reader) in the same rooms. Every wait is bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import h11
 import httpx
 import pycrdt
 import pytest
@@ -28,6 +31,7 @@ from wsproto.events import Request as WsRequest
 from plait.client import connect
 from plait.engine import Engine, EngineConfig, Unauthenticated
 from plait.engine.asgi import PlaitApp, relative_target
+from plait.engine.http import Exchange, Refusal
 from plait.protocol import CloseCode, Hello, Join, Publish, Welcome, decode, encode, encode_json
 from plait.storage import MemoryStore
 
@@ -223,6 +227,54 @@ async def test_an_engine_whose_lifespan_does_not_run_says_how_to_run_it() -> Non
         answer = await http.post("/collab/v1/sessions")
         assert answer.status_code == 503
         assert "lifespan" in answer.json()["error"]
+
+
+async def test_every_route_on_the_engines_router_is_served_under_the_mount_as_is() -> None:
+    engine = Engine()
+
+    async def healthz(ex: Exchange, request: h11.Request) -> None:
+        await ex.body(0)
+        await ex.respond_json(200, {"ok": True, "target": request.target.decode()})
+
+    async def refusing(ex: Exchange, request: h11.Request) -> None:
+        raise Refusal(418, "no tea here", as_json=True)
+
+    engine.router.add("/healthz", healthz)
+    engine.router.add("/api/", refusing)
+    async with hypercorn(mounted(PlaitApp(engine))) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        answer = await http.get("/collab/healthz?deep=1")
+        assert answer.status_code == 200 and answer.json() == {"ok": True, "target": "/healthz?deep=1"}
+        assert answer.headers["cache-control"] == "no-store"
+        refused = await http.get("/collab/api/rooms")
+        assert refused.status_code == 418 and refused.json() == {"status": 418, "error": "no tea here"}
+
+
+async def test_plait_alone_is_an_asgi_app_with_its_own_lifespan() -> None:
+    engine = Engine()
+    async with hypercorn(PlaitApp(engine)) as port:
+        async with connect(f"ws://127.0.0.1:{port}/") as client, client.join("alone") as room:
+            await room.synced()
+            room.text.insert(0, "served")
+            await room.flushed()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            answer = await http.get("/")
+            assert answer.status_code == 426 and "WebSocket" in answer.text
+
+
+def test_a_request_under_asyncio_is_refused_with_what_to_do() -> None:
+    """No lifespan (uvicorn --lifespan off): the first request says to use hypercorn -k trio."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/events", "root_path": "", "query_string": b"", "headers": []}
+    asyncio.run(PlaitApp(Engine())(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 500
+    assert "hypercorn -k trio" in json.loads(sent[1]["body"])["error"]
 
 
 # -- hostile clients ----------------------------------------------------------------------------
