@@ -191,7 +191,7 @@ class PlaitApp:
         if (await receive())["type"] != "websocket.connect":
             return  # the client went during the handshake
         if not engine._accepting:
-            await send({"type": "websocket.close", "code": CloseCode.GOING_AWAY, "reason": "the server is shutting down"})
+            await _refuse_websocket(scope, send, 503, "the server is shutting down; connect to another, or again shortly")
             return
         target = relative_target(scope)
         sender = Sender(send, engine.nursery)
@@ -569,22 +569,32 @@ def _request(scope: Scope, target: str) -> h11.Request:
 
 
 async def _refuse_outright(scope: Scope, receive: Receive, send: Send, status: int, reason: str) -> None:
-    """Answer without the engine (it does not run, or cannot): a status and why, as JSON. A
-    WebSocket is refused with that answer where the server can send one (the ASGI
-    `websocket.http.response` extension: Hypercorn can), else closed before it opens (403)."""
-    body = json.dumps({"status": status, "error": reason}).encode()
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    """Answer without the engine (it does not run, or cannot): a status and why, as JSON."""
     if scope["type"] == "websocket":
-        if (await receive())["type"] != "websocket.connect":
-            return
-        if "websocket.http.response" in (scope.get("extensions") or {}):
-            await send({"type": "websocket.http.response.start", "status": status, "headers": head})
-            await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
-        else:
-            await send({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR, "reason": _short(reason)})
+        if (await receive())["type"] == "websocket.connect":
+            await _refuse_websocket(scope, send, status, reason)
         return
+    body, head = _json_answer(status, reason)
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _refuse_websocket(scope: Scope, send: Send, status: int, reason: str) -> None:
+    """Refuse a WebSocket before it opens: with an HTTP answer that says why where the server
+    can send one (the ASGI `websocket.http.response` extension: Hypercorn can), else with a
+    bare close (a 403)."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        body, head = _json_answer(status, reason)
+        await send({"type": "websocket.http.response.start", "status": status, "headers": head})
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+    else:
+        code = CloseCode.GOING_AWAY if status == 503 else CloseCode.INTERNAL_ERROR
+        await send({"type": "websocket.close", "code": code, "reason": _short(reason)})
+
+
+def _json_answer(status: int, reason: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    body = json.dumps({"status": status, "error": reason}).encode()
+    return body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
 __all__ = ["IdentityFromScope", "NotOnTrio", "PlaitApp", "require_trio"]

@@ -227,6 +227,18 @@ async def test_an_engine_whose_lifespan_does_not_run_says_how_to_run_it() -> Non
         answer = await http.post("/collab/v1/sessions")
         assert answer.status_code == 503
         assert "lifespan" in answer.json()["error"]
+        # A WebSocket is refused with the same answer, not a bare 403.
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            key = "dGhlIHNhbXBsZSBub25jZQ=="
+            upgrade = f"GET /collab/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            await stream.send_all((upgrade + "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            seen = b""
+            with trio.fail_after(10):
+                while b"}" not in seen:
+                    chunk = await stream.receive_some(4096)
+                    assert chunk, seen
+                    seen += chunk
+        assert seen.startswith(b"HTTP/1.1 503") and b"lifespan" in seen, seen
 
 
 async def test_every_route_on_the_engines_router_is_served_under_the_mount_as_is() -> None:
