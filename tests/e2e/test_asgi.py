@@ -1,7 +1,8 @@
 """plait.engine.asgi under Hypercorn's Trio worker, in this process, on real sockets of
-127.0.0.1: Plait mounted at /collab in a Starlette app with a route of its own; native
-WebSocket clients (the SDK, and a hand-made one that misbehaves), the HTTP transports (httpx
-and an h11 event-stream reader) in the same rooms. Every wait is bounded."""
+127.0.0.1 (those tests are slow; the scope's and asyncio's are not): Plait mounted at
+/collab in a Starlette app with a route of its own; native WebSocket clients (the SDK, and a
+hand-made one that misbehaves), the HTTP transports (httpx and an h11 event-stream reader) in
+the same rooms. Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -37,8 +38,6 @@ from plait.storage import MemoryStore
 
 from .httpclients import event_stream
 from .test_hostile_endpoints import Peer, raw_frame
-
-pytestmark = pytest.mark.slow
 
 
 async def who(scope: Any) -> dict[str, Any] | None:
@@ -138,6 +137,7 @@ def test_paths_are_relative_to_the_mount(scope: dict[str, Any], target: str) -> 
 # -- through the app ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_native_and_http_clients_share_a_room_under_the_mount_and_the_apps_route_still_works() -> None:
     async with collab() as (_engine, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         assert (await http.get("/hello")).json() == {"app": "own route", "path": "/hello"}
@@ -171,6 +171,7 @@ async def test_native_and_http_clients_share_a_room_under_the_mount_and_the_apps
         assert refused.status_code == 401 and refused.json()["code"] == 2002
 
 
+@pytest.mark.slow
 async def test_the_apps_identity_hook_failing_fails_only_that_handshake() -> None:
     async with collab() as (_, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         for user in ("bug", "odd"):
@@ -183,6 +184,7 @@ async def test_the_apps_identity_hook_failing_fails_only_that_handshake() -> Non
         assert (await http.post("/collab/v1/sessions", headers={"X-User": "ada"})).status_code == 201
 
 
+@pytest.mark.slow
 async def test_a_body_over_max_message_bytes_is_413_under_asgi_too() -> None:
     async with collab(max_message_bytes=16 * 1024) as (_, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         created = (await http.post("/collab/v1/sessions")).json()
@@ -204,6 +206,7 @@ async def peer_as(port: int, user: str | None) -> Peer:
     return peer
 
 
+@pytest.mark.slow
 async def test_the_apps_auth_refuses_a_websocket_4003_and_leaves_others_to_plaits_hooks() -> None:
     async with collab() as (_engine, port):
         refused = await peer_as(port, "nobody")
@@ -220,6 +223,7 @@ async def test_the_apps_auth_refuses_a_websocket_4003_and_leaves_others_to_plait
             await peer.stream.aclose()
 
 
+@pytest.mark.slow
 async def test_an_engine_whose_lifespan_does_not_run_says_how_to_run_it() -> None:
     plait = PlaitApp(Engine())
     app = Starlette(routes=[Mount("/collab", plait)])  # no lifespan=plait.lifespan
@@ -241,6 +245,7 @@ async def test_an_engine_whose_lifespan_does_not_run_says_how_to_run_it() -> Non
         assert seen.startswith(b"HTTP/1.1 503") and b"lifespan" in seen, seen
 
 
+@pytest.mark.slow
 async def test_every_route_on_the_engines_router_is_served_under_the_mount_as_is() -> None:
     engine = Engine()
 
@@ -261,6 +266,7 @@ async def test_every_route_on_the_engines_router_is_served_under_the_mount_as_is
         assert refused.status_code == 418 and refused.json() == {"status": 418, "error": "no tea here"}
 
 
+@pytest.mark.slow
 async def test_plait_alone_is_an_asgi_app_with_its_own_lifespan() -> None:
     engine = Engine()
     async with hypercorn(PlaitApp(engine)) as port:
@@ -292,6 +298,7 @@ def test_a_request_under_asyncio_is_refused_with_what_to_do() -> None:
 # -- hostile clients ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_clients_that_go_mid_handshake_leave_nothing_behind() -> None:
     async with collab(handshake_timeout=2) as (engine, port):
         for cut in (20, 60):  # inside the upgrade request's head
@@ -309,6 +316,7 @@ async def test_clients_that_go_mid_handshake_leave_nothing_behind() -> None:
             await room.synced()
 
 
+@pytest.mark.slow
 async def test_a_message_over_plaits_limit_is_closed_1009_by_plait_under_hypercorns_larger_limit() -> None:
     limit = 16 * 1024
     async with collab(max_message_bytes=limit) as (engine, port):
@@ -320,6 +328,7 @@ async def test_a_message_over_plaits_limit_is_closed_1009_by_plait_under_hyperco
         await wait_until(lambda: engine.statistics()["sessions"] == 0, "the session ended")
 
 
+@pytest.mark.slow
 async def test_hypercorns_own_limit_closes_1009_before_plait_sees_the_message() -> None:
     async with collab(hypercorn={"websocket_max_message_size": 8 * 1024}) as (_engine, port):
         peer = await Peer.connect(port, "/collab/")
@@ -329,6 +338,7 @@ async def test_hypercorns_own_limit_closes_1009_before_plait_sees_the_message() 
         assert [c.code for c in peer.closes][:1] == [CloseCode.MESSAGE_TOO_BIG]
 
 
+@pytest.mark.slow
 async def test_a_reader_that_stops_reading_is_closed_too_slow_and_the_room_goes_on() -> None:
     outbox = 256 * 1024
     closes = Closes()
@@ -366,6 +376,7 @@ async def test_a_reader_that_stops_reading_is_closed_too_slow_and_the_room_goes_
 
 
 
+@pytest.mark.slow
 async def test_an_event_stream_that_stops_reading_is_closed_too_slow_and_the_room_goes_on() -> None:
     outbox = 256 * 1024
     closes = Closes()
@@ -393,6 +404,7 @@ async def test_an_event_stream_that_stops_reading_is_closed_too_slow_and_the_roo
 # -- shutdown -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_shutdown_says_going_away_to_sessions_and_stores_every_acked_edit() -> None:
     store = MemoryStore()
     engine = Engine(store=store)
