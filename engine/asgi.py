@@ -1,6 +1,6 @@
 """Plait inside an ASGI application (Starlette, FastAPI) served by Hypercorn's Trio worker.
 
-    collab = PlaitApp(Engine(store=SQLiteStore("plait-data")), identity_from_scope=user_of)
+    collab = PlaitApp(Engine(store=SQLiteStore("plait.db")), identity_from_scope=user_of)
     app = FastAPI(lifespan=collab.lifespan)
     app.mount("/collab", collab)
     # hypercorn -k trio module:app
@@ -597,4 +597,7 @@ def _json_answer(status: int, reason: str) -> tuple[bytes, list[tuple[bytes, byt
     return body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
-__all__ = ["IdentityFromScope", "NotOnTrio", "PlaitApp", "require_trio"]
+__all__ = [
+    "PlaitApp", "IdentityFromScope", "NotOnTrio", "require_trio",
+    "AsgiExchange", "AsgiWebSocket", "ScopeIdentity", "Sender", "relative_target",
+]
