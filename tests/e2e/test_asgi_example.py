@@ -68,6 +68,8 @@ async def served(cwd: Path) -> AsyncIterator[int]:
 
 
 async def yjs_client(port: int, room: str, insert: str, expect_length: int) -> list[dict[str, object]]:
+    # holdMs: Hypercorn negotiates permessage-deflate, and `ws` compresses off the main thread,
+    # so a client that exits right after its edit may exit before the edit is written.
     config = {"url": f"ws://127.0.0.1:{port}/collab/yjs", "room": room, "insert": insert, "expectLength": expect_length, "holdMs": 300}
     result = await trio.run_process(
         ["node", str(JS / "yclients.mjs"), json.dumps(config)], capture_stdout=True, capture_stderr=True, check=False
