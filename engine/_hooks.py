@@ -11,6 +11,7 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import pycrdt
@@ -28,6 +29,14 @@ MAX_IDENTITY_ID = 256
 
 Identity = dict[str, Any]
 """Who is behind a session: a map with at least "id" (a string). Stamped on presence/events."""
+
+
+CONNECTION_IDENTITY: ContextVar[Callable[[], Awaitable[Identity | None]] | None] = ContextVar("plait_connection_identity", default=None)
+"""Who the application that hands the engine a connection says is behind it, asked for at the
+session's handshake before `Hooks.authenticate` (plait.engine.asgi's `identity_from_scope`):
+an identity, or None to leave it to the token and `Hooks.authenticate`; it may raise
+Unauthenticated. Set in the task that serves (or starts) the session; tasks started from it
+inherit it. Application code: contained as a hook is."""
 
 
 class Unauthenticated(Exception):

@@ -4,6 +4,7 @@ a WebSocket, the HTTP transports (spec §14), or a refusal."""
 from __future__ import annotations
 
 from ._exchange import Exchange as Exchange
+from ._exchange import H11Exchange as H11Exchange
 from ._exchange import Refusal as Refusal
 from ._exchange import header as header
 from ._router import Route as Route

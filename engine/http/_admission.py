@@ -13,7 +13,7 @@ import trio
 
 from .._limits import UNCOUNTED, ConnectionCounts, Slot
 from ._cors import Origins
-from ._exchange import Refusal
+from ._exchange import Refusal, peer_address
 
 RETRY_AFTER_FULL = "10"
 """Seconds an address over its connection limit is asked to wait (Retry-After)."""
@@ -34,17 +34,16 @@ class Admission:
             Refusal: 403 an origin not allowed; 429 the address holds its limit already.
         """
         self.origins.check_websocket(request)
-        return take_slot(self.per_ip, stream)
+        return take_slot(self.per_ip, peer_address(stream))
 
 
-def take_slot(per_ip: ConnectionCounts, stream: trio.abc.Stream, *, as_json: bool = False) -> Slot:
-    """A place among the connections of the stream's peer address.
+def take_slot(per_ip: ConnectionCounts, address: str | None, *, as_json: bool = False) -> Slot:
+    """A place among the connections of the peer `address` (None: unknown, not counted).
 
     Raises:
         Refusal: 429 with Retry-After, the address holds max_connections_per_ip already.
     """
-    address = peer_address(stream) if per_ip.limit else None
-    if address is None:  # no limit, or no socket (in memory; one already gone): not counted
+    if not per_ip.limit or address is None:  # no limit, or no socket (in memory; one already gone): not counted
         return UNCOUNTED
     slot = per_ip.take(address)
     if slot is None:
@@ -52,18 +51,3 @@ def take_slot(per_ip: ConnectionCounts, stream: trio.abc.Stream, *, as_json: boo
                   "close one, or try again later")
         raise Refusal(429, reason, (("Retry-After", RETRY_AFTER_FULL),), as_json=as_json)
     return slot
-
-
-def peer_address(stream: trio.abc.Stream) -> str | None:
-    """The IP address of the socket under `stream` (through TLS); None for a stream with no
-    socket (in-memory, in tests) or one already gone."""
-    while not isinstance(stream, trio.SocketStream):
-        inner = getattr(stream, "transport_stream", None)
-        if inner is None:
-            return None
-        stream = inner
-    try:
-        name = stream.socket.getpeername()
-    except OSError:
-        return None
-    return str(name[0]) if isinstance(name, tuple) else None

@@ -1,6 +1,10 @@
 """One HTTP/1.1 connection's requests and answers, through h11 (the HTTP transports' routes
 use it; a WebSocket upgrade leaves it at its first request).
 
+`Exchange` is what a route (engine/http/_router.py) sees of a request's connection; `H11Exchange`
+implements it over a socket of the engine's own port, `plait.engine.asgi`'s exchange over an
+ASGI server's http scope.
+
 Every refusal is a `Refusal`: a status and a reason, given to the client in its body (JSON
 on the `/v1/` routes, plain text elsewhere).
 """
@@ -11,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Protocol
 
 import h11
 import trio
@@ -37,8 +42,59 @@ class Refusal(Exception):
     as_json: bool = False
 
 
-class Exchange:
-    """The h11 side of one connection: read a request and its body, answer it.
+class Exchange(Protocol):
+    """What a route sees of one request: its body, and the answer, whole or streamed.
+
+    Raises (every method): trio.BrokenResourceError, trio.ClosedResourceError when the
+    connection is gone.
+    """
+
+    cors: Headers
+    """Headers every answer to the current request carries (CORS); a route sets them."""
+    peer: str | None
+    """The client's IP address, when known (per-address limits count by it)."""
+    deadline: float
+    """When the current request's body must have come (trio time; the handshake timeout)."""
+
+    @property
+    def socket(self) -> trio.socket.SocketType | None:
+        """The connection's socket when a streamed answer may be written to it without
+        waiting (`write_now`, after `start_stream`); None when every write must be awaited."""
+        ...
+
+    async def body(self, limit: int) -> bytes:
+        """The request's body, at most `limit` bytes. Raises Refusal: 413 past `limit`, 400
+        a body that cannot be parsed, 408 one that has not all come by `deadline`."""
+        ...
+
+    async def respond(self, status: int, body: bytes, content_type: str, headers: Headers = ()) -> None:
+        """A whole answer."""
+        ...
+
+    async def respond_json(self, status: int, obj: object, headers: Headers = ()) -> None: ...
+
+    async def start_stream(self, content_type: str, headers: Headers = ()) -> None:
+        """The head of an answer whose body follows in parts (`send`), until `end_stream`."""
+        ...
+
+    def chunk(self, data: bytes) -> bytes:
+        """`data` framed as the streamed answer's next part, for `send` or the socket."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Write parts of the streamed answer (as `chunk` framed them), waiting for the peer."""
+        ...
+
+    async def end_stream(self) -> None: ...
+
+    async def wait_hangup(self) -> None:
+        """Return when the client goes away (what it sends meanwhile is dropped): a streamed
+        answer's reader."""
+        ...
+
+
+class H11Exchange:
+    """The h11 side of one connection: read a request and its body, answer it (`Exchange`).
 
     Raises (every method): trio.BrokenResourceError, trio.ClosedResourceError when the
     connection is gone.
@@ -55,6 +111,7 @@ class Exchange:
         self._chunked = False
         self.deadline = float("inf")
         """When the current request's body must have come (the handshake timeout)."""
+        self.peer = peer_address(stream)
 
     async def next_request(self) -> h11.Request | None:
         """The next request's line and headers; None when the client closed the connection
@@ -197,6 +254,21 @@ class Exchange:
     async def end_stream(self) -> None:
         await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
 
+    @property
+    def socket(self) -> trio.socket.SocketType | None:
+        stream = self.stream
+        return stream.socket if isinstance(stream, trio.SocketStream) else None
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_hangup(self) -> None:
+        try:
+            while await self.stream.receive_some(RECEIVE_BYTES):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
     def reusable(self) -> bool:
         """Whether another request may follow on this connection (then it is made ready)."""
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
@@ -216,3 +288,18 @@ def header(request: h11.Request, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def peer_address(stream: trio.abc.Stream) -> str | None:
+    """The IP address of the socket under `stream` (through TLS); None for a stream with no
+    socket (in-memory, in tests) or one already gone."""
+    while not isinstance(stream, trio.SocketStream):
+        inner = getattr(stream, "transport_stream", None)
+        if inner is None:
+            return None
+        stream = inner
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return None
+    return str(name[0]) if isinstance(name, tuple) else None

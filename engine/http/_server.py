@@ -32,7 +32,7 @@ from plait.protocol import YJS_PATH
 from .._limits import UNCOUNTED, Slot
 from ..transports._websocket import WebSocketStream
 from ._admission import Admission
-from ._exchange import Exchange, Refusal
+from ._exchange import H11Exchange, Refusal
 from ._router import Route, Router
 from ._sessions import PREFIX
 
@@ -86,7 +86,7 @@ async def _serve_requests(
 ) -> tuple[WebSocketStream, Slot] | None:
     """Answer requests until one opens a WebSocket (returned, with the place it holds among
     its address's connections), one is refused, or the client closes the connection (None)."""
-    ex = Exchange(stream)
+    ex = H11Exchange(stream)
     first = True
     while True:
         request: h11.Request | None = None
@@ -128,7 +128,7 @@ async def _serve_requests(
             return None
 
 
-async def _contained(handle: Route, ex: Exchange, request: h11.Request) -> None:
+async def _contained(handle: Route, ex: H11Exchange, request: h11.Request) -> None:
     """Run a route: what goes wrong in it is this request's failure (500), never the engine's."""
     try:
         await handle(ex, request)

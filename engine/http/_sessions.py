@@ -48,7 +48,7 @@ from .._limits import ConnectionCounts, Slot
 from ..transports import HttpTransport, json_of_event
 from ._admission import take_slot
 from ._cors import Origins
-from ._exchange import RECEIVE_BYTES, Exchange, Refusal, header
+from ._exchange import Exchange, Refusal, header
 from ._sse import EventStreamSink
 
 logger = logging.getLogger("plait.http")
@@ -186,7 +186,7 @@ class HttpSessions:
         if len(self._transports) + self._opening >= c.max_http_sessions:
             full = f"the server holds {c.max_http_sessions} HTTP sessions; try again shortly"
             raise Refusal(503, full, (("Retry-After", "5"),), as_json=True)
-        slot = take_slot(self._per_ip, ex.stream, as_json=True)  # held by the session until it ends
+        slot = take_slot(self._per_ip, ex.peer, as_json=True)  # held by the session until it ends
         transport = HttpTransport(
             PREFIX + "sessions",
             secrets.token_urlsafe(16),
@@ -324,7 +324,7 @@ class HttpSessions:
             async with trio.open_nursery() as nursery:
                 # A client that goes is noticed at once, not when a write fails (up to 2H
                 # later): the session's grace starts from when it went.
-                nursery.start_soon(_until_hangup, ex.stream, nursery.cancel_scope)
+                nursery.start_soon(_until_hangup, ex, nursery.cancel_scope)
                 await sink.send(ex.chunk(b"".join(preamble)))
                 entries = transport.take_now(consumer, after)
                 if entries:
@@ -394,14 +394,10 @@ class HttpSessions:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-async def _until_hangup(stream: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
+async def _until_hangup(ex: Exchange, scope: trio.CancelScope) -> None:
     """Cancel `scope` when the client closes the connection (what it sends meanwhile, it has
     no business sending on an event stream's connection, is dropped)."""
-    try:
-        while await stream.receive_some(RECEIVE_BYTES):
-            pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+    await ex.wait_hangup()
     scope.cancel()
 
 

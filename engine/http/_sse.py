@@ -20,8 +20,7 @@ class EventStreamSink:
     def __init__(self, ex: Exchange, id_prefix: bytes) -> None:
         self._ex = ex
         self._prefix = id_prefix
-        stream = ex.stream
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._socket = ex.socket
         self._pending: list[bytes] = []
         self._sending = False
         self._woken = trio.Event()
@@ -59,7 +58,7 @@ class EventStreamSink:
         """Write `data` after what is kept, waiting for the socket."""
         self._sending = True
         try:
-            await self._ex.stream.send_all(data)
+            await self._ex.send(data)
         finally:
             self._sending = False
 

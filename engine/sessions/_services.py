@@ -18,7 +18,7 @@ import trio
 from plait.protocol import Access, Frame
 
 from .._config import EngineConfig
-from .._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_expiry, checked_identity
+from .._hooks import CONNECTION_IDENTITY, Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_expiry, checked_identity
 from .._limits import ConnectionCounts
 from .._metrics import NO_METRICS, Metrics
 from .._record import TraceRecorder
@@ -94,8 +94,14 @@ class SessionServices:
         which wins over `Hooks.authorize` until cleared."""
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
-        """The identity `Hooks.authenticate` gives a token. Raises Unauthenticated (refused)
+        """The identity `Hooks.authenticate` gives a token, unless the application serving
+        the connection vouches for one (CONNECTION_IDENTITY). Raises Unauthenticated (refused)
         or HookFailed (the hook misbehaved: logged)."""
+        vouch = CONNECTION_IDENTITY.get()
+        if vouch is not None:
+            vouched = await call_hook("identity_from_scope", vouch, self.config.hook_timeout, (Unauthenticated,))
+            if vouched is not None:
+                return checked_identity(vouched, self.config.presence_limit)
         identity = await call_hook(
             "authenticate", lambda: self.hooks.authenticate(token, client), self.config.hook_timeout, (Unauthenticated,)
         )
