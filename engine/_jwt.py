@@ -64,7 +64,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from plait.protocol import Access
+from plait.protocol import MAX_TOKEN, Access
 
 from ._hooks import MAX_IDENTITY_ID, Hooks, Identity, Unauthenticated
 
@@ -76,8 +76,6 @@ _JWK_EC_ALGORITHMS: Final = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512
 
 MIN_SECRET_BYTES: Final = 32
 """RFC 7518 §3.2: an HS256 key of at least 256 bits. Shorter secrets are refused at start."""
-MAX_TOKEN_CHARS: Final = 8192
-"""The longest token looked at (spec §4 hello.token: str≤8192)."""
 MAX_NAME: Final = 256
 MAX_ROOM_PATTERNS: Final = 256
 MAX_PATTERN: Final = 256
@@ -324,7 +322,7 @@ class JwtHooks(Hooks):
         """
         if token is None:
             raise Unauthenticated("a token is required")
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        if not isinstance(token, str) or len(token) > MAX_TOKEN or not token.isascii():
             raise Unauthenticated("not a JWT")  # compact JWTs are base64url and dots
         key = self._key_for(token)
         required = ["exp", "sub"] if self.require_exp else ["sub"]

@@ -44,6 +44,7 @@ from ._hooks import CONNECTION_IDENTITY, Identity
 from .http import Refusal
 from .http._exchange import Headers
 from .http._server import _route as refusal_for
+from .transports._websocket import _short
 
 logger = logging.getLogger("plait.asgi")
 
@@ -57,7 +58,6 @@ IdentityFromScope = Callable[[Scope], "Identity | Awaitable[Identity | None] | N
 `Unauthenticated` to refuse the connection. May be a coroutine function."""
 
 NO_STATUS_RECEIVED = 1005  # RFC 6455: a close frame without a code
-MAX_REASON_BYTES = 123
 WRITE_GRACE = 2.0
 """How long a close, or the end of an answer, may wait behind a write the client does not read."""
 TRIO_ONLY = (
@@ -434,10 +434,6 @@ class AsgiWebSocket:
     def _error(self) -> TransportClosed:
         closed = self._closed or TransportClosed(ABNORMAL_CLOSURE)
         return TransportClosed(closed.code, closed.reason)
-
-
-def _short(reason: str) -> str:
-    return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
 
 
 # -- HTTP ---------------------------------------------------------------------------------------

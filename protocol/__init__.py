@@ -61,6 +61,7 @@ from ._frames import (
     Event as Event,
     MAX_ROOM_NAME as MAX_ROOM_NAME,
     MAX_EVENT_NAME as MAX_EVENT_NAME,
+    MAX_TOKEN as MAX_TOKEN,
     MAX_LIST as MAX_LIST,
     MAX_PRESENCE_BYTES as MAX_PRESENCE_BYTES,
     check_room_name as check_room_name,
