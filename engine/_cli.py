@@ -33,6 +33,9 @@ from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Sto
 
 from ._config import EngineConfig
 from ._engine import Engine
+from ._logs import LOG_FORMATS, configure_logging
+from ._metrics import NO_METRICS, Metrics
+from ._prometheus import PrometheusMetrics
 from ._record import TraceRecorder
 
 if TYPE_CHECKING:
@@ -213,8 +216,10 @@ async def serve(
     *,
     record: Path | None = None,
     ready: trio.Event | None = None,
+    metrics: bool = True,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully.
+    """Serve until SIGINT/SIGTERM, then shut down gracefully. With `metrics`, Prometheus
+    exposition at /metrics (engine/_prometheus.py); /healthz and /readyz always.
 
     Everything that can be checked is checked before "serving" is printed: the store is opened
     for real (created, locked, written) and the port bound.
@@ -242,7 +247,11 @@ async def serve(
                     raise CommandError(f"--record {record}: {_reason(exc)}") from None
                 recorder = TraceRecorder(trace, asdict(config))
             unbound: OSError | None = None
-            async with Engine(store=store, config=config, recorder=recorder) as engine:
+            prometheus = PrometheusMetrics() if metrics else None
+            reporter: Metrics = prometheus if prometheus is not None else NO_METRICS
+            async with Engine(store=store, config=config, recorder=recorder, metrics=reporter) as engine:
+                if prometheus is not None:
+                    engine.router.add("/metrics", prometheus.route(engine.gauges))
                 async with trio.open_nursery() as nursery:
                     try:
                         bound = await nursery.start(engine.serve_websocket, host, port)
@@ -395,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(/v1/); repeat for more, * for any (default: the server's own origin only)")
     serve_cmd.add_argument("--record", type=Path, default=None, metavar="DIR",
                            help="write a trace of every connection to DIR/trace-<time>-<pid>.jsonl")
+    serve_cmd.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
+                           help="Prometheus metrics at /metrics (default on; counts only, no room or user names)")
+    serve_cmd.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                           help="text (default) or json: one JSON object per line, with session, room and identity ids")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
     replay_cmd.add_argument("files", nargs="+", type=Path)
     replay_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
@@ -419,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         use_the_c_allocator(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.log_level, getattr(args, "log_format", "text"), sys.stderr)
     try:
         return _run(args)
     except BaseException as exc:
@@ -446,7 +459,7 @@ def _run(args: argparse.Namespace) -> int:
             reclaim_interval=RECLAIM_INTERVAL,
             allow_origins=tuple(args.allow_origin),
         )
-        trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record))
+        trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record, metrics=args.metrics))
     elif args.command == "inspect":
         trio.run(inspect, choose_store(args.store, args.data), args.room)
     elif args.command == "replay":

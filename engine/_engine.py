@@ -33,7 +33,7 @@ from ._handle import RoomHandle
 from ._hooks import Hooks, Identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
-from ._metrics import NO_METRICS, ContainedMetrics, Metrics
+from ._metrics import NO_METRICS, ContainedMetrics, Gauges, Metrics
 from .room import (
     LOCAL_FANOUT,
     LOCAL_LEASE,
@@ -47,6 +47,7 @@ from .room import (
     new_epoch,
 )
 from .http import HttpSessions, Router, serve_connection
+from .http._health import Health
 from .http._sessions import PREFIX as HTTP_PREFIX
 from .sessions import Flusher, Peer, Session, SessionServices, YjsSession, check_detach
 from .transports import HttpTransport, MemoryTransport, Transport, memory_transport_pair
@@ -112,12 +113,18 @@ class Engine:
             metrics=metrics,
         )
         self._sessions: dict[str, Peer] = {}
-        self._flusher = Flusher(lambda: self.nursery)
+        self._flusher = Flusher(lambda: self.nursery, metrics)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
+        if metrics is not NO_METRICS:
+            self._services.probe_fanout = self._flusher.probe
         self._http = HttpSessions(self.config, self._start_http_session, lambda: self._accepting)
         self.router = Router()
         """Plain HTTP requests on the engine's port, by path (engine/http/_router.py)."""
         self.router.add(HTTP_PREFIX, self._http.handle)
+        self.health = Health(lambda: self._accepting, getattr(self.store, "ping", None), lambda: self.nursery, metrics)
+        """`/healthz` and `/readyz` (engine/http/_health.py); `health.timeout`: the store's ping's."""
+        self.router.add("/healthz", self.health.healthz)
+        self.router.add("/readyz", self.health.readyz)
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -354,7 +361,35 @@ class Engine:
             "sessions": len(self._sessions),
             "queued_bytes": sum(s.outbox.queued_bytes for s in self._sessions.values()),
             "memory_reclaims": self._reclaimer.reclaims,
+            **self._services.traffic.snapshot(),
         }
+
+    def gauges(self) -> Gauges:
+        """What a metrics exporter shows at a scrape (engine/_metrics.py Gauges): sessions by
+        transport and protocol, rooms by state, outbox bytes and laggards, and the traffic
+        counters. Reads engine state: call it on the Trio thread (it takes about a
+        microsecond per session and room)."""
+        connections: dict[tuple[str, str], int] = {}
+        queued = lagging = 0
+        for session in self._sessions.values():
+            key = (_transport_name(session.transport), session.PROTOCOL)
+            connections[key] = connections.get(key, 0) + 1
+            outbox = session.outbox
+            queued += outbox.queued_bytes
+            lagging += outbox.lagging
+        rooms = {"loading": 0, "live": 0, "draining": 0}
+        for room in self._rooms.all():
+            state = room.state.value
+            rooms[state] = rooms.get(state, 0) + 1
+        return Gauges(connections, rooms, queued, lagging, self._reclaimer.reclaims, self._services.traffic.snapshot())
+
+
+def _transport_name(transport: Transport) -> str:
+    if isinstance(transport, HttpTransport):
+        return "http"
+    if isinstance(transport, MemoryTransport):
+        return "memory"
+    return "websocket"
 
 
 __all__ = ["Engine", "RoomUnavailable"]

@@ -39,11 +39,12 @@ from plait.protocol import (
     PresenceEntry,
     SyncStep1,
 )
-from plait.storage import RoomData
+from plait.storage import RoomData, StorageError
 
 from .._config import EngineConfig
 from .._errors import RequestError, RoomUnavailable
 from .._hooks import Hooks, application_error, call_hook
+from .._logs import set_log_ids
 from .._metrics import NO_METRICS, Metrics
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import Ephemeral
@@ -91,7 +92,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._members: dict[MemberSession, Member] = {}
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
-        self._ephemeral = Ephemeral(name, config, self._members, fanout)
+        self._ephemeral = Ephemeral(name, config, self._members, fanout, metrics)
         self._events = EventLog(config.event_history, epoch="-")  # replaced once loaded
         self._new_epoch = new_epoch
         self._pending = _Pending()
@@ -161,6 +162,8 @@ class Room(DocStrand, EventsStrand, PersistStrand):
                 raise
             # The details (paths, the store's own words) are for the server's log, not clients.
             logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
+            if isinstance(exc, StorageError):
+                self._metrics.add("store_errors", 1, "load")
             self.state = RoomState.FAILED
             self._on_draining(self)
             return False
@@ -229,6 +232,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
 
     def _fail(self, exc: BaseException) -> None:
         """The store failed: tell everyone, keep what is stored, unload without writing."""
+        self._metrics.add("store_errors", 1, "commit")
         logger.error("room %r failed: %s", self.name, exc, exc_info=exc)
         self.state = RoomState.FAILED
         self._on_draining(self)
@@ -261,6 +265,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
             missed, resumed = self._events.since(join.since, join.epoch)
         member = Member(session, self, channel, access)
         self._members[session] = member
+        self._metrics.add("joins")
         self._membership_changed.set()
         self._ephemeral.joined(session)
         session.deliver_frames(member, [
@@ -279,6 +284,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         if self._members.get(member.session) is not member:
             return
         self._remove(member)
+        self._metrics.add("leaves", 1, "disconnected" if disconnected else "left")
         self._ephemeral.left(member.session.id, disconnected=disconnected)
         self._membership_changed.set()
         self._ephemeral.want_tick()
@@ -441,6 +447,7 @@ class RoomRegistry:
             self._unloading[room.name] = room
 
     async def _run_room(self, room: Room) -> None:
+        set_log_ids(room=room.name)  # not the session whose join started it (engine/_logs.py)
         try:
             await room.run()
         except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on

@@ -197,12 +197,16 @@ class Session(Peer):
             except RemoteProtocolError as exc:
                 self.refuse(exc.code, exc.message)
                 return
+            self.services.traffic.frames_in += len(frames)
             for group in _runs_of_updates(frames):
                 try:
                     if isinstance(group, list):
                         self._handle_updates(group)
+                        self.services.probe_fanout(self._arrived)
                     else:
                         await self._handle(group)
+                        if type(group) is Publish:
+                            self.services.probe_fanout(self._arrived)
                 except Exception as exc:
                     first = group[0] if isinstance(group, list) else group
                     logger.error("session %s: internal error on %s", self.id, type(first).__name__, exc_info=exc)

@@ -34,6 +34,7 @@ from plait.protocol import Access, Ack, ChannelFrame, CloseCode, ErrorCode, Fram
 
 from .._errors import RequestError
 from .._hooks import Identity
+from .._logs import set_log_ids
 from .._metrics import code_name
 from ..room import Member, Refresh, Room
 from ..transports import NowaitTransport, Transport
@@ -86,7 +87,7 @@ class Peer:
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
     __slots__ = (
-        "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
+        "_arrived", "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
         "_catching_up", "_finished", "_read_free_at", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_scope", "_frame_bucket", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
@@ -143,6 +144,8 @@ class Peer:
         the outbox budget (Outbox.put)."""
         self._read_free_at = _NEVER
         """When what this connection has sent so far is paid for at read_bytes_per_second."""
+        self._arrived = _NEVER
+        """When the message being handled was read (the fan-out latency's start, Flusher.probe)."""
         self._detach = _Detach(detach_grace, resume_key) if detach_grace > 0 else None
         """How it outlives a transport; None: it ends with its transport (a WebSocket's)."""
         now = trio.current_time()
@@ -210,6 +213,7 @@ class Peer:
         """Serve the connection until either side closes it. Raises only Cancelled: anything
         else that goes wrong is this connection's failure (logged, closed INTERNAL_ERROR)."""
         self.services.record_opened(self.id, self.transport.path)
+        set_log_ids(session=self.id)  # this task's log lines, and its children's (engine/_logs.py)
         try:
             with self._scope:
                 # close() ends a handshake too: a client that never says hello must not
@@ -219,6 +223,7 @@ class Peer:
                     opened = await self._contained(self._handshake) is True
                 self._handshake_scope = None
                 if opened and self._close_code is None:
+                    set_log_ids(session=self.id, identity=self.identity.get("id"))
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
                     self.services.metrics.add("sessions_opened", 1, self.PROTOCOL)
                     while True:
@@ -371,6 +376,8 @@ class Peer:
         is still sent, unless the client is too slow to take it."""
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
+            if code == CloseCode.TOO_SLOW:
+                self.services.metrics.add("slow_consumer_closes")
         self._reader_scope.cancel()
         if self._detach is not None and self._detach.attached is not None:  # stop waiting for a transport
             self._detach.attached.set()
@@ -406,6 +413,9 @@ class Peer:
             self._peer_closed(exc)
             return None
         self.services.record_message(self.id, "in", data)
+        traffic = self.services.traffic
+        traffic.messages_in += 1
+        traffic.bytes_in += len(data)
         await self._pace_reading(len(data))
         return data
 
@@ -414,7 +424,7 @@ class Peer:
         worth or one largest message (spec §5.8): the next read waits, and TCP makes the sender
         wait too. One float of state: an idle server holds thousands of these."""
         rate = self.config.read_bytes_per_second
-        now = trio.current_time()
+        self._arrived = now = trio.current_time()
         burst = max(rate, self.max_message_bytes) / rate
         self._read_free_at = max(self._read_free_at, now - burst) + size / rate
         wait = self._read_free_at - now
@@ -434,6 +444,9 @@ class Peer:
         self._sent(message)
 
     def _sent(self, message: bytes | str) -> None:
+        traffic = self.services.traffic
+        traffic.messages_out += 1
+        traffic.bytes_out += len(message)
         # Recorded once delivered to the transport: a send cut short by a close never happened.
         if self.services.recorder is not None:  # not even a bound method per message otherwise
             self.services.record_message(self.id, "out", message, self._frames_of)

@@ -1,0 +1,84 @@
+"""Which session, room and identity a log line is about, and `plait serve --log-format`.
+
+The engine logs from many places (sessions, rooms, the HTTP side, the persister) and so may an
+application's hooks, which run in the same tasks. Rather than an `extra=` at every call (which
+a hook's own log calls would lack), the ids live in a context variable (`LOG_IDS`) set at the
+root of each task that serves one thing: a session's task once it knows its id and identity,
+a room's task once it runs. Trio gives each task a copy of its parent's context, so the tasks
+a session or a room starts inherit the ids, and setting them in one task never reaches
+another. A task that serves many things (the engine's shared flush) clears them.
+
+`ContextFilter` copies them onto each record (as `session`, `room`, `identity`; absent where
+unknown, and never overriding an `extra=` of the call); the text format ignores them, the JSON
+format (python-json-logger) prints them as fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any, Final, TextIO
+
+from pythonjsonlogger.json import JsonFormatter
+
+LOG_IDS: ContextVar[dict[str, str] | None] = ContextVar("plait_log_ids", default=None)
+"""The ids of what the current task serves: `session`, `room`, `identity` (those known)."""
+
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS: Final = ("text", "json")
+
+
+def set_log_ids(**ids: object) -> None:
+    """Set the ids of what the current task (and the tasks it starts from now on) serves,
+    replacing those set before; None or "" drops one."""
+    LOG_IDS.set({name: str(value) for name, value in ids.items() if value is not None and value != ""} or None)
+
+
+class ContextFilter(logging.Filter):
+    """Puts the current task's ids (LOG_IDS) on each record that has none of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = LOG_IDS.get()
+        if ids:
+            for name, value in ids.items():
+                if not hasattr(record, name):
+                    setattr(record, name, value)
+        return True
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object per line: `time` (ISO 8601, UTC), `level`, `logger`, `message`, then
+    `session`, `room`, `identity` where known, any `extra=` fields, and `exc_info` (the
+    traceback as text) when there is one."""
+    formatter = JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    )
+    formatter.converter = _utc
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
+
+
+def _utc(secs: float | None) -> Any:
+    import time
+
+    return time.gmtime(secs)
+
+
+def configure_logging(level: str, log_format: str = "text", stream: TextIO | None = None) -> logging.Handler:
+    """Log to `stream` (stderr) at `level`, as readable text or as JSON lines, unless the root
+    logger has handlers already (as logging.basicConfig: a test's capture stays). Returns the
+    handler made.
+
+    Raises:
+        ValueError: a format other than LOG_FORMATS.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(ContextFilter())
+    logging.basicConfig(level=level, handlers=[handler])
+    return handler
