@@ -13,8 +13,10 @@ from ._hooks import EventRejected as EventRejected
 from ._hooks import Hooks as Hooks
 from ._hooks import Identity as Identity
 from ._hooks import Unauthenticated as Unauthenticated
+from ._metrics import Gauges as Gauges
 from ._metrics import Metrics as Metrics
 from ._metrics import NoMetrics as NoMetrics
+from ._prometheus import PrometheusMetrics as PrometheusMetrics
 from .transports import MemoryTransport as MemoryTransport
 from .transports import Transport as Transport
 from .transports import WebSocketTransport as WebSocketTransport

@@ -134,6 +134,7 @@ class Session(Peer):
                 if isinstance(data, str) and not self._http:
                     self.wire = JSON  # spec §3.5: a client that says hello in text hears text
                 frames = self._decode(data)
+                self.services.traffic.frames_in += len(frames)
                 if len(frames) != 1:
                     raise RemoteProtocolError("the first message must hold only hello", ErrorCode.UNEXPECTED_FRAME)
                 self.conn.receive(frames[0])
@@ -205,7 +206,7 @@ class Session(Peer):
                         self.services.probe_fanout(self._arrived)
                     else:
                         await self._handle(group)
-                        if type(group) is Publish:
+                        if type(group) in _FANNED_OUT:
                             self.services.probe_fanout(self._arrived)
                 except Exception as exc:
                     first = group[0] if isinstance(group, list) else group
@@ -450,6 +451,10 @@ class Session(Peer):
         self._rooms.pop(member.room.name, None)
         self.outbox.forget_channel(member.channel)
         self.send_frames([ChannelClosed(member.channel, code, message[:1024])])
+
+
+_FANNED_OUT = (Update, Publish)
+"""Frames whose handling fans out to the room at once (Flusher.probe)."""
 
 
 def _runs_of_updates(frames: list[Frame]) -> list[Frame | list[Update]]:
