@@ -369,7 +369,8 @@ class Engine:
         transport and protocol, rooms by state, outbox bytes and laggards, and the traffic
         counters. Reads engine state: call it on the Trio thread (it takes about a
         microsecond per session and room)."""
-        connections: dict[tuple[str, str], int] = {}
+        # Every pair a server can have, at 0 too: a dashboard shows 0, not "no data".
+        connections = {("websocket", "native"): 0, ("websocket", "yjs"): 0, ("http", "native"): 0}
         queued = lagging = 0
         for session in self._sessions.values():
             key = (_transport_name(session.transport), session.PROTOCOL)

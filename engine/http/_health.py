@@ -58,7 +58,7 @@ async def answer(ex: Exchange, request: h11.Request, status: int, body: bytes, c
 
 
 def _json(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"  # a line, for curl in a terminal
 
 
 class Health:

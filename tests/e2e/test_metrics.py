@@ -180,3 +180,32 @@ async def test_the_page_names_no_room_and_no_user() -> None:
             page = (await http.get("/metrics")).text
     assert "secret-room-name" not in page
     assert all(line.startswith(("# ", "plait_")) for line in page.splitlines()), "only plait_ series"
+
+
+async def test_connections_are_counted_by_transport_and_protocol() -> None:
+    from .httpclients import HttpPeer
+
+    async with served() as (_, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        peer = HttpPeer(http)
+        await peer.open()  # a native session over the HTTP transports
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/yjs/room") as yjs:
+            await yjs.get_message()  # the server's sync step 1: the session is open
+            samples = await scrape(port)
+    assert value(samples, "plait_connections", transport="http", protocol="native") == 1
+    assert value(samples, "plait_connections", transport="websocket", protocol="yjs") == 1
+    assert value(samples, "plait_sessions_opened_total", protocol="yjs") == 1
+    assert value(samples, "plait_rooms", state="live") == 1
+
+
+def test_the_scrape_bench_runs_small() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "bench" / "metrics_scrape.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rooms", "50", "--sessions", "20", "--scrapes", "3", "--cost-calls", "1000"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| during 3 scrapes of /metrics |" in done.stdout and "50 rooms live (50)" in done.stdout
