@@ -113,6 +113,9 @@ class Engine:
             metrics=metrics,
         )
         self._sessions: dict[str, Peer] = {}
+        # Every pair a server can have, at 0 too: a dashboard shows 0, not "no data".
+        self._connections = {("websocket", "native"): 0, ("websocket", "yjs"): 0, ("http", "native"): 0}
+        """Sessions open by (transport, protocol), counted as they start and end (gauges)."""
         self._flusher = Flusher(lambda: self.nursery, metrics)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics)
         if metrics is not NO_METRICS:
@@ -291,12 +294,16 @@ class Engine:
             http = path.startswith(HTTP_PREFIX)
             session = Session(self._services, transport, session_id or self._new_session_id(), detach_grace, resume_key, http=http)
         self._sessions[session.id] = session
+        # A session that outlives its transport is given another of the same type (attach).
+        kind = (_transport_name(type(transport)), session.PROTOCOL)
+        self._connections[kind] = self._connections.get(kind, 0) + 1
         self._reclaimer.started(self._load())
         try:
             await session.run()  # raises only Cancelled (Peer.run)
         except* Exception as bug:  # the last line of defence: never the engine's nursery
             logger.critical("session %s escaped its containment", session.id, exc_info=bug)
         finally:
+            self._connections[kind] -= 1
             del self._sessions[session.id]
             self._reclaimer.ended()
 
@@ -369,26 +376,20 @@ class Engine:
         transport and protocol, rooms by state, outbox bytes and laggards, and the traffic
         counters. Reads engine state: call it on the Trio thread (it takes about a
         microsecond per session and room)."""
-        # Every pair a server can have, at 0 too: a dashboard shows 0, not "no data".
-        connections = {("websocket", "native"): 0, ("websocket", "yjs"): 0, ("http", "native"): 0}
         queued = lagging = 0
         for session in self._sessions.values():
-            key = (_transport_name(session.transport), session.PROTOCOL)
-            connections[key] = connections.get(key, 0) + 1
             outbox = session.outbox
             queued += outbox.queued_bytes
             lagging += outbox.lagging
-        rooms = {"loading": 0, "live": 0, "draining": 0}
-        for room in self._rooms.all():
-            state = room.state.value
-            rooms[state] = rooms.get(state, 0) + 1
-        return Gauges(connections, rooms, queued, lagging, self._reclaimer.reclaims, self._services.traffic.snapshot())
+        return Gauges(
+            dict(self._connections), self._rooms.states(), queued, lagging, self._reclaimer.reclaims, self._services.traffic.snapshot()
+        )
 
 
-def _transport_name(transport: Transport) -> str:
-    if isinstance(transport, HttpTransport):
+def _transport_name(kind: type) -> str:
+    if issubclass(kind, HttpTransport):
         return "http"
-    if isinstance(transport, MemoryTransport):
+    if issubclass(kind, MemoryTransport):
         return "memory"
     return "websocket"
 

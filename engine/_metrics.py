@@ -81,7 +81,7 @@ class Gauges:
     """Sessions open (in their handshake included), by (transport, protocol): transport
     `websocket`, `http` or `memory`; protocol `native` or `yjs`."""
     rooms: dict[str, int]
-    """Rooms by state: `loading`, `live`, `draining` (always present), `failed` if any."""
+    """Rooms by state: `loading`, `live`, `draining` (a room that failed is in none)."""
     queued_bytes: int
     """Bytes waiting in every session's outbox."""
     lagging_sessions: int

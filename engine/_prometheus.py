@@ -198,7 +198,7 @@ class _GaugeCollector:
         for (transport, protocol), count in sorted(gauges.connections.items()):
             connections.add_metric([transport, protocol], count)
         yield connections
-        rooms = GaugeMetricFamily("plait_rooms", "Rooms by state: loading, live, draining (unloading), failed.", labels=["state"])
+        rooms = GaugeMetricFamily("plait_rooms", "Rooms by state: loading, live, draining (storing before unload).", labels=["state"])
         for state, count in sorted(gauges.rooms.items()):
             rooms.add_metric([state], count)
         yield rooms

@@ -388,6 +388,8 @@ class RoomRegistry:
         self._metrics = metrics
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
+        self._maybe_loading: set[Room] = set()
+        """Every room loading, and some that finished since (states() sorts them out)."""
 
     @property
     def loaded(self) -> int:
@@ -397,6 +399,15 @@ class RoomRegistry:
     def __len__(self) -> int:
         """Rooms loading, live or unloading."""
         return len(self._rooms) + len(self._unloading)
+
+    def states(self) -> dict[str, int]:
+        """Rooms by state (RoomState values): `loading`, `live`, and `draining` (storing before
+        they unload). A room that failed leaves the registry at once, so is in none."""
+        # Not a look at every room: with thousands live, that alone held a scrape's loop for
+        # milliseconds (bench/metrics_scrape.py). The rooms that may still be loading are few.
+        self._maybe_loading = {room for room in self._maybe_loading if room.state is RoomState.LOADING}
+        loading = len(self._maybe_loading)
+        return {"loading": loading, "live": len(self._rooms) - loading, "draining": len(self._unloading)}
 
     def all(self) -> list[Room]:
         """Every room loading, live or unloading."""
@@ -428,11 +439,13 @@ class RoomRegistry:
                     metrics=self._metrics,
                 )
                 self._rooms[name] = room
+                self._maybe_loading.add(room)
                 self._started()
                 self._nursery().start_soon(self._run_room, room)
             room.hold()
             try:
                 await room.wait_loaded()
+                self._maybe_loading.discard(room)
                 if not room.accepting:
                     continue  # it began unloading as we arrived: get a fresh one
                 yield room
@@ -455,6 +468,7 @@ class RoomRegistry:
             logging.getLogger("plait.engine").critical("room %r crashed", room.name, exc_info=crash)
             room.crashed()
         finally:
+            self._maybe_loading.discard(room)
             if self._unloading.get(room.name) is room:
                 del self._unloading[room.name]
             if room.loaded_once:
