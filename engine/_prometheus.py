@@ -121,16 +121,14 @@ class PrometheusMetrics:
 
     def _child(self, name: str, label: str, histogram: bool) -> Callable[[float], None]:
         metric = self._metric(name, histogram=histogram)
+        if isinstance(metric, Histogram) is not histogram:
+            raise TypeError(f"metric {name!r} was reported both as a counter and as a histogram")
         if name == "sessions_closed":
             label = _close_label(label)
         spec = METRICS.get(name)
         labelled = spec is None or spec.label is not None
         child = metric.labels(label) if labelled else metric
-        if isinstance(child, Histogram):
-            return child.observe
-        if isinstance(child, Counter):
-            return child.inc
-        raise TypeError(f"metric {name!r} was reported both as a counter and as a histogram")
+        return child.observe if isinstance(child, Histogram) else child.inc
 
     def add(self, name: str, amount: float = 1.0, label: str = "") -> None:
         # One dict lookup and prometheus_client's own increment: bound methods are cached
