@@ -19,7 +19,7 @@ report costs a call and nothing more. The names, their label and unit:
 | `joins` | counter | none | a session became a member of a room |
 | `leaves` | counter | `left` or `disconnected` | a membership ended |
 | `fanout_frames` | counter | `document`, `event`, `ephemeral` | frames handed to members' queues by fan-out (one per recipient) |
-| `fanout_seconds` | histogram | none | sampled: from reading a message with an update or event to writing it to each recipient |
+| `fanout_seconds` | histogram | none | sampled: reading a message with an update or event, to writing it to a recipient (up to 8) |
 | `slow_consumer_closes` | counter | none | a session closed TOO_SLOW (spec §9) |
 | `store_errors` | counter | `load`, `commit`, `compact`, `ping` | a store call that failed |
 

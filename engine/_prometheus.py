@@ -70,7 +70,7 @@ METRICS: dict[str, Spec] = {
     "fanout_seconds": Spec(
         "plait_fanout_seconds",
         "Sampled (1 message in 16 with a document update or an event): from the message read to the fan-out written "
-        "to each recipient's socket.",
+        "to up to 8 recipients' sockets, spread over the room.",
         buckets=LATENCY_BUCKETS,
     ),
     "slow_consumer_closes": Spec("plait_slow_consumer_closes", "Sessions closed because they could not keep up (TOO_SLOW, spec §9)."),

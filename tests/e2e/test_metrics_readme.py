@@ -51,3 +51,31 @@ async def test_the_readmes_embedding_lines_serve_metrics() -> None:
     assert engine.router.find("/metrics") is not None and engine.router.find("/healthz") is not None
     body_bytes, content_type = prometheus.render(engine.gauges())
     assert content_type.startswith("text/plain") and b"plait_sessions_opened_total" in body_bytes
+
+
+async def test_no_metrics_leaves_health_and_turns_the_page_off(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--store", "memory", "--no-metrics"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    try:
+        seen = b""
+        with trio.fail_after(30):
+            while not (match := re.search(rb"serving on ws://127.0.0.1:(\d+)/", seen)):
+                chunk = await process.stdout.receive_some(1024)
+                assert chunk, f"server exited: {seen!r}"
+                seen += chunk
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{match.group(1).decode()}") as http:
+                assert (await http.get("/metrics")).status_code == 404
+                assert (await http.get("/healthz")).status_code == 200
+                assert (await http.get("/readyz")).status_code == 200
+    finally:
+        process.terminate()
+        await process.wait()
