@@ -112,6 +112,7 @@ class Engine:
             lease=lease,
             metrics=metrics,
         )
+        self._metrics = metrics
         self._sessions: dict[str, Peer] = {}
         # Every pair a server can have, at 0 too: a dashboard shows 0, not "no data".
         self._connections = {("websocket", "native"): 0, ("websocket", "yjs"): 0, ("http", "native"): 0}
@@ -252,6 +253,7 @@ class Engine:
             handshake_timeout=self.config.handshake_timeout,
             max_message_bytes=self._max_message_bytes,
             router=self.router,
+            metrics=self._metrics,
         )
         await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)
 

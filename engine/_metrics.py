@@ -21,6 +21,7 @@ report costs a call and nothing more. The names, their label and unit:
 | `fanout_frames` | counter | `document`, `event`, `ephemeral` | frames handed to members' queues by fan-out (one per recipient) |
 | `fanout_seconds` | histogram | none | sampled: reading a message with an update or event, to writing it to a recipient (up to 8) |
 | `slow_consumer_closes` | counter | none | a session closed TOO_SLOW (spec §9) |
+| `http_refusals` | counter | the HTTP status (`"404"`, ...) | a plain HTTP request refused (engine/http/_server.py) |
 | `store_errors` | counter | `load`, `commit`, `compact`, `ping` | a store call that failed |
 
 Gauges (rooms by state, sessions by transport and protocol, bytes queued) and the traffic

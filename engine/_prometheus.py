@@ -74,6 +74,7 @@ METRICS: dict[str, Spec] = {
         buckets=LATENCY_BUCKETS,
     ),
     "slow_consumer_closes": Spec("plait_slow_consumer_closes", "Sessions closed because they could not keep up (TOO_SLOW, spec §9)."),
+    "http_refusals": Spec("plait_http_refusals", "Plain HTTP requests refused on the engine's port, by status.", "status"),
     "store_errors": Spec("plait_store_errors", "Store calls that failed, by operation.", "operation"),
 }
 

@@ -27,6 +27,7 @@ from websockets.server import ServerProtocol
 
 from plait.protocol import YJS_PATH
 
+from .._metrics import NO_METRICS, Metrics
 from ..transports._websocket import WebSocketStream
 from ._exchange import Exchange, Refusal
 from ._router import Route, Router
@@ -50,14 +51,16 @@ async def serve_connection(
     handshake_timeout: float,
     max_message_bytes: Callable[[str], int],
     router: Router | None = None,
+    metrics: Metrics = NO_METRICS,
 ) -> None:
     """Run one TCP connection: its requests, then `handler` with the WebSocket if one was
     opened. The socket is closed when this returns, whatever happened. Each request (its
-    head and body) must arrive within `handshake_timeout` seconds."""
+    head and body) must arrive within `handshake_timeout` seconds. Every refusal is counted
+    (`http_refusals`, by status)."""
     try:
         # In a coroutine of its own: nothing of the requests' handling (the h11 state, a cancel
         # scope) stays referenced by this frame for the life of a WebSocket (bench/idle.py).
-        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router)
+        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router, metrics)
         if upgraded is not None:
             await handler(upgraded)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -72,6 +75,7 @@ async def _serve_requests(
     handshake_timeout: float,
     max_message_bytes: Callable[[str], int],
     router: Router | None,
+    metrics: Metrics,
 ) -> WebSocketStream | None:
     """Answer requests until one opens a WebSocket (returned), one is refused, or the client
     closes the connection (None)."""
@@ -102,6 +106,7 @@ async def _serve_requests(
             ex.deadline = deadline
             await _contained(route, ex, request)
         except Refusal as refusal:
+            metrics.add("http_refusals", 1, str(refusal.status))
             with trio.move_on_after(1):
                 await ex.refuse(refusal, request)
             return None

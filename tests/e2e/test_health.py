@@ -40,6 +40,7 @@ async def test_a_method_other_than_get_or_head_is_405_with_allow(path: str, meth
         assert response.headers["allow"] == "GET, HEAD"
         assert response.json()["status"] == 405
         assert (await http.get("/healthz")).status_code == 200  # the server goes on
+        assert 'plait_http_refusals_total{status="405"} 1.0' in (await http.get("/metrics")).text
 
 
 @pytest.mark.parametrize("path", PATHS)
