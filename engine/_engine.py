@@ -8,6 +8,9 @@ server uses it), exceptions raised by the body, unwrapped (never an ExceptionGro
 Cancelled. A failing room or connection is contained and logged.
 On exit the engine shuts down gracefully: it stops accepting, closes every session with
 GOING_AWAY, then flushes and unloads every room.
+
+Its port also answers `/healthz` and `/readyz` (engine/http/_health.py), and `/metrics` once
+an exporter's route is added (engine/_prometheus.py).
 """
 
 from __future__ import annotations

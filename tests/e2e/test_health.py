@@ -228,3 +228,11 @@ async def _raw_get(port: int, path: str, headers: bytes = b"") -> bytes:
     assert head.startswith(b"HTTP/1.1 200 ")
     assert len(body) == int(_header(head, b"content-length"))
     return body
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("query", ["?x=1", "?%ff%fe", "?" + "a" * 8000, "?name[]=plait_rooms&format=json"])
+async def test_a_query_string_is_ignored(path: str, query: str) -> None:
+    async with served() as (_, port):
+        raw = await conversation(port, f"GET {path}{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
