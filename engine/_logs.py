@@ -22,17 +22,20 @@ from typing import Any, Final, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
-LOG_IDS: ContextVar[dict[str, str] | None] = ContextVar("plait_log_ids", default=None)
-"""The ids of what the current task serves: `session`, `room`, `identity` (those known)."""
+LOG_IDS: ContextVar[tuple[str | None, str | None, str | None] | None] = ContextVar("plait_log_ids", default=None)
+"""The ids of what the current task serves: (session, room, identity), None where unknown. A
+tuple, not a dict: every idle connection's task holds one (bench/idle.py)."""
+_FIELDS: Final = ("session", "room", "identity")
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FORMATS: Final = ("text", "json")
 
 
-def set_log_ids(**ids: object) -> None:
+def set_log_ids(session: str | None = None, room: str | None = None, identity: object = None) -> None:
     """Set the ids of what the current task (and the tasks it starts from now on) serves,
-    replacing those set before; None or "" drops one."""
-    LOG_IDS.set({name: str(value) for name, value in ids.items() if value is not None and value != ""} or None)
+    replacing those set before; None or "" leaves one out."""
+    ids = (session or None, room or None, str(identity) if identity not in (None, "") else None)
+    LOG_IDS.set(None if ids == (None, None, None) else ids)
 
 
 class ContextFilter(logging.Filter):
@@ -40,9 +43,9 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         ids = LOG_IDS.get()
-        if ids:
-            for name, value in ids.items():
-                if not hasattr(record, name):
+        if ids is not None:
+            for name, value in zip(_FIELDS, ids, strict=True):
+                if value is not None and not hasattr(record, name):
                     setattr(record, name, value)
         return True
 
