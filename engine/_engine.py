@@ -300,7 +300,7 @@ class Engine:
             session = Session(self._services, transport, session_id or self._new_session_id(), detach_grace, resume_key, http=http)
         self._sessions[session.id] = session
         # A session that outlives its transport is given another of the same type (attach).
-        kind = (_transport_name(type(transport)), session.PROTOCOL)
+        kind = _connection_kind(type(transport), session.PROTOCOL)  # one shared tuple per kind
         self._connections[kind] = self._connections.get(kind, 0) + 1
         self._reclaimer.started(self._load())
         try:
@@ -389,6 +389,11 @@ class Engine:
         return Gauges(
             dict(self._connections), self._rooms.states(), queued, lagging, self._reclaimer.reclaims, self._services.traffic.snapshot()
         )
+
+
+@functools.cache
+def _connection_kind(transport: type, protocol: str) -> tuple[str, str]:
+    return _transport_name(transport), protocol
 
 
 def _transport_name(kind: type) -> str:

@@ -2,11 +2,13 @@
 
 The engine logs from many places (sessions, rooms, the HTTP side, the persister) and so may an
 application's hooks, which run in the same tasks. Rather than an `extra=` at every call (which
-a hook's own log calls would lack), the ids live in a context variable (`LOG_IDS`) set at the
-root of each task that serves one thing: a session's task once it knows its id and identity,
-a room's task once it runs. Trio gives each task a copy of its parent's context, so the tasks
-a session or a room starts inherit the ids, and setting them in one task never reaches
-another. A task that serves many things (the engine's shared flush) clears them.
+a hook's own log calls would lack), what the current task serves lives in a context variable
+(`LOG_SUBJECT`) set once at the root of each task that serves one thing: a session's task (the
+session itself, so its identity shows once known, without setting anything again), a room's
+task (the room). Trio gives each task a copy of its parent's context, so the tasks a session
+or a room starts inherit it, and setting it in one task never reaches another. A task that
+serves many things (the engine's shared flush) clears it. One set per session: an idle
+connection's task holds what it makes (bench/idle.py).
 
 `ContextFilter` copies them onto each record (as `session`, `room`, `identity`; absent where
 unknown, and never overriding an `extra=` of the call); the text format ignores them, the JSON
@@ -18,33 +20,50 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
-from typing import Any, Final, TextIO
+from typing import Any, Final, Protocol, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
-LOG_IDS: ContextVar[tuple[str | None, str | None, str | None] | None] = ContextVar("plait_log_ids", default=None)
-"""The ids of what the current task serves: (session, room, identity), None where unknown. A
-tuple, not a dict: every idle connection's task holds one (bench/idle.py)."""
+
+class LogSubject(Protocol):
+    def log_ids(self) -> tuple[str | None, str | None, str | None]:
+        """(session, room, identity) ids, None where unknown."""
+        ...
+
+
+LOG_SUBJECT: ContextVar[LogSubject | None] = ContextVar("plait_log_subject", default=None)
+"""What the current task serves (a session, a room), or None."""
 _FIELDS: Final = ("session", "room", "identity")
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FORMATS: Final = ("text", "json")
 
 
-def set_log_ids(session: str | None = None, room: str | None = None, identity: object = None) -> None:
-    """Set the ids of what the current task (and the tasks it starts from now on) serves,
-    replacing those set before; None or "" leaves one out."""
-    ids = (session or None, room or None, str(identity) if identity not in (None, "") else None)
-    LOG_IDS.set(None if ids == (None, None, None) else ids)
+def log_subject(subject: LogSubject | None) -> None:
+    """What the current task (and the tasks it starts from now on) serves; None: nothing."""
+    LOG_SUBJECT.set(subject)
+
+
+class Ids:
+    """Fixed ids as a LogSubject (a test's, or a task of an application's own)."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, session: str | None = None, room: str | None = None, identity: str | None = None) -> None:
+        self._ids = (session, room, identity)
+
+    def log_ids(self) -> tuple[str | None, str | None, str | None]:
+        return self._ids
 
 
 class ContextFilter(logging.Filter):
-    """Puts the current task's ids (LOG_IDS) on each record that has none of its own."""
+    """Puts the ids of what the current task serves (LOG_SUBJECT) on each record that has none
+    of its own (an `extra=` of the call wins)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ids = LOG_IDS.get()
-        if ids is not None:
-            for name, value in zip(_FIELDS, ids, strict=True):
+        subject = LOG_SUBJECT.get()
+        if subject is not None:
+            for name, value in zip(_FIELDS, subject.log_ids(), strict=True):
                 if value is not None and not hasattr(record, name):
                     setattr(record, name, value)
         return True

@@ -44,7 +44,7 @@ from plait.storage import RoomData, StorageError
 from .._config import EngineConfig
 from .._errors import RequestError, RoomUnavailable
 from .._hooks import Hooks, application_error, call_hook
-from .._logs import set_log_ids
+from .._logs import log_subject
 from .._metrics import NO_METRICS, Metrics
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import Ephemeral
@@ -118,6 +118,10 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._sync_cache: tuple[bytes, list[ChannelFrame]] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
+
+    def log_ids(self) -> tuple[str | None, str | None, str | None]:
+        """For log lines (engine/_logs.py): the room's name."""
+        return None, self.name, None
 
     async def run(self) -> None:
         """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery.
@@ -460,7 +464,7 @@ class RoomRegistry:
             self._unloading[room.name] = room
 
     async def _run_room(self, room: Room) -> None:
-        set_log_ids(room=room.name)  # not the session whose join started it (engine/_logs.py)
+        log_subject(room)  # not the session whose join started it (engine/_logs.py)
         try:
             await room.run()
         except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on

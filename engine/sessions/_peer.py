@@ -34,7 +34,7 @@ from plait.protocol import Access, Ack, ChannelFrame, CloseCode, ErrorCode, Fram
 
 from .._errors import RequestError
 from .._hooks import Identity
-from .._logs import set_log_ids
+from .._logs import log_subject
 from .._metrics import code_name
 from ..room import Member, Refresh, Room
 from ..transports import NowaitTransport, Transport
@@ -154,6 +154,11 @@ class Peer:
         self._frame_bucket = TokenBucket(self.config.frames_per_second, now)
         self._violations = TokenBucket(1.0, now, capacity=self.config.rate_violations_before_close)
 
+    def log_ids(self) -> tuple[str | None, str | None, str | None]:
+        """For log lines (engine/_logs.py): this session's id and its user's, once known."""
+        user = self.identity.get("id")
+        return self.id, None, user if isinstance(user, str) else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.identity.get('id', '?')}>"
 
@@ -213,7 +218,7 @@ class Peer:
         """Serve the connection until either side closes it. Raises only Cancelled: anything
         else that goes wrong is this connection's failure (logged, closed INTERNAL_ERROR)."""
         self.services.record_opened(self.id, self.transport.path)
-        set_log_ids(session=self.id)  # this task's log lines, and its children's (engine/_logs.py)
+        log_subject(self)  # this task's log lines, and its children's (engine/_logs.py)
         try:
             with self._scope:
                 # close() ends a handshake too: a client that never says hello must not
@@ -223,7 +228,6 @@ class Peer:
                     opened = await self._contained(self._handshake) is True
                 self._handshake_scope = None
                 if opened and self._close_code is None:
-                    set_log_ids(session=self.id, identity=self.identity.get("id"))
                     logger.info("session %s open for %s", self.id, self.identity.get("id"))
                     self.services.metrics.add("sessions_opened", 1, self.PROTOCOL)
                     while True:

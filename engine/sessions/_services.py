@@ -18,7 +18,7 @@ from plait.protocol import Access, Frame
 
 from .._config import EngineConfig
 from .._hooks import Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_identity
-from .._logs import set_log_ids
+from .._logs import log_subject
 from .._metrics import NO_METRICS, Metrics, Traffic
 from .._record import TraceRecorder
 from ..room import Room
@@ -79,7 +79,7 @@ class Flusher:
         self._to_flush.append(peer)
 
     async def _flush(self) -> None:
-        set_log_ids()  # it writes for many sessions: not the one whose task started it
+        log_subject(None)  # it writes for many sessions: not the one whose task started it
         peers, self._to_flush = self._to_flush, []
         probe, self._probe = self._probe, None
         if probe is None:

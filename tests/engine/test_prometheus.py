@@ -13,7 +13,7 @@ import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine, EngineConfig, PrometheusMetrics
-from plait.engine._logs import LOG_IDS, ContextFilter, json_formatter, set_log_ids
+from plait.engine._logs import ContextFilter, Ids, json_formatter, log_subject
 from plait.engine._metrics import ContainedMetrics
 from plait.protocol import Ack, CloseCode, Error, ErrorCode, Join, Leave, Ping, Update
 from plait.storage import MemoryStore, RoomData, StorageUnavailable
@@ -153,7 +153,7 @@ async def test_log_ids_follow_a_task_and_its_children_and_no_other() -> None:
     log, stream = _json_logger()
 
     async def session() -> None:
-        set_log_ids(session="s-1", identity="ada")
+        log_subject(Ids(session="s-1", identity="ada"))
         log.info("in the session")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: _log(log, "in its writer"))
@@ -162,9 +162,9 @@ async def test_log_ids_follow_a_task_and_its_children_and_no_other() -> None:
         nursery.start_soon(session)
     log.info("in the engine")
     log.info("with its own", extra={"room": "explicit"})
-    set_log_ids(room="r")
+    log_subject(Ids(room="r"))
     log.info("given extra", extra={"room": "wins"})
-    LOG_IDS.set(None)
+    log_subject(None)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     by_message = {line["message"]: line for line in lines}
     assert (by_message["in the session"]["session"], by_message["in the session"]["identity"]) == ("s-1", "ada")
