@@ -203,11 +203,11 @@ class Session(Peer):
                 try:
                     if isinstance(group, list):
                         self._handle_updates(group)
-                        self.services.probe_fanout(self._arrived)
+                        self.services.probe_fanout(self.services.read_at)
                     else:
                         await self._handle(group)
                         if type(group) in _FANNED_OUT:
-                            self.services.probe_fanout(self._arrived)
+                            self.services.probe_fanout(self.services.read_at)
                 except Exception as exc:
                     first = group[0] if isinstance(group, list) else group
                     logger.error("session %s: internal error on %s", self.id, type(first).__name__, exc_info=exc)

@@ -87,7 +87,7 @@ class Peer:
 
     # Slots: an idle server holds thousands of these (bench/idle.py).
     __slots__ = (
-        "_arrived", "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
+        "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
         "_catching_up", "_finished", "_read_free_at", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_scope", "_frame_bucket", "_update_bucket", "_violations", "_writer_stopped", "_writing", "config", "id",
@@ -144,8 +144,6 @@ class Peer:
         the outbox budget (Outbox.put)."""
         self._read_free_at = _NEVER
         """When what this connection has sent so far is paid for at read_bytes_per_second."""
-        self._arrived = _NEVER
-        """When the message being handled was read (the fan-out latency's start, Flusher.probe)."""
         self._detach = _Detach(detach_grace, resume_key) if detach_grace > 0 else None
         """How it outlives a transport; None: it ends with its transport (a WebSocket's)."""
         now = trio.current_time()
@@ -428,7 +426,7 @@ class Peer:
         worth or one largest message (spec §5.8): the next read waits, and TCP makes the sender
         wait too. One float of state: an idle server holds thousands of these."""
         rate = self.config.read_bytes_per_second
-        self._arrived = now = trio.current_time()
+        self.services.read_at = now = trio.current_time()
         burst = max(rate, self.max_message_bytes) / rate
         self._read_free_at = max(self._read_free_at, now - burst) + size / rate
         wait = self._read_free_at - now

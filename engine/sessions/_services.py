@@ -127,6 +127,10 @@ class SessionServices:
         """Messages, frames and bytes in and out of every session (engine/_metrics.py)."""
         self.probe_fanout: Callable[[float], None] = _no_probe
         """Flusher.probe, when the engine measures the fan-out latency."""
+        self.read_at = 0.0
+        """When a session last read a message (trio.current_time()): the one it handles now,
+        unless it waited since (an event's publish may), when the sample is a little short.
+        One float for the engine, not one per session (an idle connection's bytes count)."""
         self.large_sends = trio.CapacityLimiter(config.concurrent_large_sends)
         """Large messages are sent a few at a time, whatever the number of connections."""
 

@@ -164,7 +164,7 @@ class YjsSession(Peer):
                 if not self._update_bucket.take(trio.current_time()):
                     raise RequestError(ErrorCode.RATE_LIMITED, "too many updates")  # it resyncs on reconnect
                 room.apply_client_update(member, update, None)
-                self.services.probe_fanout(self._arrived)
+                self.services.probe_fanout(self.services.read_at)
             case YAwareness(entries=entries):
                 own = room.awareness_id(member)
                 for entry in entries:
