@@ -7,8 +7,9 @@ a hook's own log calls would lack), what the current task serves lives in a cont
 session itself, so its identity shows once known, without setting anything again), a room's
 task (the room). Trio gives each task a copy of its parent's context, so the tasks a session
 or a room starts inherit it, and setting it in one task never reaches another. A task that
-serves many things (the engine's shared flush) clears it. One set per session: an idle
-connection's task holds what it makes (bench/idle.py).
+serves many things (the engine's shared flush) clears it. Only once a ContextFilter exists
+(`--log-format json`, or an application's own handler): a set costs an idle connection's task
+about 0.1 KiB (bench/idle.py), which readable text, which never shows the ids, need not pay.
 
 `ContextFilter` copies them onto each record (as `session`, `room`, `identity`; absent where
 unknown, and never overriding an `extra=` of the call); the text format ignores them, the JSON
@@ -39,9 +40,15 @@ TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FORMATS: Final = ("text", "json")
 
 
+_tracking = False
+"""Whether a ContextFilter was made: until then nobody reads LOG_SUBJECT."""
+
+
 def log_subject(subject: LogSubject | None) -> None:
-    """What the current task (and the tasks it starts from now on) serves; None: nothing."""
-    LOG_SUBJECT.set(subject)
+    """What the current task (and the tasks it starts from now on) serves; None: nothing.
+    Does nothing until a ContextFilter is made (see above)."""
+    if _tracking:
+        LOG_SUBJECT.set(subject)
 
 
 class Ids:
@@ -58,7 +65,12 @@ class Ids:
 
 class ContextFilter(logging.Filter):
     """Puts the ids of what the current task serves (LOG_SUBJECT) on each record that has none
-    of its own (an `extra=` of the call wins)."""
+    of its own (an `extra=` of the call wins). Making one starts the tracking (log_subject)."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        global _tracking
+        _tracking = True
 
     def filter(self, record: logging.LogRecord) -> bool:
         subject = LOG_SUBJECT.get()
@@ -100,7 +112,10 @@ def configure_logging(level: str, log_format: str = "text", stream: TextIO | Non
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(ContextFilter())
+    if log_format == "json":
+        handler.setFormatter(json_formatter())
+        handler.addFilter(ContextFilter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
     return handler
