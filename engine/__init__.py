@@ -18,11 +18,13 @@ from ._hooks import Identity as Identity
 from ._hooks import Unauthenticated as Unauthenticated
 from ._jwt import JwtHooks as JwtHooks
 from ._jwt import JwtKeyError as JwtKeyError
+from ._metrics import Gauges as Gauges
 from ._metrics import Metrics as Metrics
 from ._metrics import NoMetrics as NoMetrics
 from ._operations import Membership as Membership
 from ._operations import RoomInfo as RoomInfo
 from ._operations import SessionInfo as SessionInfo
+from ._prometheus import PrometheusMetrics as PrometheusMetrics
 from .transports import MemoryTransport as MemoryTransport
 from .transports import Transport as Transport
 from .transports import WebSocketTransport as WebSocketTransport

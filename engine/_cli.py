@@ -41,6 +41,9 @@ from ._engine import Engine
 from ._handle import root_value
 from ._hooks import Hooks
 from ._jwt import ACCESS_NAMES, JwtHooks, JwtKeyError
+from ._logs import LOG_FORMATS, configure_logging
+from ._metrics import NO_METRICS, Metrics
+from ._prometheus import PrometheusMetrics
 from ._record import TraceRecorder
 from ._settings import ENV_PREFIX, SettingError, resolve, settings_toml, unknown_variables
 
@@ -211,8 +214,10 @@ async def serve(
     ready: trio.Event | None = None,
     hooks: Hooks | None = None,
     api_keys: Sequence[str] = (),
+    metrics: bool = True,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully.
+    """Serve until SIGINT/SIGTERM, then shut down gracefully. With `metrics`, Prometheus
+    exposition at /metrics (engine/_prometheus.py); /healthz and /readyz always.
 
     Everything that can be checked is checked before "serving" is printed: the store is opened
     for real (created, locked, written) and the port bound.
@@ -240,7 +245,11 @@ async def serve(
                     raise CommandError(f"--record {record}: {_reason(exc)}") from None
                 recorder = TraceRecorder(trace, asdict(config))
             unbound: OSError | None = None
-            async with Engine(store=store, config=config, recorder=recorder, hooks=hooks) as engine:
+            prometheus = PrometheusMetrics() if metrics else None
+            reporter: Metrics = prometheus if prometheus is not None else NO_METRICS
+            async with Engine(store=store, config=config, recorder=recorder, hooks=hooks, metrics=reporter) as engine:
+                if prometheus is not None:
+                    engine.router.add("/metrics", prometheus.route(engine.gauges))
                 if api_keys:
                     serve_api(engine, api_keys)
                 async with trio.open_nursery() as nursery:
@@ -488,6 +497,10 @@ def build_parser() -> _Parser:
     serve_cmd.add_argument("--print-config", action="store_true",
                            help="print the settings in force, and where each comes from, as TOML; then exit")
     _add_jwt_flags(serve_cmd)
+    serve_cmd.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
+                           help="Prometheus metrics at /metrics (default on; counts only, no room or user names)")
+    serve_cmd.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                           help="text (default) or json: one JSON object per line, with session, room and identity ids")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
     replay_cmd.add_argument("files", nargs="+", type=Path)
     replay_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
@@ -528,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings is not None:
             print(settings, end="")
             return 0
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.log_level, getattr(args, "log_format", "text"), sys.stderr)
     try:
         return _run(args)
     except BaseException as exc:
@@ -607,7 +620,10 @@ def _run(args: argparse.Namespace) -> int:
         if not all(map(good_api_key, api_keys)):
             raise CommandError(f"--api-key: {KEY_RULE}", USAGE)
         hooks = jwt_hooks(args)
-        trio.run(functools.partial(serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys, hooks=hooks))
+        run = functools.partial(
+            serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys, hooks=hooks, metrics=args.metrics
+        )
+        trio.run(run)
     elif args.command == "inspect":
         trio.run(inspect, choose_store(args.store, args.data), args.room)
     elif args.command == "replay":

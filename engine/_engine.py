@@ -8,6 +8,9 @@ server uses it), exceptions raised by the body, unwrapped (never an ExceptionGro
 Cancelled. A failing room or connection is contained and logged.
 On exit the engine shuts down gracefully: it stops accepting, closes every session with
 GOING_AWAY, then flushes and unloads every room.
+
+Its port also answers `/healthz` and `/readyz` (engine/http/_health.py), and `/metrics` once
+an exporter's route is added (engine/_prometheus.py).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from ._handle import RoomHandle
 from ._hooks import Hooks, Identity
 from ._reclaim import Reclaimer, glibc_malloc_trim
 from ._record import RecordingStore, TraceRecorder
-from ._metrics import NO_METRICS, ContainedMetrics, Metrics
+from ._metrics import NO_METRICS, ContainedMetrics, Gauges, Metrics
 from ._operations import RoomInfo, SessionInfo, room_info, session_info
 from .room import (
     LOCAL_FANOUT,
@@ -51,6 +54,7 @@ from .room import (
 from ._limits import ConnectionCounts
 from .http import HttpSessions, Router, serve_connection
 from .http._admission import Admission
+from .http._health import Health
 from .http._sessions import PREFIX as HTTP_PREFIX
 from .sessions import Flusher, Peer, Session, SessionServices, YjsSession, check_detach
 from .transports import HttpTransport, MemoryTransport, Transport, memory_transport_pair
@@ -121,15 +125,25 @@ class Engine:
             lease=lease,
             metrics=metrics,
         )
+        self._metrics = metrics
         self._sessions: dict[str, Peer] = {}
-        self._flusher = Flusher(lambda: self.nursery)
+        # Every pair a server can have, at 0 too: a dashboard shows 0, not "no data".
+        self._connections = {("websocket", "native"): 0, ("websocket", "yjs"): 0, ("http", "native"): 0}
+        """Sessions open by (transport, protocol), counted as they start and end (gauges)."""
+        self._flusher = Flusher(lambda: self.nursery, metrics)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics, wall_clock)
+        if metrics is not NO_METRICS:
+            self._services.probe_fanout = self._flusher.probe
         self._per_ip = ConnectionCounts(self.config.max_connections_per_ip)
         """WebSockets and HTTP sessions open per peer address (spec §2, §14.5)."""
         self._http = HttpSessions(self.config, self._start_http_session, lambda: self._accepting, self._per_ip)
         self.router = Router()
         """Plain HTTP requests on the engine's port, by path (engine/http/_router.py)."""
         self.router.add(HTTP_PREFIX, self._http.handle)
+        self.health = Health(lambda: self._accepting, getattr(self.store, "ping", None), lambda: self.nursery, metrics)
+        """`/healthz` and `/readyz` (engine/http/_health.py); `health.timeout`: the store's ping's."""
+        self.router.add("/healthz", self.health.healthz)
+        self.router.add("/readyz", self.health.readyz)
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._accepting = False
@@ -255,6 +269,7 @@ class Engine:
             max_message_bytes=self._max_message_bytes,
             router=self.router,
             admission=Admission(self._http.origins, self._per_ip),
+            metrics=self._metrics,
         )
         await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)
 
@@ -297,12 +312,16 @@ class Engine:
             http = path.startswith(HTTP_PREFIX)
             session = Session(self._services, transport, session_id or self._new_session_id(), detach_grace, resume_key, http=http)
         self._sessions[session.id] = session
+        # A session that outlives its transport is given another of the same type (attach).
+        kind = _connection_kind(type(transport), session.PROTOCOL)  # one shared tuple per kind
+        self._connections[kind] = self._connections.get(kind, 0) + 1
         self._reclaimer.started(self._load())
         try:
             await session.run()  # raises only Cancelled (Peer.run)
         except* Exception as bug:  # the last line of defence: never the engine's nursery
             logger.critical("session %s escaped its containment", session.id, exc_info=bug)
         finally:
+            self._connections[kind] -= 1
             del self._sessions[session.id]
             self._reclaimer.ended()
 
@@ -450,7 +469,35 @@ class Engine:
             "sessions": len(self._sessions),
             "queued_bytes": sum(s.outbox.queued_bytes for s in self._sessions.values()),
             "memory_reclaims": self._reclaimer.reclaims,
+            **self._services.traffic.snapshot(),
         }
+
+    def gauges(self) -> Gauges:
+        """What a metrics exporter shows at a scrape (engine/_metrics.py Gauges): sessions by
+        transport and protocol, rooms by state, outbox bytes and laggards, and the traffic
+        counters. Reads engine state: call it on the Trio thread (it takes about a
+        microsecond per session and room)."""
+        queued = lagging = 0
+        for session in self._sessions.values():
+            outbox = session.outbox
+            queued += outbox.queued_bytes
+            lagging += outbox.lagging
+        return Gauges(
+            dict(self._connections), self._rooms.states(), queued, lagging, self._reclaimer.reclaims, self._services.traffic.snapshot()
+        )
+
+
+@functools.cache
+def _connection_kind(transport: type, protocol: str) -> tuple[str, str]:
+    return _transport_name(transport), protocol
+
+
+def _transport_name(kind: type) -> str:
+    if issubclass(kind, HttpTransport):
+        return "http"
+    if issubclass(kind, MemoryTransport):
+        return "memory"
+    return "websocket"
 
 
 __all__ = ["Engine", "RoomUnavailable"]

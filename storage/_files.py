@@ -145,6 +145,23 @@ class FileStore:
         """
         await self._run(lambda: None)
 
+    async def ping(self) -> None:
+        """Check the store's folder can be listed now (the engine's /readyz), in a worker
+        thread abandoned if the caller gives up (a hung network mount).
+
+        Raises:
+            StorageUnavailable: the folder is gone or cannot be read.
+        """
+
+        def ping() -> None:
+            try:
+                with os.scandir(self.root / "rooms" if not self.read_only else self.root) as entries:
+                    next(entries, None)
+            except OSError as exc:
+                raise StorageUnavailable(f"{self.root}: {reason(exc)}") from exc
+
+        await trio.to_thread.run_sync(ping, abandon_on_cancel=True)
+
     def _open(self) -> None:
         # In a worker thread, under the limiter: nothing else touches the store meanwhile.
         if self.read_only:

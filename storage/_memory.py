@@ -25,6 +25,9 @@ class MemoryStore:
     async def open(self) -> None:
         pass
 
+    async def ping(self) -> None:
+        """Always reachable (see Store's optional ping)."""
+
     async def load(self, room: str) -> RoomData:
         stored = self._rooms.get(room)
         if stored is None:

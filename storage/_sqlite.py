@@ -69,6 +69,27 @@ class SQLiteStore:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Check the database can be read now (the engine's /readyz): a read on a connection
+        of its own, in a worker thread that is abandoned if the caller gives up (the store's
+        own connection may be busy with a long commit, which is not a failure).
+
+        Raises:
+            StorageUnavailable: the database cannot be opened or read.
+        """
+
+        def ping() -> None:
+            try:
+                conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=1.0)
+                try:
+                    conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"{self.path}: {exc}") from exc
+
+        await trio.to_thread.run_sync(ping, abandon_on_cancel=True)
+
     async def open(self) -> None:
         """Open the database for real: create it, take the store's lock, check its schema, and
         commit a write (a read-only store only reads). Every other method opens the store first

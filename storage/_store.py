@@ -12,6 +12,10 @@ Contract (checked for every backend by tests/storage/test_contract.py):
 - A store that keeps data outside the process has one writer at a time: opening a second
   writable store on the same data raises StoreLocked until the first is closed or its process
   is gone (tests/storage/test_lock.py).
+
+Optional: `async def ping() -> None`, a cheap check that the store can be reached now (the
+engine's `/readyz`), raising StorageError if not. It must be cancellable: the engine gives up
+on it after a timeout. A store without one counts as always reachable.
 """
 
 from __future__ import annotations

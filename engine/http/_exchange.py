@@ -68,7 +68,7 @@ class Exchange(Protocol):
         ...
 
     async def respond(self, status: int, body: bytes, content_type: str, headers: Headers = ()) -> None:
-        """A whole answer."""
+        """A whole answer (to a HEAD request, its head alone, with the length of `body`)."""
         ...
 
     async def respond_json(self, status: int, obj: object, headers: Headers = ()) -> None: ...
@@ -198,7 +198,8 @@ class H11Exchange:
         """A whole answer."""
         head = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"), *self.cors, *headers]
         data = self.conn.send(h11.Response(status_code=status, headers=head, reason=HTTPStatus(status).phrase.encode()))
-        data += self.conn.send(h11.Data(data=body)) if body else b""
+        if body and (self.request is None or self.request.method != b"HEAD"):  # HEAD: the head GET would have
+            data += self.conn.send(h11.Data(data=body))
         data += self.conn.send(h11.EndOfMessage())
         await self.stream.send_all(data)
 

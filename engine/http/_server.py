@@ -30,6 +30,7 @@ from websockets.server import ServerProtocol
 from plait.protocol import YJS_PATH
 
 from .._limits import UNCOUNTED, Slot
+from .._metrics import NO_METRICS, Metrics
 from ..transports._websocket import WebSocketStream
 from ._admission import Admission
 from ._exchange import H11Exchange, Refusal
@@ -55,14 +56,16 @@ async def serve_connection(
     max_message_bytes: Callable[[str], int],
     router: Router | None = None,
     admission: Admission | None = None,
+    metrics: Metrics = NO_METRICS,
 ) -> None:
     """Run one TCP connection: its requests, then `handler` with the WebSocket if one was
     opened (and `admission` admitted it). The socket is closed when this returns, whatever
-    happened. Each request (its head and body) must arrive within `handshake_timeout` seconds."""
+    happened. Each request (its head and body) must arrive within `handshake_timeout` seconds.
+    Every refusal is counted (`http_refusals`, by status)."""
     try:
         # In a coroutine of its own: nothing of the requests' handling (the h11 state, a cancel
         # scope) stays referenced by this frame for the life of a WebSocket (bench/idle.py).
-        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router, admission)
+        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router, admission, metrics)
         if upgraded is not None:
             websocket, slot = upgraded
             del upgraded  # held for the connection's life otherwise (bench/idle.py)
@@ -83,6 +86,7 @@ async def _serve_requests(
     max_message_bytes: Callable[[str], int],
     router: Router | None,
     admission: Admission | None,
+    metrics: Metrics,
 ) -> tuple[WebSocketStream, Slot] | None:
     """Answer requests until one opens a WebSocket (returned, with the place it holds among
     its address's connections), one is refused, or the client closes the connection (None)."""
@@ -120,6 +124,7 @@ async def _serve_requests(
             ex.deadline = deadline
             await _contained(route, ex, request)
         except Refusal as refusal:
+            metrics.add("http_refusals", 1, str(refusal.status))
             with trio.move_on_after(1):
                 await ex.refuse(refusal, request)
             return None

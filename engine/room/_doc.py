@@ -296,3 +296,4 @@ class DocStrand:
                 member.session.close_channel(member, exc.code, exc.message)
             return
         self._fanout.document(self.name, recipients, [ChannelFrame(Update(0, None, piece)) for piece in pieces])
+        self._metrics.add("fanout_frames", len(recipients) * len(pieces), "document")

@@ -30,6 +30,7 @@ from plait.protocol import (
 from .._config import EngineConfig
 from .._errors import RequestError
 from .._hooks import Identity
+from .._metrics import NO_METRICS, Metrics
 from ._awareness import Awareness
 from ._chunks import chunks, prefix
 from ._fanout import Fanout
@@ -72,8 +73,11 @@ class Ephemeral:
         fanout: how each tick's frames reach the members.
     """
 
-    def __init__(self, name: str, config: EngineConfig, members: dict[MemberSession, Member], fanout: Fanout) -> None:
+    def __init__(
+        self, name: str, config: EngineConfig, members: dict[MemberSession, Member], fanout: Fanout, metrics: Metrics = NO_METRICS
+    ) -> None:
         self.name = name
+        self._metrics = metrics
         self._config = config
         self._members = members
         self._fanout = fanout
@@ -282,6 +286,7 @@ class Ephemeral:
         if not frames:
             return
         self._fanout.ephemeral(self.name, list(self._members.values()), frames, self._refresher)
+        self._metrics.add("fanout_frames", len(self._members) * len(frames), "ephemeral")
         for sid in left:  # its null awareness state went out with the diff
             client_id = self._awareness.release(sid)
             waiting = self._awareness_waiting.pop(client_id, None) if client_id is not None else None

@@ -229,6 +229,7 @@ class EventsStrand:
         if session is not None:
             self._ephemeral.flush_before_event(session)
         self._fanout.event(self.name, list(self._members.values()), ChannelFrame(self._event_frame(record, 0)))
+        self._metrics.add("fanout_frames", len(self._members), "event")
         return record.seq
 
     def _check_still_here(self, member: Member | None) -> None:

@@ -39,11 +39,12 @@ from plait.protocol import (
     PresenceEntry,
     SyncStep1,
 )
-from plait.storage import RoomData
+from plait.storage import RoomData, StorageError
 
 from .._config import EngineConfig
 from .._errors import RequestError, RoomUnavailable
 from .._hooks import Hooks, application_error, call_hook
+from .._logs import log_subject
 from .._metrics import NO_METRICS, Metrics
 from ._doc import DocStrand, apply_update, merge_updates
 from ._ephemeral import Ephemeral
@@ -94,7 +95,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         published (Trio's clock)."""
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
-        self._ephemeral = Ephemeral(name, config, self._members, fanout)
+        self._ephemeral = Ephemeral(name, config, self._members, fanout, metrics)
         self._events = EventLog(config.event_history, epoch="-")  # replaced once loaded
         self._new_epoch = new_epoch
         self._pending = _Pending()
@@ -120,6 +121,10 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._sync_cache: tuple[bytes, list[ChannelFrame]] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
+
+    def log_ids(self) -> tuple[str | None, str | None, str | None]:
+        """For log lines (engine/_logs.py): the room's name."""
+        return None, self.name, None
 
     async def run(self) -> None:
         """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery.
@@ -164,6 +169,8 @@ class Room(DocStrand, EventsStrand, PersistStrand):
                 raise
             # The details (paths, the store's own words) are for the server's log, not clients.
             logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
+            if isinstance(exc, StorageError):
+                self._metrics.add("store_errors", 1, "load")
             self.state = RoomState.FAILED
             self._on_draining(self)
             return False
@@ -232,6 +239,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
 
     def _fail(self, exc: BaseException) -> None:
         """The store failed: tell everyone, keep what is stored, unload without writing."""
+        self._metrics.add("store_errors", 1, "commit")
         logger.error("room %r failed: %s", self.name, exc, exc_info=exc)
         self.state = RoomState.FAILED
         self._on_draining(self)
@@ -265,6 +273,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         member = Member(session, self, channel, access)
         self._members[session] = member
         self.last_activity = trio.current_time()
+        self._metrics.add("joins")
         self._membership_changed.set()
         self._ephemeral.joined(session)
         session.deliver_frames(member, [
@@ -284,6 +293,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
             return
         self._remove(member)
         self.last_activity = trio.current_time()
+        self._metrics.add("leaves", 1, "disconnected" if disconnected else "left")
         self._ephemeral.left(member.session.id, disconnected=disconnected)
         self._membership_changed.set()
         self._ephemeral.want_tick()
@@ -428,6 +438,8 @@ class RoomRegistry:
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
         self._deleting: dict[str, trio.Event] = {}
+        self._maybe_loading: set[Room] = set()
+        """Every room loading, and some that finished since (states() sorts them out)."""
 
     @property
     def loaded(self) -> int:
@@ -437,6 +449,15 @@ class RoomRegistry:
     def __len__(self) -> int:
         """Rooms loading, live or unloading."""
         return len(self._rooms) + len(self._unloading)
+
+    def states(self) -> dict[str, int]:
+        """Rooms by state (RoomState values): `loading`, `live`, and `draining` (storing before
+        they unload). A room that failed leaves the registry at once, so is in none."""
+        # Not a look at every room: with thousands live, that alone held a scrape's loop for
+        # milliseconds (bench/metrics_scrape.py). The rooms that may still be loading are few.
+        self._maybe_loading = {room for room in self._maybe_loading if room.state is RoomState.LOADING}
+        loading = len(self._maybe_loading)
+        return {"loading": loading, "live": len(self._rooms) - loading, "draining": len(self._unloading)}
 
     def all(self) -> list[Room]:
         """Every room loading, live or unloading."""
@@ -472,11 +493,13 @@ class RoomRegistry:
                     metrics=self._metrics,
                 )
                 self._rooms[name] = room
+                self._maybe_loading.add(room)
                 self._started()
                 self._nursery().start_soon(self._run_room, room)
             room.hold()
             try:
                 await room.wait_loaded()
+                self._maybe_loading.discard(room)
                 if not room.accepting:
                     continue  # it began unloading as we arrived: get a fresh one
                 yield room
@@ -521,6 +544,7 @@ class RoomRegistry:
             self._unloading[room.name] = room
 
     async def _run_room(self, room: Room) -> None:
+        log_subject(room)  # not the session whose join started it (engine/_logs.py)
         try:
             await room.run()
         except* Exception as crash:  # except*: the room's nursery may add a Cancelled that must go on
@@ -528,6 +552,7 @@ class RoomRegistry:
             logging.getLogger("plait.engine").critical("room %r crashed", room.name, exc_info=crash)
             room.crashed()
         finally:
+            self._maybe_loading.discard(room)
             if self._unloading.get(room.name) is room:
                 del self._unloading[room.name]
             if room.loaded_once:

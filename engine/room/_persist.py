@@ -205,6 +205,7 @@ class PersistStrand:
             if not application_error(exc):
                 raise
             # The updates are still stored; a failed compaction loses nothing.
+            self._metrics.add("store_errors", 1, "compact")
             logger.warning("room %r: compaction failed: %s", self.name, exc, exc_info=exc)
             return
         self._updates_since_snapshot -= covered

@@ -142,6 +142,7 @@ class Session(Peer):
                 if isinstance(data, str) and not self._http:
                     self.wire = JSON  # spec §3.5: a client that says hello in text hears text
                 frames = self._decode(data)
+                self.services.traffic.frames_in += len(frames)
                 if len(frames) != 1:
                     raise RemoteProtocolError("the first message must hold only hello", ErrorCode.UNEXPECTED_FRAME)
                 self.conn.receive(frames[0])
@@ -244,12 +245,16 @@ class Session(Peer):
             except RemoteProtocolError as exc:
                 self.refuse(exc.code, exc.message)
                 return
+            self.services.traffic.frames_in += len(frames)
             for group in _runs_of_updates(frames):
                 try:
                     if isinstance(group, list):
                         self._handle_updates(group)
+                        self.services.probe_fanout(self.services.read_at)
                     else:
                         await self._handle(group)
+                        if type(group) in _FANNED_OUT:
+                            self.services.probe_fanout(self.services.read_at)
                 except Exception as exc:
                     first = group[0] if isinstance(group, list) else group
                     logger.error("session %s: internal error on %s", self.id, type(first).__name__, exc_info=exc)
@@ -501,6 +506,10 @@ class Session(Peer):
         is judged by it."""
         if self._members.get(member.channel) is member:
             self.send_frames([AccessChanged(member.channel, int(member.access))])
+
+
+_FANNED_OUT = (Update, Publish)
+"""Frames whose handling fans out to the room at once (Flusher.probe)."""
 
 
 def _runs_of_updates(frames: list[Frame]) -> list[Frame | list[Update]]:

@@ -35,6 +35,7 @@ from plait.protocol import Access, Ack, ChannelFrame, CloseCode, ErrorCode, Fram
 from .._errors import RequestError
 from .._hooks import Identity
 from .._limits import UNCOUNTED
+from .._logs import log_subject
 from .._metrics import code_name
 from ..room import Member, Refresh, Room
 from ..transports import NowaitTransport, Transport
@@ -173,6 +174,11 @@ class Peer:
         self._frame_bucket = TokenBucket(self.config.frames_per_second, now)
         self._violations = TokenBucket(1.0, now, capacity=self.config.rate_violations_before_close)
 
+    def log_ids(self) -> tuple[str | None, str | None, str | None]:
+        """For log lines (engine/_logs.py): this session's id and its user's, once known."""
+        user = self.identity.get("id")
+        return self.id, None, user if isinstance(user, str) else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.identity.get('id', '?')}>"
 
@@ -236,6 +242,7 @@ class Peer:
         """Serve the connection until either side closes it. Raises only Cancelled: anything
         else that goes wrong is this connection's failure (logged, closed INTERNAL_ERROR)."""
         self.services.record_opened(self.id, self.transport.path)
+        log_subject(self)  # this task's log lines, and its children's (engine/_logs.py)
         try:
             with self._scope:
                 # close() ends a handshake too: a client that never says hello must not
@@ -410,6 +417,8 @@ class Peer:
         is still sent, unless the client is too slow to take it."""
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
+            if code == CloseCode.TOO_SLOW:
+                self.services.metrics.add("slow_consumer_closes")
         self._reader_scope.cancel()
         if self._detach is not None and self._detach.attached is not None:  # stop waiting for a transport
             self._detach.attached.set()
@@ -445,6 +454,9 @@ class Peer:
             self._peer_closed(exc)
             return None
         self.services.record_message(self.id, "in", data)
+        traffic = self.services.traffic
+        traffic.messages_in += 1
+        traffic.bytes_in += len(data)
         await self._pace_reading(len(data))
         return data
 
@@ -453,7 +465,7 @@ class Peer:
         worth or one largest message (spec §5.8): the next read waits, and TCP makes the sender
         wait too. One float of state: an idle server holds thousands of these."""
         rate = self.config.read_bytes_per_second
-        now = trio.current_time()
+        self.services.read_at = now = trio.current_time()
         burst = max(rate, self.max_message_bytes) / rate
         self._read_free_at = max(self._read_free_at, now - burst) + size / rate
         wait = self._read_free_at - now
@@ -473,6 +485,9 @@ class Peer:
         self._sent(message)
 
     def _sent(self, message: bytes | str) -> None:
+        traffic = self.services.traffic
+        traffic.messages_out += 1
+        traffic.bytes_out += len(message)
         # Recorded once delivered to the transport: a send cut short by a close never happened.
         if self.services.recorder is not None:  # not even a bound method per message otherwise
             self.services.record_message(self.id, "out", message, self._frames_of)

@@ -20,13 +20,27 @@ from plait.protocol import Access, Frame
 from .._config import EngineConfig
 from .._hooks import CONNECTION_IDENTITY, Hooks, Identity, Unauthenticated, call_hook, checked_access, checked_expiry, checked_identity
 from .._limits import ConnectionCounts
-from .._metrics import NO_METRICS, Metrics
+from .._logs import log_subject
+from .._metrics import NO_METRICS, Metrics, Traffic
 from .._record import TraceRecorder
 from ..room import Room
 
 
+def _no_probe(arrived: float) -> None:
+    pass
+
+
 class Flushable(Protocol):
     def flush_nowait(self) -> None: ...
+
+
+FANOUT_SAMPLE_EVERY = 16
+"""The fan-out latency is measured for one message in this many that carry document updates
+or an event (Flusher.probe): a clock read per recipient written is affordable that often."""
+
+
+PROBED_RECIPIENTS = 8
+"""Recipients whose write a sampled flush times (Flusher._flush)."""
 
 
 class Flusher:
@@ -34,11 +48,30 @@ class Flusher:
 
     Args:
         nursery: where that task runs (the engine's; asked for at each flush).
+        metrics: where the sampled fan-out latency goes (`fanout_seconds`).
     """
 
-    def __init__(self, nursery: Callable[[], trio.Nursery]) -> None:
+    def __init__(self, nursery: Callable[[], trio.Nursery], metrics: Metrics = NO_METRICS) -> None:
         self._nursery = nursery
         self._to_flush: list[Flushable] = []
+        self._metrics = metrics
+        self._countdown = FANOUT_SAMPLE_EVERY
+        self._probe: float | None = None
+        """When the sampled message was read, while its flush is pending."""
+
+    def probe(self, arrived: float) -> None:
+        """A message that carries document updates or an event, read at `arrived`
+        (trio.current_time()), has been handled: its fan-out is queued, and the flush that
+        writes it is pending. One in FANOUT_SAMPLE_EVERY is measured: the time from `arrived`
+        to the connections that flush writes (fanout_seconds; PROBED_RECIPIENTS of them). Connections written by a writer
+        task of their own (a socket that did not take everything, a large message, a memory or
+        HTTP transport) are not measured."""
+        self._countdown -= 1
+        if self._countdown > 0 or not self._to_flush or self._metrics is NO_METRICS:
+            return
+        self._countdown = FANOUT_SAMPLE_EVERY
+        if self._probe is None:
+            self._probe = arrived
 
     def flush_soon(self, peer: Flushable) -> None:
         """Have `peer` write what it queued once the tasks that are running now have run
@@ -48,9 +81,21 @@ class Flusher:
         self._to_flush.append(peer)
 
     async def _flush(self) -> None:
+        log_subject(None)  # it writes for many sessions: not the one whose task started it
         peers, self._to_flush = self._to_flush, []
-        for peer in peers:
+        probe, self._probe = self._probe, None
+        if probe is None:
+            for peer in peers:
+                peer.flush_nowait()
+            return
+        # At most PROBED_RECIPIENTS observations, spread over the flush, the last included:
+        # a report costs a microsecond or two, and a big room's flush writes hundreds.
+        step = max(1, len(peers) // PROBED_RECIPIENTS)
+        last = len(peers) - 1
+        for i, peer in enumerate(peers):
             peer.flush_nowait()
+            if i % step == step - 1 or i == last:
+                self._metrics.observe("fanout_seconds", trio.current_time() - probe)
 
 
 class SessionServices:
@@ -87,6 +132,14 @@ class SessionServices:
         self.recorder = recorder
         self.users = ConnectionCounts(config.max_connections_per_user)
         """Sessions open per identity id (spec §5.1)."""
+        self.traffic = Traffic()
+        """Messages, frames and bytes in and out of every session (engine/_metrics.py)."""
+        self.probe_fanout: Callable[[float], None] = _no_probe
+        """Flusher.probe, when the engine measures the fan-out latency."""
+        self.read_at = 0.0
+        """When a session last read a message (trio.current_time()): the one it handles now,
+        unless it waited since (an event's publish may), when the sample is a little short.
+        One float for the engine, not one per session (an idle connection's bytes count)."""
         self.large_sends = trio.CapacityLimiter(config.concurrent_large_sends)
         """Large messages are sent a few at a time, whatever the number of connections."""
         self.access_overrides: dict[tuple[str, str], Access | None] = {}

@@ -131,6 +131,7 @@ class YjsSession(Peer):
                 try:
                     if not isinstance(data, bytes):
                         raise RemoteProtocolError("text message", ErrorCode.MALFORMED_FRAME)
+                    self.services.traffic.frames_in += 1  # a y-websocket message is one message of y-protocols
                     self._handle(decode_y(data))
                 except (ProtocolError, RequestError) as exc:
                     self.refuse(exc.code, exc.message)
@@ -167,6 +168,7 @@ class YjsSession(Peer):
                 if not self._update_bucket.take(trio.current_time()):
                     raise RequestError(ErrorCode.RATE_LIMITED, "too many updates")  # it resyncs on reconnect
                 room.apply_client_update(member, update, None)
+                self.services.probe_fanout(self.services.read_at)
             case YAwareness(entries=entries):
                 own = room.awareness_id(member)
                 for entry in entries:
