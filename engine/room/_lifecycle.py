@@ -90,9 +90,9 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._lease = lease
         self._metrics = metrics
         self._members: dict[MemberSession, Member] = {}
-        self.last_activity = trio.current_time()
+        self.last_activity = 0.0
         """When a member last joined or left, the document last changed or an event was
-        published (Trio's clock)."""
+        published, or the room started loading (Trio's clock)."""
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
         self._ephemeral = Ephemeral(name, config, self._members, fanout, metrics)
@@ -130,6 +130,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         """Load, serve until idle (or asked to unload), flush, close. Runs in the engine's nursery.
         Whatever ends it (a failed load, a crash, a cancellation), whoever waits for the room to
         load or close is released."""
+        self.last_activity = trio.current_time()
         try:
             if not await self._load():
                 return

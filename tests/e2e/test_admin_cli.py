@@ -58,7 +58,8 @@ async def server(tmp_path: Path) -> AsyncIterator[int]:
 
 def readme_api_blocks(port: int) -> list[str]:
     readme = README.read_text()
-    section = readme[readme.index("## Operate it: the server API") : readme.index("## Use it from Python")]
+    start = readme.index("## Operate it: the server API")
+    section = readme[start : readme.index("\n## ", start)]
     return [b.replace("127.0.0.1:8765", f"127.0.0.1:{port}") for b in re.findall(r"```sh\n(.*?)```", section, re.S)]
 
 

@@ -256,11 +256,11 @@ async def test_every_route_on_the_engines_router_is_served_under_the_mount_as_is
     async def refusing(ex: Exchange, request: h11.Request) -> None:
         raise Refusal(418, "no tea here", as_json=True)
 
-    engine.router.add("/healthz", healthz)
+    engine.router.add("/app-health", healthz)
     engine.router.add("/api/", refusing)
     async with hypercorn(mounted(PlaitApp(engine))) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        answer = await http.get("/collab/healthz?deep=1")
-        assert answer.status_code == 200 and answer.json() == {"ok": True, "target": "/healthz?deep=1"}
+        answer = await http.get("/collab/app-health?deep=1")
+        assert answer.status_code == 200 and answer.json() == {"ok": True, "target": "/app-health?deep=1"}
         assert answer.headers["cache-control"] == "no-store"
         refused = await http.get("/collab/api/rooms")
         assert refused.status_code == 418 and refused.json() == {"status": 418, "error": "no tea here"}

@@ -352,7 +352,8 @@ async def test_a_websocket_client_whose_hello_is_text_speaks_json(port: int) -> 
 
 def readme_http_blocks(port: int) -> list[str]:
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Without a WebSocket") : readme.index("## Use it from Python")]
+    start = readme.index("## Without a WebSocket")
+    section = readme[start : readme.index("\n## ", start)]
     return [b.replace("127.0.0.1:8765", f"127.0.0.1:{port}") for b in re.findall(r"```sh\n(.*?)```", section, re.S)]
 
 

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import pytest
+import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -93,13 +94,17 @@ def as_json(value: Any) -> Any:
 def awareness_json(state: dict[str, Any], cursor: Any) -> str:
     """The awareness state the room shows Yjs clients for a native member with this presence
     state and cursor."""
-    room = Room("r", MemoryStore(), Hooks(), EngineConfig(), lambda room: None)
-    member = room.add_member(_Session(), 1, Access.WRITE, Join(1, "r", None, None))  # type: ignore[arg-type]
-    room.set_presence(member, state, None)
-    room.move_cursor(member, cursor)
-    entry = room.awareness_entry("s1")
-    assert entry is not None
-    return entry.state_json
+
+    async def shown() -> str:  # a room keeps time on Trio's clock
+        room = Room("r", MemoryStore(), Hooks(), EngineConfig(), lambda room: None)
+        member = room.add_member(_Session(), 1, Access.WRITE, Join(1, "r", None, None))  # type: ignore[arg-type]
+        room.set_presence(member, state, None)
+        room.move_cursor(member, cursor)
+        entry = room.awareness_entry("s1")
+        assert entry is not None
+        return entry.state_json
+
+    return trio.run(shown)
 
 
 @pytest.mark.slow
