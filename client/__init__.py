@@ -19,6 +19,7 @@ from ._room import DocumentReset as DocumentReset
 from ._room import HistoryGap as HistoryGap
 from ._room import PresenceChanged as PresenceChanged
 from ._room import Room as Room
+from ._room import RoomEnded as RoomEnded
 from ._room import RoomEvent as RoomEvent
 from ._room import TypingChanged as TypingChanged
 from ._room import Unacknowledged as Unacknowledged

@@ -252,7 +252,8 @@ class Client:
                 anything is sent, as the server would refuse it with INVALID_ROOM_NAME.
             AlreadyJoined: this client already has the room joined (in another block).
             EditsNotAcknowledged: on leaving, the room's local edits were not acknowledged
-                within `close_timeout` (offline, say): they may be lost.
+                within `close_timeout` (offline, say): they may be lost. Not raised for a room
+                the server ended (RoomEnded: its error is what `flushed()` raises).
             ConnectionClosed: the client has stopped for good (its `connect` block ended, or
                 the server refused it): no room can be joined through it.
 
@@ -282,10 +283,11 @@ class Client:
             with trio.move_on_after(self._close_timeout, shield=True):
                 await room.settled()
             unsaved = room.unacknowledged.edits
+            ended = room.ended  # by the server: its edits went with it, as its error said
             room.close()
             del self._rooms[name]
             self._doc_rooms.pop(room, None)
-            if unsaved and not failed:
+            if unsaved and not failed and not ended:
                 raise EditsNotAcknowledged(
                     f"left room {name!r} with {unsaved} local edit(s) the server had not acknowledged within "
                     f"{self._close_timeout:g} s (close_timeout): they may be lost, or only partly stored",

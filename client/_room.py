@@ -44,6 +44,7 @@ from ._errors import (
     RateLimited,
     RequestFailed,
     RoomLeft,
+    UnknownChannel,
     error_for,
 )
 
@@ -225,7 +226,19 @@ class AccessChange:
     access: int
 
 
-Change = PresenceChanged | CursorsChanged | TypingChanged | ConnectionChanged | HistoryGap | DocumentReset | AccessChange
+@dataclass(frozen=True, slots=True)
+class RoomEnded:
+    """The server ended this member's membership (spec §5.2): `error` says why (RoomDeleted:
+    the operator deleted the room; Forbidden: access taken away; StorageUnavailable: the room
+    failed). Nothing more arrives for it, and it is not joined again on its own; edits not yet
+    acknowledged are lost with it. Calls on the room raise `error`."""
+
+    error: RequestFailed
+
+
+Change = (
+    PresenceChanged | CursorsChanged | TypingChanged | ConnectionChanged | HistoryGap | DocumentReset | AccessChange | RoomEnded
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +540,11 @@ class Room:
         return Join(ref, self.name, self.doc.get_state(), self.last_seq, self._epoch)
 
     @property
+    def ended(self) -> bool:
+        """Whether the server ended the membership (channel_closed) or refused the join."""
+        return self._join_error is not None
+
+    @property
     def rejoinable(self) -> bool:
         return self._join_error is None and not self._left
 
@@ -644,6 +662,7 @@ class Room:
                 # What waits for an answer gets the reason the room ended, not the
                 # UNKNOWN_CHANNEL the server gives what crossed the close on the wire.
                 self._fail_publishes(error.copy)
+                self._changes.publish(RoomEnded(error.copy()))
                 self._wake()
             case _:
                 pass
@@ -735,6 +754,8 @@ class Room:
         self._wake()
 
     def on_doc_failed(self, ref: int, error: BaseException) -> None:
+        if isinstance(error, UnknownChannel) and self._join_error is not None:
+            error = self._join_error.copy()  # the edit crossed the server's channel_closed on the wire
         if isinstance(error, ConnectionClosed):
             self._local.retry(ref)  # the rejoin's sync_step2 carries it
         elif isinstance(error, RateLimited):
@@ -769,8 +790,8 @@ class Room:
         the document with the room's state, so that client and room never diverge unnoticed.
         The old document's unacknowledged edits are dropped; DocumentReset reports them once
         the new document has synced."""
-        if self._resetting is None or self._local.busy:
-            return
+        if self._resetting is None or self._local.busy or self._left:
+            return  # (a room left has no document to follow: its block has ended)
         error, self._resetting = self._resetting, None
         dropped = [p for p in self._local.discard() if p.first <= p.last]
         if dropped:

@@ -30,6 +30,7 @@ from plait.protocol import (
     RemoteProtocolError,
     check_room_name,
     check_value,
+    value_from_json,
     value_to_json,
 )
 from plait.storage import StorageError
@@ -37,6 +38,7 @@ from plait.storage import StorageError
 from ._engine import Engine
 from ._errors import RequestError
 from ._handle import RoomHandle
+from ._hooks import MAX_IDENTITY_ID
 from ._operations import ACCESS_NAMES
 from .http import Exchange, Refusal, header
 
@@ -309,6 +311,9 @@ class ServerApi:
                 check_room_name(params["room"])
             except RemoteProtocolError as exc:
                 raise refuse(400, exc.message, exc.code) from None
+        for name in ("user", "session"):
+            if name in params and not _a_name(params[name]):
+                raise refuse(400, f"a {name} id is 1..{MAX_IDENTITY_ID} characters, no control character", ErrorCode.INVALID_FIELD)
         binary = endpoint.request_type != "application/json"
         limit = self._config.max_document_bytes + DOCUMENT_SLACK if binary else self._config.max_message_bytes
         body = await ex.body(limit)
@@ -481,16 +486,27 @@ class _ExistingRoom:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse(400, "the body is not UTF-8", ErrorCode.INVALID_FIELD) from None
+    try:
+        obj = json.loads(text)
+    except RecursionError:  # nested deeper than the parser's stack: far past MAX_DEPTH
+        raise refuse(400, f"the body nests deeper than {MAX_DEPTH}", ErrorCode.TOO_DEEP) from None
+    except ValueError as exc:
         raise refuse(400, f"the body is not JSON: {exc}"[:300], ErrorCode.INVALID_FIELD) from None
     if not isinstance(obj, dict):
-        raise refuse(400, "the body is a JSON object", ErrorCode.INVALID_FIELD)
+        raise refuse(400, "the body must be a JSON object", ErrorCode.INVALID_FIELD)
     try:
         check_value(obj, MAX_DEPTH)
+        return {key: value_from_json(value) for key, value in obj.items()}  # binary as {"$b": ...} (§3.5)
     except ProtocolError as exc:
         raise refuse(400, exc.message, exc.code) from None
-    return obj
+
+
+def _a_name(text: str) -> bool:
+    """Whether `text` can be an identity or session id (spec §4: str≤256, shown to people)."""
+    return 1 <= len(text) <= MAX_IDENTITY_ID and text.isprintable()
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:

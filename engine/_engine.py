@@ -442,14 +442,18 @@ class Engine:
 
     async def delete_room(self, name: str) -> None:
         """Delete a room: every member's channel is closed (ROOM_DELETED; a y-websocket client
-        DISCONNECTED), what was acked is stored, then the room is deleted from the store. A
-        join meanwhile waits, then finds a new, empty room.
+        DISCONNECTED), what was acked is stored, then the room is deleted from the store, and
+        the access set for it (`set_access`) is forgotten. A join meanwhile waits, then finds a
+        new, empty room.
 
         Raises:
             StorageError: the store failed to delete it.
         """
         self._record("delete_room", {"room": name})
         await self._rooms.delete(name)
+        overrides = self._services.access_overrides
+        for key in [key for key in overrides if key[1] == name]:  # the access set for what is gone
+            del overrides[key]
 
     def _record(self, op: str, args: dict[str, Any]) -> None:
         recorder = self._services.recorder

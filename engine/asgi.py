@@ -42,7 +42,7 @@ from plait.protocol import ABNORMAL_CLOSURE, CloseCode, TransportClosed
 from ._engine import Engine
 from ._hooks import CONNECTION_IDENTITY, Identity
 from .http import Refusal
-from .http._exchange import Headers
+from .http._exchange import Headers, too_large
 from .http._server import _route as refusal_for
 from .transports._websocket import _short
 
@@ -470,7 +470,7 @@ class AsgiExchange:
             data = bytes(message.get("body", b""))
             size += len(data)
             if size > limit:
-                raise Refusal(413, f"the body is over {limit} bytes (the server's max_message_bytes)", as_json=True)
+                raise too_large(limit)
             parts.append(data)
             if not message.get("more_body", False):
                 self._body_read = True

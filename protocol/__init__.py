@@ -147,5 +147,6 @@ from ._json import (
     encode_json_trusted as encode_json_trusted,
     frame_from_json as frame_from_json,
     frame_to_json as frame_to_json,
+    value_from_json as value_from_json,
     value_to_json as value_to_json,
 )

@@ -42,6 +42,10 @@ class Refusal(Exception):
     as_json: bool = False
 
 
+def too_large(limit: int) -> Refusal:
+    return Refusal(413, f"the body is over {limit} bytes, the most this request may carry", code=ErrorCode.FRAME_TOO_LARGE, as_json=True)
+
+
 class Exchange(Protocol):
     """What a route sees of one request: its body, and the answer, whole or streamed.
 
@@ -158,7 +162,7 @@ class H11Exchange:
             assert isinstance(end, h11.EndOfMessage), end
             return b""
         if length is not None and length > limit:
-            raise Refusal(413, f"the body is over {limit} bytes (the server's max_message_bytes)", as_json=True)
+            raise too_large(limit)
         with trio.move_on_at(self.deadline):
             return await self._body(limit)
         raise Refusal(408, "the request's body did not come in time", as_json=True)
@@ -187,7 +191,7 @@ class H11Exchange:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
-                    raise Refusal(413, f"the body is over {limit} bytes (the server's max_message_bytes)", as_json=True)
+                    raise too_large(limit)
                 parts.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 return b"".join(parts)

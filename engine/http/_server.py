@@ -27,7 +27,7 @@ from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from plait.protocol import YJS_PATH
+from plait.protocol import YJS_PATH, ErrorCode
 
 from .._limits import UNCOUNTED, Slot
 from .._metrics import NO_METRICS, Metrics
@@ -143,7 +143,7 @@ async def _contained(handle: Route, ex: H11Exchange, request: h11.Request) -> No
         logger.error("%s %s failed", request.method.decode(), request.target[:200].decode("ascii", "replace"), exc_info=exc)
         if ex.conn.our_state is not h11.SEND_RESPONSE:
             raise trio.ClosedResourceError("the answer had begun") from None
-        raise Refusal(500, "internal error", as_json=True) from None
+        raise Refusal(500, "internal error", code=ErrorCode.INTERNAL, as_json=True) from None
 
 
 def _route(request: h11.Request, accepting: bool) -> Refusal | None:

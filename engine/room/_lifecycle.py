@@ -227,7 +227,10 @@ class Room(DocStrand, EventsStrand, PersistStrand):
 
     @property
     def accepting(self) -> bool:
-        return self.state in (RoomState.LOADING, RoomState.LIVE)
+        """Whether a hold may get this room: not once it was asked to unload (a delete, a
+        shutdown), even before its state says so, or a join could slip into a room that is
+        about to close under it."""
+        return self.state in (RoomState.LOADING, RoomState.LIVE) and not self._unload_requested
 
     async def _wait_until_idle(self) -> None:
         while not self._unload_requested and self.state is RoomState.LIVE:

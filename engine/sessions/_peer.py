@@ -558,8 +558,11 @@ class Peer:
             self._catching_up = False
 
     def _leave_rooms(self) -> None:
+        # A connection that dropped lingers in presence for the reconnect grace (spec §5.4);
+        # one the server's operator ended (DISCONNECTED) will not be back: it leaves at once.
+        lingers = self._close_code != CloseCode.DISCONNECTED
         for member in list(self._members.values()):
-            member.room.remove_member(member, disconnected=True)
+            member.room.remove_member(member, disconnected=lingers)
         self._members.clear()
 
     def _wake_writer(self) -> None:

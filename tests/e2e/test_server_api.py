@@ -3,6 +3,7 @@ rooms, and an operator changing access and disconnecting users while clients are
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from plait.client import AccessChange, ConnectionClosed, DocumentReset, Forbidden, RoomDeleted, connect
+from plait.client import AccessChange, ConnectionClosed, DocumentReset, Forbidden, PresenceChanged, RoomDeleted, RoomEnded, connect
 from plait.engine import Engine, EngineConfig, serve_api
 from plait.engine.testing import TokenHooks
 from plait.protocol import Access, AccessChanged, ErrorCode, Event, Join, Publish
@@ -123,6 +124,13 @@ def test_api_keys_must_be_long_and_plain() -> None:
         ("PUT", "/api/rooms/r/access/u", b"{}", 400, ErrorCode.INVALID_FIELD),
         ("DELETE", "/api/sessions/no-such-session", None, 404, ErrorCode.NOT_FOUND),
         ("GET", "/api/rooms/r/document?format=xml", None, 400, ErrorCode.INVALID_FIELD),
+        ("POST", "/api/rooms/r/events", b'{"name": "x", "payload": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, ErrorCode.TOO_DEEP),
+        ("PUT", "/api/rooms/r/access/u", b'{"access": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, ErrorCode.TOO_DEEP),
+        ("POST", "/api/rooms/r/events", b'{"name": "x", "payload": {"$b": "not base64!"}}', 400, ErrorCode.INVALID_FIELD),
+        ("POST", "/api/rooms/r/events", b'{"name": "\xff"}', 400, ErrorCode.INVALID_FIELD),
+        ("PUT", "/api/rooms/r/access/", b'{"access": "read"}', 400, ErrorCode.INVALID_FIELD),
+        ("PUT", "/api/rooms/r/access/a%01b", b'{"access": "read"}', 400, ErrorCode.INVALID_FIELD),
+        ("DELETE", "/api/users/" + "u" * 300 + "/sessions", None, 400, ErrorCode.INVALID_FIELD),
     ],
 )
 async def test_bad_requests_get_a_status_and_a_code(
@@ -138,6 +146,26 @@ async def test_bad_requests_get_a_status_and_a_code(
         assert obj["code"] == code
     if status == 405:
         assert response.headers["allow"] == "GET"
+
+
+async def test_a_server_error_is_500_with_the_internal_code(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(served.engine, "rooms", broken)
+    response = await served.api.get("/api/rooms", headers=AUTH)
+    assert response.status_code == 500
+    assert response.json() == {"status": 500, "error": "internal error", "code": ErrorCode.INTERNAL, "name": "INTERNAL"}
+    assert (await served.api.get("/api/sessions", headers=AUTH)).status_code == 200  # the server goes on
+
+
+async def test_binary_and_dollar_keys_travel_in_the_protocols_json_form(served: Served) -> None:
+    payload = {"blob": {"$b": "AAEC"}, "odd": {"$map": [["$ref", 1]]}}
+    await served.call("POST", "/api/rooms/bin/events", json={"name": "file", "payload": payload})
+    async with served.engine.room("bin") as room:
+        assert room.history().events[0].payload == {"blob": b"\x00\x01\x02", "odd": {"$ref": 1}}
+    history = await served.call("GET", "/api/rooms/bin/events")
+    assert history["events"][0]["payload"] == payload
 
 
 async def test_a_bad_update_is_refused_and_changes_nothing(served: Served) -> None:
@@ -253,10 +281,12 @@ async def test_a_writer_made_read_only_is_told_and_its_next_edit_is_refused(serv
         assert room.access == 2
 
 
-async def next_of(changes: Any, kind: type) -> Any:
-    with trio.fail_after(5):
+async def next_of(changes: Any, kind: type, check: Any = lambda change: True, timeout: float = 5) -> Any:
+    """The next change of `kind` that passes `check`, within `timeout` real seconds (the
+    reconnect grace is 0.1 s here, so a lingering presence would show as a timeout)."""
+    with trio.fail_after(timeout):
         async for change in changes:
-            if isinstance(change, kind):
+            if isinstance(change, kind) and check(change):
                 return change
     raise AssertionError(f"no {kind.__name__}")
 
@@ -295,6 +325,62 @@ async def test_a_disconnected_user_is_closed_and_stays_out(served: Served) -> No
     assert served.engine.sessions(user="erin") == []
 
 
+async def test_a_disconnected_user_leaves_presence_at_once_not_after_the_reconnect_grace() -> None:
+    config = dataclasses.replace(CONFIG, presence_grace=60)  # a dropped connection lingers a minute
+    async with Engine(config=config, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
+        serve_api(engine, [KEY])
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        served = Served(engine, port, None)  # type: ignore[arg-type]
+        async with http_client(port) as api, connect(served.url, token="fay") as fay, connect(served.url, token="gus") as gus:
+            async with fay.join("doc") as r1, gus.join("doc") as r2:
+                changes = r2.changes()
+                await r1.synced()
+                await until(lambda: any(e.identity["id"] == "fay" for e in r2.presence.values()))  # gus sees fay
+                assert (await api.delete("/api/users/fay/sessions", headers=AUTH)).status_code == 200
+                await next_of(changes, PresenceChanged, lambda c: c.users_left == ("fay",))
+                assert [e.identity["id"] for e in engine.presence("doc")] == ["gus"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_member_is_told_when_the_server_ends_its_room(served: Served) -> None:
+    async with connect(served.url, token="hal") as hal:
+        async with hal.join("a") as a, hal.join("b") as b:
+            await a.synced()
+            await b.synced()
+            changes_a, changes_b = a.changes(), b.changes()
+            await served.call("PUT", "/api/rooms/a/access/hal", json={"access": "none"})
+            await served.call("DELETE", "/api/rooms/b")
+            assert isinstance((await next_of(changes_a, RoomEnded)).error, Forbidden)
+            assert isinstance((await next_of(changes_b, RoomEnded)).error, RoomDeleted)
+
+
+async def test_a_client_joining_and_editing_a_room_being_deleted_never_breaks(served: Served) -> None:
+    """Deletes racing a client's joins, edits and flushes: each round ends with the room's
+    error or with the edit stored, and the client lives on (it once died in a reset)."""
+    async with connect(served.url, token="ida") as ida, trio.open_nursery() as nursery:
+
+        async def delete_often() -> None:
+            for _ in range(200):
+                await served.engine.delete_room("race")
+                await trio.sleep(0.005)
+
+        nursery.start_soon(delete_often)
+        outcomes: set[str] = set()
+        with trio.fail_after(60):
+            for _ in range(40):
+                try:
+                    async with ida.join("race") as room:
+                        await room.synced()
+                        room.text.insert(0, "x")
+                        await room.flushed()
+                        outcomes.add("stored")
+                except RoomDeleted as exc:
+                    outcomes.add(type(exc).__name__)
+        nursery.cancel_scope.cancel()
+        assert ida.closed_error is None and ida.is_open
+        assert outcomes <= {"stored", "RoomDeleted"}
+
+
 async def test_deleting_a_room_ends_it_for_members_and_deletes_what_was_stored(served: Served) -> None:
     async with connect(served.url, token="frank") as frank:
         async with frank.join("gone") as room:
@@ -305,6 +391,7 @@ async def test_deleting_a_room_ends_it_for_members_and_deletes_what_was_stored(s
             assert await served.call("DELETE", "/api/rooms/gone") == {"room": "gone", "deleted": True}
             with pytest.raises(RoomDeleted):
                 await room.publish("chat", "hello?")
+            room.text.insert(0, "lost with the room ")  # not an error on leaving: the room said why
         assert "gone" not in await served.engine.store.list_rooms()
         assert (await served.api.get("/api/rooms/gone", headers=AUTH)).status_code == 404
         async with frank.join("gone") as again:  # a new, empty room of the same name

@@ -202,3 +202,14 @@ async def test_a_publish_whose_hook_ran_across_the_downgrade_is_refused(autojump
         assert (refusal.ref, refusal.code) == (9, ErrorCode.FORBIDDEN)
         async with engine.room("r") as room:
             assert room.history().events == ()
+
+
+async def test_a_room_asked_to_unload_takes_no_more_members_even_before_it_drains(autojump_clock: trio.testing.MockClock) -> None:
+    """A join that held a live room across a checkpoint while the room was deleted must not
+    be admitted to it: the room closes under it and its edits are never acked (the race
+    tests/e2e/test_server_api.py's delete loop found)."""
+    async with make_engine() as engine:
+        async with engine.hold_room("r") as room:
+            assert room.accepting
+            room.request_unload()
+            assert room.state.value == "live" and not room.accepting
