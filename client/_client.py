@@ -916,6 +916,32 @@ def _websocket_target(url: str) -> tuple[str, int, str, bool]:
     return parts.hostname, port, resource, secure
 
 
+async def _hosted_websocket(
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+    host: str,
+    resource: str,
+    *,
+    task_status: trio.TaskStatus[trio_websocket.WebSocketConnection],
+) -> None:
+    """trio-websocket's reader task, in a nursery of this connection's own: it raises a rejected
+    upgrade (an HTTP 429 or 403 answer) from that task, which in the client's nursery would end
+    the client rather than this attempt. Raises that rejection (HandshakeError) to the opener,
+    as `nursery.start` does with what a task raises before it has started."""
+    started = False
+    try:
+        async with trio.open_nursery() as inner:
+            ws = await trio_websocket.wrap_client_stream(inner, stream, host, resource, max_message_size=64 * 1024 * 1024)
+            task_status.started(ws)
+            started = True
+    except BaseExceptionGroup as group:
+        rejected, rest = group.split(trio_websocket.HandshakeError)
+        if rest is not None:
+            raise rest from None
+        if rejected is not None and not started:
+            raise rejected.exceptions[0] from None
+        # After the handshake the connection's reads and writes say it is closed (TransportClosed).
+
+
 def websocket_opener(url: str, nursery: trio.Nursery) -> OpenTransport:
     host, port, resource, secure = _websocket_target(url)
 
@@ -934,9 +960,7 @@ def websocket_opener(url: str, nursery: trio.Nursery) -> OpenTransport:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 if secure:
                     stream = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host)
-                ws = await trio_websocket.wrap_client_stream(
-                    nursery, stream, host, resource, max_message_size=64 * 1024 * 1024
-                )
+                ws = await nursery.start(_hosted_websocket, stream, host, resource)
         except trio.TooSlowError:
             await trio.aclose_forcefully(stream)
             raise OSError(f"no answer to the WebSocket upgrade within {HANDSHAKE_TIMEOUT:g} s") from None

@@ -137,6 +137,8 @@ class Engine:
         self._per_ip = ConnectionCounts(self.config.max_connections_per_ip)
         """WebSockets and HTTP sessions open per peer address (spec §2, §14.5)."""
         self._http = HttpSessions(self.config, self._start_http_session, lambda: self._accepting, self._per_ip)
+        self.admission = Admission(self._http.origins, self._per_ip)
+        """Who may open a WebSocket (spec §2: origin, connections per address), on any server."""
         self.router = Router()
         """Plain HTTP requests on the engine's port, by path (engine/http/_router.py)."""
         self.router.add(HTTP_PREFIX, self._http.handle)
@@ -268,7 +270,7 @@ class Engine:
             handshake_timeout=self.config.handshake_timeout,
             max_message_bytes=self._max_message_bytes,
             router=self.router,
-            admission=Admission(self._http.origins, self._per_ip),
+            admission=self.admission,
             metrics=self._metrics,
         )
         await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)

@@ -194,21 +194,30 @@ class PlaitApp:
             await _refuse_websocket(scope, send, 503, "the server is shutting down; connect to another, or again shortly")
             return
         target = relative_target(scope)
-        sender = Sender(send, engine.nursery)
-        transport = AsgiWebSocket(target, receive, sender, engine._max_message_bytes(target))
+        try:  # the checks of the engine's own port (spec §2): the page's origin, the address's connections
+            slot = engine.admission.admit(_request(scope, target), _client_address(scope))
+        except (Refusal, h11.LocalProtocolError) as exc:
+            status, reason = (exc.status, exc.reason) if isinstance(exc, Refusal) else (400, f"bad request: {exc}")
+            await _refuse_websocket(scope, send, status, reason)
+            return
         try:
-            await sender.send({"type": "websocket.accept"})
-            await engine.serve_transport(transport)
+            sender = Sender(send, engine.nursery)
+            transport = AsgiWebSocket(target, receive, sender, engine._max_message_bytes(target))
+            try:
+                await sender.send({"type": "websocket.accept"})
+                await engine.serve_transport(transport)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await transport.finish()
         finally:
-            with trio.CancelScope(shield=True):
-                await transport.finish()
+            slot.release()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         engine = self.engine
         target = relative_target(scope)
         path = target.partition("?")[0]
         sender = Sender(send, engine.nursery)
-        ex = AsgiExchange(receive, sender, trio.current_time() + engine.config.handshake_timeout)
+        ex = AsgiExchange(receive, sender, trio.current_time() + engine.config.handshake_timeout, _client_address(scope))
         request: h11.Request | None = None
         try:
             try:
@@ -443,9 +452,9 @@ class AsgiExchange:
     """One ASGI http request as the routes' `Exchange` (engine/http/_exchange.py)."""
 
     socket = None  # every write goes through the server's send
-    peer: str | None = None  # per-address limits are the ASGI server's (or its proxy's) to keep
 
-    def __init__(self, receive: Receive, sender: Sender, deadline: float) -> None:
+    def __init__(self, receive: Receive, sender: Sender, deadline: float, peer: str | None) -> None:
+        self.peer = peer
         self._receive = receive
         self._sender = sender
         self.deadline = deadline
@@ -544,6 +553,13 @@ def relative_target(scope: Scope) -> str:
         encoded = "/" + encoded
     query = bytes(scope.get("query_string") or b"").decode("latin-1")
     return encoded + ("?" + query if query else "")
+
+
+def _client_address(scope: Scope) -> str | None:
+    """The client's address as the ASGI server saw it (behind a proxy, the proxy's, unless
+    the server is told to trust its forwarded headers: Hypercorn's ProxyFixMiddleware)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _request(scope: Scope, target: str) -> h11.Request:

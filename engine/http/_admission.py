@@ -9,11 +9,10 @@ limit is off by default).
 from __future__ import annotations
 
 import h11
-import trio
 
 from .._limits import UNCOUNTED, ConnectionCounts, Slot
 from ._cors import Origins
-from ._exchange import Refusal, peer_address
+from ._exchange import Refusal
 
 RETRY_AFTER_FULL = "10"
 """Seconds an address over its connection limit is asked to wait (Retry-After)."""
@@ -27,14 +26,15 @@ class Admission:
         self.origins = origins
         self.per_ip = per_ip
 
-    def admit(self, request: h11.Request, stream: trio.abc.Stream) -> Slot:
-        """The place the connection holds until it ends (release it in a `finally`).
+    def admit(self, request: h11.Request, address: str | None) -> Slot:
+        """The place a WebSocket from the peer `address` (None: unknown, not counted) holds
+        until it ends (release it in a `finally`).
 
         Raises:
             Refusal: 403 an origin not allowed; 429 the address holds its limit already.
         """
         self.origins.check_websocket(request)
-        return take_slot(self.per_ip, peer_address(stream))
+        return take_slot(self.per_ip, address)
 
 
 def take_slot(per_ip: ConnectionCounts, address: str | None, *, as_json: bool = False) -> Slot:

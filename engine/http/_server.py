@@ -108,7 +108,7 @@ async def _serve_requests(
                         raise refusal
                     if not first:
                         raise Refusal(400, "open a WebSocket on a connection of its own, not after other requests")
-                    slot = admission.admit(request, stream) if admission is not None else UNCOUNTED
+                    slot = admission.admit(request, ex.peer) if admission is not None else UNCOUNTED
                     websocket: WebSocketStream | None = None
                     try:
                         websocket = await _upgrade(stream, bytes(ex.received), max_message_bytes)

@@ -343,3 +343,23 @@ async def test_plait_serve_applies_its_config_file_and_environment(tmp_path: Pat
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
             await process.wait()
+
+
+async def test_the_python_client_takes_a_429_upgrade_as_a_reason_to_retry_and_gets_in_when_a_place_frees() -> None:
+    """A refused upgrade is an attempt that failed, never the client's end: trio-websocket
+    raises it from its reader task, which ran in the client's own nursery (it ended the client)."""
+    async with serving(max_connections_per_ip=1) as (_engine, port):
+        url = f"ws://127.0.0.1:{port}/"
+        async with connect(url) as first:
+            async with first.join("r") as room:
+                await room.synced()
+            async with connect(url, backoff=Backoff(base=0.05, cap=0.1)) as second:
+                changes = second.changes()
+                with trio.fail_after(10):
+                    change = await anext(changes)
+                    while change.state != "reconnecting":
+                        change = await anext(changes)
+                assert "HTTP 429" in str(change.error)
+                await first.aclose()
+                with trio.fail_after(10):
+                    await second.wait_state("open")

@@ -425,3 +425,43 @@ async def test_a_shutdown_says_going_away_to_sessions_and_stores_every_acked_edi
     assert [c.code for c in peer.closes] == [CloseCode.GOING_AWAY]
     async with Engine(store=store) as again, again.room("kept") as handle:
         assert str(handle.doc.get("text", type=pycrdt.Text)) == "acked before the shutdown"
+
+
+async def upgrade_status(port: int, target: str, origin: str | None = None) -> tuple[int, trio.SocketStream]:
+    """Send a WebSocket upgrade; the answer's status (101: opened) and the open socket."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    origin_line = f"Origin: {origin}\r\n" if origin else ""
+    await stream.send_all(
+        (f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{origin_line}\r\n").encode()
+    )
+    head = b""
+    with trio.fail_after(5):
+        while b"\r\n" not in head:
+            chunk = await stream.receive_some(4096)
+            assert chunk, head
+            head += chunk
+    return int(head.split(b" ", 2)[1]), stream
+
+
+@pytest.mark.slow
+async def test_the_mount_checks_a_pages_origin_and_the_connections_per_address_as_the_port_does() -> None:
+    async with collab(allow_origins=("https://app.example.com",), max_connections_per_ip=2) as (engine, port):
+        for target in ("/collab/", "/collab/yjs/notes"):
+            status, stream = await upgrade_status(port, target, "https://evil.example")
+            assert status == 403, target  # cross-site WebSocket hijacking (spec §2)
+            await stream.aclose()
+        held = []
+        for origin in ("https://app.example.com", None):
+            status, stream = await upgrade_status(port, "/collab/", origin)
+            assert status == 101
+            held.append(stream)
+        status, third = await upgrade_status(port, "/collab/")
+        assert status == 429  # two from this address already
+        await third.aclose()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            assert (await http.post("/collab/v1/sessions")).status_code == 429  # HTTP sessions count too
+            for stream in held:
+                await stream.aclose()
+            await wait_until(lambda: not engine.sessions(), "the two sessions ended")
+            assert (await http.post("/collab/v1/sessions")).status_code == 201  # their places came back
