@@ -369,6 +369,12 @@ def _ws_url(text: str) -> str:
     return text
 
 
+def _api_key(text: str) -> str:
+    if not good_api_key(text):
+        raise argparse.ArgumentTypeError(KEY_RULE)  # not the key itself: errors end up in logs
+    return text
+
+
 def _origin(text: str) -> str:
     parts = urllib.parse.urlsplit(text)
     if text != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query):
@@ -480,7 +486,7 @@ def build_parser() -> _Parser:
     serve_cmd.add_argument("--allow-origin", type=_origin, action="append", default=[], metavar="ORIGIN",
                            help="a web origin (https://app.example.com) whose pages may open WebSockets and use the "
                                 "HTTP transports (/v1/); repeat for more, * for any (default: the server's own origin only)")
-    serve_cmd.add_argument("--api-key", action="append", default=[], metavar="KEY",
+    serve_cmd.add_argument("--api-key", type=_api_key, action="append", default=[], metavar="KEY",
                            help="serve the server API (spec/api.md) under /api/ to requests giving this key as "
                                 "Authorization: Bearer KEY (16+ characters); repeat to accept several. Off without one. "
                                 "A key on a command line shows in ps: prefer PLAIT_API_KEY")
@@ -617,8 +623,6 @@ def _run(args: argparse.Namespace) -> int:
             max_connections_per_user=args.max_connections_per_user,
         )
         api_keys = args.api_key  # also PLAIT_API_KEY (comma-separated) or api_key in the file (_settings.py)
-        if not all(map(good_api_key, api_keys)):
-            raise CommandError(f"--api-key: {KEY_RULE}", USAGE)
         hooks = jwt_hooks(args)
         run = functools.partial(
             serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys, hooks=hooks, metrics=args.metrics

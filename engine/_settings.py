@@ -72,7 +72,8 @@ class Option:
 
     @property
     def secret(self) -> bool:
-        return any(word in self.key for word in SECRET_WORDS)
+        """Whether its value is a secret (a file's path is not: --jwt-secret-file shows)."""
+        return any(word in self.key for word in SECRET_WORDS) and self.action.type is not Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +211,11 @@ def _switch(text: str, where: str) -> bool:
 def _from_toml(option: Option, raw: object, where: str) -> Any:
     if option.kind is Kind.SWITCH:
         if not isinstance(raw, bool):
-            raise SettingError(f"{where}: expected true or false, not {_shown(raw)}")
+            raise SettingError(f"{where}: expected true or false, not {_shown(raw, option)}")
         return raw
     if option.kind is Kind.LIST:
         if not isinstance(raw, list):
-            raise SettingError(f"{where}: expected a list ({option.key} = [...]), not {_shown(raw)}")
+            raise SettingError(f"{where}: expected a list ({option.key} = [...]), not {_shown(raw, option)}")
         return [_checked(option, _text(option, item, where), where) for item in raw]
     return _checked(option, _text(option, raw, where), where)
 
@@ -227,7 +228,7 @@ def _text(option: Option, raw: object, where: str) -> str:
     if numeric and isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return str(raw)
     expected = "a number or a string" if numeric else "a string"
-    raise SettingError(f"{where}: expected {expected}, not {_shown(raw)}")
+    raise SettingError(f"{where}: expected {expected}, not {_shown(raw, option)}")
 
 
 def _checked(option: Option, text: str, where: str) -> Any:
@@ -237,12 +238,13 @@ def _checked(option: Option, text: str, where: str) -> Any:
     try:
         value = convert(text)
     except argparse.ArgumentTypeError as exc:
-        raise SettingError(f"{where}: {exc}") from None
+        shown = str(exc).replace(repr(text), "(hidden)").replace(text, "(hidden)") if option.secret and text else str(exc)
+        raise SettingError(f"{where}: {shown}") from None
     except (TypeError, ValueError):
-        raise SettingError(f"{where}: invalid value {text!r}") from None
+        raise SettingError(f"{where}: invalid value {_quoted(text, option)}") from None
     choices = option.action.choices
     if choices is not None and value not in choices:
-        raise SettingError(f"{where}: {text!r} is not one of {', '.join(map(str, choices))}")
+        raise SettingError(f"{where}: {_quoted(text, option)} is not one of {', '.join(map(str, choices))}")
     return value
 
 
@@ -292,7 +294,14 @@ def toml_value(value: object) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def _shown(raw: object) -> str:
+def _quoted(text: str, option: Option) -> str:
+    return _shown(text, option) if option.secret else repr(text)
+
+
+def _shown(raw: object, option: Option | None = None) -> str:
+    """A value as an error shows it: a secret's only by its type (an error goes to logs)."""
+    if option is not None and option.secret:
+        return f"a {type(raw).__name__} (hidden: a secret)"
     if isinstance(raw, (bool, int, float, str, list)):
         return toml_value(raw)
     return "a table" if isinstance(raw, dict) else f"a {type(raw).__name__}"

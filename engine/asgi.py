@@ -44,6 +44,7 @@ from ._hooks import CONNECTION_IDENTITY, Identity
 from .http import Refusal
 from .http._exchange import Headers, too_large
 from .http._server import _route as refusal_for
+from .http._server import upgrade_refusal
 from .transports._websocket import _short
 
 logger = logging.getLogger("plait.asgi")
@@ -194,6 +195,10 @@ class PlaitApp:
             await _refuse_websocket(scope, send, 503, "the server is shutting down; connect to another, or again shortly")
             return
         target = relative_target(scope)
+        refused = upgrade_refusal(target.partition("?")[0])
+        if refused is not None:
+            await _refuse_websocket(scope, send, refused.status, refused.reason)
+            return
         try:  # the checks of the engine's own port (spec §2): the page's origin, the address's connections
             slot = engine.admission.admit(_request(scope, target), _client_address(scope))
         except (Refusal, h11.LocalProtocolError) as exc:

@@ -39,5 +39,5 @@ async def notes(room: str):                          # your own routes reach the
         return {"room": room, "text": str(handle.doc.get("text", type=pycrdt.Text))}
 
 
-class hypercorn:                                     # hypercorn -k trio -c python:fastapi_app.hypercorn fastapi_app:app
+class hypercorn:                                     # python -m hypercorn -k trio -c python:fastapi_app.hypercorn fastapi_app:app
     websocket_max_message_size = collab.websocket_max_message_size   # Plait's limits, not Hypercorn's 16 MiB

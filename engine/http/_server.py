@@ -149,11 +149,11 @@ async def _contained(handle: Route, ex: H11Exchange, request: h11.Request) -> No
 def _route(request: h11.Request, accepting: bool) -> Refusal | None:
     """None for a WebSocket upgrade to serve; else the refusal (a plain request outside
     `/v1/`)."""
+    path = request.target.decode("ascii", "replace").partition("?")[0].partition("#")[0]
     if _is_upgrade(request):
         if not accepting:
             return Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),))
-        return None  # native on any path but /yjs/... (engine.serve_transport)
-    path = request.target.decode("ascii", "replace").partition("?")[0].partition("#")[0]
+        return upgrade_refusal(path)  # None: native on any path but /yjs/... (engine.serve_transport)
     websocket_path = path == WEBSOCKET_PATHS[0] or path.startswith(WEBSOCKET_PATHS[1])
     if not websocket_path:
         return Refusal(
@@ -166,6 +166,14 @@ def _route(request: h11.Request, accepting: bool) -> Refusal | None:
         return Refusal(405, f"{method} is not served here: open a WebSocket with GET", (("Allow", "GET"),))
     what = "Plait's y-websocket endpoint (spec §13)" if path != "/" else "Plait's WebSocket endpoint (spec/protocol.md)"
     return Refusal(426, f"this is {what}: connect with a WebSocket client", (("Upgrade", "websocket"),))
+
+
+def upgrade_refusal(path: str) -> Refusal | None:
+    """A WebSocket upgrade to `path` refused (spec §2): under `/v1/` are the HTTP transports,
+    whose sessions speak Server-Sent Events, not a WebSocket's frames."""
+    if path.startswith(PREFIX):
+        return Refusal(404, f"{PREFIX} holds Plait's HTTP transports (spec §14); open a WebSocket at / or /yjs/ROOM (spec §2)")
+    return None
 
 
 def _is_upgrade(request: h11.Request) -> bool:

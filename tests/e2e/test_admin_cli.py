@@ -135,4 +135,4 @@ async def test_plait_serve_refuses_a_short_api_key(tmp_path: Path) -> None:
             capture_stdout=True, capture_stderr=True, check=False,
         )
     assert done.returncode == 2
-    assert done.stderr.decode().startswith("plait serve: --api-key: an API key is 16 or more")
+    assert done.stderr.decode().startswith("plait serve: argument --api-key: an API key is 16 or more")

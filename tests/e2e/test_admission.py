@@ -363,3 +363,11 @@ async def test_the_python_client_takes_a_429_upgrade_as_a_reason_to_retry_and_ge
                 await first.aclose()
                 with trio.fail_after(10):
                     await second.wait_state("open")
+
+
+async def test_a_websocket_under_v1_is_refused_not_served_the_event_stream_wire() -> None:
+    async with serving() as (_engine, port):
+        for target in ("/v1/", "/v1/sessions", "/v1/events?room=r"):
+            status, _headers, body, stream, _ws = await upgrade(port, target)
+            assert status == 404 and "/v1/" in body, (target, status, body)
+            await stream.aclose()

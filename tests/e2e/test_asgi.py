@@ -465,3 +465,11 @@ async def test_the_mount_checks_a_pages_origin_and_the_connections_per_address_a
                 await stream.aclose()
             await wait_until(lambda: not engine.sessions(), "the two sessions ended")
             assert (await http.post("/collab/v1/sessions")).status_code == 201  # their places came back
+
+
+@pytest.mark.slow
+async def test_a_websocket_under_the_mounts_v1_is_refused() -> None:
+    async with collab() as (_engine, port):
+        status, stream = await upgrade_status(port, "/collab/v1/sessions")
+        assert status == 404
+        await stream.aclose()

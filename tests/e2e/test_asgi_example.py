@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,13 +35,15 @@ HYPERCORN = [sys.executable, "-m", "hypercorn", "-c", "python:fastapi_app.hyperc
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(EXAMPLES), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @asynccontextmanager
 async def served(cwd: Path) -> AsyncIterator[int]:
     """`hypercorn -k trio ... fastapi_app:app` in `cwd` (its plait.db); the port. Stopped with
-    SIGTERM to its pid (a graceful shutdown), which must end it within 30 s, cleanly."""
+    SIGTERM to its pid (a graceful shutdown), which must end it within 30 s, cleanly. As the
+    README runs it: `python -m hypercorn` in the example's folder (here a copy of it)."""
+    shutil.copy(EXAMPLES / "fastapi_app.py", cwd)
     process = await trio.lowlevel.open_process(
         [*HYPERCORN, "-k", "trio", "--graceful-timeout", "2", "fastapi_app:app"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, env=environment(),
@@ -134,6 +137,7 @@ async def test_the_fastapi_example_serves_native_yjs_and_sse_clients_in_one_room
     ],
 )
 async def test_an_asyncio_server_stops_at_startup_saying_to_use_hypercorn_k_trio(tmp_path: Path, command: list[str], fails: bool) -> None:
+    shutil.copy(EXAMPLES / "fastapi_app.py", tmp_path)
     with trio.fail_after(60):  # it stops by itself: it does not serve without the engine
         result = await trio.run_process(command, cwd=tmp_path, env=environment(), capture_stdout=True, capture_stderr=True, check=False)
     output = result.stdout.decode() + result.stderr.decode()

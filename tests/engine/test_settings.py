@@ -345,3 +345,35 @@ def test_the_readme_example_config_is_read_as_it_says(
     monkeypatch.setenv("PLAIT_PORT", "9001")
     got, sources = printed(["--config", "plait.toml", "--log-level", "info"], capsys)
     assert (got["port"], got["log_level"], got["host"]) == (9001, "INFO", "0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'api_key = "my-real-production-api-key-1234"',  # a string where a list goes
+        'api_key = ["short-secret"]',  # too short: the validator's words, not the key
+        "jwt_secret = 123456789012345678901234567890123",
+        'jwt_secret = ["hunter2-hunter2-hunter2-hunter2-hunter2"]',
+    ],
+)
+def test_an_error_about_a_secret_never_shows_it(text: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "plait.toml").write_text(text + "\n")
+    said = refused(["--config", "plait.toml"], capsys)
+    assert said.startswith("plait.toml: ")
+    for secret in ("my-real-production", "short-secret", "12345678901234567890", "hunter2"):
+        assert secret not in said, said
+
+
+def test_an_api_key_from_the_environment_is_refused_by_its_variable_not_shown(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLAIT_API_KEY", "tiny-key")
+    said = refused([], capsys)
+    assert said.startswith("PLAIT_API_KEY: an API key is 16 or more") and "tiny-key" not in said
+
+
+def test_a_key_files_path_is_shown_it_is_not_a_secret(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "s").write_text("x" * 40)
+    assert main(["serve", "--jwt-secret-file", str(tmp_path / "s"), "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert tomllib.loads(printed)["jwt_secret_file"] == str(tmp_path / "s")  # a printed file keeps JWT auth on
