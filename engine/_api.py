@@ -24,7 +24,6 @@ import h11
 from plait.protocol import (
     APPLICATION_ERROR_RANGE,
     MAX_DEPTH,
-    Access,
     ErrorCode,
     ProtocolError,
     RemoteProtocolError,
@@ -38,14 +37,12 @@ from plait.storage import StorageError
 from ._engine import Engine
 from ._errors import RequestError
 from ._handle import RoomHandle
-from ._hooks import MAX_IDENTITY_ID
-from ._operations import ACCESS_NAMES
+from ._hooks import ACCESS_BY_NAME, MAX_IDENTITY_ID
 from .http import Exchange, Refusal, header
 
 logger = logging.getLogger("plait.api")
 
 PREFIX = "/api/"
-ACCESS_BY_NAME: dict[str, Access | None] = {name: access for access, name in ACCESS_NAMES.items()} | {"none": None}
 MIN_KEY = 16
 """Characters an API key has at least: a key anyone could guess is no key."""
 KEY_RULE = f"an API key is {MIN_KEY} or more printable ASCII characters without spaces"

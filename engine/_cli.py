@@ -39,8 +39,7 @@ from ._api import KEY_RULE, good_api_key, serve_api
 from ._config import EngineConfig
 from ._engine import Engine
 from ._handle import root_value
-from ._hooks import Hooks
-from ._jwt import ACCESS_NAMES, JwtHooks, JwtKeyError
+from ._hooks import ACCESS_BY_NAME, Hooks
 from ._logs import LOG_FORMATS, configure_logging
 from ._metrics import NO_METRICS, Metrics
 from ._prometheus import PrometheusMetrics
@@ -416,7 +415,7 @@ def _add_jwt_flags(serve_cmd: argparse.ArgumentParser) -> None:
                            help="accept only this algorithm (repeatable; default: every one the key's type allows, never none)")
     jwt_flags.add_argument("--jwt-audience", metavar="AUD", help="tokens must name this audience (aud)")
     jwt_flags.add_argument("--jwt-issuer", metavar="ISS", help="tokens must come from this issuer (iss)")
-    jwt_flags.add_argument("--jwt-default-access", choices=list(ACCESS_NAMES), metavar="ACCESS",
+    jwt_flags.add_argument("--jwt-default-access", choices=list(ACCESS_BY_NAME), metavar="ACCESS",
                            help="access in every room for a token without a rooms claim: none (default), read, comment, write")
 
 
@@ -441,9 +440,11 @@ def jwt_hooks(args: argparse.Namespace) -> Hooks | None:
         "algorithms": args.jwt_algorithm,
         "audience": args.jwt_audience,
         "issuer": args.jwt_issuer,
-        "default_access": ACCESS_NAMES[args.jwt_default_access or "none"],
+        "default_access": ACCESS_BY_NAME[args.jwt_default_access or "none"],
     }
     shown = "(hidden)" if flag == "--jwt-secret" else source
+    from ._jwt import JwtHooks, JwtKeyError  # PyJWT and cryptography: ~8 MiB, loaded only for JWT auth
+
     try:
         if flag == "--jwt-secret-file":
             return JwtHooks.from_secret_file(source, **kwargs)

@@ -27,6 +27,10 @@ MIN_ANONYMOUS_KEY, MAX_ANONYMOUS_KEY = 16, 128
 MAX_IDENTITY_ID = 256
 """Characters of identity["id"]: it travels as event.user (spec §4, str≤256)."""
 
+ACCESS_BY_NAME: dict[str, Access | None] = {"read": Access.READ, "comment": Access.COMMENT, "write": Access.WRITE, "none": None}
+"""An access by the name people give it (the server API, `plait serve --jwt-default-access`,
+a JWT's `rooms` claim); `none` is no access."""
+
 Identity = dict[str, Any]
 """Who is behind a session: a map with at least "id" (a string). Stamped on presence/events."""
 

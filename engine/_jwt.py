@@ -66,7 +66,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from plait.protocol import MAX_TOKEN, Access
 
-from ._hooks import MAX_IDENTITY_ID, Hooks, Identity, Unauthenticated
+from ._hooks import ACCESS_BY_NAME, MAX_IDENTITY_ID, Hooks, Identity, Unauthenticated
 
 HMAC_ALGORITHMS: Final = ("HS256", "HS384", "HS512")
 RSA_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -83,12 +83,7 @@ MAX_GRANT_SETS: Final = 10_000
 """Distinct `rooms` claims remembered (least recently used dropped first): the identity names
 its grants by digest, so that other members never see them (see the module docstring)."""
 
-ACCESS_NAMES: Final[Mapping[str, Access | None]] = {
-    "read": Access.READ,
-    "comment": Access.COMMENT,
-    "write": Access.WRITE,
-    "none": None,
-}
+ACCESS_NAMES: Final[Mapping[str, Access | None]] = ACCESS_BY_NAME
 _RANK: Final = {None: 0, Access.READ: 1, Access.COMMENT: 2, Access.WRITE: 3}
 _GRANTS_KEY: Final = "grants"
 

@@ -11,11 +11,12 @@ from typing import Any
 
 from plait.protocol import Access
 
+from ._hooks import ACCESS_BY_NAME
 from .room import Room
 from .sessions import Peer, YjsSession
 from .transports import HttpTransport, MemoryTransport
 
-ACCESS_NAMES = {Access.READ: "read", Access.COMMENT: "comment", Access.WRITE: "write"}
+ACCESS_NAMES = {access: name for name, access in ACCESS_BY_NAME.items() if access is not None}
 """How the server API and `plait admin` name an access (joined.access, spec §4.2)."""
 
 

@@ -375,3 +375,16 @@ def test_a_jwks_with_a_private_key_or_duplicate_kids_is_refused() -> None:
         JwtHooks.from_jwks(json.dumps({"keys": [jwk(EC_KEY, "e1"), jwk(RSA_KEY, "e1")]}))
     with pytest.raises(JwtKeyError, match="kid on every key"):
         JwtHooks.from_jwks(json.dumps({"keys": [jwk(EC_KEY, None), jwk(RSA_KEY, "r1")]}))
+
+
+def test_a_server_without_jwt_auth_never_loads_pyjwt_or_cryptography() -> None:
+    """They take ~8 MiB of every server's memory (bench/README.md): loaded only for JWT auth."""
+    import subprocess
+    import sys
+
+    check = "import sys, plait.engine, plait.engine._cli; print(sorted(m for m in ('jwt', 'cryptography') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert loaded.strip() == "[]"
+    with_jwt = check.replace("plait.engine._cli;", "plait.engine._cli; plait.engine.JwtHooks;")
+    loaded = subprocess.run([sys.executable, "-c", with_jwt], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert loaded.strip() == "['cryptography', 'jwt']"
