@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +17,8 @@ import pytest
 import trio
 
 from plait.client import connect
+
+from .serveprocess import plait_serve
 
 pytestmark = pytest.mark.slow
 
@@ -31,29 +32,8 @@ ALICE = "anon-" + hashlib.sha256(ALICE_KEY.encode()).hexdigest()[:12]
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[int]:
     """`plait serve` taking its key from PLAIT_API_KEY, as the README shows; its port."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PLAIT_API_KEY": KEY}
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--data", str(tmp_path), "--store", "memory"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        seen = b""
-        with trio.fail_after(60):
-            while not (found := re.search(rb"serving on ws://127.0.0.1:(\d+)/", seen)):
-                chunk = await process.stdout.receive_some(1024)
-                assert chunk, f"server exited: {seen!r}"
-                seen += chunk
-        yield int(found.group(1))
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(30):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with plait_serve("--port", "0", "--data", str(tmp_path), "--store", "memory", env={"PLAIT_API_KEY": KEY}) as served:
+        yield served.port
 
 
 def readme_api_blocks(port: int) -> list[str]:

@@ -10,11 +10,7 @@ the place back when it has finished with the connection, a moment after the clie
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +27,7 @@ from plait.engine.testing import TokenHooks
 from plait.protocol import CloseCode, Error, ErrorCode, Hello, Welcome, decode, encode
 
 from .httpclients import http_client
+from .serveprocess import plait_serve
 
 pytestmark = pytest.mark.slow
 
@@ -313,22 +310,9 @@ async def test_plait_serve_applies_its_config_file_and_environment(tmp_path: Pat
     (tmp_path / "plait.toml").write_text(
         'store = "memory"\nallow_origin = ["https://app.example.com"]\nmax_connections_per_ip = 2\nport = 1\n'
     )
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "plait.engine._cli", "serve", "--config", "plait.toml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PLAIT_PORT": "0"},  # the variable wins over the file
-    )
-    try:
-        assert process.stdout is not None
-        seen = b""
-        with trio.fail_after(30):
-            while not (match := re.search(rb"serving on ws://127.0.0.1:(\d+)/", seen)):
-                chunk = await process.stdout.receive_some(1024)
-                assert chunk, f"server exited: {seen!r}"
-                seen += chunk
-        port = int(match.group(1))
+    # the variable wins over the file
+    async with plait_serve("--config", "plait.toml", cwd=tmp_path, env={"PLAIT_PORT": "0"}, stop=signal.SIGTERM) as served:
+        port = served.port
         a_status, _, _, a, _ = await upgrade(port)
         b_status, _, _, b, _ = await upgrade(port)
         assert (a_status, b_status) == (101, 101)
@@ -339,10 +323,7 @@ async def test_plait_serve_applies_its_config_file_and_environment(tmp_path: Pat
         with trio.fail_after(5):
             while (await status_of_upgrade(port, "/", [("Origin", "https://app.example.com")]))[0] != 101:
                 await trio.sleep(0.02)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            await process.wait()
+
 
 
 async def test_the_python_client_takes_a_429_upgrade_as_a_reason_to_retry_and_gets_in_when_a_place_frees() -> None:

@@ -4,46 +4,28 @@ about a session, a room or a user carry their ids. A real process, a real socket
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 
 import pytest
-import trio
 
+from .serveprocess import plait_serve
 from .test_metrics import client, join
 
 pytestmark = pytest.mark.slow
 
 
 async def test_json_logs_parse_line_by_line_and_carry_the_ids() -> None:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--store", "memory", "--log-format", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None and process.stderr is not None
-    try:
-        seen = b""
-        with trio.fail_after(30):
-            while not (match := re.search(rb"serving on ws://127.0.0.1:(\d+)/", seen)):
-                chunk = await process.stdout.receive_some(1024)
-                assert chunk, f"server exited: {seen!r}"
-                seen += chunk
-            port = int(match.group(1))
-            async with client(port) as a:
-                await join(a, "notes")
-            process.send_signal(signal.SIGINT)
-            assert await process.wait() == 0
-            errors = b""
-            while chunk := await process.stderr.receive_some(65536):
-                errors += chunk
-    finally:
-        if process.returncode is None:
-            process.kill()
+    async with plait_serve("--port", "0", "--store", "memory", "--log-format", "json", stderr=subprocess.PIPE) as served:
+        async with client(served.port) as a:
+            await join(a, "notes")
+        served.process.send_signal(signal.SIGINT)
+        assert await served.process.wait() == 0
+        errors = b""
+        assert served.process.stderr is not None
+        while chunk := await served.process.stderr.receive_some(65536):
+            errors += chunk
     records = [json.loads(line) for line in errors.decode().splitlines()]  # every line is one object
     assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records)

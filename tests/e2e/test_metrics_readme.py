@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 
+from .serveprocess import plait_serve
 from .test_crash import start_server
 
 pytestmark = pytest.mark.slow
@@ -54,28 +55,10 @@ async def test_the_readmes_embedding_lines_serve_metrics() -> None:
 
 
 async def test_no_metrics_leaves_health_and_turns_the_page_off(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
     import httpx
 
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--store", "memory", "--no-metrics"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    try:
-        seen = b""
-        with trio.fail_after(30):
-            while not (match := re.search(rb"serving on ws://127.0.0.1:(\d+)/", seen)):
-                chunk = await process.stdout.receive_some(1024)
-                assert chunk, f"server exited: {seen!r}"
-                seen += chunk
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{match.group(1).decode()}") as http:
-                assert (await http.get("/metrics")).status_code == 404
-                assert (await http.get("/healthz")).status_code == 200
-                assert (await http.get("/readyz")).status_code == 200
-    finally:
-        process.terminate()
-        await process.wait()
+    async with plait_serve("--port", "0", "--store", "memory", "--no-metrics") as served:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as http:
+            assert (await http.get("/metrics")).status_code == 404
+            assert (await http.get("/healthz")).status_code == 200
+            assert (await http.get("/readyz")).status_code == 200
