@@ -268,15 +268,20 @@ class Engine:
             handler=self.serve_transport,
             accepting=lambda: self._accepting,
             handshake_timeout=self.config.handshake_timeout,
-            max_message_bytes=self._max_message_bytes,
+            max_message_bytes=self.max_message_bytes,
             router=self.router,
             admission=self.admission,
             metrics=self._metrics,
         )
         await trio.serve_listeners(handler, listeners, handler_nursery=self.nursery)
 
-    def _max_message_bytes(self, path: str) -> int:
-        """Native clients split what they send; y-websocket clients send a whole document's
+    @property
+    def accepting(self) -> bool:
+        """Whether the engine takes new connections (False before it starts and once it shuts down)."""
+        return self._accepting
+
+    def max_message_bytes(self, path: str) -> int:
+        """The largest WebSocket message taken on `path` (bytes). Native clients split what they send; y-websocket clients send a whole document's
         state (their offline edits) as one message, so that endpoint takes documents up to
         max_document_bytes, plus room for the message's own header."""
         if path.startswith(YJS_PATH):

@@ -106,7 +106,7 @@ class PlaitApp:
         whole document). Give Hypercorn this as `websocket_max_message_size` (its default is
         16 MiB): Hypercorn closes a connection 1009 past its own limit before Plait sees the
         message; below it, Plait's limit for the endpoint holds (1009 too)."""
-        return max(self.engine._max_message_bytes("/"), self.engine._max_message_bytes("/yjs/"))
+        return max(self.engine.max_message_bytes("/"), self.engine.max_message_bytes("/yjs/"))
 
     # -- lifespan -----------------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ class PlaitApp:
         engine = self.engine
         if (await receive())["type"] != "websocket.connect":
             return  # the client went during the handshake
-        if not engine._accepting:
+        if not engine.accepting:
             await _refuse_websocket(scope, send, 503, "the server is shutting down; connect to another, or again shortly")
             return
         target = relative_target(scope)
@@ -207,7 +207,7 @@ class PlaitApp:
             return
         try:
             sender = Sender(send, engine.nursery)
-            transport = AsgiWebSocket(target, receive, sender, engine._max_message_bytes(target))
+            transport = AsgiWebSocket(target, receive, sender, engine.max_message_bytes(target))
             try:
                 await sender.send({"type": "websocket.accept"})
                 await engine.serve_transport(transport)
@@ -231,7 +231,7 @@ class PlaitApp:
                 raise Refusal(400, f"bad request: {exc}") from None
             route = engine.router.find(path)
             if route is None:
-                raise refusal_for(request, engine._accepting) or Refusal(404, "not found")
+                raise refusal_for(request, engine.accepting) or Refusal(404, "not found")
             try:
                 await route(ex, request)
             except (Refusal, trio.BrokenResourceError, trio.ClosedResourceError):

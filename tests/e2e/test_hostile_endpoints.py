@@ -54,7 +54,7 @@ async def serving(**config: float) -> AsyncIterator[tuple[Engine, int]]:
                 handler=engine.serve_transport,
                 accepting=lambda: True,
                 handshake_timeout=engine.config.handshake_timeout,
-                max_message_bytes=engine._max_message_bytes,  # per path, as Engine.serve_websocket does
+                max_message_bytes=engine.max_message_bytes,  # per path, as Engine.serve_websocket does
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(functools.partial(trio.serve_listeners, handler, listeners, handler_nursery=engine.nursery))
