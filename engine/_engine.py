@@ -281,9 +281,10 @@ class Engine:
         return self._accepting
 
     def max_message_bytes(self, path: str) -> int:
-        """The largest WebSocket message taken on `path` (bytes). Native clients split what they send; y-websocket clients send a whole document's
-        state (their offline edits) as one message, so that endpoint takes documents up to
-        max_document_bytes, plus room for the message's own header."""
+        """The largest WebSocket message taken on `path` (bytes). Native clients split what
+        they send; y-websocket clients send a whole document's state (their offline edits) as
+        one message, so that endpoint takes documents up to max_document_bytes, plus room for
+        the message's own header."""
         if path.startswith(YJS_PATH):
             return max(self.config.max_message_bytes, self.config.max_document_bytes + 64 * 1024)
         return self.config.max_message_bytes
