@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+import prometheus_client
 import pycrdt
 import trio
 from plait.protocol import MAX_ROOM_NAME, MiB
@@ -244,6 +245,10 @@ async def serve(
                     raise CommandError(f"--record {record}: {_reason(exc)}") from None
                 recorder = TraceRecorder(trace, asdict(config))
             unbound: OSError | None = None
+            if metrics:
+                # A `_created` series beside every counter doubles the page for what a
+                # dashboard never reads; the setting is the process's, and this process serves.
+                prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
             prometheus = PrometheusMetrics() if metrics else None
             reporter: Metrics = prometheus if prometheus is not None else NO_METRICS
             async with Engine(store=store, config=config, recorder=recorder, hooks=hooks, metrics=reporter) as engine:
@@ -268,6 +273,9 @@ async def serve(
                             logger.info("received %s: shutting down", signal.Signals(signum).name)
                             break
                         logger.info("draining rooms")
+                        # Still listening while it drains: /readyz says 503 and a new connection
+                        # is told to go elsewhere, rather than refused, until every room is stored.
+                        await engine.shutdown()
                     nursery.cancel_scope.cancel()
             if unbound is not None:
                 if recorder is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import h11
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
@@ -93,10 +93,15 @@ class PrometheusMetrics:
     is rendered in a worker thread.
 
     A report of a name not in METRICS (a newer engine's) is kept as `plait_<name>_total` (or a
-    histogram `plait_<name>` when observed), labelled `label`."""
+    histogram `plait_<name>` when observed), labelled `label`. A registry made here also has
+    the process's own series (`process_resident_memory_bytes`, CPU seconds, open files, start
+    time: prometheus_client's ProcessCollector, read from /proc as the page renders)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry = registry
         self._metrics: dict[str, Counter | Histogram] = {}
         self._adders: dict[tuple[str, str], Callable[[float], None]] = {}
         self._observers: dict[tuple[str, str], Callable[[float], None]] = {}

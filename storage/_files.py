@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -146,17 +147,23 @@ class FileStore:
         await self._run(lambda: None)
 
     async def ping(self) -> None:
-        """Check the store's folder can be listed now (the engine's /readyz), in a worker
-        thread abandoned if the caller gives up (a hung network mount).
+        """Check the store's folder can be listed now and, unless read-only, written (the
+        engine's /readyz: a store that takes no write loses every edit), in a worker thread
+        abandoned if the caller gives up (a hung network mount).
 
         Raises:
-            StorageUnavailable: the folder is gone or cannot be read.
+            StorageUnavailable: the folder is gone, cannot be read, or cannot be written.
         """
 
         def ping() -> None:
+            folder = self.root / "rooms" if not self.read_only else self.root
             try:
-                with os.scandir(self.root / "rooms" if not self.read_only else self.root) as entries:
+                with os.scandir(folder) as entries:
                     next(entries, None)
+                if not self.read_only:
+                    probe = folder / f".ping-{os.getpid()}-{threading.get_ident()}"
+                    os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+                    os.unlink(probe)
             except OSError as exc:
                 raise StorageUnavailable(f"{self.root}: {reason(exc)}") from exc
 

@@ -352,3 +352,31 @@ async def test_a_websocket_under_v1_is_refused_not_served_the_event_stream_wire(
             status, _headers, body, stream, _ws = await upgrade(port, target)
             assert status == 404 and "/v1/" in body, (target, status, body)
             await stream.aclose()
+
+
+async def test_plait_serve_keeps_answering_503_while_it_drains(tmp_path: Path) -> None:
+    """A load balancer sees /readyz go 503 and takes the node out, while sessions close and
+    rooms are stored; the port closes after (it closed at once, so nothing could drain)."""
+    import httpx
+
+    async with plait_serve("--port", "0", "--store", "memory") as served:
+        status, _headers, _body, lingering, _ws = await upgrade(served.port)  # never answers a close: 2 s to drain
+        assert status == 101
+        # A new connection for every probe, as a load balancer's health check makes.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}", timeout=5, limits=fresh) as http:
+            assert (await http.get("/readyz")).status_code == 200
+            served.process.send_signal(signal.SIGINT)
+            seen = []
+            with trio.fail_after(10):
+                while 503 not in seen:
+                    try:
+                        seen.append((await http.get("/readyz")).status_code)
+                    except httpx.TransportError:
+                        seen.append(-1)  # the port closed
+                        break
+                    await trio.sleep(0.02)
+        assert 503 in seen and -1 not in seen, seen
+        await lingering.aclose()
+        with trio.fail_after(30):
+            assert await served.process.wait() == 0  # and then it stops, gracefully

@@ -179,7 +179,8 @@ async def test_the_page_names_no_room_and_no_user() -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             page = (await http.get("/metrics")).text
     assert "secret-room-name" not in page
-    assert all(line.startswith(("# ", "plait_")) for line in page.splitlines()), "only plait_ series"
+    assert all(line.startswith(("# ", "plait_", "process_")) for line in page.splitlines()), "plait_ series and the process's"
+    assert "process_resident_memory_bytes " in page and "process_start_time_seconds " in page
 
 
 async def test_connections_are_counted_by_transport_and_protocol() -> None:

@@ -62,3 +62,13 @@ async def test_no_metrics_leaves_health_and_turns_the_page_off(tmp_path: Path) -
             assert (await http.get("/metrics")).status_code == 404
             assert (await http.get("/healthz")).status_code == 200
             assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_plait_serves_metrics_with_the_process_series_and_no_created_ones() -> None:
+    import httpx
+
+    async with plait_serve("--port", "0", "--store", "memory") as served:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as http:
+            page = (await http.get("/metrics")).text
+    assert "process_resident_memory_bytes " in page and "plait_rooms_loaded_total " in page
+    assert "_created" not in page  # prometheus_client's creation-time twin of every counter

@@ -66,3 +66,29 @@ async def test_a_ping_that_hangs_in_its_thread_is_given_up(tmp_path: Path, monke
         stuck.set()
         monkeypatch.undo()
         await store.aclose()
+
+
+async def test_file_store_ping_fails_when_the_folder_takes_no_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder that can be listed but not written loses every edit: not ready (a fresh user
+    chmod-ed one under a running server and /readyz said ready throughout)."""
+    import os
+
+    store = FileStore(tmp_path / "files")
+    await store.open()
+    real_open = os.open
+
+    def refuse_writes(path: object, flags: int, *args: object) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    try:
+        await store.ping()
+        monkeypatch.setattr(os, "open", refuse_writes)  # root ignores chmod: refuse as a read-only folder would
+        with pytest.raises(StorageUnavailable, match="permission denied"):
+            await store.ping()
+        monkeypatch.undo()
+        await store.ping()
+        assert not [p for p in (tmp_path / "files" / "rooms").iterdir() if p.name.startswith(".ping")]
+    finally:
+        await store.aclose()
