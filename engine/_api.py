@@ -346,7 +346,7 @@ class ServerApi:
         await ex.respond_json(200, answer)
 
     async def _get_room(self, ex: Exchange, request: h11.Request, body: bytes, query: dict[str, list[str]], room: str) -> None:
-        info = next((info for info in self._engine.rooms() if info.name == room), None)
+        info = self._engine.room_info(room)
         if info is not None:
             await ex.respond_json(200, info.to_json())
             return

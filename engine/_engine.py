@@ -391,6 +391,11 @@ class Engine:
         now = trio.current_time()
         return sorted((room_info(room, now) for room in self._rooms.all()), key=lambda info: info.name)
 
+    def room_info(self, name: str) -> RoomInfo | None:
+        """The room `name` if it is loading or live (never loads it)."""
+        room = self._rooms.get(name)
+        return room_info(room, trio.current_time()) if room is not None else None
+
     def presence(self, room: str) -> tuple[PresenceEntry, ...]:
         """Who is in `room` now (spec §5.4); empty if it is not loaded (it is never loaded)."""
         live = self._rooms.get(room)

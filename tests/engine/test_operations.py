@@ -31,25 +31,36 @@ from .client import DocClient, edit, yjs_client
 from .conftest import make_engine
 
 
-class SlowAuthorize(Hooks):
-    """Every identity is its token; authorize waits until `release` is set (a slow hook)."""
+class Gated(Hooks):
+    """Every identity is its token; `authorize` (if `gate_authorize`) and `on_event` (if
+    `gate_events`) wait until `release` is set: slow hooks, with `waiting` set once one waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, gate_authorize: bool = True, gate_events: bool = False) -> None:
         super().__init__()
         self.waiting = trio.Event()
         self.release = trio.Event()
+        self._gate_authorize, self._gate_events = gate_authorize, gate_events
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
         return {"id": token or "nobody"}
 
-    async def authorize(self, identity: Identity, room: str) -> Access | None:
+    async def _wait(self) -> None:
         self.waiting.set()
         await self.release.wait()
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        if self._gate_authorize:
+            await self._wait()
         return Access.WRITE
+
+    async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
+        if self._gate_events:
+            await self._wait()
+        return payload
 
 
 async def test_access_taken_while_a_join_waits_for_its_hook_holds(autojump_clock: trio.testing.MockClock) -> None:
-    hooks = SlowAuthorize()
+    hooks = Gated()
     async with make_engine(hooks=hooks) as engine:
         client = DocClient(engine.connect_memory())
         await client.hello("ivy")
@@ -62,7 +73,7 @@ async def test_access_taken_while_a_join_waits_for_its_hook_holds(autojump_clock
 
 
 async def test_access_lowered_while_a_join_waits_is_the_access_it_joins_with(autojump_clock: trio.testing.MockClock) -> None:
-    hooks = SlowAuthorize()
+    hooks = Gated()
     async with make_engine(hooks=hooks) as engine:
         client = DocClient(engine.connect_memory())
         await client.hello("ivy")
@@ -105,7 +116,7 @@ async def test_deleting_a_room_closes_its_yjs_members_for_good(autojump_clock: t
 
 
 async def test_access_changes_reach_every_session_of_the_user_and_no_one_else(autojump_clock: trio.testing.MockClock) -> None:
-    hooks = SlowAuthorize()
+    hooks = Gated()
     hooks.release.set()
     async with make_engine(hooks=hooks) as engine:
         clients = []
@@ -155,7 +166,7 @@ async def test_a_disconnected_session_is_closed_4013_with_the_reason(autojump_cl
 
 
 async def test_channel_closed_codes_for_access_and_deletion(autojump_clock: trio.testing.MockClock) -> None:
-    hooks = SlowAuthorize()
+    hooks = Gated()
     hooks.release.set()
     async with make_engine(hooks=hooks) as engine:
         client = DocClient(engine.connect_memory())
@@ -171,25 +182,8 @@ async def test_channel_closed_codes_for_access_and_deletion(autojump_clock: trio
         assert (closed.channel, closed.code) == (2, ErrorCode.ROOM_DELETED)
 
 
-class SlowEvents(Hooks):
-    """Every identity is its token; on_event waits until `release` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = trio.Event()
-        self.release = trio.Event()
-
-    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
-        return {"id": token or "nobody"}
-
-    async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
-        self.waiting.set()
-        await self.release.wait()
-        return payload
-
-
 async def test_a_publish_whose_hook_ran_across_the_downgrade_is_refused(autojump_clock: trio.testing.MockClock) -> None:
-    hooks = SlowEvents()
+    hooks = Gated(gate_authorize=False, gate_events=True)
     async with make_engine(hooks=hooks) as engine:
         client = DocClient(engine.connect_memory())
         await client.hello("max")
