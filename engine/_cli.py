@@ -14,6 +14,7 @@ import contextlib
 import errno
 import functools
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import prometheus_client
 import pycrdt
 import trio
 from plait.protocol import MAX_ROOM_NAME, MiB
-from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store, StoreLocked
+from plait.storage import FileStore, MemoryStore, PostgreSQLStore, SQLiteStore, StorageError, Store, StoreLocked
 
 from ._admin import AdminError
 from ._admin import add_commands as add_admin_commands
@@ -45,7 +46,7 @@ from ._logs import LOG_FORMATS, configure_logging
 from ._metrics import NO_METRICS, Metrics
 from ._prometheus import PrometheusMetrics
 from ._record import TraceRecorder
-from ._settings import ENV_PREFIX, SettingError, resolve, settings_toml, unknown_variables
+from ._settings import ENV_PREFIX, SettingError, hide_password, resolve, settings_toml, unknown_variables
 
 if TYPE_CHECKING:
     from plait.client import PlaitError
@@ -61,7 +62,7 @@ FAILED: Final = 1
 """Exit status for a command that could not do its work (port taken, store locked, bad file)."""
 INTERRUPTED: Final = 130
 
-STORE_FORMS: Final = ("memory", "sqlite", "sqlite:PATH", "files", "files:DIR")
+STORE_FORMS: Final = ("memory", "sqlite", "sqlite:PATH", "files", "files:DIR", "postgresql://USER@HOST:PORT/DB")
 """What `--store` takes; the help, the errors and the README list exactly these."""
 
 
@@ -79,12 +80,18 @@ class StoreChoice:
     """A parsed `--store`/`--data` pair: which backend, where, and how to name it in an error."""
 
     kind: str
-    """memory, sqlite or files."""
+    """memory, sqlite, files or postgresql."""
     path: Path | None
     flag: str
-    """The flag that chose the location, as the user typed it: `--store sqlite:x.db` or `--data DIR`."""
+    """The flag that chose the location, as the user typed it (its password hidden):
+    `--store sqlite:x.db` or `--data DIR`."""
+    dsn: str | None = None
+    """postgresql: the connection URL."""
 
     def make(self, *, read_only: bool = False) -> Store:
+        if self.kind == "postgresql":
+            assert self.dsn is not None
+            return PostgreSQLStore(self.dsn, read_only=read_only)
         if self.kind == "sqlite":
             assert self.path is not None
             return SQLiteStore(self.path, read_only=read_only)
@@ -95,12 +102,19 @@ class StoreChoice:
 
 
 def choose_store(url: str | None, data: Path) -> StoreChoice:
-    """`memory`, `sqlite` (DATA/plait.db), `sqlite:PATH`, `files` (DATA/files) or `files:DIR`.
+    """`memory`, `sqlite` (DATA/plait.db), `sqlite:PATH`, `files` (DATA/files), `files:DIR`, or a
+    PostgreSQL URL (`postgresql://` or `postgres://`; psycopg, the `postgres` extra).
 
     Raises:
-        CommandError: (status USAGE) an unknown form, or an empty PATH or DIR.
+        CommandError: (status USAGE) an unknown form, an empty PATH or DIR, a PostgreSQL URL
+            without psycopg installed.
     """
     data_flag = f"--data {data}"
+    if url is not None and url.startswith(("postgresql://", "postgres://")):
+        flag = f"--store {hide_password(url)}"
+        if importlib.util.find_spec("psycopg") is None:
+            raise CommandError(f"{flag}: the PostgreSQL store needs psycopg: pip install 'plait[postgres]'", USAGE)
+        return StoreChoice("postgresql", None, flag, dsn=url)
     if url is None or url == "sqlite":
         return StoreChoice("sqlite", data / "plait.db", data_flag)
     if url == "memory":
@@ -133,7 +147,7 @@ async def inspect(choice: StoreChoice, room: str, out: Any = None) -> None:
     finally:
         await store.aclose()
     if data.snapshot is None and not data.updates and not data.events:
-        raise CommandError(f"no room {room!r} in {choice.path}")
+        raise CommandError(f"no room {room!r} in {choice.path or choice.flag.removeprefix('--store ')}")
     out = out or sys.stdout
     doc: pycrdt.Doc[Any] = pycrdt.Doc()
     for update in ([data.snapshot] if data.snapshot else []) + list(data.updates):

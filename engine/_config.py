@@ -125,6 +125,11 @@ class EngineConfig:
     """A room's event history keeps at most event_history events and this many bytes of them
     (the newest event always): what a rejoining member is replayed (spec §7) is bounded by it,
     and so is the memory a room's history holds."""
+    store_outage_grace: float = 10 * SECONDS
+    """How long a room keeps trying a commit its store refused as unavailable (a database
+    connection that broke, a restart or failover, a busy SQLite file) before the room fails:
+    its members wait for their acks meanwhile, and nothing is acknowledged before it is
+    stored. 0 fails the room at the first refusal."""
     compact_after_updates: int = 500
     compact_after_bytes: int = 1 * MiB
     """A room's update log is folded into a new snapshot once it holds this many updates or

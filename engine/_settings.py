@@ -31,6 +31,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -270,6 +271,8 @@ def settings_toml(settings: Mapping[str, Setting], header: Sequence[str] = ()) -
     for s in settings.values():
         if s.secret and s.value not in (None, "", []):
             rows.append((f"# {s.key} = (hidden)", s.source))
+        elif isinstance(s.value, str) and hide_password(s.value) != s.value:
+            rows.append((f"# {s.key} = {toml_value(hide_password(s.value))}", s.source))
         elif s.value is None:
             rows.append((f"# {s.key} = (not set)", s.source))
         else:
@@ -294,14 +297,28 @@ def toml_value(value: object) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def hide_password(text: str) -> str:
+    """`text` with the password of a connection URL (`postgresql://USER:PASSWORD@HOST`,
+    `redis://:PASSWORD@HOST`) or libpq keyword (`password=...`) replaced by `(hidden)`: for what
+    is printed or logged. A database's password belongs in its own file (~/.pgpass) or
+    environment (PGPASSWORD), which Plait never prints."""
+    return _KEYWORD_PASSWORD.sub(r"\1(hidden)", _URL_PASSWORD.sub(r"\1(hidden)@", text))
+
+
 def _quoted(text: str, option: Option) -> str:
-    return _shown(text, option) if option.secret else repr(text)
+    return _shown(text, option) if option.secret else repr(hide_password(text))
 
 
 def _shown(raw: object, option: Option | None = None) -> str:
     """A value as an error shows it: a secret's only by its type (an error goes to logs)."""
     if option is not None and option.secret:
         return f"a {type(raw).__name__} (hidden: a secret)"
-    if isinstance(raw, (bool, int, float, str, list)):
+    if isinstance(raw, str):
+        return toml_value(hide_password(raw))
+    if isinstance(raw, (bool, int, float, list)):
         return toml_value(raw)
     return "a table" if isinstance(raw, dict) else f"a {type(raw).__name__}"

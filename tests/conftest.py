@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
+
+from tests.servers import PostgresServer, postgres_server
 
 TEST_DEADLINE = 120.0
 """Seconds on Trio's clock. Under autojump this is virtual time, spent in milliseconds."""
@@ -28,3 +31,10 @@ def _with_deadline(fn: Any) -> Any:
             return await fn(**kwargs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the whole run, started on first use (tests/servers.py)."""
+    with postgres_server() as server:
+        yield server

@@ -12,7 +12,7 @@ import pycrdt
 import trio
 
 from plait.protocol import Ack, ChannelFrame, Error, Update
-from plait.storage import RoomData, StoredEvent
+from plait.storage import RoomData, StorageUnavailable, StoredEvent, StoreLocked
 
 from .._config import EngineConfig
 from .._errors import RoomUnavailable
@@ -150,11 +150,7 @@ class PersistStrand:
             mark = self._changes
             started = time.perf_counter()
             try:
-                if pending.updates:
-                    await self._store.append(self.name, pending.updates)
-                if pending.events:
-                    stored = [r.stored() for r in pending.events]
-                    await self._store.append_events(self.name, stored, self._config.event_history)
+                await self._commit(pending)
             except BaseException as exc:  # StorageError, or a store that breaks its contract
                 if not application_error(exc):
                     raise
@@ -194,6 +190,37 @@ class PersistStrand:
             )
             if due and await _ask_lease(self._lease, self.name):
                 await self._compact()
+
+    async def _commit(self, pending: _Pending) -> None:
+        """Store a batch's updates, then its events. A store that says it is unavailable is
+        tried again, with backoff, for `store_outage_grace` seconds before what it raised goes
+        up (and the room fails): a database restart or failover then delays acks instead of
+        failing every member's membership. What was stored is not stored twice."""
+        deadline = trio.current_time() + self._config.store_outage_grace
+        delay, told = 0.05, False
+        updates = pending.updates
+        while True:
+            try:
+                if updates:
+                    await self._store.append(self.name, updates)
+                    updates = []
+                if pending.events:
+                    stored = [r.stored() for r in pending.events]
+                    await self._store.append_events(self.name, stored, self._config.event_history)
+            except StorageUnavailable as exc:
+                if isinstance(exc, StoreLocked) or trio.current_time() + delay > deadline:
+                    raise
+                self._metrics.add("store_errors", 1, "commit")  # the try that gives up is counted by _fail
+                if not told:
+                    told = True
+                    logger.warning("room %r: the store is unavailable, trying again for up to %g s: %s",
+                                   self.name, self._config.store_outage_grace, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if told:
+                logger.warning("room %r: the store is back; the commit went through", self.name)
+            return
 
     async def _compact(self) -> None:
         covered = self._updates_since_snapshot

@@ -340,12 +340,14 @@ def scenarios() -> dict[str, Script]:
     x.send(1, "s1", *[Publish(1, 10 + i, "spam", i, None) for i in range(6)])
 
     x = s["storage-unavailable"] = Script(
-        "the store fails to append: the update is not acked (STORAGE_UNAVAILABLE) and the channel closes",
+        "the store keeps refusing appends: retried for store_outage_grace (10 s), then the update is not acked "
+        "(STORAGE_UNAVAILABLE) and the channel closes",
         store_fails="append",
     )
     x.hello(0, "s1")
     x.send(0, "s1", Join(1, "r", None, None))
     x.send(1, "s1", Update(1, 2, a1))
+    x.end(12)
 
     x = s["room-load-fails"] = Script("a room whose load fails refuses the join", store_fails="load")
     x.hello(0, "s1")

@@ -46,9 +46,16 @@ async def editor(url: str, name: str, acked: list[str]) -> None:
             acked.append(token)
 
 
-@pytest.mark.parametrize("store", ["sqlite", "files"])
-async def test_every_acknowledged_edit_survives_kill_9(tmp_path: Path, store: str) -> None:
-    rng = random.Random(f"crash-{store}")
+def store_flag(store: str, request: pytest.FixtureRequest) -> str:
+    """`--store` for a parametrized backend: `postgresql` is a fresh schema of the session's
+    private PostgreSQL server (tests/servers.py)."""
+    return request.getfixturevalue("postgres").fresh_dsn() if store == "postgresql" else store
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "files", "postgresql"])
+async def test_every_acknowledged_edit_survives_kill_9(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    store = store_flag(backend, request)
+    rng = random.Random(f"crash-{backend}")
     acked: list[str] = []
     for cycle in range(3):
         process, port = await start_server(tmp_path, store)

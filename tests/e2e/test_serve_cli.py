@@ -19,7 +19,7 @@ from plait.client import connect
 from plait.engine import Engine
 from plait.storage import MemoryStore
 
-from .test_crash import start_server
+from .test_crash import start_server, store_flag
 
 pytestmark = pytest.mark.slow
 PLAIT = [sys.executable, "-m", "plait.engine._cli"]
@@ -41,10 +41,13 @@ async def test_a_port_in_use_is_one_line_and_status_1(tmp_path: Path) -> None:
     assert b"serving" not in result.stdout
 
 
-@pytest.mark.parametrize(("store", "where"), [("sqlite", "plait.db"), ("files", "files")])
-async def test_a_second_server_on_the_same_data_refuses_to_start(tmp_path: Path, store: str, where: str) -> None:
+@pytest.mark.parametrize(("backend", "where"), [("sqlite", "plait.db"), ("files", "files"), ("postgresql", None)])
+async def test_a_second_server_on_the_same_data_refuses_to_start(
+    tmp_path: Path, backend: str, where: str | None, request: pytest.FixtureRequest
+) -> None:
     # The issue: two servers on one folder both ran, both handed out event seq 1, and one
     # acknowledged edit and one event were lost. Now the second refuses, naming the first.
+    store = store_flag(backend, request)
     first, port = await start_server(tmp_path, store)
     try:
         async with connect(f"ws://127.0.0.1:{port}/") as client, client.join("notes") as room:
@@ -55,9 +58,13 @@ async def test_a_second_server_on_the_same_data_refuses_to_start(tmp_path: Path,
 
         second = await plait("serve", "--port", "0", "--data", str(tmp_path), "--store", store)
         assert second.returncode == 1
-        assert second.stderr.decode() == (
-            f"plait serve: --data {tmp_path}: {tmp_path / where} is in use by process {first.pid}; one server per store\n"
-        )
+        if where is not None:
+            assert second.stderr.decode() == (
+                f"plait serve: --data {tmp_path}: {tmp_path / where} is in use by process {first.pid}; one server per store\n"
+            )
+        else:
+            assert second.stderr.decode().startswith(f"plait serve: --store {store}: user=plait")
+            assert second.stderr.decode().endswith(f" is in use by process {first.pid}; one server per store\n")
         assert b"serving" not in second.stdout
 
         shown = await plait("inspect", "notes", "--data", str(tmp_path), "--store", store)  # read-only, while it runs

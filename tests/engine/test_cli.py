@@ -46,7 +46,7 @@ def one_line(err: str, command: str) -> str:
     [
         (["serve", "--store", "sqlite:"], "--store 'sqlite:': no path after the colon (sqlite:PATH)"),
         (["serve", "--store", "files:"], "--store 'files:': no path after the colon (files:DIR)"),
-        (["serve", "--store", "postgres://db"], "--store postgres://db: unknown store (use memory, sqlite, "),
+        (["serve", "--store", "mysql://db"], "--store mysql://db: unknown store (use memory, sqlite, "),
         (["inspect", "notes", "--store", "sqlite:"], "--store 'sqlite:': no path after the colon"),
         (["inspect", "notes", "--store", "memory"], "--store memory: a new memory store holds no rooms"),
         (["serve", "--port", "http"], "argument --port: 'http' is not a port number (0-65535"),
@@ -206,7 +206,7 @@ def test_the_readme_lists_every_serve_option_as_serve_help_does(capsys: pytest.C
         default = re.search(r"\(default ([^);]+)", text)
         if default:
             assert f"(default {default.group(1)}" in described[flag], flag
-    store_forms = re.match(r" ([a-zA-Z:|]+)`", described["--store"])
+    store_forms = re.match(r" ([a-zA-Z:|/@]+)`", described["--store"])
     assert store_forms is not None and store_forms.group(1).split("|") == list(STORE_FORMS)
     assert helped["--store"].split() == ["STORE", *", ".join(STORE_FORMS).replace("sqlite,", "sqlite (default),").split()]
     levels = re.match(r" ([A-Z|]+)`", described["--log-level"])
@@ -249,3 +249,18 @@ def test_a_secret_on_the_command_line_is_never_shown(capsys: pytest.CaptureFixtu
     assert code == 1 and secret not in err
     _, shown, _ = run(["serve", "--help"], capsys)
     assert "ps" in " ".join(shown.split()) and "--jwt-secret-file" in shown
+
+
+def test_a_postgresql_store_without_psycopg_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    code, out, err = run(["serve", "--store", "postgresql://plait:pw-hidden@127.0.0.1/plait"], capsys)
+    assert code == 2 and "serving" not in out
+    assert one_line(err, "serve") == (
+        "plait serve: --store postgresql://plait:(hidden)@127.0.0.1/plait: "
+        "the PostgreSQL store needs psycopg: pip install 'plait[postgres]'"
+    )

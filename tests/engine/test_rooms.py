@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pycrdt
 import pytest
 import trio
 
-from plait.engine import Engine
+from plait.engine import Engine, EngineConfig
 from plait.protocol import (
     Ack,
     ChannelClosed,
@@ -14,11 +16,12 @@ from plait.protocol import (
     ErrorCode,
     Joined,
     PresenceSnapshot,
+    Publish,
     SyncStep1,
     SyncStep2,
     Update,
 )
-from plait.storage import MemoryStore, RoomData, StorageUnavailable
+from plait.storage import MemoryStore, RoomData, StorageUnavailable, StoredEvent
 
 from .client import DocClient
 from .conftest import Connect, make_engine
@@ -181,12 +184,65 @@ async def test_a_store_failure_never_acks_and_closes_the_rooms_channels(
         await a.join("r")
         await a.wait_for(PresenceSnapshot)
         await a.send(Update(1, 5, edit(a.doc, "x")))
+        sent_at = trio.current_time()
         err = await a.wait_for(Error)
         assert (err.ref, err.code) == (5, ErrorCode.STORAGE_UNAVAILABLE)
+        # Told once the store stayed unavailable for the outage grace, not before.
+        assert EngineConfig().store_outage_grace - 1.5 <= trio.current_time() - sent_at <= EngineConfig().store_outage_grace
         closed = await a.wait_for(ChannelClosed)
         assert closed.code == ErrorCode.STORAGE_UNAVAILABLE
         # Other rooms are unaffected.
         assert (await a.join("other")).channel == 2
+
+
+class FlakyStore(MemoryStore):
+    """Refuses `failures` appends and event appends as unavailable (a database restarting),
+    then works; counts what it stored."""
+
+    def __init__(self, failures: int, events_fail: bool = False) -> None:
+        super().__init__()
+        self.failures, self.events_fail = failures, events_fail
+        self.appended: list[bytes] = []
+
+    def _refuse(self) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StorageUnavailable("connection to the database lost")
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        if not self.events_fail:
+            self._refuse()
+        await super().append(room, updates)
+        self.appended.extend(updates)
+
+    async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
+        if self.events_fail:
+            self._refuse()
+        await super().append_events(room, events, keep)
+
+
+@pytest.mark.parametrize("events_fail", [False, True])
+async def test_a_short_store_outage_delays_acks_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock, events_fail: bool
+) -> None:
+    store = FlakyStore(failures=4, events_fail=events_fail)
+    async with make_engine(store=store) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("r")
+        await a.wait_for(PresenceSnapshot)
+        await a.send(Update(1, 5, edit(a.doc, "x")), Publish(1, 6, "chat", "hi", None))
+        frames = []
+        for _ in range(100):
+            frames.append(await a.receive())
+            if frames[-1] == Ack(6, 1):
+                break
+        answers = [f for f in frames if isinstance(f, (Ack, Error, ChannelClosed))]
+        assert answers == [Ack(5, None), Ack(6, 1)]
+        assert store.failures == 0
+        assert len(store.appended) == 1  # stored once, not once per try
+        data = await store.load("r")
+        assert [e.seq for e in data.events] == [1]
 
 
 async def test_server_side_handle_edits_reach_members_and_storage(autojump_clock: trio.testing.MockClock,

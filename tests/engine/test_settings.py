@@ -160,7 +160,7 @@ def test_plait_config_names_the_file(capsys: pytest.CaptureFixture[str], monkeyp
         ("[serve]\nport = 1", "plait.toml: serve: unknown key"),
         ("config = 'other.toml'", "plait.toml: config: not a setting of the file (give it on the command line or as PLAIT_CONFIG)"),
         ("print_config = true", "plait.toml: print_config: not a setting of the file"),
-        ("store = 'postgres://db'", "plait.toml: store: postgres://db: unknown store (use memory, sqlite,"),
+        ("store = 'mysql://db'", "plait.toml: store: mysql://db: unknown store (use memory, sqlite,"),
         ("port = ", "plait.toml: not TOML: Invalid value (at line 1, column 8)"),
     ],
 )
@@ -377,3 +377,21 @@ def test_a_key_files_path_is_shown_it_is_not_a_secret(capsys: pytest.CaptureFixt
     assert main(["serve", "--jwt-secret-file", str(tmp_path / "s"), "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert tomllib.loads(printed)["jwt_secret_file"] == str(tmp_path / "s")  # a printed file keeps JWT auth on
+
+
+@pytest.mark.parametrize(
+    "store",
+    ["postgresql://plait:hunter2-pw@db.example:5432/plait", "postgres://u:hunter2-pw@h/db?sslmode=require"],
+)
+def test_a_database_password_in_the_store_url_is_never_printed(
+    store: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLAIT_STORE", store)
+    status, out, err = run(["serve", "--print-config"], capsys)
+    assert status == 0, err
+    assert "hunter2" not in out
+    assert re.search(r'^# store = ".*:\(hidden\)@.*" +# PLAIT_STORE$', out, re.M)
+    assert "store" not in tomllib.loads(out)  # a saved file leaves it to the environment
+    # Nor in an error about it.
+    status, out, err = run(["serve", "--store", store.replace("://", "://x", 1) + "\x00", "--port", "-1"], capsys)
+    assert status == 2 and "hunter2" not in out + err

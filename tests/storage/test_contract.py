@@ -7,19 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from plait.storage import FileStore, MemoryStore, SQLiteStore, StorageError, Store, StoredEvent
+from plait.storage import FileStore, MemoryStore, PostgreSQLStore, SQLiteStore, StorageError, Store, StoredEvent
 
-Backends = Callable[[Path], Store]
+Backends = Callable[[Path, pytest.FixtureRequest], Store]
 BACKENDS: dict[str, Backends] = {
-    "memory": lambda tmp: MemoryStore(),
-    "sqlite": lambda tmp: SQLiteStore(tmp / "plait.db"),
-    "files": lambda tmp: FileStore(tmp / "files"),
+    "memory": lambda tmp, request: MemoryStore(),
+    "sqlite": lambda tmp, request: SQLiteStore(tmp / "plait.db"),
+    "files": lambda tmp, request: FileStore(tmp / "files"),
+    "postgresql": lambda tmp, request: PostgreSQLStore(request.getfixturevalue("postgres").fresh_dsn()),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = BACKENDS[request.param](tmp_path)
+    s = BACKENDS[request.param](tmp_path, request)
     yield s
     await s.aclose()
 

@@ -1,0 +1,294 @@
+"""The PostgreSQL store: rooms in a PostgreSQL database, through psycopg 3.
+
+- Every call runs in a worker thread (trio.to_thread) on the store's one connection, serialised
+  by a limiter, as SQLite's store does; appends from every room are group-committed
+  (storage/_group.py), so a busy server pays one commit per batch.
+- A commit is durable when PostgreSQL says so (`synchronous_commit` as the server has it; its
+  default, `on`, waits for the WAL flush).
+- A connection that breaks (the server restarted, the network dropped) fails the call in flight
+  with StorageUnavailable; the next call connects again. Nothing is retried behind the
+  caller's back: the engine decides (a room's persister keeps the updates and refuses acks).
+- The schema (tables prefixed `plait_`) has a version in `plait_meta`; a database from a newer
+  Plait is refused, not rewritten. Creating it takes a transaction-level advisory lock, so
+  servers starting together on an empty database do not race.
+- One writer, as for every store: a writable store holds a session-level advisory lock on the
+  database while open (spec/notes/storage.md). PostgreSQL drops it when the connection ends,
+  also when the process dies, so a crash leaves no stale lock. If the connection breaks and
+  another store took the lock meanwhile, this one stops writing (StoreLocked).
+
+psycopg is imported on first use: `plait.storage` does not need it installed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import trio
+
+from ._errors import StorageError, StorageUnavailable, StoreLocked
+from ._group import GroupCommit
+from ._store import RoomData, StoredEvent
+
+if TYPE_CHECKING:
+    import psycopg
+
+SCHEMA_VERSION: Final = 1
+LOCK_KEY: Final = 0x706C616974
+"""The advisory lock ('plait' in ASCII) a writable store holds; its schema migration takes
+LOCK_KEY + 1 for the length of one transaction."""
+CONNECT_TIMEOUT: Final = 5
+"""Seconds to wait for a connection before the call fails with StorageUnavailable."""
+T = TypeVar("T")
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS plait_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS plait_snapshots (room TEXT PRIMARY KEY, data BYTEA NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS plait_updates (id BIGSERIAL PRIMARY KEY, room TEXT NOT NULL, data BYTEA NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS plait_updates_by_room ON plait_updates (room, id)",
+    "CREATE TABLE IF NOT EXISTS plait_events (room TEXT NOT NULL, seq BIGINT NOT NULL, body BYTEA NOT NULL, PRIMARY KEY (room, seq))",
+)
+
+
+def redact(dsn: str) -> str:
+    """The connection string without its password, for messages and logs."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # psycopg.ProgrammingError: not a connection string; say nothing of it
+        return "the PostgreSQL database (unreadable connection string)"
+    params.pop("password", None)
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+
+
+class PostgreSQLStore:
+    """Args:
+    dsn: a libpq connection string or URL: `postgresql://USER:PASSWORD@HOST:PORT/DB` or
+        `host=... dbname=...` (libpq's environment variables fill in what it leaves out).
+    read_only: read without taking the writer's lock (`plait inspect` while a server runs);
+        writes raise StorageUnavailable.
+
+    Raises (from every method): StoreLocked when another writable store holds the database,
+    StorageUnavailable when the database cannot be reached or refuses a statement (the message
+    names the server, never the password), StorageError when a compaction covers more updates
+    than are stored.
+    """
+
+    def __init__(self, dsn: str, *, read_only: bool = False) -> None:
+        self.dsn = dsn
+        self.read_only = read_only
+        self.name = redact(dsn)
+        self._limiter = trio.CapacityLimiter(1)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._opened = False
+        self._appends = GroupCommit(self._insert_updates)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        app = f"plait {os.getpid()}@{socket.gethostname()}"[:63]  # names the lock's holder (_holder)
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name=app)
+        try:
+            if self.read_only:
+                conn.execute("SET default_transaction_read_only = on")
+            else:
+                locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+                if locked is None or not locked[0]:
+                    raise StoreLocked(self.name, _holder(conn))
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        import psycopg
+
+        if self.read_only:
+            try:
+                row = conn.execute("SELECT value FROM plait_meta WHERE key = 'schema_version'").fetchone()
+            except psycopg.errors.UndefinedTable as exc:
+                raise StorageUnavailable(f"{self.name}: not a Plait database") from exc
+        else:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY + 1,))
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                row = conn.execute("SELECT value FROM plait_meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO plait_meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StorageUnavailable(
+                f"{self.name} has schema version {row[0]}; this Plait reads up to {SCHEMA_VERSION}"
+            )
+
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        def call() -> T:
+            import psycopg
+
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                    self._opened = True
+                return fn(self._conn)
+            except psycopg.errors.ReadOnlySqlTransaction as exc:
+                raise StorageUnavailable(f"{self.name}: opened read-only") from exc
+            except psycopg.Error as exc:
+                if self._conn is not None and self._conn.broken:
+                    self._conn.close()
+                    self._conn = None
+                raise StorageUnavailable(f"{self.name}: {_first_line(exc)}") from exc
+
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    async def open(self) -> None:
+        """Connect, take the writer's lock, create or check the schema. Every other method
+        does this first if needed; calling it at start shows a problem there.
+
+        Raises:
+            StoreLocked: another writable store has this database open.
+            StorageUnavailable: it cannot be reached, or has a newer schema.
+        """
+        await self._run(lambda conn: None)
+
+    async def ping(self) -> None:
+        """Check the database answers now (the engine's /readyz), on a connection of its own
+        so that a long commit on the store's is not a failure; abandoned if the caller gives up.
+
+        Raises:
+            StorageUnavailable: it cannot be reached or does not answer.
+        """
+
+        def ping() -> None:
+            import psycopg
+
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
+                    conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                raise StorageUnavailable(f"{self.name}: {_first_line(exc)}") from exc
+
+        await trio.to_thread.run_sync(ping, abandon_on_cancel=True)
+
+    async def aclose(self) -> None:
+        """Close the connection, which releases the lock. The store may be opened again."""
+
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            self._opened = False
+
+        await trio.to_thread.run_sync(close, limiter=self._limiter)
+
+    # -- the Store interface ----------------------------------------------------------------
+
+    async def load(self, room: str) -> RoomData:
+        def load(conn: psycopg.Connection[Any]) -> RoomData:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                snap = conn.execute("SELECT data FROM plait_snapshots WHERE room = %s", (room,)).fetchone()
+                updates = conn.execute("SELECT data FROM plait_updates WHERE room = %s ORDER BY id", (room,)).fetchall()
+                events = conn.execute(
+                    "SELECT seq, body FROM plait_events WHERE room = %s ORDER BY seq", (room,)
+                ).fetchall()
+            return RoomData(
+                snapshot=None if snap is None else bytes(snap[0]),
+                updates=tuple(bytes(u[0]) for u in updates),
+                events=tuple(StoredEvent(seq, bytes(body)) for seq, body in events),
+            )
+
+        return await self._run(load)
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        """Group commit across rooms, as in the SQLite store."""
+        await self._appends.submit([(room, bytes(u)) for u in updates])
+
+    async def _insert_updates(self, rows: list[tuple[str, bytes]]) -> None:
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany("INSERT INTO plait_updates (room, data) VALUES (%s, %s)", rows)
+
+        await self._run(insert)
+
+    async def compact(self, room: str, snapshot: bytes, covered: int) -> None:
+        def compact(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                ids = conn.execute(
+                    "SELECT id FROM plait_updates WHERE room = %s ORDER BY id LIMIT %s FOR UPDATE", (room, covered)
+                ).fetchall()
+                if len(ids) != covered:
+                    raise _Refused(f"compaction covers {covered} updates, {len(ids)} stored")
+                conn.execute(
+                    "INSERT INTO plait_snapshots (room, data) VALUES (%s, %s)"
+                    " ON CONFLICT (room) DO UPDATE SET data = EXCLUDED.data",
+                    (room, snapshot),
+                )
+                if ids:
+                    conn.execute("DELETE FROM plait_updates WHERE room = %s AND id <= %s", (room, ids[-1][0]))
+
+        try:
+            await self._run(compact)
+        except _Refused as exc:
+            raise StorageError(str(exc)) from None
+
+    async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
+        rows = [(room, e.seq, e.body) for e in events]
+
+        def append(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO plait_events VALUES (%s, %s, %s) ON CONFLICT (room, seq) DO UPDATE SET body = EXCLUDED.body",
+                    rows,
+                )
+                cursor.execute(
+                    "DELETE FROM plait_events WHERE room = %s AND seq <= "
+                    "(SELECT seq FROM plait_events WHERE room = %s ORDER BY seq DESC LIMIT 1 OFFSET %s)",
+                    (room, room, keep),
+                )
+
+        await self._run(append)
+
+    async def list_rooms(self) -> list[str]:
+        def rooms(conn: psycopg.Connection[Any]) -> list[str]:
+            rows = conn.execute(
+                "SELECT room FROM plait_snapshots UNION SELECT room FROM plait_updates UNION SELECT room FROM plait_events"
+            ).fetchall()
+            return sorted(r[0] for r in rows)
+
+        return await self._run(rooms)
+
+    async def delete(self, room: str) -> None:
+        def delete(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                for table in ("plait_snapshots", "plait_updates", "plait_events"):
+                    conn.execute(f"DELETE FROM {table} WHERE room = %s", (room,))
+
+        await self._run(delete)
+
+
+def _holder(conn: psycopg.Connection[Any]) -> tuple[int, str] | None:
+    """The pid and host of the Plait process holding the writer's lock, from the application
+    name its connection gave (`plait PID@HOST`), if the server lets us see it."""
+    row = conn.execute(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 1"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF),
+    ).fetchone()
+    name = str(row[0]) if row is not None and row[0] else ""
+    pid, _, host = name.removeprefix("plait ").partition("@")
+    return (int(pid), host) if name.startswith("plait ") and pid.isdigit() and host else None
+
+
+class _Refused(Exception):
+    """A compaction refused inside its transaction (rolled back): not a database failure."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

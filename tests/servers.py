@@ -1,0 +1,125 @@
+"""Private database servers for the tests that need a real one: each started from nothing under
+a temporary folder, on a free port of 127.0.0.1, and stopped by its pid.
+
+`.ci/run` installs them with apt-get (Debian's `postgresql`); a machine without them fails the
+tests that need them with the command that installs them, rather than skipping them quietly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 60.0
+"""Seconds a server may take to accept connections."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("postgres")
+    if on_path:
+        return Path(on_path).parent
+    pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)", pytrace=False)
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: run it as the `postgres` user Debian's package made."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@dataclass
+class PostgresServer:
+    port: int
+    process: subprocess.Popen[bytes]
+    folder: Path
+    admin_dsn: str
+
+    def fresh_dsn(self) -> str:
+        """A connection string that sees nothing any other test made: a new schema first on its
+        search path (a new database would take ~0.3 s)."""
+        import psycopg
+
+        name = f"t{time.monotonic_ns()}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")  # type: ignore[arg-type]
+        return f"{self.admin_dsn}?options=-csearch_path%3D{name}"
+
+    def pause(self) -> None:
+        """Stop the postmaster and every backend (SIGSTOP): a stalled database."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of its own (trust auth for user `plait`, on 127.0.0.1 only)."""
+    bin_dir = _postgres_bin()
+    folder = Path(tempfile.mkdtemp(prefix="plait-pg-"))
+    runas = _as_postgres_user()
+    if runas:
+        shutil.chown(folder, "postgres", "postgres")
+    data = folder / "data"
+    subprocess.run(
+        [*runas, str(bin_dir / "initdb"), "-D", str(data), "-U", "plait", "-A", "trust", "-E", "UTF8", "--no-sync"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    port = free_port()
+    log = open(folder / "server.log", "wb")  # closed below, after the server stops
+    process = subprocess.Popen(
+        [*runas, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(folder),
+         "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=100", "-c", "shared_buffers=16MB"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        server = PostgresServer(port, process, folder, f"postgresql://plait@127.0.0.1:{port}/postgres")
+        _wait_ready(server)
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGCONT)
+            os.killpg(process.pid, signal.SIGINT)  # fast shutdown (runuser does not pass signals on)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_ready(server: PostgresServer) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"postgres exited: {(server.folder / 'server.log').read_text(errors='replace')}")
+        try:
+            with psycopg.connect(server.admin_dsn, connect_timeout=2):
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # polling a starting server: there is nothing to wait on

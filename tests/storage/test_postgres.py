@@ -1,0 +1,146 @@
+"""What the PostgreSQL store adds to the contract (tests/storage/test_contract.py runs that on
+it too): one writer per database, read-only readers beside it, a connection that breaks or a
+server that cannot be reached, a newer schema, passwords kept out of messages. Each test uses a
+fresh schema of the session's private server (tests/servers.py)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from plait.storage import PostgreSQLStore, StorageUnavailable, StoredEvent, StoreLocked
+from tests.servers import PostgresServer, free_port
+
+
+def _terminate(server: PostgresServer, application_prefix: str = "plait ") -> int:
+    """End every backend a Plait store opened (what a server restart or a dropped network
+    does to its connection); how many."""
+    with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+            (application_prefix + "%",),
+        ).fetchall()
+    return len(rows)
+
+
+async def test_one_writer_per_database(postgres: PostgresServer) -> None:
+    dsn = postgres.fresh_dsn()
+    first, second = PostgreSQLStore(dsn), PostgreSQLStore(dsn)
+    await first.open()
+    try:
+        with pytest.raises(StoreLocked, match="in use by another open store in this process"):
+            await second.open()
+        with pytest.raises(StoreLocked):
+            await second.append("r", [b"x"])
+    finally:
+        await first.aclose()
+    await second.append("r", [b"x"])  # the lock went with the first store's connection
+    assert (await second.load("r")).updates == (b"x",)
+    await second.aclose()
+
+
+async def test_a_reader_beside_the_writer_cannot_write(postgres: PostgresServer) -> None:
+    dsn = postgres.fresh_dsn()
+    writer, reader = PostgreSQLStore(dsn), PostgreSQLStore(dsn, read_only=True)
+    try:
+        await writer.append("r", [b"a"])
+        await writer.append_events("r", [StoredEvent(1, b"e")], keep=10)
+        data = await reader.load("r")
+        assert (data.updates, data.events) == ((b"a",), (StoredEvent(1, b"e"),))
+        with pytest.raises(StorageUnavailable, match="read-only"):
+            await reader.append("r", [b"b"])
+        assert (await writer.load("r")).updates == (b"a",)
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+
+
+async def test_a_reader_of_a_database_plait_never_wrote(postgres: PostgresServer) -> None:
+    reader = PostgreSQLStore(postgres.fresh_dsn(), read_only=True)
+    with pytest.raises(StorageUnavailable, match="not a Plait database"):
+        await reader.load("r")
+    await reader.aclose()
+
+
+async def test_a_broken_connection_fails_the_call_and_the_next_one_reconnects(postgres: PostgresServer) -> None:
+    store = PostgreSQLStore(postgres.fresh_dsn())
+    try:
+        await store.append("r", [b"a"])
+        assert _terminate(postgres) == 1
+        with pytest.raises(StorageUnavailable):
+            await store.append("r", [b"lost?"])  # not acknowledged: the caller keeps it
+        await store.append("r", [b"b"])
+        assert (await store.load("r")).updates[0] == b"a"
+        assert (await store.load("r")).updates[-1] == b"b"
+    finally:
+        await store.aclose()
+
+
+async def test_a_writer_whose_lock_was_taken_while_it_was_cut_off_stops_writing(postgres: PostgresServer) -> None:
+    """Its connection died (and the lock with it); another server started on the database.
+    Two writers would both hand out event seq 1: the first must not write again."""
+    dsn = postgres.fresh_dsn()
+    first, second = PostgreSQLStore(dsn), PostgreSQLStore(dsn)
+    try:
+        await first.open()
+        _terminate(postgres)
+        await second.open()
+        with pytest.raises(StorageUnavailable):  # the call that finds the connection dead
+            await first.append("r", [b"x"])
+        with pytest.raises(StoreLocked):  # and every one after it
+            await first.append("r", [b"x"])
+        assert (await second.load("r")).updates == ()
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_an_unreachable_server_is_unavailable_and_the_password_is_never_shown() -> None:
+    store = PostgreSQLStore(f"postgresql://plait:hunter2-secret@127.0.0.1:{free_port()}/plait")
+    assert "hunter2" not in store.name
+    with pytest.raises(StorageUnavailable) as caught:
+        await store.open()
+    assert "hunter2" not in str(caught.value) and "127.0.0.1" in str(caught.value)
+    with pytest.raises(StorageUnavailable):
+        await store.ping()
+    await store.aclose()
+
+
+async def test_a_database_of_a_newer_plait_is_refused_not_rewritten(postgres: PostgresServer) -> None:
+    dsn = postgres.fresh_dsn()
+    store = PostgreSQLStore(dsn)
+    await store.append("r", [b"a"])
+    await store.aclose()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE plait_meta SET value = '99' WHERE key = 'schema_version'")
+    again = PostgreSQLStore(dsn)
+    with pytest.raises(StorageUnavailable, match="schema version 99"):
+        await again.load("r")
+    await again.aclose()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM plait_updates").fetchone() == (1,)
+
+
+async def test_ping_answers_while_the_server_does(postgres: PostgresServer) -> None:
+    store = PostgreSQLStore(postgres.fresh_dsn())
+    await store.open()
+    try:
+        await store.ping()
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("room", ["it's", 'a"b', "x; DROP TABLE plait_updates; --", "ünïcødé 🎉", "%s %(x)s", "a\\b"])
+async def test_room_names_are_data_never_sql(postgres: PostgresServer, room: str) -> None:
+    store = PostgreSQLStore(postgres.fresh_dsn())
+    try:
+        await store.append(room, [b"u"])
+        await store.append_events(room, [StoredEvent(1, b"e")], keep=3)
+        await store.compact(room, b"S", 1)
+        assert await store.list_rooms() == [room]
+        data = await store.load(room)
+        assert (data.snapshot, data.updates, data.events) == (b"S", (), (StoredEvent(1, b"e"),))
+        await store.delete(room)
+        assert await store.list_rooms() == []
+    finally:
+        await store.aclose()
