@@ -41,6 +41,11 @@ LOCK_KEY: Final = 0x706C616974
 LOCK_KEY + 1 for the length of one transaction."""
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a connection before the call fails with StorageUnavailable."""
+CALL_TIMEOUT: Final = 10.0
+"""Seconds a call may wait for the database (a stalled server, a network that drops packets
+silently) before it fails with StorageUnavailable. Its worker thread is left to finish on its
+own, holding the connection: the calls after it wait for it (and time out) until the server
+answers again."""
 T = TypeVar("T")
 
 _SCHEMA: Final = (
@@ -70,6 +75,7 @@ class PostgreSQLStore:
         `host=... dbname=...` (libpq's environment variables fill in what it leaves out).
     read_only: read without taking the writer's lock (`plait inspect` while a server runs);
         writes raise StorageUnavailable.
+    call_timeout: seconds a call may take, waiting for the connection included (CALL_TIMEOUT).
 
     Raises (from every method): StoreLocked when another writable store holds the database,
     StorageUnavailable when the database cannot be reached or refuses a statement (the message
@@ -77,9 +83,10 @@ class PostgreSQLStore:
     than are stored.
     """
 
-    def __init__(self, dsn: str, *, read_only: bool = False) -> None:
+    def __init__(self, dsn: str, *, read_only: bool = False, call_timeout: float = CALL_TIMEOUT) -> None:
         self.dsn = dsn
         self.read_only = read_only
+        self.call_timeout = call_timeout
         self.name = redact(dsn)
         self._limiter = trio.CapacityLimiter(1)
         self._conn: psycopg.Connection[Any] | None = None
@@ -144,7 +151,11 @@ class PostgreSQLStore:
                     self._conn = None
                 raise StorageUnavailable(f"{self.name}: {_first_line(exc)}") from exc
 
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        with trio.move_on_after(self.call_timeout) as waited:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=True)
+        if waited.cancelled_caught:
+            raise StorageUnavailable(f"{self.name}: no answer within {self.call_timeout:g} s")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def open(self) -> None:
         """Connect, take the writer's lock, create or check the schema. Every other method
@@ -184,7 +195,8 @@ class PostgreSQLStore:
             self._conn = None
             self._opened = False
 
-        await trio.to_thread.run_sync(close, limiter=self._limiter)
+        with trio.move_on_after(self.call_timeout):  # a stalled call holds the connection: leave it
+            await trio.to_thread.run_sync(close, limiter=self._limiter, abandon_on_cancel=True)
 
     # -- the Store interface ----------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 START_TIMEOUT = 60.0
@@ -42,9 +43,9 @@ def _postgres_bin() -> Path:
     pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)", pytrace=False)
 
 
-def _as_postgres_user() -> list[str]:
+def _as_postgres_user() -> dict[str, str]:
     """PostgreSQL refuses to run as root: run it as the `postgres` user Debian's package made."""
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
 
 
 @dataclass
@@ -64,12 +65,31 @@ class PostgresServer:
             conn.execute(f"CREATE SCHEMA {name}")  # type: ignore[arg-type]
         return f"{self.admin_dsn}?options=-csearch_path%3D{name}"
 
+    def terminate(self, pid: int) -> int:
+        """End the backends of the Plait stores process `pid` opened (they name themselves
+        `plait PID@HOST`): what a database restart or a dropped network does to them. How many."""
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s", (f"plait {pid}@%",)
+            ).fetchall()
+        return len(rows)
+
+    def _processes(self) -> list[psutil.Process]:
+        # The postmaster and its children (each backend is a process group of its own).
+        top = psutil.Process(self.process.pid)
+        return [top, *top.children(recursive=True)]
+
     def pause(self) -> None:
-        """Stop the postmaster and every backend (SIGSTOP): a stalled database."""
-        os.killpg(self.process.pid, signal.SIGSTOP)
+        """Stop the postmaster and every backend (SIGSTOP): a stalled database, whose TCP
+        connections stay open and take requests that nobody answers."""
+        for process in self._processes():
+            process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        os.killpg(self.process.pid, signal.SIGCONT)
+        for process in self._processes():
+            process.send_signal(signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -82,28 +102,31 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.chown(folder, "postgres", "postgres")
     data = folder / "data"
     subprocess.run(
-        [*runas, str(bin_dir / "initdb"), "-D", str(data), "-U", "plait", "-A", "trust", "-E", "UTF8", "--no-sync"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [str(bin_dir / "initdb"), "-D", str(data), "-U", "plait", "-A", "trust", "-E", "UTF8", "--no-sync"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=folder, **runas,  # type: ignore[call-overload]
     )
     port = free_port()
     log = open(folder / "server.log", "wb")  # closed below, after the server stops
     process = subprocess.Popen(
-        [*runas, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(folder),
+        [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(folder),
          "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=100", "-c", "shared_buffers=16MB"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, **runas,  # type: ignore[call-overload]
     )
     try:
         server = PostgresServer(port, process, folder, f"postgresql://plait@127.0.0.1:{port}/postgres")
         _wait_ready(server)
         yield server
     finally:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.send_signal(signal.SIGCONT)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGCONT)
-            os.killpg(process.pid, signal.SIGINT)  # fast shutdown (runuser does not pass signals on)
+            process.send_signal(signal.SIGCONT)
+            process.send_signal(signal.SIGQUIT)  # immediate shutdown: no checkpoint, its folder goes next
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             process.wait()
         log.close()
         shutil.rmtree(folder, ignore_errors=True)

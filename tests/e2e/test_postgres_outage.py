@@ -4,24 +4,15 @@ not acknowledged, and editing goes on once the database answers again, with noth
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 import trio
 
-from plait.client import connect
+from plait.client import StorageUnavailable, connect
 from tests.servers import PostgresServer
 
 from .serveprocess import plait_serve
 
 pytestmark = pytest.mark.slow
-
-
-def terminate_plait_connections(server: PostgresServer) -> int:
-    with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'plait %'"
-        ).fetchall()
-    return len(rows)
 
 
 async def test_edits_go_on_after_the_database_connection_breaks(postgres: PostgresServer) -> None:
@@ -32,7 +23,7 @@ async def test_edits_go_on_after_the_database_connection_breaks(postgres: Postgr
             await room.synced()
             room.text.insert(0, "before ")
             await room.flushed()
-            assert await trio.to_thread.run_sync(terminate_plait_connections, postgres) == 1
+            assert await trio.to_thread.run_sync(postgres.terminate, served.process.pid) == 1
             room.text.insert(len(room.text), "after")
             with trio.fail_after(30):
                 await room.flushed()  # the room waited for the database instead of failing
@@ -41,3 +32,31 @@ async def test_edits_go_on_after_the_database_connection_breaks(postgres: Postgr
         async with connect(f"ws://127.0.0.1:{served.port}/") as client, client.join("notes") as room:
             await room.synced()
             assert str(room.text) == "before after"
+
+
+async def test_a_stalled_database_is_told_to_clients_and_service_resumes(postgres: PostgresServer) -> None:
+    """PostgreSQL stops answering (paused: its connections stay open, nothing comes back).
+    An edit made meanwhile is not acknowledged; its client is told STORAGE_UNAVAILABLE within
+    the store's call timeout (10 s) rather than waiting forever; once the database answers,
+    a client joins again and finds every acknowledged edit."""
+    dsn = postgres.fresh_dsn()
+    async with plait_serve("--port", "0", "--store", dsn) as served:
+        url = f"ws://127.0.0.1:{served.port}/"
+        async with connect(url) as client, client.join("notes") as room:
+            await room.synced()
+            room.text.insert(0, "kept")
+            await room.flushed()
+            postgres.pause()
+            try:
+                room.text.insert(len(room.text), " maybe")
+                with trio.fail_after(25), pytest.raises(StorageUnavailable):
+                    await room.flushed()
+            finally:
+                postgres.resume()
+        async with connect(url) as client, client.join("notes") as room:
+            with trio.fail_after(30):
+                await room.synced()
+            assert str(room.text).startswith("kept")
+            room.text.insert(0, "> ")
+            with trio.fail_after(30):
+                await room.flushed()
