@@ -255,12 +255,14 @@ export class PlaitClient {
     this._session = welcome.session;
     this._transportName = transport.name;
     this._lastSent = now();
-    transport.onFrames = (/** @type {any[]} */ frames) => { if (this._conn === transport) this._receive(frames); };
-    transport.onClose = (/** @type {{ error: PlaitError }} */ info) => this._drop(transport, info.error);
     this._startHeartbeat(transport, welcome.heartbeat_ms);
     this._scheduleUpgrade();
     this._setState("open", { attempt: 0, delayMs: null });
     for (const room of this._rooms.values()) room._join();
+    transport.attach(
+      (/** @type {any[]} */ frames) => { if (this._conn === transport) this._receive(frames); },
+      (/** @type {{ error: PlaitError }} */ info) => this._drop(transport, info.error),
+    );
   }
 
   /** The connection `transport` ended (or is given up): everything in flight is lost. */

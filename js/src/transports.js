@@ -52,10 +52,22 @@ async function httpError(/** @type {Response} */ res, /** @type {string} */ what
 
 class Base {
   constructor() {
-    /** @type {(frames: any[]) => void} */ this.onFrames = () => {};
-    /** @type {(info: { error: PlaitError }) => void} */ this.onClose = () => {};
+    // Until the client attaches, what arrives right after the welcome waits here.
+    /** @type {any[]} */ this._early = [];
+    /** @type {{ error: PlaitError } | null} */ this._earlyClose = null;
+    /** @type {(frames: any[]) => void} */ this.onFrames = (frames) => { this._early.push(...frames); };
+    /** @type {(info: { error: PlaitError }) => void} */ this.onClose = (info) => { this._earlyClose = info; };
     this.activity = now();
     this.closed = false;
+  }
+
+  /** Takes over delivery: frames that came early first, then a close that came early. */
+  attach(/** @type {(frames: any[]) => void} */ onFrames, /** @type {(info: { error: PlaitError }) => void} */ onClose) {
+    this.onFrames = onFrames;
+    this.onClose = onClose;
+    const early = this._early.splice(0);
+    if (early.length) onFrames(early);
+    if (this._earlyClose) onClose(this._earlyClose);
   }
 
   /** Ends the transport from inside (once), telling the client. */
@@ -212,14 +224,26 @@ class HttpSession extends Base {
     try {
       while (this.outbox.length && !this.closed) {
         const batch = this.outbox.splice(0, 256);
+        // A POST cut off may or may not have been read: sending it again is safe, since every
+        // frame the SDK sends is idempotent (updates are CRDT merges, publishes carry keys,
+        // a request answered twice is settled by the first answer) and answers come on the
+        // stream or poll.
+        const body = encodeJson(batch);
         let res;
-        try {
-          res = await this.fetch(this._url("/frames"), {
-            method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(batch), signal: this.abort.signal,
-          });
-        } catch (err) {
-          this._fail(closeError(CloseCode.ABNORMAL, `POST frames: ${err instanceof Error ? err.message : err}`));
-          return;
+        for (let attempt = 1; ; attempt++) {
+          try {
+            res = await this.fetch(this._url("/frames"), {
+              method: "POST", headers: { "Content-Type": "application/json" }, body, signal: this.abort.signal,
+            });
+            break;
+          } catch (err) {
+            if (this.closed) return;
+            if (attempt >= 4) {
+              this._fail(closeError(CloseCode.ABNORMAL, `POST frames: ${err instanceof Error ? err.message : err}`));
+              return;
+            }
+            await new Promise((r) => setTimeout(r, 150 * attempt));
+          }
         }
         // The answers also come on the stream or poll, in order with everything else: take them there.
         if (res.status !== 200) {

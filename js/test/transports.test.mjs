@@ -57,6 +57,25 @@ for (const transport of ["sse", "poll"]) {
   });
 }
 
+test("sse: a broken stream resumes with Last-Event-ID in the same session, nothing missed", async (t) => {
+  const a = connect(t, proxy.url, { transports: ["sse"] });
+  const b = connect(t, server.url);
+  const ra = await a.join("sse-resume");
+  const rb = await b.join("sse-resume");
+  const session = a.session;
+  const got = [];
+  ra.on("event", (e) => got.push(e.payload));
+  proxy.cut();
+  await rb.publish("n", 1);
+  rb.doc.getText("t").insert(0, "while the stream was down");
+  await rb.publish("n", 2);
+  await until(() => got.length === 2, 8000, "the events after the resume");
+  assert.deepEqual(got, [1, 2]);
+  await until(() => ra.doc.getText("t").toString() === "while the stream was down", 5000, "the edit");
+  assert.equal(a.session, session, "the same HTTP session");
+  assert.equal(a.state, "open");
+});
+
 test("fallback: upgrades refused → sse after fallbackAfter failures; upgrade back once they work", async (t) => {
   proxy.refuseUpgrades(true);
   const transports = [];
