@@ -146,6 +146,7 @@ export class Room {
     }
     this.epoch = f.epoch;
     this._joinedOnce = true;
+    this.synced = false; // until this join's sync_step2
     this._pacer = new Pacer(this._client.limits?.updates_per_second ?? 0, nowS());
     // Stale cursors and typing of the last connection: the server sends them afresh.
     if (this._cursors.size) { this._cursors.clear(); this._emit("cursors", new Map()); }
@@ -193,7 +194,7 @@ export class Room {
       }
       case "sync_step2":
         Y.applyUpdate(this.doc, f.update, this._origin);
-        if (!this.synced) this.synced = true;
+        this.synced = true;
         this._emit("synced", undefined);
         if (this._held) {
           this._resolveJoin(this);
@@ -282,6 +283,13 @@ export class Room {
   }
 
   _sendUpdate(/** @type {"update"|"sync_step2"} */ kind, /** @type {Uint8Array} */ update) {
+    const max = this._client.limits?.max_message_bytes;
+    if (max && update.length + 64 > max) {
+      // Splitting an update into pieces (§3.2) is not implemented: refuse it here rather
+      // than be closed with 1009 for it (a close the client could not retry).
+      if (kind === "sync_step2") this._client._send({ kind, channel: this._channel, ref: null, update: Y.encodeStateAsUpdate(new Y.Doc()) });
+      return this._refuse(new PlaitError(ErrorCode.FRAME_TOO_LARGE, `a document update of ${update.length} bytes does not fit in a message (max_message_bytes ${max}); this SDK does not split updates yet`));
+    }
     const frame = { kind, channel: this._channel, ref: null, update };
     const ref = this._client._request(frame, {
       answer: (f) => {
