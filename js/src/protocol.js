@@ -277,7 +277,8 @@ export function fromBase64(text) {
   return out;
 }
 
-/** A value in its JSON form: binary as {"$b"}, a map with a "$" key as {"$map"}. */
+/** A value in its JSON form: binary as {"$b"}, a map with a "$" key as {"$map"}.
+ *  @returns {any} */
 function valueToJson(/** @type {any} */ v) {
   if (v instanceof Uint8Array) return { $b: toBase64(v) };
   if (Array.isArray(v)) return v.map(valueToJson);
@@ -289,9 +290,10 @@ function valueToJson(/** @type {any} */ v) {
   return v;
 }
 
+/** @returns {any} */
 function valueFromJson(/** @type {any} */ v, depth = 0) {
   if (depth > MAX_DEPTH + 8) throw new PlaitError(ErrorCode.TOO_DEEP, "nested too deep");
-  if (Array.isArray(v)) return v.map((x) => valueFromJson(x, depth + 1));
+  if (Array.isArray(v)) return v.map((/** @type {any} */ x) => /** @type {any} */ (valueFromJson(x, depth + 1)));
   if (v !== null && typeof v === "object") {
     const keys = Object.keys(v);
     if (keys.length === 1 && keys[0] === "$b") return fromBase64(v.$b);
