@@ -69,6 +69,7 @@ export class Room {
     /** @type {any} */ this._rejoinTimer = null;
     /** @type {Map<string, Set<Function>>} */ this._listeners = new Map();
     /** @type {[string, unknown][] | null} */ this._held = [];
+    /** @type {PlaitError | null} */ this._endError = null;
     /** @type {(u: Uint8Array, origin: unknown) => void} */
     this._onDocUpdate = (update, origin) => {
       if (origin === this._origin || this._ended) return;
@@ -106,8 +107,9 @@ export class Room {
     }
   }
 
+  /** The error of calls on a Room that ended: why it ended (ROOM_DELETED, FORBIDDEN, ...). */
   _gone() {
-    return new PlaitError(0, `room ${JSON.stringify(this.name)} was left or closed`);
+    return this._endError ?? new PlaitError(0, `room ${JSON.stringify(this.name)} was left or closed`);
   }
 
   // ------------------------------------------------------------------ join and rejoin (§5.2, §7)
@@ -522,6 +524,7 @@ export class Room {
   _end(/** @type {PlaitError} */ err) {
     if (this._ended) return;
     this._ended = true;
+    this._endError = err;
     this._disconnected();
     clearTimeout(this._rejoinTimer);
     this.doc.off("update", this._onDocUpdate);
