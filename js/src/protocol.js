@@ -10,6 +10,10 @@ import { encode as mpEncode, decodeMulti as mpDecodeMulti } from "@msgpack/msgpa
 import { PlaitError } from "./errors.js";
 import { ErrorCode } from "./codes.js";
 
+// The code tables (§8, §9) live in codes.js, shared with errors.js; the wire format's users
+// find them here too.
+export { ErrorCode, CloseCode, FINAL_CLOSES } from "./codes.js";
+
 // Field types: u = unsigned integer (≤ 2^53-1), s = string, b = binary, B = bool,
 // m = map, v = value (§3.3), [T] = array of T, Name = a record below; "?" = may be nil.
 const RECORDS = {

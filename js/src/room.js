@@ -46,6 +46,7 @@ export class Room {
     this._sinceGiven = options.since !== undefined;
     this._joinedOnce = false;
     /** @type {number | null} */ this._channel = null;
+    this._joining = false;
     this._live = false;
     this._ended = false;
     this._origin = Symbol(`plait:${name}`);
@@ -115,13 +116,17 @@ export class Room {
   // ------------------------------------------------------------------ join and rejoin (§5.2, §7)
 
   _join() {
-    if (this._ended || this._channel !== null) return;
+    if (this._ended || this._channel !== null || this._joining) return;
+    this._joining = true;
     const since = this._joinedOnce || this._sinceGiven ? this.lastSeq : null;
     const frame = {
       kind: "join", room: this.name, state_vector: Y.encodeStateVector(this.doc),
       since, epoch: since === null ? null : this.epoch,
     };
-    this._client._request(frame, { answer: (f) => this._onJoinAnswer(f, since), lost: () => {} });
+    this._client._request(frame, {
+      answer: (f) => { this._joining = false; this._onJoinAnswer(f, since); },
+      lost: () => { this._joining = false; }, // joined again when the connection is back
+    });
   }
 
   _onJoinAnswer(/** @type {any} */ f, /** @type {number | null} */ since) {
