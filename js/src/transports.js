@@ -185,6 +185,7 @@ class HttpSession extends Base {
     this.position = 0;
     /** @type {object[]} */ this.outbox = [];
     this.posting = false;
+    /** @type {Promise<void> | null} */ this._posted = null;
     this.abort = new AbortController();
   }
 
@@ -216,7 +217,7 @@ class HttpSession extends Base {
   send(/** @type {object[]} */ frames) {
     if (this.closed) return;
     this.outbox.push(...frames);
-    if (!this.posting) void this._post();
+    if (!this.posting) this._posted = this._post();
   }
 
   async _post() {
@@ -232,9 +233,8 @@ class HttpSession extends Base {
         let res;
         for (let attempt = 1; ; attempt++) {
           try {
-            res = await this.fetch(this._url("/frames"), {
-              method: "POST", headers: { "Content-Type": "application/json" }, body, signal: this.abort.signal,
-            });
+            // Not aborted by close(): a last edit or leave must reach the server (§7.1).
+            res = await this.fetch(this._url("/frames"), { method: "POST", headers: { "Content-Type": "application/json" }, body });
             break;
           } catch (err) {
             if (this.closed) return;
@@ -274,8 +274,10 @@ class HttpSession extends Base {
     this._teardown();
     if (!this.session) return;
     const f = this.fetch;
-    // Send what is queued, then end the session (close 1000).
+    const posted = this._posted;
+    // Send what is queued, after the POST in flight, then end the session (close 1000).
     void (async () => {
+      try { await posted; } catch { /* reported already */ }
       try {
         if (outbox.length) await f(url.replace("?", "/frames?"), { method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(outbox) });
       } catch { /* best effort */ }

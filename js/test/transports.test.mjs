@@ -37,6 +37,17 @@ for (const transport of ["sse", "poll"]) {
     await until(() => !rb.presence().some((e) => e.session === a.session), 5000, "left");
   });
 
+  test(`${transport}: close() sends a last edit before ending the session`, async (t) => {
+    const a = connect(t, server.url, { transports: [transport] });
+    const b = connect(t, server.url);
+    const ra = await a.join(`last-${transport}`);
+    const rb = await b.join(`last-${transport}`);
+    ra.doc.getText("t").insert(0, "last");
+    await a.close();
+    await until(() => rb.doc.getText("t").toString() === "last", 5000, "the last edit");
+    await until(() => rb.presence().length === 1, 5000, "a's session ended");
+  });
+
   test(`${transport}: a cut is survived, offline edits and events arrive`, async (t) => {
     const a = connect(t, proxy.url, { transports: [transport] });
     const b = connect(t, server.url);
