@@ -66,18 +66,19 @@ test("operator: access lowered → 'access'; taken away → 'closed' FORBIDDEN; 
   assert.equal(sessions.length, 0, "not rejoined by itself");
 });
 
-test("disconnected by the operator (4013): state closed, no reconnect", async (t) => {
-  const a = connect(t, server.url, { token: token("dave", { "*": "write" }) });
-  await a.join("kick");
-  const session = a.session;
-  const states = [];
-  a.on("state", (c) => states.push(c.state));
-  assert.equal((await api("DELETE", `/sessions/${session}`)).status, 200);
-  await until(() => a.state === "closed", 5000, "closed");
-  assert.equal(a.lastError.code, CloseCode.DISCONNECTED);
-  assert.equal(a.lastError.codeName, "DISCONNECTED");
-  assert.deepEqual(states, ["closed"]);
-});
+for (const transport of ["websocket", "sse", "poll"]) {
+  test(`disconnected by the operator (4013) over ${transport}: state closed, no reconnect`, async (t) => {
+    const a = connect(t, server.url, { token: token("dave", { "*": "write" }), transports: [transport] });
+    await a.join("kick");
+    const states = [];
+    a.on("state", (c) => states.push(c.state));
+    assert.equal((await api("DELETE", `/sessions/${a.session}`)).status, 200);
+    await until(() => a.state === "closed", 5000, "closed");
+    assert.equal(a.lastError.code, CloseCode.DISCONNECTED);
+    assert.equal(a.lastError.codeName, "DISCONNECTED");
+    assert.deepEqual(states, ["closed"]);
+  });
+}
 
 test("token_expiring is answered with a refresh from the token function; the session goes on", async (t) => {
   let calls = 0;
