@@ -141,6 +141,7 @@ class HttpSessions:
             case ["sessions", session_id], "DELETE":
                 transport = self._session(session_id, request, query)
                 await transport.aclose(1000, "the client ended the session")
+                transport.told_closed()
                 await ex.respond_json(200, {"session": session_id, "closed": True})
             case ["sessions", session_id, "events"], "GET":
                 transport = self._session(session_id, request, query)
@@ -332,6 +333,8 @@ class HttpSessions:
                 if transport.push_to(consumer, sink):  # from now on each frame is written as it is sent
                     await sink.run(transport, consumer, self.config.heartbeat)
                 await sink.send(ex.chunk(_meta("close", _ending(transport, consumer))))
+                if transport.closed is not None:
+                    transport.told_closed()
                 await ex.end_stream()
                 nursery.cancel_scope.cancel()
         finally:
@@ -363,6 +366,8 @@ class HttpSessions:
         frames = b",".join(json_of_event(data) for _, data in entries)
         head = json.dumps({"position": position, "complete": complete, "closed": closed}, separators=(",", ":"))
         await ex.respond(200, head[:-1].encode() + b',"frames":[' + frames + b"]}", "application/json")
+        if closed is not None:
+            transport.told_closed()
 
     # -- frames from the client ---------------------------------------------------------------
 

@@ -109,6 +109,8 @@ class HttpTransport:
         """Set when the reader has something to look at: a message, a consumer come or gone."""
         self._output_changed = trio.Event()
         """Set when consumers and `flush` have: output, output taken, a consumer replaced."""
+        self._told_closed = False
+        """Whether a consumer was told how the session ended (or its client ended it)."""
         self._reader_deadline = float("inf")
         self._sink: Sink | None = None
         self._sink_ready = False
@@ -363,10 +365,17 @@ class HttpTransport:
         self._taken_bytes -= len(self._log.popleft())
         self._first += 1
 
+    def told_closed(self) -> None:
+        """A consumer was told how the session ended (a poll's `closed`, a stream's `close`
+        event), or its client ended it: nobody needs to hear it any more."""
+        self._told_closed = True
+        self._wake_output()
+
     async def collected(self) -> None:
-        """Return once a consumer has taken everything (after the session ended: its last
-        frames, and how it ended, were delivered)."""
-        while self._unsent > 0:
+        """Return once a consumer has taken everything and was told how the session ended
+        (after the session ended: its last frames, and how it ended, were delivered). Taking
+        the last frames is not enough: a poll may take them before the session ends."""
+        while self._unsent > 0 or not self._told_closed:
             await self._output_changed.wait()
 
     # -- closing ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import trio_websocket
 
 from plait.client import connect
 from plait.engine import Engine, EngineConfig
+from plait.engine.testing import TokenHooks
 from plait.protocol import (
     CursorMove,
     Cursors,
@@ -409,3 +410,29 @@ async def test_a_stream_whose_client_went_starts_the_grace_at_once_not_when_a_wr
             while "leaver" in room.users():
                 await trio.sleep(0.01)
         assert trio.current_time() - start < 5  # the grace (1 s) and the presence grace, not 2H
+
+
+async def test_a_poller_that_took_everything_before_its_session_ended_still_hears_how_it_ended() -> None:
+    # The JS SDK met it: a poll took the session's last frames with `closed` still null, the
+    # operator's disconnect came a moment later, and the next poll got 404, so the client
+    # never learnt the 4013 that tells it not to reconnect (§14.4: `closed` is the last of it).
+    async with Engine(config=CONFIG, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with http_client(port) as http:
+            peer = HttpPeer(http)
+            await peer.open("kicked")
+            await join(peer, "r")
+            peer.position = 1  # the welcome
+            with trio.fail_after(10):  # take everything there is: nothing left unsent
+                while True:
+                    body = (await http.get(peer.url("poll") + f"&after={peer.position}&timeout=1")).json()
+                    if not body["frames"]:
+                        break
+                    peer.position = body["position"]
+            assert peer.position > 1
+            assert engine.disconnect(session=peer.session) == 1
+            await trio.sleep(0.3)
+            response = await http.get(peer.url("poll") + f"&after={peer.position}&timeout=0")
+            assert response.status_code == 200, response.text
+            assert response.json()["closed"]["code"] == 4013
+        nursery.cancel_scope.cancel()
