@@ -1,0 +1,447 @@
+// PlaitClient: one connection to a server, kept open across drops (spec §7, §7.1): the state
+// machine connecting/open/reconnecting/offline/closed, backoff with full jitter, heartbeats
+// (§5.7), transport fallback and upgrade, token refresh (§5.9), requests and their answers.
+import { makeTransport } from "./transports.js";
+import { PlaitError, closeError } from "./errors.js";
+import { ErrorCode, CloseCode, FINAL_CLOSES, isFatal } from "./codes.js";
+import { backoffDelay } from "./pacing.js";
+import { Room } from "./room.js";
+
+export const VERSION = "0.1.0";
+const ALL_TRANSPORTS = ["websocket", "sse", "poll"];
+const OPEN_TIMEOUT_MS = 15000;
+/** A connection open this long resets the backoff (§7.1). */
+const RESET_AFTER_MS = 10000;
+const ANON_STORAGE_KEY = "plait:anonymous_key";
+
+const now = () => performance.now();
+
+/** A random string of `bytes` random bytes, as hex. */
+export function randomKey(bytes = 16) {
+  const b = new Uint8Array(bytes);
+  globalThis.crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+function defaultAnonymousKey() {
+  try {
+    const store = /** @type {any} */ (globalThis).localStorage;
+    if (store) {
+      let key = store.getItem(ANON_STORAGE_KEY);
+      if (!key || key.length < 16 || key.length > 128) { key = randomKey(); store.setItem(ANON_STORAGE_KEY, key); }
+      return key;
+    }
+  } catch { /* storage refused */ }
+  return randomKey();
+}
+
+/** Whether an error ends the client rather than be retried (§7.1 "Backoff", §9). */
+const isFinal = (/** @type {PlaitError} */ e) => (e.isClose && FINAL_CLOSES.has(e.code)) || (!e.isClose && isFatal(e.code) && e.code !== ErrorCode.FRAME_TOO_LARGE) || e.code === ErrorCode.UNAUTHENTICATED;
+
+const asPlaitError = (/** @type {unknown} */ err) =>
+  err instanceof PlaitError ? err : new PlaitError(ErrorCode.INTERNAL, err instanceof Error ? err.message : String(err));
+
+export class PlaitClient {
+  /** @param {import("./index.js").ClientOptions} options */
+  constructor(options) {
+    if (!options || typeof options.url !== "string") throw new PlaitError(ErrorCode.INVALID_FIELD, "PlaitClient needs options.url");
+    new URL(options.url); // a bad URL throws here, to the caller
+    const transports = options.transports ?? ALL_TRANSPORTS;
+    if (!Array.isArray(transports) || transports.length === 0 || transports.some((t) => !ALL_TRANSPORTS.includes(t)))
+      throw new PlaitError(ErrorCode.INVALID_FIELD, `transports must be a non-empty list of ${ALL_TRANSPORTS.join(", ")}`);
+    this._opts = options;
+    this._transports = transports;
+    this._fallbackAfter = Math.max(1, options.fallbackAfter ?? 2);
+    this._upgradeAfterMs = options.upgradeAfterMs ?? 60000;
+    this._baseMs = options.backoff?.baseMs ?? 250;
+    this._capMs = options.backoff?.capMs ?? 10000;
+    this._anonymousKey = options.anonymousKey === undefined ? defaultAnonymousKey() : options.anonymousKey;
+    this._WebSocket = options.WebSocket ?? /** @type {any} */ (globalThis).WebSocket;
+    this._fetch = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
+
+    /** @type {import("./index.js").ConnectionState} */ this._state = "connecting";
+    /** @type {string | null} */ this._transportName = null;
+    /** @type {string | null} */ this._session = null;
+    /** @type {PlaitError | null} */ this._lastError = null;
+    this._attempt = 0;
+    this._fails = 0;
+    this._tIndex = 0;
+    /** @type {any} */ this._conn = null;
+    /** @type {any} */ this._welcome = null;
+    /** @type {Map<number, { answer: (f: any) => void, lost: () => void }>} */ this._pending = new Map();
+    this._ref = 0;
+    /** @type {Map<string, Room>} */ this._rooms = new Map();
+    /** @type {Map<number, Room>} */ this._channels = new Map();
+    /** @type {Set<(c: any) => void>} */ this._stateListeners = new Set();
+    /** @type {object[]} */ this._outq = [];
+    this._flushScheduled = false;
+    this._lastSent = now();
+    this._nonce = 0;
+    /** @type {any} */ this._heartbeatTimer = null;
+    /** @type {any} */ this._upgradeTimer = null;
+    /** @type {(() => void) | null} */ this._wake = null;
+    /** @type {((e: PlaitError) => void) | null} */ this._dropped = null;
+    this._offlineFlag = false;
+    this._onOffline = () => { this._offlineFlag = true; if (this._conn) this._drop(this._conn, closeError(CloseCode.ABNORMAL, "the browser went offline")); else this._wake?.(); };
+    this._onOnline = () => { this._offlineFlag = false; this._attempt = 0; this._wake?.(); };
+    const g = /** @type {any} */ (globalThis);
+    if (typeof g.addEventListener === "function") {
+      g.addEventListener("offline", this._onOffline);
+      g.addEventListener("online", this._onOnline);
+    }
+    void this._run();
+  }
+
+  get state() { return this._state; }
+  get transport() { return this._transportName; }
+  get session() { return this._session; }
+  get lastError() { return this._lastError; }
+  /** welcome.limits of the current (or last) connection, or null. */
+  get limits() { return this._welcome ? this._welcome.limits : null; }
+
+  /** @param {"state"} type @param {(c: any) => void} listener */
+  on(type, listener) {
+    if (type !== "state") throw new PlaitError(ErrorCode.INVALID_FIELD, `PlaitClient has no ${JSON.stringify(type)} listener`);
+    this._stateListeners.add(listener);
+    return () => { this._stateListeners.delete(listener); };
+  }
+
+  /** @param {string} name @param {import("./index.js").JoinOptions} [options] @returns {Promise<Room>} */
+  join(name, options = {}) {
+    if (this._state === "closed") return Promise.reject(this._closedError());
+    if (typeof name !== "string" || name.length === 0) return Promise.reject(new PlaitError(ErrorCode.INVALID_ROOM_NAME, "a room name is a non-empty string"));
+    const existing = this._rooms.get(name);
+    if (existing) return existing._joinPromise;
+    const room = new Room(this, name, options);
+    this._rooms.set(name, room);
+    if (this._state === "open") room._join();
+    return room._joinPromise;
+  }
+
+  whenOpen() {
+    if (this._state === "open") return Promise.resolve();
+    if (this._state === "closed") return Promise.reject(this._closedError());
+    return new Promise((resolve, reject) => {
+      const off = this.on("state", (c) => {
+        if (c.state === "open") { off(); resolve(); } else if (c.state === "closed") { off(); reject(this._closedError()); }
+      });
+    });
+  }
+
+  async close() {
+    if (this._state === "closed") return;
+    const rooms = [...this._rooms.values()];
+    await Promise.all(rooms.map((r) => r._leave(2000, false)));
+    this._flushOut();
+    const conn = this._conn;
+    this._finish(null);
+    if (conn) conn.close(CloseCode.NORMAL);
+  }
+
+  // ------------------------------------------------------------------ connection loop
+
+  _closedError() {
+    return this._lastError && this._state === "closed" && isFinal(this._lastError) ? this._lastError : new PlaitError(0, "the client is closed");
+  }
+
+  _isOffline() {
+    const nav = /** @type {any} */ (globalThis).navigator;
+    return this._offlineFlag || (nav && nav.onLine === false);
+  }
+
+  _setState(/** @type {any} */ state, extra = { attempt: this._attempt, delayMs: /** @type {number|null} */ (null) }) {
+    this._state = state;
+    const change = { state, transport: this._transportName, error: this._lastError, attempt: extra.attempt, delayMs: extra.delayMs };
+    for (const l of [...this._stateListeners]) {
+      try { l(change); } catch (err) { queueMicrotask(() => { throw err; }); }
+    }
+  }
+
+  /** Sleeps, waking early on 'online' or close(). */
+  _sleep(/** @type {number} */ ms) {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() { clearTimeout(t); resolve(undefined); }
+      this._wake = () => { this._wake = null; done(); };
+    });
+  }
+
+  async _token() {
+    const t = this._opts.token;
+    return typeof t === "function" ? await t() : (t ?? null);
+  }
+
+  async _hello() {
+    const token = await this._token();
+    if (token !== null && typeof token !== "string") throw new PlaitError(ErrorCode.INVALID_FIELD, "the token function must return a string or null");
+    /** @type {Record<string, unknown>} */
+    const client = { name: "plait-js", version: VERSION, ...(this._opts.clientInfo ?? {}) };
+    if (this._anonymousKey) client.anonymous_key = this._anonymousKey;
+    return { kind: "hello", versions: [1], token, client };
+  }
+
+  /** Opens one transport: its welcome, or a PlaitError. */
+  async _openTransport(/** @type {string} */ name) {
+    const transport = makeTransport(/** @type {any} */ (name), { url: this._opts.url, WebSocket: this._WebSocket, fetch: this._fetch });
+    let timer;
+    try {
+      const hello = await this._hello();
+      const welcome = await Promise.race([
+        transport.open(hello),
+        new Promise((_, reject) => { timer = setTimeout(() => reject(closeError(CloseCode.HANDSHAKE_TIMEOUT, "no welcome in time")), OPEN_TIMEOUT_MS); }),
+      ]);
+      return { transport, welcome };
+    } catch (err) {
+      transport.close();
+      throw asPlaitError(err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async _run() {
+    while (this._state !== "closed") {
+      if (this._isOffline()) {
+        this._conn = null;
+        this._setState("offline");
+        await this._sleep(3600_000);
+        continue;
+      }
+      const name = this._transports[this._tIndex];
+      let opened;
+      try {
+        opened = await this._openTransport(name);
+      } catch (err) {
+        if (this._state === "closed") return;
+        const error = asPlaitError(err);
+        this._lastError = error;
+        if (isFinal(error)) { this._finish(error); return; }
+        this._fails += 1;
+        if (this._fails >= this._fallbackAfter && this._tIndex < this._transports.length - 1) {
+          this._tIndex += 1;
+          this._fails = 0;
+        }
+        await this._backoff();
+        continue;
+      }
+      if (this._state === "closed") { opened.transport.close(); return; }
+      this._fails = 0;
+      const openedAt = now();
+      /** @type {Promise<PlaitError>} */
+      const ended = new Promise((resolve) => { this._dropped = resolve; });
+      this._adopt(opened.transport, opened.welcome);
+      const error = await ended;
+      if (this._state === "closed") return;
+      this._lastError = error;
+      if (isFinal(error)) { this._finish(error); return; }
+      if (now() - openedAt >= RESET_AFTER_MS) this._attempt = 0;
+      // A TOKEN_EXPIRED close is retried at once with a fresh token.
+      if (error.isClose && error.code === CloseCode.TOKEN_EXPIRED) { this._setState("reconnecting", { attempt: this._attempt, delayMs: 0 }); continue; }
+      await this._backoff();
+    }
+  }
+
+  async _backoff() {
+    const delayMs = backoffDelay(this._attempt, this._baseMs, this._capMs);
+    this._attempt += 1;
+    this._setState(this._isOffline() ? "offline" : "reconnecting", { attempt: this._attempt, delayMs });
+    await this._sleep(delayMs);
+  }
+
+  /** Makes a freshly opened transport the connection: rooms rejoin. */
+  _adopt(/** @type {any} */ transport, /** @type {any} */ welcome) {
+    this._conn = transport;
+    this._welcome = welcome;
+    this._session = welcome.session;
+    this._transportName = transport.name;
+    this._lastSent = now();
+    transport.onFrames = (/** @type {any[]} */ frames) => { if (this._conn === transport) this._receive(frames); };
+    transport.onClose = (/** @type {{ error: PlaitError }} */ info) => this._drop(transport, info.error);
+    this._startHeartbeat(transport, welcome.heartbeat_ms);
+    this._scheduleUpgrade();
+    this._setState("open", { attempt: 0, delayMs: null });
+    for (const room of this._rooms.values()) room._join();
+  }
+
+  /** The connection `transport` ended (or is given up): everything in flight is lost. */
+  _drop(/** @type {any} */ transport, /** @type {PlaitError} */ error) {
+    if (this._conn !== transport) return;
+    transport.close(CloseCode.NORMAL);
+    this._endConnection();
+    const dropped = this._dropped;
+    this._dropped = null;
+    dropped?.(error);
+  }
+
+  _endConnection() {
+    this._conn = null;
+    this._session = null;
+    this._outq = [];
+    clearInterval(this._heartbeatTimer);
+    clearTimeout(this._upgradeTimer);
+    this._channels.clear();
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    for (const room of this._rooms.values()) room._disconnected();
+    for (const p of pending) p.lost();
+  }
+
+  _finish(/** @type {PlaitError | null} */ error) {
+    if (error) this._lastError = error;
+    if (this._conn) this._endConnection();
+    const dropped = this._dropped;
+    this._dropped = null;
+    this._setState("closed", { attempt: this._attempt, delayMs: null });
+    this._wake?.();
+    dropped?.(error ?? new PlaitError(0, "the client is closed"));
+    const g = /** @type {any} */ (globalThis);
+    if (typeof g.removeEventListener === "function") {
+      g.removeEventListener("offline", this._onOffline);
+      g.removeEventListener("online", this._onOnline);
+    }
+    const closed = error ?? new PlaitError(0, "the client is closed");
+    for (const room of [...this._rooms.values()]) room._end(closed);
+    this._rooms.clear();
+  }
+
+  // ------------------------------------------------------------------ heartbeats (§5.7)
+
+  _startHeartbeat(/** @type {any} */ transport, /** @type {number} */ heartbeatMs) {
+    clearInterval(this._heartbeatTimer);
+    if (!transport.pings || !heartbeatMs) return;
+    this._heartbeatTimer = setInterval(() => {
+      if (this._conn !== transport) return;
+      const t = now();
+      if (t - transport.activity > 2 * heartbeatMs) {
+        this._drop(transport, closeError(CloseCode.HEARTBEAT_TIMEOUT, `nothing from the server for ${2 * heartbeatMs} ms`));
+      } else if (t - this._lastSent >= heartbeatMs * 0.9) {
+        this._nonce = (this._nonce + 1) >>> 0;
+        this._send({ kind: "ping", nonce: this._nonce });
+      }
+    }, Math.max(50, heartbeatMs / 4));
+  }
+
+  // ------------------------------------------------------------------ upgrade back (fallback)
+
+  _scheduleUpgrade() {
+    clearTimeout(this._upgradeTimer);
+    if (this._tIndex === 0 && this._transportName === this._transports[0]) return;
+    this._upgradeTimer = setTimeout(async () => {
+      const current = this._conn;
+      if (!current || this._state !== "open") return;
+      let opened;
+      try {
+        opened = await this._openTransport(this._transports[0]);
+      } catch {
+        if (this._conn === current) this._scheduleUpgrade();
+        return;
+      }
+      if (this._conn !== current || this._state !== "open") { opened.transport.close(); return; }
+      // Switch: end the old connection as if dropped, but keep the run loop waiting.
+      const dropped = this._dropped;
+      this._dropped = null;
+      current.close(CloseCode.NORMAL);
+      this._endConnection();
+      this._dropped = dropped;
+      this._tIndex = 0;
+      this._fails = 0;
+      this._adopt(opened.transport, opened.welcome);
+    }, this._upgradeAfterMs);
+  }
+
+  // ------------------------------------------------------------------ frames out
+
+  /** Queues a frame for the current connection; the queue goes out as batches (§3.2). */
+  _send(/** @type {any} */ frame) {
+    if (!this._conn) return false;
+    this._outq.push(frame);
+    if (!this._flushScheduled) {
+      this._flushScheduled = true;
+      queueMicrotask(() => { this._flushScheduled = false; this._flushOut(); });
+    }
+    return true;
+  }
+
+  _flushOut() {
+    const conn = this._conn;
+    if (!conn || this._outq.length === 0) return;
+    const limits = this._welcome?.limits ?? {};
+    const maxFrames = Math.min(limits.max_frames_per_message || 1024, 256);
+    const maxBytes = (limits.max_message_bytes || 16 << 20) - 1024;
+    const frames = this._outq.splice(0);
+    let batch = [];
+    let bytes = 0;
+    for (const f of frames) {
+      const size = f.update ? f.update.length + 64 : f.payload !== undefined || f.state || f.patch || f.position !== undefined ? 4096 : 64;
+      if (batch.length && (batch.length >= maxFrames || bytes + size > maxBytes)) { conn.send(batch); batch = []; bytes = 0; }
+      batch.push(f);
+      bytes += size;
+    }
+    if (batch.length) conn.send(batch);
+    this._lastSent = now();
+  }
+
+  /** Sends a request (a frame with a ref); `handlers.answer` gets its answer exactly once,
+   *  `handlers.lost` is called instead if the connection ends first. */
+  _request(/** @type {any} */ frame, /** @type {{ answer: (f: any) => void, lost: () => void }} */ handlers) {
+    if (!this._conn) { handlers.lost(); return null; }
+    do { this._ref = (this._ref + 1) >>> 0; } while (this._ref === 0 || this._pending.has(this._ref));
+    frame.ref = this._ref;
+    this._pending.set(this._ref, handlers);
+    this._send(frame);
+    return this._ref;
+  }
+
+  /** The server's limit on one message, for refusing locally what could never fit (§7.1). */
+  _checkFits(/** @type {number} */ bytes, /** @type {string} */ what) {
+    const max = this._welcome?.limits?.max_message_bytes;
+    if (max && bytes > max) throw new PlaitError(ErrorCode.FRAME_TOO_LARGE, `${what} takes ${bytes} bytes, over the server's max_message_bytes ${max}`);
+  }
+
+  // ------------------------------------------------------------------ frames in
+
+  _receive(/** @type {any[]} */ frames) {
+    for (const f of frames) {
+      try {
+        this._handle(f);
+      } catch (err) {
+        queueMicrotask(() => { throw err; });
+      }
+    }
+  }
+
+  _handle(/** @type {any} */ f) {
+    switch (f.kind) {
+      case "ping": this._send({ kind: "pong", nonce: f.nonce }); return;
+      case "pong": return;
+      case "ack":
+      case "joined": return this._answer(f);
+      case "error":
+        if (f.ref !== null) return this._answer(f);
+        if (f.channel !== null) return this._channels.get(f.channel)?._onChannelError(f);
+        this._lastError = new PlaitError(f.code, f.message); // the close that follows says what happens
+        return;
+      case "token_expiring": void this._refresh(); return;
+      case "welcome": return;
+      default: {
+        const room = this._channels.get(f.channel);
+        if (room) room._onFrame(f); // stale frames of a left channel change nothing (§5.2)
+      }
+    }
+  }
+
+  _answer(/** @type {any} */ f) {
+    const handler = this._pending.get(f.ref);
+    if (!handler) return; // settled already
+    this._pending.delete(f.ref);
+    handler.answer(f);
+  }
+
+  async _refresh() {
+    if (typeof this._opts.token !== "function") return;
+    let token;
+    try { token = await this._token(); } catch { return; }
+    if (typeof token !== "string") return;
+    this._request({ kind: "refresh", token }, { answer: () => {}, lost: () => {} });
+  }
+}

@@ -1,0 +1,515 @@
+// Room: one joined room on a PlaitClient: its Y.Doc kept in sync (spec §5.2, §5.3), presence
+// grouped by user (§5.4), cursors and typing (§5.5), events with resume (§5.6, §7), and the
+// rejoin after every reconnect.
+import * as Y from "yjs";
+import { PlaitError } from "./errors.js";
+import { ErrorCode } from "./codes.js";
+import { checkValue, encodedSize, ACCESS } from "./protocol.js";
+import { Pacer, backoffDelay } from "./pacing.js";
+
+const nowS = () => performance.now() / 1000;
+const LEAVE_WAIT_MS = 5000;
+/** The server's typing expiry is 5 s (§5.5): renew well before. */
+const TYPING_RENEW_MS = 3000;
+const PUBLISH_RETRIES = 6;
+/** channel_closed codes after which the room rejoins by itself (§5.2). */
+const REJOIN_CODES = new Set([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.INTERNAL]);
+/** join refusals worth retrying after a reconnect's rejoin. */
+const RETRY_JOIN_CODES = new Set([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.SHUTTING_DOWN, ErrorCode.RATE_LIMITED]);
+
+const errorOf = (/** @type {any} */ f) => new PlaitError(f.code, f.message);
+const jsonKey = (/** @type {unknown} */ v) => JSON.stringify(v, (_k, x) => (x instanceof Uint8Array ? Array.from(x) : x));
+
+/** Presence entries grouped by identity.id (§5.4). */
+function groupUsers(/** @type {Map<string, any>} */ entries) {
+  /** @type {Map<string, any>} */
+  const users = new Map();
+  for (const e of entries.values()) {
+    const id = e.identity.id;
+    let u = users.get(id);
+    if (!u) { u = { id, identity: e.identity, sessions: [] }; users.set(id, u); }
+    u.sessions.push(e);
+  }
+  return users;
+}
+
+export class Room {
+  /** @param {import("./client.js").PlaitClient} client @param {string} name @param {any} options */
+  constructor(client, name, options) {
+    this._client = client;
+    this.name = name;
+    this.doc = options.doc ?? new Y.Doc();
+    /** @type {any} */ this.access = null;
+    this.synced = false;
+    this.lastSeq = options.since ?? 0;
+    /** @type {string | null} */ this.epoch = options.epoch ?? null;
+    this._sinceGiven = options.since !== undefined;
+    this._joinedOnce = false;
+    /** @type {number | null} */ this._channel = null;
+    this._live = false;
+    this._ended = false;
+    this._origin = Symbol(`plait:${name}`);
+    /** @type {Uint8Array[]} */ this._unsent = [];
+    /** @type {Map<number, Uint8Array>} */ this._inflight = new Map();
+    /** @type {PlaitError | null} */ this._refused = null;
+    /** @type {{ resolve: () => void, reject: (e: PlaitError) => void }[]} */ this._flushWaiters = [];
+    /** @type {Pacer | null} */ this._pacer = null;
+    /** @type {any} */ this._flushTimer = null;
+    /** @type {Record<string, unknown> | null} */ this._presenceState = null;
+    /** @type {Map<string, any>} */ this._entries = new Map();
+    /** @type {Map<string, unknown>} */ this._cursors = new Map();
+    /** @type {unknown} */ this._cursor = undefined;
+    this._cursorSentAt = -Infinity;
+    /** @type {any} */ this._cursorTimer = null;
+    this.cursorThrottleMs = 50;
+    this._typingOn = false;
+    /** @type {any} */ this._typingTimer = null;
+    /** @type {string[]} */ this._typing = [];
+    /** @type {any[]} */ this._publishes = [];
+    /** @type {any} */ this._rejoinTimer = null;
+    /** @type {Map<string, Set<Function>>} */ this._listeners = new Map();
+    /** @type {(u: Uint8Array, origin: unknown) => void} */
+    this._onDocUpdate = (update, origin) => {
+      if (origin === this._origin || this._ended) return;
+      this._unsent.push(update);
+      this._scheduleFlush(0);
+    };
+    this.doc.on("update", this._onDocUpdate);
+    /** @type {(r: Room) => void} */ let resolve = () => {};
+    /** @type {(e: PlaitError) => void} */ let reject = () => {};
+    /** @type {Promise<Room>} */
+    this._joinPromise = new Promise((res, rej) => { resolve = res; reject = rej; });
+    this._joinPromise.catch(() => {});
+    this._resolveJoin = resolve;
+    this._rejectJoin = reject;
+  }
+
+  // ------------------------------------------------------------------ listeners
+
+  /** @param {string} type @param {Function} listener */
+  on(type, listener) {
+    const known = ["presence", "cursors", "typing", "event", "resumed", "access", "synced", "closed"];
+    if (!known.includes(type)) throw new PlaitError(ErrorCode.INVALID_FIELD, `Room has no ${JSON.stringify(type)} listener`);
+    let set = this._listeners.get(type);
+    if (!set) { set = new Set(); this._listeners.set(type, set); }
+    set.add(listener);
+    return () => { set.delete(listener); };
+  }
+
+  _emit(/** @type {string} */ type, /** @type {unknown} */ value) {
+    for (const l of [...(this._listeners.get(type) ?? [])]) {
+      try { l(value); } catch (err) { queueMicrotask(() => { throw err; }); }
+    }
+  }
+
+  _gone() {
+    return new PlaitError(0, `room ${JSON.stringify(this.name)} was left or closed`);
+  }
+
+  // ------------------------------------------------------------------ join and rejoin (§5.2, §7)
+
+  _join() {
+    if (this._ended || this._channel !== null) return;
+    const since = this._joinedOnce || this._sinceGiven ? this.lastSeq : null;
+    const frame = {
+      kind: "join", room: this.name, state_vector: Y.encodeStateVector(this.doc),
+      since, epoch: since === null ? null : this.epoch,
+    };
+    this._client._request(frame, { answer: (f) => this._onJoinAnswer(f, since), lost: () => {} });
+  }
+
+  _onJoinAnswer(/** @type {any} */ f, /** @type {number | null} */ since) {
+    if (this._ended) return;
+    if (f.kind === "error") {
+      const err = errorOf(f);
+      if (this._joinedOnce && RETRY_JOIN_CODES.has(f.code)) return this._rejoinLater();
+      if (this._joinedOnce) this._emit("closed", err);
+      this._end(err);
+      return;
+    }
+    this._channel = f.channel;
+    this._client._channels.set(f.channel, this);
+    const access = ACCESS[/** @type {1|2|3} */ (f.access)] ?? null;
+    const accessChanged = this._joinedOnce && access !== this.access;
+    this.access = access;
+    const epochChanged = this.epoch !== null && f.epoch !== this.epoch;
+    if (since !== null) {
+      const complete = f.resumed === true && !epochChanged;
+      if (epochChanged) this.lastSeq = 0; // another history: every replayed event is new
+      this._emit("resumed", { complete, since, head: f.head });
+    } else {
+      this.lastSeq = f.head;
+    }
+    this.epoch = f.epoch;
+    this._joinedOnce = true;
+    this._pacer = new Pacer(this._client.limits?.updates_per_second ?? 0, nowS());
+    // Stale cursors and typing of the last connection: the server sends them afresh.
+    if (this._cursors.size) { this._cursors.clear(); this._emit("cursors", new Map()); }
+    if (this._typing.length) { this._typing = []; this._emit("typing", []); }
+    if (accessChanged) this._emit("access", access);
+  }
+
+  _rejoinLater() {
+    clearTimeout(this._rejoinTimer);
+    this._rejoinTimer = setTimeout(() => { if (this._client.state === "open") this._join(); }, 200 + backoffDelay(2, 250, 2000));
+  }
+
+  /** The connection ended: requests in flight are lost; what was unacked is sent again. */
+  _disconnected() {
+    this._channel = null;
+    this._live = false;
+    clearTimeout(this._flushTimer);
+    clearTimeout(this._cursorTimer);
+    this._cursorTimer = null;
+    clearInterval(this._typingTimer);
+    this._typingTimer = null;
+  }
+
+  /** Becomes live after answering the server's sync_step1: sends what waited. */
+  _goLive() {
+    this._live = true;
+    if (this._presenceState) this._client._send({ kind: "presence_set", channel: this._channel, ref: null, state: this._presenceState });
+    if (this._cursor !== undefined && this._cursor !== null) this._sendCursor();
+    if (this._typingOn) this._startTyping();
+    for (const p of this._publishes) if (!p.sent) this._sendPublish(p);
+    this._scheduleFlush(0);
+  }
+
+  // ------------------------------------------------------------------ frames in
+
+  _onFrame(/** @type {any} */ f) {
+    switch (f.kind) {
+      case "sync_step1": {
+        // Everything the server lacks, offline edits included (§5.3); unsent changes are in it.
+        const update = Y.encodeStateAsUpdate(this.doc, f.state_vector);
+        this._unsent = [];
+        this._sendUpdate("sync_step2", update);
+        this._goLive();
+        return;
+      }
+      case "sync_step2":
+        Y.applyUpdate(this.doc, f.update, this._origin);
+        if (!this.synced) this.synced = true;
+        this._emit("synced", undefined);
+        this._resolveJoin(this);
+        return;
+      case "update":
+        Y.applyUpdate(this.doc, f.update, this._origin);
+        return;
+      case "presence_snapshot": {
+        const entries = new Map();
+        for (const e of f.entries) entries.set(e.session, e);
+        return this._setEntries(entries);
+      }
+      case "presence_diff": {
+        const entries = new Map(this._entries);
+        for (const e of f.joined) entries.set(e.session, e);
+        for (const u of f.updated) {
+          const old = entries.get(u.session);
+          if (old) entries.set(u.session, { ...old, state: u.state });
+        }
+        for (const s of f.left) entries.delete(s);
+        return this._setEntries(entries);
+      }
+      case "cursors": {
+        const own = this._client.session;
+        for (const m of f.moves) {
+          if (m.session === own) continue;
+          if (m.position === null) this._cursors.delete(m.session);
+          else this._cursors.set(m.session, m.position);
+        }
+        this._emit("cursors", new Map(this._cursors));
+        return;
+      }
+      case "typing_state": {
+        const own = this._client.session;
+        this._typing = f.sessions.filter((/** @type {string} */ s) => s !== own);
+        this._emit("typing", [...this._typing]);
+        return;
+      }
+      case "event": {
+        if (f.seq <= this.lastSeq) return; // replayed twice
+        this.lastSeq = f.seq;
+        this._emit("event", { seq: f.seq, name: f.name, payload: f.payload, session: f.session, user: f.user });
+        return;
+      }
+      case "channel_closed": {
+        const err = errorOf(f);
+        this._client._channels.delete(f.channel);
+        this._disconnected();
+        this._emit("closed", err);
+        if (REJOIN_CODES.has(f.code)) this._rejoinLater();
+        else this._end(err);
+        return;
+      }
+      case "access_changed": {
+        this.access = ACCESS[/** @type {1|2|3} */ (f.access)] ?? null;
+        this._emit("access", this.access);
+        return;
+      }
+    }
+  }
+
+  _onChannelError(/** @type {any} */ _f) {
+    // Errors of frames sent without a ref (cursor_move, typing, presence): nothing to settle.
+  }
+
+  // ------------------------------------------------------------------ document out (§5.3, §7.1)
+
+  _scheduleFlush(/** @type {number} */ ms) {
+    if (!this._live || this._flushTimer) return;
+    this._flushTimer = setTimeout(() => { this._flushTimer = null; this._flushUpdates(); }, ms);
+  }
+
+  _flushUpdates() {
+    if (!this._live || this._unsent.length === 0) return this._checkFlushed();
+    const t = nowS();
+    if (this._pacer && !this._pacer.take(t)) return this._scheduleFlush(Math.max(1, (this._pacer.nextTokenAt(t) - t) * 1000));
+    const update = this._unsent.length === 1 ? this._unsent[0] : Y.mergeUpdates(this._unsent);
+    this._unsent = [];
+    this._sendUpdate("update", update);
+  }
+
+  _sendUpdate(/** @type {"update"|"sync_step2"} */ kind, /** @type {Uint8Array} */ update) {
+    const frame = { kind, channel: this._channel, ref: null, update };
+    const ref = this._client._request(frame, {
+      answer: (f) => {
+        this._inflight.delete(/** @type {number} */ (ref));
+        if (f.kind === "ack") return this._checkFlushed();
+        if (f.code === ErrorCode.RATE_LIMITED) {
+          // It had no effect: again, after a jittered pause and at a slower pace (§7.1).
+          this._unsent.unshift(update);
+          this._pacer?.hold(nowS(), 0.2 + Math.random() * 0.5);
+          return this._scheduleFlush(0);
+        }
+        if (f.code === ErrorCode.UNKNOWN_CHANNEL) return; // left meanwhile
+        this._refuse(errorOf(f));
+      },
+      // The rejoin's sync_step2 carries it again.
+      lost: () => { this._inflight.delete(/** @type {number} */ (ref)); this._unsent.push(update); },
+    });
+    if (ref !== null) this._inflight.set(ref, update);
+  }
+
+  /** A change refused for good (FORBIDDEN, DOCUMENT_TOO_LARGE, INVALID_UPDATE): never silent. */
+  _refuse(/** @type {PlaitError} */ err) {
+    const waiters = this._flushWaiters.splice(0);
+    if (waiters.length) for (const w of waiters) w.reject(err);
+    else this._refused = err;
+  }
+
+  _checkFlushed() {
+    if (this._unsent.length || this._inflight.size || !this._live) return;
+    for (const w of this._flushWaiters.splice(0)) w.resolve();
+  }
+
+  /** @returns {Promise<void>} */
+  flushed() {
+    if (this._refused) { const e = this._refused; this._refused = null; return Promise.reject(e); }
+    if (this._ended) return this._unsent.length || this._inflight.size ? Promise.reject(this._gone()) : Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this._flushWaiters.push({ resolve, reject });
+      this._checkFlushed();
+    });
+  }
+
+  // ------------------------------------------------------------------ presence (§5.4)
+
+  _setEntries(/** @type {Map<string, any>} */ entries) {
+    const before = groupUsers(this._entries);
+    this._entries = entries;
+    const after = groupUsers(entries);
+    const change = { joined: /** @type {any[]} */ ([]), updated: /** @type {any[]} */ ([]), left: /** @type {string[]} */ ([]) };
+    for (const [id, u] of after) {
+      const old = before.get(id);
+      if (!old) change.joined.push(u);
+      else if (jsonKey(old) !== jsonKey(u)) change.updated.push(u);
+    }
+    for (const id of before.keys()) if (!after.has(id)) change.left.push(id);
+    if (change.joined.length || change.updated.length || change.left.length) this._emit("presence", change);
+  }
+
+  _checkPresence(/** @type {Record<string, unknown>} */ state, /** @type {string} */ what) {
+    if (this._ended) throw this._gone();
+    if (state === null || typeof state !== "object" || Array.isArray(state)) throw new PlaitError(ErrorCode.INVALID_FIELD, `${what} must be an object`);
+    checkValue(state, 0, what);
+    const max = this._client.limits?.max_presence_bytes;
+    const size = encodedSize({ kind: "presence_set", channel: 0, ref: null, state });
+    if (max && size > max) throw new PlaitError(ErrorCode.PRESENCE_TOO_LARGE, `${what} takes ${size} bytes, over max_presence_bytes ${max}`);
+    this._client._checkFits(size, what);
+  }
+
+  /** @param {Record<string, unknown>} state */
+  setPresence(state) {
+    this._checkPresence(state, "presence state");
+    this._presenceState = { ...state };
+    if (this._live) this._client._send({ kind: "presence_set", channel: this._channel, ref: null, state: this._presenceState });
+  }
+
+  /** @param {Record<string, unknown>} patch */
+  patchPresence(patch) {
+    this._checkPresence(patch, "presence patch");
+    const merged = { ...(this._presenceState ?? {}) };
+    for (const [k, v] of Object.entries(patch)) {
+      if (v === null) delete merged[k]; else merged[k] = v;
+    }
+    this._checkPresence(merged, "presence state");
+    this._presenceState = merged;
+    if (this._live) this._client._send({ kind: "presence_patch", channel: this._channel, ref: null, patch });
+  }
+
+  presence() { return [...this._entries.values()]; }
+  users() { return [...groupUsers(this._entries).values()]; }
+
+  // ------------------------------------------------------------------ cursors and typing (§5.5)
+
+  /** @param {unknown} position */
+  moveCursor(position) {
+    if (this._ended) throw this._gone();
+    checkValue(position, 0, "cursor position");
+    const max = this._client.limits?.max_presence_bytes;
+    const size = encodedSize({ kind: "cursor_move", channel: 0, position });
+    if (max && size > max) throw new PlaitError(ErrorCode.PRESENCE_TOO_LARGE, `a cursor position of ${size} bytes is over max_presence_bytes ${max}`);
+    this._cursor = position;
+    if (!this._live || this._cursorTimer) return;
+    const wait = this._cursorSentAt + this.cursorThrottleMs - performance.now();
+    if (wait <= 0) this._sendCursor();
+    else this._cursorTimer = setTimeout(() => { this._cursorTimer = null; if (this._live) this._sendCursor(); }, wait);
+  }
+
+  _sendCursor() {
+    this._cursorSentAt = performance.now();
+    this._client._send({ kind: "cursor_move", channel: this._channel, position: this._cursor ?? null });
+  }
+
+  cursors() { return new Map(this._cursors); }
+
+  /** @param {Y.Text} text @param {number} anchor @param {number} [head] */
+  textCursor(text, anchor, head = anchor) {
+    const rel = (/** @type {number} */ i) => JSON.parse(JSON.stringify(Y.relativePositionToJSON(Y.createRelativePositionFromTypeIndex(text, i))));
+    return { anchor: rel(anchor), head: rel(head) };
+  }
+
+  /** @param {Y.Text} text @param {{ anchor: unknown, head: unknown }} cursor */
+  resolveTextCursor(text, cursor) {
+    const abs = (/** @type {any} */ json) => {
+      try {
+        const pos = Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(json), this.doc);
+        return pos && pos.type === text ? pos.index : null;
+      } catch {
+        return null;
+      }
+    };
+    if (!cursor || typeof cursor !== "object") return null;
+    const anchor = abs(cursor.anchor);
+    const head = abs(cursor.head);
+    return anchor === null || head === null ? null : { anchor, head };
+  }
+
+  /** @param {boolean} on */
+  setTyping(on) {
+    if (this._ended) throw this._gone();
+    on = Boolean(on);
+    const was = this._typingOn;
+    this._typingOn = on;
+    if (!this._live) return;
+    if (on && !was) this._startTyping();
+    if (!on && was) {
+      clearInterval(this._typingTimer);
+      this._typingTimer = null;
+      this._client._send({ kind: "typing", channel: this._channel, on: false });
+    }
+  }
+
+  _startTyping() {
+    clearInterval(this._typingTimer);
+    this._client._send({ kind: "typing", channel: this._channel, on: true });
+    this._typingTimer = setInterval(() => {
+      if (this._live && this._typingOn) this._client._send({ kind: "typing", channel: this._channel, on: true });
+    }, TYPING_RENEW_MS);
+  }
+
+  typing() { return [...this._typing]; }
+
+  // ------------------------------------------------------------------ events (§5.6)
+
+  /** @param {string} name @param {unknown} payload @param {{ key?: string }} [options] @returns {Promise<number>} */
+  publish(name, payload, options = {}) {
+    if (this._ended) return Promise.reject(this._gone());
+    try {
+      if (typeof name !== "string" || name.length < 1 || name.length > 128) throw new PlaitError(ErrorCode.INVALID_FIELD, "an event name is 1 to 128 characters");
+      checkValue(payload === undefined ? null : payload, 0, "event payload");
+      const key = options.key ?? `k${Date.now().toString(36)}${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`.slice(0, 40);
+      const size = encodedSize({ kind: "publish", channel: 0, ref: 0, name, payload: payload ?? null, key });
+      this._client._checkFits(size, "the event");
+      return new Promise((resolve, reject) => {
+        const p = { name, payload: payload ?? null, key, resolve, reject, sent: false, tries: 0 };
+        this._publishes.push(p);
+        if (this._live) this._sendPublish(p);
+      });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  _sendPublish(/** @type {any} */ p) {
+    p.sent = true;
+    const settle = () => { const i = this._publishes.indexOf(p); if (i >= 0) this._publishes.splice(i, 1); };
+    this._client._request({ kind: "publish", channel: this._channel, ref: 0, name: p.name, payload: p.payload, key: p.key }, {
+      answer: (f) => {
+        if (f.kind === "ack") { settle(); return p.resolve(f.value); }
+        if (f.code === ErrorCode.RATE_LIMITED && p.tries < PUBLISH_RETRIES) {
+          p.tries += 1;
+          p.sent = false;
+          setTimeout(() => { if (this._live && !p.sent && this._publishes.includes(p)) this._sendPublish(p); }, 100 + backoffDelay(p.tries, 100, 2000));
+          return;
+        }
+        settle();
+        p.reject(errorOf(f));
+      },
+      lost: () => { p.sent = false; }, // sent again on rejoin, with the same key
+    });
+  }
+
+  // ------------------------------------------------------------------ leaving (§7.1)
+
+  leave() { return this._leave(LEAVE_WAIT_MS, true); }
+
+  async _leave(/** @type {number} */ waitMs, /** @type {boolean} */ waitAck) {
+    if (this._ended) return;
+    if (this._live) {
+      let timer;
+      await Promise.race([this.flushed().catch(() => {}), new Promise((r) => { timer = setTimeout(r, waitMs); })]);
+      clearTimeout(timer);
+    }
+    const channel = this._channel;
+    if (channel !== null && this._live) {
+      this._client._channels.delete(channel);
+      if (waitAck) {
+        let timer;
+        await Promise.race([
+          new Promise((r) => this._client._request({ kind: "leave", channel, ref: 0 }, { answer: r, lost: () => r(undefined) })),
+          new Promise((r) => { timer = setTimeout(r, 2000); }),
+        ]);
+        clearTimeout(timer);
+      } else {
+        this._client._send({ kind: "leave", channel, ref: null });
+      }
+    }
+    this._end(this._gone());
+  }
+
+  /** Ends this Room for good: nothing more is sent, everything waiting is told. */
+  _end(/** @type {PlaitError} */ err) {
+    if (this._ended) return;
+    this._ended = true;
+    this._disconnected();
+    clearTimeout(this._rejoinTimer);
+    this.doc.off("update", this._onDocUpdate);
+    if (this._client._rooms.get(this.name) === this) this._client._rooms.delete(this.name);
+    this._rejectJoin(err);
+    for (const p of this._publishes.splice(0)) p.reject(err);
+    const pending = this._unsent.length || this._inflight.size;
+    for (const w of this._flushWaiters.splice(0)) (pending ? w.reject(err) : w.resolve());
+  }
+}

@@ -1,0 +1,446 @@
+// Transports: how frames reach the server. One interface, three implementations:
+// a WebSocket with binary msgpack messages (spec §2), an SSE stream read with fetch and
+// frames POSTed as JSON (§14.2, §14.3), and long-polling with frames POSTed (§14.4).
+//
+// interface Transport {
+//   name: "websocket" | "sse" | "poll";
+//   open(hello): Promise<welcome frame>   // rejects with PlaitError (isClose for close codes)
+//   send(frames): void                   // in order; after open resolved
+//   close(code?): void                   // ends the session; onClose is not called after it
+//   onFrames(frames), onClose({ error })  // set by the client before open()
+//   activity: number                     // performance.now() of the last thing received
+//   pings: boolean                       // whether §5.7 heartbeats apply
+// }
+import { encode, decode, encodeJson, decodeJson, frameFromJson } from "./protocol.js";
+import { PlaitError, closeError } from "./errors.js";
+import { ErrorCode, CloseCode } from "./codes.js";
+
+const now = () => performance.now();
+
+/** The server's base URL in both schemes, path prefix kept, without a trailing slash. */
+export function baseUrls(/** @type {string} */ url) {
+  const u = new URL(url);
+  const path = u.pathname.replace(/\/+$/, "");
+  const secure = u.protocol === "https:" || u.protocol === "wss:";
+  const host = u.host;
+  return {
+    ws: `${secure ? "wss" : "ws"}://${host}${path}/`,
+    http: `${secure ? "https" : "http"}://${host}${path}`,
+  };
+}
+
+/** An error of a refused HTTP request: the body's code (§14) or one from the status. */
+async function httpError(/** @type {Response} */ res, /** @type {string} */ what) {
+  let body = null;
+  try { body = await res.json(); } catch { /* not JSON */ }
+  const text = body && typeof body.error === "string" ? body.error : `${what}: HTTP ${res.status}`;
+  let code = body && typeof body.code === "number" ? body.code : null;
+  if (code === null) {
+    if (res.status === 401) code = ErrorCode.UNAUTHENTICATED;
+    else if (res.status === 403) code = ErrorCode.FORBIDDEN;
+    else if (res.status === 404 || res.status === 410) code = CloseCode.NORMAL;
+    else if (res.status === 413) code = ErrorCode.FRAME_TOO_LARGE;
+    else code = res.status >= 500 ? ErrorCode.SHUTTING_DOWN : ErrorCode.INTERNAL;
+  }
+  // Refusals the handshake closes with (§14.1) act as their close codes (§9).
+  const asClose = { [ErrorCode.UNAUTHENTICATED]: CloseCode.UNAUTHENTICATED, [ErrorCode.UNSUPPORTED_VERSION]: CloseCode.UNSUPPORTED_VERSION,
+    [ErrorCode.TOO_MANY_CONNECTIONS]: CloseCode.TOO_MANY_CONNECTIONS }[code];
+  const err = asClose ? closeError(asClose, text) : new PlaitError(code, text, { isClose: code >= 4000 && code < 5000 && res.status === 410 });
+  /** @type {any} */ (err).status = res.status;
+  return err;
+}
+
+class Base {
+  constructor() {
+    /** @type {(frames: any[]) => void} */ this.onFrames = () => {};
+    /** @type {(info: { error: PlaitError }) => void} */ this.onClose = () => {};
+    this.activity = now();
+    this.closed = false;
+  }
+
+  /** Ends the transport from inside (once), telling the client. */
+  _fail(/** @type {PlaitError} */ error) {
+    if (this.closed) return;
+    this.closed = true;
+    this._teardown();
+    this.onClose({ error });
+  }
+
+  _teardown() {}
+}
+
+export class WebSocketTransport extends Base {
+  /** @param {{ url: string, WebSocket: any }} options */
+  constructor(options) {
+    super();
+    this.name = "websocket";
+    this.pings = true;
+    this.url = baseUrls(options.url).ws;
+    this.WebSocket = options.WebSocket;
+    /** @type {any} */ this.ws = null;
+    this.limits = {};
+  }
+
+  /** @param {object} hello */
+  open(hello) {
+    return new Promise((resolve, reject) => {
+      if (!this.WebSocket) return reject(new PlaitError(0, "no WebSocket implementation (pass options.WebSocket)"));
+      let ws;
+      try {
+        ws = new this.WebSocket(this.url);
+      } catch (err) {
+        return reject(new PlaitError(0, `WebSocket: ${err instanceof Error ? err.message : err}`));
+      }
+      this.ws = ws;
+      ws.binaryType = "arraybuffer";
+      let welcomed = false;
+      /** @type {PlaitError | null} */
+      let handshakeError = null;
+      ws.onopen = () => ws.send(encode(hello));
+      ws.onmessage = (/** @type {any} */ ev) => {
+        this.activity = now();
+        let frames;
+        try {
+          frames = typeof ev.data === "string" ? decodeJson(ev.data) : decode(new Uint8Array(ev.data), this.limits);
+        } catch (err) {
+          const e = err instanceof PlaitError ? err : new PlaitError(ErrorCode.MALFORMED_FRAME, String(err));
+          if (!welcomed) { handshakeError = e; }
+          else this._fail(e);
+          try { ws.close(CloseCode.PROTOCOL_ERROR, "bad frame from the server"); } catch { /* closing */ }
+          return;
+        }
+        if (!welcomed) {
+          const first = /** @type {any} */ (frames[0]);
+          if (first.kind === "welcome") {
+            welcomed = true;
+            this.limits = { maxMessageBytes: first.limits.max_message_bytes || undefined, maxFrames: first.limits.max_frames_per_message || undefined };
+            resolve(first);
+            if (frames.length > 1) this.onFrames(frames.slice(1));
+          } else if (first.kind === "error") {
+            handshakeError = new PlaitError(first.code, first.message);
+          }
+          return;
+        }
+        this.onFrames(frames);
+      };
+      ws.onerror = () => { /* onclose follows */ };
+      ws.onclose = (/** @type {any} */ ev) => {
+        const code = ev.code ?? CloseCode.ABNORMAL;
+        const reason = ev.reason || handshakeError?.reason || "connection closed";
+        const error = code === 1005 || code === 1006
+          ? (handshakeError ?? closeError(CloseCode.ABNORMAL, "the connection dropped"))
+          : closeError(code, reason);
+        if (!welcomed) {
+          this.closed = true;
+          reject(error);
+        } else {
+          this._fail(error);
+        }
+      };
+    });
+  }
+
+  send(/** @type {object[]} */ frames) {
+    if (this.closed || !this.ws || this.ws.readyState !== 1) return;
+    this.ws.send(encode(frames));
+  }
+
+  close(code = CloseCode.NORMAL) {
+    this.closed = true;
+    this._teardown(code);
+  }
+
+  _teardown(code = CloseCode.NORMAL) {
+    const ws = this.ws;
+    if (!ws) return;
+    ws.onmessage = null;
+    ws.onclose = null;
+    try { ws.close(code); } catch { try { ws.close(); } catch { /* gone */ } }
+  }
+}
+
+/** What the HTTP transports share: opening a session (§14.1), POSTing frames (§14.3) in
+ *  order, one request at a time, and DELETE at the end. */
+class HttpSession extends Base {
+  /** @param {{ url: string, fetch: typeof fetch }} options */
+  constructor(options) {
+    super();
+    this.pings = false;
+    this.base = baseUrls(options.url).http;
+    this.fetch = options.fetch;
+    this.session = "";
+    this.key = "";
+    this.position = 0;
+    /** @type {object[]} */ this.outbox = [];
+    this.posting = false;
+    this.abort = new AbortController();
+  }
+
+  _url(/** @type {string} */ tail, /** @type {Record<string, string|number>} */ query = {}) {
+    const q = new URLSearchParams({ key: this.key, ...Object.fromEntries(Object.entries(query).map(([k, v]) => [k, String(v)])) });
+    return `${this.base}/v1/sessions/${encodeURIComponent(this.session)}${tail}?${q}`;
+  }
+
+  async _openSession(/** @type {object} */ hello) {
+    if (!this.fetch) throw new PlaitError(0, "no fetch implementation");
+    let res;
+    try {
+      res = await this.fetch(`${this.base}/v1/sessions`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(hello), signal: this.abort.signal,
+      });
+    } catch (err) {
+      throw closeError(CloseCode.ABNORMAL, `POST /v1/sessions: ${err instanceof Error ? err.message : err}`);
+    }
+    if (res.status !== 201) throw await httpError(res, "POST /v1/sessions");
+    const body = await res.json();
+    this.session = body.session;
+    this.key = body.key;
+    this.position = body.position;
+    const welcome = frameFromJson(body.welcome);
+    this.activity = now();
+    return welcome;
+  }
+
+  send(/** @type {object[]} */ frames) {
+    if (this.closed) return;
+    this.outbox.push(...frames);
+    if (!this.posting) void this._post();
+  }
+
+  async _post() {
+    this.posting = true;
+    try {
+      while (this.outbox.length && !this.closed) {
+        const batch = this.outbox.splice(0, 256);
+        let res;
+        try {
+          res = await this.fetch(this._url("/frames"), {
+            method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(batch), signal: this.abort.signal,
+          });
+        } catch (err) {
+          this._fail(closeError(CloseCode.ABNORMAL, `POST frames: ${err instanceof Error ? err.message : err}`));
+          return;
+        }
+        // The answers also come on the stream or poll, in order with everything else: take them there.
+        if (res.status !== 200) {
+          const e = await httpError(res, "POST frames");
+          if (res.status === 400 || res.status === 413) this._fail(new PlaitError(e.code, e.reason));
+          else if (res.status !== 410) this._fail(closeError(CloseCode.ABNORMAL, e.reason));
+          // 410: the session is ending; the stream or poll says how.
+        } else {
+          try { await res.arrayBuffer(); } catch { /* aborted */ }
+        }
+      }
+    } finally {
+      this.posting = false;
+    }
+  }
+
+  /** Frames numbered by position: takes those past what it has, in order. */
+  _deliver(/** @type {object[]} */ frames) {
+    const fresh = frames.filter((f) => /** @type {any} */ (f).kind !== "welcome");
+    if (fresh.length) this.onFrames(fresh);
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    const url = this._url("");
+    const outbox = this.outbox.splice(0);
+    this._teardown();
+    if (!this.session) return;
+    const f = this.fetch;
+    // Send what is queued, then end the session (close 1000).
+    void (async () => {
+      try {
+        if (outbox.length) await f(url.replace("?", "/frames?"), { method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(outbox) });
+      } catch { /* best effort */ }
+      try { await f(url, { method: "DELETE" }); } catch { /* gone already */ }
+    })();
+  }
+
+  _teardown() {
+    this.abort.abort();
+  }
+}
+
+export class SseTransport extends HttpSession {
+  /** @param {{ url: string, fetch: typeof fetch }} options */
+  constructor(options) {
+    super(options);
+    this.name = "sse";
+    this.lastEventId = "";
+    this.maxResumes = 5;
+  }
+
+  async open(/** @type {object} */ hello) {
+    const welcome = await this._openSession(hello);
+    this.lastEventId = `${this.session}.${this.key}.${this.position}`;
+    void this._streamLoop();
+    return welcome;
+  }
+
+  async _streamLoop() {
+    let failures = 0;
+    while (!this.closed && failures < this.maxResumes) {
+      let res;
+      try {
+        res = await this.fetch(this._url("/events"), {
+          headers: { Accept: "text/event-stream", "Last-Event-ID": this.lastEventId }, signal: this.abort.signal,
+        });
+      } catch {
+        if (this.closed) return;
+        failures += 1;
+        await new Promise((r) => setTimeout(r, 200 * failures));
+        continue;
+      }
+      if (res.status !== 200) {
+        const e = await httpError(res, "GET events");
+        this._fail(res.status === 404 ? closeError(CloseCode.ABNORMAL, "the session ended") : e);
+        return;
+      }
+      failures = 0;
+      const ended = await this._read(/** @type {ReadableStream<Uint8Array>} */ (res.body));
+      if (ended) return;
+      // The stream broke: resume after the last position (Last-Event-ID, §14.2).
+      failures += 1;
+    }
+    this._fail(closeError(CloseCode.ABNORMAL, "the event stream broke"));
+  }
+
+  /** Reads one stream; true when the session ended (or this transport closed). */
+  async _read(/** @type {ReadableStream<Uint8Array>} */ body) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    /** @type {{ id: string | null, event: string, data: string[] }} */
+    let ev = { id: null, event: "message", data: [] };
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return this.closed;
+        this.activity = now();
+        buffer += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buffer.search(/\r\n|\r|\n/)) >= 0) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + (buffer.startsWith("\r\n", nl) ? 2 : 1));
+          if (line === "") {
+            if (ev.data.length && this._dispatch(ev)) return true;
+            ev = { id: null, event: "message", data: [] };
+            continue;
+          }
+          if (line.startsWith(":")) continue;
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let val = colon < 0 ? "" : line.slice(colon + 1);
+          if (val.startsWith(" ")) val = val.slice(1);
+          if (field === "data") ev.data.push(val);
+          else if (field === "event") ev.event = val;
+          else if (field === "id") ev.id = val;
+        }
+      }
+    } catch {
+      return this.closed;
+    } finally {
+      try { reader.releaseLock(); } catch { /* fine */ }
+    }
+  }
+
+  /** One event; true when it ended the session. */
+  _dispatch(/** @type {{ id: string | null, event: string, data: string[] }} */ ev) {
+    const data = ev.data.join("\n");
+    if (ev.id === null) {
+      let body;
+      try { body = JSON.parse(data); } catch { return false; }
+      if (ev.event === "close") {
+        const code = typeof body.code === "number" ? body.code : CloseCode.ABNORMAL;
+        this._fail(closeError(code, body.reason || (body.code === null ? "another consumer took the session over" : "closed")));
+        return true;
+      }
+      if (ev.event === "resumed" && body.complete === false) {
+        // Frames were lost: re-sync as after a reconnect (§14.2) with a new session.
+        this._fail(closeError(CloseCode.ABNORMAL, "the session's stream could not resume completely"));
+        return true;
+      }
+      return false;
+    }
+    const position = Number(ev.id.split(".").pop());
+    if (Number.isFinite(position) && position <= this.position) return false;
+    let frames;
+    try {
+      frames = decodeJson(data);
+    } catch (err) {
+      this._fail(err instanceof PlaitError ? err : new PlaitError(ErrorCode.MALFORMED_FRAME, String(err)));
+      return true;
+    }
+    if (Number.isFinite(position)) this.position = position;
+    this.lastEventId = ev.id;
+    this._deliver(frames);
+    return this.closed;
+  }
+}
+
+export class PollTransport extends HttpSession {
+  /** @param {{ url: string, fetch: typeof fetch, pollTimeoutS?: number }} options */
+  constructor(options) {
+    super(options);
+    this.name = "poll";
+    this.timeoutS = options.pollTimeoutS ?? 25;
+  }
+
+  async open(/** @type {object} */ hello) {
+    const welcome = await this._openSession(hello);
+    void this._pollLoop();
+    return welcome;
+  }
+
+  async _pollLoop() {
+    let failures = 0;
+    while (!this.closed) {
+      let res;
+      try {
+        res = await this.fetch(this._url("/poll", { after: this.position, timeout: this.timeoutS }), { signal: this.abort.signal });
+      } catch {
+        if (this.closed) return;
+        failures += 1;
+        if (failures >= 3) return this._fail(closeError(CloseCode.ABNORMAL, "polling failed"));
+        await new Promise((r) => setTimeout(r, 200 * failures));
+        continue;
+      }
+      if (res.status !== 200) {
+        const e = await httpError(res, "GET poll");
+        return this._fail(res.status === 404 ? closeError(CloseCode.ABNORMAL, "the session ended") : e);
+      }
+      let body;
+      try { body = await res.json(); } catch {
+        if (this.closed) return;
+        failures += 1;
+        continue;
+      }
+      failures = 0;
+      this.activity = now();
+      if (body.complete === false) return this._fail(closeError(CloseCode.ABNORMAL, "the poll could not resume completely"));
+      let frames;
+      try {
+        frames = (body.frames || []).map(frameFromJson);
+      } catch (err) {
+        return this._fail(err instanceof PlaitError ? err : new PlaitError(ErrorCode.MALFORMED_FRAME, String(err)));
+      }
+      this.position = body.position;
+      this._deliver(frames);
+      if (this.closed) return;
+      if (body.closed) {
+        return this._fail(closeError(typeof body.closed.code === "number" ? body.closed.code : CloseCode.ABNORMAL, body.closed.reason || "closed"));
+      }
+    }
+  }
+}
+
+/** @param {"websocket"|"sse"|"poll"} name @param {any} options */
+export function makeTransport(name, options) {
+  if (name === "websocket") return new WebSocketTransport(options);
+  if (name === "sse") return new SseTransport(options);
+  if (name === "poll") return new PollTransport(options);
+  throw new PlaitError(ErrorCode.INVALID_FIELD, `unknown transport ${JSON.stringify(name)}`);
+}
