@@ -89,12 +89,18 @@ renderStatus();
 
 // ---------------------------------------------------------------------------------- presence
 
+/** A session's name: the page's `user.name`, a y-websocket client's awareness `name`, or the
+ *  name the server's authentication gave (a JWT's `name`). */
+function entryName(entry) {
+  return cleanName(entry.state?.user?.name) || cleanName(entry.state?.name) || cleanName(entry.identity?.name);
+}
+
 function userName(user) {
   for (const entry of user.sessions) {
-    const name = cleanName(entry.state?.user?.name);
+    const name = entryName(entry);
     if (name) return name;
   }
-  return cleanName(user.identity?.name) || "Anonymous";
+  return "Anonymous";
 }
 
 function userColor(user) {
@@ -145,7 +151,7 @@ function renderTyping(room, sessions) {
   for (const session of sessions) {
     const entry = entries.get(session);
     if (!entry) continue;
-    names.set(entry.identity.id, cleanName(entry.state?.user?.name) || "Someone");
+    names.set(entry.identity.id, entryName(entry) || "Someone");
   }
   const list = [...names.values()];
   let text = "";

@@ -20,7 +20,6 @@ export class RoomAwareness {
   constructor(room, ownSession) {
     this.room = room;
     this.doc = room.doc;
-    this.clientID = room.doc.clientID;
     this._ownSession = ownSession;
     /** @type {Record<string, unknown> | null} */
     this._local = {};
@@ -35,6 +34,12 @@ export class RoomAwareness {
       room.on("cursors", () => this._refresh()),
     ];
     this._refresh();
+  }
+
+  /** The document's client id, which Yjs changes when it sees it in an update from elsewhere;
+   *  y-codemirror.next compares `doc.clientID` with the keys of getStates(). */
+  get clientID() {
+    return this.doc.clientID;
   }
 
   getLocalState() {
@@ -144,7 +149,8 @@ function cursorToJSON(cursor) {
   if (cursor == null || typeof cursor !== "object") return null;
   const { anchor, head } = /** @type {any} */ (cursor);
   if (anchor == null || head == null) return null;
-  const json = (position) => (position instanceof Y.RelativePosition ? Y.relativePositionToJSON(position) : position);
+  // Plain data only (Y.ID is a class): what the SDK sends must be a Plait value (§3).
+  const json = (position) => JSON.parse(JSON.stringify(position instanceof Y.RelativePosition ? Y.relativePositionToJSON(position) : position));
   return { anchor: json(anchor), head: json(head) };
 }
 
