@@ -340,6 +340,7 @@ function startEditor(room, awareness) {
   const undoManager = new Y.UndoManager(ytext);
   const view = new EditorView({
     parent: $("editor"),
+    doc: ytext.toString(), // y-codemirror.next binds from here on: the editor starts with the text as it is
     extensions: [
       keymap.of(yUndoManagerKeymap),
       minimalSetup,
