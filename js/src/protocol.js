@@ -112,7 +112,7 @@ export function checkValue(/** @type {unknown} */ value, depth = 0, /** @type {s
  *  @returns {unknown} the field in object form (decode) or array form (encode) */
 function convertField(/** @type {any} */ value, /** @type {string} */ type, /** @type {boolean} */ optional, /** @type {string} */ where, /** @type {"decode"|"encode"} */ dir, /** @type {"array"|"object"} */ recordForm) {
   if (value === null || value === undefined) {
-    if (optional) return null;
+    if (optional || (type === "v" && value === null)) return null;
     throw invalid(`${where} must not be nil`);
   }
   if (type.startsWith("[")) {

@@ -68,6 +68,7 @@ export class Room {
     /** @type {any[]} */ this._publishes = [];
     /** @type {any} */ this._rejoinTimer = null;
     /** @type {Map<string, Set<Function>>} */ this._listeners = new Map();
+    /** @type {[string, unknown][] | null} */ this._held = [];
     /** @type {(u: Uint8Array, origin: unknown) => void} */
     this._onDocUpdate = (update, origin) => {
       if (origin === this._origin || this._ended) return;
@@ -97,6 +98,9 @@ export class Room {
   }
 
   _emit(/** @type {string} */ type, /** @type {unknown} */ value) {
+    // What the first join brings (replayed events, presence, ...) is held until the caller of
+    // join() could add its listeners: the turn after the join resolved.
+    if (this._held) { this._held.push([type, value]); return; }
     for (const l of [...(this._listeners.get(type) ?? [])]) {
       try { l(value); } catch (err) { queueMicrotask(() => { throw err; }); }
     }
@@ -191,7 +195,14 @@ export class Room {
         Y.applyUpdate(this.doc, f.update, this._origin);
         if (!this.synced) this.synced = true;
         this._emit("synced", undefined);
-        this._resolveJoin(this);
+        if (this._held) {
+          this._resolveJoin(this);
+          setTimeout(() => {
+            const held = this._held ?? [];
+            this._held = null;
+            for (const [type, value] of held) this._emit(type, value);
+          }, 0);
+        }
         return;
       case "update":
         Y.applyUpdate(this.doc, f.update, this._origin);

@@ -1,0 +1,90 @@
+// Each transport alone, the fallback when upgrades are refused, and the upgrade back.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startServer, connect, until, next } from "./server.mjs";
+import { startProxy } from "./proxy.mjs";
+
+let server, proxy;
+before(async () => { server = await startServer(); proxy = await startProxy(server.port); });
+after(async () => { await proxy.close(); await server.stop(); });
+
+for (const transport of ["sse", "poll"]) {
+  test(`${transport} alone: join, sync both ways, presence, events, cursors, typing`, async (t) => {
+    const a = connect(t, server.url, { transports: [transport] });
+    const b = connect(t, server.url);
+    const room = `only-${transport}`;
+    const ra = await a.join(room);
+    assert.equal(a.transport, transport);
+    const rb = await b.join(room);
+    ra.doc.getText("t").insert(0, "from http");
+    await ra.flushed();
+    await until(() => rb.doc.getText("t").toString() === "from http", 5000, "a's edit at b");
+    rb.doc.getText("t").insert(0, "ws: ");
+    await until(() => ra.doc.getText("t").toString() === "ws: from http", 5000, "b's edit at a");
+    const got = next(rb, "event");
+    assert.equal(await ra.publish("chat", { via: transport }), 1);
+    assert.deepEqual((await got).payload, { via: transport });
+    const atA = next(ra, "event");
+    await rb.publish("chat", "back");
+    assert.equal((await atA).payload, "back");
+    ra.setPresence({ name: transport });
+    await until(() => rb.presence().some((e) => e.state.name === transport), 5000, "presence over http");
+    ra.moveCursor(3);
+    await until(() => rb.cursors().get(a.session) === 3, 5000, "cursor over http");
+    rb.setTyping(true);
+    await until(() => ra.typing().includes(b.session), 5000, "typing seen over http");
+    await ra.leave();
+    await until(() => !rb.presence().some((e) => e.session === a.session), 5000, "left");
+  });
+
+  test(`${transport}: a cut is survived, offline edits and events arrive`, async (t) => {
+    const a = connect(t, proxy.url, { transports: [transport] });
+    const b = connect(t, server.url);
+    const room = `cut-${transport}`;
+    const ra = await a.join(room);
+    const rb = await b.join(room);
+    proxy.refuse(true);
+    proxy.cut();
+    ra.doc.getText("t").insert(0, "offline");
+    const p = ra.publish("chat", "queued");
+    await rb.publish("chat", "missed");
+    await new Promise((r) => setTimeout(r, 300));
+    proxy.refuse(false);
+    assert.equal(await p, 2);
+    await ra.flushed();
+    await until(() => rb.doc.getText("t").toString() === "offline", 8000, "the offline edit");
+    await until(() => ra.lastSeq === 2, 8000, "both events at a");
+  });
+}
+
+test("fallback: upgrades refused → sse after fallbackAfter failures; upgrade back once they work", async (t) => {
+  proxy.refuseUpgrades(true);
+  const transports = [];
+  const a = connect(t, proxy.url, { fallbackAfter: 2, upgradeAfterMs: 400 });
+  a.on("state", (c) => transports.push([c.state, c.transport]));
+  const ra = await a.join("fallback");
+  assert.equal(a.transport, "sse");
+  assert.ok(proxy.state.upgradesRefused >= 2);
+  assert.ok(transports.some(([s, tr]) => s === "open" && tr === "sse"));
+  ra.doc.getText("t").insert(0, "over sse");
+  await ra.flushed();
+  proxy.refuseUpgrades(false);
+  await until(() => a.transport === "websocket" && a.state === "open", 5000, "the upgrade back");
+  assert.ok(transports.some(([s, tr]) => s === "open" && tr === "websocket"));
+  ra.doc.getText("t").insert(8, " then ws");
+  await ra.flushed();
+  const b = connect(t, server.url);
+  const rb = await b.join("fallback");
+  assert.equal(rb.doc.getText("t").toString(), "over sse then ws");
+  assert.equal(await ra.publish("e", 1), 1);
+});
+
+test("poll is the last resort", async (t) => {
+  proxy.refuseUpgrades(true);
+  t.after(() => proxy.refuseUpgrades(false));
+  const a = connect(t, `http://127.0.0.1:1`, { fallbackAfter: 1, transports: ["websocket", "poll"] });
+  await until(() => a._tIndex === 1, 5000, "the client on poll");
+  const b = connect(t, proxy.url, { fallbackAfter: 1, transports: ["websocket", "poll"], upgradeAfterMs: 60000 });
+  await b.join("poll-fallback");
+  assert.equal(b.transport, "poll");
+});
