@@ -67,8 +67,8 @@ function me() {
 
 function describeError(error) {
   if (!error) return "";
-  const code = error.codeName ? `${error.codeName}: ` : "";
-  return code + (error.message || String(error));
+  const message = error.message || String(error);
+  return error.codeName && !message.startsWith(error.codeName) ? `${error.codeName}: ${message}` : message;
 }
 
 function renderStatus() {
