@@ -124,7 +124,7 @@ def test_two_users_edit_together_and_see_cursor_presence_typing_and_chat(server:
     assert ana.text() == bo.text()
 
     # Bo's cursor, labelled with his name, in Ana's editor (y-codemirror.next's caret).
-    ana.page.locator(".cm-ySelectionInfo", has_text="Bo").wait_for(state="attached")
+    ana.page.locator(".cm-ySelectionInfo", has_text="Bo").wait_for(state="visible")
 
     # Presence: both, each once; Bo's second tab is one user with two sessions.
     ana.wait_people("Ana (you)", "Bo")
@@ -175,7 +175,7 @@ def _takes_part_fully(newcomer: Demo, ana: Demo, name: str) -> None:
     newcomer.wait_chat(f"hi {name}")
     newcomer.vote("Tacos")
     ana.wait_counts(Tacos=1)
-    ana.page.locator(".cm-ySelectionInfo", has_text=name).wait_for(state="attached")
+    ana.page.locator(".cm-ySelectionInfo", has_text=name).wait_for(state="visible")
 
 
 def test_without_websockets_the_page_falls_back_to_sse_and_takes_part(server: Server, contexts: Contexts) -> None:
