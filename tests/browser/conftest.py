@@ -126,7 +126,7 @@ class Contexts:
     opened: list[Any] = field(default_factory=list)
 
     def new(self, **options: Any) -> Any:
-        context = self.browser.new_context(viewport={"width": 900, "height": 720}, **options)
+        context = self.browser.new_context(**{"viewport": {"width": 900, "height": 720}, **options})
         context.set_default_timeout(WAIT_MS)
         self.opened.append(context)
         return context

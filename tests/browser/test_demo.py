@@ -294,3 +294,52 @@ def test_a_browser_a_python_client_and_a_yjs_editor_share_the_document_and_prese
     assert seen_by_python["text"] == seen_by_yjs["text"] == browser.text()
     assert set(seen_by_python["names"]) == {"Web", "Yjs"}
     assert {"Web", "Py"} <= {str((state.get("user") or {}).get("name") or state.get("name")) for state in seen_by_yjs["others"]}
+
+
+def test_a_failed_message_is_marked_and_its_retry_reuses_the_idempotency_key(server: Server, contexts: Contexts) -> None:
+    room = room_name()
+    ana = Demo.open(contexts.new(), server, room, "Ana")
+    bo = Demo.open(contexts.new(), server, room, "Bo")
+    # The first publish is refused as the SDK would refuse it after its own retries; the keys
+    # of every publish are kept to compare.
+    ana.page.evaluate(
+        """() => {
+             const room = window.plait.room, real = room.publish.bind(room);
+             window.keys = []; let refuse = true;
+             room.publish = (name, payload, options) => {
+               window.keys.push(options && options.key);
+               if (refuse) {
+                 refuse = false;
+                 const error = Object.assign(new Error('RATE_LIMITED (2004): too many events'), { codeName: 'RATE_LIMITED' });
+                 return Promise.reject(error);
+               }
+               return real(name, payload, options);
+             };
+           }"""
+    )
+    ana.say("second time lucky")
+    failed = ana.page.locator("#chat-log li.msg[data-status=failed]", has_text="second time lucky")
+    failed.wait_for()
+    assert "RATE_LIMITED" in failed.inner_text()
+    failed.get_by_role("button", name="Retry").click()
+    ana.wait_chat("second time lucky")
+    bo.wait_chat("second time lucky")
+    keys = ana.page.evaluate("window.keys")
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0]
+    assert len(bo.chat_events("second time lucky")) == 1
+
+
+def test_the_page_fits_a_375_pixel_screen_and_labels_its_controls(server: Server, contexts: Contexts) -> None:
+    phone = Demo.open(contexts.new(viewport={"width": 375, "height": 700}), server, room_name(), "Ana")
+    assert phone.page.evaluate("document.documentElement.scrollWidth") <= 375
+    for control in ("#name", "#chat-input"):
+        label = phone.page.evaluate(f"document.querySelector('{control}').labels[0].textContent")
+        assert label.strip()
+    for live in ("#status", "#chat-log", "#typing"):
+        assert phone.page.get_attribute(live, "aria-live") == "polite"
+    assert phone.page.get_attribute(".cm-content", "aria-label") == "Shared document"
+    phone.type("small screen")
+    phone.say("from a phone")
+    phone.wait_chat("from a phone")
+    assert phone.page.locator("#chat-input").bounding_box()["x"] >= 0
+    assert phone.page.evaluate("document.documentElement.scrollWidth") <= 375
