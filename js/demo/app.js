@@ -279,7 +279,15 @@ const votes = new Map();
 let myVote = null;
 let pollHistoryIncomplete = false;
 
+let votesEpoch = null;
+
 function receiveVote(event) {
+  // Another history (a server restarted on a memory store, a deleted room's): its seqs start
+  // again, and what was counted from the old one is stale (spec/protocol.md §7).
+  if (plait.room.epoch !== votesEpoch) {
+    if (votesEpoch !== null) votes.clear();
+    votesEpoch = plait.room.epoch;
+  }
   const option = event.payload?.option;
   if (!POLL.includes(option)) return;
   const voter = event.user ?? event.session ?? `event-${event.seq}`;
