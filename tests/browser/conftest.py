@@ -100,8 +100,10 @@ def server() -> Iterator[Server]:
         stop_plait_serve(served.process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one module: Playwright's sync API leaves its asyncio loop marked running in
+    this thread until it stops, which a later test's `asyncio.run` would refuse."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
     from playwright.sync_api import sync_playwright
