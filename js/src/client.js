@@ -73,7 +73,7 @@ export class PlaitClient {
     /** @type {Map<string, Room>} */ this._rooms = new Map();
     /** @type {Map<number, Room>} */ this._channels = new Map();
     /** @type {Set<(c: any) => void>} */ this._stateListeners = new Set();
-    /** @type {object[]} */ this._outq = [];
+    /** @type {any[]} */ this._outq = [];
     this._flushScheduled = false;
     this._lastSent = now();
     this._nonce = 0;
@@ -121,11 +121,11 @@ export class PlaitClient {
   whenOpen() {
     if (this._state === "open") return Promise.resolve();
     if (this._state === "closed") return Promise.reject(this._closedError());
-    return new Promise((resolve, reject) => {
+    return /** @type {Promise<void>} */ (new Promise((resolve, reject) => {
       const off = this.on("state", (c) => {
         if (c.state === "open") { off(); resolve(); } else if (c.state === "closed") { off(); reject(this._closedError()); }
       });
-    });
+    }));
   }
 
   async close() {
@@ -199,8 +199,12 @@ export class PlaitClient {
     }
   }
 
+  /** Whether close() or a final close code ended the client (a method, so that checks
+   *  after an await are not narrowed away). */
+  _isClosed() { return this._state === "closed"; }
+
   async _run() {
-    while (this._state !== "closed") {
+    while (!this._isClosed()) {
       if (this._isOffline()) {
         this._conn = null;
         this._setState("offline");
@@ -212,7 +216,7 @@ export class PlaitClient {
       try {
         opened = await this._openTransport(name);
       } catch (err) {
-        if (this._state === "closed") return;
+        if (this._isClosed()) return;
         const error = asPlaitError(err);
         this._lastError = error;
         if (isFinal(error)) { this._finish(error); return; }
@@ -224,14 +228,14 @@ export class PlaitClient {
         await this._backoff();
         continue;
       }
-      if (this._state === "closed") { opened.transport.close(); return; }
+      if (this._isClosed()) { opened.transport.close(); return; }
       this._fails = 0;
       const openedAt = now();
       /** @type {Promise<PlaitError>} */
       const ended = new Promise((resolve) => { this._dropped = resolve; });
       this._adopt(opened.transport, opened.welcome);
       const error = await ended;
-      if (this._state === "closed") return;
+      if (this._isClosed()) return;
       this._lastError = error;
       if (isFinal(error)) { this._finish(error); return; }
       if (now() - openedAt >= RESET_AFTER_MS) this._attempt = 0;
@@ -255,12 +259,14 @@ export class PlaitClient {
     this._session = welcome.session;
     this._transportName = transport.name;
     this._lastSent = now();
-    transport.onFrames = (/** @type {any[]} */ frames) => { if (this._conn === transport) this._receive(frames); };
-    transport.onClose = (/** @type {{ error: PlaitError }} */ info) => this._drop(transport, info.error);
     this._startHeartbeat(transport, welcome.heartbeat_ms);
     this._scheduleUpgrade();
     this._setState("open", { attempt: 0, delayMs: null });
     for (const room of this._rooms.values()) room._join();
+    transport.attach(
+      (/** @type {any[]} */ frames) => { if (this._conn === transport) this._receive(frames); },
+      (/** @type {{ error: PlaitError }} */ info) => this._drop(transport, info.error),
+    );
   }
 
   /** The connection `transport` ended (or is given up): everything in flight is lost. */

@@ -10,6 +10,10 @@ import { encode as mpEncode, decodeMulti as mpDecodeMulti } from "@msgpack/msgpa
 import { PlaitError } from "./errors.js";
 import { ErrorCode } from "./codes.js";
 
+// The code tables (§8, §9) live in codes.js, shared with errors.js; the wire format's users
+// find them here too.
+export { ErrorCode, CloseCode, FINAL_CLOSES } from "./codes.js";
+
 // Field types: u = unsigned integer (≤ 2^53-1), s = string, b = binary, B = bool,
 // m = map, v = value (§3.3), [T] = array of T, Name = a record below; "?" = may be nil.
 const RECORDS = {
@@ -277,7 +281,8 @@ export function fromBase64(text) {
   return out;
 }
 
-/** A value in its JSON form: binary as {"$b"}, a map with a "$" key as {"$map"}. */
+/** A value in its JSON form: binary as {"$b"}, a map with a "$" key as {"$map"}.
+ *  @returns {any} */
 function valueToJson(/** @type {any} */ v) {
   if (v instanceof Uint8Array) return { $b: toBase64(v) };
   if (Array.isArray(v)) return v.map(valueToJson);
@@ -289,9 +294,10 @@ function valueToJson(/** @type {any} */ v) {
   return v;
 }
 
+/** @returns {any} */
 function valueFromJson(/** @type {any} */ v, depth = 0) {
   if (depth > MAX_DEPTH + 8) throw new PlaitError(ErrorCode.TOO_DEEP, "nested too deep");
-  if (Array.isArray(v)) return v.map((x) => valueFromJson(x, depth + 1));
+  if (Array.isArray(v)) return v.map((/** @type {any} */ x) => /** @type {any} */ (valueFromJson(x, depth + 1)));
   if (v !== null && typeof v === "object") {
     const keys = Object.keys(v);
     if (keys.length === 1 && keys[0] === "$b") return fromBase64(v.$b);

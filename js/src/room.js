@@ -46,6 +46,7 @@ export class Room {
     this._sinceGiven = options.since !== undefined;
     this._joinedOnce = false;
     /** @type {number | null} */ this._channel = null;
+    this._joining = false;
     this._live = false;
     this._ended = false;
     this._origin = Symbol(`plait:${name}`);
@@ -69,6 +70,7 @@ export class Room {
     /** @type {any} */ this._rejoinTimer = null;
     /** @type {Map<string, Set<Function>>} */ this._listeners = new Map();
     /** @type {[string, unknown][] | null} */ this._held = [];
+    /** @type {PlaitError | null} */ this._endError = null;
     /** @type {(u: Uint8Array, origin: unknown) => void} */
     this._onDocUpdate = (update, origin) => {
       if (origin === this._origin || this._ended) return;
@@ -106,20 +108,25 @@ export class Room {
     }
   }
 
+  /** The error of calls on a Room that ended: why it ended (ROOM_DELETED, FORBIDDEN, ...). */
   _gone() {
-    return new PlaitError(0, `room ${JSON.stringify(this.name)} was left or closed`);
+    return this._endError ?? new PlaitError(0, `room ${JSON.stringify(this.name)} was left or closed`);
   }
 
   // ------------------------------------------------------------------ join and rejoin (§5.2, §7)
 
   _join() {
-    if (this._ended || this._channel !== null) return;
+    if (this._ended || this._channel !== null || this._joining) return;
+    this._joining = true;
     const since = this._joinedOnce || this._sinceGiven ? this.lastSeq : null;
     const frame = {
       kind: "join", room: this.name, state_vector: Y.encodeStateVector(this.doc),
       since, epoch: since === null ? null : this.epoch,
     };
-    this._client._request(frame, { answer: (f) => this._onJoinAnswer(f, since), lost: () => {} });
+    this._client._request(frame, {
+      answer: (f) => { this._joining = false; this._onJoinAnswer(f, since); },
+      lost: () => { this._joining = false; }, // joined again when the connection is back
+    });
   }
 
   _onJoinAnswer(/** @type {any} */ f, /** @type {number | null} */ since) {
@@ -146,6 +153,7 @@ export class Room {
     }
     this.epoch = f.epoch;
     this._joinedOnce = true;
+    this.synced = false; // until this join's sync_step2
     this._pacer = new Pacer(this._client.limits?.updates_per_second ?? 0, nowS());
     // Stale cursors and typing of the last connection: the server sends them afresh.
     if (this._cursors.size) { this._cursors.clear(); this._emit("cursors", new Map()); }
@@ -193,7 +201,7 @@ export class Room {
       }
       case "sync_step2":
         Y.applyUpdate(this.doc, f.update, this._origin);
-        if (!this.synced) this.synced = true;
+        this.synced = true;
         this._emit("synced", undefined);
         if (this._held) {
           this._resolveJoin(this);
@@ -282,6 +290,13 @@ export class Room {
   }
 
   _sendUpdate(/** @type {"update"|"sync_step2"} */ kind, /** @type {Uint8Array} */ update) {
+    const max = this._client.limits?.max_message_bytes;
+    if (max && update.length + 64 > max) {
+      // Splitting an update into pieces (§3.2) is not implemented: refuse it here rather
+      // than be closed with 1009 for it (a close the client could not retry).
+      if (kind === "sync_step2") this._client._send({ kind, channel: this._channel, ref: null, update: Y.encodeStateAsUpdate(new Y.Doc()) });
+      return this._refuse(new PlaitError(ErrorCode.FRAME_TOO_LARGE, `a document update of ${update.length} bytes does not fit in a message (max_message_bytes ${max}); this SDK does not split updates yet`));
+    }
     const frame = { kind, channel: this._channel, ref: null, update };
     const ref = this._client._request(frame, {
       answer: (f) => {
@@ -514,6 +529,7 @@ export class Room {
   _end(/** @type {PlaitError} */ err) {
     if (this._ended) return;
     this._ended = true;
+    this._endError = err;
     this._disconnected();
     clearTimeout(this._rejoinTimer);
     this.doc.off("update", this._onDocUpdate);

@@ -52,10 +52,22 @@ async function httpError(/** @type {Response} */ res, /** @type {string} */ what
 
 class Base {
   constructor() {
-    /** @type {(frames: any[]) => void} */ this.onFrames = () => {};
-    /** @type {(info: { error: PlaitError }) => void} */ this.onClose = () => {};
+    // Until the client attaches, what arrives right after the welcome waits here.
+    /** @type {any[]} */ this._early = [];
+    /** @type {{ error: PlaitError } | null} */ this._earlyClose = null;
+    /** @type {(frames: any[]) => void} */ this.onFrames = (frames) => { this._early.push(...frames); };
+    /** @type {(info: { error: PlaitError }) => void} */ this.onClose = (info) => { this._earlyClose = info; };
     this.activity = now();
     this.closed = false;
+  }
+
+  /** Takes over delivery: frames that came early first, then a close that came early. */
+  attach(/** @type {(frames: any[]) => void} */ onFrames, /** @type {(info: { error: PlaitError }) => void} */ onClose) {
+    this.onFrames = onFrames;
+    this.onClose = onClose;
+    const early = this._early.splice(0);
+    if (early.length) onFrames(early);
+    if (this._earlyClose) onClose(this._earlyClose);
   }
 
   /** Ends the transport from inside (once), telling the client. */
@@ -173,6 +185,7 @@ class HttpSession extends Base {
     this.position = 0;
     /** @type {object[]} */ this.outbox = [];
     this.posting = false;
+    /** @type {Promise<void> | null} */ this._posted = null;
     this.abort = new AbortController();
   }
 
@@ -204,7 +217,7 @@ class HttpSession extends Base {
   send(/** @type {object[]} */ frames) {
     if (this.closed) return;
     this.outbox.push(...frames);
-    if (!this.posting) void this._post();
+    if (!this.posting) this._posted = this._post();
   }
 
   async _post() {
@@ -212,14 +225,25 @@ class HttpSession extends Base {
     try {
       while (this.outbox.length && !this.closed) {
         const batch = this.outbox.splice(0, 256);
+        // A POST cut off may or may not have been read: sending it again is safe, since every
+        // frame the SDK sends is idempotent (updates are CRDT merges, publishes carry keys,
+        // a request answered twice is settled by the first answer) and answers come on the
+        // stream or poll.
+        const body = encodeJson(batch);
         let res;
-        try {
-          res = await this.fetch(this._url("/frames"), {
-            method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(batch), signal: this.abort.signal,
-          });
-        } catch (err) {
-          this._fail(closeError(CloseCode.ABNORMAL, `POST frames: ${err instanceof Error ? err.message : err}`));
-          return;
+        for (let attempt = 1; ; attempt++) {
+          try {
+            // Not aborted by close(): a last edit or leave must reach the server (§7.1).
+            res = await this.fetch(this._url("/frames"), { method: "POST", headers: { "Content-Type": "application/json" }, body });
+            break;
+          } catch (err) {
+            if (this.closed) return;
+            if (attempt >= 4) {
+              this._fail(closeError(CloseCode.ABNORMAL, `POST frames: ${err instanceof Error ? err.message : err}`));
+              return;
+            }
+            await new Promise((r) => setTimeout(r, 150 * attempt));
+          }
         }
         // The answers also come on the stream or poll, in order with everything else: take them there.
         if (res.status !== 200) {
@@ -250,8 +274,10 @@ class HttpSession extends Base {
     this._teardown();
     if (!this.session) return;
     const f = this.fetch;
-    // Send what is queued, then end the session (close 1000).
+    const posted = this._posted;
+    // Send what is queued, after the POST in flight, then end the session (close 1000).
     void (async () => {
+      try { await posted; } catch { /* reported already */ }
       try {
         if (outbox.length) await f(url.replace("?", "/frames?"), { method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(outbox) });
       } catch { /* best effort */ }

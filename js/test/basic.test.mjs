@@ -51,3 +51,33 @@ test("bad input is refused locally with PlaitError", async (t) => {
   assert.throws(() => r.setPresence({ big: "x".repeat(70000) }), (e) => e instanceof PlaitError && e.codeName === "PRESENCE_TOO_LARGE");
   await assert.rejects(a.join("bad\u0001name"), (e) => e instanceof PlaitError && e.codeName === "INVALID_ROOM_NAME");
 });
+
+test("close() sends what is queued first: a last edit is not lost to the close", async (t) => {
+  const a = connect(t, server.url);
+  const b = connect(t, server.url);
+  const ra = await a.join("last-edit");
+  const rb = await b.join("last-edit");
+  ra.doc.getText("t").insert(0, "the last word");
+  await a.close();
+  assert.equal(a.state, "closed");
+  await until(() => rb.doc.getText("t").toString() === "the last word", 5000, "the last edit");
+  await assert.rejects(a.join("last-edit"), PlaitError);
+});
+
+test("leave(): the membership ends; later calls are refused and nothing more is sent", async (t) => {
+  const a = connect(t, server.url);
+  const b = connect(t, server.url);
+  const ra = await a.join("leaving");
+  const rb = await b.join("leaving");
+  ra.doc.getText("t").insert(0, "before");
+  await ra.leave();
+  await until(() => rb.presence().length === 1, 5000, "a gone from presence");
+  assert.equal(rb.doc.getText("t").toString(), "before");
+  ra.doc.getText("t").insert(0, "after leaving ");
+  await assert.rejects(ra.publish("x", 1), PlaitError);
+  assert.throws(() => ra.setPresence({}), PlaitError);
+  const again = await a.join("leaving");
+  assert.notEqual(again, ra, "a join after leave() is a new Room");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(rb.doc.getText("t").toString(), "before", "the change after leave() was not sent");
+});

@@ -47,7 +47,9 @@ export async function startServer(args = [], opts = {}) {
     /** Stops it (SIGTERM, or SIGKILL for a crash) and waits for the process to end. */
     async stop(signal = "SIGTERM") {
       if (child.exitCode === null && child.signalCode === null) process.kill(/** @type {number} */ (child.pid), signal);
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
+      let timer;
+      await Promise.race([exited, new Promise((r) => { timer = setTimeout(r, 10000); })]);
+      clearTimeout(timer);
     },
   };
 }

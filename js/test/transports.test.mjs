@@ -37,6 +37,17 @@ for (const transport of ["sse", "poll"]) {
     await until(() => !rb.presence().some((e) => e.session === a.session), 5000, "left");
   });
 
+  test(`${transport}: close() sends a last edit before ending the session`, async (t) => {
+    const a = connect(t, server.url, { transports: [transport] });
+    const b = connect(t, server.url);
+    const ra = await a.join(`last-${transport}`);
+    const rb = await b.join(`last-${transport}`);
+    ra.doc.getText("t").insert(0, "last");
+    await a.close();
+    await until(() => rb.doc.getText("t").toString() === "last", 5000, "the last edit");
+    await until(() => rb.presence().length === 1, 5000, "a's session ended");
+  });
+
   test(`${transport}: a cut is survived, offline edits and events arrive`, async (t) => {
     const a = connect(t, proxy.url, { transports: [transport] });
     const b = connect(t, server.url);
@@ -56,6 +67,25 @@ for (const transport of ["sse", "poll"]) {
     await until(() => ra.lastSeq === 2, 8000, "both events at a");
   });
 }
+
+test("sse: a broken stream resumes with Last-Event-ID in the same session, nothing missed", async (t) => {
+  const a = connect(t, proxy.url, { transports: ["sse"] });
+  const b = connect(t, server.url);
+  const ra = await a.join("sse-resume");
+  const rb = await b.join("sse-resume");
+  const session = a.session;
+  const got = [];
+  ra.on("event", (e) => got.push(e.payload));
+  proxy.cut();
+  await rb.publish("n", 1);
+  rb.doc.getText("t").insert(0, "while the stream was down");
+  await rb.publish("n", 2);
+  await until(() => got.length === 2, 8000, "the events after the resume");
+  assert.deepEqual(got, [1, 2]);
+  await until(() => ra.doc.getText("t").toString() === "while the stream was down", 5000, "the edit");
+  assert.equal(a.session, session, "the same HTTP session");
+  assert.equal(a.state, "open");
+});
 
 test("fallback: upgrades refused → sse after fallbackAfter failures; upgrade back once they work", async (t) => {
   proxy.refuseUpgrades(true);

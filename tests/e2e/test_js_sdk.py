@@ -1,0 +1,32 @@
+"""The JavaScript client SDK (js/) against a real `plait serve`: its own Node test suite
+(js/test/*.test.mjs), which starts servers with this Python, so what is tested is this tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+JS = ROOT / "js"
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_js_sdk_suite_passes() -> None:
+    node = shutil.which("node")
+    assert node is not None, "the JS SDK tests need Node.js 20 or later on PATH"
+    assert (JS / "node_modules").is_dir(), "js/node_modules is missing: run `(cd js && npm ci)` first"
+    tests = sorted(str(p.relative_to(JS)) for p in (JS / "test").glob("*.test.mjs"))
+    assert tests, "no js/test/*.test.mjs found"
+    env = {**os.environ, "PLAIT_PYTHON": sys.executable}
+    try:
+        out = subprocess.run([node, "--test", "--test-concurrency=4", *tests], cwd=JS, env=env,
+                             capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"node --test did not finish in 240 s:\n{exc.stdout or ''}\n{exc.stderr or ''}")
+    assert out.returncode == 0, f"node --test failed (exit {out.returncode}):\n{out.stdout[-20000:]}\n{out.stderr[-5000:]}"
