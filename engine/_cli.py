@@ -47,6 +47,7 @@ from ._metrics import NO_METRICS, Metrics
 from ._prometheus import PrometheusMetrics
 from ._record import TraceRecorder
 from ._settings import ENV_PREFIX, SettingError, hide_password, resolve, settings_toml, unknown_variables
+from .http._demo import Demo, DemoMissing, load_assets
 
 if TYPE_CHECKING:
     from plait.client import PlaitError
@@ -229,17 +230,26 @@ async def serve(
     hooks: Hooks | None = None,
     api_keys: Sequence[str] = (),
     metrics: bool = True,
+    demo: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully. With `metrics`, Prometheus
-    exposition at /metrics (engine/_prometheus.py); /healthz and /readyz always.
+    exposition at /metrics (engine/_prometheus.py); with `demo`, the demo page at /demo/
+    (engine/http/_demo.py); /healthz and /readyz always.
 
     Everything that can be checked is checked before "serving" is printed: the store is opened
     for real (created, locked, written) and the port bound.
 
     Raises:
         CommandError: the store cannot be opened (locked by another server, unwritable), the
-            trace folder cannot be made, or the address cannot be bound.
+            trace folder cannot be made, the address cannot be bound, or the demo's files are
+            not installed.
     """
+    assets = None
+    if demo:
+        try:
+            assets = load_assets()
+        except DemoMissing as exc:
+            raise CommandError(f"--demo: {exc}, or serve without it (--no-demo)") from None
     store = choice.make()
     try:
         try:
@@ -270,13 +280,17 @@ async def serve(
                     engine.router.add("/metrics", prometheus.route(engine.gauges))
                 if api_keys:
                     serve_api(engine, api_keys)
+                if assets is not None:
+                    Demo(assets).add_to(engine.router)
                 async with trio.open_nursery() as nursery:
                     try:
                         bound = await nursery.start(engine.serve_websocket, host, port)
                     except OSError as exc:  # reported once the engine has shut down
                         unbound = exc
                     else:
-                        print(f"plait: serving on ws://{host}:{bound}/ and http://{host}:{bound}/v1/ (Ctrl-C to stop)", flush=True)
+                        demo_url = f", demo page at http://{host}:{bound}/demo/" if assets is not None else ""
+                        serving = f"ws://{host}:{bound}/ and http://{host}:{bound}/v1/{demo_url}"
+                        print(f"plait: serving on {serving} (Ctrl-C to stop)", flush=True)
                         if recorder is not None:
                             print(f"plait: recording to {path}", flush=True)
                         tune_gc()
@@ -530,6 +544,9 @@ def build_parser() -> _Parser:
                            help="Prometheus metrics at /metrics (default on; counts only, no room or user names)")
     serve_cmd.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                            help="text (default) or json: one JSON object per line, with session, room and identity ids")
+    serve_cmd.add_argument("--demo", action=argparse.BooleanOptionalAction, default=True,
+                           help="a demo page at /demo/ (a shared editor, presence, chat, a poll; a browser opening / "
+                                "is sent there); default on, --no-demo for a server that serves the protocol alone")
     replay_cmd = commands.add_parser("replay", help="replay trace files; exit 0 if all match")
     replay_cmd.add_argument("files", nargs="+", type=Path)
     replay_cmd.add_argument("--log-level", type=_log_level, default="WARNING", metavar="LEVEL")
@@ -648,7 +665,8 @@ def _run(args: argparse.Namespace) -> int:
         api_keys = args.api_key  # also PLAIT_API_KEY (comma-separated) or api_key in the file (_settings.py)
         hooks = jwt_hooks(args)
         run = functools.partial(
-            serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys, hooks=hooks, metrics=args.metrics
+            serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys, hooks=hooks, metrics=args.metrics,
+            demo=args.demo,
         )
         trio.run(run)
     elif args.command == "inspect":

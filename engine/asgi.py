@@ -42,7 +42,7 @@ from plait.protocol import ABNORMAL_CLOSURE, CloseCode, TransportClosed
 from ._engine import Engine
 from ._hooks import CONNECTION_IDENTITY, Identity
 from .http import Refusal
-from .http._exchange import Headers, too_large
+from .http._exchange import Headers, no_store, too_large
 from .http._server import _route as refusal_for
 from .http._server import upgrade_refusal
 from .transports._websocket import _short
@@ -496,7 +496,7 @@ class AsgiExchange:
         await self._sender.send({"type": "http.response.start", "status": status, "headers": encoded})
 
     async def respond(self, status: int, body: bytes, content_type: str, headers: Headers = ()) -> None:
-        head = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"), *self.cors, *headers]
+        head = [("Content-Type", content_type), ("Content-Length", str(len(body))), *no_store(headers), *self.cors, *headers]
         await self._start(status, head)
         await self._sender.send({"type": "http.response.body", "body": body, "more_body": False})
 

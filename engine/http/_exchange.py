@@ -199,8 +199,8 @@ class H11Exchange:
                 raise Refusal(400, "bad request body", as_json=True)
 
     async def respond(self, status: int, body: bytes, content_type: str, headers: Headers = ()) -> None:
-        """A whole answer."""
-        head = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"), *self.cors, *headers]
+        """A whole answer (`Cache-Control: no-store` unless `headers` give a Cache-Control)."""
+        head = [("Content-Type", content_type), ("Content-Length", str(len(body))), *no_store(headers), *self.cors, *headers]
         data = self.conn.send(h11.Response(status_code=status, headers=head, reason=HTTPStatus(status).phrase.encode()))
         if body and (self.request is None or self.request.method != b"HEAD"):  # HEAD: the head GET would have
             data += self.conn.send(h11.Data(data=body))
@@ -280,6 +280,14 @@ class H11Exchange:
             self.conn.start_next_cycle()
             return True
         return False
+
+
+def no_store(headers: Headers) -> Headers:
+    """`Cache-Control: no-store`, what an answer carries unless its route chose (`headers`): a
+    protocol's answers are never to be cached; the demo's files are, until they change."""
+    if any(name.lower() == "cache-control" for name, _ in headers):
+        return ()
+    return (("Cache-Control", "no-store"),)
 
 
 def _head_bytes(request: h11.Request) -> int:

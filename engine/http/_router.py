@@ -1,7 +1,7 @@
 """Which code answers a plain HTTP request on the engine's port, by its path.
 
-A route is an exact path (`/healthz`) or a prefix ending in `/` (`/v1/`, `/api/`); the longest
-prefix that matches wins. A WebSocket upgrade never reaches a route (engine/http/_server.py).
+A route is an exact path (`/healthz`, or `/` added as exact) or a prefix ending in `/` (`/v1/`,
+`/api/`); an exact path wins, then the longest prefix that matches. A WebSocket upgrade never reaches a route (engine/http/_server.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ class Router:
         self._exact: dict[str, Route] = {}
         self._prefixes: list[tuple[str, Route]] = []
 
-    def add(self, path: str, route: Route) -> None:
-        """Serve `path` (exact) or every path under it (when it ends in `/`) with `route`.
+    def add(self, path: str, route: Route, *, exact: bool = False) -> None:
+        """Serve `path` (exact) or every path under it (when it ends in `/`, unless `exact`:
+        the root `/` alone, say) with `route`.
 
         Raises:
             ValueError: the path does not start with `/`, or is taken.
@@ -32,7 +33,7 @@ class Router:
             raise ValueError(f"a route's path starts with '/': {path!r}")
         if path in self._exact or any(prefix == path for prefix, _ in self._prefixes):
             raise ValueError(f"{path!r} is routed already")
-        if path.endswith("/"):
+        if path.endswith("/") and not exact:
             self._prefixes.append((path, route))
             self._prefixes.sort(key=lambda item: -len(item[0]))
         else:

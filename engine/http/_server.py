@@ -154,6 +154,12 @@ def _route(request: h11.Request, accepting: bool) -> Refusal | None:
         if not accepting:
             return Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),))
         return upgrade_refusal(path)  # None: native on any path but /yjs/... (engine.serve_transport)
+    return plain_refusal(path, request.method)
+
+
+def plain_refusal(path: str, method: bytes) -> Refusal:
+    """The answer to a plain request (no upgrade) for `path` that no route serves: 426 at a
+    WebSocket endpoint (GET, HEAD), 405 there for another method, 404 elsewhere (spec §2)."""
     websocket_path = path == WEBSOCKET_PATHS[0] or path.startswith(WEBSOCKET_PATHS[1])
     if not websocket_path:
         return Refusal(
@@ -161,9 +167,8 @@ def _route(request: h11.Request, accepting: bool) -> Refusal | None:
             f"nothing is served at {path[:200]} over plain HTTP; Plait's WebSocket endpoints are / and /yjs/ROOM, "
             f"its HTTP transports are under {PREFIX}",
         )
-    if request.method not in (b"GET", b"HEAD"):
-        method = request.method.decode("ascii", "replace")
-        return Refusal(405, f"{method} is not served here: open a WebSocket with GET", (("Allow", "GET"),))
+    if method not in (b"GET", b"HEAD"):
+        return Refusal(405, f"{method.decode('ascii', 'replace')[:20]} is not served here: open a WebSocket with GET", (("Allow", "GET"),))
     what = "Plait's y-websocket endpoint (spec §13)" if path != "/" else "Plait's WebSocket endpoint (spec/protocol.md)"
     return Refusal(426, f"this is {what}: connect with a WebSocket client", (("Upgrade", "websocket"),))
 
