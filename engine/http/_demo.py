@@ -4,7 +4,9 @@ of `/` is sent there.
 
 - `/demo/NAME`: GET and HEAD of one of the demo's files (`/demo/` is index.html), with its
   Content-Type, an ETag (an `If-None-Match` that names it gets 304) and `Cache-Control:
-  no-cache` (a browser asks again, cheaply, after a server upgrade). Any other path under
+  no-cache` (a browser asks again, cheaply, after a server upgrade), and
+  `Access-Control-Allow-Origin: *`, so that a page of any origin can import the SDK and yjs
+  from here (README, "In the browser"). Any other path under
   `/demo/` is 404: a name is looked up among the files read at start, never on the file
   system, so `..`, encoded dots or slashes, NUL or a long path can only miss. Another method
   is 405.
@@ -100,7 +102,9 @@ class Demo:
         asset = self._assets.get(name)
         if asset is None:
             raise Refusal(404, f"the demo has no such file; its page is at {PREFIX}")
-        headers = (("ETag", asset.etag), ("Cache-Control", "no-cache"))
+        # Any page may load them (module scripts from another origin need CORS): they are the
+        # same public files for everyone, sent without cookies.
+        headers = (("ETag", asset.etag), ("Cache-Control", "no-cache"), ("Access-Control-Allow-Origin", "*"))
         if asset.etag in _tags(header(request, b"if-none-match")):
             await ex.respond(304, b"", asset.content_type, headers)
         else:
