@@ -220,16 +220,11 @@ export class PlaitClient {
         const error = asPlaitError(err);
         this._lastError = error;
         if (isFinal(error)) { this._finish(error); return; }
-        this._fails += 1;
-        if (this._fails >= this._fallbackAfter && this._tIndex < this._transports.length - 1) {
-          this._tIndex += 1;
-          this._fails = 0;
-        }
+        this._countFailure();
         await this._backoff();
         continue;
       }
       if (this._isClosed()) { opened.transport.close(); return; }
-      this._fails = 0;
       const openedAt = now();
       /** @type {Promise<PlaitError>} */
       const ended = new Promise((resolve) => { this._dropped = resolve; });
@@ -238,10 +233,27 @@ export class PlaitClient {
       if (this._isClosed()) return;
       this._lastError = error;
       if (isFinal(error)) { this._finish(error); return; }
-      if (now() - openedAt >= RESET_AFTER_MS) this._attempt = 0;
+      if (now() - openedAt >= RESET_AFTER_MS) {
+        this._attempt = 0;
+        this._fails = 0;
+      } else if (!(error.isClose && error.code === CloseCode.TOKEN_EXPIRED)) {
+        // Open, then gone at once (a proxy that cuts WebSockets after the upgrade, a stream
+        // that never delivers): a failure of this transport too, toward the fallback.
+        this._countFailure();
+      }
       // A TOKEN_EXPIRED close is retried at once with a fresh token.
       if (error.isClose && error.code === CloseCode.TOKEN_EXPIRED) { this._setState("reconnecting", { attempt: this._attempt, delayMs: 0 }); continue; }
       await this._backoff();
+    }
+  }
+
+  /** One more failed connect (or a connection lost soon after it opened) on the current
+   *  transport; past `fallbackAfter` in a row, the next transport is tried. */
+  _countFailure() {
+    this._fails += 1;
+    if (this._fails >= this._fallbackAfter && this._tIndex < this._transports.length - 1) {
+      this._tIndex += 1;
+      this._fails = 0;
     }
   }
 
@@ -314,13 +326,14 @@ export class PlaitClient {
 
   _startHeartbeat(/** @type {any} */ transport, /** @type {number} */ heartbeatMs) {
     clearInterval(this._heartbeatTimer);
-    if (!transport.pings || !heartbeatMs) return;
+    if (!heartbeatMs) return;
+    const silence = transport.silenceLimitMs(heartbeatMs);
     this._heartbeatTimer = setInterval(() => {
       if (this._conn !== transport) return;
       const t = now();
-      if (t - transport.activity > 2 * heartbeatMs) {
-        this._drop(transport, closeError(CloseCode.HEARTBEAT_TIMEOUT, `nothing from the server for ${2 * heartbeatMs} ms`));
-      } else if (t - this._lastSent >= heartbeatMs * 0.9) {
+      if (t - transport.activity > silence) {
+        this._drop(transport, closeError(CloseCode.HEARTBEAT_TIMEOUT, `nothing from the server for ${silence} ms`));
+      } else if (transport.pings && t - this._lastSent >= heartbeatMs * 0.9) {
         this._nonce = (this._nonce + 1) >>> 0;
         this._send({ kind: "ping", nonce: this._nonce });
       }

@@ -9,7 +9,8 @@
 //   close(code?): void                   // ends the session; onClose is not called after it
 //   onFrames(frames), onClose({ error })  // set by the client before open()
 //   activity: number                     // performance.now() of the last thing received
-//   pings: boolean                       // whether §5.7 heartbeats apply
+//   pings: boolean                       // whether §5.7 heartbeats apply (the client sends pings)
+//   silenceLimitMs(heartbeatMs): number  // how long nothing may arrive before it is dead
 // }
 import { encode, decode, encodeJson, decodeJson, frameFromJson } from "./protocol.js";
 import { PlaitError, closeError } from "./errors.js";
@@ -60,6 +61,10 @@ class Base {
     this.activity = now();
     this.closed = false;
   }
+
+  /** §5.7: a connection on which nothing arrived for 2H is dead, even if TCP has not noticed.
+   *  An SSE stream carries a comment every H when nothing else goes (§14.2). */
+  silenceLimitMs(/** @type {number} */ heartbeatMs) { return 2 * heartbeatMs; }
 
   /** Takes over delivery: frames that came early first, then a close that came early. */
   attach(/** @type {(frames: any[]) => void} */ onFrames, /** @type {(info: { error: PlaitError }) => void} */ onClose) {
@@ -187,6 +192,7 @@ class HttpSession extends Base {
     this.posting = false;
     /** @type {Promise<void> | null} */ this._posted = null;
     this.abort = new AbortController();
+    /** @type {AbortController | null} */ this._streamAbort = null;
   }
 
   _url(/** @type {string} */ tail, /** @type {Record<string, string|number>} */ query = {}) {
@@ -299,40 +305,67 @@ export class SseTransport extends HttpSession {
     this.maxResumes = 5;
   }
 
+  /** Opens the session and its event stream: a transport whose stream cannot open (a proxy
+   *  that passes POSTs but not streams) fails here, so the client falls back to polling. */
   async open(/** @type {object} */ hello) {
     const welcome = await this._openSession(hello);
     this.lastEventId = `${this.session}.${this.key}.${this.position}`;
-    void this._streamLoop();
+    let first;
+    try {
+      first = await this._connectStream();
+    } catch (err) {
+      this.close();  // ends the session on the server too
+      throw err instanceof PlaitError ? err : closeError(CloseCode.ABNORMAL, `GET events: ${err instanceof Error ? err.message : err}`);
+    }
+    void this._streamLoop(first);
     return welcome;
   }
 
-  async _streamLoop() {
+  /** One GET of the event stream, resuming after the last position (Last-Event-ID, §14.2);
+   *  rejects when it cannot open. */
+  async _connectStream() {
+    this._streamAbort = new AbortController();
+    const stop = () => this._streamAbort?.abort();
+    this.abort.signal.addEventListener("abort", stop, { once: true });
+    const res = await this.fetch(this._url("/events"), {
+      headers: { Accept: "text/event-stream", "Last-Event-ID": this.lastEventId }, signal: this._streamAbort.signal,
+    });
+    if (res.status !== 200) {
+      const e = await httpError(res, "GET events");
+      throw res.status === 404 ? closeError(CloseCode.ABNORMAL, "the session ended") : e;
+    }
+    this.activity = now();
+    return res;
+  }
+
+  async _streamLoop(/** @type {Response} */ first) {
     let failures = 0;
+    /** @type {Response | null} */
+    let res = first;
     while (!this.closed && failures < this.maxResumes) {
-      let res;
-      try {
-        res = await this.fetch(this._url("/events"), {
-          headers: { Accept: "text/event-stream", "Last-Event-ID": this.lastEventId }, signal: this.abort.signal,
-        });
-      } catch {
-        if (this.closed) return;
-        failures += 1;
-        await new Promise((r) => setTimeout(r, 200 * failures));
-        continue;
+      if (res === null) {
+        try {
+          res = await this._connectStream();
+        } catch (err) {
+          if (this.closed) return;
+          if (err instanceof PlaitError && /** @type {any} */ (err).status) return this._fail(err);
+          failures += 1;
+          await new Promise((r) => setTimeout(r, 200 * failures));
+          continue;
+        }
       }
-      if (res.status !== 200) {
-        const e = await httpError(res, "GET events");
-        this._fail(res.status === 404 ? closeError(CloseCode.ABNORMAL, "the session ended") : e);
-        return;
-      }
-      failures = 0;
       const ended = await this._read(/** @type {ReadableStream<Uint8Array>} */ (res.body));
       if (ended) return;
-      // The stream broke: resume after the last position (Last-Event-ID, §14.2).
+      // The stream broke (or went silent, `restartStream`): resume after the last position.
+      res = null;
       failures += 1;
     }
     this._fail(closeError(CloseCode.ABNORMAL, "the event stream broke"));
   }
+
+  /** A stream on which nothing arrived for 2H is dead even if TCP has not noticed (§5.7):
+   *  the client calls this, and the stream is opened again where it stopped. */
+  silenceLimitMs(/** @type {number} */ heartbeatMs) { return 2 * heartbeatMs; }
 
   /** Reads one stream; true when the session ended (or this transport closed). */
   async _read(/** @type {ReadableStream<Uint8Array>} */ body) {
@@ -414,6 +447,9 @@ export class PollTransport extends HttpSession {
     this.name = "poll";
     this.timeoutS = options.pollTimeoutS ?? 25;
   }
+
+  /** A poll answers within its timeout (§14.4): one that has not, plus H, is lost. */
+  silenceLimitMs(/** @type {number} */ heartbeatMs) { return this.timeoutS * 1000 + heartbeatMs; }
 
   async open(/** @type {object} */ hello) {
     const welcome = await this._openSession(hello);

@@ -5,7 +5,7 @@ import net from "node:net";
 export async function startProxy(/** @type {number} */ targetPort) {
   /** @type {Set<net.Socket>} */
   const sockets = new Set();
-  const state = { refusing: false, refuseUpgrades: false, upgradesRefused: 0, connections: 0, target: targetPort };
+  const state = { refusing: false, refuseUpgrades: false, upgradesRefused: 0, cutUpgraded: false, upgradesCut: 0, connections: 0, target: targetPort };
   const server = net.createServer((client) => {
     state.connections += 1;
     if (state.refusing) { client.destroy(); return; }
@@ -20,6 +20,11 @@ export async function startProxy(/** @type {number} */ targetPort) {
       }
       const upstream = net.connect(state.target, "127.0.0.1");
       sockets.add(upstream);
+      if (state.cutUpgraded && /\r\nupgrade:\s*websocket/i.test(first.toString("latin1"))) {
+        // Passes the upgrade and what follows it at once (the welcome), then drops it: a
+        // proxy that kills WebSockets it does not understand after a moment.
+        upstream.once("data", () => setTimeout(() => { state.upgradesCut += 1; client.destroy(); upstream.destroy(); }, 50));
+      }
       upstream.on("close", () => { sockets.delete(upstream); client.destroy(); });
       upstream.on("error", () => client.destroy());
       client.on("close", () => upstream.destroy());
@@ -39,6 +44,8 @@ export async function startProxy(/** @type {number} */ targetPort) {
     /** Refuses (resets) new connections while on. */
     refuse(/** @type {boolean} */ on) { state.refusing = on; },
     refuseUpgrades(/** @type {boolean} */ on) { state.refuseUpgrades = on; },
+    /** Lets WebSocket upgrades through, then cuts each one right after the server's first bytes. */
+    cutUpgraded(/** @type {boolean} */ on) { state.cutUpgraded = on; },
     close() { this.cut(); return new Promise((r) => server.close(() => r(undefined))); },
   };
 }

@@ -90,25 +90,8 @@ def block_websockets(context: Any) -> None:
 
 
 def block_sse(context: Any) -> None:
-    """Every event stream fails, as behind a proxy that does not pass them.
-
-    Workaround for an SDK bug (js/src/client.js, SseTransport.open): an SSE connect counts as
-    opened once POST /v1/sessions answers, before its stream has worked, so a stream that always
-    fails never counts towards `fallbackAfter` and the client retries SSE for ever instead of
-    falling back to long-polling. Until that is fixed, the first two session opens (the SSE
-    transport's two tries) fail too, which the SDK does count.
-    """
+    """Every event stream fails, as behind a proxy that passes requests but not streams."""
     context.route(re.compile(r".*/v1/(sessions/[^/]+/)?events.*"), lambda route: route.abort())
-    opens = {"failed": 0}
-
-    def first_opens_fail(route: Any) -> None:
-        if route.request.method == "POST" and opens["failed"] < 2:
-            opens["failed"] += 1
-            route.abort()
-        else:
-            route.fallback()
-
-    context.route(re.compile(r".*/v1/sessions$"), first_opens_fail)
 
 
 def test_two_users_edit_together_and_see_cursor_presence_typing_and_chat(server: Server, contexts: Contexts) -> None:
