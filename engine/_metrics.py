@@ -22,7 +22,7 @@ report costs a call and nothing more. The names, their label and unit:
 | `fanout_seconds` | histogram | none | sampled: reading a message with an update or event, to writing it to a recipient (up to 8) |
 | `slow_consumer_closes` | counter | none | a session closed TOO_SLOW (spec §9) |
 | `http_refusals` | counter | the HTTP status (`"404"`, ...) | a plain HTTP request refused (engine/http/_server.py) |
-| `store_errors` | counter | `load`, `commit`, `compact`, `ping` | a store call that failed (each try of a commit retried through an outage) |
+| `store_errors` | counter | `load`, `commit`, `compact`, `ping` | a store call that failed (each try of a retried commit) |
 
 Gauges (rooms by state, sessions by transport and protocol, bytes queued) and the traffic
 counters (messages, frames and bytes in and out), read when scraped: `Engine.statistics()` and
