@@ -7,6 +7,7 @@
 import * as Y from "yjs";
 import { PlaitClient } from "@plait/client";
 import { EditorView, minimalSetup } from "codemirror";
+import { Compartment, EditorState } from "@codemirror/state";
 import { keymap, lineNumbers } from "@codemirror/view";
 import { yCollab, yUndoManagerKeymap } from "y-codemirror.next";
 import { RoomAwareness } from "./awareness.js";
@@ -346,6 +347,10 @@ function buildPoll(room) {
 function startEditor(room, awareness) {
   const ytext = room.doc.getText("text");
   const undoManager = new Y.UndoManager(ytext);
+  // A member who may not write (read or comment access, §4.2) cannot type: its edits would be
+  // refused by the server and stay in this tab only.
+  const writable = new Compartment();
+  const access = () => [EditorState.readOnly.of(room.access !== "write"), EditorView.editable.of(room.access === "write")];
   const view = new EditorView({
     parent: $("editor"),
     doc: ytext.toString(), // y-codemirror.next binds from here on: the editor starts with the text as it is
@@ -359,8 +364,10 @@ function startEditor(room, awareness) {
         if (update.docChanged && update.transactions.some((tr) => tr.isUserEvent("input") || tr.isUserEvent("delete"))) typed(room);
       }),
       yCollab(ytext, awareness, { undoManager }),
+      writable.of(access()),
     ],
   });
+  room.on("access", () => view.dispatch({ effects: writable.reconfigure(access()) }));
   return view;
 }
 

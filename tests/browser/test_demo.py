@@ -326,3 +326,42 @@ def test_the_page_fits_a_375_pixel_screen_and_labels_its_controls(server: Server
     phone.wait_chat("from a phone")
     assert phone.page.locator("#chat-input").bounding_box()["x"] >= 0
     assert phone.page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def test_a_member_whose_access_is_lowered_to_read_cannot_type_until_it_is_given_back(contexts: Contexts) -> None:
+    import urllib.request
+
+    from .conftest import start_plait_serve, stop_plait_serve
+
+    key = "operator-key-of-the-test-0123456789"
+    served = start_plait_serve("--store", "memory", "--api-key", key)
+    try:
+        room = room_name()
+        ana = Demo.open(contexts.new(), served, room, "Ana")
+        bo = Demo.open(contexts.new(), served, room, "Bo")
+        ana.type("Ana's text.")
+        bo.wait_text("Ana's text.")
+        user = bo.page.evaluate(
+            "window.plait.room.presence().find(e => e.session === window.plait.client.session).identity.id"
+        )
+
+        def set_access(access: str) -> None:
+            request = urllib.request.Request(
+                f"{served.base}/api/rooms/{room}/access/{user}", method="PUT",
+                data=json.dumps({"access": access}).encode(),
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+
+        set_access("read")
+        bo.page.wait_for_function("document.querySelector('.cm-content').contentEditable === 'false'")
+        bo.type(" Bo was not allowed.")
+        assert "not allowed" not in bo.text()  # the editor took nothing: no edit stays in his tab only
+        set_access("write")
+        bo.page.wait_for_function("document.querySelector('.cm-content').contentEditable === 'true'")
+        bo.type(" Bo may again.")
+        ana.wait_text("Ana's text.", "Bo may again.")
+        assert "not allowed" not in ana.text()
+    finally:
+        stop_plait_serve(served.process)
