@@ -30,3 +30,18 @@ def test_the_js_sdk_suite_passes() -> None:
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"node --test did not finish in 240 s:\n{exc.stdout or ''}\n{exc.stderr or ''}")
     assert out.returncode == 0, f"node --test failed (exit {out.returncode}):\n{out.stdout[-20000:]}\n{out.stderr[-5000:]}"
+
+
+def test_the_type_declarations_check_and_serve_a_strict_typescript_user() -> None:
+    """`npm run typecheck` (the JSDoc of js/src/ against its declarations) and a TypeScript
+    user's code (js/test/types/consumer.ts) compiled with --strict against them."""
+    assert (JS / "node_modules" / ".bin" / "tsc").exists(), "js/node_modules is missing: run `(cd js && npm ci)` first"
+    tsc = [str(JS / "node_modules" / ".bin" / "tsc"), "--noEmit"]
+    consumer = subprocess.run(
+        [*tsc, "--strict", "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext",
+         "--lib", "es2022,dom", "test/types/consumer.ts"],
+        cwd=JS, capture_output=True, text=True, timeout=120,
+    )
+    assert consumer.returncode == 0, consumer.stdout + consumer.stderr
+    typecheck = subprocess.run(["npm", "run", "-s", "typecheck"], cwd=JS, capture_output=True, text=True, timeout=120)
+    assert typecheck.returncode == 0, typecheck.stdout + typecheck.stderr
