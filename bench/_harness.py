@@ -116,6 +116,25 @@ def pycrdt_websocket_server() -> Iterator[Server]:
             server.stop()
 
 
+HOCUSPOCUS = BENCH / "peers" / "hocuspocus"
+
+
+@contextmanager
+def hocuspocus_server(*, sqlite: bool = False) -> Iterator[Server]:
+    """Hocuspocus 4.7 (@hocuspocus/server, default settings) under Node, in memory or with its
+    SQLite extension (bench/peers/hocuspocus/; `npm ci` there first)."""
+    if not (HOCUSPOCUS / "node_modules" / "@hocuspocus" / "server").is_dir():
+        raise SystemExit(f"Hocuspocus is not installed: (cd {HOCUSPOCUS} && npm ci)")
+    with tempfile.TemporaryDirectory(prefix="hocuspocus-bench-") as data:
+        port = free_port()
+        argv = ["node", str(HOCUSPOCUS / "server.mjs"), str(port), *([str(Path(data) / "hocuspocus.db")] if sqlite else [])]
+        server = Server(argv, port, Path(data) / "server.log")
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 @dataclass
 class Measured:
     """What one released load measured: each process's result, the server's CPU seconds and

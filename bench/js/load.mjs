@@ -157,6 +157,52 @@ class YjsClient extends Client {
   }
 }
 
+// Hocuspocus's protocol, as @hocuspocus/provider speaks it: every message is the y-protocols
+// message of the y-websocket client above, prefixed with the document's name (one WebSocket
+// can carry several documents), after an authentication message; the server confirms each
+// update it applied with a sync-status message, and pings.
+class HocuspocusClient extends YjsClient {
+  async connect (url) {
+    const encoder = encoding.createEncoder()
+    encoding.writeVarString(encoder, this.room)
+    this.prefix = encoding.toUint8Array(encoder)
+    await super.connect(url) // open() sends the auth message before anything else goes
+  }
+
+  open (url) {
+    return super.open(url).then(() => {
+      const encoder = encoding.createEncoder()
+      encoding.writeVarUint(encoder, 2) // Auth
+      encoding.writeVarUint(encoder, 0) // Token
+      encoding.writeVarString(encoder, cfg.token ?? '')
+      super.send(this.prefixed(encoding.toUint8Array(encoder)))
+    })
+  }
+
+  prefixed (bytes) {
+    const out = new Uint8Array(this.prefix.length + bytes.length)
+    out.set(this.prefix, 0)
+    out.set(bytes, this.prefix.length)
+    return out
+  }
+
+  send (bytes) { super.send(this.prefixed(bytes)) }
+
+  receive (data) {
+    const decoder = decoding.createDecoder(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
+    decoding.readVarString(decoder) // the document: one per client here
+    const rest = decoding.readTailAsUint8Array(decoder)
+    const type = rest[0]
+    if (type === 2 || type === 8) return // authenticated; an update applied (sync status)
+    if (type === 4) rest[0] = 0 // a sync reply is a sync message
+    if (type === 9) { // ping
+      this.send(Uint8Array.of(10))
+      return
+    }
+    super.receive(Buffer.from(rest.buffer, rest.byteOffset, rest.byteLength))
+  }
+}
+
 // Plait's native protocol (spec/protocol.md): hello, join with the state vector, the sync
 // answer, updates with a ref (acked once durable), presence and cursor frames, heartbeats.
 class NativeClient extends Client {
@@ -233,7 +279,7 @@ const goSignal = new Promise(resolve => {
   createInterface({ input: process.stdin }).on('line', line => { if (line.trim() === 'go') resolve(now()) })
 })
 
-const Kind = cfg.protocol === 'yjs' ? YjsClient : NativeClient
+const Kind = { yjs: YjsClient, hocuspocus: HocuspocusClient, native: NativeClient }[cfg.protocol]
 const clients = cfg.clients.map(([id, room]) => new Kind(id, room))
 const joinOnGo = cfg.workload === 'join_storm'
 const joinNow = !joinOnGo && cfg.workload !== 'idle'
