@@ -21,10 +21,13 @@ export function tempDir() {
 /**
  * Starts a server; resolves once it prints its address.
  * @param {string[]} args extra `plait serve` arguments
- * @param {{ port?: number, store?: string, env?: Record<string, string> }} [opts]
+ * @param {{ port?: number, store?: string, env?: Record<string, string>, script?: string }} [opts]
+ *   `script`: a Python file to run instead of `plait serve` (it prints the same serving line)
  */
 export async function startServer(args = [], opts = {}) {
-  const argv = ["-m", "plait.engine._cli", "serve", "--port", String(opts.port ?? 0), "--store", opts.store ?? "memory", "--log-level", "WARNING", ...args];
+  const argv = opts.script
+    ? [opts.script, ...args]
+    : ["-m", "plait.engine._cli", "serve", "--port", String(opts.port ?? 0), "--store", opts.store ?? "memory", "--log-level", "WARNING", ...args];
   const child = spawn(PYTHON, argv, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...(opts.env ?? {}) } });
   let output = "";
   const port = await new Promise((resolve, reject) => {
