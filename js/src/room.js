@@ -171,6 +171,7 @@ export class Room {
     this._channel = null;
     this._live = false;
     clearTimeout(this._flushTimer);
+    this._flushTimer = null; // else no flush is ever scheduled again (_scheduleFlush checks it)
     clearTimeout(this._cursorTimer);
     this._cursorTimer = null;
     clearInterval(this._typingTimer);

@@ -52,3 +52,22 @@ test("offline/online events: paused while offline, reconnects at once on 'online
   await a.whenOpen();
   await r.flushed();
 });
+
+test("an edit made in the same turn the browser goes offline is sent once back online, and every edit after it", async (t) => {
+  const target = new EventTarget();
+  globalThis.addEventListener = target.addEventListener.bind(target);
+  globalThis.removeEventListener = target.removeEventListener.bind(target);
+  t.after(() => { delete globalThis.addEventListener; delete globalThis.removeEventListener; });
+  const a = connect(t, server.url);
+  const b = connect(t, server.url);
+  const ra = await a.join("offline-same-turn");
+  const rb = await b.join("offline-same-turn");
+  ra.doc.getText("t").insert(0, "just before ");
+  target.dispatchEvent(new Event("offline")); // drops the connection before the edit's flush ran
+  target.dispatchEvent(new Event("online"));
+  await a.whenOpen();
+  await until(() => rb.doc.getText("t").toString() === "just before ", 5000, "the edit of the offline turn");
+  ra.doc.getText("t").insert(ra.doc.getText("t").length, "and after");
+  await ra.flushed();
+  await until(() => rb.doc.getText("t").toString() === "just before and after", 5000, "the edit after it");
+});

@@ -8,6 +8,21 @@ let server, proxy;
 before(async () => { server = await startServer(); proxy = await startProxy(server.port); });
 after(async () => { await proxy.close(); await server.stop(); });
 
+test("an edit made in the same turn as a cut is sent after the reconnect, and so is every edit after it", async (t) => {
+  const a = connect(t, proxy.url);
+  const b = connect(t, server.url);
+  const ra = await a.join("cut-same-turn");
+  const rb = await b.join("cut-same-turn");
+  ra.doc.getText("t").insert(0, "just before ");
+  proxy.cut(); // its flush was scheduled, not yet run
+  await until(() => a.state !== "open", 5000, "a noticed the cut");
+  await a.whenOpen();
+  await until(() => rb.doc.getText("t").toString() === "just before ", 5000, "the edit of the cut's turn");
+  ra.doc.getText("t").insert(ra.doc.getText("t").length, "and after");
+  await ra.flushed();
+  await until(() => rb.doc.getText("t").toString() === "just before and after", 5000, "the edit after the reconnect");
+});
+
 test("edits and publishes made while cut off arrive once after the reconnect", async (t) => {
   const a = connect(t, proxy.url);
   const b = connect(t, server.url);
