@@ -81,10 +81,13 @@ function renderStatus() {
   transport.dataset.transport = client.transport ?? "";
   transport.title = "transport: websocket, sse (Server-Sent Events) or poll (long-polling)";
   const error = $("status-error");
-  const text = describeError(client.lastError);
+  // The last error explains a connection that is not open; once it is, it is history.
+  const text = client.state === "open" ? refusal : describeError(client.lastError);
   error.hidden = !text;
-  error.textContent = text ? `last error: ${text}` : "";
+  error.textContent = text ? (client.state === "open" ? text : `last error: ${text}`) : "";
 }
+/** An edit the room refused for good (too large, not allowed): it stays in this tab only. */
+let refusal = "";
 client.on("state", renderStatus);
 renderStatus();
 
@@ -250,6 +253,13 @@ function sendChat(text) {
   publishChat(message);
 }
 
+/** The name a chat message shows: the sender's current presence name where the sender is
+ *  here (a payload names whoever its author typed), else the name the message carried. */
+function senderName(event, payload) {
+  const entry = event.session ? plait.room.presence().find((e) => e.session === event.session) : undefined;
+  return (entry && entryName(entry)) || cleanName(payload.name) || "Anonymous";
+}
+
 function receiveChat(event) {
   const payload = event.payload;
   if (payload == null || typeof payload !== "object" || typeof payload.id !== "string" || typeof payload.text !== "string") return;
@@ -262,7 +272,7 @@ function receiveChat(event) {
     messages.set(payload.id.slice(0, 64), {
       id: payload.id.slice(0, 64),
       text: payload.text.slice(0, MAX_CHAT),
-      name: cleanName(payload.name) || "Anonymous",
+      name: senderName(event, payload),
       color,
       seq: event.seq,
       status: "sent",
@@ -274,6 +284,12 @@ function receiveChat(event) {
 }
 
 // ---------------------------------------------------------------------------------- poll
+
+/** This user's id, as the server stamped it on its presence (the same in every tab). */
+function myUserId() {
+  const own = plait.room?.presence().find((e) => e.session === client.session);
+  return own ? own.identity.id : null;
+}
 
 /** user -> [seq, option]: a vote is an event, and each user's latest vote counts. */
 const votes = new Map();
@@ -289,6 +305,7 @@ function receiveVote(event) {
     if (votesEpoch !== null) votes.clear();
     votesEpoch = plait.room.epoch;
   }
+  if (event.user !== null && event.user === myUserId()) myVote = event.payload?.option ?? myVote;
   const option = event.payload?.option;
   if (!POLL.includes(option)) return;
   const voter = event.user ?? event.session ?? `event-${event.seq}`;
@@ -398,6 +415,32 @@ async function main() {
     awareness.setLocalStateField("user", me());
   });
 
+  // Another tab of this browser renamed the user: one person, one name.
+  window.addEventListener("storage", (e) => {
+    if (e.key !== NAME_KEY) return;
+    const name = cleanName(e.newValue);
+    if (!name || name === myName) return;
+    myName = name;
+    nameInput.value = name;
+    $("me-swatch").style.background = me().color;
+    awareness.setLocalStateField("user", me());
+  });
+
+  // Leaving with work not yet on the server (offline, say) asks first: it would be lost.
+  let unsaved = false;
+  room.doc.on("update", (_update, origin) => {
+    if (typeof origin === "symbol") return; // the SDK applies the server's updates with a Symbol origin
+    unsaved = true;
+    room.flushed().then(() => { unsaved = false; }, () => {});
+  });
+  window.addEventListener("beforeunload", (e) => {
+    const pendingChat = [...messages.values()].some((m) => m.mine && m.status === "pending");
+    if (unsaved || pendingChat) {
+      e.preventDefault();
+      e.returnValue = "";
+    }
+  });
+
   room.on("presence", () => {
     renderPresence(room);
     renderTyping(room, room.typing());
@@ -409,10 +452,19 @@ async function main() {
     else if (event.name === "vote") receiveVote(event);
   });
   room.on("resumed", (resumed) => {
-    if (!resumed.complete) {
+    if (room.epoch !== votesEpoch && votesEpoch !== null) {
+      // Another history (a server restarted on a memory store): what was derived from the
+      // old one is stale; the replay that follows is the new history from its start.
+      votes.clear();
+      myVote = null;
+      votesEpoch = room.epoch;
+      for (const [id, message] of messages) if (message.status === "sent") messages.delete(id);
+      pollHistoryIncomplete = false;
+      renderChat();
+    } else if (!resumed.complete) {
       pollHistoryIncomplete = true;
-      renderPoll();
     }
+    renderPoll();
   });
   buildPoll(room);
   renderPresence(room);

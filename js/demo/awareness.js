@@ -114,7 +114,7 @@ export class RoomAwareness {
     const next = new Map();
     for (const entry of this.room.presence()) {
       if (entry.session === own) continue;
-      const state = { ...entry.state };
+      const state = { ...entry.state, user: safeUser(entry.state?.user) };
       const cursor = cursors.get(entry.session);
       state.cursor = textCursorFromJSON(cursor);
       next.set(sessionClientId(entry.session, this.clientID), state);
@@ -133,6 +133,21 @@ export class RoomAwareness {
     this._remote = next;
     this._emit(change, "remote");
   }
+}
+
+const COLOR = /^#[0-9a-f]{6}$/i;
+const MAX_LABEL = 40;
+
+/** Another member's `user` as y-codemirror.next may use it: it writes `color` and
+ *  `colorLight` into a caret's and a selection's style attribute unchecked, so anything but a
+ *  plain #rrggbb colour (`red; position: fixed; background: url(...)`: a page-wide overlay
+ *  that also fetches a URL) is replaced; the name is text, cut to a label's length. */
+export function safeUser(user) {
+  const given = user != null && typeof user === "object" ? /** @type {any} */ (user) : {};
+  const name = typeof given.name === "string" && given.name.trim() ? given.name.trim().slice(0, MAX_LABEL) : "Anonymous";
+  const color = typeof given.color === "string" && COLOR.test(given.color) ? given.color : "#999999";
+  const light = typeof given.colorLight === "string" && /^#[0-9a-f]{6}([0-9a-f]{2})?$/i.test(given.colorLight) ? given.colorLight : `${color}33`;
+  return { name, color, colorLight: light };
 }
 
 /** A numeric id for a session (FNV-1a), never this client's own. */

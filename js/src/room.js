@@ -144,6 +144,7 @@ export class Room {
     const accessChanged = this._joinedOnce && access !== this.access;
     this.access = access;
     const epochChanged = this.epoch !== null && f.epoch !== this.epoch;
+    this.epoch = f.epoch; // before "resumed": its listeners see the history it is about
     if (since !== null) {
       const complete = f.resumed === true && !epochChanged;
       if (epochChanged) this.lastSeq = 0; // another history: every replayed event is new
@@ -151,7 +152,6 @@ export class Room {
     } else {
       this.lastSeq = f.head;
     }
-    this.epoch = f.epoch;
     this._joinedOnce = true;
     this.synced = false; // until this join's sync_step2
     this._pacer = new Pacer(this._client.limits?.updates_per_second ?? 0, nowS());
