@@ -433,6 +433,11 @@ async function main() {
     unsaved = true;
     room.flushed().then(() => { unsaved = false; }, () => {});
   });
+  // A tab that closes leaves its room at once (a leave, then close 1000): without it, the
+  // server keeps its presence for the reconnect grace (spec §5.4), a ghost for 5 s.
+  window.addEventListener("pagehide", (e) => {
+    if (!e.persisted) void client.close();
+  });
   window.addEventListener("beforeunload", (e) => {
     const pendingChat = [...messages.values()].some((m) => m.mine && m.status === "pending");
     if (unsaved || pendingChat) {

@@ -88,3 +88,16 @@ def test_after_a_memory_store_restart_the_page_counts_only_the_new_history(conte
         stop_plait_serve(served.process)
 
 
+
+
+def test_a_closed_tab_leaves_the_room_at_once(server: Server, contexts: Contexts) -> None:
+    room = room_name()
+    ana = Demo.open(contexts.new(), server, room, "Ana")
+    bo_context = contexts.new()
+    bo = Demo.open(bo_context, server, room, "Bo")
+    ana.wait_people("Bo")
+    started = ana.page.evaluate("performance.now()")
+    bo.page.close(run_before_unload=False)
+    ana.page.locator("#presence li.person", has_text="Bo").wait_for(state="detached")
+    gone_after = ana.page.evaluate("performance.now()") - started
+    assert gone_after < 3000, f"Bo's presence lingered {gone_after:.0f} ms (the grace is 5 s)"
