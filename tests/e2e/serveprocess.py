@@ -15,13 +15,15 @@ from pathlib import Path
 
 import trio
 
-SERVING = re.compile(rb"serving on ws://127.0.0.1:(\d+)/")
+SERVING = re.compile(rb"serving on ws://127.0.0.1:(\d+)/.*\n")
 
 
 @dataclass
 class Served:
     port: int
     process: trio.Process
+    line: str
+    """The line it printed when it began to serve."""
 
 
 @asynccontextmanager
@@ -50,7 +52,7 @@ async def plait_serve(
                 chunk = await process.stdout.receive_some(1024)
                 assert chunk, f"server exited: {seen!r}"
                 seen += chunk
-        yield Served(int(found.group(1)), process)
+        yield Served(int(found.group(1)), process, found.group(0).decode().strip())
         if process.returncode is None:
             process.send_signal(stop)
             with trio.fail_after(30):

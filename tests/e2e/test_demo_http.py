@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -216,28 +214,10 @@ async def test_plait_serve_serves_the_demo_unless_told_not_to(args: tuple[str, .
 @pytest.mark.slow
 @pytest.mark.parametrize("demo", [True, False])
 async def test_the_serving_line_names_the_demo_page_when_it_is_on(demo: bool) -> None:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--store", "memory", *([] if demo else ["--no-demo"])],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        seen = b""
-        with trio.fail_after(60):
-            while b"(Ctrl-C to stop)\n" not in seen:
-                chunk = await process.stdout.receive_some(1024)
-                assert chunk, seen
-                seen += chunk
-        line = seen.decode().splitlines()[0]
-        port = re.search(r"ws://127.0.0.1:(\d+)/", line).group(1)  # type: ignore[union-attr]
-        assert (f", demo page at http://127.0.0.1:{port}/demo/ (Ctrl-C" in line) is demo, line
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(30):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with plait_serve("--port", "0", "--store", "memory", *([] if demo else ["--no-demo"])) as served:
+        line = served.line
+        assert line.endswith("(Ctrl-C to stop)"), line
+        assert (f", demo page at http://127.0.0.1:{served.port}/demo/ (Ctrl-C" in line) is demo, line
 
 
 @pytest.mark.slow
