@@ -98,6 +98,7 @@ export class Room {
     /** @type {string[]} */ this._typing = [];
     /** @type {any[]} */ this._publishes = [];
     /** @type {any} */ this._publishTimer = null;
+    /** @type {(() => void)[]} */ this._publishesDone = [];
     /** Updates refused FORBIDDEN: sent again once the member may write (later edits build on them). */
     /** @type {Uint8Array[]} */ this._forbidden = [];
     /** @type {number[]} */ this._resyncs = [];
@@ -603,7 +604,12 @@ export class Room {
   /** Sends the oldest waiting publish, one at a time and under the connection's event rate
    *  (§5.8, §7.1): a RATE_LIMITED one is retried before any later one goes, so the room's
    *  events keep the order they were published in; an offline queue drains at that pace. */
+  _checkPublished() {
+    if (this._publishes.length === 0) for (const done of this._publishesDone.splice(0)) done();
+  }
+
   _pumpPublishes() {
+    this._checkPublished();
     if (!this._live || this._publishTimer) return;
     const p = this._publishes[0];
     if (!p || p.sent) return;
@@ -648,7 +654,9 @@ export class Room {
     if (this._ended) return;
     if (this._live) {
       let timer;
-      await Promise.race([this.flushed().catch(() => {}), new Promise((r) => { timer = setTimeout(r, waitMs); })]);
+      // Edits and the publishes still queued behind the pacer go first (bounded).
+      const published = new Promise((r) => { this._publishesDone.push(() => r(undefined)); this._checkPublished(); });
+      await Promise.race([Promise.all([this.flushed().catch(() => {}), published]), new Promise((r) => { timer = setTimeout(r, waitMs); })]);
       clearTimeout(timer);
     }
     const channel = this._channel;

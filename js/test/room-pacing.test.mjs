@@ -75,3 +75,11 @@ for (const what of ["patchPresence", "setPresence", "setTyping", "moveCursor"]) 
     assert.equal(a.state, "open");
   });
 }
+
+test("close() sends the publishes still queued behind the pacer before it leaves", async (t) => {
+  const a = connect(t, server.url);
+  const room = await a.join("close-queued");
+  const acks = Array.from({ length: 20 }, (_, i) => room.publish("n", i));
+  await a.close();
+  assert.deepEqual(await Promise.all(acks), Array.from({ length: 20 }, (_, i) => i + 1));
+});
