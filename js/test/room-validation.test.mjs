@@ -89,3 +89,14 @@ test("a selection that ends at the end of the text does not grow when someone ap
   const caret = ra.resolveTextCursor(ta, ra.textCursor(ta, ta.length));
   assert.deepEqual(caret, { anchor: ta.length, head: ta.length });
 });
+
+test("join options the codec cannot send reject the join; the client stays open", async (t) => {
+  const a = connect(t, server.url);
+  await a.whenOpen();
+  for (const options of [{ since: -1 }, { since: NaN }, { since: 1.5 }, { since: "3" }, { since: 1, epoch: 5 }, { doc: {} }, 7]) {
+    await assert.rejects(a.join("join-options", /** @type {any} */ (options)), invalidField, JSON.stringify(options));
+  }
+  const room = await a.join("join-options", /** @type {any} */ (null));
+  assert.equal(room.name, "join-options");
+  assert.equal(a.state, "open");
+});
