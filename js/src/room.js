@@ -5,8 +5,8 @@ import * as Y from "yjs";
 import { PlaitError } from "./errors.js";
 import { ErrorCode } from "./codes.js";
 import { checkValue, encodedSize, ACCESS } from "./protocol.js";
-import { Pacer, backoffDelay } from "./pacing.js";
-import { connectionPacers } from "./connpacing.js";
+import { backoffDelay } from "./pacing.js";
+import { connectionPacers, spend } from "./connpacing.js";
 
 const nowS = () => performance.now() / 1000;
 const LEAVE_WAIT_MS = 5000;
@@ -100,7 +100,7 @@ export class Room {
     /** @type {Map<number, Uint8Array>} */ this._inflight = new Map();
     /** @type {PlaitError | null} */ this._refused = null;
     /** @type {{ resolve: () => void, reject: (e: PlaitError) => void }[]} */ this._flushWaiters = [];
-    /** @type {Pacer | null} */ this._pacer = null;
+    /** @type {import("./pacing.js").Pacer | null} */ this._pacer = null;
     /** @type {any} */ this._flushTimer = null;
     /** @type {Record<string, unknown> | null} */ this._presenceState = null;
     /** @type {Map<string, any>} */ this._entries = new Map();
@@ -209,7 +209,7 @@ export class Room {
     this.epoch = f.epoch;
     this._joinedOnce = true;
     this.synced = false; // until this join's sync_step2
-    this._pacer = new Pacer(this._client.limits?.updates_per_second ?? 0, nowS());
+    this._pacer = connectionPacers(this._client).updates; // the rate is per connection (§5.8)
     // Stale cursors and typing of the last connection: the server sends them afresh.
     if (this._cursors.size) { this._cursors.clear(); this._emit("cursors", new Map()); }
     if (this._typing.length) { this._typing = []; this._emit("typing", []); }
@@ -279,6 +279,7 @@ export class Room {
         // Everything the server lacks, offline edits included (§5.3); unsent changes are in it.
         const update = Y.encodeStateAsUpdate(this.doc, f.state_vector);
         this._unsent = [];
+        spend(this._pacer, nowS()); // it counts toward updates_per_second (§5.8)
         this._sendUpdate("sync_step2", update);
         this._goLive();
         return;

@@ -5,6 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer, connect, until } from "./server.mjs";
 import { startProxy } from "./proxy.mjs";
+import { ErrorCode } from "../src/index.js";
 
 let server;
 before(async () => { server = await startServer(["--events-per-second", "20", "--frames-per-second", "40"]); });
@@ -82,4 +83,24 @@ test("close() sends the publishes still queued behind the pacer before it leaves
   const acks = Array.from({ length: 20 }, (_, i) => room.publish("n", i));
   await a.close();
   assert.deepEqual(await Promise.all(acks), Array.from({ length: 20 }, (_, i) => i + 1));
+});
+
+test("edits in many rooms of one client share the connection's updates_per_second: none refused, none lost", async (t) => {
+  const s = await startServer(["--updates-per-second", "10"]);
+  t.after(() => s.stop());
+  const a = connect(t, s.url);
+  const log = states(a);
+  let limited = 0;
+  const handle = a._handle.bind(a);
+  a._handle = (/** @type {any} */ f) => { if (f.kind === "error" && f.code === ErrorCode.RATE_LIMITED) limited += 1; return handle(f); };
+  const rooms = await Promise.all(Array.from({ length: 8 }, (_, i) => a.join(`shared-${i}`)));
+  for (let k = 0; k < 4; k++) {
+    for (const r of rooms) r.doc.getText("t").insert(0, `${k}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await Promise.all(rooms.map((r) => r.flushed()));
+  assert.deepEqual(log, []);
+  assert.equal(limited, 0, "updates refused RATE_LIMITED");
+  const b = connect(t, s.url);
+  for (let i = 0; i < 8; i++) assert.equal((await b.join(`shared-${i}`)).doc.getText("t").toString(), "3210");
 });
