@@ -112,6 +112,7 @@ export class PlaitClient {
     if (typeof name !== "string" || name.length === 0) return Promise.reject(new PlaitError(ErrorCode.INVALID_ROOM_NAME, "a room name is a non-empty string"));
     const existing = this._rooms.get(name);
     if (existing) return existing._joinPromise;
+    const invalidOptions = Room.invalidOptions(options); if (invalidOptions) return Promise.reject(invalidOptions);
     const room = new Room(this, name, options);
     this._rooms.set(name, room);
     if (this._state === "open") room._join();

@@ -133,7 +133,8 @@ export class Room {
   readonly lastSeq: number;
   readonly epoch: string | null;
   /** Resolves when every local document change so far is acked (durable, §4.1); rejects with
-   *  the PlaitError of a change refused for good (FORBIDDEN, DOCUMENT_TOO_LARGE). */
+   *  the PlaitError of a change refused for good (FORBIDDEN, DOCUMENT_TOO_LARGE,
+   *  FRAME_TOO_LARGE, INVALID_UPDATE), once (each is also a "refused" event). */
   flushed(): Promise<void>;
 
   setPresence(state: Record<string, unknown>): void;
@@ -142,11 +143,16 @@ export class Room {
   presence(): PresenceEntry[];
   users(): User[];
 
-  /** Latest wins; sent at most once per throttleMs (default 50). null hides the cursor. */
+  /** Latest wins; sent at most once per throttleMs (default 50). null hides the cursor.
+   *  Presence, cursor and typing are checked at the call (PlaitError INVALID_FIELD, TOO_DEEP,
+   *  PRESENCE_TOO_LARGE), then coalesced (latest wins, patches merged) and sent under the
+   *  server's frames_per_second (§5.8). */
   moveCursor(position: unknown): void;
   /** session -> position, for sessions that have one (this session's not included). */
   cursors(): Map<string, unknown>;
-  /** A cursor for a Y.Text selection, and back (null when the item is gone). */
+  /** A cursor for a Y.Text selection, and back (null when the item is gone). Indices are
+   *  integers in [0, text.length] (else PlaitError INVALID_FIELD); a position at the text's
+   *  end stays before what is appended after it. */
   textCursor(text: Y.Text, anchor: number, head?: number): TextCursor;
   resolveTextCursor(text: Y.Text, cursor: TextCursor): { anchor: number; head: number } | null;
 
@@ -158,7 +164,10 @@ export class Room {
   /** Resolves with the event's seq once acked; rejects with PlaitError (EVENT_REJECTED,
    *  FORBIDDEN, RATE_LIMITED after the SDK's retries, an application code 4000-4999, ...).
    *  Offline, it is queued and sent on reconnect with its idempotency key, so it is delivered
-   *  once (§4.2, §7). */
+   *  once (§4.2, §7). Publishes go one at a time in call order, under the server's
+   *  events_per_second (§5.8), so the room's events keep that order. A name or key that is not
+   *  1 to 128 characters, or a payload that is not a Plait value, rejects with INVALID_FIELD
+   *  (or TOO_DEEP) at once. */
   publish(name: string, payload: unknown, options?: { key?: string }): Promise<number>;
 
   on(type: "presence", listener: (change: PresenceChange) => void): () => void;
@@ -171,6 +180,13 @@ export class Room {
   /** The server ended this membership (channel_closed, §5.2): ROOM_DELETED, FORBIDDEN, ...
    *  The SDK rejoins by itself only after STORAGE_UNAVAILABLE and INTERNAL. */
   on(type: "closed", listener: (error: PlaitError) => void): () => void;
+  /** A local document change refused for good: FORBIDDEN (kept, and sent again once the
+   *  member may write), DOCUMENT_TOO_LARGE, FRAME_TOO_LARGE (an update too large for one
+   *  message, refused locally), INVALID_UPDATE (the server lacked what it builds on: the Room
+   *  rejoins, and the sync exchange repairs it). flushed() rejects with it too. Listeners must
+   *  be functions (else PlaitError INVALID_FIELD); one that throws is reported
+   *  (reportError or console.error) and the others still run. */
+  on(type: "refused", listener: (error: PlaitError) => void): () => void;
 
   /** Waits (bounded) for pending updates to be acked, then leaves (§7.1). */
   leave(): Promise<void>;

@@ -5,7 +5,8 @@ import * as Y from "yjs";
 import { PlaitError } from "./errors.js";
 import { ErrorCode } from "./codes.js";
 import { checkValue, encodedSize, ACCESS } from "./protocol.js";
-import { Pacer, backoffDelay } from "./pacing.js";
+import { backoffDelay } from "./pacing.js";
+import { connectionPacers, spend } from "./connpacing.js";
 
 const nowS = () => performance.now() / 1000;
 const LEAVE_WAIT_MS = 5000;
@@ -17,7 +18,37 @@ const REJOIN_CODES = new Set([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.INTERNAL]
 /** join refusals worth retrying after a reconnect's rejoin. */
 const RETRY_JOIN_CODES = new Set([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.SHUTTING_DOWN, ErrorCode.RATE_LIMITED]);
 
+/** Rejoins to repair a document the server refused as INVALID_UPDATE, at most this many a minute. */
+const MAX_RESYNCS_PER_MINUTE = 3;
+const LISTENER_TYPES = ["presence", "cursors", "typing", "event", "resumed", "access", "synced", "closed", "refused"];
+
 const errorOf = (/** @type {any} */ f) => new PlaitError(f.code, f.message);
+const invalid = (/** @type {string} */ msg) => new PlaitError(ErrorCode.INVALID_FIELD, msg);
+const codePoints = (/** @type {string} */ s) => [...s].length;
+
+/** A name or key of 1 to 128 code points (§4.2), checked before it is sent. */
+function checkShortString(/** @type {unknown} */ s, /** @type {string} */ what) {
+  if (typeof s !== "string") throw invalid(`${what} must be a string, not ${s === null ? "null" : typeof s}`);
+  const n = codePoints(s);
+  if (n < 1 || n > 128) throw invalid(`${what} is 1 to 128 characters, not ${n}`);
+  checkValue(s, 0, what);
+}
+
+/** An index into a Y.Text: an integer in [0, text.length]. */
+function checkIndex(/** @type {Y.Text} */ text, /** @type {unknown} */ i, /** @type {string} */ what) {
+  if (typeof i !== "number" || !Number.isInteger(i) || i < 0 || i > text.length) throw invalid(`${what} must be an integer in [0, ${text.length}], not ${String(i)}`);
+}
+
+function checkText(/** @type {unknown} */ text) {
+  if (!(text instanceof Y.Text)) throw invalid("a text cursor needs a Y.Text (from the same yjs the SDK uses)");
+}
+
+/** A listener's exception is reported, never thrown into the SDK's turn (it would kill Node). */
+function reportListenerError(/** @type {unknown} */ err) {
+  const g = /** @type {any} */ (globalThis);
+  if (typeof g.reportError === "function") g.reportError(err);
+  else console.error("plait: a Room listener threw:", err);
+}
 const jsonKey = (/** @type {unknown} */ v) => JSON.stringify(v, (_k, x) => (x instanceof Uint8Array ? Array.from(x) : x));
 
 /** Presence entries grouped by identity.id (§5.4). */
@@ -34,8 +65,23 @@ function groupUsers(/** @type {Map<string, any>} */ entries) {
 }
 
 export class Room {
+  /** Why join options would be refused (a PlaitError), or null: since a non-negative integer,
+   *  epoch a string, doc a Y.Doc. Checked before anything is sent (a join.since the codec
+   *  cannot encode threw inside the client's send).
+   *  @param {unknown} options @returns {PlaitError | null} */
+  static invalidOptions(options) {
+    if (options === undefined || options === null) return null;
+    if (typeof options !== "object") return invalid("join options must be an object");
+    const o = /** @type {any} */ (options);
+    if (o.since !== undefined && (typeof o.since !== "number" || !Number.isSafeInteger(o.since) || o.since < 0)) return invalid(`join's since must be a non-negative integer, not ${String(o.since)}`);
+    if (o.epoch !== undefined && o.epoch !== null && typeof o.epoch !== "string") return invalid("join's epoch must be a string");
+    if (o.doc !== undefined && !(o.doc instanceof Y.Doc)) return invalid("join's doc must be a Y.Doc (from the same yjs the SDK uses)");
+    return null;
+  }
+
   /** @param {import("./client.js").PlaitClient} client @param {string} name @param {any} options */
   constructor(client, name, options) {
+    options = options ?? {};
     this._client = client;
     this.name = name;
     this.doc = options.doc ?? new Y.Doc();
@@ -54,19 +100,28 @@ export class Room {
     /** @type {Map<number, Uint8Array>} */ this._inflight = new Map();
     /** @type {PlaitError | null} */ this._refused = null;
     /** @type {{ resolve: () => void, reject: (e: PlaitError) => void }[]} */ this._flushWaiters = [];
-    /** @type {Pacer | null} */ this._pacer = null;
+    /** @type {import("./pacing.js").Pacer | null} */ this._pacer = null;
     /** @type {any} */ this._flushTimer = null;
     /** @type {Record<string, unknown> | null} */ this._presenceState = null;
     /** @type {Map<string, any>} */ this._entries = new Map();
     /** @type {Map<string, unknown>} */ this._cursors = new Map();
     /** @type {unknown} */ this._cursor = undefined;
     this._cursorSentAt = -Infinity;
-    /** @type {any} */ this._cursorTimer = null;
     this.cursorThrottleMs = 50;
     this._typingOn = false;
     /** @type {any} */ this._typingTimer = null;
     /** @type {string[]} */ this._typing = [];
     /** @type {any[]} */ this._publishes = [];
+    /** @type {any} */ this._publishTimer = null;
+    /** @type {(() => void)[]} */ this._publishesDone = [];
+    /** Updates refused FORBIDDEN: sent again once the member may write (later edits build on them). */
+    /** @type {Uint8Array[]} */ this._forbidden = [];
+    /** @type {number[]} */ this._resyncs = [];
+    /** Presence, cursor and typing waiting for the connection's frame pacer (latest wins). */
+    /** @type {null | { set: boolean, patch?: Record<string, unknown> }} */ this._presencePending = null;
+    this._cursorPending = false;
+    /** @type {boolean | null} */ this._typingPending = null;
+    /** @type {any} */ this._ephemeralTimer = null;
     /** @type {any} */ this._rejoinTimer = null;
     /** @type {Map<string, Set<Function>>} */ this._listeners = new Map();
     /** @type {[string, unknown][] | null} */ this._held = [];
@@ -91,8 +146,8 @@ export class Room {
 
   /** @param {string} type @param {Function} listener */
   on(type, listener) {
-    const known = ["presence", "cursors", "typing", "event", "resumed", "access", "synced", "closed"];
-    if (!known.includes(type)) throw new PlaitError(ErrorCode.INVALID_FIELD, `Room has no ${JSON.stringify(type)} listener`);
+    if (!LISTENER_TYPES.includes(type)) throw invalid(`Room has no ${JSON.stringify(type)} listener`);
+    if (typeof listener !== "function") throw invalid(`a Room listener must be a function, not ${listener === null ? "null" : typeof listener}`);
     let set = this._listeners.get(type);
     if (!set) { set = new Set(); this._listeners.set(type, set); }
     set.add(listener);
@@ -104,7 +159,7 @@ export class Room {
     // join() could add its listeners: the turn after the join resolved.
     if (this._held) { this._held.push([type, value]); return; }
     for (const l of [...(this._listeners.get(type) ?? [])]) {
-      try { l(value); } catch (err) { queueMicrotask(() => { throw err; }); }
+      try { l(value); } catch (err) { reportListenerError(err); }
     }
   }
 
@@ -154,11 +209,35 @@ export class Room {
     }
     this._joinedOnce = true;
     this.synced = false; // until this join's sync_step2
-    this._pacer = new Pacer(this._client.limits?.updates_per_second ?? 0, nowS());
+    this._pacer = connectionPacers(this._client).updates; // the rate is per connection (§5.8)
     // Stale cursors and typing of the last connection: the server sends them afresh.
     if (this._cursors.size) { this._cursors.clear(); this._emit("cursors", new Map()); }
     if (this._typing.length) { this._typing = []; this._emit("typing", []); }
     if (accessChanged) this._emit("access", access);
+    this._resendForbidden();
+  }
+
+  /** The member may write again: what was refused FORBIDDEN goes first, so that later edits,
+   *  which build on it, integrate (the rejoin's sync_step2 also carries it). */
+  _resendForbidden() {
+    if (this.access !== "write" || this._forbidden.length === 0) return;
+    this._unsent.unshift(...this._forbidden.splice(0));
+    this._scheduleFlush(0);
+  }
+
+  /** The server refused an update as INVALID_UPDATE: it lacks what the update builds on.
+   *  Leave and join again with the state vector: the sync exchange sends all it lacks (§5.3). */
+  _resync() {
+    if (this._ended || this._channel === null) return;
+    const now = Date.now();
+    this._resyncs = this._resyncs.filter((t) => now - t < 60000);
+    if (this._resyncs.length >= MAX_RESYNCS_PER_MINUTE) return;
+    this._resyncs.push(now);
+    const channel = this._channel;
+    this._client._channels.delete(channel);
+    this._client._send({ kind: "leave", channel, ref: null });
+    this._disconnected();
+    this._join();
   }
 
   _rejoinLater() {
@@ -172,19 +251,23 @@ export class Room {
     this._live = false;
     clearTimeout(this._flushTimer);
     this._flushTimer = null; // else no flush is ever scheduled again (_scheduleFlush checks it)
-    clearTimeout(this._cursorTimer);
-    this._cursorTimer = null;
     clearInterval(this._typingTimer);
     this._typingTimer = null;
+    clearTimeout(this._publishTimer);
+    this._publishTimer = null;
+    clearTimeout(this._ephemeralTimer);
+    this._ephemeralTimer = null;
   }
 
   /** Becomes live after answering the server's sync_step1: sends what waited. */
   _goLive() {
     this._live = true;
-    if (this._presenceState) this._client._send({ kind: "presence_set", channel: this._channel, ref: null, state: this._presenceState });
-    if (this._cursor !== undefined && this._cursor !== null) this._sendCursor();
+    this._presencePending = this._presenceState ? { set: true } : null;
+    this._cursorPending = this._cursor !== undefined && this._cursor !== null;
+    this._typingPending = null;
     if (this._typingOn) this._startTyping();
-    for (const p of this._publishes) if (!p.sent) this._sendPublish(p);
+    this._pumpEphemeral();
+    this._pumpPublishes();
     this._scheduleFlush(0);
   }
 
@@ -196,6 +279,7 @@ export class Room {
         // Everything the server lacks, offline edits included (§5.3); unsent changes are in it.
         const update = Y.encodeStateAsUpdate(this.doc, f.state_vector);
         this._unsent = [];
+        spend(this._pacer, nowS()); // it counts toward updates_per_second (§5.8)
         this._sendUpdate("sync_step2", update);
         this._goLive();
         return;
@@ -265,6 +349,7 @@ export class Room {
       case "access_changed": {
         this.access = ACCESS[/** @type {1|2|3} */ (f.access)] ?? null;
         this._emit("access", this.access);
+        this._resendForbidden();
         return;
       }
     }
@@ -310,7 +395,9 @@ export class Room {
           return this._scheduleFlush(0);
         }
         if (f.code === ErrorCode.UNKNOWN_CHANNEL) return; // left meanwhile
+        if (f.code === ErrorCode.FORBIDDEN) this._forbidden.push(update);
         this._refuse(errorOf(f));
+        if (f.code === ErrorCode.INVALID_UPDATE) this._resync();
       },
       // The rejoin's sync_step2 carries it again.
       lost: () => { this._inflight.delete(/** @type {number} */ (ref)); this._unsent.push(update); },
@@ -320,6 +407,7 @@ export class Room {
 
   /** A change refused for good (FORBIDDEN, DOCUMENT_TOO_LARGE, INVALID_UPDATE): never silent. */
   _refuse(/** @type {PlaitError} */ err) {
+    this._emit("refused", err);
     const waiters = this._flushWaiters.splice(0);
     if (waiters.length) for (const w of waiters) w.reject(err);
     else this._refused = err;
@@ -370,7 +458,8 @@ export class Room {
   setPresence(state) {
     this._checkPresence(state, "presence state");
     this._presenceState = { ...state };
-    if (this._live) this._client._send({ kind: "presence_set", channel: this._channel, ref: null, state: this._presenceState });
+    this._presencePending = { set: true };
+    this._pumpEphemeral();
   }
 
   /** @param {Record<string, unknown>} patch */
@@ -382,7 +471,50 @@ export class Room {
     }
     this._checkPresence(merged, "presence state");
     this._presenceState = merged;
-    if (this._live) this._client._send({ kind: "presence_patch", channel: this._channel, ref: null, patch });
+    const pending = this._presencePending;
+    if (pending && pending.set) return this._pumpEphemeral(); // the set sends the merged state
+    // Patches waiting for the pacer merge into one (a later value of a key wins; null deletes).
+    const next = { ...(pending ? pending.patch : {}), ...patch };
+    const max = this._client.limits?.max_presence_bytes;
+    const tooBig = max && encodedSize({ kind: "presence_patch", channel: 0, ref: null, patch: next }) > max;
+    this._presencePending = tooBig ? { set: true } : { set: false, patch: next };
+    this._pumpEphemeral();
+  }
+
+  /** Sends the latest presence, cursor and typing under the connection's frame rate (§5.8). */
+  _pumpEphemeral() {
+    if (!this._live || this._ephemeralTimer) return;
+    const pacer = connectionPacers(this._client).frames;
+    const later = (/** @type {number} */ ms) => {
+      this._ephemeralTimer = setTimeout(() => { this._ephemeralTimer = null; this._pumpEphemeral(); }, Math.max(1, ms));
+    };
+    for (let i = 0; i < 3; i++) { // each kind at most once a pass
+      const t = nowS();
+      let frame = null;
+      if (this._presencePending) {
+        const p = this._presencePending;
+        frame = p.set
+          ? { kind: "presence_set", channel: this._channel, ref: null, state: this._presenceState ?? {} }
+          : { kind: "presence_patch", channel: this._channel, ref: null, patch: p.patch };
+        if (!pacer.take(t)) return later((pacer.nextTokenAt(t) - t) * 1000);
+        this._presencePending = null;
+      } else if (this._typingPending !== null) {
+        frame = { kind: "typing", channel: this._channel, on: this._typingPending };
+        if (!pacer.take(t)) return later((pacer.nextTokenAt(t) - t) * 1000);
+        this._typingPending = null;
+      } else if (this._cursorPending) {
+        const wait = this._cursorSentAt + this.cursorThrottleMs - performance.now();
+        if (wait > 0) return later(wait);
+        if (!pacer.take(t)) return later((pacer.nextTokenAt(t) - t) * 1000);
+        this._cursorPending = false;
+        this._cursorSentAt = performance.now();
+        frame = { kind: "cursor_move", channel: this._channel, position: this._cursor ?? null };
+      } else {
+        return;
+      }
+      this._client._send(frame);
+    }
+    if (this._presencePending || this._typingPending !== null || this._cursorPending) later(0);
   }
 
   presence() { return [...this._entries.values()]; }
@@ -398,27 +530,29 @@ export class Room {
     const size = encodedSize({ kind: "cursor_move", channel: 0, position });
     if (max && size > max) throw new PlaitError(ErrorCode.PRESENCE_TOO_LARGE, `a cursor position of ${size} bytes is over max_presence_bytes ${max}`);
     this._cursor = position;
-    if (!this._live || this._cursorTimer) return;
-    const wait = this._cursorSentAt + this.cursorThrottleMs - performance.now();
-    if (wait <= 0) this._sendCursor();
-    else this._cursorTimer = setTimeout(() => { this._cursorTimer = null; if (this._live) this._sendCursor(); }, wait);
-  }
-
-  _sendCursor() {
-    this._cursorSentAt = performance.now();
-    this._client._send({ kind: "cursor_move", channel: this._channel, position: this._cursor ?? null });
+    this._cursorPending = true;
+    this._pumpEphemeral();
   }
 
   cursors() { return new Map(this._cursors); }
 
   /** @param {Y.Text} text @param {number} anchor @param {number} [head] */
   textCursor(text, anchor, head = anchor) {
-    const rel = (/** @type {number} */ i) => JSON.parse(JSON.stringify(Y.relativePositionToJSON(Y.createRelativePositionFromTypeIndex(text, i))));
+    checkText(text);
+    checkIndex(text, anchor, "a text cursor's anchor");
+    checkIndex(text, head, "a text cursor's head");
+    // A position at the end of the text sticks to the character before it (assoc -1): text
+    // appended after it by someone else then falls outside the selection, not inside it.
+    const rel = (/** @type {number} */ i) => {
+      const assoc = i > 0 && i === text.length ? -1 : 0;
+      return JSON.parse(JSON.stringify(Y.relativePositionToJSON(Y.createRelativePositionFromTypeIndex(text, i, assoc))));
+    };
     return { anchor: rel(anchor), head: rel(head) };
   }
 
   /** @param {Y.Text} text @param {{ anchor: unknown, head: unknown }} cursor */
   resolveTextCursor(text, cursor) {
+    checkText(text);
     const abs = (/** @type {any} */ json) => {
       try {
         const pos = Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(json), this.doc);
@@ -444,15 +578,17 @@ export class Room {
     if (!on && was) {
       clearInterval(this._typingTimer);
       this._typingTimer = null;
-      this._client._send({ kind: "typing", channel: this._channel, on: false });
+      this._typingPending = false; // on then off before the pacer let "on" go: only "off" is sent
+      this._pumpEphemeral();
     }
   }
 
   _startTyping() {
     clearInterval(this._typingTimer);
-    this._client._send({ kind: "typing", channel: this._channel, on: true });
+    this._typingPending = true;
+    this._pumpEphemeral();
     this._typingTimer = setInterval(() => {
-      if (this._live && this._typingOn) this._client._send({ kind: "typing", channel: this._channel, on: true });
+      if (this._live && this._typingOn) { this._typingPending = true; this._pumpEphemeral(); }
     }, TYPING_RENEW_MS);
   }
 
@@ -464,19 +600,43 @@ export class Room {
   publish(name, payload, options = {}) {
     if (this._ended) return Promise.reject(this._gone());
     try {
-      if (typeof name !== "string" || name.length < 1 || name.length > 128) throw new PlaitError(ErrorCode.INVALID_FIELD, "an event name is 1 to 128 characters");
+      if (options !== undefined && options !== null && typeof options !== "object") throw invalid("publish options must be an object");
+      checkShortString(name, "an event name");
       checkValue(payload === undefined ? null : payload, 0, "event payload");
-      const key = options.key ?? `k${Date.now().toString(36)}${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`.slice(0, 40);
+      const given = options?.key;
+      if (given !== undefined && given !== null) checkShortString(given, "an idempotency key");
+      const key = given ?? `k${Date.now().toString(36)}${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`.slice(0, 40);
       const size = encodedSize({ kind: "publish", channel: 0, ref: 0, name, payload: payload ?? null, key });
       this._client._checkFits(size, "the event");
       return new Promise((resolve, reject) => {
-        const p = { name, payload: payload ?? null, key, resolve, reject, sent: false, tries: 0 };
-        this._publishes.push(p);
-        if (this._live) this._sendPublish(p);
+        this._publishes.push({ name, payload: payload ?? null, key, resolve, reject, sent: false, tries: 0, notBefore: 0 });
+        this._pumpPublishes();
       });
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /** Sends the oldest waiting publish, one at a time and under the connection's event rate
+   *  (§5.8, §7.1): a RATE_LIMITED one is retried before any later one goes, so the room's
+   *  events keep the order they were published in; an offline queue drains at that pace. */
+  _checkPublished() {
+    if (this._publishes.length === 0) for (const done of this._publishesDone.splice(0)) done();
+  }
+
+  _pumpPublishes() {
+    this._checkPublished();
+    if (!this._live || this._publishTimer) return;
+    const p = this._publishes[0];
+    if (!p || p.sent) return;
+    const pacer = connectionPacers(this._client).events;
+    const t = nowS();
+    const at = Math.max(p.notBefore, pacer.nextTokenAt(t));
+    if (at > t || !pacer.take(t)) {
+      this._publishTimer = setTimeout(() => { this._publishTimer = null; this._pumpPublishes(); }, Math.max(1, (at - t) * 1000));
+      return;
+    }
+    this._sendPublish(p);
   }
 
   _sendPublish(/** @type {any} */ p) {
@@ -484,15 +644,19 @@ export class Room {
     const settle = () => { const i = this._publishes.indexOf(p); if (i >= 0) this._publishes.splice(i, 1); };
     this._client._request({ kind: "publish", channel: this._channel, ref: 0, name: p.name, payload: p.payload, key: p.key }, {
       answer: (f) => {
-        if (f.kind === "ack") { settle(); return p.resolve(f.value); }
+        p.sent = false;
+        if (f.kind === "ack") { settle(); p.resolve(f.value); return this._pumpPublishes(); }
         if (f.code === ErrorCode.RATE_LIMITED && p.tries < PUBLISH_RETRIES) {
+          // It had no effect: again, first in line, after a jittered pause at a slower pace.
           p.tries += 1;
-          p.sent = false;
-          setTimeout(() => { if (this._live && !p.sent && this._publishes.includes(p)) this._sendPublish(p); }, 100 + backoffDelay(p.tries, 100, 2000));
-          return;
+          const pause = 0.1 + backoffDelay(p.tries, 100, 2000) / 1000;
+          p.notBefore = nowS() + pause;
+          connectionPacers(this._client).events.hold(nowS(), pause);
+          return this._pumpPublishes();
         }
         settle();
         p.reject(errorOf(f));
+        this._pumpPublishes();
       },
       lost: () => { p.sent = false; }, // sent again on rejoin, with the same key
     });
@@ -506,7 +670,9 @@ export class Room {
     if (this._ended) return;
     if (this._live) {
       let timer;
-      await Promise.race([this.flushed().catch(() => {}), new Promise((r) => { timer = setTimeout(r, waitMs); })]);
+      // Edits and the publishes still queued behind the pacer go first (bounded).
+      const published = new Promise((r) => { this._publishesDone.push(() => r(undefined)); this._checkPublished(); });
+      await Promise.race([Promise.all([this.flushed().catch(() => {}), published]), new Promise((r) => { timer = setTimeout(r, waitMs); })]);
       clearTimeout(timer);
     }
     const channel = this._channel;

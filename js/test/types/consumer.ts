@@ -23,6 +23,7 @@ export async function main(url: string): Promise<number> {
   room.on("event", (event: RoomEvent) => console.log(event.seq, event.name, event.payload));
   room.on("resumed", (resumed: Resumed) => console.log(resumed.complete));
   room.on("closed", (error: PlaitError) => console.log(error.code === ErrorCode.ROOM_DELETED));
+  room.on("refused", (error: PlaitError) => console.log(error.code === ErrorCode.FORBIDDEN));
   const cursor = room.textCursor(room.doc.getText("body"), 1, 2);
   const where = room.resolveTextCursor(room.doc.getText("body"), cursor);
   if (where) room.moveCursor(cursor);
