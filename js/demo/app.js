@@ -451,6 +451,14 @@ async function main() {
     renderTyping(room, room.typing());
   });
   room.on("typing", (sessions) => renderTyping(room, sessions));
+  room.on("refused", (error) => {
+    refusal = `Your last edit was not saved: ${describeError(error)}. It is in this tab only.`;
+    renderStatus();
+  });
+  room.on("access", () => {
+    if (room.access === "write") refusal = "";
+    renderStatus();
+  });
   room.on("event", (event) => {
     plait.events.push({ seq: event.seq, name: event.name, payload: event.payload, session: event.session, user: event.user });
     if (event.name === "chat") receiveChat(event);

@@ -101,3 +101,12 @@ def test_a_closed_tab_leaves_the_room_at_once(server: Server, contexts: Contexts
     ana.page.locator("#presence li.person", has_text="Bo").wait_for(state="detached")
     gone_after = ana.page.evaluate("performance.now()") - started
     assert gone_after < 3000, f"Bo's presence lingered {gone_after:.0f} ms (the grace is 5 s)"
+
+
+def test_an_edit_too_large_to_send_is_shown_not_silently_kept(server: Server, contexts: Contexts) -> None:
+    """A 17 MB paste: more than a message may carry (16 MiB), which the SDK cannot split yet."""
+    room = room_name()
+    ana = Demo.open(contexts.new(), server, room, "Ana")
+    ana.page.evaluate("window.plait.room.doc.getText('text').insert(0, 'x'.repeat(17 * 1024 * 1024))")
+    ana.page.locator("#status-error", has_text="not saved").wait_for()
+    assert "FRAME_TOO_LARGE" in ana.page.locator("#status-error").inner_text()
