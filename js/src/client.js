@@ -113,6 +113,8 @@ export class PlaitClient {
     this._closing = false;
     /** @type {Promise<void> | null} */ this._closed = null;
     this._upgradeDelayMs = Math.min(FIRST_UPGRADE_MS, this._upgradeAfterMs);
+    /** Not public: tests shorten it. */
+    this._openTimeoutMs = /** @type {any} */ (options)._openTimeoutMs ?? OPEN_TIMEOUT_MS;
     /** @type {((e: PlaitError) => void) | null} */ this._dropped = null;
     this._offlineFlag = false;
     this._onOffline = () => { this._offlineFlag = true; if (this._conn) this._drop(this._conn, closeError(CloseCode.ABNORMAL, "the browser went offline")); else this._wake?.(); };
@@ -255,7 +257,7 @@ export class PlaitClient {
       const welcome = await Promise.race([
         opening,
         aborted,
-        new Promise((_, reject) => { timer = setTimeout(() => reject(closeError(CloseCode.HANDSHAKE_TIMEOUT, `no welcome within ${OPEN_TIMEOUT_MS} ms`)), OPEN_TIMEOUT_MS); }),
+        new Promise((_, reject) => { timer = setTimeout(() => reject(closeError(CloseCode.HANDSHAKE_TIMEOUT, `no welcome within ${this._openTimeoutMs} ms`)), this._openTimeoutMs); }),
       ]);
       opening.catch(() => {});
       return { transport, welcome };

@@ -110,6 +110,27 @@ test("a token function that returns a non-string or throws is a failed attempt (
   }
 });
 
+test("a token function that never returns is bounded by the open timeout: a failed attempt, retried", async (t) => {
+  let calls = 0;
+  const changes = [];
+  const a = connect(t, server.url, { token: () => (++calls === 1 ? new Promise(() => {}) : null), _openTimeoutMs: 300, backoff: { baseMs: 10, capMs: 20 } });
+  a.on("state", (c) => changes.push(c));
+  await a.whenOpen();
+  assert.equal(calls, 2);
+  assert.equal(changes.find((c) => c.state === "reconnecting").error.code, CloseCode.HANDSHAKE_TIMEOUT);
+});
+
+test("after a fallback, the first upgrade probe comes after about 5 s (not upgradeAfterMs)", async (t) => {
+  proxy.refuseUpgrades(true);
+  t.after(() => proxy.refuseUpgrades(false));
+  const a = connect(t, proxy.url, { backoff: { baseMs: 10, capMs: 50 } }); // upgradeAfterMs: 60 s by default
+  await until(() => a.transport === "sse" && a.state === "open", 5000, "the fallback to sse");
+  const fellBack = Date.now();
+  proxy.refuseUpgrades(false);
+  await until(() => a.transport === "websocket" && a.state === "open", 9000, "the upgrade back");
+  assert.ok(Date.now() - fellBack >= 3000, "not at once");
+});
+
 test("a token function that fails at a refresh skips the refresh; the connection stays", async (t) => {
   // A scripted server that says the token is expiring: the client asks its function again.
   const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" });
