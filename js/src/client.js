@@ -60,8 +60,11 @@ function joinArgumentsError(/** @type {unknown} */ name, /** @type {any} */ opti
   if (LONE_SURROGATE.test(name)) return bad("a room name must not hold a lone surrogate");
   const points = [...name].length;
   if (points < 1 || points > MAX_ROOM_NAME) return bad(`a room name is 1 to ${MAX_ROOM_NAME} characters, not ${points}`);
-  if (options === null || typeof options !== "object") return bad("join options must be an object");
-  const { since, epoch } = options;
+  if (typeof options !== "object" || options === null) return bad("join options must be an object");
+  const { since, epoch, doc } = options;
+  // Duck-typed: a Y.Doc of another copy of yjs is not `instanceof` this one's.
+  if (doc !== undefined && (doc === null || typeof doc !== "object" || typeof doc.on !== "function" || typeof doc.getText !== "function" || typeof doc.transact !== "function"))
+    return bad("doc must be a Y.Doc");
   if (since !== undefined && since !== null && !(Number.isSafeInteger(since) && since >= 0))
     return bad(`since must be a non-negative integer, not ${typeof since === "number" ? since : typeof since}`);
   if (epoch !== undefined && epoch !== null && (typeof epoch !== "string" || epoch.length > MAX_EPOCH || LONE_SURROGATE.test(epoch)))
@@ -143,6 +146,7 @@ export class PlaitClient {
 
   /** @param {string} name @param {import("./index.js").JoinOptions} [options] @returns {Promise<Room>} */
   join(name, options = {}) {
+    if (options === null) options = {};
     if (this._state === "closed") return Promise.reject(this._closedError());
     const invalid = joinArgumentsError(name, options);
     if (invalid) return Promise.reject(invalid);

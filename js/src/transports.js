@@ -165,8 +165,10 @@ export class WebSocketTransport extends Base {
       ws.onerror = (/** @type {any} */ ev) => {
         // onclose follows. In Node, ws says the status of a refused upgrade ("Unexpected
         // server response: 502"); a browser never tells it.
-        const m = /Unexpected server response: (\d+)/.exec(String(ev?.message ?? ev?.error?.message ?? ""));
+        const text = String(ev?.message ?? ev?.error?.message ?? "");
+        const m = /Unexpected server response: (\d+)/.exec(text);
         if (m && !welcomed) refused = `the WebSocket upgrade was refused: HTTP ${m[1]}`;
+        else if (/ECONNREFUSED|ENOTFOUND|ECONNRESET|ETIMEDOUT/.test(text) && !welcomed) refused = `the connection failed: ${text}`;
       };
       ws.onclose = (/** @type {any} */ ev) => {
         const code = ev.code ?? CloseCode.ABNORMAL;

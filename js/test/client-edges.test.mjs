@@ -32,6 +32,8 @@ test("join() refuses bad arguments at once with INVALID_FIELD, and the good room
     ["ok-name", { since: 2 ** 60 }],
     ["ok-name", { epoch: "e".repeat(65) }],
     ["ok-name", { epoch: 7 }],
+    ["ok-name", { doc: {} }],
+    ["ok-name", "options"],
   ];
   for (const [name, options] of bad) {
     await assert.rejects(a.join(/** @type {any} */ (name), /** @type {any} */ (options)), (err) => err instanceof PlaitError && err.code === ErrorCode.INVALID_FIELD, `join(${String(name).slice(0, 20)}, ${JSON.stringify(options)})`);
