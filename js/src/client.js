@@ -284,7 +284,9 @@ export class PlaitClient {
     const stop = () => abort.abort();
     this._attempts.add(stop);
     try {
-      const res = await this._fetch(`${baseUrls(this._opts.url).http}/healthz`, { signal: abort.signal });
+      // no-cors: /healthz has no CORS headers, and a page of another origin only needs to
+      // know that something answered (an opaque response, status 0); Node sees the status.
+      const res = await this._fetch(`${baseUrls(this._opts.url).http}/healthz`, { signal: abort.signal, mode: "no-cors", cache: "no-store" });
       try { await res.arrayBuffer(); } catch { /* the status is enough */ }
       return ![502, 503, 504].includes(res.status);
     } catch {
