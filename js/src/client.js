@@ -1,7 +1,7 @@
 // PlaitClient: one connection to a server, kept open across drops (spec §7, §7.1): the state
 // machine connecting/open/reconnecting/offline/closed, backoff with full jitter, heartbeats
 // (§5.7), transport fallback and upgrade, token refresh (§5.9), requests and their answers.
-import { makeTransport } from "./transports.js";
+import { makeTransport, baseUrls } from "./transports.js";
 import { PlaitError, closeError } from "./errors.js";
 import { ErrorCode, CloseCode, FINAL_CLOSES, isFatal } from "./codes.js";
 import { backoffDelay } from "./pacing.js";
@@ -10,6 +10,14 @@ import { Room } from "./room.js";
 export const VERSION = "0.1.0";
 const ALL_TRANSPORTS = ["websocket", "sse", "poll"];
 const OPEN_TIMEOUT_MS = 15000;
+/** The first upgrade probe after a fallback; later ones double up to upgradeAfterMs. */
+const FIRST_UPGRADE_MS = 5000;
+/** How long close() waits for the answers to publishes already sent. */
+const CLOSE_WAIT_MS = 5000;
+/** How long the reachability check (GET /healthz) after a failed connect may take. */
+const HEALTH_TIMEOUT_MS = 2000;
+const MAX_ROOM_NAME = 256;
+const MAX_EPOCH = 64;
 /** A connection open this long resets the backoff (§7.1). */
 const RESET_AFTER_MS = 10000;
 const ANON_STORAGE_KEY = "plait:anonymous_key";
@@ -38,8 +46,31 @@ function defaultAnonymousKey() {
 /** Whether an error ends the client rather than be retried (§7.1 "Backoff", §9). */
 const isFinal = (/** @type {PlaitError} */ e) => (e.isClose && FINAL_CLOSES.has(e.code)) || (!e.isClose && isFatal(e.code) && e.code !== ErrorCode.FRAME_TOO_LARGE) || e.code === ErrorCode.UNAUTHENTICATED;
 
+/** Something that went wrong here rather than at the server: a local failure (code 0,
+ *  "CLIENT"), retried like a dropped connection, never read as the server's INTERNAL. */
 const asPlaitError = (/** @type {unknown} */ err) =>
-  err instanceof PlaitError ? err : new PlaitError(ErrorCode.INTERNAL, err instanceof Error ? err.message : String(err));
+  err instanceof PlaitError ? err : new PlaitError(0, err instanceof Error ? err.message : String(err));
+
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** Checks join()'s arguments (spec §4.3) when it is called: the error, or null. */
+function joinArgumentsError(/** @type {unknown} */ name, /** @type {any} */ options) {
+  const bad = (/** @type {string} */ msg) => new PlaitError(ErrorCode.INVALID_FIELD, msg);
+  if (typeof name !== "string") return bad("a room name is a string");
+  if (LONE_SURROGATE.test(name)) return bad("a room name must not hold a lone surrogate");
+  const points = [...name].length;
+  if (points < 1 || points > MAX_ROOM_NAME) return bad(`a room name is 1 to ${MAX_ROOM_NAME} characters, not ${points}`);
+  if (typeof options !== "object" || options === null) return bad("join options must be an object");
+  const { since, epoch, doc } = options;
+  // Duck-typed: a Y.Doc of another copy of yjs is not `instanceof` this one's.
+  if (doc !== undefined && (doc === null || typeof doc !== "object" || typeof doc.on !== "function" || typeof doc.getText !== "function" || typeof doc.transact !== "function"))
+    return bad("doc must be a Y.Doc");
+  if (since !== undefined && since !== null && !(Number.isSafeInteger(since) && since >= 0))
+    return bad(`since must be a non-negative integer, not ${typeof since === "number" ? since : typeof since}`);
+  if (epoch !== undefined && epoch !== null && (typeof epoch !== "string" || epoch.length > MAX_EPOCH || LONE_SURROGATE.test(epoch)))
+    return bad(`epoch must be a string of at most ${MAX_EPOCH} characters`);
+  return null;
+}
 
 export class PlaitClient {
   /** @param {import("./index.js").ClientOptions} options */
@@ -68,7 +99,7 @@ export class PlaitClient {
     this._tIndex = 0;
     /** @type {any} */ this._conn = null;
     /** @type {any} */ this._welcome = null;
-    /** @type {Map<number, { answer: (f: any) => void, lost: () => void }>} */ this._pending = new Map();
+    /** @type {Map<number, { answer: (f: any) => void, lost: () => void, kind: string }>} */ this._pending = new Map();
     this._ref = 0;
     /** @type {Map<string, Room>} */ this._rooms = new Map();
     /** @type {Map<number, Room>} */ this._channels = new Map();
@@ -80,6 +111,13 @@ export class PlaitClient {
     /** @type {any} */ this._heartbeatTimer = null;
     /** @type {any} */ this._upgradeTimer = null;
     /** @type {(() => void) | null} */ this._wake = null;
+    /** Aborts of the connects (and reachability checks) under way, for close(). @type {Set<() => void>} */
+    this._attempts = new Set();
+    this._closing = false;
+    /** @type {Promise<void> | null} */ this._closed = null;
+    this._upgradeDelayMs = Math.min(FIRST_UPGRADE_MS, this._upgradeAfterMs);
+    /** Not public: tests shorten it. */
+    this._openTimeoutMs = /** @type {any} */ (options)._openTimeoutMs ?? OPEN_TIMEOUT_MS;
     /** @type {((e: PlaitError) => void) | null} */ this._dropped = null;
     this._offlineFlag = false;
     this._onOffline = () => { this._offlineFlag = true; if (this._conn) this._drop(this._conn, closeError(CloseCode.ABNORMAL, "the browser went offline")); else this._wake?.(); };
@@ -108,14 +146,18 @@ export class PlaitClient {
 
   /** @param {string} name @param {import("./index.js").JoinOptions} [options] @returns {Promise<Room>} */
   join(name, options = {}) {
+    if (options === null) options = {};
     if (this._state === "closed") return Promise.reject(this._closedError());
-    if (typeof name !== "string" || name.length === 0) return Promise.reject(new PlaitError(ErrorCode.INVALID_ROOM_NAME, "a room name is a non-empty string"));
+    const invalid = joinArgumentsError(name, options);
+    if (invalid) return Promise.reject(invalid);
     const existing = this._rooms.get(name);
     if (existing) return existing._joinPromise;
     const invalidOptions = Room.invalidOptions(options); if (invalidOptions) return Promise.reject(invalidOptions);
     const room = new Room(this, name, options);
     this._rooms.set(name, room);
-    if (this._state === "open") room._join();
+    if (this._state === "open") {
+      try { room._join(); } catch (err) { this._rooms.delete(name); room._end(asPlaitError(err)); }
+    }
     return room._joinPromise;
   }
 
@@ -129,8 +171,21 @@ export class PlaitClient {
     }));
   }
 
-  async close() {
-    if (this._state === "closed") return;
+  close() {
+    if (this._state === "closed") return Promise.resolve();
+    if (!this._closed) this._closed = this._close();
+    return this._closed;
+  }
+
+  async _close() {
+    this._closing = true;
+    // A connect under way (an unresponsive server, a token function that hangs) is given up
+    // at once: nothing of it may keep the process alive.
+    for (const abort of [...this._attempts]) abort();
+    // Publishes already sent get their answers (bounded), so one the server delivered
+    // resolves with its seq rather than be reported lost.
+    await this._answersOf("publish", CLOSE_WAIT_MS);
+    if (/** @type {string} */ (this._state) === "closed") return;
     const rooms = [...this._rooms.values()];
     await Promise.all(rooms.map((r) => r._leave(2000, false)));
     this._flushOut();
@@ -167,42 +222,85 @@ export class PlaitClient {
     });
   }
 
+  /** The token: options.token, or what the token function gives. A function that throws or
+   *  gives something else than a string or null is a local failure (code 0), retried. */
   async _token() {
     const t = this._opts.token;
-    return typeof t === "function" ? await t() : (t ?? null);
+    if (typeof t !== "function") return t ?? null;
+    let token;
+    try {
+      token = await t();
+    } catch (err) {
+      throw new PlaitError(0, `the token function failed: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (token === undefined) token = null;
+    if (token !== null && typeof token !== "string")
+      throw new PlaitError(0, `the token function must return a string or null, not ${Array.isArray(token) ? "an array" : typeof token}`);
+    if (token !== null && LONE_SURROGATE.test(token)) throw new PlaitError(0, "the token function returned a string with a lone surrogate");
+    return token;
   }
 
   async _hello() {
     const token = await this._token();
-    if (token !== null && typeof token !== "string") throw new PlaitError(ErrorCode.INVALID_FIELD, "the token function must return a string or null");
     /** @type {Record<string, unknown>} */
     const client = { name: "plait-js", version: VERSION, ...(this._opts.clientInfo ?? {}) };
     if (this._anonymousKey) client.anonymous_key = this._anonymousKey;
     return { kind: "hello", versions: [1], token, client };
   }
 
-  /** Opens one transport: its welcome, or a PlaitError. */
+  /** Opens one transport: its welcome, or a PlaitError. The token function and the open
+   *  together are bounded by OPEN_TIMEOUT_MS; close() aborts the attempt at once. */
   async _openTransport(/** @type {string} */ name) {
     const transport = makeTransport(/** @type {any} */ (name), { url: this._opts.url, WebSocket: this._WebSocket, fetch: this._fetch });
     let timer;
+    /** @type {() => void} */
+    let abort = () => {};
+    const aborted = new Promise((_, reject) => { abort = () => reject(new PlaitError(0, "the client is closed")); });
+    this._attempts.add(abort);
     try {
-      const hello = await this._hello();
+      const opening = this._hello().then((hello) => (this._isClosed() ? new Promise(() => {}) : transport.open(hello)));
       const welcome = await Promise.race([
-        transport.open(hello),
-        new Promise((_, reject) => { timer = setTimeout(() => reject(closeError(CloseCode.HANDSHAKE_TIMEOUT, "no welcome in time")), OPEN_TIMEOUT_MS); }),
+        opening,
+        aborted,
+        new Promise((_, reject) => { timer = setTimeout(() => reject(closeError(CloseCode.HANDSHAKE_TIMEOUT, `no welcome within ${this._openTimeoutMs} ms`)), this._openTimeoutMs); }),
       ]);
+      opening.catch(() => {});
       return { transport, welcome };
     } catch (err) {
       transport.close();
       throw asPlaitError(err);
     } finally {
       clearTimeout(timer);
+      this._attempts.delete(abort);
+    }
+  }
+
+  /** After a connect that failed without an answer: whether the server answers at all
+   *  (GET /healthz on the same base URL). A server that is down (restarting, refused, a
+   *  proxy's 502) says nothing about the transport, so it does not count toward fallback. */
+  async _serverReachable() {
+    if (!this._fetch) return true;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), HEALTH_TIMEOUT_MS);
+    const stop = () => abort.abort();
+    this._attempts.add(stop);
+    try {
+      // no-cors: /healthz has no CORS headers, and a page of another origin only needs to
+      // know that something answered (an opaque response, status 0); Node sees the status.
+      const res = await this._fetch(`${baseUrls(this._opts.url).http}/healthz`, { signal: abort.signal, mode: "no-cors", cache: "no-store" });
+      try { await res.arrayBuffer(); } catch { /* the status is enough */ }
+      return ![502, 503, 504].includes(res.status);
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+      this._attempts.delete(stop);
     }
   }
 
   /** Whether close() or a final close code ended the client (a method, so that checks
    *  after an await are not narrowed away). */
-  _isClosed() { return this._state === "closed"; }
+  _isClosed() { return this._state === "closed" || this._closing; }
 
   async _run() {
     while (!this._isClosed()) {
@@ -221,7 +319,11 @@ export class PlaitClient {
         const error = asPlaitError(err);
         this._lastError = error;
         if (isFinal(error)) { this._finish(error); return; }
-        this._countFailure();
+        // A connection refused or dropped before any answer: if the server is not there at
+        // all, the transport is not to blame.
+        const unanswered = error.isClose && error.code === CloseCode.ABNORMAL;
+        if (!unanswered || (this._transports.length > 1 && (await this._serverReachable()))) this._countFailure();
+        if (this._isClosed()) return;
         await this._backoff();
         continue;
       }
@@ -255,6 +357,7 @@ export class PlaitClient {
     if (this._fails >= this._fallbackAfter && this._tIndex < this._transports.length - 1) {
       this._tIndex += 1;
       this._fails = 0;
+      this._upgradeDelayMs = Math.min(FIRST_UPGRADE_MS, this._upgradeAfterMs);
     }
   }
 
@@ -275,7 +378,11 @@ export class PlaitClient {
     this._startHeartbeat(transport, welcome.heartbeat_ms);
     this._scheduleUpgrade();
     this._setState("open", { attempt: 0, delayMs: null });
-    for (const room of this._rooms.values()) room._join();
+    for (const room of [...this._rooms.values()]) {
+      // join() checked its arguments: a room that still cannot be sent ends alone, never
+      // taking the other rooms' rejoins with it.
+      try { room._join(); } catch (err) { this._rooms.delete(room.name); room._end(asPlaitError(err)); }
+    }
     transport.attach(
       (/** @type {any[]} */ frames) => { if (this._conn === transport) this._receive(frames); },
       (/** @type {{ error: PlaitError }} */ info) => this._drop(transport, info.error),
@@ -343,9 +450,13 @@ export class PlaitClient {
 
   // ------------------------------------------------------------------ upgrade back (fallback)
 
+  /** After a fallback, tries the first transport again: first after about 5 s (a server
+   *  restart, a network blip), then at doubling intervals up to upgradeAfterMs. */
   _scheduleUpgrade() {
     clearTimeout(this._upgradeTimer);
     if (this._tIndex === 0 && this._transportName === this._transports[0]) return;
+    const delay = this._upgradeDelayMs;
+    this._upgradeDelayMs = Math.min(delay * 2, this._upgradeAfterMs);
     this._upgradeTimer = setTimeout(async () => {
       const current = this._conn;
       if (!current || this._state !== "open") return;
@@ -365,16 +476,20 @@ export class PlaitClient {
       this._dropped = dropped;
       this._tIndex = 0;
       this._fails = 0;
+      this._upgradeDelayMs = Math.min(FIRST_UPGRADE_MS, this._upgradeAfterMs);
       this._adopt(opened.transport, opened.welcome);
-    }, this._upgradeAfterMs);
+    }, delay);
   }
 
   // ------------------------------------------------------------------ frames out
 
-  /** Queues a frame for the current connection; the queue goes out as batches (§3.2). */
+  /** Queues a frame for the current connection; the queue goes out as batches (§3.2).
+   *  The frame is encoded now, so that one that cannot be is refused here, to its caller
+   *  (a PlaitError thrown), never when the batch goes out with the others' frames. */
   _send(/** @type {any} */ frame) {
     if (!this._conn) return false;
-    this._outq.push(frame);
+    const bytes = this._conn.measure(frame);
+    this._outq.push({ frame, bytes });
     if (!this._flushScheduled) {
       this._flushScheduled = true;
       queueMicrotask(() => { this._flushScheduled = false; this._flushOut(); });
@@ -387,15 +502,17 @@ export class PlaitClient {
     if (!conn || this._outq.length === 0) return;
     const limits = this._welcome?.limits ?? {};
     const maxFrames = Math.min(limits.max_frames_per_message || 1024, 256);
-    const maxBytes = (limits.max_message_bytes || 16 << 20) - 1024;
-    const frames = this._outq.splice(0);
+    // Each frame's real encoded size; a batch's framing (a JSON array's brackets and commas)
+    // is at most one byte a frame more.
+    const maxBytes = limits.max_message_bytes || 16 << 20;
+    const queued = this._outq.splice(0);
+    /** @type {any[]} */
     let batch = [];
-    let bytes = 0;
-    for (const f of frames) {
-      const size = f.update ? f.update.length + 64 : f.payload !== undefined || f.state || f.patch || f.position !== undefined ? 4096 : 64;
-      if (batch.length && (batch.length >= maxFrames || bytes + size > maxBytes)) { conn.send(batch); batch = []; bytes = 0; }
-      batch.push(f);
-      bytes += size;
+    let bytes = 2;
+    for (const { frame, bytes: size } of queued) {
+      if (batch.length && (batch.length >= maxFrames || bytes + size + 1 > maxBytes)) { conn.send(batch); batch = []; bytes = 2; }
+      batch.push(frame);
+      bytes += size + 1;
     }
     if (batch.length) conn.send(batch);
     this._lastSent = now();
@@ -407,9 +524,22 @@ export class PlaitClient {
     if (!this._conn) { handlers.lost(); return null; }
     do { this._ref = (this._ref + 1) >>> 0; } while (this._ref === 0 || this._pending.has(this._ref));
     frame.ref = this._ref;
-    this._pending.set(this._ref, handlers);
-    this._send(frame);
+    this._pending.set(this._ref, { ...handlers, kind: frame.kind });
+    try {
+      this._send(frame);
+    } catch (err) {
+      this._pending.delete(frame.ref);
+      throw err;
+    }
     return this._ref;
+  }
+
+  /** Resolves when no request of `kind` waits for its answer, or after `ms`. */
+  async _answersOf(/** @type {string} */ kind, /** @type {number} */ ms) {
+    const deadline = now() + ms;
+    while (this._conn && [...this._pending.values()].some((p) => p.kind === kind) && now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   /** The server's limit on one message, for refusing locally what could never fit (§7.1). */
@@ -462,6 +592,8 @@ export class PlaitClient {
     let token;
     try { token = await this._token(); } catch { return; }
     if (typeof token !== "string") return;
-    this._request({ kind: "refresh", token }, { answer: () => {}, lost: () => {} });
+    try {
+      this._request({ kind: "refresh", token }, { answer: () => {}, lost: () => {} });
+    } catch { /* a token that cannot be sent: skipped, the server closes with TOKEN_EXPIRED */ }
   }
 }

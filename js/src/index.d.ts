@@ -10,7 +10,10 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "offline"
  *  §14.3), long-polling with frames POSTed (§14.4). */
 export type TransportName = "websocket" | "sse" | "poll";
 
-/** A token, or a function that returns a fresh one for each (re)connect and each refresh (§5.9). */
+/** A token, or a function that returns a fresh one for each (re)connect and each refresh (§5.9).
+ *  A function that throws, returns something else, or does not return within the open
+ *  timeout (15 s) fails that attempt (retried with backoff; a local error, code 0 "CLIENT");
+ *  at a refresh, the refresh is skipped. */
 export type TokenSource = string | null | (() => string | null | Promise<string | null>);
 
 export interface ClientOptions {
@@ -20,9 +23,12 @@ export interface ClientOptions {
   token?: TokenSource;
   /** Transports to try, in order; default ["websocket", "sse", "poll"]. */
   transports?: TransportName[];
-  /** Failed WebSocket/SSE connects in a row before the next transport is tried (default 2). */
+  /** Failed WebSocket/SSE connects in a row before the next transport is tried (default 2).
+   *  A connect that fails while the server does not answer at all (GET /healthz fails too:
+   *  it is down or restarting) does not count. */
   fallbackAfter?: number;
-  /** While on a fallback, how often to try the best transport again, in ms (default 60000). */
+  /** While on a fallback, how often to try the best transport again, at most, in ms (default
+   *  60000): the first try comes after 5 s, then at doubling intervals up to this. */
   upgradeAfterMs?: number;
   /** Reconnect delay: uniform in [0, min(capMs, baseMs * 2^n)] (full jitter, §7.1);
    *  defaults 250 and 10000. */
@@ -55,16 +61,22 @@ export class PlaitClient {
   /** welcome.session of the current connection, null between connections. */
   readonly session: string | null;
   readonly lastError: PlaitError | null;
+  /** welcome.limits of the current (or last) connection (§4.2), or null before the first. */
+  readonly limits: Limits | null;
   /** Called on every change of state or transport; returns the unsubscribe function. */
   on(type: "state", listener: (change: StateChange) => void): () => void;
   /** Resolves once the server answered the join and the document is synced (§5.2, §5.3);
-   *  rejects with PlaitError (FORBIDDEN, INVALID_ROOM_NAME, TOO_MANY_ROOMS, ...). Offline,
+   *  rejects with PlaitError (FORBIDDEN, INVALID_ROOM_NAME, TOO_MANY_ROOMS, ...), and at once
+   *  with INVALID_FIELD for bad arguments (a name that is not 1 to 256 characters or holds a
+   *  lone surrogate, `since` not a non-negative integer, `epoch` not a string of at most 64). Offline,
    *  it waits for the connection. One Room per name per client (a second join of the same
    *  name gets the same Room). */
   join(room: string, options?: JoinOptions): Promise<Room>;
   /** Resolves once connected again (state "open"). */
   whenOpen(): Promise<void>;
-  /** Sends what is queued, leaves every room, closes with 1000 (§7.1 "Leaving"). Final. */
+  /** Sends what is queued, waits (up to 5 s) for the answers to publishes already sent,
+   *  leaves every room, closes with 1000 (§7.1 "Leaving"). Final. A connect under way is
+   *  given up at once. */
   close(): Promise<void>;
 }
 
@@ -196,10 +208,27 @@ export class Room {
 export class PlaitError extends Error {
   /** The numeric code: an ErrorCode, a CloseCode, or 4000-4999 from the application. */
   readonly code: number;
-  /** Its name ("FORBIDDEN", "TOKEN_EXPIRED", ...), or "APPLICATION" for 4000-4999. */
+  /** Its name ("FORBIDDEN", "TOKEN_EXPIRED", ...), "APPLICATION" for 4000-4999, or "CLIENT"
+   *  (code 0) for a failure here rather than at the server (the client is closed, a token
+   *  function that failed, no WebSocket implementation). */
   readonly codeName: string;
   /** Whether this came as a close code rather than an error frame. */
   readonly isClose: boolean;
+  /** The server's text (or the local explanation), without the code; `message` is
+   *  "CODE_NAME (code): reason". */
+  readonly reason: string;
+}
+
+/** welcome.limits (§4.2): what the server allows this connection. */
+export interface Limits {
+  max_message_bytes: number;
+  max_frames_per_message: number;
+  max_rooms: number;
+  events_per_second: number;
+  updates_per_second: number;
+  max_presence_bytes: number;
+  frames_per_second: number;
+  max_document_bytes: number;
 }
 
 export declare const ErrorCode: Readonly<Record<string, number>>;

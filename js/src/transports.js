@@ -5,7 +5,9 @@
 // interface Transport {
 //   name: "websocket" | "sse" | "poll";
 //   open(hello): Promise<welcome frame>   // rejects with PlaitError (isClose for close codes)
-//   send(frames): void                   // in order; after open resolved
+//   measure(frame): number               // its encoded size in bytes; throws a PlaitError if
+//                                        // it cannot be encoded (checked when it is queued)
+//   send(frames): void                   // one message (batch), in order; after open resolved
 //   close(code?): void                   // ends the session; onClose is not called after it
 //   onFrames(frames), onClose({ error })  // set by the client before open()
 //   activity: number                     // performance.now() of the last thing received
@@ -41,7 +43,12 @@ async function httpError(/** @type {Response} */ res, /** @type {string} */ what
     else if (res.status === 403) code = ErrorCode.FORBIDDEN;
     else if (res.status === 404 || res.status === 410) code = CloseCode.NORMAL;
     else if (res.status === 413) code = ErrorCode.FRAME_TOO_LARGE;
-    else code = res.status >= 500 ? ErrorCode.SHUTTING_DOWN : ErrorCode.INTERNAL;
+    else if (res.status === 502 || res.status === 503 || res.status === 504) {
+      // A proxy or load balancer in front of a server that is down or restarting: retried.
+      const err = closeError(CloseCode.ABNORMAL, text);
+      /** @type {any} */ (err).status = res.status;
+      return err;
+    } else code = res.status >= 500 ? ErrorCode.SHUTTING_DOWN : ErrorCode.INTERNAL;
   }
   // Refusals the handshake closes with (§14.1) act as their close codes (§9).
   const asClose = { [ErrorCode.UNAUTHENTICATED]: CloseCode.UNAUTHENTICATED, [ErrorCode.UNSUPPORTED_VERSION]: CloseCode.UNSUPPORTED_VERSION,
@@ -49,6 +56,19 @@ async function httpError(/** @type {Response} */ res, /** @type {string} */ what
   const err = asClose ? closeError(asClose, text) : new PlaitError(code, text, { isClose: code >= 4000 && code < 5000 && res.status === 410 });
   /** @type {any} */ (err).status = res.status;
   return err;
+}
+
+/** The UTF-8 length of a string, without encoding it. */
+function utf8Length(/** @type {string} */ text) {
+  let n = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff) { n += 4; i += 1; } // a pair (lone ones never get here)
+    else n += 3;
+  }
+  return n;
 }
 
 class Base {
@@ -140,12 +160,21 @@ export class WebSocketTransport extends Base {
         }
         this.onFrames(frames);
       };
-      ws.onerror = () => { /* onclose follows */ };
+      /** @type {string | null} */
+      let refused = null;
+      ws.onerror = (/** @type {any} */ ev) => {
+        // onclose follows. In Node, ws says the status of a refused upgrade ("Unexpected
+        // server response: 502"); a browser never tells it.
+        const text = String(ev?.message ?? ev?.error?.message ?? "");
+        const m = /Unexpected server response: (\d+)/.exec(text);
+        if (m && !welcomed) refused = `the WebSocket upgrade was refused: HTTP ${m[1]}`;
+        else if (/ECONNREFUSED|ENOTFOUND|ECONNRESET|ETIMEDOUT/.test(text) && !welcomed) refused = `the connection failed: ${text}`;
+      };
       ws.onclose = (/** @type {any} */ ev) => {
         const code = ev.code ?? CloseCode.ABNORMAL;
         const reason = ev.reason || handshakeError?.reason || "connection closed";
         const error = code === 1005 || code === 1006
-          ? (handshakeError ?? closeError(CloseCode.ABNORMAL, "the connection dropped"))
+          ? (handshakeError ?? closeError(CloseCode.ABNORMAL, refused ?? "the connection dropped"))
           : closeError(code, reason);
         if (!welcomed) {
           this.closed = true;
@@ -156,6 +185,8 @@ export class WebSocketTransport extends Base {
       };
     });
   }
+
+  measure(/** @type {object} */ frame) { return encode(frame).length; }
 
   send(/** @type {object[]} */ frames) {
     if (this.closed || !this.ws || this.ws.readyState !== 1) return;
@@ -188,7 +219,7 @@ class HttpSession extends Base {
     this.session = "";
     this.key = "";
     this.position = 0;
-    /** @type {object[]} */ this.outbox = [];
+    /** Batches waiting to be POSTed, each one message (§14.3). @type {object[][]} */ this.outbox = [];
     this.posting = false;
     /** @type {Promise<void> | null} */ this._posted = null;
     this.abort = new AbortController();
@@ -220,9 +251,11 @@ class HttpSession extends Base {
     return welcome;
   }
 
+  measure(/** @type {object} */ frame) { return utf8Length(encodeJson(frame)); }
+
   send(/** @type {object[]} */ frames) {
     if (this.closed) return;
-    this.outbox.push(...frames);
+    this.outbox.push(frames);
     if (!this.posting) this._posted = this._post();
   }
 
@@ -230,7 +263,7 @@ class HttpSession extends Base {
     this.posting = true;
     try {
       while (this.outbox.length && !this.closed) {
-        const batch = this.outbox.splice(0, 256);
+        const batch = /** @type {object[]} */ (this.outbox.shift());
         // A POST cut off may or may not have been read: sending it again is safe, since every
         // frame the SDK sends is idempotent (updates are CRDT merges, publishes carry keys,
         // a request answered twice is settled by the first answer) and answers come on the
@@ -285,7 +318,7 @@ class HttpSession extends Base {
     void (async () => {
       try { await posted; } catch { /* reported already */ }
       try {
-        if (outbox.length) await f(url.replace("?", "/frames?"), { method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(outbox) });
+        for (const batch of outbox) await f(url.replace("?", "/frames?"), { method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(batch) });
       } catch { /* best effort */ }
       try { await f(url, { method: "DELETE" }); } catch { /* gone already */ }
     })();

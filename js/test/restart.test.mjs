@@ -33,6 +33,7 @@ test("kill -9 and restart: reconnect with backoff, acked edits and events kept, 
 
   server = await startServer([], { store, port });
   await a.whenOpen();
+  assert.equal(a.transport, "websocket", "a server that was down is no reason to fall back");
   assert.ok(tokenCalls >= 2, "the token function is called for each connect");
   await r.flushed();
   assert.equal(await r.publish("e", 2), 2, "the event history survived");

@@ -109,11 +109,17 @@ test("fallback: upgrades refused → sse after fallbackAfter failures; upgrade b
   assert.equal(await ra.publish("e", 1), 1);
 });
 
+test("a server that is down (connection refused, /healthz too) does not make the client fall back", async (t) => {
+  const changes = [];
+  const a = connect(t, `http://127.0.0.1:1`, { fallbackAfter: 1, transports: ["websocket", "poll"], backoff: { baseMs: 10, capMs: 20 } });
+  a.on("state", (c) => changes.push(c));
+  await until(() => changes.filter((c) => c.state === "reconnecting").length >= 4, 5000, "four failed connects");
+  assert.equal(a._tIndex, 0, "still on websocket: the transport is not to blame");
+});
+
 test("poll is the last resort", async (t) => {
   proxy.refuseUpgrades(true);
   t.after(() => proxy.refuseUpgrades(false));
-  const a = connect(t, `http://127.0.0.1:1`, { fallbackAfter: 1, transports: ["websocket", "poll"] });
-  await until(() => a._tIndex === 1, 5000, "the client on poll");
   const b = connect(t, proxy.url, { fallbackAfter: 1, transports: ["websocket", "poll"], upgradeAfterMs: 60000 });
   await b.join("poll-fallback");
   assert.equal(b.transport, "poll");

@@ -2,7 +2,7 @@
 // tests/e2e/test_js_sdk.py, so the declarations (src/index.d.ts) stay usable and truthful.
 import * as Y from "yjs";
 import { PlaitClient, PlaitError, ErrorCode, CloseCode, Room } from "@plait/client";
-import type { ConnectionState, StateChange, TransportName, PresenceChange, RoomEvent, Resumed, User } from "@plait/client";
+import type { ConnectionState, StateChange, TransportName, PresenceChange, RoomEvent, Resumed, User, Limits } from "@plait/client";
 
 export async function main(url: string): Promise<number> {
   const client = new PlaitClient({ url, token: async () => "token", transports: ["websocket", "sse", "poll"], backoff: { baseMs: 100 } });
@@ -34,6 +34,9 @@ export async function main(url: string): Promise<number> {
   } catch (err) {
     if (err instanceof PlaitError && err.code === ErrorCode.FORBIDDEN) seq = -1;
   }
+  const limits: Limits | null = client.limits;
+  if (limits) console.log(limits.max_message_bytes, limits.events_per_second);
+  if (client.lastError) console.log(client.lastError.reason, client.lastError.codeName);
   console.log(CloseCode.NORMAL, room.access, room.lastSeq, room.epoch, client.state, client.session);
   await room.leave();
   await client.close();
