@@ -152,7 +152,6 @@ export class PlaitClient {
     if (invalid) return Promise.reject(invalid);
     const existing = this._rooms.get(name);
     if (existing) return existing._joinPromise;
-    const invalidOptions = Room.invalidOptions(options); if (invalidOptions) return Promise.reject(invalidOptions);
     const room = new Room(this, name, options);
     this._rooms.set(name, room);
     if (this._state === "open") {

@@ -65,20 +65,6 @@ function groupUsers(/** @type {Map<string, any>} */ entries) {
 }
 
 export class Room {
-  /** Why join options would be refused (a PlaitError), or null: since a non-negative integer,
-   *  epoch a string, doc a Y.Doc. Checked before anything is sent (a join.since the codec
-   *  cannot encode threw inside the client's send).
-   *  @param {unknown} options @returns {PlaitError | null} */
-  static invalidOptions(options) {
-    if (options === undefined || options === null) return null;
-    if (typeof options !== "object") return invalid("join options must be an object");
-    const o = /** @type {any} */ (options);
-    if (o.since !== undefined && (typeof o.since !== "number" || !Number.isSafeInteger(o.since) || o.since < 0)) return invalid(`join's since must be a non-negative integer, not ${String(o.since)}`);
-    if (o.epoch !== undefined && o.epoch !== null && typeof o.epoch !== "string") return invalid("join's epoch must be a string");
-    if (o.doc !== undefined && !(o.doc instanceof Y.Doc)) return invalid("join's doc must be a Y.Doc (from the same yjs the SDK uses)");
-    return null;
-  }
-
   /** @param {import("./client.js").PlaitClient} client @param {string} name @param {any} options */
   constructor(client, name, options) {
     options = options ?? {};
@@ -89,7 +75,7 @@ export class Room {
     this.synced = false;
     this.lastSeq = options.since ?? 0;
     /** @type {string | null} */ this.epoch = options.epoch ?? null;
-    this._sinceGiven = options.since !== undefined;
+    this._sinceGiven = options.since != null; // null is "not given", as in the join frame
     this._joinedOnce = false;
     /** @type {number | null} */ this._channel = null;
     this._joining = false;
