@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,12 +26,20 @@ def test_the_js_sdk_suite_passes() -> None:
     tests = sorted(str(p.relative_to(JS)) for p in (JS / "test").glob("*.test.mjs"))
     assert tests, "no js/test/*.test.mjs found"
     env = {**os.environ, "PLAIT_PYTHON": sys.executable}
+    # A process group of its own: the servers the tests start go with it, also when it is
+    # stopped for taking too long (they would outlive it, each holding a port).
+    node_run = subprocess.Popen([node, "--test", "--test-concurrency=4", *tests], cwd=JS, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        out = subprocess.run([node, "--test", "--test-concurrency=4", *tests], cwd=JS, env=env,
-                             capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"node --test did not finish in 240 s:\n{exc.stdout or ''}\n{exc.stderr or ''}")
-    assert out.returncode == 0, f"node --test failed (exit {out.returncode}):\n{out.stdout[-20000:]}\n{out.stderr[-5000:]}"
+        stdout, stderr = node_run.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(node_run.pid, signal.SIGKILL)
+        stdout, stderr = node_run.communicate()
+        pytest.fail(f"node --test did not finish in 240 s:\n{stdout[-20000:]}\n{stderr[-5000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node_run.pid, signal.SIGKILL)  # anything of it still running
+    assert node_run.returncode == 0, f"node --test failed (exit {node_run.returncode}):\n{stdout[-20000:]}\n{stderr[-5000:]}"
 
 
 def test_the_type_declarations_check_and_serve_a_strict_typescript_user() -> None:
