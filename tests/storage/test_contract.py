@@ -18,7 +18,7 @@ BACKENDS: dict[str, Backends] = {
 }
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.slow) if name == "postgresql" else name for name in sorted(BACKENDS)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     s = BACKENDS[request.param](tmp_path, request)
     yield s

@@ -13,6 +13,8 @@ import pytest
 from plait.storage import PostgreSQLStore, StorageUnavailable, StoredEvent, StoreLocked
 from tests.servers import PostgresServer, free_port
 
+pytestmark = pytest.mark.slow  # a real PostgreSQL server (started once per run, ~2 s)
+
 
 def _terminate(server: PostgresServer) -> int:
     """End every backend this process's stores opened (what a server restart or a dropped
