@@ -487,8 +487,8 @@ export class PlaitClient {
    *  (a PlaitError thrown), never when the batch goes out with the others' frames. */
   _send(/** @type {any} */ frame) {
     if (!this._conn) return false;
-    const bytes = this._conn.measure(frame);
-    this._outq.push({ frame, bytes });
+    const { piece, size } = this._conn.encodeFrame(frame); // encoded once: sent as these bytes
+    this._outq.push({ frame, piece, size });
     if (!this._flushScheduled) {
       this._flushScheduled = true;
       queueMicrotask(() => { this._flushScheduled = false; this._flushOut(); });
@@ -507,13 +507,21 @@ export class PlaitClient {
     const queued = this._outq.splice(0);
     /** @type {any[]} */
     let batch = [];
+    /** @type {any[]} */
+    let pieces = [];
     let bytes = 2;
-    for (const { frame, bytes: size } of queued) {
-      if (batch.length && (batch.length >= maxFrames || bytes + size + 1 > maxBytes)) { conn.send(batch); batch = []; bytes = 2; }
+    for (const { frame, piece, size } of queued) {
+      if (batch.length && (batch.length >= maxFrames || bytes + size + 1 > maxBytes)) {
+        conn.send(batch, pieces);
+        batch = [];
+        pieces = [];
+        bytes = 2;
+      }
       batch.push(frame);
+      pieces.push(piece);
       bytes += size + 1;
     }
-    if (batch.length) conn.send(batch);
+    if (batch.length) conn.send(batch, pieces);
     this._lastSent = now();
   }
 

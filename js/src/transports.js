@@ -5,9 +5,10 @@
 // interface Transport {
 //   name: "websocket" | "sse" | "poll";
 //   open(hello): Promise<welcome frame>   // rejects with PlaitError (isClose for close codes)
-//   measure(frame): number               // its encoded size in bytes; throws a PlaitError if
-//                                        // it cannot be encoded (checked when it is queued)
-//   send(frames): void                   // one message (batch), in order; after open resolved
+//   encodeFrame(frame): { piece, size }  // the frame encoded once, when it is queued, and its
+//                                        // size in bytes; throws a PlaitError if it cannot be
+//   send(frames, pieces): void           // one message (batch) of frames already encoded
+//                                        // (their pieces, in order); after open resolved
 //   close(code?): void                   // ends the session; onClose is not called after it
 //   onFrames(frames), onClose({ error })  // set by the client before open()
 //   activity: number                     // performance.now() of the last thing received
@@ -186,11 +187,19 @@ export class WebSocketTransport extends Base {
     });
   }
 
-  measure(/** @type {object} */ frame) { return encode(frame).length; }
+  encodeFrame(/** @type {object} */ frame) {
+    const piece = encode(frame);
+    return { piece, size: piece.length };
+  }
 
-  send(/** @type {object[]} */ frames) {
+  /** A batch is its frames back to back (§3.2): the pieces, joined. */
+  send(/** @type {object[]} */ _frames, /** @type {Uint8Array[]} */ pieces) {
     if (this.closed || !this.ws || this.ws.readyState !== 1) return;
-    this.ws.send(encode(frames));
+    if (pieces.length === 1) return this.ws.send(pieces[0]);
+    const message = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of pieces) { message.set(p, at); at += p.length; }
+    this.ws.send(message);
   }
 
   close(code = CloseCode.NORMAL) {
@@ -219,7 +228,7 @@ class HttpSession extends Base {
     this.session = "";
     this.key = "";
     this.position = 0;
-    /** Batches waiting to be POSTed, each one message (§14.3). @type {object[][]} */ this.outbox = [];
+    /** Bodies waiting to be POSTed, each one message (§14.3): a JSON array. @type {string[]} */ this.outbox = [];
     this.posting = false;
     /** @type {Promise<void> | null} */ this._posted = null;
     this.abort = new AbortController();
@@ -251,11 +260,15 @@ class HttpSession extends Base {
     return welcome;
   }
 
-  measure(/** @type {object} */ frame) { return utf8Length(encodeJson(frame)); }
+  encodeFrame(/** @type {object} */ frame) {
+    const piece = encodeJson(frame);
+    return { piece, size: utf8Length(piece) };
+  }
 
-  send(/** @type {object[]} */ frames) {
+  /** A batch is a JSON array of its frames (§3.5): the pieces, joined; POSTed as it is. */
+  send(/** @type {object[]} */ _frames, /** @type {string[]} */ pieces) {
     if (this.closed) return;
-    this.outbox.push(frames);
+    this.outbox.push(`[${pieces.join(",")}]`);
     if (!this.posting) this._posted = this._post();
   }
 
@@ -263,12 +276,11 @@ class HttpSession extends Base {
     this.posting = true;
     try {
       while (this.outbox.length && !this.closed) {
-        const batch = /** @type {object[]} */ (this.outbox.shift());
         // A POST cut off may or may not have been read: sending it again is safe, since every
         // frame the SDK sends is idempotent (updates are CRDT merges, publishes carry keys,
         // a request answered twice is settled by the first answer) and answers come on the
         // stream or poll.
-        const body = encodeJson(batch);
+        const body = /** @type {string} */ (this.outbox.shift());
         let res;
         for (let attempt = 1; ; attempt++) {
           try {
@@ -318,7 +330,7 @@ class HttpSession extends Base {
     void (async () => {
       try { await posted; } catch { /* reported already */ }
       try {
-        for (const batch of outbox) await f(url.replace("?", "/frames?"), { method: "POST", headers: { "Content-Type": "application/json" }, body: encodeJson(batch) });
+        for (const body of outbox) await f(url.replace("?", "/frames?"), { method: "POST", headers: { "Content-Type": "application/json" }, body });
       } catch { /* best effort */ }
       try { await f(url, { method: "DELETE" }); } catch { /* gone already */ }
     })();

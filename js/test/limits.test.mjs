@@ -13,7 +13,7 @@ test("a burst of edits is paced below updates_per_second and merged: nothing ref
   assert.equal(a.limits.updates_per_second, 10);
   const sent = [];
   const send = a._conn.send.bind(a._conn);
-  a._conn.send = (frames) => { sent.push(...frames.filter((f) => f.kind === "update")); send(frames); };
+  a._conn.send = (frames, pieces) => { sent.push(...frames.filter((f) => f.kind === "update")); send(frames, pieces); };
   const text = r.doc.getText("t");
   for (let i = 0; i < 100; i++) text.insert(text.length, `${i % 10}`);
   await r.flushed();
