@@ -318,10 +318,7 @@ export class PlaitClient {
         const error = asPlaitError(err);
         this._lastError = error;
         if (isFinal(error)) { this._finish(error); return; }
-        // A connection refused or dropped before any answer: if the server is not there at
-        // all, the transport is not to blame.
-        const unanswered = error.isClose && error.code === CloseCode.ABNORMAL;
-        if (!unanswered || (this._transports.length > 1 && (await this._serverReachable()))) this._countFailure();
+        await this._transportFailed(error);
         if (this._isClosed()) return;
         await this._backoff();
         continue;
@@ -340,8 +337,9 @@ export class PlaitClient {
         this._fails = 0;
       } else if (!(error.isClose && error.code === CloseCode.TOKEN_EXPIRED)) {
         // Open, then gone at once (a proxy that cuts WebSockets after the upgrade, a stream
-        // that never delivers): a failure of this transport too, toward the fallback.
-        this._countFailure();
+        // that never delivers): a failure of this transport too, unless the server went.
+        await this._transportFailed(error);
+        if (this._isClosed()) return;
       }
       // A TOKEN_EXPIRED close is retried at once with a fresh token.
       if (error.isClose && error.code === CloseCode.TOKEN_EXPIRED) { this._setState("reconnecting", { attempt: this._attempt, delayMs: 0 }); continue; }
@@ -351,6 +349,14 @@ export class PlaitClient {
 
   /** One more failed connect (or a connection lost soon after it opened) on the current
    *  transport; past `fallbackAfter` in a row, the next transport is tried. */
+  /** A connect failed, or a connection ended soon after it opened: a failure of the
+   *  transport toward the fallback, unless it ended with no answer (refused, dropped) and the
+   *  server is not there at all (killed, restarting): then the transport is not to blame. */
+  async _transportFailed(/** @type {PlaitError} */ error) {
+    const unanswered = error.isClose && error.code === CloseCode.ABNORMAL;
+    if (!unanswered || (this._transports.length > 1 && (await this._serverReachable()))) this._countFailure();
+  }
+
   _countFailure() {
     this._fails += 1;
     if (this._fails >= this._fallbackAfter && this._tIndex < this._transports.length - 1) {
