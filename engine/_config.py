@@ -125,6 +125,9 @@ class EngineConfig:
     """A room's event history keeps at most event_history events and this many bytes of them
     (the newest event always): what a rejoining member is replayed (spec §7) is bounded by it,
     and so is the memory a room's history holds."""
+    event_gap_timeout: float = 1 * SECONDS
+    """In a cluster: how long an event numbered past a gap waits for the one before it (another
+    process's, on its way) before it is sent anyway (spec §7)."""
     store_outage_grace: float = 10 * SECONDS
     """How long a room keeps trying a commit its store refused as unavailable (a database
     connection that broke, a restart or failover, a busy SQLite file) before the room fails:

@@ -42,10 +42,12 @@ from ._operations import RoomInfo, SessionInfo, room_info, session_info
 from .room import (
     LOCAL_FANOUT,
     LOCAL_LEASE,
+    LOCAL_REPLICATION,
     LOCAL_SEQUENCE,
     CompactionLease,
     ContainedFanout,
     Fanout,
+    Replication,
     Room,
     RoomRegistry,
     SequenceAuthority,
@@ -82,9 +84,10 @@ class Engine:
         epochs: makes the epoch of a new event history (spec §7; random unless given).
         recorder: records every connection's traffic as a trace (`plait serve --record`).
         metrics: where the engine reports what happens (engine/_metrics.py; nowhere by default).
-        fanout, sequence, lease: the seams several processes will share a room through: how a
-            room's frames reach its members, who numbers its events, who may compact it
-            (engine/room/; in-process by default).
+        fanout, sequence, lease, replication: the seams several processes share a room
+            through: how a room's frames reach its members, who numbers its events, who may
+            compact it, how its copies in other processes meet (engine/room/; in-process by
+            default). A cluster (plait.engine.cluster.RedisCluster) is the last three.
         wall_clock: unix seconds now (`time.time`), injected so tests run under MockClock: it
             turns a credential's expiry (`Hooks.expires_at`, spec §5.9) into a Trio deadline.
     """
@@ -102,6 +105,7 @@ class Engine:
         fanout: Fanout = LOCAL_FANOUT,
         sequence: SequenceAuthority = LOCAL_SEQUENCE,
         lease: CompactionLease = LOCAL_LEASE,
+        replication: Replication = LOCAL_REPLICATION,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
@@ -124,6 +128,7 @@ class Engine:
             sequence=sequence,
             lease=lease,
             metrics=metrics,
+            replication=replication,
         )
         self._metrics = metrics
         self._sessions: dict[str, Peer] = {}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.servers import PostgresServer, postgres_server
+from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
 
 TEST_DEADLINE = 120.0
 """Seconds on Trio's clock. Under autojump this is virtual time, spent in milliseconds."""
@@ -38,3 +38,16 @@ def postgres() -> Iterator[PostgresServer]:
     """A private PostgreSQL server for the whole run, started on first use (tests/servers.py)."""
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis(redis_session: RedisServer) -> RedisServer:
+    """A private Redis (tests/servers.py), started once per run and emptied for each test."""
+    redis_session.flush()
+    return redis_session

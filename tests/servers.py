@@ -146,3 +146,82 @@ def _wait_ready(server: PostgresServer) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)  # polling a starting server: there is nothing to wait on
+
+
+def _redis_bin() -> str:
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+    if found is None:
+        pytest.fail("Redis is not installed: apt-get install redis-server (.ci/run does)", pytrace=False)
+    return found
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+    folder: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def flush(self) -> None:
+        """Forget everything (a fresh Redis for the next test)."""
+        _redis_command(self.port, b"FLUSHALL")
+
+    def pause(self) -> None:
+        """SIGSTOP: a Redis that keeps its connections open and answers nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Kill it (-9: no save; it keeps nothing on disk) and start a new one on the same port:
+        every connection drops, every stream and key is gone."""
+        self.process.kill()
+        self.process.wait()
+        self.process = _start_redis(self.port, self.folder)
+
+
+def _start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    log = open(folder / "server.log", "ab")
+    process = subprocess.Popen(
+        [_redis_bin(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder), "--daemonize", "no"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+    )
+    log.close()  # the child has its own copy
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited: {(folder / 'server.log').read_text(errors='replace')}")
+        try:
+            _redis_command(port, b"PING")
+            return process
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # polling a starting server: there is nothing to wait on
+
+
+def _redis_command(port: int, command: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(command + b"\r\n")
+        return s.recv(1024)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of its own on a free port of 127.0.0.1, keeping nothing on disk."""
+    folder = Path(tempfile.mkdtemp(prefix="plait-redis-"))
+    port = free_port()
+    server = RedisServer(port, _start_redis(port, folder), folder)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            server.process.send_signal(signal.SIGCONT)
+            server.process.kill()
+        server.process.wait()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -8,6 +8,8 @@
 - _events: the event log, epochs, publishing; the SequenceAuthority seam (LocalSequence)
 - _persist: group commit, acks in request order once durable, compaction; the
   CompactionLease seam (LocalLease)
+- _replica: the Replication seam, how a room's copies in other processes meet
+  (LocalReplication: none), and what a room does with their changes
 - _fanout: the Fanout seam, how a room's frames reach its members (LocalFanout: in-process)
 """
 
@@ -33,3 +35,7 @@ from ._member import Refresh as Refresh
 from ._member import RoomState as RoomState
 from ._persist import CompactionLease as CompactionLease
 from ._persist import LocalLease as LocalLease
+from ._replica import LOCAL_REPLICATION as LOCAL_REPLICATION
+from ._replica import LocalReplication as LocalReplication
+from ._replica import Replica as Replica
+from ._replica import Replication as Replication

@@ -112,6 +112,7 @@ class DocStrand:
     _doc_bytes: int
     _doc_bytes_exact: bool
     _origin: Member | None
+    _replicated: bool
     _sync_cache: tuple[bytes, list[ChannelFrame]] | None
 
     if TYPE_CHECKING:
@@ -275,11 +276,12 @@ class DocStrand:
         self._doc_bytes += len(update)
         self._doc_bytes_exact = False
         self._update_check.learn(update)
-        self._pending.updates.append(update)
-        self._changes += 1
         self.last_activity = trio.current_time()
-        self._metrics.add("updates_applied")
-        self._want_persist()
+        if not self._replicated:  # another process's change is stored already (_replica.py)
+            self._pending.updates.append(update)
+            self._changes += 1
+            self._metrics.add("updates_applied")
+            self._want_persist()
         origin = self._origin
         recipients = [m for m in self._members.values() if m is not origin]
         if not recipients:

@@ -109,11 +109,35 @@ class EventLog:
         self._remember(record, size)
         return record
 
-    def _remember(self, record: EventRecord, size: int) -> None:
+    def add(self, record: EventRecord, size: int) -> bool:
+        """Record an event numbered elsewhere (another process's, spec §7), in its place by
+        seq. False if it is known already, or older than everything kept."""
+        if record.seq > self.head:
+            self._remember(record, size)
+            return True
+        position = len(self._history)
+        for kept in reversed(self._history):
+            if kept.seq == record.seq:
+                return False
+            if kept.seq < record.seq:
+                break
+            position -= 1
+        if position == 0 and self._history and len(self._history) == self._history.maxlen:
+            return False
+        self._remember(record, size, position)
+        return True
+
+    def _remember(self, record: EventRecord, size: int, position: int | None = None) -> None:
         while self._history and (len(self._history) == self._history.maxlen or self._bytes + size > self._max_bytes):
             self._forget_oldest()
-        self._history.append(record)
-        self._sizes.append(size)
+            if position is not None:
+                position = max(0, position - 1)
+        if position is None:
+            self._history.append(record)
+            self._sizes.append(size)
+        else:
+            self._history.insert(position, record)
+            self._sizes.insert(position, size)
         self._bytes += size
         self.head = max(self.head, record.seq)
         if record.key is not None:
@@ -148,6 +172,11 @@ class SequenceAuthority(Protocol):
         authority that waits there must serialise a room's publishes itself."""
 
 
+    async def epoch(self, room: str, proposed: str) -> str:
+        """The room's history epoch: `proposed` (what this process's log has or made) if the
+        room has none yet, else the one every process uses (spec §7)."""
+
+
 class LocalSequence:
     """The next number after the room's own head. It never waits (no checkpoint), so a
     publish stays one atomic step from its key check to its append."""
@@ -156,6 +185,9 @@ class LocalSequence:
 
     async def next_seq(self, room: str, head: int) -> int:
         return head + 1
+
+    async def epoch(self, room: str, proposed: str) -> str:
+        return proposed
 
 
 class EventsStrand:
@@ -170,6 +202,8 @@ class EventsStrand:
     _members: dict[MemberSession, Member]
     _ephemeral: Ephemeral
     _events: EventLog
+    _held_events: dict[int, tuple[EventRecord, int]]
+    _gap_opened: trio.Event
     _sequence: SequenceAuthority
     _metrics: Metrics
     _pending: Any  # _persist._Pending (that module imports this one)
@@ -186,7 +220,7 @@ class EventsStrand:
         """Sequence and broadcast an event; ack (value = seq) after it is durable."""
         if self.state is not RoomState.LIVE:
             raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "room is not live")
-        existing = self._events.seq_for_key(key)
+        existing = self._seq_for_key(key)
         if existing is None:
             identity: Identity | None = member.session.identity if member else None
             original = payload
@@ -201,7 +235,7 @@ class EventsStrand:
             except ProtocolError as exc:
                 logger.error("hook on_event returned a payload that cannot be sent: %s", exc.message)
                 raise HookFailed("on_event") from None
-            existing = self._events.seq_for_key(key)  # a retry may have won during the hook
+            existing = self._seq_for_key(key)  # a retry may have won during the hook
             self._check_still_here(member)
         size = self._check_event_fits(member, name, payload) if existing is None else 0
         if existing is not None:
@@ -218,7 +252,7 @@ class EventsStrand:
             logger.error("room %r: the sequence authority failed", self.name, exc_info=exc)
             raise RequestError(ErrorCode.INTERNAL, "the event could not be numbered; publish it again") from None
         self._check_still_here(member)
-        record = self._events.append(name, payload, session, user, key, seq, size)
+        record = EventRecord(seq, name, payload, session, user, key, self._events.epoch)
         self._pending.events.append(record)
         self.last_activity = trio.current_time()
         self._changes += 1
@@ -228,9 +262,57 @@ class EventsStrand:
         self._want_persist()
         if session is not None:
             self._ephemeral.flush_before_event(session)
+        self._deliver_event(record, size)
+        return record.seq
+
+    def _receive_event(self, record: EventRecord) -> None:
+        """An event another process published (engine/room/_replica.py)."""
+        if record.seq not in self._held_events:
+            self._deliver_event(record, self._record_size(record))
+
+    @staticmethod
+    def _record_size(record: EventRecord) -> int:
+        return encoded_size(record.payload) + len(record.name) + len(record.session or "") + len(record.user or "")
+
+    def _seq_for_key(self, key: str | None) -> int | None:
+        """The seq of the event published under `key`, kept or held (None: none)."""
+        seq = self._events.seq_for_key(key)
+        if seq is None and key is not None and self._held_events:
+            seq = next((s for s, (r, _) in self._held_events.items() if r.key == key), None)
+        return seq
+
+    def _deliver_event(self, record: EventRecord, size: int) -> None:
+        """Into the log and to every member, in seq order (spec §7): an event numbered past a
+        gap (the one before is another process's, on its way) waits for it, at most
+        `event_gap_timeout`; then what waits goes out, the gap left behind. One process
+        numbers its events one after the other: there, nothing ever waits."""
+        if record.seq > self._events.head + 1:
+            self._held_events[record.seq] = (record, size)
+            self._gap_opened.set()
+            return
+        self._send_event(record, size)
+        self._release_held(gap_expired=False)
+
+    def _release_held(self, *, gap_expired: bool) -> None:
+        while self._held_events:
+            first = min(self._held_events)
+            if not gap_expired and first != self._events.head + 1:
+                return
+            self._send_event(*self._held_events.pop(first))
+
+    def _send_event(self, record: EventRecord, size: int) -> None:
+        if not self._events.add(record, size):
+            return
         self._fanout.event(self.name, list(self._members.values()), ChannelFrame(self._event_frame(record, 0)))
         self._metrics.add("fanout_frames", len(self._members), "event")
-        return record.seq
+
+    async def _event_gaps(self) -> None:
+        """Runs in the room's nursery: lets events held behind a gap go after the timeout."""
+        while True:
+            await self._gap_opened.wait()
+            await trio.sleep(self._config.event_gap_timeout)
+            self._gap_opened = trio.Event()
+            self._release_held(gap_expired=True)
 
     def _check_still_here(self, member: Member | None) -> None:
         """After a wait (a hook, the sequence authority): the room may have stopped, or the

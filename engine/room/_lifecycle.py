@@ -52,6 +52,7 @@ from ._events import EventLog, EventRecord, EventsStrand, LocalSequence, Sequenc
 from ._fanout import Fanout, LocalFanout
 from ._member import Member, MemberSession, RoomState
 from ._persist import CompactionLease, LocalLease, PersistStrand, RoomStore, _Pending
+from ._replica import LOCAL_REPLICATION, ReplicaStrand, Replication
 from ._updatecheck import UpdateCheck
 
 logger = logging.getLogger("plait.room")
@@ -60,7 +61,7 @@ LOCAL_SEQUENCE = LocalSequence()
 LOCAL_LEASE = LocalLease()
 
 
-class Room(DocStrand, EventsStrand, PersistStrand):
+class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
     """One room: its document, ephemeral state, events and persistence (the strands, one
     module each), its members, and its lifecycle, which is all here: LOADING -> LIVE ->
     DRAINING -> CLOSED, or FAILED (a load or a store that failed: joins refused, nothing
@@ -78,6 +79,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         sequence: SequenceAuthority = LOCAL_SEQUENCE,
         lease: CompactionLease = LOCAL_LEASE,
         metrics: Metrics = NO_METRICS,
+        replication: Replication = LOCAL_REPLICATION,
     ) -> None:
         self.name = name
         self.state = RoomState.LOADING
@@ -89,6 +91,13 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         self._sequence = sequence
         self._lease = lease
         self._metrics = metrics
+        self._replication = replication
+        self._replicated = False
+        """Whether the change being applied is another process's (stored already)."""
+        self._resync_wanted = trio.Event()
+        self._held_events: dict[int, tuple[EventRecord, int]] = {}
+        """Events numbered past a gap, waiting for the ones before (seq -> record, size)."""
+        self._gap_opened = trio.Event()
         self._members: dict[MemberSession, Member] = {}
         self.last_activity = 0.0
         """When a member last joined or left, the document last changed or an event was
@@ -138,6 +147,10 @@ class Room(DocStrand, EventsStrand, PersistStrand):
                 nursery.start_soon(self._ephemeral.ticker)
                 nursery.start_soon(self._ephemeral.sweeper)
                 nursery.start_soon(self._persister)
+                if self._replication is not LOCAL_REPLICATION:
+                    nursery.start_soon(self._resyncer)
+                    nursery.start_soon(self._event_gaps)
+                    self._replication.follow(self)
                 await self._wait_until_idle()
                 if self.state is RoomState.LIVE:
                     self.state = RoomState.DRAINING
@@ -148,6 +161,7 @@ class Room(DocStrand, EventsStrand, PersistStrand):
             # The subscription holds the room and the document alive (a cycle through Rust
             # that the garbage collector cannot see): an unloaded room must leave nothing.
             self._unobserve()
+            self._replication.detach(self)
             if self.state is RoomState.LOADING:  # cancelled while loading
                 self.state = RoomState.FAILED
                 self._on_draining(self)
@@ -162,8 +176,10 @@ class Room(DocStrand, EventsStrand, PersistStrand):
         fails: the room then refuses joins and never writes (it never starts empty)."""
         started = time.perf_counter()
         try:
+            await self._replication.attach(self)  # before the load: nothing committed after it is missed
             data = await self._store.load(self.name)
             self._restore(data)
+            self._events.epoch = await self._sequence.epoch(self.name, self._events.epoch)
             await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)
         except BaseException as exc:
             if not application_error(exc):
@@ -409,7 +425,8 @@ class RoomRegistry:
 
     Args:
         store, hooks, config, new_epoch: what every room is made with.
-        fanout, sequence, lease: the seams every room uses (in-process ones by default).
+        fanout, sequence, lease, replication: the seams every room uses (in-process ones by
+            default).
         nursery: where rooms run (the engine's; asked for when a room starts).
         accepting: False once the engine shuts down: holds are refused (SHUTTING_DOWN).
         started, ended: told when a room starts and when one has ended (the engine's reclaimer).
@@ -430,6 +447,7 @@ class RoomRegistry:
         sequence: SequenceAuthority = LOCAL_SEQUENCE,
         lease: CompactionLease = LOCAL_LEASE,
         metrics: Metrics = NO_METRICS,
+        replication: Replication = LOCAL_REPLICATION,
     ) -> None:
         self.store = store
         """What rooms loaded from now on are stored in."""
@@ -439,6 +457,7 @@ class RoomRegistry:
         self._new_epoch = new_epoch
         self._fanout, self._sequence, self._lease = fanout, sequence, lease
         self._metrics = metrics
+        self._replication = replication
         self._rooms: dict[str, Room] = {}
         self._unloading: dict[str, Room] = {}
         self._deleting: dict[str, trio.Event] = {}
@@ -494,7 +513,7 @@ class RoomRegistry:
                 room = Room(
                     name, self.store, self._hooks, self._config, self._room_draining,
                     new_epoch=self._new_epoch, fanout=self._fanout, sequence=self._sequence, lease=self._lease,
-                    metrics=self._metrics,
+                    metrics=self._metrics, replication=self._replication,
                 )
                 self._rooms[name] = room
                 self._maybe_loading.add(room)

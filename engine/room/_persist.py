@@ -21,6 +21,7 @@ from .._metrics import Metrics
 from ._doc import merge_updates
 from ._events import EventRecord
 from ._member import Member, MemberSession, RoomState
+from ._replica import Replication
 
 logger = logging.getLogger("plait.room")
 
@@ -96,6 +97,7 @@ class PersistStrand:
     _hooks: Hooks
     _store: RoomStore
     _lease: CompactionLease
+    _replication: Replication
     _members: dict[MemberSession, Member]
     _pending: _Pending
     _persist_lock: trio.StrictFIFOLock
@@ -149,8 +151,9 @@ class PersistStrand:
             pending, self._pending = self._pending, _Pending()
             mark = self._changes
             started = time.perf_counter()
+            events = [r.stored() for r in pending.events]
             try:
-                await self._commit(pending)
+                await self._commit(pending.updates, events)
             except BaseException as exc:  # StorageError, or a store that breaks its contract
                 if not application_error(exc):
                     raise
@@ -160,6 +163,7 @@ class PersistStrand:
             if pending.updates or pending.events:
                 self._metrics.observe("commit_seconds", time.perf_counter() - started)
                 self._metrics.observe("commit_updates", len(pending.updates))
+                self._replication.committed(self.name, pending.updates, events)
             self._updates_since_snapshot += len(pending.updates)
             self._bytes_since_snapshot += sum(map(len, pending.updates))
             for member, ref, answer in pending.acks:
@@ -191,22 +195,20 @@ class PersistStrand:
             if due and await _ask_lease(self._lease, self.name):
                 await self._compact()
 
-    async def _commit(self, pending: _Pending) -> None:
+    async def _commit(self, updates: list[bytes], events: list[StoredEvent]) -> None:
         """Store a batch's updates, then its events. A store that says it is unavailable is
         tried again, with backoff, for `store_outage_grace` seconds before what it raised goes
         up (and the room fails): a database restart or failover then delays acks instead of
         failing every member's membership. What was stored is not stored twice."""
         deadline = trio.current_time() + self._config.store_outage_grace
         delay, told = 0.05, False
-        updates = pending.updates
         while True:
             try:
                 if updates:
                     await self._store.append(self.name, updates)
                     updates = []
-                if pending.events:
-                    stored = [r.stored() for r in pending.events]
-                    await self._store.append_events(self.name, stored, self._config.event_history)
+                if events:
+                    await self._store.append_events(self.name, events, self._config.event_history)
             except StorageUnavailable as exc:
                 if isinstance(exc, StoreLocked) or trio.current_time() + delay > deadline:
                     raise
@@ -224,9 +226,16 @@ class PersistStrand:
 
     async def _compact(self) -> None:
         covered = self._updates_since_snapshot
-        snapshot = self.doc.get_update()
-        self._doc_bytes, self._doc_bytes_exact = len(snapshot), True
         try:
+            if self._replication.shared_store:
+                # Other processes append too, and this copy may not have all of it yet: fold
+                # in what the store holds (the lease keeps other compactions out meanwhile).
+                data = await self._store.load(self.name)
+                stored = ([data.snapshot] if data.snapshot is not None else []) + list(data.updates)
+                snapshot, covered = merge_updates(stored), len(data.updates)
+            else:
+                snapshot = self.doc.get_update()
+                self._doc_bytes, self._doc_bytes_exact = len(snapshot), True
             await self._store.compact(self.name, snapshot, covered)
         except BaseException as exc:
             if not application_error(exc):
@@ -235,7 +244,7 @@ class PersistStrand:
             self._metrics.add("store_errors", 1, "compact")
             logger.warning("room %r: compaction failed: %s", self.name, exc, exc_info=exc)
             return
-        self._updates_since_snapshot -= covered
+        self._updates_since_snapshot = max(0, self._updates_since_snapshot - covered)
         self._bytes_since_snapshot = 0
         self._snapshot_bytes = len(snapshot)
         try:

@@ -11,7 +11,7 @@ import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine, EngineConfig
-from plait.engine.room import LocalFanout, Member, Refresh
+from plait.engine.room import LocalFanout, LocalSequence, Member, Refresh
 from plait.protocol import Ack, ChannelClosed, ChannelFrame, Error, ErrorCode, Publish, Update
 from plait.storage import MemoryStore
 
@@ -79,7 +79,7 @@ async def test_an_event_or_ephemeral_fan_out_that_fails_stops_nothing(autojump_c
         await assert_engine_serves(engine, "r")  # the room itself still works
 
 
-class DownSequence:
+class DownSequence(LocalSequence):
     async def next_seq(self, room: str, head: int) -> int:
         raise ConnectionError("redis is down")
 

@@ -1,0 +1,381 @@
+"""One process's part in a cluster on Redis (architecture: Scale-out), through coredis (it runs
+on anyio, so on Trio).
+
+Keys and channels, per room (its name, UTF-8):
+- `plait:{room}:log`, a stream: what each process committed to the shared store (document
+  updates, events), one entry per commit, `m` = msgpack [process, [update, ...],
+  [[seq, body], ...]]. Every process that holds the room reads it from the last id it saw, so
+  a process that loses Redis for a moment catches up instead of missing entries; after any
+  Redis failure it also resyncs its rooms from the store (the stream may have been lost with a
+  Redis restart, or trimmed past its position: it keeps about `stream_length` entries).
+- `plait:{room}:eph`, pub/sub: presence, cursor and typing changes, msgpack [process, kind,
+  body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
+  their full state (a process that just loaded the room).
+- `plait:{room}:lease`: who compacts the room (SET NX PX, held `lease_seconds`).
+- `plait:process:{id}`: this process's heartbeat (PX 3 heartbeats). A peer whose key is gone is
+  dead: its members leave every room's presence here and the rooms resync (what it committed
+  and did not publish is in the store). Bound: a dead process's members are gone from
+  everyone's presence within 4 heartbeats (6 s by default), plus the presence grace.
+
+Event sequence numbers and epochs come from the shared store (PostgreSQL's `next_seq` and
+`epoch`): a Redis restart cannot hand out a number twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Protocol
+
+import msgpack
+import trio
+
+from plait.storage import StoredEvent
+
+from ..room import Replica
+
+logger = logging.getLogger("plait.cluster")
+
+HEARTBEAT = 1.5
+"""Seconds between a process's heartbeats; its key lives 3 of them."""
+
+
+class SharedStore(Protocol):
+    """What a cluster needs of its store beyond the Store interface (PostgreSQLStore,
+    shared=True): one event numbering and one epoch per room for every process."""
+
+    async def next_seq(self, room: str, head: int) -> int: ...
+
+    async def epoch(self, room: str, proposed: str) -> str: ...
+
+
+def _log_key(room: str) -> bytes:
+    return b"plait:" + room.encode() + b":log"
+
+
+def _eph_channel(room: str) -> bytes:
+    return b"plait:" + room.encode() + b":eph"
+
+
+class RedisCluster:
+    """This process's member of a cluster: the Replication, SequenceAuthority and
+    CompactionLease seams for `Engine(replication=, sequence=, lease=)`.
+
+    Use: `async with RedisCluster(url, store) as cluster: async with Engine(store=store,
+    replication=cluster, sequence=cluster, lease=cluster): ...` (`plait serve --cluster URL`).
+
+    Args:
+        url: `redis://HOST:PORT[/DB]`.
+        store: the shared store (PostgreSQLStore(dsn, shared=True)).
+        heartbeat: seconds between heartbeats (HEARTBEAT).
+        stream_length: about how many entries each room's stream keeps.
+        lease_seconds: how long a compaction lease is held.
+
+    Raises (on entering): StorageUnavailable-like OSError/coredis errors if Redis cannot be
+    reached at start.
+    """
+
+    shared_store = True
+
+    def __init__(
+        self,
+        url: str,
+        store: SharedStore,
+        *,
+        heartbeat: float = HEARTBEAT,
+        stream_length: int = 10_000,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.process = secrets.token_hex(6)
+        """This process's id in the cluster (random per start)."""
+        self._store = store
+        self._heartbeat = heartbeat
+        self._stream_length = stream_length
+        self._lease_ms = int(lease_seconds * 1000)
+        self._client: Any = None
+        self._reader_client: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._rooms: dict[str, Replica] = {}
+        """Rooms loading or live here."""
+        self._positions: dict[str, bytes] = {}
+        """Room -> the last stream id applied (or seen before the load)."""
+        self._following: set[str] = set()
+        self._peers: dict[str, set[str]] = {}
+        """Peer process -> the rooms it was seen in."""
+        self._outbox: list[tuple[str, bytes]] = []
+        self._outbox_ready = trio.Event()
+        self._wake_key = b"plait:wake:" + self.process.encode()
+        self._wake_id = b"0-0"
+        self._pubsub: Any = None
+        self._subscribed: set[bytes] = set()
+        self._healthy = True
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RedisCluster:
+        import coredis
+
+        self._client = coredis.Redis.from_url(self.url, decode_responses=False)
+        self._reader_client = coredis.Redis.from_url(self.url, decode_responses=False)
+        self._stack = AsyncExitStack()
+        await self._stack.enter_async_context(self._running())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._stack.__aexit__(*exc)
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        async with self._client, self._reader_client, self._reader_client.pubsub() as pubsub:
+            self._pubsub = pubsub
+            await self._beat()
+            logger.info("cluster: process %s joined %s", self.process, _redact(self.url))
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._read_streams)
+                nursery.start_soon(self._send)
+                nursery.start_soon(self._listen)
+                try:
+                    yield
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        try:  # leave at once rather than when the heartbeat lapses
+                            await self._flush_outbox()
+                            await self._client.delete([self._key()])
+                        except Exception as exc:
+                            logger.warning("cluster: could not say goodbye: %s", exc)
+                    nursery.cancel_scope.cancel()
+
+    def _key(self) -> bytes:
+        return b"plait:process:" + self.process.encode()
+
+    async def _beat(self) -> None:
+        await self._client.set(self._key(), b"1", px=int(self._heartbeat * 3000))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self._heartbeat)
+            try:
+                await self._beat()
+                await self._check_peers()
+                self._recovered()
+            except Exception as exc:
+                self._failed("heartbeat", exc)
+
+    async def _check_peers(self) -> None:
+        for peer in list(self._peers):
+            if not await self._client.exists([b"plait:process:" + peer.encode()]):
+                rooms = self._peers.pop(peer, set())
+                logger.warning("cluster: process %s is gone; its members leave %d room(s) here", peer, len(rooms))
+                for name in rooms:
+                    room = self._rooms.get(name)
+                    if room is not None:
+                        _contained(room, "drop a process", lambda r=room: r.drop_process(peer))
+
+    def _seen(self, peer: str, room: str) -> None:
+        if peer != self.process:
+            self._peers.setdefault(peer, set()).add(room)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if self._healthy:
+            logger.error("cluster: Redis failed (%s): %s; rooms resync from the store when it is back", what, exc)
+        self._healthy = False
+
+    def _recovered(self) -> None:
+        if not self._healthy:
+            self._healthy = True
+            logger.warning("cluster: Redis is back; resyncing %d room(s) from the store", len(self._rooms))
+            for room in list(self._rooms.values()):
+                room.want_resync()
+
+    # -- Replication ------------------------------------------------------------------------
+
+    async def attach(self, room: Replica) -> None:
+        newest = await self._client.xrevrange(_log_key(room.name), "+", "-", count=1)
+        self._positions[room.name] = newest[0].identifier if newest else b"0-0"
+        self._rooms[room.name] = room
+        channel = _eph_channel(room.name)
+        if channel not in self._subscribed:
+            await self._pubsub.subscribe(channel)
+            self._subscribed.add(channel)
+
+    def follow(self, room: Replica) -> None:
+        if self._rooms.get(room.name) is not room:
+            return
+        self._following.add(room.name)
+        self._queue_publish(room.name, b"w", b"")
+        self._wake()
+
+    def detach(self, room: Replica) -> None:
+        if self._rooms.get(room.name) is not room:
+            return
+        del self._rooms[room.name]
+        self._positions.pop(room.name, None)
+        self._following.discard(room.name)
+        for rooms in self._peers.values():
+            rooms.discard(room.name)
+        channel = _eph_channel(room.name)
+        if channel in self._subscribed and self._nursery is not None:
+            self._subscribed.discard(channel)
+            self._nursery.start_soon(self._unsubscribe, channel)
+
+    async def _unsubscribe(self, channel: bytes) -> None:
+        try:
+            if channel not in self._subscribed:
+                await self._pubsub.unsubscribe(channel)
+        except Exception as exc:
+            self._failed("unsubscribe", exc)
+
+    def committed(self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent]) -> None:
+        body = msgpack.packb([self.process, list(updates), [[e.seq, e.body] for e in events]], use_bin_type=True)
+        self._outbox.append((room, body))
+        self._outbox_ready.set()
+
+    def ephemeral(self, room: str, body: bytes) -> None:
+        self._queue_publish(room, b"e", body)
+
+    def _queue_publish(self, room: str, kind: bytes, body: bytes) -> None:
+        message = msgpack.packb([self.process, kind, body], use_bin_type=True)
+        self._outbox.append((room, b"\x00" + message))  # \x00: a pub/sub message, not a stream entry
+        self._outbox_ready.set()
+
+    # -- SequenceAuthority, CompactionLease -------------------------------------------------
+
+    async def next_seq(self, room: str, head: int) -> int:
+        return await self._store.next_seq(room, head)
+
+    async def epoch(self, room: str, proposed: str) -> str:
+        return await self._store.epoch(room, proposed)
+
+    async def may_compact(self, room: str) -> bool:
+        import coredis
+
+        key = b"plait:" + room.encode() + b":lease"
+        if await self._client.set(key, self.process.encode(), condition=coredis.PureToken.NX, px=self._lease_ms):
+            return True
+        holder = await self._client.get(key)
+        if holder == self.process.encode():
+            await self._client.pexpire(key, self._lease_ms)
+            return True
+        return False
+
+    # -- the tasks --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Make the stream reader start over with the rooms followed now."""
+        self._outbox.append(("", b""))
+        self._outbox_ready.set()
+
+    async def _send(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready = trio.Event()
+            try:
+                await self._flush_outbox()
+                self._recovered()
+            except Exception as exc:
+                # What was committed is in the store: the others resync when Redis is back.
+                self._failed("publish", exc)
+                await trio.sleep(self._heartbeat / 3)
+
+    async def _flush_outbox(self) -> None:
+        import coredis
+
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room, body in batch:
+                    if not room:
+                        pipe.xadd(self._wake_key, {b"w": b""}, trim_strategy=coredis.PureToken.MAXLEN, threshold=8)
+                    elif body[:1] == b"\x00":
+                        pipe.publish(_eph_channel(room), body[1:])
+                    else:
+                        pipe.xadd(
+                            _log_key(room), {b"m": body},
+                            trim_strategy=coredis.PureToken.MAXLEN, threshold=self._stream_length,
+                            trim_operator=coredis.PureToken.APPROXIMATELY,
+                        )
+
+    async def _read_streams(self) -> None:
+        while True:
+            streams = {self._wake_key: self._wake_id}
+            streams.update((_log_key(name), self._positions[name]) for name in self._following)
+            try:
+                result = await self._reader_client.xread(streams, count=1000, block=int(self._heartbeat * 1000))
+            except Exception as exc:
+                self._failed("read", exc)
+                await trio.sleep(self._heartbeat / 3)
+                continue
+            self._recovered()
+            for key, entries in (result or {}).items():
+                if key == self._wake_key:
+                    self._wake_id = entries[-1].identifier
+                    continue
+                name = key[len(b"plait:"):-len(b":log")].decode()
+                room = self._rooms.get(name)
+                if room is None or name not in self._following:
+                    continue
+                for entry in entries:
+                    self._positions[name] = entry.identifier
+                    self._apply_entry(room, entry.field_values.get(b"m", b""))
+
+    def _apply_entry(self, room: Replica, body: bytes) -> None:
+        try:
+            process, updates, events = msgpack.unpackb(body, raw=False)
+            if process == self.process:
+                return
+            stored = [StoredEvent(int(seq), bytes(data)) for seq, data in events]
+            updates = [bytes(u) for u in updates]
+        except Exception as exc:
+            logger.error("cluster: room %r: a stream entry that does not decode (%s); resyncing", room.name, exc)
+            room.want_resync()
+            return
+        self._seen(process, room.name)
+        _contained(room, "apply a commit", lambda: room.receive_committed(updates, stored))
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=self._heartbeat)
+            except Exception as exc:
+                self._failed("pub/sub", exc)
+                await trio.sleep(self._heartbeat / 3)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            name = channel[len(b"plait:"):-len(b":eph")].decode()
+            room = self._rooms.get(name)
+            if room is None or name not in self._following:
+                continue
+            try:
+                process, kind, body = msgpack.unpackb(message["data"], raw=False)
+            except Exception as exc:
+                logger.error("cluster: room %r: a pub/sub message that does not decode (%s)", name, exc)
+                continue
+            if process == self.process:
+                continue
+            self._seen(process, name)
+            if kind == b"w":
+                _contained(room, "send its state", lambda: self._queue_publish(name, b"e", room.ephemeral_state()))
+            elif kind == b"e":
+                _contained(room, "apply presence", lambda: room.receive_ephemeral(process, body))
+
+
+def _contained(room: Replica, what: str, call: Callable[[], object]) -> None:
+    """A room's bug stays the room's: logged, and the room resyncs; the cluster goes on."""
+    try:
+        call()
+    except Exception as exc:
+        logger.critical("cluster: room %r failed to %s", room.name, what, exc_info=exc)
+        room.want_resync()
+
+
+def _redact(url: str) -> str:
+    from .._settings import hide_password
+
+    return hide_password(url)
