@@ -174,7 +174,7 @@ class RedisCluster:
                 for name in rooms:
                     room = self._rooms.get(name)
                     if room is not None:
-                        _contained(room, "drop a process", lambda r=room: r.drop_process(peer))
+                        _contained(room, "drop a process", room.drop_process, peer)
 
     def _seen(self, peer: str, room: str) -> None:
         if peer != self.process:
@@ -335,7 +335,10 @@ class RedisCluster:
             room.want_resync()
             return
         self._seen(process, room.name)
-        _contained(room, "apply a commit", lambda: room.receive_committed(updates, stored))
+        _contained(room, "apply a commit", room.receive_committed, updates, stored)
+
+    def _send_state(self, room: Replica) -> None:
+        self._queue_publish(room.name, b"e", room.ephemeral_state())
 
     async def _listen(self) -> None:
         while True:
@@ -361,15 +364,15 @@ class RedisCluster:
                 continue
             self._seen(process, name)
             if kind == b"w":
-                _contained(room, "send its state", lambda: self._queue_publish(name, b"e", room.ephemeral_state()))
+                _contained(room, "send its state", self._send_state, room)
             elif kind == b"e":
-                _contained(room, "apply presence", lambda: room.receive_ephemeral(process, body))
+                _contained(room, "apply presence", room.receive_ephemeral, process, body)
 
 
-def _contained(room: Replica, what: str, call: Callable[[], object]) -> None:
+def _contained(room: Replica, what: str, call: Callable[..., object], *args: Any) -> None:
     """A room's bug stays the room's: logged, and the room resyncs; the cluster goes on."""
     try:
-        call()
+        call(*args)
     except Exception as exc:
         logger.critical("cluster: room %r failed to %s", room.name, what, exc_info=exc)
         room.want_resync()

@@ -8,13 +8,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import pycrdt
 import pytest
 import trio
 
 from plait.engine import Engine, EngineConfig
 from plait.engine.cluster import RedisCluster
-from plait.protocol import Ack, Event, Publish, Update
+from plait.protocol import Event, Publish, Update
 from plait.storage import MemoryStore
 from tests.engine.client import DocClient, edit
 from tests.servers import RedisServer
