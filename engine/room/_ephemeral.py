@@ -532,10 +532,11 @@ class Ephemeral:
         return changed
 
     def _theirs(self, process: str, sid: str, what: str) -> bool:
-        """Whether `sid` is a present session of `process` (else the record is skipped)."""
+        """Whether `sid` is a present session of `process` (else the record is skipped:
+        silently if it is one that just left, or one this process never heard of)."""
         owner = self._owner.get(sid)
-        if owner == process and sid in self._presence:
-            return True
+        if owner == process:
+            return sid in self._presence
         if owner is not None or sid in self._presence:
             logger.warning("room %r: process %r sent a %s for session %r, not one of its own", self.name, process, what, sid)
         return False

@@ -212,8 +212,9 @@ def named(client: YjsClient, client_id: int) -> Any:
 
 
 async def test_a_session_on_one_process_is_seen_on_the_other_as_a_local_one(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="plait.room")
     link = Link(monkeypatch)
     async with cluster(link) as (p1, p2):
         ada = await member(p1, "ada")  # a1
@@ -241,6 +242,7 @@ async def test_a_session_on_one_process_is_seen_on_the_other_as_a_local_one(
         # What came from p2 was never sent back by p1, nor p1's by p2.
         assert link.sessions_sent("p1") == {"a1"}
         assert link.sessions_sent("p2") == {"b1"}
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "nothing was out of the ordinary"
 
 
 async def test_a_process_that_loads_the_room_late_gets_the_whole_state_from_its_peers(
@@ -372,8 +374,9 @@ async def test_yjs_clients_see_the_members_of_other_processes(autojump_clock: Mo
 
 
 async def test_a_yjs_client_that_reconnects_to_another_process_keeps_its_client_id(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="plait.room")
     link = Link(monkeypatch)
     async with cluster(link) as (p1, p2):
         here = await yjs_client(p1, "/yjs/r?token=olga", 222)  # a1
@@ -403,6 +406,7 @@ async def test_a_yjs_client_that_reconnects_to_another_process_keeps_its_client_
         for observer in (here, there):
             await observer.read_for(CONFIG.presence_grace * 2)
             assert named(observer, 111) == "alice, back"
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "nothing was out of the ordinary"
 
 
 async def test_hostile_bodies_are_dropped_and_the_room_goes_on(
