@@ -41,6 +41,8 @@ from plait.protocol import (
     PresenceSnapshot,
     Typing,
     TypingState,
+    YMessage,
+    YQueryAwareness,
     decode,
 )
 from plait.storage import MemoryStore
@@ -207,6 +209,14 @@ async def member(engine: Engine, user: str) -> Watcher:
     return Watcher(client)
 
 
+async def next_of(client: YjsClient, kind: type[YMessage], limit: int = 1000) -> None:
+    """Read until a message of `kind` arrives (bounded)."""
+    for _ in range(limit):
+        if isinstance(await client.next(), kind):
+            return
+    raise AssertionError(f"no {kind.__name__}")
+
+
 def named(client: YjsClient, client_id: int) -> Any:
     return client.states.get(client_id, {}).get("name")
 
@@ -366,11 +376,44 @@ async def test_yjs_clients_see_the_members_of_other_processes(autojump_clock: Mo
         await ada.say({"name": "ada, later"}, clock=5)
         with trio.fail_after(5):
             await observer.until(lambda: named(observer, 111) == "ada, later")
+        # Hidden (a null state of its own), then shown again.
+        await ada.say(None, clock=6)
+        with trio.fail_after(5):
+            await observer.until(lambda: 111 not in observer.states)
+        await ada.say({"name": "ada, again"}, clock=7)
+        with trio.fail_after(5):
+            await observer.until(lambda: named(observer, 111) == "ada, again")
         # A member of another process that leaves becomes a null state.
         await ada.transport.aclose()
         with trio.fail_after(10):
             await observer.until(lambda: 111 not in observer.states)
-        assert observer.clocks[111] == 5
+        assert observer.clocks[111] == 7
+
+
+async def test_a_client_id_held_by_another_users_lingering_session_elsewhere_passes_once_it_left(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link = Link(monkeypatch)
+    async with cluster(link) as (p1, p2):
+        observer = await yjs_client(p1, "/yjs/r?token=olga", 222)  # a1
+        bob = await yjs_client(p1, "/yjs/r?token=bob", 500)  # a2
+        await bob.say({"name": "bob"}, clock=1)
+        with trio.fail_after(5):
+            await observer.until(lambda: named(observer, 500) == "bob")
+        await bob.transport.aclose()
+        await trio.sleep(CONFIG.tick * 4)
+        eve = await yjs_client(p2, "/yjs/r?token=eve", 500)  # b1: another user, the same client id
+        await eve.say({"name": "eve"}, clock=1)
+        await observer.read_for(CONFIG.presence_grace / 2)
+        assert named(observer, 500) == "bob", "a client speaks only for itself while the holder may come back"
+        start = trio.current_time()
+        with trio.fail_after(10):
+            await next_of(eve, YQueryAwareness)
+        assert trio.current_time() - start <= CONFIG.presence_grace
+        await eve.say({"name": "eve"}, clock=2)
+        with trio.fail_after(5):
+            await observer.until(lambda: named(observer, 500) == "eve")
+        assert observer.states[500]["identity"] == {"id": "eve"}
 
 
 async def test_a_yjs_client_that_reconnects_to_another_process_keeps_its_client_id(
