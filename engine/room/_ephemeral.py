@@ -75,8 +75,11 @@ class Ephemeral:
         metrics: counters.
         replicate: with several processes serving the room, what tells the peers about the
             ephemeral state of this process's own sessions: called at most once per flush
-            with a body (`_replica.py`) of the changes since its last call. None: one
-            process (nothing is kept for it).
+            with a body (`_replica.py`) of the changes since its last call, on the Trio
+            thread, from the ticker (or `flush_before_event`): it must neither block nor
+            raise (what it raises fails the room). A body it cannot deliver leaves the
+            peers behind until they get `local_state()` again. None: one process (nothing
+            is kept for it).
 
     Sessions of peer processes ("remote") come in through `apply_remote`, `drop_process`,
     and then appear to members exactly like local ones: the same presence book, cursors,
@@ -627,6 +630,9 @@ class Ephemeral:
         lingers (a reconnect to another process: no null state in between)."""
         sid = claim.session
         if not self._theirs(process, sid, "awareness claim"):
+            return False
+        if self._awareness.bound_id(sid) not in (None, claim.client_id):
+            logger.warning("room %r: process %r's session %r claims a second awareness id", self.name, process, sid)
             return False
         holder = self._awareness.holder(claim.client_id)
         if holder is not None and holder != sid:

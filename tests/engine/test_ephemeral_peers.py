@@ -484,6 +484,8 @@ async def test_hostile_bodies_are_dropped_and_the_room_goes_on(
         # Well-formed, but not p1's to say: another process's session, one of p2's own.
         link.rooms["p2"].apply_remote("p1", pack({**body, "p": [["b1", None, {"name": "mallory"}, False, False]]}))
         link.rooms["p2"].apply_remote("p3", pack({**body, "l": ["a1"], "c": [["a1", 1]], "t": ["a1"]}))
+        link.rooms["p2"].apply_remote("p1", pack({**body, "a": [["a1", 999, 5, False]]}))  # a1 shows a derived id
+        assert link.rooms["p2"]._awareness.holder(999) is None
         await bob.read_for(1)
         assert bob.states() == {"a1": {"name": "Ada"}, "b1": {}} and bob.cursors == {} and bob.typing == ()
         await bob.client.send(PresenceSet(1, None, {"name": "Bob"}))
