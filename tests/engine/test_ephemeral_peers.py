@@ -449,6 +449,18 @@ async def test_a_yjs_client_that_reconnects_to_another_process_keeps_its_client_
         for observer in (here, there):
             await observer.read_for(CONFIG.presence_grace * 2)
             assert named(observer, 111) == "alice, back"
+        # And back to the first process, with the clock the client has (the server shows it
+        # past the last clock shown, wherever that was).
+        await again.transport.aclose()
+        await trio.sleep(CONFIG.presence_grace / 2)
+        home = YjsClient(p1.connect_memory("/yjs/r?token=alice"), 111)  # a3
+        await home.say({"name": "alice, home"}, clock=4)
+        with trio.fail_after(5):
+            for observer in (here, there):
+                await observer.until(lambda o=observer: named(o, 111) == "alice, home")  # type: ignore[misc]
+        for process in ("p1", "p2"):
+            assert link.rooms[process]._awareness.holder(111) == "a3"
+            assert {e.session for e in link.rooms[process].presence()} == {"a1", "b1", "a3"}
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "nothing was out of the ordinary"
 
 
@@ -525,3 +537,17 @@ async def test_remote_presence_keeps_to_the_room_budget_and_the_message_size(
         # The peer goes: every one of its sessions leaves, in diffs that fit.
         link.kill("p9")
         await bob.until(lambda: set(bob.presence) == {"b1", "b2"})
+
+
+async def test_a_room_of_one_process_keeps_nothing_for_peers(autojump_clock: MockClock) -> None:
+    async with Engine(store=MemoryStore(), hooks=Tokens(), config=CONFIG) as engine:
+        ada = await member(engine, "ada")
+        await ada.client.send(PresenceSet(1, None, {"name": "Ada"}), CursorMove(1, 1), Typing(1, True))
+        yjs = await yjs_client(engine, "/yjs/r?token=bob", 111)
+        await yjs.say({"name": "bob"}, clock=1)
+        await yjs.transport.aclose()
+        await ada.read_for(1)
+        async with engine.hold_room("r") as room:
+            ephemeral = room._ephemeral
+            assert ephemeral._replicate is None
+            assert not (ephemeral._owner or ephemeral._out_lingering or ephemeral._out_awareness or ephemeral._sent_typing)
