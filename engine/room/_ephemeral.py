@@ -36,7 +36,7 @@ from ._chunks import chunks, prefix
 from ._fanout import Fanout
 from ._member import Member, MemberSession
 from ._presence import ENTRY_OVERHEAD, PresenceBook
-from ._replica import AwarenessClaim, BadReplica, PresenceRecord, Replica, decode_replica, encode_replica
+from ._peerstate import AwarenessClaim, BadPeerState, PresenceRecord, PeerState, decode_peer_state, encode_peer_state
 
 logger = logging.getLogger("plait.room")
 
@@ -75,7 +75,7 @@ class Ephemeral:
         metrics: counters.
         replicate: with several processes serving the room, what tells the peers about the
             ephemeral state of this process's own sessions: called at most once per flush
-            with a body (`_replica.py`) of the changes since its last call, on the Trio
+            with a body (`_peerstate.py`) of the changes since its last call, on the Trio
             thread, from the ticker (or `flush_before_event`): it must neither block nor
             raise (what it raises fails the room). A body it cannot deliver leaves the
             peers behind until they get `local_state()` again. None: one process (nothing
@@ -452,15 +452,15 @@ class Ephemeral:
                 typing = self._sent_typing = typers
         claims = tuple(self._claims(self._out_awareness))
         self._out_awareness.clear()
-        replica = Replica(
+        state = PeerState(
             presence=tuple(presence),
             left=tuple(s for s in left if s not in owner),
             cursors=tuple((s, m[0]) for s, m in moved.items() if s not in owner),
             typing=typing,
             awareness=claims,
         )
-        if replica:
-            self._replicate(encode_replica(replica))
+        if state:
+            self._replicate(encode_peer_state(state))
 
     def _record(self, sid: str, identity: dict[str, Any] | None, state: dict[str, Any] | None) -> PresenceRecord:
         return PresenceRecord(sid, identity, state, self._presence.lingering(sid), not self._awareness.is_native(sid))
@@ -477,7 +477,7 @@ class Ephemeral:
         replaces whatever it held for this process."""
         owner, book = self._owner, self._presence
         local = [sid for sid in book.sessions() if sid not in owner]
-        return encode_replica(Replica(
+        return encode_peer_state(PeerState(
             full=True,
             presence=tuple(self._record(sid, book.entry(sid).identity, book.state(sid)) for sid in local),
             cursors=tuple((sid, c[0]) for sid, c in self._cursors.items() if sid not in owner),
@@ -493,11 +493,11 @@ class Ephemeral:
         (`max_presence_bytes` per state or cursor, `max_room_presence_bytes` for the room),
         is logged and skipped. Never raises (anything escaping is a bug)."""
         try:
-            replica = decode_replica(body)
-        except BadReplica as exc:
+            state = decode_peer_state(body)
+        except BadPeerState as exc:
             logger.warning("room %r: dropped a presence body from process %r: %s", self.name, process, exc)
             return
-        if self._merge(process, replica):
+        if self._merge(process, state):
             self.want_tick()
 
     def drop_process(self, process: str) -> None:
@@ -510,27 +510,27 @@ class Ephemeral:
             logger.info("room %r: process %r is gone, and its %d sessions with it", self.name, process, len(gone))
             self.want_tick()
 
-    def _merge(self, process: str, replica: Replica) -> bool:
+    def _merge(self, process: str, state: PeerState) -> bool:
         changed = False
-        if replica.full:  # what the body does not list is gone
-            listed = {r.session for r in replica.presence}
+        if state.full:  # what the body does not list is gone
+            listed = {r.session for r in state.presence}
             for sid in [s for s, p in self._owner.items() if p == process and s not in listed and s in self._presence]:
                 self._remote_leave(sid)
                 changed = True
-            pointed = {sid for sid, _ in replica.cursors}
+            pointed = {sid for sid, _ in state.cursors}
             for sid in [s for s in self._cursors if self._owner.get(s) == process and s not in pointed]:
                 changed |= self._remote_cursor(process, sid, None)
-        for record in replica.presence:
+        for record in state.presence:
             changed |= self._remote_presence(process, record)
-        for sid in replica.left:
+        for sid in state.left:
             if self._owner.get(sid) == process and sid in self._presence:
                 self._remote_leave(sid)
                 changed = True
-        for sid, position in replica.cursors:
+        for sid, position in state.cursors:
             changed |= self._remote_cursor(process, sid, position)
-        if replica.typing is not None or replica.full:
-            changed |= self._remote_typing(process, replica.typing or ())
-        for claim in replica.awareness:
+        if state.typing is not None or state.full:
+            changed |= self._remote_typing(process, state.typing or ())
+        for claim in state.awareness:
             changed |= self._remote_claim(process, claim)
         return changed
 

@@ -29,7 +29,7 @@ from plait.engine import Engine, EngineConfig, Hooks, Identity
 from plait.engine._metrics import Metrics
 from plait.engine.room import Fanout, Member, MemberSession, _lifecycle
 from plait.engine.room._ephemeral import Ephemeral
-from plait.engine.room._replica import decode_replica
+from plait.engine.room._peerstate import decode_peer_state
 from plait.protocol import (
     Access,
     CursorMove,
@@ -112,7 +112,7 @@ class Link:
         """Every session id `process` has told its peers anything about."""
         sids: set[str] = set()
         for body in self.sent.get(process, []):
-            r = decode_replica(body)
+            r = decode_peer_state(body)
             sids |= {p.session for p in r.presence} | set(r.left) | {c[0] for c in r.cursors}
             sids |= set(r.typing or ()) | {a.session for a in r.awareness}
         return sids

@@ -1,5 +1,5 @@
-"""The body processes exchange about their sessions' ephemeral state (engine/room/_replica.py):
-it round-trips, and decoding is total (a Replica or BadReplica, for any bytes)."""
+"""The body processes exchange about their sessions' ephemeral state (engine/room/_peerstate.py):
+it round-trips, and decoding is total (a PeerState or BadPeerState, for any bytes)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plait.engine.room._replica import (
+from plait.engine.room._peerstate import (
     AwarenessClaim,
-    BadReplica,
+    BadPeerState,
     PresenceRecord,
-    Replica,
-    decode_replica,
-    encode_replica,
+    PeerState,
+    decode_peer_state,
+    encode_peer_state,
 )
 
-FULL = Replica(
+FULL = PeerState(
     full=True,
     presence=(
         PresenceRecord("a1", {"id": "ada"}, {"name": "Ada", "avatar": b"\x89PNG"}, False, False),
@@ -34,13 +34,13 @@ FULL = Replica(
 
 
 def test_a_body_round_trips() -> None:
-    assert decode_replica(encode_replica(FULL)) == FULL
-    assert decode_replica(encode_replica(Replica())) == Replica()
-    assert not Replica() and Replica(typing=()) and Replica(full=True)
+    assert decode_peer_state(encode_peer_state(FULL)) == FULL
+    assert decode_peer_state(encode_peer_state(PeerState())) == PeerState()
+    assert not PeerState() and PeerState(typing=()) and PeerState(full=True)
 
 
 def test_fields_a_body_leaves_out_mean_nothing_changed() -> None:
-    assert decode_replica(msgpack.packb({"v": 1})) == Replica()
+    assert decode_peer_state(msgpack.packb({"v": 1})) == PeerState()
 
 
 @pytest.mark.parametrize("body", [
@@ -57,16 +57,16 @@ def test_fields_a_body_leaves_out_mean_nothing_changed() -> None:
     {"v": "1"},
 ])
 def test_wrong_shapes_are_refused(body: dict[str, Any]) -> None:
-    with pytest.raises(BadReplica):
-        decode_replica(msgpack.packb(body))
+    with pytest.raises(BadPeerState):
+        decode_peer_state(msgpack.packb(body))
 
 
 @settings(max_examples=100)
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_are_refused(data: bytes) -> None:
     try:
-        decode_replica(data)
-    except BadReplica:
+        decode_peer_state(data)
+    except BadPeerState:
         pass
 
 
@@ -86,6 +86,6 @@ def test_any_msgpack_map_decodes_or_is_refused(body: dict[str, Any]) -> None:
     except (OverflowError, ValueError, TypeError):
         return
     try:
-        decode_replica(data)
-    except BadReplica:
+        decode_peer_state(data)
+    except BadPeerState:
         pass

@@ -1,6 +1,6 @@
 """The body a process sends its peers about the ephemeral state of its own sessions in a room:
 presence, cursors, typing and Yjs awareness claims (scale-out; spec §5.4, §5.5, §13). Pure:
-bytes in, a checked `Replica` out, and back; no clock, no I/O.
+bytes in, a checked `PeerState` out, and back; no clock, no I/O.
 
 A body is a msgpack map:
 
@@ -15,8 +15,8 @@ A body is a msgpack map:
      "t": [sid, ...] | nil,         # the sender's typers, all of them, when the set changed
      "a": [[sid, client_id, clock, hidden], ...]}   # Yjs sessions' awareness claims
 
-`decode_replica` is total: a body either decodes to a Replica whose every field has the right
-shape, or raises BadReplica. Peers are trusted, but code has bugs; a bad body must never reach
+`decode_peer_state` is total: a body either decodes to a PeerState whose every field has the right
+shape, or raises BadPeerState. Peers are trusted, but code has bugs; a bad body must never reach
 a room's state half applied.
 """
 
@@ -35,7 +35,7 @@ MAX_SESSION_ID: Final = 256
 MAX_CLIENT_ID: Final = 2**53 - 1  # lib0 varuints are JavaScript numbers
 
 
-class BadReplica(ValueError):
+class BadPeerState(ValueError):
     """A body that does not decode, or whose fields have the wrong shapes."""
 
 
@@ -62,7 +62,7 @@ class AwarenessClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class Replica:
+class PeerState:
     full: bool = False
     presence: tuple[PresenceRecord, ...] = ()
     left: tuple[str, ...] = ()
@@ -75,7 +75,7 @@ class Replica:
         return self.full or bool(self.presence or self.left or self.cursors or self.awareness) or self.typing is not None
 
 
-def encode_replica(replica: Replica) -> bytes:
+def encode_peer_state(replica: PeerState) -> bytes:
     body = {
         "v": VERSION,
         "full": replica.full,
@@ -88,20 +88,20 @@ def encode_replica(replica: Replica) -> bytes:
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode_replica(data: bytes) -> Replica:
-    """Raises BadReplica; anything else escaping is a bug."""
+def decode_peer_state(data: bytes) -> PeerState:
+    """Raises BadPeerState; anything else escaping is a bug."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise BadReplica(f"a body is bytes, not {type(data).__name__}")
+        raise BadPeerState(f"a body is bytes, not {type(data).__name__}")
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise BadReplica(f"not msgpack: {type(exc).__name__}: {exc}") from exc
+        raise BadPeerState(f"not msgpack: {type(exc).__name__}: {exc}") from exc
     if not isinstance(body, dict):
-        raise BadReplica("a body is a map")
+        raise BadPeerState("a body is a map")
     if body.get("v") != VERSION:
-        raise BadReplica(f"version {body.get('v')!r}, not {VERSION}")
+        raise BadPeerState(f"version {body.get('v')!r}, not {VERSION}")
     typing = body.get("t")
-    return Replica(
+    return PeerState(
         full=_bool(body.get("full", False), "full"),
         presence=tuple(_presence(r) for r in _list(body.get("p", []), "p")),
         left=tuple(_sid(s) for s in _list(body.get("l", []), "l")),
@@ -113,25 +113,25 @@ def decode_replica(data: bytes) -> Replica:
 
 def _list(value: Any, what: str, length: int | None = None) -> list[Any]:
     if not isinstance(value, list) or (length is not None and len(value) != length):
-        raise BadReplica(f"{what}: a list{'' if length is None else f' of {length}'} expected, got {_show(value)}")
+        raise BadPeerState(f"{what}: a list{'' if length is None else f' of {length}'} expected, got {_show(value)}")
     return value
 
 
 def _bool(value: Any, what: str) -> bool:
     if type(value) is not bool:
-        raise BadReplica(f"{what}: a boolean expected, got {_show(value)}")
+        raise BadPeerState(f"{what}: a boolean expected, got {_show(value)}")
     return value
 
 
 def _int(value: Any, what: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_CLIENT_ID:
-        raise BadReplica(f"{what}: an integer in 0..2**53-1 expected, got {_show(value)}")
+        raise BadPeerState(f"{what}: an integer in 0..2**53-1 expected, got {_show(value)}")
     return value
 
 
 def _sid(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_SESSION_ID:
-        raise BadReplica(f"a session id expected, got {_show(value)}")
+        raise BadPeerState(f"a session id expected, got {_show(value)}")
     return value
 
 
@@ -139,7 +139,7 @@ def _value(value: Any, what: str) -> Any:
     try:
         check_value(value, MAX_DEPTH)
     except ProtocolError as exc:
-        raise BadReplica(f"{what}: {exc}") from exc
+        raise BadPeerState(f"{what}: {exc}") from exc
     return value
 
 
@@ -147,7 +147,7 @@ def _map(value: Any, what: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise BadReplica(f"{what}: a map expected, got {_show(value)}")
+        raise BadPeerState(f"{what}: a map expected, got {_show(value)}")
     return _value(value, what)  # type: ignore[no-any-return]
 
 
