@@ -4,7 +4,8 @@
 - _member: what the parts share: RoomState, Member
 - _doc: the pycrdt document: sync, members' updates, the fan-out of every change
 - _ephemeral: presence, cursors, typing (ticker, sweeper) and Yjs awareness
-  (_presence: PresenceBook, _awareness: Awareness, both pure data)
+  (_presence: PresenceBook, _awareness: Awareness, both pure data), and what it shares with
+  peer processes serving the same room (_peerstate: the body they exchange, pure)
 - _events: the event log, epochs, publishing; the SequenceAuthority seam (LocalSequence)
 - _persist: group commit, acks in request order once durable, compaction; the
   CompactionLease seam (LocalLease)

@@ -108,6 +108,36 @@ class Awareness:
             self._hidden.discard(session)
         return True
 
+    def adopt(self, session: str, client_id: int, clock: int, hidden: bool) -> bool:
+        """A peer process's Yjs session's claim, at the clock its owner shows (the owner
+        checked it and added any offset). False, and nothing changes, if another session
+        holds the id (the caller releases a holder that may be replaced) or the session
+        holds another id or showed a later clock. True if it changed what Yjs clients see."""
+        held = self._clients.get(session)
+        if self._holders.get(client_id, session) != session or (held is not None and (held[0] != client_id or clock < held[1])):
+            return False
+        if held is not None and clock == held[1] and hidden == (session in self._hidden):
+            return False  # the same claim again (a full state)
+        self._retired.pop(client_id, None)
+        self._holders[client_id] = session
+        self._clients[session] = [client_id, clock, 0]
+        self._entries.pop(session, None)
+        if hidden:
+            self._hidden.add(session)
+        else:
+            self._hidden.discard(session)
+        return True
+
+    def is_native(self, session: str) -> bool:
+        return session in self._native
+
+    def shown(self, session: str) -> tuple[int, int, bool] | None:
+        """A Yjs session's (client id, clock shown, hidden), once it has claimed one."""
+        held = self._clients.get(session)
+        if held is None or session in self._native:
+            return None
+        return held[0], held[1], session in self._hidden
+
     def release(self, session: str) -> int | None:
         """Forget everything kept for a session, without announcing anything: its presence
         left and its null state went out, or its client id now belongs to a new session (a

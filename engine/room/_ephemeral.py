@@ -6,7 +6,7 @@ import base64
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import trio
@@ -36,6 +36,7 @@ from ._chunks import chunks, prefix
 from ._fanout import Fanout
 from ._member import Member, MemberSession
 from ._presence import ENTRY_OVERHEAD, PresenceBook
+from ._peerstate import AwarenessClaim, BadPeerState, PresenceRecord, PeerState, decode_peer_state, encode_peer_state
 
 logger = logging.getLogger("plait.room")
 
@@ -71,10 +72,29 @@ class Ephemeral:
         config: timings.
         members: the room's members by session: the room's own dict, read here, never changed.
         fanout: how each tick's frames reach the members.
+        metrics: counters.
+        replicate: with several processes serving the room, what tells the peers about the
+            ephemeral state of this process's own sessions: called at most once per flush
+            with a body (`_peerstate.py`) of the changes since its last call, on the Trio
+            thread, from the ticker (or `flush_before_event`): it must neither block nor
+            raise (what it raises fails the room). A body it cannot deliver leaves the
+            peers behind until they get `local_state()` again. None: one process (nothing
+            is kept for it).
+
+    Sessions of peer processes ("remote") come in through `apply_remote`, `drop_process`,
+    and then appear to members exactly like local ones: the same presence book, cursors,
+    typing and awareness. Their owner is the authority on them: it runs their grace and
+    expiry and sends their leave; they are never expired here (drop_process excepted).
     """
 
     def __init__(
-        self, name: str, config: EngineConfig, members: dict[MemberSession, Member], fanout: Fanout, metrics: Metrics = NO_METRICS
+        self,
+        name: str,
+        config: EngineConfig,
+        members: dict[MemberSession, Member],
+        fanout: Fanout,
+        metrics: Metrics = NO_METRICS,
+        replicate: Callable[[bytes], None] | None = None,
     ) -> None:
         self.name = name
         self._metrics = metrics
@@ -96,6 +116,16 @@ class Ephemeral:
         self._awareness = Awareness()
         self._awareness_waiting: dict[int, Member] = {}
         """Client id -> a Yjs member refused it because a disconnected session held it."""
+        self._replicate = replicate
+        self._owner: dict[str, str] = {}
+        """Session -> the peer process it belongs to, for remote sessions only (kept until
+        the flush that announces its leave, so that the leave is not sent back)."""
+        self._out_lingering: set[str] = set()
+        """Local sessions that disconnected since the last replicate (with `replicate` only)."""
+        self._out_awareness: set[str] = set()
+        """Local Yjs sessions whose claim changed since the last replicate (idem)."""
+        self._sent_typing: tuple[str, ...] = ()
+        """The local typers the peers were last told of."""
 
     # -- membership (told by the room) -------------------------------------------------------
 
@@ -177,6 +207,8 @@ class Ephemeral:
         if disconnected:
             self._presence.linger(sid, trio.current_time() + self._config.presence_grace)
             self._deadlines_changed.set()
+            if self._replicate is not None:
+                self._out_lingering.add(sid)
         else:
             self._presence.leave(sid)
 
@@ -243,11 +275,15 @@ class Ephemeral:
         """A room's presence and cursors together stay within max_room_presence_bytes: what
         every joiner is sent at once (spec §5.4)."""
         limit = self._config.max_room_presence_bytes
-        if growth > 0 and self._presence.total_bytes + self._cursor_bytes + growth > limit:
+        if self._over_budget(growth):
             raise RequestError(
                 ErrorCode.PRESENCE_TOO_LARGE,
                 f"this room's presence and cursors would pass the server's {limit}-byte limit for a room; nothing changed",
             )
+
+    def _over_budget(self, growth: int) -> bool:
+        limit = self._config.max_room_presence_bytes
+        return growth > 0 and self._presence.total_bytes + self._cursor_bytes + growth > limit
 
     def _check_size(self, what: str, value: Any) -> int:
         return presence_size(what, value, self._config.presence_limit)
@@ -271,18 +307,27 @@ class Ephemeral:
 
     def _flush_ephemeral(self) -> None:
         frames: list[ChannelFrame] = []
+        joined: tuple[PresenceEntry, ...] = ()
+        updated: tuple[PresenceState, ...] = ()
         left: tuple[str, ...] = ()
+        moved = self._moved
+        typing_changed = self._typing_changed
         if self._presence.dirty:
             joined, updated, left = self._presence.take_diff()
             for sid in left:
                 self._awareness.changed(sid)  # its entry becomes a null state
             frames += map(ChannelFrame, self._diff_frames(joined, updated, left))
-        if self._moved:
-            frames += map(ChannelFrame, self._cursor_frames(0, self._moved))
+        if moved:
+            frames += map(ChannelFrame, self._cursor_frames(0, moved))
             self._moved = {}
-        if self._typing_changed:
+        if typing_changed:
             self._typing_changed = False
             frames.append(ChannelFrame(self._typing_frame(0)))
+        if self._replicate is not None:
+            self._send_local(joined, updated, left, moved, typing_changed)
+        if self._owner:
+            for sid in left:
+                self._owner.pop(sid, None)  # its leave is announced: nothing is kept for it
         if not frames:
             return
         self._fanout.ephemeral(self.name, list(self._members.values()), frames, self._refresher)
@@ -333,14 +378,20 @@ class Ephemeral:
                 self._awareness.release(holder)
             else:
                 self._awareness_waiting[client_id] = member
-        return self._awareness.claim(sid, client_id, clock, hidden)
+        claimed = self._awareness.claim(sid, client_id, clock, hidden)
+        if claimed and self._replicate is not None:
+            self._out_awareness.add(sid)
+        return claimed
 
     def awareness_id(self, member: Member) -> int | None:
         """The client id a Yjs member speaks for (spec §13), None before its first state."""
         return self._awareness.bound_id(member.session.id)
 
     def _may_take_over(self, holder: str, identity: Identity) -> bool:
-        if any(m.session.id == holder for m in self._members.values()):
+        if holder in self._owner:
+            if not self._presence.lingering(holder) and holder in self._presence:
+                return False  # connected to a peer process: a client speaks only for itself
+        elif any(m.session.id == holder for m in self._members.values()):
             return False  # still connected: a client speaks only for itself
         return holder not in self._presence or self._presence.entry(holder).identity.get("id") == identity.get("id")
 
@@ -367,3 +418,227 @@ class Ephemeral:
 
     def awareness_sessions(self) -> list[str]:
         return self._presence.sessions()
+
+    # -- peer processes (scale-out): what this process's sessions do, what theirs do -------
+
+    def _send_local(
+        self,
+        joined: tuple[PresenceEntry, ...],
+        updated: tuple[PresenceState, ...],
+        left: tuple[str, ...],
+        moved: dict[str, tuple[Any, int]],
+        typing_changed: bool,
+    ) -> None:
+        """Tell the peers what this flush changed of local sessions (never what came from a
+        peer: that is theirs to tell)."""
+        assert self._replicate is not None
+        owner, book = self._owner, self._presence
+        presence: list[PresenceRecord] = []
+        for e in joined:
+            if e.session not in owner:
+                presence.append(self._record(e.session, e.identity, e.state))
+        for u in updated:
+            if u.session not in owner:
+                presence.append(self._record(u.session, None, u.state))
+        told = {r.session for r in presence}
+        for sid in self._out_lingering:
+            if sid in book and sid not in told and sid not in owner:
+                presence.append(self._record(sid, None, None))
+        self._out_lingering.clear()
+        typing = None
+        if typing_changed:
+            typers = tuple(s for s in self._typing if s not in owner)
+            if typers != self._sent_typing:
+                typing = self._sent_typing = typers
+        claims = tuple(self._claims(self._out_awareness))
+        self._out_awareness.clear()
+        state = PeerState(
+            presence=tuple(presence),
+            left=tuple(s for s in left if s not in owner),
+            cursors=tuple((s, m[0]) for s, m in moved.items() if s not in owner),
+            typing=typing,
+            awareness=claims,
+        )
+        if state:
+            self._replicate(encode_peer_state(state))
+
+    def _record(self, sid: str, identity: dict[str, Any] | None, state: dict[str, Any] | None) -> PresenceRecord:
+        return PresenceRecord(sid, identity, state, self._presence.lingering(sid), not self._awareness.is_native(sid))
+
+    def _claims(self, sids: Iterable[str]) -> Iterator[AwarenessClaim]:
+        for sid in sids:
+            shown = self._awareness.shown(sid)
+            if shown is not None and sid in self._presence and sid not in self._owner:
+                yield AwarenessClaim(sid, *shown)
+
+    def local_state(self) -> bytes:
+        """A body with the whole state of this process's own sessions (presence, cursors,
+        typing, awareness claims), for a peer that just loaded the room; its `apply_remote`
+        replaces whatever it held for this process."""
+        owner, book = self._owner, self._presence
+        local = [sid for sid in book.sessions() if sid not in owner]
+        return encode_peer_state(PeerState(
+            full=True,
+            presence=tuple(self._record(sid, book.entry(sid).identity, book.state(sid)) for sid in local),
+            cursors=tuple((sid, c[0]) for sid, c in self._cursors.items() if sid not in owner),
+            typing=tuple(s for s in self._typing if s not in owner),
+            awareness=tuple(self._claims(local)),
+        ))
+
+    def apply_remote(self, process: str, body: bytes) -> None:
+        """Merge what peer `process` says of its sessions (a body of its `replicate` or
+        `local_state`): its sessions then appear to members exactly like local ones, from
+        the next tick. A body that does not decode is logged and dropped whole; a record
+        that names a session that is not that peer's, or that would pass a size limit
+        (`max_presence_bytes` per state or cursor, `max_room_presence_bytes` for the room),
+        is logged and skipped. Never raises (anything escaping is a bug)."""
+        try:
+            state = decode_peer_state(body)
+        except BadPeerState as exc:
+            logger.warning("room %r: dropped a presence body from process %r: %s", self.name, process, exc)
+            return
+        if self._merge(process, state):
+            self.want_tick()
+
+    def drop_process(self, process: str) -> None:
+        """Every session of `process` leaves (its presence, cursor and typing): the peer is
+        gone (its heartbeat lapsed). Members see an ordinary leave at the next tick."""
+        gone = [sid for sid, p in self._owner.items() if p == process and sid in self._presence]
+        for sid in gone:
+            self._remote_leave(sid)
+        if gone:
+            logger.info("room %r: process %r is gone, and its %d sessions with it", self.name, process, len(gone))
+            self.want_tick()
+
+    def _merge(self, process: str, state: PeerState) -> bool:
+        changed = False
+        if state.full:  # what the body does not list is gone
+            listed = {r.session for r in state.presence}
+            for sid in [s for s, p in self._owner.items() if p == process and s not in listed and s in self._presence]:
+                self._remote_leave(sid)
+                changed = True
+            pointed = {sid for sid, _ in state.cursors}
+            for sid in [s for s in self._cursors if self._owner.get(s) == process and s not in pointed]:
+                changed |= self._remote_cursor(process, sid, None)
+        for record in state.presence:
+            changed |= self._remote_presence(process, record)
+        for sid in state.left:
+            if self._owner.get(sid) == process and sid in self._presence:
+                self._remote_leave(sid)
+                changed = True
+        for sid, position in state.cursors:
+            changed |= self._remote_cursor(process, sid, position)
+        if state.typing is not None or state.full:
+            changed |= self._remote_typing(process, state.typing or ())
+        for claim in state.awareness:
+            changed |= self._remote_claim(process, claim)
+        return changed
+
+    def _theirs(self, process: str, sid: str, what: str) -> bool:
+        """Whether `sid` is a present session of `process` (else the record is skipped:
+        silently if it is one that just left, or one this process never heard of)."""
+        owner = self._owner.get(sid)
+        if owner == process:
+            return sid in self._presence
+        if owner is not None or sid in self._presence:
+            logger.warning("room %r: process %r sent a %s for session %r, not one of its own", self.name, process, what, sid)
+        return False
+
+    def _remote_presence(self, process: str, record: PresenceRecord) -> bool:
+        sid, book = record.session, self._presence
+        owner = self._owner.get(sid)
+        changed = False
+        if (owner is None and sid in book) or owner not in (None, process):
+            logger.warning("room %r: process %r sent presence for session %r, not one of its own", self.name, process, sid)
+            return False
+        if sid not in book:
+            if record.identity is None:
+                return False  # a change of a session whose join this process missed: its full state will say
+            if encoded_size(record.identity) > self._config.presence_limit:
+                logger.warning("room %r: process %r sent an identity over the size limit (session %r)", self.name, process, sid)
+                return False
+            # A peer's reconnecting session displaces a lingering one of its identity here too,
+            # as its owner does: members of every process see the same handover.
+            book.join(sid, record.identity, displace=not record.lingering)
+            self._owner[sid] = process
+            if not record.own_awareness:
+                self._awareness.add_native(sid)
+            changed = True
+        if record.state is not None and (changed or record.state != book.state(sid)):
+            size = encoded_size(record.state)
+            if size > self._config.presence_limit or self._over_budget(size - book.raw_state_bytes(sid)):
+                logger.warning("room %r: a presence state of %d bytes from process %r is over a limit (session %r); skipped",
+                               self.name, size, process, sid)
+            else:
+                book.set(sid, dict(record.state), size)
+                self._awareness.changed(sid)
+                changed = True
+        if record.lingering and not book.lingering(sid):
+            book.linger(sid, math.inf)  # its owner runs the grace and sends the leave
+        return changed
+
+    def _remote_leave(self, sid: str) -> None:
+        """A peer's session leaves: its presence, cursor and typing, at once."""
+        self._presence.leave(sid)
+        dropped = self._cursors.pop(sid, None)
+        if dropped is not None:
+            self._cursor_bytes -= dropped[1]
+        if dropped is not None or sid in self._moved:
+            self._moved[sid] = (None, 1 + len(sid) + ENTRY_OVERHEAD)
+        if self._typing.pop(sid, None) is not None:
+            self._typing_changed = True
+
+    def _remote_cursor(self, process: str, sid: str, position: Any) -> bool:
+        if not self._theirs(process, sid, "cursor"):
+            return False
+        old = self._cursors.get(sid, (None, 0))[1]
+        if position is None:
+            if self._cursors.pop(sid, None) is None:
+                return False
+            self._cursor_bytes -= old
+            moved: tuple[Any, int] = (None, 1 + len(sid) + ENTRY_OVERHEAD)
+        else:
+            size = encoded_size(position)
+            moved = (position, size + len(sid) + ENTRY_OVERHEAD)
+            if size > self._config.presence_limit or self._over_budget(moved[1] - old):
+                logger.warning("room %r: a cursor of %d bytes from process %r is over a limit (session %r); skipped",
+                               self.name, size, process, sid)
+                return False
+            self._cursors[sid] = moved
+            self._cursor_bytes += moved[1] - old
+        self._moved[sid] = moved
+        self._awareness.changed(sid)
+        return True
+
+    def _remote_typing(self, process: str, typers: tuple[str, ...]) -> bool:
+        """The peer's typers are exactly `typers` now (its owner expires them)."""
+        now = {sid for sid in typers if self._theirs(process, sid, "typing")}
+        changed = False
+        for sid in [s for s in self._typing if self._owner.get(s) == process and s not in now]:
+            del self._typing[sid]
+            changed = True
+        for sid in typers:
+            if sid in now and sid not in self._typing:
+                self._typing[sid] = math.inf
+                changed = True
+        self._typing_changed |= changed
+        return changed
+
+    def _remote_claim(self, process: str, claim: AwarenessClaim) -> bool:
+        """A peer's Yjs session shows `claim.client_id`. The peer checked it may (spec §13);
+        an id a session here still held passes to it silently when that session is gone or
+        lingers (a reconnect to another process: no null state in between)."""
+        sid = claim.session
+        if not self._theirs(process, sid, "awareness claim"):
+            return False
+        if self._awareness.bound_id(sid) not in (None, claim.client_id):
+            logger.warning("room %r: process %r's session %r claims a second awareness id", self.name, process, sid)
+            return False
+        holder = self._awareness.holder(claim.client_id)
+        if holder is not None and holder != sid:
+            if holder not in self._owner and any(m.session.id == holder for m in self._members.values()):
+                logger.info("room %r: process %r's session %r claims awareness id %d, held by connected session %r here",
+                            self.name, process, sid, claim.client_id, holder)
+                return False
+            self._awareness.release(holder)
+        return self._awareness.adopt(sid, claim.client_id, claim.clock, claim.hidden)

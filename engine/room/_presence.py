@@ -45,10 +45,11 @@ class PresenceBook:
     def sessions(self) -> list[str]:
         return list(self._entries)
 
-    def join(self, session: str, identity: dict[str, Any]) -> None:
+    def join(self, session: str, identity: dict[str, Any], *, displace: bool = True) -> None:
         """A session joined. A lingering session of the same identity leaves in the same diff,
-        so a quick reconnect shows no gap to clients that group by identity."""
-        for old, entry in list(self._entries.items()):
+        so a quick reconnect shows no gap to clients that group by identity (`displace`
+        False: a peer's session that is itself lingering displaces nobody)."""
+        for old, entry in list(self._entries.items()) if displace else ():
             if entry.lingers_until is not None and entry.identity.get("id") == identity.get("id"):
                 self.leave(old)
         entry = self._entries[session] = _Entry(dict(identity), {}, encoded_size(identity))
@@ -80,6 +81,16 @@ class PresenceBook:
         entry = self._entries.get(session)
         if entry is not None:
             entry.lingers_until = until
+
+    def lingering(self, session: str) -> bool:
+        """Whether the session disconnected and waits out its grace (a peer process's:
+        lingers until its owner says it left, `until` infinite)."""
+        entry = self._entries.get(session)
+        return entry is not None and entry.lingers_until is not None
+
+    def state(self, session: str) -> dict[str, Any]:
+        """The session's state itself (not a copy): read it, never change it."""
+        return self._entries[session].state
 
     def leave(self, session: str) -> None:
         entry = self._entries.pop(session, None)
