@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -89,10 +89,11 @@ class StoreChoice:
     dsn: str | None = None
     """postgresql: the connection URL."""
 
-    def make(self, *, read_only: bool = False) -> Store:
+    def make(self, *, read_only: bool = False, shared: bool = False) -> Store:
+        """`shared`: PostgreSQL written by several processes at once (a cluster)."""
         if self.kind == "postgresql":
             assert self.dsn is not None
-            return PostgreSQLStore(self.dsn, read_only=read_only)
+            return PostgreSQLStore(self.dsn, read_only=read_only, shared=shared)  # type: ignore[call-arg]
         if self.kind == "sqlite":
             assert self.path is not None
             return SQLiteStore(self.path, read_only=read_only)
@@ -231,18 +232,19 @@ async def serve(
     api_keys: Sequence[str] = (),
     metrics: bool = True,
     demo: bool = False,
+    cluster: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully. With `metrics`, Prometheus
     exposition at /metrics (engine/_prometheus.py); with `demo`, the demo page at /demo/
     (engine/http/_demo.py); /healthz and /readyz always.
 
     Everything that can be checked is checked before "serving" is printed: the store is opened
-    for real (created, locked, written) and the port bound.
+    for real (created, locked, written), Redis reached (with `cluster`), and the port bound.
 
     Raises:
         CommandError: the store cannot be opened (locked by another server, unwritable), the
-            trace folder cannot be made, the address cannot be bound, or the demo's files are
-            not installed.
+            trace folder cannot be made, the address cannot be bound, the demo's files are
+            not installed, or (`cluster`) the store is not PostgreSQL or Redis cannot be reached.
     """
     assets = None
     if demo:
@@ -250,11 +252,16 @@ async def serve(
             assets = load_assets()
         except DemoMissing as exc:
             raise CommandError(f"--demo: {exc}, or serve without it (--no-demo)") from None
-    store = choice.make()
+    if cluster is not None and choice.kind != "postgresql":
+        raise CommandError(f"--cluster: the processes of a cluster share one store: add --store postgresql://... "
+                           f"(not {choice.flag.removeprefix('--store ')})", USAGE)
+    store = choice.make(shared=cluster is not None)
     try:
         try:
             await store.open()
         except StoreLocked as exc:
+            if cluster is not None:
+                raise CommandError(f"{choice.flag}: {exc}; a cluster's database serves no single server") from None
             raise CommandError(f"{choice.flag}: {exc}; one server per store") from None
         except StorageError as exc:
             raise CommandError(f"{choice.flag}: {exc}") from None
@@ -275,7 +282,11 @@ async def serve(
                 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
             prometheus = PrometheusMetrics() if metrics else None
             reporter: Metrics = prometheus if prometheus is not None else NO_METRICS
-            async with Engine(store=store, config=config, recorder=recorder, hooks=hooks, metrics=reporter) as engine:
+            async with contextlib.AsyncExitStack() as stack:
+                seams = await stack.enter_async_context(_cluster(cluster, store)) if cluster is not None else {}
+                engine = await stack.enter_async_context(
+                    Engine(store=store, config=config, recorder=recorder, hooks=hooks, metrics=reporter, **seams)
+                )
                 if prometheus is not None:
                     engine.router.add("/metrics", prometheus.route(engine.gauges))
                 if api_keys:
@@ -313,6 +324,25 @@ async def serve(
     finally:
         await store.aclose()
     print("plait: stopped", flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _cluster(url: str, store: Store) -> AsyncIterator[dict[str, Any]]:
+    """This process's part in the cluster at `url`: the seams an Engine takes (architecture:
+    Scale-out). Raises CommandError if Redis cannot be reached or coredis is not installed."""
+    try:
+        from .cluster import RedisCluster
+    except ImportError:
+        raise CommandError("--cluster: needs coredis: pip install 'plait[cluster]'", USAGE) from None
+    cluster = RedisCluster(url, store)  # type: ignore[arg-type]  # PostgreSQLStore(shared=True)
+    try:
+        await cluster.__aenter__()
+    except Exception as exc:
+        raise CommandError(f"--cluster {hide_password(url)}: cannot reach Redis: {exc}") from None
+    try:
+        yield {"replication": cluster, "sequence": cluster, "lease": cluster}
+    finally:
+        await cluster.__aexit__(None, None, None)
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> str:
@@ -507,6 +537,9 @@ def build_parser() -> _Parser:
     serve_cmd.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)")
     serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), metavar="DIR", help="data folder (default ./plait-data)")
     serve_cmd.add_argument("--store", default=None, metavar="STORE", help=stores)
+    serve_cmd.add_argument("--cluster", default=None, metavar="REDIS_URL",
+                           help="share every room with the other processes given the same redis://HOST:PORT and "
+                                "--store postgresql://... (README: Several processes; the `cluster` extra)")
     serve_cmd.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL",
                            help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     serve_cmd.add_argument("--updates-per-second", type=_positive, metavar="N", default=defaults.updates_per_second,
@@ -666,7 +699,7 @@ def _run(args: argparse.Namespace) -> int:
         hooks = jwt_hooks(args)
         run = functools.partial(
             serve, args.host, args.port, choice, config, record=args.record, api_keys=api_keys, hooks=hooks, metrics=args.metrics,
-            demo=args.demo,
+            demo=args.demo, cluster=args.cluster,
         )
         trio.run(run)
     elif args.command == "inspect":

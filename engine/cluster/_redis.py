@@ -118,8 +118,16 @@ class RedisCluster:
     async def __aenter__(self) -> RedisCluster:
         import coredis
 
-        self._client = coredis.Redis.from_url(self.url, decode_responses=False)
-        self._reader_client = coredis.Redis.from_url(self.url, decode_responses=False)
+        # No retries behind our back: a failure must reach _failed, so that the rooms resync
+        # once Redis answers again (a restarted Redis has lost its streams). A stalled Redis
+        # fails a call after 3 heartbeats (the stream reader blocks for one).
+        def client() -> Any:
+            return coredis.Redis.from_url(
+                self.url, decode_responses=False, retry_policy=coredis.retry.NoRetryPolicy(),
+                connect_timeout=self._heartbeat * 2, stream_timeout=self._heartbeat * 3,
+            )
+
+        self._client, self._reader_client = client(), client()
         self._stack = AsyncExitStack()
         await self._stack.enter_async_context(self._running())
         return self
@@ -129,8 +137,7 @@ class RedisCluster:
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
-        async with self._client, self._reader_client, self._reader_client.pubsub() as pubsub:
-            self._pubsub = pubsub
+        async with self._client, self._reader_client:
             await self._beat()
             logger.info("cluster: process %s joined %s", self.process, _redact(self.url))
             async with trio.open_nursery() as nursery:
@@ -189,8 +196,11 @@ class RedisCluster:
         if not self._healthy:
             self._healthy = True
             logger.warning("cluster: Redis is back; resyncing %d room(s) from the store", len(self._rooms))
-            for room in list(self._rooms.values()):
+            for name, room in list(self._rooms.items()):
                 room.want_resync()
+                if name in self._following:  # what was said meanwhile may be lost: all again
+                    self._queue_publish(name, b"w", b"")
+                    _contained(room, "send its state", self._send_state, room)
 
     # -- Replication ------------------------------------------------------------------------
 
@@ -200,8 +210,9 @@ class RedisCluster:
         self._rooms[room.name] = room
         channel = _eph_channel(room.name)
         if channel not in self._subscribed:
-            await self._pubsub.subscribe(channel)
             self._subscribed.add(channel)
+            if self._pubsub is not None:
+                await self._pubsub.subscribe(channel)
 
     def follow(self, room: Replica) -> None:
         if self._rooms.get(room.name) is not room:
@@ -225,7 +236,7 @@ class RedisCluster:
 
     async def _unsubscribe(self, channel: bytes) -> None:
         try:
-            if channel not in self._subscribed:
+            if channel not in self._subscribed and self._pubsub is not None:
                 await self._pubsub.unsubscribe(channel)
         except Exception as exc:
             self._failed("unsubscribe", exc)
@@ -343,30 +354,37 @@ class RedisCluster:
     async def _listen(self) -> None:
         while True:
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=self._heartbeat)
+                async with self._reader_client.pubsub() as pubsub:
+                    if self._subscribed:
+                        await pubsub.subscribe(*self._subscribed)
+                    self._pubsub = pubsub
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._heartbeat)
+                        if message is not None and message.get("type") == "message":
+                            self._on_message(message)
             except Exception as exc:
+                self._pubsub = None
                 self._failed("pub/sub", exc)
                 await trio.sleep(self._heartbeat / 3)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            channel = message["channel"]
-            name = channel[len(b"plait:"):-len(b":eph")].decode()
-            room = self._rooms.get(name)
-            if room is None or name not in self._following:
-                continue
-            try:
-                process, kind, body = msgpack.unpackb(message["data"], raw=False)
-            except Exception as exc:
-                logger.error("cluster: room %r: a pub/sub message that does not decode (%s)", name, exc)
-                continue
-            if process == self.process:
-                continue
-            self._seen(process, name)
-            if kind == b"w":
-                _contained(room, "send its state", self._send_state, room)
-            elif kind == b"e":
-                _contained(room, "apply presence", room.receive_ephemeral, process, body)
+
+    def _on_message(self, message: Any) -> None:
+        channel = message["channel"]
+        name = channel[len(b"plait:"):-len(b":eph")].decode()
+        room = self._rooms.get(name)
+        if room is None or name not in self._following:
+            return
+        try:
+            process, kind, body = msgpack.unpackb(message["data"], raw=False)
+        except Exception as exc:
+            logger.error("cluster: room %r: a pub/sub message that does not decode (%s)", name, exc)
+            return
+        if process == self.process:
+            return
+        self._seen(process, name)
+        if kind == b"w":
+            _contained(room, "send its state", self._send_state, room)
+        elif kind == b"e":
+            _contained(room, "apply presence", room.receive_ephemeral, process, body)
 
 
 def _contained(room: Replica, what: str, call: Callable[..., object], *args: Any) -> None:

@@ -35,8 +35,8 @@ from ._awareness import Awareness
 from ._chunks import chunks, prefix
 from ._fanout import Fanout
 from ._member import Member, MemberSession
+from ._peerstate import AwarenessClaim, BadPeerState, PeerState, PresenceRecord, decode_peer_state, encode_peer_state
 from ._presence import ENTRY_OVERHEAD, PresenceBook
-from ._peerstate import AwarenessClaim, BadPeerState, PresenceRecord, PeerState, decode_peer_state, encode_peer_state
 
 logger = logging.getLogger("plait.room")
 

@@ -18,6 +18,7 @@ Concurrency rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -104,7 +105,10 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         published, or the room started loading (Trio's clock)."""
         self._holds = 0
         """Joins in progress and server-side handles: a held room does not unload."""
-        self._ephemeral = Ephemeral(name, config, self._members, fanout, metrics)
+        self._ephemeral = Ephemeral(
+            name, config, self._members, fanout, metrics,
+            replicate=None if replication is LOCAL_REPLICATION else functools.partial(replication.ephemeral, name),
+        )
         self._events = EventLog(config.event_history, epoch="-")  # replaced once loaded
         self._new_epoch = new_epoch
         self._pending = _Pending()

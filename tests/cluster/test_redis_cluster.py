@@ -13,9 +13,10 @@ import trio
 
 from plait.engine import Engine, EngineConfig
 from plait.engine.cluster import RedisCluster
-from plait.protocol import Event, Publish, Update
+from plait.engine.room._peerstate import PeerState, PresenceRecord, encode_peer_state
+from plait.protocol import Ack, Event, Leave, PresenceDiff, PresenceSet, PresenceSnapshot, Publish, Update
 from plait.storage import MemoryStore
-from tests.engine.client import DocClient, edit
+from tests.engine.client import DocClient, edit, yjs_client
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.slow  # a real Redis
@@ -88,3 +89,105 @@ async def test_events_from_both_processes_arrive_once_and_in_seq_order_everywher
                     if isinstance(frame, Event):
                         seen.append(frame.seq)
             assert seen == list(range(1, 21))
+
+
+async def test_a_yjs_editor_and_a_native_client_on_two_processes_converge(redis: RedisServer) -> None:
+    store = SharedMemoryStore()
+    async with node(redis, store) as a, node(redis, store) as b:
+        native = await member(b)
+        editor = await yjs_client(a, "/yjs/r")
+        await editor.edit("from yjs")
+        with trio.fail_after(10):
+            await until_text(native, "from yjs")
+        await native.send(Update(1, 2, edit(native.doc, "+native")))
+        with trio.fail_after(10):
+            await editor.until(lambda: editor.text == "from yjs+native")
+
+
+async def test_a_late_process_loads_what_the_first_committed(redis: RedisServer) -> None:
+    store = SharedMemoryStore()
+    async with node(redis, store) as a:
+        alice = await member(a)
+        await alice.send(Update(1, 2, edit(alice.doc, "early")))
+        await alice.wait_for(Ack)
+        async with node(redis, store) as b:
+            bob = await member(b)
+            with trio.fail_after(10):
+                await until_text(bob, "early")
+
+
+async def test_edits_made_while_redis_is_down_reach_the_other_process_when_it_is_back(redis: RedisServer) -> None:
+    store = SharedMemoryStore()
+    async with node(redis, store) as a, node(redis, store) as b:
+        alice, bob = await member(a), await member(b)
+        await alice.send(Update(1, 2, edit(alice.doc, "before")))
+        with trio.fail_after(10):
+            await until_text(bob, "before")
+        redis.process.kill()
+        redis.process.wait()
+        await alice.send(Update(1, 3, edit(alice.doc, " during")))
+        with trio.fail_after(10):
+            await alice.wait_for(Ack)  # committed to the store: acknowledged, Redis or not
+        redis.restart()
+        with trio.fail_after(20):
+            await until_text(bob, "before during")
+        await bob.send(Update(1, 2, edit(bob.doc, " after")))
+        with trio.fail_after(20):
+            await until_text(alice, "before during after")
+
+
+async def presence_names(client: DocClient, names: set[str], limit: int = 500) -> None:
+    """Read until the client's view of the room's presence (names by session, kept across
+    calls) is exactly `names`."""
+    seen: dict[str, str] = client.__dict__.setdefault("names_by_session", {})
+    for _ in range(limit):
+        if set(seen.values()) == names:
+            return
+        frame = await client.receive()
+        if isinstance(frame, PresenceSnapshot):
+            seen.clear()
+            seen.update({e.session: (e.state or {}).get("name") for e in frame.entries})
+        elif isinstance(frame, PresenceDiff):
+            for e in frame.joined:
+                seen[e.session] = (e.state or {}).get("name")
+            for u in frame.updated:
+                seen[u.session] = (u.state or {}).get("name")
+            for sid in frame.left:
+                seen.pop(sid, None)
+    raise AssertionError(f"presence never became {names}: {seen}")
+
+
+async def test_presence_is_shared_between_processes(redis: RedisServer) -> None:
+    store = SharedMemoryStore()
+    async with node(redis, store) as a, node(redis, store) as b:
+        alice = await member(a)
+        await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        bob = await member(b)
+        await bob.send(PresenceSet(1, None, {"name": "bob"}))
+        with trio.fail_after(10):
+            await presence_names(bob, {"alice", "bob"})
+            await presence_names(alice, {"alice", "bob"})
+        await bob.send(Leave(1, 9))
+        with trio.fail_after(10):
+            await presence_names(alice, {"alice"})
+
+
+async def test_the_members_of_a_process_that_stopped_beating_leave(redis: RedisServer) -> None:
+    """A peer that says who is in the room and then dies (no heartbeat key): its members are
+    gone from the room within the bound (engine/cluster/_redis.py)."""
+    import coredis
+    import msgpack
+
+    store = SharedMemoryStore()
+    async with node(redis, store) as a:
+        alice = await member(a)
+        await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        ghost = PeerState(full=True, presence=(PresenceRecord("g1", {"id": "ghost"}, {"name": "ghost"}, False, False),))
+        message = msgpack.packb(["deadbeef0000", b"e", encode_peer_state(ghost)], use_bin_type=True)
+        async with coredis.Redis.from_url(redis.url) as client:
+            await client.publish(b"plait:r:eph", message)
+        with trio.fail_after(10):
+            await presence_names(alice, {"alice", "ghost"})
+            started = trio.current_time()
+            await presence_names(alice, {"alice"})
+        assert trio.current_time() - started < 4 * 0.5 + 1

@@ -75,9 +75,12 @@ class Link:
         monkeypatch.setattr(_lifecycle, "Ephemeral", self._ephemeral)
 
     def _ephemeral(
-        self, name: str, config: EngineConfig, members: dict[MemberSession, Member], fanout: Fanout, metrics: Metrics
+        self, name: str, config: EngineConfig, members: dict[MemberSession, Member], fanout: Fanout, metrics: Metrics,
+        replicate: Callable[[bytes], None] | None = None,
     ) -> Ephemeral:
-        """Room's `Ephemeral(name, config, members, fanout, metrics)`, with a `replicate`."""
+        """Room's `Ephemeral(name, config, members, fanout, metrics)`, with a `replicate` (these
+        engines have no Replication of their own: this link is it)."""
+        assert replicate is None
         process = self.processes[id(config)]
         if name != "r":
             return Ephemeral(name, config, members, fanout, metrics)

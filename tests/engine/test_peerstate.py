@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from plait.engine.room._peerstate import (
     AwarenessClaim,
     BadPeerState,
-    PresenceRecord,
     PeerState,
+    PresenceRecord,
     decode_peer_state,
     encode_peer_state,
 )
