@@ -29,9 +29,10 @@ Shared mode (`shared=True`, scale-out: several `plait serve` processes on one da
   load that read `covered` updates drops exactly those, whatever other processes append
   meanwhile (without it, an id drawn before another transaction's but committed after it
   could be dropped unmerged). Two rooms whose hashes collide only share a lock.
-- Sessions of a shared store end a transaction left idle longer than `call_timeout`
-  (`idle_in_transaction_session_timeout`): a stalled process cannot hold a room's lock, and so
-  every other process's appends to that room, for longer than that.
+- A shared store's sessions wait for a lock, and leave a transaction idle, no longer than
+  `call_timeout` (`lock_timeout`, `idle_in_transaction_session_timeout`; the caller has given
+  up by then): a stalled process cannot hold a room's lock, and with it every other process's
+  appends to that room, for longer than that.
 - `next_seq` (a room's event sequence numbers) and `epoch` (its history's id) are atomic
   across processes (table `plait_heads`, one row per room; any writable store may use them).
   `delete` forgets both: a deleted room starts a new history.
@@ -156,8 +157,11 @@ class PostgreSQLStore:
                 if locked is None or not locked[0]:
                     raise StoreLocked(self.name, _holder(conn))
             if self.shared:
-                idle = max(1, round(self.call_timeout * 1000))
-                conn.execute(f"SET idle_in_transaction_session_timeout = {idle:d}")
+                # Locks shared with other processes are held (and waited for) no longer than a
+                # call may take: by then our caller gave up anyway (module docstring).
+                ms = max(1, round(self.call_timeout * 1000))
+                conn.execute(f"SET idle_in_transaction_session_timeout = {ms:d}")
+                conn.execute(f"SET lock_timeout = {ms:d}")
             self._migrate(conn)
         except BaseException:
             conn.close()

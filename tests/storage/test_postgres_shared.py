@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from plait.storage import PostgreSQLStore, StorageUnavailable, StoredEvent, StoreLocked
-from plait.storage._postgres import SCHEMA_VERSION
+from plait.storage._postgres import ROOM_LOCK_CLASS, SCHEMA_VERSION, _room_key
 from tests.servers import PostgresServer
 
 pytestmark = pytest.mark.slow  # a real PostgreSQL server
@@ -198,6 +198,32 @@ async def test_appends_to_several_rooms_from_several_stores_do_not_deadlock(clus
             nursery.start_soon(write, store, rooms if i % 2 else rooms[::-1])
     for room in rooms:
         assert len((await stores[0].load(room)).updates) == 30
+
+
+async def test_an_append_kept_waiting_by_a_stalled_process_fails_and_is_not_stored_later(postgres: PostgresServer) -> None:
+    """A process stalled inside its append transaction holds the room's lock. Appends to the
+    room elsewhere fail after the call timeout (not acknowledged) and give up the wait too, so
+    they do not land in the database unacknowledged once the stalled process moves on."""
+    dsn = postgres.fresh_dsn()
+    store = PostgreSQLStore(dsn, shared=True, call_timeout=0.5)
+    try:
+        await store.open()
+        with psycopg.connect(dsn, autocommit=True) as stalled:  # a session without the timeouts
+            with stalled.transaction():
+                stalled.execute("SELECT pg_advisory_xact_lock(%s, %s)", (ROOM_LOCK_CLASS, _room_key("r")))
+                with pytest.raises(StorageUnavailable, match=r"no answer within 0\.5 s"):
+                    await store.append("r", [b"late"])
+                for _ in range(100):  # the abandoned wait ends by lock_timeout, on the server
+                    waiting = stalled.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+                    if waiting == (0,):
+                        break
+                    await trio.sleep(0.05)
+                else:
+                    raise AssertionError("the abandoned append still waits for the room's lock")
+        await store.append("r", [b"next"])
+        assert (await store.load("r")).updates == (b"next",)
+    finally:
+        await store.aclose()
 
 
 # -- event sequence and epoch -------------------------------------------------------------------
