@@ -159,7 +159,7 @@ class PostgreSQLStore:
             if self.shared:
                 # Locks shared with other processes are held (and waited for) no longer than a
                 # call may take: by then our caller gave up anyway (module docstring).
-                ms = max(1, round(self.call_timeout * 1000))
+                ms = max(1, round(min(self.call_timeout, 86_400.0) * 1000))
                 conn.execute(f"SET idle_in_transaction_session_timeout = {ms:d}")
                 conn.execute(f"SET lock_timeout = {ms:d}")
             self._migrate(conn)
