@@ -16,11 +16,35 @@
   also when the process dies, so a crash leaves no stale lock. If the connection breaks and
   another store took the lock meanwhile, this one stops writing (StoreLocked).
 
+Shared mode (`shared=True`, scale-out: several `plait serve` processes on one database):
+- Every shared store holds the same advisory lock in *shared* mode: shared stores open side by
+  side, and a shared store and an exclusive one exclude each other (StoreLocked, naming a
+  holder), so a single-process server never starts on a database a cluster uses, nor the
+  reverse. A shared store that reconnects after an exclusive one took the lock stops writing.
+- Within one room, update ids are in commit order: an append transaction takes a
+  transaction-level advisory lock per room it writes (ROOM_LOCK_CLASS, the room's hash), in
+  ascending key order so two transactions never deadlock, before it draws ids from the
+  sequence, and holds them until it commits. So a load that sees a room's update also sees
+  every update of that room with a smaller id, and `compact(room, snapshot, covered)` after a
+  load that read `covered` updates drops exactly those, whatever other processes append
+  meanwhile (without it, an id drawn before another transaction's but committed after it
+  could be dropped unmerged). Two rooms whose hashes collide only share a lock.
+- A shared store's sessions wait for a lock, and leave a transaction idle, no longer than
+  `call_timeout` (`lock_timeout`, `idle_in_transaction_session_timeout`; the caller has given
+  up by then): a stalled process cannot hold a room's lock, and with it every other process's
+  appends to that room, for longer than that.
+- `next_seq` (a room's event sequence numbers) and `epoch` (its history's id) are atomic
+  across processes (table `plait_heads`, one row per room; any writable store may use them).
+  `delete` forgets both: a deleted room starts a new history.
+- Everything else is the Store contract, unchanged; a compaction is the caller's to
+  coordinate (two processes compacting one room at once would each replace the snapshot).
+
 psycopg is imported on first use: `plait.storage` does not need it installed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -35,10 +59,15 @@ from ._store import RoomData, StoredEvent
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""1: snapshots, updates, events. 2: plait_heads (event sequence and epoch per room)."""
 LOCK_KEY: Final = 0x706C616974
-"""The advisory lock ('plait' in ASCII) a writable store holds; its schema migration takes
-LOCK_KEY + 1 for the length of one transaction."""
+"""The advisory lock ('plait' in ASCII) a writable store holds (shared stores in shared mode);
+its schema migration takes LOCK_KEY + 1 for the length of one transaction."""
+ROOM_LOCK_CLASS: Final = 0x706C6169
+"""The first key ('plai') of the transaction-level advisory lock a shared store's append takes
+per room, the second being `_room_key(room)`. Two-key advisory locks never collide with the
+one-key LOCK_KEY (pg_locks tells them apart by objsubid)."""
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a connection before the call fails with StorageUnavailable."""
 CALL_TIMEOUT: Final = 10.0
@@ -48,13 +77,24 @@ own, holding the connection: the calls after it wait for it (and time out) until
 answers again."""
 T = TypeVar("T")
 
+_META: Final = "CREATE TABLE IF NOT EXISTS plait_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+_HEADS: Final = (
+    "CREATE TABLE IF NOT EXISTS plait_heads (room TEXT PRIMARY KEY, seq BIGINT NOT NULL DEFAULT 0, epoch TEXT)"
+)
 _SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS plait_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS plait_snapshots (room TEXT PRIMARY KEY, data BYTEA NOT NULL)",
+    # Ids order a room's updates. The sequence keeps its default CACHE 1, so ids are drawn in
+    # time order across sessions: what shared mode's per-room locks rely on.
     "CREATE TABLE IF NOT EXISTS plait_updates (id BIGSERIAL PRIMARY KEY, room TEXT NOT NULL, data BYTEA NOT NULL)",
     "CREATE INDEX IF NOT EXISTS plait_updates_by_room ON plait_updates (room, id)",
     "CREATE TABLE IF NOT EXISTS plait_events (room TEXT NOT NULL, seq BIGINT NOT NULL, body BYTEA NOT NULL, PRIMARY KEY (room, seq))",
+    _HEADS,
 )
+"""The schema at SCHEMA_VERSION, for an empty database."""
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (_HEADS,),
+}
+"""From version N to N + 1, in the migration's transaction."""
 
 
 def redact(dsn: str) -> str:
@@ -75,17 +115,25 @@ class PostgreSQLStore:
         `host=... dbname=...` (libpq's environment variables fill in what it leaves out).
     read_only: read without taking the writer's lock (`plait inspect` while a server runs);
         writes raise StorageUnavailable.
+    shared: one of several writers of this database, in as many processes (module docstring:
+        shared mode). Not with read_only (ValueError).
     call_timeout: seconds a call may take, waiting for the connection included (CALL_TIMEOUT).
 
-    Raises (from every method): StoreLocked when another writable store holds the database,
+    Raises (from every method): StoreLocked when another writable store holds the database
+    (for a shared store: an exclusive one; for an exclusive store: any other),
     StorageUnavailable when the database cannot be reached or refuses a statement (the message
     names the server, never the password), StorageError when a compaction covers more updates
     than are stored.
     """
 
-    def __init__(self, dsn: str, *, read_only: bool = False, call_timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(
+        self, dsn: str, *, read_only: bool = False, shared: bool = False, call_timeout: float = CALL_TIMEOUT
+    ) -> None:
+        if read_only and shared:
+            raise ValueError("a PostgreSQL store is read-only or shared, not both (a reader takes no lock)")
         self.dsn = dsn
         self.read_only = read_only
+        self.shared = shared
         self.call_timeout = call_timeout
         self.name = redact(dsn)
         self._limiter = trio.CapacityLimiter(1)
@@ -104,9 +152,16 @@ class PostgreSQLStore:
             if self.read_only:
                 conn.execute("SET default_transaction_read_only = on")
             else:
-                locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+                take = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
+                locked = conn.execute(f"SELECT {take}(%s)", (LOCK_KEY,)).fetchone()
                 if locked is None or not locked[0]:
                     raise StoreLocked(self.name, _holder(conn))
+            if self.shared:
+                # Locks shared with other processes are held (and waited for) no longer than a
+                # call may take: by then our caller gave up anyway (module docstring).
+                ms = max(1, round(min(self.call_timeout, 86_400.0) * 1000))
+                conn.execute(f"SET idle_in_transaction_session_timeout = {ms:d}")
+                conn.execute(f"SET lock_timeout = {ms:d}")
             self._migrate(conn)
         except BaseException:
             conn.close()
@@ -121,18 +176,31 @@ class PostgreSQLStore:
                 row = conn.execute("SELECT value FROM plait_meta WHERE key = 'schema_version'").fetchone()
             except psycopg.errors.UndefinedTable as exc:
                 raise StorageUnavailable(f"{self.name}: not a Plait database") from exc
-        else:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY + 1,))
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise self._newer(row[0])
+            return
+        with conn.transaction():  # all of it or nothing
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY + 1,))
+            conn.execute(_META)
+            row = conn.execute("SELECT value FROM plait_meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
                 for statement in _SCHEMA:
                     conn.execute(statement)
-                row = conn.execute("SELECT value FROM plait_meta WHERE key = 'schema_version'").fetchone()
-                if row is None:
-                    conn.execute("INSERT INTO plait_meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise StorageUnavailable(
-                f"{self.name} has schema version {row[0]}; this Plait reads up to {SCHEMA_VERSION}"
-            )
+                conn.execute("INSERT INTO plait_meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
+                return
+            version = int(row[0])
+            if version > SCHEMA_VERSION:
+                raise self._newer(row[0])
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                conn.execute(
+                    "UPDATE plait_meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
+
+    def _newer(self, version: str) -> StorageUnavailable:
+        return StorageUnavailable(f"{self.name} has schema version {version}; this Plait reads up to {SCHEMA_VERSION}")
 
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         def call() -> T:
@@ -222,8 +290,14 @@ class PostgreSQLStore:
         await self._appends.submit([(room, bytes(u)) for u in updates])
 
     async def _insert_updates(self, rows: list[tuple[str, bytes]]) -> None:
+        # Shared mode: the rooms' locks first, in ascending key order (no deadlock between two
+        # transactions), held until the commit, so a room's ids are drawn in commit order.
+        locks = sorted({_room_key(room) for room, _ in rows}) if self.shared else []
+
         def insert(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction(), conn.cursor() as cursor:
+                if locks:
+                    cursor.executemany("SELECT pg_advisory_xact_lock(%s, %s)", [(ROOM_LOCK_CLASS, k) for k in locks])
                 cursor.executemany("INSERT INTO plait_updates (room, data) VALUES (%s, %s)", rows)
 
         await self._run(insert)
@@ -276,12 +350,67 @@ class PostgreSQLStore:
         return await self._run(rooms)
 
     async def delete(self, room: str) -> None:
+        """Forget the room: its snapshot, updates, events, event head and epoch."""
+
         def delete(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
-                for table in ("plait_snapshots", "plait_updates", "plait_events"):
+                for table in ("plait_snapshots", "plait_updates", "plait_events", "plait_heads"):
                     conn.execute(f"DELETE FROM {table} WHERE room = %s", (room,))
 
         await self._run(delete)
+
+    # -- the event sequence and epoch authority (cluster mode) ------------------------------
+
+    async def next_seq(self, room: str, head: int) -> int:
+        """The room's next event sequence number, handed out once across every process on
+        this database: greater than `head`, than every number handed out before, and than
+        every event of the room stored (events stored before the cluster started count).
+        One commit per call.
+
+        Args:
+            head: the room's last sequence number the caller knows (0 for none).
+
+        Raises:
+            ValueError: `head` is negative.
+            StorageUnavailable: the database cannot be reached, or the store is read-only.
+            StoreLocked: as every method.
+        """
+        if head < 0:
+            raise ValueError(f"an event head is 0 or more, not {head}")
+
+        def take(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(
+                "INSERT INTO plait_heads AS h (room, seq)"
+                " SELECT %(room)s, GREATEST(%(head)s, (SELECT max(seq) FROM plait_events WHERE room = %(room)s)) + 1"
+                " ON CONFLICT (room) DO UPDATE SET seq = GREATEST(h.seq + 1, EXCLUDED.seq)"
+                " RETURNING seq",
+                {"room": room, "head": head},
+            ).fetchone()
+            assert row is not None  # INSERT ... RETURNING returns its one row
+            return int(row[0])
+
+        return await self._run(take)
+
+    async def epoch(self, room: str, proposed: str) -> str:
+        """The room's history epoch: the `proposed` of the first call on this database (since
+        the room was last deleted), which every later call returns, in any process.
+
+        Raises:
+            StorageUnavailable: the database cannot be reached, or the store is read-only.
+            StoreLocked: as every method.
+        """
+
+        def settle(conn: psycopg.Connection[Any]) -> str:
+            row = conn.execute(
+                "INSERT INTO plait_heads AS h (room, epoch) VALUES (%s, %s)"
+                " ON CONFLICT (room) DO UPDATE SET epoch = COALESCE(h.epoch, EXCLUDED.epoch)"
+                " RETURNING epoch",
+                (room, proposed),
+            ).fetchone()
+            assert row is not None and row[0] is not None  # the row's epoch, or ours
+            return str(row[0])
+
+        return await self._run(settle)
 
 
 def _holder(conn: psycopg.Connection[Any]) -> tuple[int, str] | None:
@@ -296,6 +425,13 @@ def _holder(conn: psycopg.Connection[Any]) -> tuple[int, str] | None:
     name = str(row[0]) if row is not None and row[0] else ""
     pid, _, host = name.removeprefix("plait ").partition("@")
     return (int(pid), host) if name.startswith("plait ") and pid.isdigit() and host else None
+
+
+def _room_key(room: str) -> int:
+    """The second key of a room's append lock: a stable signed 32-bit hash of its name (the
+    same in every process and Python version, unlike hash())."""
+    digest = hashlib.blake2b(room.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class _Refused(Exception):

@@ -15,10 +15,13 @@ BACKENDS: dict[str, Backends] = {
     "sqlite": lambda tmp, request: SQLiteStore(tmp / "plait.db"),
     "files": lambda tmp, request: FileStore(tmp / "files"),
     "postgresql": lambda tmp, request: PostgreSQLStore(request.getfixturevalue("postgres").fresh_dsn()),
+    "postgresql-shared": lambda tmp, request: PostgreSQLStore(request.getfixturevalue("postgres").fresh_dsn(), shared=True),
 }
 
 
-@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.slow) if name == "postgresql" else name for name in sorted(BACKENDS)])
+@pytest.fixture(
+    params=[pytest.param(name, marks=pytest.mark.slow) if name.startswith("postgresql") else name for name in sorted(BACKENDS)]
+)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     s = BACKENDS[request.param](tmp_path, request)
     yield s
