@@ -70,8 +70,12 @@ class Hooks:
     that ran it (a handshake is refused, a join or publish gets INTERNAL). It never stops the
     engine or another connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, anonymous_prefix: str = "anon-") -> None:
+        """`anonymous_prefix`: what the ids of anonymous users without a key start with
+        (`anon-1`, `anon-2`, ...). Each process of a cluster needs its own, or two strangers
+        on two processes would be one user (`plait serve --cluster` gives each one)."""
         self._anonymous = itertools.count(1)
+        self._anonymous_prefix = anonymous_prefix
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
         """Turn the hello's token into an identity, or raise Unauthenticated.
@@ -82,7 +86,7 @@ class Hooks:
         key = client.get("anonymous_key")
         if isinstance(key, str) and MIN_ANONYMOUS_KEY <= len(key) <= MAX_ANONYMOUS_KEY:
             return {"id": "anon-" + hashlib.sha256(key.encode()).hexdigest()[:12]}
-        return {"id": f"anon-{next(self._anonymous)}"}
+        return {"id": f"{self._anonymous_prefix}{next(self._anonymous)}"}
 
     async def expires_at(self, token: str | None, identity: Identity) -> float | None:
         """When the credential `token` (which `authenticate` turned into `identity`) stops

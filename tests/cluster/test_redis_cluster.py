@@ -191,3 +191,16 @@ async def test_the_members_of_a_process_that_stopped_beating_leave(redis: RedisS
             started = trio.current_time()
             await presence_names(alice, {"alice"})
         assert trio.current_time() - started < 4 * 0.5 + 1
+
+
+async def test_presence_of_three_processes(redis: RedisServer) -> None:
+    store = SharedMemoryStore()
+    async with node(redis, store) as a, node(redis, store) as b, node(redis, store) as c:
+        clients = []
+        for name, engine in (("a", a), ("b", b), ("c", c)):
+            client = await member(engine)
+            await client.send(PresenceSet(1, None, {"name": name}))
+            clients.append(client)
+        for client in clients:
+            with trio.fail_after(10):
+                await presence_names(client, {"a", "b", "c"})
