@@ -65,6 +65,9 @@ LOCK_KEY: Final = 0x706C616974
 """The advisory lock ('plait' in ASCII) a writable store holds (shared stores in shared mode);
 its schema migration takes LOCK_KEY + 1 for the length of one transaction."""
 ROOM_LOCK_CLASS: Final = 0x706C6169
+COMPACT_LOCK_CLASS: Final = ROOM_LOCK_CLASS + 1
+"""A room's compactions (compact_stored) take this one, so they run one after another
+without holding up its appends."""
 """The first key ('plai') of the transaction-level advisory lock a shared store's append takes
 per room, the second being `_room_key(room)`. Two-key advisory locks never collide with the
 one-key LOCK_KEY (pg_locks tells them apart by objsubid)."""
@@ -322,6 +325,35 @@ class PostgreSQLStore:
             await self._run(compact)
         except _Refused as exc:
             raise StorageError(str(exc)) from None
+
+    async def compact_stored(self, room: str, merge: Callable[[list[bytes]], bytes]) -> tuple[int, bytes]:
+        """Fold what is stored of `room` into its snapshot, in one transaction: the snapshot
+        and every update, merged by `merge` (the caller's CRDT merge, run in the store's
+        worker thread), replace them. For several processes writing one room: their
+        compactions run one after another (COMPACT_LOCK_CLASS), each reads what the last one
+        wrote, and an update appended meanwhile is not read, so not dropped (a room's updates
+        commit in id order: shared mode's room locks). No lease is needed for safety.
+
+        Returns (updates folded in, the snapshot written; (0, b"") when there were none).
+        Raises StorageUnavailable, StoreLocked; what `merge` raises (nothing changes)."""
+
+        def compact(conn: psycopg.Connection[Any]) -> tuple[int, bytes]:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (COMPACT_LOCK_CLASS, _room_key(room)))
+                snap = conn.execute("SELECT data FROM plait_snapshots WHERE room = %s", (room,)).fetchone()
+                rows = conn.execute("SELECT id, data FROM plait_updates WHERE room = %s ORDER BY id", (room,)).fetchall()
+                if not rows:
+                    return 0, b""
+                snapshot = merge(([bytes(snap[0])] if snap is not None else []) + [bytes(data) for _, data in rows])
+                conn.execute(
+                    "INSERT INTO plait_snapshots (room, data) VALUES (%s, %s)"
+                    " ON CONFLICT (room) DO UPDATE SET data = EXCLUDED.data",
+                    (room, snapshot),
+                )
+                conn.execute("DELETE FROM plait_updates WHERE room = %s AND id <= %s", (room, rows[-1][0]))
+                return len(rows), snapshot
+
+        return await self._run(compact)
 
     async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None:
         rows = [(room, e.seq, e.body) for e in events]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import pycrdt
 import trio
@@ -38,6 +38,13 @@ class RoomStore(Protocol):
     async def append_events(self, room: str, events: Sequence[StoredEvent], keep: int) -> None: ...
 
     async def delete(self, room: str) -> None: ...
+
+
+class SharedRoomStore(RoomStore, Protocol):
+    """A store several processes write (PostgreSQLStore(shared=True)): it compacts what it
+    holds, in one transaction."""
+
+    async def compact_stored(self, room: str, merge: Callable[[list[bytes]], bytes]) -> tuple[int, bytes]: ...
 
 
 class CompactionLease(Protocol):
@@ -228,15 +235,16 @@ class PersistStrand:
         covered = self._updates_since_snapshot
         try:
             if self._replication.shared_store:
-                # Other processes append too, and this copy may not have all of it yet: fold
-                # in what the store holds (the lease keeps other compactions out meanwhile).
-                data = await self._store.load(self.name)
-                stored = ([data.snapshot] if data.snapshot is not None else []) + list(data.updates)
-                snapshot, covered = merge_updates(stored), len(data.updates)
+                # Other processes append too, and this copy may not have all of it yet: the
+                # store folds in what it holds (the lease only saves duplicate work).
+                store = cast(SharedRoomStore, self._store)
+                covered, snapshot = await store.compact_stored(self.name, merge_updates)
+                if not covered:
+                    return
             else:
                 snapshot = self.doc.get_update()
                 self._doc_bytes, self._doc_bytes_exact = len(snapshot), True
-            await self._store.compact(self.name, snapshot, covered)
+                await self._store.compact(self.name, snapshot, covered)
         except BaseException as exc:
             if not application_error(exc):
                 raise

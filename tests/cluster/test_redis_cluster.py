@@ -5,7 +5,7 @@ tests with PostgreSQL are in tests/e2e/test_cluster.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -36,6 +36,14 @@ class SharedMemoryStore(MemoryStore):
 
     async def epoch(self, room: str, proposed: str) -> str:
         return self.epochs.setdefault(room, proposed)
+
+    async def compact_stored(self, room: str, merge: Callable[[list[bytes]], bytes]) -> tuple[int, bytes]:
+        data = await self.load(room)
+        if not data.updates:
+            return 0, b""
+        snapshot = merge(([data.snapshot] if data.snapshot else []) + list(data.updates))
+        await self.compact(room, snapshot, len(data.updates))
+        return len(data.updates), snapshot
 
 
 @asynccontextmanager
