@@ -14,7 +14,7 @@ import trio
 from plait.engine import Engine, EngineConfig
 from plait.engine.cluster import RedisCluster
 from plait.engine.room._peerstate import PeerState, PresenceRecord, encode_peer_state
-from plait.protocol import Ack, Event, Leave, PresenceDiff, PresenceSet, PresenceSnapshot, Publish, Update
+from plait.protocol import Ack, Error, ErrorCode, Event, Join, Joined, Leave, PresenceDiff, PresenceSet, PresenceSnapshot, Publish, Update
 from plait.storage import MemoryStore
 from tests.engine.client import DocClient, edit, yjs_client
 from tests.servers import RedisServer
@@ -212,3 +212,26 @@ async def test_presence_of_three_processes(redis: RedisServer) -> None:
         for client in clients:
             with trio.fail_after(10):
                 await presence_names(client, {"a", "b", "c"})
+
+
+async def test_a_room_that_cannot_reach_redis_refuses_joins_and_opens_once_redis_is_back(redis: RedisServer) -> None:
+    store = SharedMemoryStore()
+    async with node(redis, store) as a:
+        redis.process.kill()
+        redis.process.wait()
+        client = DocClient(a.connect_memory())
+        await client.hello()
+        await client.send(Join(1, "r", b"\x00", None, None))
+        with trio.fail_after(10):
+            refused = await client.wait_for(Error)
+        assert refused.code == ErrorCode.STORAGE_UNAVAILABLE
+        redis.restart()
+        with trio.fail_after(20):
+            for _ in range(100):  # a join once Redis answers again opens the room
+                await client.send(Join(client.next_ref(), "r", b"\x00", None, None))
+                frame = await client.wait_for(Joined | Error)  # type: ignore[arg-type]
+                if isinstance(frame, Joined):
+                    break
+                await trio.sleep(0.2)
+            else:
+                raise AssertionError("the room never opened")
