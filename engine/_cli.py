@@ -284,9 +284,6 @@ async def serve(
             reporter: Metrics = prometheus if prometheus is not None else NO_METRICS
             async with contextlib.AsyncExitStack() as stack:
                 seams = await stack.enter_async_context(_cluster(cluster, store)) if cluster is not None else {}
-                if seams and hooks is None:  # anonymous ids of this process's own (Hooks)
-                    hooks = Hooks(anonymous_prefix=f"anon-{seams['process']}-")
-                seams.pop("process", None)
                 engine = await stack.enter_async_context(
                     Engine(store=store, config=config, recorder=recorder, hooks=hooks, metrics=reporter, **seams)
                 )
@@ -343,7 +340,7 @@ async def _cluster(url: str, store: Store) -> AsyncIterator[dict[str, Any]]:
     except Exception as exc:
         raise CommandError(f"--cluster {hide_password(url)}: cannot reach Redis: {exc}") from None
     try:
-        yield {"replication": cluster, "sequence": cluster, "lease": cluster, "process": cluster.process}
+        yield {"replication": cluster, "sequence": cluster, "lease": cluster}
     finally:
         await cluster.__aexit__(None, None, None)
 

@@ -109,7 +109,9 @@ class Engine:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
-        self.hooks = hooks if hooks is not None else Hooks()
+        if hooks is None:  # anonymous users of each process of a cluster are its own (Hooks)
+            hooks = Hooks(anonymous_prefix=f"anon-{replication.process}-" if replication.process else "anon-")
+        self.hooks = hooks
         self.config = config if config is not None else EngineConfig()
         self._new_session_id = session_ids or random_session_ids()
         if metrics is not NO_METRICS:
@@ -131,6 +133,8 @@ class Engine:
             replication=replication,
         )
         self._metrics = metrics
+        self._replication = replication
+        replication.on_operation(self._peer_operation)
         self._sessions: dict[str, Peer] = {}
         # Every pair a server can have, at 0 too: a dashboard shows 0, not "no data".
         self._connections = {("websocket", "native"): 0, ("websocket", "yjs"): 0, ("http", "native"): 0}
@@ -428,6 +432,10 @@ class Engine:
         if (session is None) == (user is None):
             raise ValueError("give a session or a user")
         self._record("disconnect", {"session": session, "user": user, "reason": reason})
+        self._replication.broadcast(["disconnect", session, user, reason])
+        return self._disconnect_here(session, user, reason)
+
+    def _disconnect_here(self, session: str | None, user: str | None, reason: str) -> int:
         peers = [self._sessions[session]] if session in self._sessions else [] if session is not None else [
             peer for peer in self._sessions.values() if peer.identity.get("id") == user
         ]
@@ -448,7 +456,13 @@ class Engine:
         if (user, room) not in overrides and len(overrides) >= MAX_ACCESS_OVERRIDES:
             raise ValueError(f"{MAX_ACCESS_OVERRIDES} access overrides are held already; clear some first")
         self._record("set_access", {"user": user, "room": room, "access": None if access is None else int(access)})
-        overrides[user, room] = access
+        self._replication.broadcast(["set_access", user, room, None if access is None else int(access)])
+        return self._set_access_here(user, room, access)
+
+    def _set_access_here(self, user: str, room: str, access: Access | None) -> int:
+        overrides = self._services.access_overrides
+        if (user, room) in overrides or len(overrides) < MAX_ACCESS_OVERRIDES:  # else full: told by another process
+            overrides[user, room] = access
         live = self._rooms.get(room)
         return live.set_access(user, access) if live is not None else 0
 
@@ -456,6 +470,7 @@ class Engine:
         """Let `Hooks.authorize` decide `user`'s access to `room` again from its next join
         (members in the room keep the access they have). Whether there was an override."""
         self._record("clear_access", {"user": user, "room": room})
+        self._replication.broadcast(["clear_access", user, room])
         return self._services.access_overrides.pop((user, room), 0) != 0
 
     async def delete_room(self, name: str) -> None:
@@ -468,10 +483,31 @@ class Engine:
             StorageError: the store failed to delete it.
         """
         self._record("delete_room", {"room": name})
+        self._replication.broadcast(["delete_room", name])  # the others' copies close first
         await self._rooms.delete(name)
+        self._forget_access(name)
+
+    def _forget_access(self, room: str) -> None:
         overrides = self._services.access_overrides
-        for key in [key for key in overrides if key[1] == name]:  # the access set for what is gone
+        for key in [key for key in overrides if key[1] == room]:  # the access set for what is gone
             del overrides[key]
+
+    async def _peer_operation(self, operation: list[Any]) -> None:
+        """What an operator did on another process of the cluster, done here too (without
+        telling the others again; spec/api.md). A shape this version does not know is logged
+        and ignored."""
+        match operation:
+            case ["disconnect", str() | None as session, str() | None as user, str(reason)] if (session is None) != (user is None):
+                self._disconnect_here(session, user, reason)
+            case ["set_access", str(user), str(room), int() | None as access] if access is None or access in set(Access):
+                self._set_access_here(user, room, None if access is None else Access(access))
+            case ["clear_access", str(user), str(room)]:
+                self._services.access_overrides.pop((user, room), None)
+            case ["delete_room", str(room)]:
+                await self._rooms.discard(room)
+                self._forget_access(room)
+            case _:
+                logging.getLogger("plait.engine").error("an operation from another process that this one does not know: %.200r", operation)
 
     def _record(self, op: str, args: dict[str, Any]) -> None:
         recorder = self._services.recorder

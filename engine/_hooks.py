@@ -73,7 +73,8 @@ class Hooks:
     def __init__(self, anonymous_prefix: str = "anon-") -> None:
         """`anonymous_prefix`: what the ids of anonymous users without a key start with
         (`anon-1`, `anon-2`, ...). Each process of a cluster needs its own, or two strangers
-        on two processes would be one user (`plait serve --cluster` gives each one)."""
+        on two processes would be one user: an Engine in a cluster gives its default Hooks
+        `anon-PROCESS-`; a subclass of Hooks that keeps this method should pass one too."""
         self._anonymous = itertools.count(1)
         self._anonymous_prefix = anonymous_prefix
 

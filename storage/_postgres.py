@@ -372,6 +372,19 @@ class PostgreSQLStore:
 
         await self._run(append)
 
+    async def events_since(self, room: str, seq: int) -> tuple[StoredEvent, ...]:
+        """The stored events of `room` after `seq`, oldest first: what a process of a cluster
+        may not have heard of yet (another process stored them and died before it said so).
+        Raises StorageUnavailable, StoreLocked."""
+
+        def read(conn: psycopg.Connection[Any]) -> tuple[StoredEvent, ...]:
+            rows = conn.execute(
+                "SELECT seq, body FROM plait_events WHERE room = %s AND seq > %s ORDER BY seq", (room, seq)
+            ).fetchall()
+            return tuple(StoredEvent(s, bytes(body)) for s, body in rows)
+
+        return await self._run(read)
+
     async def list_rooms(self) -> list[str]:
         def rooms(conn: psycopg.Connection[Any]) -> list[str]:
             rows = conn.execute(

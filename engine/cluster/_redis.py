@@ -11,6 +11,8 @@ Keys and channels, per room (its name, UTF-8):
 - `plait:{room}:eph`, pub/sub: presence, cursor and typing changes, msgpack [process, kind,
   body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
   their full state (a process that just loaded the room).
+- `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
+  deletions), msgpack [process, operation], done by every process.
 - `plait:{room}:lease`: who compacts the room (SET NX PX, held `lease_seconds`).
 - `plait:process:{id}`: this process's heartbeat (PX 3 heartbeats). A peer whose key is gone is
   dead: its members leave every room's presence here and the rooms resync (what it committed
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
@@ -57,6 +59,9 @@ def _log_key(room: str) -> bytes:
 
 def _eph_channel(room: str) -> bytes:
     return b"plait:" + room.encode() + b":eph"
+
+
+OPS_CHANNEL = b"plait:ops"
 
 
 class RedisCluster:
@@ -110,7 +115,8 @@ class RedisCluster:
         self._wake_key = b"plait:wake:" + self.process.encode()
         self._wake_id = b"0-0"
         self._pubsub: Any = None
-        self._subscribed: set[bytes] = set()
+        self._subscribed: set[bytes] = {OPS_CHANNEL}
+        self._operation_handler: Callable[[list[Any]], Awaitable[None]] | None = None
         self._healthy = True
 
     # -- running ----------------------------------------------------------------------------
@@ -249,6 +255,21 @@ class RedisCluster:
     def ephemeral(self, room: str, body: bytes) -> None:
         self._queue_publish(room, b"e", body)
 
+    def broadcast(self, operation: list[Any]) -> None:
+        message = msgpack.packb([self.process, operation], use_bin_type=True)
+        self._outbox.append((OPS_CHANNEL.decode(), b"\x01" + message))
+        self._outbox_ready.set()
+
+    def on_operation(self, handler: Callable[[list[Any]], Awaitable[None]]) -> None:
+        self._operation_handler = handler
+
+    async def _run_operation(self, operation: list[Any]) -> None:
+        try:
+            if self._operation_handler is not None:
+                await self._operation_handler(operation)
+        except Exception as exc:
+            logger.critical("cluster: an operation from another process failed here: %.200r", operation, exc_info=exc)
+
     def _queue_publish(self, room: str, kind: bytes, body: bytes) -> None:
         message = msgpack.packb([self.process, kind, body], use_bin_type=True)
         self._outbox.append((room, b"\x00" + message))  # \x00: a pub/sub message, not a stream entry
@@ -304,6 +325,8 @@ class RedisCluster:
                         pipe.xadd(self._wake_key, {b"w": b""}, trim_strategy=coredis.PureToken.MAXLEN, threshold=8)
                     elif body[:1] == b"\x00":
                         pipe.publish(_eph_channel(room), body[1:])
+                    elif body[:1] == b"\x01":
+                        pipe.publish(OPS_CHANNEL, body[1:])
                     else:
                         pipe.xadd(
                             _log_key(room), {b"m": body},
@@ -369,6 +392,15 @@ class RedisCluster:
 
     def _on_message(self, message: Any) -> None:
         channel = message["channel"]
+        if channel == OPS_CHANNEL:
+            try:
+                process, operation = msgpack.unpackb(message["data"], raw=False)
+            except Exception as exc:
+                logger.error("cluster: an operation that does not decode (%s)", exc)
+                return
+            if process != self.process and isinstance(operation, list) and self._nursery is not None:
+                self._nursery.start_soon(self._run_operation, operation)
+            return
         name = channel[len(b"plait:"):-len(b":eph")].decode()
         room = self._rooms.get(name)
         if room is None or name not in self._following:

@@ -205,6 +205,8 @@ class EventsStrand:
     _held_events: dict[int, tuple[EventRecord, int]]
     _gap_opened: trio.Event
     _sequence: SequenceAuthority
+    _store: Any  # _persist.SharedRoomStore in a cluster (that module imports this one)
+    _replication: Any  # _replica.Replication (idem)
     _metrics: Metrics
     _pending: Any  # _persist._Pending (that module imports this one)
     _changes: int
@@ -221,6 +223,10 @@ class EventsStrand:
         if self.state is not RoomState.LIVE:
             raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "room is not live")
         existing = self._seq_for_key(key)
+        if existing is None and key is not None and self._replication.shared_store:
+            # A retry of an event another process stored and died before telling anyone.
+            await self._events_from_store(member)
+            existing = self._seq_for_key(key)
         if existing is None:
             identity: Identity | None = member.session.identity if member else None
             original = payload
@@ -313,6 +319,20 @@ class EventsStrand:
             await trio.sleep(self._config.event_gap_timeout)
             self._gap_opened = trio.Event()
             self._release_held(gap_expired=True)
+
+    async def _events_from_store(self, member: Member | None) -> None:
+        """Take in the events the shared store has after this copy's head. Raises
+        RequestError STORAGE_UNAVAILABLE if the store cannot say."""
+        try:
+            stored = await self._store.events_since(self.name, self._events.head)
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
+            logger.warning("room %r: the events stored by other processes could not be read: %s", self.name, exc)
+            raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "the store cannot be read; publish it again") from None
+        self._check_still_here(member)
+        for record in stored:
+            self._receive_event(EventRecord.from_stored(record))
 
     def _check_still_here(self, member: Member | None) -> None:
         """After a wait (a hook, the sequence authority): the room may have stopped, or the

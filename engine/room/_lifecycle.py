@@ -420,6 +420,14 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
             self.remove_member(member, disconnected=False)
             member.session.close_channel(member, code, message)
 
+    def discard(self) -> None:
+        """Another process deleted the room (spec/api.md §5): every membership ends
+        (ROOM_DELETED), what was not stored yet is dropped (nobody was told it was), and the
+        room unloads."""
+        self._pending = _Pending()
+        self.close_all(ErrorCode.ROOM_DELETED, "the room was deleted")
+        self.request_unload()
+
 
 class RoomRegistry:
     """Every room of an engine, each through its whole lifecycle: a hold loads it (loading ->
@@ -563,6 +571,14 @@ class RoomRegistry:
         finally:
             del self._deleting[name]
             done.set()
+
+    async def discard(self, name: str) -> None:
+        """Another process deleted the room `name` (it deletes it from the store): this copy
+        ends its memberships and unloads without storing what it had not stored."""
+        for room in (self._rooms.get(name), self._unloading.get(name)):
+            if room is not None:
+                room.discard()
+                await room.wait_closed()
 
     def _room_draining(self, room: Room) -> None:
         if self._rooms.get(room.name) is room:

@@ -46,6 +46,8 @@ class SharedRoomStore(RoomStore, Protocol):
 
     async def compact_stored(self, room: str, merge: Callable[[list[bytes]], bytes]) -> tuple[int, bytes]: ...
 
+    async def events_since(self, room: str, seq: int) -> tuple[StoredEvent, ...]: ...
+
 
 class CompactionLease(Protocol):
     """Who may compact a room: replace its snapshot and drop the updates it covers. In one

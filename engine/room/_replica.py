@@ -11,7 +11,7 @@ is found in the store: `resync` applies what the store has and this copy does no
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pycrdt
@@ -54,6 +54,8 @@ class Replication(Protocol):
     shared_store: bool
     """Whether other processes write the room's store too: then a compaction folds in what the
     store holds, not what this copy holds (it may not have everything yet)."""
+    process: str
+    """This process's name among the others ('' when there are none)."""
 
     async def attach(self, room: Replica) -> None:
         """The room starts loading here: follow what its copies commit from now on, so nothing
@@ -71,12 +73,20 @@ class Replication(Protocol):
     def ephemeral(self, room: str, body: bytes) -> None:
         """This copy's presence, cursor and typing changes of a tick, for the others."""
 
+    def broadcast(self, operation: list[Any]) -> None:
+        """An operator's action (spec/api.md: a disconnect, an access change, a deletion) for
+        the other processes to do too: each calls the handler given to `on_operation`."""
+
+    def on_operation(self, handler: Callable[[list[Any]], Awaitable[None]]) -> None:
+        """Who does what other processes broadcast (the engine)."""
+
 
 class LocalReplication:
     """No other process: nothing to do."""
 
     __slots__ = ()
     shared_store = False
+    process = ""
 
     async def attach(self, room: Replica) -> None:
         pass
@@ -91,6 +101,12 @@ class LocalReplication:
         pass
 
     def ephemeral(self, room: str, body: bytes) -> None:
+        pass
+
+    def broadcast(self, operation: list[Any]) -> None:
+        pass
+
+    def on_operation(self, handler: Callable[[list[Any]], Awaitable[None]]) -> None:
         pass
 
 

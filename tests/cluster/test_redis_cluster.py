@@ -13,9 +13,27 @@ import trio
 
 from plait.engine import Engine, EngineConfig
 from plait.engine.cluster import RedisCluster
+from plait.engine.room._events import EventRecord
 from plait.engine.room._peerstate import PeerState, PresenceRecord, encode_peer_state
-from plait.protocol import Ack, Error, ErrorCode, Event, Join, Joined, Leave, PresenceDiff, PresenceSet, PresenceSnapshot, Publish, Update
-from plait.storage import MemoryStore
+from plait.protocol import (
+    Access,
+    AccessChanged,
+    Ack,
+    ChannelClosed,
+    CloseCode,
+    Error,
+    ErrorCode,
+    Event,
+    Join,
+    Joined,
+    Leave,
+    PresenceDiff,
+    PresenceSet,
+    PresenceSnapshot,
+    Publish,
+    Update,
+)
+from plait.storage import MemoryStore, StoredEvent
 from tests.engine.client import DocClient, edit, yjs_client
 from tests.servers import RedisServer
 
@@ -36,6 +54,9 @@ class SharedMemoryStore(MemoryStore):
 
     async def epoch(self, room: str, proposed: str) -> str:
         return self.epochs.setdefault(room, proposed)
+
+    async def events_since(self, room: str, seq: int) -> tuple[StoredEvent, ...]:
+        return tuple(e for e in (await self.load(room)).events if e.seq > seq)
 
     async def compact_stored(self, room: str, merge: Callable[[list[bytes]], bytes]) -> tuple[int, bytes]:
         data = await self.load(room)
@@ -235,3 +256,56 @@ async def test_a_room_that_cannot_reach_redis_refuses_joins_and_opens_once_redis
                 await trio.sleep(0.2)
             else:
                 raise AssertionError("the room never opened")
+
+
+async def test_an_operators_actions_on_one_process_reach_members_on_every_process(redis: RedisServer) -> None:
+    """spec/api.md in a cluster: an access change, a disconnect and a room's deletion, asked
+    of one process, act on the members of the others too."""
+    store = SharedMemoryStore()
+    async with node(redis, store) as a, node(redis, store) as b:
+        bob = await member(b)  # anonymous: identity anon-<n> of process b
+        user = b.sessions()[0].user
+        assert user is not None
+        a.set_access(user, "r", Access.READ)
+        with trio.fail_after(10):
+            changed = await bob.wait_for(AccessChanged)
+        assert changed.access == Access.READ
+        carol = await member(b, "other")
+        await member(a, "other")
+        await a.delete_room("other")
+        with trio.fail_after(10):
+            closed = await carol.wait_for(ChannelClosed)
+        assert closed.code == ErrorCode.ROOM_DELETED
+        assert "other" not in await store.list_rooms()
+        assert a.disconnect(user=user) == 0  # none of its sessions is on process a...
+        with trio.fail_after(10):
+            assert await bob.wait_closed() == CloseCode.DISCONNECTED  # ...but b ends them
+
+
+async def test_a_retry_on_another_process_of_an_event_stored_by_a_process_that_died_is_not_published_twice(
+    redis: RedisServer,
+) -> None:
+    """Process a stored the event (key k1) and died before its stream entry went out; the
+    client retries on process b, which has not heard of it: it is acked with the stored seq."""
+    store = SharedMemoryStore()
+    async with node(redis, store) as b:
+        bob = await member(b)
+        seq = await store.next_seq("r", 0)
+        lost = EventRecord(seq, "chat", "hi", "dead-1", "anon-x", "k1", store.epochs["r"])
+        await store.append_events("r", [lost.stored()], 1000)
+        ref = bob.next_ref()
+        await bob.send(Publish(1, ref, "chat", "hi", "k1"))
+        await bob.send(Publish(1, bob.next_ref(), "chat", "next", "k2"))
+        events: list[Event] = []
+        acks: list[Ack] = []
+        with trio.fail_after(10):
+            for _ in range(100):
+                if len(events) == 2 and len(acks) == 2:
+                    break
+                frame = await bob.receive()
+                if isinstance(frame, Event):
+                    events.append(frame)
+                elif isinstance(frame, Ack):
+                    acks.append(frame)
+        assert (acks[0].ref, acks[0].value) == (ref, seq)
+        assert [(e.seq, e.payload) for e in events] == [(1, "hi"), (2, "next")]  # once each, in order
