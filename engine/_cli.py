@@ -538,8 +538,8 @@ def build_parser() -> _Parser:
     serve_cmd.add_argument("--data", type=Path, default=Path("plait-data"), metavar="DIR", help="data folder (default ./plait-data)")
     serve_cmd.add_argument("--store", default=None, metavar="STORE", help=stores)
     serve_cmd.add_argument("--cluster", default=None, metavar="REDIS_URL",
-                           help="share every room with the other processes given the same redis://HOST:PORT and "
-                                "--store postgresql://... (README: Several processes; the `cluster` extra)")
+                           help="share every room with the other processes given the same redis://HOST:PORT and the "
+                                "same PostgreSQL store (README: Several processes; the `cluster` extra)")
     serve_cmd.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL",
                            help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     serve_cmd.add_argument("--updates-per-second", type=_positive, metavar="N", default=defaults.updates_per_second,
