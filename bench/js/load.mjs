@@ -283,7 +283,9 @@ const Kind = { yjs: YjsClient, hocuspocus: HocuspocusClient, native: NativeClien
 const clients = cfg.clients.map(([id, room]) => new Kind(id, room))
 const joinOnGo = cfg.workload === 'join_storm'
 const joinNow = !joinOnGo && cfg.workload !== 'idle'
-const urlOf = c => cfg.protocol === 'yjs' ? `${cfg.url}${c.room}` : cfg.url
+// `urls` (several processes of one cluster): client id modulo their number picks one.
+const baseOf = c => cfg.urls ? cfg.urls[c.id % cfg.urls.length] : cfg.url
+const urlOf = c => cfg.protocol === 'yjs' ? `${baseOf(c)}${c.room}` : baseOf(c)
 
 await inBatches(clients, cfg.connectWidth ?? 50, async c => {
   await c.connect(urlOf(c))
