@@ -27,7 +27,7 @@ from _harness import Load, Measured, Server, free_port, machine, mib, percentile
 from fanout import analyse, cpu_per_delivery  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.servers import postgres_server, redis_server  # noqa: E402
+from tests.servers import postgres_server, redis_server
 
 
 class Servers:
