@@ -56,3 +56,13 @@ def test_events_reach_every_subscriber_over_each_transport() -> None:
     assert [row[0] for row in rows] == ["ws", "sse", "poll"]
     for row in rows:
         assert row[2] == "60 / 60" and row[-1] == "0", row  # delivered / expected: 6 subscribers x 10 events
+
+
+def test_the_cluster_workloads_converge_on_one_process_and_on_two() -> None:
+    rows = bench("cluster.py", "--clients", "4", "--edits", "20", "--rooms", "6", "--seconds", "2")
+    fan, rooms = rows[:2], rows[3:]  # the second table has its own header row
+    assert [row[0] for row in fan] == ["1 process", "2 processes"]
+    for row in fan:
+        assert row[5] == "0" and row[6] == "yes", row  # nothing lost, converged
+    assert re.fullmatch(r"[\d.]+ / [\d.]+", fan[1][4]), fan[1]  # the hop, within and across processes
+    assert [row[0] for row in rooms] == ["1 process", "2 processes"] and all(row[-1] == "0" for row in rooms), rooms
