@@ -110,6 +110,8 @@ class RedisCluster:
         self._following: set[str] = set()
         self._peers: dict[str, set[str]] = {}
         """Peer process -> the rooms it was seen in."""
+        self._dropped: set[str] = set()
+        """Peers given up for dead (their heartbeat lapsed)."""
         self._outbox: list[tuple[str, bytes]] = []
         self._outbox_ready = trio.Event()
         self._wake_key = b"plait:wake:" + self.process.encode()
@@ -183,6 +185,7 @@ class RedisCluster:
         for peer in list(self._peers):
             if not await self._client.exists([b"plait:process:" + peer.encode()]):
                 rooms = self._peers.pop(peer, set())
+                self._dropped.add(peer)
                 logger.warning("cluster: process %s is gone; its members leave %d room(s) here", peer, len(rooms))
                 for name in rooms:
                     room = self._rooms.get(name)
@@ -190,8 +193,14 @@ class RedisCluster:
                         _contained(room, "drop a process", room.drop_process, peer)
 
     def _seen(self, peer: str, room: str) -> None:
-        if peer != self.process:
-            self._peers.setdefault(peer, set()).add(room)
+        if peer == self.process:
+            return
+        rooms = self._peers.setdefault(peer, set())
+        if room not in rooms:
+            rooms.add(room)
+            if peer in self._dropped:  # given up for dead (a long stall?) and is not: hear it all again
+                logger.warning("cluster: process %s is back", peer)
+                self._queue_publish(room, b"w", b"")
 
     def _failed(self, what: str, exc: BaseException) -> None:
         if self._healthy:

@@ -309,3 +309,33 @@ async def test_a_retry_on_another_process_of_an_event_stored_by_a_process_that_d
                     acks.append(frame)
         assert (acks[0].ref, acks[0].value) == (ref, seq)
         assert [(e.seq, e.payload) for e in events] == [(1, "hi"), (2, "next")]  # once each, in order
+
+
+async def test_a_process_given_up_for_dead_that_speaks_again_is_heard_in_full(redis: RedisServer) -> None:
+    """A peer whose heartbeat lapsed (stalled, not dead) has its members dropped; when it
+    speaks again, the others ask for its whole state, so members who did nothing meanwhile
+    come back too."""
+    import coredis
+    import msgpack
+
+    store = SharedMemoryStore()
+    async with node(redis, store) as a:
+        alice = await member(a)
+        await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        ghost = PeerState(full=True, presence=(PresenceRecord("g1", {"id": "ghost"}, {"name": "ghost"}, False, False),))
+        async with coredis.Redis.from_url(redis.url) as client:
+            await client.publish(b"plait:r:eph", msgpack.packb(["stalled00000", b"e", encode_peer_state(ghost)], use_bin_type=True))
+            with trio.fail_after(10):
+                await presence_names(alice, {"alice", "ghost"})
+                await presence_names(alice, {"alice"})  # no heartbeat: given up
+            async with client.pubsub(channels=[b"plait:r:eph"]) as listening:
+                await client.set(b"plait:process:stalled00000", b"1")  # it beats again...
+                nothing = PeerState(cursors=(("g1", None),))
+                await client.publish(b"plait:r:eph", msgpack.packb(["stalled00000", b"e", encode_peer_state(nothing)], use_bin_type=True))
+                with trio.fail_after(10):  # ...and says something: a asks everyone for their state
+                    for _ in range(100):
+                        message = await listening.get_message(ignore_subscribe_messages=True)
+                        if message is not None and msgpack.unpackb(message["data"])[1] == b"w":
+                            break
+                    else:
+                        raise AssertionError("no state was asked for")
