@@ -144,3 +144,25 @@ async def test_a_killed_process_loses_nothing_acknowledged_and_its_members_leave
             await late.synced()
             assert str(late.text).startswith("still here ")
             assert all(f"<{n}>" in str(late.text) for n in range(20))
+
+
+async def test_a_redis_restart_under_load_loses_nothing_and_the_processes_hear_each_other_again(
+    redis: RedisServer, postgres: PostgresServer
+) -> None:
+    async with cluster(redis, postgres.fresh_dsn(), processes=2) as served, AsyncExitStack() as stack:
+        rooms: list[Room] = []
+        for process in served:
+            client = await stack.enter_async_context(connect(ws(process)))
+            room = await stack.enter_async_context(client.join("notes"))
+            await room.synced()
+            rooms.append(room)
+        for n in range(30):
+            if n == 10:
+                await trio.to_thread.run_sync(redis.restart)  # every stream and key is gone
+            for i, room in enumerate(rooms):
+                room.text.insert(len(room.text), f"<{i}.{n}>")
+            for room in rooms:
+                with trio.fail_after(20):
+                    await room.flushed()  # acknowledged: in PostgreSQL, Redis or not
+        for room in rooms:
+            await within(30, room, lambda r=room: all(f"<{i}.{n}>" in str(r.text) for i in range(2) for n in range(30)))  # type: ignore[misc]
