@@ -20,7 +20,7 @@ import msgpack
 import trio
 
 from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value, encode_trusted, encoded_size
-from plait.storage import StoredEvent
+from plait.storage import StorageError, StoredEvent
 
 from .._config import EngineConfig
 from .._errors import RequestError
@@ -256,7 +256,8 @@ class EventsStrand:
             if not application_error(exc):
                 raise
             logger.error("room %r: the sequence authority failed", self.name, exc_info=exc)
-            raise RequestError(ErrorCode.INTERNAL, "the event could not be numbered; publish it again") from None
+            code = ErrorCode.STORAGE_UNAVAILABLE if isinstance(exc, StorageError) else ErrorCode.INTERNAL
+            raise RequestError(code, "the event could not be numbered; publish it again") from None
         self._check_still_here(member)
         record = EventRecord(seq, name, payload, session, user, key, self._events.epoch)
         self._pending.events.append(record)

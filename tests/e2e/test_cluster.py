@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 import trio
 
-from plait.client import Room, connect
+from plait.client import Room, StorageUnavailable, connect
 from tests.servers import PostgresServer, RedisServer
 
 from .serveprocess import Served, plait_serve
@@ -166,3 +166,31 @@ async def test_a_redis_restart_under_load_loses_nothing_and_the_processes_hear_e
                     await room.flushed()  # acknowledged: in PostgreSQL, Redis or not
         for room in rooms:
             await within(30, room, lambda r=room: all(f"<{i}.{n}>" in str(r.text) for i in range(2) for n in range(30)))  # type: ignore[misc]
+
+
+async def test_a_stalled_database_is_told_to_clients_of_every_process_and_service_resumes(
+    redis: RedisServer, postgres: PostgresServer
+) -> None:
+    async with cluster(redis, postgres.fresh_dsn(), processes=2) as served, AsyncExitStack() as stack:
+        rooms: list[Room] = []
+        for process in served:
+            client = await stack.enter_async_context(connect(ws(process)))
+            room = await stack.enter_async_context(client.join("notes"))
+            await room.synced()
+            rooms.append(room)
+        rooms[0].text.insert(0, "kept")
+        await rooms[0].flushed()
+        await trio.to_thread.run_sync(postgres.pause)
+        try:
+            rooms[1].text.insert(0, "maybe ")
+            with trio.fail_after(40), pytest.raises(StorageUnavailable):
+                await rooms[1].flushed()  # told, not left waiting: nothing unstored is reported saved
+            with trio.fail_after(40), pytest.raises(StorageUnavailable):
+                await rooms[0].publish("chat", "numbered?")  # the event numbers are PostgreSQL's too
+        finally:
+            await trio.to_thread.run_sync(postgres.resume)
+        async with connect(ws(served[0])) as client, client.join("notes") as room:
+            with trio.fail_after(40):
+                await room.synced()
+            assert "kept" in str(room.text)
+            assert await room.publish("chat", "after") >= 1
