@@ -153,7 +153,7 @@ class RedisCluster:
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._read_streams)
                 nursery.start_soon(self._send)
-                nursery.start_soon(self._listen)
+                await nursery.start(self._listen)  # subscribed before anything is said
                 try:
                     yield
                 finally:
@@ -383,13 +383,14 @@ class RedisCluster:
     def _send_state(self, room: Replica) -> None:
         self._queue_publish(room.name, b"e", room.ephemeral_state())
 
-    async def _listen(self) -> None:
+    async def _listen(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         while True:
             try:
                 async with self._reader_client.pubsub() as pubsub:
-                    if self._subscribed:
-                        await pubsub.subscribe(*self._subscribed)
+                    await pubsub.subscribe(*self._subscribed)
                     self._pubsub = pubsub
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._heartbeat)
                         if message is not None and message.get("type") == "message":
