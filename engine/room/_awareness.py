@@ -99,13 +99,7 @@ class Awareness:
             offset = shown - clock + 1 if shown is not None and shown >= clock else 0
         if clock + offset > MAX_CLOCK:
             return False
-        self._holders[client_id] = session
-        self._clients[session] = [client_id, clock + offset, offset]
-        self._entries.pop(session, None)
-        if hidden:
-            self._hidden.add(session)
-        else:
-            self._hidden.discard(session)
+        self._hold(session, client_id, clock + offset, offset, hidden)
         return True
 
     def adopt(self, session: str, client_id: int, clock: int, hidden: bool) -> bool:
@@ -119,14 +113,18 @@ class Awareness:
         if held is not None and clock == held[1] and hidden == (session in self._hidden):
             return False  # the same claim again (a full state)
         self._retired.pop(client_id, None)
+        self._hold(session, client_id, clock, 0, hidden)
+        return True
+
+    def _hold(self, session: str, client_id: int, shown: int, offset: int, hidden: bool) -> None:
+        """`session` holds `client_id`, showing clock `shown` (its client's plus `offset`)."""
         self._holders[client_id] = session
-        self._clients[session] = [client_id, clock, 0]
+        self._clients[session] = [client_id, shown, offset]
         self._entries.pop(session, None)
         if hidden:
             self._hidden.add(session)
         else:
             self._hidden.discard(session)
-        return True
 
     def is_native(self, session: str) -> bool:
         return session in self._native

@@ -83,6 +83,17 @@ async def balancer(ports: list[int]) -> AsyncIterator[Balancer]:
         nursery.cancel_scope.cancel()
 
 
+async def members(served: list[Served], stack: AsyncExitStack) -> list[Room]:
+    """A client on each process, in room "notes", synced."""
+    rooms = []
+    for process in served:
+        client = await stack.enter_async_context(connect(ws(process)))
+        room = await stack.enter_async_context(client.join("notes"))
+        await room.synced()
+        rooms.append(room)
+    return rooms
+
+
 async def within(seconds: float, room: Room, check: Callable[[], bool]) -> None:
     with trio.fail_after(seconds):
         await until(room, check)
@@ -90,13 +101,9 @@ async def within(seconds: float, room: Room, check: Callable[[], bool]) -> None:
 
 async def test_a_room_shared_by_three_processes_behaves_like_one(redis: RedisServer, postgres: PostgresServer) -> None:
     async with cluster(redis, postgres.fresh_dsn()) as served, AsyncExitStack() as stack:
-        rooms: list[Room] = []
-        for i, process in enumerate(served):
-            client = await stack.enter_async_context(connect(ws(process)))
-            room = await stack.enter_async_context(client.join("notes"))
-            await room.synced()
+        rooms = await members(served, stack)
+        for i, room in enumerate(rooms):
             await room.set_presence({"name": f"user{i}"})
-            rooms.append(room)
         events = [room.events() for room in rooms]
         for i, room in enumerate(rooms):
             room.text.insert(len(room.text), f"[{i}]")
@@ -150,12 +157,7 @@ async def test_a_redis_restart_under_load_loses_nothing_and_the_processes_hear_e
     redis: RedisServer, postgres: PostgresServer
 ) -> None:
     async with cluster(redis, postgres.fresh_dsn(), processes=2) as served, AsyncExitStack() as stack:
-        rooms: list[Room] = []
-        for process in served:
-            client = await stack.enter_async_context(connect(ws(process)))
-            room = await stack.enter_async_context(client.join("notes"))
-            await room.synced()
-            rooms.append(room)
+        rooms = await members(served, stack)
         for n in range(30):
             if n == 10:
                 await trio.to_thread.run_sync(redis.restart)  # every stream and key is gone
@@ -172,12 +174,7 @@ async def test_a_stalled_database_is_told_to_clients_of_every_process_and_servic
     redis: RedisServer, postgres: PostgresServer
 ) -> None:
     async with cluster(redis, postgres.fresh_dsn(), processes=2) as served, AsyncExitStack() as stack:
-        rooms: list[Room] = []
-        for process in served:
-            client = await stack.enter_async_context(connect(ws(process)))
-            room = await stack.enter_async_context(client.join("notes"))
-            await room.synced()
-            rooms.append(room)
+        rooms = await members(served, stack)
         rooms[0].text.insert(0, "kept")
         await rooms[0].flushed()
         await trio.to_thread.run_sync(postgres.pause)
