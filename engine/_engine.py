@@ -151,7 +151,8 @@ class Engine:
         self.router = Router()
         """Plain HTTP requests on the engine's port, by path (engine/http/_router.py)."""
         self.router.add(HTTP_PREFIX, self._http.handle)
-        self.health = Health(lambda: self._accepting, getattr(self.store, "ping", None), lambda: self.nursery, metrics)
+        self.health = Health(lambda: self._accepting, getattr(self.store, "ping", None), lambda: self.nursery, metrics,
+                             linked=lambda: replication.available)
         """`/healthz` and `/readyz` (engine/http/_health.py); `health.timeout`: the store's ping's."""
         self.router.add("/healthz", self.health.healthz)
         self.router.add("/readyz", self.health.readyz)

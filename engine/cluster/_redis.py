@@ -84,6 +84,11 @@ class RedisCluster:
 
     shared_store = True
 
+    @property
+    def available(self) -> bool:
+        """Whether Redis answered the last time it was asked (Replication.available)."""
+        return self._healthy
+
     def __init__(
         self,
         url: str,
@@ -120,6 +125,9 @@ class RedisCluster:
         self._subscribed: set[bytes] = {OPS_CHANNEL}
         self._operation_handler: Callable[[list[Any]], Awaitable[None]] | None = None
         self._healthy = True
+        self._trust_heartbeats_at = 0.0
+        """Before this (Trio's clock), a missing heartbeat key proves nothing: Redis has just
+        come back (a restarted one has lost every key) and the others have not beaten yet."""
 
     # -- running ----------------------------------------------------------------------------
 
@@ -176,12 +184,14 @@ class RedisCluster:
             await trio.sleep(self._heartbeat)
             try:
                 await self._beat()
-                await self._check_peers()
                 self._recovered()
+                await self._check_peers()
             except Exception as exc:
                 self._failed("heartbeat", exc)
 
     async def _check_peers(self) -> None:
+        if trio.current_time() < self._trust_heartbeats_at:
+            return
         for peer in list(self._peers):
             if not await self._client.exists([b"plait:process:" + peer.encode()]):
                 rooms = self._peers.pop(peer, set())
@@ -210,6 +220,7 @@ class RedisCluster:
     def _recovered(self) -> None:
         if not self._healthy:
             self._healthy = True
+            self._trust_heartbeats_at = trio.current_time() + 3 * self._heartbeat
             logger.warning("cluster: Redis is back; resyncing %d room(s) from the store", len(self._rooms))
             for name, room in list(self._rooms.items()):
                 room.want_resync()

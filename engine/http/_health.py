@@ -3,8 +3,9 @@
 - `/healthz`: alive. 200 `{"status": "alive"}` while the process serves requests at all.
 - `/readyz`: ready for new connections. 200 `{"status": "ready"}` while the engine accepts
   and its store answers a ping (the store's optional `ping()`, see storage/_store.py); else
-  503 `{"status": "unready", "reason": ...}` with `Retry-After`: shutting down, or the store
-  failed or did not answer within `timeout` seconds.
+  503 `{"status": "unready", "reason": ...}` with `Retry-After`: shutting down, the store
+  failed or did not answer within `timeout` seconds, or (a cluster) this process cannot
+  reach the others.
 
 Both answer GET and HEAD only (405 otherwise); a body of more than a kilobyte is 413, a query
 string is ignored. The answers say nothing about rooms or users.
@@ -60,6 +61,7 @@ class Health:
             rather than piling up another.
         metrics: a failed ping counts as a store error (`store_errors`, label `ping`).
         timeout: seconds a probe waits for the ping.
+        linked: whether this process hears the other processes of its cluster (always, alone).
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class Health:
         nursery: Callable[[], trio.Nursery],
         metrics: Metrics,
         timeout: float = READY_TIMEOUT,
+        linked: Callable[[], bool] = lambda: True,
     ) -> None:
         self._accepting = accepting
+        self._linked = linked
         self._ping = ping
         self._nursery = nursery
         self._metrics = metrics
@@ -94,6 +98,8 @@ class Health:
         """Why the engine is not ready (a sentence), or None if it is."""
         if not self._accepting():
             return "shutting down"
+        if not self._linked():
+            return "the link to the server's other processes is down"
         if self._ping is None:
             return None
         if self._pinging is None:

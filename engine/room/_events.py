@@ -10,6 +10,7 @@ another history instead of being read as a position in this one.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -202,7 +203,7 @@ class EventsStrand:
     _members: dict[MemberSession, Member]
     _ephemeral: Ephemeral
     _events: EventLog
-    _held_events: dict[int, tuple[EventRecord, int]]
+    _held_events: dict[int, tuple[EventRecord, int, float]]
     _gap_opened: trio.Event
     _sequence: SequenceAuthority
     _store: Any  # _persist.SharedRoomStore in a cluster (that module imports this one)
@@ -222,6 +223,8 @@ class EventsStrand:
         """Sequence and broadcast an event; ack (value = seq) after it is durable."""
         if self.state is not RoomState.LIVE:
             raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "room is not live")
+        if not self._replication.available:
+            raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "the server's processes cannot reach each other; publish it again")
         existing = self._seq_for_key(key)
         if existing is None and key is not None and self._replication.shared_store:
             # A retry of an event another process stored and died before telling anyone.
@@ -285,27 +288,31 @@ class EventsStrand:
         """The seq of the event published under `key`, kept or held (None: none)."""
         seq = self._events.seq_for_key(key)
         if seq is None and key is not None and self._held_events:
-            seq = next((s for s, (r, _) in self._held_events.items() if r.key == key), None)
+            seq = next((s for s, (r, _, _) in self._held_events.items() if r.key == key), None)
         return seq
 
     def _deliver_event(self, record: EventRecord, size: int) -> None:
-        """Into the log and to every member, in seq order (spec §7): an event numbered past a
-        gap (the one before is another process's, on its way) waits for it, at most
-        `event_gap_timeout`; then what waits goes out, the gap left behind. One process
-        numbers its events one after the other: there, nothing ever waits."""
+        """Into the log and to every member, in seq order (spec §7, §15): an event numbered
+        past a gap (the one before is another process's, on its way) waits for it, at most
+        `event_gap_timeout` (then the store is asked for it, and what it does not have is
+        skipped). One process numbers its events one after the other: there, nothing waits."""
         if record.seq > self._events.head + 1:
-            self._held_events[record.seq] = (record, size)
+            self._held_events[record.seq] = (record, size, trio.current_time())
             self._gap_opened.set()
             return
         self._send_event(record, size)
-        self._release_held(gap_expired=False)
+        self._release_held(expired_before=-math.inf)
 
-    def _release_held(self, *, gap_expired: bool) -> None:
+    def _release_held(self, *, expired_before: float) -> None:
+        """Send the held events that are next in line, and past a gap those held since
+        before `expired_before`."""
         while self._held_events:
             first = min(self._held_events)
-            if not gap_expired and first != self._events.head + 1:
+            record, size, held_at = self._held_events[first]
+            if first > self._events.head + 1 and held_at >= expired_before:
                 return
-            self._send_event(*self._held_events.pop(first))
+            del self._held_events[first]
+            self._send_event(record, size)
 
     def _send_event(self, record: EventRecord, size: int) -> None:
         if not self._events.add(record, size):
@@ -314,12 +321,23 @@ class EventsStrand:
         self._metrics.add("fanout_frames", len(self._members), "event")
 
     async def _event_gaps(self) -> None:
-        """Runs in the room's nursery: lets events held behind a gap go after the timeout."""
+        """Runs in the room's nursery: an event held behind a gap for `event_gap_timeout`
+        makes this copy read what the store has (the missing event may be stored, its
+        publisher slow to tell or gone); what the store does not have either is skipped."""
+        timeout = self._config.event_gap_timeout
         while True:
-            await self._gap_opened.wait()
-            await trio.sleep(self._config.event_gap_timeout)
-            self._gap_opened = trio.Event()
-            self._release_held(gap_expired=True)
+            if not self._held_events:
+                await self._gap_opened.wait()
+                self._gap_opened = trio.Event()
+                continue
+            oldest = min(held_at for _, _, held_at in self._held_events.values())
+            await trio.sleep_until(oldest + timeout)
+            if self._replication.shared_store and self._held_events:
+                try:
+                    await self._events_from_store(None)
+                except RequestError:
+                    pass  # logged; the gap is skipped
+            self._release_held(expired_before=trio.current_time() - timeout + 1e-9)
 
     async def _events_from_store(self, member: Member | None) -> None:
         """Take in the events the shared store has after this copy's head. Raises

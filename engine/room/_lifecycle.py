@@ -96,8 +96,9 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         self._replicated = False
         """Whether the change being applied is another process's (stored already)."""
         self._resync_wanted = trio.Event()
-        self._held_events: dict[int, tuple[EventRecord, int]] = {}
-        """Events numbered past a gap, waiting for the ones before (seq -> record, size)."""
+        self._held_events: dict[int, tuple[EventRecord, int, float]] = {}
+        """Events numbered past a gap, waiting for the ones before (seq -> record, size,
+        when it was held)."""
         self._gap_opened = trio.Event()
         self._members: dict[MemberSession, Member] = {}
         self.last_activity = 0.0

@@ -56,6 +56,9 @@ class Replication(Protocol):
     store holds, not what this copy holds (it may not have everything yet)."""
     process: str
     """This process's name among the others ('' when there are none)."""
+    available: bool
+    """Whether this process hears the others now. While it does not, events are refused
+    (STORAGE_UNAVAILABLE): they could not be put in one order with the others'."""
 
     async def attach(self, room: Replica) -> None:
         """The room starts loading here: follow what its copies commit from now on, so nothing
@@ -87,6 +90,7 @@ class LocalReplication:
     __slots__ = ()
     shared_store = False
     process = ""
+    available = True
 
     async def attach(self, room: Replica) -> None:
         pass

@@ -191,3 +191,35 @@ async def test_a_stalled_database_is_told_to_clients_of_every_process_and_servic
                 await room.synced()
             assert "kept" in str(room.text)
             assert await room.publish("chat", "after") >= 1
+
+
+async def test_after_a_redis_restart_everyone_sees_everyone_again_and_events_flow(
+    redis: RedisServer, postgres: PostgresServer
+) -> None:
+    """A restarted Redis has lost every heartbeat key: no live process is taken for dead
+    (its members stay in everyone's presence), and events, refused while Redis is away, are
+    published once it is back, in one order everywhere."""
+    async with cluster(redis, postgres.fresh_dsn()) as served, AsyncExitStack() as stack:
+        rooms = await members(served, stack)
+        for i, room in enumerate(rooms):
+            await room.set_presence({"name": f"user{i}"})
+        for room in rooms:
+            await within(20, room, lambda r=room: len(r.users()) == 2)  # type: ignore[misc]
+        await trio.to_thread.run_sync(redis.restart)
+        feeds = [room.events() for room in rooms]
+        for i, room in enumerate(rooms):
+            with trio.fail_after(30):
+                for _ in range(100):  # refused (told) until Redis is back, then published
+                    try:
+                        await room.publish("chat", f"after {i}")
+                        break
+                    except StorageUnavailable:
+                        await trio.sleep(0.2)
+        for feed in feeds:
+            with trio.fail_after(20):
+                seen = [await feed.__anext__() for _ in range(3)]
+            assert [e.seq for e in seen] == [1, 2, 3]
+        with trio.move_on_after(3 * 1.5 + 2):  # past the heartbeats' lapse: nobody was dropped
+            for room in rooms:
+                await until(room, lambda r=room: len(r.users()) != 2)  # type: ignore[misc]
+            raise AssertionError("a live process's members were dropped after the Redis restart")

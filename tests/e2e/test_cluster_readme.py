@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 import trio
 
@@ -35,6 +37,24 @@ def readme_section() -> tuple[list[str], str]:
     config = re.search(r"```text\n(.*?)```", section, flags=re.S)
     assert commands is not None and config is not None
     return commands.group(1).strip().splitlines(), config.group(1)
+
+
+def connections_to(port: int) -> int:
+    return sum(1 for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == "ESTABLISHED")
+
+
+async def http_session_through(port: int) -> None:
+    """An HTTP session (SSE/long-polling, spec §14) opened, joined and published through the
+    balancer: every request reaches the process that holds it."""
+    # A new connection per request, as a browser's requests may be: each is balanced anew.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=httpx.Limits(max_keepalive_connections=0)) as http:
+        opened = (await http.post("/v1/sessions")).json()
+        join = {"kind": "join", "ref": 1, "room": "notes", "state_vector": None, "since": None, "epoch": None}
+        answers = [await http.post(opened["frames"], json=join)]
+        for ref in range(2, 8):
+            publish = {"kind": "publish", "channel": 1, "ref": ref, "name": "chat", "payload": ref, "key": None}
+            answers.append(await http.post(opened["frames"], json=publish))
+        assert [a.status_code for a in answers] == [200] * 7, [a.text for a in answers]
 
 
 @asynccontextmanager
@@ -99,13 +119,15 @@ async def test_the_readme_cluster_keeps_every_acknowledged_edit_when_a_process_i
         url = f"ws://127.0.0.1:{ports['8765']}/"
         with trio.fail_after(30):
             await until_served(ports["8765"])
+            await http_session_through(ports["8765"])
         acked: dict[str, list[str]] = {name: [] for name in "abcdef"}
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for name, done in acked.items():
                 nursery.start_soon(editor, url, name, done, stop)
             await stop.wait()
-            victim = served[0]
+            victim = max(served, key=lambda s: connections_to(s.port))  # where the balancer sent them
+            assert connections_to(victim.port) > 0
             victim.process.send_signal(signal.SIGKILL)
             await victim.process.wait()
         assert all(len(done) == EDITS for done in acked.values())
