@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -252,16 +253,14 @@ async def serve(
             assets = load_assets()
         except DemoMissing as exc:
             raise CommandError(f"--demo: {exc}, or serve without it (--no-demo)") from None
-    if cluster is not None and choice.kind != "postgresql":
-        raise CommandError(f"--cluster: the processes of a cluster share one store: add --store postgresql://... "
-                           f"(not {choice.flag.removeprefix('--store ')})", USAGE)
+    check_cluster(cluster, choice)
     store = choice.make(shared=cluster is not None)
     try:
         try:
             await store.open()
         except StoreLocked as exc:
             if cluster is not None:
-                raise CommandError(f"{choice.flag}: {exc}; a cluster's database serves no single server") from None
+                raise CommandError(f"{choice.flag}: {exc}; a cluster cannot share its database with a single server") from None
             raise CommandError(f"{choice.flag}: {exc}; one server per store") from None
         except StorageError as exc:
             raise CommandError(f"{choice.flag}: {exc}") from None
@@ -326,6 +325,22 @@ async def serve(
     print("plait: stopped", flush=True)
 
 
+CLUSTER_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+def check_cluster(url: str | None, choice: StoreChoice) -> None:
+    """Raises CommandError (USAGE) for a `--cluster` that cannot work: not a Redis URL, or
+    without a PostgreSQL store (the processes of a cluster share one)."""
+    if url is None:
+        return
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in CLUSTER_SCHEMES:
+        raise CommandError(f"--cluster {hide_password(url)}: not a Redis URL (redis://HOST:PORT, rediss://, unix://)", USAGE)
+    if choice.kind != "postgresql":
+        raise CommandError(f"--cluster: the processes of a cluster share one store: add --store postgresql://... "
+                           f"(not {choice.kind})", USAGE)
+
+
 @contextlib.asynccontextmanager
 async def _cluster(url: str, store: Store) -> AsyncIterator[dict[str, Any]]:
     """This process's part in the cluster at `url`: the seams an Engine takes (architecture:
@@ -338,7 +353,10 @@ async def _cluster(url: str, store: Store) -> AsyncIterator[dict[str, Any]]:
     try:
         await cluster.__aenter__()
     except Exception as exc:
-        raise CommandError(f"--cluster {hide_password(url)}: cannot reach Redis: {exc}") from None
+        cause: BaseException = exc
+        while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:  # coredis's task groups
+            cause = cause.exceptions[0]
+        raise CommandError(f"--cluster {hide_password(url)}: cannot reach Redis: {hide_password(str(cause))}") from None
     try:
         yield {"replication": cluster, "sequence": cluster, "lease": cluster}
     finally:
@@ -652,13 +670,16 @@ def _settle(parser: _Parser, args: argparse.Namespace, argv: Sequence[str] | Non
     for key, setting in settings.items():
         setattr(args, key, setting.value)
     try:
-        choose_store(args.store, args.data)  # a bad store is refused before anything is printed
+        # A bad store or cluster is refused before anything is printed.
+        check_cluster(args.cluster, choose_store(args.store, args.data))
     except CommandError as exc:
-        source = settings["store"].source
-        if source in ("--store", "default"):
+        key = "cluster" if str(exc).startswith("--cluster") else "store"
+        source = settings[key].source
+        if source in ("--store", "--cluster", "default"):
             raise
-        where = source if source.startswith(ENV_PREFIX) else f"{source}: store"
-        raise CommandError(f"{where}: {str(exc).removeprefix('--store ')}", exc.status) from None
+        where = source if source.startswith(ENV_PREFIX) else f"{source}: {key}"
+        shown = re.sub(r"^--cluster( \S+)?: ", "", str(exc)) if key == "cluster" else str(exc).removeprefix("--store ")
+        raise CommandError(f"{where}: {shown}", exc.status) from None
     if not args.print_config:
         return None
     header = [

@@ -158,7 +158,9 @@ class PostgreSQLStore:
                 take = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
                 locked = conn.execute(f"SELECT {take}(%s)", (LOCK_KEY,)).fetchone()
                 if locked is None or not locked[0]:
-                    raise StoreLocked(self.name, _holder(conn))
+                    holder, cluster = _holder(conn)
+                    what = f"{self.name} (a cluster's: plait serve --cluster)" if cluster else self.name
+                    raise StoreLocked(what, holder)
             if self.shared:
                 # Locks shared with other processes are held (and waited for) no longer than a
                 # call may take: by then our caller gave up anyway (module docstring).
@@ -458,18 +460,20 @@ class PostgreSQLStore:
         return await self._run(settle)
 
 
-def _holder(conn: psycopg.Connection[Any]) -> tuple[int, str] | None:
-    """The pid and host of the Plait process holding the writer's lock, from the application
-    name its connection gave (`plait PID@HOST`), if the server lets us see it."""
+def _holder(conn: psycopg.Connection[Any]) -> tuple[tuple[int, str] | None, bool]:
+    """The pid and host of a Plait process holding the writer's lock, from the application
+    name its connection gave (`plait PID@HOST`), if the server lets us see it; and whether
+    the lock is held shared (a cluster's stores)."""
     row = conn.execute(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        "SELECT a.application_name, l.mode = 'ShareLock' FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
         " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 1"
         " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF),
     ).fetchone()
     name = str(row[0]) if row is not None and row[0] else ""
+    shared = bool(row[1]) if row is not None else False
     pid, _, host = name.removeprefix("plait ").partition("@")
-    return (int(pid), host) if name.startswith("plait ") and pid.isdigit() and host else None
+    return ((int(pid), host) if name.startswith("plait ") and pid.isdigit() and host else None), shared
 
 
 def _room_key(room: str) -> int:

@@ -307,12 +307,15 @@ class RedisCluster:
         import coredis
 
         key = b"plait:" + room.encode() + b":lease"
-        if await self._client.set(key, self.process.encode(), condition=coredis.PureToken.NX, px=self._lease_ms):
-            return True
-        holder = await self._client.get(key)
-        if holder == self.process.encode():
-            await self._client.pexpire(key, self._lease_ms)
-            return True
+        try:
+            if await self._client.set(key, self.process.encode(), condition=coredis.PureToken.NX, px=self._lease_ms):
+                return True
+            holder = await self._client.get(key)
+            if holder == self.process.encode():
+                await self._client.pexpire(key, self._lease_ms)
+                return True
+        except Exception as exc:  # not now: the updates stay appended, and nothing is lost
+            self._failed("compaction lease", exc)
         return False
 
     # -- the tasks --------------------------------------------------------------------------

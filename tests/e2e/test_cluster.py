@@ -5,6 +5,7 @@ the loss of any one process with nothing acknowledged lost."""
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -12,7 +13,7 @@ import pytest
 import trio
 
 from plait.client import Room, StorageUnavailable, connect
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer, free_port
 
 from .serveprocess import Served, plait_serve
 from .test_websocket import until
@@ -223,3 +224,17 @@ async def test_after_a_redis_restart_everyone_sees_everyone_again_and_events_flo
             for room in rooms:
                 await until(room, lambda r=room: len(r.users()) != 2)  # type: ignore[misc]
             raise AssertionError("a live process's members were dropped after the Redis restart")
+
+
+async def test_a_cluster_process_whose_redis_cannot_be_reached_says_so_in_one_line(postgres: PostgresServer) -> None:
+    port = free_port()  # nothing listens there
+    process = await trio.run_process(
+        [sys.executable, "-m", "plait.engine._cli", "serve", "--port", "0", "--store", postgres.fresh_dsn(),
+         "--cluster", f"redis://:secret@127.0.0.1:{port}"],
+        capture_stdout=True, capture_stderr=True, check=False,
+    )
+    err = process.stderr.decode()
+    assert process.returncode == 1, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "secret" not in err, err
+    assert err.startswith(f"plait serve: --cluster redis://:(hidden)@127.0.0.1:{port}: cannot reach Redis: "), err
+    assert "Trio nursery" not in err, err

@@ -264,3 +264,32 @@ def test_a_postgresql_store_without_psycopg_says_what_to_install(
         "plait serve: --store postgresql://plait:(hidden)@127.0.0.1/plait: "
         "the PostgreSQL store needs psycopg: pip install 'plait[postgres]'"
     )
+
+
+# -- plait serve --cluster ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--cluster", "http://127.0.0.1:6379", "--store", "postgresql://u@127.0.0.1/db"], "not a Redis URL"),
+        (["--cluster", "redis://127.0.0.1:6379"], "the processes of a cluster share one store: add --store postgresql://"),
+        (["--cluster", "redis://127.0.0.1:6379", "--store", "memory"], "(not memory)"),
+        (["--cluster", "redis://:hunter2@127.0.0.1:6379", "--store", "sqlite", "--print-config"], "share one store"),
+    ],
+)
+def test_a_cluster_that_cannot_work_is_refused_before_anything_starts(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(["serve", "--port", "0", *argv], capsys)
+    assert status == 2 and out == "", (status, out)
+    assert message in one_line(err, "serve") and "hunter2" not in err
+
+
+def test_a_cluster_from_the_environment_is_checked_by_print_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLAIT_CLUSTER", "redis://127.0.0.1:6379")
+    status, out, err = run(["serve", "--print-config"], capsys)
+    assert status == 2 and out == ""
+    assert one_line(err, "serve").startswith("plait serve: PLAIT_CLUSTER: the processes of a cluster share one store")

@@ -75,6 +75,7 @@ async def test_an_exclusive_store_cannot_open_a_database_a_cluster_uses(cluster:
     with pytest.raises(StoreLocked, match="in use by another open store in this process") as refused:
         await single.open()
     assert refused.value.pid == os.getpid()
+    assert "a cluster's: plait serve --cluster" in str(refused.value)  # says who uses it
     await first.aclose()
     with pytest.raises(StoreLocked):  # one member of the cluster is enough to keep it out
         await single.append("r", [b"x"])
@@ -89,6 +90,7 @@ async def test_a_shared_store_cannot_open_a_database_a_single_server_uses(cluste
     with pytest.raises(StoreLocked, match="in use by another open store in this process") as refused:
         await shared.open()
     assert refused.value.pid == os.getpid()
+    assert "cluster" not in str(refused.value)
     await single.aclose()
     await shared.append("r", [b"x"])
     assert (await shared.load("r")).updates == (b"x",)
