@@ -105,6 +105,8 @@ class RedisCluster:
         self._heartbeat = heartbeat
         self._stream_length = stream_length
         self._lease_ms = int(lease_seconds * 1000)
+        self._read_count = max(1, min(1000, stream_length // 10))
+        """Entries read per room at once: a full read means this process is behind."""
         self._client: Any = None
         self._reader_client: Any = None
         self._nursery: trio.Nursery | None = None
@@ -362,7 +364,7 @@ class RedisCluster:
             streams = {self._wake_key: self._wake_id}
             streams.update((_log_key(name), self._positions[name]) for name in self._following)
             try:
-                result = await self._reader_client.xread(streams, count=1000, block=int(self._heartbeat * 1000))
+                result = await self._reader_client.xread(streams, count=self._read_count, block=int(self._heartbeat * 1000))
             except Exception as exc:
                 self._failed("read", exc)
                 await trio.sleep(self._heartbeat / 3)
@@ -376,9 +378,25 @@ class RedisCluster:
                 room = self._rooms.get(name)
                 if room is None or name not in self._following:
                     continue
+                before = self._positions[name]
                 for entry in entries:
                     self._positions[name] = entry.identifier
                     self._apply_entry(room, entry.field_values.get(b"m", b""))
+                if len(entries) == self._read_count:  # behind: was the stream trimmed past us?
+                    await self._check_trimmed(room, before)
+
+    async def _check_trimmed(self, room: Replica, before: bytes) -> None:
+        """Resync `room` if its stream was trimmed past `before`, the last entry this process
+        had read: the entries after it that were dropped are in the store, not here."""
+        try:
+            info = await self._reader_client.xinfo_stream(_log_key(room.name))
+        except Exception as exc:
+            self._failed("read", exc)
+            return
+        first = info.get("first-entry")
+        if first is not None and info.get("entries-added", 0) > info.get("length", 0) and _id(before) < _id(first.identifier):
+            logger.warning("cluster: room %r: its stream was trimmed past what this process had read; resyncing", room.name)
+            room.want_resync()
 
     def _apply_entry(self, room: Replica, body: bytes) -> None:
         try:
@@ -441,6 +459,11 @@ class RedisCluster:
             _contained(room, "send its state", self._send_state, room)
         elif kind == b"e":
             _contained(room, "apply presence", room.receive_ephemeral, process, body)
+
+
+def _id(entry: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = entry.partition(b"-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _contained(room: Replica, what: str, call: Callable[..., object], *args: Any) -> None:

@@ -6,6 +6,7 @@ tests with PostgreSQL are in tests/e2e/test_cluster.py."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from contextlib import asynccontextmanager
 
 import pytest
@@ -339,3 +340,28 @@ async def test_a_process_given_up_for_dead_that_speaks_again_is_heard_in_full(re
                             break
                     else:
                         raise AssertionError("no state was asked for")
+
+
+async def test_a_process_left_behind_a_trimmed_stream_resyncs_from_the_store(redis: RedisServer) -> None:
+    """Process b stops reading (a stall) while a commits far more than a room's stream keeps;
+    when b reads again, what was trimmed before it read it comes from the store."""
+    store = SharedMemoryStore()
+    async with node(redis, store) as a, RedisCluster(redis.url, store, heartbeat=0.5, stream_length=20) as cluster:
+        async with Engine(store=store, replication=cluster, sequence=cluster, lease=cluster) as b:
+            alice, bob = await member(a), await member(b)
+            stalled, resume = True, trio.Event()
+            read = cluster._reader_client.xread
+
+            async def stalling_read(*args: Any, **kwargs: Any) -> Any:
+                if stalled:
+                    await resume.wait()
+                return await read(*args, **kwargs)
+
+            cluster._reader_client.xread = stalling_read  # its read in progress takes a batch at most
+            for n in range(300):  # about 300 stream entries, trimmed to a few dozen
+                await alice.send(Update(1, n + 10, edit(alice.doc, f"<{n}>")))
+                await alice.wait_for(Ack)
+            stalled = False
+            resume.set()
+            with trio.fail_after(20):
+                await until_text(bob, str(alice.text), limit=5000)
