@@ -6,8 +6,8 @@ tests with PostgreSQL are in tests/e2e/test_cluster.py."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
