@@ -349,7 +349,11 @@ async def test_a_process_left_behind_a_trimmed_stream_resyncs_from_the_store(red
     when b reads again, what was trimmed before it read it comes from the store."""
     store = SharedMemoryStore()
     patient = EngineConfig(heartbeat=600)  # these test clients send no pings, and a loaded machine is slow
-    async with node(redis, store, patient, stream_length=20) as a, RedisCluster(redis.url, store, heartbeat=0.5, stream_length=20) as cluster:
+    short = 20  # entries a room's stream keeps, about
+    async with (
+        node(redis, store, patient, stream_length=short) as a,
+        RedisCluster(redis.url, store, heartbeat=0.5, stream_length=short) as cluster,
+    ):
         async with Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b:
             alice, bob = await member(a), await member(b)
             stalled, resume = True, trio.Event()
