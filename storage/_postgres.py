@@ -401,6 +401,9 @@ class PostgreSQLStore:
 
         def delete(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
+                # After a compaction of the room in progress (another process's), never during
+                # it: one that read the updates before could write its snapshot back after.
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (COMPACT_LOCK_CLASS, _room_key(room)))
                 for table in ("plait_snapshots", "plait_updates", "plait_events", "plait_heads"):
                     conn.execute(f"DELETE FROM {table} WHERE room = %s", (room,))
 

@@ -96,6 +96,8 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         self._replicated = False
         """Whether the change being applied is another process's (stored already)."""
         self._resync_wanted = trio.Event()
+        self._discarded = False
+        """Deleted by another process: nothing more is written (discard)."""
         self._held_events: dict[int, tuple[EventRecord, int, float]] = {}
         """Events numbered past a gap, waiting for the ones before (seq -> record, size,
         when it was held)."""
@@ -426,6 +428,8 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         (ROOM_DELETED), what was not stored yet is dropped (nobody was told it was), and the
         room unloads."""
         self._pending = _Pending()
+        self._discarded = True  # and no last compaction: it could write a snapshot back
+        self._commit_done.set()  # whoever waits for a commit is told (wait_flushed)
         self.close_all(ErrorCode.ROOM_DELETED, "the room was deleted")
         self.request_unload()
 

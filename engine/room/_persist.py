@@ -106,6 +106,7 @@ class PersistStrand:
     _hooks: Hooks
     _store: RoomStore
     _lease: CompactionLease
+    _discarded: bool
     _replication: Replication
     _members: dict[MemberSession, Member]
     _pending: _Pending
@@ -155,7 +156,7 @@ class PersistStrand:
     async def _flush(self, *, final: bool) -> None:
         """Commit what is pending as one batch, then send its acks; compact when due."""
         async with self._persist_lock:
-            if self.state is RoomState.FAILED:
+            if self.state is RoomState.FAILED or self._discarded:
                 return
             pending, self._pending = self._pending, _Pending()
             mark = self._changes
@@ -265,8 +266,8 @@ class PersistStrand:
     async def wait_flushed(self) -> None:
         """Return once every change made so far is durable. Raises RoomUnavailable on failure."""
         target = self._changes
-        while self._durable_changes < target and self.state is not RoomState.FAILED:
+        while self._durable_changes < target and self.state is not RoomState.FAILED and not self._discarded:
             self._want_persist()
             await self._commit_done.wait()
-        if self.state is RoomState.FAILED:
-            raise RoomUnavailable("room failed before its changes were stored")
+        if self.state is RoomState.FAILED or self._discarded:
+            raise RoomUnavailable("room failed (or was deleted) before its changes were stored")

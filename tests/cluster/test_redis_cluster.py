@@ -34,9 +34,9 @@ from plait.protocol import (
     Publish,
     Update,
 )
-from plait.storage import MemoryStore, StoredEvent
+from plait.storage import MemoryStore, PostgreSQLStore, RoomData, StoredEvent
 from tests.engine.client import DocClient, edit, yjs_client
-from tests.servers import RedisServer
+from tests.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.slow  # a real Redis
 
@@ -374,3 +374,26 @@ async def test_a_process_left_behind_a_trimmed_stream_resyncs_from_the_store(red
             resume.set()
             with trio.fail_after(60):
                 await until_text(bob, str(alice.text), limit=5000)
+
+
+async def test_a_room_deleted_through_a_process_that_does_not_hold_it_is_gone(redis: RedisServer, postgres: PostgresServer) -> None:
+    """The holder's copy is discarded, not stored once more: nothing of the room is left in
+    PostgreSQL (its last compaction used to write the snapshot back after the deletion)."""
+    dsn = postgres.fresh_dsn()
+    store, other = PostgreSQLStore(dsn, shared=True), PostgreSQLStore(dsn, shared=True)  # as two processes have
+    async with node(redis, store) as a, node(redis, other) as b:  # type: ignore[arg-type]
+        alice = await member(a, "secret")
+        for n in range(20):
+            await alice.send(Update(1, n + 10, edit(alice.doc, f"secret{n};")))
+            await alice.wait_for(Ack)
+        await b.delete_room("secret")
+        with trio.fail_after(10):
+            closed = await alice.wait_for(ChannelClosed)
+        assert closed.code == ErrorCode.ROOM_DELETED
+        with trio.fail_after(10):
+            while a.room_info("secret") is not None:  # bounded by the deadline: until a unloaded it
+                await trio.sleep(0.05)
+        assert await store.load("secret") == RoomData()
+        assert "secret" not in await store.list_rooms()
+    await store.aclose()
+    await other.aclose()
