@@ -59,13 +59,16 @@ from ._store import RoomData, StoredEvent
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION: Final = 2
-"""1: snapshots, updates, events. 2: plait_heads (event sequence and epoch per room)."""
+SCHEMA_VERSION: Final = 3
+"""1: snapshots, updates, events. 2: plait_heads (event sequence and epoch per room). 3: an
+event's idempotency key beside it (add_event)."""
 LOCK_KEY: Final = 0x706C616974
 """The advisory lock ('plait' in ASCII) a writable store holds (shared stores in shared mode);
 its schema migration takes LOCK_KEY + 1 for the length of one transaction."""
 ROOM_LOCK_CLASS: Final = 0x706C6169
 COMPACT_LOCK_CLASS: Final = ROOM_LOCK_CLASS + 1
+KEY_LOCK_CLASS: Final = ROOM_LOCK_CLASS + 2
+"""A room's keyed events (add_event) take this one: one key, one event."""
 """A room's compactions (compact_stored) take this one, so they run one after another
 without holding up its appends."""
 """The first key ('plai') of the transaction-level advisory lock a shared store's append takes
@@ -84,6 +87,10 @@ _META: Final = "CREATE TABLE IF NOT EXISTS plait_meta (key TEXT PRIMARY KEY, val
 _HEADS: Final = (
     "CREATE TABLE IF NOT EXISTS plait_heads (room TEXT PRIMARY KEY, seq BIGINT NOT NULL DEFAULT 0, epoch TEXT)"
 )
+_EVENT_KEYS: Final = (
+    "ALTER TABLE plait_events ADD COLUMN IF NOT EXISTS key TEXT",
+    "CREATE INDEX IF NOT EXISTS plait_events_by_key ON plait_events (room, key) WHERE key IS NOT NULL",
+)
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS plait_snapshots (room TEXT PRIMARY KEY, data BYTEA NOT NULL)",
     # Ids order a room's updates. The sequence keeps its default CACHE 1, so ids are drawn in
@@ -92,10 +99,12 @@ _SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS plait_updates_by_room ON plait_updates (room, id)",
     "CREATE TABLE IF NOT EXISTS plait_events (room TEXT NOT NULL, seq BIGINT NOT NULL, body BYTEA NOT NULL, PRIMARY KEY (room, seq))",
     _HEADS,
+    *_EVENT_KEYS,
 )
 """The schema at SCHEMA_VERSION, for an empty database."""
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (_HEADS,),
+    2: _EVENT_KEYS,
 }
 """From version N to N + 1, in the migration's transaction."""
 
@@ -363,14 +372,11 @@ class PostgreSQLStore:
         def append(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.executemany(
-                    "INSERT INTO plait_events VALUES (%s, %s, %s) ON CONFLICT (room, seq) DO UPDATE SET body = EXCLUDED.body",
+                    "INSERT INTO plait_events (room, seq, body) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (room, seq) DO UPDATE SET body = EXCLUDED.body",
                     rows,
                 )
-                cursor.execute(
-                    "DELETE FROM plait_events WHERE room = %s AND seq <= "
-                    "(SELECT seq FROM plait_events WHERE room = %s ORDER BY seq DESC LIMIT 1 OFFSET %s)",
-                    (room, room, keep),
-                )
+                _keep_events(conn, room, keep)
 
         await self._run(append)
 
@@ -428,18 +434,31 @@ class PostgreSQLStore:
         if head < 0:
             raise ValueError(f"an event head is 0 or more, not {head}")
 
-        def take(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(
-                "INSERT INTO plait_heads AS h (room, seq)"
-                " SELECT %(room)s, GREATEST(%(head)s, (SELECT max(seq) FROM plait_events WHERE room = %(room)s)) + 1"
-                " ON CONFLICT (room) DO UPDATE SET seq = GREATEST(h.seq + 1, EXCLUDED.seq)"
-                " RETURNING seq",
-                {"room": room, "head": head},
-            ).fetchone()
-            assert row is not None  # INSERT ... RETURNING returns its one row
-            return int(row[0])
+        return await self._run(lambda conn: _take_seq(conn, room, head))
 
-        return await self._run(take)
+    async def add_event(self, room: str, head: int, key: str | None, body: bytes, keep: int) -> tuple[int, bool]:
+        """Number and store one event of `room` in one commit (a cluster's publish): (its
+        seq, True), the seq as `next_seq` gives it. If an event of the room still kept has
+        idempotency key `key`, nothing is stored: (that event's seq, False); processes that
+        publish one key at once store it once. Keeps the room's `keep` most recent events.
+
+        Raises: ValueError (`head` negative), StorageUnavailable, StoreLocked."""
+        if head < 0:
+            raise ValueError(f"an event head is 0 or more, not {head}")
+
+        def add(conn: psycopg.Connection[Any]) -> tuple[int, bool]:
+            with conn.transaction():
+                if key is not None:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (KEY_LOCK_CLASS, _room_key(room)))
+                    found = conn.execute("SELECT seq FROM plait_events WHERE room = %s AND key = %s", (room, key)).fetchone()
+                    if found is not None:
+                        return int(found[0]), False
+                seq = _take_seq(conn, room, head)
+                conn.execute("INSERT INTO plait_events (room, seq, body, key) VALUES (%s, %s, %s, %s)", (room, seq, body, key))
+                _keep_events(conn, room, keep)
+                return seq, True
+
+        return await self._run(add)
 
     async def epoch(self, room: str, proposed: str) -> str:
         """The room's history epoch: the `proposed` of the first call on this database (since
@@ -477,6 +496,26 @@ def _holder(conn: psycopg.Connection[Any]) -> tuple[tuple[int, str] | None, bool
     shared = bool(row[1]) if row is not None else False
     pid, _, host = name.removeprefix("plait ").partition("@")
     return ((int(pid), host) if name.startswith("plait ") and pid.isdigit() and host else None), shared
+
+
+def _take_seq(conn: psycopg.Connection[Any], room: str, head: int) -> int:
+    row = conn.execute(
+        "INSERT INTO plait_heads AS h (room, seq)"
+        " SELECT %(room)s, GREATEST(%(head)s, (SELECT max(seq) FROM plait_events WHERE room = %(room)s)) + 1"
+        " ON CONFLICT (room) DO UPDATE SET seq = GREATEST(h.seq + 1, EXCLUDED.seq)"
+        " RETURNING seq",
+        {"room": room, "head": head},
+    ).fetchone()
+    assert row is not None  # INSERT ... RETURNING returns its one row
+    return int(row[0])
+
+
+def _keep_events(conn: psycopg.Connection[Any], room: str, keep: int) -> None:
+    conn.execute(
+        "DELETE FROM plait_events WHERE room = %s AND seq <= "
+        "(SELECT seq FROM plait_events WHERE room = %s ORDER BY seq DESC LIMIT 1 OFFSET %s)",
+        (room, room, keep),
+    )
 
 
 def _room_key(room: str) -> int:

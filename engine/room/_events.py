@@ -9,13 +9,15 @@ another history instead of being read as a position in this one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgpack
 import trio
@@ -32,6 +34,7 @@ from ._fanout import Fanout
 from ._member import Member, MemberSession, RoomState
 
 logger = logging.getLogger("plait.room")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,10 +229,6 @@ class EventsStrand:
         if not self._replication.available:
             raise RequestError(ErrorCode.STORAGE_UNAVAILABLE, "the server's processes cannot reach each other; publish it again")
         existing = self._seq_for_key(key)
-        if existing is None and key is not None and self._replication.shared_store:
-            # A retry of an event another process stored and died before telling anyone.
-            await self._events_from_store(member)
-            existing = self._seq_for_key(key)
         if existing is None:
             identity: Identity | None = member.session.identity if member else None
             original = payload
@@ -253,23 +252,35 @@ class EventsStrand:
             return existing
         session = member.session.id if member else None
         user = str(member.session.identity.get("id")) if member else None
-        try:
-            seq = await self._sequence.next_seq(self.name, self._events.head)
-        except BaseException as exc:  # a shared counter that is down, or a bug in the seam
-            if not application_error(exc):
-                raise
-            logger.error("room %r: the sequence authority failed", self.name, exc_info=exc)
-            code = ErrorCode.STORAGE_UNAVAILABLE if isinstance(exc, StorageError) else ErrorCode.INTERNAL
-            raise RequestError(code, "the event could not be numbered; publish it again") from None
-        self._check_still_here(member)
-        record = EventRecord(seq, name, payload, session, user, key, self._events.epoch)
-        self._pending.events.append(record)
+        record = EventRecord(0, name, payload, session, user, key, self._events.epoch)
+        if self._replication.shared_store:
+            # A cluster: numbered and stored in one step, so that one key is one event
+            # whichever processes publish it, and at once (spec §15).
+            numbered: tuple[int, bool] = await self._authority_call(self._store.add_event(
+                self.name, self._events.head, key, record.stored().body, self._config.event_history
+            ))
+            seq, new = numbered
+            record = dataclasses.replace(record, seq=seq)
+            here = member is not None and self._members.get(member.session) is member
+            if member is not None and ref is not None and here:
+                self.ack(member, ref, seq)
+            if not new and seq > self._events.head and seq not in self._held_events:
+                # Published before by a process that may have died before telling anyone.
+                with contextlib.suppress(RequestError):
+                    await self._events_from_store(None)
+            if not new or self.state is not RoomState.LIVE:
+                return seq
+        else:
+            seq = await self._authority_call(self._sequence.next_seq(self.name, self._events.head))
+            self._check_still_here(member)
+            record = dataclasses.replace(record, seq=seq)
+            self._pending.events.append(record)
+            self._changes += 1
+            if member is not None and ref is not None:
+                self._pending.acks.append((member, ref, record.seq))
+            self._want_persist()
         self.last_activity = trio.current_time()
-        self._changes += 1
         self._metrics.add("events_published")
-        if member is not None and ref is not None:
-            self._pending.acks.append((member, ref, record.seq))
-        self._want_persist()
         if session is not None:
             self._ephemeral.flush_before_event(session)
         self._deliver_event(record, size)
@@ -352,6 +363,18 @@ class EventsStrand:
         self._check_still_here(member)
         for record in stored:
             self._receive_event(EventRecord.from_stored(record))
+
+    async def _authority_call(self, call: Awaitable[T]) -> T:
+        """What numbers an event: a store or a shared counter that fails (or a bug in the
+        seam) refuses the publish (STORAGE_UNAVAILABLE, INTERNAL), never more."""
+        try:
+            return await call
+        except BaseException as exc:
+            if not application_error(exc):
+                raise
+            logger.error("room %r: the sequence authority failed", self.name, exc_info=exc)
+            code = ErrorCode.STORAGE_UNAVAILABLE if isinstance(exc, StorageError) else ErrorCode.INTERNAL
+            raise RequestError(code, "the event could not be numbered; publish it again") from None
 
     def _check_still_here(self, member: Member | None) -> None:
         """After a wait (a hook, the sequence authority): the room may have stopped, or the

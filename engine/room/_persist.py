@@ -48,6 +48,8 @@ class SharedRoomStore(RoomStore, Protocol):
 
     async def events_since(self, room: str, seq: int) -> tuple[StoredEvent, ...]: ...
 
+    async def add_event(self, room: str, head: int, key: str | None, body: bytes, keep: int) -> tuple[int, bool]: ...
+
 
 class CompactionLease(Protocol):
     """Who may compact a room: replace its snapshot and drop the updates it covers. In one
