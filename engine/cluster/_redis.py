@@ -10,7 +10,9 @@ Keys and channels, per room (its name, UTF-8):
   Redis restart, or trimmed past its position: it keeps about `stream_length` entries).
 - `plait:{room}:eph`, pub/sub: presence, cursor and typing changes, msgpack [process, kind,
   body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
-  their full state (a process that just loaded the room).
+  their full state (a process that just loaded the room, or listens again after a failure).
+  Every process listens to every room's (one pattern subscription) and drops what is for
+  rooms it does not hold.
 - `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
   deletions), msgpack [process, operation], done by every process.
 - `plait:{room}:lease`: who compacts the room (SET NX PX, held `lease_seconds`).
@@ -62,6 +64,7 @@ def _eph_channel(room: str) -> bytes:
 
 
 OPS_CHANNEL = b"plait:ops"
+EPH_PATTERN = b"plait:*:eph"
 
 
 class RedisCluster:
@@ -123,8 +126,6 @@ class RedisCluster:
         self._outbox_ready = trio.Event()
         self._wake_key = b"plait:wake:" + self.process.encode()
         self._wake_id = b"0-0"
-        self._pubsub: Any = None
-        self._subscribed: set[bytes] = {OPS_CHANNEL}
         self._operation_handler: Callable[[list[Any]], Awaitable[None]] | None = None
         self._healthy = True
         self._trust_heartbeats_at = 0.0
@@ -236,11 +237,6 @@ class RedisCluster:
         newest = await self._client.xrevrange(_log_key(room.name), "+", "-", count=1)
         self._positions[room.name] = newest[0].identifier if newest else b"0-0"
         self._rooms[room.name] = room
-        channel = _eph_channel(room.name)
-        if channel not in self._subscribed:
-            self._subscribed.add(channel)
-            if self._pubsub is not None:
-                await self._pubsub.subscribe(channel)
 
     def follow(self, room: Replica) -> None:
         if self._rooms.get(room.name) is not room:
@@ -257,17 +253,6 @@ class RedisCluster:
         self._following.discard(room.name)
         for rooms in self._peers.values():
             rooms.discard(room.name)
-        channel = _eph_channel(room.name)
-        if channel in self._subscribed and self._nursery is not None:
-            self._subscribed.discard(channel)
-            self._nursery.start_soon(self._unsubscribe, channel)
-
-    async def _unsubscribe(self, channel: bytes) -> None:
-        try:
-            if channel not in self._subscribed and self._pubsub is not None:
-                await self._pubsub.unsubscribe(channel)
-        except Exception as exc:
-            self._failed("unsubscribe", exc)
 
     def committed(self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent]) -> None:
         body = msgpack.packb([self.process, list(updates), [[e.seq, e.body] for e in events]], use_bin_type=True)
@@ -416,19 +401,27 @@ class RedisCluster:
         self._queue_publish(room.name, b"e", room.ephemeral_state())
 
     async def _listen(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Every room's ephemeral channel by one pattern (a subscription per room made a join
+        storm wait on Redis's acknowledgements: rooms failed to load), and the operations."""
+        first = True
         while True:
             try:
                 async with self._reader_client.pubsub() as pubsub:
-                    await pubsub.subscribe(*self._subscribed)
-                    self._pubsub = pubsub
-                    task_status.started()
-                    task_status = trio.TASK_STATUS_IGNORED
+                    await pubsub.subscribe(OPS_CHANNEL)
+                    await pubsub.psubscribe(EPH_PATTERN)
+                    if first:
+                        task_status.started()
+                        first = False
+                    else:  # what was said while this process did not listen is lost: all again
+                        for name, room in list(self._rooms.items()):
+                            if name in self._following:
+                                self._queue_publish(name, b"w", b"")
+                                _contained(room, "send its state", self._send_state, room)
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._heartbeat)
-                        if message is not None and message.get("type") == "message":
+                        if message is not None and message.get("type") in ("message", "pmessage"):
                             self._on_message(message)
             except Exception as exc:
-                self._pubsub = None
                 self._failed("pub/sub", exc)
                 await trio.sleep(self._heartbeat / 3)
 
