@@ -7,7 +7,8 @@ Keys and channels, per room (its name, UTF-8):
   [[seq, body], ...]]. Every process that holds the room reads it from the last id it saw, so
   a process that loses Redis for a moment catches up instead of missing entries; after any
   Redis failure it also resyncs its rooms from the store (the stream may have been lost with a
-  Redis restart, or trimmed past its position: it keeps about `stream_length` entries).
+  Redis restart, or trimmed past its position: it keeps about `stream_length` entries, and
+  is gone an hour after its last entry, or at once when the room is deleted).
 - `plait:{room}:eph`, pub/sub: presence, cursor and typing changes, msgpack [process, kind,
   body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
   their full state (a process that just loaded the room, or listens again after a failure).
@@ -63,6 +64,9 @@ def _eph_channel(room: str) -> bytes:
     return b"plait:" + room.encode() + b":eph"
 
 
+STREAM_TTL_MS = 3_600_000
+"""A room's stream goes an hour after its last entry (a process that stalls longer than its
+heartbeats resyncs every room anyway)."""
 OPS_CHANNEL = b"plait:ops"
 EPH_PATTERN = b"plait:*:eph"
 
@@ -183,10 +187,17 @@ class RedisCluster:
         await self._client.set(self._key(), b"1", px=int(self._heartbeat * 3000))
 
     async def _heartbeats(self) -> None:
+        last = trio.current_time()
         while True:
             await trio.sleep(self._heartbeat)
             try:
                 await self._beat()
+                now = trio.current_time()
+                if now - last > 3 * self._heartbeat and self._healthy:
+                    # This process stalled long enough for the others to take it for dead (and
+                    # for its streams to move on): as after a Redis failure, all again.
+                    self._failed("heartbeat", TimeoutError(f"this process stalled for {now - last:.1f} s"))
+                last = now
                 self._recovered()
                 await self._check_peers()
             except Exception as exc:
@@ -263,6 +274,8 @@ class RedisCluster:
         self._queue_publish(room, b"e", body)
 
     def broadcast(self, operation: list[Any]) -> None:
+        if operation[:1] == ["delete_room"] and isinstance(operation[1], str):
+            self._outbox.append((operation[1], b"\x02"))  # its stream goes too: what it held is gone
         message = msgpack.packb([self.process, operation], use_bin_type=True)
         self._outbox.append((OPS_CHANNEL.decode(), b"\x01" + message))
         self._outbox_ready.set()
@@ -337,12 +350,15 @@ class RedisCluster:
                         pipe.publish(_eph_channel(room), body[1:])
                     elif body[:1] == b"\x01":
                         pipe.publish(OPS_CHANNEL, body[1:])
+                    elif body == b"\x02":
+                        pipe.delete([_log_key(room)])
                     else:
                         pipe.xadd(
                             _log_key(room), {b"m": body},
                             trim_strategy=coredis.PureToken.MAXLEN, threshold=self._stream_length,
                             trim_operator=coredis.PureToken.APPROXIMATELY,
                         )
+                        pipe.pexpire(_log_key(room), STREAM_TTL_MS)
 
     async def _read_streams(self) -> None:
         while True:

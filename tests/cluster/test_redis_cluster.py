@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import coredis
+import msgpack
 import pytest
 import trio
 
@@ -215,8 +217,8 @@ async def test_presence_is_shared_between_processes(redis: RedisServer) -> None:
 async def test_the_members_of_a_process_that_stopped_beating_leave(redis: RedisServer) -> None:
     """A peer that says who is in the room and then dies (no heartbeat key): its members are
     gone from the room within the bound (engine/cluster/_redis.py)."""
-    import coredis
-    import msgpack
+
+
 
     store = SharedMemoryStore()
     async with node(redis, store) as a:
@@ -288,6 +290,8 @@ async def test_an_operators_actions_on_one_process_reach_members_on_every_proces
             closed = await carol.wait_for(ChannelClosed)
         assert closed.code == ErrorCode.ROOM_DELETED
         assert "other" not in await store.list_rooms()
+        async with coredis.Redis.from_url(redis.url) as client:  # its stream went with it
+            assert not await client.exists([b"plait:other:log"])
         assert a.disconnect(user=user) == 0  # none of its sessions is on process a...
         with trio.fail_after(10):
             assert await bob.wait_closed() == CloseCode.DISCONNECTED  # ...but b ends them
@@ -326,8 +330,8 @@ async def test_a_process_given_up_for_dead_that_speaks_again_is_heard_in_full(re
     """A peer whose heartbeat lapsed (stalled, not dead) has its members dropped; when it
     speaks again, the others ask for its whole state, so members who did nothing meanwhile
     come back too."""
-    import coredis
-    import msgpack
+
+
 
     store = SharedMemoryStore()
     async with node(redis, store) as a:
