@@ -270,6 +270,7 @@ class EventsStrand:
                     await self._events_from_store(None)
             if not new or self.state is not RoomState.LIVE:
                 return seq
+            self._replication.committed(self.name, [], [record.stored()])  # stored: the others hear of it now
         else:
             seq = await self._authority_call(self._sequence.next_seq(self.name, self._events.head))
             self._check_still_here(member)

@@ -118,7 +118,8 @@ async def test_an_edit_on_one_process_reaches_members_on_the_other(redis: RedisS
 
 async def test_events_from_both_processes_arrive_once_and_in_seq_order_everywhere(redis: RedisServer) -> None:
     store = SharedMemoryStore()
-    async with node(redis, store) as a, node(redis, store) as b:
+    slow_gaps = EngineConfig(event_gap_timeout=60)  # so they come on the stream, not from the store after a gap
+    async with node(redis, store, slow_gaps) as a, node(redis, store, slow_gaps) as b:
         alice, bob = await member(a), await member(b)
         for i in range(10):
             await alice.send(Publish(1, alice.next_ref(), "chat", f"a{i}", None))
