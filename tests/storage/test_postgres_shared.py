@@ -131,6 +131,30 @@ APPENDS_PER_TASK = 60
 MAX_COMPACTIONS = 10_000
 
 
+class Writers:
+    """WRITER_STORES processes x TASKS_PER_STORE tasks, each appending APPENDS_PER_TASK
+    distinct inserts to one room; `running` counts the tasks not done yet."""
+
+    def __init__(self, cluster: Callable[..., PostgreSQLStore], room: str) -> None:
+        self.stores = [cluster() for _ in range(WRITER_STORES)]
+        self.room = room
+        self.running = WRITER_STORES * TASKS_PER_STORE
+        self.expected = {f"{s}.{t}.{i}" for s in range(WRITER_STORES) for t in range(TASKS_PER_STORE)
+                         for i in range(APPENDS_PER_TASK)}
+
+    def start(self, nursery: trio.Nursery) -> None:
+        for s, store in enumerate(self.stores):
+            for t in range(TASKS_PER_STORE):
+                nursery.start_soon(self._write, store, f"{s}.{t}")
+
+    async def _write(self, store: PostgreSQLStore, name: str) -> None:
+        try:
+            for i in range(APPENDS_PER_TASK):
+                await store.append(self.room, [_insert(f"{name}.{i}")])
+        finally:
+            self.running -= 1
+
+
 async def test_compacting_what_a_load_read_never_drops_an_update_another_process_committed_meanwhile(
     cluster: Callable[..., PostgreSQLStore],
 ) -> None:
@@ -139,25 +163,15 @@ async def test_compacting_what_a_load_read_never_drops_an_update_another_process
     another's committed after it, a load between the two commits would miss it and the
     compaction would drop it unmerged (with the per-room append locks taken out, this test
     loses updates in most runs)."""
-    writers = [cluster() for _ in range(WRITER_STORES)]
-    compactor = cluster()
     room = "doc"
-    expected = {f"{s}.{t}.{i}" for s in range(WRITER_STORES) for t in range(TASKS_PER_STORE) for i in range(APPENDS_PER_TASK)}
-    running = WRITER_STORES * TASKS_PER_STORE
+    writers = Writers(cluster, room)
+    compactor = cluster()
     compactions = covered_total = 0
-
-    async def write(store: PostgreSQLStore, name: str) -> None:
-        nonlocal running
-        try:
-            for i in range(APPENDS_PER_TASK):
-                await store.append(room, [_insert(f"{name}.{i}")])
-        finally:
-            running -= 1
 
     async def compact() -> None:
         nonlocal compactions, covered_total
         for _ in range(MAX_COMPACTIONS):
-            if not running:
+            if not writers.running:
                 return
             data = await compactor.load(room)
             if not data.updates:
@@ -169,16 +183,14 @@ async def test_compacting_what_a_load_read_never_drops_an_update_another_process
             covered_total += len(data.updates)
         raise AssertionError(f"the writers did not finish within {MAX_COMPACTIONS} compactions")
 
-    for store in (*writers, compactor):
+    for store in (*writers.stores, compactor):
         await store.open()
     async with trio.open_nursery() as nursery:
-        for s, store in enumerate(writers):
-            for t in range(TASKS_PER_STORE):
-                nursery.start_soon(write, store, f"{s}.{t}")
+        writers.start(nursery)
         nursery.start_soon(compact)
 
     data = await compactor.load(room)
-    missing = expected - _keys(data.snapshot, data.updates)
+    missing = writers.expected - _keys(data.snapshot, data.updates)
     assert not missing, f"{len(missing)} acknowledged updates lost by {compactions} compactions"
     assert compactions >= 5 and covered_total >= 5  # the compactions ran among the appends
 
@@ -188,28 +200,18 @@ async def test_two_processes_compacting_one_room_at_once_lose_nothing(cluster: C
     while three others append. With load-then-compact from each, a compaction from an older
     load could replace a newer snapshot and drop updates it never read; compact_stored runs a
     room's compactions one after another, each folding in what the last one wrote."""
-    writers = [cluster() for _ in range(WRITER_STORES)]
-    compactors = [cluster(), cluster()]
     room = "doc"
-    expected = {f"{s}.{t}.{i}" for s in range(WRITER_STORES) for t in range(TASKS_PER_STORE) for i in range(APPENDS_PER_TASK)}
-    running = WRITER_STORES * TASKS_PER_STORE
+    writers = Writers(cluster, room)
+    compactors = [cluster(), cluster()]
     folded = 0
 
     def merge(updates: list[bytes]) -> bytes:
         return pycrdt.merge_updates(*updates)
 
-    async def write(store: PostgreSQLStore, name: str) -> None:
-        nonlocal running
-        try:
-            for i in range(APPENDS_PER_TASK):
-                await store.append(room, [_insert(f"{name}.{i}")])
-        finally:
-            running -= 1
-
     async def compact(store: PostgreSQLStore) -> None:
         nonlocal folded
         for _ in range(MAX_COMPACTIONS):
-            if not running:
+            if not writers.running:
                 return
             covered, snapshot = await store.compact_stored(room, merge)
             folded += covered
@@ -217,17 +219,15 @@ async def test_two_processes_compacting_one_room_at_once_lose_nothing(cluster: C
             await trio.lowlevel.checkpoint()
         raise AssertionError(f"the writers did not finish within {MAX_COMPACTIONS} compactions")
 
-    for store in (*writers, *compactors):
+    for store in (*writers.stores, *compactors):
         await store.open()
     async with trio.open_nursery() as nursery:
-        for s, store in enumerate(writers):
-            for t in range(TASKS_PER_STORE):
-                nursery.start_soon(write, store, f"{s}.{t}")
+        writers.start(nursery)
         for store in compactors:
             nursery.start_soon(compact, store)
 
     data = await compactors[0].load(room)
-    missing = expected - _keys(data.snapshot, data.updates)
+    missing = writers.expected - _keys(data.snapshot, data.updates)
     assert not missing, f"{len(missing)} acknowledged updates lost"
     assert folded >= 5  # the compactions ran among the appends
 
