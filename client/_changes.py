@@ -195,7 +195,9 @@ class LocalChanges:
     def absorb_into_sync(self, update: bytes) -> None:
         """The server's sync_step1 arrived: `update` (what it lacks) holds every unsent piece,
         so they become one, sent as the sync_step2 (spec §5.3)."""
-        first = min((p.first for p in self.unsent), default=self.count + 1)
+        # An empty piece (an earlier sync_step2 that held no change of ours) claims no number:
+        # taking its `first` would count changes acknowledged since as waiting again.
+        first = min((p.first for p in self.unsent if p.first <= p.last), default=self.count + 1)
         self.unsent = [Piece(first, self.count, update, sync=True)]
 
     def discard(self) -> list[Piece]:

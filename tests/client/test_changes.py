@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pycrdt
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from plait.client._changes import LocalChanges, Outgoing
@@ -39,6 +39,7 @@ def _numbers(outgoing: Outgoing) -> set[int]:
 @pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.lists(Step, max_size=40))
+@example([("sync",), ("send",), ("edit",), ("send",), ("ack", 1), ("lost",), ("sync",)])  # found in CI
 def test_every_change_is_in_one_place(steps: list[tuple[object, ...]]) -> None:
     changes = LocalChanges()
     doc = pycrdt.Doc()
