@@ -4,11 +4,16 @@ on anyio, so on Trio).
 Keys and channels, per room (its name, UTF-8):
 - `plait:{room}:log`, a stream: what each process committed to the shared store (document
   updates, events), one entry per commit, `m` = msgpack [process, [update, ...],
-  [[seq, body], ...]]. Every process that holds the room reads it from the last id it saw, so
-  a process that loses Redis for a moment catches up instead of missing entries; after any
-  Redis failure it also resyncs its rooms from the store (the stream may have been lost with a
-  Redis restart, or trimmed past its position: it keeps about `stream_length` entries, and
-  is gone an hour after its last entry, or at once when the room is deleted).
+  [[seq, body], ...]]. One script (COMMIT_SCRIPT) adds the entry and publishes it, with its id
+  and the id of the entry before it, on the channel of the same name: every process listens
+  (one pattern subscription), so an entry costs its readers no command of their own. A process
+  keeps, per room it holds, the id of the last entry it saw; an entry whose previous id is not
+  that one means it missed some (a subscription that dropped, a room that was loading), and it
+  reads them from the stream (XRANGE from that id). The stream keeps about `stream_length`
+  entries: if the entry it last saw was trimmed (or the stream was lost with a Redis restart,
+  or expired an hour after its last entry, or went with the room's deletion), it resyncs the
+  room from the store. After any Redis failure it resyncs every room from the store too.
+  (Centrifugo's Redis broker publishes with offsets and recovers from a history stream alike.)
 - `plait:{room}:eph`, pub/sub: presence, cursor and typing changes, msgpack [process, kind,
   body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
   their full state (a process that just loaded the room, or listens again after a failure).
@@ -69,6 +74,20 @@ STREAM_TTL_MS = 3_600_000
 heartbeats resyncs every room anyway)."""
 OPS_CHANNEL = b"plait:ops"
 EPH_PATTERN = b"plait:*:eph"
+LOG_PATTERN = b"plait:*:log"
+
+COMMIT_SCRIPT = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local previous = '0-0'
+if newest[1] then previous = newest[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', KEYS[1], previous .. ' ' .. id .. ' ' .. ARGV[1])
+return id
+"""
+"""Adds a commit to a room's stream and publishes it as `PREVIOUS-ID ID ENTRY` on the channel
+named as the stream: atomic, so every reader sees one chain of ids. EVAL, not EVALSHA: a
+restarted Redis has forgotten its scripts, and the text costs little beside a round trip."""
 
 
 class RedisCluster:
@@ -112,15 +131,20 @@ class RedisCluster:
         self._heartbeat = heartbeat
         self._stream_length = stream_length
         self._lease_ms = int(lease_seconds * 1000)
-        self._read_count = max(1, min(1000, stream_length // 10))
-        """Entries read per room at once: a full read means this process is behind."""
+        self._read_count = max(2, min(1000, stream_length // 10))
+        """Entries read per room at once when catching up."""
         self._client: Any = None
         self._reader_client: Any = None
         self._nursery: trio.Nursery | None = None
         self._rooms: dict[str, Replica] = {}
         """Rooms loading or live here."""
         self._positions: dict[str, bytes] = {}
-        """Room -> the last stream id applied (or seen before the load)."""
+        """Room -> the id of the last stream entry applied here (or the newest when it loaded)."""
+        self._published: dict[str, bytes] = {}
+        """Room -> the id of the newest entry seen published (applied or not)."""
+        self._behind: set[str] = set()
+        """Rooms that missed entries: read from the stream (their position on) by _catch_up."""
+        self._behind_ready = trio.Event()
         self._following: set[str] = set()
         self._peers: dict[str, set[str]] = {}
         """Peer process -> the rooms it was seen in."""
@@ -128,8 +152,6 @@ class RedisCluster:
         """Peers given up for dead (their heartbeat lapsed)."""
         self._outbox: list[tuple[str, bytes]] = []
         self._outbox_ready = trio.Event()
-        self._wake_key = b"plait:wake:" + self.process.encode()
-        self._wake_id = b"0-0"
         self._operation_handler: Callable[[list[Any]], Awaitable[None]] | None = None
         self._healthy = True
         self._trust_heartbeats_at = 0.0
@@ -166,7 +188,7 @@ class RedisCluster:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._heartbeats)
-                nursery.start_soon(self._read_streams)
+                nursery.start_soon(self._catch_up)
                 nursery.start_soon(self._send)
                 await nursery.start(self._listen)  # subscribed before anything is said
                 try:
@@ -241,6 +263,7 @@ class RedisCluster:
                 if name in self._following:  # what was said meanwhile may be lost: all again
                     self._queue_publish(name, b"w", b"")
                     _contained(room, "send its state", self._send_state, room)
+                    self._fell_behind(name)
 
     # -- Replication ------------------------------------------------------------------------
 
@@ -254,7 +277,7 @@ class RedisCluster:
             return
         self._following.add(room.name)
         self._queue_publish(room.name, b"w", b"")
-        self._wake()
+        self._fell_behind(room.name)  # what was committed while it loaded was not applied
 
     def detach(self, room: Replica) -> None:
         if self._rooms.get(room.name) is not room:
@@ -262,6 +285,8 @@ class RedisCluster:
         del self._rooms[room.name]
         self._positions.pop(room.name, None)
         self._following.discard(room.name)
+        self._behind.discard(room.name)
+        self._published.pop(room.name, None)
         for rooms in self._peers.values():
             rooms.discard(room.name)
 
@@ -320,11 +345,6 @@ class RedisCluster:
 
     # -- the tasks --------------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        """Make the stream reader start over with the rooms followed now."""
-        self._outbox.append(("", b""))
-        self._outbox_ready.set()
-
     async def _send(self) -> None:
         while True:
             await self._outbox_ready.wait()
@@ -338,66 +358,96 @@ class RedisCluster:
                 await trio.sleep(self._heartbeat / 3)
 
     async def _flush_outbox(self) -> None:
-        import coredis
-
         while self._outbox:
             batch, self._outbox = self._outbox, []
             async with self._client.pipeline(transaction=False) as pipe:
                 for room, body in batch:
-                    if not room:
-                        pipe.xadd(self._wake_key, {b"w": b""}, trim_strategy=coredis.PureToken.MAXLEN, threshold=8)
-                    elif body[:1] == b"\x00":
+                    if body[:1] == b"\x00":
                         pipe.publish(_eph_channel(room), body[1:])
                     elif body[:1] == b"\x01":
                         pipe.publish(OPS_CHANNEL, body[1:])
                     elif body == b"\x02":
                         pipe.delete([_log_key(room)])
                     else:
-                        pipe.xadd(
-                            _log_key(room), {b"m": body},
-                            trim_strategy=coredis.PureToken.MAXLEN, threshold=self._stream_length,
-                            trim_operator=coredis.PureToken.APPROXIMATELY,
-                        )
-                        pipe.pexpire(_log_key(room), STREAM_TTL_MS)
+                        pipe.eval(COMMIT_SCRIPT, [_log_key(room)], [body, self._stream_length, STREAM_TTL_MS])
 
-    async def _read_streams(self) -> None:
+    def _on_commit(self, name: str, data: bytes) -> None:
+        """A stream entry as published: `PREVIOUS-ID ID ENTRY`. Applied if it follows the last
+        one seen here; if not, the room is behind: read from the stream."""
+        room = self._rooms.get(name)
+        if room is None or name not in self._following:
+            return  # not held here, or loading (follow() reads what came meanwhile)
+        try:
+            previous, identifier, body = data.split(b" ", 2)
+            position = _id(identifier)
+        except ValueError:
+            logger.error("cluster: room %r: a published commit that does not parse; reading the stream", name)
+            self._fell_behind(name)
+            return
+        if position > _id(self._published.get(name, b"0-0")):
+            self._published[name] = identifier
+        if previous == self._positions[name] and name not in self._behind:
+            self._positions[name] = identifier
+            self._apply_entry(room, body)
+        elif position > _id(self._positions[name]):
+            self._fell_behind(name)  # missed the entries in between (or this one is read with them)
+
+    def _fell_behind(self, name: str) -> None:
+        self._behind.add(name)
+        self._behind_ready.set()
+
+    async def _catch_up(self) -> None:
+        """Read what rooms missed from their streams, from the last entry each saw. If that entry
+        is gone (trimmed, expired, deleted, or Redis restarted), what came between is in the store
+        only: the room resyncs."""
         while True:
-            streams = {self._wake_key: self._wake_id}
-            streams.update((_log_key(name), self._positions[name]) for name in self._following)
-            try:
-                result = await self._reader_client.xread(streams, count=self._read_count, block=int(self._heartbeat * 1000))
-            except Exception as exc:
-                self._failed("read", exc)
-                await trio.sleep(self._heartbeat / 3)
-                continue
-            self._recovered()
-            for key, entries in (result or {}).items():
-                if key == self._wake_key:
-                    self._wake_id = entries[-1].identifier
-                    continue
-                name = key[len(b"plait:"):-len(b":log")].decode()
+            await self._behind_ready.wait()
+            self._behind_ready = trio.Event()
+            for name in list(self._behind):
                 room = self._rooms.get(name)
                 if room is None or name not in self._following:
+                    self._behind.discard(name)
                     continue
-                before = self._positions[name]
-                for entry in entries:
-                    self._positions[name] = entry.identifier
-                    self._apply_entry(room, entry.field_values.get(b"m", b""))
-                if len(entries) == self._read_count:  # behind: was the stream trimmed past us?
-                    await self._check_trimmed(room, before)
+                try:
+                    await self._read_stream(room)
+                except Exception as exc:
+                    self._failed("read", exc)  # every room resyncs when Redis is back
+                    await trio.sleep(self._heartbeat / 3)
+                    self._behind_ready.set()
+                    break
+                self._recovered()
 
-    async def _check_trimmed(self, room: Replica, before: bytes) -> None:
-        """Resync `room` if its stream was trimmed past `before`, the last entry this process
-        had read: the entries after it that were dropped are in the store, not here."""
-        try:
-            info = await self._reader_client.xinfo_stream(_log_key(room.name))
-        except Exception as exc:
-            self._failed("read", exc)
+    async def _read_stream(self, room: Replica) -> None:
+        name = room.name
+        while self._rooms.get(name) is room:
+            start = self._positions[name]
+            entries = await self._reader_client.xrange(_log_key(name), b"-" if start == b"0-0" else start, b"+", count=self._read_count)
+            if self._rooms.get(name) is not room:
+                return
+            if start == b"0-0":
+                lost = len(entries) == self._read_count  # it was empty when the room loaded: so many since?
+            else:
+                lost = not entries or entries[0].identifier != start
+            progressed = False
+            for entry in entries:
+                if _id(entry.identifier) > _id(self._positions[name]):
+                    self._positions[name] = entry.identifier
+                    progressed = True
+                    self._apply_entry(room, entry.field_values.get(b"m", b""))
+            newest = self._published.get(name, b"0-0")
+            if progressed and (len(entries) == self._read_count or _id(self._positions[name]) < _id(newest)):
+                # More to read (an entry seen published may come on the subscription, another
+                # connection, before this read's answer shows it).
+                if lost:
+                    room.want_resync()
+                continue
+            if lost or _id(self._positions[name]) < _id(newest):
+                logger.warning("cluster: room %r: what this process missed is no longer in its stream; resyncing", name)
+                room.want_resync()
+                if _id(self._positions[name]) < _id(newest):
+                    self._positions[name] = newest  # the store has it: go on from there
+            self._behind.discard(name)
             return
-        first = info.get("first-entry")
-        if first is not None and info.get("entries-added", 0) > info.get("length", 0) and _id(before) < _id(first.identifier):
-            logger.warning("cluster: room %r: its stream was trimmed past what this process had read; resyncing", room.name)
-            room.want_resync()
 
     def _apply_entry(self, room: Replica, body: bytes) -> None:
         try:
@@ -419,12 +469,16 @@ class RedisCluster:
     async def _listen(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Every room's ephemeral channel by one pattern (a subscription per room made a join
         storm wait on Redis's acknowledgements: rooms failed to load), and the operations."""
+        import coredis
+
         first = True
         while True:
             try:
-                async with self._reader_client.pubsub() as pubsub:
+                # Its own retries off: a dropped subscription must be known (what was said
+                # meanwhile is lost: the rooms read their streams and resync).
+                async with self._reader_client.pubsub(retry_policy=coredis.retry.NoRetryPolicy()) as pubsub:
                     await pubsub.subscribe(OPS_CHANNEL)
-                    await pubsub.psubscribe(EPH_PATTERN)
+                    await pubsub.psubscribe(EPH_PATTERN, LOG_PATTERN)
                     if first:
                         task_status.started()
                         first = False
@@ -433,6 +487,7 @@ class RedisCluster:
                             if name in self._following:
                                 self._queue_publish(name, b"w", b"")
                                 _contained(room, "send its state", self._send_state, room)
+                                self._fell_behind(name)
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._heartbeat)
                         if message is not None and message.get("type") in ("message", "pmessage"):
@@ -453,6 +508,9 @@ class RedisCluster:
                 self._nursery.start_soon(self._run_operation, operation)
             return
         name = channel[len(b"plait:"):-len(b":eph")].decode()
+        if channel.endswith(b":log"):
+            self._on_commit(name, message["data"])
+            return
         room = self._rooms.get(name)
         if room is None or name not in self._following:
             return

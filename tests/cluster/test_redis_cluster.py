@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import coredis
 import msgpack
@@ -357,34 +356,134 @@ async def test_a_process_given_up_for_dead_that_speaks_again_is_heard_in_full(re
                         raise AssertionError("no state was asked for")
 
 
+class CountingStore(SharedMemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    async def load(self, room: str) -> RoomData:
+        self.loads += 1
+        return await super().load(room)
+
+
+@asynccontextmanager
+async def deaf_to_commits(cluster: RedisCluster) -> AsyncIterator[Callable[[], None]]:
+    """While inside (until the yielded `hear` is called), `cluster` does not hear the commits
+    published (as when its subscription drops a message)."""
+    on_commit = cluster._on_commit
+    deaf = True
+
+    def hear() -> None:
+        nonlocal deaf
+        deaf = False
+
+    def maybe(name: str, data: bytes) -> None:
+        if not deaf:
+            on_commit(name, data)
+
+    cluster._on_commit = maybe  # type: ignore[method-assign]
+    try:
+        yield hear
+    finally:
+        cluster._on_commit = on_commit  # type: ignore[method-assign]
+
+
+async def test_commits_a_process_did_not_hear_are_read_from_the_stream_not_the_store(redis: RedisServer) -> None:
+    """Process b misses two published commits; the third shows the gap, and b reads the two
+    from the room's stream: the document converges without a load from the store."""
+    store = CountingStore()
+    patient = EngineConfig(heartbeat=600)
+    async with (
+        node(redis, store, patient) as a,
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
+    ):
+        alice, bob = await member(a), await member(b)
+        async with deaf_to_commits(cluster) as hear:
+            for n, text in enumerate(["one", "two"]):
+                await alice.send(Update(1, n + 10, edit(alice.doc, text)))
+                await alice.wait_for(Ack)
+            loads = store.loads
+            hear()
+            await alice.send(Update(1, 20, edit(alice.doc, "three")))
+            with trio.fail_after(10):
+                await until_text(bob, "onetwothree")
+        assert store.loads == loads  # from the stream, not a resync
+
+
+async def test_what_is_committed_while_a_process_loads_the_room_reaches_it(redis: RedisServer) -> None:
+    """b reads the room from the store, a commits, and only then b's room goes live (it did not
+    apply what was published meanwhile): b reads it from the stream."""
+
+    class SlowLoad(SharedMemoryStore):
+        gate: trio.Event | None = None
+        loading = trio.Event()
+
+        async def load(self, room: str) -> RoomData:
+            data = await super().load(room)
+            if self.gate is not None:
+                self.loading.set()
+                await self.gate.wait()
+            return data
+
+    store = SlowLoad()
+    async with (
+        node(redis, store) as a,
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        Engine(store=store, replication=cluster, sequence=cluster, lease=cluster) as b,
+    ):
+        published = trio.Event()
+        on_commit = cluster._on_commit
+
+        def heard(name: str, data: bytes) -> None:
+            on_commit(name, data)
+            published.set()
+
+        cluster._on_commit = heard  # type: ignore[method-assign]
+        alice = await member(a)
+        await alice.send(Update(1, 2, edit(alice.doc, "before")))
+        await alice.wait_for(Ack)
+        store.gate = gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            joined: list[DocClient] = []
+
+            async def join() -> None:
+                joined.append(await member(b))
+
+            nursery.start_soon(join)
+            with trio.fail_after(10):
+                await store.loading.wait()
+            published = trio.Event()
+            await alice.send(Update(1, 3, edit(alice.doc, " during")))
+            await alice.wait_for(Ack)
+            with trio.fail_after(10):
+                await published.wait()  # b heard it, while loading
+            store.gate = None
+            gate.set()
+        with trio.fail_after(10):
+            await until_text(joined[0], "before during")
+
+
 async def test_a_process_left_behind_a_trimmed_stream_resyncs_from_the_store(redis: RedisServer) -> None:
-    """Process b stops reading (a stall) while a commits far more than a room's stream keeps;
-    when b reads again, what was trimmed before it read it comes from the store."""
+    """Process b hears nothing while a commits far more than a room's stream keeps; the next
+    commit it hears shows the gap, and what was trimmed before b read it comes from the store."""
     store = SharedMemoryStore()
     patient = EngineConfig(heartbeat=600)  # these test clients send no pings, and a loaded machine is slow
     short = 20  # entries a room's stream keeps, about
     async with (
         node(redis, store, patient, stream_length=short) as a,
         RedisCluster(redis.url, store, heartbeat=0.5, stream_length=short) as cluster,
+        Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
     ):
-        async with Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b:
-            alice, bob = await member(a), await member(b)
-            stalled, resume = True, trio.Event()
-            read = cluster._reader_client.xread
-
-            async def stalling_read(*args: Any, **kwargs: Any) -> Any:
-                if stalled:
-                    await resume.wait()
-                return await read(*args, **kwargs)
-
-            cluster._reader_client.xread = stalling_read  # its read in progress takes a batch at most
+        alice, bob = await member(a), await member(b)
+        async with deaf_to_commits(cluster) as hear:
             for n in range(200):  # about 200 stream entries, trimmed (by whole nodes of 100) to under 150
                 await alice.send(Update(1, n + 10, edit(alice.doc, f"<{n}>")))
                 await alice.wait_for(Ack)
             info = await cluster._client.xinfo_stream(b"plait:r:log")
             assert info["length"] < 150 < info["entries-added"]  # trimmed past where b stopped
-            stalled = False
-            resume.set()
+            hear()
+            await alice.send(Update(1, 300, edit(alice.doc, "<last>")))
             with trio.fail_after(60):
                 await until_text(bob, str(alice.text), limit=5000)
 
