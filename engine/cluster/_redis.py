@@ -4,7 +4,8 @@ on anyio, so on Trio).
 Keys and channels, per room (its name, UTF-8):
 - `plait:{room}:log`, a stream: what each process committed to the shared store (document
   updates, events), one entry per commit, `m` = msgpack [process, [update, ...],
-  [[seq, body], ...]]. One script (COMMIT_SCRIPT) adds the entry and publishes it, with its id
+  [[seq, body], ...], first, last] (first and last: the numbers of its updates as relayed, or
+  nil). One script (COMMIT_SCRIPT) adds the entry and publishes it, with its id
   and the id of the entry before it, on the channel of the same name: every process listens
   (one pattern subscription), so an entry costs its readers no command of their own. A process
   keeps, per room it holds, the id of the last entry it saw; an entry whose previous id is not
@@ -16,7 +17,9 @@ Keys and channels, per room (its name, UTF-8):
   (Centrifugo's Redis broker publishes with offsets and recovers from a history stream alike.)
 - `plait:{room}:eph`, pub/sub: presence, cursor and typing changes, msgpack [process, kind,
   body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
-  their full state (a process that just loaded the room, or listens again after a failure).
+  their full state (a process that just loaded the room, or listens again after a failure),
+  `u` relays document updates before their commit: body = msgpack [first, [update, ...]]
+  (engine/room/_replica.py; at most RELAY_MAX_BYTES, larger ones come with the commit only).
   Every process listens to every room's (one pattern subscription) and drops what is for
   rooms it does not hold.
 - `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
@@ -75,6 +78,8 @@ heartbeats resyncs every room anyway)."""
 OPS_CHANNEL = b"plait:ops"
 EPH_PATTERN = b"plait:*:eph"
 LOG_PATTERN = b"plait:*:log"
+RELAY_MAX_BYTES = 256 * 1024
+"""Updates relayed before their commit at most per batch; a larger batch comes with its commit."""
 
 COMMIT_SCRIPT = """
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -290,8 +295,15 @@ class RedisCluster:
         for rooms in self._peers.values():
             rooms.discard(room.name)
 
-    def committed(self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent]) -> None:
-        body = msgpack.packb([self.process, list(updates), [[e.seq, e.body] for e in events]], use_bin_type=True)
+    def relay(self, room: str, first: int, updates: Sequence[bytes]) -> None:
+        if sum(map(len, updates)) <= RELAY_MAX_BYTES:
+            self._queue_publish(room, b"u", msgpack.packb([first, list(updates)], use_bin_type=True))
+
+    def committed(
+        self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent], numbers: tuple[int, int] | None = None
+    ) -> None:
+        first, last = numbers or (None, None)
+        body = msgpack.packb([self.process, list(updates), [[e.seq, e.body] for e in events], first, last], use_bin_type=True)
         self._outbox.append((room, body))
         self._outbox_ready.set()
 
@@ -444,24 +456,31 @@ class RedisCluster:
             if lost or _id(self._positions[name]) < _id(newest):
                 logger.warning("cluster: room %r: what this process missed is no longer in its stream; resyncing", name)
                 room.want_resync()
-                if _id(self._positions[name]) < _id(newest):
-                    self._positions[name] = newest  # the store has it: go on from there
+                if not progressed:  # nothing after its position: go on from the stream's newest entry
+                    last = await self._reader_client.xrevrange(_log_key(name), b"+", b"-", count=1)
+                    if self._rooms.get(name) is not room:
+                        return
+                    self._positions[name] = last[0].identifier if last else b"0-0"
+                # An id only seen published is not trusted: the next entry's previous id counts.
+                self._published[name] = self._positions[name]
             self._behind.discard(name)
             return
 
     def _apply_entry(self, room: Replica, body: bytes) -> None:
         try:
-            process, updates, events = msgpack.unpackb(body, raw=False)
+            process, updates, events, *relayed = msgpack.unpackb(body, raw=False)
+            first, last = [*relayed, None, None][:2]  # an entry of a Plait before relays has none
             if process == self.process:
                 return
             stored = [StoredEvent(int(seq), bytes(data)) for seq, data in events]
             updates = [bytes(u) for u in updates]
+            numbers = None if first is None else (int(first), int(last))
         except Exception as exc:
             logger.error("cluster: room %r: a stream entry that does not decode (%s); resyncing", room.name, exc)
             room.want_resync()
             return
         self._seen(process, room.name)
-        _contained(room, "apply a commit", room.receive_committed, updates, stored)
+        _contained(room, "apply a commit", room.receive_committed, updates, stored, process, numbers)
 
     def _send_state(self, room: Replica) -> None:
         self._queue_publish(room.name, b"e", room.ephemeral_state())
@@ -477,8 +496,9 @@ class RedisCluster:
                 # Its own retries off: a dropped subscription must be known (what was said
                 # meanwhile is lost: the rooms read their streams and resync).
                 async with self._reader_client.pubsub(retry_policy=coredis.retry.NoRetryPolicy()) as pubsub:
-                    await pubsub.subscribe(OPS_CHANNEL)
-                    await pubsub.psubscribe(EPH_PATTERN, LOG_PATTERN)
+                    # Handled as coredis reads them (no task between: a hop less under load).
+                    await pubsub.subscribe(**{OPS_CHANNEL.decode(): self._heard})
+                    await pubsub.psubscribe(**{EPH_PATTERN.decode(): self._heard, LOG_PATTERN.decode(): self._heard})
                     if first:
                         task_status.started()
                         first = False
@@ -488,13 +508,24 @@ class RedisCluster:
                                 self._queue_publish(name, b"w", b"")
                                 _contained(room, "send its state", self._send_state, room)
                                 self._fell_behind(name)
-                    while True:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._heartbeat)
-                        if message is not None and message.get("type") in ("message", "pmessage"):
-                            self._on_message(message)
+                    await trio.sleep_forever()  # until the subscription fails (or we are cancelled)
+            except BaseExceptionGroup as group:
+                if group.subgroup(trio.Cancelled) is not None:
+                    # Cancelled, and the subscription's teardown failed on its way out (its
+                    # connection went with the cancellation): only the cancellation is news.
+                    await trio.lowlevel.checkpoint()
+                    raise
+                self._failed("pub/sub", group)
+                await trio.sleep(self._heartbeat / 3)
             except Exception as exc:
                 self._failed("pub/sub", exc)
                 await trio.sleep(self._heartbeat / 3)
+
+    def _heard(self, message: Any) -> None:
+        try:
+            self._on_message(message)
+        except Exception as exc:  # a bug here must not end the subscription
+            logger.critical("cluster: a message from Redis could not be handled: %.200r", message, exc_info=exc)
 
     def _on_message(self, message: Any) -> None:
         channel = message["channel"]
@@ -526,6 +557,14 @@ class RedisCluster:
             _contained(room, "send its state", self._send_state, room)
         elif kind == b"e":
             _contained(room, "apply presence", room.receive_ephemeral, process, body)
+        elif kind == b"u":
+            try:
+                first, updates = msgpack.unpackb(body, raw=False)
+                first, updates = int(first), [bytes(u) for u in updates]
+            except Exception as exc:  # its commit brings them
+                logger.error("cluster: room %r: relayed updates that do not decode (%s)", name, exc)
+                return
+            _contained(room, "apply relayed updates", room.receive_relayed, process, first, updates)
 
 
 def _id(entry: bytes) -> tuple[int, int]:

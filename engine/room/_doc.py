@@ -117,6 +117,7 @@ class DocStrand:
 
     if TYPE_CHECKING:
         def _want_persist(self) -> None: ...
+        def _queue_updates(self, updates: list[bytes]) -> None: ...
         def ack(self, member: Member, ref: int, value: int | None = None) -> None: ...
         def refuse(self, member: Member, ref: int, code: int, message: str) -> None: ...
         def remove_member(self, member: Member, *, disconnected: bool) -> None: ...
@@ -278,10 +279,8 @@ class DocStrand:
         self._update_check.learn(update)
         self.last_activity = trio.current_time()
         if not self._replicated:  # another process's change is stored already (_replica.py)
-            self._pending.updates.append(update)
-            self._changes += 1
+            self._queue_updates([update])
             self._metrics.add("updates_applied")
-            self._want_persist()
         origin = self._origin
         recipients = [m for m in self._members.values() if m is not origin]
         if not recipients:

@@ -53,7 +53,7 @@ from ._events import EventLog, EventRecord, EventsStrand, LocalSequence, Sequenc
 from ._fanout import Fanout, LocalFanout
 from ._member import Member, MemberSession, RoomState
 from ._persist import CompactionLease, LocalLease, PersistStrand, RoomStore, _Pending
-from ._replica import LOCAL_REPLICATION, ReplicaStrand, Replication
+from ._replica import LOCAL_REPLICATION, PeerRelays, ReplicaStrand, Replication
 from ._updatecheck import UpdateCheck
 
 logger = logging.getLogger("plait.room")
@@ -96,6 +96,9 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         self._replicated = False
         """Whether the change being applied is another process's (stored already)."""
         self._resync_wanted = trio.Event()
+        self._peer_relays: dict[str, PeerRelays] = {}
+        """Other processes' relayed updates applied here, waiting for their commits."""
+        self._relay_heard = trio.Event()
         self._discarded = False
         """Deleted by another process: nothing more is written (discard)."""
         self._held_events: dict[int, tuple[EventRecord, int, float]] = {}
@@ -132,6 +135,9 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         self._unload_requested = False
         self._changes = 0
         self._durable_changes = 0
+        self._queued_updates = 0
+        """Updates queued for a commit in this copy's life (their numbers, for relays)."""
+        self._relayed_updates = 0
         self._commit_done = trio.Event()
         self._doc_subscription: pycrdt.Subscription | None = None
         self._sync_cache: tuple[bytes, list[ChannelFrame]] | None = None
@@ -157,11 +163,13 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
                 if self._replication is not LOCAL_REPLICATION:
                     nursery.start_soon(self._resyncer)
                     nursery.start_soon(self._event_gaps)
+                    nursery.start_soon(self._relays_unconfirmed)
                     self._replication.follow(self)
                 await self._wait_until_idle()
                 if self.state is RoomState.LIVE:
                     self.state = RoomState.DRAINING
                     self._on_draining(self)
+                    self._store_unconfirmed(unloading=True)  # if their process does not, no copy would be left
                     await self._flush(final=True)
                 nursery.cancel_scope.cancel()
         finally:

@@ -108,7 +108,6 @@ class PersistStrand:
     _hooks: Hooks
     _store: RoomStore
     _lease: CompactionLease
-    _discarded: bool
     _replication: Replication
     _members: dict[MemberSession, Member]
     _pending: _Pending
@@ -117,6 +116,9 @@ class PersistStrand:
     _commit_done: trio.Event
     _changes: int
     _durable_changes: int
+    _queued_updates: int
+    _relayed_updates: int
+    _discarded: bool
     _updates_since_snapshot: int
     _bytes_since_snapshot: int
     _snapshot_bytes: int
@@ -145,6 +147,23 @@ class PersistStrand:
     def _want_persist(self) -> None:
         self._persist_wanted.set()
 
+    def _queue_updates(self, updates: list[bytes]) -> None:
+        """Updates applied here, for the next commit. They are numbered (1, 2, ... in this
+        copy's life) as they are queued, for their relay to other processes."""
+        self._pending.updates.extend(updates)
+        self._queued_updates += len(updates)
+        self._changes += 1
+        self._want_persist()
+
+    def _relay_queued(self) -> None:
+        """Hand the updates queued since the last relay to the other processes now, before
+        they are stored (spec §15: they reach members there as they reach members here). They
+        are at the end of what is pending (only _flush takes it, after a relay)."""
+        fresh = min(self._queued_updates - self._relayed_updates, len(self._pending.updates))
+        if fresh > 0 and self._replication.process and not self._discarded:
+            self._replication.relay(self.name, self._queued_updates - fresh + 1, self._pending.updates[-fresh:])
+        self._relayed_updates = self._queued_updates
+
     async def _persister(self) -> None:
         while True:
             await self._persist_wanted.wait()
@@ -153,6 +172,7 @@ class PersistStrand:
             # connections' readers apply in this turn.
             await trio.lowlevel.checkpoint()
             self._persist_wanted = trio.Event()
+            self._relay_queued()  # not behind a commit in progress
             await self._flush(final=False)
 
     async def _flush(self, *, final: bool) -> None:
@@ -160,7 +180,9 @@ class PersistStrand:
         async with self._persist_lock:
             if self.state is RoomState.FAILED or self._discarded:
                 return
+            self._relay_queued()
             pending, self._pending = self._pending, _Pending()
+            numbers = (self._queued_updates - len(pending.updates) + 1, self._queued_updates) if pending.updates else None
             mark = self._changes
             started = time.perf_counter()
             events = [r.stored() for r in pending.events]
@@ -175,7 +197,7 @@ class PersistStrand:
             if pending.updates or pending.events:
                 self._metrics.observe("commit_seconds", time.perf_counter() - started)
                 self._metrics.observe("commit_updates", len(pending.updates))
-                self._replication.committed(self.name, pending.updates, events)
+                self._replication.committed(self.name, pending.updates, events, numbers)
             self._updates_since_snapshot += len(pending.updates)
             self._bytes_since_snapshot += sum(map(len, pending.updates))
             for member, ref, answer in pending.acks:

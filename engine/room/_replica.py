@@ -3,15 +3,25 @@ a room does with what its copies elsewhere committed.
 
 Every process that has members in a room holds a copy of it. What one copy commits to the
 shared store (document updates, events) reaches the others through the Replication seam, after
-the commit: so everything a copy receives is already durable, and a copy never stores it again.
-What a copy misses (a link that dropped, a peer that died between its commit and its publish)
-is found in the store: `resync` applies what the store has and this copy does not.
+the commit: so everything a copy receives that way is already durable, and a copy never stores
+it again. What a copy misses (a link that dropped, a peer that died between its commit and its
+publish) is found in the store: `resync` applies what the store has and this copy does not.
+
+A copy's document updates also reach the others before they are stored (relayed, numbered
+1, 2, ... per copy), so that members everywhere see an edit as soon as members of its own
+process do. Such an update is not durable yet: a copy keeps each one it applied until the
+commit that covers it arrives (and then does not apply that commit's updates again); if the
+commit does not come (its process died, or its store failed for longer than
+`store_outage_grace`), the copy stores the update itself. Updates are idempotent, so one stored
+twice costs bytes until the next compaction, never a change.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pycrdt
@@ -36,7 +46,11 @@ class Replica(Protocol):
     name: str
     state: RoomState
 
-    def receive_committed(self, updates: Sequence[bytes], events: Sequence[StoredEvent]) -> None: ...
+    def receive_committed(
+        self, updates: Sequence[bytes], events: Sequence[StoredEvent], process: str = "", numbers: tuple[int, int] | None = None
+    ) -> None: ...
+
+    def receive_relayed(self, process: str, first: int, updates: Sequence[bytes]) -> None: ...
 
     def receive_ephemeral(self, process: str, body: bytes) -> None: ...
 
@@ -70,8 +84,16 @@ class Replication(Protocol):
     def detach(self, room: Replica) -> None:
         """The room unloaded here (or failed)."""
 
-    def committed(self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent]) -> None:
-        """What this copy just committed to the shared store, for the others. Never waits."""
+    def relay(self, room: str, first: int, updates: Sequence[bytes]) -> None:
+        """Updates this copy applied and has not stored yet, numbered `first`, first + 1, ...,
+        for the others to apply now (receive_relayed). Never waits; may drop them (the commit
+        brings them)."""
+
+    def committed(
+        self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent], numbers: tuple[int, int] | None = None
+    ) -> None:
+        """What this copy just committed to the shared store, for the others (receive_committed);
+        `numbers`: the first and last number of the updates, as relayed. Never waits."""
 
     def ephemeral(self, room: str, body: bytes) -> None:
         """This copy's presence, cursor and typing changes of a tick, for the others."""
@@ -101,7 +123,12 @@ class LocalReplication:
     def detach(self, room: Replica) -> None:
         pass
 
-    def committed(self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent]) -> None:
+    def relay(self, room: str, first: int, updates: Sequence[bytes]) -> None:
+        pass
+
+    def committed(
+        self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent], numbers: tuple[int, int] | None = None
+    ) -> None:
         pass
 
     def ephemeral(self, room: str, body: bytes) -> None:
@@ -115,6 +142,27 @@ class LocalReplication:
 
 
 LOCAL_REPLICATION = LocalReplication()
+
+RELAY_BUFFER_BYTES = 16 * 1024 * 1024
+"""At most this many bytes of one process's relayed updates wait for their commit in a copy; past
+it, relayed updates are not applied (their commit brings them)."""
+RELAY_CONFIRM_MARGIN = 5.0
+"""Seconds past `store_outage_grace` (how long a process tries to store a commit) after which a
+relayed update whose commit has not come is stored by the copy that applied it."""
+
+
+@dataclass(slots=True)
+class PeerRelays:
+    """Another process's relayed updates, as this copy heard them."""
+
+    baseline: int
+    """Updates numbered up to here were not all heard here: a commit covering any of them is
+    applied."""
+    through: int
+    """Every update numbered from baseline + 1 through here was heard (and applied) here."""
+    unconfirmed: deque[tuple[int, list[bytes], float]] = field(default_factory=deque)
+    """(last number, updates, when heard) of each relay whose commit has not come yet."""
+    size: int = 0
 
 
 class ReplicaStrand:
@@ -131,24 +179,52 @@ class ReplicaStrand:
     _replication: Replication
     _replicated: bool
     _resync_wanted: trio.Event
+    _peer_relays: dict[str, PeerRelays]
+    _relay_heard: trio.Event
+    _config: Any  # EngineConfig
 
     if TYPE_CHECKING:
         def _receive_event(self, record: EventRecord) -> None: ...
+        def _queue_updates(self, updates: list[bytes]) -> None: ...
 
-    def receive_committed(self, updates: Sequence[bytes], events: Sequence[StoredEvent]) -> None:
+    def receive_relayed(self, process: str, first: int, updates: Sequence[bytes]) -> None:
+        """Updates `process` applied and has not stored yet (numbered from `first`): applied
+        and sent to this copy's members, kept until their commit comes (module docstring)."""
+        if self.state is not RoomState.LIVE or not updates:
+            return
+        peer = self._peer_relays.get(process)
+        if peer is None:
+            peer = self._peer_relays[process] = PeerRelays(first - 1, first - 1)
+        elif first != peer.through + 1:  # some were not heard: their commits are applied
+            peer.baseline = peer.through = first - 1
+        size = sum(map(len, updates))
+        if peer.size + size > RELAY_BUFFER_BYTES:
+            return  # not applied: the next relay finds a gap, and the commit brings these
+        updates = list(updates)
+        if not self._apply_replicated(updates):
+            return  # the room resyncs; nothing kept that could not apply
+        peer.through = first + len(updates) - 1
+        peer.unconfirmed.append((peer.through, updates, trio.current_time()))
+        peer.size += size
+        self._relay_heard.set()
+
+    def receive_committed(
+        self, updates: Sequence[bytes], events: Sequence[StoredEvent], process: str = "", numbers: tuple[int, int] | None = None
+    ) -> None:
         """A copy's committed updates and events: applied and sent to this copy's members,
-        not stored (they are). An update that does not apply (a bug elsewhere) resyncs."""
+        not stored (they are), unless every update was relayed and applied here already. An
+        update that does not apply (a bug elsewhere) resyncs."""
         if self.state is not RoomState.LIVE:
             return
+        peer = self._peer_relays.get(process) if numbers is not None else None
+        if peer is not None and numbers is not None:
+            first, last = numbers
+            while peer.unconfirmed and peer.unconfirmed[0][0] <= last:
+                peer.size -= sum(map(len, peer.unconfirmed.popleft()[1]))
+            if peer.baseline < first and last <= peer.through:
+                updates = ()
         if updates:
-            self._replicated = True
-            try:
-                apply_update(self.doc, updates[0] if len(updates) == 1 else merge_updates(list(updates)))
-            except (ValueError, RuntimeError) as exc:
-                logger.error("room %r: an update from another process does not apply (%s); resyncing", self.name, exc)
-                self.want_resync()
-            finally:
-                self._replicated = False
+            self._apply_replicated(updates)
         for stored in events:
             try:
                 record = EventRecord.from_stored(stored)
@@ -164,12 +240,62 @@ class ReplicaStrand:
     def ephemeral_state(self) -> bytes:
         return self._ephemeral.local_state()
 
+    def _apply_replicated(self, updates: Sequence[bytes]) -> bool:
+        """Apply another process's updates (not to be stored here); False if they do not apply
+        (a bug elsewhere: the room resyncs)."""
+        self._replicated = True
+        try:
+            apply_update(self.doc, updates[0] if len(updates) == 1 else merge_updates(list(updates)))
+        except (ValueError, RuntimeError) as exc:
+            logger.error("room %r: an update from another process does not apply (%s); resyncing", self.name, exc)
+            self.want_resync()
+            return False
+        finally:
+            self._replicated = False
+        return True
+
     def drop_process(self, process: str) -> None:
         """A peer died: its members leave this copy's presence; what it committed and did not
-        publish is in the store."""
+        publish is in the store; what it relayed and did not commit, this copy stores."""
         if self.state is RoomState.LIVE:
             self._ephemeral.drop_process(process)
+            self._store_unconfirmed(process)
+            self._peer_relays.pop(process, None)
             self.want_resync()
+
+    def _store_unconfirmed(self, process: str | None = None, heard_before: float | None = None, *, unloading: bool = False) -> None:
+        """Queue for this copy's next commit the relayed updates of `process` (of every process
+        if None) heard before `heard_before` (all if None) whose commit has not come."""
+        updates: list[bytes] = []
+        for name, peer in list(self._peer_relays.items()):
+            if process is not None and name != process:
+                continue
+            while peer.unconfirmed and (heard_before is None or peer.unconfirmed[0][2] < heard_before):
+                stored = peer.unconfirmed.popleft()[1]
+                peer.size -= sum(map(len, stored))
+                updates.extend(stored)
+        if updates:
+            if unloading:  # their process is most likely storing them too: twice is harmless
+                logger.info("room %r: storing %d update(s) another process has not stored yet", self.name, len(updates))
+            else:
+                logger.warning(
+                    "room %r: storing %d update(s) another process applied and did not store (it is gone, or its store failed)",
+                    self.name, len(updates),
+                )
+            self._queue_updates(updates)
+
+    async def _relays_unconfirmed(self) -> None:
+        """Runs in the room's nursery when the room has copies elsewhere: a relayed update whose
+        commit has not come within store_outage_grace + RELAY_CONFIRM_MARGIN is stored here."""
+        timeout = self._config.store_outage_grace + RELAY_CONFIRM_MARGIN
+        while True:
+            heard = [peer.unconfirmed[0][2] for peer in self._peer_relays.values() if peer.unconfirmed]
+            if not heard:
+                await self._relay_heard.wait()
+                self._relay_heard = trio.Event()
+                continue
+            await trio.sleep_until(min(heard) + timeout)
+            self._store_unconfirmed(heard_before=trio.current_time() - timeout + 1e-9)
 
     def want_resync(self) -> None:
         self._resync_wanted.set()

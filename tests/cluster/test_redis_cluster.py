@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import coredis
 import msgpack
+import pycrdt
 import pytest
 import trio
 
@@ -115,6 +117,42 @@ async def test_an_edit_on_one_process_reaches_members_on_the_other(redis: RedisS
             await until_text(alice, "hello world")
 
 
+class HangingAppends:
+    """A process's view of the shared store in which its appends never finish."""
+
+    def __init__(self, store: SharedMemoryStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def append(self, room: str, updates: Any) -> None:
+        await trio.sleep_forever()
+
+
+async def test_an_edit_reaches_the_other_process_before_it_is_stored_and_outlives_its_process(redis: RedisServer) -> None:
+    """a cannot store alice's edit; bob on b sees it anyway (relayed before the commit, as a's
+    own members would); a dies; b stores it (a never will)."""
+    store = SharedMemoryStore()
+    async with node(redis, store) as b:
+        bob = await member(b)
+        with trio.CancelScope() as dies:
+            async with node(redis, HangingAppends(store)) as a:  # type: ignore[arg-type]
+                alice = await member(a)
+                await alice.send(Update(1, 2, edit(alice.doc, "not stored yet")))
+                with trio.fail_after(10):
+                    await until_text(bob, "not stored yet")
+                assert (await store.load("r")).updates == ()
+                dies.cancel()
+        with trio.fail_after(15):  # b hears a is gone within its heartbeats, and stores the edit
+            while (await store.load("r")).updates == ():
+                await trio.sleep(0.05)
+        doc: pycrdt.Doc = pycrdt.Doc()
+        for update in (await store.load("r")).updates:
+            doc.apply_update(update)
+        assert str(doc.get("text", type=pycrdt.Text)) == "not stored yet"
+
+
 async def test_events_from_both_processes_arrive_once_and_in_seq_order_everywhere(redis: RedisServer) -> None:
     store = SharedMemoryStore()
     slow_gaps = EngineConfig(event_gap_timeout=60)  # so they come on the stream, not from the store after a gap
@@ -217,9 +255,6 @@ async def test_presence_is_shared_between_processes(redis: RedisServer) -> None:
 async def test_the_members_of_a_process_that_stopped_beating_leave(redis: RedisServer) -> None:
     """A peer that says who is in the room and then dies (no heartbeat key): its members are
     gone from the room within the bound (engine/cluster/_redis.py)."""
-
-
-
     store = SharedMemoryStore()
     async with node(redis, store) as a:
         alice = await member(a)
@@ -233,6 +268,40 @@ async def test_the_members_of_a_process_that_stopped_beating_leave(redis: RedisS
             started = trio.current_time()
             await presence_names(alice, {"alice"})
         assert trio.current_time() - started < 4 * 0.5 + 1
+
+
+async def test_hostile_relays_and_published_commits_break_nothing(redis: RedisServer) -> None:
+    """Whatever another client of Redis publishes on a room's channels: logged, the room may
+    resync, and both processes go on (commits too, not only relays: events come only with
+    commits, and a gap is not filled from the store for a minute here)."""
+    store = SharedMemoryStore()
+    slow_gaps = EngineConfig(event_gap_timeout=60)
+    async with node(redis, store, slow_gaps) as a, node(redis, store, slow_gaps) as b:
+        alice, bob = await member(a), await member(b)
+        hostile: list[tuple[bytes, bytes]] = [
+            (b"plait:r:eph", msgpack.packb(["evil00000000", b"u", b"\xc1 not msgpack"], use_bin_type=True)),
+            (b"plait:r:eph", msgpack.packb(["evil00000000", b"u", msgpack.packb([1, [b"\xff not an update"]])], use_bin_type=True)),
+            (b"plait:r:eph", msgpack.packb(["evil00000000", b"u", msgpack.packb(["one", "two"])], use_bin_type=True)),
+            (b"plait:r:eph", msgpack.packb(["evil00000000", b"u", msgpack.packb([1, [1, 2]])], use_bin_type=True)),
+            (b"plait:r:log", b"no spaces at all"),
+            (b"plait:r:log", b"0-0 not-an-id \x93"),
+            (b"plait:r:log", b"0-0 99-0 \xc1 not msgpack"),
+            (b"plait:r:log", b"0-0 1-1 " + msgpack.packb(["evil00000000", [b"\xff"], [[1, b"x"]], "a", None])),
+        ]
+        async with coredis.Redis.from_url(redis.url) as client:
+            await client.set(b"plait:process:evil00000000", b"1", px=600_000)  # alive: not resynced as dead
+            for channel, message in hostile:
+                await client.publish(channel, message)
+        await alice.send(Update(1, 2, edit(alice.doc, "fine")))
+        with trio.fail_after(20):
+            await until_text(bob, "fine")
+        await bob.send(Update(1, 2, edit(bob.doc, " here")))
+        with trio.fail_after(20):
+            await until_text(alice, "fine here")
+        await alice.send(Publish(1, alice.next_ref(), "chat", "still heard", None))
+        with trio.fail_after(10):
+            event = await bob.wait_for(Event)
+        assert event.payload == "still heard"
 
 
 async def test_presence_of_three_processes(redis: RedisServer) -> None:

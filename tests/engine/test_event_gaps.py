@@ -4,8 +4,6 @@ when some other gap opened."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import trio
 from trio.testing import MockClock
 
@@ -13,7 +11,7 @@ from plait.engine import Engine, EngineConfig
 from plait.engine.room import LocalReplication, LocalSequence, Replica
 from plait.engine.room._events import EventRecord
 from plait.protocol import Event, Publish
-from plait.storage import MemoryStore, StoredEvent
+from plait.storage import MemoryStore
 
 from .client import DocClient
 
@@ -26,9 +24,6 @@ class Elsewhere(LocalReplication):
     process = "p1"
 
     async def attach(self, room: Replica) -> None:
-        pass
-
-    def committed(self, room: str, updates: Sequence[bytes], events: Sequence[StoredEvent]) -> None:
         pass
 
 

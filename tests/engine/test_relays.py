@@ -1,0 +1,146 @@
+"""Document updates relayed by another process before its commit (engine/room/_replica.py, spec
+§15): members here see them at once; they are kept until their commit comes, and stored here if
+it does not (the process died, or its store failed past store_outage_grace). Another process is
+played by calling the room's Replica methods, as the cluster does."""
+
+from __future__ import annotations
+
+import pycrdt
+import trio
+from trio.testing import MockClock
+
+from plait.engine import Engine, EngineConfig
+from plait.engine.room._replica import RELAY_CONFIRM_MARGIN, LocalReplication, Replica
+from plait.protocol import Ack, Update
+from plait.storage import MemoryStore
+
+from .client import DocClient, edit
+
+GRACE = 2.0
+TIMEOUT = GRACE + RELAY_CONFIRM_MARGIN
+
+
+class Elsewhere(LocalReplication):
+    """Another process exists, and says nothing on its own."""
+
+    process = "here"
+
+    async def attach(self, room: Replica) -> None:
+        pass
+
+
+def their_edits(*texts: str) -> list[bytes]:
+    """Updates another process's member made, one per text, in order."""
+    doc: pycrdt.Doc = pycrdt.Doc(client_id=4242)
+    return [edit(doc, text) for text in texts]
+
+
+async def stored_text(store: MemoryStore) -> str:
+    data = await store.load("r")
+    doc: pycrdt.Doc = pycrdt.Doc()
+    for update in ([data.snapshot] if data.snapshot else []) + list(data.updates):
+        doc.apply_update(update)
+    return str(doc.get("text", type=pycrdt.Text))
+
+
+async def until_text(client: DocClient, text: str, limit: int = 50) -> None:
+    for _ in range(limit):
+        if str(client.text) == text:
+            return
+        frame = await client.receive()
+        if isinstance(frame, Update) or type(frame).__name__ == "SyncStep2":
+            client.apply(frame.update)  # type: ignore[attr-defined]
+    raise AssertionError(f"{str(client.text)!r} never became {text!r}")
+
+
+async def room_with_member(engine: Engine) -> tuple[DocClient, Replica]:
+    client = DocClient(engine.connect_memory())
+    await client.hello()
+    await client.join("r")
+    room = engine._rooms.get("r")
+    assert room is not None
+    return client, room
+
+
+def config() -> EngineConfig:
+    return EngineConfig(store_outage_grace=GRACE, heartbeat=600)
+
+
+async def test_a_relayed_update_reaches_members_at_once_and_is_not_stored_here_when_its_commit_comes(
+    autojump_clock: MockClock,
+) -> None:
+    store = MemoryStore()
+    async with Engine(store=store, config=config(), replication=Elsewhere()) as engine:
+        alice, room = await room_with_member(engine)
+        one, two = their_edits("one", "two")
+        room.receive_relayed("p2", 1, [one, two])
+        with trio.fail_after(1):
+            await until_text(alice, "onetwo")
+        room.receive_committed([one, two], [], "p2", (1, 2))  # stored by p2
+        await trio.sleep(2 * TIMEOUT)
+        assert (await store.load("r")).updates == ()  # not stored again here
+
+
+async def test_a_relayed_update_whose_commit_never_comes_is_stored_here_after_the_grace(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    async with Engine(store=store, config=config(), replication=Elsewhere()) as engine:
+        _alice, room = await room_with_member(engine)
+        [one] = their_edits("lost?")
+        room.receive_relayed("p2", 1, [one])
+        await trio.sleep(TIMEOUT - 0.5)
+        assert (await store.load("r")).updates == ()  # its process may still be storing it
+        await trio.sleep(1.0)
+        assert await stored_text(store) == "lost?"
+
+
+async def test_a_dead_process_s_relayed_updates_are_stored_at_once(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    async with Engine(store=store, config=config(), replication=Elsewhere()) as engine:
+        _alice, room = await room_with_member(engine)
+        one, two = their_edits("a", "b")
+        room.receive_relayed("p2", 1, [one])
+        room.receive_relayed("p3", 1, [two])
+        room.receive_committed([two], [], "p3", (1, 1))
+        room.drop_process("p2")
+        await trio.sleep(0.1)
+        data = await store.load("r")
+        assert data.updates == (one,)  # p2's, not p3's (stored by p3)
+
+
+async def test_a_copy_that_unloads_stores_what_it_applied_and_was_not_stored(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    quick = EngineConfig(store_outage_grace=GRACE, heartbeat=600, room_idle_grace=0.5)  # unloads before TIMEOUT
+    async with Engine(store=store, config=quick, replication=Elsewhere()) as engine:
+        alice, room = await room_with_member(engine)
+        [one] = their_edits("last words")
+        room.receive_relayed("p2", 1, [one])
+        await alice.transport.aclose()
+        with trio.fail_after(TIMEOUT - 1):
+            await room.wait_closed()  # type: ignore[attr-defined]
+    assert await stored_text(store) == "last words"
+
+
+async def test_a_commit_covering_a_relay_not_heard_here_is_applied(autojump_clock: MockClock) -> None:
+    """Relays 1 and 3 heard, 2 lost: the commit of 1-3 must be applied (it alone has 2)."""
+    async with Engine(store=MemoryStore(), config=config(), replication=Elsewhere()) as engine:
+        alice, room = await room_with_member(engine)
+        one, two, three = their_edits("1", "2", "3")
+        room.receive_relayed("p2", 1, [one])
+        room.receive_relayed("p2", 3, [three])
+        room.receive_committed([one, two, three], [], "p2", (1, 3))
+        with trio.fail_after(1):
+            await until_text(alice, "123")
+
+
+async def test_relayed_updates_that_do_not_apply_resync_the_room_and_break_nothing(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    async with Engine(store=store, config=config(), replication=Elsewhere()) as engine:
+        alice, room = await room_with_member(engine)
+        room.receive_relayed("p2", 1, [b"\xff\x00 not an update"])
+        room.receive_relayed("p2", 2, [])
+        await alice.send(Update(1, 5, edit(alice.doc, "still fine")))
+        with trio.fail_after(1):
+            await alice.wait_for(Ack)
+        await trio.sleep(2 * TIMEOUT)  # what did not apply is not kept, nor stored
+        assert await stored_text(store) == "still fine"
+        assert len((await store.load("r")).updates) == 1
