@@ -47,6 +47,10 @@ class EventRecord:
     key: str | None
     epoch: str
 
+    def size(self) -> int:
+        """About its encoded size, in bytes: what it counts toward the history's byte bound."""
+        return encoded_size(self.payload) + len(self.name) + len(self.session or "") + len(self.user or "") + len(self.key or "")
+
     def stored(self) -> StoredEvent:
         body = msgpack.packb([self.name, self.payload, self.session, self.user, self.key, self.epoch], use_bin_type=True)
         return StoredEvent(self.seq, body)
@@ -108,9 +112,7 @@ class EventLog:
         """Record an event at `seq` (the next after `head` if not given); `size`, its encoded
         size if the caller measured it (the fit check does), counts toward `max_bytes`."""
         record = EventRecord(self.head + 1 if seq is None else seq, name, payload, session, user, key, self.epoch)
-        if size is None:
-            size = encoded_size(payload) + len(name) + len(session or "") + len(user or "") + len(key or "")
-        self._remember(record, size)
+        self._remember(record, record.size() if size is None else size)
         return record
 
     def add(self, record: EventRecord, size: int) -> bool:
@@ -290,11 +292,7 @@ class EventsStrand:
     def _receive_event(self, record: EventRecord) -> None:
         """An event another process published (engine/room/_replica.py)."""
         if record.seq not in self._held_events:
-            self._deliver_event(record, self._record_size(record))
-
-    @staticmethod
-    def _record_size(record: EventRecord) -> int:
-        return encoded_size(record.payload) + len(record.name) + len(record.session or "") + len(record.user or "")
+            self._deliver_event(record, record.size())
 
     def _seq_for_key(self, key: str | None) -> int | None:
         """The seq of the event published under `key`, kept or held (None: none)."""

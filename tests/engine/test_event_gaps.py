@@ -9,7 +9,7 @@ from trio.testing import MockClock
 
 from plait.engine import Engine, EngineConfig
 from plait.engine.room import LocalReplication, LocalSequence, Replica
-from plait.engine.room._events import EventRecord
+from plait.engine.room._events import EventLog, EventRecord
 from plait.protocol import Event, Publish
 from plait.storage import MemoryStore
 
@@ -75,3 +75,22 @@ async def test_a_held_event_waits_its_own_timeout_and_late_ones_fill_in_order(au
             await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         assert seen[:3] == [2, 3, 4]
+
+
+async def test_an_event_from_another_process_counts_toward_the_history_bound_as_one_published_here(
+    autojump_clock: MockClock,
+) -> None:
+    """Its idempotency key included: every process keeps the same events within the bound."""
+    numbers = Numbers()
+    async with Engine(store=MemoryStore(), config=EngineConfig(event_gap_timeout=TIMEOUT), sequence=numbers,
+                      replication=Elsewhere()) as engine:
+        client = DocClient(engine.connect_memory())
+        await client.hello()
+        joined = await client.join("r")
+        room = engine._rooms.get("r")
+        assert room is not None
+        received = EventRecord(1, "chat", "x" * 100, "other-1", "u", "k" * 500, joined.epoch)
+        room._receive_event(received)
+        here = EventLog(10)
+        here.append(received.name, received.payload, received.session, received.user, received.key)
+        assert room._events._bytes == here._bytes
