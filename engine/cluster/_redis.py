@@ -40,7 +40,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgpack
 import trio
@@ -155,7 +155,8 @@ class RedisCluster:
         """Peer process -> the rooms it was seen in."""
         self._dropped: set[str] = set()
         """Peers given up for dead (their heartbeat lapsed)."""
-        self._outbox: list[tuple[str, bytes]] = []
+        self._outbox: list[tuple[Literal["commit", "publish", "delete"], bytes, bytes]] = []
+        """What to tell Redis next, in order: (what, the stream or channel, the entry or message)."""
         self._outbox_ready = trio.Event()
         self._operation_handler: Callable[[list[Any]], Awaitable[None]] | None = None
         self._healthy = True
@@ -304,7 +305,7 @@ class RedisCluster:
     ) -> None:
         first, last = numbers or (None, None)
         body = msgpack.packb([self.process, list(updates), [[e.seq, e.body] for e in events], first, last], use_bin_type=True)
-        self._outbox.append((room, body))
+        self._outbox.append(("commit", _log_key(room), body))
         self._outbox_ready.set()
 
     def ephemeral(self, room: str, body: bytes) -> None:
@@ -312,9 +313,9 @@ class RedisCluster:
 
     def broadcast(self, operation: list[Any]) -> None:
         if operation[:1] == ["delete_room"] and isinstance(operation[1], str):
-            self._outbox.append((operation[1], b"\x02"))  # its stream goes too: what it held is gone
+            self._outbox.append(("delete", _log_key(operation[1]), b""))  # its stream goes too: what it held is gone
         message = msgpack.packb([self.process, operation], use_bin_type=True)
-        self._outbox.append((OPS_CHANNEL.decode(), b"\x01" + message))
+        self._outbox.append(("publish", OPS_CHANNEL, message))
         self._outbox_ready.set()
 
     def on_operation(self, handler: Callable[[list[Any]], Awaitable[None]]) -> None:
@@ -329,7 +330,7 @@ class RedisCluster:
 
     def _queue_publish(self, room: str, kind: bytes, body: bytes) -> None:
         message = msgpack.packb([self.process, kind, body], use_bin_type=True)
-        self._outbox.append((room, b"\x00" + message))  # \x00: a pub/sub message, not a stream entry
+        self._outbox.append(("publish", _eph_channel(room), message))
         self._outbox_ready.set()
 
     # -- SequenceAuthority, CompactionLease -------------------------------------------------
@@ -373,15 +374,13 @@ class RedisCluster:
         while self._outbox:
             batch, self._outbox = self._outbox, []
             async with self._client.pipeline(transaction=False) as pipe:
-                for room, body in batch:
-                    if body[:1] == b"\x00":
-                        pipe.publish(_eph_channel(room), body[1:])
-                    elif body[:1] == b"\x01":
-                        pipe.publish(OPS_CHANNEL, body[1:])
-                    elif body == b"\x02":
-                        pipe.delete([_log_key(room)])
+                for what, key, body in batch:
+                    if what == "publish":
+                        pipe.publish(key, body)
+                    elif what == "delete":
+                        pipe.delete([key])
                     else:
-                        pipe.eval(COMMIT_SCRIPT, [_log_key(room)], [body, self._stream_length, STREAM_TTL_MS])
+                        pipe.eval(COMMIT_SCRIPT, [key], [body, self._stream_length, STREAM_TTL_MS])
 
     def _on_commit(self, name: str, data: bytes) -> None:
         """A stream entry as published: `PREVIOUS-ID ID ENTRY`. Applied if it follows the last
