@@ -143,6 +143,8 @@ class LocalReplication:
 
 LOCAL_REPLICATION = LocalReplication()
 
+RESYNC_RETRY = 0.5
+"""Seconds before a resync whose store read failed is tried again (doubling, up to 4 s)."""
 RELAY_BUFFER_BYTES = 16 * 1024 * 1024
 """At most this many bytes of one process's relayed updates wait for their commit in a copy; past
 it, relayed updates are not applied (their commit brings them)."""
@@ -301,21 +303,29 @@ class ReplicaStrand:
         self._resync_wanted.set()
 
     async def _resyncer(self) -> None:
-        """Runs in the room's nursery when the room has copies elsewhere."""
+        """Runs in the room's nursery when the room has copies elsewhere. A resync whose store
+        read fails is tried again, RESYNC_RETRY seconds later and doubling up to 8 times that."""
+        delay = RESYNC_RETRY
         while True:
             await self._resync_wanted.wait()
             self._resync_wanted = trio.Event()
-            await self._resync()
+            if await self._resync():
+                delay = RESYNC_RETRY
+                continue
+            await trio.sleep(delay)
+            delay = min(2 * delay, 8 * RESYNC_RETRY)
+            self.want_resync()
 
-    async def _resync(self) -> None:
+    async def _resync(self) -> bool:
         """Apply what the store has that this copy has not (documents by state vector, events
-        by sequence). A store that fails is tried at the next resync."""
+        by sequence). False if the store could not be read."""
         try:
             data = await self._store.load(self.name)
         except BaseException as exc:
             if not application_error(exc):
                 raise
-            logger.warning("room %r: resync from the store failed: %s", self.name, exc)
-            return
+            logger.warning("room %r: resync from the store failed (trying again): %s", self.name, exc)
+            return False
         stored = ([data.snapshot] if data.snapshot is not None else []) + list(data.updates)
         self.receive_committed([merge_updates(stored)] if stored else [], data.events)
+        return True

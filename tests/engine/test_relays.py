@@ -12,7 +12,7 @@ from trio.testing import MockClock
 from plait.engine import Engine, EngineConfig
 from plait.engine.room._replica import RELAY_CONFIRM_MARGIN, LocalReplication, Replica
 from plait.protocol import Ack, Update
-from plait.storage import MemoryStore
+from plait.storage import MemoryStore, RoomData, StorageUnavailable
 
 from .client import DocClient, edit
 
@@ -144,3 +144,27 @@ async def test_relayed_updates_that_do_not_apply_resync_the_room_and_break_nothi
         await trio.sleep(2 * TIMEOUT)  # what did not apply is not kept, nor stored
         assert await stored_text(store) == "still fine"
         assert len((await store.load("r")).updates) == 1
+
+
+async def test_a_resync_whose_store_read_fails_is_tried_again_until_it_works(autojump_clock: MockClock) -> None:
+    """What another process stored reaches this copy even if the store failed when asked."""
+
+    class Flaky(MemoryStore):
+        failures = 0
+
+        async def load(self, room: str) -> RoomData:
+            if self.failures:
+                self.failures -= 1
+                raise StorageUnavailable("down for a moment")
+            return await super().load(room)
+
+    store = Flaky()
+    async with Engine(store=store, config=config(), replication=Elsewhere()) as engine:
+        alice, room = await room_with_member(engine)
+        [theirs] = their_edits("stored elsewhere")
+        await store.append("r", [theirs])  # as another process commits, unheard here
+        store.failures = 3
+        room.want_resync()
+        with trio.fail_after(30):
+            await until_text(alice, "stored elsewhere")
+        assert store.failures == 0
