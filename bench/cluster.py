@@ -2,7 +2,8 @@
 (bench/many_rooms.py) on one `plait serve` process and on two `plait serve --cluster`
 processes sharing a private Redis and PostgreSQL (both started here, under a temporary
 folder: tests/servers.py), with the clients of every room spread over the processes (client id
-modulo 2: the worst case, every room on both). Reports server CPU per delivery (the Plait
+modulo 2: the worst case, every room on both); the many-rooms load also with every room's
+clients on one process (what a balancer routing by room gives). Reports server CPU per delivery (the Plait
 processes, and Redis + PostgreSQL apart), latency, and for two processes the latency of
 deliveries within one process and across the two (the cross-process hop).
 
@@ -138,11 +139,15 @@ def split_latencies(measured: Measured, count: int) -> tuple[list[float], list[f
     return sorted(within), sorted(across)
 
 
-def many_rooms(count: int, args: argparse.Namespace, backing_of: Any) -> list[Any]:
+def many_rooms(count: int, args: argparse.Namespace, backing_of: Any, by_room: bool = False) -> list[Any]:
+    """`by_room`: every client of a room on one process (room index modulo `count`), as a
+    balancer that routes by room would place them (HAProxy `balance uri` for `/yjs/ROOM`);
+    otherwise spread (client id modulo `count`: every room on every process)."""
     dsn_of, redis_url, pids = backing_of
     with plait_processes(count, dsn_of(), redis_url, pids) as servers:
-        clients = [(10_000 + r * args.clients_per_room + i, f"room-{r}") for r in range(args.rooms)
-                   for i in range(args.clients_per_room)]
+        # load.mjs picks a client's process by its id modulo `count`.
+        clients = [(10_000 + ((r * args.clients_per_room + i) * count + r % count if by_room else r * args.clients_per_room + i),
+                    f"room-{r}") for r in range(args.rooms) for i in range(args.clients_per_room)]
         load = Load(servers, {"workload": "rooms", "protocol": "native", "urls": servers.urls(),
                               "seconds": args.seconds, "periodMs": 5000}, clients, args.processes)
         load.ready()
@@ -150,7 +155,7 @@ def many_rooms(count: int, args: argparse.Namespace, backing_of: Any) -> list[An
         measured = load.run(timeout=args.seconds + 120)
         backing_cpu = servers.backing_cpu_seconds() - backing0
         return [
-            f"{count} process{'es' if count > 1 else ''}", f"{args.rooms} x {args.clients_per_room}",
+            f"{count} process{'es' if count > 1 else ''}{', by room' if by_room else ''}", f"{args.rooms} x {args.clients_per_room}",
             f"{100 * measured.server_cpu / measured.wall:.0f} %", f"{100 * backing_cpu / measured.wall:.0f} %",
             f"{100 * measured.load_cpu / measured.wall:.0f} %", mib(servers.rss()), len(measured.errors),
         ]
@@ -168,7 +173,9 @@ def main() -> None:
     args = parser.parse_args()
     with backing() as backing_of:
         fan = [fanout(count, clients, args, backing_of) for clients in args.clients for count in (1, 2)]
-        rooms = [] if args.skip_rooms else [many_rooms(count, args, backing_of) for count in (1, 2)]
+        rooms = [] if args.skip_rooms else [
+            many_rooms(1, args, backing_of), many_rooms(2, args, backing_of), many_rooms(2, args, backing_of, by_room=True)
+        ]
     print(f"Machine: {machine()}\n")
     print(table(["server", "clients", "p50 ms", "p99 ms", "p50 within / across processes", "edits lost", "converged",
                  "Plait CPU µs/delivery", "Redis+PostgreSQL CPU µs/delivery", "peak RSS (sum)", "errors"], fan))

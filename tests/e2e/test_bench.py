@@ -65,4 +65,5 @@ def test_the_cluster_workloads_converge_on_one_process_and_on_two() -> None:
     for row in fan:
         assert row[5] == "0" and row[6] == "yes", row  # nothing lost, converged
     assert re.fullmatch(r"[\d.]+ / [\d.]+", fan[1][4]), fan[1]  # the hop, within and across processes
-    assert [row[0] for row in rooms] == ["1 process", "2 processes"] and all(row[-1] == "0" for row in rooms), rooms
+    assert [row[0] for row in rooms] == ["1 process", "2 processes", "2 processes, by room"], rooms
+    assert all(row[-1] == "0" for row in rooms), rooms
