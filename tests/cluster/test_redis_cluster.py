@@ -38,7 +38,7 @@ from plait.protocol import (
     Update,
 )
 from plait.storage import MemoryStore, PostgreSQLStore, RoomData, StoredEvent
-from tests.engine.client import DocClient, edit, yjs_client
+from tests.engine.client import DocClient, edit, until_text, yjs_client
 from tests.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.slow  # a real Redis
@@ -93,16 +93,6 @@ async def member(engine: Engine, room: str = "r") -> DocClient:
     await client.hello()
     await client.join(room)
     return client
-
-
-async def until_text(client: DocClient, text: str, limit: int = 200) -> None:
-    for _ in range(limit):
-        if str(client.text) == text:
-            return
-        frame = await client.receive()
-        if isinstance(frame, Update) or type(frame).__name__ == "SyncStep2":
-            client.apply(frame.update)  # type: ignore[attr-defined]
-    raise AssertionError(f"{str(client.text)!r} never became {text!r}")
 
 
 async def test_an_edit_on_one_process_reaches_members_on_the_other(redis: RedisServer) -> None:

@@ -24,6 +24,7 @@ from plait.protocol import (
     Joined,
     PresenceSnapshot,
     Role,
+    SyncStep2,
     Update,
     Welcome,
     YAwareness,
@@ -220,6 +221,18 @@ async def yjs_client(engine: Engine, path: str = "/yjs/r", client_id: int = 777,
     first = await client.next()
     assert isinstance(first, YSync) and first.step == YSyncStep.STEP1, first
     return client
+
+
+async def until_text(client: DocClient, text: str, limit: int = 200) -> None:
+    """Read (at most `limit` frames), applying document frames, until the client's "text" is
+    `text`."""
+    for _ in range(limit):
+        if str(client.text) == text:
+            return
+        frame = await client.receive()
+        if isinstance(frame, (Update, SyncStep2)):
+            client.apply(frame.update)
+    raise AssertionError(f"{str(client.text)!r} never became {text!r}")
 
 
 def edit(doc: pycrdt.Doc, text: str) -> bytes:

@@ -8,9 +8,9 @@ import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine, EngineConfig
-from plait.engine.room import LocalReplication, LocalSequence, Replica
+from plait.engine.room import LocalReplication, LocalSequence, Replica, Room
 from plait.engine.room._events import EventLog, EventRecord
-from plait.protocol import Event, Publish
+from plait.protocol import Event, Joined, Publish
 from plait.storage import MemoryStore
 
 from .client import DocClient
@@ -37,6 +37,15 @@ class Numbers(LocalSequence):
         return self.next.pop(0)
 
 
+async def member_and_room(engine: Engine) -> tuple[DocClient, Joined, Room]:
+    client = DocClient(engine.connect_memory())
+    await client.hello()
+    joined = await client.join("r")
+    room = engine._rooms.get("r")
+    assert room is not None
+    return client, joined, room
+
+
 def other(seq: int, epoch: str) -> EventRecord:
     return EventRecord(seq, "chat", f"from elsewhere {seq}", "other-1", "u", None, epoch)
 
@@ -45,11 +54,7 @@ async def test_a_held_event_waits_its_own_timeout_and_late_ones_fill_in_order(au
     numbers = Numbers()
     async with Engine(store=MemoryStore(), config=EngineConfig(event_gap_timeout=TIMEOUT), sequence=numbers,
                       replication=Elsewhere()) as engine:
-        client = DocClient(engine.connect_memory())
-        await client.hello()
-        joined = await client.join("r")
-        room = engine._rooms.get("r")
-        assert room is not None
+        client, joined, room = await member_and_room(engine)
         seen: list[int] = []
 
         async def read() -> None:
@@ -81,14 +86,8 @@ async def test_an_event_from_another_process_counts_toward_the_history_bound_as_
     autojump_clock: MockClock,
 ) -> None:
     """Its idempotency key included: every process keeps the same events within the bound."""
-    numbers = Numbers()
-    async with Engine(store=MemoryStore(), config=EngineConfig(event_gap_timeout=TIMEOUT), sequence=numbers,
-                      replication=Elsewhere()) as engine:
-        client = DocClient(engine.connect_memory())
-        await client.hello()
-        joined = await client.join("r")
-        room = engine._rooms.get("r")
-        assert room is not None
+    async with Engine(store=MemoryStore(), replication=Elsewhere()) as engine:
+        _client, joined, room = await member_and_room(engine)
         received = EventRecord(1, "chat", "x" * 100, "other-1", "u", "k" * 500, joined.epoch)
         room._receive_event(received)
         here = EventLog(10)

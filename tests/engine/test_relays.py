@@ -14,7 +14,7 @@ from plait.engine.room._replica import RELAY_CONFIRM_MARGIN, LocalReplication, R
 from plait.protocol import Ack, Update
 from plait.storage import MemoryStore, RoomData, StorageUnavailable
 
-from .client import DocClient, edit
+from .client import DocClient, edit, until_text
 
 GRACE = 2.0
 TIMEOUT = GRACE + RELAY_CONFIRM_MARGIN
@@ -41,16 +41,6 @@ async def stored_text(store: MemoryStore) -> str:
     for update in ([data.snapshot] if data.snapshot else []) + list(data.updates):
         doc.apply_update(update)
     return str(doc.get("text", type=pycrdt.Text))
-
-
-async def until_text(client: DocClient, text: str, limit: int = 50) -> None:
-    for _ in range(limit):
-        if str(client.text) == text:
-            return
-        frame = await client.receive()
-        if isinstance(frame, Update) or type(frame).__name__ == "SyncStep2":
-            client.apply(frame.update)  # type: ignore[attr-defined]
-    raise AssertionError(f"{str(client.text)!r} never became {text!r}")
 
 
 async def room_with_member(engine: Engine) -> tuple[DocClient, Replica]:
