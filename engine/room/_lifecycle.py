@@ -131,6 +131,7 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         """Whether it went live (a room that failed to load never did)."""
         self._closed = trio.Event()
         self._persist_wanted = trio.Event()
+        self._relay_wanted = trio.Event()
         self._membership_changed = trio.Event()
         self._unload_requested = False
         self._changes = 0
@@ -164,6 +165,7 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
                     nursery.start_soon(self._resyncer)
                     nursery.start_soon(self._event_gaps)
                     nursery.start_soon(self._relays_unconfirmed)
+                    nursery.start_soon(self._relayer)
                     self._replication.follow(self)
                 await self._wait_until_idle()
                 if self.state is RoomState.LIVE:

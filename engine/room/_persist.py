@@ -113,6 +113,7 @@ class PersistStrand:
     _pending: _Pending
     _persist_lock: trio.StrictFIFOLock
     _persist_wanted: trio.Event
+    _relay_wanted: trio.Event
     _commit_done: trio.Event
     _changes: int
     _durable_changes: int
@@ -154,6 +155,17 @@ class PersistStrand:
         self._queued_updates += len(updates)
         self._changes += 1
         self._want_persist()
+        self._relay_wanted.set()
+
+    async def _relayer(self) -> None:
+        """Runs in the room's nursery when the room has copies elsewhere: relays what was
+        queued one turn later (a batch collects what the readers apply in this turn), whether
+        or not a commit is in progress (a store that stalls holds back the acks, not the edits)."""
+        while True:
+            await self._relay_wanted.wait()
+            await trio.lowlevel.checkpoint()
+            self._relay_wanted = trio.Event()
+            self._relay_queued()
 
     def _relay_queued(self) -> None:
         """Hand the updates queued since the last relay to the other processes now, before
@@ -172,7 +184,6 @@ class PersistStrand:
             # connections' readers apply in this turn.
             await trio.lowlevel.checkpoint()
             self._persist_wanted = trio.Event()
-            self._relay_queued()  # not behind a commit in progress
             await self._flush(final=False)
 
     async def _flush(self, *, final: bool) -> None:

@@ -5,6 +5,8 @@ played by calling the room's Replica methods, as the cluster does."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pycrdt
 import trio
 from trio.testing import MockClock
@@ -158,3 +160,39 @@ async def test_a_resync_whose_store_read_fails_is_tried_again_until_it_works(aut
         with trio.fail_after(30):
             await until_text(alice, "stored elsewhere")
         assert store.failures == 0
+
+
+class Recording(Elsewhere):
+    """Another process exists; what this copy relays is recorded."""
+
+    def __init__(self) -> None:
+        self.relayed: list[tuple[int, list[bytes]]] = []
+
+    def relay(self, room: str, first: int, updates: Sequence[bytes]) -> None:
+        self.relayed.append((first, list(updates)))
+
+
+async def test_edits_are_relayed_while_a_commit_waits_for_the_store(autojump_clock: MockClock) -> None:
+    """A stalled store holds the commit, not the relay: the other processes' members go on
+    seeing the edits as this process's members do."""
+
+    class Stalled(MemoryStore):
+        stalled = False
+
+        async def append(self, room: str, updates: Sequence[bytes]) -> None:
+            while self.stalled:
+                await trio.sleep(0.1)
+            await super().append(room, updates)
+
+    store, replication = Stalled(), Recording()
+    async with Engine(store=store, config=EngineConfig(store_outage_grace=30, heartbeat=600), replication=replication) as engine:
+        alice, _room = await room_with_member(engine)
+        store.stalled = True
+        for n in range(3):
+            await alice.send(Update(1, 10 + n, edit(alice.doc, f"<{n}>")))
+            await trio.sleep(1)
+        assert [first for first, _ in replication.relayed] == [1, 2, 3]
+        store.stalled = False
+        with trio.fail_after(5):
+            for _ in range(3):
+                await alice.wait_for(Ack)
