@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pycrdt
 import trio
@@ -54,11 +54,16 @@ STATE_VECTOR_SLACK = 64 * 1024
 has not heard from."""
 
 
+def inserts_nothing(update: DecodedUpdate) -> bool:
+    """Whether `update` only deletes (it may still change the document)."""
+    return all(struct[3] == SKIP_STRUCT for struct in update.structs)
+
+
 def changes_nothing(doc: pycrdt.Doc[Any], update: DecodedUpdate) -> bool:
     """Whether applying `update` would leave `doc` as it is: it inserts nothing and deletes
     only what `doc` has already deleted. A client's sync_step2 after it took the server's
     state is such an update (Yjs sends its whole delete set), read-only member or not."""
-    if any(struct[3] != SKIP_STRUCT for struct in update.structs):
+    if not inserts_nothing(update):
         return False
     if not any(update.deletes.values()):
         return True
@@ -205,9 +210,12 @@ class DocStrand:
         """Apply an update that passes the checks every client's update gets (spec §5.3); it
         reaches every member but `origin` and is stored like theirs (`wait_flushed` waits
         until it is durable). Raises RequestError (nothing applied): INVALID_UPDATE,
-        DOCUMENT_TOO_LARGE."""
-        self._check_size(len(update))  # before reading: a refusal for size costs nothing
+        DOCUMENT_TOO_LARGE (never for an update that only deletes: a document past the maximum,
+        by server-side code or by edits made at once on two processes of a cluster, can shrink)."""
+        fits = self._fits(len(update))  # before reading: a refusal for size costs nothing
         decoded = read_client_update(update)
+        if not fits and not inserts_nothing(decoded):
+            self._refuse_size()
         if len(update) > self._config.max_message_bytes - FRAME_OVERHEAD:
             # A y-websocket client's update may be larger than a message (§13); it must split
             # into pieces that fit in one, or it could never reach native members (§3.2).
@@ -260,12 +268,11 @@ class DocStrand:
             self._doc_bytes, self._doc_bytes_exact = len(self.doc.get_update()), True
         return self._doc_bytes + extra <= limit
 
-    def _check_size(self, extra: int) -> None:
-        if not self._fits(extra):
-            raise RequestError(
-                ErrorCode.DOCUMENT_TOO_LARGE,
-                f"the document would be larger than this server's {self._config.max_document_bytes} bytes",
-            )
+    def _refuse_size(self) -> NoReturn:
+        raise RequestError(
+            ErrorCode.DOCUMENT_TOO_LARGE,
+            f"the document would be larger than this server's {self._config.max_document_bytes} bytes",
+        )
 
     def _apply(self, update: bytes) -> None:
         apply_update(self.doc, update)

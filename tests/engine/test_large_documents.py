@@ -5,12 +5,14 @@ document up to that size even when native messages are limited to less."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pycrdt
 from trio.testing import MockClock
 
 from plait.protocol import Ack, CloseCode, Error, ErrorCode, SyncStep1, SyncStep2, TransportClosed, Update, YSyncStep, encode_sync
 
-from .client import DocClient
+from .client import DocClient, until_text
 from .conftest import make_engine
 from .test_yjs_session import YClient, yjs
 
@@ -85,3 +87,33 @@ def test_a_connection_can_queue_the_first_sync_of_the_largest_document_allowed()
 
     config = EngineConfig()
     assert config.outbox_max_bytes >= config.max_document_bytes + config.max_message_bytes
+
+
+async def test_a_document_over_the_maximum_takes_deletions_until_it_is_under(autojump_clock: MockClock) -> None:
+    """A document can end up past the maximum (server-side code, or edits made at the same
+    moment on two processes of a cluster, each within it): it is not stuck. Updates that only
+    delete are taken; inserts are refused until it is under again."""
+    async with make_engine(max_document_bytes=4096) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("r")
+        async with engine.room("r") as room:
+            room.doc.get("text", type=pycrdt.Text).insert(0, "s" * 6000)  # server-side: past it
+        await until_text(a, "s" * 6000)
+        await a.send(Update(1, 1, text_update("more", client_id=77)))
+        error = await a.wait_for(Error)
+        assert (error.ref, error.code) == (1, ErrorCode.DOCUMENT_TOO_LARGE)
+        await a.send(Update(1, 2, edit_after(a, lambda text: text.__delitem__(slice(0, 5000)))))
+        ack = await a.wait_for(Ack)
+        assert ack.ref == 2
+        await a.send(Update(1, 3, edit_after(a, lambda text: text.insert(0, "fits again"))))
+        ack = await a.wait_for(Ack)
+        assert ack.ref == 3
+        async with engine.room("r") as room:
+            assert str(room.doc.get("text", type=pycrdt.Text)) == "fits again" + "s" * 1000
+
+
+def edit_after(client: DocClient, change: Callable[[pycrdt.Text], object]) -> bytes:
+    before = client.doc.get_state()
+    change(client.text)
+    return client.doc.get_update(before)
