@@ -19,7 +19,8 @@ Keys and channels, per room (its name, UTF-8):
   body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
   their full state (a process that just loaded the room, or listens again after a failure),
   `u` relays document updates before their commit: body = msgpack [first, [update, ...]]
-  (engine/room/_replica.py; at most RELAY_MAX_BYTES, larger ones come with the commit only).
+  (engine/room/_replica.py; at most RELAY_MAX_BYTES, larger ones come with the commit only;
+  only while another process is known to hold the room), `l`: this process no longer holds it.
   Every process listens to every room's (one pattern subscription) and drops what is for
   rooms it does not hold.
 - `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
@@ -289,6 +290,8 @@ class RedisCluster:
         if self._rooms.get(room.name) is not room:
             return
         del self._rooms[room.name]
+        if room.name in self._following:
+            self._queue_publish(room.name, b"l", b"")  # the others stop relaying to this process
         self._positions.pop(room.name, None)
         self._following.discard(room.name)
         self._behind.discard(room.name)
@@ -297,7 +300,9 @@ class RedisCluster:
             rooms.discard(room.name)
 
     def relay(self, room: str, first: int, updates: Sequence[bytes]) -> None:
-        if sum(map(len, updates)) <= RELAY_MAX_BYTES:
+        # Only to a room another process holds (it said so: `w` when it loaded the room, and
+        # anything since); a copy that loads it later reads the commits.
+        if any(room in rooms for rooms in self._peers.values()) and sum(map(len, updates)) <= RELAY_MAX_BYTES:
             self._queue_publish(room, b"u", msgpack.packb([first, list(updates)], use_bin_type=True))
 
     def committed(
@@ -550,6 +555,9 @@ class RedisCluster:
             logger.error("cluster: room %r: a pub/sub message that does not decode (%s)", name, exc)
             return
         if process == self.process:
+            return
+        if kind == b"l":
+            self._peers.get(process, set()).discard(name)
             return
         self._seen(process, name)
         if kind == b"w":

@@ -126,9 +126,13 @@ async def test_an_edit_reaches_the_other_process_before_it_is_stored_and_outlive
     store = SharedMemoryStore()
     async with node(redis, store) as b:
         bob = await member(b)
+        await bob.send(PresenceSet(1, None, {"name": "bob"}))
         with trio.CancelScope() as dies:
             async with node(redis, HangingAppends(store)) as a:  # type: ignore[arg-type]
                 alice = await member(a)
+                await alice.send(PresenceSet(1, None, {"name": "alice"}))
+                with trio.fail_after(10):  # a has heard of b (relays go to rooms another process holds)
+                    await presence_names(alice, {"alice", "bob"})
                 await alice.send(Update(1, 2, edit(alice.doc, "not stored yet")))
                 with trio.fail_after(10):
                     await until_text(bob, "not stored yet")
@@ -141,6 +145,44 @@ async def test_an_edit_reaches_the_other_process_before_it_is_stored_and_outlive
         for update in (await store.load("r")).updates:
             doc.apply_update(update)
         assert str(doc.get("text", type=pycrdt.Text)) == "not stored yet"
+
+
+async def test_edits_are_relayed_only_while_another_process_holds_the_room(redis: RedisServer) -> None:
+    store = SharedMemoryStore()
+    quick = EngineConfig(room_idle_grace=0.2)
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        Engine(store=store, config=quick, replication=cluster, sequence=cluster, lease=cluster) as a,
+        node(redis, store, quick) as b,
+    ):
+        relayed: list[str] = []
+        relay = cluster.relay
+
+        def counting(room: str, first: int, updates: Any) -> None:
+            relay(room, first, updates)
+            relayed.extend(kind for _, _, message in cluster._outbox if (kind := msgpack.unpackb(message)[1]) == b"u")
+
+        cluster.relay = counting  # type: ignore[method-assign]
+        alice = await member(a)
+        await alice.send(Update(1, 2, edit(alice.doc, "alone")))
+        await alice.wait_for(Ack)
+        assert relayed == []  # nobody else holds the room
+        await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        bob = await member(b)
+        await bob.send(PresenceSet(1, None, {"name": "bob"}))
+        with trio.fail_after(10):
+            await presence_names(alice, {"alice", "bob"})
+        await alice.send(Update(1, 3, edit(alice.doc, " together")))
+        with trio.fail_after(10):
+            await until_text(bob, "alone together")
+        assert relayed == [b"u"]
+        await bob.send(Leave(1, 9))
+        with trio.fail_after(10):
+            while b.room_info("r") is not None or any("r" in rooms for rooms in cluster._peers.values()):
+                await trio.sleep(0.05)  # bounded by the deadline: until b unloaded it and said so
+        await alice.send(Update(1, 4, edit(alice.doc, " again")))
+        await alice.wait_for(Ack)
+        assert relayed == [b"u"]
 
 
 async def test_events_from_both_processes_arrive_once_and_in_seq_order_everywhere(redis: RedisServer) -> None:
