@@ -14,6 +14,7 @@ what carries it across requests is its HttpTransport (transports/_http.py).
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import secrets
@@ -66,6 +67,10 @@ IGNORED_BODY_BYTES = 64 * 1024
 MAX_QUERY_FIELDS = 70
 
 
+ENDED_REMEMBERED = 4096
+"""Ended sessions whose close code a later request is told (410), newest kept."""
+
+
 def _refuse(status: int, reason: str, code: int | None = None) -> Refusal:
     return Refusal(status, reason, code=code, as_json=True)
 
@@ -94,6 +99,8 @@ class HttpSessions:
         self._per_ip = per_ip if per_ip is not None else ConnectionCounts(config.max_connections_per_ip)
         self._slots: dict[str, Slot] = {}
         self._transports: dict[str, HttpTransport] = {}
+        self._ended_sessions: dict[str, tuple[str, int, str]] = {}
+        """Recently ended sessions: id -> (key, close code, reason)."""
         self._opening = 0
         self.origins = Origins(config.allow_origins)
         self._limits = CodecLimits(config.max_message_bytes, config.max_frames_per_message)
@@ -105,9 +112,14 @@ class HttpSessions:
             slot.release()
 
     def forget(self, session_id: str) -> None:
-        """The session has ended and its last words were had (the engine calls this)."""
+        """The session has ended and its last words were had (the engine calls this). How it
+        ended is kept for the requests that come after (ENDED_REMEMBERED sessions)."""
         self.ended(session_id)
-        self._transports.pop(session_id, None)
+        transport = self._transports.pop(session_id, None)
+        if transport is not None and transport.closed is not None:
+            self._ended_sessions[session_id] = (transport.key, transport.closed.code, transport.closed.reason[:200])
+            while len(self._ended_sessions) > ENDED_REMEMBERED:
+                del self._ended_sessions[next(iter(self._ended_sessions))]
 
     def __len__(self) -> int:
         return len(self._transports)
@@ -165,9 +177,14 @@ class HttpSessions:
             Refusal: 404 no such session (or it ended), 403 a missing or wrong key.
         """
         transport = self._transports.get(session_id)
-        if transport is None:
-            raise _refuse(404, f"no session {session_id[:64]!r}: it ended, or never was; open a new one")
         key = _one(query, "key") or header(request, b"plait-key")
+        if transport is None:
+            ended = self._ended_sessions.get(session_id)
+            if ended is not None and key is not None and hmac.compare_digest(key.encode(), ended[0].encode()):
+                # Its stream or poll took the last words, and this request came before the
+                # client read them: it must not take the session for lost and reconnect.
+                raise _refuse(410, f"the session ended ({ended[1]}: {ended[2]})", ended[1])
+            raise _refuse(404, f"no session {session_id[:64]!r}: it ended, or never was; open a new one")
         if key is None or not transport.check_key(key):
             raise _refuse(403, "the session's key is missing or wrong (the key= its creation gave)")
         return transport
@@ -383,9 +400,9 @@ class HttpSessions:
         waiting = transport.expect(refs)
         try:
             transport.put(body if content_type == MSGPACK_TYPE else body.decode())
-        except TransportClosed:
+        except TransportClosed as closed:
             transport.forget(waiting)
-            raise _refuse(410, "the session has ended") from None
+            raise _refuse(410, f"the session has ended ({closed.code}: {closed.reason[:200]})", closed.code) from None
         answers = await transport.answers(waiting, self.config.hook_timeout + 5)
         if transport.closed is not None and len(answers) < len(refs):
             code, reason = transport.closed.code, transport.closed.reason

@@ -274,9 +274,33 @@ async def test_deleting_a_session_ends_it_at_once(port: int, http: httpx.AsyncCl
         with trio.fail_after(CONFIG.presence_grace + 5):
             while "leaver" in room.users():
                 await trio.sleep(0.01)
-    with trio.fail_after(10):
-        while (await http.post(peer.url("frames"), content="[]")).status_code != 404:
+    with trio.fail_after(10):  # once its last words were had (or their time is up): how it ended
+        while (response := await http.post(peer.url("frames"), content="[]")).status_code != 410:
             await trio.sleep(0.05)
+    assert response.json()["code"] == 1000
+    assert (await http.post(f"/v1/sessions/{peer.session}/frames?key=wrong", content="[]")).status_code == 404
+
+
+async def test_a_request_after_the_session_ended_and_its_stream_took_the_last_words_is_told_how() -> None:
+    """The JS SDK met it: the stream took the operator's 4013, and a POST the client sent just
+    then got 404, which it took for a lost session: it reconnected instead of stopping."""
+    async with Engine(config=CONFIG, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with http_client(port) as http:
+            peer = HttpPeer(http)
+            await peer.open("kicked")
+            await join(peer, "r")
+            assert engine.disconnect(session=peer.session) == 1
+            with trio.fail_after(10):  # a poll takes the last words
+                while (body := (await http.get(peer.url("poll") + "&after=0&timeout=1")).json())["closed"] is None:
+                    await trio.sleep(0.05)
+            assert body["closed"]["code"] == 4013
+            with trio.fail_after(10):
+                while (response := await http.post(peer.url("frames"), content="[]")).status_code == 200:
+                    await trio.sleep(0.05)  # bounded: until the session is forgotten
+            assert response.status_code == 410, response.text
+            assert response.json()["code"] == 4013
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
