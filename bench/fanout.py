@@ -1,13 +1,16 @@
 """Workload 1, room fan-out: N clients in one room, each inserting `--edits` single characters
-at random positions at 20 edits/s and moving its cursor 10 times/s. Measures the latency from
+at random positions at 20 edits/s (`--edit-rate`) and moving its cursor 10 times/s. Measures the latency from
 an insert to its arrival at every other client (an edit that never arrives within the drain
 time counts as failed), deliveries/s, whether every client ends with the same text, and the
 server's CPU (per delivery: the headline cost) and peak RSS. Runs in one invocation against
 Plait's native protocol, Plait's y-websocket endpoint, pycrdt-websocket and Hocuspocus (in
 memory, and with its SQLite extension: `(cd bench/peers/hocuspocus && npm ci)` first), with the
-same load generator (bench/js/load.mjs).
+same load generator (bench/js/load.mjs). With `--writers W`, only W of the clients edit and
+move their cursor and the others observe: `--clients 1501 --writers 1` is @y/hub's broadcast
+workload (one writer, 1,500 observers).
 
     .venv/bin/python bench/fanout.py [--clients 2 10 50] [--targets plait-native plait-yjs pycrdt-websocket hocuspocus ...]
+                                     [--writers W] [--edits 200] [--edit-rate 20]
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class Outcome:
         return self.expected - len(self.latencies)
 
 
-def analyse(measured: Measured, clients: int, edits: int) -> Outcome:
+def analyse(measured: Measured, clients: int, edits: int, writers: int) -> Outcome:
     sent: dict[tuple[int, int], float] = {}
     for c in measured.clients:
         pairs = c["sends"]
@@ -79,23 +82,30 @@ def analyse(measured: Measured, clients: int, edits: int) -> Outcome:
     latencies.sort()
     span = (last_arrival - min(sent.values())) / 1000 if latencies else float("inf")
     final = {(c["length"], c["sha1"]) for c in measured.clients}
-    converged = len(final) == 1 and next(iter(final))[0] == clients * edits
-    return Outcome(latencies, clients * (clients - 1) * edits, len(latencies) / span, converged, measured)
+    converged = len(final) == 1 and next(iter(final))[0] == writers * edits
+    return Outcome(latencies, writers * (clients - 1) * edits, len(latencies) / span, converged, measured)
 
 
 def run(name: str, clients: int, args: argparse.Namespace) -> Outcome:
     target = TARGETS[name]
     with target.start() as server:
         room = f"fanout-{clients}"
+        writers = min(clients, args.writers or clients)
         config: dict[str, Any] = {
             "workload": "fanout", "protocol": target.protocol, "url": f"ws://127.0.0.1:{server.port}{target.path}",
-            "edits": args.edits, "editRate": 20, "cursorRate": 10, "expectedEdits": clients * args.edits,
-            "drainMs": args.drain * 1000, "connectWidth": 1,
+            "edits": args.edits, "editRate": args.edit_rate, "cursorRate": 10, "expectedEdits": writers * args.edits,
+            "drainMs": args.drain * 1000, "connectWidth": 1 if clients <= 100 else 20,
         }
-        load = Load(server, config, [(1000 + i, room) for i in range(clients)], min(clients, args.processes))
+        if writers < clients:
+            config["firstObserver"] = FIRST_ID + writers
+        load = Load(server, config, [(FIRST_ID + i, room) for i in range(clients)], min(clients, args.processes))
         load.ready()
-        measured = load.run(timeout=args.edits / 20 + args.drain + 60)
-        return analyse(measured, clients, args.edits)
+        measured = load.run(timeout=args.edits / args.edit_rate + args.drain + 60)
+        return analyse(measured, clients, args.edits, writers)
+
+
+FIRST_ID = 1000
+"""Client ids (and Yjs client ids) are FIRST_ID, FIRST_ID + 1, ...; writers come first."""
 
 
 def rows(results: dict[tuple[str, int], Outcome]) -> Iterator[list[Any]]:
@@ -139,7 +149,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[2, 10, 50])
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=["plait-native", "plait-yjs", "pycrdt-websocket"])
-    parser.add_argument("--edits", type=int, default=200, help="edits per client (at 20/s)")
+    parser.add_argument("--edits", type=int, default=200, help="edits per writing client")
+    parser.add_argument("--edit-rate", type=float, default=20.0, help="edits per second of each writing client")
+    parser.add_argument("--writers", type=int, default=None,
+                        help="how many of the clients edit (default all); the others only observe: "
+                             "--clients 1500 --writers 1 is @y/hub's one writer and 1,500 observers")
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for late edits")
     parser.add_argument("--processes", type=int, default=2,
                         help="load-generating processes (default 2: more processes than cores only adds scheduling delay)")

@@ -235,10 +235,13 @@ class NativeClient extends Client {
   receiveFrames (data) {
     for (const f of decodeMulti(data)) {
       switch (f[0]) {
-        case 2: // welcome: send something at least every heartbeat_ms
+        case 2: // welcome: send something at least every heartbeat_ms, as the JS SDK does
+          // (js/src/client.js: a ping when nothing was sent for 0.9 of it, looked at 4 times
+          // per interval). The server pings first (at 0.75-0.875 of it), so an idle client
+          // only answers.
           this.pinger = setInterval(() => {
-            if (now() - this.lastSent > f[3] / 2) this.frame([3, 0])
-          }, f[3] / 2)
+            if (now() - this.lastSent >= f[3] * 0.9) this.frame([3, 0])
+          }, f[3] / 4)
           this.onWelcome()
           break
         case 3: this.frame([4, f[1]]); break
@@ -301,9 +304,12 @@ const cpuAtGo = process.cpuUsage()
 const workloads = {
   // Each client inserts `edits` characters at random positions at `editRate`/s and moves its
   // cursor at `cursorRate`/s, then waits until every edit of every client has reached it.
+  // With `firstObserver`, only clients whose id is below it edit and move their cursor; the
+  // others only observe (one writer and many observers: @y/hub's broadcast workload).
   async fanout () {
     for (const c of clients) c.recordArrivals = true
-    await Promise.all(clients.map(async c => {
+    const writes = c => cfg.firstObserver === undefined || c.id < cfg.firstObserver
+    await Promise.all(clients.filter(writes).map(async c => {
       const editEvery = 1000 / cfg.editRate
       const cursorEvery = 1000 / cfg.cursorRate
       await sleep(random() * editEvery)
@@ -316,8 +322,11 @@ const workloads = {
       }
       clearInterval(cursor)
     }))
+    // A process of observers only gets here at once: it waits for the writers' time too.
+    const writersDoneAt = goAt + (cfg.edits + 1) * 1000 / cfg.editRate
     const expected = cfg.expectedEdits
-    await waitUntil(() => clients.every(c => c.received >= expected - cfg.edits), cfg.drainMs)
+    await waitUntil(() => clients.every(c => c.received >= expected - (writes(c) ? cfg.edits : 0)),
+      Math.max(writersDoneAt - now(), 0) + cfg.drainMs)
   },
   // Low-rate activity in many rooms: an edit and a presence change every `periodMs` per client.
   async rooms () {
