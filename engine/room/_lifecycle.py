@@ -139,6 +139,11 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         self._queued_updates = 0
         """Updates queued for a commit in this copy's life (their numbers, for relays)."""
         self._relayed_updates = 0
+        self._last_writer: str | None = None
+        """The session whose update was queued last ("" for server-side code), and when."""
+        self._last_write_at = -math.inf
+        self._writers_met_at = -math.inf
+        """When an update last followed another writer's within commit_delay (Trio's clock)."""
         self._commit_done = trio.Event()
         self._doc_subscription: pycrdt.Subscription | None = None
         self._sync_cache: tuple[bytes, list[ChannelFrame]] | None = None

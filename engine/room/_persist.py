@@ -119,6 +119,9 @@ class PersistStrand:
     _durable_changes: int
     _queued_updates: int
     _relayed_updates: int
+    _last_writer: str | None
+    _last_write_at: float
+    _writers_met_at: float
     _discarded: bool
     _updates_since_snapshot: int
     _bytes_since_snapshot: int
@@ -147,6 +150,15 @@ class PersistStrand:
 
     def _want_persist(self) -> None:
         self._persist_wanted.set()
+
+    def _note_writer(self, origin: Member | None) -> None:
+        """An update from `origin` (None: server-side code) is being queued: whether another
+        writer's update came within commit_delay before it decides whether the next commit
+        waits (commit_delay)."""
+        writer, now = (origin.session.id if origin is not None else ""), trio.current_time()
+        if writer != self._last_writer and now - self._last_write_at < self._config.commit_delay:
+            self._writers_met_at = now
+        self._last_writer, self._last_write_at = writer, now
 
     def _queue_updates(self, updates: list[bytes]) -> None:
         """Updates applied here, for the next commit. They are numbered (1, 2, ... in this
@@ -183,6 +195,11 @@ class PersistStrand:
             # instead of behind a worker thread's start, and a batch collects what the other
             # connections' readers apply in this turn.
             await trio.lowlevel.checkpoint()
+            delay = self._config.commit_delay
+            if delay > 0 and trio.current_time() - self._writers_met_at < delay:
+                # Several members are writing: one commit for what they write in the next
+                # moment instead of one each (their acks wait; the fan-out went out already).
+                await trio.sleep(delay)
             self._persist_wanted = trio.Event()
             await self._flush(final=False)
 

@@ -410,3 +410,44 @@ async def test_compacting_a_growing_document_costs_in_proportion_to_what_was_app
         assert sum(map(len, stored.updates)) <= max(64_000, len(stored.snapshot or b"")) + 10_100
     stored = await store.load("big")
     assert not stored.updates  # folded in on unload
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.appends: list[int] = []  # updates per append
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        self.appends.append(len(updates))
+        await super().append(room, updates)
+
+
+async def test_members_writing_together_share_a_commit_a_lone_writer_is_not_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """EngineConfig.commit_delay (spec §4.1): once a second member writes within the delay, the
+    next commit waits for it, so one commit stores both members' updates and only their acks
+    wait; the fan-out does not. A member writing alone gets its ack at once."""
+    store = CountingStore()
+    async with make_engine(store=store, commit_delay=0.01) as engine:
+        a, b = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
+        for c in (a, b):
+            await c.hello()
+            await c.join("r")
+            await c.wait_for(PresenceSnapshot)
+        start = trio.current_time()
+        await a.send(Update(1, 1, edit(a.doc, "a")))
+        assert await a.wait_for(Ack) == Ack(1, None)
+        assert trio.current_time() == start, "a member writing alone was held"
+        b.apply((await b.wait_for(Update)).update)
+
+        await b.send(Update(1, 2, edit(b.doc, "b")))  # another writer, within the delay
+        await a.send(Update(1, 3, edit(a.doc, "c")))
+        a.apply((await a.wait_for(Update)).update)
+        b.apply((await b.wait_for(Update)).update)
+        assert trio.current_time() == start, "the fan-out waited for the commit"
+        assert await b.wait_for(Ack) == Ack(2, None)
+        assert trio.current_time() >= start + 0.01
+        assert await a.wait_for(Ack) == Ack(3, None)
+        assert store.appends == [1, 2], "the two members' updates were not stored in one commit"
+        assert str(a.text) == str(b.text) and len(str(a.text)) == 3
