@@ -309,6 +309,56 @@ async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushe
     assert not any(results[first_short:])  # and nothing jumped the queue after that
 
 
+async def test_large_messages_framed_without_a_copy_arrive_whole_and_in_order() -> None:
+    # A binary message of UNCOPIED_BYTES or more is written as its header and then the payload
+    # itself; smaller ones are framed by `websockets`. Read by wsproto, every size around the
+    # RFC 6455 length encodings arrives whole and in order, between small messages sent
+    # without waiting, while the socket is too small to take any of them at once.
+    from plait.engine.http import serve_connection
+    from plait.engine.transports._websocket import UNCOPIED_BYTES
+
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    sizes = [0, 125, 126, UNCOPIED_BYTES - 1, UNCOPIED_BYTES, 65_535, 65_536, 2**20 + 7]
+    large = [os.urandom(n) for n in sizes]
+    sent: list[bytes] = []
+    read_all_of_it = trio.Event()
+
+    async def handler(ws: object) -> None:
+        for i, payload in enumerate(large):
+            small = f"small {i}".encode()
+            ws.send_message_nowait(small)  # type: ignore[attr-defined]
+            sent.append(small)
+            await ws.send_message(payload)  # type: ignore[attr-defined]
+            sent.append(payload)
+        await read_all_of_it.wait()
+
+    async def serve() -> None:
+        stream = await listener.accept()
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await serve_connection(stream, handler, accepting=lambda: True, handshake_timeout=5, max_message_bytes=lambda path: 2**21)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            stream, ws = await raw_upgrade(port, receive_buffer=4096)
+            received: list[bytes] = []
+            partial = b""
+            while len(received) < 2 * len(large):
+                ws.receive_data(await stream.receive_some(65536))
+                for event in ws.events():
+                    if isinstance(event, BytesMessage):
+                        partial += event.data
+                        if event.message_finished:
+                            received.append(partial)
+                            partial = b""
+            read_all_of_it.set()
+            await stream.aclose()
+            await listener.aclose()
+    assert [len(m) for m in received] == [len(m) for m in sent]
+    assert received == sent
+
+
 async def test_a_send_without_waiting_on_a_closed_socket_raises_instead_of_writing() -> None:
     # Once the socket is closed its descriptor number can belong to another connection; the
     # write must fail, not land there.
