@@ -1,6 +1,8 @@
 """Workload 4, join storm: 100 native clients, already connected, all join at the same instant
 a room whose document is 5 MB (stored in SQLite, not yet loaded: the first join loads it).
-Reports the time until every client has the whole document, and the server's peak RSS.
+Reports the time until every client has the whole document, the server's peak RSS, and the
+CPU seconds the server and the load generator spent (they share the machine's cores).
+`--clients 150 --megabytes 20` is @y/hub's join workload.
 
     .venv/bin/python bench/join_storm.py [--clients 100] [--megabytes 5]
 """
@@ -57,10 +59,11 @@ def main() -> None:
     slowest = max((c["syncedAt"] - go for c in synced), default=float("nan")) / 1000
     print(f"Machine: {machine()}\n")
     print(table(["clients", "document", "all synced after", "synced / whole text", "server RSS before",
-                 "server peak RSS", "errors"], [
+                 "server peak RSS", "server CPU", "load CPU", "errors"], [
         [args.clients, f"{size / 1e6:.1f} MB", f"{slowest:.2f} s",
          f"{len(synced)} / {'yes' if whole else 'NO'}",
-         mib(base), mib(measured.server_peak_rss), len(measured.errors)],
+         mib(base), mib(measured.server_peak_rss), f"{measured.server_cpu:.1f} s", f"{measured.load_cpu:.1f} s",
+         len(measured.errors)],
     ]))
 
 
