@@ -439,6 +439,15 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+MAX_HEARTBEAT_SECONDS = 300
+
+
+def _heartbeat_seconds(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_HEARTBEAT_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 1 to {MAX_HEARTBEAT_SECONDS}")
+    return int(text)
+
+
 def _log_level(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -567,6 +576,9 @@ def build_parser() -> _Parser:
     serve_cmd.add_argument("--frames-per-second", type=_positive, metavar="N", default=defaults.frames_per_second,
                            help="other frames (presence, cursors, typing, pings, joins) per connection per second "
                                 "(default %(default)s)")
+    serve_cmd.add_argument("--heartbeat-seconds", type=_heartbeat_seconds, metavar="N", default=int(defaults.heartbeat),
+                           help="the heartbeat interval H (spec §5.7): a connection that has sent nothing for H gets a "
+                                "ping; one silent for 2H is closed (default %(default)s)")
     serve_cmd.add_argument("--max-rooms", type=_positive, metavar="N", default=defaults.max_rooms_per_connection,
                            help="rooms per connection (default %(default)s)")
     serve_cmd.add_argument("--max-document-mib", type=_positive, metavar="N", default=defaults.max_document_bytes // MiB,
@@ -704,6 +716,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         choice = choose_store(args.store, args.data)
         config = EngineConfig(
+            heartbeat=args.heartbeat_seconds,
             updates_per_second=args.updates_per_second,
             events_per_second=args.events_per_second,
             frames_per_second=args.frames_per_second,

@@ -124,9 +124,10 @@ def test_the_settings_reach_the_engine(capsys: pytest.CaptureFixture[str], monke
     (tmp_path / "plait.toml").write_text('max_rooms = 5\nmax_connections_per_ip = 3\nallow_origin = ["https://a.example"]\n')
     monkeypatch.setenv("PLAIT_MAX_CONNECTIONS_PER_USER", "2")
     monkeypatch.setenv("PLAIT_STORE", "memory")
-    status, _, err = run(["serve", "--config", "plait.toml", "--port", "0"], capsys)
+    status, _, err = run(["serve", "--config", "plait.toml", "--port", "0", "--heartbeat-seconds", "25"], capsys)
     assert status == 0, err
     config = seen["config"]
+    assert config.heartbeat == 25
     assert (config.max_rooms_per_connection, config.max_connections_per_ip, config.max_connections_per_user) == (5, 3, 2)
     assert config.allow_origins == ("https://a.example",)
     assert seen["port"] == 0 and seen["choice"].kind == "memory"
@@ -150,6 +151,7 @@ def test_plait_config_names_the_file(capsys: pytest.CaptureFixture[str], monkeyp
         ("port = true", "plait.toml: port: expected a number or a string, not true"),
         ("host = 1", "plait.toml: host: expected a string, not 1"),
         ("max_rooms = 0", "plait.toml: max_rooms: '0' is not a whole number above 0"),
+        ("heartbeat_seconds = 3600", "plait.toml: heartbeat_seconds: '3600' is not a whole number of seconds from 1 to 300"),
         ("max_connections_per_ip = -1", "plait.toml: max_connections_per_ip: '-1' is not a whole number (0 or more"),
         ("allow_origin = 'https://a.example'", 'plait.toml: allow_origin: expected a list (allow_origin = [...]), not "https://a.example"'),
         ("allow_origin = ['ftp://a']", "plait.toml: allow_origin: 'ftp://a' is not an origin"),
