@@ -412,7 +412,7 @@ async def test_compacting_a_growing_document_costs_in_proportion_to_what_was_app
     assert not stored.updates  # folded in on unload
 
 
-class CountingStore(MemoryStore):
+class AppendCountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.appends: list[int] = []  # updates per append
@@ -428,7 +428,7 @@ async def test_members_writing_together_share_a_commit_a_lone_writer_is_not_held
     """EngineConfig.commit_delay (spec §4.1): once a second member writes within the delay, the
     next commit waits for it, so one commit stores both members' updates and only their acks
     wait; the fan-out does not. A member writing alone gets its ack at once."""
-    store = CountingStore()
+    store = AppendCountingStore()
     async with make_engine(store=store, commit_delay=0.01) as engine:
         a, b = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
         for c in (a, b):
