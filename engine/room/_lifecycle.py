@@ -139,6 +139,8 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         self._queued_updates = 0
         """Updates queued for a commit in this copy's life (their numbers, for relays)."""
         self._relayed_updates = 0
+        self._committing_acks: list[tuple[Member | None, int, int | Error | None]] = []
+        self._committing_confirmations: dict[Member, list[bytes]] = {}
         self._last_writer: str | None = None
         """The session whose update was queued last ("" for server-side code), and when."""
         self._last_write_at = -math.inf

@@ -119,6 +119,9 @@ class PersistStrand:
     _durable_changes: int
     _queued_updates: int
     _relayed_updates: int
+    _committing_acks: list[tuple[Member | None, int, int | Error | None]]
+    """The answers of the commit under way (empty when none is)."""
+    _committing_confirmations: dict[Member, list[bytes]]
     _last_writer: str | None
     _last_write_at: float
     _writers_met_at: float
@@ -133,20 +136,35 @@ class PersistStrand:
         def _fail(self, exc: BaseException) -> None: ...
 
     def ack(self, member: Member, ref: int, value: int | None = None) -> None:
-        """Ack a request; behind any answer still waiting for a commit, so answers to one
-        member's requests go out in the order the requests came (spec §4.1)."""
-        if self._pending.acks:
+        """Ack a request; behind any answer still waiting for a commit (the next one's, or the
+        one under way's), so answers to one member's requests go out in the order the
+        requests came (spec §4.1)."""
+        if self._pending.acks or self._committing_acks:
             self._pending.acks.append((member, ref, value))
+            self._want_persist()
         else:
             member.session.deliver_frames(member, [Ack(ref, value)])
 
     def refuse(self, member: Member, ref: int, code: int, message: str) -> None:
         """Answer a request with an error, in order behind answers waiting for a commit."""
         error = Error(ref, member.channel, code, message[:1024])
-        if self._pending.acks:
+        if self._pending.acks or self._committing_acks:
             self._pending.acks.append((member, ref, error))
+            self._want_persist()
         else:
             member.session.deliver_frames(member, [error])
+
+    def _answers_waiting(self, member: Member) -> bool:
+        """Whether an answer to `member`, or a y-websocket confirmation, waits for a commit."""
+        return any(a[0] is member for batch in (self._pending.acks, self._committing_acks) for a in batch) or (
+            member in self._pending.confirmations or member in self._committing_confirmations)
+
+    async def answered(self, member: Member) -> None:
+        """Return once every answer to `member` that waits for a commit has been sent (or the
+        room failed): a leave is answered after the requests that came before it (spec §4.1)."""
+        while self._answers_waiting(member) and self.state is not RoomState.FAILED and not self._discarded:
+            self._want_persist()
+            await self._commit_done.wait()
 
     def _want_persist(self) -> None:
         self._persist_wanted.set()
@@ -210,6 +228,7 @@ class PersistStrand:
                 return
             self._relay_queued()
             pending, self._pending = self._pending, _Pending()
+            self._committing_acks, self._committing_confirmations = pending.acks, pending.confirmations
             numbers = (self._queued_updates - len(pending.updates) + 1, self._queued_updates) if pending.updates else None
             mark = self._changes
             started = time.perf_counter()
@@ -217,11 +236,14 @@ class PersistStrand:
             try:
                 await self._commit(pending.updates, events)
             except BaseException as exc:  # StorageError, or a store that breaks its contract
+                self._committing_acks, self._committing_confirmations = [], {}
                 if not application_error(exc):
                     raise
+                pending.acks.extend(self._pending.acks)  # in request order: those queued behind it
                 self._pending = pending
                 self._fail(exc)
                 return
+            self._committing_acks, self._committing_confirmations = [], {}
             if pending.updates or pending.events:
                 self._metrics.observe("commit_seconds", time.perf_counter() - started)
                 self._metrics.observe("commit_updates", len(pending.updates))

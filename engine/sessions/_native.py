@@ -352,6 +352,12 @@ class Session(Peer):
             case RefreshToken(ref=ref, token=token):
                 await self._refresh(ref, token)
             case Leave(channel=channel, ref=ref):
+                member = self._members[channel]
+                await member.room.answered(member)  # spec §4.1: after the requests before it
+                if self._members.get(channel) is not member:  # ended meanwhile (channel_closed sent)
+                    if ref is not None:
+                        self.send_frames([Ack(ref, None)])
+                    return
                 member = self._members.pop(channel)
                 self._rooms.pop(member.room.name, None)
                 self.outbox.forget_channel(channel)

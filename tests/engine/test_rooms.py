@@ -15,6 +15,8 @@ from plait.protocol import (
     Error,
     ErrorCode,
     Joined,
+    Leave,
+    PresenceSet,
     PresenceSnapshot,
     Publish,
     SyncStep1,
@@ -451,3 +453,46 @@ async def test_members_writing_together_share_a_commit_a_lone_writer_is_not_held
         assert await a.wait_for(Ack) == Ack(3, None)
         assert store.appends == [1, 2], "the two members' updates were not stored in one commit"
         assert str(a.text) == str(b.text) and len(str(a.text)) == 3
+
+
+async def answers(client: DocClient, count: int) -> list[int]:
+    """The refs of the next `count` answers (acks and errors) the client gets."""
+    refs: list[int] = []
+    for _ in range(1000):
+        frame = await client.receive()
+        if isinstance(frame, (Ack, Error)) and frame.ref is not None:
+            refs.append(frame.ref)
+            if len(refs) == count:
+                return refs
+    raise AssertionError(f"only {refs} answered")
+
+
+async def test_an_answer_that_needs_no_commit_waits_behind_one_under_way(autojump_clock: trio.testing.MockClock) -> None:
+    """spec §4.1: answers come in request order. A presence ack sent while the commit of an
+    earlier update is under way went out first (it queued only behind answers not yet taken
+    by a commit)."""
+    async with make_engine(store=SlowAppendStore()) as engine:
+        a = DocClient(engine.connect_memory())
+        await a.hello()
+        await a.join("r")
+        await a.wait_for(PresenceSnapshot)
+        await a.send(Update(1, 5, edit(a.doc, "x")))
+        await trio.sleep(0.01)  # the commit is under way
+        await a.send(PresenceSet(1, 6, {"name": "ada"}), Publish(1, 7, "chat", "hi", None))
+        assert await answers(a, 3) == [5, 6, 7]
+
+
+async def test_a_leave_is_answered_after_every_request_before_it(autojump_clock: trio.testing.MockClock) -> None:
+    """spec §4.1: every request is answered, in order. Updates, a publish and a leave sent
+    together, while another member writes (the commit waits commit_delay): the update acks
+    were dropped because the member had left, and the leave's ack came alone."""
+    async with make_engine(commit_delay=0.01) as engine:
+        a, b = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
+        for c in (a, b):
+            await c.hello()
+            await c.join("r")
+            await c.wait_for(PresenceSnapshot)
+        await b.send(Update(1, 1, edit(b.doc, "b")))
+        await a.send(Update(1, 2, edit(a.doc, "a")), Update(1, 3, edit(a.doc, "a")), Publish(1, 4, "chat", "bye", None),
+                     Leave(1, 5))
+        assert await answers(a, 4) == [2, 3, 4, 5]
