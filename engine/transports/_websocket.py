@@ -60,7 +60,7 @@ class WebSocketStream:
         self._ws = ws
         self._frames = frames  # parsed, not yet handled
         self._parts: list[Frame] = []  # of a fragmented message
-        self._outgoing: list[bytes | memoryview] = []
+        self._outgoing: list[bytes | memoryview] = []  # a memoryview continues a frame begun
         self._sending = False
         self._written: trio.Event | None = None  # made when someone waits for a write to end
         self._closed: TransportClosed | None = None
@@ -206,7 +206,7 @@ class WebSocketStream:
             self._lost()
             raise self._closed_error() from None
         if written < len(chunk):
-            self._outgoing.append(chunk[written:])
+            self._outgoing.append(memoryview(chunk)[written:])  # the rest of a frame begun
             return False
         return True
 
@@ -264,7 +264,9 @@ class WebSocketStream:
         try:
             if self._closed is None and ws.state is State.OPEN:
                 self._finish(TransportClosed(code, reason))
-                self._outgoing.clear()
+                # What waits is dropped, except the rest of a frame already begun (its header
+                # written): cut there, the peer would read the close frame as its payload.
+                del self._outgoing[1 if self._outgoing and isinstance(self._outgoing[0], memoryview) else 0:]
                 ws.send_close(code, _short(reason))
                 await self.flush()
                 # send_close moved the state on (mypy narrowed it to OPEN above)

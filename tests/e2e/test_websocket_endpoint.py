@@ -359,6 +359,40 @@ async def test_large_messages_framed_without_a_copy_arrive_whole_and_in_order() 
     assert received == sent
 
 
+@pytest.mark.parametrize("size", [1024, 128 * 1024])
+async def test_a_close_while_a_message_is_being_written_comes_after_the_whole_message(size: int) -> None:
+    # aclose() drops what waits to be sent, but not the rest of a frame whose start is on the
+    # wire: a large message is written as its header, then its payload, and dropping the
+    # payload made the peer read the close frame as payload bytes (found by a fresh user).
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+    from wsproto.frame_protocol import FrameProtocol
+    from wsproto.frame_protocol import Opcode as WsOpcode
+
+    from plait.engine.transports._websocket import WebSocketStream
+
+    client, server = trio.testing.lockstep_stream_pair()  # a write waits until the peer reads
+    ws = WebSocketStream(server, ServerProtocol(state=State.OPEN), "/", [])
+    payload = os.urandom(size)
+    got = bytearray()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ws.send_message, payload)
+            await trio.testing.wait_all_tasks_blocked()  # blocked writing: nobody reads yet
+            nursery.start_soon(ws.aclose, 4013, "disconnected")
+            await trio.testing.wait_all_tasks_blocked()
+            while data := await client.receive_some(1 << 20):
+                got += data
+                if got.endswith(b"disconnected"):
+                    break
+            nursery.cancel_scope.cancel()  # aclose waits for this side's close frame
+    frames = FrameProtocol(client=True, extensions=[])
+    frames.receive_bytes(bytes(got))
+    received = [(f.opcode, f.payload) for f in frames.received_frames()]
+    assert received[0] == (WsOpcode.BINARY, payload)
+    assert received[1][0] is WsOpcode.CLOSE and received[1][1][0] == 4013
+
+
 async def test_a_send_without_waiting_on_a_closed_socket_raises_instead_of_writing() -> None:
     # Once the socket is closed its descriptor number can belong to another connection; the
     # write must fail, not land there.
