@@ -65,7 +65,10 @@ class Outcome:
         return self.expected - len(self.latencies)
 
 
-def analyse(measured: Measured, clients: int, edits: int, writers: int) -> Outcome:
+def analyse(measured: Measured, clients: int, edits: int, writers: int | None = None) -> Outcome:
+    """Latencies, losses and convergence of a fan-out run in which the first `writers` clients
+    (default all) made `edits` edits each."""
+    writers = clients if writers is None else writers
     sent: dict[tuple[int, int], float] = {}
     for c in measured.clients:
         pairs = c["sends"]
