@@ -56,5 +56,10 @@ def test_the_embedding_and_client_examples_run_as_written(tmp_path: Path) -> Non
         assert bob.stderr.strip().splitlines()[-1].startswith("plait.client._errors.Forbidden: read-only member")
     finally:
         server.send_signal(signal.SIGINT)
-        _, err = server.communicate(timeout=30)
+        try:
+            _, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()  # a hang fails the test without leaving the process behind
+            server.communicate()
+            raise
     assert server.returncode == 0 and "Traceback" not in err, err
