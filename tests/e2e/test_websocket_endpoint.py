@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -264,11 +265,35 @@ def test_a_long_close_reason_is_cut_to_fit_without_splitting_a_character() -> No
     assert len(reason.encode()) <= MAX_REASON_BYTES and set(reason) == {"é"}
 
 
+async def serve_one(listener: trio.SocketListener, handler: Callable[[Any], Awaitable[None]], max_message_bytes: int) -> None:
+    """Serve one connection with `handler`, its socket's send buffer small (4 KiB) so that the
+    server's writes fill it."""
+    from plait.engine.http import serve_connection
+
+    stream = await listener.accept()
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    await serve_connection(stream, handler, accepting=lambda: True, handshake_timeout=5,
+                           max_message_bytes=lambda path: max_message_bytes)
+
+
+async def read_messages(stream: trio.SocketStream, ws: WSConnection, count: int) -> list[bytes]:
+    """The next `count` binary messages, read with wsproto (bounded by the test's deadline)."""
+    received: list[bytes] = []
+    partial = b""
+    while len(received) < count:
+        ws.receive_data(await stream.receive_some(65536))
+        for event in ws.events():
+            if isinstance(event, BytesMessage):
+                partial += event.data
+                if event.message_finished:
+                    received.append(partial)
+                    partial = b""
+    return received
+
+
 async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushed() -> None:
     # The fan-out writes without waiting (send_message_nowait); what a full socket does not
     # take waits in the transport, in order, for flush().
-    from plait.engine.http import serve_connection
-
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     payloads = [bytes([i]) * 16_384 for i in range(64)]  # 1 MiB: more than the buffers hold
@@ -281,26 +306,12 @@ async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushe
         await ws.flush()  # type: ignore[attr-defined]
         await read_all_of_it.wait()
 
-    async def serve() -> None:
-        stream = await listener.accept()
-        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        await serve_connection(stream, handler, accepting=lambda: True, handshake_timeout=5, max_message_bytes=lambda path: 2**20)
-
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
+            nursery.start_soon(serve_one, listener, handler, 2**20)
             stream, ws = await raw_upgrade(port, receive_buffer=4096)
             await queued.wait()  # the server queued everything before this side read a byte
-            received: list[bytes] = []
-            partial = b""
-            while len(received) < len(payloads):
-                ws.receive_data(await stream.receive_some(65536))
-                for event in ws.events():
-                    if isinstance(event, BytesMessage):
-                        partial += event.data
-                        if event.message_finished:
-                            received.append(partial)
-                            partial = b""
+            received = await read_messages(stream, ws, len(payloads))
             read_all_of_it.set()
             await stream.aclose()
             await listener.aclose()
@@ -314,7 +325,6 @@ async def test_large_messages_framed_without_a_copy_arrive_whole_and_in_order() 
     # itself; smaller ones are framed by `websockets`. Read by wsproto, every size around the
     # RFC 6455 length encodings arrives whole and in order, between small messages sent
     # without waiting, while the socket is too small to take any of them at once.
-    from plait.engine.http import serve_connection
     from plait.engine.transports._websocket import UNCOPIED_BYTES
 
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
@@ -333,25 +343,11 @@ async def test_large_messages_framed_without_a_copy_arrive_whole_and_in_order() 
             sent.append(payload)
         await read_all_of_it.wait()
 
-    async def serve() -> None:
-        stream = await listener.accept()
-        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        await serve_connection(stream, handler, accepting=lambda: True, handshake_timeout=5, max_message_bytes=lambda path: 2**21)
-
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
+            nursery.start_soon(serve_one, listener, handler, 2**21)
             stream, ws = await raw_upgrade(port, receive_buffer=4096)
-            received: list[bytes] = []
-            partial = b""
-            while len(received) < 2 * len(large):
-                ws.receive_data(await stream.receive_some(65536))
-                for event in ws.events():
-                    if isinstance(event, BytesMessage):
-                        partial += event.data
-                        if event.message_finished:
-                            received.append(partial)
-                            partial = b""
+            received = await read_messages(stream, ws, 2 * len(large))
             read_all_of_it.set()
             await stream.aclose()
             await listener.aclose()

@@ -36,6 +36,15 @@ def edit(doc: pycrdt.Doc, text: str) -> bytes:
     return doc.get_update(before)
 
 
+async def member_of(engine: Engine, room: str) -> DocClient:
+    """A client of `engine` that has joined `room` and read its presence snapshot."""
+    client = DocClient(engine.connect_memory())
+    await client.hello()
+    await client.join(room)
+    await client.wait_for(PresenceSnapshot)
+    return client
+
+
 async def test_join_sends_joined_sync_and_presence_in_order(autojump_clock: trio.testing.MockClock, connect: Connect) -> None:
     a = await connect()
     await a.send(__import__("plait.protocol").protocol.Join(1, "r", b"\x00", None))
@@ -128,10 +137,7 @@ async def test_a_join_racing_an_unload_gets_a_working_room(autojump_clock: trio.
     store = MemoryStore()
     slow = SlowCompactStore(store)
     async with make_engine(store=slow) as engine:
-        a = DocClient(engine.connect_memory())
-        await a.hello()
-        await a.join("r")
-        await a.wait_for(PresenceSnapshot)
+        a = await member_of(engine, "r")
         await a.send(Update(1, 1, edit(a.doc, "before")))
         await a.wait_for(Ack)
         await a.transport.aclose()
@@ -181,10 +187,7 @@ async def test_a_store_failure_never_acks_and_closes_the_rooms_channels(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with make_engine(store=FailingAppendStore()) as engine:
-        a = DocClient(engine.connect_memory())
-        await a.hello()
-        await a.join("r")
-        await a.wait_for(PresenceSnapshot)
+        a = await member_of(engine, "r")
         await a.send(Update(1, 5, edit(a.doc, "x")))
         sent_at = trio.current_time()
         err = await a.wait_for(Error)
@@ -229,10 +232,7 @@ async def test_a_short_store_outage_delays_acks_and_loses_nothing(
 ) -> None:
     store = FlakyStore(failures=4, events_fail=events_fail)
     async with make_engine(store=store) as engine:
-        a = DocClient(engine.connect_memory())
-        await a.hello()
-        await a.join("r")
-        await a.wait_for(PresenceSnapshot)
+        a = await member_of(engine, "r")
         await a.send(Update(1, 5, edit(a.doc, "x")), Publish(1, 6, "chat", "hi", None))
         frames = []
         for _ in range(100):
@@ -268,10 +268,7 @@ async def test_server_side_handle_edits_reach_members_and_storage(autojump_clock
 async def test_shutdown_closes_sessions_going_away_and_flushes(frames: int, autojump_clock: trio.testing.MockClock) -> None:
     store = MemoryStore()
     async with make_engine(store=store) as engine:
-        a = DocClient(engine.connect_memory())
-        await a.hello()
-        await a.join("r")
-        await a.wait_for(PresenceSnapshot)
+        a = await member_of(engine, "r")
         for i in range(frames):
             await a.send(Update(1, None, edit(a.doc, str(i))))
         await trio.testing.wait_all_tasks_blocked()
@@ -329,10 +326,7 @@ async def test_answers_come_in_request_order_even_when_an_error_is_immediate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with make_engine(store=SlowAppendStore()) as engine:
-        a = DocClient(engine.connect_memory())
-        await a.hello()
-        await a.join("r")
-        await a.wait_for(PresenceSnapshot)
+        a = await member_of(engine, "r")
         # One message: a good update (its ack waits ~1 s for the store), then a bad one.
         await a.send(Update(1, 1, edit(a.doc, "ok")), Update(1, 2, b"\xff\xff\xff"))
         first = await a.wait_for((Ack, Error))  # type: ignore[arg-type]
@@ -432,11 +426,7 @@ async def test_members_writing_together_share_a_commit_a_lone_writer_is_not_held
     wait; the fan-out does not. A member writing alone gets its ack at once."""
     store = AppendCountingStore()
     async with make_engine(store=store, commit_delay=0.01) as engine:
-        a, b = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
-        for c in (a, b):
-            await c.hello()
-            await c.join("r")
-            await c.wait_for(PresenceSnapshot)
+        a, b = await member_of(engine, "r"), await member_of(engine, "r")
         start = trio.current_time()
         await a.send(Update(1, 1, edit(a.doc, "a")))
         assert await a.wait_for(Ack) == Ack(1, None)
@@ -472,10 +462,7 @@ async def test_an_answer_that_needs_no_commit_waits_behind_one_under_way(autojum
     earlier update is under way went out first (it queued only behind answers not yet taken
     by a commit)."""
     async with make_engine(store=SlowAppendStore()) as engine:
-        a = DocClient(engine.connect_memory())
-        await a.hello()
-        await a.join("r")
-        await a.wait_for(PresenceSnapshot)
+        a = await member_of(engine, "r")
         await a.send(Update(1, 5, edit(a.doc, "x")))
         await trio.sleep(0.01)  # the commit is under way
         await a.send(PresenceSet(1, 6, {"name": "ada"}), Publish(1, 7, "chat", "hi", None))
@@ -487,11 +474,7 @@ async def test_a_leave_is_answered_after_every_request_before_it(autojump_clock:
     together, while another member writes (the commit waits commit_delay): the update acks
     were dropped because the member had left, and the leave's ack came alone."""
     async with make_engine(commit_delay=0.01) as engine:
-        a, b = DocClient(engine.connect_memory()), DocClient(engine.connect_memory())
-        for c in (a, b):
-            await c.hello()
-            await c.join("r")
-            await c.wait_for(PresenceSnapshot)
+        a, b = await member_of(engine, "r"), await member_of(engine, "r")
         await b.send(Update(1, 1, edit(b.doc, "b")))
         await a.send(Update(1, 2, edit(a.doc, "a")), Update(1, 3, edit(a.doc, "a")), Publish(1, 4, "chat", "bye", None),
                      Leave(1, 5))
