@@ -141,13 +141,21 @@ class YjsSession(Peer):
             nursery.cancel_scope.cancel()
 
     async def _pinger(self, transport: PingTransport) -> None:
+        """spec §13: a ping every H; no pong within H closes HEARTBEAT_TIMEOUT, unless the
+        socket took bytes meanwhile: the pong waits behind what the peer is still reading (a
+        large document on a slow link), so the peer is there, and it is pinged again."""
         while True:
             await trio.sleep(self.config.heartbeat)
-            with trio.move_on_after(self.config.heartbeat) as waited:
-                await transport.ping()  # TransportClosed: the peer is gone (_contained)
-            if waited.cancelled_caught:
-                self.close(CloseCode.HEARTBEAT_TIMEOUT, "no pong")
-                return
+            sent = getattr(transport, "sent_bytes", 0)  # optional (PingTransport)
+            while True:
+                with trio.move_on_after(self.config.heartbeat) as waited:
+                    await transport.ping()  # TransportClosed: the peer is gone (_contained)
+                if not waited.cancelled_caught:
+                    break
+                if getattr(transport, "sent_bytes", 0) == sent:
+                    self.close(CloseCode.HEARTBEAT_TIMEOUT, "no pong")
+                    return
+                sent = getattr(transport, "sent_bytes", 0)
 
     def _handle(self, message: Any) -> None:
         member = self._members.get(1)

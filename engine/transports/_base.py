@@ -26,7 +26,11 @@ class PingTransport(Transport, Protocol):
     y-websocket client, which sends no heartbeats, is still there (spec §13)."""
 
     async def ping(self) -> None:
-        """Return once the peer answered."""
+        """Return once the peer answered.
+
+        A transport may also count the bytes it has written so far as `sent_bytes` (an int):
+        a pong comes after everything written before its ping, so while that count grows, a
+        peer that has not answered yet is reading, only slowly, and is not dropped for it."""
         ...
 
 

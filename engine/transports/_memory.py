@@ -30,6 +30,7 @@ class MemoryTransport:
         self._send, self._receive = send, receive
         self._outgoing, self._incoming = outgoing, incoming
         self.path = path
+        self.sent_bytes = 0  # PingTransport: counted per message sent
 
     async def send_message(self, data: bytes | str) -> None:
         if self._outgoing.close_code is not None:
@@ -38,6 +39,7 @@ class MemoryTransport:
             await self._send.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._closed_by_peer() from None
+        self.sent_bytes += len(data)
 
     async def receive_message(self) -> bytes | str:
         try:

@@ -37,6 +37,10 @@ UNCOPIED_BYTES = 64 * 1024
 """A binary message this large (a 64-bit length in its header) is written after its frame
 header as it is, not copied into a frame."""
 FIN_BINARY = 0x82
+WRITE_SLICE_BYTES = 64 * 1024
+"""A long write goes to the socket in pieces this large: its progress is seen between them (a
+peer reading a large message slowly, at 5 KB/s or more with a 15 s heartbeat, is not taken for
+gone, engine/sessions/_yjs.py)."""
 CLOSE_WRITE_SECONDS = 2.0
 """How long the close frame that ends a connection may wait behind a write in progress."""
 
@@ -48,12 +52,15 @@ class WebSocketStream:
     writes, later ones queue their bytes for it.
     """
 
-    __slots__ = ("path", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written", "_closed", "_pongs",
+    __slots__ = ("path", "sent_bytes", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written",
+                 "_closed", "_pongs",
                  "_ping_count")
 
     # Thousands of idle connections each hold one of these: plain lists, no deques.
     def __init__(self, stream: trio.abc.Stream, ws: ServerProtocol, path: str, frames: list[Frame]) -> None:
         self.path = path
+        self.sent_bytes = 0
+        """Bytes the socket has taken so far (PingTransport): while it grows, the peer reads."""
         self._stream = stream
         # A socket stream can be written without waiting (send_message_nowait).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
@@ -205,6 +212,7 @@ class WebSocketStream:
         except OSError:
             self._lost()
             raise self._closed_error() from None
+        self.sent_bytes += written
         if written < len(chunk):
             self._outgoing.append(memoryview(chunk)[written:])  # the rest of a frame begun
             return False
@@ -218,8 +226,11 @@ class WebSocketStream:
         payload = self._ping_count.to_bytes(8, "big")
         waiter = self._pongs[payload] = trio.Event()
         self._ws.send_ping(payload)
-        await self.flush()
-        await waiter.wait()
+        try:
+            await self.flush()
+            await waiter.wait()
+        finally:
+            self._pongs.pop(payload, None)
         if self._closed is not None:
             raise self._closed
 
@@ -244,11 +255,15 @@ class WebSocketStream:
         try:
             while self._outgoing:
                 chunk = self._outgoing.pop(0)
+                if len(chunk) > WRITE_SLICE_BYTES:  # in slices, so that sent_bytes shows progress
+                    self._outgoing.insert(0, memoryview(chunk)[WRITE_SLICE_BYTES:])
+                    chunk = memoryview(chunk)[:WRITE_SLICE_BYTES]
                 try:
                     await self._stream.send_all(chunk)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._lost()
                     raise self._closed_error() from None
+                self.sent_bytes += len(chunk)
         finally:
             self._sending = False
             if self._written is not None:

@@ -65,8 +65,9 @@ async def serving(**config: float) -> AsyncIterator[tuple[Engine, int]]:
 class Peer:
     """A hand-made WebSocket client (wsproto) that reads only when told to."""
 
-    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection, answers_pings: bool = False) -> None:
         self.stream, self.ws = stream, ws
+        self.answers_pings = answers_pings
         self.messages: list[bytes | str] = []
         self.closes: list[CloseConnection] = []
         self.pings = 0
@@ -74,12 +75,12 @@ class Peer:
         self._replies: list[bytes] = []
 
     @classmethod
-    async def connect(cls, port: int, target: str = "/", receive_buffer: int | None = None) -> Peer:
+    async def connect(cls, port: int, target: str = "/", receive_buffer: int | None = None, answers_pings: bool = False) -> Peer:
         sock = trio.socket.socket()
         if receive_buffer is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         await sock.connect(("127.0.0.1", port))
-        peer = cls(trio.SocketStream(sock), WSConnection(ConnectionType.CLIENT))
+        peer = cls(trio.SocketStream(sock), WSConnection(ConnectionType.CLIENT), answers_pings)
         await peer.stream.send_all(peer.ws.send(Request(host="127.0.0.1", target=target)))
         with trio.fail_after(5):
             while not any(isinstance(e, AcceptConnection) for e in peer._feed(await peer.stream.receive_some(65536))):
@@ -100,7 +101,9 @@ class Peer:
                 self.closes.append(event)
                 self._replies.append(self.ws.send(event.response()))  # as every WebSocket client does
             elif isinstance(event, Ping):
-                self.pings += 1  # and no pong: this client does not answer
+                self.pings += 1  # and no pong, unless this client answers
+                if self.answers_pings:
+                    self._replies.append(self.ws.send(event.response()))
         return events
 
     async def send(self, data: bytes) -> None:
@@ -212,6 +215,39 @@ async def test_a_yjs_client_that_ignores_pings_and_drops_ends_only_its_session()
         with trio.fail_after(5):
             while engine.statistics()["sessions"]:
                 await trio.sleep(0.05)
+        await still_serves(port)
+
+
+async def test_a_yjs_client_reading_a_large_document_slowly_is_not_dropped_for_its_late_pongs() -> None:
+    # The server's pings wait behind the document it is writing: the pong comes only once the
+    # client has read it all, long after H. While the socket takes bytes, the client is there
+    # (a fresh user's 6.4 MB document on a slow link was closed 4005 after 2H, and never synced).
+    async with serving(heartbeat=1) as (engine, port):
+        async with engine.room("big") as room:
+            room.doc.get("text", type=pycrdt.Text).insert(0, "x" * 2_000_000)
+        y = await Peer.connect(port, "/yjs/big", receive_buffer=SMALL_BUFFER, answers_pings=True)
+        await y.send(y.ws.send(BytesMessage(b"\x00\x00\x01\x00")))  # sync step 1, empty state vector
+        start = trio.current_time()
+        with trio.fail_after(60):
+            while not any(isinstance(m, bytes) and m[:2] == b"\x00\x01" and len(m) > 2_000_000 for m in y.messages):
+                assert not y.closes, f"closed {y.closes[0].code} after {trio.current_time() - start:.1f} s"
+                await y.read_one()
+                await trio.sleep(0.005)  # a few KiB each time: about 0.5 MB/s, 4 s for the document
+        assert trio.current_time() - start > 2 * 1  # more than the 2H it was dropped after
+        assert y.pings > 0
+        await y.stream.aclose()
+
+
+async def test_a_yjs_client_that_stops_reading_a_large_document_is_dropped() -> None:
+    async with serving(heartbeat=0.3) as (engine, port):
+        async with engine.room("big") as room:
+            room.doc.get("text", type=pycrdt.Text).insert(0, "x" * 2_000_000)
+        y = await Peer.connect(port, "/yjs/big", receive_buffer=SMALL_BUFFER, answers_pings=True)
+        await y.send(y.ws.send(BytesMessage(b"\x00\x00\x01\x00")))
+        with trio.fail_after(10):  # and reads nothing more: the socket takes no byte for H
+            while engine.statistics()["sessions"]:
+                await trio.sleep(0.05)
+        await y.stream.aclose()
         await still_serves(port)
 
 
