@@ -37,10 +37,6 @@ UNCOPIED_BYTES = 64 * 1024
 """A binary message this large (a 64-bit length in its header) is written after its frame
 header as it is, not copied into a frame."""
 FIN_BINARY = 0x82
-WRITE_SLICE_BYTES = 64 * 1024
-"""A long write goes to the socket in pieces this large: its progress is seen between them (a
-peer reading a large message slowly, at 5 KB/s or more with a 15 s heartbeat, is not taken for
-gone, engine/sessions/_yjs.py)."""
 CLOSE_WRITE_SECONDS = 2.0
 """How long the close frame that ends a connection may wait behind a write in progress."""
 
@@ -255,20 +251,30 @@ class WebSocketStream:
         try:
             while self._outgoing:
                 chunk = self._outgoing.pop(0)
-                if len(chunk) > WRITE_SLICE_BYTES:  # in slices, so that sent_bytes shows progress
-                    self._outgoing.insert(0, memoryview(chunk)[WRITE_SLICE_BYTES:])
-                    chunk = memoryview(chunk)[:WRITE_SLICE_BYTES]
                 try:
-                    await self._stream.send_all(chunk)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._send_all(chunk)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     self._lost()
                     raise self._closed_error() from None
-                self.sent_bytes += len(chunk)
         finally:
             self._sending = False
             if self._written is not None:
                 self._written.set()
                 self._written = None
+
+    async def _send_all(self, chunk: bytes | memoryview) -> None:
+        """`send_all`, counting in `sent_bytes` what each system call takes, so that a long
+        write's progress shows while it runs (a peer reading a large message slowly is not
+        taken for gone, engine/sessions/_yjs.py)."""
+        if self._socket is None:
+            await self._stream.send_all(chunk)
+            self.sent_bytes += len(chunk)
+            return
+        view = memoryview(chunk)
+        while view:
+            taken = await self._socket.send(view)
+            self.sent_bytes += taken
+            view = view[taken:]
 
     # -- closing ----------------------------------------------------------------------------
 
