@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,13 @@ import pytest
 import trio
 
 from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # Run as a background job (`cmd &` in a script, nohup), the suite starts with SIGINT ignored,
+    # and every server and client it starts would inherit that and ignore the Ctrl-C that the
+    # tests of a graceful stop send: they hung until killed. A handler is reset to the default
+    # in a child, so the children get Ctrl-C back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TEST_DEADLINE = 120.0
 """Seconds on Trio's clock. Under autojump this is virtual time, spent in milliseconds."""
