@@ -169,11 +169,11 @@ class PersistStrand:
     def _want_persist(self) -> None:
         self._persist_wanted.set()
 
-    def _note_writer(self, origin: Member | None) -> None:
+    def _note_writer(self, origin: Member | None, now: float) -> None:
         """An update from `origin` (None: server-side code) is being queued: whether another
         writer's update came within commit_delay before it decides whether the next commit
         waits (commit_delay)."""
-        writer, now = (origin.session.id if origin is not None else ""), trio.current_time()
+        writer = origin.session.id if origin is not None else ""
         if writer != self._last_writer and now - self._last_write_at < self._config.commit_delay:
             self._writers_met_at = now
         self._last_writer, self._last_write_at = writer, now

@@ -152,10 +152,10 @@ class YjsSession(Peer):
                     await transport.ping()  # TransportClosed: the peer is gone (_contained)
                 if not waited.cancelled_caught:
                     break
-                if getattr(transport, "sent_bytes", 0) == sent:
+                sent, before = getattr(transport, "sent_bytes", 0), sent
+                if sent == before:
                     self.close(CloseCode.HEARTBEAT_TIMEOUT, "no pong")
                     return
-                sent = getattr(transport, "sent_bytes", 0)
 
     def _handle(self, message: Any) -> None:
         member = self._members.get(1)

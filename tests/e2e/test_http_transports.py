@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -281,26 +282,33 @@ async def test_deleting_a_session_ends_it_at_once(port: int, http: httpx.AsyncCl
     assert (await http.post(f"/v1/sessions/{peer.session}/frames?key=wrong", content="[]")).status_code == 404
 
 
-async def test_a_request_after_the_session_ended_and_its_stream_took_the_last_words_is_told_how() -> None:
-    """The JS SDK met it: the stream took the operator's 4013, and a POST the client sent just
-    then got 404, which it took for a lost session: it reconnected instead of stopping."""
+@asynccontextmanager
+async def http_member_of(room: str) -> AsyncIterator[tuple[Engine, httpx.AsyncClient, HttpPeer]]:
+    """An engine serving on 127.0.0.1, an HTTP client of it, and an HTTP session in `room`."""
     async with Engine(config=CONFIG, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
         port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
         async with http_client(port) as http:
             peer = HttpPeer(http)
             await peer.open("kicked")
-            await join(peer, "r")
-            assert engine.disconnect(session=peer.session) == 1
-            with trio.fail_after(10):  # a poll takes the last words
-                while (body := (await http.get(peer.url("poll") + "&after=0&timeout=1")).json())["closed"] is None:
-                    await trio.sleep(0.05)
-            assert body["closed"]["code"] == 4013
-            with trio.fail_after(10):
-                while (response := await http.post(peer.url("frames"), content="[]")).status_code == 200:
-                    await trio.sleep(0.05)  # bounded: until the session is forgotten
-            assert response.status_code == 410, response.text
-            assert response.json()["code"] == 4013
+            await join(peer, room)
+            yield engine, http, peer
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_after_the_session_ended_and_its_stream_took_the_last_words_is_told_how() -> None:
+    """The JS SDK met it: the stream took the operator's 4013, and a POST the client sent just
+    then got 404, which it took for a lost session: it reconnected instead of stopping."""
+    async with http_member_of("r") as (engine, http, peer):
+        assert engine.disconnect(session=peer.session) == 1
+        with trio.fail_after(10):  # a poll takes the last words
+            while (body := (await http.get(peer.url("poll") + "&after=0&timeout=1")).json())["closed"] is None:
+                await trio.sleep(0.05)
+        assert body["closed"]["code"] == 4013
+        with trio.fail_after(10):
+            while (response := await http.post(peer.url("frames"), content="[]")).status_code == 200:
+                await trio.sleep(0.05)  # bounded: until the session is forgotten
+        assert response.status_code == 410, response.text
+        assert response.json()["code"] == 4013
 
 
 @pytest.mark.parametrize(
@@ -440,23 +448,17 @@ async def test_a_poller_that_took_everything_before_its_session_ended_still_hear
     # The JS SDK met it: a poll took the session's last frames with `closed` still null, the
     # operator's disconnect came a moment later, and the next poll got 404, so the client
     # never learnt the 4013 that tells it not to reconnect (§14.4: `closed` is the last of it).
-    async with Engine(config=CONFIG, hooks=TokenHooks()) as engine, trio.open_nursery() as nursery:
-        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
-        async with http_client(port) as http:
-            peer = HttpPeer(http)
-            await peer.open("kicked")
-            await join(peer, "r")
-            peer.position = 1  # the welcome
-            with trio.fail_after(10):  # take everything there is: nothing left unsent
-                while True:
-                    body = (await http.get(peer.url("poll") + f"&after={peer.position}&timeout=1")).json()
-                    if not body["frames"]:
-                        break
-                    peer.position = body["position"]
-            assert peer.position > 1
-            assert engine.disconnect(session=peer.session) == 1
-            await trio.sleep(0.3)
-            response = await http.get(peer.url("poll") + f"&after={peer.position}&timeout=0")
-            assert response.status_code == 200, response.text
-            assert response.json()["closed"]["code"] == 4013
-        nursery.cancel_scope.cancel()
+    async with http_member_of("r") as (engine, http, peer):
+        peer.position = 1  # the welcome
+        with trio.fail_after(10):  # take everything there is: nothing left unsent
+            while True:
+                body = (await http.get(peer.url("poll") + f"&after={peer.position}&timeout=1")).json()
+                if not body["frames"]:
+                    break
+                peer.position = body["position"]
+        assert peer.position > 1
+        assert engine.disconnect(session=peer.session) == 1
+        await trio.sleep(0.3)
+        response = await http.get(peer.url("poll") + f"&after={peer.position}&timeout=0")
+        assert response.status_code == 200, response.text
+        assert response.json()["closed"]["code"] == 4013
