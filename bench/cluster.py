@@ -11,6 +11,7 @@ The one-process runs use the same PostgreSQL store (`--store postgresql://...`),
 comparison is of the cluster, not of SQLite against PostgreSQL.
 
     .venv/bin/python bench/cluster.py [--clients 50] [--edits 200] [--rooms 1000] [--seconds 20]
+        [--skip-fanout | --skip-rooms]
 """
 
 from __future__ import annotations
@@ -170,15 +171,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--processes", type=int, default=2, help="load-generating processes")
     parser.add_argument("--skip-rooms", action="store_true", help="only the fan-out")
+    parser.add_argument("--skip-fanout", action="store_true", help="only the many-rooms load")
     args = parser.parse_args()
     with backing() as backing_of:
-        fan = [fanout(count, clients, args, backing_of) for clients in args.clients for count in (1, 2)]
+        fan = [] if args.skip_fanout else [fanout(count, clients, args, backing_of) for clients in args.clients for count in (1, 2)]
         rooms = [] if args.skip_rooms else [
             many_rooms(1, args, backing_of), many_rooms(2, args, backing_of), many_rooms(2, args, backing_of, by_room=True)
         ]
     print(f"Machine: {machine()}\n")
-    print(table(["server", "clients", "p50 ms", "p99 ms", "p50 within / across processes", "edits lost", "converged",
-                 "Plait CPU µs/delivery", "Redis+PostgreSQL CPU µs/delivery", "peak RSS (sum)", "errors"], fan))
+    if fan:
+        print(table(["server", "clients", "p50 ms", "p99 ms", "p50 within / across processes", "edits lost", "converged",
+                     "Plait CPU µs/delivery", "Redis+PostgreSQL CPU µs/delivery", "peak RSS (sum)", "errors"], fan))
     if rooms:
         print()
         print(table(["server", "rooms x clients", "Plait CPU (all processes)", "Redis+PostgreSQL CPU", "load CPU",

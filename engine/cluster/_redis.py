@@ -6,10 +6,10 @@ Keys and channels, per room (its name, UTF-8):
   updates, events), one entry per commit, `m` = msgpack [process, [update, ...],
   [[seq, body], ...], first, last] (first and last: the numbers of its updates as relayed, or
   nil). One script (COMMIT_SCRIPT) adds the entry and publishes it, with its id
-  and the id of the entry before it, on the channel of the same name: every process listens
-  (one pattern subscription), so an entry costs its readers no command of their own. A process
-  keeps, per room it holds, the id of the last entry it saw; an entry whose previous id is not
-  that one means it missed some (a subscription that dropped, a room that was loading), and it
+  and the id of the entry before it, on the channel of the same name: every process that holds
+  the room listens, so an entry costs its readers no command of their own. A process keeps,
+  per room it holds, the id of the last entry it saw; an entry whose previous id is not that
+  one means it missed some (a subscription that dropped, a room that was loading), and it
   reads them from the stream (XRANGE from that id). The stream keeps about `stream_length`
   entries: if the entry it last saw was trimmed (or the stream was lost with a Redis restart,
   or expired an hour after its last entry, or went with the room's deletion), it resyncs the
@@ -21,8 +21,11 @@ Keys and channels, per room (its name, UTF-8):
   `u` relays document updates before their commit: body = msgpack [first, [update, ...]]
   (engine/room/_replica.py; at most RELAY_MAX_BYTES, larger ones come with the commit only;
   only while another process is known to hold the room), `l`: this process no longer holds it.
-  Every process listens to every room's (one pattern subscription) and drops what is for
-  rooms it does not hold.
+- A process subscribes to a room's two channels (`:log`, `:eph`) while it holds the room, all
+  on one connection: a room's traffic reaches only the processes that hold it, so processes
+  that share no rooms share no load. One task keeps the subscriptions: a room that starts
+  loading waits for the next SUBSCRIBE (one command for every room that asked meanwhile, so a
+  join storm waits one round trip, not one per room), and one that unloads is unsubscribed.
 - `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
   deletions), msgpack [process, operation], done by every process.
 - `plait:{room}:lease`: who compacts the room (SET NX PX, held `lease_seconds`).
@@ -77,8 +80,6 @@ STREAM_TTL_MS = 3_600_000
 """A room's stream goes an hour after its last entry (a process that stalls longer than its
 heartbeats resyncs every room anyway)."""
 OPS_CHANNEL = b"plait:ops"
-EPH_PATTERN = b"plait:*:eph"
-LOG_PATTERN = b"plait:*:log"
 RELAY_MAX_BYTES = 256 * 1024
 """Updates relayed before their commit at most per batch; a larger batch comes with its commit."""
 
@@ -152,6 +153,15 @@ class RedisCluster:
         """Rooms that missed entries: read from the stream (their position on) by _catch_up."""
         self._behind_ready = trio.Event()
         self._following: set[str] = set()
+        self._attaching: dict[str, int] = {}
+        """Room -> how many of its copies are attaching here (their channels are wanted too)."""
+        self._subscribed: set[str] = set()
+        """Rooms whose channels Redis confirmed subscribed, on the subscription live now."""
+        self._subscriptions_changed = trio.Event()
+        self._subscriptions_kept = trio.Event()
+        """Set (and replaced) each time _keep_subscriptions has caught up with what is wanted."""
+        self._pubsub: Any = None
+        """The subscription live now (coredis's PubSub), or None."""
         self._peers: dict[str, set[str]] = {}
         """Peer process -> the rooms it was seen in."""
         self._dropped: set[str] = set()
@@ -275,9 +285,33 @@ class RedisCluster:
     # -- Replication ------------------------------------------------------------------------
 
     async def attach(self, room: Replica) -> None:
-        newest = await self._client.xrevrange(_log_key(room.name), "+", "-", count=1)
-        self._positions[room.name] = newest[0].identifier if newest else b"0-0"
-        self._rooms[room.name] = room
+        """Subscribes to the room's channels, then notes its stream's newest entry: whatever is
+        committed after that is heard, or read from the stream by follow().
+
+        Raises: TimeoutError if Redis does not confirm the subscription within 3 heartbeats;
+        coredis's errors if it cannot be reached."""
+        name = room.name
+        self._attaching[name] = self._attaching.get(name, 0) + 1
+        try:
+            await self._subscribe_to(name)
+            newest = await self._client.xrevrange(_log_key(name), "+", "-", count=1)
+            self._positions[name] = newest[0].identifier if newest else b"0-0"
+            self._rooms[name] = room
+        finally:
+            if self._attaching[name] == 1:
+                del self._attaching[name]
+            else:
+                self._attaching[name] -= 1
+            self._subscriptions_changed.set()  # unsubscribed again if it failed
+
+    async def _subscribe_to(self, name: str) -> None:
+        with trio.move_on_after(3 * self._heartbeat):
+            while name not in self._subscribed:
+                kept = self._subscriptions_kept
+                self._subscriptions_changed.set()
+                await kept.wait()
+            return
+        raise TimeoutError(f"Redis did not confirm the subscription to room {name!r}'s channels")
 
     def follow(self, room: Replica) -> None:
         if self._rooms.get(room.name) is not room:
@@ -298,6 +332,7 @@ class RedisCluster:
         self._published.pop(room.name, None)
         for rooms in self._peers.values():
             rooms.discard(room.name)
+        self._subscriptions_changed.set()
 
     def relay(self, room: str, first: int, updates: Sequence[bytes]) -> None:
         # Only to a room another process holds (it said so: `w` when it loaded the room, and
@@ -490,29 +525,29 @@ class RedisCluster:
         self._queue_publish(room.name, b"e", room.ephemeral_state())
 
     async def _listen(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Every room's ephemeral channel by one pattern (a subscription per room made a join
-        storm wait on Redis's acknowledgements: rooms failed to load), and the operations."""
+        """The operations' channel and the channels of the rooms held here, on one connection
+        (kept by _keep_subscriptions); after a failure, all again on a new one."""
         import coredis
+        from coredis.patterns.pubsub import PubSub
 
         first = True
         while True:
             try:
                 # Its own retries off: a dropped subscription must be known (what was said
                 # meanwhile is lost: the rooms read their streams and resync).
-                async with self._reader_client.pubsub(retry_policy=coredis.retry.NoRetryPolicy()) as pubsub:
+                pubsub = PubSub[bytes](
+                    self._reader_client.connection_pool, retry_policy=coredis.retry.NoRetryPolicy(),
+                    subscription_timeout=3 * self._heartbeat,
+                )  # unsubscription_timeout stays 0.1 s: coredis waits that long at every close
+                async with pubsub:
+                    self._pubsub = pubsub
                     # Handled as coredis reads them (no task between: a hop less under load).
                     await pubsub.subscribe(**{OPS_CHANNEL.decode(): self._heard})
-                    await pubsub.psubscribe(**{EPH_PATTERN.decode(): self._heard, LOG_PATTERN.decode(): self._heard})
+                    again = not first
                     if first:
                         task_status.started()
                         first = False
-                    else:  # what was said while this process did not listen is lost: all again
-                        for name, room in list(self._rooms.items()):
-                            if name in self._following:
-                                self._queue_publish(name, b"w", b"")
-                                _contained(room, "send its state", self._send_state, room)
-                                self._fell_behind(name)
-                    await trio.sleep_forever()  # until the subscription fails (or we are cancelled)
+                    await self._keep_subscriptions(pubsub, again=again)  # until it fails
             except BaseExceptionGroup as group:
                 if group.subgroup(trio.Cancelled) is not None:
                     # Cancelled, and the subscription's teardown failed on its way out (its
@@ -524,6 +559,36 @@ class RedisCluster:
             except Exception as exc:
                 self._failed("pub/sub", exc)
                 await trio.sleep(self._heartbeat / 3)
+            finally:
+                self._subscribed, self._pubsub = set(), None
+
+    async def _keep_subscriptions(self, pubsub: Any, *, again: bool) -> None:
+        """Subscribes to the channels of the rooms attaching or held here and unsubscribes from
+        the others, each time that changes (many rooms in one command). `again`: this is a new
+        connection after a failure, and what was said while none listened is lost."""
+        while True:
+            wanted = self._rooms.keys() | self._attaching.keys()
+            gone = self._subscribed - wanted
+            if gone:
+                self._subscribed -= gone  # a room attaching meanwhile waits for the next round
+                await pubsub.unsubscribe(*(channel for name in gone for channel in _channels(name)))
+            new = wanted - self._subscribed
+            if new:
+                await pubsub.subscribe(**{channel.decode(): self._heard for name in new for channel in _channels(name)})
+                self._subscribed |= new
+            if again:
+                again = False
+                for name, room in list(self._rooms.items()):
+                    if name in self._following:
+                        self._queue_publish(name, b"w", b"")
+                        _contained(room, "send its state", self._send_state, room)
+                        self._fell_behind(name)
+            kept, self._subscriptions_kept = self._subscriptions_kept, trio.Event()
+            kept.set()
+            _discard_handled(pubsub)
+            with trio.move_on_after(self._heartbeat):
+                await self._subscriptions_changed.wait()
+            self._subscriptions_changed = trio.Event()
 
     def _heard(self, message: Any) -> None:
         try:
@@ -572,6 +637,24 @@ class RedisCluster:
                 logger.error("cluster: room %r: relayed updates that do not decode (%s)", name, exc)
                 return
             _contained(room, "apply relayed updates", room.receive_relayed, process, first, updates)
+
+
+def _channels(room: str) -> tuple[bytes, bytes]:
+    return _log_key(room), _eph_channel(room)
+
+
+def _discard_handled(pubsub: Any) -> None:
+    """coredis (6.9) also queues each message it handed to a handler, as None, on a stream
+    read only by get_message(), which nothing here calls: without this, a process would keep
+    8 bytes for every message it ever heard."""
+    stream = getattr(pubsub, "_receive_stream", None)
+    if stream is None:
+        return
+    try:
+        while True:
+            stream.receive_nowait()
+    except Exception:  # anyio.WouldBlock: empty
+        return
 
 
 def _id(entry: bytes) -> tuple[int, int]:

@@ -610,3 +610,96 @@ async def test_a_room_deleted_through_a_process_that_does_not_hold_it_is_gone(re
         assert "secret" not in await store.list_rooms()
     await store.aclose()
     await other.aclose()
+
+
+async def numsub(client: Any, *rooms: str) -> dict[str, int]:
+    """How many Redis connections listen to each room's channels (its `:eph` and `:log` alike)."""
+    channels = [f"plait:{room}:{kind}".encode() for room in rooms for kind in ("eph", "log")]
+    counts = await client.pubsub_numsub(*channels)
+    by_room: dict[str, int] = {}
+    for room in rooms:
+        eph, log = counts[f"plait:{room}:eph".encode()], counts[f"plait:{room}:log".encode()]
+        assert eph == log, (room, eph, log)
+        by_room[room] = eph
+    return by_room
+
+
+async def test_a_rooms_traffic_reaches_only_the_processes_that_hold_it(redis: RedisServer) -> None:
+    """Each process subscribes to the channels of the rooms it holds, and unsubscribes when a
+    room unloads: two processes with different rooms share none of their traffic; a room
+    loaded again on a process is heard again there."""
+    store = SharedMemoryStore()
+    quick = EngineConfig(room_idle_grace=0.2)
+    async with node(redis, store, quick) as a, node(redis, store, quick) as b, coredis.Redis.from_url(redis.url) as client:
+        alice, bob = await member(a, "r"), await member(b, "s")
+        await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        assert await numsub(client, "r", "s") == {"r": 1, "s": 1}
+        assert await client.pubsub_numpat() == 0  # no process hears every room
+        carol = await member(b, "r")
+        assert await numsub(client, "r", "s") == {"r": 2, "s": 1}
+        await bob.send(Leave(1, 9))
+        with trio.fail_after(10):
+            while (await numsub(client, "s"))["s"]:
+                await trio.sleep(0.05)  # bounded by the deadline: until b unloaded it
+        await carol.send(Leave(1, 9))
+        with trio.fail_after(10):
+            while (await numsub(client, "r"))["r"] != 1:
+                await trio.sleep(0.05)
+        dave = await member(b, "r")  # loaded again on b: subscribed again, and in step
+        await alice.send(Update(1, 2, edit(alice.doc, "heard")))
+        with trio.fail_after(10):
+            await until_text(dave, "heard")
+        await dave.send(PresenceSet(1, None, {"name": "dave"}))
+        with trio.fail_after(10):
+            await presence_names(alice, {"alice", "dave"})
+
+
+async def test_a_join_storm_over_many_rooms_subscribes_them_all(redis: RedisServer) -> None:
+    """200 rooms start loading on one process at once: their subscriptions share a few
+    commands, every join succeeds, and the other process's edits reach every room."""
+    store = SharedMemoryStore()
+    rooms = [f"room-{n}" for n in range(200)]
+    async with node(redis, store) as a, node(redis, store) as b, coredis.Redis.from_url(redis.url) as client:
+        writers = {room: await member(a, room) for room in rooms[:5]}
+        joined: dict[str, DocClient] = {}
+
+        async def join(room: str) -> None:
+            joined[room] = await member(b, room)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for room in rooms:
+                    nursery.start_soon(join, room)
+        assert set(joined) == set(rooms)
+        assert await numsub(client, *rooms) == {room: 2 if room in writers else 1 for room in rooms}
+        for room, writer in writers.items():
+            await writer.send(Update(1, 2, edit(writer.doc, room)))
+        with trio.fail_after(20):
+            for room in writers:
+                await until_text(joined[room], room)
+
+
+async def test_the_messages_a_process_hears_are_not_kept(redis: RedisServer) -> None:
+    """coredis queues every message it hands to a handler for get_message() as well: the
+    cluster drops them, or a process's memory would grow with everything it ever heard."""
+    store = SharedMemoryStore()
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        Engine(store=store, replication=cluster, sequence=cluster, lease=cluster) as a,
+        coredis.Redis.from_url(redis.url) as client,
+    ):
+        await member(a)
+        async with client.pubsub(channels=[b"plait:r:eph"]) as listening:
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(3000):
+                    pipe.publish(b"plait:r:eph", msgpack.packb(["other0000000", b"l", b""], use_bin_type=True))
+                pipe.publish(b"plait:r:eph", msgpack.packb(["other0000000", b"w", b""], use_bin_type=True))
+            with trio.fail_after(10):  # a answers the `w` with its state: it has handled all before it
+                for _ in range(5000):
+                    message = await listening.get_message(ignore_subscribe_messages=True)
+                    if message is not None and msgpack.unpackb(message["data"])[0] == cluster.process:
+                        break
+        assert cluster._pubsub is not None
+        with trio.fail_after(5):
+            while cluster._pubsub._receive_stream.statistics().current_buffer_used > 10:
+                await trio.sleep(0.05)  # bounded by the deadline: until the next round drops them
