@@ -12,11 +12,14 @@ comparison is of the cluster, not of SQLite against PostgreSQL.
 
     .venv/bin/python bench/cluster.py [--clients 50] [--edits 200] [--rooms 1000] [--seconds 20]
         [--skip-fanout | --skip-rooms]
+
+PLAIT_BENCH_LOG_DIR=DIR keeps the servers' logs (WARNING and up) in DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -88,7 +91,8 @@ def plait_processes(count: int, dsn: str, redis_url: str, pids: list[int]) -> It
             port = free_port()
             argv = [sys.executable, "-m", "plait.engine._cli", "serve", "--port", str(port), "--store", dsn,
                     "--log-level", "WARNING", "--no-demo", *cluster]
-            server = Server(argv, port, Path(scratch) / f"server-{i}.log")
+            logs = Path(os.environ.get("PLAIT_BENCH_LOG_DIR") or scratch)  # kept there if set
+            server = Server(argv, port, logs / f"server-{count}-{i}.log")
             stack.callback(server.stop)
             servers.append(server)
         yield Servers(servers, pids)

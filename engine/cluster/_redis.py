@@ -23,9 +23,10 @@ Keys and channels, per room (its name, UTF-8):
   only while another process is known to hold the room), `l`: this process no longer holds it.
 - A process subscribes to a room's two channels (`:log`, `:eph`) while it holds the room, all
   on one connection: a room's traffic reaches only the processes that hold it, so processes
-  that share no rooms share no load. One task keeps the subscriptions: a room that starts
-  loading waits for the next SUBSCRIBE (one command for every room that asked meanwhile, so a
-  join storm waits one round trip, not one per room), and one that unloads is unsubscribed.
+  that share no rooms share no load. One task keeps the subscriptions, one command for every
+  room that loaded or unloaded meanwhile. A room's load does not wait for it (a join storm
+  would wait on Redis's confirmations): once subscribed, the room reads what was committed
+  since it started loading from the stream, and asks the others for their state (`w`).
 - `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
   deletions), msgpack [process, operation], done by every process.
 - `plait:{room}:lease`: who compacts the room (SET NX PX, held `lease_seconds`).
@@ -80,6 +81,9 @@ STREAM_TTL_MS = 3_600_000
 """A room's stream goes an hour after its last entry (a process that stalls longer than its
 heartbeats resyncs every room anyway)."""
 OPS_CHANNEL = b"plait:ops"
+SUBSCRIPTION_TIMEOUT = 30.0
+"""Seconds Redis may take to confirm a SUBSCRIBE before the subscription is started again: long,
+as a busy process reads the confirmations late (a dead connection fails at once anyway)."""
 RELAY_MAX_BYTES = 256 * 1024
 """Updates relayed before their commit at most per batch; a larger batch comes with its commit."""
 
@@ -153,13 +157,9 @@ class RedisCluster:
         """Rooms that missed entries: read from the stream (their position on) by _catch_up."""
         self._behind_ready = trio.Event()
         self._following: set[str] = set()
-        self._attaching: dict[str, int] = {}
-        """Room -> how many of its copies are attaching here (their channels are wanted too)."""
         self._subscribed: set[str] = set()
         """Rooms whose channels Redis confirmed subscribed, on the subscription live now."""
         self._subscriptions_changed = trio.Event()
-        self._subscriptions_kept = trio.Event()
-        """Set (and replaced) each time _keep_subscriptions has caught up with what is wanted."""
         self._pubsub: Any = None
         """The subscription live now (coredis's PubSub), or None."""
         self._peers: dict[str, set[str]] = {}
@@ -285,40 +285,27 @@ class RedisCluster:
     # -- Replication ------------------------------------------------------------------------
 
     async def attach(self, room: Replica) -> None:
-        """Subscribes to the room's channels, then notes its stream's newest entry: whatever is
-        committed after that is heard, or read from the stream by follow().
-
-        Raises: TimeoutError if Redis does not confirm the subscription within 3 heartbeats;
-        coredis's errors if it cannot be reached."""
-        name = room.name
-        self._attaching[name] = self._attaching.get(name, 0) + 1
-        try:
-            await self._subscribe_to(name)
-            newest = await self._client.xrevrange(_log_key(name), "+", "-", count=1)
-            self._positions[name] = newest[0].identifier if newest else b"0-0"
-            self._rooms[name] = room
-        finally:
-            if self._attaching[name] == 1:
-                del self._attaching[name]
-            else:
-                self._attaching[name] -= 1
-            self._subscriptions_changed.set()  # unsubscribed again if it failed
-
-    async def _subscribe_to(self, name: str) -> None:
-        with trio.move_on_after(3 * self._heartbeat):
-            while name not in self._subscribed:
-                kept = self._subscriptions_kept
-                self._subscriptions_changed.set()
-                await kept.wait()
-            return
-        raise TimeoutError(f"Redis did not confirm the subscription to room {name!r}'s channels")
+        """Notes the room's newest stream entry and asks for its channels (_keep_subscriptions):
+        what is committed after that entry is heard, or read from the stream once subscribed.
+        The load does not wait for Redis's confirmation (a join storm would wait on it)."""
+        newest = await self._client.xrevrange(_log_key(room.name), "+", "-", count=1)
+        self._positions[room.name] = newest[0].identifier if newest else b"0-0"
+        self._rooms[room.name] = room
+        self._subscriptions_changed.set()
 
     def follow(self, room: Replica) -> None:
         if self._rooms.get(room.name) is not room:
             return
         self._following.add(room.name)
-        self._queue_publish(room.name, b"w", b"")
-        self._fell_behind(room.name)  # what was committed while it loaded was not applied
+        if room.name in self._subscribed:  # else once it is (_keep_subscriptions)
+            self._hear_room(room.name)
+
+    def _hear_room(self, name: str) -> None:
+        """The room is live here and its channels are subscribed: the others tell it their
+        state, and it reads what was committed since its position (while it loaded, or before
+        it was subscribed)."""
+        self._queue_publish(name, b"w", b"")
+        self._fell_behind(name)
 
     def detach(self, room: Replica) -> None:
         if self._rooms.get(room.name) is not room:
@@ -537,7 +524,7 @@ class RedisCluster:
                 # meanwhile is lost: the rooms read their streams and resync).
                 pubsub = PubSub[bytes](
                     self._reader_client.connection_pool, retry_policy=coredis.retry.NoRetryPolicy(),
-                    subscription_timeout=3 * self._heartbeat,
+                    subscription_timeout=SUBSCRIPTION_TIMEOUT,
                 )  # unsubscription_timeout stays 0.1 s: coredis waits that long at every close
                 async with pubsub:
                     self._pubsub = pubsub
@@ -563,28 +550,26 @@ class RedisCluster:
                 self._subscribed, self._pubsub = set(), None
 
     async def _keep_subscriptions(self, pubsub: Any, *, again: bool) -> None:
-        """Subscribes to the channels of the rooms attaching or held here and unsubscribes from
-        the others, each time that changes (many rooms in one command). `again`: this is a new
-        connection after a failure, and what was said while none listened is lost."""
+        """Subscribes to the channels of the rooms held here and unsubscribes from the others,
+        each time that changes (many rooms in one command); a live room newly subscribed hears
+        the others (_hear_room). `again`: this is a new connection after a failure, and what
+        was said while none listened is lost: the rooms' state goes out again too."""
         while True:
-            wanted = self._rooms.keys() | self._attaching.keys()
-            gone = self._subscribed - wanted
+            gone = self._subscribed - self._rooms.keys()
             if gone:
-                self._subscribed -= gone  # a room attaching meanwhile waits for the next round
+                self._subscribed -= gone  # a room loaded again meanwhile waits for the next round
                 await pubsub.unsubscribe(*(channel for name in gone for channel in _channels(name)))
-            new = wanted - self._subscribed
+            new = self._rooms.keys() - self._subscribed
             if new:
                 await pubsub.subscribe(**{channel.decode(): self._heard for name in new for channel in _channels(name)})
                 self._subscribed |= new
-            if again:
-                again = False
-                for name, room in list(self._rooms.items()):
-                    if name in self._following:
-                        self._queue_publish(name, b"w", b"")
-                        _contained(room, "send its state", self._send_state, room)
-                        self._fell_behind(name)
-            kept, self._subscriptions_kept = self._subscriptions_kept, trio.Event()
-            kept.set()
+                for name in new:
+                    room = self._rooms.get(name)
+                    if room is not None and name in self._following:
+                        self._hear_room(name)
+                        if again:
+                            _contained(room, "send its state", self._send_state, room)
+            again = False
             _discard_handled(pubsub)
             with trio.move_on_after(self._heartbeat):
                 await self._subscriptions_changed.wait()

@@ -554,6 +554,9 @@ async def test_what_is_committed_while_a_process_loads_the_room_reaches_it(redis
             nursery.start_soon(join)
             with trio.fail_after(10):
                 await store.loading.wait()
+                async with coredis.Redis.from_url(redis.url) as client:
+                    while (await numsub(client, "r"))["r"] < 2:
+                        await trio.sleep(0.01)  # bounded by the deadline: until b listens too
             published = trio.Event()
             await alice.send(Update(1, 3, edit(alice.doc, " during")))
             await alice.wait_for(Ack)
@@ -703,3 +706,51 @@ async def test_the_messages_a_process_hears_are_not_kept(redis: RedisServer) -> 
         with trio.fail_after(5):
             while cluster._pubsub._receive_stream.statistics().current_buffer_used > 10:
                 await trio.sleep(0.05)  # bounded by the deadline: until the next round drops them
+
+
+class LateSubscriptions(RedisCluster):
+    """A cluster whose subscriptions to rooms' channels wait for `gate` (Redis slow to confirm,
+    a busy process): its rooms go live before they listen."""
+
+    gate: trio.Event | None = None
+
+    async def _keep_subscriptions(self, pubsub: Any, *, again: bool) -> None:
+        cluster = self
+
+        class Gated:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(pubsub, name)
+
+            async def subscribe(self, **handlers: Any) -> None:
+                if cluster.gate is not None:
+                    await cluster.gate.wait()
+                await pubsub.subscribe(**handlers)
+
+        await super()._keep_subscriptions(Gated(), again=again)
+
+
+async def test_a_room_live_before_it_listens_hears_what_it_missed_once_it_does(redis: RedisServer) -> None:
+    """b's room loads and goes live while its subscription waits; a commits meanwhile. Once b
+    listens, it reads that commit from the stream and asks for the others' presence (which
+    nobody changes again)."""
+    store = SharedMemoryStore()
+    patient = EngineConfig(heartbeat=600)
+    async with (
+        node(redis, store, patient) as a,
+        LateSubscriptions(redis.url, store, heartbeat=0.5) as cluster,
+        Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
+    ):
+        alice = await member(a)
+        await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        await alice.send(Update(1, 2, edit(alice.doc, "before")))
+        await alice.wait_for(Ack)
+        cluster.gate = gate = trio.Event()
+        bob = await member(b)
+        await bob.send(PresenceSet(1, None, {"name": "bob"}))
+        await alice.send(Update(1, 3, edit(alice.doc, " during")))
+        await alice.wait_for(Ack)
+        assert "r" not in cluster._subscribed
+        gate.set()
+        with trio.fail_after(10):
+            await until_text(bob, "before during")
+            await presence_names(bob, {"alice", "bob"})
