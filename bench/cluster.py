@@ -19,6 +19,7 @@ PLAIT_BENCH_LOG_DIR=DIR keeps the servers' logs (WARNING and up) in DIR.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -81,18 +82,21 @@ def backing() -> Iterator[tuple[str, str, list[int]]]:
         yield postgres.fresh_dsn, redis.url, [postgres.process.pid, redis.process.pid]  # type: ignore[misc]
 
 
+_runs = itertools.count(1)
+
+
 @contextmanager
 def plait_processes(count: int, dsn: str, redis_url: str, pids: list[int]) -> Iterator[Servers]:
     """`count` processes on the database `dsn`: one plain server, or a cluster on `redis_url`."""
     cluster = ["--cluster", redis_url] if count > 1 else []
     with tempfile.TemporaryDirectory(prefix="plait-bench-") as scratch, ExitStack() as stack:
         servers = []
-        for i in range(count):
+        for _ in range(count):
             port = free_port()
             argv = [sys.executable, "-m", "plait.engine._cli", "serve", "--port", str(port), "--store", dsn,
                     "--log-level", "WARNING", "--no-demo", *cluster]
             logs = Path(os.environ.get("PLAIT_BENCH_LOG_DIR") or scratch)  # kept there if set
-            server = Server(argv, port, logs / f"server-{count}-{i}.log")
+            server = Server(argv, port, logs / f"server-{next(_runs)}.log")
             stack.callback(server.stop)
             servers.append(server)
         yield Servers(servers, pids)
