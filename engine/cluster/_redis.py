@@ -32,7 +32,8 @@ Keys and channels, per room (its name, UTF-8):
 - `plait:{room}:lease`: who compacts the room (SET NX PX, held `lease_seconds`).
 - `plait:process:{id}`: this process's heartbeat (PX 3 heartbeats). A peer whose key is gone is
   dead: its members leave every room's presence here and the rooms resync (what it committed
-  and did not publish is in the store). Bound: a dead process's members are gone from
+  and did not publish is in the store; RESYNCS_AT_ONCE rooms read it at a time). A process
+  that finds it did not beat in time (too busy, paused) sends every room's state again. Bound: a dead process's members are gone from
   everyone's presence within 4 heartbeats (6 s by default), plus the presence grace.
 
 Event sequence numbers and epochs come from the shared store (PostgreSQL's `next_seq` and
@@ -84,6 +85,8 @@ OPS_CHANNEL = b"plait:ops"
 SUBSCRIPTION_TIMEOUT = 30.0
 """Seconds Redis may take to confirm a SUBSCRIBE before the subscription is started again: long,
 as a busy process reads the confirmations late (a dead connection fails at once anyway)."""
+RESYNCS_AT_ONCE = 4
+"""Rooms reading the store at once to resync (Replication.resyncs)."""
 RELAY_MAX_BYTES = 256 * 1024
 """Updates relayed before their commit at most per batch; a larger batch comes with its commit."""
 
@@ -169,6 +172,8 @@ class RedisCluster:
         self._outbox: list[tuple[Literal["commit", "publish", "delete"], bytes, bytes]] = []
         """What to tell Redis next, in order: (what, the stream or channel, the entry or message)."""
         self._outbox_ready = trio.Event()
+        self.resyncs = trio.CapacityLimiter(RESYNCS_AT_ONCE)
+        """Replication.resyncs."""
         self._operation_handler: Callable[[list[Any]], Awaitable[None]] | None = None
         self._healthy = True
         self._trust_heartbeats_at = 0.0
@@ -233,14 +238,25 @@ class RedisCluster:
                 await self._beat()
                 now = trio.current_time()
                 if now - last > 3 * self._heartbeat and self._healthy:
-                    # This process stalled long enough for the others to take it for dead (and
-                    # for its streams to move on): as after a Redis failure, all again.
-                    self._failed("heartbeat", TimeoutError(f"this process stalled for {now - last:.1f} s"))
+                    self._stalled(now - last)
                 last = now
                 self._recovered()
                 await self._check_peers()
             except Exception as exc:
                 self._failed("heartbeat", exc)
+
+    def _stalled(self, seconds: float) -> None:
+        """This process did not beat for longer than its key lives (too busy: a storm of joins
+        or leaves; or paused): the others may have given it up for dead and dropped its members.
+        It tells them every room's state again, and checks every room's stream for what it
+        missed. Nothing was lost that the stream cannot tell: a room resyncs from the store only
+        if its stream moved on past it (a resync of every room, as after a Redis failure, would
+        queue every process's writes behind the store's reads just when it is busiest)."""
+        logger.warning("cluster: this process did not beat for %.1f s (busy or paused); telling the others its state again", seconds)
+        for name, room in list(self._rooms.items()):
+            if name in self._following and name in self._subscribed:
+                _contained(room, "send its state", self._send_state, room)
+                self._fell_behind(name)
 
     async def _check_peers(self) -> None:
         if trio.current_time() < self._trust_heartbeats_at:
@@ -258,11 +274,14 @@ class RedisCluster:
     def _seen(self, peer: str, room: str) -> None:
         if peer == self.process:
             return
-        rooms = self._peers.setdefault(peer, set())
+        rooms = self._peers.get(peer)
+        if rooms is None:
+            rooms = self._peers[peer] = set()
+            if peer in self._dropped:
+                logger.warning("cluster: process %s is back", peer)
         if room not in rooms:
             rooms.add(room)
             if peer in self._dropped:  # given up for dead (a long stall?) and is not: hear it all again
-                logger.warning("cluster: process %s is back", peer)
                 self._queue_publish(room, b"w", b"")
 
     def _failed(self, what: str, exc: BaseException) -> None:

@@ -73,6 +73,10 @@ class Replication(Protocol):
     available: bool
     """Whether this process hears the others now. While it does not, events are refused
     (STORAGE_UNAVAILABLE): they could not be put in one order with the others'."""
+    resyncs: trio.CapacityLimiter
+    """How many rooms may read the store at once to resync. A peer given up for dead or a
+    Redis outage resyncs every room: all at once, their reads would queue the store's writes
+    (acks) behind them until those time out."""
 
     async def attach(self, room: Replica) -> None:
         """The room starts loading here: follow what its copies commit from now on, so nothing
@@ -113,6 +117,7 @@ class LocalReplication:
     shared_store = False
     process = ""
     available = True
+    resyncs = trio.CapacityLimiter(1)  # never used: rooms without copies do not resync
 
     async def attach(self, room: Replica) -> None:
         pass
@@ -320,7 +325,8 @@ class ReplicaStrand:
         """Apply what the store has that this copy has not (documents by state vector, events
         by sequence). False if the store could not be read."""
         try:
-            data = await self._store.load(self.name)
+            async with self._replication.resyncs:
+                data = await self._store.load(self.name)
         except BaseException as exc:
             if not application_error(exc):
                 raise

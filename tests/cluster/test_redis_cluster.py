@@ -5,6 +5,7 @@ tests with PostgreSQL are in tests/e2e/test_cluster.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -754,3 +755,74 @@ async def test_a_room_live_before_it_listens_hears_what_it_missed_once_it_does(r
         with trio.fail_after(10):
             await until_text(bob, "before during")
             await presence_names(bob, {"alice", "bob"})
+
+
+async def test_a_process_that_was_too_busy_to_beat_tells_its_state_again_without_resyncing_every_room(
+    redis: RedisServer,
+) -> None:
+    """b's event loop is blocked longer than its heartbeat key lives (a storm of joins or
+    leaves does that): once it runs again it sends the others its state (they may have dropped
+    its members) and checks its rooms' streams, but reads no room from the store (a resync of
+    every room at once queued every write behind the reads until they timed out)."""
+    store = CountingStore()
+    patient = EngineConfig(heartbeat=600)
+    async with (
+        RedisCluster(redis.url, store, heartbeat=30) as slow_checker,  # a does not check on b meanwhile
+        Engine(store=store, config=patient, replication=slow_checker, sequence=slow_checker, lease=slow_checker) as a,
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
+        coredis.Redis.from_url(redis.url) as client,
+    ):
+        alice, bob = await member(a), await member(b)
+        await bob.send(PresenceSet(1, None, {"name": "bob"}))
+        with trio.fail_after(10):
+            await presence_names(alice, {None, "bob"})  # type: ignore[arg-type]
+        loads = store.loads
+        async with client.pubsub(channels=[b"plait:r:eph"]) as listening:
+            time.sleep(4 * 0.5)  # noqa: ASYNC251 -- the point: b (and a) busy, no task runs, b's key lapses
+            with trio.fail_after(10):  # b says its state again, unasked
+                for _ in range(100):
+                    message = await listening.get_message(ignore_subscribe_messages=True)
+                    if message is not None and msgpack.unpackb(message["data"])[:2] == [cluster.process, b"e"]:
+                        break
+                else:
+                    raise AssertionError("b did not send its state")
+        await bob.send(Update(1, 2, edit(bob.doc, "still")))
+        with trio.fail_after(10):
+            await until_text(alice, "still")
+        assert store.loads == loads
+
+
+async def test_rooms_resync_from_the_store_a_few_at_a_time(redis: RedisServer) -> None:
+    """A peer given up for dead makes every room it was in resync: their store reads go a
+    few at a time (Replication.resyncs), not all at once ahead of the store's writes."""
+
+    class Overlapping(SharedMemoryStore):
+        reading = 0
+        most = 0
+        reads = 0
+
+        async def load(self, room: str) -> RoomData:
+            self.reading += 1
+            self.most = max(self.most, self.reading)
+            try:
+                await trio.sleep(0.02)  # a store read that takes a moment
+                return await super().load(room)
+            finally:
+                self.reading -= 1
+                self.reads += 1
+
+    store = Overlapping()
+    rooms = [f"room-{n}" for n in range(12)]
+    async with node(redis, store) as b, coredis.Redis.from_url(redis.url) as client:
+        for room in rooms:
+            await member(b, room)
+        reads = store.reads
+        ghost = PeerState(full=True, presence=(PresenceRecord("g1", {"id": "ghost"}, {"name": "ghost"}, False, False),))
+        said = msgpack.packb(["ghost0000000", b"e", encode_peer_state(ghost)], use_bin_type=True)
+        for room in rooms:  # a process (no heartbeat key) speaks in every room, then is found dead
+            await client.publish(f"plait:{room}:eph".encode(), said)
+        with trio.fail_after(20):
+            while store.reads < reads + len(rooms):
+                await trio.sleep(0.05)  # bounded by the deadline: until every room resynced
+        assert 1 < store.most <= 4
