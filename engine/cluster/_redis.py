@@ -33,8 +33,9 @@ Keys and channels, per room (its name, UTF-8):
 - `plait:process:{id}`: this process's heartbeat (PX 3 heartbeats). A peer whose key is gone is
   dead: its members leave every room's presence here and the rooms resync (what it committed
   and did not publish is in the store; RESYNCS_AT_ONCE rooms read it at a time). A process
-  that finds it did not beat in time (too busy, paused) sends every room's state again. Bound: a dead process's members are gone from
-  everyone's presence within 4 heartbeats (6 s by default), plus the presence grace.
+  that finds it did not beat in time (too busy, paused) sends every room's state again.
+  Bound: a dead process's members are gone from everyone's presence within 4 heartbeats (6 s
+  by default), plus the presence grace.
 
 Event sequence numbers and epochs come from the shared store (PostgreSQL's `next_seq` and
 `epoch`): a Redis restart cannot hand out a number twice.
