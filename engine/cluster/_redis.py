@@ -30,10 +30,12 @@ Keys and channels, per room (its name, UTF-8):
 - `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
   deletions), msgpack [process, operation], done by every process.
 - `plait:{room}:lease`: who compacts the room (SET NX PX, held `lease_seconds`).
-- `plait:process:{id}`: this process's heartbeat (PX 3 heartbeats). A peer whose key is gone is
-  dead: its members leave every room's presence here and the rooms resync (what it committed
-  and did not publish is in the store; RESYNCS_AT_ONCE rooms read it at a time). A process
-  that finds it did not beat in time (too busy, paused) sends every room's state again.
+- `plait:process:{id}`: this process's heartbeat (PX 3 heartbeats), set by its event loop and by
+  a thread of its own (_heartbeat.py: a busy loop is not a dead process). A peer whose key is
+  gone is dead: its members leave every room's presence here and the rooms resync (what it
+  committed and did not publish is in the store; RESYNCS_AT_ONCE rooms read it at a time). A
+  process that finds its key lapsed (its loop stuck, the process paused) sends every room's
+  state again.
   Bound: a dead process's members are gone from everyone's presence within 4 heartbeats (6 s
   by default), plus the presence grace.
 
@@ -55,11 +57,14 @@ import trio
 from plait.storage import StoredEvent
 
 from ..room import Replica
+from ._heartbeat import Heartbeat
 
 logger = logging.getLogger("plait.cluster")
 
 HEARTBEAT = 1.5
 """Seconds between a process's heartbeats; its key lives 3 of them."""
+STUCK_AFTER = 30.0
+"""Seconds a process's event loop may make no progress before its heartbeat stops."""
 
 
 class SharedStore(Protocol):
@@ -118,6 +123,8 @@ class RedisCluster:
         heartbeat: seconds between heartbeats (HEARTBEAT).
         stream_length: about how many entries each room's stream keeps.
         lease_seconds: how long a compaction lease is held.
+        stuck_after: seconds this process's event loop may make no progress before its
+            heartbeat stops (a thread beats while the loop is merely busy: _heartbeat.py).
 
     Raises (on entering): StorageUnavailable-like OSError/coredis errors if Redis cannot be
     reached at start.
@@ -138,6 +145,7 @@ class RedisCluster:
         heartbeat: float = HEARTBEAT,
         stream_length: int = 10_000,
         lease_seconds: float = 60.0,
+        stuck_after: float = STUCK_AFTER,
     ) -> None:
         self.url = url
         self.process = secrets.token_hex(6)
@@ -146,6 +154,7 @@ class RedisCluster:
         self._heartbeat = heartbeat
         self._stream_length = stream_length
         self._lease_ms = int(lease_seconds * 1000)
+        self._beats = Heartbeat(self._new_client, self._key(), heartbeat, stuck_after)
         self._read_count = max(2, min(1000, stream_length // 10))
         """Entries read per room at once when catching up."""
         self._client: Any = None
@@ -184,21 +193,21 @@ class RedisCluster:
     # -- running ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> RedisCluster:
+        self._client, self._reader_client = self._new_client(), self._new_client()
+        self._stack = AsyncExitStack()
+        await self._stack.enter_async_context(self._running())
+        return self
+
+    def _new_client(self) -> Any:
         import coredis
 
         # No retries behind our back: a failure must reach _failed, so that the rooms resync
         # once Redis answers again (a restarted Redis has lost its streams). A stalled Redis
         # fails a call after 3 heartbeats (the stream reader blocks for one).
-        def client() -> Any:
-            return coredis.Redis.from_url(
-                self.url, decode_responses=False, retry_policy=coredis.retry.NoRetryPolicy(),
-                connect_timeout=self._heartbeat * 2, stream_timeout=self._heartbeat * 3,
-            )
-
-        self._client, self._reader_client = client(), client()
-        self._stack = AsyncExitStack()
-        await self._stack.enter_async_context(self._running())
-        return self
+        return coredis.Redis.from_url(
+            self.url, decode_responses=False, retry_policy=coredis.retry.NoRetryPolicy(),
+            connect_timeout=self._heartbeat * 2, stream_timeout=self._heartbeat * 3,
+        )
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._stack.__aexit__(*exc)
@@ -208,6 +217,7 @@ class RedisCluster:
         async with self._client, self._reader_client:
             await self._beat()
             logger.info("cluster: process %s joined %s", self.process, _redact(self.url))
+            self._beats.start()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._heartbeats)
@@ -218,6 +228,7 @@ class RedisCluster:
                     yield
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await trio.to_thread.run_sync(self._beats.stop)
                         try:  # leave at once rather than when the heartbeat lapses
                             await self._flush_outbox()
                             await self._client.delete([self._key()])
@@ -230,15 +241,19 @@ class RedisCluster:
 
     async def _beat(self) -> None:
         await self._client.set(self._key(), b"1", px=int(self._heartbeat * 3000))
+        self._beats.beaten()
 
     async def _heartbeats(self) -> None:
+        """The loop's own beats (a thread beats too: _heartbeat.py), which also tell whether
+        Redis answers, whether the key lapsed, and which peers are gone."""
         last = trio.current_time()
         while True:
             await trio.sleep(self._heartbeat)
+            self._beats.progress()
             try:
                 await self._beat()
                 now = trio.current_time()
-                if now - last > 3 * self._heartbeat and self._healthy:
+                if self._beats.lapsed() and self._healthy:
                     self._stalled(now - last)
                 last = now
                 self._recovered()
@@ -247,13 +262,17 @@ class RedisCluster:
                 self._failed("heartbeat", exc)
 
     def _stalled(self, seconds: float) -> None:
-        """This process did not beat for longer than its key lives (too busy: a storm of joins
-        or leaves; or paused): the others may have given it up for dead and dropped its members.
+        """This process did not beat for longer than its key lives (its loop stuck for
+        `stuck_after`, or the whole process paused): the others may have given it up for dead
+        and dropped its members.
         It tells them every room's state again, and checks every room's stream for what it
         missed. Nothing was lost that the stream cannot tell: a room resyncs from the store only
         if its stream moved on past it (a resync of every room, as after a Redis failure, would
         queue every process's writes behind the store's reads just when it is busiest)."""
-        logger.warning("cluster: this process did not beat for %.1f s (busy or paused); telling the others its state again", seconds)
+        logger.warning(
+            "cluster: this process's heartbeat lapsed (stuck or paused: its loop beat %.1f s apart); telling the others its state again",
+            seconds,
+        )
         for name, room in list(self._rooms.items()):
             if name in self._following and name in self._subscribed:
                 _contained(room, "send its state", self._send_state, room)

@@ -5,6 +5,7 @@ tests with PostgreSQL are in tests/e2e/test_cluster.py."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -757,19 +758,36 @@ async def test_a_room_live_before_it_listens_hears_what_it_missed_once_it_does(r
             await presence_names(bob, {"alice", "bob"})
 
 
-async def test_a_process_that_was_too_busy_to_beat_tells_its_state_again_without_resyncing_every_room(
+def key_exists_now(url: str, key: bytes) -> bool:
+    """EXISTS over a plain socket, without letting the event loop run."""
+    host, port = url.removeprefix("redis://").split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(key), key))
+        return conn.recv(64) == b":1\r\n"
+
+
+async def test_a_process_whose_loop_is_busy_stays_alive_to_the_others(redis: RedisServer) -> None:
+    """No task runs for longer than the heartbeat key lives (a storm of joins does that to a
+    process): its key is still there, so the others do not drop its members and resync."""
+    store = SharedMemoryStore()
+    async with RedisCluster(redis.url, store, heartbeat=0.5) as cluster:
+        time.sleep(4 * 0.5)  # noqa: ASYNC251 -- the point: the event loop held up
+        assert key_exists_now(redis.url, cluster._key())
+
+
+async def test_a_process_whose_loop_was_stuck_tells_its_state_again_without_resyncing_every_room(
     redis: RedisServer,
 ) -> None:
-    """b's event loop is blocked longer than its heartbeat key lives (a storm of joins or
-    leaves does that): once it runs again it sends the others its state (they may have dropped
-    its members) and checks its rooms' streams, but reads no room from the store (a resync of
+    """b's event loop makes no progress for longer than `stuck_after`: its heartbeat stops and
+    its key lapses (the others may drop its members). Once it runs again it sends the others
+    its state and checks its rooms' streams, but reads no room from the store (a resync of
     every room at once queued every write behind the reads until they timed out)."""
     store = CountingStore()
     patient = EngineConfig(heartbeat=600)
     async with (
         RedisCluster(redis.url, store, heartbeat=30) as slow_checker,  # a does not check on b meanwhile
         Engine(store=store, config=patient, replication=slow_checker, sequence=slow_checker, lease=slow_checker) as a,
-        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        RedisCluster(redis.url, store, heartbeat=0.5, stuck_after=0.5) as cluster,
         Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
         coredis.Redis.from_url(redis.url) as client,
     ):
@@ -779,7 +797,8 @@ async def test_a_process_that_was_too_busy_to_beat_tells_its_state_again_without
             await presence_names(alice, {None, "bob"})  # type: ignore[arg-type]
         loads = store.loads
         async with client.pubsub(channels=[b"plait:r:eph"]) as listening:
-            time.sleep(4 * 0.5)  # noqa: ASYNC251 -- the point: b (and a) busy, no task runs, b's key lapses
+            time.sleep(6 * 0.5)  # noqa: ASYNC251 -- the point: b's loop (and a's) stuck
+            assert not key_exists_now(redis.url, cluster._key())
             with trio.fail_after(10):  # b says its state again, unasked
                 for _ in range(100):
                     message = await listening.get_message(ignore_subscribe_messages=True)
