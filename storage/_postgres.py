@@ -129,7 +129,10 @@ class PostgreSQLStore:
         writes raise StorageUnavailable.
     shared: one of several writers of this database, in as many processes (module docstring:
         shared mode). Not with read_only (ValueError).
-    call_timeout: seconds a call may take, waiting for the connection included (CALL_TIMEOUT).
+    call_timeout: seconds the database may go without answering any of this store's calls
+        before the calls waiting on it fail (CALL_TIMEOUT). A call queued behind others waits
+        its turn as long as those are answered (a storm of room loads: each waits behind the
+        rest), and runs for call_timeout at most.
 
     Raises (from every method): StoreLocked when another writable store holds the database
     (for a shared store: an exclusive one; for an exclusive store: any other),
@@ -149,6 +152,8 @@ class PostgreSQLStore:
         self.call_timeout = call_timeout
         self.name = redact(dsn)
         self._limiter = trio.CapacityLimiter(1)
+        self._waiting: set[trio.CancelScope] = set()
+        """The deadlines of the calls under way or queued: each answer moves them on."""
         self._conn: psycopg.Connection[Any] | None = None
         self._opened = False
         self._appends = GroupCommit(self._insert_updates)
@@ -234,10 +239,27 @@ class PostgreSQLStore:
                 raise StorageUnavailable(f"{self.name}: {_first_line(exc)}") from exc
 
         with trio.move_on_after(self.call_timeout) as waited:
-            return await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=True)
+            self._waiting.add(waited)
+            try:
+                result = await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=True)
+            except trio.Cancelled:
+                raise
+            except BaseException:
+                self._answered()  # it failed, but the database (or the network) answered
+                raise
+            finally:
+                self._waiting.discard(waited)
+            self._answered()
+            return result
         if waited.cancelled_caught:
             raise StorageUnavailable(f"{self.name}: no answer within {self.call_timeout:g} s")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _answered(self) -> None:
+        """A call came back: the calls queued behind it have call_timeout from now."""
+        deadline = trio.current_time() + self.call_timeout
+        for scope in self._waiting:
+            scope.deadline = max(scope.deadline, deadline)
 
     async def open(self) -> None:
         """Connect, take the writer's lock, create or check the schema. Every other method
