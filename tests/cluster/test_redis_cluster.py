@@ -86,8 +86,13 @@ async def node(
     redis: RedisServer, store: SharedMemoryStore, config: EngineConfig | None = None, stream_length: int = 10_000
 ) -> AsyncIterator[Engine]:
     async with RedisCluster(redis.url, store, heartbeat=0.5, stream_length=stream_length) as cluster:
-        async with Engine(store=store, config=config, replication=cluster, sequence=cluster, lease=cluster) as engine:
+        async with engine_on(cluster, store, config) as engine:
             yield engine
+
+
+def engine_on(cluster: RedisCluster, store: SharedMemoryStore, config: EngineConfig | None = None) -> Engine:
+    """An engine whose process is `cluster` (its Replication, SequenceAuthority and lease)."""
+    return Engine(store=store, config=config, replication=cluster, sequence=cluster, lease=cluster)
 
 
 async def member(engine: Engine, room: str = "r") -> DocClient:
@@ -154,7 +159,7 @@ async def test_edits_are_relayed_only_while_another_process_holds_the_room(redis
     quick = EngineConfig(room_idle_grace=0.2)
     async with (
         RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
-        Engine(store=store, config=quick, replication=cluster, sequence=cluster, lease=cluster) as a,
+        engine_on(cluster, store, quick) as a,
         node(redis, store, quick) as b,
     ):
         relayed: list[str] = []
@@ -499,7 +504,7 @@ async def test_commits_a_process_did_not_hear_are_read_from_the_stream_not_the_s
     async with (
         node(redis, store, patient) as a,
         RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
-        Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
+        engine_on(cluster, store, patient) as b,
     ):
         alice, bob = await member(a), await member(b)
         async with deaf_to_commits(cluster) as hear:
@@ -533,7 +538,7 @@ async def test_what_is_committed_while_a_process_loads_the_room_reaches_it(redis
     async with (
         node(redis, store) as a,
         RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
-        Engine(store=store, replication=cluster, sequence=cluster, lease=cluster) as b,
+        engine_on(cluster, store) as b,
     ):
         published = trio.Event()
         on_commit = cluster._on_commit
@@ -579,7 +584,7 @@ async def test_a_process_left_behind_a_trimmed_stream_resyncs_from_the_store(red
     async with (
         node(redis, store, patient, stream_length=short) as a,
         RedisCluster(redis.url, store, heartbeat=0.5, stream_length=short) as cluster,
-        Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
+        engine_on(cluster, store, patient) as b,
     ):
         alice, bob = await member(a), await member(b)
         async with deaf_to_commits(cluster) as hear:
@@ -690,7 +695,7 @@ async def test_the_messages_a_process_hears_are_not_kept(redis: RedisServer) -> 
     store = SharedMemoryStore()
     async with (
         RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
-        Engine(store=store, replication=cluster, sequence=cluster, lease=cluster) as a,
+        engine_on(cluster, store) as a,
         coredis.Redis.from_url(redis.url) as client,
     ):
         await member(a)
@@ -740,7 +745,7 @@ async def test_a_room_live_before_it_listens_hears_what_it_missed_once_it_does(r
     async with (
         node(redis, store, patient) as a,
         LateSubscriptions(redis.url, store, heartbeat=0.5) as cluster,
-        Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
+        engine_on(cluster, store, patient) as b,
     ):
         alice = await member(a)
         await alice.send(PresenceSet(1, None, {"name": "alice"}))
@@ -786,9 +791,9 @@ async def test_a_process_whose_loop_was_stuck_tells_its_state_again_without_resy
     patient = EngineConfig(heartbeat=600)
     async with (
         RedisCluster(redis.url, store, heartbeat=30) as slow_checker,  # a does not check on b meanwhile
-        Engine(store=store, config=patient, replication=slow_checker, sequence=slow_checker, lease=slow_checker) as a,
+        engine_on(slow_checker, store, patient) as a,
         RedisCluster(redis.url, store, heartbeat=0.5, stuck_after=0.5) as cluster,
-        Engine(store=store, config=patient, replication=cluster, sequence=cluster, lease=cluster) as b,
+        engine_on(cluster, store, patient) as b,
         coredis.Redis.from_url(redis.url) as client,
     ):
         alice, bob = await member(a), await member(b)
