@@ -47,8 +47,9 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import trio
 
@@ -77,6 +78,9 @@ one-key LOCK_KEY (pg_locks tells them apart by objsubid)."""
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a connection before the call fails with StorageUnavailable."""
 CALL_TIMEOUT: Final = 10.0
+LATE: Final = 1.0
+"""Seconds past a call's deadline that this process woke up to find it passed: it was not
+running (paused, frozen), so the database gets another call_timeout (PostgreSQLStore._run)."""
 """Seconds a call may wait for the database (a stalled server, a network that drops packets
 silently) before it fails with StorageUnavailable. Its worker thread is left to finish on its
 own, holding the connection: the calls after it wait for it (and time out) until the server
@@ -222,7 +226,7 @@ class PostgreSQLStore:
         return StorageUnavailable(f"{self.name} has schema version {version}; this Plait reads up to {SCHEMA_VERSION}")
 
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        def call() -> T:
+        def on_connection() -> T:
             import psycopg
 
             try:
@@ -238,10 +242,11 @@ class PostgreSQLStore:
                     self._conn = None
                 raise StorageUnavailable(f"{self.name}: {_first_line(exc)}") from exc
 
+        call = _Call(on_connection)
         with trio.move_on_after(self.call_timeout) as waited:
             self._waiting.add(waited)
             try:
-                result = await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=True)
+                result = await trio.to_thread.run_sync(call.run, limiter=self._limiter, abandon_on_cancel=True)
             except trio.Cancelled:
                 raise
             except BaseException:
@@ -251,9 +256,16 @@ class PostgreSQLStore:
                 self._waiting.discard(waited)
             self._answered()
             return result
-        if waited.cancelled_caught:
-            raise StorageUnavailable(f"{self.name}: no answer within {self.call_timeout:g} s")
-        raise AssertionError("unreachable")  # pragma: no cover
+        if trio.current_time() - waited.deadline > LATE:
+            # This process did not run when the deadline came (paused, a frozen VM, its loop
+            # held up): the database had no fair chance. A call that had not started goes
+            # again; one under way gets call_timeout more to come back.
+            if not call.started.is_set():
+                return await self._run(fn)
+            if await trio.to_thread.run_sync(call.done.wait, self.call_timeout, abandon_on_cancel=True):
+                self._answered()
+                return call.result()
+        raise StorageUnavailable(f"{self.name}: no answer within {self.call_timeout:g} s")
 
     def _answered(self) -> None:
         """A call came back: the calls queued behind it have call_timeout from now."""
@@ -553,3 +565,32 @@ class _Refused(Exception):
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class _Call(Generic[T]):
+    """A call to run in a worker thread, whose outcome is kept: a caller that stopped waiting
+    (its deadline passed while this process was paused) can still take it."""
+
+    __slots__ = ("_error", "_fn", "_result", "done", "started")
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self.started, self.done = threading.Event(), threading.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> T:
+        self.started.set()
+        try:
+            self._result = self._fn()
+            return self._result
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self.done.set()
+
+    def result(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]

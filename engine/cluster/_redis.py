@@ -306,7 +306,7 @@ class RedisCluster:
 
     def _failed(self, what: str, exc: BaseException) -> None:
         if self._healthy:
-            logger.error("cluster: Redis failed (%s): %s; rooms resync from the store when it is back", what, exc)
+            logger.error("cluster: Redis failed (%s): %s; rooms resync from the store when it is back", what, _brief(exc))
         self._healthy = False
 
     def _recovered(self) -> None:
@@ -661,6 +661,16 @@ class RedisCluster:
                 logger.error("cluster: room %r: relayed updates that do not decode (%s)", name, exc)
                 return
             _contained(room, "apply relayed updates", room.receive_relayed, process, first, updates)
+
+
+def _brief(exc: BaseException) -> str:
+    """What went wrong, for the log, without the command's arguments: coredis names a failed
+    pipeline command with them, and they are room names and members' content."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc)
+    _, found, rest = text.partition(" of pipeline caused error: ")
+    return f"{type(exc).__name__}: {(rest if found else text)[:200]}"
 
 
 def _channels(room: str) -> tuple[bytes, bytes]:

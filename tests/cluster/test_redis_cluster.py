@@ -850,3 +850,22 @@ async def test_rooms_resync_from_the_store_a_few_at_a_time(redis: RedisServer) -
             while store.reads < reads + len(rooms):
                 await trio.sleep(0.05)  # bounded by the deadline: until every room resynced
         assert 1 < store.most <= 4
+
+
+async def test_a_redis_failure_is_logged_without_the_members_content(redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A publish that times out (Redis stalled): coredis names the failed command with its
+    arguments, which are what members wrote; the log says what failed, not what was sent."""
+    store = SharedMemoryStore()
+    async with node(redis, store) as a, node(redis, store) as b:
+        alice, _ = await member(a), await member(b)
+        await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        redis.pause()
+        try:
+            await alice.send(Update(1, 2, edit(alice.doc, "a private note")))
+            with trio.fail_after(20):
+                while not any("Redis failed" in r.getMessage() for r in caplog.records):
+                    await trio.sleep(0.05)  # bounded by the deadline: until a call to Redis times out
+        finally:
+            redis.resume()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Redis failed" in logged and "private note" not in logged and "plait:r:" not in logged

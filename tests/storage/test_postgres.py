@@ -6,10 +6,13 @@ fresh schema of the session's private server (tests/servers.py)."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import psycopg
 import pytest
 import trio
+import trio.testing
 
 from plait.storage import PostgreSQLStore, StorageUnavailable, StoredEvent, StoreLocked
 from tests.servers import PostgresServer, free_port
@@ -188,5 +191,36 @@ async def test_a_stalled_server_fails_calls_after_the_timeout_and_they_work_once
         # The stalled append went through once the server woke: not acknowledged, but not
         # harmful (a Yjs update applies once however often it is stored).
         assert (await store.load("r")).updates in ((b"a", b"c"), (b"a", b"b", b"c"))
+    finally:
+        await store.aclose()
+
+
+async def test_calls_whose_deadline_passed_while_the_process_was_paused_are_not_failed(
+    postgres: PostgresServer,
+) -> None:
+    """The process stops (SIGSTOP, a frozen VM, its loop held up) with a call under way and
+    others queued, and the database answers only after the process runs again: their
+    deadlines have passed by then, but the database was there: the call under way brings its
+    answer, the queued ones go after it, none fails."""
+    store = PostgreSQLStore(postgres.fresh_dsn(), call_timeout=1.0)
+    try:
+        await store.append("r", [b"a"])
+        loaded: list[tuple[bytes, ...]] = []
+
+        async def load() -> None:
+            loaded.append((await store.load("r")).updates)
+
+        postgres.pause()
+        answers = threading.Timer(2.7, postgres.resume)  # after this process runs again
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(load)
+                await trio.testing.wait_all_tasks_blocked()  # the first call is under way
+                answers.start()
+                time.sleep(2.5)  # noqa: ASYNC251 -- the point: nothing in this process runs
+        finally:
+            answers.join()
+        assert loaded == [(b"a",)] * 3
     finally:
         await store.aclose()
