@@ -46,6 +46,7 @@ Event sequence numbers and epochs come from the shared store (PostgreSQL's `next
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -179,6 +180,8 @@ class RedisCluster:
         """Peer process -> the rooms it was seen in."""
         self._dropped: set[str] = set()
         """Peers given up for dead (their heartbeat lapsed)."""
+        self._heard_at: dict[str, float] = {}
+        """Peer -> when it last said something (Trio's clock): it is alive, whatever its key says."""
         self._outbox: list[tuple[Literal["commit", "publish", "delete"], bytes, bytes]] = []
         """What to tell Redis next, in order: (what, the stream or channel, the entry or message)."""
         self._outbox_ready = trio.Event()
@@ -282,8 +285,11 @@ class RedisCluster:
         if trio.current_time() < self._trust_heartbeats_at:
             return
         for peer in list(self._peers):
+            if trio.current_time() - self._heard_at.get(peer, -math.inf) < 3 * self._heartbeat:
+                continue  # it speaks (a process paused a while, before its key is renewed)
             if not await self._client.exists([b"plait:process:" + peer.encode()]):
                 rooms = self._peers.pop(peer, set())
+                self._heard_at.pop(peer, None)
                 self._dropped.add(peer)
                 logger.warning("cluster: process %s is gone; its members leave %d room(s) here", peer, len(rooms))
                 for name in rooms:
@@ -294,6 +300,7 @@ class RedisCluster:
     def _seen(self, peer: str, room: str) -> None:
         if peer == self.process:
             return
+        self._heard_at[peer] = trio.current_time()
         rooms = self._peers.get(peer)
         if rooms is None:
             rooms = self._peers[peer] = set()

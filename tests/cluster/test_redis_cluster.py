@@ -869,3 +869,35 @@ async def test_a_redis_failure_is_logged_without_the_members_content(redis: Redi
             redis.resume()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "Redis failed" in logged and "private note" not in logged and "plait:r:" not in logged
+
+
+async def test_a_process_that_speaks_is_not_given_up_for_dead_before_its_key_is_renewed(redis: RedisServer) -> None:
+    """A process that was paused speaks again before it beats: while it speaks, its members
+    stay (they left and came back before: presence flapped); once it is silent and its key is
+    gone, they leave."""
+    store = SharedMemoryStore()
+    async with node(redis, store) as a, coredis.Redis.from_url(redis.url) as client:
+        alice = await member(a)
+        ghost = PeerState(full=True, presence=(PresenceRecord("g1", {"id": "ghost"}, {"name": "ghost"}, False, False),))
+        said = msgpack.packb(["paused000000", b"e", encode_peer_state(ghost)], use_bin_type=True)
+        await client.publish(b"plait:r:eph", said)
+        with trio.fail_after(10):
+            await presence_names(alice, {None, "ghost"})  # type: ignore[arg-type]
+        left: list[str] = []
+
+        async def watch() -> None:
+            while True:
+                frame = await alice.receive()
+                if isinstance(frame, PresenceDiff):
+                    left.extend(frame.left)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            for _ in range(12):  # 3 s: six heartbeats of a, its key never set
+                await client.publish(b"plait:r:eph", said)
+                await trio.sleep(0.25)
+            assert left == []
+            with trio.fail_after(10):
+                while not left:
+                    await trio.sleep(0.05)  # bounded by the deadline: silent now, it goes
+            nursery.cancel_scope.cancel()
