@@ -571,7 +571,7 @@ class RedisCluster:
                 pubsub = PubSub[bytes](
                     self._reader_client.connection_pool, retry_policy=coredis.retry.NoRetryPolicy(),
                     subscription_timeout=SUBSCRIPTION_TIMEOUT,
-                )  # unsubscription_timeout stays 0.1 s: coredis waits that long at every close
+                )
                 async with pubsub:
                     self._pubsub = pubsub
                     # Handled as coredis reads them (no task between: a hop less under load).
@@ -604,7 +604,10 @@ class RedisCluster:
             gone = self._subscribed - self._rooms.keys()
             if gone:
                 self._subscribed -= gone  # a room loaded again meanwhile waits for the next round
-                await pubsub.unsubscribe(*(channel for name in gone for channel in _channels(name)))
+                # Not awaiting Redis's confirmation (pubsub.unsubscribe would): under load it
+                # comes after everything heard before it, and coredis warned on each batch
+                # that took over 0.1 s. A SUBSCRIBE of the same room later is answered after it.
+                pubsub.connection.send_command(b"UNSUBSCRIBE", *(channel for name in gone for channel in _channels(name)))
             new = self._rooms.keys() - self._subscribed
             if new:
                 await pubsub.subscribe(**{channel.decode(): self._heard for name in new for channel in _channels(name)})
