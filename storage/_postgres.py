@@ -78,13 +78,13 @@ one-key LOCK_KEY (pg_locks tells them apart by objsubid)."""
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a connection before the call fails with StorageUnavailable."""
 CALL_TIMEOUT: Final = 10.0
-LATE: Final = 1.0
-"""Seconds past a call's deadline that this process woke up to find it passed: it was not
-running (paused, frozen), so the database gets another call_timeout (PostgreSQLStore._run)."""
 """Seconds a call may wait for the database (a stalled server, a network that drops packets
 silently) before it fails with StorageUnavailable. Its worker thread is left to finish on its
 own, holding the connection: the calls after it wait for it (and time out) until the server
 answers again."""
+LATE: Final = 1.0
+"""Seconds past a call's deadline that this process woke up to find it passed: it was not
+running (paused, frozen), so the database gets another call_timeout (PostgreSQLStore._run)."""
 T = TypeVar("T")
 
 _META: Final = "CREATE TABLE IF NOT EXISTS plait_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
@@ -260,7 +260,7 @@ class PostgreSQLStore:
             # This process did not run when the deadline came (paused, a frozen VM, its loop
             # held up): the database had no fair chance. A call that had not started goes
             # again; one under way gets call_timeout more to come back.
-            if not call.started.is_set():
+            if call.abandon():
                 return await self._run(fn)
             if await trio.to_thread.run_sync(call.done.wait, self.call_timeout, abandon_on_cancel=True):
                 self._answered()
@@ -571,16 +571,28 @@ class _Call(Generic[T]):
     """A call to run in a worker thread, whose outcome is kept: a caller that stopped waiting
     (its deadline passed while this process was paused) can still take it."""
 
-    __slots__ = ("_error", "_fn", "_result", "done", "started")
+    __slots__ = ("_error", "_fn", "_lock", "_result", "_state", "done")
 
     def __init__(self, fn: Callable[[], T]) -> None:
         self._fn = fn
-        self.started, self.done = threading.Event(), threading.Event()
+        self._lock = threading.Lock()
+        self._state = "waiting"  # then "started" or "abandoned", never both
+        self.done = threading.Event()
         self._result: T | None = None
         self._error: BaseException | None = None
 
+    def abandon(self) -> bool:
+        """True if it had not started: then it never will (the caller may run it again)."""
+        with self._lock:
+            if self._state == "waiting":
+                self._state = "abandoned"
+            return self._state == "abandoned"
+
     def run(self) -> T:
-        self.started.set()
+        with self._lock:
+            if self._state == "abandoned":
+                raise StorageUnavailable("abandoned before it started")
+            self._state = "started"
         try:
             self._result = self._fn()
             return self._result
