@@ -278,8 +278,7 @@ class RedisCluster:
         )
         for name, room in list(self._rooms.items()):
             if name in self._following and name in self._subscribed:
-                _contained(room, "send its state", self._send_state, room)
-                self._fell_behind(name)
+                self._rejoin(name, room, tell=True)
 
     async def _check_peers(self) -> None:
         if trio.current_time() < self._trust_heartbeats_at:
@@ -324,9 +323,7 @@ class RedisCluster:
             for name, room in list(self._rooms.items()):
                 room.want_resync()
                 if name in self._following:  # what was said meanwhile may be lost: all again
-                    self._queue_publish(name, b"w", b"")
-                    _contained(room, "send its state", self._send_state, room)
-                    self._fell_behind(name)
+                    self._rejoin(name, room, tell=True)
 
     # -- Replication ------------------------------------------------------------------------
 
@@ -344,13 +341,16 @@ class RedisCluster:
             return
         self._following.add(room.name)
         if room.name in self._subscribed:  # else once it is (_keep_subscriptions)
-            self._hear_room(room.name)
+            self._rejoin(room.name, room, tell=False)
 
-    def _hear_room(self, name: str) -> None:
-        """The room is live here and its channels are subscribed: the others tell it their
-        state, and it reads what was committed since its position (while it loaded, or before
-        it was subscribed)."""
+    def _rejoin(self, name: str, room: Replica, *, tell: bool) -> None:
+        """The live room, its channels subscribed, may have missed what the others said and
+        committed (it was loading, not yet listening, or this process was cut off): it asks
+        for their state (`w`) and reads its stream from its position; with `tell`, it sends
+        its own state too (they may have missed it, or given this process up for dead)."""
         self._queue_publish(name, b"w", b"")
+        if tell:
+            _contained(room, "send its state", self._send_state, room)
         self._fell_behind(name)
 
     def detach(self, room: Replica) -> None:
@@ -598,7 +598,7 @@ class RedisCluster:
     async def _keep_subscriptions(self, pubsub: Any, *, again: bool) -> None:
         """Subscribes to the channels of the rooms held here and unsubscribes from the others,
         each time that changes (many rooms in one command); a live room newly subscribed hears
-        the others (_hear_room). `again`: this is a new connection after a failure, and what
+        the others (_rejoin). `again`: this is a new connection after a failure, and what
         was said while none listened is lost: the rooms' state goes out again too."""
         while True:
             gone = self._subscribed - self._rooms.keys()
@@ -615,9 +615,7 @@ class RedisCluster:
                 for name in new:
                     room = self._rooms.get(name)
                     if room is not None and name in self._following:
-                        self._hear_room(name)
-                        if again:
-                            _contained(room, "send its state", self._send_state, room)
+                        self._rejoin(name, room, tell=again)
             again = False
             _discard_handled(pubsub)
             with trio.move_on_after(self._heartbeat):
