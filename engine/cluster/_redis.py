@@ -170,6 +170,10 @@ class RedisCluster:
         self._behind: set[str] = set()
         """Rooms that missed entries: read from the stream (their position on) by _catch_up."""
         self._behind_ready = trio.Event()
+        self._resync_after: set[str] = set()
+        """Rooms in _behind that resync from the store once their stream is read (Redis was down:
+        commits published meanwhile are in the store only). Resyncing after the read, not
+        before, is what makes one enough: a stream lost with a restart moves the position on."""
         self._following: set[str] = set()
         self._subscribed: set[str] = set()
         """Rooms whose channels Redis confirmed subscribed, on the subscription live now."""
@@ -321,9 +325,11 @@ class RedisCluster:
             self._trust_heartbeats_at = trio.current_time() + 3 * self._heartbeat
             logger.warning("cluster: Redis is back; resyncing %d room(s) from the store", len(self._rooms))
             for name, room in list(self._rooms.items()):
-                room.want_resync()
                 if name in self._following:  # what was said meanwhile may be lost: all again
+                    self._resync_after.add(name)
                     self._rejoin(name, room, tell=True)
+                else:
+                    room.want_resync()
 
     # -- Replication ------------------------------------------------------------------------
 
@@ -362,6 +368,7 @@ class RedisCluster:
         self._positions.pop(room.name, None)
         self._following.discard(room.name)
         self._behind.discard(room.name)
+        self._resync_after.discard(room.name)
         self._published.pop(room.name, None)
         for rooms in self._peers.values():
             rooms.discard(room.name)
@@ -491,6 +498,7 @@ class RedisCluster:
                 room = self._rooms.get(name)
                 if room is None or name not in self._following:
                     self._behind.discard(name)
+                    self._resync_after.discard(name)
                     continue
                 try:
                     await self._read_stream(room)
@@ -523,11 +531,14 @@ class RedisCluster:
                 # More to read (an entry seen published may come on the subscription, another
                 # connection, before this read's answer shows it).
                 if lost:
-                    room.want_resync()
+                    self._resync_after.add(name)
                 continue
+            resync = name in self._resync_after
+            self._resync_after.discard(name)
             if lost or _id(self._positions[name]) < _id(newest):
-                logger.warning("cluster: room %r: what this process missed is no longer in its stream; resyncing", name)
-                room.want_resync()
+                if not resync:  # after an outage, "Redis is back" said so for every room
+                    logger.warning("cluster: room %r: what this process missed is no longer in its stream; resyncing", name)
+                resync = True
                 if not progressed:  # nothing after its position: go on from the stream's newest entry
                     last = await self._reader_client.xrevrange(_log_key(name), b"+", b"-", count=1)
                     if self._rooms.get(name) is not room:
@@ -535,6 +546,8 @@ class RedisCluster:
                     self._positions[name] = last[0].identifier if last else b"0-0"
                 # An id only seen published is not trusted: the next entry's previous id counts.
                 self._published[name] = self._positions[name]
+            if resync:
+                room.want_resync()
             self._behind.discard(name)
             return
 

@@ -901,3 +901,38 @@ async def test_a_process_that_speaks_is_not_given_up_for_dead_before_its_key_is_
                 while not left:
                     await trio.sleep(0.05)  # bounded by the deadline: silent now, it goes
             nursery.cancel_scope.cancel()
+
+
+async def test_after_a_redis_restart_each_room_resyncs_once_without_a_warning_of_its_own(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restarted Redis has lost every stream. Each room resyncs from the store once (after
+    its stream position is settled), not once for the outage and again for the lost stream,
+    and the loss is said once per process ("Redis is back"), not once per room."""
+    store = CountingStore()
+    rooms = [f"room-{n}" for n in range(6)]
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as first,
+        engine_on(first, store) as a,
+        RedisCluster(redis.url, store, heartbeat=0.5) as second,
+        engine_on(second, store) as b,
+    ):
+        pairs = [(await member(a, room), await member(b, room)) for room in rooms]
+        for alice, bob in pairs:
+            await alice.send(Update(1, 2, edit(alice.doc, "before")))
+            with trio.fail_after(10):
+                await until_text(bob, "before")
+        loads = store.loads
+        redis.restart()
+        with trio.fail_after(30):
+            while not (
+                store.loads >= loads + 2 * len(rooms)
+                and all(c.available and not c._behind and c.resyncs.borrowed_tokens == 0 for c in (first, second))
+            ):
+                await trio.sleep(0.05)  # bounded by the deadline: until both are back and settled
+        for alice, bob in pairs:  # the rooms work again, both ways
+            await bob.send(Update(1, 3, edit(bob.doc, " after")))
+            with trio.fail_after(10):
+                await until_text(alice, "before after")
+        assert store.loads == loads + 2 * len(rooms)
+    assert not [r for r in caplog.records if "no longer in its stream" in r.getMessage()]
