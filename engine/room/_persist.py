@@ -281,10 +281,12 @@ class PersistStrand:
 
     async def _commit(self, updates: list[bytes], events: list[StoredEvent]) -> None:
         """Store a batch's updates, then its events. A store that says it is unavailable is
-        tried again, with backoff, for `store_outage_grace` seconds before what it raised goes
-        up (and the room fails): a database restart or failover then delays acks instead of
-        failing every member's membership. What was stored is not stored twice."""
-        deadline = trio.current_time() + self._config.store_outage_grace
+        tried again, with backoff, for `store_outage_grace` seconds from its first failure
+        before what it raised goes up (and the room fails): a database restart or failover then
+        delays acks instead of failing every member's membership. From the first failure, not
+        from the commit's start: a first try that failed only after a long wait (the store's
+        own call timeout, a process paused) is tried again. What was stored is not stored twice."""
+        deadline: float | None = None
         delay, told = 0.05, False
         while True:
             try:
@@ -294,6 +296,8 @@ class PersistStrand:
                 if events:
                     await self._store.append_events(self.name, events, self._config.event_history)
             except StorageUnavailable as exc:
+                if deadline is None:
+                    deadline = trio.current_time() + self._config.store_outage_grace
                 if isinstance(exc, StoreLocked) or trio.current_time() + delay > deadline:
                     raise
                 self._metrics.add("store_errors", 1, "commit")  # the try that gives up is counted by _fail

@@ -247,6 +247,25 @@ async def test_a_short_store_outage_delays_acks_and_loses_nothing(
         assert [e.seq for e in data.events] == [1]
 
 
+class SlowThenFailingStore(FlakyStore):
+    """Its first append hangs past the outage grace before it fails (a database that stopped
+    answering, until the call's own timeout): the grace counts from that failure."""
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> None:
+        if self.failures > 0:
+            await trio.sleep(EngineConfig().store_outage_grace + 2)
+        await super().append(room, updates)
+
+
+async def test_a_commit_whose_first_try_failed_late_is_tried_again(autojump_clock: trio.testing.MockClock) -> None:
+    store = SlowThenFailingStore(failures=1)
+    async with make_engine(store=store) as engine:
+        a = await member_of(engine, "r")
+        await a.send(Update(1, 5, edit(a.doc, "x")))
+        assert await a.wait_for(Ack | Error) == Ack(5, None)  # type: ignore[arg-type]
+        assert len(store.appended) == 1
+
+
 async def test_server_side_handle_edits_reach_members_and_storage(autojump_clock: trio.testing.MockClock,
     connect: Connect, engine: Engine, store: MemoryStore
 ) -> None:
