@@ -448,6 +448,15 @@ def _heartbeat_seconds(text: str) -> int:
     return int(text)
 
 
+MAX_ROOM_IDLE_SECONDS = 86_400
+
+
+def _room_idle_seconds(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= MAX_ROOM_IDLE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 0 to {MAX_ROOM_IDLE_SECONDS}")
+    return int(text)
+
+
 def _log_level(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -579,6 +588,9 @@ def build_parser() -> _Parser:
     serve_cmd.add_argument("--heartbeat-seconds", type=_heartbeat_seconds, metavar="N", default=int(defaults.heartbeat),
                            help="the heartbeat interval H (spec §5.7): a connection that has sent nothing for H gets a "
                                 "ping; one silent for 2H is closed (default %(default)s)")
+    serve_cmd.add_argument("--room-idle-seconds", type=_room_idle_seconds, metavar="N", default=int(defaults.room_idle_grace),
+                           help="a room whose last member left stays in memory this long, then is stored and unloaded: "
+                                "a member back within it finds it loaded (default %(default)s; 0 = at once)")
     serve_cmd.add_argument("--max-rooms", type=_positive, metavar="N", default=defaults.max_rooms_per_connection,
                            help="rooms per connection (default %(default)s)")
     serve_cmd.add_argument("--max-document-mib", type=_positive, metavar="N", default=defaults.max_document_bytes // MiB,
@@ -717,6 +729,7 @@ def _run(args: argparse.Namespace) -> int:
         choice = choose_store(args.store, args.data)
         config = EngineConfig(
             heartbeat=args.heartbeat_seconds,
+            room_idle_grace=args.room_idle_seconds,
             updates_per_second=args.updates_per_second,
             events_per_second=args.events_per_second,
             frames_per_second=args.frames_per_second,

@@ -133,6 +133,26 @@ async def test_idle_room_unloads_and_reloads_from_the_store(
 CONFIG_IDLE = 7  # conftest CONFIG.room_idle_grace
 
 
+async def test_a_room_idle_grace_of_zero_unloads_as_the_last_member_leaves(autojump_clock: trio.testing.MockClock) -> None:
+    """`plait serve --room-idle-seconds 0`: stored and unloaded at once, and a member who comes
+    back finds what was written."""
+    store = MemoryStore()
+    async with make_engine(store=store, room_idle_grace=0) as engine:
+        a = await member_of(engine, "r")
+        await a.send(Update(1, 1, edit(a.doc, "kept")))
+        await a.wait_for(Ack)
+        await a.send(Leave(1, 2))
+        await a.wait_for(Ack)
+        await trio.sleep(1)  # well inside any other grace: the flush's own time
+        assert engine.statistics()["rooms"] == 0
+        b = DocClient(engine.connect_memory())
+        await b.hello()
+        await b.join("r")
+        await b.expect(SyncStep1)
+        b.apply((await b.expect(SyncStep2)).update)
+        assert str(b.text) == "kept"
+
+
 async def test_a_join_racing_an_unload_gets_a_working_room(autojump_clock: trio.testing.MockClock) -> None:
     store = MemoryStore()
     slow = SlowCompactStore(store)

@@ -124,10 +124,12 @@ def test_the_settings_reach_the_engine(capsys: pytest.CaptureFixture[str], monke
     (tmp_path / "plait.toml").write_text('max_rooms = 5\nmax_connections_per_ip = 3\nallow_origin = ["https://a.example"]\n')
     monkeypatch.setenv("PLAIT_MAX_CONNECTIONS_PER_USER", "2")
     monkeypatch.setenv("PLAIT_STORE", "memory")
-    status, _, err = run(["serve", "--config", "plait.toml", "--port", "0", "--heartbeat-seconds", "25"], capsys)
+    given = ["--port", "0", "--heartbeat-seconds", "25", "--room-idle-seconds", "0"]
+    status, _, err = run(["serve", "--config", "plait.toml", *given], capsys)
     assert status == 0, err
     config = seen["config"]
     assert config.heartbeat == 25
+    assert config.room_idle_grace == 0
     assert (config.max_rooms_per_connection, config.max_connections_per_ip, config.max_connections_per_user) == (5, 3, 2)
     assert config.allow_origins == ("https://a.example",)
     assert seen["port"] == 0 and seen["choice"].kind == "memory"
@@ -152,6 +154,8 @@ def test_plait_config_names_the_file(capsys: pytest.CaptureFixture[str], monkeyp
         ("host = 1", "plait.toml: host: expected a string, not 1"),
         ("max_rooms = 0", "plait.toml: max_rooms: '0' is not a whole number above 0"),
         ("heartbeat_seconds = 3600", "plait.toml: heartbeat_seconds: '3600' is not a whole number of seconds from 1 to 300"),
+        ("room_idle_seconds = -1", "plait.toml: room_idle_seconds: '-1' is not a whole number of seconds from 0 to 86400"),
+        ("room_idle_seconds = 1.5", "plait.toml: room_idle_seconds: '1.5' is not a whole number of seconds"),
         ("max_connections_per_ip = -1", "plait.toml: max_connections_per_ip: '-1' is not a whole number (0 or more"),
         ("allow_origin = 'https://a.example'", 'plait.toml: allow_origin: expected a list (allow_origin = [...]), not "https://a.example"'),
         ("allow_origin = ['ftp://a']", "plait.toml: allow_origin: 'ftp://a' is not an origin"),
