@@ -284,10 +284,14 @@ class ReplicaStrand:
         if updates:
             if unloading:  # their process is most likely storing them too: twice is harmless
                 logger.info("room %r: storing %d update(s) another process has not stored yet", self.name, len(updates))
+            elif process is not None:
+                logger.warning("room %r: storing %d update(s) a process that is gone applied and did not store",
+                               self.name, len(updates))
             else:
                 logger.warning(
-                    "room %r: storing %d update(s) another process applied and did not store (it is gone, or its store failed)",
-                    self.name, len(updates),
+                    "room %r: storing %d update(s) another process relayed and has not stored within %g s "
+                    "(its store failed, or is slow: stored twice then, which is harmless)",
+                    self.name, len(updates), self._config.store_outage_grace + RELAY_CONFIRM_MARGIN,
                 )
             self._queue_updates(updates)
 
