@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Literal, Protocol
@@ -186,9 +187,15 @@ class RedisCluster:
         """Peers given up for dead (their heartbeat lapsed)."""
         self._heard_at: dict[str, float] = {}
         """Peer -> when it last said something (Trio's clock): it is alive, whatever its key says."""
+        self._writer: Any = None
+        """The connection commits and messages are written on as they are made (coredis's; held
+        by _send), or None while there is none."""
         self._outbox: list[tuple[Literal["commit", "publish", "delete"], bytes, bytes]] = []
-        """What to tell Redis next, in order: (what, the stream or channel, the entry or message)."""
+        """What waits for a writer, in order: (what, the stream or channel, the entry or message)."""
         self._outbox_ready = trio.Event()
+        self._written: deque[tuple[Any, Any]] = deque()
+        """(writer, request) written and not yet answered, in order (coredis's: _confirm)."""
+        self._written_ready = trio.Event()
         self.resyncs = trio.CapacityLimiter(RESYNCS_AT_ONCE)
         """Replication.resyncs."""
         self._operation_handler: Callable[[list[Any]], Awaitable[None]] | None = None
@@ -230,6 +237,7 @@ class RedisCluster:
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._catch_up)
                 nursery.start_soon(self._send)
+                nursery.start_soon(self._confirm)
                 await nursery.start(self._listen)  # subscribed before anything is said
                 try:
                     yield
@@ -237,7 +245,12 @@ class RedisCluster:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await trio.to_thread.run_sync(self._beats.stop)
                         try:  # leave at once rather than when the heartbeat lapses
-                            await self._flush_outbox()
+                            if self._writer is not None:
+                                batch, self._outbox = self._outbox, []
+                                for item in batch:
+                                    self._write(self._writer, *item)
+                            if self._written:  # answered in order: the last answered, all were
+                                await self._written[-1][1]
                             await self._client.delete([self._key()])
                         except Exception as exc:
                             logger.warning("cluster: could not say goodbye: %s", exc)
@@ -385,18 +398,15 @@ class RedisCluster:
     ) -> None:
         first, last = numbers or (None, None)
         body = msgpack.packb([self.process, list(updates), [[e.seq, e.body] for e in events], first, last], use_bin_type=True)
-        self._outbox.append(("commit", _log_key(room), body))
-        self._outbox_ready.set()
+        self._put("commit", _log_key(room), body)
 
     def ephemeral(self, room: str, body: bytes) -> None:
         self._queue_publish(room, b"e", body)
 
     def broadcast(self, operation: list[Any]) -> None:
         if operation[:1] == ["delete_room"] and isinstance(operation[1], str):
-            self._outbox.append(("delete", _log_key(operation[1]), b""))  # its stream goes too: what it held is gone
-        message = msgpack.packb([self.process, operation], use_bin_type=True)
-        self._outbox.append(("publish", OPS_CHANNEL, message))
-        self._outbox_ready.set()
+            self._put("delete", _log_key(operation[1]), b"")  # its stream goes too: what it held is gone
+        self._put("publish", OPS_CHANNEL, msgpack.packb([self.process, operation], use_bin_type=True))
 
     def on_operation(self, handler: Callable[[list[Any]], Awaitable[None]]) -> None:
         self._operation_handler = handler
@@ -409,9 +419,30 @@ class RedisCluster:
             logger.critical("cluster: an operation from another process failed here: %.200r", operation, exc_info=exc)
 
     def _queue_publish(self, room: str, kind: bytes, body: bytes) -> None:
-        message = msgpack.packb([self.process, kind, body], use_bin_type=True)
-        self._outbox.append(("publish", _eph_channel(room), message))
+        self._put("publish", _eph_channel(room), msgpack.packb([self.process, kind, body], use_bin_type=True))
+
+    def _put(self, what: Literal["commit", "publish", "delete"], key: bytes, body: bytes) -> None:
+        """Write a commit or message to Redis now, on the writer, if nothing waits ahead of it;
+        else queue it for _send. Never waits: no task between a room's relay and the socket."""
+        if self._writer is not None and not self._outbox:
+            try:
+                self._write(self._writer, what, key, body)
+                return
+            except Exception as exc:  # the writer's connection broke (coredis says so at once): _send replaces it
+                self._failed("publish", exc)
+                self._writer = None
+        self._outbox.append((what, key, body))
         self._outbox_ready.set()
+
+    def _write(self, writer: Any, what: Literal["commit", "publish", "delete"], key: bytes, body: bytes) -> None:
+        if what == "publish":
+            request = writer.create_request(b"PUBLISH", key, body)
+        elif what == "delete":
+            request = writer.create_request(b"DEL", key)
+        else:
+            request = writer.create_request(b"EVAL", COMMIT_SCRIPT, 1, key, body, self._stream_length, STREAM_TTL_MS)
+        self._written.append((writer, request))
+        self._written_ready.set()
 
     # -- SequenceAuthority, CompactionLease -------------------------------------------------
 
@@ -439,28 +470,49 @@ class RedisCluster:
     # -- the tasks --------------------------------------------------------------------------
 
     async def _send(self) -> None:
+        """Holds the writer (a connection of its own: what is written on it keeps its order),
+        writes what waited for one, and takes a new one after a failure."""
         while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready = trio.Event()
             try:
-                await self._flush_outbox()
-                self._recovered()
+                async with self._client.connection_pool.acquire() as writer:
+                    while True:
+                        while self._outbox:
+                            batch, self._outbox = self._outbox, []
+                            for what, key, body in batch:
+                                self._write(writer, what, key, body)
+                        self._writer = writer
+                        await self._outbox_ready.wait()
+                        self._outbox_ready = trio.Event()
+                        if self._writer is not writer:  # it broke (_put, _confirm)
+                            break
             except Exception as exc:
                 # What was committed is in the store: the others resync when Redis is back.
                 self._failed("publish", exc)
-                await trio.sleep(self._heartbeat / 3)
+            finally:
+                self._writer = None
+            await trio.sleep(self._heartbeat / 3)
 
-    async def _flush_outbox(self) -> None:
-        while self._outbox:
-            batch, self._outbox = self._outbox, []
-            async with self._client.pipeline(transaction=False) as pipe:
-                for what, key, body in batch:
-                    if what == "publish":
-                        pipe.publish(key, body)
-                    elif what == "delete":
-                        pipe.delete([key])
-                    else:
-                        pipe.eval(COMMIT_SCRIPT, [key], [body, self._stream_length, STREAM_TTL_MS])
+    async def _confirm(self) -> None:
+        """Reads Redis's answers to what was written, in order: an error (Redis gone, a command
+        refused) is a failure like any other (_failed: the rooms resync when it is back), and
+        the writer is replaced."""
+        while True:
+            while not self._written:
+                await self._written_ready.wait()
+                self._written_ready = trio.Event()
+            writer, request = self._written[0]
+            try:
+                await request
+            except Exception as exc:
+                self._failed("publish", exc)
+                # Its other requests fail at once with it (not each after its own timeout).
+                writer.invalidate()
+                self._writer = None
+                self._outbox_ready.set()
+            else:
+                self._recovered()
+            finally:
+                self._written.popleft()
 
     def _on_commit(self, name: str, data: bytes) -> None:
         """A stream entry as published: `PREVIOUS-ID ID ENTRY`. Applied if it follows the last
