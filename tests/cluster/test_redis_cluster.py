@@ -937,3 +937,68 @@ async def test_after_a_redis_restart_each_room_resyncs_once_without_a_warning_of
                 await until_text(alice, "before after")
         assert store.loads == loads + 2 * len(rooms)
     assert not [r for r in caplog.records if "no longer in its stream" in r.getMessage()]
+
+
+async def test_writes_waiting_on_a_stalled_redis_fail_together_and_the_rooms_recover(redis: RedisServer) -> None:
+    """Redis stops answering while a process has written many commits: the first to time out
+    fails the others with it (not each after its own timeout, 3 heartbeats apiece, while Redis
+    stays stalled), and once Redis answers the rooms resync and converge."""
+    store = SharedMemoryStore()
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        engine_on(cluster, store) as a,
+        node(redis, store) as b,
+    ):
+        alice, bob = await member(a), await member(b)
+        await alice.send(Update(1, 2, edit(alice.doc, "before")))
+        with trio.fail_after(10):
+            await until_text(bob, "before")
+        redis.pause()
+        try:
+            for n in range(30):
+                await alice.send(Update(1, 10 + n, edit(alice.doc, f"<{n}>")))
+                await alice.wait_for(Ack)  # stored: acknowledged whatever Redis does
+            with trio.fail_after(8):  # one timeout (1.5 s) and a margin; 30 in turn would take 45 s
+                while cluster._written or cluster.available:
+                    await trio.sleep(0.05)  # bounded by the deadline: until every write has failed
+        finally:
+            redis.resume()
+        with trio.fail_after(15):
+            await until_text(bob, str(alice.text), limit=5000)
+
+
+async def test_commits_redis_refuses_are_resynced_once_it_takes_them_again(redis: RedisServer) -> None:
+    """Redis refuses the commits (out of memory: -OOM) while the connection stays up, and
+    messages still pass: the refusal is a failure like a lost connection, the writer is
+    replaced, and the other process gets the refused commits from the store once Redis takes
+    writes again."""
+    store = SharedMemoryStore()
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        engine_on(cluster, store) as a,
+        node(redis, store) as b,
+        coredis.Redis.from_url(redis.url) as admin,
+    ):
+        alice, bob = await member(a), await member(b)
+        await alice.send(Update(1, 2, edit(alice.doc, "before")))
+        with trio.fail_after(10):
+            await until_text(bob, "before")
+        entries = await admin.xlen(b"plait:r:log")
+        await admin.config_set({"maxmemory": "1", "maxmemory-policy": "noeviction"})
+        try:
+            with pytest.raises(coredis.exceptions.ResponseError, match="OOM"):
+                await admin.set(b"probe", b"1")
+            for n in range(3):
+                await alice.send(Update(1, 10 + n, edit(alice.doc, f"<{n}>")))
+                await alice.wait_for(Ack)
+            with trio.fail_after(10):
+                while cluster.available:
+                    await trio.sleep(0.05)  # bounded by the deadline: until a refusal is read
+        finally:
+            await admin.config_set({"maxmemory": "0"})
+        await alice.send(Update(1, 20, edit(alice.doc, "<after>")))
+        await alice.wait_for(Ack)
+        with trio.fail_after(15):
+            await until_text(bob, str(alice.text), limit=5000)
+            while not (cluster.available and await admin.xlen(b"plait:r:log") > entries):
+                await trio.sleep(0.05)  # bounded by the deadline: until a commit is taken again
