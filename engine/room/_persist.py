@@ -189,11 +189,10 @@ class PersistStrand:
 
     async def _relayer(self) -> None:
         """Runs in the room's nursery when the room has copies elsewhere: relays what was
-        queued one turn later (a batch collects what the readers apply in this turn), whether
+        queued as soon as it runs (a batch collects what the readers applied before it), whether
         or not a commit is in progress (a store that stalls holds back the acks, not the edits)."""
         while True:
             await self._relay_wanted.wait()
-            await trio.lowlevel.checkpoint()
             self._relay_wanted = trio.Event()
             self._relay_queued()
 
