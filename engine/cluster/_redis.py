@@ -13,7 +13,10 @@ Keys and channels, per room (its name, UTF-8):
   reads them from the stream (XRANGE from that id). The stream keeps about `stream_length`
   entries: if the entry it last saw was trimmed (or the stream was lost with a Redis restart,
   or expired an hour after its last entry, or went with the room's deletion), it resyncs the
-  room from the store. After any Redis failure it resyncs every room from the store too.
+  room from the store. After any Redis failure it resyncs every room from the store too, once
+  its stream is read.
+- Commits and messages are written on one connection as they are made (no task between a
+  room and the socket), and a task reads Redis's answers in order.
   (Centrifugo's Redis broker publishes with offsets and recovers from a history stream alike.)
 - `plait:{room}:eph`, pub/sub: presence, cursor and typing changes, msgpack [process, kind,
   body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
@@ -35,7 +38,9 @@ Keys and channels, per room (its name, UTF-8):
   gone is dead: its members leave every room's presence here and the rooms resync (what it
   committed and did not publish is in the store; RESYNCS_AT_ONCE rooms read it at a time). A
   process that finds its key lapsed (its loop stuck, the process paused) sends every room's
-  state again.
+  state again. A call to Redis whose timeout passed while this process was not running is not a
+  Redis failure (LATE): the answer to a write gets another timeout, another call is tried again
+  in its turn.
   Bound: a dead process's members are gone from everyone's presence within 4 heartbeats (6 s
   by default), plus the presence grace.
 
@@ -51,7 +56,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgpack
 import trio
@@ -62,11 +67,16 @@ from ..room import Replica
 from ._heartbeat import Heartbeat
 
 logger = logging.getLogger("plait.cluster")
+T = TypeVar("T")
 
 HEARTBEAT = 1.5
 """Seconds between a process's heartbeats; its key lives 3 of them."""
 STUCK_AFTER = 30.0
 """Seconds a process's event loop may make no progress before its heartbeat stops."""
+
+
+class WokeLate(Exception):
+    """A call to Redis timed out while this process was not running (LATE): not Redis's fault."""
 
 
 class SharedStore(Protocol):
@@ -93,6 +103,11 @@ OPS_CHANNEL = b"plait:ops"
 SUBSCRIPTION_TIMEOUT = 30.0
 """Seconds Redis may take to confirm a SUBSCRIBE before the subscription is started again: long,
 as a busy process reads the confirmations late (a dead connection fails at once anyway)."""
+LATE = 0.5
+"""Seconds past a call's deadline at which this process woke up to see it passed: it was not
+running (paused, or its loop held up), and Redis may well have answered meanwhile. Such a
+timeout is not Redis's failure: an answer to a write gets another timeout (_answer), another
+call is given up without counting Redis as failed (WokeLate)."""
 RESYNCS_AT_ONCE = 4
 """Rooms reading the store at once to resync (Replication.resyncs)."""
 RELAY_MAX_BYTES = 256 * 1024
@@ -154,6 +169,8 @@ class RedisCluster:
         """This process's id in the cluster (random per start)."""
         self._store = store
         self._heartbeat = heartbeat
+        self._timeout = heartbeat * 3
+        """Seconds Redis may take to answer a call (a stalled Redis fails it)."""
         self._stream_length = stream_length
         self._lease_ms = int(lease_seconds * 1000)
         self._beats = Heartbeat(self._new_client, self._key(), heartbeat, stuck_after)
@@ -220,8 +237,19 @@ class RedisCluster:
         # fails a call after 3 heartbeats (the stream reader blocks for one).
         return coredis.Redis.from_url(
             self.url, decode_responses=False, retry_policy=coredis.retry.NoRetryPolicy(),
-            connect_timeout=self._heartbeat * 2, stream_timeout=self._heartbeat * 3,
+            connect_timeout=self._heartbeat * 2, stream_timeout=self._timeout,
         )
+
+    async def _ask(self, call: Awaitable[T]) -> T:
+        """A call to Redis, awaited. Raises WokeLate for a timeout this process woke up too late
+        to see (LATE): the call's outcome is unknown, and Redis is not to blame (_failed)."""
+        started = trio.current_time()
+        try:
+            return await call
+        except TimeoutError as exc:
+            if trio.current_time() - started > self._timeout + LATE:
+                raise WokeLate("Redis's answer was due while this process was not running") from exc
+            raise
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._stack.__aexit__(*exc)
@@ -260,7 +288,7 @@ class RedisCluster:
         return b"plait:process:" + self.process.encode()
 
     async def _beat(self) -> None:
-        await self._client.set(self._key(), b"1", px=int(self._heartbeat * 3000))
+        await self._ask(self._client.set(self._key(), b"1", px=int(self._heartbeat * 3000)))
         self._beats.beaten()
 
     async def _heartbeats(self) -> None:
@@ -303,7 +331,7 @@ class RedisCluster:
         for peer in list(self._peers):
             if trio.current_time() - self._heard_at.get(peer, -math.inf) < 3 * self._heartbeat:
                 continue  # it speaks (a process paused a while, before its key is renewed)
-            if not await self._client.exists([b"plait:process:" + peer.encode()]):
+            if not await self._ask(self._client.exists([b"plait:process:" + peer.encode()])):
                 rooms = self._peers.pop(peer, set())
                 self._heard_at.pop(peer, None)
                 self._dropped.add(peer)
@@ -328,6 +356,9 @@ class RedisCluster:
                 self._queue_publish(room, b"w", b"")
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        if isinstance(exc, WokeLate):  # given up, and tried again in its turn
+            logger.info("cluster: %s: %s; not a Redis failure", what, exc)
+            return
         if self._healthy:
             logger.error("cluster: Redis failed (%s): %s; rooms resync from the store when it is back", what, _brief(exc))
         self._healthy = False
@@ -441,6 +472,7 @@ class RedisCluster:
             request = writer.create_request(b"DEL", key)
         else:
             request = writer.create_request(b"EVAL", COMMIT_SCRIPT, 1, key, body, self._stream_length, STREAM_TTL_MS)
+        request.response_timeout = None  # _answer's instead: it knows a pause from a stalled Redis
         self._written.append((writer, request))
         self._written_ready.set()
 
@@ -457,11 +489,11 @@ class RedisCluster:
 
         key = b"plait:" + room.encode() + b":lease"
         try:
-            if await self._client.set(key, self.process.encode(), condition=coredis.PureToken.NX, px=self._lease_ms):
+            if await self._ask(self._client.set(key, self.process.encode(), condition=coredis.PureToken.NX, px=self._lease_ms)):
                 return True
-            holder = await self._client.get(key)
+            holder = await self._ask(self._client.get(key))
             if holder == self.process.encode():
-                await self._client.pexpire(key, self._lease_ms)
+                await self._ask(self._client.pexpire(key, self._lease_ms))
                 return True
         except Exception as exc:  # not now: the updates stay appended, and nothing is lost
             self._failed("compaction lease", exc)
@@ -493,19 +525,24 @@ class RedisCluster:
             await trio.sleep(self._heartbeat / 3)
 
     async def _confirm(self) -> None:
-        """Reads Redis's answers to what was written, in order: an error (Redis gone, a command
-        refused) is a failure like any other (_failed: the rooms resync when it is back), and
-        the writer is replaced."""
+        """Reads Redis's answers to what was written, in order: an error (Redis gone or stalled,
+        a command refused) is a failure like any other (_failed: the rooms resync when it is
+        back); a writer lost or stalled is replaced."""
+        from coredis.exceptions import ResponseError
+
         while True:
             while not self._written:
                 await self._written_ready.wait()
                 self._written_ready = trio.Event()
             writer, request = self._written[0]
             try:
-                await request
+                await self._answer(request)
+            except ResponseError as exc:  # Redis refused this one (out of memory?); the rest may pass
+                self._failed("publish", exc)
             except Exception as exc:
                 self._failed("publish", exc)
-                # Its other requests fail at once with it (not each after its own timeout).
+                # Lost or stalled: its other requests fail at once with it (not each after its
+                # own timeout), and a new connection is taken.
                 writer.invalidate()
                 self._writer = None
                 self._outbox_ready.set()
@@ -513,6 +550,19 @@ class RedisCluster:
                 self._recovered()
             finally:
                 self._written.popleft()
+
+    async def _answer(self, request: Any) -> None:
+        """Redis's answer to a write (raises what it says). TimeoutError if it has not come
+        within the timeout; a timeout this process woke up too late to see gets another (LATE):
+        the answer is likely in the socket, and giving up on it would resync every room."""
+        deadline = trio.current_time() + self._timeout
+        while True:
+            with trio.move_on_at(deadline):
+                await request
+                return
+            if trio.current_time() - deadline <= LATE:
+                raise TimeoutError(f"Redis did not answer a write within {self._timeout:g} s")
+            deadline = trio.current_time() + self._timeout
 
     def _on_commit(self, name: str, data: bytes) -> None:
         """A stream entry as published: `PREVIOUS-ID ID ENTRY`. Applied if it follows the last
@@ -565,7 +615,9 @@ class RedisCluster:
         name = room.name
         while self._rooms.get(name) is room:
             start = self._positions[name]
-            entries = await self._reader_client.xrange(_log_key(name), b"-" if start == b"0-0" else start, b"+", count=self._read_count)
+            entries = await self._ask(
+                self._reader_client.xrange(_log_key(name), b"-" if start == b"0-0" else start, b"+", count=self._read_count)
+            )
             if self._rooms.get(name) is not room:
                 return
             if start == b"0-0":
@@ -592,7 +644,7 @@ class RedisCluster:
                     logger.warning("cluster: room %r: what this process missed is no longer in its stream; resyncing", name)
                 resync = True
                 if not progressed:  # nothing after its position: go on from the stream's newest entry
-                    last = await self._reader_client.xrevrange(_log_key(name), b"+", b"-", count=1)
+                    last = await self._ask(self._reader_client.xrevrange(_log_key(name), b"+", b"-", count=1))
                     if self._rooms.get(name) is not room:
                         return
                     self._positions[name] = last[0].identifier if last else b"0-0"

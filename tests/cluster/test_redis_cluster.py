@@ -969,9 +969,9 @@ async def test_writes_waiting_on_a_stalled_redis_fail_together_and_the_rooms_rec
 
 async def test_commits_redis_refuses_are_resynced_once_it_takes_them_again(redis: RedisServer) -> None:
     """Redis refuses the commits (out of memory: -OOM) while the connection stays up, and
-    messages still pass: the refusal is a failure like a lost connection, the writer is
-    replaced, and the other process gets the refused commits from the store once Redis takes
-    writes again."""
+    messages still pass: the refusal is counted as a Redis failure (this process resyncs its
+    rooms once Redis takes writes again), what was written after it still goes (the relays:
+    the other process has every edit), and commits reach the stream again afterwards."""
     store = SharedMemoryStore()
     async with (
         RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
@@ -1002,3 +1002,54 @@ async def test_commits_redis_refuses_are_resynced_once_it_takes_them_again(redis
             await until_text(bob, str(alice.text), limit=5000)
             while not (cluster.available and await admin.xlen(b"plait:r:log") > entries):
                 await trio.sleep(0.05)  # bounded by the deadline: until a commit is taken again
+
+
+async def test_a_process_that_was_not_running_when_its_write_timed_out_does_not_blame_redis(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This process's loop is held up (as by kill -STOP, or a long stall) past the timeout of a
+    write it is waiting on: it gives Redis another timeout instead of taking it for failed
+    (before: "Redis failed", and every room resynced from the store once Redis answered)."""
+    store = CountingStore()
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        engine_on(cluster, store) as a,
+        RedisCluster(redis.url, store, heartbeat=5) as patient,  # b: not troubled by Redis's pause
+        engine_on(patient, store) as b,
+    ):
+        alice, bob = await member(a), await member(b)
+        await alice.send(Update(1, 2, edit(alice.doc, "before")))
+        with trio.fail_after(10):
+            await until_text(bob, "before")
+        loads = store.loads
+        failures: list[Exception] = []
+
+        async def read() -> None:  # any other call (a heartbeat, a stream read) alike
+            try:
+                await cluster._ask(cluster._client.get(b"anything"))
+            except Exception as exc:
+                failures.append(exc)
+                cluster._failed("a read", exc)
+
+        redis.pause()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await alice.send(Update(1, 3, edit(alice.doc, " paused")))
+                await alice.wait_for(Ack)
+                with trio.fail_after(5):
+                    while not cluster._written:
+                        await trio.sleep(0.01)  # bounded by the deadline: until the commit is written
+                await trio.sleep(0.1)  # its answer awaited, due 1.5 s on
+                time.sleep(2.5)  # noqa: ASYNC251 -- the point: the loop held up past that
+                await trio.sleep(0.2)  # the loop runs again, sees the deadline passed, no answer yet
+        finally:
+            redis.resume()
+        assert [type(e).__name__ for e in failures] == ["WokeLate"]  # given up, not blamed on Redis
+        with trio.fail_after(10):
+            await until_text(bob, "before paused")
+            while cluster._written:
+                await trio.sleep(0.05)  # bounded by the deadline: until the answer is read
+        assert cluster.available
+        assert store.loads == loads  # no room resynced
+    assert not [r for r in caplog.records if "Redis failed" in r.getMessage()]
