@@ -23,7 +23,10 @@ Keys and channels, per room (its name, UTF-8):
   their full state (a process that just loaded the room, or listens again after a failure),
   `u` relays document updates before their commit: body = msgpack [first, [update, ...]]
   (engine/room/_replica.py; at most RELAY_MAX_BYTES, larger ones come with the commit only;
-  only while another process is known to hold the room), `l`: this process no longer holds it.
+  only while another process is known to hold the room), `l`: this process no longer holds it,
+  `r`: this process committed what may not be on the stream (its link to Redis broke with the
+  commit on its way, or Redis refused it), so the others, whose own link may be fine, resync
+  the room from the store.
 - A process subscribes to a room's two channels (`:log`, `:eph`) while it holds the room, all
   on one connection: a room's traffic reaches only the processes that hold it, so processes
   that share no rooms share no load. One task keeps the subscriptions, one command for every
@@ -109,6 +112,9 @@ running (paused, or its loop held up), and Redis may well have answered meanwhil
 timeout is not Redis's failure: an answer to a write gets another timeout (_answer), another
 call is given up without counting Redis as failed (WokeLate)."""
 RESYNCS_AT_ONCE = 4
+OUTBOX_MAX_BYTES = 64 * 1024 * 1024
+"""Commits and messages waiting for Redis (while it is away) kept at most; past it they are
+dropped, and the rooms whose commits were dropped are resynced by the others once it is back."""
 """Rooms reading the store at once to resync (Replication.resyncs)."""
 RELAY_MAX_BYTES = 256 * 1024
 """Updates relayed before their commit at most per batch; a larger batch comes with its commit."""
@@ -210,8 +216,14 @@ class RedisCluster:
         self._outbox: list[tuple[Literal["commit", "publish", "delete"], bytes, bytes]] = []
         """What waits for a writer, in order: (what, the stream or channel, the entry or message)."""
         self._outbox_ready = trio.Event()
-        self._written: deque[tuple[Any, Any]] = deque()
-        """(writer, request) written and not yet answered, in order (coredis's: _confirm)."""
+        self._outbox_bytes = 0
+        self._written: deque[tuple[Any, Any, bytes]] = deque()
+        """(writer, request, stream) written and not yet answered, in order (coredis's: _confirm);
+        stream: the room's stream for a commit, else b""."""
+        self._unsure: set[str] = set()
+        """Rooms with a commit Redis may not have taken (lost on the way, refused, or dropped
+        from a full outbox): the others may lack it and be none the wiser, as their own link
+        is fine. Once Redis answers, they are told to resync these rooms (`r`)."""
         self._written_ready = trio.Event()
         self.resyncs = trio.CapacityLimiter(RESYNCS_AT_ONCE)
         """Replication.resyncs."""
@@ -374,6 +386,9 @@ class RedisCluster:
                     self._rejoin(name, room, tell=True)
                 else:
                     room.want_resync()
+        for name in self._unsure:
+            self._queue_publish(name, b"r", b"")
+        self._unsure.clear()
 
     # -- Replication ------------------------------------------------------------------------
 
@@ -462,7 +477,14 @@ class RedisCluster:
             except Exception as exc:  # the writer's connection broke (coredis says so at once): _send replaces it
                 self._failed("publish", exc)
                 self._writer = None
+        if self._outbox_bytes + len(body) > OUTBOX_MAX_BYTES:
+            # Redis has been away a long while: what waits is dropped rather than memory grown.
+            # The rooms' commits are in the store: the others resync them (`r`) when it is back.
+            logger.warning("cluster: %d message(s) waiting for Redis dropped (over %d MiB)", len(self._outbox), OUTBOX_MAX_BYTES >> 20)
+            self._unsure.update(_room_of(key) for what, key, _ in self._outbox if what == "commit")
+            self._outbox, self._outbox_bytes = [], 0
         self._outbox.append((what, key, body))
+        self._outbox_bytes += len(body)
         self._outbox_ready.set()
 
     def _write(self, writer: Any, what: Literal["commit", "publish", "delete"], key: bytes, body: bytes) -> None:
@@ -473,7 +495,7 @@ class RedisCluster:
         else:
             request = writer.create_request(b"EVAL", COMMIT_SCRIPT, 1, key, body, self._stream_length, STREAM_TTL_MS)
         request.response_timeout = None  # _answer's instead: it knows a pause from a stalled Redis
-        self._written.append((writer, request))
+        self._written.append((writer, request, key if what == "commit" else b""))
         self._written_ready.set()
 
     # -- SequenceAuthority, CompactionLease -------------------------------------------------
@@ -509,7 +531,7 @@ class RedisCluster:
                 async with self._client.connection_pool.acquire() as writer:
                     while True:
                         while self._outbox:
-                            batch, self._outbox = self._outbox, []
+                            batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
                             for what, key, body in batch:
                                 self._write(writer, what, key, body)
                         self._writer = writer
@@ -534,13 +556,17 @@ class RedisCluster:
             while not self._written:
                 await self._written_ready.wait()
                 self._written_ready = trio.Event()
-            writer, request = self._written[0]
+            writer, request, stream = self._written[0]
             try:
                 await self._answer(request)
             except ResponseError as exc:  # Redis refused this one (out of memory?); the rest may pass
                 self._failed("publish", exc)
+                if stream:
+                    self._unsure.add(_room_of(stream))
             except Exception as exc:
                 self._failed("publish", exc)
+                if stream:  # taken or not: nobody knows
+                    self._unsure.add(_room_of(stream))
                 # Lost or stalled: its other requests fail at once with it (not each after its
                 # own timeout), and a new connection is taken.
                 writer.invalidate()
@@ -773,6 +799,10 @@ class RedisCluster:
         if kind == b"l":
             self._peers.get(process, set()).discard(name)
             return
+        if kind == b"r":  # it committed what may not be on the stream: read the store
+            if name not in self._resync_after:  # unless this room is about to anyway
+                room.want_resync()
+            return
         self._seen(process, name)
         if kind == b"w":
             _contained(room, "send its state", self._send_state, room)
@@ -796,6 +826,10 @@ def _brief(exc: BaseException) -> str:
     text = str(exc)
     _, found, rest = text.partition(" of pipeline caused error: ")
     return f"{type(exc).__name__}: {(rest if found else text)[:200]}"
+
+
+def _room_of(stream: bytes) -> str:
+    return stream[len(b"plait:"):-len(b":log")].decode()
 
 
 def _channels(room: str) -> tuple[bytes, bytes]:

@@ -40,6 +40,7 @@ from plait.protocol import (
     Update,
 )
 from plait.storage import MemoryStore, PostgreSQLStore, RoomData, StoredEvent
+from tests.e2e.proxy import proxy_to
 from tests.engine.client import DocClient, edit, until_text, yjs_client
 from tests.servers import PostgresServer, RedisServer
 
@@ -1053,3 +1054,97 @@ async def test_a_process_that_was_not_running_when_its_write_timed_out_does_not_
         assert cluster.available
         assert store.loads == loads  # no room resynced
     assert not [r for r in caplog.records if "Redis failed" in r.getMessage()]
+
+
+async def test_what_a_process_committed_while_only_it_was_cut_off_from_redis_reaches_the_others(redis: RedisServer) -> None:
+    """Only process a loses Redis for a while (its link down; b and Redis are fine): what a's
+    members write meanwhile is stored, and never on the room's stream. Once a is back, b gets
+    it (from the store) and the edits after it apply there too: the document converges."""
+    store = SharedMemoryStore()
+    async with proxy_to(redis.port) as link:
+        async with (
+            RedisCluster(f"redis://127.0.0.1:{link.port}", store, heartbeat=0.5) as cluster,
+            engine_on(cluster, store) as a,
+            node(redis, store) as b,
+        ):
+            alice, bob = await member(a), await member(b)
+            await alice.send(Update(1, 2, edit(alice.doc, "before")))
+            with trio.fail_after(10):
+                await until_text(bob, "before")
+            link.down = True
+            link.cut()
+            with trio.fail_after(10):
+                while cluster.available:
+                    await trio.sleep(0.05)  # bounded by the deadline: until a knows it is cut off
+            await alice.send(Update(1, 3, edit(alice.doc, " during")))
+            await alice.wait_for(Ack)  # stored
+            link.down = False
+            with trio.fail_after(10):
+                while not cluster.available:
+                    await trio.sleep(0.05)  # bounded by the deadline: until a is back
+            await alice.send(Update(1, 4, edit(alice.doc, " after")))
+            await alice.wait_for(Ack)
+            with trio.fail_after(15):
+                await until_text(bob, "before during after")
+
+
+async def test_commits_on_their_way_to_redis_when_the_link_broke_reach_the_others(redis: RedisServer) -> None:
+    """a's link to Redis breaks while a commit (and its relay) are on the wire: Redis never got
+    them, and b, whose own link is fine, has no reason to look in the store. a writes them
+    again once it is back, and b converges."""
+    store = SharedMemoryStore()
+    patient = EngineConfig(commit_delay=0)
+    async with proxy_to(redis.port, delay=0.3) as link:
+        async with (
+            RedisCluster(f"redis://127.0.0.1:{link.port}", store, heartbeat=1.0) as cluster,
+            engine_on(cluster, store, patient) as a,
+            node(redis, store, patient) as b,
+        ):
+            alice, bob = await member(a), await member(b)
+            await alice.send(Update(1, 2, edit(alice.doc, "before")))
+            with trio.fail_after(10):
+                await until_text(bob, "before")
+            await alice.send(Update(1, 3, edit(alice.doc, " during")))
+            await alice.wait_for(Ack)  # stored, and its commit written: on the wire for 0.3 s
+            with trio.fail_after(5):
+                while not cluster._written:
+                    await trio.sleep(0.01)  # bounded by the deadline: until the commit is written
+            link.cut()  # what was on the wire is lost
+            await alice.send(Update(1, 4, edit(alice.doc, " after")))
+            await alice.wait_for(Ack)
+            with trio.fail_after(20):
+                await until_text(bob, "before during after")
+
+
+async def test_commits_dropped_while_redis_was_away_long_reach_the_others_from_the_store(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What waits for Redis is bounded (OUTBOX_MAX_BYTES): past it, it is dropped, and the
+    others resync the rooms whose commits were dropped once this process is back."""
+    import plait.engine.cluster._redis as redis_cluster
+
+    monkeypatch.setattr(redis_cluster, "OUTBOX_MAX_BYTES", 2000)
+    store = SharedMemoryStore()
+    async with proxy_to(redis.port) as link:
+        async with (
+            RedisCluster(f"redis://127.0.0.1:{link.port}", store, heartbeat=0.5) as cluster,
+            engine_on(cluster, store) as a,
+            node(redis, store) as b,
+        ):
+            alice, bob = await member(a), await member(b)
+            await alice.send(Update(1, 2, edit(alice.doc, "before")))
+            with trio.fail_after(10):
+                await until_text(bob, "before")
+            link.down = True
+            link.cut()
+            with trio.fail_after(10):
+                while cluster.available:
+                    await trio.sleep(0.05)  # bounded by the deadline: until a knows it is cut off
+            for n in range(40):  # well over 2,000 bytes of commits and relays
+                await alice.send(Update(1, 10 + n, edit(alice.doc, f" <{n:02}>")))
+                await alice.wait_for(Ack)
+            assert cluster._outbox_bytes <= 2000
+            assert any("waiting for Redis dropped" in r.getMessage() for r in caplog.records)
+            link.down = False
+            with trio.fail_after(20):
+                await until_text(bob, str(alice.text), limit=5000)

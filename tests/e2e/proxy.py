@@ -18,6 +18,8 @@ class Proxy:
         self.delay = delay
         self.port = 0
         self.connections = 0
+        self.down = False
+        """While True, new connections are closed at once (with cut(): a link down a while)."""
         self._scopes: list[trio.CancelScope] = []
 
     async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
@@ -38,6 +40,9 @@ class Proxy:
             pass
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        if self.down:  # refused: the link is down
+            await client.aclose()
+            return
         self.connections += 1
         with trio.CancelScope() as scope:
             self._scopes.append(scope)
