@@ -940,20 +940,36 @@ async def test_after_a_redis_restart_each_room_resyncs_once_without_a_warning_of
     assert not [r for r in caplog.records if "no longer in its stream" in r.getMessage()]
 
 
-async def test_writes_waiting_on_a_stalled_redis_fail_together_and_the_rooms_recover(redis: RedisServer) -> None:
-    """Redis stops answering while a process has written many commits: the first to time out
-    fails the others with it (not each after its own timeout, 3 heartbeats apiece, while Redis
-    stays stalled), and once Redis answers the rooms resync and converge."""
-    store = SharedMemoryStore()
+@asynccontextmanager
+async def alice_and_bob(
+    redis: RedisServer,
+    store: SharedMemoryStore,
+    config: EngineConfig | None = None,
+    *,
+    a_url: str | None = None,
+    a_heartbeat: float = 0.5,
+    b_heartbeat: float = 0.5,
+) -> AsyncIterator[tuple[RedisCluster, DocClient, DocClient]]:
+    """Processes a (on `a_url`: a proxy, say) and b sharing `store`, alice a member of room r on
+    a and bob on b, bob having seen alice's "before". Yields (a's RedisCluster, alice, bob)."""
     async with (
-        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
-        engine_on(cluster, store) as a,
-        node(redis, store) as b,
+        RedisCluster(a_url or redis.url, store, heartbeat=a_heartbeat) as cluster,
+        engine_on(cluster, store, config) as a,
+        RedisCluster(redis.url, store, heartbeat=b_heartbeat) as other,
+        engine_on(other, store, config) as b,
     ):
         alice, bob = await member(a), await member(b)
         await alice.send(Update(1, 2, edit(alice.doc, "before")))
         with trio.fail_after(10):
             await until_text(bob, "before")
+        yield cluster, alice, bob
+
+
+async def test_writes_waiting_on_a_stalled_redis_fail_together_and_the_rooms_recover(redis: RedisServer) -> None:
+    """Redis stops answering while a process has written many commits: the first to time out
+    fails the others with it (not each after its own timeout, 3 heartbeats apiece, while Redis
+    stays stalled), and once Redis answers the rooms resync and converge."""
+    async with alice_and_bob(redis, SharedMemoryStore()) as (cluster, alice, bob):
         redis.pause()
         try:
             for n in range(30):
@@ -973,17 +989,7 @@ async def test_commits_redis_refuses_are_resynced_once_it_takes_them_again(redis
     messages still pass: the refusal is counted as a Redis failure (this process resyncs its
     rooms once Redis takes writes again), what was written after it still goes (the relays:
     the other process has every edit), and commits reach the stream again afterwards."""
-    store = SharedMemoryStore()
-    async with (
-        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
-        engine_on(cluster, store) as a,
-        node(redis, store) as b,
-        coredis.Redis.from_url(redis.url) as admin,
-    ):
-        alice, bob = await member(a), await member(b)
-        await alice.send(Update(1, 2, edit(alice.doc, "before")))
-        with trio.fail_after(10):
-            await until_text(bob, "before")
+    async with alice_and_bob(redis, SharedMemoryStore()) as (cluster, alice, bob), coredis.Redis.from_url(redis.url) as admin:
         entries = await admin.xlen(b"plait:r:log")
         await admin.config_set({"maxmemory": "1", "maxmemory-policy": "noeviction"})
         try:
@@ -1012,16 +1018,7 @@ async def test_a_process_that_was_not_running_when_its_write_timed_out_does_not_
     write it is waiting on: it gives Redis another timeout instead of taking it for failed
     (before: "Redis failed", and every room resynced from the store once Redis answered)."""
     store = CountingStore()
-    async with (
-        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
-        engine_on(cluster, store) as a,
-        RedisCluster(redis.url, store, heartbeat=5) as patient,  # b: not troubled by Redis's pause
-        engine_on(patient, store) as b,
-    ):
-        alice, bob = await member(a), await member(b)
-        await alice.send(Update(1, 2, edit(alice.doc, "before")))
-        with trio.fail_after(10):
-            await until_text(bob, "before")
+    async with alice_and_bob(redis, store, b_heartbeat=5) as (cluster, alice, bob):  # b: not troubled by Redis's pause
         loads = store.loads
         failures: list[Exception] = []
 
@@ -1056,54 +1053,50 @@ async def test_a_process_that_was_not_running_when_its_write_timed_out_does_not_
     assert not [r for r in caplog.records if "Redis failed" in r.getMessage()]
 
 
-async def test_what_a_process_committed_while_only_it_was_cut_off_from_redis_reaches_the_others(redis: RedisServer) -> None:
-    """Only process a loses Redis for a while (its link down; b and Redis are fine): what a's
-    members write meanwhile is stored, and never on the room's stream. Once a is back, b gets
-    it (from the store) and the edits after it apply there too: the document converges."""
+@pytest.mark.parametrize(("edits", "bound"), [(1, None), (40, 2000)], ids=["kept", "over the bound"])
+async def test_what_a_process_committed_while_only_it_was_cut_off_from_redis_reaches_the_others(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, edits: int, bound: int | None
+) -> None:
+    """Only process a loses Redis for a while (its link down; b and Redis are fine): what its
+    members write meanwhile is stored, and waits for Redis; past OUTBOX_MAX_BYTES it is
+    dropped, and the others resync the room from the store once a is back. Either way b
+    converges, and the edits after it apply there too."""
+    if bound is not None:
+        import plait.engine.cluster._redis as redis_cluster
+
+        monkeypatch.setattr(redis_cluster, "OUTBOX_MAX_BYTES", bound)
     store = SharedMemoryStore()
     async with proxy_to(redis.port) as link:
-        async with (
-            RedisCluster(f"redis://127.0.0.1:{link.port}", store, heartbeat=0.5) as cluster,
-            engine_on(cluster, store) as a,
-            node(redis, store) as b,
-        ):
-            alice, bob = await member(a), await member(b)
-            await alice.send(Update(1, 2, edit(alice.doc, "before")))
-            with trio.fail_after(10):
-                await until_text(bob, "before")
+        async with alice_and_bob(redis, store, a_url=f"redis://127.0.0.1:{link.port}") as (cluster, alice, bob):
             link.down = True
             link.cut()
             with trio.fail_after(10):
                 while cluster.available:
                     await trio.sleep(0.05)  # bounded by the deadline: until a knows it is cut off
-            await alice.send(Update(1, 3, edit(alice.doc, " during")))
-            await alice.wait_for(Ack)  # stored
+            for n in range(edits):
+                await alice.send(Update(1, 10 + n, edit(alice.doc, f" <{n:02}>")))
+                await alice.wait_for(Ack)  # stored
+            if bound is not None:  # 40 commits and relays: well over 2,000 bytes
+                assert cluster._outbox_bytes <= bound
+                assert any("waiting for Redis dropped" in r.getMessage() for r in caplog.records)
             link.down = False
             with trio.fail_after(10):
                 while not cluster.available:
                     await trio.sleep(0.05)  # bounded by the deadline: until a is back
-            await alice.send(Update(1, 4, edit(alice.doc, " after")))
+            await alice.send(Update(1, 100, edit(alice.doc, " after")))
             await alice.wait_for(Ack)
-            with trio.fail_after(15):
-                await until_text(bob, "before during after")
+            with trio.fail_after(20):
+                await until_text(bob, str(alice.text), limit=5000)
 
 
 async def test_commits_on_their_way_to_redis_when_the_link_broke_reach_the_others(redis: RedisServer) -> None:
     """a's link to Redis breaks while a commit (and its relay) are on the wire: Redis never got
-    them, and b, whose own link is fine, has no reason to look in the store. a writes them
-    again once it is back, and b converges."""
+    them, and b, whose own link is fine, has no reason to look in the store: a tells it to
+    (`r`) once it is back, and b converges."""
     store = SharedMemoryStore()
     patient = EngineConfig(commit_delay=0)
     async with proxy_to(redis.port, delay=0.3) as link:
-        async with (
-            RedisCluster(f"redis://127.0.0.1:{link.port}", store, heartbeat=1.0) as cluster,
-            engine_on(cluster, store, patient) as a,
-            node(redis, store, patient) as b,
-        ):
-            alice, bob = await member(a), await member(b)
-            await alice.send(Update(1, 2, edit(alice.doc, "before")))
-            with trio.fail_after(10):
-                await until_text(bob, "before")
+        async with alice_and_bob(redis, store, patient, a_url=f"redis://127.0.0.1:{link.port}", a_heartbeat=1.0) as (cluster, alice, bob):
             await alice.send(Update(1, 3, edit(alice.doc, " during")))
             await alice.wait_for(Ack)  # stored, and its commit written: on the wire for 0.3 s
             with trio.fail_after(5):
@@ -1114,37 +1107,3 @@ async def test_commits_on_their_way_to_redis_when_the_link_broke_reach_the_other
             await alice.wait_for(Ack)
             with trio.fail_after(20):
                 await until_text(bob, "before during after")
-
-
-async def test_commits_dropped_while_redis_was_away_long_reach_the_others_from_the_store(
-    redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """What waits for Redis is bounded (OUTBOX_MAX_BYTES): past it, it is dropped, and the
-    others resync the rooms whose commits were dropped once this process is back."""
-    import plait.engine.cluster._redis as redis_cluster
-
-    monkeypatch.setattr(redis_cluster, "OUTBOX_MAX_BYTES", 2000)
-    store = SharedMemoryStore()
-    async with proxy_to(redis.port) as link:
-        async with (
-            RedisCluster(f"redis://127.0.0.1:{link.port}", store, heartbeat=0.5) as cluster,
-            engine_on(cluster, store) as a,
-            node(redis, store) as b,
-        ):
-            alice, bob = await member(a), await member(b)
-            await alice.send(Update(1, 2, edit(alice.doc, "before")))
-            with trio.fail_after(10):
-                await until_text(bob, "before")
-            link.down = True
-            link.cut()
-            with trio.fail_after(10):
-                while cluster.available:
-                    await trio.sleep(0.05)  # bounded by the deadline: until a knows it is cut off
-            for n in range(40):  # well over 2,000 bytes of commits and relays
-                await alice.send(Update(1, 10 + n, edit(alice.doc, f" <{n:02}>")))
-                await alice.wait_for(Ack)
-            assert cluster._outbox_bytes <= 2000
-            assert any("waiting for Redis dropped" in r.getMessage() for r in caplog.records)
-            link.down = False
-            with trio.fail_after(20):
-                await until_text(bob, str(alice.text), limit=5000)
