@@ -15,11 +15,12 @@ Keys and channels, per room (its name, UTF-8):
   or expired an hour after its last entry, or went with the room's deletion), it resyncs the
   room from the store. After any Redis failure it resyncs every room from the store too, once
   its stream is read.
+  (Centrifugo's Redis broker publishes with offsets and recovers from a history stream alike.)
 - Commits and messages are written on one connection as they are made (no task between a
   room and the socket), and a task reads Redis's answers in order.
-  (Centrifugo's Redis broker publishes with offsets and recovers from a history stream alike.)
 - `plait:{room}:eph`, pub/sub: presence, cursor and typing changes, msgpack [process, kind,
-  body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py), `w` asks the others for
+  body]; kind `e` is a body of Ephemeral's (engine/room/_ephemeral.py; its changes only while another
+  process is known to hold the room, the whole state to one newly met there), `w` asks the others for
   their full state (a process that just loaded the room, or listens again after a failure),
   `u` relays document updates before their commit: body = msgpack [first, [update, ...]]
   (engine/room/_replica.py; at most RELAY_MAX_BYTES, larger ones come with the commit only;
@@ -363,7 +364,12 @@ class RedisCluster:
             if peer in self._dropped:
                 logger.warning("cluster: process %s is back", peer)
         if room not in rooms:
+            alone = not self._shared(room)
             rooms.add(room)
+            held = self._rooms.get(room)
+            if alone and held is not None and room in self._following:
+                # Its presence changes went to nobody (ephemeral): the whole state, once.
+                _contained(held, "send its state", self._send_state, held)
             if peer in self._dropped:  # given up for dead (a long stall?) and is not: hear it all again
                 self._queue_publish(room, b"w", b"")
 
@@ -433,10 +439,14 @@ class RedisCluster:
             rooms.discard(room.name)
         self._subscriptions_changed.set()
 
+    def _shared(self, room: str) -> bool:
+        """Whether another process holds the room (it said so: `w` when it loaded the room,
+        and anything since)."""
+        return any(room in rooms for rooms in self._peers.values())
+
     def relay(self, room: str, first: int, updates: Sequence[bytes]) -> None:
-        # Only to a room another process holds (it said so: `w` when it loaded the room, and
-        # anything since); a copy that loads it later reads the commits.
-        if any(room in rooms for rooms in self._peers.values()) and sum(map(len, updates)) <= RELAY_MAX_BYTES:
+        # Only to a room another process holds; a copy that loads it later reads the commits.
+        if self._shared(room) and sum(map(len, updates)) <= RELAY_MAX_BYTES:
             self._queue_publish(room, b"u", msgpack.packb([first, list(updates)], use_bin_type=True))
 
     def committed(
@@ -447,7 +457,10 @@ class RedisCluster:
         self._put("commit", _log_key(room), body)
 
     def ephemeral(self, room: str, body: bytes) -> None:
-        self._queue_publish(room, b"e", body)
+        # Only to a room another process holds: one that loads it later asks for the whole
+        # state (`w`), and one met there is sent it (_seen).
+        if self._shared(room):
+            self._queue_publish(room, b"e", body)
 
     def broadcast(self, operation: list[Any]) -> None:
         if operation[:1] == ["delete_room"] and isinstance(operation[1], str):

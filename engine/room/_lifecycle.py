@@ -19,6 +19,7 @@ Concurrency rules:
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import time
@@ -57,6 +58,17 @@ from ._replica import LOCAL_REPLICATION, PeerRelays, ReplicaStrand, Replication
 from ._updatecheck import UpdateCheck
 
 logger = logging.getLogger("plait.room")
+_COPIES = itertools.count(1)
+"""Copies of rooms made in this process, for the numbers of their updates (_first_number)."""
+
+
+def _first_number() -> int:
+    """Where a new copy of a room numbers its updates from (for relays: another process tells
+    one copy's updates from the next by them, as a room unloaded and loaded again here numbers
+    anew): a range of 2**32 per copy, never used by an earlier one."""
+    return next(_COPIES) << 32
+
+
 LOCAL_FANOUT = LocalFanout()
 LOCAL_SEQUENCE = LocalSequence()
 LOCAL_LEASE = LocalLease()
@@ -136,9 +148,9 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         self._unload_requested = False
         self._changes = 0
         self._durable_changes = 0
-        self._queued_updates = 0
-        """Updates queued for a commit in this copy's life (their numbers, for relays)."""
-        self._relayed_updates = 0
+        self._queued_updates = self._relayed_updates = _first_number()
+        """The number of the last update queued for a commit in this copy's life (for relays;
+        from a range of this copy's own)."""
         self._committing_acks: list[tuple[Member | None, int, int | Error | None]] = []
         self._committing_confirmations: dict[Member, list[bytes]] = {}
         self._last_writer: str | None = None

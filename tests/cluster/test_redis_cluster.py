@@ -194,6 +194,77 @@ async def test_edits_are_relayed_only_while_another_process_holds_the_room(redis
         assert relayed == [b"u"]
 
 
+async def test_presence_changes_are_published_only_while_another_process_holds_the_room(redis: RedisServer) -> None:
+    """Alone in a room, a process says nothing of its members' presence to Redis; a process
+    that loads the room meets everyone already there, and the one there meets the newcomer's."""
+    store = SharedMemoryStore()
+    quick = EngineConfig(room_idle_grace=0.2)
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        engine_on(cluster, store, quick) as a,
+        node(redis, store, quick) as b,
+    ):
+        said: list[bytes] = []
+        queue_publish = cluster._queue_publish
+
+        def counting(room: str, kind: bytes, body: bytes) -> None:
+            queue_publish(room, kind, body)
+            said.append(kind)
+
+        cluster._queue_publish = counting  # type: ignore[method-assign]
+        alice = await member(a)
+        for n in range(3):
+            await alice.send(PresenceSet(1, n + 10, {"name": "alice", "n": n}))
+            await alice.wait_for(Ack)
+        with trio.fail_after(10):
+            await presence_names(alice, {"alice"})
+        assert b"e" not in said  # nobody else holds the room
+        bob = await member(b)
+        await bob.send(PresenceSet(1, None, {"name": "bob"}))
+        with trio.fail_after(10):
+            await presence_names(bob, {"alice", "bob"})
+            await presence_names(alice, {"alice", "bob"})
+        await alice.send(PresenceSet(1, None, {"name": "alice2"}))
+        with trio.fail_after(10):
+            await presence_names(bob, {"alice2", "bob"})
+
+
+async def test_a_process_that_keeps_the_room_gets_the_edits_of_one_that_loaded_it_again(redis: RedisServer) -> None:
+    """Alice stays in the room on a; bob, on b, edits, leaves (b unloads the room) and comes
+    back. The room's new copy on b numbers its updates anew, and before b hears from a it
+    relays nothing: a gets bob's edits with their commit, and must not take them for the ones
+    b relayed in the copy before (they were lost on a for good)."""
+    store = SharedMemoryStore()
+    quick = EngineConfig(room_idle_grace=0)
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        engine_on(cluster, store, quick) as a,
+        RedisCluster(redis.url, store, heartbeat=0.5) as other,
+        engine_on(other, store, quick) as b,
+    ):
+        alice = await member(a)
+        text = ""
+        for life in range(3):
+            bob = await member(b)
+            with trio.fail_after(10):
+                await until_text(bob, text)
+                while life == 0 and not other._shared("r"):
+                    await trio.sleep(0.02)  # bounded by the deadline: until b relays to a
+            if life == 1:  # from now on b does not hear that a holds the room: it relays nothing
+                cluster._send_state = lambda room: None  # type: ignore[method-assign]
+            for k in range(3):
+                await bob.send(Update(1, 10 + k, edit(bob.doc, f"<{life}.{k}>")))
+                await bob.wait_for(Ack)
+            text = str(bob.text)
+            with trio.fail_after(10):
+                await until_text(alice, text)
+            await bob.send(Leave(1, 3))
+            await bob.wait_for(Ack)
+            with trio.fail_after(10):
+                while b.room_info("r") is not None:
+                    await trio.sleep(0.02)  # bounded by the deadline: until b unloaded the room
+
+
 async def test_events_from_both_processes_arrive_once_and_in_seq_order_everywhere(redis: RedisServer) -> None:
     store = SharedMemoryStore()
     slow_gaps = EngineConfig(event_gap_timeout=60)  # so they come on the stream, not from the store after a gap
