@@ -130,8 +130,8 @@ class EngineConfig:
     process's, on its way) before it is sent anyway (spec §7)."""
     store_outage_grace: float = 10 * SECONDS
     """How long a room keeps trying a commit its store refused as unavailable (a database
-    connection that broke, a restart or failover, a busy SQLite file), counted from the first
-    refusal (a try that took long before it failed is not counted), before the room fails:
+    connection that broke, a restart or failover, a busy SQLite file), from the commit's start
+    (a first try refused only past it still gets a second's tries), before the room fails:
     its members wait for their acks meanwhile, and nothing is acknowledged before it is
     stored. 0 fails the room at the first refusal."""
     commit_delay: float = 0.01 * SECONDS

@@ -118,4 +118,7 @@ def configure_logging(level: str, log_format: str = "text", stream: TextIO | Non
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
+    # coredis logs a failed connection attempt as an ERROR with an empty traceback ("NoneType:
+    # None", a second line); the cluster says what failed itself, once (engine/cluster).
+    logging.getLogger("coredis").setLevel(logging.CRITICAL)
     return handler

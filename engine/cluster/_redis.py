@@ -230,6 +230,9 @@ class RedisCluster:
         """Replication.resyncs."""
         self._operation_handler: Callable[[list[Any]], Awaitable[None]] | None = None
         self._healthy = True
+        self._refused = False
+        """Redis refused a write (out of memory?): only a write taken again means it is back
+        (reads and publishes pass meanwhile)."""
         self._trust_heartbeats_at = 0.0
         """Before this (Trio's clock), a missing heartbeat key proves nothing: Redis has just
         come back (a restarted one has lost every key) and the others have not beaten yet."""
@@ -317,7 +320,7 @@ class RedisCluster:
                 if self._beats.lapsed() and self._healthy:
                     self._stalled(now - last)
                 last = now
-                self._recovered()
+                self._recovered(wrote=True)
                 await self._check_peers()
             except Exception as exc:
                 self._failed("heartbeat", exc)
@@ -377,11 +380,18 @@ class RedisCluster:
         if isinstance(exc, WokeLate):  # given up, and tried again in its turn
             logger.info("cluster: %s: %s; not a Redis failure", what, exc)
             return
+        from coredis.exceptions import ResponseError
+
         if self._healthy:
             logger.error("cluster: Redis failed (%s): %s; rooms resync from the store when it is back", what, _brief(exc))
         self._healthy = False
+        self._refused = self._refused or isinstance(exc, ResponseError)
 
-    def _recovered(self) -> None:
+    def _recovered(self, *, wrote: bool = False) -> None:
+        """Redis answered (`wrote`: it took a write)."""
+        if self._refused and not wrote:
+            return
+        self._refused = False
         if not self._healthy:
             self._healthy = True
             self._trust_heartbeats_at = trio.current_time() + 3 * self._heartbeat
@@ -586,7 +596,7 @@ class RedisCluster:
                 self._writer = None
                 self._outbox_ready.set()
             else:
-                self._recovered()
+                self._recovered(wrote=bool(stream))
             finally:
                 self._written.popleft()
 

@@ -25,6 +25,10 @@ from ._replica import Replication
 
 logger = logging.getLogger("plait.room")
 
+LAST_CHANCE = 1.0
+"""Seconds of tries a commit still gets after its first refusal by the store, when that came
+past `store_outage_grace` (PersistStrand._commit)."""
+
 
 class RoomStore(Protocol):
     """The part of `plait.storage.Store` a room uses."""
@@ -280,13 +284,14 @@ class PersistStrand:
 
     async def _commit(self, updates: list[bytes], events: list[StoredEvent]) -> None:
         """Store a batch's updates, then its events. A store that says it is unavailable is
-        tried again, with backoff, for `store_outage_grace` seconds from its first failure
+        tried again, with backoff, for `store_outage_grace` seconds from the commit's start
         before what it raised goes up (and the room fails): a database restart or failover then
-        delays acks instead of failing every member's membership. From the first failure, not
-        from the commit's start: a first try that failed only after a long wait (the store's
-        own call timeout, a process paused) is tried again. What was stored is not stored twice."""
-        deadline: float | None = None
-        delay, told = 0.05, False
+        delays acks instead of failing every member's membership. A first try that failed only
+        past that (it waited on the store's own call timeout, or the process was paused) still
+        gets LAST_CHANCE seconds of tries: a store that is back by then takes it. What was stored
+        is not stored twice."""
+        deadline = trio.current_time() + self._config.store_outage_grace
+        delay, told, failed = 0.05, False, False
         while True:
             try:
                 if updates:
@@ -295,8 +300,9 @@ class PersistStrand:
                 if events:
                     await self._store.append_events(self.name, events, self._config.event_history)
             except StorageUnavailable as exc:
-                if deadline is None:
-                    deadline = trio.current_time() + self._config.store_outage_grace
+                if not failed:
+                    failed = True
+                    deadline = max(deadline, trio.current_time() + LAST_CHANCE)
                 if isinstance(exc, StoreLocked) or trio.current_time() + delay > deadline:
                     raise
                 self._metrics.add("store_errors", 1, "commit")  # the try that gives up is counted by _fail

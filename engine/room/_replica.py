@@ -187,6 +187,9 @@ class ReplicaStrand:
     _replicated: bool
     _resync_wanted: trio.Event
     _peer_relays: dict[str, PeerRelays]
+    _told_unconfirmed: bool
+    """Whether the WARNING for relayed updates stored here was logged since a commit last
+    confirmed relays (INFO until then)."""
     _relay_heard: trio.Event
     _config: Any  # EngineConfig
 
@@ -226,6 +229,8 @@ class ReplicaStrand:
         peer = self._peer_relays.get(process) if numbers is not None else None
         if peer is not None and numbers is not None:
             first, last = numbers
+            if peer.unconfirmed and peer.unconfirmed[0][0] <= last:
+                self._told_unconfirmed = False
             while peer.unconfirmed and peer.unconfirmed[0][0] <= last:
                 peer.size -= sum(map(len, peer.unconfirmed.popleft()[1]))
             if peer.baseline < first and last <= peer.through:
@@ -287,10 +292,12 @@ class ReplicaStrand:
             elif process is not None:
                 logger.warning("room %r: storing %d update(s) a process that is gone applied and did not store",
                                self.name, len(updates))
-            else:
-                logger.warning(
-                    "room %r: storing %d update(s) another process relayed and has not stored within %g s "
-                    "(its store failed, or is slow: stored twice then, which is harmless)",
+            else:  # said once until a commit of relayed updates comes again (an outage: one line, not one per batch)
+                log = logger.info if self._told_unconfirmed else logger.warning
+                self._told_unconfirmed = True
+                log(
+                    "room %r: storing %d update(s) another process relayed and whose commit has not come within %g s "
+                    "(its store or its link to Redis failed, or is slow: stored twice then, which is harmless)",
                     self.name, len(updates), self._config.store_outage_grace + RELAY_CONFIRM_MARGIN,
                 )
             self._queue_updates(updates)

@@ -1074,6 +1074,15 @@ async def test_commits_redis_refuses_are_resynced_once_it_takes_them_again(redis
             with trio.fail_after(10):
                 while cluster.available:
                     await trio.sleep(0.05)  # bounded by the deadline: until a refusal is read
+            with trio.fail_after(10):
+                await until_text(bob, str(alice.text))  # relayed: publishes pass
+            await alice.send(PresenceSet(1, 30, {"name": "alice"}))
+            await alice.wait_for(Ack)
+            with trio.fail_after(10):
+                await presence_names(bob, {"alice", None})  # type: ignore[arg-type]
+                while cluster._written:
+                    await trio.sleep(0.05)  # bounded by the deadline: until it is answered
+            assert not cluster.available  # still refusing writes: not back (it flapped, resyncing every room each time)
         finally:
             await admin.config_set({"maxmemory": "0"})
         await alice.send(Update(1, 20, edit(alice.doc, "<after>")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pycrdt
+import pytest
 import trio
 from trio.testing import MockClock
 
@@ -83,6 +84,28 @@ async def test_a_relayed_update_whose_commit_never_comes_is_stored_here_after_th
         assert (await store.load("r")).updates == ()  # its process may still be storing it
         await trio.sleep(1.0)
         assert await stored_text(store) == "lost?"
+
+
+async def test_relayed_updates_stored_here_through_an_outage_are_warned_of_once(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One WARNING per outage (the commits stop coming), not one per relayed batch; a commit
+    that confirms relays again ends it."""
+    store = MemoryStore()
+    async with Engine(store=store, config=config(), replication=Elsewhere()) as engine:
+        _alice, room = await room_with_member(engine)
+        edits = their_edits(*(f"<{n}>" for n in range(6)))
+        for n in range(4):  # an outage: four batches, a second apart, whose commits never come
+            room.receive_relayed("p2", n + 1, [edits[n]])
+            await trio.sleep(1.0)
+        await trio.sleep(TIMEOUT)
+        assert await stored_text(store) == "<0><1><2><3>"
+        room.receive_relayed("p2", 5, [edits[4]])
+        room.receive_committed([edits[4]], [], "p2", (5, 5))  # it is back
+        room.receive_relayed("p2", 6, [edits[5]])  # and out again
+        await trio.sleep(2 * TIMEOUT)
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "whose commit has not come" in r.getMessage()]
+    assert len(warned) == 2
 
 
 async def test_a_dead_process_s_relayed_updates_are_stored_at_once(autojump_clock: MockClock) -> None:

@@ -268,11 +268,14 @@ async def test_a_short_store_outage_delays_acks_and_loses_nothing(
 
 
 class SlowThenFailingStore(FlakyStore):
-    """Its first append hangs past the outage grace before it fails (a database that stopped
-    answering, until the call's own timeout): the grace counts from that failure."""
+    """Its first append hangs past the outage grace before it is refused (a database that
+    stopped answering, until the call's own timeout); the next `failures - 1` are refused at once."""
+
+    hung = False
 
     async def append(self, room: str, updates: Sequence[bytes]) -> None:
-        if self.failures > 0:
+        if not self.hung:
+            self.hung = True
             await trio.sleep(EngineConfig().store_outage_grace + 2)
         await super().append(room, updates)
 
@@ -284,6 +287,21 @@ async def test_a_commit_whose_first_try_failed_late_is_tried_again(autojump_cloc
         await a.send(Update(1, 5, edit(a.doc, "x")))
         assert await a.wait_for(Ack | Error) == Ack(5, None)  # type: ignore[arg-type]
         assert len(store.appended) == 1
+
+
+async def test_a_store_that_keeps_failing_late_fails_the_room_a_second_after_its_first_refusal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The bound members wait stays the grace (plus the store's own wait), not twice it."""
+    store = SlowThenFailingStore(failures=1000)
+    async with make_engine(store=store) as engine:
+        a = await member_of(engine, "r")
+        await a.send(Update(1, 5, edit(a.doc, "x")))
+        sent_at = trio.current_time()
+        err = await a.wait_for(Error)
+        assert err.code == ErrorCode.STORAGE_UNAVAILABLE
+        first_refusal = EngineConfig().store_outage_grace + 2
+        assert first_refusal + 0.5 < trio.current_time() - sent_at <= first_refusal + 1.0
 
 
 async def test_server_side_handle_edits_reach_members_and_storage(autojump_clock: trio.testing.MockClock,
