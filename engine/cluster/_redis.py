@@ -218,9 +218,9 @@ class RedisCluster:
         """What waits for a writer, in order: (what, the stream or channel, the entry or message)."""
         self._outbox_ready = trio.Event()
         self._outbox_bytes = 0
-        self._written: deque[tuple[Any, Any, bytes]] = deque()
-        """(writer, request, stream) written and not yet answered, in order (coredis's: _confirm);
-        stream: the room's stream for a commit, else b""."""
+        self._written: deque[tuple[Any, Any, tuple[bytes, ...]]] = deque()
+        """(writer, batch, streams) written and not yet answered, in order (coredis's request
+        batches: _confirm); streams: per command, the room's stream for a commit, else b""."""
         self._unsure: set[str] = set()
         """Rooms with a commit Redis may not have taken (lost on the way, refused, or dropped
         from a full outbox): the others may lack it and be none the wiser, as their own link
@@ -289,10 +289,9 @@ class RedisCluster:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await trio.to_thread.run_sync(self._beats.stop)
                         try:  # leave at once rather than when the heartbeat lapses
-                            if self._writer is not None:
+                            if self._writer is not None and self._outbox:
                                 batch, self._outbox = self._outbox, []
-                                for item in batch:
-                                    self._write(self._writer, *item)
+                                self._write(self._writer, batch)
                             if self._written:  # answered in order: the last answered, all were
                                 await self._written[-1][1]
                             await self._client.delete([self._key()])
@@ -491,11 +490,13 @@ class RedisCluster:
         self._put("publish", _eph_channel(room), msgpack.packb([self.process, kind, body], use_bin_type=True))
 
     def _put(self, what: Literal["commit", "publish", "delete"], key: bytes, body: bytes) -> None:
-        """Write a commit or message to Redis now, on the writer, if nothing waits ahead of it;
-        else queue it for _send. Never waits: no task between a room's relay and the socket."""
-        if self._writer is not None and not self._outbox:
+        """Write a commit or message to Redis now, on the writer, if it is idle (no task between
+        a room's relay and the socket); else queue it for _send, which writes what queued
+        meanwhile in one batch (coredis's writer takes a turn of the loop per request queued to
+        it: one per busy moment, not one per message). Never waits."""
+        if self._writer is not None and not self._outbox and not self._written:
             try:
-                self._write(self._writer, what, key, body)
+                self._write(self._writer, [(what, key, body)])
                 return
             except Exception as exc:  # the writer's connection broke (coredis says so at once): _send replaces it
                 self._failed("publish", exc)
@@ -510,15 +511,19 @@ class RedisCluster:
         self._outbox_bytes += len(body)
         self._outbox_ready.set()
 
-    def _write(self, writer: Any, what: Literal["commit", "publish", "delete"], key: bytes, body: bytes) -> None:
-        if what == "publish":
-            request = writer.create_request(b"PUBLISH", key, body)
-        elif what == "delete":
-            request = writer.create_request(b"DEL", key)
-        else:
-            request = writer.create_request(b"EVAL", COMMIT_SCRIPT, 1, key, body, self._stream_length, STREAM_TTL_MS)
+    def _write(self, writer: Any, batch: list[tuple[Literal["commit", "publish", "delete"], bytes, bytes]]) -> None:
+        commands = []
+        for what, key, body in batch:
+            if what == "publish":
+                commands.append(_Command(b"PUBLISH", (key, body)))
+            elif what == "delete":
+                commands.append(_Command(b"DEL", (key,)))
+            else:
+                commands.append(_Command(b"EVAL", (COMMIT_SCRIPT, 1, key, body, self._stream_length, STREAM_TTL_MS)))
+        request = writer.create_request_batch(commands)
         request.response_timeout = None  # _answer's instead: it knows a pause from a stalled Redis
-        self._written.append((writer, request, key if what == "commit" else b""))
+        request.disconnect_on_cancellation = False  # idem: it decides
+        self._written.append((writer, request, tuple(key if what == "commit" else b"" for what, key, _ in batch)))
         self._written_ready.set()
 
     # -- SequenceAuthority, CompactionLease -------------------------------------------------
@@ -552,16 +557,13 @@ class RedisCluster:
         while True:
             try:
                 async with self._client.connection_pool.acquire() as writer:
-                    while True:
-                        while self._outbox:
+                    self._writer = writer
+                    while self._writer is writer:  # until it breaks (_put, _confirm)
+                        if self._outbox:
                             batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
-                            for what, key, body in batch:
-                                self._write(writer, what, key, body)
-                        self._writer = writer
+                            self._write(writer, batch)
                         await self._outbox_ready.wait()
                         self._outbox_ready = trio.Event()
-                        if self._writer is not writer:  # it broke (_put, _confirm)
-                            break
             except Exception as exc:
                 # What was committed is in the store: the others resync when Redis is back.
                 self._failed("publish", exc)
@@ -579,36 +581,41 @@ class RedisCluster:
             while not self._written:
                 await self._written_ready.wait()
                 self._written_ready = trio.Event()
-            writer, request, stream = self._written[0]
+            writer, batch, streams = self._written[0]
             try:
-                await self._answer(request)
-            except ResponseError as exc:  # Redis refused this one (out of memory?); the rest may pass
-                self._failed("publish", exc)
-                if stream:
-                    self._unsure.add(_room_of(stream))
-            except Exception as exc:
-                self._failed("publish", exc)
-                if stream:  # taken or not: nobody knows
-                    self._unsure.add(_room_of(stream))
-                # Lost or stalled: its other requests fail at once with it (not each after its
-                # own timeout), and a new connection is taken.
-                writer.invalidate()
-                self._writer = None
-                self._outbox_ready.set()
-            else:
-                self._recovered(wrote=bool(stream))
+                try:
+                    results = await self._answer(batch)
+                except TimeoutError as exc:
+                    results = [exc] * len(streams)
+                lost: BaseException | None = None
+                for stream, result in zip(streams, results, strict=True):
+                    if not isinstance(result, BaseException):
+                        continue
+                    self._failed("publish", result)
+                    if stream:  # taken or not: nobody knows (or refused)
+                        self._unsure.add(_room_of(stream))
+                    if not isinstance(result, ResponseError):  # not refused (out of memory?): lost or stalled
+                        lost = result
+                if lost is not None:
+                    # Its other requests fail at once with it (not each after its own
+                    # timeout), and a new connection is taken.
+                    writer.invalidate()
+                    self._writer = None
+                    self._outbox_ready.set()
+                elif not any(isinstance(result, BaseException) for result in results):
+                    self._recovered(wrote=any(streams))
             finally:
                 self._written.popleft()
 
-    async def _answer(self, request: Any) -> None:
-        """Redis's answer to a write (raises what it says). TimeoutError if it has not come
-        within the timeout; a timeout this process woke up too late to see gets another (LATE):
-        the answer is likely in the socket, and giving up on it would resync every room."""
+    async def _answer(self, batch: Any) -> list[Any]:
+        """Redis's answers to a batch of writes (each a result or the error it says).
+        TimeoutError if they have not come within the timeout; a timeout this process woke up
+        too late to see gets another (LATE): the answer is likely in the socket, and giving up
+        on it would resync every room."""
         deadline = trio.current_time() + self._timeout
         while True:
             with trio.move_on_at(deadline):
-                await request
-                return
+                return list(await batch)
             if trio.current_time() - deadline <= LATE:
                 raise TimeoutError(f"Redis did not answer a write within {self._timeout:g} s")
             deadline = trio.current_time() + self._timeout
@@ -849,6 +856,16 @@ def _brief(exc: BaseException) -> str:
     text = str(exc)
     _, found, rest = text.partition(" of pipeline caused error: ")
     return f"{type(exc).__name__}: {(rest if found else text)[:200]}"
+
+
+class _Command:
+    """A command as coredis's create_request_batch reads it (its CommandRequest's name,
+    arguments and decoding)."""
+
+    __slots__ = ("name", "serialized_arguments", "decode")
+
+    def __init__(self, name: bytes, arguments: tuple[Any, ...]) -> None:
+        self.name, self.serialized_arguments, self.decode = name, arguments, None
 
 
 def _room_of(stream: bytes) -> str:
