@@ -333,7 +333,8 @@ class RedisCluster:
         if its stream moved on past it (a resync of every room, as after a Redis failure, would
         queue every process's writes behind the store's reads just when it is busiest)."""
         logger.warning(
-            "cluster: this process's heartbeat lapsed (stuck or paused: its loop beat %.1f s apart); telling the others its state again",
+            "cluster: this process's heartbeat lapsed (its loop stuck, the process paused, or Redis slow to take it: "
+            "beats %.1f s apart); telling the others its state again",
             seconds,
         )
         for name, room in list(self._rooms.items()):
@@ -828,6 +829,7 @@ class RedisCluster:
             return
         if kind == b"l":
             self._peers.get(process, set()).discard(name)
+            _contained(room, "drop a process's members", room.peer_left, process)
             return
         if kind == b"r":  # it committed what may not be on the stream: read the store
             if name not in self._resync_after:  # unless this room is about to anyway

@@ -502,12 +502,13 @@ class Ephemeral:
 
     def drop_process(self, process: str) -> None:
         """Every session of `process` leaves (its presence, cursor and typing): the peer is
-        gone (its heartbeat lapsed). Members see an ordinary leave at the next tick."""
+        gone (its heartbeat lapsed) or no longer holds the room. Members see an ordinary leave
+        at the next tick."""
         gone = [sid for sid, p in self._owner.items() if p == process and sid in self._presence]
         for sid in gone:
             self._remote_leave(sid)
         if gone:
-            logger.info("room %r: process %r is gone, and its %d sessions with it", self.name, process, len(gone))
+            logger.info("room %r: process %r left the room, and its %d sessions with it", self.name, process, len(gone))
             self.want_tick()
 
     def _merge(self, process: str, state: PeerState) -> bool:

@@ -58,6 +58,8 @@ class Replica(Protocol):
 
     def drop_process(self, process: str) -> None: ...
 
+    def peer_left(self, process: str) -> None: ...
+
     def want_resync(self) -> None: ...
 
 
@@ -265,6 +267,12 @@ class ReplicaStrand:
         finally:
             self._replicated = False
         return True
+
+    def peer_left(self, process: str) -> None:
+        """A peer no longer holds the room (it unloaded it): its members leave this copy's
+        presence (it may have unloaded before it told of the last one's leave)."""
+        if self.state is RoomState.LIVE:
+            self._ephemeral.drop_process(process)
 
     def drop_process(self, process: str) -> None:
         """A peer died: its members leave this copy's presence; what it committed and did not

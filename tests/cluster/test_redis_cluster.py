@@ -200,6 +200,26 @@ async def test_edits_are_relayed_only_while_another_process_holds_the_room(redis
         assert said.count(b"u") == 1
 
 
+async def test_a_member_who_leaves_a_process_that_unloads_the_room_at_once_leaves_everyone_s_presence(
+    redis: RedisServer,
+) -> None:
+    """`--room-idle-seconds 0`: b unloads the room as bob leaves, maybe before it told of his
+    leave; a drops b's members when b says it no longer holds the room (he stayed there for good)."""
+    store = SharedMemoryStore()
+    at_once = EngineConfig(room_idle_grace=0)
+    async with node(redis, store, at_once) as a, node(redis, store, at_once) as b:
+        alice = await member(a)
+        await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        for n in range(3):
+            bob = await member(b)
+            await bob.send(PresenceSet(1, None, {"name": f"bob{n}"}))
+            with trio.fail_after(10):
+                await presence_names(alice, {"alice", f"bob{n}"})
+            await bob.send(Leave(1, 9))
+            with trio.fail_after(10):
+                await presence_names(alice, {"alice"})
+
+
 async def test_presence_changes_are_published_only_while_another_process_holds_the_room(redis: RedisServer) -> None:
     """Alone in a room, a process says nothing of its members' presence to Redis; a process
     that loads the room meets everyone already there, and the one there meets the newcomer's."""
