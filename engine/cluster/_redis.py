@@ -562,7 +562,12 @@ class RedisCluster:
                     while self._writer is writer:  # until it breaks (_put, _confirm)
                         if self._outbox:
                             batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
-                            self._write(writer, batch)
+                            try:
+                                self._write(writer, batch)
+                            except Exception:  # the writer broke: the batch waits for the next one
+                                self._outbox = batch + self._outbox
+                                self._outbox_bytes += sum(len(body) for _, _, body in batch)
+                                raise
                         await self._outbox_ready.wait()
                         self._outbox_ready = trio.Event()
             except Exception as exc:

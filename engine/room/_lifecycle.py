@@ -109,8 +109,8 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         """Whether the change being applied is another process's (stored already)."""
         self._resync_wanted = trio.Event()
         self._peer_relays: dict[str, PeerRelays] = {}
-        self._told_unconfirmed = False
         """Other processes' relayed updates applied here, waiting for their commits."""
+        self._told_unconfirmed = False
         self._relay_heard = trio.Event()
         self._discarded = False
         """Deleted by another process: nothing more is written (discard)."""
