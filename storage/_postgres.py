@@ -136,7 +136,9 @@ class PostgreSQLStore:
     call_timeout: seconds the database may go without answering any of this store's calls
         before the calls waiting on it fail (CALL_TIMEOUT). A call queued behind others waits
         its turn as long as those are answered (a storm of room loads: each waits behind the
-        rest), and runs for call_timeout at most.
+        rest), and runs for call_timeout at most. Once a call got no answer in that time, the
+        database is taken for stalled: until that call's answer comes, later calls wait LATE
+        for it and fail (not call_timeout each, behind it).
 
     Raises (from every method): StoreLocked when another writable store holds the database
     (for a shared store: an exclusive one; for an exclusive store: any other),
@@ -158,6 +160,10 @@ class PostgreSQLStore:
         self._limiter = trio.CapacityLimiter(1)
         self._waiting: set[trio.CancelScope] = set()
         """The deadlines of the calls under way or queued: each answer moves them on."""
+        self._unanswered: _Call[Any] | None = None
+        """A call given up with no answer whose thread still waits for one on the connection:
+        the database is not answering, so the calls after it wait LATE for that answer, not
+        call_timeout each."""
         self._conn: psycopg.Connection[Any] | None = None
         self._opened = False
         self._appends = GroupCommit(self._insert_updates)
@@ -242,6 +248,12 @@ class PostgreSQLStore:
                     self._conn = None
                 raise StorageUnavailable(f"{self.name}: {_first_line(exc)}") from exc
 
+        unanswered = self._unanswered
+        if unanswered is not None:
+            if not await trio.to_thread.run_sync(unanswered.done.wait, LATE, abandon_on_cancel=True):
+                raise StorageUnavailable(f"{self.name}: no answer within {self.call_timeout:g} s (an earlier call still has none)")
+            if self._unanswered is unanswered:
+                self._unanswered = None
         call = _Call(on_connection)
         with trio.move_on_after(self.call_timeout) as waited:
             self._waiting.add(waited)
@@ -265,6 +277,8 @@ class PostgreSQLStore:
             if await trio.to_thread.run_sync(call.done.wait, self.call_timeout, abandon_on_cancel=True):
                 self._answered()
                 return call.result()
+        if call.started and not call.done.is_set():
+            self._unanswered = call
         raise StorageUnavailable(f"{self.name}: no answer within {self.call_timeout:g} s")
 
     def _answered(self) -> None:
@@ -580,6 +594,10 @@ class _Call(Generic[T]):
         self.done = threading.Event()
         self._result: T | None = None
         self._error: BaseException | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._state == "started"
 
     def abandon(self) -> bool:
         """True if it had not started: then it never will (the caller may run it again)."""

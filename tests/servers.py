@@ -65,6 +65,16 @@ class PostgresServer:
             conn.execute(f"CREATE SCHEMA {name}")  # type: ignore[arg-type]
         return f"{self.admin_dsn}?options=-csearch_path%3D{name}"
 
+    def fresh_database(self) -> str:
+        """A connection string to a new database of its own: for a second plain Plait, whose
+        writer's advisory lock is database-wide (a schema is not enough)."""
+        import psycopg
+
+        name = f"d{time.monotonic_ns()}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+        return f"{self.admin_dsn.rsplit('/', 1)[0]}/{name}"
+
     def terminate(self, pid: int) -> int:
         """End the backends of the Plait stores process `pid` opened (they name themselves
         `plait PID@HOST`): what a database restart or a dropped network does to them. How many."""

@@ -197,6 +197,32 @@ async def test_a_stalled_server_fails_calls_after_the_timeout_and_they_work_once
         await store.aclose()
 
 
+async def test_calls_made_while_an_earlier_one_has_no_answer_fail_at_once_not_after_another_timeout(
+    postgres: PostgresServer,
+) -> None:
+    """A stalled database: once a call got no answer within the call timeout, the calls behind
+    it are refused within a second (they waited a whole call timeout each, and a room's retry
+    after its first refusal took twice the timeout to fail). Once it answers, calls work at once."""
+    store = PostgreSQLStore(postgres.fresh_dsn(), call_timeout=2.0)
+    try:
+        await store.append("r", [b"a"])
+        postgres.pause()
+        try:
+            with pytest.raises(StorageUnavailable, match=r"no answer within 2 s"):
+                await store.append("r", [b"b"])
+            for call in (lambda: store.append("r", [b"c"]), lambda: store.load("r")):
+                started = trio.current_time()
+                with pytest.raises(StorageUnavailable, match=r"no answer within 2 s"):
+                    await call()
+                assert trio.current_time() - started < 1.5
+        finally:
+            postgres.resume()
+        await store.append("r", [b"d"])  # right away: the stalled call's answer is waited for
+        assert (await store.load("r")).updates in ((b"a", b"d"), (b"a", b"b", b"d"))
+    finally:
+        await store.aclose()
+
+
 async def test_calls_whose_deadline_passed_while_the_process_was_paused_are_not_failed(
     postgres: PostgresServer,
 ) -> None:
