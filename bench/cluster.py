@@ -3,9 +3,11 @@
 processes sharing a private Redis and PostgreSQL (both started here, under a temporary
 folder: tests/servers.py), with the clients of every room spread over the processes (client id
 modulo 2: the worst case, every room on both); the many-rooms load also with every room's
-clients on one process (what a balancer routing by room gives). Reports server CPU per delivery (the Plait
-processes, and Redis + PostgreSQL apart), latency, and for two processes the latency of
-deliveries within one process and across the two (the cross-process hop).
+clients on one process (what a balancer routing by room gives), and the same on two plain
+processes that are not a cluster, each with a database of its own (what two processes cost on
+this machine without the cluster: the baseline for the "by room" row). Reports server CPU per
+delivery (the Plait processes, and Redis + PostgreSQL apart), latency, and for two processes the
+latency of deliveries within one process and across the two (the cross-process hop).
 
 The one-process runs use the same PostgreSQL store (`--store postgresql://...`), so the
 comparison is of the cluster, not of SQLite against PostgreSQL.
@@ -76,25 +78,28 @@ class Servers:
 
 
 @contextmanager
-def backing() -> Iterator[tuple[str, str, list[int]]]:
-    """A private PostgreSQL and Redis: (a fresh database URL, the Redis URL, their pids)."""
+def backing() -> Iterator[tuple[Any, str, list[int]]]:
+    """A private PostgreSQL and Redis: (the PostgreSQL server, the Redis URL, their pids)."""
     with postgres_server() as postgres, redis_server() as redis:
-        yield postgres.fresh_dsn, redis.url, [postgres.process.pid, redis.process.pid]  # type: ignore[misc]
+        yield postgres, redis.url, [postgres.process.pid, redis.process.pid]  # type: ignore[misc]
 
 
 _runs = itertools.count(1)
 
 
 @contextmanager
-def plait_processes(count: int, dsn: str, redis_url: str, pids: list[int]) -> Iterator[Servers]:
-    """`count` processes on the database `dsn`: one plain server, or a cluster on `redis_url`."""
-    cluster = ["--cluster", redis_url] if count > 1 else []
+def plait_processes(count: int, postgres: Any, redis_url: str, pids: list[int], *, apart: bool = False) -> Iterator[Servers]:
+    """`count` processes on one fresh database: one plain server, or a cluster on `redis_url`;
+    `apart`: plain servers, each on a database of its own (what the cluster costs is the
+    difference)."""
+    cluster = ["--cluster", redis_url] if count > 1 and not apart else []
+    dsn = postgres.fresh_dsn()
     with tempfile.TemporaryDirectory(prefix="plait-bench-") as scratch, ExitStack() as stack:
         servers = []
-        for _ in range(count):
+        for i in range(count):
             port = free_port()
-            argv = [sys.executable, "-m", "plait.engine._cli", "serve", "--port", str(port), "--store", dsn,
-                    "--log-level", "WARNING", "--no-demo", *cluster]
+            argv = [sys.executable, "-m", "plait.engine._cli", "serve", "--port", str(port),
+                    "--store", postgres.fresh_database() if apart and i else dsn, "--log-level", "WARNING", "--no-demo", *cluster]
             logs = Path(os.environ.get("PLAIT_BENCH_LOG_DIR") or scratch)  # kept there if set
             server = Server(argv, port, logs / f"server-{next(_runs)}.log")
             stack.callback(server.stop)
@@ -103,8 +108,8 @@ def plait_processes(count: int, dsn: str, redis_url: str, pids: list[int]) -> It
 
 
 def fanout(count: int, clients: int, args: argparse.Namespace, backing_of: Any) -> list[Any]:
-    dsn_of, redis_url, pids = backing_of
-    with plait_processes(count, dsn_of(), redis_url, pids) as servers:
+    postgres, redis_url, pids = backing_of
+    with plait_processes(count, postgres, redis_url, pids) as servers:
         config: dict[str, Any] = {
             "workload": "fanout", "protocol": "native", "urls": servers.urls(),
             "edits": args.edits, "editRate": 20, "cursorRate": 10, "expectedEdits": clients * args.edits,
@@ -148,12 +153,14 @@ def split_latencies(measured: Measured, count: int) -> tuple[list[float], list[f
     return sorted(within), sorted(across)
 
 
-def many_rooms(count: int, args: argparse.Namespace, backing_of: Any, by_room: bool = False) -> list[Any]:
+def many_rooms(count: int, args: argparse.Namespace, backing_of: Any, by_room: bool = False, apart: bool = False) -> list[Any]:
     """`by_room`: every client of a room on one process (room index modulo `count`), as a
     balancer that routes by room would place them (HAProxy `balance uri` for `/yjs/ROOM`);
-    otherwise spread (client id modulo `count`: every room on every process)."""
-    dsn_of, redis_url, pids = backing_of
-    with plait_processes(count, dsn_of(), redis_url, pids) as servers:
+    otherwise spread (client id modulo `count`: every room on every process). `apart`: by room,
+    on processes that are not a cluster, each with a database of its own."""
+    postgres, redis_url, pids = backing_of
+    by_room = by_room or apart
+    with plait_processes(count, postgres, redis_url, pids, apart=apart) as servers:
         # load.mjs picks a client's process by its id modulo `count`.
         clients = [(10_000 + ((r * args.clients_per_room + i) * count + r % count if by_room else r * args.clients_per_room + i),
                     f"room-{r}") for r in range(args.rooms) for i in range(args.clients_per_room)]
@@ -164,7 +171,8 @@ def many_rooms(count: int, args: argparse.Namespace, backing_of: Any, by_room: b
         measured = load.run(timeout=args.seconds + 120)
         backing_cpu = servers.backing_cpu_seconds() - backing0
         return [
-            f"{count} process{'es' if count > 1 else ''}{', by room' if by_room else ''}", f"{args.rooms} x {args.clients_per_room}",
+            f"{count} process{'es' if count > 1 else ''}{', no cluster' if apart else ''}{', by room' if by_room else ''}",
+            f"{args.rooms} x {args.clients_per_room}",
             f"{100 * measured.server_cpu / measured.wall:.0f} %", f"{100 * backing_cpu / measured.wall:.0f} %",
             f"{100 * measured.load_cpu / measured.wall:.0f} %", mib(servers.rss()), len(measured.errors),
         ]
@@ -184,7 +192,8 @@ def main() -> None:
     with backing() as backing_of:
         fan = [] if args.skip_fanout else [fanout(count, clients, args, backing_of) for clients in args.clients for count in (1, 2)]
         rooms = [] if args.skip_rooms else [
-            many_rooms(1, args, backing_of), many_rooms(2, args, backing_of), many_rooms(2, args, backing_of, by_room=True)
+            many_rooms(1, args, backing_of), many_rooms(2, args, backing_of), many_rooms(2, args, backing_of, by_room=True),
+            many_rooms(2, args, backing_of, apart=True),
         ]
     print(f"Machine: {machine()}\n")
     if fan:
