@@ -130,7 +130,9 @@ const publisher = cfg.seed === 1 ? new WsSubscriber() : null // the first proces
 if (publisher) await publisher.connect()
 if (!await waitUntil(() => subscribers.every(s => s.joined) && (!publisher || publisher.joined), 60000)) fail('not all joined within 60 s')
 console.log(JSON.stringify({ ready: subscribers.length }))
-await new Promise(resolve => createInterface({ input: process.stdin }).on('line', line => { if (line.trim() === 'go') resolve() }))
+await new Promise(resolve => createInterface({ input: process.stdin })
+  .on('line', line => { if (line.trim() === 'go') resolve() })
+  .on('close', () => process.exit(2))) // the bench that started this is gone: do not linger
 const cpuAtGo = process.cpuUsage()
 const goAt = now()
 for (const s of subscribers) s.recording = true

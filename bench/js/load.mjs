@@ -279,7 +279,9 @@ class NativeClient extends Client {
 }
 
 const goSignal = new Promise(resolve => {
-  createInterface({ input: process.stdin }).on('line', line => { if (line.trim() === 'go') resolve(now()) })
+  createInterface({ input: process.stdin })
+    .on('line', line => { if (line.trim() === 'go') resolve(now()) })
+    .on('close', () => process.exit(2)) // the bench that started this is gone: do not linger
 })
 
 const Kind = { yjs: YjsClient, hocuspocus: HocuspocusClient, native: NativeClient }[cfg.protocol]
