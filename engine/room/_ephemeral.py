@@ -31,6 +31,7 @@ from .._config import EngineConfig
 from .._errors import RequestError
 from .._hooks import Identity
 from .._metrics import NO_METRICS, Metrics
+from .._wakeups import sleep_about
 from ._awareness import Awareness
 from ._chunks import chunks, prefix
 from ._fanout import Fanout
@@ -301,7 +302,7 @@ class Ephemeral:
     async def ticker(self) -> None:
         while True:
             await self._tick_wanted.wait()
-            await trio.sleep(max(self._config.tick, len(self._members) / self._config.ephemeral_messages_per_second))
+            await sleep_about(max(self._config.tick, len(self._members) / self._config.ephemeral_messages_per_second))
             self._tick_wanted = trio.Event()
             self._flush_ephemeral()
 
