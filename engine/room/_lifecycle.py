@@ -34,6 +34,7 @@ from plait.protocol import (
     Access,
     AwarenessEntry,
     ChannelFrame,
+    DecodedUpdate,
     Error,
     ErrorCode,
     Join,
@@ -108,6 +109,8 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         self._replicated = False
         """Whether the change being applied is another process's (stored already)."""
         self._resync_wanted = trio.Event()
+        self._resync_needed = False
+        self._waiting_update: DecodedUpdate | None = None
         self._peer_relays: dict[str, PeerRelays] = {}
         """Other processes' relayed updates applied here, waiting for their commits."""
         self._told_unconfirmed = False

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pycrdt
 import trio
 
+from plait.protocol import DecodedUpdate, ProtocolError, read_update
 from plait.storage import StoredEvent
 
 from .._hooks import application_error
 from ._doc import apply_update, merge_updates
 from ._events import EventLog, EventRecord
 from ._member import RoomState
+from ._updatecheck import UpdateCheck
 
 if TYPE_CHECKING:
     from ._ephemeral import Ephemeral
@@ -150,6 +152,9 @@ class LocalReplication:
 
 LOCAL_REPLICATION = LocalReplication()
 
+GAP_RESYNC_INTERVAL = 1.0
+"""Seconds an update from another process may wait for one this copy lacks before the room
+resyncs (Replica._apply_replicated)."""
 RESYNC_RETRY = 0.5
 """Seconds before a resync whose store read failed is tried again (doubling, up to 4 s)."""
 RELAY_BUFFER_BYTES = 16 * 1024 * 1024
@@ -194,6 +199,11 @@ class ReplicaStrand:
     confirmed relays (INFO until then)."""
     _relay_heard: trio.Event
     _config: Any  # EngineConfig
+    _update_check: UpdateCheck
+    _resync_needed: bool
+    _waiting_update: DecodedUpdate | None
+    """The last update from another process that did not integrate (it waits for one this copy
+    lacks), until the resyncer looks at it."""
 
     if TYPE_CHECKING:
         def _receive_event(self, record: EventRecord) -> None: ...
@@ -256,16 +266,28 @@ class ReplicaStrand:
 
     def _apply_replicated(self, updates: Sequence[bytes]) -> bool:
         """Apply another process's updates (not to be stored here); False if they do not apply
-        (a bug elsewhere: the room resyncs)."""
+        (a bug elsewhere: the room resyncs). Updates that build on one this copy never had (a
+        commit that reached the store unannounced: a store call given up during a database
+        stall can still commit when the database answers again) would wait in the document
+        for good: the room resyncs if they still wait GAP_RESYNC_INTERVAL later (a commit this
+        copy missed on pub/sub comes from the room's stream meanwhile)."""
+        update = updates[0] if len(updates) == 1 else merge_updates(list(updates))
         self._replicated = True
         try:
-            apply_update(self.doc, updates[0] if len(updates) == 1 else merge_updates(list(updates)))
+            apply_update(self.doc, update)
         except (ValueError, RuntimeError) as exc:
             logger.error("room %r: an update from another process does not apply (%s); resyncing", self.name, exc)
             self.want_resync()
             return False
         finally:
             self._replicated = False
+        try:
+            decoded = read_update(update, trusted=True)
+        except ProtocolError:
+            return True  # it applied: what it is made of is pycrdt's business
+        if not self._update_check.holds(decoded):
+            self._waiting_update = decoded
+            self._resync_wanted.set()
         return True
 
     def peer_left(self, process: str) -> None:
@@ -324,6 +346,7 @@ class ReplicaStrand:
             self._store_unconfirmed(heard_before=trio.current_time() - timeout + 1e-9)
 
     def want_resync(self) -> None:
+        self._resync_needed = True
         self._resync_wanted.set()
 
     async def _resyncer(self) -> None:
@@ -333,6 +356,13 @@ class ReplicaStrand:
         while True:
             await self._resync_wanted.wait()
             self._resync_wanted = trio.Event()
+            waiting, self._waiting_update = self._waiting_update, None
+            if not self._resync_needed and waiting is not None:
+                await trio.sleep(GAP_RESYNC_INTERVAL)
+                if not self._resync_needed and self._update_check.holds(waiting):
+                    continue  # what it waited for came
+                logger.info("room %r: an update from another process waits for one this copy lacks; resyncing", self.name)
+            self._resync_needed = False
             if await self._resync():
                 delay = RESYNC_RETRY
                 continue

@@ -119,6 +119,18 @@ class UpdateCheck:
             return
         self._take(decoded, self._scan(decoded, strict=False))
 
+    def holds(self, decoded: DecodedUpdate) -> bool:
+        """Whether the document has every clock the update brings, once applied: False when
+        part of it waits for a struct the document lacks (pycrdt keeps that part pending, and
+        nothing shows it). True when the check is off (it cannot tell)."""
+        if self._off:
+            return True
+        reach = self._reach
+        for client, clock, length, info, *_ in decoded.structs:
+            if length and info != SKIP_STRUCT and clock + length > reach.get(client, 0):
+                return False
+        return True
+
     # -- checking ---------------------------------------------------------------------------
 
     def _scan(self, decoded: DecodedUpdate, strict: bool) -> list[int]:

@@ -13,7 +13,7 @@ import trio
 from trio.testing import MockClock
 
 from plait.engine import Engine, EngineConfig
-from plait.engine.room._replica import RELAY_CONFIRM_MARGIN, LocalReplication, Replica
+from plait.engine.room._replica import GAP_RESYNC_INTERVAL, RELAY_CONFIRM_MARGIN, LocalReplication, Replica
 from plait.protocol import Ack, Update
 from plait.storage import MemoryStore, RoomData, StorageUnavailable
 
@@ -220,3 +220,42 @@ async def test_edits_are_relayed_while_a_commit_waits_for_the_store(autojump_clo
         with trio.fail_after(5):
             for _ in range(3):
                 await alice.wait_for(Ack)
+
+
+async def test_an_update_that_waits_for_one_this_copy_never_heard_of_makes_it_resync(autojump_clock: MockClock) -> None:
+    """Another process's commit reached the store but not this copy (its store call was
+    abandoned during a database stall and committed when the database came back, after this
+    copy loaded the room): its later updates, which build on it, would wait in this copy's
+    document for good. The copy notices they did not integrate and reads the store."""
+    store = MemoryStore()
+    async with Engine(store=store, config=config(), replication=Elsewhere()) as engine:
+        alice, room = await room_with_member(engine)
+        one, two = their_edits("one", "two")
+        await store.append("r", [one])  # the late commit: nothing said of it
+        room.receive_committed([two], [], "p2", (1, 1))
+        with trio.fail_after(5):
+            await until_text(alice, "onetwo")
+
+
+async def test_an_update_whose_missing_one_comes_within_the_interval_makes_no_resync(autojump_clock: MockClock) -> None:
+    """A commit missed on pub/sub comes from the room's stream soon after: no store read."""
+
+    class CountingStore(MemoryStore):
+        loads = 0
+
+        async def load(self, room: str) -> RoomData:
+            self.loads += 1
+            return await super().load(room)
+
+    store = CountingStore()
+    async with Engine(store=store, config=config(), replication=Elsewhere()) as engine:
+        alice, room = await room_with_member(engine)
+        loads = store.loads
+        one, two = their_edits("one", "two")
+        room.receive_committed([two], [], "p2", (2, 2))
+        await trio.sleep(GAP_RESYNC_INTERVAL / 2)
+        room.receive_committed([one], [], "p2", (1, 1))
+        with trio.fail_after(1):
+            await until_text(alice, "onetwo")
+        await trio.sleep(2 * GAP_RESYNC_INTERVAL)
+        assert store.loads == loads
