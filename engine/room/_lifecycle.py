@@ -42,7 +42,7 @@ from plait.protocol import (
     PresenceEntry,
     SyncStep1,
 )
-from plait.storage import RoomData, StorageError
+from plait.storage import RoomData, StorageError, StorageUnavailable
 
 from .._config import EngineConfig
 from .._errors import RequestError, RoomUnavailable
@@ -225,7 +225,9 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
             if not application_error(exc):
                 raise
             # The details (paths, the store's own words) are for the server's log, not clients.
-            logger.error("room %r failed to load: %s", self.name, exc, exc_info=exc)
+            # An outage's refusals are one line each (they come by the hundred while clients
+            # retry); anything else keeps its traceback.
+            logger.error("room %r failed to load: %s", self.name, exc, exc_info=not isinstance(exc, StorageUnavailable) and exc)
             if isinstance(exc, StorageError):
                 self._metrics.add("store_errors", 1, "load")
             self.state = RoomState.FAILED
@@ -300,7 +302,7 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
     def _fail(self, exc: BaseException) -> None:
         """The store failed: tell everyone, keep what is stored, unload without writing."""
         self._metrics.add("store_errors", 1, "commit")
-        logger.error("room %r failed: %s", self.name, exc, exc_info=exc)
+        logger.error("room %r failed: %s", self.name, exc, exc_info=not isinstance(exc, StorageUnavailable) and exc)
         self.state = RoomState.FAILED
         self._on_draining(self)
         message = "storage failed"  # the details are in the server's log

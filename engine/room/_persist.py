@@ -308,8 +308,8 @@ class PersistStrand:
                 self._metrics.add("store_errors", 1, "commit")  # the try that gives up is counted by _fail
                 if not told:
                     told = True
-                    logger.warning("room %r: the store is unavailable, trying again for up to %g s: %s",
-                                   self.name, self._config.store_outage_grace, exc)
+                    logger.warning("room %r: the store is unavailable, trying again for up to %.1f s more: %s",
+                                   self.name, deadline - trio.current_time(), exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue

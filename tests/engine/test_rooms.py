@@ -14,6 +14,7 @@ from plait.protocol import (
     ChannelClosed,
     Error,
     ErrorCode,
+    Join,
     Joined,
     Leave,
     PresenceSet,
@@ -290,7 +291,7 @@ async def test_a_commit_whose_first_try_failed_late_is_tried_again(autojump_cloc
 
 
 async def test_a_store_that_keeps_failing_late_fails_the_room_a_second_after_its_first_refusal(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The bound members wait stays the grace (plus the store's own wait), not twice it."""
     store = SlowThenFailingStore(failures=1000)
@@ -302,6 +303,8 @@ async def test_a_store_that_keeps_failing_late_fails_the_room_a_second_after_its
         assert err.code == ErrorCode.STORAGE_UNAVAILABLE
         first_refusal = EngineConfig().store_outage_grace + 2
         assert first_refusal + 0.5 < trio.current_time() - sent_at <= first_refusal + 1.0
+    [failed] = [r for r in caplog.records if r.getMessage().startswith("room 'r' failed:")]
+    assert not failed.exc_info  # an outage: one line, no traceback
 
 
 async def test_server_side_handle_edits_reach_members_and_storage(autojump_clock: trio.testing.MockClock,
@@ -536,3 +539,29 @@ async def test_a_leave_is_answered_after_every_request_before_it(autojump_clock:
         await a.send(Update(1, 2, edit(a.doc, "a")), Update(1, 3, edit(a.doc, "a")), Publish(1, 4, "chat", "bye", None),
                      Leave(1, 5))
         assert await answers(a, 4) == [2, 3, 4, 5]
+
+
+async def test_an_outage_s_refused_loads_log_one_line_each_without_a_traceback(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During a long outage clients retry their joins: a traceback per refusal buried the log
+    (188 of them in 90 s with five clients). A fault that is not an outage keeps its traceback."""
+
+    class Down(MemoryStore):
+        fault: Exception = StorageUnavailable("database unreachable")
+
+        async def load(self, room: str) -> RoomData:
+            raise self.fault
+
+    store = Down()
+    async with make_engine(store=store) as engine:
+        for fault in (StorageUnavailable("database unreachable"), RuntimeError("a bug")):
+            store.fault = fault
+            caplog.clear()
+            client = DocClient(engine.connect_memory())
+            await client.hello()
+            await client.send(Join(1, "r", None, None))
+            assert (await client.wait_for(Error)).code == ErrorCode.STORAGE_UNAVAILABLE
+            failed = [r for r in caplog.records if "failed to load" in r.getMessage()]
+            assert len(failed) == 1
+            assert (not failed[0].exc_info) == isinstance(fault, StorageUnavailable)
