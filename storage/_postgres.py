@@ -251,7 +251,10 @@ class PostgreSQLStore:
         unanswered = self._unanswered
         if unanswered is not None:
             if not await trio.to_thread.run_sync(unanswered.done.wait, LATE, abandon_on_cancel=True):
-                raise StorageUnavailable(f"{self.name}: no answer within {self.call_timeout:g} s (an earlier call still has none)")
+                raise StorageUnavailable(
+                    f"{self.name}: no answer within {self.call_timeout:g} s"
+                    " (an earlier call still waits for one: the database is stalled, or that call waits for a lock)"
+                )
             if self._unanswered is unanswered:
                 self._unanswered = None
         call = _Call(on_connection)
