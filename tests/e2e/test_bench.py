@@ -65,5 +65,13 @@ def test_the_cluster_workloads_converge_on_one_process_and_on_two() -> None:
     for row in fan:
         assert row[5] == "0" and row[6] == "yes", row  # nothing lost, converged
     assert re.fullmatch(r"[\d.]+ / [\d.]+", fan[1][4]), fan[1]  # the hop, within and across processes
-    assert [row[0] for row in rooms] == ["1 process", "2 processes", "2 processes, by room"], rooms
+    assert [row[0] for row in rooms] == ["1 process", "2 processes", "2 processes, by room", "2 processes, no cluster, by room"], rooms
     assert all(row[-1] == "0" for row in rooms), rooms
+
+
+def test_the_tick_timers_are_measured_side_by_side() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "ticks.py"), "--rooms", "50", "--seconds", "0.5", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    measured = dict(re.findall(r"^  (trio\.sleep|sleep_about) +([\d.]+) %$", out.stdout, re.MULTILINE))
+    assert set(measured) == {"trio.sleep", "sleep_about"}, out.stdout
