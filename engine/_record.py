@@ -31,6 +31,8 @@ from plait.protocol import (
     decode_json,
 )
 
+from ._wakeups import anchor
+
 
 logger = logging.getLogger("plait.record")
 
@@ -49,6 +51,7 @@ class TraceRecorder:
         self._out = out
         self._writer = TraceWriter(out, TraceHeader(PROTOCOL_VERSION, settings))
         self._start = trio.current_time()
+        anchor(self._start)  # ticks at the offsets a replay, anchored at its own start, gives
 
     def _t(self) -> float:
         return round(trio.current_time() - self._start, 6)

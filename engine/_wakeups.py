@@ -28,34 +28,54 @@ class _Slots:
     a wake-up needs no nursery of its caller's."""
 
     def __init__(self) -> None:
-        self._events: dict[int, trio.Event] = {}
-        self._due: list[int] = []
+        self.origin = 0.0
+        """Where the slots start (Trio's clock): a trace's start, so that a recorded trace
+        replays with its ticks where they were (anchor)."""
+        self._events: dict[float, trio.Event] = {}
+        self._due: list[float] = []
         self._earlier = trio.Event()
         """Set when a slot before every pending one is added: `run` waits for an earlier
         time."""
 
     def event_for(self, when: float) -> trio.Event:
-        slot = math.ceil(when / SLOT - 1e-6)  # 0.1 + 0.05 is 0.15000000000000002: slot 15, not 16
-        event = self._events.get(slot)
+        slot = math.ceil((when - self.origin) / SLOT - 1e-6)  # 0.1 + 0.05 is 0.15000000000000002: 15, not 16
+        at = self.origin + slot * SLOT
+        event = self._events.get(at)
         if event is None:
-            event = self._events[slot] = trio.Event()
-            if not self._due or slot < self._due[0]:
+            event = self._events[at] = trio.Event()
+            if not self._due or at < self._due[0]:
                 self._earlier.set()
-            heapq.heappush(self._due, slot)
+            heapq.heappush(self._due, at)
         return event
 
     async def run(self) -> None:
         while True:
-            with trio.move_on_at(self._due[0] * SLOT if self._due else math.inf):
+            with trio.move_on_at(self._due[0] if self._due else math.inf):
                 await self._earlier.wait()
             if self._earlier.is_set():
                 self._earlier = trio.Event()
             now = trio.current_time()
-            while self._due and self._due[0] * SLOT <= now:
+            while self._due and self._due[0] <= now:
                 self._events.pop(heapq.heappop(self._due)).set()
 
 
 _SLOTS: trio.lowlevel.RunVar[_Slots] = trio.lowlevel.RunVar("plait_wakeup_slots")
+
+
+def _slots() -> _Slots:
+    try:
+        return _SLOTS.get()
+    except LookupError:
+        slots = _Slots()
+        _SLOTS.set(slots)
+        trio.lowlevel.spawn_system_task(slots.run, name="plait wake-up slots")
+        return slots
+
+
+def anchor(origin: float) -> None:
+    """Start this Trio run's slots at `origin` (Trio's clock): a trace recorder and a replay
+    anchor them at the trace's start, so that a tick falls at the same offset in both."""
+    _slots().origin = origin
 
 
 async def sleep_about(seconds: float) -> None:
@@ -70,10 +90,4 @@ async def sleep_about(seconds: float) -> None:
     if not seconds < 3600:
         await trio.sleep(seconds)
         return
-    try:
-        slots = _SLOTS.get()
-    except LookupError:
-        slots = _Slots()
-        _SLOTS.set(slots)
-        trio.lowlevel.spawn_system_task(slots.run, name="plait wake-up slots")
-    await slots.event_for(trio.current_time() + seconds).wait()
+    await _slots().event_for(trio.current_time() + seconds).wait()

@@ -49,6 +49,7 @@ from ._engine import Engine
 from ._errors import RequestError
 from ._hooks import EventRejected, Hooks, Identity, Unauthenticated
 from ._record import TraceRecorder
+from ._wakeups import anchor
 from .sessions._wire import JSON, SSE
 from .transports import MemoryTransport
 
@@ -233,6 +234,7 @@ async def replay(
     )
     async with engine:
         start = trio.current_time()
+        anchor(start)  # ticks where the recording had them (engine/_wakeups.py)
 
         async def read(conn: str, transport: MemoryTransport) -> None:
             got = actual.setdefault(conn, [])

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from plait.engine._wakeups import SLOT, sleep_about
+from plait.engine._wakeups import SLOT, anchor, sleep_about
 
 
 async def test_a_sleeper_wakes_after_its_time_and_within_a_slot_of_it(autojump_clock: trio.testing.MockClock) -> None:
@@ -66,3 +66,14 @@ async def test_long_or_endless_sleeps_are_trio_s_own(autojump_clock: trio.testin
     with trio.move_on_after(10) as endless:
         await sleep_about(math.inf)
     assert endless.cancelled_caught
+
+
+async def test_slots_anchored_at_a_trace_s_start_fall_at_the_same_offsets_from_it(autojump_clock: trio.testing.MockClock) -> None:
+    """A recording (real clock) and its replay (MockClock) anchor the slots at their start: a
+    tick then comes at the same offset in both, and the replay's order of frames matches."""
+    await trio.sleep(0.0037)
+    anchor(trio.current_time())
+    start = trio.current_time()
+    await trio.sleep(0.0121)
+    await sleep_about(0.05)
+    assert trio.current_time() - start == pytest.approx(0.07)
