@@ -250,7 +250,9 @@ class PostgreSQLStore:
 
         unanswered = self._unanswered
         if unanswered is not None:
-            if not await trio.to_thread.run_sync(unanswered.done.wait, LATE, abandon_on_cancel=True):
+            if not unanswered.done.is_set() and not await trio.to_thread.run_sync(
+                unanswered.done.wait, LATE, abandon_on_cancel=True
+            ):
                 raise StorageUnavailable(
                     f"{self.name}: no answer within {self.call_timeout:g} s"
                     " (an earlier call still waits for one: the database is stalled, or that call waits for a lock)"
