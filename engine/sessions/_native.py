@@ -3,6 +3,12 @@
 - The reader decodes each message, checks each frame against the protocol state machine
   (`self.conn`), and dispatches it. Every refusal goes through `refuse`: an Error frame, in
   request order when a room answers; a fatal one also closes (spec §6).
+- A request that may wait (a join while its room loads, a publish while its hook runs and its
+  event is stored, a leave behind its channel's answers, a token refresh) runs in a *lane*: a
+  task of its own that also takes every later frame of its channel (joins and refreshes share
+  one lane), in order, until it has none left. The reader goes on with the other channels, so
+  one slow room does not hold up the connection's others (spec §4.1). An idle session has no
+  lane, so no task and no queue.
 - Every frame it sends goes through the state machine too (the fan-out by its shared route).
 - The engine's heartbeat sweep queues a ping when the session has sent nothing for most of a
   heartbeat interval, and ends (or, with a detach grace, detaches) a session silent for 2H.
@@ -11,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,7 +75,10 @@ logger = logging.getLogger("plait.session")
 class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
 
-    __slots__ = ("_answers", "_client", "_heard", "_heard_at", "_http", "_next_channel", "_rooms", "conn", "wire")
+    __slots__ = (
+        "_answers", "_client", "_heard", "_heard_at", "_http", "_lane_moved", "_lanes", "_next_channel", "_queued",
+        "_rooms", "conn", "wire",
+    )
 
     def __init__(
         self,
@@ -94,6 +104,11 @@ class Session(Peer):
         self._next_channel = 1
         self._heard = False  # a message arrived since the last heartbeat sweep
         self._heard_at = trio.current_time()
+        self._lanes: dict[int, deque[Frame | list[Update]]] | None = None
+        """The lanes at work (module docstring), by channel (_JOINS: joins and refreshes), each
+        with what it has still to handle, the group under way first; None while there is none."""
+        self._queued = 0  # frames in the lanes' queues: the reader waits while there are too many
+        self._lane_moved: trio.Event | None = None  # set when a lane takes a frame off its queue
         self._client: dict[str, Any] = {}
         """hello.client, given to a refresh's authentication too (spec §5.9); kept only when
         the credential expires (an idle server holds thousands of sessions: bench/idle.py),
@@ -247,22 +262,71 @@ class Session(Peer):
                 return
             self.services.traffic.frames_in += len(frames)
             for group in _runs_of_updates(frames):
-                try:
-                    if isinstance(group, list):
-                        self._handle_updates(group)
-                        self.services.probe_fanout(self.services.read_at)
-                    else:
-                        await self._handle(group)
-                        if type(group) in _FANNED_OUT:
-                            self.services.probe_fanout(self.services.read_at)
-                except Exception as exc:
-                    first = group[0] if isinstance(group, list) else group
-                    logger.error("session %s: internal error on %s", self.id, type(first).__name__, exc_info=exc)
-                    self._send_now(Error(getattr(first, "ref", None), None, ErrorCode.INTERNAL, "internal error"))
-                    self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                lane = _lane_of(group)
+                lanes = self._lanes
+                if lanes is not None and lane in lanes:  # behind its channel's request under way
+                    lanes[lane].append(group)
+                    self._queued += len(group) if isinstance(group, list) else 1
+                elif lane is not None and isinstance(group, _WAITING):
+                    self._open_lane(lane, group)
+                elif not await self._process(group):
                     return
-                if self._close_code is not None:
+            # Backpressure: a client that keeps sending behind a request that waits is read no
+            # further until its lanes have caught up (spec §5.8).
+            while self._queued >= self.config.max_frames_per_message:
+                self._lane_moved = trio.Event()
+                await self._lane_moved.wait()
+
+    async def _process(self, group: Frame | list[Update]) -> bool:
+        """Handle one frame, or a run of updates; False once the session is closing."""
+        try:
+            if isinstance(group, list):
+                self._handle_updates(group)
+                self.services.probe_fanout(self.services.read_at)
+            else:
+                await self._handle(group)
+                if type(group) in _FANNED_OUT:
+                    self.services.probe_fanout(self.services.read_at)
+        except Exception as exc:
+            first = group[0] if isinstance(group, list) else group
+            logger.error("session %s: internal error on %s", self.id, type(first).__name__, exc_info=exc)
+            self._send_now(Error(getattr(first, "ref", None), None, ErrorCode.INTERNAL, "internal error"))
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return False
+        return self._close_code is None
+
+    def _open_lane(self, lane: int, group: Frame) -> None:
+        if self._lanes is None:
+            self._lanes = {}
+        queue: deque[Frame | list[Update]] = deque((group,))
+        self._lanes[lane] = queue
+        self._queued += 1
+        assert self._nursery is not None  # the reader runs inside it
+        self._nursery.start_soon(self._contained, self._run_lane, lane, queue)
+
+    async def _run_lane(self, lane: int, queue: deque[Frame | list[Update]]) -> None:
+        """Handle a lane's frames in order until none is left (or the session closes). Its
+        group under way stays at the head of the queue, so that the reader queues the channel's
+        later frames behind it; the lane ends in the same step as it finds the queue empty."""
+        try:
+            while queue:
+                going_on = await self._process(queue[0])
+                self._took(queue.popleft())
+                if not going_on:
                     return
+        finally:
+            while queue:  # closing, or cancelled with the transport: nothing more is handled
+                self._took(queue.popleft())
+            if self._lanes is not None:
+                del self._lanes[lane]
+                if not self._lanes:
+                    self._lanes = None
+
+    def _took(self, group: Frame | list[Update]) -> None:
+        self._queued -= len(group) if isinstance(group, list) else 1
+        if self._lane_moved is not None:
+            self._lane_moved.set()
+            self._lane_moved = None
 
     def _handle_updates(self, run: list[Update]) -> None:
         """Several document updates for one channel in one message (an editor's burst): checked
@@ -516,6 +580,22 @@ class Session(Peer):
 
 _FANNED_OUT = (Update, Publish)
 """Frames whose handling fans out to the room at once (Flusher.probe)."""
+
+_WAITING = (Join, RefreshToken, Leave, Publish)
+"""Requests whose handling may wait (a hook, a room's load, the store): each opens a lane."""
+
+_JOINS = 0
+"""The lane of joins and token refreshes (channels start at 1): in order among themselves, so
+that a refresh judges the rooms joined before it, and a join is judged by the token before it."""
+
+
+def _lane_of(group: Frame | list[Update]) -> int | None:
+    """The lane a frame belongs to: its channel's, _JOINS, or None (ping, pong: never waits)."""
+    frame = group[0] if isinstance(group, list) else group
+    if isinstance(frame, (Join, RefreshToken)):
+        return _JOINS
+    channel: int | None = getattr(frame, "channel", None)
+    return channel
 
 
 def _runs_of_updates(frames: list[Frame]) -> list[Frame | list[Update]]:
