@@ -3,12 +3,12 @@
 - The reader decodes each message, checks each frame against the protocol state machine
   (`self.conn`), and dispatches it. Every refusal goes through `refuse`: an Error frame, in
   request order when a room answers; a fatal one also closes (spec §6).
-- A request that may wait (a join while its room loads, a publish while its hook runs and its
-  event is stored, a leave behind its channel's answers, a token refresh) runs in a *lane*: a
-  task of its own that also takes every later frame of its channel (joins and refreshes share
-  one lane), in order, until it has none left. The reader goes on with the other channels, so
-  one slow room does not hold up the connection's others (spec §4.1). An idle session has no
-  lane, so no task and no queue.
+- Joins wait their turn in a queue of their own, handled in order by a task that runs while
+  the queue holds any (an idle session has neither): a join waiting on its room's load or its
+  authorize hook holds up only the joins behind it, and the reader goes on with the rooms
+  already joined (spec §4.1). Every other frame is handled by the reader in order; a join is
+  not a channel's yet, so nothing else depends on it, except a token refresh, after which a
+  join authorised with the old token is authorised again.
 - Every frame it sends goes through the state machine too (the fan-out by its shared route).
 - The engine's heartbeat sweep queues a ping when the session has sent nothing for most of a
   heartbeat interval, and ends (or, with a detach grace, detaches) a session silent for 2H.
@@ -76,7 +76,7 @@ class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
 
     __slots__ = (
-        "_answers", "_client", "_heard", "_heard_at", "_http", "_lane_moved", "_lanes", "_next_channel", "_queued",
+        "_answers", "_client", "_heard", "_heard_at", "_http", "_join_bytes", "_joins", "_joins_moved", "_next_channel",
         "_rooms", "conn", "wire",
     )
 
@@ -104,11 +104,10 @@ class Session(Peer):
         self._next_channel = 1
         self._heard = False  # a message arrived since the last heartbeat sweep
         self._heard_at = trio.current_time()
-        self._lanes: dict[int, deque[Frame | list[Update]]] | None = None
-        """The lanes at work (module docstring), by channel (_JOINS: joins and refreshes), each
-        with what it has still to handle, the group under way first; None while there is none."""
-        self._queued = 0  # frames in the lanes' queues: the reader waits while there are too many
-        self._lane_moved: trio.Event | None = None  # set when a lane takes a frame off its queue
+        self._joins: deque[Join] | None = None
+        """The joins to handle (module docstring), the one under way first; None while none is."""
+        self._join_bytes = 0  # about what the queued joins hold: the reader waits while too much
+        self._joins_moved: trio.Event | None = None  # set when a join is taken off the queue
         self._client: dict[str, Any] = {}
         """hello.client, given to a refresh's authentication too (spec §5.9); kept only when
         the credential expires (an idle server holds thousands of sessions: bench/idle.py),
@@ -246,6 +245,24 @@ class Session(Peer):
         self.send_frames([Ack(ref, None)])
         for member, access in zip(members, accesses, strict=True):
             member.room.change_access(member, access)
+        # A join that was waiting (it runs beside the reader) may have been admitted meanwhile,
+        # judged by the old token: the new one judges it too.
+        for member in [m for m in self._members.values() if m not in members]:
+            await self._judge_again(member)
+
+    async def _judge_again(self, member: Member) -> None:
+        """A membership admitted on the token a refresh replaced, judged by the new one (spec
+        §5.9). Its join or the refresh is answered already: if the authorize hook fails now, the
+        membership ends (channel_closed INTERNAL: joining again may work)."""
+        try:
+            access = await self.services.authorize(self.identity, member.room.name)
+        except HookFailed as exc:
+            if self._members.get(member.channel) is member:
+                member.room.remove_member(member, disconnected=False)
+                self.close_channel(member, ErrorCode.INTERNAL, exc.message)
+            return
+        if self._members.get(member.channel) is member:
+            member.room.change_access(member, access)
 
     # -- reader -----------------------------------------------------------------------------
 
@@ -262,20 +279,17 @@ class Session(Peer):
                 return
             self.services.traffic.frames_in += len(frames)
             for group in _runs_of_updates(frames):
-                lane = _lane_of(group)
-                lanes = self._lanes
-                if lanes is not None and lane in lanes:  # behind its channel's request under way
-                    lanes[lane].append(group)
-                    self._queued += len(group) if isinstance(group, list) else 1
-                elif lane is not None and isinstance(group, _WAITING):
-                    self._open_lane(lane, group)
+                if isinstance(group, Join):
+                    self._queue_join(group)
                 elif not await self._process(group):
                     return
-            # Backpressure: a client that keeps sending behind a request that waits is read no
-            # further until its lanes have caught up (spec §5.8).
-            while self._queued >= self.config.max_frames_per_message:
-                self._lane_moved = trio.Event()
-                await self._lane_moved.wait()
+            # A client that keeps sending joins behind one that waits is read no further until
+            # the queue is short again (spec §4.1).
+            while self._joins is not None and (
+                len(self._joins) > self.config.max_rooms_per_connection or self._join_bytes > self.config.max_message_bytes
+            ):
+                self._joins_moved = trio.Event()
+                await self._joins_moved.wait()
 
     async def _process(self, group: Frame | list[Update]) -> bool:
         """Handle one frame, or a run of updates; False once the session is closing."""
@@ -295,38 +309,36 @@ class Session(Peer):
             return False
         return self._close_code is None
 
-    def _open_lane(self, lane: int, group: Frame) -> None:
-        if self._lanes is None:
-            self._lanes = {}
-        queue: deque[Frame | list[Update]] = deque((group,))
-        self._lanes[lane] = queue
-        self._queued += 1
+    def _queue_join(self, join: Join) -> None:
+        self._join_bytes += _join_size(join)
+        if self._joins is not None:
+            self._joins.append(join)
+            return
+        queue = self._joins = deque((join,))
         assert self._nursery is not None  # the reader runs inside it
-        self._nursery.start_soon(self._contained, self._run_lane, lane, queue)
+        self._nursery.start_soon(self._contained, self._run_joins, queue)
 
-    async def _run_lane(self, lane: int, queue: deque[Frame | list[Update]]) -> None:
-        """Handle a lane's frames in order until none is left (or the session closes). Its
-        group under way stays at the head of the queue, so that the reader queues the channel's
-        later frames behind it; the lane ends in the same step as it finds the queue empty."""
+    async def _run_joins(self, queue: deque[Join]) -> None:
+        """Handle the queued joins in order until none is left (or the session closes). The
+        join under way stays at the head of the queue, so that the reader queues later ones
+        behind it; the task ends in the same step as it finds the queue empty."""
         try:
             while queue:
                 going_on = await self._process(queue[0])
-                self._took(queue.popleft())
+                self._took_join(queue.popleft())
                 if not going_on:
                     return
         finally:
             while queue:  # closing, or cancelled with the transport: nothing more is handled
-                self._took(queue.popleft())
-            if self._lanes is not None:
-                del self._lanes[lane]
-                if not self._lanes:
-                    self._lanes = None
+                self._took_join(queue.popleft())
+            if self._joins is queue:
+                self._joins = None
 
-    def _took(self, group: Frame | list[Update]) -> None:
-        self._queued -= len(group) if isinstance(group, list) else 1
-        if self._lane_moved is not None:
-            self._lane_moved.set()
-            self._lane_moved = None
+    def _took_join(self, join: Join) -> None:
+        self._join_bytes -= _join_size(join)
+        if self._joins_moved is not None:
+            self._joins_moved.set()
+            self._joins_moved = None
 
     def _handle_updates(self, run: list[Update]) -> None:
         """Several document updates for one channel in one message (an editor's burst): checked
@@ -340,13 +352,16 @@ class Session(Peer):
                 member = self._member(frame.channel)
                 if member.access is Access.WRITE:
                     self._rate(self._update_bucket, "document updates")
-            except RemoteProtocolError as exc:  # UNKNOWN_CHANNEL: not fatal, answered at once
-                self.refuse(exc.code, exc.message, frame.ref, frame.channel)
-                continue
-            except RequestError as exc:  # RATE_LIMITED: answered in order
+            except (RemoteProtocolError, RequestError) as exc:  # UNKNOWN_CHANNEL, RATE_LIMITED
+                # Answered in request order (spec §4.1): after those accepted before it.
+                self._apply_updates(accepted)
+                accepted = []
                 self.refuse(exc.code, exc.message, frame.ref, frame.channel)
                 continue
             accepted.append(frame)
+        self._apply_updates(accepted)
+
+    def _apply_updates(self, accepted: list[Update]) -> None:
         if accepted:
             member = self._member(accepted[0].channel)
             member.room.apply_client_updates(member, [(f.update, f.ref) for f in accepted])
@@ -477,7 +492,8 @@ class Session(Peer):
             raise RequestError(exc.code, exc.message) from None
         self._rooms[name] = None  # claims the name while we await, so a racing join is refused
         try:
-            access = await self.services.authorize(self.identity, name)
+            identity = self.identity
+            access = await self.services.authorize(identity, name)
             if access is None:
                 raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {name!r}")
             async with self.services.hold_room(name) as room:
@@ -488,6 +504,8 @@ class Session(Peer):
         except BaseException:
             self._rooms.pop(name, None)
             raise
+        if self.identity is not identity:  # a refresh came meanwhile: the new token judges it too
+            await self._judge_again(member)
 
     # -- output -----------------------------------------------------------------------------
 
@@ -581,21 +599,9 @@ class Session(Peer):
 _FANNED_OUT = (Update, Publish)
 """Frames whose handling fans out to the room at once (Flusher.probe)."""
 
-_WAITING = (Join, RefreshToken, Leave, Publish)
-"""Requests whose handling may wait (a hook, a room's load, the store): each opens a lane."""
-
-_JOINS = 0
-"""The lane of joins and token refreshes (channels start at 1): in order among themselves, so
-that a refresh judges the rooms joined before it, and a join is judged by the token before it."""
-
-
-def _lane_of(group: Frame | list[Update]) -> int | None:
-    """The lane a frame belongs to: its channel's, _JOINS, or None (ping, pong: never waits)."""
-    frame = group[0] if isinstance(group, list) else group
-    if isinstance(frame, (Join, RefreshToken)):
-        return _JOINS
-    channel: int | None = getattr(frame, "channel", None)
-    return channel
+def _join_size(join: Join) -> int:
+    """About the bytes a queued join holds (its frame's fields, and the object's own)."""
+    return 200 + len(join.room) + len(join.state_vector or b"") + len(join.epoch or "")
 
 
 def _runs_of_updates(frames: list[Frame]) -> list[Frame | list[Update]]:

@@ -1,0 +1,274 @@
+"""A join that waits (its room loading, its authorize hook) holds up only the joins behind it
+(spec §4.1, engine/sessions/_native.py): the connection's rooms already joined are served
+meanwhile, every request is still answered exactly once, and what a client may queue behind it
+is bounded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pycrdt
+import pytest
+import trio
+from trio.testing import MockClock
+
+from plait.engine import Engine, Hooks, Identity
+from plait.protocol import (
+    Access,
+    AccessChanged,
+    Ack,
+    ChannelClosed,
+    Error,
+    ErrorCode,
+    Frame,
+    Join,
+    Joined,
+    Leave,
+    Ping,
+    Pong,
+    PresenceSet,
+    PresenceSnapshot,
+    Publish,
+    Refresh,
+    Update,
+    encode,
+)
+from plait.storage import MemoryStore, RoomData
+
+from .client import DocClient, edit
+from .conftest import running_engine
+
+
+class GatedStore(MemoryStore):
+    """A store whose loads of room "slow" wait until `opened` is set (a stalled database)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = trio.Event()
+        self.loading = trio.Event()
+
+    async def load(self, room: str) -> RoomData:
+        if room == "slow":
+            self.loading.set()
+            await self.opened.wait()
+        return await super().load(room)
+
+
+class TokenHooks(Hooks):
+    """One user whatever the token; the token "read" grants read access, "broken" makes the
+    authorize hook fail; events named "slow" wait a second in the on_event hook."""
+
+    async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
+        return {"id": "ada", "token": token}
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        if identity["token"] == "broken":
+            raise RuntimeError("acl bug")
+        return Access.READ if identity["token"] == "read" else Access.WRITE
+
+    async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
+        if name == "slow":
+            await trio.sleep(1)
+        return payload
+
+
+async def member_of(engine: Engine, *rooms: str, token: str = "write") -> DocClient:
+    client = DocClient(engine.connect_memory())
+    await client.hello(token)
+    for room in rooms:
+        await client.join(room)
+        await client.wait_for(PresenceSnapshot)
+    return client
+
+
+async def answers(client: DocClient, count: int) -> list[Frame]:
+    """The next `count` answers (acks, errors, joined, pongs), skipping what else comes (bounded)."""
+    got: list[Frame] = []
+    for _ in range(500):
+        if len(got) == count:
+            return got
+        frame = await client.receive()
+        if isinstance(frame, (Ack, Error, Joined, Pong)):
+            got.append(frame)
+    raise AssertionError(f"only {got} of {count} answers")
+
+
+async def test_a_join_waiting_on_its_room_load_does_not_hold_up_the_connections_other_rooms(
+    autojump_clock: MockClock,
+) -> None:
+    store = GatedStore()
+    async with running_engine(store=store) as engine:
+        a = await member_of(engine, "fast")
+        await a.send(Join(1, "slow", b"\x00", None))
+        await store.loading.wait()
+        # While the store holds the load, the room joined before is served: its edit is stored
+        # and acked, its presence acked, a ping answered.
+        await a.send(Update(1, 2, edit(a.doc, "meanwhile")), PresenceSet(1, 3, {"n": 1}), Ping(4))
+        got = await answers(a, 3)
+        assert sorted(map(repr, got)) == sorted(map(repr, [Ack(2, None), Ack(3, None), Pong(4)]))
+        assert got.index(Ack(2, None)) < got.index(Ack(3, None))  # one channel: in request order
+        store.opened.set()
+        joined = await a.expect(Joined, ref=1)
+        assert joined.channel == 2
+        await a.wait_for(PresenceSnapshot)
+        await a.send(Update(2, 5, edit(pycrdt.Doc(), "in slow")))
+        assert (await a.wait_for(Ack)).ref == 5
+
+
+async def test_joins_keep_their_order_and_a_refresh_meanwhile_judges_them_too(autojump_clock: MockClock) -> None:
+    store = GatedStore()
+    async with running_engine(store=store, hooks=TokenHooks()) as engine:
+        a = await member_of(engine)
+        await a.send(Join(1, "slow", None, None), Join(2, "quick", None, None))
+        await store.loading.wait()
+        # The refresh does not wait for the joins: a token about to expire is renewed in time.
+        await a.send(Refresh(3, "read"), Ping(4))
+        assert await answers(a, 2) == [Ack(3, None), Pong(4)]
+        store.opened.set()
+        seen: list[Frame] = []
+        for _ in range(50):  # bounded: both joins' catch-up and the access change
+            seen.append(await a.receive())
+            if len([f for f in seen if isinstance(f, (Joined, AccessChanged))]) == 3:
+                break
+        first, changed, second = [f for f in seen if isinstance(f, (Joined, AccessChanged))]
+        assert isinstance(first, Joined) and isinstance(second, Joined), seen
+        assert (first.ref, first.channel, second.ref, second.channel) == (1, 1, 2, 2)
+        # The first was admitted on the old token: the new one judges it at once. The second
+        # was judged by the new one already.
+        assert first.access == Access.WRITE and second.access == Access.READ
+        assert changed == AccessChanged(1, Access.READ)
+        await a.send(Update(1, 5, edit(pycrdt.Doc(), "no")))
+        refused = await a.wait_for(Error)
+        assert (refused.ref, refused.code) == (5, ErrorCode.FORBIDDEN)
+
+
+async def test_a_join_admitted_on_a_replaced_token_ends_if_the_new_one_cannot_be_judged(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = GatedStore()
+    async with running_engine(store=store, hooks=TokenHooks()) as engine:
+        a = await member_of(engine)
+        await a.send(Join(1, "slow", None, None))
+        await store.loading.wait()
+        await a.send(Refresh(2, "broken"))  # no room joined yet: nothing to judge, acked
+        assert await answers(a, 1) == [Ack(2, None)]
+        store.opened.set()
+        joined = await a.expect(Joined, ref=1)
+        closed = await a.wait_for(ChannelClosed)
+        assert (closed.channel, closed.code) == (joined.channel, ErrorCode.INTERNAL)
+        assert engine.presence("slow") == ()
+        await a.send(Ping(9))
+        assert (await a.wait_for(Pong)).nonce == 9
+
+
+@pytest.mark.parametrize("behind", ["nothing", "a-publish"])
+async def test_a_room_left_and_joined_again_in_one_message_is_joined(autojump_clock: MockClock, behind: str) -> None:
+    async with running_engine(hooks=TokenHooks(), max_rooms_per_connection=1) as engine:
+        a = await member_of(engine, "doc")
+        for trial in range(5):  # bounded; a race between the leave and the join would show
+            ref = 10 * trial
+            first = [Publish(trial + 1, ref, "slow", {}, None)] if behind == "a-publish" else []
+            await a.send_raw(encode([*first, Leave(trial + 1, ref + 1), Join(ref + 2, "doc", None, None)]))
+            got = await answers(a, 2 + len(first))
+            assert isinstance(got[-1], Joined) and got[-1].ref == ref + 2, got
+            assert got[-2] == Ack(ref + 1, None), got
+            await a.wait_for(PresenceSnapshot)
+
+
+async def test_an_update_sent_right_after_a_refresh_that_takes_write_away_is_forbidden(autojump_clock: MockClock) -> None:
+    async with running_engine(hooks=TokenHooks()) as engine:
+        a = await member_of(engine, "doc")
+        await a.send_raw(encode([Refresh(1, "read"), Update(1, 2, edit(a.doc, "x")), Publish(1, 3, "chat", {}, None)]))
+        got = await answers(a, 3)
+        assert got[0] == Ack(1, None)
+        assert [(e.ref, e.code) for e in got[1:] if isinstance(e, Error)] == [(2, ErrorCode.FORBIDDEN), (3, ErrorCode.FORBIDDEN)]
+
+
+@pytest.mark.parametrize("how", ["closes", "says-goodbye"])
+async def test_a_connection_that_ends_while_its_join_waits_is_never_a_member(
+    autojump_clock: MockClock, how: str
+) -> None:
+    store = GatedStore()
+    async with running_engine(store=store) as engine:
+        a = await member_of(engine)
+        await a.send(Join(1, "slow", None, None))
+        await store.loading.wait()
+        if how == "closes":
+            await a.transport.aclose(1000, "bye")
+        else:
+            await a.send_raw(b"\xc1")  # a message that does not decode: a fatal error
+            await a.wait_closed()
+        with trio.fail_after(5):
+            while engine.sessions():  # bounded by the deadline
+                await trio.sleep(0.1)
+        store.opened.set()
+        b = await member_of(engine, "slow")
+        assert [e.session for e in engine.presence("slow")] == [b.welcome.session]  # type: ignore[union-attr]
+
+
+async def test_joins_queued_behind_a_waiting_one_are_bounded_and_each_answered_once(autojump_clock: MockClock) -> None:
+    store = GatedStore()
+    async with running_engine(store=store, max_rooms_per_connection=4) as engine:
+        a = await member_of(engine)
+        await a.send(Join(1, "slow", None, None))
+        await store.loading.wait()
+        taken = 0
+        with trio.move_on_after(5):
+            for i in range(200):  # bounded
+                await a.send_raw(encode([Join(10 + i, f"room-{i}", None, None)]))
+                taken += 1
+        # The reader stopped once more joins waited than a connection may have rooms; the
+        # transport's buffer (16) took a few more.
+        assert taken < 30, taken
+        store.opened.set()
+        got = await answers(a, taken + 1)
+        assert [f.ref for f in got] == [1, *range(10, 10 + taken)]  # type: ignore[attr-defined]
+        assert [type(f).__name__ for f in got[:4]] == ["Joined"] * 4
+        assert {f.code for f in got[4:] if isinstance(f, Error)} == {ErrorCode.TOO_MANY_ROOMS}
+        assert all(isinstance(f, Error) for f in got[4:])
+
+
+async def test_joins_queued_behind_a_waiting_one_are_bounded_in_bytes(autojump_clock: MockClock) -> None:
+    store = GatedStore()
+    async with running_engine(store=store, max_message_bytes=2**20) as engine:
+        a = DocClient(engine.connect_memory(buffer=1))
+        await a.hello("t")
+        await a.send(Join(1, "slow", None, None))
+        await store.loading.wait()
+        vector = b"\x00" * 2**17
+        taken = 0
+        with trio.move_on_after(5):
+            for i in range(100):  # bounded
+                await a.send_raw(encode([Join(10 + i, f"room-{i}", vector, None)]))
+                taken += 1
+        # About a message's worth (8 of these) waits; then the reader reads no further.
+        assert taken < 14, taken
+
+
+class SlowToJudgeHooks(TokenHooks):
+    """The token "read" takes a second to judge (an authorize hook asking a slow service)."""
+
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        if identity["token"] == "read":
+            await trio.sleep(1)
+        return await super().authorize(identity, room)
+
+
+async def test_a_join_admitted_while_a_refresh_is_judging_the_other_rooms_is_judged_too(autojump_clock: MockClock) -> None:
+    store = GatedStore()
+    async with running_engine(store=store, hooks=SlowToJudgeHooks()) as engine:
+        a = await member_of(engine, "doc")
+        await a.send(Join(2, "slow", None, None))
+        await store.loading.wait()
+        await a.send(Refresh(3, "read"))
+        store.opened.set()  # the join is admitted on the old token while the refresh judges "doc"
+        seen: list[Frame] = []
+        for _ in range(50):  # bounded
+            seen.append(await a.receive())
+            if len([f for f in seen if isinstance(f, AccessChanged)]) == 2:
+                break
+        joined = next(f for f in seen if isinstance(f, Joined))
+        assert (joined.ref, joined.access) == (2, Access.WRITE)
+        assert Ack(3, None) in seen
+        assert sorted(f.channel for f in seen if isinstance(f, AccessChanged)) == [1, joined.channel]
+        assert all(f.access == Access.READ for f in seen if isinstance(f, AccessChanged))
