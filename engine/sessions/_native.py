@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -281,15 +281,24 @@ class Session(Peer):
             for group in _runs_of_updates(frames):
                 if isinstance(group, Join):
                     self._queue_join(group)
-                elif not await self._process(group):
+                    continue
+                channel = _channel_of(group)
+                if channel is not None and channel >= self._next_channel:
+                    # For a channel a queued join will open (a client may count them, spec
+                    # §5.2): it waits for the joins before it, as if they had been answered.
+                    await self._joins_wait(lambda: self._joins is None)
+                if not await self._process(group):
                     return
             # A client that keeps sending joins behind one that waits is read no further until
             # the queue is short again (spec §4.1).
-            while self._joins is not None and (
-                len(self._joins) > self.config.max_rooms_per_connection or self._join_bytes > self.config.max_message_bytes
-            ):
-                self._joins_moved = trio.Event()
-                await self._joins_moved.wait()
+            await self._joins_wait(lambda: self._joins is None or (
+                len(self._joins) <= self.config.max_rooms_per_connection and self._join_bytes <= self.config.max_message_bytes
+            ))
+
+    async def _joins_wait(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self._joins_moved = trio.Event()
+            await self._joins_moved.wait()
 
     async def _process(self, group: Frame | list[Update]) -> bool:
         """Handle one frame, or a run of updates; False once the session is closing."""
@@ -598,6 +607,12 @@ class Session(Peer):
 
 _FANNED_OUT = (Update, Publish)
 """Frames whose handling fans out to the room at once (Flusher.probe)."""
+
+def _channel_of(group: Frame | list[Update]) -> int | None:
+    frame = group[0] if isinstance(group, list) else group
+    channel: int | None = getattr(frame, "channel", None) if frame.ROOM_SCOPED else None
+    return channel
+
 
 def _join_size(join: Join) -> int:
     """About the bytes a queued join holds (its frame's fields, and the object's own)."""

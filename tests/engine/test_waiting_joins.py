@@ -272,3 +272,23 @@ async def test_a_join_admitted_while_a_refresh_is_judging_the_other_rooms_is_jud
         assert Ack(3, None) in seen
         assert sorted(f.channel for f in seen if isinstance(f, AccessChanged)) == [1, joined.channel]
         assert all(f.access == Access.READ for f in seen if isinstance(f, AccessChanged))
+
+
+async def test_frames_for_the_channel_a_waiting_join_will_open_wait_for_it(autojump_clock: MockClock) -> None:
+    """A client may count channels (spec §5.2) and send to the one its join will open before
+    the `joined` came: those frames wait for the join, as if it had been answered at once."""
+    store = GatedStore()
+    async with running_engine(store=store) as engine:
+        a = await member_of(engine, "fast")
+        doc = pycrdt.Doc()
+        await a.send_raw(encode([Join(1, "slow", None, None), Update(2, 2, edit(doc, "pipelined")), Ping(3)]))
+        await store.loading.wait()
+        meanwhile: list[Frame] = []
+        with trio.move_on_after(5):  # the update, and the ping behind it, wait
+            for _ in range(100):  # bounded
+                meanwhile.append(await a.receive())
+        assert not [f for f in meanwhile if isinstance(f, (Ack, Error, Joined, Pong))], meanwhile
+        store.opened.set()
+        got = await answers(a, 3)
+        assert isinstance(got[0], Joined) and got[0].channel == 2, got
+        assert sorted(map(repr, got[1:])) == sorted(map(repr, [Ack(2, None), Pong(3)])), got
