@@ -75,6 +75,16 @@ without holding up its appends."""
 """The first key ('plai') of the transaction-level advisory lock a shared store's append takes
 per room, the second being `_room_key(room)`. Two-key advisory locks never collide with the
 one-key LOCK_KEY (pg_locks tells them apart by objsubid)."""
+_ROWS = "unnest(%s::text[], %s::bytea[]) WITH ORDINALITY AS u(room, data, n)"
+_INSERT = f"INSERT INTO plait_updates (room, data) SELECT u.room, u.data FROM {_ROWS} ORDER BY u.n"
+_INSERT_LOCKED = (
+    "INSERT INTO plait_updates (room, data) SELECT u.room, u.data FROM"
+    " (SELECT count(pg_advisory_xact_lock(%s::int, k.key)) FROM unnest(%s::int[]) AS k(key)) AS locked,"
+    f" {_ROWS} ORDER BY u.n"
+)
+"""A batch of updates in one statement: its rows in order (so ids in order); `_INSERT_LOCKED`
+takes the rooms' locks (keys sorted by the caller, taken in that order) before any row."""
+
 CONNECT_TIMEOUT: Final = 5
 """Seconds to wait for a connection before the call fails with StorageUnavailable."""
 CALL_TIMEOUT: Final = 10.0
@@ -231,14 +241,27 @@ class PostgreSQLStore:
     def _newer(self, version: str) -> StorageUnavailable:
         return StorageUnavailable(f"{self.name} has schema version {version}; this Plait reads up to {SCHEMA_VERSION}")
 
-    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T], *, read: bool = False) -> T:
+        """`fn` on the store's connection, in a worker thread, within call_timeout. `read`: it
+        only reads, so when the connection turns out to have died since the last call (the
+        server restarted, its backend was terminated) it goes once more on a new one; a write
+        fails instead (StorageUnavailable), as whether it committed is not known."""
+
         def on_connection() -> T:
             import psycopg
 
             try:
-                if self._conn is None or self._conn.closed:
+                reused = self._conn is not None and not self._conn.closed
+                if self._conn is None or not reused:
                     self._conn = self._connect()
                     self._opened = True
+                try:
+                    return fn(self._conn)
+                except psycopg.OperationalError:
+                    if not (read and reused and self._conn.broken):
+                        raise
+                self._conn.close()
+                self._conn = self._connect()
                 return fn(self._conn)
             except psycopg.errors.ReadOnlySqlTransaction as exc:
                 raise StorageUnavailable(f"{self.name}: opened read-only") from exc
@@ -300,7 +323,7 @@ class PostgreSQLStore:
             StoreLocked: another writable store has this database open.
             StorageUnavailable: it cannot be reached, or has a newer schema.
         """
-        await self._run(lambda conn: None)
+        await self._run(lambda conn: None, read=True)
 
     async def ping(self) -> None:
         """Check the database answers now (the engine's /readyz), on a connection of its own
@@ -350,22 +373,27 @@ class PostgreSQLStore:
                 events=tuple(StoredEvent(seq, bytes(body)) for seq, body in events),
             )
 
-        return await self._run(load)
+        return await self._run(load, read=True)
 
     async def append(self, room: str, updates: Sequence[bytes]) -> None:
         """Group commit across rooms, as in the SQLite store."""
         await self._appends.submit([(room, bytes(u)) for u in updates])
 
     async def _insert_updates(self, rows: list[tuple[str, bytes]]) -> None:
-        # Shared mode: the rooms' locks first, in ascending key order (no deadlock between two
-        # transactions), held until the commit, so a room's ids are drawn in commit order.
-        locks = sorted({_room_key(room) for room, _ in rows}) if self.shared else []
+        """One statement, so one round trip and its own transaction (the connection is in
+        autocommit). Shared mode: the rooms' locks first, in ascending key order (no deadlock
+        between two writers), all taken before any row is inserted (an aggregate reads all its
+        input first), held until the commit, so a room's ids are drawn in commit order."""
+        rooms, data = [room for room, _ in rows], [d for _, d in rows]
+        params: tuple[Any, ...]
+        if self.shared:
+            locks = sorted({_room_key(room) for room in rooms})
+            query, params = _INSERT_LOCKED, (ROOM_LOCK_CLASS, locks, rooms, data)
+        else:
+            query, params = _INSERT, (rooms, data)
 
         def insert(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction(), conn.cursor() as cursor:
-                if locks:
-                    cursor.executemany("SELECT pg_advisory_xact_lock(%s, %s)", [(ROOM_LOCK_CLASS, k) for k in locks])
-                cursor.executemany("INSERT INTO plait_updates (room, data) VALUES (%s, %s)", rows)
+            conn.execute(query, params)
 
         await self._run(insert)
 
@@ -444,7 +472,7 @@ class PostgreSQLStore:
             ).fetchall()
             return tuple(StoredEvent(s, bytes(body)) for s, body in rows)
 
-        return await self._run(read)
+        return await self._run(read, read=True)
 
     async def list_rooms(self) -> list[str]:
         def rooms(conn: psycopg.Connection[Any]) -> list[str]:
@@ -453,7 +481,7 @@ class PostgreSQLStore:
             ).fetchall()
             return sorted(r[0] for r in rows)
 
-        return await self._run(rooms)
+        return await self._run(rooms, read=True)
 
     async def delete(self, room: str) -> None:
         """Forget the room: its snapshot, updates, events, event head and epoch."""

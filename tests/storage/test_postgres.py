@@ -79,6 +79,21 @@ async def test_a_broken_connection_fails_the_call_and_the_next_one_reconnects(po
         await store.aclose()
 
 
+async def test_a_read_on_a_connection_that_died_meanwhile_goes_again_on_a_new_one(postgres: PostgresServer) -> None:
+    """The server restarted, or an operator terminated the backend, while the store was idle:
+    a join's load must not be refused for it (a write is: whether it committed is unknown)."""
+    store = PostgreSQLStore(postgres.fresh_dsn())
+    try:
+        await store.append("r", [b"a"])
+        await store.append_events("r", [StoredEvent(1, b"e")], keep=10)
+        for read in (lambda: store.load("r"), lambda: store.events_since("r", 0), store.list_rooms):
+            assert _terminate(postgres) >= 1
+            assert await read()
+        assert (await store.load("r")).updates == (b"a",)
+    finally:
+        await store.aclose()
+
+
 async def test_a_writer_whose_lock_was_taken_while_it_was_cut_off_stops_writing(postgres: PostgresServer) -> None:
     """Its connection died (and the lock with it); another server started on the database.
     Two writers would both hand out event seq 1: the first must not write again."""
