@@ -49,6 +49,7 @@ from plait.protocol import (
     Frame,
     Hello,
     Joined,
+    Leave,
     Limits,
     LocalProtocolError,
     Ping,
@@ -218,6 +219,9 @@ class Client:
         self._wakeup = trio.Event()
         self._waiters: dict[int, Waiter[Any]] = {}
         self._joins: dict[int, Room] = {}
+        self._deferred: dict[str, Room] = {}
+        """Rooms whose join waits for the server to answer one left behind for the same name
+        (its block ended before `joined` came): sent once it has, after its `leave`."""
         self._ref = 0
         self._state_changed = trio.Event()
         self._changes: Feed[ConnectionChanged] = Feed()
@@ -272,7 +276,10 @@ class Client:
         room = Room(self, name, self._offline_queue)
         self._rooms[name] = room
         if self.state is ClientState.OPEN:
-            self.send(room.join_frame())
+            if any(joining.name == name for joining in self._joins.values()):
+                self._deferred[name] = room  # else the server answers ALREADY_JOINED
+            else:
+                self.send(room.join_frame())
         failed = False
         try:
             yield room
@@ -788,6 +795,12 @@ class Client:
             room = self._joins.pop(frame.ref, None)
             if room is not None and self._rooms.get(room.name) is room:
                 room.on_joined(frame)
+            elif room is not None:
+                # Its block ended before the server answered: leave, or the server keeps a
+                # membership no one uses (in the room's presence, and the room refused if
+                # joined again on this connection: ALREADY_JOINED).
+                self.send(Leave(frame.channel, None))
+                self._send_deferred(room.name)
             return
         if isinstance(frame, Ack):
             waiter = self._waiters.pop(frame.ref, None)
@@ -800,6 +813,8 @@ class Client:
                 joining = self._joins.pop(frame.ref, None)
                 if joining is not None:
                     joining.on_join_failed(error)
+                    if self._rooms.get(joining.name) is not joining:
+                        self._send_deferred(joining.name)
                 waiter = self._waiters.pop(frame.ref, None)
                 if waiter is not None:
                     waiter.fail(error)
@@ -813,6 +828,11 @@ class Client:
                     room.on_frame(frame)
                     return
 
+    def _send_deferred(self, name: str) -> None:
+        room = self._deferred.pop(name, None)
+        if room is not None and self._rooms.get(name) is room and room.rejoinable and self.state is ClientState.OPEN:
+            self.send(room.join_frame())
+
     def _lost_connection(self) -> None:
         self._conn = None
         self._outgoing = []
@@ -820,6 +840,7 @@ class Client:
         waiting = [w for _, w in paced if w is not None]  # rooms send again what matters, on rejoin
         waiters, self._waiters = self._waiters, {}
         self._joins.clear()
+        self._deferred.clear()  # every room joins again on the next connection
         lost = ConnectionClosed("connection lost", ABNORMAL_CLOSURE)
         for waiter in [*waiters.values(), *waiting]:
             waiter.fail(lost)

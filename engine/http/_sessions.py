@@ -396,15 +396,15 @@ class HttpSessions:
         content_type = _content_type(request)
         body = await ex.body(self.config.max_message_bytes)
         frames = self._decode(body, content_type)
-        refs = [ref for f in frames if (ref := getattr(f, "ref", None)) is not None]
-        waiting = transport.expect(refs)
+        requests = [(ref, isinstance(f, Join)) for f in frames if (ref := getattr(f, "ref", None)) is not None]
+        waiting = transport.expect(requests)
         try:
             transport.put(body if content_type == MSGPACK_TYPE else body.decode())
         except TransportClosed as closed:
             transport.forget(waiting)
             raise _refuse(410, f"the session has ended ({closed.code}: {closed.reason[:200]})", closed.code) from None
         answers = await transport.answers(waiting, self.config.hook_timeout + 5)
-        if transport.closed is not None and len(answers) < len(refs):
+        if transport.closed is not None and len(answers) < len(requests):
             code, reason = transport.closed.code, transport.closed.reason
             raise _refuse(410, f"the session ended ({code}: {reason}) before answering; its stream or poll says why", code)
         if content_type == MSGPACK_TYPE:

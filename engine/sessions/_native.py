@@ -63,7 +63,7 @@ from plait.protocol import (
 from plait.protocol import Refresh as RefreshToken  # room.Refresh is the ephemeral refresh
 
 from .._errors import RequestError
-from .._hooks import HookFailed, Unauthenticated
+from .._hooks import HookFailed, Identity, Unauthenticated
 from ..room import Member, Refresh
 from ..transports import AnsweringTransport, Transport
 from ._peer import Peer
@@ -76,7 +76,8 @@ class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
 
     __slots__ = (
-        "_answers", "_client", "_heard", "_heard_at", "_http", "_join_bytes", "_joins", "_joins_moved", "_next_channel",
+        "_answering_join", "_answers", "_client", "_heard", "_heard_at", "_http", "_join_bytes", "_joins", "_joins_moved",
+        "_next_channel",
         "_rooms", "conn", "wire",
     )
 
@@ -104,8 +105,10 @@ class Session(Peer):
         self._next_channel = 1
         self._heard = False  # a message arrived since the last heartbeat sweep
         self._heard_at = trio.current_time()
-        self._joins: deque[Join] | None = None
-        """The joins to handle (module docstring), the one under way first; None while none is."""
+        self._joins: deque[tuple[Join, RequestError | None]] | None = None
+        """The joins waiting their turn (module docstring), each claimed or refused already
+        (_claim); None while no join is under way."""
+        self._answering_join = False  # what goes out answers a join (spec §14.3: HTTP slots)
         self._join_bytes = 0  # about what the queued joins hold: the reader waits while too much
         self._joins_moved: trio.Event | None = None  # set when a join is taken off the queue
         self._client: dict[str, Any] = {}
@@ -141,7 +144,7 @@ class Session(Peer):
         self.conn.send(frame)
         data = self.wire.frame(frame)
         if self._answers is not None and isinstance(frame, (Ack, Error, Joined)):
-            self._answers.answered(frame)
+            self._answers.answered(frame, join=self._answering_join or isinstance(frame, Joined))
         return data
 
     def _on_attached(self) -> None:
@@ -254,13 +257,19 @@ class Session(Peer):
         """A membership admitted on the token a refresh replaced, judged by the new one (spec
         §5.9). Its join or the refresh is answered already: if the authorize hook fails now, the
         membership ends (channel_closed INTERNAL: joining again may work)."""
-        try:
-            access = await self.services.authorize(self.identity, member.room.name)
-        except HookFailed as exc:
-            if self._members.get(member.channel) is member:
-                member.room.remove_member(member, disconnected=False)
-                self.close_channel(member, ErrorCode.INTERNAL, exc.message)
-            return
+        while True:
+            identity = self.identity
+            try:
+                access = await self.services.authorize(identity, member.room.name)
+            except HookFailed as exc:
+                if self.identity is not identity:
+                    continue  # a newer token judges it
+                if self._members.get(member.channel) is member:
+                    member.room.remove_member(member, disconnected=False)
+                    self.close_channel(member, ErrorCode.INTERNAL, exc.message)
+                return
+            if self.identity is identity:
+                break
         if self._members.get(member.channel) is member:
             member.room.change_access(member, access)
 
@@ -280,7 +289,10 @@ class Session(Peer):
             self.services.traffic.frames_in += len(frames)
             for group in _runs_of_updates(frames):
                 if isinstance(group, Join):
-                    self._queue_join(group)
+                    refusal = self._claim(group)
+                    if self._close_code is not None:
+                        return
+                    self._queue_join(group, refusal)
                     continue
                 channel = _channel_of(group)
                 if channel is not None and channel >= self._next_channel:
@@ -318,30 +330,52 @@ class Session(Peer):
             return False
         return self._close_code is None
 
-    def _queue_join(self, join: Join) -> None:
+    def _queue_join(self, join: Join, refusal: RequestError | None) -> None:
         self._join_bytes += _join_size(join)
         if self._joins is not None:
-            self._joins.append(join)
+            self._joins.append((join, refusal))
             return
-        queue = self._joins = deque((join,))
+        queue = self._joins = deque(((join, refusal),))
         assert self._nursery is not None  # the reader runs inside it
         self._nursery.start_soon(self._contained, self._run_joins, queue)
 
-    async def _run_joins(self, queue: deque[Join]) -> None:
-        """Handle the queued joins in order until none is left (or the session closes). The
-        join under way stays at the head of the queue, so that the reader queues later ones
-        behind it; the task ends in the same step as it finds the queue empty."""
+    async def _run_joins(self, queue: deque[tuple[Join, RequestError | None]]) -> None:
+        """Answer the queued joins in order until none is left (or the session closes); the
+        task ends in the same step as it finds the queue empty (`_joins` None: no task)."""
         try:
             while queue:
-                going_on = await self._process(queue[0])
-                self._took_join(queue.popleft())
-                if not going_on:
+                join, refusal = queue.popleft()
+                try:
+                    await self._answer_join(join, refusal)
+                finally:
+                    self._took_join(join)
+                if self._close_code is not None:
                     return
         finally:
             while queue:  # closing, or cancelled with the transport: nothing more is handled
-                self._took_join(queue.popleft())
+                join, refusal = queue.popleft()
+                if refusal is None:
+                    self._rooms.pop(join.room, None)
+                self._took_join(join)
             if self._joins is queue:
                 self._joins = None
+
+    async def _answer_join(self, join: Join, refusal: RequestError | None) -> None:
+        """`joined`, or the join's error (an HTTP request waiting is told it answers a join:
+        spec §14.3); a bug closes the session, as in the reader."""
+        self._answering_join = True
+        try:
+            if refusal is not None:
+                raise refusal
+            await self._join(join)
+        except RequestError as exc:
+            self.refuse(exc.code, exc.message, join.ref, None)
+        except Exception as exc:
+            logger.error("session %s: internal error on Join", self.id, exc_info=exc)
+            self._send_now(Error(join.ref, None, ErrorCode.INTERNAL, "internal error"))
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._answering_join = False
 
     def _took_join(self, join: Join) -> None:
         self._join_bytes -= _join_size(join)
@@ -435,8 +469,6 @@ class Session(Peer):
                 self.send_frames([Pong(nonce)])
             case Pong():
                 pass
-            case Join():
-                await self._join(frame)
             case RefreshToken(ref=ref, token=token):
                 await self._refresh(ref, token)
             case Leave(channel=channel, ref=ref):
@@ -487,25 +519,48 @@ class Session(Peer):
             case _:  # pragma: no cover - the state machine admits only client frames
                 raise RequestError(ErrorCode.UNEXPECTED_FRAME, f"unexpected {type(frame).__name__}")
 
-    async def _join(self, join: Join) -> None:
+    def _claim(self, join: Join) -> RequestError | None:
+        """What can be said of a join as it arrives, in order with everything else: refused
+        (the error, answered in its turn among the joins), or its room's name claimed (None),
+        so that a later leave cannot make room for it, nor a later join take the name.
+        The state machine and the frame rate are checked here too."""
+        try:
+            self.conn.receive(join)
+        except RemoteProtocolError as exc:  # fatal: refused and closed at once
+            self.refuse(exc.code, exc.message, join.ref, None)
+            return None
         name = join.room
-        if name in self._rooms:
-            raise RequestError(ErrorCode.ALREADY_JOINED, f"already joined {name!r}")
-        if len(self._rooms) >= self.config.max_rooms_per_connection:
-            raise RequestError(
-                ErrorCode.TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_connection} rooms per connection"
-            )
         try:
-            check_room_name(name)
-        except RemoteProtocolError as exc:
-            raise RequestError(exc.code, exc.message) from None
-        self._rooms[name] = None  # claims the name while we await, so a racing join is refused
+            self._rate(self._frame_bucket, "frames")
+            if name in self._rooms:
+                raise RequestError(ErrorCode.ALREADY_JOINED, f"already joined {name!r}")
+            if len(self._rooms) >= self.config.max_rooms_per_connection:
+                raise RequestError(
+                    ErrorCode.TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_connection} rooms per connection"
+                )
+            try:
+                check_room_name(name)
+            except RemoteProtocolError as exc:
+                raise RequestError(exc.code, exc.message) from None
+        except RequestError as exc:
+            return exc
+        self._rooms[name] = None
+        return None
+
+    async def _join(self, join: Join) -> None:
+        """A join whose name `_claim` took: authorised, its room loaded, admitted; the claim
+        let go if it fails. A refresh meanwhile (the reader goes on) means the join is judged
+        again by the fresh token before it is admitted, so `joined` carries what that token
+        grants (spec §5.9).
+
+        Raises:
+            RequestError: FORBIDDEN, a hook's failure (HookFailed), the room's refusal."""
+        name = join.room
         try:
-            identity = self.identity
-            access = await self.services.authorize(identity, name)
-            if access is None:
-                raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {name!r}")
+            access, judged_by = await self._authorized(name)
             async with self.services.hold_room(name) as room:
+                if judged_by is not self.identity:
+                    access, judged_by = await self._authorized(name)
                 channel = self._next_channel
                 member = self._admit(room, channel, access, join)  # RequestError: nothing sent
                 self._next_channel += 1
@@ -513,8 +568,21 @@ class Session(Peer):
         except BaseException:
             self._rooms.pop(name, None)
             raise
-        if self.identity is not identity:  # a refresh came meanwhile: the new token judges it too
-            await self._judge_again(member)
+
+    async def _authorized(self, name: str) -> tuple[Access, Identity]:
+        """The access the session's current token grants in `name`, and the identity asked
+        about: asked again for as long as a refresh replaces the token while the hook runs.
+
+        Raises:
+            RequestError: FORBIDDEN (none), HookFailed."""
+        while True:
+            identity = self.identity
+            access = await self.services.authorize(identity, name)
+            if self.identity is identity:
+                break
+        if access is None:
+            raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {name!r}")
+        return access, identity
 
     # -- output -----------------------------------------------------------------------------
 
@@ -579,7 +647,7 @@ class Session(Peer):
                 self.conn.check_open()
                 self.send_bytes(self.wire.ack(ref, value))
             if self._answers is not None:
-                self._answers.answered(Ack(ref, value))
+                self._answers.answered(Ack(ref, value), join=False)
 
     def _unsendable(self, frame: Frame, exc: LocalProtocolError) -> None:
         if exc.code == ErrorCode.UNKNOWN_CHANNEL:

@@ -53,9 +53,10 @@ class NowaitTransport(Transport, Protocol):
 @runtime_checkable
 class AnsweringTransport(Transport, Protocol):
     """A transport whose requests wait for their answers (HTTP, spec §14.3): the session
-    shows it each answer it sends (an ack, an error or `joined` with a ref)."""
+    shows it each answer it sends (an ack, an error or `joined` with a ref), and whether it
+    answers a join (joins are answered in their own order, spec §4.1)."""
 
-    def answered(self, frame: Frame) -> None: ...
+    def answered(self, frame: Frame, *, join: bool) -> None: ...
 
 
 def write_now(socket: trio.socket.SocketType, data: bytes) -> int:

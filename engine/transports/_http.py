@@ -115,8 +115,9 @@ class HttpTransport:
         self._sink: Sink | None = None
         self._sink_ready = False
         self.closed: TransportClosed | None = None
-        self._waiting: list[list[list[int | Frame | None]]] = []
-        """For each request waiting for answers: its refs, and the answer of each once come."""
+        self._waiting: list[list[list[int | bool | Frame | None]]] = []
+        """For each request waiting for answers: a [ref, is a join, answer once come] slot
+        per request frame of its body."""
         self._answered = trio.Event()
 
     def check_key(self, key: str) -> bool:
@@ -143,42 +144,43 @@ class HttpTransport:
         self._inbound.append(message)
         self._wake_reader()
 
-    def expect(self, refs: Iterable[int]) -> list[list[int | Frame | None]]:
-        """A request is about to `put` frames with these refs and waits for their answers:
-        what `answers` takes, a [ref, answer] slot per request frame."""
-        waiting: list[list[int | Frame | None]] = [[ref, None] for ref in refs]
+    def expect(self, requests: Iterable[tuple[int, bool]]) -> list[list[int | bool | Frame | None]]:
+        """A request is about to `put` frames with these (ref, is a join) and waits for their
+        answers: what `answers` takes, a slot per request frame."""
+        waiting: list[list[int | bool | Frame | None]] = [[ref, join, None] for ref, join in requests]
         if waiting:
             self._waiting.append(waiting)
         return waiting
 
-    def forget(self, waiting: list[list[int | Frame | None]]) -> None:
+    def forget(self, waiting: list[list[int | bool | Frame | None]]) -> None:
         if any(w is waiting for w in self._waiting):
             self._waiting = [w for w in self._waiting if w is not waiting]
 
-    def answered(self, frame: Frame) -> None:
+    def answered(self, frame: Frame, *, join: bool) -> None:
         """The session answered a request (an ack, an error or `joined` with its ref): the
-        first slot still waiting for that ref hears it. A ref should name one request at a
-        time (spec §4.1); a ref reused by requests still waiting is answered to them in the
-        order they were sent, as the session answers them."""
+        first slot still waiting for that ref, of a join if `join` or else of another
+        request, hears it. A ref should name one request at a time (spec §4.1); a ref reused
+        by requests still waiting is answered to them in the order they were sent, as the
+        session answers them: joins in their order, the others in theirs."""
         ref = getattr(frame, "ref", None)
         for waiting in self._waiting:
             for slot in waiting:
-                if slot[0] == ref and slot[1] is None:
-                    slot[1] = frame
+                if slot[0] == ref and slot[1] is join and slot[2] is None:
+                    slot[2] = frame
                     self._answered.set()
                     self._answered = trio.Event()
                     return
 
-    async def answers(self, waiting: list[list[int | Frame | None]], timeout: float) -> list[Frame]:
+    async def answers(self, waiting: list[list[int | bool | Frame | None]], timeout: float) -> list[Frame]:
         """The answers `expect` waits for, once all came, the session ended, or `timeout`
         passed: those that came, in request order."""
         try:
             with trio.move_on_after(timeout):
-                while self.closed is None and any(slot[1] is None for slot in waiting):
+                while self.closed is None and any(slot[2] is None for slot in waiting):
                     await self._answered.wait()
         finally:
             self.forget(waiting)
-        return [slot[1] for slot in waiting if isinstance(slot[1], Frame)]
+        return [slot[2] for slot in waiting if isinstance(slot[2], Frame)]
 
     async def receive_message(self) -> bytes | str:
         while not self._inbound:

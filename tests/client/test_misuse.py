@@ -28,8 +28,8 @@ from plait.client import (
     TooDeep,
     connect,
 )
-from plait.engine import MemoryTransport
-from plait.protocol import LocalProtocolError, TransportClosed
+from plait.engine import Hooks, Identity, MemoryTransport
+from plait.protocol import Access, LocalProtocolError, TransportClosed
 
 from ..engine.conftest import make_engine
 from .cable import Cable, client_for
@@ -540,3 +540,26 @@ def test_a_backoff_that_could_never_wait_properly_is_refused_when_made(kwargs: d
 
     with pytest.raises(ValueError, match="Backoff"):
         Backoff(**kwargs)
+
+
+class SlowAcl(Hooks):
+    async def authorize(self, identity: Identity, room: str) -> Access | None:
+        await trio.sleep(0.05)  # an access-control service 50 ms away
+        return Access.WRITE
+
+
+async def test_a_room_left_before_the_server_answered_its_join_can_be_joined_again(autojump_clock: MockClock) -> None:
+    """The app leaves the block before `joined` came (a user who clicks away): the server
+    must not keep that membership, or the room stays in presence and is refused when joined
+    again on this connection (ALREADY_JOINED)."""
+    async with make_engine(hooks=SlowAcl()) as engine:
+        async with client_for(Cable(engine)) as c:
+            async with c.join("doc"):
+                await trio.sleep(0.01)
+            with trio.fail_after(5):
+                while engine.presence("doc"):  # bounded by the deadline
+                    await trio.sleep(0.05)
+            async with c.join("doc") as room:
+                with trio.fail_after(5):
+                    await room.synced()
+                assert len(engine.presence("doc")) == 1

@@ -9,7 +9,7 @@ import trio.testing
 
 from plait.engine.sessions._wire import RESERVED_EVENT_TYPES, SSE, sse_type
 from plait.engine.transports import HttpTransport
-from plait.protocol import Ack, Event, Joined, Publish, TransportClosed, decode_json
+from plait.protocol import Ack, Error, ErrorCode, Event, Joined, Publish, TransportClosed, decode_json
 
 
 def transport(**kw: float) -> HttpTransport:
@@ -103,12 +103,12 @@ async def test_messages_put_are_received_in_order() -> None:
 
 async def test_answers_come_back_for_the_refs_asked_and_nothing_else(autojump_clock: trio.testing.MockClock) -> None:
     t = transport()
-    waiting = t.expect([1, 2])
-    t.answered(Ack(7, None))  # not asked by this request: ignored
-    t.answered(Ack(2, 5))
-    t.answered(Joined(1, 1, 2, 0, None, "e"))
+    waiting = t.expect([(1, True), (2, False)])
+    t.answered(Ack(7, None), join=False)  # not asked by this request: ignored
+    t.answered(Ack(2, 5), join=False)
+    t.answered(Joined(1, 1, 2, 0, None, "e"), join=True)
     assert await t.answers(waiting, 1) == [Joined(1, 1, 2, 0, None, "e"), Ack(2, 5)]
-    waiting = t.expect([3])
+    waiting = t.expect([(3, False)])
     start = trio.current_time()
     assert await t.answers(waiting, 2) == []  # none came within the timeout
     assert trio.current_time() - start == pytest.approx(2)
@@ -118,13 +118,26 @@ async def test_a_ref_reused_by_waiting_requests_is_answered_to_them_in_the_order
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     t = transport()
-    first, second, both = t.expect([7]), t.expect([7]), t.expect([8, 8])
+    first, second, both = t.expect([(7, False)]), t.expect([(7, False)]), t.expect([(8, False), (8, False)])
     for answer in (Ack(7, 1), Ack(8, 3), Ack(7, 2), Ack(8, 4)):
-        t.answered(answer)
+        t.answered(answer, join=False)
     assert await t.answers(first, 1) == [Ack(7, 1)]
     assert await t.answers(second, 1) == [Ack(7, 2)]
     assert await t.answers(both, 1) == [Ack(8, 3), Ack(8, 4)]
     assert trio.current_time() == 0  # none waited
+
+
+async def test_a_join_and_another_request_sharing_a_ref_each_get_their_own_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A join that waits is answered after later requests (spec §4.1): its answer must still
+    go to it, not to a later request that reused its ref (spec §14.3)."""
+    t = transport()
+    join, presence = t.expect([(7, True)]), t.expect([(7, False)])
+    t.answered(Ack(7, None), join=False)  # the presence's, answered first
+    t.answered(Error(7, None, ErrorCode.FORBIDDEN, "no"), join=True)
+    assert await t.answers(presence, 1) == [Ack(7, None)]
+    assert await t.answers(join, 1) == [Error(7, None, ErrorCode.FORBIDDEN, "no")]
 
 
 async def test_a_closed_transport_gives_its_consumer_what_is_left_then_none() -> None:
