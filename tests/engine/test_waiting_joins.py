@@ -5,6 +5,7 @@ is bounded."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pycrdt
@@ -247,17 +248,23 @@ async def test_a_connection_that_ends_while_its_join_waits_is_never_a_member(
         assert [e.session for e in engine.presence("slow")] == [b.welcome.session]  # type: ignore[union-attr]
 
 
+async def joins_taken(client: DocClient, most: int, state_vector: bytes | None) -> int:
+    """How many joins (refs 10, 11, ...), one per message, the transport takes within 5 s."""
+    taken = 0
+    with trio.move_on_after(5):
+        for i in range(most):
+            await client.send_raw(encode([Join(10 + i, f"room-{i}", state_vector, None)]))
+            taken += 1
+    return taken
+
+
 async def test_joins_queued_behind_a_waiting_one_are_bounded_and_each_answered_once(autojump_clock: MockClock) -> None:
     store = GatedStore()
     async with running_engine(store=store, max_rooms_per_connection=4) as engine:
         a = await member_of(engine)
         await a.send(Join(1, "slow", None, None))
         await store.loading.wait()
-        taken = 0
-        with trio.move_on_after(5):
-            for i in range(200):  # bounded
-                await a.send_raw(encode([Join(10 + i, f"room-{i}", None, None)]))
-                taken += 1
+        taken = await joins_taken(a, 200, None)
         # The reader stopped once more joins waited than a connection may have rooms; the
         # transport's buffer (16) took a few more.
         assert taken < 30, taken
@@ -276,12 +283,7 @@ async def test_joins_queued_behind_a_waiting_one_are_bounded_in_bytes(autojump_c
         await a.hello("t")
         await a.send(Join(1, "slow", None, None))
         await store.loading.wait()
-        vector = b"\x00" * 2**17
-        taken = 0
-        with trio.move_on_after(5):
-            for i in range(100):  # bounded
-                await a.send_raw(encode([Join(10 + i, f"room-{i}", vector, None)]))
-                taken += 1
+        taken = await joins_taken(a, 100, b"\x00" * 2**17)
         # About a message's worth (8 of these) waits; then the reader reads no further.
         assert taken < 14, taken
 
@@ -295,19 +297,29 @@ class SlowToJudgeHooks(TokenHooks):
         return await super().authorize(identity, room)
 
 
+async def admitted_during_a_refresh(engine: Engine, store: GatedStore, token: str, enough: Callable[[list[Frame]], bool]) -> list[Frame]:
+    """A member of "doc" joins "slow", refreshes to `token` while it loads, then the load ends:
+    the join is admitted on the old token while the refresh judges "doc" (its hook is slow).
+    What the member received, until `enough` (bounded)."""
+    a = await member_of(engine, "doc")
+    await a.send(Join(2, "slow", None, None))
+    await store.loading.wait()
+    await a.send(Refresh(3, token))
+    store.opened.set()
+    seen: list[Frame] = []
+    for _ in range(50):
+        seen.append(await a.receive())
+        if enough(seen):
+            break
+    return seen
+
+
 async def test_a_join_admitted_while_a_refresh_is_judging_the_other_rooms_is_judged_too(autojump_clock: MockClock) -> None:
     store = GatedStore()
     async with running_engine(store=store, hooks=SlowToJudgeHooks()) as engine:
-        a = await member_of(engine, "doc")
-        await a.send(Join(2, "slow", None, None))
-        await store.loading.wait()
-        await a.send(Refresh(3, "read"))
-        store.opened.set()  # the join is admitted on the old token while the refresh judges "doc"
-        seen: list[Frame] = []
-        for _ in range(50):  # bounded
-            seen.append(await a.receive())
-            if len([f for f in seen if isinstance(f, AccessChanged)]) == 2:
-                break
+        seen = await admitted_during_a_refresh(
+            engine, store, "read", lambda seen: len([f for f in seen if isinstance(f, AccessChanged)]) == 2
+        )
         joined = next(f for f in seen if isinstance(f, Joined))
         assert (joined.ref, joined.access) == (2, Access.WRITE)
         assert Ack(3, None) in seen
@@ -352,16 +364,7 @@ async def test_a_join_admitted_while_a_refresh_judges_ends_if_the_fresh_token_ca
 ) -> None:
     store = GatedStore()
     async with running_engine(store=store, hooks=FailsForSlow()) as engine:
-        a = await member_of(engine, "doc")
-        await a.send(Join(2, "slow", None, None))
-        await store.loading.wait()
-        await a.send(Refresh(3, "odd"))
-        store.opened.set()  # admitted on the old token while the refresh judges "doc"
-        seen: list[Frame] = []
-        for _ in range(50):  # bounded
-            seen.append(await a.receive())
-            if any(isinstance(f, ChannelClosed) for f in seen):
-                break
+        seen = await admitted_during_a_refresh(engine, store, "odd", lambda seen: any(isinstance(f, ChannelClosed) for f in seen))
         joined = next(f for f in seen if isinstance(f, Joined))
         assert Ack(3, None) in seen and AccessChanged(1, Access.READ) in seen, seen
         closed = next(f for f in seen if isinstance(f, ChannelClosed))
