@@ -2,7 +2,11 @@
 concurrent writers per backend, and the load time of a room with a 1 MB document plus 10k
 updates since its snapshot.
 
-    .venv/bin/python bench/storage.py [--seconds 3]
+    .venv/bin/python bench/storage.py [--seconds 3] [--backends memory sqlite files postgresql postgresql-shared]
+
+`postgresql` runs a private PostgreSQL server (tests/servers.py; PostgreSQL 15's binaries, as
+`.ci/run` installs them), a fresh database per run; `postgresql-shared` is the store as a
+cluster's processes open it (shared mode: a lock per room written).
 
 Each writer is a native client on an in-memory connection to one engine, in a room of its own
 (fan-out is measured in bench/fanout.py; here only the path to the store). Like an editor, it
@@ -14,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import pycrdt
@@ -23,7 +30,10 @@ import trio
 from _writer import write_until  # type: ignore[import-not-found]
 
 from plait.engine import Engine, EngineConfig
-from plait.storage import FileStore, MemoryStore, SQLiteStore, Store
+from plait.storage import FileStore, MemoryStore, PostgreSQLStore, SQLiteStore, Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.servers import postgres_server
 
 
 async def writer(engine: Engine, room: str, client_id: int, stop_at: float, counts: list[int]) -> None:
@@ -63,23 +73,31 @@ async def load_time(store: Store) -> tuple[float, int, int]:
     return elapsed, length, len(data.updates)
 
 
-def backends(tmp: Path) -> dict[str, object]:
-    return {
+BACKENDS = ["memory", "sqlite", "files", "postgresql", "postgresql-shared"]
+
+
+def backends(tmp: Path, names: list[str], stack: ExitStack) -> dict[str, Callable[[], Store]]:
+    makers: dict[str, Callable[[], Store]] = {
         "memory": lambda: MemoryStore(),
         "sqlite": lambda: SQLiteStore(tmp / f"sqlite-{time.monotonic_ns()}.db"),
         "files": lambda: FileStore(tmp / f"files-{time.monotonic_ns()}"),
     }
+    if any(name.startswith("postgresql") for name in names):
+        postgres = stack.enter_context(postgres_server())
+        makers["postgresql"] = lambda: PostgreSQLStore(postgres.fresh_dsn())
+        makers["postgresql-shared"] = lambda: PostgreSQLStore(postgres.fresh_dsn(), shared=True)
+    return {name: makers[name] for name in names}
 
 
-async def main(seconds: float) -> None:
+async def main(seconds: float, names: list[str]) -> None:
     print(f"# storage bench: {platform.python_implementation()} {platform.python_version()}, {platform.machine()}")
     print("| backend | writers | acked updates/s |")
     print("| --- | ---: | ---: |")
-    with tempfile.TemporaryDirectory() as tmp:
-        makers = backends(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        makers = backends(Path(tmp), names, stack)
         for name, make in makers.items():
             for writers in (1, 10, 100):
-                store = make()  # type: ignore[operator]
+                store = make()
                 rate = await acked_per_second(store, writers, seconds)
                 await store.aclose()
                 print(f"| {name} | {writers} | {rate:,.0f} |", flush=True)
@@ -87,7 +105,7 @@ async def main(seconds: float) -> None:
         print("| backend | load 1 MB doc + 10k updates | text length | updates after load |")
         print("| --- | ---: | ---: | ---: |")
         for name, make in makers.items():
-            store = make()  # type: ignore[operator]
+            store = make()
             elapsed, length, left = await load_time(store)
             await store.aclose()
             print(f"| {name} | {elapsed * 1000:,.0f} ms | {length:,} | {left:,} |", flush=True)
@@ -96,4 +114,6 @@ async def main(seconds: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
-    trio.run(main, parser.parse_args().seconds)
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=BACKENDS)
+    args = parser.parse_args()
+    trio.run(main, args.seconds, args.backends)

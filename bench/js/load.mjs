@@ -331,8 +331,11 @@ const workloads = {
       Math.max(writersDoneAt - now(), 0) + cfg.drainMs)
   },
   // Low-rate activity in many rooms: an edit and a presence change every `periodMs` per client.
+  // With `drainMs`, edits' arrivals are recorded (latency), and the run waits up to that long
+  // after the last edit for every edit of a client's room to reach it.
   async rooms () {
     const stopAt = goAt + cfg.seconds * 1000
+    if (cfg.drainMs) for (const c of clients) c.recordArrivals = true
     await Promise.all(clients.map(async c => {
       await sleep(random() * cfg.periodMs)
       while (now() < stopAt) {
@@ -341,6 +344,7 @@ const workloads = {
         await sleep(cfg.periodMs)
       }
     }))
+    if (cfg.drainMs) await sleep(cfg.drainMs)
   },
   // Connected, saying nothing but heartbeats.
   async idle () { await sleep(cfg.seconds * 1000) },

@@ -75,3 +75,25 @@ def test_the_tick_timers_are_measured_side_by_side() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     measured = dict(re.findall(r"^  (trio\.sleep|sleep_about) +([\d.]+) %$", out.stdout, re.MULTILINE))
     assert set(measured) == {"trio.sleep", "sleep_about"}, out.stdout
+
+
+@pytest.mark.skipif(not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() and not Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+                    reason="needs the cgroup cpu controller")
+def test_the_capacity_runs_are_capped_measured_and_compared() -> None:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "capacity.py"), "--rooms", "4", "8", "--factors", "1.5",
+                             "--seconds", "2", "--share", "0.5", "--p99-ms", "5000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    stdout, stderr = proc.communicate(timeout=180)
+    if "Permission denied" in stderr or "Read-only file system" in stderr:
+        pytest.skip("the cgroup cpu controller is not writable here")
+    assert proc.returncode == 0, stderr[-3000:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")][1:]
+    assert [(row[0], row[1]) for row in rows] == [("1 process", "4 x 5"), ("1 process", "8 x 5"),
+                                                  ("2 processes, cluster, by room", "12 x 5")], rows
+    for row in rows:
+        assert row[5] == "0" and row[-1] == "yes", row  # nothing lost, passes
+        assert float(row[4]) > 0  # a p99 was measured
+    assert "Capacity: one process 8 rooms, two processes 12 rooms (1.50x" in stdout, stdout
+    left = [*Path("/sys/fs/cgroup/cpu").glob(f"plait-bench-{proc.pid}-*"), *Path("/sys/fs/cgroup").glob(f"plait-bench-{proc.pid}-*")]
+    assert not left, f"cgroups left behind: {left}"
