@@ -108,7 +108,7 @@ class Session(Peer):
         self._joins: deque[tuple[Join, RequestError | None]] | None = None
         """The joins waiting their turn (module docstring), each claimed or refused already
         (_claim); None while no join is under way."""
-        self._answering_join = False  # what goes out answers a join (spec §14.3: HTTP slots)
+        self._answering_join = False  # the error going out answers a join (_refuse_join)
         self._join_bytes = 0  # about what the queued joins hold: the reader waits while too much
         self._joins_moved: trio.Event | None = None  # set when a join is taken off the queue
         self._client: dict[str, Any] = {}
@@ -361,19 +361,24 @@ class Session(Peer):
                 self._joins = None
 
     async def _answer_join(self, join: Join, refusal: RequestError | None) -> None:
-        """`joined`, or the join's error (an HTTP request waiting is told it answers a join:
-        spec §14.3); a bug closes the session, as in the reader."""
-        self._answering_join = True
+        """`joined`, or the join's error; a bug closes the session, as in the reader."""
         try:
             if refusal is not None:
                 raise refusal
             await self._join(join)
         except RequestError as exc:
-            self.refuse(exc.code, exc.message, join.ref, None)
+            self._refuse_join(join, exc.code, exc.message)
         except Exception as exc:
             logger.error("session %s: internal error on Join", self.id, exc_info=exc)
-            self._send_now(Error(join.ref, None, ErrorCode.INTERNAL, "internal error"))
+            self._refuse_join(join, ErrorCode.INTERNAL, "internal error")
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _refuse_join(self, join: Join, code: int, message: str) -> None:
+        """The join's error, marked as a join's for an HTTP request waiting for it (spec
+        §14.3: joins are answered in their own order, so a ref is matched to a join)."""
+        self._answering_join = True
+        try:
+            self.refuse(code, message, join.ref, None)
         finally:
             self._answering_join = False
 
@@ -526,9 +531,12 @@ class Session(Peer):
         The state machine and the frame rate are checked here too."""
         try:
             self.conn.receive(join)
-        except RemoteProtocolError as exc:  # fatal: refused and closed at once
-            self.refuse(exc.code, exc.message, join.ref, None)
-            return None
+        except RemoteProtocolError as exc:
+            known = ErrorCode._value2member_map_.get(exc.code)
+            if isinstance(known, ErrorCode) and known.fatal:  # refused and closed at once
+                self.refuse(exc.code, exc.message, join.ref, None)
+                return None
+            return RequestError(exc.code, exc.message)
         name = join.room
         try:
             self._rate(self._frame_bucket, "frames")

@@ -36,6 +36,7 @@ from plait.protocol import (
     Typing,
     TypingState,
 )
+from plait.storage import MemoryStore, RoomData
 
 from .httpclients import HttpPeer, SseEvent, event_stream, http_client, serving
 
@@ -462,3 +463,46 @@ async def test_a_poller_that_took_everything_before_its_session_ended_still_hear
         response = await http.get(peer.url("poll") + f"&after={peer.position}&timeout=0")
         assert response.status_code == 200, response.text
         assert response.json()["closed"]["code"] == 4013
+
+
+class GatedStore(MemoryStore):
+    """Loads of room "slow" wait until `opened` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened, self.loading = trio.Event(), trio.Event()
+
+    async def load(self, room: str) -> RoomData:
+        if room == "slow":
+            self.loading.set()
+            await self.opened.wait()
+        return await super().load(room)
+
+
+async def test_a_join_and_a_later_request_reusing_its_ref_each_get_their_own_answer() -> None:
+    """A join that waits is answered after later requests (spec §4.1); over HTTP, where the
+    answers come back in the POST's response, each still goes to its own request (§14.3)."""
+    store = GatedStore()
+    async with Engine(config=CONFIG, hooks=TokenHooks(), store=store) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with http_client(port) as http:
+            peer = HttpPeer(http)
+            await peer.open("ada")
+            channel = await join(peer, "r")
+            joined: list[dict[str, Any]] = []
+
+            async def join_slow() -> None:
+                joined.extend(await peer.send(Join(7, "slow", None, None)))
+
+            nursery.start_soon(join_slow)
+            with trio.fail_after(10):
+                await store.loading.wait()
+                # Refused by the hook (EVENT_REJECTED) while the join waits: an error with ref 7.
+                refused = await peer.send(Publish(channel, 7, "rejected", 1, None))
+            assert [(a["kind"], a["ref"], a["code"]) for a in refused] == [("error", 7, ErrorCode.EVENT_REJECTED)]
+            store.opened.set()
+            with trio.fail_after(10):
+                while not joined:  # bounded by the deadline
+                    await trio.sleep(0.01)
+            assert [(a["kind"], a["ref"]) for a in joined] == [("joined", 7)]
+        nursery.cancel_scope.cancel()
