@@ -77,7 +77,7 @@ class Session(Peer):
 
     __slots__ = (
         "_answering_join", "_answers", "_client", "_heard", "_heard_at", "_http", "_join_bytes", "_joins", "_joins_moved",
-        "_next_channel",
+        "_left", "_next_channel",
         "_rooms", "conn", "wire",
     )
 
@@ -105,9 +105,12 @@ class Session(Peer):
         self._next_channel = 1
         self._heard = False  # a message arrived since the last heartbeat sweep
         self._heard_at = trio.current_time()
-        self._joins: deque[tuple[Join, RequestError | None]] | None = None
-        """The joins waiting their turn (module docstring), each claimed or refused already
-        (_claim); None while no join is under way."""
+        self._joins: deque[tuple[Join, RequestError | None, int]] | None = None
+        """The joins waiting their turn (module docstring): each with its refusal if it has
+        one already (_arrived), and how many names `_left` held when it came; None while no
+        join is under way."""
+        self._left: list[str] | None = None
+        """The rooms the client left while joins were waiting, in order (_claim)."""
         self._answering_join = False  # the error going out answers a join (_refuse_join)
         self._join_bytes = 0  # about what the queued joins hold: the reader waits while too much
         self._joins_moved: trio.Event | None = None  # set when a join is taken off the queue
@@ -289,7 +292,7 @@ class Session(Peer):
             self.services.traffic.frames_in += len(frames)
             for group in _runs_of_updates(frames):
                 if isinstance(group, Join):
-                    refusal = self._claim(group)
+                    refusal = self._arrived(group)
                     if self._close_code is not None:
                         return
                     self._queue_join(group, refusal)
@@ -333,38 +336,38 @@ class Session(Peer):
     def _queue_join(self, join: Join, refusal: RequestError | None) -> None:
         self._join_bytes += _join_size(join)
         if self._joins is not None:
-            self._joins.append((join, refusal))
+            assert self._left is not None
+            self._joins.append((join, refusal, len(self._left)))
             return
-        queue = self._joins = deque(((join, refusal),))
+        queue = self._joins = deque(((join, refusal, 0),))
+        self._left = []
         assert self._nursery is not None  # the reader runs inside it
         self._nursery.start_soon(self._contained, self._run_joins, queue)
 
-    async def _run_joins(self, queue: deque[tuple[Join, RequestError | None]]) -> None:
+    async def _run_joins(self, queue: deque[tuple[Join, RequestError | None, int]]) -> None:
         """Answer the queued joins in order until none is left (or the session closes); the
         task ends in the same step as it finds the queue empty (`_joins` None: no task)."""
         try:
             while queue:
-                join, refusal = queue.popleft()
+                join, refusal, left_before = queue.popleft()
                 try:
-                    await self._answer_join(join, refusal)
+                    await self._answer_join(join, refusal, left_before)
                 finally:
                     self._took_join(join)
                 if self._close_code is not None:
                     return
         finally:
             while queue:  # closing, or cancelled with the transport: nothing more is handled
-                join, refusal = queue.popleft()
-                if refusal is None:
-                    self._rooms.pop(join.room, None)
-                self._took_join(join)
+                self._took_join(queue.popleft()[0])
             if self._joins is queue:
-                self._joins = None
+                self._joins = self._left = None
 
-    async def _answer_join(self, join: Join, refusal: RequestError | None) -> None:
+    async def _answer_join(self, join: Join, refusal: RequestError | None, left_before: int) -> None:
         """`joined`, or the join's error; a bug closes the session, as in the reader."""
         try:
             if refusal is not None:
                 raise refusal
+            self._claim(join, left_before)
             await self._join(join)
         except RequestError as exc:
             self._refuse_join(join, exc.code, exc.message)
@@ -485,6 +488,8 @@ class Session(Peer):
                     return
                 member = self._members.pop(channel)
                 self._rooms.pop(member.room.name, None)
+                if self._left is not None:  # joins wait: those that came before it still count it
+                    self._left.append(member.room.name)
                 self.outbox.forget_channel(channel)
                 member.room.remove_member(member, disconnected=False)
                 if ref is not None:
@@ -524,11 +529,10 @@ class Session(Peer):
             case _:  # pragma: no cover - the state machine admits only client frames
                 raise RequestError(ErrorCode.UNEXPECTED_FRAME, f"unexpected {type(frame).__name__}")
 
-    def _claim(self, join: Join) -> RequestError | None:
-        """What can be said of a join as it arrives, in order with everything else: refused
-        (the error, answered in its turn among the joins), or its room's name claimed (None),
-        so that a later leave cannot make room for it, nor a later join take the name.
-        The state machine and the frame rate are checked here too."""
+    def _arrived(self, join: Join) -> RequestError | None:
+        """What is checked of a join as it arrives, in order with everything else: the state
+        machine, the frame rate, the room name. The error, to be answered in its turn among
+        the joins (a fatal one is answered and closes at once), or None."""
         try:
             self.conn.receive(join)
         except RemoteProtocolError as exc:
@@ -537,23 +541,33 @@ class Session(Peer):
                 self.refuse(exc.code, exc.message, join.ref, None)
                 return None
             return RequestError(exc.code, exc.message)
-        name = join.room
         try:
             self._rate(self._frame_bucket, "frames")
-            if name in self._rooms:
-                raise RequestError(ErrorCode.ALREADY_JOINED, f"already joined {name!r}")
-            if len(self._rooms) >= self.config.max_rooms_per_connection:
-                raise RequestError(
-                    ErrorCode.TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_connection} rooms per connection"
-                )
-            try:
-                check_room_name(name)
-            except RemoteProtocolError as exc:
-                raise RequestError(exc.code, exc.message) from None
+            check_room_name(join.room)
         except RequestError as exc:
             return exc
-        self._rooms[name] = None
+        except RemoteProtocolError as exc:
+            return RequestError(exc.code, exc.message)
         return None
+
+    def _claim(self, join: Join, left_before: int) -> None:
+        """At its turn, the join's room name is claimed (so that a later join of it is
+        refused while it waits) if the session may take it: judged against the rooms it was
+        in as the join arrived, which are those it is in now and those it left since (a leave
+        sent after a join cannot make room for it, nor free the name it asks for).
+
+        Raises:
+            RequestError: ALREADY_JOINED, TOO_MANY_ROOMS."""
+        assert self._left is not None
+        left_since = self._left[left_before:]
+        name = join.room
+        if name in self._rooms or name in left_since:
+            raise RequestError(ErrorCode.ALREADY_JOINED, f"already joined {name!r}")
+        if len(self._rooms) + len(left_since) >= self.config.max_rooms_per_connection:
+            raise RequestError(
+                ErrorCode.TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_connection} rooms per connection"
+            )
+        self._rooms[name] = None
 
     async def _join(self, join: Join) -> None:
         """A join whose name `_claim` took: authorised, its room loaded, admitted; the claim

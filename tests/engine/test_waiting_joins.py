@@ -57,7 +57,8 @@ class GatedStore(MemoryStore):
 
 class TokenHooks(Hooks):
     """One user whatever the token; the token "read" grants read access, "broken" makes the
-    authorize hook fail; events named "slow" wait a second in the on_event hook."""
+    authorize hook fail; room "secret" is no one's; events named "slow" wait a second in the
+    on_event hook."""
 
     async def authenticate(self, token: str | None, client: dict[str, Any]) -> Identity:
         return {"id": "ada", "token": token}
@@ -65,6 +66,8 @@ class TokenHooks(Hooks):
     async def authorize(self, identity: Identity, room: str) -> Access | None:
         if identity["token"] == "broken":
             raise RuntimeError("acl bug")
+        if room == "secret":
+            return None
         return Access.READ if identity["token"] == "read" else Access.WRITE
 
     async def on_event(self, room: str, identity: Identity | None, name: str, payload: Any) -> Any:
@@ -370,3 +373,14 @@ async def test_a_join_admitted_while_a_refresh_judges_ends_if_the_fresh_token_ca
         closed = next(f for f in seen if isinstance(f, ChannelClosed))
         assert (closed.channel, closed.code) == (joined.channel, ErrorCode.INTERNAL)
         assert engine.presence("slow") == ()
+
+
+async def test_a_join_refused_in_its_turn_leaves_room_for_the_joins_after_it(autojump_clock: MockClock) -> None:
+    """As if each join were answered before the next is read: one refused (FORBIDDEN) takes
+    no room from those behind it, and does not hold its name."""
+    async with running_engine(hooks=TokenHooks(), max_rooms_per_connection=1) as engine:
+        a = await member_of(engine)
+        await a.send(Join(1, "secret", None, None), Join(2, "secret", None, None), Join(3, "doc", None, None))
+        got = await answers(a, 3)
+        assert [(f.ref, getattr(f, "code", None)) for f in got[:2]] == [(1, ErrorCode.FORBIDDEN), (2, ErrorCode.FORBIDDEN)], got
+        assert isinstance(got[2], Joined) and got[2].ref == 3, got
