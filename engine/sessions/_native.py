@@ -6,9 +6,10 @@
 - Joins wait their turn in a queue of their own, handled in order by a task that runs while
   the queue holds any (an idle session has neither): a join waiting on its room's load or its
   authorize hook holds up only the joins behind it, and the reader goes on with the rooms
-  already joined (spec §4.1). Every other frame is handled by the reader in order; a join is
-  not a channel's yet, so nothing else depends on it, except a token refresh, after which a
-  join authorised with the old token is authorised again.
+  already joined (spec §4.1). Every other frame is handled by the reader in order, as if each
+  join had been answered as it came: a join is judged against the rooms the session was in
+  then (_claim), a frame for the channel a waiting join will open waits for it, and a token
+  refresh meanwhile has the join judged by the fresh token.
 - Every frame it sends goes through the state machine too (the fan-out by its shared route).
 - The engine's heartbeat sweep queues a ping when the session has sent nothing for most of a
   heartbeat interval, and ends (or, with a detach grace, detaches) a session silent for 2H.
