@@ -220,8 +220,9 @@ class Client:
         self._waiters: dict[int, Waiter[Any]] = {}
         self._joins: dict[int, Room] = {}
         self._deferred: dict[str, Room] = {}
-        """Rooms whose join waits for the server to answer one left behind for the same name
-        (its block ended before `joined` came): sent once it has, after its `leave`."""
+        """Rooms whose join waits for the server to answer those left behind (their blocks
+        ended before `joined` came, so the server still counts them: ALREADY_JOINED for the
+        same name, TOO_MANY_ROOMS at the limit): sent once all are, after their `leave`."""
         self._ref = 0
         self._state_changed = trio.Event()
         self._changes: Feed[ConnectionChanged] = Feed()
@@ -276,8 +277,8 @@ class Client:
         room = Room(self, name, self._offline_queue)
         self._rooms[name] = room
         if self.state is ClientState.OPEN:
-            if any(joining.name == name for joining in self._joins.values()):
-                self._deferred[name] = room  # else the server answers ALREADY_JOINED
+            if self._left_behind():
+                self._deferred[name] = room
             else:
                 self.send(room.join_frame())
         failed = False
@@ -800,7 +801,7 @@ class Client:
                 # membership no one uses (in the room's presence, and the room refused if
                 # joined again on this connection: ALREADY_JOINED).
                 self.send(Leave(frame.channel, None))
-                self._send_deferred(room.name)
+                self._send_deferred()
             return
         if isinstance(frame, Ack):
             waiter = self._waiters.pop(frame.ref, None)
@@ -814,7 +815,7 @@ class Client:
                 if joining is not None:
                     joining.on_join_failed(error)
                     if self._rooms.get(joining.name) is not joining:
-                        self._send_deferred(joining.name)
+                        self._send_deferred()
                 waiter = self._waiters.pop(frame.ref, None)
                 if waiter is not None:
                     waiter.fail(error)
@@ -828,10 +829,17 @@ class Client:
                     room.on_frame(frame)
                     return
 
-    def _send_deferred(self, name: str) -> None:
-        room = self._deferred.pop(name, None)
-        if room is not None and self._rooms.get(name) is room and room.rejoinable and self.state is ClientState.OPEN:
-            self.send(room.join_frame())
+    def _left_behind(self) -> bool:
+        """Whether a join whose block has ended still waits for the server's answer."""
+        return any(self._rooms.get(joining.name) is not joining for joining in self._joins.values())
+
+    def _send_deferred(self) -> None:
+        if self._left_behind() or self.state is not ClientState.OPEN:
+            return
+        deferred, self._deferred = self._deferred, {}
+        for name, room in deferred.items():
+            if self._rooms.get(name) is room and room.rejoinable:
+                self.send(room.join_frame())
 
     def _lost_connection(self) -> None:
         self._conn = None

@@ -46,7 +46,7 @@ from plait.protocol import (
 
 from .._config import EngineConfig
 from .._limits import ConnectionCounts, Slot
-from ..transports import HttpTransport, json_of_event
+from ..transports import HttpTransport, InboundFull, json_of_event
 from ._admission import take_slot
 from ._cors import Origins
 from ._exchange import Exchange, Refusal, header
@@ -211,6 +211,7 @@ class HttpSessions:
             grace=c.http_session_grace,
             resume_window=c.resume_window,
             resume_bytes=c.resume_bytes,
+            inbound_bytes=c.max_message_bytes,
         )
         transport.put(hello)
         try:
@@ -403,6 +404,10 @@ class HttpSessions:
         except TransportClosed as closed:
             transport.forget(waiting)
             raise _refuse(410, f"the session has ended ({closed.code}: {closed.reason[:200]})", closed.code) from None
+        except InboundFull as full:
+            transport.forget(waiting)
+            reason = f"{full}: send this again once the requests before it are answered"
+            raise Refusal(429, reason, (("Retry-After", "1"),), code=ErrorCode.RATE_LIMITED, as_json=True) from None
         answers = await transport.answers(waiting, self.config.hook_timeout + 5)
         if transport.closed is not None and len(answers) < len(requests):
             code, reason = transport.closed.code, transport.closed.reason

@@ -300,8 +300,9 @@ class Session(Peer):
                     continue
                 channel = _channel_of(group)
                 if channel is not None and channel >= self._next_channel:
-                    # For a channel a queued join will open (a client may count them, spec
-                    # §5.2): it waits for the joins before it, as if they had been answered.
+                    # For a channel not opened yet (one a queued join may open: they are
+                    # predictable, spec §5.2): it waits for the joins before it, as if they
+                    # had been answered.
                     await self._joins_wait(lambda: self._joins is None)
                 if not await self._process(group):
                     return
@@ -603,6 +604,7 @@ class Session(Peer):
             access = await self.services.authorize(identity, name)
             if self.identity is identity:
                 break
+        access = self.services.access_now(identity, name, access)  # the operator's, if set meanwhile
         if access is None:
             raise RequestError(ErrorCode.FORBIDDEN, f"no access to room {name!r}")
         return access, identity

@@ -187,7 +187,7 @@ class SessionServices:
         access = await call_hook("authorize", lambda: self.hooks.authorize(identity, room), self.config.hook_timeout)
         return checked_access(access)
 
-    def access_now(self, identity: Identity, room: str, authorized: Access) -> Access | None:
+    def access_now(self, identity: Identity, room: str, authorized: Access | None) -> Access | None:
         """The access a member is admitted with: what `authorize` said, unless the operator set
         another since (the join awaited the hook and the room's loading meanwhile)."""
         return self.access_overrides.get((identity["id"], room), authorized)

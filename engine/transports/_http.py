@@ -58,6 +58,10 @@ class Sink(Protocol):
         ...
 
 
+class InboundFull(Exception):
+    """The session has not read what its client sent before (HttpTransport.put)."""
+
+
 class HttpTransport:
     """What carries one HTTP session. See the module's docstring.
 
@@ -70,6 +74,8 @@ class HttpTransport:
         resume_window, resume_bytes: how long, and how many bytes, of what consumers took is
             kept for one that comes back.
         unsent_bytes: what the log holds for a consumer before the session waits.
+        inbound_bytes: what the client may have sent that the session has not read yet (past
+            it, `put` refuses: InboundFull); at least one message is always taken.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class HttpTransport:
         resume_window: float,
         resume_bytes: int,
         unsent_bytes: int = 256 * KiB,
+        inbound_bytes: int = 16 * 1024 * KiB,
     ) -> None:
         self.path = path
         self.key = key
@@ -90,6 +97,8 @@ class HttpTransport:
         self._unsent_limit = unsent_bytes
         # Lists where they stay short (an empty deque is 760 bytes; thousands of sessions idle).
         self._inbound: list[bytes | str] = []
+        self._inbound_bytes = 0
+        self._inbound_limit = inbound_bytes
         self._log: deque[bytes] = deque()
         self._first = 1
         """The position of `_log[0]`."""
@@ -138,10 +147,15 @@ class HttpTransport:
 
         Raises:
             TransportClosed: the session has ended.
+            InboundFull: what the client sent before is still unread, and `inbound_bytes` of it
+                (a request it waits on holds the session's reader: spec §4.1).
         """
         if self.closed is not None:
             raise self._closed_error()
+        if self._inbound and self._inbound_bytes + len(message) > self._inbound_limit:
+            raise InboundFull(f"the session has not read {self._inbound_bytes} bytes sent before")
         self._inbound.append(message)
+        self._inbound_bytes += len(message)
         self._wake_reader()
 
     def expect(self, requests: Iterable[tuple[int, bool]]) -> list[list[int | bool | Frame | None]]:
@@ -193,7 +207,9 @@ class HttpTransport:
                 await changed.wait()
             if self._idle_since is not None and trio.current_time() >= self._idle_since + self._grace and not self._inbound:
                 self._finish(TransportClosed(CloseCode.HEARTBEAT_TIMEOUT, f"no event stream or poll for {self._grace:g} s"))
-        return self._inbound.pop(0)
+        message = self._inbound.pop(0)
+        self._inbound_bytes -= len(message)
+        return message
 
     # -- out --------------------------------------------------------------------------------
 

@@ -563,3 +563,15 @@ async def test_a_room_left_before_the_server_answered_its_join_can_be_joined_aga
                 with trio.fail_after(5):
                     await room.synced()
                 assert len(engine.presence("doc")) == 1
+
+
+async def test_a_room_left_before_its_join_was_answered_does_not_count_against_the_limit(autojump_clock: MockClock) -> None:
+    async with make_engine(hooks=SlowAcl(), max_rooms_per_connection=2) as engine:
+        async with client_for(Cable(engine)) as c, c.join("doc") as doc:
+            await doc.synced()
+            async with c.join("left"):
+                await trio.sleep(0.01)  # left before the server answered
+            async with c.join("chat") as chat:  # the app holds two rooms: within the limit
+                with trio.fail_after(5):
+                    await chat.synced()
+                assert engine.presence("left") == ()

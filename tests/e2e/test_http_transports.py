@@ -4,6 +4,7 @@ end; CORS; JSON over WebSocket."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -35,6 +36,7 @@ from plait.protocol import (
     Publish,
     Typing,
     TypingState,
+    encode_json,
 )
 from plait.storage import MemoryStore, RoomData
 
@@ -505,4 +507,41 @@ async def test_a_join_and_a_later_request_reusing_its_ref_each_get_their_own_ans
                 while not joined:  # bounded by the deadline
                     await trio.sleep(0.01)
             assert [(a["kind"], a["ref"]) for a in joined] == [("joined", 7)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_bodies_the_session_cannot_read_yet_are_refused_not_kept() -> None:
+    """The session's reader waits (a frame for the channel a waiting join will open): further
+    bodies are refused 429 with Retry-After once a message's worth waits, as a WebSocket's
+    TCP window would stop the client, instead of held in memory; sent again later, taken."""
+    store = GatedStore()
+    config = EngineConfig(handshake_timeout=2, heartbeat=2, max_message_bytes=64 * 1024)
+    async with Engine(config=config, hooks=TokenHooks(), store=store) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with http_client(port) as http:
+            peer = HttpPeer(http)
+            await peer.open("ada")
+            held = encode_json([Join(1, "slow", None, None), Publish(1, 2, "chat", 1, None)])
+            nursery.start_soon(functools.partial(http.post, peer.url("frames"), content=held))  # answered once joined
+            with trio.fail_after(10):
+                await store.loading.wait()
+            responses: list[httpx.Response] = []
+
+            async def post_big(ref: int) -> None:
+                body = encode_json([Publish(1, ref, "chat", "x" * 40_000, None)])
+                responses.append(await http.post(peer.url("frames"), content=body))
+
+            for ref in range(10, 15):
+                nursery.start_soon(post_big, ref)
+            with trio.fail_after(10):
+                while len(responses) < 4:  # bounded by the deadline
+                    await trio.sleep(0.05)
+            # One body waits for the reader; the others are refused at once.
+            assert [r.status_code for r in responses] == [429] * 4, [r.text for r in responses]
+            assert responses[0].headers["retry-after"] == "1" and responses[0].json()["code"] == ErrorCode.RATE_LIMITED
+            store.opened.set()
+            with trio.fail_after(20):
+                while len(responses) < 5:  # bounded by the deadline: taken once the reader goes on
+                    await trio.sleep(0.05)
+            assert responses[4].status_code == 200, responses[4].text
         nursery.cancel_scope.cancel()

@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from plait.engine.sessions._wire import RESERVED_EVENT_TYPES, SSE, sse_type
-from plait.engine.transports import HttpTransport
+from plait.engine.transports import HttpTransport, InboundFull
 from plait.protocol import Ack, Error, ErrorCode, Event, Joined, Publish, TransportClosed, decode_json
 
 
@@ -230,3 +230,18 @@ async def test_a_poll_waits_its_timeout_once_however_often_the_output_changes(au
         start = trio.current_time()
         assert await t.take(consumer, 1, 2) == []
         assert trio.current_time() - start == pytest.approx(2)
+
+
+async def test_what_the_session_has_not_read_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
+    """The reader held up (a frame waiting for a join, spec §4.1): POSTed bodies are refused
+    past `inbound_bytes` rather than kept; one is always taken."""
+    t = transport(inbound_bytes=1000)
+    t.put(b"x" * 5000)  # over the limit, but nothing else waits: taken
+    with pytest.raises(InboundFull):
+        t.put(b"y")
+    assert await t.receive_message() == b"x" * 5000
+    t.put(b"a" * 600)
+    with pytest.raises(InboundFull):
+        t.put(b"b" * 600)
+    t.put(b"c" * 400)
+    assert [await t.receive_message() for _ in range(2)] == [b"a" * 600, b"c" * 400]

@@ -331,7 +331,7 @@ async def test_a_join_admitted_while_a_refresh_is_judging_the_other_rooms_is_jud
 
 
 async def test_frames_for_the_channel_a_waiting_join_will_open_wait_for_it(autojump_clock: MockClock) -> None:
-    """A client may count channels (spec §5.2) and send to the one its join will open before
+    """A client that counts channels (spec §5.2) and sends to the one its join will open before
     the `joined` came: those frames wait for the join, as if it had been answered at once."""
     store = GatedStore()
     async with running_engine(store=store) as engine:
@@ -384,3 +384,13 @@ async def test_a_join_refused_in_its_turn_leaves_room_for_the_joins_after_it(aut
         got = await answers(a, 3)
         assert [(f.ref, getattr(f, "code", None)) for f in got[:2]] == [(1, ErrorCode.FORBIDDEN), (2, ErrorCode.FORBIDDEN)], got
         assert isinstance(got[2], Joined) and got[2].ref == 3, got
+
+
+async def test_an_operator_grant_made_while_a_join_is_being_judged_admits_it(autojump_clock: MockClock) -> None:
+    async with running_engine(hooks=SlowAcl()) as engine:
+        a = await member_of(engine, token="none")
+        await a.send(Join(1, "doc", None, None))
+        await trio.sleep(0.1)  # the hook is judging the join: it will say no
+        engine.set_access("ada", "doc", Access.READ)
+        joined = await a.expect(Joined, ref=1)
+        assert joined.access == Access.READ
