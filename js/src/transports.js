@@ -20,6 +20,8 @@ import { PlaitError, closeError } from "./errors.js";
 import { ErrorCode, CloseCode } from "./codes.js";
 
 const now = () => performance.now();
+/** A body the server refuses 429 (not read yet: §14.3) is sent again at most this many times. */
+const MAX_POST_REFUSALS = 60;
 
 /** The server's base URL in both schemes, path prefix kept, without a trailing slash. */
 export function baseUrls(/** @type {string} */ url) {
@@ -282,10 +284,20 @@ class HttpSession extends Base {
         // stream or poll.
         const body = /** @type {string} */ (this.outbox.shift());
         let res;
+        let refused = 0;
         for (let attempt = 1; ; attempt++) {
           try {
             // Not aborted by close(): a last edit or leave must reach the server (§7.1).
             res = await this.fetch(this._url("/frames"), { method: "POST", headers: { "Content-Type": "application/json" }, body });
+            // 429: the session has not read what came before yet (a join waits, §14.3); the
+            // body was not read: it goes again after Retry-After, in its turn.
+            if (res.status === 429 && !this.closed && ++refused <= MAX_POST_REFUSALS) {
+              try { await res.arrayBuffer(); } catch { /* aborted */ }
+              const seconds = Number(res.headers.get("retry-after")) || 1;
+              await new Promise((r) => setTimeout(r, Math.min(Math.max(seconds, 0.1), 10) * 1000));
+              attempt = 0;
+              continue;
+            }
             break;
           } catch (err) {
             if (this.closed) return;

@@ -5,7 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer, connect, until } from "./server.mjs";
 import { startProxy } from "./proxy.mjs";
-import { CloseCode } from "../src/index.js";
+import { CloseCode, ErrorCode } from "../src/index.js";
 
 let server, proxy;
 before(async () => { server = await startServer(); proxy = await startProxy(server.port); });
@@ -60,4 +60,26 @@ test("an event stream on which nothing arrives for 2H is given up", async (t) =>
   a.on("state", (c) => changes.push(c));
   await until(() => changes.some((c) => c.state === "reconnecting" && c.error?.code === CloseCode.HEARTBEAT_TIMEOUT), 5000, "the silent stream given up");
   await until(() => sessions >= 2, 5000, "a new session");
+});
+
+test("a POST the server refuses 429 (the session has not read what came before) is sent again, not a failure", async (t) => {
+  let refused = 0;
+  const busy = async (url, init) => {
+    if (String(url).includes("/frames") && init?.method === "POST" && refused === 0) {
+      refused++;  // as the server answers while the session's reader waits (§14.3)
+      return new Response(JSON.stringify({ code: ErrorCode.RATE_LIMITED, reason: "not read yet" }), { status: 429, headers: { "Retry-After": "0.2", "Content-Type": "application/json" } });
+    }
+    return fetch(url, init);
+  };
+  const a = connect(t, server.url, { transports: ["sse"], fetch: busy, backoff: { baseMs: 10, capMs: 50 } });
+  const states = [];
+  a.on("state", (c) => states.push(c.state));
+  const ra = await a.join("refused-once");
+  ra.doc.getText("t").insert(0, "sent again");
+  await ra.flushed();
+  assert.equal(refused, 1);
+  assert.ok(!states.includes("connecting") && !states.includes("reconnecting"), String(states));
+  const b = connect(t, server.url);
+  const rb = await b.join("refused-once");
+  assert.equal(rb.doc.getText("t").toString(), "sent again");
 });
