@@ -298,8 +298,7 @@ class Session(Peer):
                         return
                     self._queue_join(group, refusal)
                     continue
-                channel = _channel_of(group)
-                if channel is not None and channel >= self._next_channel:
+                if self._joins is not None and (channel := _channel_of(group)) is not None and channel >= self._next_channel:
                     # For a channel not opened yet (one a queued join may open: they are
                     # predictable, spec §5.2): it waits for the joins before it, as if they
                     # had been answered.
@@ -308,9 +307,10 @@ class Session(Peer):
                     return
             # A client that keeps sending joins behind one that waits is read no further until
             # the queue is short again (spec §4.1).
-            await self._joins_wait(lambda: self._joins is None or (
-                len(self._joins) <= self.config.max_rooms_per_connection and self._join_bytes <= self.config.max_message_bytes
-            ))
+            if self._joins is not None:  # (no coroutine per message when none waits)
+                await self._joins_wait(lambda: self._joins is None or (
+                    len(self._joins) <= self.config.max_rooms_per_connection and self._join_bytes <= self.config.max_message_bytes
+                ))
 
     async def _joins_wait(self, done: Callable[[], bool]) -> None:
         while not done():
