@@ -6,11 +6,12 @@ Keys and channels, per room (its name, UTF-8):
   updates, events), one entry per commit, `m` = msgpack [process, [update, ...],
   [[seq, body], ...], first, last] (first and last: the numbers of its updates as relayed, or
   nil). One script (COMMIT_SCRIPT) adds the entry and publishes it, with its id
-  and the id of the entry before it, on the channel of the same name: every process that holds
-  the room listens, so an entry costs its readers no command of their own. A process keeps,
-  per room it holds, the id of the last entry it saw; an entry whose previous id is not that
-  one means it missed some (a subscription that dropped, a room that was loading), and it
-  reads them from the stream (XRANGE from that id). The stream keeps about `stream_length`
+  and the id of the entry before it, on the channel of the same name: every other process that
+  holds the room listens, so an entry costs its readers no command of their own; the process
+  that committed learns the same two ids from the script's answer. A process keeps, per room
+  it holds, the id of the last entry it saw; an entry whose previous id is not that one means
+  it missed some (a subscription that dropped, a room that was loading, a process it had not
+  yet heard of), and it reads them from the stream (XRANGE from that id). The stream keeps about `stream_length`
   entries: if the entry it last saw was trimmed (or the stream was lost with a Redis restart,
   or expired an hour after its last entry, or went with the room's deletion), it resyncs the
   room from the store. After any Redis failure it resyncs every room from the store too, once
@@ -28,10 +29,12 @@ Keys and channels, per room (its name, UTF-8):
   `r`: this process committed what may not be on the stream (its link to Redis broke with the
   commit on its way, or Redis refused it), so the others, whose own link may be fine, resync
   the room from the store.
-- A process subscribes to a room's two channels (`:log`, `:eph`) while it holds the room, all
-  on one connection: a room's traffic reaches only the processes that hold it, so processes
-  that share no rooms share no load. One task keeps the subscriptions, one command for every
-  room that loaded or unloaded meanwhile. A room's load does not wait for it (a join storm
+- A process subscribes to a room's `:eph` channel while it holds the room, and to its `:log`
+  only while another process holds it too (it said so on `:eph`), all on one connection: a
+  room's traffic reaches only the processes that hold it, so processes that share no rooms
+  share no load, and a process does not hear its own commits back. One task keeps the
+  subscriptions, one command for every room that loaded, unloaded or met another process
+  meanwhile; a room that starts hearing commits reads what came before from its stream. A room's load does not wait for it (a join storm
   would wait on Redis's confirmations): once subscribed, the room reads what was committed
   since it started loading from the stream, and asks the others for their state (`w`).
 - `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
@@ -127,11 +130,13 @@ if newest[1] then previous = newest[1][1] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', KEYS[1], previous .. ' ' .. id .. ' ' .. ARGV[1])
-return id
+return previous .. ' ' .. id
 """
 """Adds a commit to a room's stream and publishes it as `PREVIOUS-ID ID ENTRY` on the channel
-named as the stream: atomic, so every reader sees one chain of ids. EVAL, not EVALSHA: a
-restarted Redis has forgotten its scripts, and the text costs little beside a round trip."""
+named as the stream: atomic, so every reader sees one chain of ids. Answers `PREVIOUS-ID ID`:
+the process that committed follows the chain by its answers, not by hearing its own entry.
+EVAL, not EVALSHA: a restarted Redis has forgotten its scripts, and the text costs little
+beside a round trip."""
 
 
 class RedisCluster:
@@ -201,7 +206,10 @@ class RedisCluster:
         before, is what makes one enough: a stream lost with a restart moves the position on."""
         self._following: set[str] = set()
         self._subscribed: set[str] = set()
-        """Rooms whose channels Redis confirmed subscribed, on the subscription live now."""
+        """Rooms whose `:eph` channel Redis confirmed subscribed, on the subscription live now."""
+        self._hearing_commits: set[str] = set()
+        """Rooms whose `:log` channel (the commits) Redis confirmed subscribed: those another
+        process holds, on the subscription live now."""
         self._subscriptions_changed = trio.Event()
         self._pubsub: Any = None
         """The subscription live now (coredis's PubSub), or None."""
@@ -369,6 +377,8 @@ class RedisCluster:
         if room not in rooms:
             alone = not self._shared(room)
             rooms.add(room)
+            if alone:
+                self._subscriptions_changed.set()  # its commits are to be heard now
             held = self._rooms.get(room)
             if alone and held is not None and room in self._following:
                 # Its presence changes went to nobody (ephemeral): the whole state, once.
@@ -596,6 +606,8 @@ class RedisCluster:
                 lost: BaseException | None = None
                 for stream, result in zip(streams, results, strict=True):
                     if not isinstance(result, BaseException):
+                        if stream:
+                            self._committed_here(_room_of(stream), result)
                         continue
                     self._failed("publish", result)
                     if stream:  # taken or not: nobody knows (or refused)
@@ -641,11 +653,36 @@ class RedisCluster:
             return
         if position > _id(self._published.get(name, b"0-0")):
             self._published[name] = identifier
+        if self._follows(name, previous, identifier):
+            self._apply_entry(room, body)
+
+    def _committed_here(self, name: str, answer: Any) -> None:
+        """Redis's answer to this process's own commit (COMMIT_SCRIPT: `PREVIOUS-ID ID`): the
+        room's position moves on to it, as a commit heard would move it (this process does not
+        hear its own: it listens to a room's commits only while another process holds it). An
+        entry before it that was not seen here (another process committed, unheard) is read
+        from the stream."""
+        if self._rooms.get(name) is None or name not in self._following:
+            return  # unloaded, or loaded again meanwhile (follow() reads the stream)
+        try:
+            previous, identifier = bytes(answer).split(b" ")
+            _id(identifier)
+        except (TypeError, ValueError):
+            logger.error("cluster: room %r: Redis's answer to a commit does not parse; reading the stream", name)
+            self._fell_behind(name)
+            return
+        self._follows(name, previous, identifier)
+
+    def _follows(self, name: str, previous: bytes, identifier: bytes) -> bool:
+        """Whether the entry `identifier`, which came after `previous` on the room's stream,
+        follows the last one seen here: if so, the room's position moves on to it. An entry
+        further on means the room missed some: it reads its stream (this entry among them)."""
         if previous == self._positions[name] and name not in self._behind:
             self._positions[name] = identifier
-            self._apply_entry(room, body)
-        elif position > _id(self._positions[name]):
-            self._fell_behind(name)  # missed the entries in between (or this one is read with them)
+            return True
+        if _id(identifier) > _id(self._positions[name]):
+            self._fell_behind(name)
+        return False
 
     def _fell_behind(self, name: str) -> None:
         self._behind.add(name)
@@ -772,29 +809,43 @@ class RedisCluster:
                 self._failed("pub/sub", exc)
                 await trio.sleep(self._heartbeat / 3)
             finally:
-                self._subscribed, self._pubsub = set(), None
+                self._subscribed, self._hearing_commits, self._pubsub = set(), set(), None
 
     async def _keep_subscriptions(self, pubsub: Any, *, again: bool) -> None:
         """Subscribes to the channels of the rooms held here and unsubscribes from the others,
-        each time that changes (many rooms in one command); a live room newly subscribed hears
-        the others (_rejoin). `again`: this is a new connection after a failure, and what
-        was said while none listened is lost: the rooms' state goes out again too."""
+        each time that changes (many rooms in one command): a room's `:eph` channel while it is
+        held, its `:log` (the commits) only while another process holds it too, as this
+        process follows its own commits by Redis's answers (_committed_here). A live room newly
+        subscribed hears the others (_rejoin); one that newly hears commits reads what was
+        committed before (its stream). `again`: this is a new connection after a failure, and
+        what was said while none listened is lost: the rooms' state goes out again too."""
         while True:
+            shared = self._rooms.keys() & set().union(*self._peers.values())
             gone = self._subscribed - self._rooms.keys()
-            if gone:
+            unshared = self._hearing_commits - shared
+            if gone or unshared:
                 self._subscribed -= gone  # a room loaded again meanwhile waits for the next round
+                self._hearing_commits -= unshared
                 # Not awaiting Redis's confirmation (pubsub.unsubscribe would): under load it
                 # comes after everything heard before it, and coredis warned on each batch
                 # that took over 0.1 s. A SUBSCRIBE of the same room later is answered after it.
-                pubsub.connection.send_command(b"UNSUBSCRIBE", *(channel for name in gone for channel in _channels(name)))
+                channels = [_eph_channel(name) for name in gone] + [_log_key(name) for name in unshared]
+                pubsub.connection.send_command(b"UNSUBSCRIBE", *channels)
             new = self._rooms.keys() - self._subscribed
-            if new:
-                await pubsub.subscribe(**{channel.decode(): self._heard for name in new for channel in _channels(name)})
+            newly_shared = shared - self._hearing_commits
+            if new or newly_shared:
+                channels = [_eph_channel(name) for name in new] + [_log_key(name) for name in newly_shared]
+                await pubsub.subscribe(**{channel.decode(): self._heard for channel in channels})
                 self._subscribed |= new
-                for name in new:
+                self._hearing_commits |= newly_shared
+                for name in new | newly_shared:
                     room = self._rooms.get(name)
-                    if room is not None and name in self._following:
+                    if room is None or name not in self._following:
+                        continue  # follow() reads the stream
+                    if name in new:
                         self._rejoin(name, room, tell=again)
+                    else:
+                        self._fell_behind(name)  # committed before it listened: the stream has it
             again = False
             _discard_handled(pubsub)
             with trio.move_on_after(self._heartbeat):
@@ -877,10 +928,6 @@ class _Command:
 
 def _room_of(stream: bytes) -> str:
     return stream[len(b"plait:"):-len(b":log")].decode()
-
-
-def _channels(room: str) -> tuple[bytes, bytes]:
-    return _log_key(room), _eph_channel(room)
 
 
 def _discard_handled(pubsub: Any) -> None:

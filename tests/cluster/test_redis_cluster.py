@@ -613,9 +613,50 @@ async def test_commits_a_process_did_not_hear_are_read_from_the_stream_not_the_s
         assert store.loads == loads  # from the stream, not a resync
 
 
+async def test_a_commit_of_a_process_not_yet_heard_of_is_read_when_a_commit_of_ones_own_follows_it(
+    redis: RedisServer,
+) -> None:
+    """a hears nothing of b on the room's presence channel, so it does not know b holds the room
+    and does not listen to its commits. a's next commit of its own comes after b's on the
+    stream (Redis's answer says so): a reads b's from the stream."""
+    store = CountingStore()
+    patient = EngineConfig(heartbeat=600)
+    async with (
+        RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
+        engine_on(cluster, store, patient) as a,
+        node(redis, store, patient) as b,
+    ):
+        on_message = cluster._on_message
+
+        def deaf_to_rooms(message: Any) -> None:
+            if not message["channel"].endswith(b":eph"):
+                on_message(message)
+
+        cluster._on_message = deaf_to_rooms  # type: ignore[method-assign]
+        alice = await member(a)
+        await alice.send(Update(1, 2, edit(alice.doc, "one;")))
+        await alice.wait_for(Ack)
+        bob = await member(b)
+        with trio.fail_after(10):
+            await until_text(bob, "one;")
+        await bob.send(Update(1, 2, edit(bob.doc, "two;")))
+        await bob.wait_for(Ack)
+        loads = store.loads
+        await alice.send(Update(1, 3, edit(alice.doc, "three;")))
+        with trio.fail_after(10):
+            for _ in range(50):
+                if "two;" in str(alice.text):
+                    break
+                frame = await alice.receive()
+                if isinstance(frame, Update):
+                    alice.apply(frame.update)
+        assert sorted(str(alice.text).split(";")) == ["", "one", "three", "two"]
+        assert store.loads == loads  # from the stream, not a resync
+
+
 async def test_what_is_committed_while_a_process_loads_the_room_reaches_it(redis: RedisServer) -> None:
-    """b reads the room from the store, a commits, and only then b's room goes live (it did not
-    apply what was published meanwhile): b reads it from the stream."""
+    """b reads the room from the store, a commits, and only then b's room goes live (it heard
+    nothing of it: it did not yet know a holds the room): b reads it from the stream."""
 
     class SlowLoad(SharedMemoryStore):
         gate: trio.Event | None = None
@@ -634,14 +675,6 @@ async def test_what_is_committed_while_a_process_loads_the_room_reaches_it(redis
         RedisCluster(redis.url, store, heartbeat=0.5) as cluster,
         engine_on(cluster, store) as b,
     ):
-        published = trio.Event()
-        on_commit = cluster._on_commit
-
-        def heard(name: str, data: bytes) -> None:
-            on_commit(name, data)
-            published.set()
-
-        cluster._on_commit = heard  # type: ignore[method-assign]
         alice = await member(a)
         await alice.send(Update(1, 2, edit(alice.doc, "before")))
         await alice.wait_for(Ack)
@@ -658,11 +691,8 @@ async def test_what_is_committed_while_a_process_loads_the_room_reaches_it(redis
                 async with coredis.Redis.from_url(redis.url) as client:
                     while (await numsub(client, "r"))["r"] < 2:
                         await trio.sleep(0.01)  # bounded by the deadline: until b listens too
-            published = trio.Event()
             await alice.send(Update(1, 3, edit(alice.doc, " during")))
             await alice.wait_for(Ack)
-            with trio.fail_after(10):
-                await published.wait()  # b heard it, while loading
             store.gate = None
             gate.set()
         with trio.fail_after(10):
@@ -716,43 +746,47 @@ async def test_a_room_deleted_through_a_process_that_does_not_hold_it_is_gone(re
     await other.aclose()
 
 
-async def numsub(client: Any, *rooms: str) -> dict[str, int]:
-    """How many Redis connections listen to each room's channels (its `:eph` and `:log` alike)."""
-    channels = [f"plait:{room}:{kind}".encode() for room in rooms for kind in ("eph", "log")]
-    counts = await client.pubsub_numsub(*channels)
-    by_room: dict[str, int] = {}
-    for room in rooms:
-        eph, log = counts[f"plait:{room}:eph".encode()], counts[f"plait:{room}:log".encode()]
-        assert eph == log, (room, eph, log)
-        by_room[room] = eph
-    return by_room
+async def numsub(client: Any, *rooms: str, kind: str = "eph") -> dict[str, int]:
+    """How many Redis connections listen to each room's channel of `kind`: `eph` (every process
+    that holds the room) or `log` (its commits: those processes that hold it with another)."""
+    counts = await client.pubsub_numsub(*(f"plait:{room}:{kind}".encode() for room in rooms))
+    return {room: counts[f"plait:{room}:{kind}".encode()] for room in rooms}
+
+
+async def until_numsub(client: Any, room: str, count: int, kind: str = "eph") -> None:
+    with trio.fail_after(10):
+        while (await numsub(client, room, kind=kind))[room] != count:
+            await trio.sleep(0.05)  # bounded by the deadline: Redis has no event for it
 
 
 async def test_a_rooms_traffic_reaches_only_the_processes_that_hold_it(redis: RedisServer) -> None:
     """Each process subscribes to the channels of the rooms it holds, and unsubscribes when a
     room unloads: two processes with different rooms share none of their traffic; a room
-    loaded again on a process is heard again there."""
+    loaded again on a process is heard again there. A room's commits are heard only while
+    another process holds it: a process does not hear its own."""
     store = SharedMemoryStore()
     quick = EngineConfig(room_idle_grace=0.2)
     async with node(redis, store, quick) as a, node(redis, store, quick) as b, coredis.Redis.from_url(redis.url) as client:
         alice, bob = await member(a, "r"), await member(b, "s")
         await alice.send(PresenceSet(1, None, {"name": "alice"}))
+        await alice.send(Update(1, 2, edit(alice.doc, "alone;")))
+        await alice.wait_for(Ack)
         assert await numsub(client, "r", "s") == {"r": 1, "s": 1}
+        assert await numsub(client, "r", "s", kind="log") == {"r": 0, "s": 0}
         assert await client.pubsub_numpat() == 0  # no process hears every room
         carol = await member(b, "r")
         assert await numsub(client, "r", "s") == {"r": 2, "s": 1}
+        await until_numsub(client, "r", 2, kind="log")  # each heard of the other
         await bob.send(Leave(1, 9))
-        with trio.fail_after(10):
-            while (await numsub(client, "s"))["s"]:
-                await trio.sleep(0.05)  # bounded by the deadline: until b unloaded it
+        await until_numsub(client, "s", 0)  # until b unloaded it
         await carol.send(Leave(1, 9))
-        with trio.fail_after(10):
-            while (await numsub(client, "r"))["r"] != 1:
-                await trio.sleep(0.05)
+        await until_numsub(client, "r", 1)
+        await until_numsub(client, "r", 0, kind="log")  # a alone again
         dave = await member(b, "r")  # loaded again on b: subscribed again, and in step
-        await alice.send(Update(1, 2, edit(alice.doc, "heard")))
+        await until_numsub(client, "r", 2, kind="log")
+        await alice.send(Update(1, 3, edit(alice.doc, "heard")))
         with trio.fail_after(10):
-            await until_text(dave, "heard")
+            await until_text(dave, "alone;heard")
         await dave.send(PresenceSet(1, None, {"name": "dave"}))
         with trio.fail_after(10):
             await presence_names(alice, {"alice", "dave"})
