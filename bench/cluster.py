@@ -133,14 +133,16 @@ def fanout(count: int, clients: int, args: argparse.Namespace, backing_of: Any) 
         ]
 
 
-def split_latencies(measured: Measured, count: int) -> tuple[list[float], list[float]]:
+def split_latencies(measured: Measured, count: int, sent_from: float = float("-inf")) -> tuple[list[float], list[float]]:
     """Latencies of deliveries between clients of one process, and across processes (client
-    id modulo `count` is its process, as load.mjs picks its URL)."""
+    id modulo `count` is its process, as load.mjs picks its URL), of the edits sent at
+    `sent_from` (the load's clock, ms) or later."""
     sent: dict[tuple[int, int], float] = {}
     for c in measured.clients:
         pairs = c["sends"]
         for i in range(0, len(pairs), 2):
-            sent[(c["id"], pairs[i])] = pairs[i + 1]
+            if pairs[i + 1] >= sent_from:
+                sent[(c["id"], pairs[i])] = pairs[i + 1]
     within: list[float] = []
     across: list[float] = []
     for c in measured.clients:

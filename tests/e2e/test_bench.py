@@ -81,7 +81,7 @@ def test_the_tick_timers_are_measured_side_by_side() -> None:
                     reason="needs the cgroup cpu controller")
 def test_the_capacity_runs_are_capped_measured_and_compared() -> None:
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "capacity.py"), "--rooms", "4", "8", "--factors", "1.5",
-                             "--seconds", "2", "--share", "0.5", "--p99-ms", "5000"],
+                             "--seconds", "2", "--warmup", "1", "--share", "0.5", "--p99-ms", "5000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     stdout, stderr = proc.communicate(timeout=180)
     if "Permission denied" in stderr or "Read-only file system" in stderr:
