@@ -128,6 +128,10 @@ class EngineConfig:
     event_gap_timeout: float = 1 * SECONDS
     """In a cluster: how long an event numbered past a gap waits for the one before it (another
     process's, on its way) before it is sent anyway (spec §7)."""
+    store_load_timeout: float = 30 * SECONDS
+    """How long a room's load from the store may take (a store that hangs) before the room fails
+    to load: the joins waiting for it are refused with STORAGE_UNAVAILABLE and the
+    next join loads it again (spec §8). The stores Plait ships answer or fail well within it."""
     store_outage_grace: float = 10 * SECONDS
     """How long a room keeps trying a commit its store refused as unavailable (a database
     connection that broke, a restart or failover, a busy SQLite file), from the commit's start

@@ -217,7 +217,10 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         started = time.perf_counter()
         try:
             await self._replication.attach(self)  # before the load: nothing committed after it is missed
-            data = await self._store.load(self.name)
+            with trio.move_on_after(self._config.store_load_timeout) as waited:
+                data = await self._store.load(self.name)
+            if waited.cancelled_caught:
+                raise StorageUnavailable(f"the store did not load the room within {self._config.store_load_timeout:g} s")
             self._restore(data)
             self._events.epoch = await self._sequence.epoch(self.name, self._events.epoch)
             await call_hook("on_room_loaded", lambda: self._hooks.on_room_loaded(self.name, self.doc), self._config.hook_timeout)

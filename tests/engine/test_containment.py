@@ -41,9 +41,9 @@ from plait.protocol import (
     TransportClosed,
     Update,
 )
-from plait.storage import MemoryStore
+from plait.storage import MemoryStore, RoomData
 
-from .client import DocClient, YjsClient, assert_engine_serves, edit, yjs_client
+from .client import DocClient, YjsClient, assert_engine_serves, edit, until_text, yjs_client
 from .conftest import CONFIG, counter_ids, make_engine, running_engine
 
 HOOK_TIMEOUT = 10.0  # EngineConfig's default, which these tests keep
@@ -493,4 +493,43 @@ async def test_a_frame_the_state_machine_refuses_closes_that_session_not_the_roo
         assert await victim.wait_closed() == CloseCode.INTERNAL_ERROR
         other.apply((await other.wait_for(Update)).update)
         assert str(other.text) == "x"
+        await assert_engine_serves(engine)
+
+
+class _LoadHangsOnce(MemoryStore):
+    """A store whose first load of room "stuck" never returns (a lock never released, a network
+    call without a timeout); later loads work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hung = False
+
+    async def load(self, room: str) -> RoomData:
+        if room == "stuck" and not self.hung:
+            self.hung = True
+            await trio.sleep_forever()
+        return await super().load(room)
+
+
+async def test_a_load_that_never_returns_refuses_its_join_in_time_and_holds_up_nothing_after_it(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The join waits store_load_timeout, not forever: it is refused STORAGE_UNAVAILABLE, the
+    connection's next join is answered, and joining the room again loads it (nothing lost)."""
+    store, precious = _LoadHangsOnce(), edit(pycrdt.Doc(), "precious")
+    await store.append("stuck", [precious])
+    async with running_engine(store=store, store_load_timeout=30, heartbeat=600) as engine:  # the test clients do not ping
+        a = await native(engine)
+        start = trio.current_time()
+        await a.send(Join(1, "stuck", None, None))
+        await a.send(Join(2, "other", None, None))
+        err = await a.wait_for(Error)
+        assert (err.ref, err.code) == (1, ErrorCode.STORAGE_UNAVAILABLE)
+        assert 30 <= trio.current_time() - start < 31
+        assert (await a.wait_for(Joined)).ref == 2
+        assert any("failed to load" in r.getMessage() and "within 30 s" in r.getMessage() for r in caplog.records)
+        b = DocClient(engine.connect_memory())
+        await b.hello()
+        await b.join("stuck")
+        await until_text(b, "precious")
         await assert_engine_serves(engine)
