@@ -11,11 +11,11 @@ Keys and channels, per room (its name, UTF-8):
   that committed learns the same two ids from the script's answer. A process keeps, per room
   it holds, the id of the last entry it saw; an entry whose previous id is not that one means
   it missed some (a subscription that dropped, a room that was loading, a process it had not
-  yet heard of), and it reads them from the stream (XRANGE from that id). The stream keeps about `stream_length`
-  entries: if the entry it last saw was trimmed (or the stream was lost with a Redis restart,
-  or expired an hour after its last entry, or went with the room's deletion), it resyncs the
-  room from the store. After any Redis failure it resyncs every room from the store too, once
-  its stream is read.
+  yet heard of), and it reads them from the stream (XRANGE from that id). The stream keeps
+  about `stream_length` entries: if the entry it last saw was trimmed (or the stream was lost
+  with a Redis restart, or expired an hour after its last entry, or went with the room's
+  deletion), it resyncs the room from the store. After any Redis failure it resyncs every room
+  from the store too, once its stream is read.
   (Centrifugo's Redis broker publishes with offsets and recovers from a history stream alike.)
 - Commits and messages are written on one connection as they are made (no task between a
   room and the socket), and a task reads Redis's answers in order.
@@ -32,11 +32,12 @@ Keys and channels, per room (its name, UTF-8):
 - A process subscribes to a room's `:eph` channel while it holds the room, and to its `:log`
   only while another process holds it too (it said so on `:eph`), all on one connection: a
   room's traffic reaches only the processes that hold it, so processes that share no rooms
-  share no load, and a process does not hear its own commits back. One task keeps the
+  share no load, and a process alone in a room does not hear its own commits back. One task keeps the
   subscriptions, one command for every room that loaded, unloaded or met another process
-  meanwhile; a room that starts hearing commits reads what came before from its stream. A room's load does not wait for it (a join storm
-  would wait on Redis's confirmations): once subscribed, the room reads what was committed
-  since it started loading from the stream, and asks the others for their state (`w`).
+  meanwhile; a room that starts hearing commits reads what came before from its stream. A
+  room's load does not wait for it (a join storm would wait on Redis's confirmations): once
+  subscribed, the room reads what was committed since it started loading from the stream, and
+  asks the others for their state (`w`).
 - `plait:ops`, pub/sub: an operator's actions (spec/api.md: disconnects, access changes,
   deletions), msgpack [process, operation], done by every process.
 - `plait:{room}:lease`: who compacts the room (SET NX PX, held `lease_seconds`).
@@ -658,8 +659,8 @@ class RedisCluster:
 
     def _committed_here(self, name: str, answer: Any) -> None:
         """Redis's answer to this process's own commit (COMMIT_SCRIPT: `PREVIOUS-ID ID`): the
-        room's position moves on to it, as a commit heard would move it (this process does not
-        hear its own: it listens to a room's commits only while another process holds it). An
+        room's position moves on to it, as a commit heard would move it (this process listens
+        to a room's commits only while another process holds it; then it hears its own too). An
         entry before it that was not seen here (another process committed, unheard) is read
         from the stream."""
         if self._rooms.get(name) is None or name not in self._following:
