@@ -92,6 +92,8 @@ HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 """Default seconds a leaving block waits for acks and for the close handshake."""
 _PACE_EPSILON = 1e-4
+PUBLISH_BACKOFF = Backoff(base=0.1, cap=2.0)
+"""The pause, past 0.1 s, before a publish refused RATE_LIMITED goes again (its n-th time)."""
 
 
 class ClientState(str, Enum):
@@ -235,6 +237,7 @@ class Client:
         self._doc_rooms: dict[Room, None] = {}
         """Rooms with document changes waiting for the pacer, in turn."""
         self._rate_limited_in_a_row = 0
+        self._events_limited_since_ack = False
         self._closing = False
         self._run_done = trio.Event()
         self._connection_nursery: trio.Nursery | None = None
@@ -373,7 +376,7 @@ class Client:
         if size > limit:
             raise PresenceTooLarge(f"a {what} of {size} bytes is over the server's max_presence_bytes ({limit}); not sent")
 
-    def send(self, frame: Frame, waiter: Waiter[Any] | None = None) -> None:
+    def send(self, frame: Frame, waiter: Waiter[Any] | None = None, *, first: bool = False) -> None:
         """Queue a frame on the live connection. Without one, it is dropped: rooms re-send what
         matters when they rejoin, and the waiter fails with a retryable ConnectionClosed.
 
@@ -385,7 +388,8 @@ class Client:
 
         Never raises: a frame the server could not take (see `check_request`; a request
         checked against a larger limit than the current server's, say) is not sent, and its
-        waiter fails with FrameTooLarge or the error for the broken rule."""
+        waiter fails with FrameTooLarge or the error for the broken rule. `first`: ahead of
+        the frames waiting for the pace (one sent again after RATE_LIMITED)."""
         if isinstance(frame, (Update, SyncStep2)) or self._conn is None or self.state is not ClientState.OPEN:
             self._send_now(frame, waiter)
             return
@@ -394,7 +398,10 @@ class Client:
                 if isinstance(queued, CursorMove) and queued.channel == frame.channel:
                     self._paced[i] = (frame, queued_waiter)
                     return
-        self._paced.append((frame, waiter))
+        if first:
+            self._paced.appendleft((frame, waiter))
+        else:
+            self._paced.append((frame, waiter))
         self._send_paced()
         if self._paced:
             self._wakeup.set()
@@ -470,6 +477,19 @@ class Client:
                 self._pacer.slow_down()
             self._pacer.hold(trio.current_time(), self._backoff.delay(self._rate_limited_in_a_row - 1))
         self.doc_ready(room)
+
+    def publish_acked(self) -> None:
+        self._events_limited_since_ack = False
+
+    def publish_rate_limited(self, refusals: int) -> None:
+        """The server refused a publish for its event rate (spec §5.8), the `refusals`-th time
+        for that publish: a slower pace (once per burst of refusals, until a publish is acked)
+        and a jittered pause before the next publish goes (PUBLISH_BACKOFF)."""
+        if self._event_pacer is not None:
+            if not self._events_limited_since_ack:
+                self._events_limited_since_ack = True
+                self._event_pacer.slow_down()
+            self._event_pacer.hold(trio.current_time(), 0.1 + PUBLISH_BACKOFF.delay(refusals - 1))
 
     def _pacer_for(self, frame: Frame) -> Pacer | None:
         return self._event_pacer if isinstance(frame, Publish) else self._frame_pacer
@@ -685,6 +705,7 @@ class Client:
         self._event_pacer = Pacer(self.welcome.limits.events_per_second, self._opened_at)
         self._frame_pacer = Pacer(self.welcome.limits.frames_per_second, self._opened_at)
         self._rate_limited_in_a_row = 0
+        self._events_limited_since_ack = False
         self._set_state(ClientState.OPEN)
         for room in self._rooms.values():
             if room.rejoinable:

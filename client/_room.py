@@ -269,6 +269,8 @@ class _Publish:
     payload: Any
     key: str
     waiter: Waiter[int]
+    refusals: int = 0
+    """Times the server refused it for the event rate (it was sent again each time)."""
 
 
 _ANY = 2**32 - 1
@@ -276,6 +278,11 @@ _ANY = 2**32 - 1
 _KEY = "0" * 32
 """As long as an idempotency key (uuid4().hex)."""
 
+PUBLISH_RETRIES = 6
+"""A publish the server refuses for its event rate (RATE_LIMITED: it had no effect, spec §5.8)
+is sent again, first in line and after a backoff at a slower pace, this many times before
+`publish()` raises RateLimited. The server's count can run ahead of the announced rate when
+paced frames reach it bunched (it was paused, or its reader was held up)."""
 MAX_REFUSALS = 100
 """Refused ranges of local changes kept for `flushed()` to report."""
 MAX_GIVEN_UP = 4
@@ -424,9 +431,12 @@ class Room:
         """Publish a named event; returns its sequence number once the server has it.
 
         While disconnected it waits in a bounded queue and is sent, exactly once, on reconnect.
+        Refused for the event rate (RATE_LIMITED, spec §5.8), it is sent again after a pause,
+        up to PUBLISH_RETRIES times, under the same idempotency key.
 
         Raises:
-            EventRejected, Forbidden, RateLimited, ...: the server refused it (roll back).
+            EventRejected, Forbidden, RateLimited, ...: the server refused it (roll back);
+                RateLimited only once PUBLISH_RETRIES sendings were refused.
             FrameTooLarge: the event does not fit in a message the server takes (spec §3.2);
                 raised at once, and nothing is sent.
             InvalidField, TooDeep: the name or payload breaks a rule of spec §3.3 (NaN,
@@ -815,10 +825,21 @@ class Room:
             self._given_up.append((old, old.get_state()))
             del self._given_up[:-MAX_GIVEN_UP]  # each holds a whole document
 
-    def _send_publish(self, pending: _Publish) -> None:
+    def _send_publish(self, pending: _Publish, *, first: bool = False) -> None:
         assert self.channel is not None
         ref = self._client.next_ref()
-        self._client.send(Publish(self.channel, ref, pending.name, pending.payload, pending.key), _Forward(pending.waiter))
+        frame = Publish(self.channel, ref, pending.name, pending.payload, pending.key)
+        self._client.send(frame, _PublishAnswer(self, pending), first=first)
+
+    def _publish_refused_for_rate(self, pending: _Publish) -> bool:
+        """A publish refused RATE_LIMITED: whether it goes out again (PUBLISH_RETRIES)."""
+        if pending.refusals >= PUBLISH_RETRIES or pending not in self._publishes:
+            return False
+        pending.refusals += 1
+        self._client.publish_rate_limited(pending.refusals)
+        if self.channel is not None:  # else the rejoin sends it, with the same key
+            self._send_publish(pending, first=True)
+        return True
 
 
 class _DocAnswer(Waiter[Any]):
@@ -837,21 +858,28 @@ class _DocAnswer(Waiter[Any]):
         self._room.on_doc_failed(self._ref, error)
 
 
-class _Forward(Waiter[Any]):
-    """Passes an ack's value (or error) on to a publish's own waiter, which outlives connections."""
+class _PublishAnswer(Waiter[Any]):
+    """Passes the answer to one sending of a publish on to the publish's own waiter, which
+    outlives connections and sendings: an ack's value, or an error, unless the publish goes
+    out again (a retryable connection loss: on rejoin; RATE_LIMITED: PUBLISH_RETRIES)."""
 
-    def __init__(self, target: Waiter[int]) -> None:
+    def __init__(self, room: Room, pending: _Publish) -> None:
         super().__init__()
-        self._target = target
+        self._room = room
+        self._pending = pending
 
     def set(self, value: Any) -> None:
         super().set(value)
-        self._target.set(value)
+        self._room._client.publish_acked()
+        self._pending.waiter.set(value)
 
     def fail(self, error: BaseException) -> None:
         super().fail(error)
-        if not isinstance(error, ConnectionClosed) or not error.retryable:
-            self._target.fail(error)
+        if isinstance(error, ConnectionClosed) and error.retryable:
+            return
+        if isinstance(error, RateLimited) and self._room._publish_refused_for_rate(self._pending):
+            return
+        self._pending.waiter.fail(error)
 
 
 def _user_changes(

@@ -54,12 +54,14 @@ async def test_typing_a_character_at_a_time_outlasts_the_update_rate(autojump_cl
 
 
 class Overstated:
-    """A server that announces a higher update rate than it enforces: the SDK trusts the
-    announcement, so its updates get RATE_LIMITED and must go out again."""
+    """A server that announces a higher rate (`limit`, of welcome.limits) than it enforces: the
+    SDK trusts the announcement, so its frames get RATE_LIMITED and must go out again. (A real
+    server's count runs ahead alike when paced frames reach it bunched: it was paused.)"""
 
-    def __init__(self, inner: MemoryTransport, rate: int = 100_000) -> None:
+    def __init__(self, inner: MemoryTransport, rate: int = 100_000, limit: str = "updates_per_second") -> None:
         self.inner = inner
         self.rate = rate
+        self.limit = limit
         self.refused = 0
 
     async def send_message(self, data: bytes) -> None:
@@ -71,7 +73,7 @@ class Overstated:
         frames = decode(data)
         for i, frame in enumerate(frames):
             if isinstance(frame, Welcome):
-                limits = dataclasses.replace(frame.limits, updates_per_second=self.rate)
+                limits = dataclasses.replace(frame.limits, **{self.limit: self.rate})
                 frames[i] = Welcome(frame.version, frame.session, frame.heartbeat_ms, limits)
             elif isinstance(frame, Error) and frame.code == ErrorCode.RATE_LIMITED:
                 self.refused += 1
@@ -105,6 +107,84 @@ async def test_rate_limited_updates_go_out_again_in_order(autojump_clock: MockCl
         assert typist_cable.opened == 1  # and the SDK backed off before being closed for it
     data = await store.load("doc")
     assert stored_text(list(data.updates), data.snapshot) == typed
+
+
+class Bunched:
+    """What the client sends waits while `held` (as it would in the socket of a server that
+    is paused), then reaches the server all at once, in order."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.held = False
+        self.waiting: list[bytes | str] = []
+        self.refused = 0
+
+    async def send_message(self, data: bytes | str) -> None:
+        if self.held:
+            self.waiting.append(data)
+            return
+        await self.inner.send_message(data)
+
+    async def release(self) -> None:
+        self.held = False
+        waiting, self.waiting = self.waiting, []
+        for data in waiting:
+            await self.inner.send_message(data)
+
+    async def receive_message(self) -> bytes | str:
+        data = await self.inner.receive_message()
+        assert isinstance(data, bytes)
+        self.refused += sum(isinstance(f, Error) and f.code == ErrorCode.RATE_LIMITED for f in decode(data))
+        return data
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        await self.inner.aclose(code, reason)
+
+
+async def test_publishes_refused_for_a_burst_the_pace_did_not_cause_go_out_again_once_each(autojump_clock: MockClock) -> None:
+    """A client publishes 6 events a second, under the 10 a second the server announces. For
+    3 s its frames reach the server bunched (a server paused, spec §5.8's count on arrival):
+    the server refuses the ones past its burst, and the SDK sends them again, slower. Every
+    publish() returns its event's seq, none raises RateLimited, each event is published once,
+    and the connection stays open."""
+    wrapped: list[Bunched] = []
+
+    def bunch(transport: MemoryTransport) -> Bunched:
+        wrapped.append(Bunched(transport))
+        return wrapped[-1]
+
+    async with make_engine(events_per_second=10) as engine:
+        cable, watcher_cable = Cable(engine, wrap=bunch), Cable(engine)
+        async with client_for(cable) as client, client_for(watcher_cable) as watcher:
+            async with client.join("chat") as room, watcher.join("chat") as other:
+                await room.synced()
+                await other.synced()
+                seqs: dict[int, int] = {}
+                received: list[Any] = []
+
+                async def publish(n: int) -> None:
+                    seqs[n] = await room.publish("msg", {"n": n})
+
+                async def watch() -> None:
+                    async for event in other.events():
+                        received.append(event)
+                        if len(received) == 60:
+                            return
+
+                with trio.fail_after(120):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(watch)
+                        for n in range(60):
+                            if n == 12:
+                                wrapped[0].held = True
+                            if n == 30:
+                                await wrapped[0].release()
+                            nursery.start_soon(publish, n)
+                            await trio.sleep(1 / 6)
+        assert wrapped[0].refused > 0  # the server did refuse some
+        assert cable.opened == 1
+        assert sorted(seqs.values()) == [e.seq for e in received] == list(range(1, 61))
+        assert sorted(e.payload["n"] for e in received) == list(range(60))
 
 
 class Viewers(Hooks):
