@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,8 +114,10 @@ def run(count: int, rooms: int, args: argparse.Namespace, backing_of: Any) -> di
             measured = load.run(timeout=args.warmup + args.seconds + 120)
             throttled = sum(c.throttled_seconds() for c in caps) - throttled0
             backing_cpu = servers.backing_cpu_seconds() - backing0
-        # The first edit is sent within a period of the start: the earliest is about when it was.
-        measured_from = min(t for c in measured.clients for t in c["sends"][1::2]) + args.warmup * 1000
+        # The first edit is sent within a period of the start: the earliest is about when it was
+        # (none sent, as in a run shorter than a period: nothing to leave out).
+        first_sent = min((t for c in measured.clients for t in c["sends"][1::2]), default=-math.inf)
+        measured_from = first_sent + args.warmup * 1000
         within, across = split_latencies(measured, count, measured_from)
         latencies = sorted(within + across)
         sent = sum(t >= measured_from for c in measured.clients for t in c["sends"][1::2])
