@@ -37,6 +37,7 @@ UNCOPIED_BYTES = 64 * 1024
 """A binary message this large (a 64-bit length in its header) is written after its frame
 header as it is, not copied into a frame."""
 FIN_BINARY = 0x82
+FIN_TEXT = 0x81
 CLOSE_WRITE_SECONDS = 2.0
 """How long the close frame that ends a connection may wait behind a write in progress."""
 
@@ -176,18 +177,19 @@ class WebSocketStream:
             # The frame's header, then the payload itself: `websockets` would copy the payload
             # into a frame of its own, twice, per connection (a 20 MB document sent to 150
             # joiners is one shared payload: those copies were a fifth of the server's time).
-            # No extension is negotiated (_server.py), so an unmasked binary frame is all it is.
-            self._outgoing.append(self._output() + _binary_header(len(data)))
+            self._outgoing.append(self._output() + data_frame_header(len(data), binary=True))
             await self._write(memoryview(data))
             return
-        self._frame(data)
-        await self.flush()
+        await self._write(self._framed(data))
 
-    def _frame(self, data: bytes | str) -> None:
-        if isinstance(data, str):
-            self._ws.send_text(data.encode())
-        else:
-            self._ws.send_binary(data)
+    def _framed(self, data: bytes | str) -> bytes:
+        """`data` as one data frame, behind what the protocol queued (a pong): framed here,
+        not by `websockets`, whose frame objects cost a fan-out several µs per connection.
+        No extension is negotiated (_server.py), so a final unmasked frame is all it is."""
+        payload = data if isinstance(data, bytes) else data.encode()
+        framed = data_frame_header(len(payload), binary=payload is data) + payload
+        queued = self._ws.data_to_send()
+        return b"".join((*queued, framed)) if queued else framed
 
     def send_message_nowait(self, data: bytes | str) -> bool:
         """Send `data` without waiting: written to the socket as far as it takes it, the rest
@@ -195,8 +197,7 @@ class WebSocketStream:
         it); False when `flush()` must be awaited to write what is left."""
         if self._closed is not None or self._ws.state is not State.OPEN:
             raise self._closed_error()
-        self._frame(data)
-        chunk = self._output()
+        chunk = self._framed(data)
         if self._sending:
             self._outgoing.append(chunk)
             return True
@@ -318,10 +319,15 @@ class WebSocketStream:
         return TransportClosed(closed.code, closed.reason)
 
 
-def _binary_header(length: int) -> bytes:
-    """RFC 6455 §5.2: the header of a final, unmasked binary frame of `length` bytes, which is
-    at least UNCOPIED_BYTES, so its length takes the 64-bit form."""
-    return struct.pack("!BBQ", FIN_BINARY, 127, length)
+def data_frame_header(length: int, *, binary: bool) -> bytes:
+    """RFC 6455 §5.2: the header of a final, unmasked binary (or text) frame of `length`
+    bytes, its length in the shortest of the 7-, 16- and 64-bit forms."""
+    first = FIN_BINARY if binary else FIN_TEXT
+    if length < 126:
+        return bytes((first, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
 
 
 def _short(reason: str) -> str:

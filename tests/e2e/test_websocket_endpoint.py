@@ -276,18 +276,19 @@ async def serve_one(listener: trio.SocketListener, handler: Callable[[Any], Awai
                            max_message_bytes=lambda path: max_message_bytes)
 
 
-async def read_messages(stream: trio.SocketStream, ws: WSConnection, count: int) -> list[bytes]:
-    """The next `count` binary messages, read with wsproto (bounded by the test's deadline)."""
-    received: list[bytes] = []
-    partial = b""
+async def read_messages(stream: trio.SocketStream, ws: WSConnection, count: int) -> list[bytes | str]:
+    """The next `count` messages (bytes, or str for text), read with wsproto (bounded by the
+    test's deadline)."""
+    received: list[bytes | str] = []
+    partial: list[bytes | str] = []
     while len(received) < count:
         ws.receive_data(await stream.receive_some(65536))
         for event in ws.events():
-            if isinstance(event, BytesMessage):
-                partial += event.data
+            if isinstance(event, Message):
+                partial.append(event.data)
                 if event.message_finished:
-                    received.append(partial)
-                    partial = b""
+                    received.append(b"".join(partial) if isinstance(event, BytesMessage) else "".join(partial))  # type: ignore[arg-type]
+                    partial = []
     return received
 
 
@@ -320,34 +321,38 @@ async def test_sends_the_socket_cannot_take_at_once_are_kept_in_order_and_flushe
     assert not any(results[first_short:])  # and nothing jumped the queue after that
 
 
-async def test_large_messages_framed_without_a_copy_arrive_whole_and_in_order() -> None:
-    # A binary message of UNCOPIED_BYTES or more is written as its header and then the payload
-    # itself; smaller ones are framed by `websockets`. Read by wsproto, every size around the
-    # RFC 6455 length encodings arrives whole and in order, between small messages sent
+async def test_messages_of_every_length_encoding_arrive_whole_and_in_order() -> None:
+    # Plait frames what it sends itself (a binary message of UNCOPIED_BYTES or more as its
+    # header and then the payload as it is). Read by wsproto, binary and text messages of every
+    # size around the RFC 6455 length encodings arrive whole and in order, sent with and
     # without waiting, while the socket is too small to take any of them at once.
     from plait.engine.transports._websocket import UNCOPIED_BYTES
 
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
-    sizes = [0, 125, 126, UNCOPIED_BYTES - 1, UNCOPIED_BYTES, 65_535, 65_536, 2**20 + 7]
+    sizes = [0, 1, 125, 126, 127, UNCOPIED_BYTES - 1, UNCOPIED_BYTES, 65_535, 65_536, 2**20 + 7]
     large = [os.urandom(n) for n in sizes]
-    sent: list[bytes] = []
+    sent: list[bytes | str] = []
     read_all_of_it = trio.Event()
 
     async def handler(ws: object) -> None:
         for i, payload in enumerate(large):
             small = f"small {i}".encode()
             ws.send_message_nowait(small)  # type: ignore[attr-defined]
-            sent.append(small)
+            text = "é" * (len(payload) // 2)  # two bytes each in UTF-8
+            ws.send_message_nowait(text)  # type: ignore[attr-defined]
             await ws.send_message(payload)  # type: ignore[attr-defined]
-            sent.append(payload)
+            await ws.send_message(text)  # type: ignore[attr-defined]
+            ws.send_message_nowait(payload)  # type: ignore[attr-defined]
+            sent.extend([small, text, payload, text, payload])
+        await ws.flush()  # type: ignore[attr-defined]
         await read_all_of_it.wait()
 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_one, listener, handler, 2**21)
             stream, ws = await raw_upgrade(port, receive_buffer=4096)
-            received = await read_messages(stream, ws, 2 * len(large))
+            received = await read_messages(stream, ws, 5 * len(large))
             read_all_of_it.set()
             await stream.aclose()
             await listener.aclose()
