@@ -38,7 +38,34 @@ def machine() -> str:
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     return (f"{os.cpu_count()} cores ({platform.machine()}), {memory:.0f} GiB, "
             f"CPython {platform.python_version()}, Node {node}, "
-            f"Linux {platform.release()}; {time.strftime('%Y-%m-%d')}")
+            f"Linux {platform.release()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {speed()}")
+
+
+def speed() -> str:
+    """This machine's speed at the moment, which drifts by 2-3x within a day (bench/README.md):
+    a pure Python loop, and a 1-byte round trip over loopback TCP (four system calls, the
+    kernel's network path that every delivery takes). Compare results only between runs whose
+    speed reads alike."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(1_000_000):
+        total += i
+    python_ms = (time.perf_counter() - start) * 1000
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+        with a, b:
+            for s in (a, b):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            rounds = 2000
+            start = time.perf_counter()
+            for _ in range(rounds):
+                a.send(b"x")
+                b.recv(1)
+                b.send(b"y")
+                a.recv(1)
+            round_trip_us = (time.perf_counter() - start) / rounds * 1e6
+    return f"speed now: 10^6 Python additions {python_ms:.0f} ms, loopback round trip {round_trip_us:.1f} µs"
 
 
 class Server:
