@@ -432,10 +432,13 @@ class Peer:
         if self._closed_by_peer:
             return
         if not self.outbox.overflowed and code != CloseCode.TOO_SLOW:  # it would not take them
-            frames = self.outbox.drain()
             try:
-                for message in self._messages(frames) if frames else ():
-                    await self._send(message)
+                # In messages within the limits, as always (spec §3.2): one message of all
+                # that waited could pass max_message_bytes, which a client takes for a fatal
+                # FRAME_TOO_LARGE instead of reading the close code behind it.
+                while batch := self.outbox.take(self.max_frames_per_message, self.max_message_bytes):
+                    for message in self._messages(batch):
+                        await self._send(message)
             except TransportClosed:
                 return
         self.services.record_closed(self.id, "out", code, self._close_reason)

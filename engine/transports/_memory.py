@@ -31,15 +31,23 @@ class MemoryTransport:
         self._outgoing, self._incoming = outgoing, incoming
         self.path = path
         self.sent_bytes = 0  # PingTransport: counted per message sent
+        self._unsent: list[bytes | str] = []
+        self._sending = trio.StrictFIFOLock()
 
     async def send_message(self, data: bytes | str) -> None:
+        """Send `data` after what earlier sends left unsent. A send cancelled while the
+        buffer is full leaves its message to go first with the next send, as a WebSocket's
+        socket keeps the rest of a message begun (the goodbye after a writer is given up)."""
         if self._outgoing.close_code is not None:
             raise TransportClosed(self._outgoing.close_code, self._outgoing.close_reason)
-        try:
-            await self._send.send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._closed_by_peer() from None
-        self.sent_bytes += len(data)
+        async with self._sending:  # one sender at a time: the unsent go once, in order
+            self._unsent.append(data)
+            try:
+                while self._unsent:
+                    await self._send.send(self._unsent[0])
+                    self.sent_bytes += len(self._unsent.pop(0))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise self._closed_by_peer() from None
 
     async def receive_message(self) -> bytes | str:
         try:

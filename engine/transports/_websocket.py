@@ -50,8 +50,7 @@ class WebSocketStream:
     """
 
     __slots__ = ("path", "sent_bytes", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written",
-                 "_closed", "_pongs",
-                 "_ping_count")
+                 "_closed", "_pongs", "_ping_count", "_torn")
 
     # Thousands of idle connections each hold one of these: plain lists, no deques.
     def __init__(self, stream: trio.abc.Stream, ws: ServerProtocol, path: str, frames: list[Frame]) -> None:
@@ -70,6 +69,9 @@ class WebSocketStream:
         self._closed: TransportClosed | None = None
         self._pongs: dict[bytes, trio.Event] = {}
         self._ping_count = 0
+        self._torn = False
+        """A write to a stream that is not a socket was cut short: the stream may end inside a
+        frame, so no close frame may be written after it."""
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -242,6 +244,9 @@ class WebSocketStream:
         return writes[0] if len(writes) == 1 else b"".join(writes)
 
     async def _write(self, data: bytes | memoryview) -> None:
+        if self._torn:
+            self._outgoing.clear()
+            raise self._closed_error()
         if data:
             self._outgoing.append(data)
         elif not self._outgoing:
@@ -268,14 +273,26 @@ class WebSocketStream:
         write's progress shows while it runs (a peer reading a large message slowly is not
         taken for gone, engine/sessions/_yjs.py)."""
         if self._socket is None:
-            await self._stream.send_all(chunk)
+            try:
+                await self._stream.send_all(chunk)
+            except BaseException:
+                self._torn = True  # how much it took is unknown: no frame may follow
+                raise
             self.sent_bytes += len(chunk)
             return
         view = memoryview(chunk)
-        while view:
-            taken = await self._socket.send(view)
-            self.sent_bytes += taken
-            view = view[taken:]
+        try:
+            while view:
+                taken = await self._socket.send(view)
+                self.sent_bytes += taken
+                view = view[taken:]
+        except BaseException:
+            # Cancelled (a close that would not wait longer, TOO_SLOW): what the socket did
+            # not take goes back first in line, so that whatever is written next (the close
+            # frame) comes after the end of the frame begun, never inside it (RFC 6455 §5.2).
+            if view:
+                self._outgoing.insert(0, view if len(view) < len(chunk) or isinstance(chunk, memoryview) else chunk)
+            raise
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -284,11 +301,16 @@ class WebSocketStream:
         the socket."""
         ws = self._ws
         try:
-            if self._closed is None and ws.state is State.OPEN:
+            if self._closed is None and ws.state is State.OPEN and not self._torn:
                 self._finish(TransportClosed(code, reason))
                 # What waits is dropped, except the rest of a frame already begun (its header
-                # written): cut there, the peer would read the close frame as its payload.
-                del self._outgoing[1 if self._outgoing and isinstance(self._outgoing[0], memoryview) else 0:]
+                # written): cut there, the peer would read the close frame as its payload. A
+                # memoryview continues the frame of what is before it (_send_all, the large
+                # messages' payloads, send_message_nowait's rest).
+                begun = 0
+                while begun < len(self._outgoing) and isinstance(self._outgoing[begun], memoryview):
+                    begun += 1
+                del self._outgoing[begun:]
                 ws.send_close(code, _short(reason))
                 await self.flush()
                 # send_close moved the state on (mypy narrowed it to OPEN above)

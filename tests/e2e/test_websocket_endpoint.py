@@ -394,6 +394,61 @@ async def test_a_close_while_a_message_is_being_written_comes_after_the_whole_me
     assert received[1][0] is WsOpcode.CLOSE and received[1][1][0] == 4013
 
 
+@pytest.mark.parametrize("size", [50_000, 300_000])
+async def test_a_write_cancelled_inside_a_frame_is_finished_before_the_close_frame(size: int) -> None:
+    # A session's writer is cancelled when a close will not wait longer for it (close
+    # timeout, TOO_SLOW): what the socket had not taken of the frame begun must still go
+    # before the close frame. Lost, the peer read the close frame and what followed as the
+    # payload, and the next bytes of the document as frames (found by a fresh user: a 40 MB
+    # document, a slow reader, a malformed message).
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+    from wsproto.frame_protocol import FrameProtocol
+    from wsproto.frame_protocol import Opcode as WsOpcode
+
+    from plait.engine.transports._websocket import WebSocketStream
+
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    client_socket = trio.socket.socket()
+    client_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await client_socket.connect(listener.socket.getsockname())
+    client = trio.SocketStream(client_socket)
+    server = await listener.accept()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ws = WebSocketStream(server, ServerProtocol(state=State.OPEN), "/", [])
+    payload = os.urandom(size)
+    got = bytearray()
+    writer = trio.CancelScope()
+
+    async def write() -> None:
+        with writer:
+            await ws.send_message(payload)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            while len(got) < 10_000:  # the frame has begun on the wire
+                got += await client.receive_some(4096)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not writer.cancelled_caught
+            writer.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(ws.aclose, 4001, "malformed")
+            while data := await client.receive_some(1 << 16):
+                got += data
+                if got.endswith(b"malformed"):
+                    break
+            nursery.cancel_scope.cancel()  # aclose waits for this side's close frame
+    await listener.aclose()
+    await client.aclose()
+    frames = FrameProtocol(client=True, extensions=[])
+    frames.receive_bytes(bytes(got))
+    received = [(f.opcode, f.payload) for f in frames.received_frames()]
+    assert received[0] == (WsOpcode.BINARY, payload)
+    assert received[1][0] is WsOpcode.CLOSE and received[1][1][0] == 4001
+    assert len(received) == 2
+
+
 async def test_a_send_without_waiting_on_a_closed_socket_raises_instead_of_writing() -> None:
     # Once the socket is closed its descriptor number can belong to another connection; the
     # write must fail, not land there.

@@ -257,3 +257,42 @@ async def test_a_connection_is_read_no_faster_than_read_bytes_per_second(autojum
         # A burst of one largest message (2 MiB, two seconds' worth), then 1 MiB/s: about 3 s.
         assert 2.5 <= elapsed < 5, elapsed
         await assert_room_still_works(engine)
+
+
+async def test_what_waits_when_a_session_closes_goes_in_messages_within_the_limits(autojump_clock: MockClock) -> None:
+    # The goodbye (what waited, then the close) once went as one message of everything
+    # queued: past max_message_bytes, which a client decoding with the announced limits takes
+    # for a fatal FRAME_TOO_LARGE instead of reading the close code behind it (fresh user:
+    # 25 MB against a 16 MiB limit, after a malformed message during a large sync).
+    from plait.protocol import Event, TransportClosed, decode
+
+    limit = 64 * 1024
+    async with make_engine(max_message_bytes=limit, outbox_max_bytes=1 << 20) as engine:
+        quiet = DocClient(engine.connect_memory(buffer=1))  # reads nothing for now
+        await quiet.hello()
+        await quiet.join("r")
+        talker = DocClient(engine.connect_memory())
+        await talker.hello()
+        await talker.join("r")
+        for i in range(12):  # 12 events of 20 KB for the quiet one: 240 KB waits for it
+            await talker.send(Publish(1, talker.next_ref(), "chat", {"n": i, "b": "x" * 20_000}, None))
+            await talker.wait_for(Ack)
+        await quiet.send_raw(b"\xc1")  # fatal: the session closes, saying goodbye
+        # Its writer, stuck, is given up after the close timeout: what it had not sent is
+        # left for the goodbye, which this side then reads.
+        await trio.sleep(engine.config.close_timeout + 0.5)
+        sizes, events = [], []
+        with trio.fail_after(30):
+            for _ in range(1000):
+                try:
+                    message = await quiet.transport.receive_message()
+                except TransportClosed as closed:
+                    code = closed.code
+                    break
+                assert isinstance(message, bytes)
+                sizes.append(len(message))
+                events += [f.payload["n"] for f in decode(message) if isinstance(f, Event)]
+        assert code == CloseCode.PROTOCOL_ERROR
+        assert events == list(range(12))  # every one, in order
+        assert max(sizes) <= limit, sizes
+        await assert_room_still_works(engine)
