@@ -141,9 +141,11 @@ class YjsSession(Peer):
             nursery.cancel_scope.cancel()
 
     async def _pinger(self, transport: PingTransport) -> None:
-        """spec §13: a ping every H; no pong within H closes HEARTBEAT_TIMEOUT, unless the
-        socket took bytes meanwhile: the pong waits behind what the peer is still reading (a
-        large document on a slow link), so the peer is there, and it is pinged again."""
+        """spec §13: a ping every H; no pong within H closes HEARTBEAT_TIMEOUT, unless a
+        write is still under way and the socket took bytes of it meanwhile: the pong waits
+        behind what the peer is still reading (a large document on a slow link), so the peer
+        is there, and it is pinged again. (Bytes taken alone say nothing: the socket's buffer
+        takes a quiet room's few bytes whether or not anyone reads them.)"""
         while True:
             await trio.sleep(self.config.heartbeat)
             sent = getattr(transport, "sent_bytes", 0)  # optional (PingTransport)
@@ -153,7 +155,7 @@ class YjsSession(Peer):
                 if not waited.cancelled_caught:
                     break
                 sent, before = getattr(transport, "sent_bytes", 0), sent
-                if sent == before:
+                if sent == before or not getattr(transport, "writing", False):
                     self.close(CloseCode.HEARTBEAT_TIMEOUT, "no pong")
                     return
 

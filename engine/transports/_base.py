@@ -28,9 +28,11 @@ class PingTransport(Transport, Protocol):
     async def ping(self) -> None:
         """Return once the peer answered.
 
-        A transport may also count the bytes it has written so far as `sent_bytes` (an int):
-        a pong comes after everything written before its ping, so while that count grows, a
-        peer that has not answered yet is reading, only slowly, and is not dropped for it."""
+        A transport may also count the bytes it has written so far as `sent_bytes` (an int)
+        and say whether bytes still wait for the socket as `writing` (a bool): a pong comes
+        after everything written before its ping, so while a write is under way and that
+        count grows, a peer that has not answered yet is reading, only slowly, and is not
+        dropped for it."""
         ...
 
 

@@ -56,7 +56,8 @@ class WebSocketStream:
     def __init__(self, stream: trio.abc.Stream, ws: ServerProtocol, path: str, frames: list[Frame]) -> None:
         self.path = path
         self.sent_bytes = 0
-        """Bytes the socket has taken so far (PingTransport): while it grows, the peer reads."""
+        """Bytes the socket has taken so far (PingTransport): while it grows during a write, the
+        peer reads."""
         self._stream = stream
         # A socket stream can be written without waiting (send_message_nowait).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
@@ -217,6 +218,11 @@ class WebSocketStream:
             return False
         return True
 
+
+    @property
+    def writing(self) -> bool:
+        """Whether bytes wait for the socket: a write under way, or queued behind one."""
+        return self._sending or bool(self._outgoing)
 
     async def ping(self) -> None:
         if self._closed is not None or self._ws.state is not State.OPEN:

@@ -218,6 +218,24 @@ async def test_a_yjs_client_that_ignores_pings_and_drops_ends_only_its_session()
         await still_serves(port)
 
 
+async def test_a_yjs_client_that_reads_but_never_answers_pings_is_closed_heartbeat_timeout() -> None:
+    # spec §13: no pong within H, and the socket took nothing of what the server was writing
+    # meanwhile: 4005. The ping frame, and the awareness renewal a quiet room sends, once
+    # counted as bytes taken, so such a client (or one that vanished) was never closed
+    # (fresh user: 16 pings unanswered, still there).
+    async with serving(heartbeat=0.3) as (_, port):
+        y = await Peer.connect(port, "/yjs/r")
+        start = trio.current_time()
+        with trio.fail_after(5):
+            while not y.closes:  # reads everything the server sends, answers no ping
+                await y.read_one()
+        assert y.closes[0].code == CloseCode.HEARTBEAT_TIMEOUT
+        assert y.pings >= 1
+        assert trio.current_time() - start < 4 * 0.3 + 0.5  # a ping after H, no pong within H
+        await y.stream.aclose()
+        await still_serves(port)
+
+
 async def test_a_yjs_client_reading_a_large_document_slowly_is_not_dropped_for_its_late_pongs() -> None:
     # The server's pings wait behind the document it is writing: the pong comes only once the
     # client has read it all, long after H. While the socket takes bytes, the client is there
