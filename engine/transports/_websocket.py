@@ -38,6 +38,7 @@ UNCOPIED_BYTES = 64 * 1024
 header as it is, not copied into a frame."""
 FIN_BINARY = 0x82
 FIN_TEXT = 0x81
+PONG_FIRST_BYTE = b"\x8a"  # a final pong frame (RFC 6455 §5.2, §5.5.3)
 CLOSE_WRITE_SECONDS = 2.0
 """How long the close frame that ends a connection may wait behind a write in progress."""
 
@@ -50,7 +51,8 @@ class WebSocketStream:
     """
 
     __slots__ = ("path", "sent_bytes", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written",
-                 "_closed", "_pongs", "_ping_count", "_torn")
+                 "_closed", "_pongs", "_ping_count", "_torn",
+                 "_waiting_pong")
 
     # Thousands of idle connections each hold one of these: plain lists, no deques.
     def __init__(self, stream: trio.abc.Stream, ws: ServerProtocol, path: str, frames: list[Frame]) -> None:
@@ -71,6 +73,7 @@ class WebSocketStream:
         self._pongs: dict[bytes, trio.Event] = {}
         self._ping_count = 0
         self._torn = False
+        self._waiting_pong: bytes | None = None  # the pong in _outgoing, if one is
         """A write to a stream that is not a socket was cut short: the stream may end inside a
         frame, so no close frame may be written after it."""
 
@@ -101,7 +104,26 @@ class WebSocketStream:
             ws.receive_data(data)
             self._frames = ws.events_received()  # type: ignore[assignment]
             if ws.parser_exc is None:
-                await self.flush()  # pongs to the peer's pings
+                await self._answer_pings()
+
+    async def _answer_pings(self) -> None:
+        """Write the pongs the protocol queued for the peer's pings. Behind a write under way
+        only the latest waits, in place of any still waiting (RFC 6455 §5.5.3 allows
+        answering only the most recent ping): a peer that pings without reading what is
+        written to it would otherwise grow this side's memory by every ping it sends."""
+        writes = self._ws.data_to_send()
+        if not writes:
+            return
+        if (self._sending or self._outgoing) and all(w[:1] == PONG_FIRST_BYTE for w in writes):
+            latest = writes[-1]
+            for i, chunk in enumerate(self._outgoing):
+                if chunk is self._waiting_pong:
+                    self._outgoing[i] = self._waiting_pong = latest
+                    return
+            self._outgoing.append(latest)
+            self._waiting_pong = latest
+            return
+        await self._write(b"".join(writes))
 
     async def _handle(self, frame: Frame) -> bytes | str | None:
         opcode = frame.opcode
