@@ -333,9 +333,15 @@ def check_cluster(url: str | None, choice: StoreChoice) -> None:
     without a PostgreSQL store (the processes of a cluster share one)."""
     if url is None:
         return
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in CLUSTER_SCHEMES:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
         raise CommandError(f"--cluster {hide_password(url)}: not a Redis URL (redis://HOST:PORT, rediss://, unix://)", USAGE)
+    database = urllib.parse.parse_qs(parts.query).get("db", [""])[-1] or (parts.path.strip("/") if parts.scheme != "unix" else "")
+    if database not in ("", "0"):
+        # Keys are per database, but pub/sub is not: clusters on two databases of one Redis
+        # would hear each other's rooms (edits, presence, operations) and lose data.
+        raise CommandError(f"--cluster {hide_password(url)}: a Redis database number does not separate clusters "
+                           f"(Redis pub/sub is shared by all its databases): give each cluster a Redis of its own", USAGE)
     if choice.kind != "postgresql":
         raise CommandError(f"--cluster: the processes of a cluster share one store: add --store postgresql://... "
                            f"(not {choice.kind})", USAGE)

@@ -148,7 +148,8 @@ class RedisCluster:
     replication=cluster, sequence=cluster, lease=cluster): ...` (`plait serve --cluster URL`).
 
     Args:
-        url: `redis://HOST:PORT[/DB]`.
+        url: `redis://HOST:PORT`: one Redis per cluster (its pub/sub is shared by all its
+            databases, so a database number does not separate two clusters).
         store: the shared store (PostgreSQLStore(dsn, shared=True)).
         heartbeat: seconds between heartbeats (HEARTBEAT).
         stream_length: about how many entries each room's stream keeps.

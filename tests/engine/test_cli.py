@@ -276,6 +276,10 @@ def test_a_postgresql_store_without_psycopg_says_what_to_install(
     ("argv", "message"),
     [
         (["--cluster", "http://127.0.0.1:6379", "--store", "postgresql://u@127.0.0.1/db"], "not a Redis URL"),
+        # A fresh user's two clusters on databases 0 and 3 of one Redis shared their rooms (pub/sub
+        # is per server), and an acknowledged edit could no longer be read.
+        (["--cluster", "redis://127.0.0.1:6379/3", "--store", "postgresql://u@127.0.0.1/db"], "does not separate clusters"),
+        (["--cluster", "unix:///tmp/redis.sock?db=2", "--store", "postgresql://u@127.0.0.1/db"], "does not separate clusters"),
         (["--cluster", "redis://127.0.0.1:6379"], "the processes of a cluster share one store: add --store postgresql://"),
         (["--cluster", "redis://127.0.0.1:6379", "--store", "memory"], "(not memory)"),
         (["--cluster", "redis://:hunter2@127.0.0.1:6379", "--store", "sqlite", "--print-config"], "share one store"),
