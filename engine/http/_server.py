@@ -202,9 +202,13 @@ async def _upgrade(stream: trio.abc.Stream, request_bytes: bytes, max_message_by
         logger.info("refused a connection: %s", ws.handshake_exc)
         await stream.send_all(b"".join(ws.data_to_send()))
         return None
+    # Frames the client sent right behind its request have been parsed already: the answer to
+    # a ping (or a close) among them must follow the response, not precede it.
+    early = ws.data_to_send()
     response = ws.accept(request)
     ws.send_response(response)
-    await stream.send_all(b"".join(ws.data_to_send()))
+    answer = ws.data_to_send()
+    await stream.send_all(b"".join(answer + early if response.status_code == 101 else answer))
     if response.status_code != 101:
         logger.info("refused a connection: %s %s", response.status_code, ws.handshake_exc or "")
         return None

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Request
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Pong, Request
 
 from plait.engine import Engine, EngineConfig
 from plait.protocol import ABNORMAL_CLOSURE, Hello, TransportClosed, Welcome, decode, encode
@@ -247,15 +247,22 @@ async def test_a_frame_that_breaks_rfc_6455_closes_with_its_code(port: int, what
 async def test_frames_sent_right_behind_the_upgrade_request_are_served(port: int) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     ws = WSConnection(ConnectionType.CLIENT)
-    # The request and a hello in one write: the server must not lose the bytes after the request.
-    await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")) + raw_frame(2, HELLO))
-    frames = []
+    # The request, a hello and a ping in one write: the server must not lose the bytes after
+    # the request, and its pong comes after its 101 response (it once came before, and broke
+    # the handshake: a fresh user).
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")) + raw_frame(2, HELLO) + raw_frame(9, b"hi"))
+    frames, pongs = [], []
     with trio.fail_after(5):
-        while not frames:
+        while not (frames and pongs):
             ws.receive_data(await stream.receive_some(65536))
-            frames += [decode(e.data)[0] for e in ws.events() if isinstance(e, BytesMessage)]
+            for e in ws.events():
+                if isinstance(e, BytesMessage):
+                    frames.append(decode(e.data)[0])
+                elif isinstance(e, Pong):
+                    pongs.append(bytes(e.payload))
     await stream.aclose()
     assert isinstance(frames[0], Welcome)
+    assert pongs == [b"hi"]
 
 
 def test_a_long_close_reason_is_cut_to_fit_without_splitting_a_character() -> None:
@@ -454,7 +461,7 @@ async def test_pings_from_a_peer_that_does_not_read_are_answered_by_one_pong_not
     # behind the write in progress, and the server's memory grew with every ping (a fresh
     # user: 94 MB to 1.5 GB in 70 s from one connection). Only the latest is answered now
     # (RFC 6455 §5.5.3), once the write ends, with that ping's payload.
-    from wsproto.events import Ping, Pong
+    from wsproto.events import Ping
 
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
