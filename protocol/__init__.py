@@ -124,6 +124,7 @@ from ._ysplit import (
     MIN_SPLIT_BYTES as MIN_SPLIT_BYTES,
     PIECE_OVERHEAD as PIECE_OVERHEAD,
     FRAME_OVERHEAD as FRAME_OVERHEAD,
+    piece_bytes as piece_bytes,
 )
 from ._yjs import (
     YJS_PATH as YJS_PATH,
@@ -149,4 +150,5 @@ from ._json import (
     frame_to_json as frame_to_json,
     value_from_json as value_from_json,
     value_to_json as value_to_json,
+    JSON_EXPANSION as JSON_EXPANSION,
 )

@@ -15,7 +15,7 @@ import binascii
 import json
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from ._codec import DEFAULT_LIMITS, CodecLimits, frame_from_fields, frame_to_array
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -56,6 +56,11 @@ def value_to_json(value: Any) -> Any:
             return {"$map": [[k, value_to_json(v)] for k, v in value.items()]}
         return {k: value_to_json(v) for k, v in value.items()}
     return value
+
+
+JSON_EXPANSION: Final = 8
+"""How many times longer than its msgpack a value's JSON can be, at most (`false,` for one
+byte is 6): a value within 1/JSON_EXPANSION of a limit fits it in JSON too, unmeasured."""
 
 
 def encode_json(frames: Frame | Iterable[Frame]) -> str:

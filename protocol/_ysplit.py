@@ -55,6 +55,17 @@ FRAME_OVERHEAD: Final = 32
 `max_message_bytes - FRAME_OVERHEAD` bytes fits in a message with its frame."""
 
 
+JSON_FRAME_OVERHEAD: Final = 128
+"""Bytes an `update` or `sync_step2` frame's JSON form (spec §3.5) adds around its update's
+base64, padding included, with room to spare."""
+
+
+def piece_bytes(max_message_bytes: int) -> int:
+    """The most update bytes one `update` or `sync_step2` frame may carry so that it fits in a
+    message in either form (spec §3.2, §3.5): in JSON the update is base64, a third longer."""
+    return (max_message_bytes - JSON_FRAME_OVERHEAD) * 3 // 4
+
+
 class SplitError(ValueError):
     """split_update could not split the update: it is not a well-formed Yjs v1 update
     (`malformed`), or one of its indivisible parts does not fit in a piece. `args[0]` says

@@ -10,7 +10,6 @@ import pycrdt
 import trio
 
 from plait.protocol import (
-    FRAME_OVERHEAD,
     SKIP_STRUCT,
     Access,
     ChannelFrame,
@@ -22,6 +21,7 @@ from plait.protocol import (
     SyncStep2,
     Update,
     check_state_vector,
+    piece_bytes,
     read_update,
     split_update,
 )
@@ -150,11 +150,12 @@ class DocStrand:
 
     def _pieces(self, update: bytes) -> list[bytes]:
         """spec §3.2: no message over max_message_bytes, so a larger update goes in pieces
-        that each fit in one (protocol/_ysplit.py; [update] itself when it fits). Raises
+        that each fit in one, in msgpack or in JSON (piece_bytes; protocol/_ysplit.py;
+        [update] itself when it fits). Raises
         RequestError DOCUMENT_TOO_LARGE if one indivisible value does not fit in a message
         (INVALID_UPDATE if the bytes are not an update)."""
         try:
-            return split_update(update, self._config.max_message_bytes - FRAME_OVERHEAD)
+            return split_update(update, piece_bytes(self._config.max_message_bytes))
         except SplitError as exc:
             if exc.malformed:
                 raise RequestError(ErrorCode.INVALID_UPDATE, str(exc)[:1024]) from exc
@@ -217,7 +218,7 @@ class DocStrand:
         decoded = read_client_update(update)
         if not fits and not inserts_nothing(decoded):
             self._refuse_size()
-        if len(update) > self._config.max_message_bytes - FRAME_OVERHEAD:
+        if len(update) > piece_bytes(self._config.max_message_bytes):
             # A y-websocket client's update may be larger than a message (§13); it must split
             # into pieces that fit in one, or it could never reach native members (§3.2).
             self._pieces(update)

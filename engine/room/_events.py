@@ -22,7 +22,18 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import msgpack
 import trio
 
-from plait.protocol import MAX_DEPTH, ChannelFrame, ErrorCode, Event, ProtocolError, check_value, encode_trusted, encoded_size
+from plait.protocol import (
+    JSON_EXPANSION,
+    MAX_DEPTH,
+    ChannelFrame,
+    ErrorCode,
+    Event,
+    ProtocolError,
+    check_value,
+    encode_json_trusted,
+    encode_trusted,
+    encoded_size,
+)
 from plait.storage import StorageError, StoredEvent
 
 from .._config import EngineConfig
@@ -393,11 +404,16 @@ class EventsStrand:
         session = member.session.id if member else None
         user = str(member.session.identity.get("id")) if member else None
         widest = Event(2**32 - 1, 2**53 - 1, name, payload, session, user)  # the longest channel and seq
-        size = len(encode_trusted(widest))
-        if size > self._config.max_message_bytes:
+        size = longest = len(encode_trusted(widest))
+        if size * JSON_EXPANSION > self._config.max_message_bytes:
+            # A member may read JSON (spec §3.5), which can be several times longer (base64,
+            # escapes, `null` for one byte): measured only when it could matter.
+            longest = max(size, len(encode_json_trusted(widest).encode()))
+        if longest > self._config.max_message_bytes:
+            form = "" if longest == size else " in JSON"
             raise RequestError(
                 ErrorCode.EVENT_REJECTED,
-                f"the event would be {size} bytes, over the {self._config.max_message_bytes}-byte message limit",
+                f"the event would be {longest} bytes{form}, over the {self._config.max_message_bytes}-byte message limit",
             )
         return size
 
