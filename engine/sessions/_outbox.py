@@ -106,6 +106,10 @@ class Outbox:
     def forget_channel(self, channel: int) -> None:
         self._stale.pop(channel, None)
 
+    def forget_stale(self) -> None:
+        """Refresh no stale channel: the session is ending (its goodbye sends what is queued)."""
+        self._stale.clear()
+
     def take(self, max_frames: int, max_bytes: int) -> list[bytes]:
         """Take as many frames as fit in one message ([] if there is nothing to send). A frame
         of `solo_bytes` or more is taken alone, so that sending it never copies it into a

@@ -436,6 +436,7 @@ class Peer:
                 # In messages within the limits, as always (spec §3.2): one message of all
                 # that waited could pass max_message_bytes, which a client takes for a fatal
                 # FRAME_TOO_LARGE instead of reading the close code behind it.
+                self.outbox.forget_stale()  # its rooms are left: nothing to refresh
                 while batch := self.outbox.take(self.max_frames_per_message, self.max_message_bytes):
                     for message in self._messages(batch):
                         await self._send(message)
