@@ -73,9 +73,9 @@ class WebSocketStream:
         self._pongs: dict[bytes, trio.Event] = {}
         self._ping_count = 0
         self._torn = False
-        self._waiting_pong: bytes | None = None  # the pong in _outgoing, if one is
         """A write to a stream that is not a socket was cut short: the stream may end inside a
         frame, so no close frame may be written after it."""
+        self._waiting_pong: bytes | None = None  # the pong in _outgoing, if one is
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -239,7 +239,6 @@ class WebSocketStream:
             self._outgoing.append(memoryview(chunk)[written:])  # the rest of a frame begun
             return False
         return True
-
 
     @property
     def writing(self) -> bool:
