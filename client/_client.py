@@ -68,7 +68,7 @@ from plait.protocol import (
     decode,
     encode,
     encode_frame,
-    encoded_size,
+    wire_size,
 )
 
 from ._backoff import Backoff
@@ -372,7 +372,7 @@ class Client:
         checked by `check_request`) is over the server's `limits.max_presence_bytes`, or the
         default before the first welcome (spec §5.4)."""
         limit = self._limits.max_presence_bytes if self._limits is not None else MAX_PRESENCE_BYTES
-        size = encoded_size(value)
+        size = wire_size(value)  # as the server counts it: the longer of msgpack and JSON
         if size > limit:
             raise PresenceTooLarge(f"a {what} of {size} bytes is over the server's max_presence_bytes ({limit}); not sent")
 

@@ -54,7 +54,7 @@ class EngineConfig:
     once. A change that would pass it is refused (PRESENCE_TOO_LARGE)."""
     max_presence_bytes: int = MAX_PRESENCE_BYTES
     """The most a session's presence state, its cursor position, or an identity from the
-    authenticate hook may take, msgpack-encoded (spec §5.4); at most a quarter of
+    authenticate hook may take, in its longer form (msgpack or JSON, spec §5.4); at most a quarter of
     max_message_bytes is used (`presence_limit`), so that any one member's presence fits in a
     message with room to spare."""
     max_rooms_per_connection: int = 64

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pycrdt
 import trio
 
-from plait.protocol import MAX_DEPTH, Access, ErrorCode, ProtocolError, check_value, encoded_size
+from plait.protocol import MAX_DEPTH, Access, ErrorCode, ProtocolError, check_value, wire_size
 
 from ._errors import RequestError
 
@@ -179,7 +179,7 @@ def checked_identity(identity: object, max_bytes: int) -> Identity:
     else:
         try:
             check_value(identity, MAX_DEPTH)
-            size = encoded_size(identity)
+            size = wire_size(identity)
             if size > max_bytes:
                 problem = f"the identity takes {size} bytes, over the {max_bytes}-byte limit (EngineConfig.max_presence_bytes)"
         except ProtocolError as exc:

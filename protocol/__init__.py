@@ -125,6 +125,7 @@ from ._ysplit import (
     PIECE_OVERHEAD as PIECE_OVERHEAD,
     FRAME_OVERHEAD as FRAME_OVERHEAD,
     piece_bytes as piece_bytes,
+    JSON_FRAME_OVERHEAD as JSON_FRAME_OVERHEAD,
 )
 from ._yjs import (
     YJS_PATH as YJS_PATH,
@@ -151,4 +152,5 @@ from ._json import (
     value_from_json as value_from_json,
     value_to_json as value_to_json,
     JSON_EXPANSION as JSON_EXPANSION,
+    wire_size as wire_size,
 )

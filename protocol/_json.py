@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, Final
 
-from ._codec import DEFAULT_LIMITS, CodecLimits, frame_from_fields, frame_to_array
+from ._codec import DEFAULT_LIMITS, CodecLimits, encoded_size, frame_from_fields, frame_to_array
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._fields import MAX_DEPTH, FieldType, ListOf, Optional, Record
 from ._frames import FRAME_NAMES, Frame
@@ -61,6 +61,29 @@ def value_to_json(value: Any) -> Any:
 JSON_EXPANSION: Final = 8
 """How many times longer than its msgpack a value's JSON can be, at most (`false,` for one
 byte is 6): a value within 1/JSON_EXPANSION of a limit fits it in JSON too, unmeasured."""
+
+
+def wire_size(value: Any) -> int:
+    """The bytes an application value takes in a frame on either wire: the longer of its
+    msgpack (spec §3.1) and JSON (§3.5) forms. What the limits on presence count and what a
+    room splits its presence frames by (§5.4), so that they fit a JSON member's messages too.
+    `value` must already be valid (§3.3).
+
+    Raises:
+        LocalProtocolError: INVALID_FIELD, a string that is not Unicode text.
+    """
+    packed = encoded_size(value)
+    try:
+        # Most states hold no binary and no `$` key: their JSON is json's own, as it is.
+        text = _COMPACT.encode(value)
+    except (TypeError, ValueError):
+        text = "$"  # binary inside: written as {"$b": ...}
+    if "$" in text:
+        text = _COMPACT.encode(value_to_json(value))
+    return max(packed, len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass")))
+
+
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def encode_json(frames: Frame | Iterable[Frame]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from plait.protocol import (
-    FRAME_OVERHEAD,
+    JSON_FRAME_OVERHEAD,
     AwarenessEntry,
     ChannelFrame,
     CursorPosition,
@@ -24,7 +24,7 @@ from plait.protocol import (
     PresenceSnapshot,
     PresenceState,
     TypingState,
-    encoded_size,
+    wire_size,
 )
 
 from .._config import EngineConfig
@@ -49,12 +49,13 @@ def _json_default(value: Any) -> Any:
 
 
 def presence_size(what: str, value: Any, limit: int) -> int:
-    """The encoded size of a presence state or cursor position (spec §5.4).
+    """The encoded size of a presence state or cursor position, on the wire where it is
+    longer (msgpack or JSON: `wire_size`, spec §5.4).
 
     Raises:
         RequestError: PRESENCE_TOO_LARGE, over `limit` bytes.
     """
-    size = encoded_size(value)
+    size = wire_size(value)
     if size > limit:
         raise RequestError(
             ErrorCode.PRESENCE_TOO_LARGE,
@@ -108,8 +109,9 @@ class Ephemeral:
         self._moved: dict[str, tuple[Any, int]] = {}
         self._cursor_bytes = 0
         """Of every cursor in `_cursors`: with the presence, what a joiner is sent."""
-        self._budget = config.max_message_bytes - FRAME_OVERHEAD
-        """What one frame's list may take, so that the frame fits in a message (spec §3.2)."""
+        self._budget = config.max_message_bytes - JSON_FRAME_OVERHEAD
+        """What one frame's list may take, so that the frame fits in a message in either form
+        (spec §3.2, §3.5: a JSON frame names its fields)."""
         self._typing: dict[str, float] = {}
         self._typing_changed = False
         self._tick_wanted = trio.Event()
@@ -556,7 +558,7 @@ class Ephemeral:
         if sid not in book:
             if record.identity is None:
                 return False  # a change of a session whose join this process missed: its full state will say
-            if encoded_size(record.identity) > self._config.presence_limit:
+            if wire_size(record.identity) > self._config.presence_limit:
                 logger.warning("room %r: process %r sent an identity over the size limit (session %r)", self.name, process, sid)
                 return False
             # A peer's reconnecting session displaces a lingering one of its identity here too,
@@ -567,7 +569,7 @@ class Ephemeral:
                 self._awareness.add_native(sid)
             changed = True
         if record.state is not None and (changed or record.state != book.state(sid)):
-            size = encoded_size(record.state)
+            size = wire_size(record.state)
             if size > self._config.presence_limit or self._over_budget(size - book.raw_state_bytes(sid)):
                 logger.warning("room %r: a presence state of %d bytes from process %r is over a limit (session %r); skipped",
                                self.name, size, process, sid)
@@ -600,7 +602,7 @@ class Ephemeral:
             self._cursor_bytes -= old
             moved: tuple[Any, int] = (None, 1 + len(sid) + ENTRY_OVERHEAD)
         else:
-            size = encoded_size(position)
+            size = wire_size(position)
             moved = (position, size + len(sid) + ENTRY_OVERHEAD)
             if size > self._config.presence_limit or self._over_budget(moved[1] - old):
                 logger.warning("room %r: a cursor of %d bytes from process %r is over a limit (session %r); skipped",

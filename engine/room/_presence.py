@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from plait.protocol import PresenceEntry, PresenceState, encoded_size
+from plait.protocol import PresenceEntry, PresenceState, wire_size
 
-ENTRY_OVERHEAD = 8
-"""Bytes of a presence entry's array header and its session id's string header, at most."""
+ENTRY_OVERHEAD = 40
+"""Bytes of a presence entry beside its session id, identity and state, at most: in msgpack
+its array and string headers, in JSON its field names, quotes and separators (spec §3.5)."""
 
 
 @dataclass(slots=True)
@@ -52,13 +53,13 @@ class PresenceBook:
         for old, entry in list(self._entries.items()) if displace else ():
             if entry.lingers_until is not None and entry.identity.get("id") == identity.get("id"):
                 self.leave(old)
-        entry = self._entries[session] = _Entry(dict(identity), {}, encoded_size(identity))
+        entry = self._entries[session] = _Entry(dict(identity), {}, wire_size(identity))
         self.total_bytes += entry.identity_bytes + entry.state_bytes
         self._joined.add(session)
         self._left.discard(session)
 
     def set(self, session: str, state: dict[str, Any], size: int) -> None:
-        """Replace the session's state; `size` is its encoded_size."""
+        """Replace the session's state; `size` is its wire_size."""
         entry = self._entries[session]
         self.total_bytes += size - entry.state_bytes
         entry.state = state

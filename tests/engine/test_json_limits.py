@@ -19,6 +19,9 @@ from plait.protocol import (
     Hello,
     Join,
     Joined,
+    PresenceDiff,
+    PresenceSet,
+    PresenceSnapshot,
     Publish,
     SyncStep2,
     Update,
@@ -110,3 +113,33 @@ async def test_an_event_too_long_in_json_is_refused_and_one_that_fits_reaches_a_
                 events = [f for f in await reader.receive() if isinstance(f, Event)]
         assert events[0].payload == {"data": b"\x00" * 40_000}
         assert max(reader.sizes) <= LIMIT
+
+
+async def test_presence_is_measured_and_split_by_its_longer_form_so_a_json_joiner_gets_it_in_messages_that_fit(
+    autojump_clock: MockClock,
+) -> None:
+    # A control character is 1 byte in msgpack and 6 in JSON ("\u0001"): ten states of 2,500
+    # of them are 25 kB of msgpack, one snapshot by that measure, but 150 kB as JSON.
+    async with running_engine(max_message_bytes=LIMIT) as engine:  # presence_limit: 16 KiB
+        members = []
+        for i in range(10):
+            member = DocClient(engine.connect_memory())
+            await member.hello()
+            await member.join("crowd")
+            await member.send(PresenceSet(1, 1, {"note": chr(1) * 2_500, "n": i}))
+            assert await member.wait_for(Ack) == Ack(1, None)
+            members.append(member)
+        # 3,000 of them: 3 kB of msgpack, 18 kB of JSON, over the 16 KiB a state may take.
+        await members[0].send(PresenceSet(1, 2, {"note": chr(1) * 3_000}))
+        refused = await members[0].wait_for(Error)
+        assert (refused.ref, refused.code) == (2, ErrorCode.PRESENCE_TOO_LARGE)
+        joiner = JsonMember(engine)
+        await joiner.join("crowd")
+        seen: set[int] = set()
+        with trio.fail_after(10):
+            while len(seen) < 10:
+                for frame in await joiner.receive():
+                    if isinstance(frame, (PresenceSnapshot, PresenceDiff)):
+                        entries = frame.entries if isinstance(frame, PresenceSnapshot) else frame.joined
+                        seen |= {e.state["n"] for e in entries if "n" in e.state}
+        assert max(joiner.sizes) <= LIMIT, joiner.sizes
