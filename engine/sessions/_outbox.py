@@ -95,14 +95,6 @@ class Outbox:
         self._frames[:0] = frames
         self._bytes += sum(map(len, frames))
 
-    def drain(self) -> list[bytes]:
-        """Take every queued frame at once (for the last message before a close)."""
-        frames = self._frames
-        self._frames = []
-        self._bytes = self._exempt = 0
-        self._stale.clear()
-        return frames
-
     def forget_channel(self, channel: int) -> None:
         self._stale.pop(channel, None)
 

@@ -317,8 +317,8 @@ class WebSocketStream:
             # Cancelled (a close that would not wait longer, TOO_SLOW): what the socket did
             # not take goes back first in line, so that whatever is written next (the close
             # frame) comes after the end of the frame begun, never inside it (RFC 6455 §5.2).
-            if view:
-                self._outgoing.insert(0, view if len(view) < len(chunk) or isinstance(chunk, memoryview) else chunk)
+            if view:  # untouched, the chunk itself; else its rest, a continuation (memoryview)
+                self._outgoing.insert(0, chunk if len(view) == len(chunk) else view)
             raise
 
     # -- closing ----------------------------------------------------------------------------
