@@ -115,10 +115,16 @@ class Connection:
         self.limits = limits
         self.state = SessionState.AWAIT_HELLO
         self.version: int | None = None
-        self.channels: set[int] = set()
-        self._left: set[int] = set()
+        self._channels: dict[int, bool] = {}
+        """Every channel opened on this connection: True while open, False once left (an
+        empty dict is a third of an empty set's size, and a server holds one per connection)."""
         self._peer = Sender.SERVER if role is Role.CLIENT else Sender.CLIENT
         self._own = Sender.CLIENT if role is Role.CLIENT else Sender.SERVER
+
+    @property
+    def channels(self) -> frozenset[int]:
+        """The channels open now."""
+        return frozenset(channel for channel, is_open in self._channels.items() if is_open)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -178,12 +184,12 @@ class Connection:
             self.version = frame.version
         if frame.ROOM_SCOPED and not isinstance(frame, Joined):
             channel: int = frame.channel  # type: ignore[attr-defined]
-            if channel not in self.channels:
-                if channel in self._left:
+            if not self._channels.get(channel):
+                if channel in self._channels:
                     return STALE
                 raise RemoteProtocolError(f"channel {channel} is not open", ErrorCode.UNKNOWN_CHANNEL)
         if isinstance(frame, Joined):
-            self.channels.add(frame.channel)
+            self._channels[frame.channel] = True
         elif isinstance(frame, (Leave, ChannelClosed)):
             self._close_channel(frame.channel)
         self.state = nxt
@@ -224,8 +230,8 @@ class Connection:
                 ErrorCode.UNEXPECTED_FRAME,
             )
         if isinstance(frame, Joined):
-            self.channels.add(frame.channel)
-        elif frame.ROOM_SCOPED and frame.channel not in self.channels:  # type: ignore[attr-defined]
+            self._channels[frame.channel] = True
+        elif frame.ROOM_SCOPED and not self._channels.get(frame.channel):  # type: ignore[attr-defined]
             raise LocalProtocolError(
                 f"channel {frame.channel} is not open",  # type: ignore[attr-defined]
                 ErrorCode.UNKNOWN_CHANNEL,
@@ -267,7 +273,7 @@ class Connection:
         """
         if self.state is not SessionState.OPEN:
             self._not_open()
-        if channel not in self.channels:
+        if not self._channels.get(channel):
             raise LocalProtocolError(f"channel {channel} is not open", ErrorCode.UNKNOWN_CHANNEL)
 
     def send_ack(self, ref: int, value: int | None) -> bytes:
@@ -304,8 +310,7 @@ class Connection:
     # -- helpers --------------------------------------------------------------------------
 
     def _close_channel(self, channel: int) -> None:
-        self.channels.discard(channel)
-        self._left.add(channel)
+        self._channels[channel] = False
 
     def _not_open(self) -> NoReturn:
         self._check_usable()

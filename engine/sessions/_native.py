@@ -54,6 +54,7 @@ from plait.protocol import (
     SyncStep1,
     SyncStep2,
     TokenExpiring,
+    TransportClosed,
     Typing,
     Update,
     Welcome,
@@ -280,10 +281,19 @@ class Session(Peer):
     # -- reader -----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
+        frames: list[Frame] | None = None
+        group: Frame | list[Update] | None = None
         while True:
-            data = await self._receive()
-            if data is None:
+            # The transport is awaited here, not through _receive: an idle connection's task
+            # holds one coroutine frame fewer, and not the last message's frames (bench/idle.py).
+            frames = group = None
+            try:
+                data = await self.transport.receive_message()
+            except TransportClosed as exc:
+                self._receive_ended(exc)
                 return
+            if (wait := self._received(data)) > 0:
+                await trio.sleep(wait)
             self._heard = True  # the heartbeat sweep notices silence (keep_alive)
             try:
                 frames = self._decode(data)

@@ -107,8 +107,8 @@ class Peer:
         "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
         "_catching_up", "_expiry", "_finished", "_read_free_at", "_event_bucket", "_members", "_nowait",
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
-        "_reader_scope", "_scope", "_frame_bucket", "_update_bucket", "_user_slot", "_violations", "_writer_stopped", "_writing", "config",
-        "id",
+        "_reader_scope", "_tasks_scope", "_frame_bucket", "_update_bucket", "_user_slot", "_violations", "_writer_stopped",
+        "_writing", "config", "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
     )
 
@@ -140,8 +140,11 @@ class Peer:
         self.max_frames_per_message = self.config.max_frames_per_message
         self.max_message_bytes = self.config.max_message_bytes
         self._members: dict[int, Member] = {}
-        self._scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
+        self._tasks_scope: trio.CancelScope | None = None
+        """The nursery's while it is open: TOO_SLOW cancels it, writers and all. (Not a cancel
+        scope of the session's own around everything: an idle server holds thousands, and the
+        handshake, reader and detach waits are each ended by close() anyway.)"""
         self._handshake_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._writing = False
@@ -244,52 +247,58 @@ class Peer:
         self.services.record_opened(self.id, self.transport.path)
         log_subject(self)  # this task's log lines, and its children's (engine/_logs.py)
         try:
-            with self._scope:
-                # close() ends a handshake too: a client that never says hello must not
-                # hold up a shutdown for the whole handshake timeout.
-                opened = False
-                with trio.CancelScope() as self._handshake_scope:
-                    opened = await self._contained(self._handshake) is True
-                self._handshake_scope = None
-                if opened and self._close_code is None:
-                    logger.info("session %s open for %s", self.id, self.identity.get("id"))
-                    self.services.metrics.add("sessions_opened", 1, self.PROTOCOL)
-                    while True:
-                        # Inline, not a method: an idle connection's task would hold one more
-                        # coroutine frame for its whole life (bench/idle.py).
-                        if self._detach is not None and self._detach.next_transport is not None:
-                            self._use(self._detach.next_transport)
-                        self._reader_scope = trio.CancelScope()
-                        try:
-                            async with trio.open_nursery() as nursery:
-                                self._nursery = nursery
-                                self._wake_writer()  # what the handshake queued, or what waited for a transport
-                                with self._reader_scope:
-                                    await self._contained(self._reader)
-                                if self._reader_scope.cancelled_caught and self._close_code is None and not self._detached:
-                                    if self._detach is not None:  # a link gone silent: wait for another
-                                        self._detach_now(CloseCode.HEARTBEAT_TIMEOUT)
-                                    else:
-                                        self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
-                                # Let a running writer finish what is queued (an error frame, say),
-                                # briefly; what is left goes in the goodbye, or waits for the next
-                                # transport.
-                                self._nursery = None
-                                if self._writing:
-                                    self._writer_stopped = trio.Event()
-                                    with trio.move_on_after(self.config.close_timeout):
-                                        await self._writer_stopped.wait()
-                                nursery.cancel_scope.cancel()
-                        finally:
-                            self._nursery = None  # also when cancelled (TOO_SLOW): no more writers
-                        if not self._detached or self._close_code is not None:
-                            break
-                        await self._let_go()
-                        if not await self._reattached():
-                            self._closed_by_peer = True  # its transport is gone: no goodbye
-                            assert self._detach is not None
-                            self.close(self._detach.code, "not re-attached in time")
-                            break
+            # close() ends a handshake too: a client that never says hello must not
+            # hold up a shutdown for the whole handshake timeout.
+            opened = False
+            with trio.CancelScope() as self._handshake_scope:
+                opened = await self._contained(self._handshake) is True
+            self._handshake_scope = None
+            if opened and self._close_code is None:
+                logger.info("session %s open for %s", self.id, self.identity.get("id"))
+                self.services.metrics.add("sessions_opened", 1, self.PROTOCOL)
+                while True:
+                    # Inline, not a method: an idle connection's task would hold one more
+                    # coroutine frame for its whole life (bench/idle.py).
+                    if self._detach is not None and self._detach.next_transport is not None:
+                        self._use(self._detach.next_transport)
+                    self._reader_scope = trio.CancelScope()
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            self._nursery, self._tasks_scope = nursery, nursery.cancel_scope
+                            self._wake_writer()  # what the handshake queued, or what waited for a transport
+                            with self._reader_scope:
+                                # _contained, inline: an idle connection's task would hold
+                                # one more coroutine frame for its whole life.
+                                try:
+                                    await self._reader()
+                                except* TransportClosed as closed:
+                                    self._peer_closed(_first(closed))
+                                except* Exception as failed:
+                                    self._failed("_reader", failed)
+                            if self._reader_scope.cancelled_caught and self._close_code is None and not self._detached:
+                                if self._detach is not None:  # a link gone silent: wait for another
+                                    self._detach_now(CloseCode.HEARTBEAT_TIMEOUT)
+                                else:
+                                    self.close(CloseCode.HEARTBEAT_TIMEOUT, "no heartbeat")
+                            # Let a running writer finish what is queued (an error frame, say),
+                            # briefly; what is left goes in the goodbye, or waits for the next
+                            # transport.
+                            self._nursery = None
+                            if self._writing:
+                                self._writer_stopped = trio.Event()
+                                with trio.move_on_after(self.config.close_timeout):
+                                    await self._writer_stopped.wait()
+                            nursery.cancel_scope.cancel()
+                    finally:
+                        self._nursery = self._tasks_scope = None  # also when cancelled (TOO_SLOW): no more writers
+                    if not self._detached or self._close_code is not None:
+                        break
+                    await self._let_go()
+                    if not await self._reattached():
+                        self._closed_by_peer = True  # its transport is gone: no goodbye
+                        assert self._detach is not None
+                        self.close(self._detach.code, "not re-attached in time")
+                        break
         finally:
             self._user_slot.release()
             self._leave_rooms()
@@ -392,9 +401,12 @@ class Peer:
         except* TransportClosed as closed:
             self._peer_closed(_first(closed))
         except* Exception as failed:
-            logger.error("session %s: %s failed", self.id, getattr(task, "__name__", task), exc_info=failed)
-            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+            self._failed(getattr(task, "__name__", str(task)), failed)
         return None
+
+    def _failed(self, task: str, exc: BaseException) -> None:
+        logger.error("session %s: %s failed", self.id, task, exc_info=exc)
+        self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _peer_closed(self, exc: TransportClosed) -> None:
         """The transport ended under us. With a detach grace, and unless the client said it
@@ -424,8 +436,8 @@ class Peer:
             self._detach.attached.set()
         if self._handshake_scope is not None:
             self._handshake_scope.cancel()
-        if code == CloseCode.TOO_SLOW:
-            self._scope.cancel()
+        if code == CloseCode.TOO_SLOW and self._tasks_scope is not None:
+            self._tasks_scope.cancel()
 
     async def _say_goodbye(self) -> None:
         code = self._close_code if self._close_code is not None else CloseCode.GOING_AWAY
@@ -451,30 +463,35 @@ class Peer:
     # -- transport --------------------------------------------------------------------------
 
     async def _receive(self) -> bytes | str | None:
+        """The next message, counted and paced (`_received`); None once the transport ended."""
         try:
             data = await self.transport.receive_message()
         except TransportClosed as exc:
-            self.services.record_closed(self.id, "in", exc.code, exc.reason)
-            self._peer_closed(exc)
+            self._receive_ended(exc)
             return None
+        if (wait := self._received(data)) > 0:
+            await trio.sleep(wait)
+        return data
+
+    def _receive_ended(self, exc: TransportClosed) -> None:
+        self.services.record_closed(self.id, "in", exc.code, exc.reason)
+        self._peer_closed(exc)
+
+    def _received(self, data: bytes | str) -> float:
+        """Record and count a message read. Returns the seconds to wait before the next read:
+        at most read_bytes_per_second are read from a connection, after a burst of a second's
+        worth or one largest message (spec §5.8), and TCP makes the sender wait too. One float
+        of state: an idle server holds thousands of these."""
         self.services.record_message(self.id, "in", data)
         traffic = self.services.traffic
         traffic.messages_in += 1
-        traffic.bytes_in += len(data)
-        await self._pace_reading(len(data))
-        return data
-
-    async def _pace_reading(self, size: int) -> None:
-        """Read at most read_bytes_per_second from this connection, after a burst of a second's
-        worth or one largest message (spec §5.8): the next read waits, and TCP makes the sender
-        wait too. One float of state: an idle server holds thousands of these."""
+        size = len(data)
+        traffic.bytes_in += size
         rate = self.config.read_bytes_per_second
         self.services.read_at = now = trio.current_time()
         burst = max(rate, self.max_message_bytes) / rate
         self._read_free_at = max(self._read_free_at, now - burst) + size / rate
-        wait = self._read_free_at - now
-        if wait > 0:
-            await trio.sleep(wait)
+        return self._read_free_at - now
 
     async def _send(self, message: bytes | str) -> None:
         if len(message) >= self.config.large_message_bytes:
