@@ -58,7 +58,7 @@ from .http import HttpSessions, Router, serve_connection
 from .http._admission import Admission
 from .http._health import Health
 from .http._sessions import PREFIX as HTTP_PREFIX
-from .sessions import Flusher, Peer, Session, SessionServices, YjsSession, check_detach
+from .sessions import SWEEPS_PER_INTERVAL, Flusher, Peer, Session, SessionServices, SweepSchedule, YjsSession, check_detach
 from .transports import HttpTransport, MemoryTransport, Transport, memory_transport_pair
 
 logger = logging.getLogger("plait.engine")
@@ -140,7 +140,9 @@ class Engine:
         self._connections = {("websocket", "native"): 0, ("websocket", "yjs"): 0, ("http", "native"): 0}
         """Sessions open by (transport, protocol), counted as they start and end (gauges)."""
         self._flusher = Flusher(lambda: self.nursery, metrics)
+        self._sweeps = SweepSchedule(self.config.heartbeat / SWEEPS_PER_INTERVAL, self._sessions)
         self._services = SessionServices(self.config, self.hooks, self._rooms.hold, self._flusher.flush_soon, recorder, metrics, wall_clock)
+        self._services.sweep_soon = self._sweeps.soon
         if metrics is not NO_METRICS:
             self._services.probe_fanout = self._flusher.probe
         self._per_ip = ConnectionCounts(self.config.max_connections_per_ip)
@@ -178,21 +180,11 @@ class Engine:
         return self
 
     async def _keep_alive(self) -> None:
-        """One sweep for every connection's outgoing heartbeat, eight times per interval,
-        instead of a timer per connection (Peer.keep_alive)."""
+        """The heartbeat sweep, eight times per interval, instead of a timer per connection:
+        each looks at the connections that have something due (Peer.keep_alive, SweepSchedule)."""
         while True:
-            await trio.sleep(self.config.heartbeat / 8)
-            self._sweep(trio.current_time())
-
-    def _sweep(self, now: float) -> None:
-        # A function of its own: a loop variable left in the sleeping task's frame would keep
-        # the last session swept (and all it holds) alive after it closed.
-        for session in list(self._sessions.values()):
-            try:
-                session.keep_alive(now)
-            except Exception as exc:  # one connection's bug must not stop the sweep of the rest
-                logger.error("session %s: heartbeat failed", session.id, exc_info=exc)
-                session.close(CloseCode.INTERNAL_ERROR, "internal error")
+            await trio.sleep(self._sweeps.interval)
+            self._sweeps.sweep(trio.current_time())
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -330,6 +322,7 @@ class Engine:
             http = path.startswith(HTTP_PREFIX)
             session = Session(self._services, transport, session_id or self._new_session_id(), detach_grace, resume_key, http=http)
         self._sessions[session.id] = session
+        self._sweeps.soon(session)
         # A session that outlives its transport is given another of the same type (attach).
         kind = _connection_kind(type(transport), session.PROTOCOL)  # one shared tuple per kind
         self._connections[kind] = self._connections.get(kind, 0) + 1

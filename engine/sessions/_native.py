@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,7 +79,7 @@ class Session(Peer):
     """A connection speaking the native protocol (spec §4-§7)."""
 
     __slots__ = (
-        "_answering_join", "_answers", "_client", "_heard", "_heard_at", "_http", "_join_bytes", "_joins", "_joins_moved",
+        "_answering_join", "_answers", "_client", "_heard_at", "_http", "_join_bytes", "_joins", "_joins_moved",
         "_left", "_next_channel",
         "_rooms", "conn", "wire",
     )
@@ -105,8 +106,8 @@ class Session(Peer):
         )
         self._rooms: dict[str, None] = {}  # the names joined (a dict: an empty set is 216 bytes)
         self._next_channel = 1
-        self._heard = False  # a message arrived since the last heartbeat sweep
         self._heard_at = trio.current_time()
+        """When the last message arrived (spec §5.7's silence)."""
         self._joins: deque[tuple[Join, RequestError | None, int]] | None = None
         """The joins waiting their turn (module docstring): each with its refusal if it has
         one already (_arrived), and how many names `_left` held when it came; None while no
@@ -153,7 +154,7 @@ class Session(Peer):
         return data
 
     def _on_attached(self) -> None:
-        self._heard = True  # the silence timer (keep_alive) starts again with the new transport
+        self._heard_at = trio.current_time()  # the silence timer (keep_alive) starts again with the new transport
 
     async def _handshake(self) -> bool:
         with trio.move_on_after(self.config.handshake_timeout):
@@ -210,16 +211,16 @@ class Session(Peer):
         """
         return decode(data, self.conn.limits) if isinstance(data, bytes) else decode_json(data, self.conn.limits)
 
-    def keep_alive(self, now: float) -> None:
-        """The heartbeat sweep also ends a connection silent for 2H (spec §5.7): the reader
-        only raises a flag per message, so timing silence costs nothing per message. The close
+    def keep_alive(self, now: float) -> float:
+        """The heartbeat sweep also ends a connection silent for 2H (spec §5.7). The close
         comes between 2H and 2H plus one sweep interval after the last message."""
-        if self._heard or self._http:  # over HTTP, the transport times the client's absence
-            self._heard, self._heard_at = False, now
-        elif self._nursery is not None and now - self._heard_at >= 2 * self.config.heartbeat:
+        if self._http:  # over HTTP, the transport times the client's absence
+            return Peer.keep_alive(self, now)
+        silent_until = self._heard_at + 2 * self.config.heartbeat
+        if now >= silent_until and self._nursery is not None:
             self._reader_scope.cancel()  # Peer.run reports HEARTBEAT_TIMEOUT
-            return
-        super().keep_alive(now)
+            return math.inf
+        return min(Peer.keep_alive(self, now), silent_until)
 
     # -- credential expiry and refresh (spec §5.9) ---------------------------------------------
 
@@ -294,7 +295,7 @@ class Session(Peer):
                 return
             if (wait := self._received(data)) > 0:
                 await trio.sleep(wait)
-            self._heard = True  # the heartbeat sweep notices silence (keep_alive)
+            self._heard_at = self.services.read_at  # now, as _received read the clock (keep_alive)
             try:
                 frames = self._decode(data)
             except RemoteProtocolError as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,8 @@ class Peer:
         "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
         "_reader_scope", "_tasks_scope", "_frame_bucket", "_update_bucket", "_user_slot", "_violations", "_writer_stopped",
         "_writing", "config", "id",
-        "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "transport", "__weakref__",
+        "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "sweep_slot", "transport",
+        "__weakref__",
     )
 
     PROTOCOL = "native"
@@ -140,6 +142,8 @@ class Peer:
         self.max_frames_per_message = self.config.max_frames_per_message
         self.max_message_bytes = self.config.max_message_bytes
         self._members: dict[int, Member] = {}
+        self.sweep_slot = -1
+        """Where the heartbeat sweep has it filed (SweepSchedule)."""
         self._reader_scope = trio.CancelScope()
         self._tasks_scope: trio.CancelScope | None = None
         """The nursery's while it is open: TOO_SLOW cancels it, writers and all. (Not a cancel
@@ -598,7 +602,7 @@ class Peer:
         if self._nowait is not None:
             self.services.flush_soon(self)
         else:
-            self._nursery.start_soon(self._contained, self._writer)
+            self._start_writer()
 
     def flush_nowait(self) -> None:
         """Write what is queued without waiting; hand what the socket does not take at once
@@ -613,12 +617,12 @@ class Peer:
                 messages = self._messages(batch)
                 for i, message in enumerate(messages):
                     if len(message) >= large:
-                        self._nursery.start_soon(self._contained, self._writer, messages[i:])
+                        self._start_writer(messages[i:])
                         return
                     written = nowait.send_message_nowait(message)
                     self._sent(message)
                     if not written:
-                        self._nursery.start_soon(self._contained, self._writer, messages[i + 1:])
+                        self._start_writer(messages[i + 1:])
                         return
                 self.last_sent = trio.current_time()
             self._drains += 1
@@ -653,6 +657,14 @@ class Peer:
         finally:
             self._writer_done()
 
+    def _start_writer(self, messages: Sequence[bytes | str] = ()) -> None:
+        """A writer task for what the socket did not take at once (`messages` first, then the
+        outbox); the heartbeat sweep looks at the session from its next pass, to time how long
+        it stays behind (_check_lag)."""
+        assert self._nursery is not None
+        self.services.sweep_soon(self)
+        self._nursery.start_soon(self._contained, self._writer, *([messages] if messages else []))
+
     def _writer_done(self) -> None:
         self._writing = False
         if self._writer_stopped is not None:
@@ -670,6 +682,7 @@ class Peer:
             return
         margin = min(REFRESH_MARGIN, (deadline - trio.current_time()) / 3)
         self._expiry = _Expiry(deadline, deadline - margin)
+        self.services.sweep_soon(self)  # it may come sooner than the sweep would look
 
     def _check_expiry(self, expiry: _Expiry, now: float) -> bool:
         """The heartbeat sweep's look at the credential: close a session whose credential has
@@ -692,20 +705,29 @@ class Peer:
         """The credential expired unrefreshed: close TOKEN_EXPIRED (spec §5.9, §9)."""
         self.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
-    def keep_alive(self, now: float) -> None:
-        """Called by the engine's heartbeat sweep: close a session whose credential expired
-        (spec §5.9), and a connection that has been behind for longer than `outbox_max_lag`;
-        queue a ping if this connection has sent nothing for most of a heartbeat interval, so
-        the client hears from it every interval."""
-        if self._expiry is not None and self._check_expiry(self._expiry, now):
-            return
-        self._check_lag(now)
-        if self._nursery is None or self._writing or now - self.last_sent < 0.75 * self.config.heartbeat:
-            return
-        ping = self._ping_frame()
-        if ping is not None:
-            self.send_bytes(ping)
-        self.last_sent = now
+    def keep_alive(self, now: float) -> float:
+        """Called by the engine's heartbeat sweep (SweepSchedule): close a session whose
+        credential expired (spec §5.9), and a connection that has been behind for longer than
+        `outbox_max_lag`; queue a ping if this connection has sent nothing for most of a
+        heartbeat interval, so the client hears from it every interval. Returns when the sweep
+        must look again (Trio's clock): the next sweep while something waits to be written."""
+        expiry = self._expiry
+        if expiry is not None and self._check_expiry(expiry, now):
+            return math.inf
+        if self._writing or self.outbox:
+            self._check_lag(now)
+            return now
+        self._lag_since = None
+        ping_after = 0.75 * self.config.heartbeat
+        if self._nursery is not None and now - self.last_sent >= ping_after:
+            ping = self._ping_frame()
+            if ping is not None:
+                self.send_bytes(ping)  # a socket that does not take it at once: _start_writer
+            self.last_sent = now
+        next_look = self.last_sent + ping_after
+        if expiry is not None:
+            next_look = min(next_look, expiry.deadline if expiry.warned else expiry.warn_at)
+        return next_look
 
     def _check_lag(self, now: float) -> None:
         """spec §9 TOO_SLOW, in time: something has waited to be written at every sweep since
@@ -713,7 +735,7 @@ class Peer:
         (outbox_max_bytes) alone would let a client that reads a little slower than its room
         talks hold the server's memory for hours. A large message's own sending time (a big
         document's first sync on a slow link) does not count."""
-        if not (self._writing or self.outbox) or self._sending_large or self._detached:
+        if self._sending_large or self._detached:
             # Detached, nothing can be written: the detach grace bounds that, not the lag.
             self._lag_since = None
         elif self._lag_since is None or self._lag_drains != self._drains:

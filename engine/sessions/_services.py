@@ -30,6 +30,10 @@ def _no_probe(arrived: float) -> None:
     pass
 
 
+def _no_sweep(session: Any) -> None:
+    pass
+
+
 class Flushable(Protocol):
     def flush_nowait(self) -> None: ...
 
@@ -136,6 +140,8 @@ class SessionServices:
         """Messages, frames and bytes in and out of every session (engine/_metrics.py)."""
         self.probe_fanout: Callable[[float], None] = _no_probe
         """Flusher.probe, when the engine measures the fan-out latency."""
+        self.sweep_soon: Callable[[Any], None] = _no_sweep
+        """SweepSchedule.soon: have the heartbeat sweep look at a session at its next pass."""
         self.read_at = 0.0
         """When a session last read a message (trio.current_time()): the one it handles now,
         unless it waited since (an event's publish may), when the sample is a little short.

@@ -190,14 +190,19 @@ async def test_a_read_only_members_sync_step2_that_changes_something_is_forbidde
 # -- a client that stops reading ----------------------------------------------------------------
 
 
-async def test_a_client_that_never_reads_is_closed_too_slow_within_the_lag_bound(autojump_clock: MockClock) -> None:
+@pytest.mark.parametrize("quiet_heartbeats", [0, 0.25], ids=["busy-at-once", "quiet-first"])
+async def test_a_client_that_never_reads_is_closed_too_slow_within_the_lag_bound(
+    autojump_clock: MockClock, quiet_heartbeats: float
+) -> None:
     # A room producing a modest 4 small updates a second, for a client that keeps sending
     # (so it is not a heartbeat timeout) but never reads: well under a megabyte in total,
-    # so only the time bound (outbox_max_lag) can end it, not outbox_max_bytes.
+    # so only the time bound (outbox_max_lag) can end it, not outbox_max_bytes. Quiet first:
+    # the heartbeat sweep has filed it for its next ping when it begins to fall behind.
     async with running_engine() as engine:
         stalled = DocClient(engine.connect_memory(buffer=2))
         await stalled.hello()
         await stalled.send(Join(1, "busy", None, None))
+        await trio.sleep(quiet_heartbeats * engine.config.heartbeat)
         writer = await member(engine, "busy")
         start = trio.current_time()
         bound = engine.config.outbox_max_lag + engine.config.heartbeat / 4
