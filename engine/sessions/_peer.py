@@ -711,6 +711,8 @@ class Peer:
         `outbox_max_lag`; queue a ping if this connection has sent nothing for most of a
         heartbeat interval, so the client hears from it every interval. Returns when the sweep
         must look again (Trio's clock): the next sweep while something waits to be written."""
+        if self._close_code is not None:  # closing: nothing more is due (nor said again)
+            return math.inf
         expiry = self._expiry
         if expiry is not None and self._check_expiry(expiry, now):
             return math.inf
