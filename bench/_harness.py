@@ -264,7 +264,7 @@ class Load:
         if not out:
             return None
         profiler = subprocess.Popen(["py-spy", "record", "--pid", str(self.server.popen.pid), "--format", "raw",
-                                     "--rate", "200", "--output", out, "--nonblocking"],
+                                     "--rate", os.environ.get("PLAIT_BENCH_PROFILE_RATE", "200"), "--output", out, "--nonblocking"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # attached before the load starts
         return profiler

@@ -23,7 +23,7 @@ from websockets.server import ServerProtocol
 
 from plait.protocol import ABNORMAL_CLOSURE, CloseCode, TransportClosed
 
-from ._base import write_now
+from ._base import read_now, write_now
 
 logger = logging.getLogger("plait.websocket")
 
@@ -93,14 +93,19 @@ class WebSocketStream:
                 # to send is queued; the frames before the bad one have been handled.
                 await self._end(ws.close_sent.code if ws.close_sent else WS_PROTOCOL_ERROR,
                                 ws.close_sent.reason if ws.close_sent else "")
+            data: bytes | bytearray | None
             try:
                 if self._socket is not None:
                     # Waited for here, not inside receive_some: an idle connection's task then
                     # holds none of the stream's and socket's coroutine frames (bench/idle.py:
                     # about 1.1 KB), and the read finds its data at the first try.
                     await trio.lowlevel.wait_readable(self._socket)
-                data = await self._stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = read_now(self._socket, RECEIVE_BYTES)
+                    if data is None:  # woken with nothing to read
+                        continue
+                else:
+                    data = await self._stream.receive_some(RECEIVE_BYTES)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
                 ws.receive_eof()

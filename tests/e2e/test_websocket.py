@@ -3,6 +3,7 @@ Real time here, so every wait is on an event, bounded by the suite's deadline.""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -18,9 +19,9 @@ import trio_websocket
 from wsproto.events import BytesMessage, Message
 
 from plait.client import Backoff, ClientState, Room, connect
-from plait.engine import Engine
+from plait.engine import Engine, EngineConfig
 from plait.engine.transports import WebSocketStream
-from plait.protocol import CloseCode, Hello, Join, Joined, SyncStep2, Update, Welcome, decode, encode
+from plait.protocol import CloseCode, Hello, Join, Joined, Ping, Pong, SyncStep2, Update, Welcome, decode, encode
 
 from .proxy import proxy_to
 from .test_websocket_endpoint import handshake_raw
@@ -250,3 +251,49 @@ async def test_a_failure_writing_one_connection_closes_that_connection_only(
             await second.send_message(encode(Hello((1,), None, {})))
             assert isinstance(decode(await second.get_message())[0], Welcome)
     assert failures == 1
+
+
+async def test_the_heartbeat_pings_a_quiet_connection_and_one_that_answers_stays_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # spec §5.7 over TCP: the server pings a connection it has said nothing to for most of H,
+    # written from the heartbeat sweep; a ping the socket does not take at once (simulated for
+    # the first) is written by a writer task, not left behind. A client that only answers pings
+    # is never closed for silence.
+    heartbeat = 0.4
+    send_nowait = WebSocketStream.send_message_nowait
+    held_back = 0
+
+    def first_ping_not_taken(self: WebSocketStream, data: bytes | str) -> bool:
+        nonlocal held_back
+        if held_back == 0 and isinstance(data, bytes) and isinstance(decode(data)[0], Ping):
+            held_back += 1
+            self._outgoing.append(self._framed(data))  # as a socket that took none of it
+            return False
+        return send_nowait(self, data)
+
+    monkeypatch.setattr(WebSocketStream, "send_message_nowait", first_ping_not_taken)
+    async with Engine(config=EngineConfig(heartbeat=heartbeat)) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        stream, ws = await handshake_raw(port)
+        await stream.send_all(ws.send(Message(data=encode(Hello((1,), None, {})))))
+        frames: list[object] = []
+        pings: list[float] = []
+        with trio.fail_after(20):
+            while len(pings) < 4:  # four pings: more than 2H of a client that only answers
+                data = await stream.receive_some(65536)
+                assert data, "the server closed a connection that answers its pings"
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, BytesMessage):
+                        frames += decode(event.data)
+                for frame in frames:
+                    if isinstance(frame, Ping):
+                        pings.append(trio.current_time())
+                        await stream.send_all(ws.send(Message(data=encode(Pong(frame.nonce)))))
+                frames.clear()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert held_back == 1
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert all(0.75 * heartbeat <= gap < 2 * heartbeat for gap in gaps), gaps

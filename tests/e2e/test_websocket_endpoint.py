@@ -558,3 +558,25 @@ async def test_the_close_frame_reaches_a_peer_still_sending_its_oversized_messag
             pytest.fail("the server reset the connection before the message was sent")
     assert await close_codes(stream, ws) == [1009]
     await still_serves(port)
+
+
+@pytest.mark.parametrize("cut", ["between-messages", "inside-a-frame"])
+async def test_a_connection_reset_by_the_peer_ends_its_session_only(cut: str) -> None:
+    # A reset (RST, not FIN) makes the server's read fail with ECONNRESET: the session ends as
+    # lost, and the server goes on.
+    async with Engine() as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        stream, ws = await handshake_raw(port)
+        await stream.send_all(ws.send(Message(data=HELLO)))
+        with trio.fail_after(5):
+            while engine.statistics()["sessions"] != 1:
+                await trio.sleep(0.01)
+        if cut == "inside-a-frame":
+            await stream.send_all(ws.send(Message(data=HELLO))[:3])
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        stream.socket.close()  # linger 0: the kernel resets the connection
+        with trio.fail_after(5):
+            while engine.statistics()["sessions"] != 0:
+                await trio.sleep(0.01)
+        await still_serves(port)
+        nursery.cancel_scope.cancel()
