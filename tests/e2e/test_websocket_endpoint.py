@@ -16,6 +16,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Pong, Request
 
 from plait.engine import Engine, EngineConfig
+from plait.engine.transports._websocket import MAX_FRAGMENTS
 from plait.protocol import ABNORMAL_CLOSURE, Hello, TransportClosed, Welcome, decode, encode
 
 pytestmark = pytest.mark.slow
@@ -180,6 +181,19 @@ async def test_fragments_over_the_limit_close_with_1009_before_they_are_all_sent
             except trio.BrokenResourceError:
                 break
             await trio.sleep(0.01)
+    assert await close_codes(stream, ws) == [1009]
+    await still_serves(port)
+
+
+async def test_a_message_in_endless_empty_fragments_closes_with_1009(port: int) -> None:
+    # Empty fragments pass the byte limit; each one held server memory until the count bound.
+    stream, ws = await handshake_raw(port)
+    fragments = b"".join(ws.send(Message(data=b"", message_finished=False)) for _ in range(MAX_FRAGMENTS + 100))
+    with trio.fail_after(5):
+        try:
+            await stream.send_all(fragments)
+        except trio.BrokenResourceError:
+            pass
     assert await close_codes(stream, ws) == [1009]
     await still_serves(port)
 
