@@ -47,8 +47,9 @@ def test_join_storm_syncs_every_client_with_the_whole_document() -> None:
 
 
 def test_idle_connections_are_counted_and_kept() -> None:
-    [row] = bench("idle.py", "--connections", "50", "--seconds", "1")
+    [row] = bench("idle.py", "--connections", "50", "--heartbeat-seconds", "2", "--periods", "1")
     assert row[0] == "50" and row[-1] == "0", row
+    assert row[2].startswith("1.5"), row  # measured over one ping period, 0.75 H
 
 
 def test_events_reach_every_subscriber_over_each_transport() -> None:
