@@ -144,8 +144,7 @@ class WebSocketStream:
         if opcode is Opcode.BINARY or opcode is Opcode.TEXT or opcode is Opcode.CONT:
             if not frame.fin:
                 if len(self._parts) >= MAX_FRAGMENTS:
-                    self._ws.fail(MESSAGE_TOO_BIG, "message in too many fragments")
-                    await self._end(MESSAGE_TOO_BIG, "message in too many fragments")
+                    await self._fail(MESSAGE_TOO_BIG, "message in too many fragments")
                 self._parts.append(frame)  # the protocol bounds their bytes by max_size
                 return None
             if self._parts:
@@ -159,8 +158,7 @@ class WebSocketStream:
                 try:
                     return data.decode()
                 except UnicodeDecodeError:
-                    self._ws.fail(INVALID_DATA, "text message is not UTF-8")
-                    await self._end(INVALID_DATA, "text message is not UTF-8")
+                    await self._fail(INVALID_DATA, "text message is not UTF-8")
             return data
         if opcode is Opcode.PONG:
             waiter = self._pongs.pop(bytes(frame.data), None)
@@ -171,6 +169,12 @@ class WebSocketStream:
             received = self._ws.close_rcvd
             await self._end(received.code if received else NO_STATUS_RECEIVED, received.reason if received else "")
         return None  # a ping: the protocol has queued the pong
+
+    async def _fail(self, code: int, reason: str) -> None:
+        """The peer broke a rule the protocol does not check itself: close with `code`.
+        Raises TransportClosed."""
+        self._ws.fail(code, reason)
+        await self._end(code, reason)
 
     async def _end(self, code: int, reason: str) -> None:
         """The connection is over (the peer closed it or broke the protocol): send what the
