@@ -80,14 +80,17 @@ class EngineConfig:
     outbox_max_lag: float = 30 * SECONDS
     """Per connection: a client that has had something waiting to be written to it for this
     long, without ever catching up, is too slow: closed TOO_SLOW (checked by the heartbeat
-    sweep, so up to two sweeps, H/4, late). The time a large message takes to send is not
-    counted."""
+    sweep, so up to two sweeps, H/4, late). Not counted: the wait for a large-send slot, and
+    the time a large message takes to send while the client takes its bytes; a client that
+    takes none of it for this long is too slow like any other."""
     large_message_bytes: int = 1 * MiB
     """A frame this large is sent as a message of its own (never copied into a batch)..."""
     concurrent_large_sends: int = 4
-    """...and at most this many such messages are being sent at once, engine-wide: framing
-    copies a message, so a join storm on a large document would otherwise hold one copy per
-    joiner at the same moment."""
+    """...and at most this many such messages are being sent at once, engine-wide, by
+    transports that copy a message to frame it: a join storm on a large document would
+    otherwise hold one copy per joiner at the same moment. The server's own WebSocket endpoint
+    writes binary messages without a copy; theirs do not wait (a client that stops reading
+    in the middle of one then holds no slot a reading client waits for)."""
     outbox_lag_frames: int = 64
     """Past this many queued frames a connection is lagging: its ephemeral frames coalesce."""
 

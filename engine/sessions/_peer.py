@@ -91,6 +91,8 @@ REFRESH_MARGIN = 30.0
 §5.9): this, or a third of the credential's remaining lifetime when it was given, if less."""
 
 _NEVER = float("-inf")
+# Peer._large_send: what the writer is doing with a large message.
+_NO_LARGE_SEND, _WAITING_FOR_SLOT, _SENDING_LARGE = 0, 1, 2
 
 
 def check_detach(grace: float, resume_key: str) -> None:
@@ -107,7 +109,7 @@ class Peer:
     __slots__ = (
         "_close_code", "_close_reason", "_closed_by_peer", "_detach", "_done",
         "_catching_up", "_expiry", "_finished", "_read_free_at", "_event_bucket", "_members", "_nowait",
-        "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_since", "_ping_nonce", "_sending_large",
+        "_nursery", "_drains", "_handshake_scope", "_lag_drains", "_lag_sent", "_lag_since", "_large_send", "_ping_nonce",
         "_reader_scope", "_tasks_scope", "_frame_bucket", "_update_bucket", "_user_slot", "_violations", "_writer_stopped",
         "_writing", "config", "id",
         "identity", "last_sent", "max_frames_per_message", "max_message_bytes", "outbox", "services", "sweep_slot", "transport",
@@ -158,7 +160,10 @@ class Peer:
         is behind from one that keeps up without a clock read per message (keep_alive)."""
         self._lag_drains = 0
         self._lag_since: float | None = None
-        self._sending_large = False
+        self._lag_sent = 0
+        """The transport's `sent_bytes` at the sweep before, while a large message is sent."""
+        self._large_send = _NO_LARGE_SEND
+        """Whether the writer waits for a large-send slot or sends a large message (_check_lag)."""
         self.last_sent = trio.current_time()
         self._close_code: int | None = None
         self._close_reason = ""
@@ -498,16 +503,49 @@ class Peer:
         return self._read_free_at - now
 
     async def _send(self, message: bytes | str) -> None:
-        if len(message) >= self.config.large_message_bytes:
-            async with self.services.large_sends:
-                self._sending_large = True
-                try:
-                    await self.transport.send_message(message)
-                finally:
-                    self._sending_large = False
-        else:
+        if len(message) < self.config.large_message_bytes:
             await self.transport.send_message(message)
+        else:
+            try:
+                if self._copies(message):
+                    self._large_send = _WAITING_FOR_SLOT
+                    await self._acquire_large_send()
+                    try:
+                        self._large_send = _SENDING_LARGE
+                        await self.transport.send_message(message)
+                    finally:
+                        self.services.large_sends.release()
+                else:
+                    self._large_send = _SENDING_LARGE
+                    await self.transport.send_message(message)
+                self._lag_since = None  # the client took all of it: progress, as a drain is
+            finally:
+                self._large_send = _NO_LARGE_SEND
         self._sent(message)
+
+    def _copies(self, message: bytes | str) -> bool:
+        """Whether the transport copies `message` to frame it, so that sending it takes one of
+        the engine's `concurrent_large_sends`: a transport that writes a binary message of
+        `uncopied_bytes` or more as it is says so (the server's WebSocket endpoint)."""
+        uncopied = getattr(self.transport, "uncopied_bytes", None)
+        return uncopied is None or not isinstance(message, bytes) or len(message) < uncopied
+
+    async def _acquire_large_send(self) -> None:
+        """Wait for a large-send slot, pinging the client every heartbeat interval meanwhile
+        (spec §5.7: the server sends something at least every H, and while its writer waits
+        nothing else can). The caller releases the slot."""
+        slots = self.services.large_sends
+        ping_after = 0.75 * self.config.heartbeat
+        while True:
+            with trio.move_on_at(self.last_sent + ping_after):
+                await slots.acquire()
+                return
+            ping = self._ping_frame() if self._close_code is None else None  # closing: its goodbye waits
+            if ping is not None:
+                for message in self._messages([ping]):
+                    await self.transport.send_message(message)
+                    self._sent(message)
+            self.last_sent = trio.current_time()
 
     def _sent(self, message: bytes | str) -> None:
         traffic = self.services.traffic
@@ -756,15 +794,30 @@ class Peer:
         """spec §9 TOO_SLOW, in time: something has waited to be written at every sweep since
         `_lag_since`, with no moment in between when everything was written. The bytes bound
         (outbox_max_bytes) alone would let a client that reads a little slower than its room
-        talks hold the server's memory for hours. A large message's own sending time (a big
-        document's first sync on a slow link) does not count."""
-        if self._sending_large or self._detached:
+        talks hold the server's memory for hours. Not counted: the wait for a large-send slot
+        (the server's own), and a large message's sending time while the client takes its
+        bytes (a big document's first sync on a slow link). A client that takes none of a
+        large message for outbox_max_lag is too slow like any other: it would otherwise hold
+        its large-send slot, and the message, for as long as it stays connected."""
+        if self._detached or self._large_send == _WAITING_FOR_SLOT:
             # Detached, nothing can be written: the detach grace bounds that, not the lag.
+            self._lag_since = None
+        elif self._large_send == _SENDING_LARGE and self._large_send_moved():
             self._lag_since = None
         elif self._lag_since is None or self._lag_drains != self._drains:
             self._lag_since, self._lag_drains = now, self._drains
         elif now - self._lag_since > self.config.outbox_max_lag:
             logger.warning("session %s too slow: behind for %.0f s", self.id, now - self._lag_since)
             self.close(CloseCode.TOO_SLOW, "too slow")
+
+    def _large_send_moved(self) -> bool:
+        """Whether the transport took bytes of the large message since the sweep before (its
+        optional `sent_bytes`, PingTransport); one that does not count them is given the
+        benefit of the doubt."""
+        sent = getattr(self.transport, "sent_bytes", None)
+        if not isinstance(sent, int):
+            return True
+        moved, self._lag_sent = sent != self._lag_sent, sent
+        return moved
 
 

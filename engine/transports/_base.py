@@ -32,7 +32,10 @@ class PingTransport(Transport, Protocol):
         and say whether bytes still wait for the socket as `writing` (a bool): a pong comes
         after everything written before its ping, so while a write is under way and that
         count grows, a peer that has not answered yet is reading, only slowly, and is not
-        dropped for it."""
+        dropped for it. Every transport may count `sent_bytes`: a large message's sending
+        time then counts as lag only while the count stands still (Peer._check_lag); and a
+        transport that writes a binary message of `uncopied_bytes` (an int) or more without
+        copying it says so, so that sending it takes none of the engine's large-send slots."""
         ...
 
 

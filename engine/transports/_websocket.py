@@ -58,6 +58,10 @@ class WebSocketStream:
                  "_closed", "_pongs", "_ping_count", "_torn",
                  "_waiting_pong")
 
+    uncopied_bytes = UNCOPIED_BYTES
+    """A binary message this large is written as it is (send_message), not copied into a frame:
+    sending it needs none of the engine's concurrent_large_sends (Peer._copies)."""
+
     # Thousands of idle connections each hold one of these: plain lists, no deques.
     def __init__(self, stream: trio.abc.Stream, ws: ServerProtocol, path: str, frames: list[Frame]) -> None:
         self.path = path

@@ -1,15 +1,21 @@
 """Large documents over real sockets: a y-websocket client, which cannot split what it sends,
-uploads a document larger than the native message limit (up to max_document_bytes)."""
+uploads a document larger than the native message limit (up to max_document_bytes); clients
+that stop reading in the middle of a large document hold up nobody else's."""
 
 from __future__ import annotations
+
+import socket
 
 import pycrdt
 import pytest
 import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request
 
+from plait.client import connect
 from plait.engine import Engine, EngineConfig
-from plait.protocol import YSyncStep, encode_sync
+from plait.protocol import Hello, Join, Ping, YSyncStep, encode, encode_sync
 
 pytestmark = pytest.mark.slow
 
@@ -32,3 +38,56 @@ async def test_yjs_client_uploads_a_document_larger_than_the_native_message_limi
                         while len(str(room.doc.get("text", type=pycrdt.Text))) < len(text):
                             await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
+
+
+async def stalled_joiner(port: int, room: str, joined: trio.Event) -> None:
+    """Joins `room` asking for all of it, reads nothing (a 4 KiB receive buffer), and pings
+    twice a second, so it is never silent: until the server ends the connection."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+    while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+        ws.receive_data(await stream.receive_some(4096))
+    await stream.send_all(ws.send(BytesMessage(encode([Hello((1,), None, {})]))))
+    await stream.send_all(ws.send(BytesMessage(encode([Join(1, room, b"\x00", None)]))))
+    joined.set()
+    try:
+        for nonce in range(1000):
+            await stream.send_all(ws.send(BytesMessage(encode([Ping(nonce)]))))
+            await trio.sleep(0.5)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def test_clients_that_stop_reading_a_large_document_hold_up_no_one_else() -> None:
+    # A QA helper's four clients joined a 6 MiB room and never read: they held every one of
+    # the engine's large-send slots for as long as they stayed connected (pinging), and a
+    # client joining after them got nothing, then TOO_SLOW. The WebSocket endpoint writes a
+    # large message without copying it, so it waits for no slot; and a client that takes
+    # none of one for outbox_max_lag is closed TOO_SLOW.
+    config = EngineConfig(heartbeat=2, concurrent_large_sends=1, outbox_max_lag=4)
+    # One value, past large_message_bytes (1 MiB) and what the sockets can hold (4 MiB here).
+    text = "large " * (8 * 1024 * 1024 // 6)
+    async with Engine(config=config) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with engine.room("big") as handle:
+            handle.doc.get("text", type=pycrdt.Text).insert(0, text)
+            with trio.fail_after(30):
+                for _ in range(2):
+                    joined = trio.Event()
+                    nursery.start_soon(stalled_joiner, port, "big", joined)
+                    await joined.wait()
+                await trio.sleep(0.5)  # their writes have begun, and stalled
+                assert engine.statistics()["sessions"] == 2
+                async with connect(f"ws://127.0.0.1:{port}/") as client, client.join("big") as room:
+                    await room.synced()
+                    assert str(room.text) == text
+                    assert engine.statistics()["sessions"] == 3  # served before they were closed
+                    while engine.statistics()["sessions"] > 1:  # the two that read nothing
+                        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
