@@ -68,7 +68,9 @@ class EngineConfig:
     frames_per_second: int = 200
     """Frames other than document updates and publishes (presence, cursors, typing, pings,
     joins; Yjs awareness) a connection may send per second, with a burst of one second's
-    worth (spec §5.8): what they cost the server is small, not nothing."""
+    worth (spec §5.8): what they cost the server is small, not nothing. The WebSocket
+    endpoint also reads at most this many WebSocket pings and pongs a second from a
+    connection; past it, it reads that connection later (nothing is refused)."""
     rate_violations_before_close: int = 20
     """RATE_LIMITED and INVALID_UPDATE refusals tolerated (refilling at one per second) before
     closing the connection (spec §5.8)."""

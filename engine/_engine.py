@@ -271,6 +271,7 @@ class Engine:
             accepting=lambda: self._accepting,
             handshake_timeout=self.config.handshake_timeout,
             max_message_bytes=self.max_message_bytes,
+            control_frames_per_second=self.config.frames_per_second,
             router=self.router,
             admission=self.admission,
             metrics=self._metrics,

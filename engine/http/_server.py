@@ -31,7 +31,7 @@ from plait.protocol import YJS_PATH, ErrorCode
 
 from .._limits import UNCOUNTED, Slot
 from .._metrics import NO_METRICS, Metrics
-from ..transports._websocket import WebSocketStream
+from ..transports._websocket import CONTROL_FRAMES_PER_SECOND, WebSocketStream
 from ._admission import Admission
 from ._exchange import H11Exchange, Refusal
 from ._router import Route, Router
@@ -54,6 +54,7 @@ async def serve_connection(
     accepting: Callable[[], bool],
     handshake_timeout: float,
     max_message_bytes: Callable[[str], int],
+    control_frames_per_second: float = CONTROL_FRAMES_PER_SECOND,
     router: Router | None = None,
     admission: Admission | None = None,
     metrics: Metrics = NO_METRICS,
@@ -61,11 +62,13 @@ async def serve_connection(
     """Run one TCP connection: its requests, then `handler` with the WebSocket if one was
     opened (and `admission` admitted it). The socket is closed when this returns, whatever
     happened. Each request (its head and body) must arrive within `handshake_timeout` seconds.
-    Every refusal is counted (`http_refusals`, by status)."""
+    Every refusal is counted (`http_refusals`, by status). The WebSocket reads at most
+    `control_frames_per_second` pings and pongs a second (WebSocketStream)."""
     try:
         # In a coroutine of its own: nothing of the requests' handling (the h11 state, a cancel
         # scope) stays referenced by this frame for the life of a WebSocket (bench/idle.py).
-        upgraded = await _serve_requests(stream, accepting, handshake_timeout, max_message_bytes, router, admission, metrics)
+        limits = (max_message_bytes, control_frames_per_second)
+        upgraded = await _serve_requests(stream, accepting, handshake_timeout, limits, router, admission, metrics)
         if upgraded is not None:
             websocket, slot = upgraded
             del upgraded  # held for the connection's life otherwise (bench/idle.py)
@@ -83,7 +86,7 @@ async def _serve_requests(
     stream: trio.abc.Stream,
     accepting: Callable[[], bool],
     handshake_timeout: float,
-    max_message_bytes: Callable[[str], int],
+    limits: tuple[Callable[[str], int], float],
     router: Router | None,
     admission: Admission | None,
     metrics: Metrics,
@@ -111,7 +114,7 @@ async def _serve_requests(
                     slot = admission.admit(request, ex.peer) if admission is not None else UNCOUNTED
                     websocket: WebSocketStream | None = None
                     try:
-                        websocket = await _upgrade(stream, bytes(ex.received), max_message_bytes)
+                        websocket = await _upgrade(stream, bytes(ex.received), *limits)
                     finally:
                         if websocket is None:  # refused, failed or cancelled: the place is free again
                             slot.release()
@@ -192,7 +195,9 @@ def _is_upgrade(request: h11.Request) -> bool:
     return upgrade and connection
 
 
-async def _upgrade(stream: trio.abc.Stream, request_bytes: bytes, max_message_bytes: Callable[[str], int]) -> WebSocketStream | None:
+async def _upgrade(
+    stream: trio.abc.Stream, request_bytes: bytes, max_message_bytes: Callable[[str], int], control_frames_per_second: float
+) -> WebSocketStream | None:
     """The WebSocket opening handshake, by `websockets` from the request's own bytes (and any
     frames the client sent right behind it)."""
     ws = ServerProtocol(max_size=max_message_bytes("/"))
@@ -217,4 +222,5 @@ async def _upgrade(stream: trio.abc.Stream, request_bytes: bytes, max_message_by
     # The suspended parser keeps the request alive for the life of the connection; its
     # headers are a kilobyte and a half that nothing reads again.
     request.headers.clear()
-    return WebSocketStream(stream, ws, request.path, [e for e in events[1:] if isinstance(e, Frame)])
+    early_frames = [e for e in events[1:] if isinstance(e, Frame)]
+    return WebSocketStream(stream, ws, request.path, early_frames, control_frames_per_second)

@@ -13,6 +13,7 @@ message was a fifth of the server's time (bench/README.md).
 from __future__ import annotations
 
 import logging
+import math
 import struct
 
 import trio
@@ -43,6 +44,11 @@ header as it is, not copied into a frame."""
 FIN_BINARY = 0x82
 FIN_TEXT = 0x81
 PONG_FIRST_BYTE = b"\x8a"  # a final pong frame (RFC 6455 §5.2, §5.5.3)
+CONTROL_FRAMES_PER_SECOND = 200.0
+"""Pings and pongs read from one connection a second, after a burst of a second's worth: past
+it the connection is read later (the peer meets backpressure). They never reach the session,
+so its frame rate (frames_per_second, spec §5.8) does not see them, and a peer sending tiny
+ones as fast as it could kept the server's loop parsing them (about 5 µs each)."""
 CLOSE_WRITE_SECONDS = 2.0
 """How long the close frame that ends a connection may wait behind a write in progress."""
 
@@ -56,14 +62,21 @@ class WebSocketStream:
 
     __slots__ = ("path", "sent_bytes", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written",
                  "_closed", "_pongs", "_ping_count", "_torn",
-                 "_waiting_pong")
+                 "_waiting_pong", "_control_cost", "_control_free_at")
 
     uncopied_bytes = UNCOPIED_BYTES
     """A binary message this large is written as it is (send_message), not copied into a frame:
     sending it needs none of the engine's concurrent_large_sends (Peer._copies)."""
 
     # Thousands of idle connections each hold one of these: plain lists, no deques.
-    def __init__(self, stream: trio.abc.Stream, ws: ServerProtocol, path: str, frames: list[Frame]) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        ws: ServerProtocol,
+        path: str,
+        frames: list[Frame],
+        control_frames_per_second: float = CONTROL_FRAMES_PER_SECOND,
+    ) -> None:
         self.path = path
         self.sent_bytes = 0
         """Bytes the socket has taken so far (PingTransport): while it grows during a write, the
@@ -84,6 +97,10 @@ class WebSocketStream:
         """A write to a stream that is not a socket was cut short: the stream may end inside a
         frame, so no close frame may be written after it."""
         self._waiting_pong: bytes | None = None  # the pong in _outgoing, if one is
+        self._control_cost = 1 / control_frames_per_second
+        """Seconds of the control-frame budget a ping or pong takes."""
+        self._control_free_at = -math.inf
+        """When the pings and pongs read so far are paid for (_pace_control_frames)."""
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -123,6 +140,23 @@ class WebSocketStream:
             self._frames = ws.events_received()  # type: ignore[assignment]
             if ws.parser_exc is None:
                 await self._answer_pings()
+                if (wait := self._control_wait(self._frames)) > 0:
+                    await trio.sleep(wait)
+
+    def _control_wait(self, frames: list[Frame]) -> float:
+        """Seconds to wait before reading on after `frames`, for the pings and pongs among
+        them to stay within CONTROL_FRAMES_PER_SECOND (a token bucket of one float, as
+        Peer._received paces bytes): the peer meets it as backpressure, nothing is refused."""
+        control = 0
+        for frame in frames:
+            opcode = frame.opcode
+            if opcode is Opcode.PING or opcode is Opcode.PONG:
+                control += 1
+        if not control:
+            return 0.0
+        now = trio.current_time()
+        self._control_free_at = max(self._control_free_at, now - 1.0) + control * self._control_cost  # a second's burst
+        return self._control_free_at - now
 
     async def _answer_pings(self) -> None:
         """Write the pongs the protocol queued for the peer's pings. Behind a write under way
@@ -371,7 +405,8 @@ class WebSocketStream:
                     if not data:
                         break
                     ws.receive_data(data)
-                    ws.events_received()
+                    if (wait := self._control_wait(ws.events_received())) > 0:  # type: ignore[arg-type]
+                        await trio.sleep(wait)
         except (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed, ProtocolError, InvalidState):
             pass
         finally:

@@ -286,7 +286,9 @@ def test_a_long_close_reason_is_cut_to_fit_without_splitting_a_character() -> No
     assert len(reason.encode()) <= MAX_REASON_BYTES and set(reason) == {"é"}
 
 
-async def serve_one(listener: trio.SocketListener, handler: Callable[[Any], Awaitable[None]], max_message_bytes: int) -> None:
+async def serve_one(
+    listener: trio.SocketListener, handler: Callable[[Any], Awaitable[None]], max_message_bytes: int, control_frames_per_second: float = 200
+) -> None:
     """Serve one connection with `handler`, its socket's send buffer small (4 KiB) so that the
     server's writes fill it."""
     from plait.engine.http import serve_connection
@@ -294,7 +296,7 @@ async def serve_one(listener: trio.SocketListener, handler: Callable[[Any], Awai
     stream = await listener.accept()
     stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     await serve_connection(stream, handler, accepting=lambda: True, handshake_timeout=5,
-                           max_message_bytes=lambda path: max_message_bytes)
+                           max_message_bytes=lambda path: max_message_bytes, control_frames_per_second=control_frames_per_second)
 
 
 async def read_messages(stream: trio.SocketStream, ws: WSConnection, count: int) -> list[bytes | str]:
@@ -496,7 +498,7 @@ async def test_pings_from_a_peer_that_does_not_read_are_answered_by_one_pong_not
     pings = [os.urandom(100) for _ in range(5000)]  # 530 kB of pings
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_one, listener, handler, 2**22)
+            nursery.start_soon(serve_one, listener, handler, 2**22, 1e6)  # not paced here
             stream, ws = await handshake_raw(port, receive_buffer=4096)
             for payload in pings:
                 await stream.send_all(ws.send(Ping(payload)))
@@ -594,3 +596,55 @@ async def test_a_connection_reset_by_the_peer_ends_its_session_only(cut: str) ->
                 await trio.sleep(0.01)
         await still_serves(port)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("opcode", [0x9, 0xA], ids=["pings", "pongs"])
+async def test_a_flood_of_control_frames_is_read_at_the_frame_rate_while_others_are_served(opcode: int) -> None:
+    # WebSocket pings and pongs never reach the session, so frames_per_second did not see
+    # them: three connections sending tiny ones as fast as they could kept the server's loop
+    # parsing (a fresh user's probe waited 0.9-6.8 s). They are read at that rate now, after a
+    # burst of a second's worth: 300 at 100 a second hold their connection's next message
+    # back two seconds, and nobody else's.
+    rate, flood = 100, 300
+    config = EngineConfig(frames_per_second=rate)
+    async with Engine(config=config) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        stream, ws = await handshake_raw(port)
+        frames = b"".join(raw_frame(opcode, b"%08d" % i) for i in range(flood))
+        started = trio.current_time()
+        await stream.send_all(frames + raw_frame(2, HELLO))
+        with trio.fail_after(10):
+            await still_serves(port)  # another connection, meanwhile
+            served_other = trio.current_time()
+            welcome = b""
+            while not welcome:
+                ws.receive_data(await stream.receive_some(65536))
+                welcome = b"".join(e.data for e in ws.events() if isinstance(e, BytesMessage))
+        welcomed = trio.current_time()
+        assert isinstance(decode(welcome)[0], Welcome)
+        assert welcomed - started >= (flood - rate) / rate * 0.9  # paced
+        assert served_other < welcomed
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_close_waits_for_the_peers_close_frame_reading_its_control_frames_at_the_rate() -> None:
+    # Closing a connection, the server reads on until the peer's close frame (as long as the
+    # caller allows): that read parsed a flood of pings unpaced, and three flooding
+    # connections being closed stalled everyone else for two seconds.
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    from plait.engine.transports._websocket import WebSocketStream
+
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    client = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+    server = await listener.accept()
+    ws = WebSocketStream(server, ServerProtocol(state=State.OPEN), "/", [], control_frames_per_second=100)
+    await client.send_all(b"".join(raw_frame(0x9, b"%08d" % i) for i in range(300)) + raw_frame(0x8, b"\x03\xe8"))
+    started = trio.current_time()
+    with trio.fail_after(10):
+        await ws.aclose(1000)
+    assert trio.current_time() - started >= 1.8  # 200 past the burst, at 100 a second
+    await client.aclose()
+    await listener.aclose()
