@@ -49,6 +49,12 @@ CONTROL_FRAMES_PER_SECOND = 200.0
 it the connection is read later (the peer meets backpressure). They never reach the session,
 so its frame rate (frames_per_second, spec §5.8) does not see them, and a peer sending tiny
 ones as fast as it could kept the server's loop parsing them (about 5 µs each)."""
+FRAGMENTS_PER_SECOND = 1024.0
+"""Fragments of data messages read from one connection a second, on the same terms. Each costs
+a parse whatever its size, and the session sees only the message: one connection sending
+messages of 4,095 empty fragments and a ping kept a core busy. A client that fragments its
+uploads at 16 KiB still sends 16 MiB a second (read_bytes_per_second); browsers and most
+libraries do not fragment at all."""
 CLOSE_WRITE_SECONDS = 2.0
 """How long the close frame that ends a connection may wait behind a write in progress."""
 
@@ -62,7 +68,7 @@ class WebSocketStream:
 
     __slots__ = ("path", "sent_bytes", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written",
                  "_closed", "_pongs", "_ping_count", "_torn",
-                 "_waiting_pong", "_control_cost", "_control_free_at")
+                 "_waiting_pong", "_control_cost", "_fragment_cost", "_frames_free_at")
 
     uncopied_bytes = UNCOPIED_BYTES
     """A binary message this large is written as it is (send_message), not copied into a frame:
@@ -76,6 +82,7 @@ class WebSocketStream:
         path: str,
         frames: list[Frame],
         control_frames_per_second: float = CONTROL_FRAMES_PER_SECOND,
+        fragments_per_second: float = FRAGMENTS_PER_SECOND,
     ) -> None:
         self.path = path
         self.sent_bytes = 0
@@ -98,9 +105,10 @@ class WebSocketStream:
         frame, so no close frame may be written after it."""
         self._waiting_pong: bytes | None = None  # the pong in _outgoing, if one is
         self._control_cost = 1 / control_frames_per_second
-        """Seconds of the control-frame budget a ping or pong takes."""
-        self._control_free_at = -math.inf
-        """When the pings and pongs read so far are paid for (_pace_control_frames)."""
+        self._fragment_cost = 1 / fragments_per_second
+        """Seconds of the connection's frame budget a ping or pong, and a fragment, take."""
+        self._frames_free_at = -math.inf
+        """When the pings, pongs and fragments read so far are paid for (_frames_wait)."""
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -140,23 +148,26 @@ class WebSocketStream:
             self._frames = ws.events_received()  # type: ignore[assignment]
             if ws.parser_exc is None:
                 await self._answer_pings()
-                if (wait := self._control_wait(self._frames)) > 0:
+                if (wait := self._frames_wait(self._frames)) > 0:
                     await trio.sleep(wait)
 
-    def _control_wait(self, frames: list[Frame]) -> float:
-        """Seconds to wait before reading on after `frames`, for the pings and pongs among
-        them to stay within CONTROL_FRAMES_PER_SECOND (a token bucket of one float, as
-        Peer._received paces bytes): the peer meets it as backpressure, nothing is refused."""
-        control = 0
+    def _frames_wait(self, frames: list[Frame]) -> float:
+        """Seconds to wait before reading on after `frames`, for the pings, pongs and fragments
+        among them to stay within CONTROL_FRAMES_PER_SECOND and FRAGMENTS_PER_SECOND (one
+        token bucket of one float, as Peer._received paces bytes): the peer meets it as
+        backpressure, nothing is refused. A whole message in one frame costs nothing here."""
+        cost = 0.0
         for frame in frames:
             opcode = frame.opcode
             if opcode is Opcode.PING or opcode is Opcode.PONG:
-                control += 1
-        if not control:
+                cost += self._control_cost
+            elif opcode is Opcode.CONT or not frame.fin:
+                cost += self._fragment_cost
+        if not cost:
             return 0.0
         now = trio.current_time()
-        self._control_free_at = max(self._control_free_at, now - 1.0) + control * self._control_cost  # a second's burst
-        return self._control_free_at - now
+        self._frames_free_at = max(self._frames_free_at, now - 1.0) + cost  # a second's burst
+        return self._frames_free_at - now
 
     async def _answer_pings(self) -> None:
         """Write the pongs the protocol queued for the peer's pings. Behind a write under way
@@ -405,7 +416,7 @@ class WebSocketStream:
                     if not data:
                         break
                     ws.receive_data(data)
-                    if (wait := self._control_wait(ws.events_received())) > 0:  # type: ignore[arg-type]
+                    if (wait := self._frames_wait(ws.events_received())) > 0:  # type: ignore[arg-type]
                         await trio.sleep(wait)
         except (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed, ProtocolError, InvalidState):
             pass
