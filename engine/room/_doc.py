@@ -15,7 +15,6 @@ from plait.protocol import (
     ChannelFrame,
     DecodedUpdate,
     ErrorCode,
-    Frame,
     RemoteProtocolError,
     SplitError,
     SyncStep2,
@@ -183,11 +182,11 @@ class DocStrand:
         return self._sync_cache[1]
 
     def sync_step1(self, member: Member, state_vector: bytes) -> None:
-        """Answer a member's sync_step1 (spec §5.3), in pieces if it is larger than a message."""
-        pieces = self._pieces(self._update_since(state_vector))
-        frames: list[Frame] = [Update(member.channel, None, piece) for piece in pieces[:-1]]
-        frames.append(SyncStep2(member.channel, None, pieces[-1]))
-        member.session.deliver_frames(member, frames)
+        """Answer a member's sync_step1 (spec §5.3), in pieces if it is larger than a message;
+        asked with an empty document, with the joins' shared encoding: a client that asks
+        again and again, reading slowly, queues references to one copy, not a copy each."""
+        for frame in self._sync_step2_for(state_vector):
+            member.session.deliver(member, frame)
 
     def apply_client_update(self, member: Member, update: bytes, ref: int | None) -> None:
         """Apply a member's update; its ack waits for the commit that makes it durable.

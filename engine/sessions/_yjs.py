@@ -199,8 +199,11 @@ class YjsSession(Peer):
     # -- output: room frames onto the y-websocket wire ---------------------------------------
 
     def deliver(self, member: Member, shared: ChannelFrame) -> None:
-        if isinstance(shared.frame, Update):  # the fan-out hot path: encoded once per room
+        frame = shared.frame
+        if isinstance(frame, Update):  # the fan-out hot path: encoded once per room
             self.send_bytes(shared.derived("yjs", _update_message))
+        elif isinstance(frame, SyncStep2):  # a large document's, shared by its joiners (Room._sync_step2_for)
+            self.send_bytes(shared.derived("yjs", _sync_step2_message))
         else:
             self._translate(member, [shared.frame])
 
@@ -309,6 +312,11 @@ _merge_cache: dict[tuple[bytes, ...], bytes] = {}
 def _update_message(frame: Frame) -> bytes:
     assert isinstance(frame, Update)
     return encode_sync(YSyncStep.UPDATE, frame.update)
+
+
+def _sync_step2_message(frame: Frame) -> bytes:
+    assert isinstance(frame, SyncStep2)
+    return encode_sync(YSyncStep.STEP2, frame.update)
 
 
 def _update_payload(message: bytes) -> bytes:

@@ -5,13 +5,29 @@ waits for a slot is neither closed for it nor left without a frame for a heartbe
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pycrdt
+import pytest
 import trio
 from trio.testing import MockClock
 
-from plait.protocol import Ack, CloseCode, Join, Ping, Pong, SyncStep2, TransportClosed, Update
+from plait.protocol import (
+    Ack,
+    CloseCode,
+    Join,
+    Ping,
+    Pong,
+    SyncStep1,
+    SyncStep2,
+    TransportClosed,
+    Update,
+    YSyncStep,
+    encode,
+    encode_sync,
+)
 
-from .client import DocClient, assert_engine_serves
+from .client import DocClient, assert_engine_serves, yjs_client
 from .conftest import running_engine
 
 LARGE = 64 * 1024
@@ -129,3 +145,34 @@ async def test_a_client_that_reads_large_messages_slowly_is_not_too_slow(autojum
                 break
         else:
             raise AssertionError("no answer to the last ping")
+
+
+@pytest.mark.parametrize("endpoint", ["native", "yjs"])
+async def test_asking_for_a_large_document_again_and_again_queues_one_copy(autojump_clock: MockClock, endpoint: str) -> None:
+    # A QA helper's clients each sent nine sync_step1 with an empty state vector on an 8 MiB
+    # room and read slowly: each answer queued a copy of its own, 72 MiB a connection, 800 MiB
+    # for ten. The answers now share the joins' one encoding.
+    asks, size = 8, len(DOCUMENT_TEXT)
+    async with running_engine(large_message_bytes=LARGE) as engine:
+        await large_room(engine, "r")
+        if endpoint == "native":
+            client = DocClient(engine.connect_memory(buffer=1))
+            await client.hello()
+            await client.join("r", state_vector=None)  # nothing large with the join
+            ask = encode([SyncStep1(1, b"\x00")])
+        else:
+            client = await yjs_client(engine, "/yjs/r", buffer=1)
+            ask = encode_sync(YSyncStep.STEP1, b"\x00")
+        await client.transport.send_message(ask)  # the first answer encodes the document
+        await trio.sleep(1)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(asks):
+                await client.transport.send_message(ask)  # and reads nothing
+            await trio.sleep(1)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown < size, f"{grown} bytes held for {asks} more answers of a {size}-byte document"
+        await client.transport.aclose()
