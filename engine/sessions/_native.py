@@ -68,10 +68,10 @@ from plait.protocol import Refresh as RefreshToken  # room.Refresh is the epheme
 from .._errors import RequestError
 from .._hooks import HookFailed, Identity, Unauthenticated
 from ..room import Member, Refresh
-from ..transports import AnsweringTransport, Transport
+from ..transports import AnsweringTransport, TextBytesTransport, Transport
 from ._peer import Peer
 from ._services import SessionServices
-from ._wire import JSON, MSGPACK, SSE, Wire
+from ._wire import JSON, JSON_BYTES, MSGPACK, SSE, Wire
 
 logger = logging.getLogger("plait.session")
 
@@ -155,6 +155,16 @@ class Session(Peer):
 
     def _on_attached(self) -> None:
         self._heard_at = trio.current_time()  # the silence timer (keep_alive) starts again with the new transport
+        if self.wire is JSON or self.wire is JSON_BYTES:
+            self.wire = self._json_wire()
+
+    def _json_wire(self) -> Wire:
+        """spec §3.5: JSON in text messages; as the frames' own bytes where the transport can
+        send bytes as text (no str copy of each message, per session)."""
+        if isinstance(self.transport, TextBytesTransport):
+            self.transport.send_bytes_as_text()
+            return JSON_BYTES
+        return JSON
 
     async def _handshake(self) -> bool:
         with trio.move_on_after(self.config.handshake_timeout):
@@ -163,7 +173,7 @@ class Session(Peer):
                 return False
             try:
                 if isinstance(data, str) and not self._http:
-                    self.wire = JSON  # spec §3.5: a client that says hello in text hears text
+                    self.wire = self._json_wire()  # spec §3.5: a client that says hello in text hears text
                 frames = self._decode(data)
                 self.services.traffic.frames_in += len(frames)
                 if len(frames) != 1:

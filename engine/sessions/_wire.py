@@ -96,6 +96,16 @@ class JsonWire(Wire):
         return decode_json(message)
 
 
+class JsonBytesWire(JsonWire):
+    """JSON for a transport that sends UTF-8 bytes as text (TextBytesTransport): a batch of one
+    frame is the frame's own bytes, shared by every member it was encoded for, however large."""
+
+    def messages(self, batch: list[bytes]) -> list[bytes | str]:
+        if len(batch) == 1:
+            return [batch[0]]
+        return [b"[" + b",".join(batch) + b"]"]
+
+
 RESERVED_EVENT_TYPES = frozenset(FRAME_NAMES) | {"message", "open", "error", "close", "resumed", "session"}
 """Names a room event cannot have as its SSE `event:` type (spec §14.2): a frame kind's, the
 ones a browser's EventSource fires itself, and the transport's own."""
@@ -150,4 +160,5 @@ def _event(frame: Frame, text: str) -> bytes:
 
 MSGPACK = Wire()
 JSON = JsonWire()
+JSON_BYTES = JsonBytesWire()
 SSE = SseWire()

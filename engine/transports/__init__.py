@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._base import AnsweringTransport as AnsweringTransport
 from ._base import NowaitTransport as NowaitTransport
 from ._base import PingTransport as PingTransport
+from ._base import TextBytesTransport as TextBytesTransport
 from ._base import Transport as Transport
 from ._base import write_now as write_now
 from ._http import HttpTransport as HttpTransport

@@ -56,6 +56,18 @@ class NowaitTransport(Transport, Protocol):
 
 
 @runtime_checkable
+class TextBytesTransport(Transport, Protocol):
+    """A transport that can send UTF-8 bytes as a text message (the server's WebSocket
+    endpoint): a JSON session's messages then go as the bytes its frames were encoded to, not
+    decoded into a str for the transport to encode again (two copies of each message, a large
+    document's per session)."""
+
+    def send_bytes_as_text(self) -> None:
+        """From now on send every bytes message as a text message; its bytes are UTF-8."""
+        ...
+
+
+@runtime_checkable
 class AnsweringTransport(Transport, Protocol):
     """A transport whose requests wait for their answers (HTTP, spec §14.3): the session
     shows it each answer it sends (an ack, an error or `joined` with a ref), and whether it

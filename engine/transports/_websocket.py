@@ -68,10 +68,10 @@ class WebSocketStream:
 
     __slots__ = ("path", "sent_bytes", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written",
                  "_closed", "_pongs", "_ping_count", "_torn",
-                 "_waiting_pong", "_control_cost", "_fragment_cost", "_frames_free_at")
+                 "_waiting_pong", "_control_cost", "_fragment_cost", "_frames_free_at", "_bytes_as_text")
 
     uncopied_bytes = UNCOPIED_BYTES
-    """A binary message this large is written as it is (send_message), not copied into a frame:
+    """A bytes message this large is written as it is (send_message), not copied into a frame:
     sending it needs none of the engine's concurrent_large_sends (Peer._copies)."""
 
     # Thousands of idle connections each hold one of these: plain lists, no deques.
@@ -109,6 +109,8 @@ class WebSocketStream:
         """Seconds of the connection's frame budget a ping or pong, and a fragment, take."""
         self._frames_free_at = -math.inf
         """When the pings, pongs and fragments read so far are paid for (_frames_wait)."""
+        self._bytes_as_text = False
+        """Whether a bytes message goes as a text message (send_bytes_as_text)."""
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -265,6 +267,10 @@ class WebSocketStream:
 
     # -- sending ----------------------------------------------------------------------------
 
+    def send_bytes_as_text(self) -> None:
+        """TextBytesTransport: from now on a bytes message goes as a text message."""
+        self._bytes_as_text = True
+
     async def send_message(self, data: bytes | str) -> None:
         if self._closed is not None or self._ws.state is not State.OPEN:
             raise self._closed_error()
@@ -272,7 +278,7 @@ class WebSocketStream:
             # The frame's header, then the payload itself: `websockets` would copy the payload
             # into a frame of its own, twice, per connection (a 20 MB document sent to 150
             # joiners is one shared payload: those copies were a fifth of the server's time).
-            self._outgoing.append(self._output() + data_frame_header(len(data), binary=True))
+            self._outgoing.append(self._output() + data_frame_header(len(data), binary=not self._bytes_as_text))
             await self._write(memoryview(data))
             return
         await self._write(self._framed(data))
@@ -282,7 +288,7 @@ class WebSocketStream:
         not by `websockets`, whose frame objects cost a fan-out several µs per connection.
         No extension is negotiated (_server.py), so a final unmasked frame is all it is."""
         payload = data if isinstance(data, bytes) else data.encode()
-        framed = data_frame_header(len(payload), binary=payload is data) + payload
+        framed = data_frame_header(len(payload), binary=payload is data and not self._bytes_as_text) + payload
         queued = self._ws.data_to_send()
         return b"".join((*queued, framed)) if queued else framed
 

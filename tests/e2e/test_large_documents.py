@@ -5,17 +5,18 @@ that stop reading in the middle of a large document hold up nobody else's."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import pycrdt
 import pytest
 import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, Request
+from wsproto.events import AcceptConnection, BytesMessage, Message, Request, TextMessage
 
 from plait.client import connect
 from plait.engine import Engine, EngineConfig
-from plait.protocol import Hello, Join, Ping, YSyncStep, encode, encode_sync
+from plait.protocol import Frame, Hello, Join, Ping, SyncStep2, YSyncStep, decode_json, encode, encode_json, encode_sync
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +41,18 @@ async def test_yjs_client_uploads_a_document_larger_than_the_native_message_limi
             nursery.cancel_scope.cancel()
 
 
-async def stalled_joiner(port: int, room: str, joined: trio.Event) -> None:
+def in_json(frame: Frame) -> TextMessage:
+    return TextMessage(encode_json(frame))
+
+
+def in_msgpack(frame: Frame) -> BytesMessage:
+    return BytesMessage(encode([frame]))
+
+
+async def stalled_joiner(port: int, room: str, joined: trio.Event, message: Callable[[Frame], Message] = in_msgpack) -> None:
     """Joins `room` asking for all of it, reads nothing (a 4 KiB receive buffer), and pings
-    twice a second, so it is never silent: until the server ends the connection."""
+    twice a second, so it is never silent: until the server ends the connection. Speaks
+    msgpack, or JSON (spec §3.5) with `message=in_json`."""
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", port))
@@ -51,12 +61,12 @@ async def stalled_joiner(port: int, room: str, joined: trio.Event) -> None:
     await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
     while not any(isinstance(e, AcceptConnection) for e in ws.events()):
         ws.receive_data(await stream.receive_some(4096))
-    await stream.send_all(ws.send(BytesMessage(encode([Hello((1,), None, {})]))))
-    await stream.send_all(ws.send(BytesMessage(encode([Join(1, room, b"\x00", None)]))))
+    await stream.send_all(ws.send(message(Hello((1,), None, {}))))
+    await stream.send_all(ws.send(message(Join(1, room, b"\x00", None))))
     joined.set()
     try:
         for nonce in range(1000):
-            await stream.send_all(ws.send(BytesMessage(encode([Ping(nonce)]))))
+            await stream.send_all(ws.send(message(Ping(nonce))))
             await trio.sleep(0.5)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
@@ -90,4 +100,40 @@ async def test_clients_that_stop_reading_a_large_document_hold_up_no_one_else() 
                     assert engine.statistics()["sessions"] == 3  # served before they were closed
                     while engine.statistics()["sessions"] > 1:  # the two that read nothing
                         await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_json_clients_that_stop_reading_a_large_document_hold_up_no_one_else() -> None:
+    # The same with clients that speak JSON (spec §3.5): each large message was decoded into a
+    # str and encoded back, so it took a large-send slot, and a QA helper's four slow JSON
+    # readers held up every other JSON joiner for minutes. The frames' own bytes go as text now.
+    config = EngineConfig(heartbeat=2, concurrent_large_sends=1, outbox_max_lag=4)
+    text = "large " * (8 * 1024 * 1024 // 6)
+    async with Engine(config=config) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with engine.room("big") as handle:
+            handle.doc.get("text", type=pycrdt.Text).insert(0, text)
+            with trio.fail_after(30):
+                for _ in range(2):
+                    joined = trio.Event()
+                    nursery.start_soon(stalled_joiner, port, "big", joined, in_json)
+                    await joined.wait()
+                await trio.sleep(0.5)  # their writes have begun, and stalled
+                assert engine.statistics()["sessions"] == 2
+                url = f"ws://127.0.0.1:{port}/"
+                async with trio_websocket.open_websocket_url(url, max_message_size=64 * 1024 * 1024) as ws:
+                    await ws.send_message(encode_json(Hello((1,), None, {})))
+                    await ws.send_message(encode_json(Join(1, "big", b"\x00", None)))
+                    doc = pycrdt.Doc()
+                    for _ in range(100):
+                        message = await ws.get_message()
+                        assert isinstance(message, str)
+                        step2 = [f for f in decode_json(message) if isinstance(f, SyncStep2)]
+                        if step2:
+                            doc.apply_update(step2[0].update)
+                            break
+                    assert str(doc.get("text", type=pycrdt.Text)) == text
+                    assert engine.statistics()["sessions"] == 3  # served before they were closed
+                while engine.statistics()["sessions"] > 0:  # the two that read nothing
+                    await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
