@@ -420,12 +420,10 @@ class Session(Peer):
         accepted: list[Update] = []
         for frame in run:
             try:
+                self._rate(self._update_bucket, "document updates")
                 if self.conn.receive(frame) is STALE:
                     self._answer_stale(frame.ref, frame.channel)
                     continue
-                member = self._member(frame.channel)
-                if member.access is Access.WRITE:
-                    self._rate(self._update_bucket, "document updates")
             except (RemoteProtocolError, RequestError) as exc:  # UNKNOWN_CHANNEL, RATE_LIMITED
                 # Answered in request order (spec §4.1): after those accepted before it.
                 self._apply_updates(accepted)
@@ -444,8 +442,9 @@ class Session(Peer):
         ref: int | None = getattr(frame, "ref", None)
         channel: int | None = getattr(frame, "channel", None)
         try:
+            self._charge(frame)
             accepted = self.conn.receive(frame)
-        except RemoteProtocolError as exc:
+        except (RemoteProtocolError, RequestError) as exc:
             self.refuse(exc.code, exc.message, ref, channel)
             return
         if accepted is STALE:
@@ -492,9 +491,19 @@ class Session(Peer):
     def _member(self, channel: int) -> Member:
         return self._members[channel]  # the state machine already checked the channel is open
 
-    async def _dispatch(self, frame: Frame) -> None:
-        if not isinstance(frame, (Update, SyncStep2, Publish)):  # those have rates of their own
+    def _charge(self, frame: Frame) -> None:
+        """spec §5.8: every frame counts toward its rate as it arrives, whatever becomes of it
+        (refused, for a channel left or never joined, from a read-only member): frames that
+        came to nothing were free, and a client sending them as fast as it could kept a core
+        busy. Raises RequestError RATE_LIMITED."""
+        if isinstance(frame, (Update, SyncStep2)):
+            self._rate(self._update_bucket, "document updates")
+        elif isinstance(frame, Publish):
+            self._rate(self._event_bucket, "events")
+        else:
             self._rate(self._frame_bucket, "frames")
+
+    async def _dispatch(self, frame: Frame) -> None:
         match frame:
             case Ping(nonce=nonce):
                 self.send_frames([Pong(nonce)])
@@ -524,8 +533,6 @@ class Session(Peer):
                 channel=channel, ref=ref, update=update
             ):
                 member = self._member(channel)
-                if member.access is Access.WRITE:
-                    self._rate(self._update_bucket, "document updates")
                 member.room.apply_client_update(member, update, ref)
             case PresenceSet(channel=channel, ref=ref, state=state):
                 member = self._member(channel)
@@ -547,7 +554,6 @@ class Session(Peer):
                 member = self._member(channel)
                 if not member.access.may_publish:
                     raise RequestError(ErrorCode.FORBIDDEN, "read-only member: events refused")
-                self._rate(self._event_bucket, "events")
                 await member.room.publish(member, ref, name, payload, key)
             case _:  # pragma: no cover - the state machine admits only client frames
                 raise RequestError(ErrorCode.UNEXPECTED_FRAME, f"unexpected {type(frame).__name__}")

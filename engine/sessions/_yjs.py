@@ -171,12 +171,14 @@ class YjsSession(Peer):
             case YSync(step=YSyncStep.STEP1, payload=sv):
                 room.sync_step1(member, sv)
             case YSync(payload=update):
-                if member.access is not Access.WRITE:
-                    # y-protocols read-only: step 2 and updates from this client are not applied.
-                    logger.info("yjs session %s is read-only: update ignored", self.id)
-                    return
+                # Counted whatever becomes of it (spec §5.8): a read-only member's ignored
+                # updates cost the server a parse and a check each, and were never limited.
                 if not self._update_bucket.take(trio.current_time()):
                     raise RequestError(ErrorCode.RATE_LIMITED, "too many updates")  # it resyncs on reconnect
+                if member.access is not Access.WRITE:
+                    # y-protocols read-only: step 2 and updates from this client are not applied.
+                    logger.debug("yjs session %s is read-only: update ignored", self.id)
+                    return
                 room.apply_client_update(member, update, None)
                 self.services.probe_fanout(self.services.read_at)
             case YAwareness(entries=entries):

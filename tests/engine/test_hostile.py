@@ -4,8 +4,10 @@ the other clients keep working."""
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 import msgpack
+import pycrdt
 import pytest
 import trio
 from trio.testing import MockClock
@@ -21,7 +23,9 @@ from plait.protocol import (
     PresenceSnapshot,
     Publish,
     Update,
+    YSyncStep,
     encode,
+    encode_sync,
 )
 
 from .client import DocClient
@@ -295,4 +299,57 @@ async def test_what_waits_when_a_session_closes_goes_in_messages_within_the_limi
         assert code == CloseCode.PROTOCOL_ERROR
         assert events == list(range(12))  # every one, in order
         assert max(sizes) <= limit, sizes
+        await assert_room_still_works(engine)
+
+
+@pytest.mark.parametrize("channel", ["left", "never-joined"])
+async def test_frames_for_a_channel_not_open_are_rate_limited_then_closed(
+    autojump_clock: MockClock, engine: Engine, connect: Connect, channel: str
+) -> None:
+    # A fresh QA helper: typing frames for a channel left (spec §5.2: they change nothing) or
+    # never joined (UNKNOWN_CHANNEL) were refused before the frame rate saw them; 1,024 a
+    # message from one connection kept a core busy, and nothing closed it.
+    from plait.protocol import Leave, Typing
+
+    flood = await connect()
+    await flood.join("r")
+    if channel == "left":
+        await flood.send(Leave(1, 99))
+        await flood.wait_for(Ack)
+    frame = Typing(1 if channel == "left" else 7, True)
+    for _ in range(100):
+        try:
+            await flood.send_raw(encode([frame] * 1024))
+        except Exception:
+            break
+    assert await flood.wait_closed() == CloseCode.RATE_LIMITED
+    await assert_room_still_works(engine)
+
+
+async def test_a_read_only_members_updates_are_rate_limited_then_closed(autojump_clock: MockClock) -> None:
+    # A fresh QA helper: a read-only member's updates were refused FORBIDDEN before the
+    # update rate saw them (native), or ignored with a log line each (y-websocket: 59 MiB of
+    # log in 15 s); one connection kept a core busy, and nothing closed it.
+    from .client import yjs_client
+    from .test_room_lifecycle import Viewer
+
+    update = edit(pycrdt.Doc(), "sneaky")
+
+    async def flood(send: Callable[[], Awaitable[None]]) -> None:
+        for _ in range(1000):
+            try:
+                await send()
+            except Exception:  # closed
+                return
+
+    async with make_engine(hooks=Viewer(), updates_per_second=20) as engine:
+        native = DocClient(engine.connect_memory())
+        await native.hello("viewer")
+        await native.join("r")
+        y = await yjs_client(engine, "/yjs/r?token=viewer")
+        async with trio.open_nursery() as nursery:  # each reads what it is answered meanwhile
+            nursery.start_soon(flood, lambda: native.send(Update(1, None, update)))
+            assert await native.wait_closed() == CloseCode.RATE_LIMITED
+            nursery.start_soon(flood, lambda: y.transport.send_message(encode_sync(YSyncStep.UPDATE, update)))
+            assert (await y.wait_closed()).code == CloseCode.RATE_LIMITED
         await assert_room_still_works(engine)
