@@ -78,6 +78,11 @@ class HttpTransport:
             it, `put` refuses: InboundFull); at least one message is always taken.
     """
 
+    uncopied_bytes = 0
+    """A bytes message is kept in the log as it is, not copied (the SSE wire's frames are its
+    messages): sending it takes none of the engine's large-send slots, which a session whose
+    client opened no event stream held until its grace ran out."""
+
     def __init__(
         self,
         path: str,

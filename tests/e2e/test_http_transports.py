@@ -34,6 +34,7 @@ from plait.protocol import (
     PresenceSet,
     PresenceSnapshot,
     Publish,
+    SyncStep2,
     Typing,
     TypingState,
     encode_json,
@@ -544,4 +545,26 @@ async def test_bodies_the_session_cannot_read_yet_are_refused_not_kept() -> None
                 while len(responses) < 5:  # bounded by the deadline: taken once the reader goes on
                     await trio.sleep(0.05)
             assert responses[4].status_code == 200, responses[4].text
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_session_that_never_opens_its_event_stream_holds_up_no_one_elses_large_document() -> None:
+    # Its large message waited in the log for a consumer while holding one of the engine's
+    # large-send slots, until the session's grace ran out (30 s): every other HTTP client's
+    # large document waited as long. The log keeps a message without copying it: no slot.
+    config = EngineConfig(concurrent_large_sends=1)
+    text = "large " * (2 * 1024 * 1024 // 6)  # past large_message_bytes (1 MiB)
+    async with Engine(config=config) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with engine.room("big") as handle, http_client(port) as http:
+            handle.doc.get("text", type=pycrdt.Text).insert(0, text)
+            idle = HttpPeer(http)
+            await idle.open()
+            await idle.send(Join(1, "big", b"\x00", None))  # and never reads
+            reader = HttpPeer(http)
+            await reader.open()
+            await nursery.start(reader.stream, port)
+            await reader.send(Join(1, "big", b"\x00", None))
+            await reader.wait_for(lambda: reader.of_kind(SyncStep2), timeout=5)
+            assert str(reader.doc.get("text", type=pycrdt.Text)) == text
         nursery.cancel_scope.cancel()
