@@ -91,8 +91,9 @@ class EngineConfig:
     """...and at most this many such messages are being sent at once, engine-wide, by
     transports that copy a message to frame it: a join storm on a large document would
     otherwise hold one copy per joiner at the same moment. The server's own WebSocket endpoint
-    writes binary messages without a copy; theirs do not wait (a client that stops reading
-    in the middle of one then holds no slot a reading client waits for)."""
+    (msgpack and JSON alike) and the HTTP transports send a message without copying it; theirs
+    do not wait (a client that stops reading in the middle of one then holds no slot a reading
+    client waits for). An embedder's trio-websocket connections still do."""
     outbox_lag_frames: int = 64
     """Past this many queued frames a connection is lagging: its ephemeral frames coalesce."""
 
