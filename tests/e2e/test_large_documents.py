@@ -74,15 +74,45 @@ async def stalled_joiner(port: int, room: str, joined: trio.Event, message: Call
         await stream.aclose()
 
 
-async def test_clients_that_stop_reading_a_large_document_hold_up_no_one_else() -> None:
+async def joined_text_over_json(port: int, room: str, synced: Callable[[], None]) -> str:
+    """Join `room` as a client that speaks JSON (spec §3.5): the text it is sent. `synced` is
+    called then, the connection still open."""
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/", max_message_size=64 * 1024 * 1024) as ws:
+        await ws.send_message(encode_json(Hello((1,), None, {})))
+        await ws.send_message(encode_json(Join(1, room, b"\x00", None)))
+        doc = pycrdt.Doc()
+        for _ in range(100):
+            message = await ws.get_message()
+            assert isinstance(message, str)
+            for frame in decode_json(message):
+                if isinstance(frame, SyncStep2):
+                    doc.apply_update(frame.update)
+                    synced()
+                    return str(doc.get("text", type=pycrdt.Text))
+        raise AssertionError("no sync_step2")
+
+
+async def joined_text_over_msgpack(port: int, room: str, synced: Callable[[], None]) -> str:
+    """Join `room` with the SDK: the text it has once synced (`synced` is called then)."""
+    async with connect(f"ws://127.0.0.1:{port}/") as client, client.join(room) as joined:
+        await joined.synced()
+        synced()
+        return str(joined.text)
+
+
+@pytest.mark.parametrize("wire", ["msgpack", "json"])
+async def test_clients_that_stop_reading_a_large_document_hold_up_no_one_else(wire: str) -> None:
     # A QA helper's four clients joined a 6 MiB room and never read: they held every one of
     # the engine's large-send slots for as long as they stayed connected (pinging), and a
     # client joining after them got nothing, then TOO_SLOW. The WebSocket endpoint writes a
     # large message without copying it, so it waits for no slot; and a client that takes
-    # none of one for outbox_max_lag is closed TOO_SLOW.
+    # none of one for outbox_max_lag is closed TOO_SLOW. With clients that speak JSON, each
+    # large message was decoded into a str and encoded back, so it still took a slot, and a
+    # second QA helper's four slow JSON readers held up every other JSON joiner for minutes.
     config = EngineConfig(heartbeat=2, concurrent_large_sends=1, outbox_max_lag=4)
     # One value, past large_message_bytes (1 MiB) and what the sockets can hold (4 MiB here).
     text = "large " * (8 * 1024 * 1024 // 6)
+    in_wire, joined_text = (in_json, joined_text_over_json) if wire == "json" else (in_msgpack, joined_text_over_msgpack)
     async with Engine(config=config) as engine, trio.open_nursery() as nursery:
         port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
         async with engine.room("big") as handle:
@@ -90,50 +120,15 @@ async def test_clients_that_stop_reading_a_large_document_hold_up_no_one_else() 
             with trio.fail_after(30):
                 for _ in range(2):
                     joined = trio.Event()
-                    nursery.start_soon(stalled_joiner, port, "big", joined)
+                    nursery.start_soon(stalled_joiner, port, "big", joined, in_wire)
                     await joined.wait()
                 await trio.sleep(0.5)  # their writes have begun, and stalled
                 assert engine.statistics()["sessions"] == 2
-                async with connect(f"ws://127.0.0.1:{port}/") as client, client.join("big") as room:
-                    await room.synced()
-                    assert str(room.text) == text
-                    assert engine.statistics()["sessions"] == 3  # served before they were closed
-                    while engine.statistics()["sessions"] > 1:  # the two that read nothing
-                        await trio.sleep(0.1)
-        nursery.cancel_scope.cancel()
 
+                def served_before_they_were_closed() -> None:
+                    assert engine.statistics()["sessions"] == 3
 
-async def test_json_clients_that_stop_reading_a_large_document_hold_up_no_one_else() -> None:
-    # The same with clients that speak JSON (spec §3.5): each large message was decoded into a
-    # str and encoded back, so it took a large-send slot, and a QA helper's four slow JSON
-    # readers held up every other JSON joiner for minutes. The frames' own bytes go as text now.
-    config = EngineConfig(heartbeat=2, concurrent_large_sends=1, outbox_max_lag=4)
-    text = "large " * (8 * 1024 * 1024 // 6)
-    async with Engine(config=config) as engine, trio.open_nursery() as nursery:
-        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
-        async with engine.room("big") as handle:
-            handle.doc.get("text", type=pycrdt.Text).insert(0, text)
-            with trio.fail_after(30):
-                for _ in range(2):
-                    joined = trio.Event()
-                    nursery.start_soon(stalled_joiner, port, "big", joined, in_json)
-                    await joined.wait()
-                await trio.sleep(0.5)  # their writes have begun, and stalled
-                assert engine.statistics()["sessions"] == 2
-                url = f"ws://127.0.0.1:{port}/"
-                async with trio_websocket.open_websocket_url(url, max_message_size=64 * 1024 * 1024) as ws:
-                    await ws.send_message(encode_json(Hello((1,), None, {})))
-                    await ws.send_message(encode_json(Join(1, "big", b"\x00", None)))
-                    doc = pycrdt.Doc()
-                    for _ in range(100):
-                        message = await ws.get_message()
-                        assert isinstance(message, str)
-                        step2 = [f for f in decode_json(message) if isinstance(f, SyncStep2)]
-                        if step2:
-                            doc.apply_update(step2[0].update)
-                            break
-                    assert str(doc.get("text", type=pycrdt.Text)) == text
-                    assert engine.statistics()["sessions"] == 3  # served before they were closed
+                assert await joined_text(port, "big", served_before_they_were_closed) == text
                 while engine.statistics()["sessions"] > 0:  # the two that read nothing
                     await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
