@@ -29,6 +29,9 @@ rotation (each family below runs from the first second):
     crdt_bytes        well-formed frames carrying random or mutated Yjs update and state-vector
                       bytes (native update/sync_step1/join, y-websocket step 1/2/update); one
                       connection at a time, every answer timed
+    floods            for a second, as fast as the server reads, what no rate once counted:
+                      messages of 4,096 fragments, WebSocket pings or pongs, typing frames for
+                      a channel left or never opened
 
 and, at fixed times, the state-vector bomb (the 9 bytes ece3c5baf359480059) in
 join.state_vector, in sync_step1 and in a y-websocket sync step 1, each timed and its RSS
@@ -67,7 +70,7 @@ import psutil
 import pycrdt
 import trio
 from _harness import Load, Measured, machine, mib, table  # type: ignore[import-not-found]
-from _rawws import BINARY, CLOSE, CONT, PING, TEXT, Closed, RawWebSocket, Refused, frame, upgrade_request  # type: ignore[import-not-found]
+from _rawws import BINARY, CLOSE, CONT, PING, PONG, TEXT, Closed, RawWebSocket, Refused, frame, upgrade_request  # type: ignore[import-not-found]
 from _soak import LogServer, describe, logged_server  # type: ignore[import-not-found]
 from fanout import analyse  # type: ignore[import-not-found]
 
@@ -778,12 +781,39 @@ async def crdt_bytes(ctx: Ctx) -> None:
         await conn.close()
 
 
+async def floods(ctx: Ctx) -> None:
+    """For a second, as fast as the server reads: what no rate once counted (2026-12-03). A
+    message of 4,096 fragments, all but the last empty; WebSocket pings or pongs; typing frames
+    for a channel left, or never opened."""
+    rng = ctx.rng
+    session = await native_session(ctx.port, ctx.family, fuzz_room(rng))
+    if session is None:
+        return
+    conn, channel = session
+    ch = channel or 1
+    how = rng.randrange(4)
+    if how == 0:
+        data = frame(BINARY, b"", fin=False) + frame(CONT, b"", fin=False) * 4094 + frame(CONT, encode_raw([3, 1]))
+    elif how == 1:
+        data = frame(rng.choice([PING, PONG]), b"x" * 8) * 4096
+    else:
+        if how == 2:
+            await conn.send(encode_raw([12, ch, 2]))  # leave
+            await conn.answer(0.5)
+        data = frame(BINARY, encode_raw([42, ch if how == 2 else ch + 7, True]) * 1024)
+    with trio.move_on_after(1.0):
+        while await conn.send(data, raw=True):
+            pass
+    await conn.answer(1.0)
+    await conn.close()
+
+
 FAMILIES: dict[str, Callable[[Ctx], Awaitable[None]]] = {
     "native_random": native_random, "native_mutated": native_mutated, "native_utf8": native_utf8,
     "native_stale": native_stale, "native_values": native_values, "native_limits": native_limits,
     "yjs_random": yjs_random, "yjs_mutated": yjs_mutated, "yjs_forgery": yjs_forgery, "yjs_values": yjs_values,
     "yjs_surrogates": yjs_surrogates, "yjs_after_close": yjs_after_close, "ws_violations": ws_violations, "http": http,
-    "crdt_bytes": crdt_bytes,
+    "crdt_bytes": crdt_bytes, "floods": floods,
 }
 SERIAL = {"crdt_bytes"}
 """Families run by one connection at a time (each may stall the server)."""

@@ -128,6 +128,8 @@ class WebSocketStream:
                 # to send is queued; the frames before the bad one have been handled.
                 await self._end(ws.close_sent.code if ws.close_sent else WS_PROTOCOL_ERROR,
                                 ws.close_sent.reason if ws.close_sent else "")
+            if self._frames_free_at > -math.inf:
+                await self._paced()
             data: bytes | bytearray | None
             try:
                 if self._socket is not None:
@@ -150,14 +152,14 @@ class WebSocketStream:
             self._frames = ws.events_received()  # type: ignore[assignment]
             if ws.parser_exc is None:
                 await self._answer_pings()
-                if (wait := self._frames_wait(self._frames)) > 0:
-                    await trio.sleep(wait)
+                self._charge_frames(self._frames)
 
-    def _frames_wait(self, frames: list[Frame]) -> float:
-        """Seconds to wait before reading on after `frames`, for the pings, pongs and fragments
-        among them to stay within CONTROL_FRAMES_PER_SECOND and FRAGMENTS_PER_SECOND (one
-        token bucket of one float, as Peer._received paces bytes): the peer meets it as
-        backpressure, nothing is refused. A whole message in one frame costs nothing here."""
+    def _charge_frames(self, frames: list[Frame]) -> None:
+        """Count the pings, pongs and fragments among `frames` against CONTROL_FRAMES_PER_SECOND
+        and FRAGMENTS_PER_SECOND: one token bucket of one float (as Peer._received paces bytes),
+        paid for by waiting before the next read (_paced). The frames already parsed are
+        handled at once; the peer meets the wait as backpressure; nothing is refused. A whole
+        message in one frame costs nothing here."""
         cost = 0.0
         for frame in frames:
             opcode = frame.opcode
@@ -165,11 +167,14 @@ class WebSocketStream:
                 cost += self._control_cost
             elif opcode is Opcode.CONT or not frame.fin:
                 cost += self._fragment_cost
-        if not cost:
-            return 0.0
-        now = trio.current_time()
-        self._frames_free_at = max(self._frames_free_at, now - 1.0) + cost  # a second's burst
-        return self._frames_free_at - now
+        if cost:
+            now = trio.current_time()
+            self._frames_free_at = max(self._frames_free_at, now - 1.0) + cost  # a second's burst
+
+    async def _paced(self) -> None:
+        """Wait until what _charge_frames counted is paid for."""
+        if (wait := self._frames_free_at - trio.current_time()) > 0:
+            await trio.sleep(wait)
 
     async def _answer_pings(self) -> None:
         """Write the pongs the protocol queued for the peer's pings. Behind a write under way
@@ -418,12 +423,12 @@ class WebSocketStream:
                 await self.flush()
                 # send_close moved the state on (mypy narrowed it to OPEN above)
                 while ws.state is not State.CLOSED and ws.close_rcvd is None:  # type: ignore[comparison-overlap]
+                    await self._paced()
                     data = await self._stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         break
                     ws.receive_data(data)
-                    if (wait := self._frames_wait(ws.events_received())) > 0:  # type: ignore[arg-type]
-                        await trio.sleep(wait)
+                    self._charge_frames(ws.events_received())  # type: ignore[arg-type]
         except (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed, ProtocolError, InvalidState):
             pass
         finally:
