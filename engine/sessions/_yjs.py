@@ -183,11 +183,18 @@ class YjsSession(Peer):
                 self.services.probe_fanout(self.services.read_at)
             case YAwareness(entries=entries):
                 own = room.awareness_id(member)
+                parsed = 0
                 for entry in entries:
                     # A client speaks only for itself: one client id, bound at its first state.
                     # y-websocket echoes others' entries: ignored before they cost a JSON parse.
                     if own is not None and entry.client_id != own:
                         continue
+                    # Each entry parsed past the first counts as a frame (spec §5.8): one
+                    # message of 10,000 states of 60 KB, each parsed and checked, kept a core
+                    # busy for a message that counted once.
+                    if parsed and not self._frame_bucket.take(trio.current_time()):
+                        raise RequestError(ErrorCode.RATE_LIMITED, "too many awareness entries")
+                    parsed += 1
                     state, size = _parse_state(entry.state_json, self.config.presence_limit)
                     if room.claim_awareness(member, entry.client_id, entry.clock, hidden=state is None):
                         own = room.awareness_id(member)

@@ -3,6 +3,7 @@ the other clients keep working."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Awaitable, Callable
 
@@ -202,6 +203,25 @@ async def test_a_yjs_awareness_flood_is_closed_rate_limited(autojump_clock: Mock
             await y.say({"name": "flood"}, clock=clock)
         except Exception:
             break
+    closed = await y.wait_closed()
+    assert closed.code == CloseCode.RATE_LIMITED
+    await assert_room_still_works(engine)
+
+
+async def test_a_yjs_awareness_message_of_many_entries_counts_each_and_is_closed_rate_limited(
+    autojump_clock: MockClock, engine: Engine
+) -> None:
+    # A fresh QA helper: one awareness message may hold 10,000 entries, each for the sender's
+    # own id parsed and checked as JSON (60 KB states kept a core busy), and the message counted
+    # once toward frames_per_second.
+    from plait.protocol import AwarenessEntry, encode_awareness
+
+    from .client import yjs_client
+
+    y = await yjs_client(engine)
+    state = json.dumps({"a": [0] * 100})
+    entries = [AwarenessEntry(y.client_id, clock, state) for clock in range(1, 1001)]
+    await y.transport.send_message(encode_awareness(entries))
     closed = await y.wait_closed()
     assert closed.code == CloseCode.RATE_LIMITED
     await assert_room_still_works(engine)
