@@ -60,6 +60,11 @@ class Outbox:
         return self._bytes
 
     @property
+    def catching_up(self) -> bool:
+        """Whether an exempt catch-up queued before is still waiting, in part."""
+        return self._exempt > 0
+
+    @property
     def lagging(self) -> bool:
         return len(self._frames) >= self._lag_frames
 

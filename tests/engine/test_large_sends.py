@@ -16,6 +16,7 @@ from plait.protocol import (
     Ack,
     CloseCode,
     Join,
+    Leave,
     Ping,
     Pong,
     SyncStep1,
@@ -176,3 +177,26 @@ async def test_asking_for_a_large_document_again_and_again_queues_one_copy(autoj
             tracemalloc.stop()
         assert grown < size, f"{grown} bytes held for {asks} more answers of a {size}-byte document"
         await client.transport.aclose()
+
+
+async def test_joining_and_leaving_a_large_room_without_reading_is_too_slow_at_the_budget(autojump_clock: MockClock) -> None:
+    # A join's catch-up is queued outside the outbox budget, and a state vector naming a
+    # client the document lacks gets a copy of its own. A fresh QA helper's one connection
+    # joined and left an 8 MiB room in a loop without reading: 4.6 GB of copies in 15 s, until
+    # the lag bound (30 s). One catch-up at a time is exempt now; the next ones count.
+    budget = 4 * len(DOCUMENT_TEXT)
+    async with running_engine(outbox_max_bytes=budget, large_message_bytes=LARGE) as engine:
+        await large_room(engine, "r")
+        client = DocClient(engine.connect_memory(buffer=1))
+        await client.hello()
+        sessions = engine.statistics()["sessions"]
+        unknown_client = b"\x01\x01\x00"  # client 1 at clock 0: the whole document is lacking
+        for i in range(40):  # channels are numbered 1, 2, 3... in join order
+            try:
+                await client.send_raw(encode([Join(2 * i + 1, "r", unknown_client, None), Leave(i + 1, 2 * i + 2)]))
+            except TransportClosed:
+                break
+        await trio.sleep(0.1)  # well inside outbox_max_lag
+        assert engine.statistics()["sessions"] == sessions - 1, "the client that never reads is still there"
+        assert await client.wait_closed() == CloseCode.TOO_SLOW
+        await assert_engine_serves(engine)
