@@ -236,12 +236,19 @@ def join_encoded(parts: list[bytes], limits: CodecLimits = DEFAULT_LIMITS) -> by
 
 
 
+CACHED_CHANNELS = 4
+"""Channel numbers a ChannelFrame keeps its bytes for, per wire. Most members share small
+channel numbers; the frames a room keeps (a large document's sync) would otherwise hold a
+copy per channel number ever asked for: a client that joined and left a large room in a loop,
+each time on a new channel, grew a server by 8 MiB a join, for as long as the room stayed."""
+
+
 class ChannelFrame:
     """A room-scoped frame encoded once for many recipients (spec §3.2, fan-out).
 
     Recipients know the room by their own channel numbers, so the bytes differ only in the
     channel field. The rest of the frame is encoded (and checked) once; `for_channel` splices
-    in the channel, and caches the result because most members share small channel numbers.
+    in the channel, and caches the result for up to CACHED_CHANNELS channel numbers.
     """
 
     __slots__ = ("frame", "_head", "_tail", "_by_channel", "_derived", "_derived_by_channel")
@@ -279,12 +286,15 @@ class ChannelFrame:
             by_channel = self._derived_by_channel[name] = {}
         data = by_channel.get(channel)
         if data is None:
-            data = by_channel[channel] = make(self.frame, channel)
+            data = make(self.frame, channel)
+            if len(by_channel) < CACHED_CHANNELS:
+                by_channel[channel] = data
         return data
 
     def for_channel(self, channel: int) -> bytes:
         data = self._by_channel.get(channel)
         if data is None:
             data = self._head + msgpack.packb(channel) + self._tail
-            self._by_channel[channel] = data
+            if len(self._by_channel) < CACHED_CHANNELS:
+                self._by_channel[channel] = data
         return data

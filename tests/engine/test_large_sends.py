@@ -200,3 +200,33 @@ async def test_joining_and_leaving_a_large_room_without_reading_is_too_slow_at_t
         assert engine.statistics()["sessions"] == sessions - 1, "the client that never reads is still there"
         assert await client.wait_closed() == CloseCode.TOO_SLOW
         await assert_engine_serves(engine)
+
+
+async def test_joining_and_leaving_a_large_room_while_reading_does_not_grow_the_server(autojump_clock: MockClock) -> None:
+    # The room keeps its document's sync frames encoded, and they kept their bytes for every
+    # channel number asked: a fresh QA helper's client joined and left an 8 MiB room in a
+    # loop, reading everything, on a new channel each time, and the server grew by 8 MiB a
+    # join until the room unloaded.
+    joins, size = 16, len(DOCUMENT_TEXT)
+    async with running_engine(large_message_bytes=LARGE) as engine:
+        writer = await large_room(engine, "r")
+        client = DocClient(engine.connect_memory())
+        await client.hello()
+        await client.join("r")  # the first join encodes the document
+        await client.wait_for(SyncStep2)
+        await client.send(Leave(1, 99))
+        await client.wait_for(Ack)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(joins):
+                joined = await client.join("r")
+                await client.wait_for(SyncStep2)
+                await client.send(Leave(joined.channel, 1000 + i))
+                await client.wait_for(Ack)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown < 6 * size, f"{grown} bytes kept after {joins} joins of a {size}-byte document"
+        await writer.send(Ping(1))  # the room is still loaded: its writer is there
+        await writer.wait_for(Pong)
