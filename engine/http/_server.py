@@ -143,7 +143,11 @@ async def _contained(handle: Route, ex: H11Exchange, request: h11.Request) -> No
     except (Refusal, trio.BrokenResourceError, trio.ClosedResourceError):
         raise
     except Exception as exc:
-        logger.error("%s %s failed", request.method.decode(), request.target[:200].decode("ascii", "replace"), exc_info=exc)
+        if _client_gone(exc):  # from a route's nursery (an event stream's writer): not a failure
+            raise trio.ClosedResourceError("the client went away") from None
+        # The path alone: a query may hold a session's key (spec §14.1).
+        path = request.target.partition(b"?")[0][:200].decode("ascii", "replace")
+        logger.error("%s %s failed", request.method.decode(), path, exc_info=exc)
         if ex.conn.our_state is not h11.SEND_RESPONSE:
             raise trio.ClosedResourceError("the answer had begun") from None
         raise Refusal(500, "internal error", code=ErrorCode.INTERNAL, as_json=True) from None
@@ -158,6 +162,13 @@ def _route(request: h11.Request, accepting: bool) -> Refusal | None:
             return Refusal(503, "the server is shutting down; connect to another, or again shortly", (("Retry-After", "5"),))
         return upgrade_refusal(path)  # None: native on any path but /yjs/... (engine.serve_transport)
     return plain_refusal(path, request.method)
+
+
+def _client_gone(exc: BaseException) -> bool:
+    """Whether `exc` only says the client went away (a group of such, from a nursery)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 def plain_refusal(path: str, method: bytes) -> Refusal:

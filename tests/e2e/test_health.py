@@ -213,6 +213,33 @@ async def test_gauges_that_raise_make_a_500_not_a_dead_server() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_route_that_fails_logs_its_path_without_the_query_and_a_client_gone_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A fresh QA helper: an event stream whose client reset mid-write logged an ERROR with a
+    # traceback (the hang-up came from the route's nursery, in a group), and its line held the
+    # session's key from the query.
+    async def failing(ex: Any, request: Any) -> None:
+        raise RuntimeError("route bug")
+
+    async def client_gone(ex: Any, request: Any) -> None:
+        raise ExceptionGroup("writer", [trio.BrokenResourceError("connection reset by peer")])
+
+    async with Engine() as engine, trio.open_nursery() as nursery:
+        engine.router.add("/failing", failing)
+        engine.router.add("/gone", client_gone)
+        port = await nursery.start(engine.serve_websocket, "127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            assert (await http.get("/failing?key=s3cret")).status_code == 500
+            with pytest.raises(httpx.HTTPError):
+                await http.get("/gone?key=s3cret")
+            assert (await http.get("/healthz")).status_code == 200
+        nursery.cancel_scope.cancel()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["GET /failing failed"]
+    assert "s3cret" not in caplog.text
+
+
 def _header(head: bytes, name: bytes) -> bytes:
     for line in head.split(b"\r\n")[1:]:
         key, _, value = line.partition(b":")
