@@ -525,8 +525,9 @@ class Peer:
 
     def _copies(self, message: bytes | str) -> bool:
         """Whether the transport copies `message` to frame it, so that sending it takes one of
-        the engine's `concurrent_large_sends`: a transport that writes a binary message of
-        `uncopied_bytes` or more as it is says so (the server's WebSocket endpoint)."""
+        the engine's `concurrent_large_sends`: a transport that sends a bytes message of
+        `uncopied_bytes` or more as it is says so (the server's WebSocket endpoint, the HTTP
+        transports)."""
         uncopied = getattr(self.transport, "uncopied_bytes", None)
         return uncopied is None or not isinstance(message, bytes) or len(message) < uncopied
 
