@@ -108,7 +108,7 @@ class WebSocketStream:
         self._fragment_cost = 1 / fragments_per_second
         """Seconds of the connection's frame budget a ping or pong, and a fragment, take."""
         self._frames_free_at = -math.inf
-        """When the pings, pongs and fragments read so far are paid for (_frames_wait)."""
+        """When the pings, pongs and fragments read so far are paid for (_charge_frames, _paced)."""
         self._bytes_as_text = False
         """Whether a bytes message goes as a text message (send_bytes_as_text)."""
 
