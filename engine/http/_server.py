@@ -67,8 +67,9 @@ async def serve_connection(
     try:
         # In a coroutine of its own: nothing of the requests' handling (the h11 state, a cancel
         # scope) stays referenced by this frame for the life of a WebSocket (bench/idle.py).
-        limits = (max_message_bytes, control_frames_per_second)
-        upgraded = await _serve_requests(stream, accepting, handshake_timeout, limits, router, admission, metrics)
+        upgraded = await _serve_requests(
+            stream, accepting, handshake_timeout, (max_message_bytes, control_frames_per_second), router, admission, metrics
+        )
         if upgraded is not None:
             websocket, slot = upgraded
             del upgraded  # held for the connection's life otherwise (bench/idle.py)

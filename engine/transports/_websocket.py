@@ -12,6 +12,7 @@ message was a fifth of the server's time (bench/README.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import struct
@@ -55,6 +56,16 @@ a parse whatever its size, and the session sees only the message: one connection
 messages of 4,095 empty fragments and a ping kept a core busy. A client that fragments its
 uploads at 16 KiB still sends 16 MiB a second (read_bytes_per_second); browsers and most
 libraries do not fragment at all."""
+_NEVER = -math.inf  # one float for every connection: an idle server holds thousands
+
+
+@functools.lru_cache(maxsize=8)
+def frame_costs(control_frames_per_second: float, fragments_per_second: float) -> tuple[float, float]:
+    """Seconds of a connection's frame budget a ping or pong, and a fragment, take: one tuple
+    shared by every connection of an engine (bench/idle.py: two floats each were 48 bytes)."""
+    return 1 / control_frames_per_second, 1 / fragments_per_second
+
+
 CLOSE_WRITE_SECONDS = 2.0
 """How long the close frame that ends a connection may wait behind a write in progress."""
 
@@ -68,7 +79,7 @@ class WebSocketStream:
 
     __slots__ = ("path", "sent_bytes", "_stream", "_socket", "_ws", "_frames", "_parts", "_outgoing", "_sending", "_written",
                  "_closed", "_pongs", "_ping_count", "_torn",
-                 "_waiting_pong", "_control_cost", "_fragment_cost", "_frames_free_at", "_bytes_as_text")
+                 "_waiting_pong", "_frame_costs", "_frames_free_at", "_bytes_as_text")
 
     uncopied_bytes = UNCOPIED_BYTES
     """A bytes message this large is written as it is (send_message), not copied into a frame:
@@ -104,10 +115,8 @@ class WebSocketStream:
         """A write to a stream that is not a socket was cut short: the stream may end inside a
         frame, so no close frame may be written after it."""
         self._waiting_pong: bytes | None = None  # the pong in _outgoing, if one is
-        self._control_cost = 1 / control_frames_per_second
-        self._fragment_cost = 1 / fragments_per_second
-        """Seconds of the connection's frame budget a ping or pong, and a fragment, take."""
-        self._frames_free_at = -math.inf
+        self._frame_costs = frame_costs(control_frames_per_second, fragments_per_second)
+        self._frames_free_at = _NEVER
         """When the pings, pongs and fragments read so far are paid for (_charge_frames, _paced)."""
         self._bytes_as_text = False
         """Whether a bytes message goes as a text message (send_bytes_as_text)."""
@@ -128,7 +137,7 @@ class WebSocketStream:
                 # to send is queued; the frames before the bad one have been handled.
                 await self._end(ws.close_sent.code if ws.close_sent else WS_PROTOCOL_ERROR,
                                 ws.close_sent.reason if ws.close_sent else "")
-            if self._frames_free_at > -math.inf:
+            if self._frames_free_at is not _NEVER:
                 await self._paced()
             data: bytes | bytearray | None
             try:
@@ -160,13 +169,14 @@ class WebSocketStream:
         paid for by waiting before the next read (_paced). The frames already parsed are
         handled at once; the peer meets the wait as backpressure; nothing is refused. A whole
         message in one frame costs nothing here."""
+        control, fragment = self._frame_costs
         cost = 0.0
         for frame in frames:
             opcode = frame.opcode
             if opcode is Opcode.PING or opcode is Opcode.PONG:
-                cost += self._control_cost
+                cost += control
             elif opcode is Opcode.CONT or not frame.fin:
-                cost += self._fragment_cost
+                cost += fragment
         if cost:
             now = trio.current_time()
             self._frames_free_at = max(self._frames_free_at, now - 1.0) + cost  # a second's burst
