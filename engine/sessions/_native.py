@@ -420,7 +420,7 @@ class Session(Peer):
         accepted: list[Update] = []
         for frame in run:
             try:
-                self._rate(self._update_bucket, "document updates")
+                self._charge(frame)
                 if self.conn.receive(frame) is STALE:
                     self._answer_stale(frame.ref, frame.channel)
                     continue

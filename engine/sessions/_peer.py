@@ -506,18 +506,17 @@ class Peer:
         if len(message) < self.config.large_message_bytes:
             await self.transport.send_message(message)
         else:
+            slot = self._copies(message)
             try:
-                if self._copies(message):
+                if slot:
                     self._large_send = _WAITING_FOR_SLOT
                     await self._acquire_large_send()
-                    try:
-                        self._large_send = _SENDING_LARGE
-                        await self.transport.send_message(message)
-                    finally:
-                        self.services.large_sends.release()
-                else:
+                try:
                     self._large_send = _SENDING_LARGE
                     await self.transport.send_message(message)
+                finally:
+                    if slot:
+                        self.services.large_sends.release()
                 self._lag_since = None  # the client took all of it: progress, as a drain is
             finally:
                 self._large_send = _NO_LARGE_SEND
