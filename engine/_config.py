@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from plait.protocol import MAX_FRAMES_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_PRESENCE_BYTES, Limits, MiB
+from plait.protocol import (
+    MAX_FRAMES_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    MAX_PRESENCE_BYTES,
+    MAX_VALUES_PER_MESSAGE,
+    CodecLimits,
+    Limits,
+    MiB,
+)
 
 SECONDS: Final = 1.0
 
@@ -49,6 +57,15 @@ class EngineConfig:
     clients cannot split what they send, so their messages may be this large (plus a little)
     even when native messages are limited to max_message_bytes."""
     max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE
+    max_values_per_message: int = MAX_VALUES_PER_MESSAGE
+    """The values (array elements and map entries, spec §3.4) a message read from a client
+    may hold; more is FRAME_TOO_LARGE, found before they are all built. Each value is also
+    read as if it were `read_bytes_per_value` bytes (spec §5.8)."""
+    read_bytes_per_value: int = 64
+    """What one value costs of read_bytes_per_second: a connection reads at most
+    read_bytes_per_second / this values a second (262,144 by default), so that a client
+    sending small dense values (a 16 MiB message holds sixteen million) meets backpressure
+    before it costs the server more CPU than bytes of a document update would."""
     max_room_presence_bytes: int = 16 * MiB
     """A room's presence states, identities and cursors together: what a joiner is sent at
     once. A change that would pass it is refused (PRESENCE_TOO_LARGE)."""
@@ -160,6 +177,11 @@ class EngineConfig:
     def presence_limit(self) -> int:
         """The limit on presence states, cursor positions and identities in force (bytes)."""
         return min(self.max_presence_bytes, self.max_message_bytes // 4)
+
+    @property
+    def codec_limits(self) -> CodecLimits:
+        """What the server's decoders enforce on a client's messages (spec §3.4)."""
+        return CodecLimits(self.max_message_bytes, self.max_frames_per_message, self.max_values_per_message)
 
     @property
     def limits(self) -> Limits:

@@ -68,6 +68,7 @@ from ._frames import (
 )
 from ._codec import (
     decode as decode,
+    decode_counted as decode_counted,
     ChannelFrame as ChannelFrame,
     frame_to_array as frame_to_array,
     encode as encode,
@@ -79,6 +80,7 @@ from ._codec import (
     DEFAULT_LIMITS as DEFAULT_LIMITS,
     MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES,
     MAX_FRAMES_PER_MESSAGE as MAX_FRAMES_PER_MESSAGE,
+    MAX_VALUES_PER_MESSAGE as MAX_VALUES_PER_MESSAGE,
     KiB as KiB,
     MiB as MiB,
 )
@@ -145,6 +147,8 @@ from ._yjs import (
 from ._transport import Transport as Transport
 from ._json import (
     decode_json as decode_json,
+    decode_json_counted as decode_json_counted,
+    json_values as json_values,
     encode_json as encode_json,
     encode_json_trusted as encode_json_trusted,
     frame_from_json as frame_from_json,

@@ -23,14 +23,23 @@ MiB: Final = 1024 * KiB
 
 MAX_MESSAGE_BYTES: Final = 16 * MiB
 MAX_FRAMES_PER_MESSAGE: Final = 1024
+MAX_VALUES_PER_MESSAGE: Final = 256 * KiB
+"""The reference server's bound on the values in one message it reads (spec §3.4)."""
 
 
 @dataclass(frozen=True, slots=True)
 class CodecLimits:
-    """Limits a decoder enforces. The server announces its own in `Welcome.limits`."""
+    """Limits a decoder enforces. The server announces the first two in `Welcome.limits`.
+
+    `max_values_per_message` bounds the values a message holds (spec §3.4: every array
+    element and map entry, a frame's own fields included, and an empty array or map counts
+    one), checked while decoding; None leaves them bounded by the bytes alone. A server sets
+    it: sixteen million one-byte values fit in a 16 MiB message and cost seconds to decode.
+    """
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE
+    max_values_per_message: int | None = None
 
 
 DEFAULT_LIMITS: Final = CodecLimits()
@@ -50,6 +59,60 @@ def decode(data: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list[Frame]:
         RemoteProtocolError: the bytes are not a valid message; `.code` says why. Anything else
             is a bug.
     """
+    if limits.max_values_per_message is None:
+        _check_size(data, limits)
+        return [_frame_from_array(a) for a in _unpack_all(bytes(data), limits.max_frames_per_message)]
+    return decode_counted(data, limits)[0]
+
+
+def decode_counted(data: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> tuple[list[Frame], int]:
+    """`decode`, and the values the message holds (spec §3.4), counted as msgpack builds them:
+    what a server paces a connection's reading by (§5.8).
+
+    Raises:
+        RemoteProtocolError: as `decode`; FRAME_TOO_LARGE for more than
+            `limits.max_values_per_message` values, found before they are all built.
+    """
+    _check_size(data, limits)
+    counter = _ValueCounter(limits.max_values_per_message or UNLIMITED_VALUES)
+    arrays = _unpack_all(bytes(data), limits.max_frames_per_message, counter)
+    return [_frame_from_array(a) for a in arrays], counter.values
+
+
+UNLIMITED_VALUES: Final = 2**62
+
+
+class _TooManyValues(Exception):
+    pass
+
+
+class _ValueCounter:
+    """msgpack's hooks, called as each array or map is complete: they count its values and stop
+    the decoding once there are more than `limit`, so a message of a million empty arrays costs
+    at most `limit` of them. A header that claims more than `limit` fails before any is built
+    (max_array_len)."""
+
+    __slots__ = ("values", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.values = 0
+        self.limit = limit
+
+    def count(self, container: Any) -> Any:
+        self.values += len(container) or 1
+        if self.values > self.limit:
+            raise _TooManyValues
+        return container
+
+    def options(self, size: int) -> dict[str, Any]:
+        most = min(self.limit, size)  # and never more than the bytes could hold (_unpack_all)
+        return {"list_hook": self.count, "object_hook": self.count, "max_array_len": most, "max_map_len": most}
+
+    def error(self) -> RemoteProtocolError:
+        return RemoteProtocolError(f"a message holds more than {self.limit} values", ErrorCode.FRAME_TOO_LARGE)
+
+
+def _check_size(data: bytes, limits: CodecLimits) -> None:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RemoteProtocolError(
             f"a message is binary, got {type(data).__name__}", ErrorCode.MALFORMED_FRAME
@@ -62,13 +125,15 @@ def decode(data: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list[Frame]:
             f"message of {size} bytes exceeds {limits.max_message_bytes}",
             ErrorCode.FRAME_TOO_LARGE,
         )
-    arrays = _unpack_all(bytes(data), limits.max_frames_per_message)
-    return [_frame_from_array(a) for a in arrays]
 
 
-def _unpack_error(exc: Exception) -> RemoteProtocolError:
+def _unpack_error(exc: Exception, counter: _ValueCounter | None) -> RemoteProtocolError:
     """What msgpack's failure means (spec §3.4): a map key that is not a string is well-formed
     msgpack with a field Plait does not allow (INVALID_FIELD); anything else is not msgpack."""
+    if counter is not None and (
+        isinstance(exc, _TooManyValues) or (isinstance(exc, ValueError) and "exceeds max_" in str(exc))
+    ):
+        return counter.error()
     if isinstance(exc, ValueError) and "not allowed for map key" in str(exc):
         return RemoteProtocolError("a map key is not a string", ErrorCode.INVALID_FIELD)
     if isinstance(exc, msgpack.StackError):  # nested deeper than msgpack's own stack (1024)
@@ -76,17 +141,20 @@ def _unpack_error(exc: Exception) -> RemoteProtocolError:
     return RemoteProtocolError(f"not valid msgpack: {type(exc).__name__}", ErrorCode.MALFORMED_FRAME)
 
 
-def _unpack_all(data: bytes, max_frames: int) -> list[Any]:
+def _unpack_all(data: bytes, max_frames: int, counter: _ValueCounter | None = None) -> list[Any]:
     # msgpack's own limits (max_*_len) default to the buffer size, so a header that claims
     # 2**32 elements in a ten-byte message fails before anything is allocated for it.
+    options = counter.options(len(data)) if counter is not None else {}
     try:  # most messages hold one frame: unpackb is eight times cheaper than an Unpacker
-        return [msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)]
+        return [msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **options)]
     except msgpack.ExtraData:
         pass  # several frames
     except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise _unpack_error(exc) from exc
+        raise _unpack_error(exc, counter) from exc
+    if counter is not None:
+        counter.values = 0  # counted again, frame by frame
     unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, use_list=True, max_buffer_size=len(data)
+        raw=False, strict_map_key=True, use_list=True, max_buffer_size=len(data), **options
     )
     unpacker.feed(data)
     arrays: list[Any] = []
@@ -97,7 +165,7 @@ def _unpack_all(data: bytes, max_frames: int) -> list[Any]:
         except msgpack.OutOfData:
             break
         except Exception as exc:  # msgpack raises several unrelated types on bad input
-            raise _unpack_error(exc) from exc
+            raise _unpack_error(exc, counter) from exc
         if len(arrays) == max_frames:
             raise RemoteProtocolError(
                 f"more than {max_frames} frames in one message", ErrorCode.FRAME_TOO_LARGE

@@ -183,51 +183,68 @@ def to_wire(value: Any) -> Any:
     return value
 
 
-_SCALARS: Final = (type(None), bool, str, bytes)
+_PLAIN: Final = frozenset((type(None), bool, bytes))
+_CONTAINERS: Final = frozenset((list, tuple, dict))
 
 
 def check_value(value: object, depth: int) -> None:
     """Raise unless `value` is an application value nested at most `depth` levels.
 
-    Iterative, so hostile nesting cannot exhaust the Python stack whatever `depth` is.
+    Iterative, so hostile nesting cannot exhaust the Python stack whatever `depth` is; only
+    containers go on its stack, so a flat array of a million elements costs no object each.
     """
-    stack: list[tuple[object, int]] = [(value, depth)]
+    if type(value) not in _CONTAINERS:
+        _check_scalar(value)
+        return
+    if depth == 0:
+        raise _too_deep()
+    stack: list[tuple[Any, int]] = [(value, depth)]
     while stack:
-        item, room = stack.pop()
-        kind = type(item)
-        if kind is str:
-            _check_text(item)  # type: ignore[arg-type]
-            continue
-        if kind in _SCALARS:
-            continue
-        if kind is int:
-            assert isinstance(item, int)
-            if not INT64_MIN <= item <= UINT64_MAX:
-                raise _invalid("integer out of the 64-bit range")
-            continue
-        if kind is float:
-            assert isinstance(item, float)
-            if not math.isfinite(item):
-                # NaN and the infinities have no JSON form: a Yjs client (awareness) or an
-                # EventSource (the JSON mapping) could not receive the value (spec §3.3).
-                raise _invalid(f"{item} is not a finite number")
-            continue
-        if kind is list or kind is tuple:
-            if room == 0:
-                raise RemoteProtocolError(f"value nested deeper than {MAX_DEPTH}", ErrorCode.TOO_DEEP)
-            assert isinstance(item, (list, tuple))
-            stack.extend((v, room - 1) for v in item)
-            continue
-        if kind is dict:
-            if room == 0:
-                raise RemoteProtocolError(f"value nested deeper than {MAX_DEPTH}", ErrorCode.TOO_DEEP)
-            assert isinstance(item, dict)
-            for key, v in item.items():
+        container, room = stack.pop()
+        if type(container) is dict:
+            for key in container:
                 if type(key) is not str:
                     raise _invalid(f"map keys must be strings, got {_show(key)}")
-                _check_text(key)
-                stack.append((v, room - 1))
-            continue
+                if not key.isascii():
+                    _check_text(key)
+            items = container.values()
+        else:
+            items = container
+        for item in items:
+            kind = type(item)
+            if kind in _PLAIN:
+                continue
+            if kind in _CONTAINERS:
+                if room == 1:
+                    raise _too_deep()
+                if item:  # an empty one holds nothing to check
+                    stack.append((item, room - 1))
+            elif kind is str:
+                if not item.isascii():
+                    _check_text(item)
+            else:
+                _check_scalar(item)
+
+
+def _too_deep() -> RemoteProtocolError:
+    return RemoteProtocolError(f"value nested deeper than {MAX_DEPTH}", ErrorCode.TOO_DEEP)
+
+
+def _check_scalar(item: object) -> None:
+    kind = type(item)
+    if kind is str:
+        _check_text(item)  # type: ignore[arg-type]
+    elif kind is int:
+        assert isinstance(item, int)
+        if not INT64_MIN <= item <= UINT64_MAX:
+            raise _invalid("integer out of the 64-bit range")
+    elif kind is float:
+        assert isinstance(item, float)
+        if not math.isfinite(item):
+            # NaN and the infinities have no JSON form: a Yjs client (awareness) or an
+            # EventSource (the JSON mapping) could not receive the value (spec §3.3).
+            raise _invalid(f"{item} is not a finite number")
+    elif kind not in _PLAIN:
         raise _invalid(f"{kind.__name__} is not an application value")
 
 

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -120,6 +121,11 @@ def encode_json_trusted(frame: Frame) -> str:
 
 
 def decode_json(text: str | bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list[Frame]:
+    """`decode_json_counted` without the count."""
+    return decode_json_counted(text, limits)[0]
+
+
+def decode_json_counted(text: str | bytes, limits: CodecLimits = DEFAULT_LIMITS) -> tuple[list[Frame], int]:
     """The frames of a JSON message (spec §3.5).
 
     Raises:
@@ -128,10 +134,18 @@ def decode_json(text: str | bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list
             MALFORMED_FRAME for text that is not JSON, not UTF-8, not a frame object or an
             array of them, or a frame with missing or unknown fields; UNKNOWN_KIND; TOO_DEEP;
             INVALID_FIELD for a field of the wrong type, a non-finite number, bad base64.
+            FRAME_TOO_LARGE also for more values than `limits.max_values_per_message`
+            (counted by `json_values`, before anything is parsed).
+
+    Returns:
+        The frames, and the values the message holds (`json_values`).
     """
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     if len(data) > limits.max_message_bytes:
         raise RemoteProtocolError(f"message of {len(data)} bytes exceeds {limits.max_message_bytes}", ErrorCode.FRAME_TOO_LARGE)
+    values = json_values(data)
+    if limits.max_values_per_message is not None and values > limits.max_values_per_message:
+        raise RemoteProtocolError(f"a message holds more than {limits.max_values_per_message} values", ErrorCode.FRAME_TOO_LARGE)
     try:
         parsed = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except RemoteProtocolError:
@@ -145,7 +159,24 @@ def decode_json(text: str | bytes, limits: CodecLimits = DEFAULT_LIMITS) -> list
         raise RemoteProtocolError("empty message", ErrorCode.MALFORMED_FRAME)
     if len(objs) > limits.max_frames_per_message:
         raise RemoteProtocolError(f"more than {limits.max_frames_per_message} frames in one message", ErrorCode.FRAME_TOO_LARGE)
-    return [frame_from_json(obj) for obj in objs]
+    return [frame_from_json(obj) for obj in objs], values
+
+
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_EXACT_ABOVE: Final = 64
+
+
+def json_values(data: bytes) -> int:
+    """The values in a JSON text as spec §3.4 counts them: every array element and object
+    member, and an empty array or object, counts one. In JSON that is one per comma, `[` and
+    `{` outside strings, found without parsing anything: a count of at most 64 is taken with
+    the strings' own commas and brackets in it (an over-count of a few), a larger one is made
+    exact first. The text need not be valid JSON; the count is then an upper bound."""
+    values = data.count(b",") + data.count(b"[") + data.count(b"{")
+    if values > _EXACT_ABOVE:
+        bare = _JSON_STRING.sub(b"", data)
+        values = bare.count(b",") + bare.count(b"[") + bare.count(b"{")
+    return values
 
 
 def _no_constant(name: str) -> Any:

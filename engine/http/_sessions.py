@@ -28,7 +28,6 @@ import trio
 from plait.protocol import (
     SUPPORTED_VERSIONS,
     CloseCode,
-    CodecLimits,
     Error,
     ErrorCode,
     Frame,
@@ -103,7 +102,7 @@ class HttpSessions:
         """Recently ended sessions: id -> (key, close code, reason)."""
         self._opening = 0
         self.origins = Origins(config.allow_origins)
-        self._limits = CodecLimits(config.max_message_bytes, config.max_frames_per_message)
+        self._limits = config.codec_limits
 
     def ended(self, session_id: str) -> None:
         """The session has ended (the engine calls this): its address's place is free."""

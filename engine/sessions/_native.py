@@ -33,7 +33,6 @@ from plait.protocol import (
     ChannelClosed,
     ChannelFrame,
     CloseCode,
-    CodecLimits,
     Connection,
     CursorMove,
     Error,
@@ -60,8 +59,8 @@ from plait.protocol import (
     Update,
     Welcome,
     check_room_name,
-    decode,
-    decode_json,
+    decode_counted,
+    decode_json_counted,
 )
 from plait.protocol import Refresh as RefreshToken  # room.Refresh is the ephemeral refresh
 
@@ -101,9 +100,7 @@ class Session(Peer):
         self.wire: Wire = SSE if http else MSGPACK
         """How frames go out: msgpack, or JSON for a client whose hello was text (spec §3.5)."""
         self._answers = transport if isinstance(transport, AnsweringTransport) else None
-        self.conn = Connection(
-            Role.SERVER, CodecLimits(self.config.max_message_bytes, self.config.max_frames_per_message)
-        )
+        self.conn = Connection(Role.SERVER, self.config.codec_limits)
         self._rooms: dict[str, None] = {}  # the names joined (a dict: an empty set is 216 bytes)
         self._next_channel = 1
         self._heard_at = trio.current_time()
@@ -219,7 +216,12 @@ class Session(Peer):
         Raises:
             RemoteProtocolError: as `decode` and `decode_json` do.
         """
-        return decode(data, self.conn.limits) if isinstance(data, bytes) else decode_json(data, self.conn.limits)
+        if isinstance(data, bytes):
+            frames, values = decode_counted(data, self.conn.limits)
+        else:
+            frames, values = decode_json_counted(data, self.conn.limits)
+        self._read_values(values)
+        return frames
 
     def keep_alive(self, now: float) -> float:
         """The heartbeat sweep also ends a connection silent for 2H (spec §5.7). The close

@@ -49,6 +49,7 @@ from plait.protocol import (
     encode_awareness,
     encode_sync,
     encode_y,
+    json_values,
 )
 
 from .._errors import RequestError
@@ -195,6 +196,7 @@ class YjsSession(Peer):
                     if parsed and not self._frame_bucket.take(trio.current_time()):
                         raise RequestError(ErrorCode.RATE_LIMITED, "too many awareness entries")
                     parsed += 1
+                    self._count_values(entry.state_json)
                     state, size = _parse_state(entry.state_json, self.config.presence_limit)
                     if room.claim_awareness(member, entry.client_id, entry.clock, hidden=state is None):
                         own = room.awareness_id(member)
@@ -204,6 +206,15 @@ class YjsSession(Peer):
                 self._send_awareness(member, room.awareness_sessions())
             case YAuth():
                 pass  # y-protocols auth messages carry nothing we act on
+
+    def _count_values(self, state_json: str) -> None:
+        """An awareness state's values, bounded and read at a rate as a native message's are
+        (spec §3.4, §5.8), counted before it is parsed: a state of a million empty arrays
+        fits in a few MiB."""
+        values = json_values(state_json.encode("utf-8", "surrogatepass"))
+        if values > self.config.max_values_per_message:
+            raise RequestError(ErrorCode.FRAME_TOO_LARGE, f"an awareness state holds more than {self.config.max_values_per_message} values")
+        self._read_values(values)
 
     # -- output: room frames onto the y-websocket wire ---------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgpack
 import pycrdt
@@ -25,6 +26,7 @@ from plait.protocol import (
     Publish,
     Update,
     YSyncStep,
+    decode,
     encode,
     encode_sync,
 )
@@ -280,6 +282,105 @@ async def test_a_connection_is_read_no_faster_than_read_bytes_per_second(autojum
         elapsed = trio.current_time() - start
         # A burst of one largest message (2 MiB, two seconds' worth), then 1 MiB/s: about 3 s.
         assert 2.5 <= elapsed < 5, elapsed
+        await assert_room_still_works(engine)
+
+
+async def _raw_until_closed(client: DocClient, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+    """Every frame a client reads until the close, as JSON objects whichever the wire, and
+    the close code."""
+    from plait.protocol import TransportClosed, decode, frame_to_json
+
+    seen: list[dict[str, Any]] = []
+    for _ in range(limit):
+        try:
+            message = await client.transport.receive_message()
+        except TransportClosed as closed:
+            return seen, closed.code
+        if isinstance(message, str):
+            parsed = json.loads(message)
+            seen += parsed if isinstance(parsed, list) else [parsed]
+        else:
+            seen += [frame_to_json(f) for f in decode(message)]
+    raise AssertionError("never closed")
+
+
+async def _json_hello_and_join(client: DocClient) -> None:
+    await client.send_raw(json.dumps({"kind": "hello", "versions": [1], "token": None, "client": {}}))
+    await client.transport.receive_message()  # welcome
+    join = {"kind": "join", "ref": 1, "room": "r", "state_vector": None, "since": None, "epoch": None}
+    await client.send_raw(json.dumps(join))
+
+
+def _json_publish(ref: int, payload: Any) -> str:
+    return json.dumps({"kind": "publish", "channel": 1, "ref": ref, "name": "x", "payload": payload, "key": None})
+
+
+@pytest.mark.parametrize("wire", ["msgpack", "json"])
+@pytest.mark.parametrize("when", ["hello", "publish"])
+async def test_a_message_of_more_values_than_the_limit_is_closed_frame_too_large(
+    autojump_clock: MockClock, wire: str, when: str
+) -> None:
+    # QA: a 16 MiB message of sixteen million nils cost seconds of CPU and 1.4 GiB to decode
+    # and check, even as the first message (before hello) and even over JSON (spec §3.4).
+    limit = 1000
+    async with make_engine(max_values_per_message=limit) as engine:
+        client = DocClient(engine.connect_memory())
+        many = [0] * limit
+        bad: bytes | str
+        if when == "hello":
+            hello = {"kind": "hello", "versions": [1], "token": None, "client": {"a": many}}
+            bad = msgpack.packb([1, [1], None, {"a": many}]) if wire == "msgpack" else json.dumps(hello)
+        elif wire == "msgpack":
+            await client.hello()
+            await client.join("r")
+            bad = encode(Publish(1, client.next_ref(), "x", many, None))
+        else:
+            await _json_hello_and_join(client)
+            bad = _json_publish(2, many)
+        await client.send_raw(bad)
+        with trio.fail_after(10):
+            seen, code = await _raw_until_closed(client)
+        errors = [f for f in seen if f["kind"] == "error"]
+        assert [e["code"] for e in errors] == [ErrorCode.FRAME_TOO_LARGE], seen
+        assert f"more than {limit} values" in errors[0]["message"]
+        assert code == ErrorCode.FRAME_TOO_LARGE.close_code
+        await assert_room_still_works(engine)
+
+
+@pytest.mark.parametrize("wire", ["msgpack", "json"])
+async def test_a_connection_reads_values_no_faster_than_read_bytes_per_value_allows(
+    autojump_clock: MockClock, wire: str
+) -> None:
+    # QA: events of 200,000 nils each, as fast as the server read them, held the core at 100 %
+    # with two connections; their bytes were well within read_bytes_per_second (spec §5.8).
+    MIB = 1024 * 1024
+    config = {"read_bytes_per_second": MIB, "read_bytes_per_value": 64, "events_per_second": 1000, "max_message_bytes": MIB}
+    async with make_engine(**config) as engine:
+        client = DocClient(engine.connect_memory())
+        if wire == "msgpack":
+            await client.hello()
+            await client.join("r")
+        else:
+            await _json_hello_and_join(client)
+        start = trio.current_time()
+        for i in range(10):  # 10 x 8,192 values: 5 s at 16,384 a second, after a 1 s burst
+            payload = [None] * 8192
+            if wire == "msgpack":
+                await client.send(Publish(1, 100 + i, "dense", payload, None))
+            else:
+                await client.send_raw(_json_publish(100 + i, payload))
+        acks: list[int] = []
+        with trio.fail_after(30):
+            while len(acks) < 10:
+                message = await client.transport.receive_message()
+                if isinstance(message, bytes):
+                    acks += [f.ref for f in decode(message) if isinstance(f, Ack)]
+                else:
+                    parsed = json.loads(message)
+                    acks += [f["ref"] for f in (parsed if isinstance(parsed, list) else [parsed]) if f["kind"] == "ack" and f["ref"] >= 100]
+        elapsed = trio.current_time() - start
+        assert acks[-1] == 109
+        assert 3.5 <= elapsed < 6, elapsed
         await assert_room_still_works(engine)
 
 

@@ -184,6 +184,37 @@ async def test_awareness_json_that_is_too_deep_is_refused(autojump_clock: MockCl
     assert all("value" not in e.state for e in snap.entries)
 
 
+async def test_an_awareness_state_of_more_values_than_the_limit_is_refused_unparsed(autojump_clock: MockClock) -> None:
+    # The bound on values in a native message (spec §3.4) holds for y-websocket's awareness
+    # states too: JSON of a million empty arrays is a few MiB and costs seconds to parse.
+    async with make_engine(max_values_per_message=1000) as engine:
+        y = await yjs(engine)
+        await y.transport.send_message(encode_awareness([AwarenessEntry(777, 1, json.dumps({"a": [[]] * 1000}))]))
+        with trio.fail_after(10):
+            for _ in range(10):
+                try:
+                    await y.next()
+                except TransportClosed as closed:
+                    assert "more than 1000 values" in closed.reason or closed.code == 4001, closed
+                    break
+            else:
+                raise AssertionError("not closed")
+
+
+async def test_awareness_values_are_read_at_read_bytes_per_value(autojump_clock: MockClock) -> None:
+    # spec §5.8: 10 states of 8,000 values at 16,384 values a second, after a 1 s burst.
+    MIB = 1024 * 1024
+    async with make_engine(read_bytes_per_second=MIB, read_bytes_per_value=64, max_message_bytes=MIB, frames_per_second=1000) as engine:
+        y, watcher = await yjs(engine), await yjs(engine)
+        start = trio.current_time()
+        for clock in range(1, 11):
+            await y.transport.send_message(encode_awareness([AwarenessEntry(777, clock, json.dumps({"v": [0] * 8000}))]))
+        await y.transport.send_message(encode_awareness([AwarenessEntry(777, 11, json.dumps({"done": True}))]))
+        with trio.fail_after(30):
+            await watcher.until(lambda: 777 in watcher.awareness and "done" in watcher.awareness[777].state_json, limit=1000)
+        assert 3.5 <= trio.current_time() - start < 6
+
+
 async def test_updates_queued_for_a_lagging_yjs_client_arrive_merged(
     autojump_clock: MockClock, engine: Engine, connect: Connect
 ) -> None:

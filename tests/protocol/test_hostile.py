@@ -245,3 +245,83 @@ def test_a_bad_frame_after_good_ones_rejects_the_message() -> None:
 
 def test_invalid_utf8_is_malformed() -> None:
     assert decode_or_code(b"\x94\x0a\x01\xa2\xff\xfe\xc0\xc0") is ErrorCode.MALFORMED_FRAME
+
+
+# -- values per message (spec §3.4) ----------------------------------------------------------
+
+
+def _count(value: Any) -> int:
+    """spec §3.4's count, by its definition: every array element and map entry, an empty
+    array or map one."""
+    if isinstance(value, list):
+        return (len(value) or 1) + sum(_count(v) for v in value)
+    if isinstance(value, dict):
+        return (len(value) or 1) + sum(_count(v) for v in value.values())
+    return 0
+
+
+def _publish(payload: Any) -> bytes:
+    return msgpack.packb([50, 1, 7, "x", payload, None], use_bin_type=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames, st.integers(1, 4))
+def test_decode_counted_counts_every_value_of_a_batch(frame: Frame, copies: int) -> None:
+    from plait.protocol import decode_counted, encode
+
+    frames_back, values = decode_counted(encode([frame] * copies))
+    assert frames_back == [frame] * copies
+    assert values == copies * _count(msgpack.unpackb(encode(frame), raw=False))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [None] * 1001,  # one flat array
+        [[None] * 500, [None] * 500],  # split over two
+        [[] for _ in range(1001)],  # empty arrays count one each
+        {str(i): None for i in range(1001)},  # map entries
+        [[[None] * 10] * 10] * 11,  # nested
+    ],
+    ids=["flat", "two", "empties", "map", "nested"],
+)
+def test_more_values_than_the_limit_is_frame_too_large(payload: Any) -> None:
+    limits = CodecLimits(max_values_per_message=1000)
+    data = _publish(payload)
+    assert decode_or_code(data, limits) is ErrorCode.FRAME_TOO_LARGE
+    assert decode_or_code(msgpack.packb([3, 1]) + data, limits) is ErrorCode.FRAME_TOO_LARGE  # in a batch
+    assert isinstance(decode_or_code(data), list)  # without the limit it is a valid publish
+
+
+def test_a_message_at_the_value_limit_decodes() -> None:
+    from plait.protocol import decode_counted
+
+    limits = CodecLimits(max_values_per_message=1000)
+    data = _publish([None] * 994)  # and the frame's six fields
+    assert decode_counted(data, limits)[1] == 1000
+
+
+def test_a_value_bomb_is_refused_before_it_is_built() -> None:
+    # QA: 16 MiB of one-byte values (16 M nils, or empty arrays) took seconds of CPU and over
+    # a GiB to decode and check, before any rate counted it: now the array header that claims
+    # them, or the arrays once past the limit, end the decoding.
+    limits = CodecLimits(max_values_per_message=256 * 1024)
+    n = 16 * 1024 * 1024 - 64
+    head = b"\x96" + msgpack.packb(50) + b"\x01\x07\xa1x"
+    nils = head + b"\xdd" + n.to_bytes(4, "big") + b"\xc0" * n + b"\xc0"
+    empties = head + b"\xdc\x00\x10" + (b"\xdc\xff\xff" + b"\x90" * 0xFFFF) * 16 + b"\xc0"
+    for data in (nils, empties):
+        assert decode_or_code(data, limits) is ErrorCode.FRAME_TOO_LARGE
+
+
+@pytest.mark.slow
+def test_mutated_messages_never_escape_a_value_limit() -> None:
+    rng = random.Random(20261203)
+    seeds = [bytes.fromhex(h) for _, h in GOLDEN]
+    limits = CodecLimits(max_values_per_message=6)
+    outcomes: dict[str, int] = {}
+    for _ in range(FUZZ_CASES // 5):
+        result = decode_or_code(mutate(rng, rng.choice(seeds)), limits)
+        key = "frames" if isinstance(result, list) else result.name
+        outcomes[key] = outcomes.get(key, 0) + 1
+    assert outcomes.get("frames", 0) > 100 and outcomes.get("FRAME_TOO_LARGE", 0) > 100, outcomes

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -98,3 +99,51 @@ def test_decoding_is_total(data: str | bytes) -> None:
     except RemoteProtocolError as exc:
         assert exc.code in {ErrorCode.MALFORMED_FRAME, ErrorCode.UNKNOWN_KIND, ErrorCode.FRAME_TOO_LARGE,
                             ErrorCode.INVALID_FIELD, ErrorCode.TOO_DEEP}
+
+
+# -- values per message (spec §3.4) ----------------------------------------------------------
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, list):
+        return (len(value) or 1) + sum(_count(v) for v in value)
+    if isinstance(value, dict):
+        return (len(value) or 1) + sum(_count(v) for v in value.values())
+    return 0
+
+
+_tricky_text = st.text(alphabet=st.sampled_from('ab,[]{}"\\:é\n'), max_size=12)
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10, 10), _tricky_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(_tricky_text, inner, max_size=6)),
+    max_leaves=80,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_values, st.booleans())
+def test_json_values_counts_as_spec_defines_exactly_past_64(value: Any, ascii_only: bool) -> None:
+    from plait.protocol import json_values
+
+    text = json.dumps(value, ensure_ascii=ascii_only).encode()
+    counted, exact = json_values(text), _count(value)
+    assert counted >= exact  # never fewer: the limit cannot be dodged
+    if counted > 64:
+        assert counted == exact  # strings' own commas and brackets left out
+
+
+def test_a_json_message_of_more_values_than_the_limit_is_frame_too_large_before_parsing() -> None:
+    from plait.protocol import decode_json_counted
+
+    limits = CodecLimits(max_values_per_message=1000)
+    head = '{"kind":"publish","channel":1,"ref":7,"name":"x","key":null,"payload":'
+    frames, values = decode_json_counted(head + json.dumps([None] * 994) + "}", limits)
+    assert values == 1000 and len(frames) == 1
+    for payload in ([None] * 995, [[]] * 995, {str(i): 0 for i in range(995)}, "[" * 1001):
+        text = head + (payload if isinstance(payload, str) else json.dumps(payload)) + "}"
+        with pytest.raises(RemoteProtocolError) as caught:
+            decode_json(text, limits)
+        assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
+    # a string's commas are not values
+    text = head + json.dumps(["a," * 5000, "[{" * 5000]) + "}"
+    assert decode_json_counted(text, limits)[1] == 8
