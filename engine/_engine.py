@@ -54,7 +54,7 @@ from .room import (
     new_epoch,
 )
 from ._limits import ConnectionCounts
-from .http import HttpSessions, Router, serve_connection
+from .http import HttpSessions, RequestPace, Router, serve_connection
 from .http._admission import Admission
 from .http._health import Health
 from .http._sessions import PREFIX as HTTP_PREFIX
@@ -272,6 +272,7 @@ class Engine:
             handshake_timeout=self.config.handshake_timeout,
             max_message_bytes=self.max_message_bytes,
             control_frames_per_second=self.config.frames_per_second,
+            pace=RequestPace.of(self.config),
             router=self.router,
             admission=self.admission,
             metrics=self._metrics,

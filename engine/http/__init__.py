@@ -9,5 +9,6 @@ from ._exchange import Refusal as Refusal
 from ._exchange import header as header
 from ._router import Route as Route
 from ._router import Router as Router
+from ._server import RequestPace as RequestPace
 from ._server import serve_connection as serve_connection
 from ._sessions import HttpSessions as HttpSessions

@@ -71,6 +71,11 @@ class Exchange(Protocol):
         a body that cannot be parsed, 408 one that has not all come by `deadline`."""
         ...
 
+    def read_values(self, values: int) -> None:
+        """Count the values of a body just decoded (spec §3.4) toward how fast this connection's
+        requests are read (RequestPace; under ASGI the server in front paces them)."""
+        ...
+
     async def respond(self, status: int, body: bytes, content_type: str, headers: Headers = ()) -> None:
         """A whole answer (to a HEAD request, its head alone, with the length of `body`)."""
         ...
@@ -116,6 +121,13 @@ class H11Exchange:
         self.deadline = float("inf")
         """When the current request's body must have come (the handshake timeout)."""
         self.peer = peer_address(stream)
+        self.read_bytes = 0
+        """Bytes read from the connection so far."""
+        self.values_read = 0
+        """Values of the bodies decoded so far (`read_values`)."""
+
+    def read_values(self, values: int) -> None:
+        self.values_read += values
 
     async def next_request(self) -> h11.Request | None:
         """The next request's line and headers; None when the client closed the connection
@@ -134,6 +146,7 @@ class H11Exchange:
                 data = bytes(await self.stream.receive_some(RECEIVE_BYTES))
                 if not data:
                     return None
+                self.read_bytes += len(data)
                 if first:
                     self.received += data
                 self.conn.receive_data(data)
@@ -186,6 +199,7 @@ class H11Exchange:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     raise trio.BrokenResourceError("the client closed the connection inside a request")
+                self.read_bytes += len(data)
                 self.conn.receive_data(bytes(data))
                 continue
             if isinstance(event, h11.Data):

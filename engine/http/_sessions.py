@@ -36,8 +36,9 @@ from plait.protocol import (
     LocalProtocolError,
     RemoteProtocolError,
     TransportClosed,
-    decode,
+    decode_counted,
     decode_json,
+    decode_json_counted,
     encode,
     encode_json,
     frame_to_json,
@@ -45,7 +46,7 @@ from plait.protocol import (
 
 from .._config import EngineConfig
 from .._limits import ConnectionCounts, Slot
-from ..transports import HttpTransport, InboundFull, json_of_event
+from ..transports import Decoded, HttpTransport, InboundFull, json_of_event
 from ._admission import take_slot
 from ._cors import Origins
 from ._exchange import Exchange, Refusal, header
@@ -235,7 +236,7 @@ class HttpSessions:
 
     async def _create(self, ex: Exchange, request: h11.Request, query: dict[str, list[str]]) -> None:
         body = await ex.body(self.config.max_message_bytes)
-        hello = self._hello(body, _content_type(request), _token(request, query))
+        hello = self._hello(ex, body, _content_type(request), _token(request, query))
         session_id, transport, welcome = await self._open(ex, hello, None)
         key = transport.key
         base = f"{PREFIX}sessions/{session_id}"
@@ -252,7 +253,7 @@ class HttpSessions:
             },
         )
 
-    def _hello(self, body: bytes, content_type: str, token: str | None) -> bytes | str:
+    def _hello(self, ex: Exchange, body: bytes, content_type: str, token: str | None) -> bytes | str:
         """The hello message: the body's (JSON or msgpack), or one made for an empty body; a
         token from the header or query fills a hello that has none.
 
@@ -261,7 +262,7 @@ class HttpSessions:
         """
         if not body:
             return _json(Hello(SUPPORTED_VERSIONS, token, {}))
-        frames = self._decode(body, content_type)
+        frames = self._decode(ex, body, content_type)[0]
         if len(frames) != 1 or not isinstance(frames[0], Hello):
             raise _refuse(400, "the body is one hello frame (spec §5.1), or nothing", ErrorCode.UNEXPECTED_FRAME)
         hello = frames[0]
@@ -269,16 +270,24 @@ class HttpSessions:
             hello = Hello(hello.versions, token, hello.client)
         return _json(hello)
 
-    def _decode(self, body: bytes, content_type: str) -> list[Frame]:
-        """Raises Refusal: 400 with the code of spec §3.4 for what does not decode; 415."""
+    def _decode(self, ex: Exchange, body: bytes, content_type: str) -> Decoded:
+        """A body's frames and values (spec §3.4), the values counted toward the connection's
+        pace (`Exchange.read_values`).
+
+        Raises:
+            Refusal: 400 with the code of spec §3.4 for what does not decode; 415.
+        """
         try:
             if content_type == MSGPACK_TYPE:
-                return decode(body, self._limits)
-            if content_type in JSON_TYPES:
-                return decode_json(body, self._limits)
+                decoded = decode_counted(body, self._limits)
+            elif content_type in JSON_TYPES:
+                decoded = decode_json_counted(body, self._limits)
+            else:
+                raise Refusal(415, f"frames are {MSGPACK_TYPE} or application/json, not {content_type[:100]}", as_json=True)
         except RemoteProtocolError as exc:
             raise _refuse(400, f"{exc.code.name}: {exc.message}", exc.code) from None
-        raise Refusal(415, f"frames are {MSGPACK_TYPE} or application/json, not {content_type[:100]}", as_json=True)
+        ex.read_values(decoded[1])
+        return decoded
 
     async def _subscribe(self, ex: Exchange, request: h11.Request, query: dict[str, list[str]]) -> None:
         """`GET /v1/events?room=R...`: a new session joined to the rooms, as an event stream
@@ -395,18 +404,18 @@ class HttpSessions:
         (spec §14.3). A body that does not decode is refused (400) and the session is untouched."""
         content_type = _content_type(request)
         body = await ex.body(self.config.max_message_bytes)
-        frames = self._decode(body, content_type)
-        requests = [(ref, isinstance(f, Join)) for f in frames if (ref := getattr(f, "ref", None)) is not None]
-        waiting = transport.expect(requests)
         try:
-            transport.put(body if content_type == MSGPACK_TYPE else body.decode())
+            transport.check_room(len(body))  # before the body is decoded: a refused one costs nothing
         except TransportClosed as closed:
-            transport.forget(waiting)
             raise _refuse(410, f"the session has ended ({closed.code}: {closed.reason[:200]})", closed.code) from None
         except InboundFull as full:
-            transport.forget(waiting)
             reason = f"{full}: send this again once the requests before it are answered"
             raise Refusal(429, reason, (("Retry-After", "1"),), code=ErrorCode.RATE_LIMITED, as_json=True) from None
+        decoded = self._decode(ex, body, content_type)
+        requests = [(ref, isinstance(f, Join)) for f in decoded[0] if (ref := getattr(f, "ref", None)) is not None]
+        waiting = transport.expect(requests)
+        # Nothing was awaited since check_room, so it is taken; with its frames, decoded once.
+        transport.put(body if content_type == MSGPACK_TYPE else body.decode(), decoded)
         answers = await transport.answers(waiting, self.config.hook_timeout + 5)
         if transport.closed is not None and len(answers) < len(requests):
             code, reason = transport.closed.code, transport.closed.reason

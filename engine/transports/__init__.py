@@ -8,6 +8,7 @@ from ._base import PingTransport as PingTransport
 from ._base import TextBytesTransport as TextBytesTransport
 from ._base import Transport as Transport
 from ._base import write_now as write_now
+from ._http import Decoded as Decoded
 from ._http import HttpTransport as HttpTransport
 from ._http import InboundFull as InboundFull
 from ._http import json_of_event as json_of_event

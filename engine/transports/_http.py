@@ -29,6 +29,9 @@ import trio
 
 from plait.protocol import CloseCode, Frame, TransportClosed
 
+Decoded = tuple[list[Frame], int]
+"""A message's frames and the values it holds (spec §3.4), as a decoder gives them."""
+
 KiB = 1024
 
 
@@ -102,6 +105,10 @@ class HttpTransport:
         self._unsent_limit = unsent_bytes
         # Lists where they stay short (an empty deque is 760 bytes; thousands of sessions idle).
         self._inbound: list[bytes | str] = []
+        self._inbound_decoded: list[Decoded | None] = []
+        """Beside each message of `_inbound`: its frames and values, when the request that put
+        it decoded it already (`decoded`)."""
+        self._received_decoded: tuple[bytes | str, Decoded | None] | None = None
         self._inbound_bytes = 0
         self._inbound_limit = inbound_bytes
         self._log: deque[bytes] = deque()
@@ -147,8 +154,9 @@ class HttpTransport:
 
     # -- in ---------------------------------------------------------------------------------
 
-    def put(self, message: bytes | str) -> None:
-        """A message from the client, for the session's reader.
+    def check_room(self, size: int) -> None:
+        """Raise what `put` would for a message of `size` bytes: asked before a body is
+        decoded, so that one refused costs nothing.
 
         Raises:
             TransportClosed: the session has ended.
@@ -157,11 +165,27 @@ class HttpTransport:
         """
         if self.closed is not None:
             raise self._closed_error()
-        if self._inbound and self._inbound_bytes + len(message) > self._inbound_limit:
+        if self._inbound and self._inbound_bytes + size > self._inbound_limit:
             raise InboundFull(f"the session has not read {self._inbound_bytes} bytes sent before")
+
+    def put(self, message: bytes | str, decoded: Decoded | None = None) -> None:
+        """A message from the client, for the session's reader, with its frames and values if
+        they were decoded already (the session takes them from `decoded`).
+
+        Raises:
+            As `check_room`.
+        """
+        self.check_room(len(message))
         self._inbound.append(message)
+        self._inbound_decoded.append(decoded)
         self._inbound_bytes += len(message)
         self._wake_reader()
+
+    def decoded(self, message: bytes | str) -> Decoded | None:
+        """The frames and values `put` was given with `message`, the message last received
+        (once: they are not kept after)."""
+        taken, self._received_decoded = self._received_decoded, None
+        return taken[1] if taken is not None and taken[0] is message else None
 
     def expect(self, requests: Iterable[tuple[int, bool]]) -> list[list[int | bool | Frame | None]]:
         """A request is about to `put` frames with these (ref, is a join) and waits for their
@@ -213,6 +237,8 @@ class HttpTransport:
             if self._idle_since is not None and trio.current_time() >= self._idle_since + self._grace and not self._inbound:
                 self._finish(TransportClosed(CloseCode.HEARTBEAT_TIMEOUT, f"no event stream or poll for {self._grace:g} s"))
         message = self._inbound.pop(0)
+        decoded = self._inbound_decoded.pop(0)
+        self._received_decoded = (message, decoded) if decoded is not None else None
         self._inbound_bytes -= len(message)
         return message
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -474,3 +475,80 @@ async def test_a_read_only_members_updates_are_rate_limited_then_closed(autojump
             nursery.start_soon(flood, lambda: y.transport.send_message(encode_sync(YSyncStep.UPDATE, update)))
             assert (await y.wait_closed()).code == CloseCode.RATE_LIMITED
         await assert_room_still_works(engine)
+
+
+@pytest.mark.parametrize("wire", ["msgpack", "json"])
+async def test_a_joiner_is_sent_the_rooms_presence_and_missed_events_without_checking_them_again(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch, wire: str
+) -> None:
+    # QA: every join(since=0) encoded the whole event history again with every value checked
+    # (events of 3 M small values: a 30-byte join cost 3.8 s), and every join re-checked each
+    # member's presence state (64 members of 29,000 values: 0.7 s a join). Their values were
+    # checked as they came in (spec §3.3); a joiner's copy is only encoded.
+    import plait.protocol._fields as fields
+    from plait.protocol import Event, PresenceSet, PresenceSnapshot
+
+    big = 1000
+    checked: list[int] = []
+    real = fields.check_value
+
+    def spy(value: object, depth: int) -> None:
+        ours = (isinstance(value, list) and len(value) == big) or (isinstance(value, dict) and len(value.get("big", ())) == big)
+        if ours and any("plait/engine/" in f.filename for f in traceback.extract_stack()):  # the server's, not a client's
+            checked.append(1)
+        real(value, depth)
+
+    monkeypatch.setattr(fields, "check_value", spy)
+    async with make_engine() as engine:
+        member = DocClient(engine.connect_memory())
+        await member.hello()
+        await member.join("r")
+        await member.send(PresenceSet(1, member.next_ref(), {"big": [0] * big}))
+        for _ in range(5):
+            await member.send(Publish(1, member.next_ref(), "e", [0] * big, None))
+        for _ in range(6):
+            await member.wait_for(Ack)
+        assert checked  # as they came in
+        checked.clear()
+        joiner = DocClient(engine.connect_memory())
+        if wire == "msgpack":
+            await joiner.hello()
+            await joiner.join("r", since=0)
+            snapshot = await joiner.wait_for(PresenceSnapshot)
+            assert [e.state for e in snapshot.entries if e.state] == [{"big": [0] * big}]
+            events = [await joiner.wait_for(Event) for _ in range(5)]
+            assert [e.payload for e in events] == [[0] * big] * 5
+        else:
+            await joiner.send_raw(json.dumps({"kind": "hello", "versions": [1], "token": None, "client": {}}))
+            join = {"kind": "join", "ref": 1, "room": "r", "state_vector": None, "since": 0, "epoch": None}
+            await joiner.send_raw(json.dumps(join))
+            seen: list[dict[str, Any]] = []
+            with trio.fail_after(10):
+                while sum(f["kind"] == "event" for f in seen) < 5:
+                    message = await joiner.transport.receive_message()
+                    assert isinstance(message, str)
+                    parsed = json.loads(message)
+                    seen += parsed if isinstance(parsed, list) else [parsed]
+            (snapshot_json,) = [f for f in seen if f["kind"] == "presence_snapshot"]
+            assert [e["state"] for e in snapshot_json["entries"] if e["state"]] == [{"big": [0] * big}]
+            assert [f["payload"] for f in seen if f["kind"] == "event"] == [[0] * big] * 5
+        assert checked == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "wires"),
+    [({1, 2}, "msgpack json sse"), (2**70, "msgpack"), ("\ud800", "msgpack json sse"), (float("nan"), "json sse")],
+    ids=["set", "int", "surrogate", "nan"],
+)
+def test_a_room_frame_that_cannot_be_encoded_after_all_is_refused_clearly(bad: object, wires: str) -> None:
+    # The trusted encoding of a room's own frames (Wire.trusted) falls back to the checked one
+    # for a value its encoder cannot take (one from a store that did not come in through a
+    # check): a LocalProtocolError, which closes that one session, not a TypeError.
+    from plait.engine.sessions._wire import JSON, MSGPACK, SSE
+    from plait.protocol import Event, LocalProtocolError
+
+    frame = Event(1, 1, "e", [bad], None, None)
+    for wire in (MSGPACK, JSON, SSE):
+        if wire.name in wires.split():
+            with pytest.raises(LocalProtocolError):
+                wire.trusted(frame)
