@@ -118,6 +118,7 @@ from ._ycrdt import (
     check_update as check_update,
     read_state_vector as read_state_vector,
     read_update as read_update,
+    inserts_something as inserts_something,
     MAX_ANY_DEPTH as MAX_ANY_DEPTH,
 )
 from ._ysplit import (

@@ -164,6 +164,31 @@ def read_update(data: bytes, *, trusted: bool = False) -> DecodedUpdate:
     return decoded
 
 
+def inserts_something(data: bytes) -> bool:
+    """Whether a Yjs v1 update holds a struct that is not a skip, found from its start: a GC
+    or an item of any length, skips (and empty structs) before it read cheaply, and nothing
+    after it. What a read-only member may not send (spec §5.3) is then refused without reading
+    an update of a million items struct by struct. False when it holds none, or when the
+    bytes are too malformed to say: `read_update` decides those.
+    """
+    try:
+        groups, pos = _uint(data, 0, MAX_CLOCK)
+        for _ in range(groups):
+            count, pos = _uint(data, pos, MAX_CLOCK)
+            _, pos = _client(data, pos)
+            _, pos = _uint(data, pos, MAX_CLOCK)
+            for _ in range(count):
+                info = data[pos]
+                if info != _SKIP and info != _GC:
+                    return True
+                length, pos = _uint(data, pos + 1, MAX_CLOCK)
+                if length and info == _GC:
+                    return True
+    except (_Bad, IndexError):
+        pass
+    return False
+
+
 def check_update(data: bytes) -> None:
     """`read_update`, for its refusal only (same rules, same errors)."""
     read_update(data)

@@ -20,6 +20,7 @@ from plait.protocol import (
     SyncStep2,
     Update,
     check_state_vector,
+    inserts_something,
     piece_bytes,
     read_update,
     split_update,
@@ -198,8 +199,9 @@ class DocStrand:
         Raises RequestError (nothing applied): INVALID_UPDATE (spec §5.3), FORBIDDEN,
         DOCUMENT_TOO_LARGE."""
         if member.access is not Access.WRITE:
-            # spec §5.3: a read-only member's sync_step2 (mandatory) is fine when it changes nothing.
-            if not changes_nothing(self.doc, read_client_update(update)):
+            # spec §5.3: a read-only member's sync_step2 (mandatory) is fine when it changes
+            # nothing. One that inserts is refused from its first structs, unread.
+            if inserts_something(update) or not changes_nothing(self.doc, read_client_update(update)):
                 raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
             if ref is not None:
                 self.ack(member, ref)

@@ -184,12 +184,17 @@ class ReadOnly(Hooks):
         return Access.READ
 
 
-async def test_a_read_only_member_s_malformed_update_is_invalid_not_forbidden(autojump_clock: MockClock) -> None:
+async def test_a_read_only_member_s_malformed_update_is_refused_cheaply(autojump_clock: MockClock) -> None:
+    # FORBIDDEN from its first item (spec §5.3: a read-only member's update that inserts is
+    # refused unread); INVALID_UPDATE when what it begins with says nothing yet.
     async with running_engine(hooks=ReadOnly()) as engine:
         client = await member(engine)
         with cheap():
             await client.send(SyncStep2(1, 1, MAP_BOMB))
-            refused(await answer(client, 1))
+            bomb = await answer(client, 1)
+            assert isinstance(bomb, Error) and bomb.code == ErrorCode.FORBIDDEN
+            await client.send(SyncStep2(1, 4, b"\x01\x01\x05\x00\x0a"))  # a skip, then the bytes end
+            refused(await answer(client, 4))
         await client.send(SyncStep2(1, 2, b"\x00\x00"))  # changes nothing: acked (spec §5.3)
         assert isinstance(await answer(client, 2), Ack)
         await client.send(Update(1, 3, edit(client.doc, "x")))
