@@ -467,7 +467,7 @@ class AsgiExchange:
         self.started = False
         self._body_read = False
 
-    def read_values(self, values: int) -> None:
+    def read_frames(self, frames: int, values: int) -> None:
         pass  # the ASGI server reads the connection: requests are paced there, if anywhere
 
     async def body(self, limit: int) -> bytes:

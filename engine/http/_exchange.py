@@ -71,9 +71,10 @@ class Exchange(Protocol):
         a body that cannot be parsed, 408 one that has not all come by `deadline`."""
         ...
 
-    def read_values(self, values: int) -> None:
-        """Count the values of a body just decoded (spec §3.4) toward how fast this connection's
-        requests are read (RequestPace; under ASGI the server in front paces them)."""
+    def read_frames(self, frames: int, values: int) -> None:
+        """Count a body just decoded, its frames and their values (spec §3.4), toward how fast
+        this connection's requests are read (RequestPace; under ASGI the server in front paces
+        them)."""
         ...
 
     async def respond(self, status: int, body: bytes, content_type: str, headers: Headers = ()) -> None:
@@ -123,10 +124,13 @@ class H11Exchange:
         self.peer = peer_address(stream)
         self.read_bytes = 0
         """Bytes read from the connection so far."""
+        self.frames_read = 0
+        """Frames of the bodies decoded so far (`read_frames`)."""
         self.values_read = 0
-        """Values of the bodies decoded so far (`read_values`)."""
+        """Their values."""
 
-    def read_values(self, values: int) -> None:
+    def read_frames(self, frames: int, values: int) -> None:
+        self.frames_read += frames
         self.values_read += values
 
     async def next_request(self) -> h11.Request | None:

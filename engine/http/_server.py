@@ -53,9 +53,10 @@ Handler = Callable[[WebSocketStream], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class RequestPace:
     """How fast one HTTP connection's requests are read (spec §14.5), as a WebSocket's frames
-    are (§5.8): `requests_per_second`, and what they bring at `bytes_per_second` (a body's
-    values, spec §3.4, each as `bytes_per_value` bytes), after a burst of `burst` seconds'
-    worth. Past it the next request is read later; nothing is refused. One keep-alive
+    are (§5.8): `requests_per_second` (a body's frames past its first count as requests too),
+    and what they bring at `bytes_per_second` (a body's values, spec §3.4, each as
+    `bytes_per_value` bytes), after a burst of `burst` seconds' worth. Past it the next
+    request is read later; nothing is refused. One keep-alive
     connection asking as fast as it could held the core at 80-90 %, and opened sessions of 64
     rooms each faster than they expired (22,661 rooms in 30 s)."""
 
@@ -73,9 +74,12 @@ class RequestPace:
             max(1.0, config.max_message_bytes / config.read_bytes_per_second),
         )
 
-    def cost(self, read_bytes: int, values: int) -> float:
-        """Seconds one request that brought `read_bytes` and `values` costs."""
-        return 1 / self.requests_per_second + (read_bytes + values * self.bytes_per_value) / self.bytes_per_second
+    def cost(self, frames: int, read_bytes: int, values: int) -> float:
+        """Seconds one request costs that brought `read_bytes`, and a body of `frames` frames
+        holding `values` values: a frame beyond the first counts as one more request, as on
+        a WebSocket every frame counts toward frames_per_second."""
+        requests = max(1, frames)
+        return requests / self.requests_per_second + (read_bytes + values * self.bytes_per_value) / self.bytes_per_second
 
 
 async def serve_connection(
@@ -131,7 +135,7 @@ async def _serve_requests(
     ex = H11Exchange(stream)
     first = True
     paid_until = -math.inf  # when what this connection's requests brought is paid for at `pace`
-    read_before = values_before = 0
+    read_before = (0, 0, 0)  # the frames, bytes and values read when it was last paid for
     while True:
         request: h11.Request | None = None
         try:
@@ -172,8 +176,9 @@ async def _serve_requests(
         if not ex.reusable():
             return None
         now = trio.current_time()
-        paid_until = max(paid_until, now - pace.burst) + pace.cost(ex.read_bytes - read_before, ex.values_read - values_before)
-        read_before, values_before = ex.read_bytes, ex.values_read
+        read = (ex.frames_read - read_before[0], ex.read_bytes - read_before[1], ex.values_read - read_before[2])
+        paid_until = max(paid_until, now - pace.burst) + pace.cost(*read)
+        read_before = (ex.frames_read, ex.read_bytes, ex.values_read)
         if paid_until > now:
             await trio.sleep(paid_until - now)
 

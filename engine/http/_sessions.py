@@ -272,7 +272,7 @@ class HttpSessions:
 
     def _decode(self, ex: Exchange, body: bytes, content_type: str) -> Decoded:
         """A body's frames and values (spec §3.4), the values counted toward the connection's
-        pace (`Exchange.read_values`).
+        pace (`Exchange.read_frames`).
 
         Raises:
             Refusal: 400 with the code of spec §3.4 for what does not decode; 415.
@@ -286,7 +286,7 @@ class HttpSessions:
                 raise Refusal(415, f"frames are {MSGPACK_TYPE} or application/json, not {content_type[:100]}", as_json=True)
         except RemoteProtocolError as exc:
             raise _refuse(400, f"{exc.code.name}: {exc.message}", exc.code) from None
-        ex.read_values(decoded[1])
+        ex.read_frames(len(decoded[0]), decoded[1])
         return decoded
 
     async def _subscribe(self, ex: Exchange, request: h11.Request, query: dict[str, list[str]]) -> None:

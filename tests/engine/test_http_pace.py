@@ -126,3 +126,22 @@ async def test_hellos_values_are_read_at_read_bytes_per_value_on_their_connectio
         elapsed = trio.current_time() - start
         assert 3.5 <= elapsed < 6, elapsed
         nursery.cancel_scope.cancel()
+
+
+async def test_a_bodys_frames_count_as_requests(autojump_clock: MockClock) -> None:
+    # QA: one keep-alive connection opened sessions of 64 joins each (one POST of 64 frames)
+    # and loaded 22,661 rooms in 30 s. Each frame counts as a request, as on a WebSocket each
+    # counts toward frames_per_second: 10 sessions of 40 joins is 4 s at 100 a second.
+    async with make_engine(frames_per_second=100, max_rooms_per_connection=64) as engine, trio.open_nursery() as nursery:
+        http = HttpOverMemory(engine, nursery)
+        start = trio.current_time()
+        for s in range(10):
+            session = await http.open_session()
+            joins = [
+                {"kind": "join", "ref": i + 1, "room": f"r{s}-{i}", "state_vector": None, "since": None, "epoch": None} for i in range(40)
+            ]
+            status, answer = await http.request("POST", session["frames"], json.dumps(joins).encode())
+            assert status == 200 and len(json.loads(answer)) == 40, answer
+        elapsed = trio.current_time() - start
+        assert 2.5 <= elapsed < 5, elapsed  # 420 requests' worth, the first 100 at once, the last paid after
+        nursery.cancel_scope.cancel()
