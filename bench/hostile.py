@@ -808,12 +808,46 @@ async def floods(ctx: Ctx) -> None:
     await conn.close()
 
 
+async def dense(ctx: Ctx) -> None:
+    """Values of one byte each, within every byte limit (2026-12-03): a message whose array
+    header claims millions of nils, or nested arrays of 300,000 empty ones (both past the
+    values a message may hold, spec §3.4), before hello or after it, in msgpack or JSON; or,
+    for a second, events of 200,000 nils as fast as the server reads them (§5.8)."""
+    rng = ctx.rng
+    how = rng.randrange(5)
+    publish = b"\x96" + encode_raw([50, 1, 7, "x"])[1:]  # publish(channel 1, ref 7, "x", payload, key): all but the last two
+    empties = b"\xdc\x00\x05" + (b"\xdc\xea\x60" + b"\x90" * 60_000) * 5
+    if how in (0, 1):  # before hello: the first message
+        conn = await open_conn(ctx.port, "/", ctx.family, True)
+        if conn is None:
+            return
+        body = b"\xdd" + (2_000_000).to_bytes(4, "big") + b"\xc0" * 2_000_000 if how == 0 else empties
+        await conn.send(publish + body + b"\xc0")
+    else:
+        session = await native_session(ctx.port, ctx.family, fuzz_room(rng))
+        if session is None:
+            return
+        conn, channel = session
+        if how == 2:
+            await conn.send(publish + empties + b"\xc0")
+        elif how == 3:
+            text = b'{"kind":"publish","channel":1,"ref":7,"name":"x","key":null,"payload":[' + b"[]," * 300_000 + b"[]]}"
+            await conn.send(frame(TEXT, text), raw=True)
+        else:
+            nils = b"\xdd" + (200_000).to_bytes(4, "big") + b"\xc0" * 200_000
+            with trio.move_on_after(1.0):
+                while await conn.send(b"\x96" + encode_raw([50, channel or 1, 7, "x"])[1:] + nils + b"\xc0"):
+                    pass
+    await conn.answer(1.0)
+    await conn.close()
+
+
 FAMILIES: dict[str, Callable[[Ctx], Awaitable[None]]] = {
     "native_random": native_random, "native_mutated": native_mutated, "native_utf8": native_utf8,
     "native_stale": native_stale, "native_values": native_values, "native_limits": native_limits,
     "yjs_random": yjs_random, "yjs_mutated": yjs_mutated, "yjs_forgery": yjs_forgery, "yjs_values": yjs_values,
     "yjs_surrogates": yjs_surrogates, "yjs_after_close": yjs_after_close, "ws_violations": ws_violations, "http": http,
-    "crdt_bytes": crdt_bytes, "floods": floods,
+    "crdt_bytes": crdt_bytes, "floods": floods, "dense": dense,
 }
 SERIAL = {"crdt_bytes"}
 """Families run by one connection at a time (each may stall the server)."""
