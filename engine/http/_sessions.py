@@ -26,6 +26,7 @@ import h11
 import trio
 
 from plait.protocol import (
+    MAX_HELLO_BYTES,
     SUPPORTED_VERSIONS,
     CloseCode,
     Error,
@@ -235,7 +236,7 @@ class HttpSessions:
         return session_id, transport, first
 
     async def _create(self, ex: Exchange, request: h11.Request, query: dict[str, list[str]]) -> None:
-        body = await ex.body(self.config.max_message_bytes)
+        body = await ex.body(min(MAX_HELLO_BYTES, self.config.max_message_bytes))  # spec §5.1
         hello = self._hello(ex, body, _content_type(request), _token(request, query))
         session_id, transport, welcome = await self._open(ex, hello, None)
         key = transport.key

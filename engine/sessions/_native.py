@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from plait.protocol import (
+    MAX_HELLO_BYTES,
     STALE,
     Access,
     AccessChanged,
@@ -166,9 +167,16 @@ class Session(Peer):
 
     async def _handshake(self) -> bool:
         with trio.move_on_after(self.config.handshake_timeout):
+            # spec §5.1: the hello is read before anyone knows who sent it; a message of the
+            # full size, from connections made in a loop, cost 16 MiB each to refuse.
+            limit = getattr(self.transport, "limit_messages", None)
+            if limit is not None:
+                limit(min(MAX_HELLO_BYTES, self.max_message_bytes))
             data = await self._receive()
             if data is None:
                 return False
+            if limit is not None:
+                limit(self.max_message_bytes)
             try:
                 if isinstance(data, str) and not self._http:
                     self.wire = self._json_wire()  # spec §3.5: a client that says hello in text hears text

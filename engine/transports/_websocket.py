@@ -123,6 +123,11 @@ class WebSocketStream:
 
     # -- receiving --------------------------------------------------------------------------
 
+    def limit_messages(self, max_bytes: int) -> None:
+        """Take messages of at most `max_bytes` from now on: a longer one fails the connection
+        with 1009 as it arrives, never buffered whole (spec §3.4, §5.1)."""
+        self._ws.max_message_size = self._ws.max_size = max_bytes  # type: ignore[attr-defined]
+
     async def receive_message(self) -> bytes | str:
         ws = self._ws
         while True:

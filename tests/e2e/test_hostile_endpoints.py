@@ -305,3 +305,38 @@ async def test_shutdown_does_not_wait_for_a_socket_that_never_says_hello() -> No
         shutdown = trio.current_time() - start
     assert shutdown < 1  # not the 5 s handshake timeout
     assert [c.code for c in silent.closes] == [CloseCode.GOING_AWAY]
+
+
+# -- the hello is read under a bound of its own (spec §5.1) ---------------------------------------
+
+
+async def test_a_first_message_longer_than_a_hello_may_be_is_closed_1009_as_it_arrives() -> None:
+    # QA: connections made in a loop, each sending one 16 MiB message before hello, kept the
+    # server reading 16 MiB per connection (CPU 88 %, RSS 1.7 GiB) before refusing each.
+    from wsproto.events import Message as WsMessage
+
+    from plait.protocol import MAX_HELLO_BYTES, Publish
+
+    async with serving(handshake_timeout=30) as (_, port):
+        peer = await Peer.connect(port)
+        claimed = 16 * 1024 * 1024  # a header claiming it, and no more: refused before the payload
+        await peer.send(bytes([0x82, 0x80 | 127]) + claimed.to_bytes(8, "big") + b"\x00\x00\x00\x00")
+        with trio.fail_after(5):
+            await peer.read_to_eof()
+        assert [c.code for c in peer.closes] == [CloseCode.MESSAGE_TOO_BIG]
+        await peer.stream.aclose()
+        # After hello (and its welcome, before which a client sends nothing else), messages of
+        # the full size are taken again.
+        member = await Peer.connect(port)
+        await member.send(raw_frame(2, encode(Hello((1,), None, {}))))
+        with trio.fail_after(10):
+            while not member.messages:
+                await member.read_one()
+        await member.send(raw_frame(2, encode(Join(1, "r", None, None))))
+        big = encode(Publish(1, 2, "big", "x" * (MAX_HELLO_BYTES + 1000), None))
+        await member.stream.send_all(member.ws.send(WsMessage(data=big)))
+        with trio.fail_after(10):
+            while Ack(2, 1) not in [f for m in member.messages if isinstance(m, bytes) for f in decode(m)]:
+                await member.read_one()
+        await member.stream.aclose()
+        await still_serves(port)

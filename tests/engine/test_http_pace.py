@@ -51,7 +51,8 @@ class HttpOverMemory:
             elif isinstance(event, h11.Data):
                 parts.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                self.conn.start_next_cycle()
+                if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:  # kept alive
+                    self.conn.start_next_cycle()
                 return status, b"".join(parts)
         raise AssertionError("no whole answer")
 
@@ -144,4 +145,17 @@ async def test_a_bodys_frames_count_as_requests(autojump_clock: MockClock) -> No
             assert status == 200 and len(json.loads(answer)) == 40, answer
         elapsed = trio.current_time() - start
         assert 2.5 <= elapsed < 5, elapsed  # 420 requests' worth, the first 100 at once, the last paid after
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_hello_body_longer_than_a_hello_may_be_is_413(autojump_clock: MockClock) -> None:
+    # spec §5.1: the hello is read before anyone knows who sent it, under a bound of its own.
+    from plait.protocol import MAX_HELLO_BYTES
+
+    async with make_engine() as engine, trio.open_nursery() as nursery:
+        http = HttpOverMemory(engine, nursery)
+        hello = {"kind": "hello", "versions": [1], "token": None, "client": {"pad": "x" * MAX_HELLO_BYTES}}
+        status, answer = await http.request("POST", "/v1/sessions", json.dumps(hello).encode())
+        assert status == 413, answer
+        assert engine.max_message_bytes("/") > MAX_HELLO_BYTES  # the bound is the hello's, not every message's
         nursery.cancel_scope.cancel()
