@@ -677,3 +677,37 @@ async def test_a_close_waits_for_the_peers_close_frame_reading_its_control_frame
     assert trio.current_time() - started >= (pings - last_read) / rate - 1 - 0.05
     await client.aclose()
     await listener.aclose()
+
+
+@pytest.mark.parametrize("fragments", [1, 3])
+async def test_a_message_delivered_is_not_kept_by_the_transport(fragments: int) -> None:
+    # websockets' parser holds the last frame it parsed until it parses the next: a connection
+    # that sent one 16 MiB message and went quiet kept it on the server, and so did every one
+    # that ended, until the garbage collector found its parser (a reference cycle). Connections
+    # made in a loop, each sending one large message, grew a server to 1.7 GiB (QA).
+    import sys
+
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    refcounts: list[int] = []
+    got_it = trio.Event()
+
+    async def handler(transport: Any) -> None:
+        message = await transport.receive_message()
+        assert len(message) == 3 * 2**20
+        refcounts.append(sys.getrefcount(message))  # this name, and getrefcount's argument
+        got_it.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_one, listener, handler, 2**22)
+            stream, ws = await handshake_raw(port)
+            part = 2**20 * 3 // fragments
+            for i in range(fragments):
+                await stream.send_all(ws.send(Message(data=b"x" * part, message_finished=i == fragments - 1)))
+            await got_it.wait()
+            await stream.aclose()
+            await listener.aclose()
+            nursery.cancel_scope.cancel()
+    assert refcounts == [2]
