@@ -61,9 +61,9 @@ class EngineConfig:
     """The values (array elements and map entries, spec §3.4) a message read from a client
     may hold; more is FRAME_TOO_LARGE, found before they are all built. Each value is also
     read as if it were `read_bytes_per_value` bytes (spec §5.8)."""
-    read_bytes_per_value: int = 64
+    read_bytes_per_value: int = 256
     """What one value costs of read_bytes_per_second: a connection reads at most
-    read_bytes_per_second / this values a second (262,144 by default), so that a client
+    read_bytes_per_second / this values a second (65,536 by default), so that a client
     sending small dense values (a 16 MiB message holds sixteen million) meets backpressure
     before it costs the server more CPU than bytes of a document update would."""
     max_room_presence_bytes: int = 16 * MiB

@@ -61,6 +61,9 @@ from ._services import SessionServices
 
 logger = logging.getLogger("plait.yjs")
 
+ECHOED_ENTRY_FRAMES = 1 / 16
+"""What an awareness entry for another client costs of frames_per_second (spec §5.8, §13)."""
+
 MAX_AWARENESS_STATE = 64 * 1024
 """Bytes of JSON one awareness state may take."""
 
@@ -184,6 +187,14 @@ class YjsSession(Peer):
                 self.services.probe_fanout(self.services.read_at)
             case YAwareness(entries=entries):
                 own = room.awareness_id(member)
+                if own is not None and len(entries) > 1:
+                    # y-websocket echoes the others' entries it hears, each ignored here: they
+                    # cost a decode each, a sixteenth of a frame (spec §5.8). A joiner echoes a
+                    # room of a thousand in 63 frames' worth; one message of 10,000 forged
+                    # entries twenty times a second held the core at 91 % (QA).
+                    echoed = sum(1 for entry in entries if entry.client_id != own)
+                    if echoed and not self._frame_bucket.take(trio.current_time(), echoed * ECHOED_ENTRY_FRAMES):
+                        raise RequestError(ErrorCode.RATE_LIMITED, "too many awareness entries")
                 parsed = 0
                 for entry in entries:
                     # A client speaks only for itself: one client id, bound at its first state.

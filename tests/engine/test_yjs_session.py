@@ -14,6 +14,7 @@ from trio.testing import MockClock
 from plait.engine import Engine, MemoryTransport
 from plait.protocol import (
     AwarenessEntry,
+    CloseCode,
     CursorMove,
     Cursors,
     PresenceDiff,
@@ -343,3 +344,27 @@ async def test_a_state_with_presence_and_cursor_reaches_each_yjs_peer_once(
     by_client = Counter(e.client_id for e in new)
     assert by_client[777] == 1 and len(by_client) == 2 and set(by_client.values()) == {1}, new
     assert {json.loads(e.state_json)["name"] for e in new} == {"yan", "ada"}
+
+
+async def test_echoed_awareness_entries_count_a_sixteenth_of_a_message_each(autojump_clock: MockClock) -> None:
+    # QA: one client sending awareness messages of its own entry and 9,999 forged others,
+    # twenty a second, held the core at 91 %: the others were ignored, but each cost a decode,
+    # and a message counted once. A joiner echoing a room of a thousand is not refused.
+    async with make_engine(frames_per_second=200) as engine:
+        y = await yjs(engine)
+        await y.say({"name": "me"}, clock=1)
+        echo = [AwarenessEntry(777, 2, json.dumps({"name": "me"}))] + [AwarenessEntry(10_000 + i, 1, "{}") for i in range(1000)]
+        await y.transport.send_message(encode_awareness(echo))
+        watcher = await yjs(engine)  # the room still serves, and the echo's sender is there
+        await watcher.until(lambda: 777 in watcher.awareness, limit=100)
+        forged = [AwarenessEntry(777, 3, "{}")] + [AwarenessEntry(20_000 + i, 1, "{}") for i in range(5000)]
+        await y.transport.send_message(encode_awareness(forged))  # 312 messages' worth
+        with trio.fail_after(10):
+            for _ in range(100):
+                try:
+                    await y.next()
+                except TransportClosed as closed:
+                    assert closed.code == CloseCode.RATE_LIMITED, closed
+                    break
+            else:
+                raise AssertionError("not closed")
