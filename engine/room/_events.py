@@ -28,6 +28,7 @@ from plait.protocol import (
     ChannelFrame,
     ErrorCode,
     Event,
+    LocalProtocolError,
     ProtocolError,
     check_value,
     encode_json_trusted,
@@ -57,6 +58,22 @@ class EventRecord:
     user: str | None
     key: str | None
     epoch: str
+    _frame: ChannelFrame | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def frame(self) -> ChannelFrame:
+        """The event as a room's frame, encoded (and checked) once for every member it is sent
+        to: the room's members as it is published, and each joiner it is replayed to (spec
+        §7). A join(since=0) of each of 20 connections that read nothing once queued its own
+        copy of a 16 MiB history: 1.3 GiB (QA).
+
+        Raises:
+            LocalProtocolError: a field no member could be sent (an event from a store).
+        """
+        if self._frame is None:
+            frame = ChannelFrame(Event(0, self.seq, self.name, self.payload, self.session, self.user))
+            object.__setattr__(self, "_frame", frame)  # a cache on a frozen record
+            return frame
+        return self._frame
 
     def size(self) -> int:
         """About its encoded size, in bytes: what it counts toward the history's byte bound."""
@@ -338,7 +355,7 @@ class EventsStrand:
     def _send_event(self, record: EventRecord, size: int) -> None:
         if not self._events.add(record, size):
             return
-        self._fanout.event(self.name, list(self._members.values()), ChannelFrame(self._event_frame(record, 0)))
+        self._fanout.event(self.name, list(self._members.values()), record.frame())
         self._metrics.add("fanout_frames", len(self._members), "event")
 
     async def _event_gaps(self) -> None:
@@ -417,6 +434,12 @@ class EventsStrand:
             )
         return size
 
-    @staticmethod
-    def _event_frame(record: EventRecord, channel: int) -> Event:
-        return Event(channel, record.seq, record.name, record.payload, record.session, record.user)
+    def _replay(self, member: Member, missed: list[EventRecord]) -> None:
+        """Send a joiner the events it missed (spec §7), each the room's one encoding of it."""
+        for record in missed:
+            try:
+                frame = record.frame()
+            except LocalProtocolError as exc:  # only an event from a store can be one
+                logger.error("room %r: event %d cannot be sent to anyone: %s", self.name, record.seq, exc.message)
+                continue
+            member.session.deliver(member, frame)

@@ -347,9 +347,8 @@ class Room(DocStrand, EventsStrand, PersistStrand, ReplicaStrand):
         ])
         for frame in sync_frames:
             session.deliver(member, frame)
-        frames = self._ephemeral.join_frames(channel)
-        frames.extend(self._event_frame(r, channel) for r in missed)
-        session.deliver_frames(member, frames)
+        session.deliver_frames(member, self._ephemeral.join_frames(channel))
+        self._replay(member, missed)
         return member
 
     def remove_member(self, member: Member, *, disconnected: bool) -> None:

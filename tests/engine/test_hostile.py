@@ -581,3 +581,40 @@ async def test_a_read_only_members_update_that_inserts_is_refused_unread(
         await viewer.send(Update(1, viewer.next_ref(), b"\x00\x00"))  # inserts nothing: read, and fine
         await viewer.wait_for(Ack)
         assert len(read) == 1
+
+
+async def test_joiners_that_replay_the_history_share_its_encoding(autojump_clock: MockClock) -> None:
+    # QA: 20 connections each sent join(since=0) and leave pairs against a 16 MiB history and
+    # read nothing: each join queued its own copy of the history, 1.3-2.3 GiB in all. The
+    # room encodes each event once; joiners queue references to the same bytes.
+    import tracemalloc
+
+    from plait.protocol import Event, Leave
+
+    size = 600 * 1024  # one event a message: the writer sends each as it is, uncopied
+    async with make_engine(outbox_max_bytes=64 * 1024 * 1024, max_message_bytes=1024 * 1024) as engine:
+        publisher = DocClient(engine.connect_memory())
+        await publisher.hello()
+        await publisher.join("r")
+        for _ in range(4):  # 2.4 MB of history
+            await publisher.send(Publish(1, publisher.next_ref(), "blob", "x" * size, None))
+            await publisher.wait_for(Ack)
+        first = DocClient(engine.connect_memory())
+        await first.hello()
+        await first.join("r", since=0)
+        assert [len((await first.wait_for(Event)).payload) for _ in range(4)] == [size] * 4
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            silent = []
+            for _ in range(10):  # each replays the history 4 times and reads none of it
+                client = DocClient(engine.connect_memory(buffer=1))
+                await client.hello()
+                for _ in range(4):
+                    await client.send_raw(encode([Join(client.next_ref(), "r", None, 0, None), Leave(1, client.next_ref())]))
+                silent.append(client)
+            await trio.sleep(1)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown < 24 * 1024 * 1024, grown  # 49 MB before: a copy per join; now what the writers have in flight
