@@ -56,13 +56,13 @@ class RequestPace:
     are (§5.8): `requests_per_second` (a body's frames past its first count as requests too),
     and what they bring at `bytes_per_second` (a body's values, spec §3.4, each as
     `bytes_per_value` bytes), after a burst of `burst` seconds' worth. Past it the next
-    request is read later; nothing is refused. One keep-alive
-    connection asking as fast as it could held the core at 80-90 %, and opened sessions of 64
-    rooms each faster than they expired (22,661 rooms in 30 s)."""
+    request is read later; nothing is refused. One keep-alive connection asking as fast as it
+    could held the core at 80-90 %, and opened sessions of 64 rooms each faster than they
+    expired (22,661 rooms in 30 s). The defaults are EngineConfig's."""
 
     requests_per_second: float = 200
     bytes_per_second: float = 16 * 1024 * 1024
-    bytes_per_value: float = 64
+    bytes_per_value: float = 256
     burst: float = 1.0
 
     @classmethod

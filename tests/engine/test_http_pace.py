@@ -159,3 +159,9 @@ async def test_a_hello_body_longer_than_a_hello_may_be_is_413(autojump_clock: Mo
         assert status == 413, answer
         assert engine.max_message_bytes("/") > MAX_HELLO_BYTES  # the bound is the hello's, not every message's
         nursery.cancel_scope.cancel()
+
+
+def test_the_default_pace_is_the_default_configs() -> None:
+    from plait.engine import EngineConfig
+
+    assert RequestPace() == RequestPace.of(EngineConfig())
