@@ -87,6 +87,11 @@ def changes_nothing(doc: pycrdt.Doc[Any], update: DecodedUpdate) -> bool:
     return True
 
 
+READ_ONLY_SLACK = 64 * 1024
+"""How much longer than the document a read-only member's update may be and still be read
+(spec §5.3): what its own encoding of the same delete set may add."""
+
+
 def read_client_update(update: bytes) -> DecodedUpdate:
     """A peer's update, decoded; RequestError INVALID_UPDATE if it is not one pycrdt may see
     (spec §5.3)."""
@@ -200,8 +205,14 @@ class DocStrand:
         DOCUMENT_TOO_LARGE."""
         if member.access is not Access.WRITE:
             # spec §5.3: a read-only member's sync_step2 (mandatory) is fine when it changes
-            # nothing. One that inserts is refused from its first structs, unread.
-            if inserts_something(update) or not changes_nothing(self.doc, read_client_update(update)):
+            # nothing: it deletes only what the document has deleted, so it is no longer than
+            # the document. One that inserts, or that is longer (a delete set of millions of
+            # ranges took seconds to read, QA), is refused unread.
+            if inserts_something(update) or len(update) > self._doc_bytes + READ_ONLY_SLACK:
+                raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
+            decoded = read_client_update(update)
+            member.session.read_values(decoded.parts)
+            if not changes_nothing(self.doc, decoded):
                 raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
             if ref is not None:
                 self.ack(member, ref)
@@ -222,6 +233,8 @@ class DocStrand:
         by server-side code or by edits made at once on two processes of a cluster, can shrink)."""
         fits = self._fits(len(update))  # before reading: a refusal for size costs nothing
         decoded = read_client_update(update)
+        if origin is not None:
+            origin.session.read_values(decoded.parts)
         if not fits and not inserts_nothing(decoded):
             self._refuse_size()
         if len(update) > piece_bytes(self._config.max_message_bytes):
@@ -243,7 +256,7 @@ class DocStrand:
         if member.access is Access.WRITE and self._fits(sum(len(update) for update, _ in items)):
             try:
                 for update, _ in items:  # pycrdt merges only what the reader took
-                    read_update(update)
+                    member.session.read_values(read_update(update).parts)
                 merged = merge_updates([update for update, _ in items])
                 decoded = read_update(merged, trusted=True)
                 self._origin = member

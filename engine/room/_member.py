@@ -42,6 +42,11 @@ class MemberSession(Protocol):
     """Whether the client's updates are confirmed by sending them back once durable
     (y-websocket, spec §13) rather than by acks (native, §4.1)."""
 
+    def read_values(self, values: int) -> None:
+        """Count what was read of the client's last message beyond its bytes (values, spec
+        §3.4; a document update's structs and deleted ranges, §5.3) toward its read rate
+        (§5.8)."""
+
     def deliver(self, member: Member, shared: ChannelFrame) -> None:
         """A frame fanned out to the whole room, encoded once."""
 

@@ -233,7 +233,7 @@ class Session(Peer):
             frames, values = decode_counted(data, self.conn.limits)
         else:
             frames, values = decode_json_counted(data, self.conn.limits)
-        self._read_values(values)
+        self.read_values(values)
         return frames
 
     def keep_alive(self, now: float) -> float:

@@ -509,9 +509,10 @@ class Peer:
         self._read_free_at = max(self._read_free_at, now - burst) + size / rate
         return self._read_free_at - now
 
-    def _read_values(self, values: int) -> None:
-        """Count the values of a message just decoded (spec §3.4) toward the read rate, each
-        as read_bytes_per_value bytes (§5.8): the next message is read that much later."""
+    def read_values(self, values: int) -> None:
+        """Count the values of a message just decoded (spec §3.4), or the parts of a document
+        update just read (§5.3), toward the read rate, each as read_bytes_per_value bytes
+        (§5.8): the next message is read that much later."""
         self._read_free_at += values * self.config.read_bytes_per_value / self.config.read_bytes_per_second
 
     async def _send(self, message: bytes | str) -> None:

@@ -225,7 +225,7 @@ class YjsSession(Peer):
         values = json_values(state_json.encode("utf-8", "surrogatepass"))
         if values > self.config.max_values_per_message:
             raise RequestError(ErrorCode.FRAME_TOO_LARGE, f"an awareness state holds more than {self.config.max_values_per_message} values")
-        self._read_values(values)
+        self.read_values(values)
 
     # -- output: room frames onto the y-websocket wire ---------------------------------------
 

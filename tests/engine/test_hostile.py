@@ -23,6 +23,7 @@ from plait.protocol import (
     ErrorCode,
     Join,
     Ping,
+    Pong,
     PresenceSnapshot,
     Publish,
     Update,
@@ -618,3 +619,62 @@ async def test_joiners_that_replay_the_history_share_its_encoding(autojump_clock
         finally:
             tracemalloc.stop()
         assert grown < 24 * 1024 * 1024, grown  # 49 MB before: a copy per join; now what the writers have in flight
+
+
+def _delete_only_update(ranges: int, client: int = 5) -> bytes:
+    """An update of no structs and `ranges` deleted ranges of one client, sorted and disjoint."""
+
+    def varuint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    return b"\x00" + varuint(1) + varuint(client) + varuint(ranges) + b"".join(varuint(2 * i) + b"\x01" for i in range(ranges))
+
+
+async def test_a_read_only_members_update_longer_than_the_document_is_refused_unread(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: a viewer sending updates of no inserts and a delete set of 3.3 M ranges the document
+    # never had (14.7 MiB) stalled the server 2 s each, refused FORBIDDEN, never closed. An
+    # update that changes nothing deletes only what the document has: it is no longer than it.
+    import plait.engine.room._doc as doc_module
+
+    from .test_room_lifecycle import Viewer
+
+    read: list[int] = []
+    real = doc_module.read_client_update
+    monkeypatch.setattr(doc_module, "read_client_update", lambda update: read.append(len(update)) or real(update))
+    async with make_engine(hooks=Viewer()) as engine:
+        viewer = DocClient(engine.connect_memory())
+        await viewer.hello("viewer")
+        await viewer.join("r")
+        await viewer.send(Update(1, viewer.next_ref(), _delete_only_update(40_000)))  # 150 KB, an empty document
+        assert (await viewer.wait_for(Error)).code == ErrorCode.FORBIDDEN
+        assert read == []
+        await viewer.send(Update(1, viewer.next_ref(), _delete_only_update(10)))  # short: read, then refused
+        assert (await viewer.wait_for(Error)).code == ErrorCode.FORBIDDEN
+        assert len(read) == 1
+
+
+async def test_a_writers_update_is_read_at_a_rate_of_its_structs_and_deleted_ranges(autojump_clock: MockClock) -> None:
+    # QA: a writer's update of millions of deleted ranges took seconds to read, and the read
+    # rate counted only its bytes (4.5 a range). Each struct and range counts as a value (§5.8).
+    MIB = 1024 * 1024
+    async with make_engine(read_bytes_per_second=MIB, read_bytes_per_value=64, max_message_bytes=MIB) as engine:
+        writer = DocClient(engine.connect_memory())
+        await writer.hello()
+        await writer.join("r")
+        start = trio.current_time()
+        for _ in range(3):  # 3 x 40,000 ranges: 7.5 s at 16,384 a second, after a 1 s burst
+            await writer.send(Update(1, writer.next_ref(), _delete_only_update(40_000)))
+        await writer.send(Ping(9))  # whatever became of them, it is read once they are paid for
+        with trio.fail_after(30):
+            while (frame := await writer.receive()) != Pong(9):
+                pass
+        elapsed = trio.current_time() - start
+        assert 6 <= elapsed < 10, elapsed
+        await assert_room_still_works(engine)
