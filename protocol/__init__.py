@@ -142,6 +142,7 @@ from ._yjs import (
     YSync as YSync,
     YSyncStep as YSyncStep,
     decode_y as decode_y,
+    awareness_entries as awareness_entries,
     encode_awareness as encode_awareness,
     encode_sync as encode_sync,
     encode_y as encode_y,

@@ -120,6 +120,21 @@ class _Reader:
         return self.pos == len(self.data)
 
 
+def awareness_entries(data: bytes) -> int:
+    """How many entries an awareness message says it holds, read from its first bytes alone
+    (0 for another message, or bytes too short to say): what a server counts before it
+    decodes them (spec §13).
+    """
+    reader = _Reader(data)
+    try:
+        if reader.varuint() != YMessageKind.AWARENESS:
+            return 0
+        reader.varuint()  # the update's length
+        return reader.varuint()
+    except RemoteProtocolError:
+        return 0
+
+
 def decode_y(data: bytes) -> YMessage:
     """Decode one y-websocket message.
 

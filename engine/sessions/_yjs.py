@@ -42,6 +42,7 @@ from plait.protocol import (
     YQueryAwareness,
     YSync,
     YSyncStep,
+    awareness_entries,
     check_room_name,
     check_value,
     close_code_for,
@@ -136,6 +137,7 @@ class YjsSession(Peer):
                     if not isinstance(data, bytes):
                         raise RemoteProtocolError("text message", ErrorCode.MALFORMED_FRAME)
                     self.services.traffic.frames_in += 1  # a y-websocket message is one message of y-protocols
+                    self._count_entries(awareness_entries(data))
                     self._handle(decode_y(data))
                 except (ProtocolError, RequestError) as exc:
                     self.refuse(exc.code, exc.message)
@@ -187,14 +189,6 @@ class YjsSession(Peer):
                 self.services.probe_fanout(self.services.read_at)
             case YAwareness(entries=entries):
                 own = room.awareness_id(member)
-                if own is not None and len(entries) > 1:
-                    # y-websocket echoes the others' entries it hears, each ignored here: they
-                    # cost a decode each, a sixteenth of a frame (spec §5.8). A joiner echoes a
-                    # room of a thousand in 63 frames' worth; one message of 10,000 forged
-                    # entries twenty times a second held the core at 91 % (QA).
-                    echoed = sum(1 for entry in entries if entry.client_id != own)
-                    if echoed and not self._frame_bucket.take(trio.current_time(), echoed * ECHOED_ENTRY_FRAMES):
-                        raise RequestError(ErrorCode.RATE_LIMITED, "too many awareness entries")
                 parsed = 0
                 for entry in entries:
                     # A client speaks only for itself: one client id, bound at its first state.
@@ -217,6 +211,19 @@ class YjsSession(Peer):
                 self._send_awareness(member, room.awareness_sessions())
             case YAuth():
                 pass  # y-protocols auth messages carry nothing we act on
+
+    def _count_entries(self, entries: int) -> None:
+        """An awareness message's entries past its first count a sixteenth of a message each,
+        before they are decoded (spec §13): y-websocket echoes the others' entries it hears (a
+        joiner echoes a room of a thousand in 63 messages' worth), and one message of 10,000
+        forged entries, decoded before it was counted, held the core at 91 % (QA); 200
+        connections sending one each kept it for 20 s.
+
+        Raises:
+            RequestError: RATE_LIMITED.
+        """
+        if entries > 1 and not self._frame_bucket.take(trio.current_time(), (entries - 1) * ECHOED_ENTRY_FRAMES):
+            raise RequestError(ErrorCode.RATE_LIMITED, "too many awareness entries")
 
     def _count_values(self, state_json: str) -> None:
         """An awareness state's values, bounded and read at a rate as a native message's are

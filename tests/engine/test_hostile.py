@@ -673,7 +673,7 @@ async def test_a_writers_update_is_read_at_a_rate_of_its_structs_and_deleted_ran
             await writer.send(Update(1, writer.next_ref(), _delete_only_update(40_000)))
         await writer.send(Ping(9))  # whatever became of them, it is read once they are paid for
         with trio.fail_after(30):
-            while (frame := await writer.receive()) != Pong(9):
+            while await writer.receive() != Pong(9):
                 pass
         elapsed = trio.current_time() - start
         assert 6 <= elapsed < 10, elapsed

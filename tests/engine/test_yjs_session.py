@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pycrdt
+import pytest
 import trio
 from trio.testing import MockClock
 
@@ -346,10 +347,19 @@ async def test_a_state_with_presence_and_cursor_reaches_each_yjs_peer_once(
     assert {json.loads(e.state_json)["name"] for e in new} == {"yan", "ada"}
 
 
-async def test_echoed_awareness_entries_count_a_sixteenth_of_a_message_each(autojump_clock: MockClock) -> None:
+async def test_echoed_awareness_entries_count_a_sixteenth_of_a_message_each_before_they_are_decoded(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # QA: one client sending awareness messages of its own entry and 9,999 forged others,
     # twenty a second, held the core at 91 %: the others were ignored, but each cost a decode,
-    # and a message counted once. A joiner echoing a room of a thousand is not refused.
+    # and a message counted once; then 200 clients sending one such message each kept the
+    # core for 20 s, each decoded before it was counted. A joiner echoing a room of a
+    # thousand is not refused.
+    import plait.engine.sessions._yjs as yjs_module
+
+    decoded: list[int] = []
+    real = yjs_module.decode_y
+    monkeypatch.setattr(yjs_module, "decode_y", lambda data: decoded.append(len(data)) or real(data))
     async with make_engine(frames_per_second=200) as engine:
         y = await yjs(engine)
         await y.say({"name": "me"}, clock=1)
@@ -357,8 +367,8 @@ async def test_echoed_awareness_entries_count_a_sixteenth_of_a_message_each(auto
         await y.transport.send_message(encode_awareness(echo))
         watcher = await yjs(engine)  # the room still serves, and the echo's sender is there
         await watcher.until(lambda: 777 in watcher.awareness, limit=100)
-        forged = [AwarenessEntry(777, 3, "{}")] + [AwarenessEntry(20_000 + i, 1, "{}") for i in range(5000)]
-        await y.transport.send_message(encode_awareness(forged))  # 312 messages' worth
+        forged = encode_awareness([AwarenessEntry(777, 3, "{}")] + [AwarenessEntry(20_000 + i, 1, "{}") for i in range(5000)])
+        await y.transport.send_message(forged)  # 312 messages' worth
         with trio.fail_after(10):
             for _ in range(100):
                 try:
@@ -368,3 +378,4 @@ async def test_echoed_awareness_entries_count_a_sixteenth_of_a_message_each(auto
                     break
             else:
                 raise AssertionError("not closed")
+        assert len(forged) not in decoded

@@ -115,3 +115,20 @@ def test_arbitrary_bytes_never_escape(data: bytes) -> None:
         decode_y(data)
     except RemoteProtocolError:
         pass
+
+
+def test_awareness_entries_are_counted_from_the_header() -> None:
+    from plait.protocol import AwarenessEntry, YSyncStep, awareness_entries, encode_awareness, encode_sync
+
+    for n in (0, 1, 300):
+        assert awareness_entries(encode_awareness([AwarenessEntry(i, 1, "{}") for i in range(n)])) == n
+    assert awareness_entries(encode_sync(YSyncStep.UPDATE, b"\x00\x00")) == 0
+    assert awareness_entries(b"\x01\x80") == 0  # ends inside the length: nothing to say
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=16))
+def test_awareness_entries_never_raises(data: bytes) -> None:
+    from plait.protocol import awareness_entries
+
+    assert awareness_entries(data) >= 0
