@@ -143,6 +143,7 @@ from ._yjs import (
     YSyncStep as YSyncStep,
     decode_y as decode_y,
     awareness_entries as awareness_entries,
+    MAX_AWARENESS_ENTRIES as MAX_AWARENESS_ENTRIES,
     encode_awareness as encode_awareness,
     encode_sync as encode_sync,
     encode_y as encode_y,

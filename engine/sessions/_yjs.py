@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from plait.protocol import (
+    MAX_AWARENESS_ENTRIES,
     MAX_DEPTH,
     Access,
     ChannelFrame,
@@ -222,6 +223,8 @@ class YjsSession(Peer):
         Raises:
             RequestError: RATE_LIMITED.
         """
+        if entries > MAX_AWARENESS_ENTRIES:
+            return  # decode_y refuses it from its count (FRAME_TOO_LARGE)
         if entries > 1 and not self._frame_bucket.take(trio.current_time(), (entries - 1) * ECHOED_ENTRY_FRAMES):
             raise RequestError(ErrorCode.RATE_LIMITED, "too many awareness entries")
 
