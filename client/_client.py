@@ -36,8 +36,10 @@ import trio_websocket
 from plait.protocol import (
     ABNORMAL_CLOSURE,
     FRAME_OVERHEAD,
+    MAX_HELLO_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_PRESENCE_BYTES,
+    MAX_VALUES_PER_MESSAGE,
     STALE,
     Ack,
     CloseCode,
@@ -66,6 +68,7 @@ from plait.protocol import (
     Welcome,
     check_room_name,
     decode,
+    decode_counted,
     encode,
     encode_frame,
     wire_size,
@@ -352,14 +355,22 @@ class Client:
         channel and ref numbers: any real ones encode no longer).
 
         Raises:
-            FrameTooLarge: the frame alone is longer than the server's `max_message_bytes`.
+            FrameTooLarge: the frame alone is longer than the server's `max_message_bytes`,
+                or holds more values than the reference server reads in one message (spec
+                §3.4: servers do not announce that bound, and going over it is fatal).
             InvalidField, TooDeep: a field the protocol forbids (spec §3.3: NaN, a lone
                 surrogate, a non-string map key, nesting deeper than 32, ...).
         """
         try:
-            size = len(encode_frame(frame))
+            data = encode_frame(frame)
         except LocalProtocolError as exc:
             raise error_for(exc.code, exc.message) from None
+        size = len(data)
+        if size > MAX_VALUES_PER_MESSAGE:  # a value takes a byte at least: shorter ones hold fewer
+            try:
+                decode_counted(data, VALUE_LIMITS)
+            except RemoteProtocolError as exc:
+                raise FrameTooLarge(f"{type(frame).__name__}: {exc.message} (spec §3.4); not sent") from None
         if isinstance(frame, Publish):
             # The event it becomes carries its seq, session and user too (spec §4): a publish
             # that fits only without them would come back refused after a round trip.
@@ -913,9 +924,16 @@ def _check_arguments(
         size = len(encode_frame(hello))
     except LocalProtocolError as exc:
         raise error_for(exc.code, f"connect: {exc.message}") from None
-    if size > MAX_MESSAGE_BYTES - 64:  # the client adds its anonymous_key (spec §4.2)
-        raise _too_large(hello, size, MAX_MESSAGE_BYTES)
+    if size > MAX_HELLO_BYTES - 256:  # the client adds its anonymous_key (spec §4.2, §5.1)
+        raise FrameTooLarge(
+            f"a hello of {size} bytes exceeds the {MAX_HELLO_BYTES} bytes a server reads of one (spec §5.1): client_info is too large"
+        )
 
+
+
+VALUE_LIMITS = CodecLimits(max_values_per_message=MAX_VALUES_PER_MESSAGE)
+"""The reference server's bound on the values of one message (spec §3.4), checked before a
+large request is sent."""
 
 def _too_large(frame: Frame, size: int, limit: int) -> FrameTooLarge:
     return FrameTooLarge(

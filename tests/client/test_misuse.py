@@ -90,6 +90,24 @@ async def test_requests_over_the_servers_message_limit_raise_frame_too_large_at_
             assert cable.opened == 1 and c.state is ClientState.OPEN
 
 
+async def test_a_publish_of_more_values_than_a_server_reads_raises_frame_too_large_at_once(autojump_clock: MockClock) -> None:
+    # spec §3.4: a server bounds the values of a message it reads (65,536 by default), and
+    # going over is fatal: the connection would close. Servers do not announce the bound, so
+    # the client checks the reference server's before it sends.
+    from plait.protocol import MAX_VALUES_PER_MESSAGE
+
+    async with make_engine() as engine:
+        cable = Cable(engine)
+        async with client_for(cable) as c, c.join("r") as room:
+            await room.synced()
+            start = trio.current_time()
+            with pytest.raises(FrameTooLarge) as info:
+                await room.publish("rows", [0] * MAX_VALUES_PER_MESSAGE)
+            assert "values" in str(info.value) and trio.current_time() == start
+            assert await room.publish("rows", [0] * (MAX_VALUES_PER_MESSAGE - 100)) == 1
+            assert cable.opened == 1 and c.state is ClientState.OPEN
+
+
 async def test_a_publish_queued_offline_that_the_server_cannot_take_fails_on_connect(autojump_clock: MockClock) -> None:
     # Before the first welcome the client knows only the default limit (16 MiB).
     async with make_engine(max_message_bytes=LIMIT) as engine:
@@ -308,13 +326,14 @@ async def test_invalid_values_raise_the_typed_plait_error_at_once(
         ({"heartbeat_timeout": 0}, ValueError, "heartbeat_timeout must be above 0"),
         ({"offline_queue": -1}, ValueError, "offline_queue must be at least 0"),
         ({"offline_queue": 2.5}, ValueError, "offline_queue must be an int"),
-        ({"client_info": {"blob": "x" * (17 * 1024 * 1024)}}, FrameTooLarge, "max_message_bytes"),
+        ({"client_info": {"blob": "x" * (17 * 1024 * 1024)}}, FrameTooLarge, "a server reads of one"),
+        ({"client_info": {"blob": "x" * (64 * 1024)}}, FrameTooLarge, "client_info is too large"),  # spec §5.1
         ({"client_info": ["not", "a", "map"]}, InvalidField, "connect"),
         ({"token": "t" * 9000}, InvalidField, "8192"),
         ({"backoff": 3}, ValueError, "backoff must be a plait.client.Backoff"),
     ],
     ids=["close-negative", "close-nan", "heartbeat-negative", "heartbeat-zero", "queue-negative", "queue-float",
-         "client-info-17mib", "client-info-list", "token-too-long", "backoff-not-a-backoff"],
+         "client-info-17mib", "client-info-64kib", "client-info-list", "token-too-long", "backoff-not-a-backoff"],
 )
 async def test_connect_refuses_arguments_it_could_never_use_at_once(
     autojump_clock: MockClock, kwargs: dict[str, object], error: type[Exception], words: str
