@@ -369,5 +369,28 @@ export function decodeJson(text) {
 /** The msgpack size of a frame, to refuse locally what could never fit (§7.1). */
 export const encodedSize = (/** @type {object} */ frame) => encode(frame).length;
 
+/** The reference server's bound on the values of one message it reads (spec §3.4): every array
+ * element and map entry, an empty array or map one. Servers do not announce it, and going
+ * over closes the connection (FRAME_TOO_LARGE). */
+export const MAX_VALUES_PER_MESSAGE = 65536;
+
+/** The values a frame's fields hold as spec §3.4 counts them (binary is one value). */
+export function valueCount(/** @type {unknown} */ value) {
+  let count = 0;
+  const stack = [value];
+  while (stack.length) {
+    const v = stack.pop();
+    if (Array.isArray(v)) {
+      count += v.length || 1;
+      for (const x of v) stack.push(x);
+    } else if (v !== null && typeof v === "object" && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer)) {
+      const entries = Object.values(v);
+      count += entries.length || 1;
+      for (const x of entries) stack.push(x);
+    }
+  }
+  return count;
+}
+
 /** Access numbers (§4.2) by name and back. */
 export const ACCESS = Object.freeze({ 1: "read", 2: "write", 3: "comment" });

@@ -4,7 +4,7 @@
 import * as Y from "yjs";
 import { PlaitError } from "./errors.js";
 import { ErrorCode } from "./codes.js";
-import { checkValue, encodedSize, ACCESS } from "./protocol.js";
+import { checkValue, encodedSize, valueCount, ACCESS, MAX_VALUES_PER_MESSAGE } from "./protocol.js";
 import { backoffDelay } from "./pacing.js";
 import { connectionPacers, spend } from "./connpacing.js";
 
@@ -594,6 +594,10 @@ export class Room {
       const key = given ?? `k${Date.now().toString(36)}${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`.slice(0, 40);
       const size = encodedSize({ kind: "publish", channel: 0, ref: 0, name, payload: payload ?? null, key });
       this._client._checkFits(size, "the event");
+      // A value takes a byte at least: only a longer frame can hold more than the bound (§3.4).
+      if (size > MAX_VALUES_PER_MESSAGE && valueCount(payload) + 6 > MAX_VALUES_PER_MESSAGE) {
+        throw new PlaitError(ErrorCode.FRAME_TOO_LARGE, `the event holds more than the ${MAX_VALUES_PER_MESSAGE} values a server reads of one message (spec §3.4)`);
+      }
       return new Promise((resolve, reject) => {
         this._publishes.push({ name, payload: payload ?? null, key, resolve, reject, sent: false, tries: 0, notBefore: 0 });
         this._pumpPublishes();

@@ -32,6 +32,14 @@ test("a publish with a key or name the server refuses is rejected locally; the c
   assert.equal((await a.join("bad-key-after")).name, "bad-key-after");
 });
 
+test("a publish of more values than a server reads of one message is rejected locally; the client goes on", async (t) => {
+  const a = connect(t, server.url);
+  const room = await a.join("dense");
+  await assert.rejects(room.publish("rows", new Array(65536).fill(0)), (err) => err instanceof PlaitError && err.code === ErrorCode.FRAME_TOO_LARGE);
+  assert.equal(await room.publish("rows", new Array(65000).fill(0)), 1);
+  assert.equal(a.state, "open");
+});
+
 test("on() needs a function; a listener that throws is reported and the other listeners still run", async (t) => {
   const a = connect(t, server.url);
   const b = connect(t, server.url);
