@@ -23,7 +23,7 @@ MiB: Final = 1024 * KiB
 
 MAX_MESSAGE_BYTES: Final = 16 * MiB
 MAX_FRAMES_PER_MESSAGE: Final = 1024
-MAX_VALUES_PER_MESSAGE: Final = 64 * KiB
+MAX_VALUES_PER_MESSAGE: Final = 65_536
 """The reference server's bound on the values in one message it reads (spec §3.4)."""
 MAX_HELLO_BYTES: Final = 64 * KiB
 """The reference server's bound on a `hello` message, read before it knows who sent it (spec §5.1)."""
