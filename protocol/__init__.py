@@ -119,6 +119,7 @@ from ._ycrdt import (
     check_update as check_update,
     read_state_vector as read_state_vector,
     read_update as read_update,
+    read_update_counted as read_update_counted,
     inserts_something as inserts_something,
     MAX_ANY_DEPTH as MAX_ANY_DEPTH,
 )

@@ -23,6 +23,7 @@ from plait.protocol import (
     inserts_something,
     piece_bytes,
     read_update,
+    read_update_counted,
     split_update,
 )
 
@@ -92,11 +93,12 @@ READ_ONLY_SLACK = 64 * 1024
 (spec §5.3): what its own encoding of the same delete set may add."""
 
 
-def read_client_update(update: bytes) -> DecodedUpdate:
-    """A peer's update, decoded; RequestError INVALID_UPDATE if it is not one pycrdt may see
+def read_client_update(update: bytes) -> tuple[DecodedUpdate, int]:
+    """A peer's update, decoded, and the structs and deleted ranges read (what it costs toward
+    the read rate, spec §5.8); RequestError INVALID_UPDATE if it is not one pycrdt may see
     (spec §5.3)."""
     try:
-        return read_update(update)
+        return read_update_counted(update)
     except RemoteProtocolError as exc:
         raise RequestError(exc.code, exc.message) from None
 
@@ -210,8 +212,8 @@ class DocStrand:
             # ranges took seconds to read, QA), is refused unread.
             if inserts_something(update) or len(update) > self._doc_bytes + READ_ONLY_SLACK:
                 raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
-            decoded = read_client_update(update)
-            member.session.read_values(decoded.parts)
+            decoded, parts = read_client_update(update)
+            member.session.read_values(parts)
             if not changes_nothing(self.doc, decoded):
                 raise RequestError(ErrorCode.FORBIDDEN, "read-only member: document updates refused")
             if ref is not None:
@@ -232,9 +234,9 @@ class DocStrand:
         DOCUMENT_TOO_LARGE (never for an update that only deletes: a document past the maximum,
         by server-side code or by edits made at once on two processes of a cluster, can shrink)."""
         fits = self._fits(len(update))  # before reading: a refusal for size costs nothing
-        decoded = read_client_update(update)
+        decoded, parts = read_client_update(update)
         if origin is not None:
-            origin.session.read_values(decoded.parts)
+            origin.session.read_values(parts)
         if not fits and not inserts_nothing(decoded):
             self._refuse_size()
         if len(update) > piece_bytes(self._config.max_message_bytes):
@@ -256,7 +258,7 @@ class DocStrand:
         if member.access is Access.WRITE and self._fits(sum(len(update) for update, _ in items)):
             try:
                 for update, _ in items:  # pycrdt merges only what the reader took
-                    member.session.read_values(read_update(update).parts)
+                    member.session.read_values(read_update_counted(update)[1])
                 merged = merge_updates([update for update, _ in items])
                 decoded = read_update(merged, trusted=True)
                 self._origin = member

@@ -190,7 +190,7 @@ class YjsSession(Peer):
                 self.services.probe_fanout(self.services.read_at)
             case YAwareness(entries=entries):
                 own = room.awareness_id(member)
-                parsed = 0
+                parsed = values = 0
                 for entry in entries:
                     # A client speaks only for itself: one client id, bound at its first state.
                     # y-websocket echoes others' entries: ignored before they cost a JSON parse.
@@ -202,7 +202,7 @@ class YjsSession(Peer):
                     if parsed and not self._frame_bucket.take(trio.current_time()):
                         raise RequestError(ErrorCode.RATE_LIMITED, "too many awareness entries")
                     parsed += 1
-                    self._count_values(entry.state_json)
+                    values = self._count_values(entry.state_json, values)
                     state, size = _parse_state(entry.state_json, self.config.presence_limit)
                     if room.claim_awareness(member, entry.client_id, entry.clock, hidden=state is None):
                         own = room.awareness_id(member)
@@ -228,14 +228,22 @@ class YjsSession(Peer):
         if entries > 1 and not self._frame_bucket.take(trio.current_time(), (entries - 1) * ECHOED_ENTRY_FRAMES):
             raise RequestError(ErrorCode.RATE_LIMITED, "too many awareness entries")
 
-    def _count_values(self, state_json: str) -> None:
-        """An awareness state's values, bounded and read at a rate as a native message's are
-        (spec §3.4, §5.8), counted before it is parsed: a state of a million empty arrays
-        fits in a few MiB."""
+    def _count_values(self, state_json: str, before: int) -> int:
+        """An awareness state's values, counted before it is parsed, and the message's so far
+        with them: bounded and read at a rate as a native message's are (spec §3.4, §5.8). A
+        state of a million empty arrays fits in a few MiB, and one message of 190 states of
+        the client's own, each within the bound, held 6 M values (QA).
+
+        Raises:
+            RequestError: FRAME_TOO_LARGE.
+        """
         values = json_values(state_json.encode("utf-8", "surrogatepass"))
-        if values > self.config.max_values_per_message:
-            raise RequestError(ErrorCode.FRAME_TOO_LARGE, f"an awareness state holds more than {self.config.max_values_per_message} values")
+        total = before + values
+        if total > self.config.max_values_per_message:
+            limit = self.config.max_values_per_message
+            raise RequestError(ErrorCode.FRAME_TOO_LARGE, f"an awareness message holds more than {limit} values")
         self.read_values(values)
+        return total
 
     # -- output: room frames onto the y-websocket wire ---------------------------------------
 

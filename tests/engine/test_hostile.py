@@ -678,3 +678,25 @@ async def test_a_writers_update_is_read_at_a_rate_of_its_structs_and_deleted_ran
         elapsed = trio.current_time() - start
         assert 6 <= elapsed < 10, elapsed
         await assert_room_still_works(engine)
+
+
+async def test_a_writers_update_of_merged_structs_is_read_at_a_rate_of_every_struct(autojump_clock: MockClock) -> None:
+    # QA: updates of 2,000,000 GC structs (4 MB, one merged run) were acked a second apart:
+    # the run counted once toward the read rate (§5.8), and one connection held the core.
+    MIB = 1024 * 1024
+    gc_structs = 40_000
+    count = bytes([0x80 | (gc_structs & 0x7F), 0x80 | (gc_structs >> 7 & 0x7F), gc_structs >> 14])  # a varuint
+    update = b"\x01" + count + b"\x05\x00" + b"\x00\x01" * gc_structs + b"\x00"
+    async with make_engine(read_bytes_per_second=MIB, read_bytes_per_value=64, max_message_bytes=MIB) as engine:
+        writer = DocClient(engine.connect_memory())
+        await writer.hello()
+        await writer.join("r")
+        start = trio.current_time()
+        for _ in range(3):  # 3 x 40,000 structs: 6.3 s at 16,384 a second, after a 1 s burst
+            await writer.send(Update(1, writer.next_ref(), update))
+        await writer.send(Ping(9))
+        with trio.fail_after(30):
+            while await writer.receive() != Pong(9):
+                pass
+        assert 5 <= trio.current_time() - start < 10
+        await assert_room_still_works(engine)

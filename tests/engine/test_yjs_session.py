@@ -379,3 +379,22 @@ async def test_echoed_awareness_entries_count_a_sixteenth_of_a_message_each_befo
             else:
                 raise AssertionError("not closed")
         assert len(forged) not in decoded
+
+
+async def test_an_awareness_message_of_many_own_states_is_bounded_as_a_whole(autojump_clock: MockClock) -> None:
+    # QA: one message repeating the client's own entry 190 times, each state of 32,000 values
+    # (each within the bound), held 6.1 M values and paused everyone 1.8 s. The bound on the
+    # values of one message (spec §3.4) holds for the message.
+    async with make_engine(max_values_per_message=1000, frames_per_second=1000) as engine:
+        y = await yjs(engine)
+        states = [AwarenessEntry(777, clock, json.dumps({"v": [0] * 600})) for clock in range(1, 4)]
+        await y.transport.send_message(encode_awareness(states))  # 3 x 600 values
+        with trio.fail_after(10):
+            for _ in range(100):
+                try:
+                    await y.next()
+                except TransportClosed as closed:
+                    assert "more than 1000 values" in closed.reason, closed
+                    break
+            else:
+                raise AssertionError("not closed")
