@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -60,3 +61,17 @@ async def running_engine(store: Store | None = None, hooks: Hooks | None = None,
     with trio.fail_after(600):
         async with make_engine(store, hooks, **config) as engine:
             yield engine
+
+
+def record_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    """Wrap `module.name` so that each call records the length of its first argument (a
+    message, an update) before it runs: what a test asserts was, or was not, read."""
+    calls: list[int] = []
+    real = getattr(module, name)
+
+    def recorded(data: Any, *args: Any) -> Any:
+        calls.append(len(data))
+        return real(data, *args)
+
+    monkeypatch.setattr(module, name, recorded)
+    return calls

@@ -357,9 +357,9 @@ async def test_echoed_awareness_entries_count_a_sixteenth_of_a_message_each_befo
     # thousand is not refused.
     import plait.engine.sessions._yjs as yjs_module
 
-    decoded: list[int] = []
-    real = yjs_module.decode_y
-    monkeypatch.setattr(yjs_module, "decode_y", lambda data: decoded.append(len(data)) or real(data))
+    from .conftest import record_calls
+
+    decoded = record_calls(monkeypatch, yjs_module, "decode_y")
     async with make_engine(frames_per_second=200) as engine:
         y = await yjs(engine)
         await y.say({"name": "me"}, clock=1)
