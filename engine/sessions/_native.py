@@ -241,7 +241,10 @@ class Session(Peer):
         comes between 2H and 2H plus one sweep interval after the last message."""
         if self._http:  # over HTTP, the transport times the client's absence
             return Peer.keep_alive(self, now)
-        silent_until = self._heard_at + 2 * self.config.heartbeat
+        # While its reads are held back (spec §5.8), what the client sends is not read: the
+        # silence counts from when they may go on. A writer held 30 s for an update of 2 M
+        # structs was closed 4005 for its own pacing (QA).
+        silent_until = max(self._heard_at, self.reads_held_until) + 2 * self.config.heartbeat
         if now >= silent_until and self._nursery is not None:
             self._reader_scope.cancel()  # Peer.run reports HEARTBEAT_TIMEOUT
             return math.inf

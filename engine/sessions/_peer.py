@@ -509,6 +509,12 @@ class Peer:
         self._read_free_at = max(self._read_free_at, now - burst) + size / rate
         return self._read_free_at - now
 
+    @property
+    def reads_held_until(self) -> float:
+        """When this connection's next read may happen, at the read rate (spec §5.8): until
+        then what the client sends waits unread, its pongs among it."""
+        return self._read_free_at
+
     def read_values(self, values: int) -> None:
         """Count the values of a message just decoded (spec §3.4), or the parts of a document
         update just read (§5.3), toward the read rate, each as read_bytes_per_value bytes

@@ -161,6 +161,8 @@ class YjsSession(Peer):
                     await transport.ping()  # TransportClosed: the peer is gone (_contained)
                 if not waited.cancelled_caught:
                     break
+                if self.reads_held_until > trio.current_time() - self.config.heartbeat:
+                    continue  # its pong waits behind reads held back (spec §5.8): not its fault
                 sent, before = getattr(transport, "sent_bytes", 0), sent
                 if sent == before or not getattr(transport, "writing", False):
                     self.close(CloseCode.HEARTBEAT_TIMEOUT, "no pong")

@@ -676,3 +676,24 @@ async def test_a_writers_update_is_read_at_a_rate_of_its_structs_and_deleted_ran
         elapsed = trio.current_time() - start
         assert 5 <= elapsed < 10, elapsed
         await assert_room_still_works(engine)
+
+
+async def test_a_connection_held_back_by_its_read_rate_is_not_closed_for_silence(autojump_clock: MockClock) -> None:
+    # QA: a writer whose update of 2 M structs held its reads back 30 s (spec §5.8) was closed
+    # 4005 "no heartbeat": its pings waited unread behind the pacing. Silence counts from when
+    # the server may read again.
+    MIB = 1024 * 1024
+    update = b"\x01" + _varuint(400_000) + b"\x05\x00" + b"\x00\x01" * 400_000 + b"\x00"  # GC structs, 800 KB
+    async with make_engine(read_bytes_per_second=MIB, read_bytes_per_value=64, max_message_bytes=MIB) as engine:
+        heartbeat = engine.config.heartbeat
+        writer = DocClient(engine.connect_memory())
+        await writer.hello()
+        await writer.join("r")
+        start = trio.current_time()
+        await writer.send(Update(1, writer.next_ref(), update))  # 400,000 parts: 24 s, more than 2H
+        await writer.send(Ping(9))
+        with trio.fail_after(60):
+            while await writer.receive() != Pong(9):
+                pass
+        assert trio.current_time() - start > 2 * heartbeat  # it was held that long, and kept
+        await assert_room_still_works(engine)
