@@ -40,6 +40,7 @@ from plait.protocol import (
     Update,
     YAuth,
     YAwareness,
+    YMessageKind,
     YQueryAwareness,
     YSync,
     YSyncStep,
@@ -62,6 +63,9 @@ from ._peer import Peer
 from ._services import SessionServices
 
 logger = logging.getLogger("plait.yjs")
+
+AWARENESS_FIRST_BYTE = bytes([YMessageKind.AWARENESS])
+"""How an awareness message begins (its kind, a one-byte varuint)."""
 
 ECHOED_ENTRY_FRAMES = 1 / 16
 """What an awareness entry for another client costs of frames_per_second (spec §5.8, §13)."""
@@ -138,7 +142,8 @@ class YjsSession(Peer):
                     if not isinstance(data, bytes):
                         raise RemoteProtocolError("text message", ErrorCode.MALFORMED_FRAME)
                     self.services.traffic.frames_in += 1  # a y-websocket message is one message of y-protocols
-                    self._count_entries(awareness_entries(data))
+                    if data[:1] == AWARENESS_FIRST_BYTE:  # updates, the hot path, skip the header read
+                        self._count_entries(awareness_entries(data))
                     self._handle(decode_y(data))
                 except (ProtocolError, RequestError) as exc:
                     self.refuse(exc.code, exc.message)
